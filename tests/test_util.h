@@ -1,0 +1,22 @@
+// Helpers shared by the GoogleTest suites: where the shared data and the model
+// cache live, and reproducible random data.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace optiq::test {
+
+// ../shared (stories260K, wikitext, c4, tinystories).
+std::string shared_dir();
+// $OPTIQ_CACHE or ~/.cache/optiq (downloaded models: see scripts/fetch_models.py).
+std::string cache_dir();
+// A fresh, empty temporary directory, removed at process exit.
+std::string temp_dir();
+bool file_exists(const std::string& path);
+
+// Normal(0, stddev) floats from a fixed seed: never zeros.
+std::vector<float> random_floats(size_t n, uint32_t seed, float stddev = 1.0f);
+
+}  // namespace optiq::test
