@@ -1,0 +1,72 @@
+#include "core/progress.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include <fmt/format.h>
+
+namespace optiq {
+
+namespace {
+bool g_enabled = true;
+}
+
+void set_progress_enabled(bool enabled) { g_enabled = enabled; }
+
+std::string format_duration(double s) {
+  if (s < 0) s = 0;
+  if (s < 60) return fmt::format("{:.0f}s", s);
+  if (s < 3600) return fmt::format("{}m{:02d}s", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+  return fmt::format("{}h{:02d}m", static_cast<int>(s) / 3600, (static_cast<int>(s) / 60) % 60);
+}
+
+Progress::Progress(std::string label, int64_t total, std::string unit)
+    : label_(std::move(label)), unit_(std::move(unit)), total_(total), tty_(isatty(STDERR_FILENO) != 0) {
+  start_ = last_draw_ = std::chrono::steady_clock::now();
+}
+
+Progress::~Progress() {
+  if (drawn_ && !finished_ && tty_ && g_enabled) std::fputc('\n', stderr);
+}
+
+void Progress::update(int64_t done, const std::string& extra) {
+  done_ = done;
+  if (done >= total_) return;  // finish() draws the last line
+  auto now = std::chrono::steady_clock::now();
+  const double since = std::chrono::duration<double>(now - last_draw_).count();
+  if (since < (tty_ ? 0.2 : 5.0)) return;
+  last_draw_ = now;
+  draw(false, extra);
+}
+
+void Progress::finish(const std::string& extra) {
+  if (finished_) return;
+  done_ = total_;
+  draw(true, extra);
+  finished_ = true;
+}
+
+void Progress::draw(bool final, const std::string& extra) {
+  if (!g_enabled) return;
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  std::string line = fmt::format("{}: {}/{}{}", label_, done_, total_, unit_.empty() ? "" : " " + unit_);
+  if (elapsed > 0 && done_ > 0) {
+    const double rate = done_ / elapsed;
+    const std::string u = unit_.empty() ? "it" : unit_;
+    line += rate >= 1.0 ? fmt::format(", {:.1f} {}/s", rate, u) : fmt::format(", {:.1f} s/{}", 1.0 / rate, u);
+    if (final)
+      line += fmt::format(", {}", format_duration(elapsed));
+    else
+      line += fmt::format(", ETA {}", format_duration(elapsed * (total_ - done_) / done_));
+  }
+  if (!extra.empty()) line += ", " + extra;
+  if (tty_)
+    std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), final ? "\n" : "");
+  else if (final || drawn_ || elapsed > 2.0)
+    std::fprintf(stderr, "%s\n", line.c_str());
+  drawn_ = true;
+  std::fflush(stderr);
+}
+
+}  // namespace optiq

@@ -1,0 +1,31 @@
+// Progress line with rate and ETA on stderr for anything that takes more than
+// a moment. On a terminal it redraws one line; otherwise it prints a line at
+// most every few seconds, so logs stay short. --quiet silences it.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace optiq {
+
+void set_progress_enabled(bool enabled);
+
+class Progress {
+ public:
+  Progress(std::string label, int64_t total, std::string unit = "");
+  ~Progress();
+  // Advance to `done` units; `extra` is appended (e.g. "ppl 12.3").
+  void update(int64_t done, const std::string& extra = "");
+  void finish(const std::string& extra = "");
+
+ private:
+  void draw(bool final, const std::string& extra);
+  std::string label_, unit_;
+  int64_t total_, done_ = 0;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+  bool tty_, finished_ = false, drawn_ = false;
+};
+
+std::string format_duration(double seconds);
+
+}  // namespace optiq

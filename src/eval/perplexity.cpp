@@ -1,0 +1,121 @@
+#include "eval/perplexity.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "model/transformer.h"
+
+namespace optiq {
+
+void log_softmax(const float* logits, int64_t n, std::vector<double>& out) {
+  out.resize(n);
+  double maxv = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) maxv = std::max(maxv, static_cast<double>(logits[i]));
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(logits[i] - maxv);
+  const double lse = maxv + std::log(sum);
+  for (int64_t i = 0; i < n; ++i) out[i] = logits[i] - lse;
+}
+
+double kl_divergence(const std::vector<double>& logp, const std::vector<double>& logq) {
+  double kl = 0;
+  for (size_t i = 0; i < logp.size(); ++i) kl += std::exp(logp[i]) * (logp[i] - logq[i]);
+  return std::max(kl, 0.0);
+}
+
+namespace {
+
+int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
+
+}  // namespace
+
+PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
+  const int ctx = opt.ctx;
+  check(ctx >= 8, "--ctx {} is too small (at least 8)", ctx);
+  check(ctx <= model.config.max_seq || model.config.max_seq <= 0, "--ctx {} exceeds the model's context length {}",
+        ctx, model.config.max_seq);
+  const int64_t available = static_cast<int64_t>(tokens.size()) / ctx;
+  check(available > 0, "the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), ctx);
+  const int chunks = static_cast<int>(opt.chunks > 0 ? std::min<int64_t>(opt.chunks, available) : available);
+  const int vocab = model.config.vocab_size;
+  if (opt.ref) {
+    check(opt.ref->config.vocab_size == vocab, "the reference model's vocabulary ({}) differs from the model's ({})",
+          opt.ref->config.vocab_size, vocab);
+  }
+  // llama.cpp puts BOS first only for models whose tokenizer adds one.
+  const int bos = model.tokenizer->spec().add_bos ? model.tokenizer->bos() : -1;
+  const int first = ctx / 2;
+  const int64_t n_out = ctx - first;  // logits for window positions first .. ctx-1
+
+  Transformer tf(model, ctx);
+  std::unique_ptr<Transformer> ref_tf;
+  if (opt.ref) ref_tf = std::make_unique<Transformer>(*opt.ref, ctx);
+  std::vector<float> logits(n_out * vocab), ref_logits(opt.ref ? n_out * vocab : 0);
+  std::vector<double> logp, logq, nlls, klds;
+  int64_t agree = 0;
+  double ref_nll = 0;
+
+  PerplexityResult r;
+  r.ctx = ctx;
+  r.chunks = chunks;
+  r.has_ref = opt.ref != nullptr;
+  auto t0 = std::chrono::steady_clock::now();
+  Progress progress("eval", chunks, "chunks");
+  std::vector<int32_t> window(ctx);
+  for (int c = 0; c < chunks; ++c) {
+    std::copy_n(tokens.begin() + static_cast<int64_t>(c) * ctx, ctx, window.begin());
+    if (bos >= 0) window[0] = bos;
+    tf.reset();
+    tf.forward(window, logits.data(), first);
+    if (ref_tf) {
+      ref_tf->reset();
+      ref_tf->forward(window, ref_logits.data(), first);
+    }
+    // Logit row j predicts window[first + j + 1]; the last row predicts past the window.
+    for (int64_t j = 0; j + 1 < n_out; ++j) {
+      const int32_t target = window[first + j + 1];
+      log_softmax(&logits[j * vocab], vocab, logq);
+      nlls.push_back(-logq[target]);
+      if (ref_tf) {
+        log_softmax(&ref_logits[j * vocab], vocab, logp);
+        klds.push_back(kl_divergence(logp, logq));
+        ref_nll += -logp[target];
+        agree += argmax(&logits[j * vocab], vocab) == argmax(&ref_logits[j * vocab], vocab);
+      }
+    }
+    double mean = 0;
+    for (double v : nlls) mean += v;
+    mean /= nlls.size();
+    progress.update(c + 1, fmt::format("ppl {:.4f}", std::exp(mean)));
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.tokens = static_cast<int64_t>(nlls.size());
+  auto mean_stderr = [](const std::vector<double>& v, double& mean, double& se) {
+    mean = 0;
+    for (double x : v) mean += x;
+    mean /= v.size();
+    double var = 0;
+    for (double x : v) var += (x - mean) * (x - mean);
+    se = v.size() > 1 ? std::sqrt(var / (v.size() - 1) / v.size()) : 0.0;
+  };
+  mean_stderr(nlls, r.nll, r.nll_stderr);
+  r.ppl = std::exp(r.nll);
+  r.ppl_stderr = r.ppl * r.nll_stderr;
+  if (opt.ref) {
+    mean_stderr(klds, r.kld, r.kld_stderr);
+    std::vector<double> sorted = klds;
+    std::sort(sorted.begin(), sorted.end());
+    r.kld_p99 = sorted[std::min(sorted.size() - 1, static_cast<size_t>(0.99 * sorted.size()))];
+    r.top1 = static_cast<double>(agree) / r.tokens;
+    r.ref_ppl = std::exp(ref_nll / r.tokens);
+  }
+  progress.finish(fmt::format("ppl {:.4f}", r.ppl));
+  return r;
+}
+
+}  // namespace optiq

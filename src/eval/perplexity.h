@@ -1,0 +1,50 @@
+// Perplexity by llama.cpp's protocol, plus KL divergence and top-1 agreement
+// against a reference model over exactly the same scored tokens.
+//
+// Protocol (as llama.cpp's perplexity tool): tokenize the whole text once with
+// BOS; cut it into non-overlapping windows of `ctx` tokens; overwrite the first
+// token of every window with BOS (for models whose tokenizer adds BOS); run each window from an empty KV cache; score
+// the predictions of tokens ctx/2+1 .. ctx-1 of the window (the second half),
+// i.e. ctx - ctx/2 - 1 tokens per window.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "model/model.h"
+
+namespace optiq {
+
+struct PerplexityOptions {
+  int ctx = 512;
+  int chunks = -1;               // -1: every full window in the text
+  const Model* ref = nullptr;    // when set: KL(ref || model) and top-1 agreement
+  bool progress = true;
+};
+
+struct PerplexityResult {
+  int ctx = 0;
+  int chunks = 0;
+  int64_t tokens = 0;         // scored tokens
+  double nll = 0;             // mean negative log-likelihood (nats)
+  double nll_stderr = 0;
+  double ppl = 0;             // exp(nll)
+  double ppl_stderr = 0;      // delta method
+  bool has_ref = false;
+  double kld = 0;             // mean KL(ref || model), nats per token
+  double kld_stderr = 0;
+  double kld_p99 = 0;
+  double top1 = 0;            // fraction of tokens where argmax agrees
+  double ref_ppl = 0;
+  double seconds = 0;
+};
+
+PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t> tokens, const PerplexityOptions& opt);
+
+// log-softmax helpers shared with profiling.
+void log_softmax(const float* logits, int64_t n, std::vector<double>& out);
+// KL(p || q) from log-probabilities.
+double kl_divergence(const std::vector<double>& logp, const std::vector<double>& logq);
+
+}  // namespace optiq

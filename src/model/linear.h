@@ -1,0 +1,41 @@
+// One weight matrix {out, in} in a storage the runtime multiplies directly:
+// fp32 (owned, or borrowed from a memory-mapped file) or MLX-style packed
+// affine groups. The accuracy path (fake quantization) and the runtime path
+// (packed kernels) both go through Linear::forward, so they share everything
+// but the storage.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace optiq {
+
+class Linear {
+ public:
+  Linear() = default;
+  static Linear from_f32(std::vector<float> w, int64_t rows, int64_t cols);
+  // Borrowed: `w` must outlive the Linear (it points into a mapped file).
+  static Linear from_f32_view(const float* w, int64_t rows, int64_t cols);
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  bool empty() const { return rows_ == 0; }
+
+  // Y[n x rows] = X[n x cols] . W^T (row-major, fp32 accumulation).
+  void forward(const float* x, int64_t n, float* y) const;
+  // One row of W as fp32 (embedding lookups).
+  void row(int64_t r, float* out) const;
+  std::vector<float> to_f32() const;
+  // Bytes of weight storage (scales and biases included).
+  size_t bytes() const;
+  std::string format() const;
+
+ private:
+  const float* f32() const;
+  int64_t rows_ = 0, cols_ = 0;
+  std::vector<float> owned_;
+  const float* f32_ = nullptr;
+};
+
+}  // namespace optiq

@@ -1,0 +1,236 @@
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <regex>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "formats/gguf.h"
+#include "formats/hf_checkpoint.h"
+#include "formats/llama2c.h"
+#include "model/model.h"
+#include "quant/ggml_dequant.h"
+#include "tokenizer/tokenizer.h"
+
+namespace optiq {
+
+namespace fs = std::filesystem;
+
+std::string_view format_name(SourceFormat f) {
+  switch (f) {
+    case SourceFormat::Gguf: return "GGUF";
+    case SourceFormat::HfDir: return "Hugging Face directory";
+    case SourceFormat::Llama2c: return "llama2.c checkpoint";
+  }
+  return "?";
+}
+
+int64_t Model::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& t : source_tensors) {
+    int64_t e = 1;
+    for (int64_t d : t.shape) e *= d;
+    n += e;
+  }
+  return n;
+}
+
+size_t Model::source_bytes() const {
+  size_t n = 0;
+  for (const auto& t : source_tensors) n += t.bytes;
+  return n;
+}
+
+namespace {
+
+// GGUF's llama tensor names -> the Hugging Face names used everywhere else.
+std::string hf_name_from_gguf(const std::string& name) {
+  static const std::map<std::string, std::string> top = {
+      {"token_embd.weight", "model.embed_tokens.weight"},
+      {"output_norm.weight", "model.norm.weight"},
+      {"output.weight", "lm_head.weight"},
+  };
+  static const std::map<std::string, std::string> per_layer = {
+      {"attn_norm.weight", "input_layernorm.weight"},  {"attn_q.weight", "self_attn.q_proj.weight"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},    {"attn_v.weight", "self_attn.v_proj.weight"},
+      {"attn_output.weight", "self_attn.o_proj.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},     {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"},
+  };
+  if (auto it = top.find(name); it != top.end()) return it->second;
+  static const std::regex blk(R"(blk\.(\d+)\.(.+))");
+  std::smatch m;
+  if (std::regex_match(name, m, blk)) {
+    if (auto it = per_layer.find(m[2].str()); it != per_layer.end())
+      return fmt::format("model.layers.{}.{}", m[1].str(), it->second);
+  }
+  return name;
+}
+
+// Rows of q/k in GGUF/llama2.c order interleave the two rotary halves
+// (x0,y0,x1,y1,...); HF order is (x0,x1,...,y0,y1,...). The forward pass uses
+// HF order, so interleaved files are reordered once here.
+void interleaved_to_halves(std::vector<float>& w, int64_t n_heads, int64_t head_dim, int64_t cols) {
+  std::vector<float> out(w.size());
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < n_heads; ++h)
+    for (int64_t i = 0; i < half; ++i)
+      for (int64_t j = 0; j < 2; ++j) {
+        const float* src = w.data() + (h * head_dim + 2 * i + j) * cols;
+        float* dst = out.data() + (h * head_dim + j * half + i) * cols;
+        std::copy(src, src + cols, dst);
+      }
+  w.swap(out);
+}
+
+// Tensors of one source by HF name, with shape checks that name the file.
+class TensorTable {
+ public:
+  TensorTable(std::string source, bool interleaved_rope) : source_(std::move(source)), interleaved_(interleaved_rope) {}
+  void add(const std::string& hf_name, const TensorView& t) { by_name_[hf_name] = &t; }
+  bool has(const std::string& name) const { return by_name_.count(name) > 0; }
+
+  const TensorView& get(const std::string& name, std::vector<int64_t> shape) const {
+    auto it = by_name_.find(name);
+    check(it != by_name_.end(), "{}: tensor {} is missing", source_, name);
+    const TensorView& t = *it->second;
+    check(t.shape == shape, "{}: tensor {} has shape {}, expected {}", source_, t.name, shape_str(t.shape),
+          shape_str(shape));
+    return t;
+  }
+
+  std::vector<float> vec(const std::string& name, int64_t n) const { return to_f32(get(name, {n}), name); }
+
+  Linear linear(const std::string& name, int64_t rows, int64_t cols, int64_t rope_heads = 0, int64_t head_dim = 0) const {
+    const TensorView& t = get(name, {rows, cols});
+    const bool reorder = interleaved_ && rope_heads > 0;
+    if (t.dtype == DType::F32 && !reorder) return Linear::from_f32_view(static_cast<const float*>(t.data), rows, cols);
+    std::vector<float> w = to_f32(t, name);
+    if (reorder) interleaved_to_halves(w, rope_heads, head_dim, cols);
+    return Linear::from_f32(std::move(w), rows, cols);
+  }
+
+ private:
+  std::vector<float> to_f32(const TensorView& t, const std::string& name) const {
+    try {
+      return dequantize(t);
+    } catch (const Error& e) {
+      fail("{}: tensor {}: {}", source_, name, e.what());
+    }
+  }
+  std::string source_;
+  bool interleaved_;
+  std::map<std::string, const TensorView*> by_name_;
+};
+
+ModelWeights load_weights(const ModelConfig& c, const TensorTable& t) {
+  ModelWeights w;
+  const int64_t dim = c.dim, hd = c.head_dim;
+  w.embed = t.linear("model.embed_tokens.weight", c.vocab_size, dim);
+  w.layers.resize(c.n_layers);
+  for (int i = 0; i < c.n_layers; ++i) {
+    auto p = fmt::format("model.layers.{}.", i);
+    LayerWeights& l = w.layers[i];
+    l.attn_norm = t.vec(p + "input_layernorm.weight", dim);
+    l.ffn_norm = t.vec(p + "post_attention_layernorm.weight", dim);
+    l.wq = t.linear(p + "self_attn.q_proj.weight", c.q_dim(), dim, c.n_heads, hd);
+    l.wk = t.linear(p + "self_attn.k_proj.weight", c.kv_dim(), dim, c.n_kv_heads, hd);
+    l.wv = t.linear(p + "self_attn.v_proj.weight", c.kv_dim(), dim);
+    l.wo = t.linear(p + "self_attn.o_proj.weight", dim, c.q_dim());
+    l.w_gate = t.linear(p + "mlp.gate_proj.weight", c.hidden_dim, dim);
+    l.w_up = t.linear(p + "mlp.up_proj.weight", c.hidden_dim, dim);
+    l.w_down = t.linear(p + "mlp.down_proj.weight", dim, c.hidden_dim);
+  }
+  w.final_norm = t.vec("model.norm.weight", dim);
+  if (!c.tied_embeddings) w.lm_head = t.linear("lm_head.weight", c.vocab_size, dim);
+  return w;
+}
+
+void record_sources(Model& m, const std::vector<TensorView>& tensors) {
+  for (const auto& t : tensors) m.source_tensors.push_back({t.name, t.shape, t.dtype, t.nbytes});
+}
+
+Model load_gguf(const std::string& path, const LoadOptions& opt) {
+  auto file = std::make_shared<GgufFile>(path);
+  Model m;
+  m.path = path;
+  m.format = SourceFormat::Gguf;
+  m.config = config_from_gguf(*file);
+  m.tokenizer = std::make_unique<Tokenizer>(tokenizer_spec_from_gguf(*file));
+  record_sources(m, file->tensors());
+  if (opt.load_weights) {
+    TensorTable table(path, /*interleaved_rope=*/true);
+    for (const auto& t : file->tensors()) table.add(hf_name_from_gguf(t.name), t);
+    m.weights = load_weights(m.config, table);
+  }
+  m.keepalive = file;
+  return m;
+}
+
+Model load_hf(const std::string& dir, const LoadOptions& opt) {
+  auto ckpt = std::make_shared<HfCheckpoint>(dir);
+  Model m;
+  m.path = dir;
+  m.format = SourceFormat::HfDir;
+  m.config = config_from_hf(ckpt->config(), (fs::path(dir) / "config.json").string());
+  if (!ckpt->has_file("tokenizer.json"))
+    fail("{}: tokenizer.json is missing (optiq needs the model's tokenizer next to its weights)", dir);
+  m.tokenizer = std::make_unique<Tokenizer>(tokenizer_spec_from_hf(dir));
+  record_sources(m, ckpt->tensors());
+  if (!m.config.tied_embeddings && !ckpt->find_tensor("lm_head.weight")) m.config.tied_embeddings = true;
+  if (opt.load_weights) {
+    TensorTable table(dir, /*interleaved_rope=*/false);
+    for (const auto& t : ckpt->tensors()) table.add(t.name, t);
+    m.weights = load_weights(m.config, table);
+  }
+  m.keepalive = ckpt;
+  return m;
+}
+
+Model load_llama2c(const std::string& path, const LoadOptions& opt) {
+  if (opt.tokenizer_path.empty())
+    fail("{}: a llama2.c checkpoint needs its tokenizer: pass --tokenizer tokenizer.bin", path);
+  auto ckpt = std::make_shared<Llama2cCheckpoint>(path);
+  Model m;
+  m.path = path;
+  m.format = SourceFormat::Llama2c;
+  m.config = config_from_llama2c(ckpt->header());
+  m.tokenizer = std::make_unique<Tokenizer>(tokenizer_spec_from_llama2c(opt.tokenizer_path, m.config.vocab_size));
+  record_sources(m, ckpt->tensors());
+  if (opt.load_weights) {
+    TensorTable table(path, /*interleaved_rope=*/true);
+    for (const auto& t : ckpt->tensors()) table.add(t.name, t);
+    m.weights = load_weights(m.config, table);
+  }
+  m.keepalive = ckpt;
+  return m;
+}
+
+bool has_magic(const std::string& path, const char* magic) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char buf[4] = {};
+  size_t n = std::fread(buf, 1, 4, f);
+  std::fclose(f);
+  return n == 4 && std::equal(buf, buf + 4, magic);
+}
+
+}  // namespace
+
+Model load_model(const std::string& path, const LoadOptions& opt) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) fail("{}: no such file or directory", path);
+  if (fs::is_directory(path, ec)) {
+    if (!fs::exists(fs::path(path) / "config.json"))
+      fail("{}: not a model directory (config.json is missing)", path);
+    return load_hf(path, opt);
+  }
+  if (has_magic(path, "GGUF")) return load_gguf(path, opt);
+  if (fs::path(path).extension() == ".gguf") fail("{}: not a GGUF file (wrong magic)", path);
+  if (fs::path(path).extension() == ".bin") return load_llama2c(path, opt);
+  fail("{}: unrecognised model: expected a Hugging Face directory, a .gguf file, or a llama2.c .bin with --tokenizer",
+       path);
+}
+
+}  // namespace optiq

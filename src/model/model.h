@@ -1,0 +1,65 @@
+// A loaded model: hyper-parameters, weights in runtime storage, tokenizer,
+// and the table of tensors as the source file stores them (for `optiq info`).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+#include "model/linear.h"
+#include "tokenizer/tokenizer.h"
+
+namespace optiq {
+
+struct LayerWeights {
+  std::vector<float> attn_norm;  // input_layernorm
+  std::vector<float> ffn_norm;   // post_attention_layernorm
+  Linear wq, wk, wv, wo;         // q/k rows in HF (rotate-half) order
+  Linear w_gate, w_up, w_down;
+};
+
+struct ModelWeights {
+  Linear embed;  // {vocab, dim}
+  std::vector<LayerWeights> layers;
+  std::vector<float> final_norm;
+  Linear lm_head;  // empty when tied: output() is then the embedding
+  const Linear& output() const { return lm_head.empty() ? embed : lm_head; }
+};
+
+// A tensor as the source file stores it.
+struct SourceTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  DType dtype;
+  size_t bytes;
+};
+
+enum class SourceFormat { Gguf, HfDir, Llama2c };
+
+struct Model {
+  std::string path;
+  SourceFormat format = SourceFormat::Gguf;
+  ModelConfig config;
+  ModelWeights weights;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<SourceTensor> source_tensors;
+  // Mapped source files that borrowed weight views point into.
+  std::shared_ptr<const void> keepalive;
+
+  int64_t parameter_count() const;
+  size_t source_bytes() const;  // sum of source tensor bytes
+};
+
+struct LoadOptions {
+  std::string tokenizer_path;  // llama2.c checkpoints: tokenizer.bin
+  bool load_weights = true;    // false: config, tokenizer and tensor table only (fast `info`)
+};
+
+// MODEL is a HF directory, a .gguf file, or a llama2.c .bin (with
+// options.tokenizer_path). Throws optiq::Error naming the file and problem.
+Model load_model(const std::string& path, const LoadOptions& options = {});
+
+std::string_view format_name(SourceFormat f);
+
+}  // namespace optiq

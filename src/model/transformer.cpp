@@ -1,0 +1,192 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include "core/error.h"
+
+namespace optiq {
+
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
+  const int half = c.head_dim / 2;
+  std::vector<float> f(half);
+  for (int i = 0; i < half; ++i) {
+    double inv = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim);
+    const RopeScaling& s = c.rope_scaling;
+    if (s.type == RopeScalingType::Linear) {
+      inv /= s.factor;
+    } else if (s.type == RopeScalingType::Llama3) {
+      const double wavelen = 2.0 * std::numbers::pi / inv;
+      const double low_wavelen = s.original_max_position / s.low_freq_factor;
+      const double high_wavelen = s.original_max_position / s.high_freq_factor;
+      if (wavelen > low_wavelen) {
+        inv /= s.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        inv = (1.0 - smooth) * inv / s.factor + smooth * inv;
+      }
+    }
+    if (!c.rope_freq_factors.empty()) inv /= c.rope_freq_factors[i];
+    f[i] = static_cast<float>(inv);
+  }
+  return f;
+}
+
+namespace {
+
+void rms_norm(const float* x, const float* w, int64_t dim, float eps, float* out) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float scale = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+  for (int64_t i = 0; i < dim; ++i) out[i] = x[i] * scale * w[i];
+}
+
+// Rotate-half RoPE on `n_heads` heads of `head_dim` at position `pos`.
+void rope(float* v, int n_heads, int head_dim, int pos, const std::vector<float>& inv_freq) {
+  const int half = head_dim / 2;
+  for (int i = 0; i < half; ++i) {
+    const float angle = static_cast<float>(pos) * inv_freq[i];
+    const float c = std::cos(angle), s = std::sin(angle);
+    for (int h = 0; h < n_heads; ++h) {
+      float* p = v + h * head_dim;
+      const float x = p[i], y = p[i + half];
+      p[i] = x * c - y * s;
+      p[i + half] = x * s + y * c;
+    }
+  }
+}
+
+}  // namespace
+
+Transformer::Transformer(const Model& model, int max_ctx) : model_(model) {
+  const ModelConfig& c = model.config;
+  max_ctx_ = max_ctx > 0 ? max_ctx : std::min(c.max_seq, 4096);
+  inv_freq_ = rope_inv_freq(c);
+  const size_t kv = static_cast<size_t>(c.n_layers) * max_ctx_ * c.kv_dim();
+  k_cache_.assign(kv, 0.0f);
+  v_cache_.assign(kv, 0.0f);
+}
+
+void Transformer::ensure_scratch(int64_t n) {
+  if (n <= scratch_n_) return;
+  const ModelConfig& c = model_.config;
+  scratch_n_ = n;
+  x_.resize(n * c.dim);
+  xn_.resize(n * std::max(c.dim, c.q_dim()));
+  q_.resize(n * c.q_dim());
+  k_.resize(n * c.kv_dim());
+  v_.resize(n * c.kv_dim());
+  att_.resize(n * c.q_dim());
+  gate_.resize(n * c.hidden_dim);
+  up_.resize(n * c.hidden_dim);
+}
+
+// Causal attention of the n new queries against the cache (which already
+// holds their own keys and values).
+void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
+  const ModelConfig& c = model_.config;
+  const int hd = c.head_dim, n_heads = c.n_heads, kv_dim = c.kv_dim();
+  const int group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float* kc = k_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
+  const float* vc = v_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
+  const int start = pos_;
+#pragma omp parallel
+  {
+    std::vector<float> scores(max_ctx_);
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t i = 0; i < n; ++i) {
+      for (int h = 0; h < n_heads; ++h) {
+        const int p = start + static_cast<int>(i);
+        const float* qh = q + i * c.q_dim() + h * hd;
+        const int kvh = h / group;
+        float maxv = -INFINITY;
+        for (int t = 0; t <= p; ++t) {
+          const float* kt = kc + static_cast<size_t>(t) * kv_dim + kvh * hd;
+          float s = 0.0f;
+          for (int d = 0; d < hd; ++d) s += qh[d] * kt[d];
+          s *= scale;
+          scores[t] = s;
+          maxv = std::max(maxv, s);
+        }
+        float sum = 0.0f;
+        for (int t = 0; t <= p; ++t) {
+          scores[t] = std::exp(scores[t] - maxv);
+          sum += scores[t];
+        }
+        const float inv = 1.0f / sum;
+        float* oh = out + i * c.q_dim() + h * hd;
+        std::fill(oh, oh + hd, 0.0f);
+        for (int t = 0; t <= p; ++t) {
+          const float a = scores[t] * inv;
+          const float* vt = vc + static_cast<size_t>(t) * kv_dim + kvh * hd;
+          for (int d = 0; d < hd; ++d) oh[d] += a * vt[d];
+        }
+      }
+    }
+  }
+}
+
+void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from) {
+  const ModelConfig& c = model_.config;
+  const ModelWeights& w = model_.weights;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return;
+  check(pos_ + n <= max_ctx_, "context is full: {} tokens at position {} exceed the context of {}", n, pos_, max_ctx_);
+  check(logits_from >= 0 && logits_from <= n, "logits_from {} out of range for {} tokens", logits_from, n);
+  ensure_scratch(n);
+  const int64_t dim = c.dim, kv_dim = c.kv_dim(), qd = c.q_dim(), hid = c.hidden_dim;
+
+  for (int64_t i = 0; i < n; ++i) {
+    check(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary of {}", tokens[i],
+          c.vocab_size);
+    w.embed.row(tokens[i], x_.data() + i * dim);
+  }
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = w.layers[l];
+    for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.attn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
+    L.wq.forward(xn_.data(), n, q_.data());
+    L.wk.forward(xn_.data(), n, k_.data());
+    L.wv.forward(xn_.data(), n, v_.data());
+    float* kc = k_cache_.data() + static_cast<size_t>(l) * max_ctx_ * kv_dim;
+    float* vc = v_cache_.data() + static_cast<size_t>(l) * max_ctx_ * kv_dim;
+    for (int64_t i = 0; i < n; ++i) {
+      const int p = pos_ + static_cast<int>(i);
+      rope(&q_[i * qd], c.n_heads, c.head_dim, p, inv_freq_);
+      rope(&k_[i * kv_dim], c.n_kv_heads, c.head_dim, p, inv_freq_);
+      std::copy_n(&k_[i * kv_dim], kv_dim, kc + static_cast<size_t>(p) * kv_dim);
+      std::copy_n(&v_[i * kv_dim], kv_dim, vc + static_cast<size_t>(p) * kv_dim);
+    }
+    attention(l, n, q_.data(), att_.data());
+    L.wo.forward(att_.data(), n, xn_.data());
+    for (int64_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
+
+    for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.ffn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
+    L.w_gate.forward(xn_.data(), n, gate_.data());
+    L.w_up.forward(xn_.data(), n, up_.data());
+    for (int64_t i = 0; i < n * hid; ++i) {
+      const float g = gate_[i];
+      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+    }
+    L.w_down.forward(gate_.data(), n, xn_.data());
+    for (int64_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
+  }
+  pos_ += static_cast<int>(n);
+
+  const int64_t n_out = n - logits_from;
+  if (n_out == 0) return;
+  for (int64_t i = 0; i < n_out; ++i)
+    rms_norm(&x_[(logits_from + i) * dim], w.final_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
+  w.output().forward(xn_.data(), n_out, logits);
+}
+
+std::vector<float> Transformer::forward_last(std::span<const int32_t> tokens) {
+  std::vector<float> logits(model_.config.vocab_size);
+  forward(tokens, logits.data(), static_cast<int64_t>(tokens.size()) - 1);
+  return logits;
+}
+
+}  // namespace optiq

@@ -1,0 +1,48 @@
+// The forward pass of the Llama family with a KV cache. One call runs a batch
+// of consecutive tokens (prefill) or a single token (decode); both share the
+// same code, so batched and token-by-token logits agree.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "model/model.h"
+
+namespace optiq {
+
+class Transformer {
+ public:
+  // max_ctx <= 0: the model's context length, capped at 4096.
+  explicit Transformer(const Model& model, int max_ctx = 0);
+
+  // Runs `tokens` at positions pos()..pos()+n-1 and advances pos(). Writes the
+  // logits of tokens [logits_from, n) to `logits` ((n - logits_from) x vocab);
+  // logits_from == n computes none (pure prefill). Throws if the context is full.
+  void forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from);
+  // Convenience: logits of the last token only.
+  std::vector<float> forward_last(std::span<const int32_t> tokens);
+
+  void reset() { pos_ = 0; }
+  int pos() const { return pos_; }
+  int max_ctx() const { return max_ctx_; }
+  const Model& model() const { return model_; }
+  size_t kv_cache_bytes() const { return (k_cache_.size() + v_cache_.size()) * sizeof(float); }
+
+ private:
+  void attention(int layer, int64_t n, const float* q, float* out);
+  void ensure_scratch(int64_t n);
+
+  const Model& model_;
+  int max_ctx_;
+  int pos_ = 0;
+  std::vector<float> inv_freq_;             // head_dim/2 RoPE frequencies
+  std::vector<float> k_cache_, v_cache_;    // [layer][max_ctx][kv_dim]
+  // Scratch sized for the largest batch seen so far.
+  int64_t scratch_n_ = 0;
+  std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_;
+};
+
+// Rotary frequencies for a config (handles llama3/linear scaling and file-given factors).
+std::vector<float> rope_inv_freq(const ModelConfig& c);
+
+}  // namespace optiq

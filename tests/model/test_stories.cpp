@@ -1,0 +1,122 @@
+// stories260K end to end: both of its files load to the same model, greedy
+// decoding reproduces llama2.c's known continuation, and batched prefill
+// equals token-by-token decoding.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "eval/perplexity.h"
+#include "model/sampler.h"
+#include "model/transformer.h"
+#include "test_util.h"
+
+namespace optiq {
+namespace {
+
+std::string stories_dir() { return test::shared_dir() + "/models/stories260K"; }
+
+Model load_bin() {
+  LoadOptions o;
+  o.tokenizer_path = stories_dir() + "/tok512.bin";
+  return load_model(stories_dir() + "/stories260K.bin", o);
+}
+Model load_gguf() { return load_model(stories_dir() + "/stories260K.gguf"); }
+
+std::string greedy(const Model& m, const std::string& prompt, int n) {
+  Transformer tf(m);
+  std::vector<int32_t> ids = m.tokenizer->encode(prompt, true);
+  std::vector<float> logits = tf.forward_last(ids);
+  Sampler s({.temperature = 0.0f});
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    int32_t t = s.sample(logits);
+    if (m.tokenizer->is_eog(t)) break;
+    out += m.tokenizer->decode_token(t);
+    logits = tf.forward_last(std::span<const int32_t>(&t, 1));
+  }
+  return out;
+}
+
+TEST(Stories260K, ConfigFromBothFiles) {
+  Model a = load_bin(), b = load_gguf();
+  for (const Model* m : {&a, &b}) {
+    EXPECT_EQ(m->config.dim, 64);
+    EXPECT_EQ(m->config.hidden_dim, 172);
+    EXPECT_EQ(m->config.n_layers, 5);
+    EXPECT_EQ(m->config.n_heads, 8);
+    EXPECT_EQ(m->config.n_kv_heads, 4);
+    EXPECT_EQ(m->config.vocab_size, 512);
+  }
+  EXPECT_TRUE(a.config.tied_embeddings);   // the .bin shares its classifier
+  EXPECT_FALSE(b.config.tied_embeddings);  // the GGUF stores a copy as output.weight
+}
+
+TEST(Stories260K, GreedyContinuationMatchesLlama2c) {
+  const std::string expected = ", there was a little girl named Lily. She loved to play outside in the park.";
+  for (bool gguf : {false, true}) {
+    Model m = gguf ? load_gguf() : load_bin();
+    std::string out = greedy(m, "Once upon a time", 40);
+    EXPECT_EQ(out.substr(0, expected.size()), expected) << (gguf ? "gguf" : "bin") << ": " << out;
+  }
+}
+
+TEST(Stories260K, BatchedPrefillEqualsTokenByToken) {
+  Model m = load_gguf();
+  std::vector<int32_t> ids = m.tokenizer->encode("Once upon a time, there was a big dog named Max. He liked to run.", true);
+  const int64_t n = ids.size(), vocab = m.config.vocab_size;
+  std::vector<float> batched(n * vocab), single(n * vocab);
+  Transformer a(m), b(m);
+  a.forward(ids, batched.data(), 0);
+  for (int64_t i = 0; i < n; ++i) b.forward(std::span<const int32_t>(&ids[i], 1), &single[i * vocab], 0);
+  for (int64_t i = 0; i < n * vocab; ++i) ASSERT_NEAR(batched[i], single[i], 1e-4f) << i;
+}
+
+TEST(Stories260K, BinAndGgufGiveTheSamePerplexity) {
+  Model a = load_bin(), b = load_gguf();
+  std::string text = "Once upon a time, there was a little boy named Tim. Tim liked to play with his red ball. "
+                     "One day, he kicked the ball very high and it landed in a tree. Tim was sad. ";
+  std::string big;
+  for (int i = 0; i < 6; ++i) big += text;
+  std::vector<int32_t> ids = a.tokenizer->encode(big, true);
+  ASSERT_EQ(ids, b.tokenizer->encode(big, true));
+  PerplexityOptions opt;
+  opt.ctx = 128;
+  opt.progress = false;
+  PerplexityResult ra = evaluate_perplexity(a, ids, opt), rb = evaluate_perplexity(b, ids, opt);
+  EXPECT_GT(ra.tokens, 0);
+  EXPECT_NEAR(ra.ppl, rb.ppl, 1e-4 * ra.ppl);
+  EXPECT_LT(ra.ppl, 20.0);  // a trained model on in-domain text
+  opt.ref = &a;
+  PerplexityResult self = evaluate_perplexity(b, ids, opt);
+  EXPECT_LT(self.kld, 1e-6);
+  EXPECT_EQ(self.top1, 1.0);
+}
+
+TEST(Stories260K, ContextOverflowIsAnError) {
+  Model m = load_gguf();
+  Transformer tf(m, 16);
+  std::vector<int32_t> ids(17, 1);
+  EXPECT_THROW(tf.forward(ids, nullptr, static_cast<int64_t>(ids.size())), Error);
+}
+
+TEST(LoadModel, BadPathsGiveClearErrors) {
+  auto msg = [](const std::string& path, const std::string& tok = "") -> std::string {
+    try {
+      LoadOptions o;
+      o.tokenizer_path = tok;
+      load_model(path, o);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_NE(msg("/nonexistent/model.gguf").find("no such file"), std::string::npos);
+  EXPECT_NE(msg(stories_dir() + "/stories260K.bin").find("--tokenizer"), std::string::npos);
+  std::string dir = test::temp_dir();
+  EXPECT_NE(msg(dir).find("config.json"), std::string::npos);
+  EXPECT_NE(msg(stories_dir() + "/tok512.bin", stories_dir() + "/tok512.bin").find("tok512.bin"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace optiq

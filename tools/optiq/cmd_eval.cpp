@@ -1,0 +1,83 @@
+// optiq eval: perplexity (llama.cpp protocol), and KL/top-1 against a reference.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "core/error.h"
+#include "eval/perplexity.h"
+
+namespace optiq::cli {
+
+namespace {
+
+struct EvalArgs {
+  ModelArgs model;
+  std::string text;
+  std::string ref;
+  int ctx = 512;
+  int chunks = -1;
+  bool json = false;
+};
+
+void run_eval(const EvalArgs& a) {
+  Model m = a.model.load();
+  std::unique_ptr<Model> ref;
+  if (!a.ref.empty()) {
+    LoadOptions o;
+    o.tokenizer_path = a.model.tokenizer;
+    ref = std::make_unique<Model>(load_model(a.ref, o));
+  }
+  const std::string text = read_text_file(a.text);
+  check(!text.empty(), "{}: the text file is empty", a.text);
+  std::vector<int32_t> tokens = m.tokenizer->encode(text, /*add_bos=*/true);
+  if (ref) {
+    check(ref->tokenizer->encode(text.substr(0, std::min<size_t>(text.size(), 4096)), true) ==
+              m.tokenizer->encode(text.substr(0, std::min<size_t>(text.size(), 4096)), true),
+          "{}: the reference model tokenizes differently from {}; KL needs the same tokenizer", a.ref, a.model.path);
+  }
+  PerplexityOptions opt;
+  opt.ctx = a.ctx;
+  opt.chunks = a.chunks;
+  opt.ref = ref.get();
+  PerplexityResult r = evaluate_perplexity(m, tokens, opt);
+  if (a.json) {
+    nlohmann::json j = {{"model", a.model.path}, {"text", a.text}, {"ctx", r.ctx},
+                        {"chunks", r.chunks},    {"tokens", r.tokens}, {"ppl", r.ppl},
+                        {"ppl_stderr", r.ppl_stderr}, {"nll", r.nll}, {"seconds", r.seconds}};
+    if (r.has_ref) {
+      j["ref"] = a.ref;
+      j["ref_ppl"] = r.ref_ppl;
+      j["kld"] = r.kld;
+      j["kld_stderr"] = r.kld_stderr;
+      j["kld_p99"] = r.kld_p99;
+      j["top1"] = r.top1;
+    }
+    fmt::print("{}\n", j.dump());
+    return;
+  }
+  fmt::print("text         {} ({} tokens)\n", a.text, tokens.size());
+  fmt::print("windows      {} x {} tokens, {} scored\n", r.chunks, r.ctx, r.tokens);
+  fmt::print("perplexity   {:.4f} +/- {:.4f}\n", r.ppl, r.ppl_stderr);
+  if (r.has_ref) {
+    fmt::print("reference    {} (perplexity {:.4f}, {:+.2f}%)\n", a.ref, r.ref_ppl, 100.0 * (r.ppl / r.ref_ppl - 1.0));
+    fmt::print("KL(ref||q)   {:.6f} +/- {:.6f} (p99 {:.4f})\n", r.kld, r.kld_stderr, r.kld_p99);
+    fmt::print("top-1 agree  {:.3f}%\n", 100.0 * r.top1);
+  }
+  fmt::print("time         {:.1f}s ({:.0f} tok/s)\n", r.seconds, r.chunks * r.ctx / r.seconds);
+}
+
+}  // namespace
+
+Runner register_eval(CLI::App& app) {
+  auto* cmd = app.add_subcommand("eval", "Perplexity on a text file (llama.cpp protocol); KL and top-1 vs --ref");
+  auto a = std::make_shared<EvalArgs>();
+  a->model.add_to(*cmd);
+  cmd->add_option("--text", a->text, "text file to score (e.g. wiki.test.raw)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--ctx", a->ctx, "window size in tokens")->capture_default_str();
+  cmd->add_option("--chunks", a->chunks, "score only the first N windows (default: all)");
+  cmd->add_option("--ref", a->ref, "reference model for KL divergence and top-1 agreement");
+  cmd->add_flag("--json", a->json, "print one JSON object (ppl, tokens, and kld, top1 with --ref)");
+  return [a] { run_eval(*a); };
+}
+
+}  // namespace optiq::cli

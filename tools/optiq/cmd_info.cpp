@@ -1,0 +1,71 @@
+// optiq info: what a model file holds.
+#include <cstdio>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+
+namespace optiq::cli {
+
+namespace {
+
+nlohmann::json config_json(const ModelConfig& c) {
+  return {{"arch", c.arch},         {"name", c.name},           {"dim", c.dim},
+          {"n_layers", c.n_layers}, {"n_heads", c.n_heads},     {"n_kv_heads", c.n_kv_heads},
+          {"head_dim", c.head_dim}, {"hidden_dim", c.hidden_dim}, {"vocab_size", c.vocab_size},
+          {"max_seq", c.max_seq},   {"norm_eps", c.norm_eps},   {"rope_theta", c.rope_theta},
+          {"tied_embeddings", c.tied_embeddings}, {"quirks", c.quirks()}};
+}
+
+void print_info(const Model& m, bool json) {
+  const int64_t params = m.parameter_count();
+  const size_t bytes = m.source_bytes();
+  const double bpw = params > 0 ? 8.0 * bytes / params : 0.0;
+  if (json) {
+    nlohmann::json j;
+    j["path"] = m.path;
+    j["format"] = format_name(m.format);
+    j["config"] = config_json(m.config);
+    j["parameters"] = params;
+    j["bytes"] = bytes;
+    j["bits_per_weight"] = bpw;
+    j["vocab_size"] = m.tokenizer->vocab_size();
+    j["bos"] = m.tokenizer->bos();
+    j["eos"] = m.tokenizer->eos();
+    auto& ts = j["tensors"] = nlohmann::json::array();
+    for (const auto& t : m.source_tensors)
+      ts.push_back({{"name", t.name}, {"shape", t.shape}, {"type", dtype_name(t.dtype)}, {"bytes", t.bytes}});
+    fmt::print("{}\n", j.dump(2));
+    return;
+  }
+  const ModelConfig& c = m.config;
+  fmt::print("model        {}\n", m.path);
+  fmt::print("format       {}\n", format_name(m.format));
+  fmt::print("architecture {}{}\n", c.arch, c.name.empty() ? "" : fmt::format(" ({})", c.name));
+  fmt::print("layers {}, dim {}, heads {} (kv {}, head dim {}), mlp {}, vocab {}, context {}\n", c.n_layers, c.dim,
+             c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, c.vocab_size, c.max_seq);
+  fmt::print("rms eps {:g}, rope theta {:g}\n", c.norm_eps, c.rope_theta);
+  for (const auto& q : c.quirks()) fmt::print("quirk        {}\n", q);
+  fmt::print("tokenizer    {} tokens, bos {}, eos {}\n", m.tokenizer->vocab_size(), m.tokenizer->bos(),
+             m.tokenizer->eos());
+  fmt::print("\n{:<48} {:>18} {:>6} {:>12}\n", "tensor", "shape", "type", "bytes");
+  for (const auto& t : m.source_tensors)
+    fmt::print("{:<48} {:>18} {:>6} {:>12}\n", t.name, shape_str(t.shape), dtype_name(t.dtype), t.bytes);
+  fmt::print("\nparameters   {} ({:.2f} M)\n", params, params / 1e6);
+  fmt::print("size         {} bytes ({:.2f} MB)\n", bytes, bytes / 1e6);
+  fmt::print("bits/weight  {:.3f}\n", bpw);
+}
+
+}  // namespace
+
+Runner register_info(CLI::App& app) {
+  auto* cmd = app.add_subcommand("info", "Show architecture, hyper-parameters and the tensor table of a model");
+  auto args = std::make_shared<ModelArgs>();
+  auto json = std::make_shared<bool>(false);
+  args->add_to(*cmd);
+  cmd->add_flag("--json", *json, "print one JSON object");
+  return [args, json] { print_info(args->load(/*weights=*/false), *json); };
+}
+
+}  // namespace optiq::cli

@@ -1,0 +1,31 @@
+// Each optiq subcommand registers its options and handler on the CLI11 app.
+#pragma once
+#include <functional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "model/model.h"
+
+namespace optiq::cli {
+
+// Options every model-reading command shares.
+struct ModelArgs {
+  std::string path;
+  std::string tokenizer;
+  void add_to(CLI::App& cmd, const std::string& what = "model: HF directory, .gguf file, or llama2.c .bin");
+  Model load(bool weights = true) const;
+};
+
+// Each register_* adds a subcommand and returns the function that runs it
+// (called after parsing, once global options such as --threads are applied).
+using Runner = std::function<void()>;
+Runner register_info(CLI::App& app);
+Runner register_generate(CLI::App& app);
+Runner register_eval(CLI::App& app);
+Runner register_logits(CLI::App& app);
+
+// Reads a whole text file (throws "<path>: cannot read").
+std::string read_text_file(const std::string& path);
+
+}  // namespace optiq::cli

@@ -1,0 +1,29 @@
+#include <fstream>
+#include <sstream>
+
+#include "commands.h"
+#include "core/error.h"
+
+namespace optiq::cli {
+
+void ModelArgs::add_to(CLI::App& cmd, const std::string& what) {
+  cmd.add_option("MODEL", path, what)->required();
+  cmd.add_option("--tokenizer", tokenizer, "tokenizer.bin for a llama2.c checkpoint");
+}
+
+Model ModelArgs::load(bool weights) const {
+  LoadOptions opt;
+  opt.tokenizer_path = tokenizer;
+  opt.load_weights = weights;
+  return load_model(path, opt);
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot read text file", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace optiq::cli
