@@ -1,0 +1,97 @@
+// bench_kernels: optiq's matmul kernels on SmolLM2-135M shapes.
+//   Decode  (n = 1):  bytes/s = weight bytes (packed + scales + biases) per second.
+//   Prefill (n = 64): FLOP/s = 2 * rows * cols * n per second.
+// Arguments: isa (0 scalar, 1 avx2, 2 avx512), bits (0 = fp32 weights), rows, cols, threads.
+// Example: bench_kernels --benchmark_filter='Decode.*isa:2'
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "core/parallel.h"
+#include "kernels/matmul.h"
+#include "quant/quantizer.h"
+
+namespace {
+
+using namespace optiq;
+
+std::vector<float> randn(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.05f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+struct Setup {
+  std::vector<float> w;
+  AffineMatrix q;
+  size_t bytes = 0;
+};
+
+Setup make(int bits, int64_t rows, int64_t cols) {
+  Setup s;
+  s.w = randn(rows * cols, 1);
+  if (bits > 0) {
+    QuantizeOptions o;
+    o.method = QuantMethod::MinMax;
+    s.q = quantize(s.w.data(), rows, cols, {bits, 64}, o);
+    s.bytes = s.q.bytes();
+  } else {
+    s.bytes = rows * cols * sizeof(float);
+  }
+  return s;
+}
+
+void run(benchmark::State& st, int64_t n) {
+  const Isa isa = static_cast<Isa>(st.range(0));
+  const int bits = static_cast<int>(st.range(1));
+  const int64_t rows = st.range(2), cols = st.range(3);
+  if (!isa_supported(isa)) {
+    st.SkipWithError("ISA not supported on this CPU");
+    return;
+  }
+  set_isa(isa);
+  set_num_threads(static_cast<int>(st.range(4)));
+  Setup s = make(bits, rows, cols);
+  auto x = randn(n * cols, 2);
+  std::vector<float> y(n * rows);
+  for (auto _ : st) {
+    if (bits > 0) {
+      affine_matmul(s.q.view(), x.data(), n, y.data());
+    } else {
+      f32_matmul(s.w.data(), rows, cols, x.data(), n, y.data());
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * s.bytes);
+  st.counters["GFLOPs"] =
+      benchmark::Counter(2.0 * rows * cols * n * st.iterations(), benchmark::Counter::kIsRate,
+                         benchmark::Counter::kIs1000);
+  st.SetLabel(std::string(isa_name(isa)) + (bits ? " q" + std::to_string(bits) + " g64" : " f32"));
+}
+
+void Decode(benchmark::State& st) { run(st, 1); }
+void Prefill(benchmark::State& st) { run(st, 64); }
+
+void shapes(benchmark::internal::Benchmark* b, bool big) {
+  b->ArgNames({"isa", "bits", "rows", "cols", "thr"});
+  for (int isa : {0, 1, 2})
+    for (int bits : {4, 8, 0})
+      for (int thr : {1, 2}) {
+        if (isa == 0 && thr == 2) continue;
+        b->Args({isa, bits, 576, 1536, thr});
+        b->Args({isa, bits, 1536, 576, thr});
+        if (big && isa > 0) b->Args({isa, bits, 4096, 4096, thr});
+      }
+  b->UseRealTime();
+}
+
+BENCHMARK(Decode)->Apply([](auto* b) { shapes(b, true); });
+BENCHMARK(Prefill)->Apply([](auto* b) { shapes(b, false); });
+
+}  // namespace
+
+BENCHMARK_MAIN();

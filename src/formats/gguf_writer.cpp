@@ -1,0 +1,249 @@
+#include "formats/gguf_writer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace optiq {
+
+using VT = GgufValue::Type;
+
+void GgufWriter::add(std::string key, GgufValue v) {
+  for (auto& [k, old] : meta_) {
+    if (k == key) {
+      old = std::move(v);
+      return;
+    }
+  }
+  meta_.emplace_back(std::move(key), std::move(v));
+}
+
+void GgufWriter::add_string(std::string key, std::string v) { add(std::move(key), GgufValue::make_string(std::move(v))); }
+void GgufWriter::add_int(std::string key, int64_t v, Type t) { add(std::move(key), GgufValue::make_int(t, v)); }
+void GgufWriter::add_float(std::string key, double v, Type t) { add(std::move(key), GgufValue::make_float(t, v)); }
+void GgufWriter::add_bool(std::string key, bool v) { add(std::move(key), GgufValue::make_bool(v)); }
+void GgufWriter::add_string_array(std::string key, std::vector<std::string> v) {
+  add(std::move(key), GgufValue::make_string_array(std::move(v)));
+}
+void GgufWriter::add_float_array(std::string key, const std::vector<float>& v) {
+  add(std::move(key), GgufValue::make_float_array(VT::F32, std::vector<double>(v.begin(), v.end())));
+}
+void GgufWriter::add_int_array(std::string key, std::vector<int64_t> v, Type elem) {
+  add(std::move(key), GgufValue::make_int_array(elem, std::move(v)));
+}
+
+void GgufWriter::copy_metadata(const GgufFile& src, const std::function<bool(std::string_view)>& keep) {
+  for (const auto& [k, v] : src.metadata())
+    if (!keep || keep(k)) add(k, v);
+}
+
+bool GgufWriter::has(std::string_view key) const {
+  for (const auto& kv : meta_)
+    if (kv.first == key) return true;
+  return false;
+}
+
+uint64_t GgufWriter::alignment() const {
+  for (const auto& [k, v] : meta_) {
+    if (k != "general.alignment") continue;
+    check(v.is_int() && v.i > 0 && v.i <= (1 << 30) && (v.i & (v.i - 1)) == 0,
+          "GGUF writer: general.alignment must be a positive power of two integer");
+    return static_cast<uint64_t>(v.i);
+  }
+  return 32;
+}
+
+void GgufWriter::check_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                              size_t nbytes) const {
+  check(!shape.empty() && shape.size() <= 4, "GGUF writer: tensor {} has {} dimensions (expected 1 to 4)", name,
+        shape.size());
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    check(d > 0, "GGUF writer: tensor {} has shape {}", name, shape_str(shape));
+    n *= d;
+  }
+  ggml_type_from_dtype(dtype);  // throws for types GGUF cannot hold
+  BlockLayout bl = block_layout(dtype);
+  check(shape.back() % bl.block_elems == 0, "GGUF writer: tensor {} row length {} is not a multiple of the {} block size {}",
+        name, shape.back(), dtype_name(dtype), bl.block_elems);
+  check(nbytes == dtype_bytes(dtype, n), "GGUF writer: tensor {} ({} {}) has {} bytes, expected {}", name,
+        dtype_name(dtype), shape_str(shape), nbytes, dtype_bytes(dtype, n));
+  for (const auto& t : tensors_) check(t.name != name, "GGUF writer: duplicate tensor name {}", name);
+}
+
+void GgufWriter::add_tensor(std::string name, DType dtype, std::vector<int64_t> shape, std::vector<uint8_t> bytes) {
+  check_tensor(name, dtype, shape, bytes.size());
+  Tensor t{std::move(name), dtype, std::move(shape), bytes.size(), std::move(bytes), nullptr, nullptr};
+  tensors_.push_back(std::move(t));
+}
+
+void GgufWriter::add_tensor_view(std::string name, DType dtype, std::vector<int64_t> shape, const void* data,
+                                 size_t nbytes) {
+  check_tensor(name, dtype, shape, nbytes);
+  Tensor t{std::move(name), dtype, std::move(shape), nbytes, {}, data, nullptr};
+  tensors_.push_back(std::move(t));
+}
+
+void GgufWriter::add_tensor_lazy(std::string name, DType dtype, std::vector<int64_t> shape, size_t nbytes,
+                                 std::function<void(uint8_t*)> fill) {
+  check_tensor(name, dtype, shape, nbytes);
+  Tensor t{std::move(name), dtype, std::move(shape), nbytes, {}, nullptr, std::move(fill)};
+  tensors_.push_back(std::move(t));
+}
+
+namespace {
+
+class Out {
+ public:
+  Out(const std::string& path, const std::string& final_path) : path_(path), final_(final_path) {
+    f_ = std::fopen(path.c_str(), "wb");
+    if (!f_) fail("{}: cannot create: {}", path, std::strerror(errno));
+    buf_.reserve(1 << 20);
+  }
+  ~Out() {
+    if (f_) std::fclose(f_);
+  }
+  void bytes(const void* p, size_t n) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    if (buf_.size() + n > (1 << 20)) flush();
+    if (n >= (1 << 20)) {
+      put(b, n);
+    } else {
+      buf_.insert(buf_.end(), b, b + n);
+    }
+    pos_ += n;
+  }
+  template <typename T>
+  void pod(T v) { bytes(&v, sizeof(T)); }
+  void str(const std::string& s) {
+    pod<uint64_t>(s.size());
+    bytes(s.data(), s.size());
+  }
+  void pad_to(uint64_t align) {
+    static const uint8_t zeros[64] = {};
+    while (pos_ % align) {
+      size_t n = std::min<uint64_t>(align - pos_ % align, sizeof(zeros));
+      bytes(zeros, n);
+    }
+  }
+  uint64_t pos() const { return pos_; }
+  void flush() {
+    if (!buf_.empty()) put(buf_.data(), buf_.size());
+    buf_.clear();
+  }
+  void close() {
+    flush();
+    if (std::fflush(f_) != 0 || ::fsync(fileno(f_)) != 0) fail("{}: cannot write: {}", final_, std::strerror(errno));
+    int rc = std::fclose(f_);
+    f_ = nullptr;
+    if (rc != 0) fail("{}: cannot write: {}", final_, std::strerror(errno));
+  }
+
+ private:
+  void put(const uint8_t* p, size_t n) {
+    if (std::fwrite(p, 1, n, f_) != n) fail("{}: cannot write: {}", final_, std::strerror(errno));
+  }
+  std::string path_, final_;
+  std::FILE* f_ = nullptr;
+  std::vector<uint8_t> buf_;
+  uint64_t pos_ = 0;
+};
+
+void write_scalar_int(Out& o, VT t, int64_t v) {
+  switch (t) {
+    case VT::U8: case VT::I8: case VT::BOOL: o.pod<uint8_t>(static_cast<uint8_t>(v)); break;
+    case VT::U16: case VT::I16: o.pod<uint16_t>(static_cast<uint16_t>(v)); break;
+    case VT::U32: case VT::I32: o.pod<uint32_t>(static_cast<uint32_t>(v)); break;
+    case VT::U64: case VT::I64: o.pod<uint64_t>(static_cast<uint64_t>(v)); break;
+    default: break;
+  }
+}
+
+void write_value(Out& o, const GgufValue& v, bool with_type) {
+  if (with_type) o.pod<uint32_t>(static_cast<uint32_t>(v.type));
+  switch (v.type) {
+    case VT::STRING: o.str(v.str); break;
+    case VT::F32: o.pod<float>(static_cast<float>(v.f)); break;
+    case VT::F64: o.pod<double>(v.f); break;
+    case VT::ARRAY: {
+      o.pod<uint32_t>(static_cast<uint32_t>(v.elem_type));
+      o.pod<uint64_t>(v.size());
+      VT e = v.elem_type;
+      if (e == VT::STRING) {
+        for (const auto& s : v.strings) o.str(s);
+      } else if (e == VT::ARRAY) {
+        for (const auto& a : v.arrays) write_value(o, a, false);
+      } else if (e == VT::F32) {
+        for (double x : v.floats) o.pod<float>(static_cast<float>(x));
+      } else if (e == VT::F64) {
+        for (double x : v.floats) o.pod<double>(x);
+      } else {
+        for (int64_t x : v.ints) write_scalar_int(o, e, x);
+      }
+      break;
+    }
+    default: write_scalar_int(o, v.type, v.i); break;
+  }
+}
+
+}  // namespace
+
+void GgufWriter::write(const std::string& path) const {
+  const uint64_t align = alignment();
+  for (const auto& [k, v] : meta_) {
+    if (v.type == VT::ARRAY && v.elem_type == VT::ARRAY)
+      for (const auto& a : v.arrays)
+        check(a.type == VT::ARRAY, "{}: metadata {}: nested array elements must be arrays", path, k);
+  }
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  try {
+    Out o(tmp, path);
+    o.bytes("GGUF", 4);
+    o.pod<uint32_t>(3);
+    o.pod<uint64_t>(tensors_.size());
+    o.pod<uint64_t>(meta_.size());
+    for (const auto& [k, v] : meta_) {
+      o.str(k);
+      write_value(o, v, true);
+    }
+    uint64_t off = 0;
+    for (const auto& t : tensors_) {
+      o.str(t.name);
+      o.pod<uint32_t>(static_cast<uint32_t>(t.shape.size()));
+      for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) o.pod<uint64_t>(static_cast<uint64_t>(*it));
+      o.pod<uint32_t>(ggml_type_from_dtype(t.dtype));
+      o.pod<uint64_t>(off);
+      off += (t.nbytes + align - 1) / align * align;
+    }
+    o.pad_to(align);
+    std::vector<uint8_t> scratch;
+    for (const auto& t : tensors_) {
+      if (t.fill) {
+        scratch.assign(t.nbytes, 0);
+        t.fill(scratch.data());
+        o.bytes(scratch.data(), t.nbytes);
+      } else if (t.borrowed) {
+        o.bytes(t.borrowed, t.nbytes);
+      } else {
+        o.bytes(t.owned.data(), t.nbytes);
+      }
+      o.pad_to(align);
+    }
+    o.close();
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) fail("{}: cannot rename {} into place: {}", path, tmp, ec.message());
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace optiq

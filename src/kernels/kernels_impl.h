@@ -1,0 +1,47 @@
+// Internal: per-ISA block functions behind kernels/matmul.h. Each computes the
+// output columns r in [r0, r1) of Y (ld = rows of W) for all n activation rows.
+#pragma once
+#include <cstdint>
+
+#include "quant/affine.h"
+
+namespace optiq::kern {
+
+// Rows of W handled by one task (and one dequantized tile in prefill).
+constexpr int64_t kRowBlock = 16;
+// n below this uses the fused unpack+FMA path (decode); n >= uses tiles.
+constexpr int64_t kFusedMaxN = 4;
+
+struct AffineArgs {
+  const AffineMatrixView* W;
+  const float* X;
+  int64_t n;
+  float* Y;
+  const float* xsum;  // n x groups_per_row: sum of x over each group (fused path)
+  const float* xperm = nullptr;  // n x cols, X reordered by permute_x_q4_avx512 (or null)
+};
+
+// AVX-512 4-bit decode reads 16 words (128 codes) at once and wants X in the
+// matching order: within each full block of 128, xp[k*16 + i] = x[8*i + k];
+// a tail shorter than 128 stays in natural order.
+void permute_x_q4_avx512(const float* x, int64_t cols, float* xp);
+
+void affine_block_scalar(const AffineArgs& a, int64_t r0, int64_t r1);
+void affine_block_avx2(const AffineArgs& a, int64_t r0, int64_t r1);
+void affine_block_avx512(const AffineArgs& a, int64_t r0, int64_t r1);
+
+// W16: 0 = fp32 W (float*), 1 = fp16, 2 = bf16 (uint16_t*).
+struct DenseArgs {
+  const void* W;
+  int kind;
+  int64_t rows, cols;
+  const float* X;
+  int64_t n;
+  float* Y;
+};
+
+void dense_block_scalar(const DenseArgs& a, int64_t r0, int64_t r1);
+void dense_block_avx2(const DenseArgs& a, int64_t r0, int64_t r1);
+void dense_block_avx512(const DenseArgs& a, int64_t r0, int64_t r1);
+
+}  // namespace optiq::kern

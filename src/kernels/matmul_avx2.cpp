@@ -1,0 +1,78 @@
+// AVX2 + FMA + F16C kernels; compiled with those flags by CMake and only called
+// after a cpuid check (kernels/matmul.cpp).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <vector>
+
+#include "core/half.h"
+#include "kernels/kernels_impl.h"
+
+namespace optiq::kern {
+namespace {
+
+// pshufb pattern and per-lane shifts that put code i (i < 8) of an 8-code chunk
+// into the low bits of dword lane i, the chunk's bytes being broadcast to both
+// 128-bit lanes.
+template <int bits>
+struct Tables {
+  alignas(32) std::array<uint8_t, 32> shuf{};
+  alignas(32) std::array<uint32_t, 8> shift{};
+  constexpr Tables() {
+    for (int i = 0; i < 8; ++i) {
+      const int bit = bits * i, s = bit >> 3, off = bit & 7;
+      shuf[4 * i] = static_cast<uint8_t>(s);
+      shuf[4 * i + 1] = off + bits > 8 ? static_cast<uint8_t>(s + 1) : 0x80;
+      shuf[4 * i + 2] = 0x80;
+      shuf[4 * i + 3] = 0x80;
+      shift[i] = static_cast<uint32_t>(off);
+    }
+  }
+};
+template <int bits>
+constexpr Tables<bits> kTables{};
+
+alignas(32) constexpr int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+struct V {
+  using F = __m256;
+  static constexpr int L = 8;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float f) { return _mm256_set1_ps(f); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static F loadn(const float* p, int n) {
+    return _mm256_maskload_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMask + 8 - n)));
+  }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static float hsum(F v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  template <int bits>
+  static F decode(const uint8_t* p) {
+    if constexpr (bits == 8) {
+      return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    } else {
+      __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      v = _mm256_shuffle_epi8(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(kTables<bits>.shuf.data())));
+      v = _mm256_srlv_epi32(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(kTables<bits>.shift.data())));
+      v = _mm256_and_si256(v, _mm256_set1_epi32((1 << bits) - 1));
+      return _mm256_cvtepi32_ps(v);
+    }
+  }
+};
+
+#include "kernels/simd_kernels.inc"
+
+}  // namespace
+
+void affine_block_avx2(const AffineArgs& a, int64_t r0, int64_t r1) { affine_block_impl(a, r0, r1); }
+void dense_block_avx2(const DenseArgs& a, int64_t r0, int64_t r1) { dense_block_impl(a, r0, r1); }
+
+}  // namespace optiq::kern

@@ -1,0 +1,149 @@
+// AVX-512 (F/BW/VL/DQ) kernels; compiled with AVX-512 flags by CMake and only
+// called after a cpuid check (kernels/matmul.cpp).
+#pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 false positives inside avx512fintrin.h
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <vector>
+
+#include "core/half.h"
+#include "kernels/kernels_impl.h"
+
+namespace optiq::kern {
+namespace {
+
+// pshufb pattern and per-lane shifts that put code i (i < 16) of a 16-code
+// chunk into the low bits of dword lane i, the chunk's bytes being broadcast to
+// all four 128-bit lanes.
+template <int bits>
+struct Tables {
+  alignas(64) std::array<uint8_t, 64> shuf{};
+  alignas(64) std::array<uint32_t, 16> shift{};
+  constexpr Tables() {
+    for (int i = 0; i < 16; ++i) {
+      const int bit = bits * i, s = bit >> 3, off = bit & 7;
+      shuf[4 * i] = static_cast<uint8_t>(s);
+      shuf[4 * i + 1] = off + bits > 8 ? static_cast<uint8_t>(s + 1) : 0x80;
+      shuf[4 * i + 2] = 0x80;
+      shuf[4 * i + 3] = 0x80;
+      shift[i] = static_cast<uint32_t>(off);
+    }
+  }
+};
+template <int bits>
+constexpr Tables<bits> kTables{};
+
+struct V {
+  using F = __m512;
+  static constexpr int L = 16;
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float f) { return _mm512_set1_ps(f); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static float hsum(F v) { return _mm512_reduce_add_ps(v); }
+  template <int bits>
+  static F decode(const uint8_t* p) {
+    if constexpr (bits == 8) {
+      return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    } else {
+      __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      v = _mm512_shuffle_epi8(v, _mm512_load_si512(kTables<bits>.shuf.data()));
+      v = _mm512_srlv_epi32(v, _mm512_load_si512(kTables<bits>.shift.data()));
+      v = _mm512_and_si512(v, _mm512_set1_epi32((1 << bits) - 1));
+      return _mm512_cvtepi32_ps(v);
+    }
+  }
+};
+
+#include "kernels/simd_kernels.inc"
+
+// 4-bit decode: word lane i of a 512-bit load holds codes 8i..8i+7; shifting
+// by 4k exposes code 8i+k in every lane, multiplied with the permuted X. Lane i
+// belongs to group 8i/gs, so each lane is scaled by its group's scale.
+template <int NX>
+void fused_q4(const AffineArgs& a, int64_t x0, int64_t r0, int64_t r1) {
+  const AffineMatrixView& W = *a.W;
+  const int64_t gs = W.fmt.group_size, ng = W.groups_per_row(), K = W.cols;
+  const int64_t nb = K / 128;
+  const int gpb = static_cast<int>(128 / gs);  // groups per block: 1, 2 or 4
+  const __mmask16 smask = static_cast<__mmask16>((1u << gpb) - 1);
+  const __m512i lane_group = _mm512_srli_epi32(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(8)),
+                                               gs == 32 ? 5 : gs == 64 ? 6 : 7);
+  const __m512i m4 = _mm512_set1_epi32(0xF);
+  RowScratch& s = scratch();
+  const float* X = a.X + x0 * K;
+  const float* XP = a.xperm + x0 * K;
+  const float* xs = a.xsum + x0 * ng;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* p = row_bytes(W, r, s);
+    row_scales(W, r, s);
+    __m512 acc[NX];
+    for (int i = 0; i < NX; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m512i v = _mm512_loadu_si512(p + b * 64);
+      const float* xb = XP + b * 128;
+      __m512 t[NX];
+      {
+        const __m512 q = _mm512_cvtepi32_ps(_mm512_and_si512(v, m4));
+        for (int i = 0; i < NX; ++i) t[i] = _mm512_mul_ps(_mm512_loadu_ps(xb + i * K), q);
+      }
+#define OPTIQ_Q4_STEP(k)                                                                        \
+  {                                                                                             \
+    const __m512 q = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(v, 4 * (k)), m4));   \
+    for (int i = 0; i < NX; ++i) t[i] = _mm512_fmadd_ps(_mm512_loadu_ps(xb + i * K + 16 * (k)), q, t[i]); \
+  }
+      OPTIQ_Q4_STEP(1) OPTIQ_Q4_STEP(2) OPTIQ_Q4_STEP(3) OPTIQ_Q4_STEP(4) OPTIQ_Q4_STEP(5) OPTIQ_Q4_STEP(6)
+      OPTIQ_Q4_STEP(7)
+#undef OPTIQ_Q4_STEP
+      const __m512 sv = _mm512_permutexvar_ps(lane_group, _mm512_maskz_loadu_ps(smask, s.sc.data() + b * gpb));
+      for (int i = 0; i < NX; ++i) acc[i] = _mm512_fmadd_ps(t[i], sv, acc[i]);
+    }
+    // Tail groups (cols not a multiple of 128): natural order, generic decode.
+    for (int64_t g = nb * gpb; g < ng; ++g) {
+      const uint8_t* pg = p + g * gs / 2;
+      __m512 t[NX];
+      for (int i = 0; i < NX; ++i) t[i] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < gs / 16; ++c) {
+        const __m512 q = V::decode<4>(pg + c * 8);
+        for (int i = 0; i < NX; ++i) t[i] = _mm512_fmadd_ps(_mm512_loadu_ps(X + i * K + g * gs + c * 16), q, t[i]);
+      }
+      const __m512 sv = _mm512_set1_ps(s.sc[g]);
+      for (int i = 0; i < NX; ++i) acc[i] = _mm512_fmadd_ps(t[i], sv, acc[i]);
+    }
+    for (int i = 0; i < NX; ++i) {
+      float bsum = 0;
+      const float* xsi = xs + i * ng;
+      for (int64_t g = 0; g < ng; ++g) bsum += s.bi[g] * xsi[g];
+      a.Y[(x0 + i) * W.rows + r] = _mm512_reduce_add_ps(acc[i]) + bsum;
+    }
+  }
+}
+
+}  // namespace
+
+void permute_x_q4_avx512(const float* x, int64_t cols, float* xp) {
+  const int64_t nb = cols / 128;
+  for (int64_t b = 0; b < nb; ++b)
+    for (int k = 0; k < 8; ++k)
+      for (int i = 0; i < 16; ++i) xp[b * 128 + k * 16 + i] = x[b * 128 + 8 * i + k];
+  for (int64_t j = nb * 128; j < cols; ++j) xp[j] = x[j];
+}
+
+void affine_block_avx512(const AffineArgs& a, int64_t r0, int64_t r1) {
+  if (a.xperm && a.W->fmt.bits == 4 && a.n < kFusedMaxN) {
+    int64_t i = 0;
+    for (; i + 2 <= a.n; i += 2) fused_q4<2>(a, i, r0, r1);
+    if (i < a.n) fused_q4<1>(a, i, r0, r1);
+    return;
+  }
+  affine_block_impl(a, r0, r1);
+}
+void dense_block_avx512(const DenseArgs& a, int64_t r0, int64_t r1) { dense_block_impl(a, r0, r1); }
+
+}  // namespace optiq::kern

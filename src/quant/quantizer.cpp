@@ -1,0 +1,140 @@
+#include "quant/quantizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "quant/quantizer_impl.h"
+
+namespace optiq {
+
+namespace detail {
+
+// MLX's rule (mlx/backend/cpu/quantized.cpp, affine quantize), re-derived:
+// the edge of larger magnitude gets an exact code, which makes 0 exactly
+// representable when the group straddles 0. Returns the unrounded fp32 scale
+// and bias (MLX rounds codes with these, then stores them as fp16/bf16).
+void minmax_params(const float* w, int gs, int bits, float* scale_out, float* bias_out) {
+  const float n_bins = static_cast<float>((1 << bits) - 1);
+  const float eps = 1e-7f;
+  float w_min = std::numeric_limits<float>::infinity(), w_max = -w_min;
+  for (int j = 0; j < gs; ++j) {
+    w_max = std::max(w_max, w[j]);
+    w_min = std::min(w_min, w[j]);
+  }
+  const bool min_edge = std::abs(w_min) > std::abs(w_max);
+  float scale = std::max((w_max - w_min) / n_bins, eps);
+  scale = min_edge ? scale : -scale;
+  const float edge = min_edge ? w_min : w_max;
+  const float q0 = std::rint(edge / scale);
+  float bias = 0;
+  if (q0 != 0) {
+    scale = edge / q0;
+    bias = edge;
+  }
+  *scale_out = scale;
+  *bias_out = bias;
+}
+
+#define QS_FN(name) name##_base
+#include "quant/quantizer_search.inc"
+#undef QS_FN
+
+}  // namespace detail
+
+namespace {
+
+using detail::minmax_params;
+
+detail::SearchFn pick_search() {
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl"))
+    return detail::quantize_group_search_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return detail::quantize_group_search_avx2;
+  return detail::quantize_group_search_base;
+}
+
+void quantize_group_minmax(const float* w, int gs, int bits, bool bf16, uint8_t* q, uint16_t* s_out,
+                           uint16_t* b_out) {
+  const float n_bins = static_cast<float>((1 << bits) - 1);
+  float scale, bias;
+  minmax_params(w, gs, bits, &scale, &bias);
+  for (int j = 0; j < gs; ++j) {
+    float v = std::rint((w[j] - bias) / scale);
+    v = std::min(std::max(v, 0.0f), n_bins);
+    q[j] = static_cast<uint8_t>(v);
+  }
+  *s_out = f32_to_scale(scale, bf16);
+  *b_out = f32_to_scale(bias, bf16);
+}
+
+}  // namespace
+
+AffineMatrix quantize(const float* w, int64_t rows, int64_t cols, AffineFormat fmt, const QuantizeOptions& opt) {
+  check_affine_shape(fmt, rows, cols);
+  const int gs = fmt.group_size;
+  const int64_t ng = cols / gs, wpr = affine_words_per_row(fmt, cols);
+  AffineMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.fmt = fmt;
+  m.bf16_scales = opt.bf16_scales;
+  m.packed.resize(rows * wpr);
+  m.scales.resize(rows * ng);
+  m.biases.resize(rows * ng);
+  std::vector<float> ones(gs, 1.0f);
+  static const detail::SearchFn search = pick_search();
+#pragma omp parallel
+  {
+    std::vector<uint8_t> codes(cols);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* wr = w + r * cols;
+      for (int64_t g = 0; g < ng; ++g) {
+        uint16_t* s = &m.scales[r * ng + g];
+        uint16_t* b = &m.biases[r * ng + g];
+        if (opt.method == QuantMethod::MinMax) {
+          quantize_group_minmax(wr + g * gs, gs, fmt.bits, opt.bf16_scales, codes.data() + g * gs, s, b);
+        } else {
+          const float* imp = opt.importance ? opt.importance + g * gs : ones.data();
+          search(wr + g * gs, imp, gs, fmt.bits, opt.bf16_scales, opt.grid, opt.refit_iters,
+                                codes.data() + g * gs, s, b);
+        }
+      }
+      pack_row(codes.data(), cols, fmt.bits, m.packed.data() + r * wpr);
+    }
+  }
+  return m;
+}
+
+QuantError quantization_error(const float* w, const AffineMatrixView& q, const float* importance) {
+  check_view(q);
+  double se = 0, swe = 0, sw2 = 0;
+#pragma omp parallel reduction(+ : se, swe, sw2)
+  {
+    std::vector<float> row(q.cols);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < q.rows; ++r) {
+      dequantize_row(q, r, row.data());
+      const float* wr = w + r * q.cols;
+      for (int64_t j = 0; j < q.cols; ++j) {
+        const double d = static_cast<double>(wr[j]) - row[j];
+        se += d * d;
+        swe += (importance ? importance[j] : 1.0) * d * d;
+        sw2 += static_cast<double>(wr[j]) * wr[j];
+      }
+    }
+  }
+  const double n = static_cast<double>(q.rows) * q.cols;
+  QuantError e;
+  e.mse = se / n;
+  e.weighted_mse = swe / n;
+  e.rel_rmse = sw2 > 0 ? std::sqrt(se / sw2) : 0.0;
+  return e;
+}
+
+}  // namespace optiq

@@ -1,0 +1,17 @@
+// The search quantizer compiled for AVX2 (CMake adds the flags for
+// *_avx2.cpp); quantizer.cpp calls it only after a cpuid check.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "quant/affine.h"
+#include "core/half.h"
+#include "quant/quantizer_impl.h"
+
+namespace optiq::detail {
+
+#define QS_FN(name) name##_avx2
+#include "quant/quantizer_search.inc"
+#undef QS_FN
+
+}  // namespace optiq::detail

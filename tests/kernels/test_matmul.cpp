@@ -1,0 +1,136 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/half.h"
+#include "kernels/matmul.h"
+#include "quant/quantizer.h"
+#include "test_util.h"
+
+namespace optiq {
+
+namespace {
+
+std::vector<Isa> available_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+    if (isa_supported(i)) v.push_back(i);
+  return v;
+}
+
+struct IsaGuard {
+  Isa saved = active_isa();
+  ~IsaGuard() { set_isa(saved); }
+};
+
+// Y = X W^T in double; tolerance per element scaled by sum |x||w|.
+void check_product(const std::vector<float>& Wf, int64_t rows, int64_t cols, const std::vector<float>& X, int64_t n,
+                   const std::vector<float>& Y, const std::string& what) {
+  int bad = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref = 0, mag = 0;
+      for (int64_t k = 0; k < cols; ++k) {
+        ref += static_cast<double>(X[i * cols + k]) * Wf[r * cols + k];
+        mag += std::abs(static_cast<double>(X[i * cols + k]) * Wf[r * cols + k]);
+      }
+      const double got = Y[i * rows + r];
+      if (!(std::abs(got - ref) <= 2e-6 * mag + 1e-30) && bad++ < 5)
+        ADD_FAILURE() << what << " Y[" << i << "," << r << "] = " << got << " expected " << ref << " (mag " << mag
+                      << ")";
+    }
+}
+
+}  // namespace
+
+TEST(Kernels, AffineAllFormatsAllPaths) {
+  IsaGuard guard;
+  const int64_t row_counts[] = {1, 3, 17, 67};
+  const int64_t ns[] = {1, 2, 5, 33};
+  uint32_t seed = 1;
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int gs : {32, 64, 128})
+      for (bool bf16 : {false, true}) {
+        const int64_t col_opts[] = {gs, 3 * gs, 10 * 32 / gs * gs == 320 ? 320 : 5 * gs};
+        for (int64_t cols : col_opts) {
+          const int64_t rows = row_counts[(seed) % 4];
+          auto w = test::random_floats(rows * cols, seed++);
+          QuantizeOptions o;
+          o.method = QuantMethod::MinMax;
+          o.bf16_scales = bf16;
+          AffineMatrix m = quantize(w.data(), rows, cols, {bits, gs}, o);
+          auto Wf = dequantize(m.view());
+          for (int64_t n : ns) {
+            auto X = test::random_floats(n * cols, seed++);
+            for (Isa isa : available_isas()) {
+              set_isa(isa);
+              std::vector<float> Y(n * rows, NAN);
+              affine_matmul(m.view(), X.data(), n, Y.data());
+              check_product(Wf, rows, cols, X, n, Y,
+                            fmt::format("{} q{} g{} {} {}x{} n={}", isa_name(isa), bits, gs, bf16 ? "bf16" : "f16",
+                                        rows, cols, n));
+            }
+          }
+        }
+      }
+}
+
+TEST(Kernels, AffineOddRowCounts) {
+  IsaGuard guard;
+  for (int64_t rows : {1, 3, 17, 67})
+    for (int64_t n : {1, 2, 3, 4, 5, 33}) {
+      const int64_t cols = 96;
+      auto w = test::random_floats(rows * cols, 77 + rows);
+      AffineMatrix m = quantize(w.data(), rows, cols, {3, 32});
+      auto Wf = dequantize(m.view());
+      auto X = test::random_floats(n * cols, 5 + n);
+      for (Isa isa : available_isas()) {
+        set_isa(isa);
+        std::vector<float> Y(n * rows, NAN);
+        affine_matmul(m.view(), X.data(), n, Y.data());
+        check_product(Wf, rows, cols, X, n, Y, fmt::format("{} rows={} n={}", isa_name(isa), rows, n));
+      }
+    }
+}
+
+TEST(Kernels, DenseF32AndHalf) {
+  IsaGuard guard;
+  for (int64_t rows : {1, 3, 17, 67})
+    for (int64_t cols : {1, 7, 32, 96, 333})
+      for (int64_t n : {1, 2, 5, 33}) {
+        auto W = test::random_floats(rows * cols, 1000 + rows * cols);
+        auto X = test::random_floats(n * cols, 2000 + n);
+        std::vector<uint16_t> h(W.size()), b(W.size());
+        std::vector<float> Wh(W.size()), Wb(W.size());
+        for (size_t j = 0; j < W.size(); ++j) {
+          h[j] = f32_to_f16(W[j]);
+          b[j] = f32_to_bf16(W[j]);
+          Wh[j] = f16_to_f32(h[j]);
+          Wb[j] = bf16_to_f32(b[j]);
+        }
+        for (Isa isa : available_isas()) {
+          set_isa(isa);
+          const std::string tag = fmt::format("{} {}x{} n={}", isa_name(isa), rows, cols, n);
+          std::vector<float> Y(n * rows, NAN);
+          f32_matmul(W.data(), rows, cols, X.data(), n, Y.data());
+          check_product(W, rows, cols, X, n, Y, "f32 " + tag);
+          half_matmul(h.data(), false, rows, cols, X.data(), n, Y.data());
+          check_product(Wh, rows, cols, X, n, Y, "f16 " + tag);
+          half_matmul(b.data(), true, rows, cols, X.data(), n, Y.data());
+          check_product(Wb, rows, cols, X, n, Y, "bf16 " + tag);
+        }
+      }
+}
+
+TEST(Kernels, IsaSelection) {
+  IsaGuard guard;
+  EXPECT_EQ(set_isa(Isa::Scalar), Isa::Scalar);
+  EXPECT_EQ(active_isa(), Isa::Scalar);
+  Isa got = set_isa(Isa::Avx512);
+  EXPECT_TRUE(isa_supported(got));
+}
+
+}  // namespace optiq
