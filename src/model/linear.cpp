@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "kernels/matmul.h"
 
 namespace optiq {
 
@@ -23,31 +24,46 @@ Linear Linear::from_f32_view(const float* w, int64_t rows, int64_t cols) {
   return l;
 }
 
-const float* Linear::f32() const { return owned_.empty() ? f32_ : owned_.data(); }
-
-// Temporary portable kernel until kernels/ provides the SIMD one.
-void Linear::forward(const float* x, int64_t n, float* y) const {
-  const float* w = f32();
-  const int64_t rows = rows_, cols = cols_;
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* wr = w + r * cols;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* xi = x + i * cols;
-      float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t c = 0; c < cols; ++c) acc += wr[c] * xi[c];
-      y[i * rows + r] = acc;
-    }
-  }
+Linear Linear::from_affine(AffineMatrix m) {
+  auto owned = std::make_shared<const AffineMatrix>(std::move(m));
+  Linear l = from_affine_view(owned->view());
+  l.owned_affine_ = std::move(owned);
+  return l;
 }
 
-void Linear::row(int64_t r, float* out) const { std::memcpy(out, f32() + r * cols_, sizeof(float) * cols_); }
+Linear Linear::from_affine_view(const AffineMatrixView& v) {
+  check_view(v);
+  Linear l;
+  l.rows_ = v.rows;
+  l.cols_ = v.cols;
+  l.affine_view_ = v;
+  return l;
+}
 
-std::vector<float> Linear::to_f32() const { return std::vector<float>(f32(), f32() + rows_ * cols_); }
+void Linear::forward(const float* x, int64_t n, float* y) const {
+  if (affine_view_)
+    affine_matmul(*affine_view_, x, n, y);
+  else
+    f32_matmul(f32(), rows_, cols_, x, n, y);
+}
 
-size_t Linear::bytes() const { return static_cast<size_t>(rows_ * cols_) * sizeof(float); }
+void Linear::row(int64_t r, float* out) const {
+  if (affine_view_)
+    dequantize_row(*affine_view_, r, out);
+  else
+    std::memcpy(out, f32() + r * cols_, sizeof(float) * cols_);
+}
 
-std::string Linear::format() const { return "F32"; }
+std::vector<float> Linear::to_f32() const {
+  if (affine_view_) return dequantize(*affine_view_);
+  return std::vector<float>(f32(), f32() + rows_ * cols_);
+}
+
+size_t Linear::bytes() const {
+  if (affine_view_) return optiq::bytes(*affine_view_);
+  return static_cast<size_t>(rows_ * cols_) * sizeof(float);
+}
+
+std::string Linear::format() const { return affine_view_ ? affine_format_name(affine_view_->fmt) : "F32"; }
 
 }  // namespace optiq

@@ -1,13 +1,16 @@
 // One weight matrix {out, in} in a storage the runtime multiplies directly:
 // fp32 (owned, or borrowed from a memory-mapped file) or MLX-style packed
-// affine groups. The accuracy path (fake quantization) and the runtime path
-// (packed kernels) both go through Linear::forward, so they share everything
-// but the storage.
+// affine groups (owned, or borrowed). The accuracy path (fake quantization:
+// quantize, dequantize, fp32) and the runtime path (packed kernels) both go
+// through Linear::forward, so they share everything but the storage.
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "quant/affine.h"
 
 namespace optiq {
 
@@ -17,10 +20,16 @@ class Linear {
   static Linear from_f32(std::vector<float> w, int64_t rows, int64_t cols);
   // Borrowed: `w` must outlive the Linear (it points into a mapped file).
   static Linear from_f32_view(const float* w, int64_t rows, int64_t cols);
+  static Linear from_affine(AffineMatrix m);
+  // Borrowed: the view's arrays must outlive the Linear.
+  static Linear from_affine_view(const AffineMatrixView& v);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   bool empty() const { return rows_ == 0; }
+  bool is_affine() const { return affine_view_.has_value(); }
+  // Valid only when is_affine().
+  const AffineMatrixView& affine() const { return *affine_view_; }
 
   // Y[n x rows] = X[n x cols] . W^T (row-major, fp32 accumulation).
   void forward(const float* x, int64_t n, float* y) const;
@@ -29,13 +38,18 @@ class Linear {
   std::vector<float> to_f32() const;
   // Bytes of weight storage (scales and biases included).
   size_t bytes() const;
+  // "F32" or e.g. "affine-q4-g64".
   std::string format() const;
 
  private:
-  const float* f32() const;
+  const float* f32() const { return owned_.empty() ? f32_ : owned_.data(); }
   int64_t rows_ = 0, cols_ = 0;
   std::vector<float> owned_;
   const float* f32_ = nullptr;
+  // Affine storage: owned_affine_ holds the arrays when owned; the view points
+  // either into it (vector buffers survive moves) or into a mapped file.
+  std::shared_ptr<const AffineMatrix> owned_affine_;
+  std::optional<AffineMatrixView> affine_view_;
 };
 
 }  // namespace optiq

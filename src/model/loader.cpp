@@ -9,6 +9,7 @@
 #include "formats/gguf.h"
 #include "formats/hf_checkpoint.h"
 #include "formats/llama2c.h"
+#include <nlohmann/json.hpp>
 #include "model/model.h"
 #include "quant/ggml_dequant.h"
 #include "tokenizer/tokenizer.h"
@@ -26,13 +27,11 @@ std::string_view format_name(SourceFormat f) {
   return "?";
 }
 
+// Counted from the architecture, not the stored tensors: packed words,
+// scales and biases are storage, not parameters.
 int64_t Model::parameter_count() const {
-  int64_t n = 0;
-  for (const auto& t : source_tensors) {
-    int64_t e = 1;
-    for (int64_t d : t.shape) e *= d;
-    n += e;
-  }
+  int64_t n = static_cast<int64_t>(config.n_layers) * 2 * config.dim + config.dim;  // norms
+  for (const auto& m : quantizable_modules(config)) n += m.numel();
   return n;
 }
 
@@ -102,7 +101,13 @@ class TensorTable {
 
   std::vector<float> vec(const std::string& name, int64_t n) const { return to_f32(get(name, {n}), name); }
 
+  // MLX-quantized checkpoints: "<module>.weight" holds packed uint32 words
+  // next to "<module>.scales" and "<module>.biases"; `formats` says the bits.
+  void set_quantization(const PrecisionMap* formats) { formats_ = formats; }
+
   Linear linear(const std::string& name, int64_t rows, int64_t cols, int64_t rope_heads = 0, int64_t head_dim = 0) const {
+    const std::string module = name.substr(0, name.size() - 7);  // strip ".weight"
+    if (formats_ && has(module + ".scales")) return affine_linear(module, rows, cols);
     const TensorView& t = get(name, {rows, cols});
     const bool reorder = interleaved_ && rope_heads > 0;
     if (t.dtype == DType::F32 && !reorder) return Linear::from_f32_view(static_cast<const float*>(t.data), rows, cols);
@@ -112,6 +117,30 @@ class TensorTable {
   }
 
  private:
+  Linear affine_linear(const std::string& module, int64_t rows, int64_t cols) const {
+    auto it = formats_->formats.find(module);
+    check(it != formats_->formats.end() && it->second.has_value(),
+          "{}: {} has scales but config.json's quantization does not give its bits", source_, module);
+    const AffineFormat fmt = *it->second;
+    check(format_fits(fmt, cols), "{}: {}: group size {} does not divide {} inputs", source_, module, fmt.group_size,
+          cols);
+    const TensorView& w = get(module + ".weight", {rows, affine_words_per_row(fmt, cols)});
+    const TensorView& s = get(module + ".scales", {rows, affine_groups_per_row(fmt, cols)});
+    const TensorView& b = get(module + ".biases", {rows, affine_groups_per_row(fmt, cols)});
+    check(w.dtype == DType::U32, "{}: {}.weight is {}, expected U32 packed words", source_, module, dtype_name(w.dtype));
+    check((s.dtype == DType::F16 || s.dtype == DType::BF16) && b.dtype == s.dtype,
+          "{}: {}: scales and biases must both be F16 or BF16", source_, module);
+    AffineMatrixView v;
+    v.rows = rows;
+    v.cols = cols;
+    v.fmt = fmt;
+    v.bf16_scales = s.dtype == DType::BF16;
+    v.packed = static_cast<const uint32_t*>(w.data);
+    v.scales = static_cast<const uint16_t*>(s.data);
+    v.biases = static_cast<const uint16_t*>(b.data);
+    return Linear::from_affine_view(v);
+  }
+
   std::vector<float> to_f32(const TensorView& t, const std::string& name) const {
     try {
       return dequantize(t);
@@ -121,6 +150,7 @@ class TensorTable {
   }
   std::string source_;
   bool interleaved_;
+  const PrecisionMap* formats_ = nullptr;
   std::map<std::string, const TensorView*> by_name_;
 };
 
@@ -168,6 +198,38 @@ Model load_gguf(const std::string& path, const LoadOptions& opt) {
   return m;
 }
 
+// config.json "quantization": {"group_size": G, "bits": B, "<module>": {...} | false}.
+// Modules without an entry use the defaults when their scales exist.
+PrecisionMap mlx_precision_map(const nlohmann::json& q, const ModelConfig& c, const std::string& source) {
+  check(q.is_object(), "{}: \"quantization\" must be an object", source);
+  AffineFormat def;
+  try {
+    def.bits = q.value("bits", 4);
+    def.group_size = q.value("group_size", 64);
+    check(q.value("mode", std::string("affine")) == "affine", "{}: quantization mode '{}' is not supported (affine only)",
+          source, q.value("mode", std::string()));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: bad quantization entry: {}", source, e.what());
+  }
+  check_affine_format(def);
+  PrecisionMap p;
+  for (const auto& m : quantizable_modules(c)) {
+    TensorFormat f = def;
+    if (q.contains(m.path)) {
+      const auto& v = q[m.path];
+      if (v.is_boolean()) {
+        f = v.get<bool>() ? TensorFormat(def) : std::nullopt;
+      } else {
+        check(v.is_object(), "{}: quantization entry for {} must be an object or false", source, m.path);
+        f = AffineFormat{v.value("bits", def.bits), v.value("group_size", def.group_size)};
+        check_affine_format(*f);
+      }
+    }
+    p.formats[m.path] = f;
+  }
+  return p;
+}
+
 Model load_hf(const std::string& dir, const LoadOptions& opt) {
   auto ckpt = std::make_shared<HfCheckpoint>(dir);
   Model m;
@@ -179,10 +241,18 @@ Model load_hf(const std::string& dir, const LoadOptions& opt) {
   m.tokenizer = std::make_unique<Tokenizer>(tokenizer_spec_from_hf(dir));
   record_sources(m, ckpt->tensors());
   if (!m.config.tied_embeddings && !ckpt->find_tensor("lm_head.weight")) m.config.tied_embeddings = true;
+  const nlohmann::json& cfg = ckpt->config();
+  const char* qkey = cfg.contains("quantization") ? "quantization"
+                     : cfg.contains("quantization_config") ? "quantization_config" : nullptr;
+  if (qkey) m.precision = mlx_precision_map(cfg[qkey], m.config, dir + "/config.json");
   if (opt.load_weights) {
     TensorTable table(dir, /*interleaved_rope=*/false);
+    if (qkey) table.set_quantization(&m.precision);
     for (const auto& t : ckpt->tensors()) table.add(t.name, t);
     m.weights = load_weights(m.config, table);
+    if (qkey)
+      for (const auto& mod : quantizable_modules(m.config))
+        if (!module_linear(m.weights, mod).is_affine()) m.precision.formats[mod.path] = std::nullopt;
   }
   m.keepalive = ckpt;
   return m;

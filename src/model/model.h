@@ -8,6 +8,7 @@
 #include "core/tensor.h"
 #include "model/config.h"
 #include "model/linear.h"
+#include "model/precision.h"
 #include "tokenizer/tokenizer.h"
 
 namespace optiq {
@@ -44,12 +45,19 @@ struct Model {
   ModelWeights weights;
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<SourceTensor> source_tensors;
+  // Formats of the quantizable modules as stored (empty unless the model was
+  // quantized by optiq or loaded from an MLX-quantized directory).
+  PrecisionMap precision;
   // Mapped source files that borrowed weight views point into.
   std::shared_ptr<const void> keepalive;
 
   int64_t parameter_count() const;
   size_t source_bytes() const;  // sum of source tensor bytes
 };
+
+// The Linear of a quantizable module (model/precision.h).
+Linear& module_linear(ModelWeights& w, const ModuleInfo& m);
+const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m);
 
 struct LoadOptions {
   std::string tokenizer_path;  // llama2.c checkpoints: tokenizer.bin

@@ -148,6 +148,8 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.attn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
+    using Site = ActivationObserver::Site;
+    if (observer_) observer_->observe(l, Site::AttnIn, xn_.data(), n, dim);
     L.wq.forward(xn_.data(), n, q_.data());
     L.wk.forward(xn_.data(), n, k_.data());
     L.wv.forward(xn_.data(), n, v_.data());
@@ -161,26 +163,32 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
       std::copy_n(&v_[i * kv_dim], kv_dim, vc + static_cast<size_t>(p) * kv_dim);
     }
     attention(l, n, q_.data(), att_.data());
+    if (observer_) observer_->observe(l, Site::OIn, att_.data(), n, qd);
     L.wo.forward(att_.data(), n, xn_.data());
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
     for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.ffn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
+    if (observer_) observer_->observe(l, Site::MlpIn, xn_.data(), n, dim);
     L.w_gate.forward(xn_.data(), n, gate_.data());
     L.w_up.forward(xn_.data(), n, up_.data());
     for (int64_t i = 0; i < n * hid; ++i) {
       const float g = gate_[i];
       gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
     }
+    if (observer_) observer_->observe(l, Site::DownIn, gate_.data(), n, hid);
     L.w_down.forward(gate_.data(), n, xn_.data());
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
   }
   pos_ += static_cast<int>(n);
 
   const int64_t n_out = n - logits_from;
-  if (n_out == 0) return;
-  for (int64_t i = 0; i < n_out; ++i)
-    rms_norm(&x_[(logits_from + i) * dim], w.final_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
-  w.output().forward(xn_.data(), n_out, logits);
+  // An observer sees the lm_head input of every token, not only the scored ones.
+  const int64_t norm_from = observer_ ? 0 : logits_from;
+  if (n - norm_from == 0) return;
+  for (int64_t i = norm_from; i < n; ++i)
+    rms_norm(&x_[i * dim], w.final_norm.data(), dim, c.norm_eps, &xn_[(i - norm_from) * dim]);
+  if (observer_) observer_->observe(-1, ActivationObserver::Site::HeadIn, xn_.data(), n, dim);
+  if (n_out > 0) w.output().forward(xn_.data() + (logits_from - norm_from) * dim, n_out, logits);
 }
 
 std::vector<float> Transformer::forward_last(std::span<const int32_t> tokens) {

@@ -10,6 +10,15 @@
 
 namespace optiq {
 
+// Sees the inputs of every matrix product (calibration statistics, profiling).
+class ActivationObserver {
+ public:
+  enum class Site { AttnIn, OIn, MlpIn, DownIn, HeadIn };  // q/k/v, o_proj, gate/up, down_proj, lm_head inputs
+  virtual ~ActivationObserver() = default;
+  // x is n rows of `cols` floats; layer is -1 for HeadIn.
+  virtual void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) = 0;
+};
+
 class Transformer {
  public:
   // max_ctx <= 0: the model's context length, capped at 4096.
@@ -23,6 +32,7 @@ class Transformer {
   std::vector<float> forward_last(std::span<const int32_t> tokens);
 
   void reset() { pos_ = 0; }
+  void set_observer(ActivationObserver* o) { observer_ = o; }
   int pos() const { return pos_; }
   int max_ctx() const { return max_ctx_; }
   const Model& model() const { return model_; }
@@ -33,6 +43,7 @@ class Transformer {
   void ensure_scratch(int64_t n);
 
   const Model& model_;
+  ActivationObserver* observer_ = nullptr;
   int max_ctx_;
   int pos_ = 0;
   std::vector<float> inv_freq_;             // head_dim/2 RoPE frequencies

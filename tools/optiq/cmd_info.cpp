@@ -18,6 +18,29 @@ nlohmann::json config_json(const ModelConfig& c) {
           {"tied_embeddings", c.tied_embeddings}, {"quirks", c.quirks()}};
 }
 
+std::string short_format(const TensorFormat& f) {
+  return f ? fmt::format("q{}g{}", f->bits, f->group_size) : "float";
+}
+
+// Layers x tensor types, one cell per module: the per-tensor precision map.
+void print_precision_map(const Model& m) {
+  static const char* kinds[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  const auto& f = m.precision.formats;
+  auto get = [&](const std::string& p) { auto it = f.find(p); return it == f.end() ? std::string("-") : short_format(it->second); };
+  fmt::print("\nprecision map (bits and group size per tensor)\n");
+  fmt::print("embed_tokens {}", get("model.embed_tokens"));
+  if (!m.config.tied_embeddings) fmt::print(", lm_head {}", get("lm_head"));
+  fmt::print("\n{:>5}", "layer");
+  for (const char* k : kinds) fmt::print(" {:>9}", k);
+  fmt::print("\n");
+  for (int i = 0; i < m.config.n_layers; ++i) {
+    fmt::print("{:>5}", i);
+    for (int k = 0; k < 7; ++k)  // the first four are attention projections
+      fmt::print(" {:>9}", get(fmt::format("model.layers.{}.{}.{}", i, k < 4 ? "self_attn" : "mlp", kinds[k])));
+    fmt::print("\n");
+  }
+}
+
 void print_info(const Model& m, bool json) {
   const int64_t params = m.parameter_count();
   const size_t bytes = m.source_bytes();
@@ -33,6 +56,10 @@ void print_info(const Model& m, bool json) {
     j["vocab_size"] = m.tokenizer->vocab_size();
     j["bos"] = m.tokenizer->bos();
     j["eos"] = m.tokenizer->eos();
+    if (!m.precision.formats.empty()) {
+      auto& pm = j["precision"] = nlohmann::json::object();
+      for (const auto& [path, f] : m.precision.formats) pm[path] = tensor_format_name(f);
+    }
     auto& ts = j["tensors"] = nlohmann::json::array();
     for (const auto& t : m.source_tensors)
       ts.push_back({{"name", t.name}, {"shape", t.shape}, {"type", dtype_name(t.dtype)}, {"bytes", t.bytes}});
@@ -52,9 +79,10 @@ void print_info(const Model& m, bool json) {
   fmt::print("\n{:<48} {:>18} {:>6} {:>12}\n", "tensor", "shape", "type", "bytes");
   for (const auto& t : m.source_tensors)
     fmt::print("{:<48} {:>18} {:>6} {:>12}\n", t.name, shape_str(t.shape), dtype_name(t.dtype), t.bytes);
+  if (!m.precision.formats.empty()) print_precision_map(m);
   fmt::print("\nparameters   {} ({:.2f} M)\n", params, params / 1e6);
   fmt::print("size         {} bytes ({:.2f} MB)\n", bytes, bytes / 1e6);
-  fmt::print("bits/weight  {:.3f}\n", bpw);
+  fmt::print("bits/weight  {:.3f} (all tensors, scales and biases included)\n", bpw);
 }
 
 }  // namespace

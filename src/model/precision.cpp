@@ -1,0 +1,128 @@
+#include "model/precision.h"
+
+#include <fstream>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace optiq {
+
+std::string tensor_format_name(const TensorFormat& f) { return f ? affine_format_name(*f) : "float"; }
+
+bool format_fits(const AffineFormat& fmt, int64_t cols) { return cols > 0 && cols % fmt.group_size == 0; }
+
+double format_bits_per_weight(const TensorFormat& f) { return f ? bits_per_weight(*f) : 16.0; }
+
+std::vector<ModuleInfo> quantizable_modules(const ModelConfig& c) {
+  std::vector<ModuleInfo> m;
+  m.push_back({"model.embed_tokens", "embed", -1, c.vocab_size, c.dim});
+  for (int i = 0; i < c.n_layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    m.push_back({p + "self_attn.q_proj", "q_proj", i, c.q_dim(), c.dim});
+    m.push_back({p + "self_attn.k_proj", "k_proj", i, c.kv_dim(), c.dim});
+    m.push_back({p + "self_attn.v_proj", "v_proj", i, c.kv_dim(), c.dim});
+    m.push_back({p + "self_attn.o_proj", "o_proj", i, c.dim, c.q_dim()});
+    m.push_back({p + "mlp.gate_proj", "gate_proj", i, c.hidden_dim, c.dim});
+    m.push_back({p + "mlp.up_proj", "up_proj", i, c.hidden_dim, c.dim});
+    m.push_back({p + "mlp.down_proj", "down_proj", i, c.dim, c.hidden_dim});
+  }
+  if (!c.tied_embeddings) m.push_back({"lm_head", "lm_head", -1, c.vocab_size, c.dim});
+  return m;
+}
+
+PrecisionMap PrecisionMap::uniform(const ModelConfig& config, AffineFormat fmt) {
+  check_affine_format(fmt);
+  PrecisionMap p;
+  for (const auto& m : quantizable_modules(config))
+    p.formats[m.path] = format_fits(fmt, m.cols) ? TensorFormat(fmt) : std::nullopt;
+  return p;
+}
+
+namespace {
+
+TensorFormat parse_format(const nlohmann::json& v, const std::string& source, const std::string& what) {
+  if (v.is_string() && (v == "float" || v == "f16" || v == "bf16")) return std::nullopt;
+  if (v.is_boolean() && !v.get<bool>()) return std::nullopt;
+  check(v.is_object() && v.contains("bits"), "{}: {}: expected {{\"bits\": B, \"group_size\": G}} or \"float\"", source,
+        what);
+  AffineFormat f;
+  try {
+    f.bits = v.at("bits").get<int>();
+    f.group_size = v.value("group_size", 64);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: {}: {}", source, what, e.what());
+  }
+  try {
+    check_affine_format(f);
+  } catch (const Error& e) {
+    fail("{}: {}: {}", source, what, e.what());
+  }
+  return f;
+}
+
+nlohmann::json format_json(const TensorFormat& f) {
+  if (!f) return "float";
+  return {{"bits", f->bits}, {"group_size", f->group_size}};
+}
+
+}  // namespace
+
+PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelConfig& config, const std::string& source) {
+  check(j.is_object(), "{}: a plan is a JSON object", source);
+  const auto modules = quantizable_modules(config);
+  PrecisionMap p;
+  TensorFormat def = AffineFormat{4, 64};
+  if (j.contains("default")) def = parse_format(j["default"], source, "default");
+  for (const auto& m : modules) p.formats[m.path] = def && format_fits(*def, m.cols) ? def : std::nullopt;
+  if (j.contains("tensors")) {
+    check(j["tensors"].is_object(), "{}: \"tensors\" must map module paths to formats", source);
+    std::map<std::string, const ModuleInfo*> by_path;
+    for (const auto& m : modules) by_path[m.path] = &m;
+    for (const auto& [name, v] : j["tensors"].items()) {
+      std::string path = name;
+      if (path.size() > 7 && path.ends_with(".weight")) path.resize(path.size() - 7);
+      auto it = by_path.find(path);
+      check(it != by_path.end(), "{}: tensor '{}' is not a quantizable module of this model (e.g. {})", source, name,
+            modules.size() > 1 ? modules[1].path : modules[0].path);
+      TensorFormat f = parse_format(v, source, name);
+      check(!f || format_fits(*f, it->second->cols), "{}: {}: group size {} does not divide its {} inputs", source,
+            name, f ? f->group_size : 0, it->second->cols);
+      p.formats[path] = f;
+    }
+  }
+  return p;
+}
+
+PrecisionMap PrecisionMap::from_plan_file(const std::string& path, const ModelConfig& config) {
+  std::ifstream in(path);
+  if (!in) fail("{}: cannot read plan file", path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", path, e.what());
+  }
+  return from_plan_json(j, config, path);
+}
+
+nlohmann::json PrecisionMap::to_plan_json() const {
+  nlohmann::json t = nlohmann::json::object();
+  for (const auto& [path, f] : formats) t[path] = format_json(f);
+  return {{"format", "optiq-plan"}, {"version", 1}, {"tensors", t}};
+}
+
+void PrecisionMap::write_plan_file(const std::string& path) const {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    check(static_cast<bool>(out), "{}: cannot write", path);
+    out << to_plan_json().dump(2) << "\n";
+    check(static_cast<bool>(out), "{}: write failed", path);
+  }
+  check(std::rename(tmp.c_str(), path.c_str()) == 0, "{}: cannot rename {} into place", path, tmp);
+}
+
+}  // namespace optiq

@@ -1,0 +1,58 @@
+// The per-tensor precision map: which storage format each weight matrix of a
+// model gets. It is what a plan (docs/plan-format.md) holds, what
+// `optiq quantize --plan` reads, and what the MLX config.json "quantization"
+// entry records.
+//
+// Tensors are named by module path as in Hugging Face / MLX checkpoints:
+// "model.embed_tokens", "model.layers.3.self_attn.q_proj", "lm_head".
+#pragma once
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "model/config.h"
+#include "quant/affine.h"
+
+namespace optiq {
+
+// nullopt = kept in float.
+using TensorFormat = std::optional<AffineFormat>;
+
+std::string tensor_format_name(const TensorFormat& f);  // "float" or "affine-q4-g64"
+
+struct PrecisionMap {
+  std::map<std::string, TensorFormat> formats;  // module path -> format
+
+  // Reads a plan file ({"default": {...}, "tensors": {...}}); validates every
+  // entry against the model's modules and their shapes. Throws "<path>: ...".
+  static PrecisionMap from_plan_file(const std::string& path, const ModelConfig& config);
+  static PrecisionMap from_plan_json(const nlohmann::json& j, const ModelConfig& config, const std::string& source);
+  // Every quantizable module at one format (modules whose input width the
+  // group size does not divide stay in float).
+  static PrecisionMap uniform(const ModelConfig& config, AffineFormat fmt);
+  nlohmann::json to_plan_json() const;
+  void write_plan_file(const std::string& path) const;
+};
+
+// One quantizable weight matrix of a model.
+struct ModuleInfo {
+  std::string path;  // "model.layers.0.mlp.down_proj"
+  std::string kind;  // "embed", "q_proj", ..., "down_proj", "lm_head"
+  int layer = -1;    // -1 for embedding and lm_head
+  int64_t rows = 0, cols = 0;
+  int64_t numel() const { return rows * cols; }
+};
+
+// Every quantizable module, in forward order (embedding, layers, lm_head when untied).
+std::vector<ModuleInfo> quantizable_modules(const ModelConfig& config);
+
+// Can `fmt` store a matrix with `cols` inputs (group size divides cols)?
+bool format_fits(const AffineFormat& fmt, int64_t cols);
+
+// Storage bits per weight of a format for a module (float = 16 bits).
+double format_bits_per_weight(const TensorFormat& f);
+
+}  // namespace optiq

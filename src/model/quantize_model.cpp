@@ -1,0 +1,125 @@
+#include "model/quantize_model.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/progress.h"
+
+namespace optiq {
+
+Linear& module_linear(ModelWeights& w, const ModuleInfo& m) {
+  if (m.kind == "embed") return w.embed;
+  if (m.kind == "lm_head") return w.lm_head;
+  check(m.layer >= 0 && m.layer < static_cast<int>(w.layers.size()), "module {}: no layer {}", m.path, m.layer);
+  LayerWeights& l = w.layers[m.layer];
+  if (m.kind == "q_proj") return l.wq;
+  if (m.kind == "k_proj") return l.wk;
+  if (m.kind == "v_proj") return l.wv;
+  if (m.kind == "o_proj") return l.wo;
+  if (m.kind == "gate_proj") return l.w_gate;
+  if (m.kind == "up_proj") return l.w_up;
+  if (m.kind == "down_proj") return l.w_down;
+  fail("module {}: unknown kind {}", m.path, m.kind);
+}
+
+const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m) {
+  return module_linear(const_cast<ModelWeights&>(w), m);
+}
+
+void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt) {
+  const auto modules = quantizable_modules(model.config);
+  int64_t total = 0;
+  for (const auto& m : modules) total += m.numel();
+  Progress progress("quantize", total / 1000000, "M weights");
+  int64_t done = 0;
+  for (const auto& m : modules) {
+    auto it = map.formats.find(m.path);
+    const TensorFormat fmt = it == map.formats.end() ? std::nullopt : it->second;
+    Linear& lin = module_linear(model.weights, m);
+    if (fmt) {
+      check(format_fits(*fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size",
+            model.path, m.path, affine_format_name(*fmt), m.cols);
+      std::vector<float> w = lin.to_f32();
+      QuantizeOptions qo;
+      qo.method = opt.method;
+      qo.bf16_scales = opt.bf16_scales;
+      if (opt.importance) {
+        auto imp = opt.importance->find(m.path);
+        if (imp != opt.importance->end() && static_cast<int64_t>(imp->second.size()) == m.cols)
+          qo.importance = imp->second.data();
+      }
+      AffineMatrix q = quantize(w.data(), m.rows, m.cols, *fmt, qo);
+      lin = opt.fake ? Linear::from_f32(dequantize(q.view()), m.rows, m.cols) : Linear::from_affine(std::move(q));
+    }
+    model.precision.formats[m.path] = fmt;
+    done += m.numel();
+    progress.update(done / 1000000);
+  }
+  progress.finish();
+}
+
+namespace {
+
+// Sums x^2 per input channel at each observation site, then maps sites to modules.
+class ImportanceCollector : public ActivationObserver {
+ public:
+  explicit ImportanceCollector(const ModelConfig& c) : c_(c) {
+    sums_.resize(c.n_layers * 4 + 1);
+    counts_.assign(sums_.size(), 0);
+  }
+  void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
+    const size_t idx = layer < 0 ? sums_.size() - 1 : static_cast<size_t>(layer) * 4 + static_cast<int>(site);
+    auto& s = sums_[idx];
+    if (s.empty()) s.assign(cols, 0.0);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < cols; ++j) s[j] += static_cast<double>(x[i * cols + j]) * x[i * cols + j];
+    counts_[idx] += n;
+  }
+  ImportanceMap result() const {
+    ImportanceMap out;
+    auto mean = [&](size_t idx) {
+      std::vector<float> v(sums_[idx].size());
+      for (size_t j = 0; j < v.size(); ++j) v[j] = static_cast<float>(sums_[idx][j] / std::max<int64_t>(1, counts_[idx]));
+      return v;
+    };
+    static const char* kSiteOf[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    static const int kSite[] = {0, 0, 0, 1, 2, 2, 3};
+    for (const auto& m : quantizable_modules(c_)) {
+      if (m.kind == "embed") continue;  // a lookup: every row matters by token frequency, not x^2
+      size_t idx = sums_.size() - 1;
+      if (m.layer >= 0)
+        for (int k = 0; k < 7; ++k)
+          if (m.kind == kSiteOf[k]) idx = static_cast<size_t>(m.layer) * 4 + kSite[k];
+      if (!sums_[idx].empty()) out[m.path] = mean(idx);
+    }
+    if (c_.tied_embeddings && !sums_.back().empty()) out["model.embed_tokens"] = mean(sums_.size() - 1);
+    return out;
+  }
+
+ private:
+  const ModelConfig& c_;
+  std::vector<std::vector<double>> sums_;
+  std::vector<int64_t> counts_;
+};
+
+}  // namespace
+
+ImportanceMap collect_importance(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress) {
+  ImportanceCollector col(model.config);
+  int max_len = 1;
+  for (const auto& w : windows) max_len = std::max<int>(max_len, static_cast<int>(w.size()));
+  Transformer tf(model, max_len);
+  tf.set_observer(&col);
+  Progress p("calibrate", static_cast<int64_t>(windows.size()), "windows");
+  std::vector<float> logits(model.config.vocab_size);
+  for (size_t i = 0; i < windows.size(); ++i) {
+    tf.reset();
+    // Last-token logits keep the lm_head input observed too (one row per window).
+    tf.forward(windows[i], logits.data(), static_cast<int64_t>(windows[i].size()) - 1);
+    p.update(static_cast<int64_t>(i + 1));
+  }
+  p.finish();
+  return col.result();
+}
+
+}  // namespace optiq

@@ -1,0 +1,35 @@
+// Quantizes a loaded model's weight matrices per a precision map, in place:
+// either to packed affine storage (the runtime path) or to fake-quantized fp32
+// (quantize then dequantize: the accuracy path used by profiling). Both use
+// the same quantizer, so they give the same numbers up to fp32 summation order.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "model/transformer.h"
+#include "quant/quantizer.h"
+
+namespace optiq {
+
+// Per-input-channel importance (mean x^2 over calibration tokens) for each
+// module path; feeds the activation-weighted quantizer (--calib).
+using ImportanceMap = std::map<std::string, std::vector<float>>;
+
+struct QuantizeModelOptions {
+  QuantMethod method = QuantMethod::Search;
+  bool fake = false;          // true: keep fp32 weights holding the dequantized values
+  bool bf16_scales = false;   // scale/bias storage type
+  const ImportanceMap* importance = nullptr;
+  bool progress = true;
+};
+
+void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt = {});
+
+// Collects mean x^2 per input channel of every module over calibration token
+// windows (each window run from an empty cache).
+ImportanceMap collect_importance(const Model& model, const std::vector<std::vector<int32_t>>& windows,
+                                 bool progress = true);
+
+}  // namespace optiq

@@ -1,0 +1,150 @@
+#include "model/save_mlx.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "formats/safetensors.h"
+#include "tokenizer/tokenizer_json.h"
+
+namespace optiq {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<uint8_t> to_half_bytes(const float* x, size_t n, bool bf16) {
+  std::vector<uint8_t> out(n * 2);
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t h = bf16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]);
+    std::memcpy(&out[i * 2], &h, 2);
+  }
+  return out;
+}
+
+template <typename T>
+std::span<const uint8_t> as_bytes(const T* p, size_t n) {
+  return {reinterpret_cast<const uint8_t*>(p), n * sizeof(T)};
+}
+
+nlohmann::json hf_config(const Model& m, bool bf16) {
+  const ModelConfig& c = m.config;
+  nlohmann::json j = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"hidden_size", c.dim},
+      {"num_hidden_layers", c.n_layers},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.n_kv_heads},
+      {"head_dim", c.head_dim},
+      {"intermediate_size", c.hidden_dim},
+      {"vocab_size", c.vocab_size},
+      {"max_position_embeddings", c.max_seq},
+      {"rms_norm_eps", c.norm_eps},
+      {"rope_theta", c.rope_theta},
+      {"tie_word_embeddings", c.tied_embeddings},
+      {"hidden_act", "silu"},
+      {"attention_bias", false},
+      {"mlp_bias", false},
+      {"torch_dtype", bf16 ? "bfloat16" : "float16"},
+  };
+  if (m.tokenizer->bos() >= 0) j["bos_token_id"] = m.tokenizer->bos();
+  if (m.tokenizer->eos() >= 0) j["eos_token_id"] = m.tokenizer->eos();
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type == RopeScalingType::Linear) j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rs.factor}};
+  if (rs.type == RopeScalingType::Llama3)
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", rs.factor},
+                         {"low_freq_factor", rs.low_freq_factor},
+                         {"high_freq_factor", rs.high_freq_factor},
+                         {"original_max_position_embeddings", rs.original_max_position}};
+  if (!c.rope_freq_factors.empty())
+    fail("{}: rope frequency factors from a GGUF (Llama 3.1) cannot be exported to MLX yet", m.path);
+  return j;
+}
+
+}  // namespace
+
+void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& opt) {
+  std::error_code ec;
+  if (fs::exists(out_dir, ec) && !opt.force)
+    fail("{}: already exists (choose another -o, or pass --force to replace it)", out_dir);
+  const fs::path parent = fs::absolute(out_dir).parent_path();
+  check(fs::is_directory(parent, ec), "{}: parent directory {} does not exist", out_dir, parent.string());
+  const fs::path tmp = parent / fmt::format(".{}.tmp-{}", fs::path(out_dir).filename().string(), getpid());
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  try {
+    SafetensorsWriter st;
+    const ModelConfig& c = m.config;
+    const bool bf16 = opt.bf16;
+    nlohmann::json quant = nlohmann::json::object();
+    bool any_quantized = false;
+    AffineFormat most_common{4, 64};
+    std::map<std::pair<int, int>, int64_t> format_weights;
+
+    for (const auto& mod : quantizable_modules(c)) {
+      const Linear& lin = module_linear(m.weights, mod);
+      if (lin.is_affine()) {
+        const AffineMatrixView& v = lin.affine();
+        check(v.bf16_scales == bf16, "{}: {} has {} scales but the export type is {}; quantize with the same --dtype",
+              m.path, mod.path, v.bf16_scales ? "bf16" : "fp16", bf16 ? "bf16" : "fp16");
+        st.add(mod.path + ".weight", DType::U32, {v.rows, v.words_per_row()},
+               as_bytes(v.packed, static_cast<size_t>(v.rows * v.words_per_row())));
+        const size_t ng = static_cast<size_t>(v.rows * v.groups_per_row());
+        const DType sd = bf16 ? DType::BF16 : DType::F16;
+        st.add(mod.path + ".scales", sd, {v.rows, v.groups_per_row()}, as_bytes(v.scales, ng));
+        st.add(mod.path + ".biases", sd, {v.rows, v.groups_per_row()}, as_bytes(v.biases, ng));
+        quant[mod.path] = {{"group_size", v.fmt.group_size}, {"bits", v.fmt.bits}};
+        format_weights[{v.fmt.bits, v.fmt.group_size}] += mod.numel();
+        any_quantized = true;
+      } else {
+        std::vector<float> w = lin.to_f32();
+        st.add_owned(mod.path + ".weight", bf16 ? DType::BF16 : DType::F16, {mod.rows, mod.cols},
+                     to_half_bytes(w.data(), w.size(), bf16));
+        quant[mod.path] = false;
+      }
+    }
+    auto add_norm = [&](const std::string& name, const std::vector<float>& v) {
+      st.add_owned(name, bf16 ? DType::BF16 : DType::F16, {static_cast<int64_t>(v.size())},
+                   to_half_bytes(v.data(), v.size(), bf16));
+    };
+    for (int i = 0; i < c.n_layers; ++i) {
+      add_norm(fmt::format("model.layers.{}.input_layernorm.weight", i), m.weights.layers[i].attn_norm);
+      add_norm(fmt::format("model.layers.{}.post_attention_layernorm.weight", i), m.weights.layers[i].ffn_norm);
+    }
+    add_norm("model.norm.weight", m.weights.final_norm);
+    st.set_metadata("format", "mlx");
+    st.write((tmp / "model.safetensors").string());
+
+    nlohmann::json config = hf_config(m, bf16);
+    if (any_quantized) {
+      int64_t best = -1;
+      for (const auto& [f, n] : format_weights)
+        if (n > best) best = n, most_common = {f.first, f.second};
+      nlohmann::json q = {{"group_size", most_common.group_size}, {"bits", most_common.bits}};
+      for (const auto& [k, v] : quant.items()) q[k] = v;
+      config["quantization"] = q;
+      config["quantization_config"] = q;
+    }
+    {
+      std::ofstream f(tmp / "config.json");
+      f << config.dump(2) << "\n";
+      check(static_cast<bool>(f), "{}: cannot write config.json", out_dir);
+    }
+    write_hf_tokenizer(*m.tokenizer, tmp.string());
+    if (fs::exists(out_dir, ec)) fs::remove_all(out_dir);
+    fs::rename(tmp, out_dir);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace optiq
