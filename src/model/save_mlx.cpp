@@ -138,7 +138,15 @@ void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& 
       f << config.dump(2) << "\n";
       check(static_cast<bool>(f), "{}: cannot write config.json", out_dir);
     }
-    write_hf_tokenizer(*m.tokenizer, tmp.string());
+    // A Hugging Face source keeps its own tokenizer files; others are converted.
+    bool copied = false;
+    if (m.format == SourceFormat::HfDir && fs::exists(fs::path(m.path) / "tokenizer.json")) {
+      for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                            "generation_config.json", "chat_template.jinja"})
+        if (fs::exists(fs::path(m.path) / f)) fs::copy_file(fs::path(m.path) / f, tmp / f);
+      copied = true;
+    }
+    if (!copied) write_hf_tokenizer(*m.tokenizer, tmp.string());
     if (fs::exists(out_dir, ec)) fs::remove_all(out_dir);
     fs::rename(tmp, out_dir);
   } catch (...) {
