@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -65,7 +66,8 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t
   r.chunks = chunks;
   r.has_ref = opt.ref != nullptr;
   auto t0 = std::chrono::steady_clock::now();
-  Progress progress("eval", chunks, "chunks");
+  std::optional<Progress> progress;
+  if (opt.progress) progress.emplace("eval", chunks, "chunks");
   std::vector<int32_t> window(ctx);
   for (int c = 0; c < chunks; ++c) {
     std::copy_n(tokens.begin() + static_cast<int64_t>(c) * ctx, ctx, window.begin());
@@ -91,7 +93,7 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t
     double mean = 0;
     for (double v : nlls) mean += v;
     mean /= nlls.size();
-    progress.update(c + 1, fmt::format("ppl {:.4f}", std::exp(mean)));
+    if (progress) progress->update(c + 1, fmt::format("ppl {:.4f}", std::exp(mean)));
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.tokens = static_cast<int64_t>(nlls.size());
@@ -114,7 +116,7 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t
     r.top1 = static_cast<double>(agree) / r.tokens;
     r.ref_ppl = std::exp(ref_nll / r.tokens);
   }
-  progress.finish(fmt::format("ppl {:.4f}", r.ppl));
+  if (progress) progress->finish(fmt::format("ppl {:.4f}", r.ppl));
   return r;
 }
 

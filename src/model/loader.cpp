@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include "model/model.h"
 #include "quant/ggml_dequant.h"
+#include "quant/ggml_to_affine.h"
 #include "tokenizer/tokenizer.h"
 
 namespace optiq {
@@ -83,6 +84,21 @@ void interleaved_to_halves(std::vector<float>& w, int64_t n_heads, int64_t head_
   w.swap(out);
 }
 
+// The same reordering for packed rows (groups never cross rows).
+AffineMatrix interleaved_to_halves(const AffineMatrix& a, int64_t n_heads, int64_t head_dim) {
+  AffineMatrix out = a;
+  const int64_t half = head_dim / 2, wpr = a.view().words_per_row(), gpr = a.view().groups_per_row();
+  for (int64_t h = 0; h < n_heads; ++h)
+    for (int64_t i = 0; i < half; ++i)
+      for (int64_t j = 0; j < 2; ++j) {
+        const int64_t src = h * head_dim + 2 * i + j, dst = h * head_dim + j * half + i;
+        std::copy_n(&a.packed[src * wpr], wpr, &out.packed[dst * wpr]);
+        std::copy_n(&a.scales[src * gpr], gpr, &out.scales[dst * gpr]);
+        std::copy_n(&a.biases[src * gpr], gpr, &out.biases[dst * gpr]);
+      }
+  return out;
+}
+
 // Tensors of one source by HF name, with shape checks that name the file.
 class TensorTable {
  public:
@@ -104,12 +120,20 @@ class TensorTable {
   // MLX-quantized checkpoints: "<module>.weight" holds packed uint32 words
   // next to "<module>.scales" and "<module>.biases"; `formats` says the bits.
   void set_quantization(const PrecisionMap* formats) { formats_ = formats; }
+  // GGUF: run Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrices packed (lossless re-layout)
+  // instead of dequantizing them to fp32.
+  void set_keep_packed(bool keep) { keep_packed_ = keep; }
 
   Linear linear(const std::string& name, int64_t rows, int64_t cols, int64_t rope_heads = 0, int64_t head_dim = 0) const {
     const std::string module = name.substr(0, name.size() - 7);  // strip ".weight"
     if (formats_ && has(module + ".scales")) return affine_linear(module, rows, cols);
     const TensorView& t = get(name, {rows, cols});
     const bool reorder = interleaved_ && rope_heads > 0;
+    if (keep_packed_ && ggml_maps_to_affine(t.dtype)) {
+      AffineMatrix a = ggml_to_affine(t);
+      if (reorder) a = interleaved_to_halves(a, rope_heads, head_dim);
+      return Linear::from_affine(std::move(a));
+    }
     if (t.dtype == DType::F32 && !reorder) return Linear::from_f32_view(static_cast<const float*>(t.data), rows, cols);
     std::vector<float> w = to_f32(t, name);
     if (reorder) interleaved_to_halves(w, rope_heads, head_dim, cols);
@@ -151,6 +175,7 @@ class TensorTable {
   std::string source_;
   bool interleaved_;
   const PrecisionMap* formats_ = nullptr;
+  bool keep_packed_ = false;
   std::map<std::string, const TensorView*> by_name_;
 };
 
@@ -191,6 +216,7 @@ Model load_gguf(const std::string& path, const LoadOptions& opt) {
   record_sources(m, file->tensors());
   if (opt.load_weights) {
     TensorTable table(path, /*interleaved_rope=*/true);
+    table.set_keep_packed(!opt.dequantize);
     for (const auto& t : file->tensors()) table.add(hf_name_from_gguf(t.name), t);
     m.weights = load_weights(m.config, table);
   }

@@ -62,6 +62,9 @@ const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m);
 struct LoadOptions {
   std::string tokenizer_path;  // llama2.c checkpoints: tokenizer.bin
   bool load_weights = true;    // false: config, tokenizer and tensor table only (fast `info`)
+  // GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrices run packed (bit-exact re-layout to
+  // affine groups) unless this asks for fp32 copies of every weight.
+  bool dequantize = false;
 };
 
 // MODEL is a HF directory, a .gguf file, or a llama2.c .bin (with

@@ -1,0 +1,97 @@
+#include "quant/ggml_to_affine.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "core/half.h"
+
+namespace optiq {
+
+bool ggml_maps_to_affine(DType t) {
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q8_0;
+}
+
+namespace {
+
+uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// One 32-weight block -> codes, fp16 scale and fp16 bias.
+void convert_block(DType t, const uint8_t* b, uint8_t* codes, uint16_t& scale, uint16_t& bias) {
+  const uint16_t d = load_u16(b);
+  const float df = f16_to_f32(d);
+  scale = d;
+  switch (t) {
+    case DType::Q4_0:  // {d, qs[16]}: w = d * (q - 8)
+      for (int j = 0; j < 16; ++j) {
+        codes[j] = b[2 + j] & 0xF;
+        codes[j + 16] = b[2 + j] >> 4;
+      }
+      bias = f32_to_f16(-8.0f * df);
+      break;
+    case DType::Q4_1:  // {d, m, qs[16]}: w = d * q + m
+      for (int j = 0; j < 16; ++j) {
+        codes[j] = b[4 + j] & 0xF;
+        codes[j + 16] = b[4 + j] >> 4;
+      }
+      bias = load_u16(b + 2);
+      break;
+    case DType::Q5_0:    // {d, qh[4], qs[16]}: w = d * (q - 16)
+    case DType::Q5_1: {  // {d, m, qh[4], qs[16]}: w = d * q + m
+      const int off = t == DType::Q5_0 ? 2 : 4;
+      uint32_t qh;
+      std::memcpy(&qh, b + off, 4);
+      const uint8_t* qs = b + off + 4;
+      for (int j = 0; j < 16; ++j) {
+        codes[j] = static_cast<uint8_t>((qs[j] & 0xF) | (((qh >> j) & 1u) << 4));
+        codes[j + 16] = static_cast<uint8_t>((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+      }
+      bias = t == DType::Q5_0 ? f32_to_f16(-16.0f * df) : load_u16(b + 2);
+      break;
+    }
+    case DType::Q8_0:  // {d, int8 qs[32]}: w = d * q = d * (q + 128) - 128 d
+      for (int j = 0; j < 32; ++j) codes[j] = static_cast<uint8_t>(static_cast<int8_t>(b[2 + j]) + 128);
+      bias = f32_to_f16(-128.0f * df);
+      break;
+    default:
+      fail("{} cannot be converted to affine groups", dtype_name(t));
+  }
+}
+
+}  // namespace
+
+AffineMatrix ggml_to_affine(const TensorView& t) {
+  check(ggml_maps_to_affine(t.dtype), "tensor {}: {} cannot be converted to affine groups", t.name, dtype_name(t.dtype));
+  check(t.shape.size() == 2, "tensor {}: expected a 2-D matrix", t.name);
+  const int64_t rows = t.shape[0], cols = t.shape[1];
+  check(cols % 32 == 0 && t.nbytes == dtype_bytes(t.dtype, rows * cols), "tensor {}: inconsistent size", t.name);
+  const AffineFormat fmt{t.dtype == DType::Q8_0 ? 8 : (t.dtype == DType::Q5_0 || t.dtype == DType::Q5_1) ? 5 : 4, 32};
+  const BlockLayout bl = block_layout(t.dtype);
+  const int64_t groups = cols / 32;
+  AffineMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.fmt = fmt;
+  m.bf16_scales = false;
+  m.packed.resize(rows * affine_words_per_row(fmt, cols));
+  m.scales.resize(rows * groups);
+  m.biases.resize(rows * groups);
+  const uint8_t* src = static_cast<const uint8_t*>(t.data);
+#pragma omp parallel
+  {
+    std::vector<uint8_t> codes(cols);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t g = 0; g < groups; ++g)
+        convert_block(t.dtype, src + (r * groups + g) * bl.block_bytes, &codes[g * 32], m.scales[r * groups + g],
+                      m.biases[r * groups + g]);
+      pack_row(codes.data(), cols, fmt.bits, &m.packed[r * affine_words_per_row(fmt, cols)]);
+    }
+  }
+  return m;
+}
+
+}  // namespace optiq

@@ -1,0 +1,16 @@
+// Lossless conversion of ggml's 32-weight affine block types (Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0) to MLX-layout affine groups of 32 with fp16 scales, so
+// that GGUF models run on the packed kernels without a float copy. Every
+// weight dequantizes to exactly the value ggml gives: symmetric types become
+// affine with bias = -offset * d (exact in fp16: offset is a power of two).
+#pragma once
+#include "core/tensor.h"
+#include "quant/affine.h"
+
+namespace optiq {
+
+bool ggml_maps_to_affine(DType t);
+// t must be 2-D {rows, cols} of a type for which ggml_maps_to_affine is true.
+AffineMatrix ggml_to_affine(const TensorView& t);
+
+}  // namespace optiq
