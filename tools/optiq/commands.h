@@ -25,6 +25,7 @@ Runner register_generate(CLI::App& app);
 Runner register_eval(CLI::App& app);
 Runner register_logits(CLI::App& app);
 Runner register_quantize(CLI::App& app);
+Runner register_bench(CLI::App& app);
 
 // Reads a whole text file (throws "<path>: cannot read").
 std::string read_text_file(const std::string& path);

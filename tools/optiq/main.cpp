@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
       optiq::cli::register_generate(app),
       optiq::cli::register_eval(app),
       optiq::cli::register_quantize(app),
+      optiq::cli::register_bench(app),
       optiq::cli::register_logits(app),
   };
   try {
