@@ -27,7 +27,9 @@ void run_eval(const EvalArgs& a) {
     o.tokenizer_path = a.model.tokenizer;
     ref = std::make_unique<Model>(load_model(a.ref, o));
   }
-  const std::string text = read_text_file(a.text);
+  std::string text = read_text_file(a.text);
+  // As llama.cpp's -f: one final newline is not part of the text.
+  if (!text.empty() && text.back() == '\n') text.pop_back();
   check(!text.empty(), "{}: the text file is empty", a.text);
   std::vector<int32_t> tokens = m.tokenizer->encode(text, /*add_bos=*/true);
   if (ref) {

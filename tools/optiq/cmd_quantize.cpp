@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "model/quantize_model.h"
 #include "model/save_mlx.h"
+#include "profile/calibration.h"
 
 namespace optiq::cli {
 
@@ -20,8 +21,9 @@ struct QuantizeArgs {
   std::string method = "search";
   std::string dtype = "f16";
   std::string calib;
-  int calib_samples = 32;
+  int calib_samples = 128;
   int calib_seq = 512;
+  uint64_t seed = 0;
   bool force = false;
   bool json = false;
 };
@@ -35,13 +37,12 @@ void run_quantize(const QuantizeArgs& a) {
   opt.bf16_scales = a.dtype == "bf16";
   ImportanceMap importance;
   if (!a.calib.empty()) {
-    std::vector<int32_t> ids = m.tokenizer->encode(read_text_file(a.calib), true);
-    std::vector<std::vector<int32_t>> windows;
-    for (size_t s = 0; s + a.calib_seq <= ids.size() && static_cast<int>(windows.size()) < a.calib_samples;
-         s += a.calib_seq)
-      windows.emplace_back(ids.begin() + s, ids.begin() + s + a.calib_seq);
-    check(!windows.empty(), "{}: fewer than --calib-seq {} tokens", a.calib, a.calib_seq);
-    importance = collect_importance(m, windows);
+    CalibrationOptions co;
+    co.source = a.calib;
+    co.samples = a.calib_samples;
+    co.seq = a.calib_seq;
+    co.seed = a.seed;
+    importance = collect_importance(m, calibration_windows(m, co));
     opt.importance = &importance;
   }
   quantize_model(m, map, opt);
@@ -75,10 +76,12 @@ Runner register_quantize(CLI::App& app) {
       ->check(CLI::IsMember({"search", "minmax"}));
   cmd->add_option("--dtype", a->dtype, "float type of scales, biases and unquantized tensors")->capture_default_str()
       ->check(CLI::IsMember({"f16", "bf16"}));
-  cmd->add_option("--calib", a->calib, "text file: weight rounding errors by input-activation statistics")
-      ->check(CLI::ExistingFile);
+  cmd->add_option("--calib", a->calib,
+                  "calibration text (.txt, or .jsonl with \"text\"; or 'self'): weights rounding errors by "
+                  "input-activation statistics");
   cmd->add_option("--calib-samples", a->calib_samples, "calibration windows")->capture_default_str();
   cmd->add_option("--calib-seq", a->calib_seq, "tokens per calibration window")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "seed for choosing calibration windows")->capture_default_str();
   cmd->add_flag("--force", a->force, "replace the output directory if it exists");
   cmd->add_flag("--json", a->json, "print one JSON object");
   return [a] { run_quantize(*a); };
