@@ -145,8 +145,28 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
     w.embed.row(tokens[i], x_.data() + i * dim);
   }
 
-  for (int l = 0; l < c.n_layers; ++l) {
+  run_layers(0, n, logits, logits_from);
+}
+
+void Transformer::forward_from_layer(int first_layer, const float* hidden, int64_t n, float* logits,
+                                     int64_t logits_from) {
+  const ModelConfig& c = model_.config;
+  check(pos_ == 0, "forward_from_layer needs an empty cache (position {})", pos_);
+  check(first_layer >= 0 && first_layer <= c.n_layers, "layer {} out of range", first_layer);
+  check(n > 0 && n <= max_ctx_, "{} tokens do not fit the context of {}", n, max_ctx_);
+  check(logits_from >= 0 && logits_from <= n, "logits_from {} out of range for {} tokens", logits_from, n);
+  ensure_scratch(n);
+  std::copy_n(hidden, n * c.dim, x_.data());
+  run_layers(first_layer, n, logits, logits_from);
+}
+
+void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from) {
+  const ModelConfig& c = model_.config;
+  const ModelWeights& w = model_.weights;
+  const int64_t dim = c.dim, kv_dim = c.kv_dim(), qd = c.q_dim(), hid = c.hidden_dim;
+  for (int l = first_layer; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
+    if (observer_) observer_->observe(l, ActivationObserver::Site::LayerIn, x_.data(), n, dim);
     for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.attn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
     using Site = ActivationObserver::Site;
     if (observer_) observer_->observe(l, Site::AttnIn, xn_.data(), n, dim);

