@@ -275,8 +275,11 @@ TEST(Tokenizer, HfTokenizerJson) {
     if (iter % 3 == 0) {
       bad = bad.substr(0, rng() % bad.size());
     } else {
-      static const char kChars[] = "{}[]\",:0-9aZ \x01\xff";
-      for (int k = 0; k < 3; ++k) bad[rng() % bad.size()] = kChars[rng() % (sizeof(kChars) - 1)];
+      const std::string chars = "{}[]\",:0-9aZ \x01\xff";
+      for (int k = 0; k < 3; ++k) {
+        const size_t pos = rng() % bad.size();
+        bad[pos] = chars[rng() % chars.size()];
+      }
     }
     write_file(dir + "/tokenizer.json", bad);
     try {
