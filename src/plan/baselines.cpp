@@ -1,0 +1,143 @@
+#include "plan/baselines.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "plan/budget.h"
+
+namespace optiq {
+
+PrecisionMap uniform_plan(const ModelConfig& config, AffineFormat fmt) { return PrecisionMap::uniform(config, fmt); }
+
+bool llama_use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+std::string kquant_mix_name(KQuantMix mix) {
+  switch (mix) {
+    case KQuantMix::Q3_K_M: return "Q3_K_M";
+    case KQuantMix::Q4_K_M: return "Q4_K_M";
+    case KQuantMix::Q5_K_M: return "Q5_K_M";
+  }
+  return "?";
+}
+
+namespace {
+
+// Bits per module kind and layer -> plan (float where the group size does not fit).
+template <typename BitsFn>
+PrecisionMap plan_from_bits(const ModelConfig& config, int group_size, BitsFn bits_of) {
+  PrecisionMap p;
+  for (const auto& m : quantizable_modules(config)) {
+    const AffineFormat f{bits_of(m), group_size};
+    check_affine_format(f);
+    p.formats[m.path] = format_fits(f, m.cols) ? TensorFormat(f) : std::nullopt;
+  }
+  return p;
+}
+
+// Output tensor: lm_head, or the embedding when tied (llama.cpp: !has_output && token_embd).
+bool is_output(const ModelConfig& c, const ModuleInfo& m) {
+  return m.kind == "lm_head" || (c.tied_embeddings && m.kind == "embed");
+}
+
+}  // namespace
+
+PrecisionMap kquant_plan(const ModelConfig& c, KQuantMix mix, int group_size) {
+  const int n = c.n_layers;
+  switch (mix) {
+    case KQuantMix::Q3_K_M:
+      return plan_from_bits(c, group_size, [&](const ModuleInfo& m) {
+        if (is_output(c, m)) return 6;
+        if (m.kind == "v_proj") return m.layer < 2 ? 5 : 4;
+        if (m.kind == "down_proj") return m.layer < n / 16 ? 5 : 4;
+        if (m.kind == "o_proj") return 4;
+        return 3;
+      });
+    case KQuantMix::Q4_K_M: return kquant_shape_plan(c, 4, 6, group_size);
+    case KQuantMix::Q5_K_M: return kquant_shape_plan(c, 5, 6, group_size);
+  }
+  fail("kquant_plan: unknown mix");
+}
+
+PrecisionMap kquant_shape_plan(const ModelConfig& c, int base, int high, int group_size) {
+  check(high >= base, "kquant_shape_plan: upgrade bits {} below base bits {}", high, base);
+  const int n = c.n_layers;
+  return plan_from_bits(c, group_size, [&](const ModuleInfo& m) {
+    if (is_output(c, m)) return std::max(high, base);
+    if ((m.kind == "v_proj" || m.kind == "down_proj") && llama_use_more_bits(m.layer, n)) return high;
+    return base;
+  });
+}
+
+BaselinePlan kquant_plan_for_budget(const ModelConfig& c, int64_t budget, const std::vector<int>& group_sizes) {
+  check(!group_sizes.empty(), "kquant_plan_for_budget: no group sizes");
+  BaselinePlan best;
+  best.bytes = -1;
+  int64_t smallest = -1;
+  auto consider = [&](PrecisionMap p, std::string name) {
+    const int64_t b = plan_bytes(c, p);
+    if (smallest < 0 || b < smallest) smallest = b;
+    // Largest within budget; on equal size prefer the earlier (named) candidate.
+    if (b <= budget && b > best.bytes) best = {std::move(p), std::move(name), b};
+  };
+  const int bits[] = {2, 3, 4, 5, 6, 8};
+  for (int g : group_sizes) {
+    for (KQuantMix mix : {KQuantMix::Q3_K_M, KQuantMix::Q4_K_M, KQuantMix::Q5_K_M})
+      consider(kquant_plan(c, mix, g), fmt::format("{} g{}", kquant_mix_name(mix), g));
+    for (int b : bits)
+      for (int u : bits)
+        if (u >= b)
+          consider(kquant_shape_plan(c, b, u, g),
+                   u == b ? fmt::format("uniform q{} g{}", b, g) : fmt::format("kquant-shape b{}/u{} g{}", b, u, g));
+  }
+  check(best.bytes >= 0,
+        "k-quant baseline: budget {} is below the smallest k-quant-style plan ({}, 2-bit base); raise the budget",
+        format_bytes(budget), format_bytes(smallest));
+  return best;
+}
+
+BaselinePlan dynamic_plan(const ModelConfig& c, const std::map<std::string, double>& scores, int64_t budget,
+                          AffineFormat low, AffineFormat high) {
+  check_affine_format(low);
+  check_affine_format(high);
+  const auto modules = quantizable_modules(c);
+  for (const auto& [path, s] : scores)
+    check(!std::isnan(s), "dynamic baseline: sensitivity of {} is NaN", path);
+  auto fmt_for = [](const ModuleInfo& m, AffineFormat f) { return format_fits(f, m.cols) ? TensorFormat(f) : std::nullopt; };
+  PrecisionMap p;
+  for (const auto& m : modules) p.formats[m.path] = fmt_for(m, low);
+  int64_t bytes = plan_bytes(c, p);
+  check(bytes <= budget, "dynamic baseline: budget {} is below the all-low plan ({} at {})", format_bytes(budget),
+        format_bytes(bytes), affine_format_name(low));
+  // Rank by score, most sensitive first; missing scores rank lowest.
+  std::vector<std::pair<double, const ModuleInfo*>> ranked;
+  for (const auto& m : modules) {
+    auto it = scores.find(m.path);
+    ranked.push_back({it == scores.end() ? -INFINITY : it->second, &m});
+  }
+  std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  // Lower the threshold one distinct score at a time while the plan fits.
+  int n_high = 0;
+  for (size_t i = 0; i < ranked.size();) {
+    size_t j = i;
+    int64_t add = 0;
+    while (j < ranked.size() && ranked[j].first == ranked[i].first) {
+      const ModuleInfo& m = *ranked[j].second;
+      add += module_bytes(m, fmt_for(m, high)) - module_bytes(m, fmt_for(m, low));
+      ++j;
+    }
+    if (bytes + add > budget) break;
+    for (size_t k = i; k < j; ++k) p.formats[ranked[k].second->path] = fmt_for(*ranked[k].second, high);
+    bytes += add;
+    n_high += int(j - i);
+    i = j;
+  }
+  return {std::move(p),
+          fmt::format("dynamic {}/{} ({} of {} high)", affine_format_name(low), affine_format_name(high), n_high,
+                      modules.size()),
+          bytes};
+}
+
+}  // namespace optiq

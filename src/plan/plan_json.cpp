@@ -1,0 +1,39 @@
+#include "plan/plan_json.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "plan/budget.h"
+
+namespace optiq {
+
+nlohmann::json plan_json(const PrecisionMap& map, const ModelConfig& config, const PlanMetadata& meta) {
+  nlohmann::json j = map.to_plan_json();
+  const int64_t bytes = plan_bytes(config, map);
+  j["budget"] = meta.budget;
+  j["predicted_kl"] = meta.predicted_kl ? nlohmann::json(*meta.predicted_kl) : nlohmann::json(nullptr);
+  j["bits_per_weight"] = double(bytes) * 8.0 / double(total_weight_params(config));
+  j["bytes"] = bytes;
+  j["method"] = meta.method;
+  if (meta.lower_bound_kl) j["lower_bound_kl"] = *meta.lower_bound_kl;
+  if (meta.gap_kl) j["gap_kl"] = *meta.gap_kl;
+  return j;
+}
+
+void write_plan(const std::string& path, const PrecisionMap& map, const ModelConfig& config, const PlanMetadata& meta) {
+  const std::string text = plan_json(map, config, meta).dump(2) + "\n";
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    check(static_cast<bool>(out), "{}: cannot write", path);
+    out << text;
+    out.flush();
+    check(static_cast<bool>(out), "{}: write failed", path);
+  }
+  check(std::rename(tmp.c_str(), path.c_str()) == 0, "{}: cannot rename {} into place", path, tmp);
+}
+
+}  // namespace optiq

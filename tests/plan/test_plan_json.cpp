@@ -1,0 +1,36 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "plan/baselines.h"
+#include "plan/budget.h"
+#include "plan/plan_json.h"
+#include "plan_test_util.h"
+#include "test_util.h"
+
+using namespace optiq;
+
+TEST(PlanJson, MetadataAndRoundTrip) {
+  const ModelConfig c = test::plan_test_config(18);
+  const PrecisionMap p = kquant_plan(c, KQuantMix::Q4_K_M, 32);
+  const nlohmann::json j = plan_json(p, c, {"--bpw 4.8: ...", 0.0123, "Q4_K_M g32", 0.01, 0.0023});
+  EXPECT_EQ(j["format"], "optiq-plan");
+  EXPECT_EQ(j["budget"], "--bpw 4.8: ...");
+  EXPECT_DOUBLE_EQ(j["predicted_kl"].get<double>(), 0.0123);
+  EXPECT_EQ(j["bytes"].get<int64_t>(), plan_bytes(c, p));
+  EXPECT_DOUBLE_EQ(j["bits_per_weight"].get<double>(), plan_bits_per_weight(c, p));
+  EXPECT_EQ(j["method"], "Q4_K_M g32");
+  EXPECT_DOUBLE_EQ(j["gap_kl"].get<double>(), 0.0023);
+  EXPECT_EQ(PrecisionMap::from_plan_json(j, c, "mem").formats, p.formats);
+  EXPECT_TRUE(plan_json(p, c, {"b", std::nullopt, "m"})["predicted_kl"].is_null());
+
+  const std::string path = test::temp_dir() + "/plan.json";
+  write_plan(path, p, c, {"b", 0.5, "m"});
+  EXPECT_EQ(PrecisionMap::from_plan_file(path, c).formats, p.formats);
+  std::ifstream in(path);
+  const auto back = nlohmann::json::parse(in);
+  EXPECT_EQ(back["method"], "m");
+  EXPECT_FALSE(test::file_exists(path + ".tmp"));
+}
