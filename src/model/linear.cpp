@@ -1,6 +1,10 @@
 #include "model/linear.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+
+#include "core/half.h"
 
 #include "core/error.h"
 #include "kernels/matmul.h"
@@ -40,7 +44,46 @@ Linear Linear::from_affine_view(const AffineMatrixView& v) {
   return l;
 }
 
+void round_activations(ActRounding r, float* x, int64_t n, int64_t cols) {
+  const int64_t total = n * cols;
+  switch (r) {
+    case ActRounding::Exact:
+      return;
+    case ActRounding::F16:
+      for (int64_t i = 0; i < total; ++i) x[i] = f16_to_f32(f32_to_f16(x[i]));
+      return;
+    case ActRounding::BF16:
+      for (int64_t i = 0; i < total; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+      return;
+    case ActRounding::Q8Block32:  // ggml quantize_row_q8_0/q8_1: d = amax/127 stored as fp16
+      for (int64_t b = 0; b + 32 <= total; b += 32) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; ++j) amax = std::max(amax, std::abs(x[b + j]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f, d16 = f16_to_f32(f32_to_f16(d));
+        for (int j = 0; j < 32; ++j) x[b + j] = std::nearbyint(x[b + j] * id) * d16;
+      }
+      return;
+    case ActRounding::Q8KBlock256:  // ggml quantize_row_q8_K: scale from the signed extreme, fp32
+      for (int64_t b = 0; b + 256 <= total; b += 256) {
+        float amax = 0.0f, maxv = 0.0f;
+        for (int j = 0; j < 256; ++j)
+          if (std::abs(x[b + j]) > amax) amax = std::abs(x[b + j]), maxv = x[b + j];
+        if (amax == 0.0f) continue;
+        const float iscale = -127.0f / maxv, d = 1.0f / iscale;
+        for (int j = 0; j < 256; ++j)
+          x[b + j] = d * static_cast<float>(std::min(127, static_cast<int>(std::nearbyint(iscale * x[b + j]))));
+      }
+      return;
+  }
+}
+
 void Linear::forward(const float* x, int64_t n, float* y) const {
+  if (act_rounding_ != ActRounding::Exact) {
+    thread_local std::vector<float> rounded;
+    rounded.assign(x, x + n * cols_);
+    round_activations(act_rounding_, rounded.data(), n, cols_);
+    x = rounded.data();
+  }
   if (affine_view_)
     affine_matmul(*affine_view_, x, n, y);
   else

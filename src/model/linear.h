@@ -14,6 +14,13 @@
 
 namespace optiq {
 
+// How activations are rounded before a product. Exact keeps fp32 (optiq's
+// default). The others reproduce llama.cpp's CPU numerics, which converts
+// activations to the weight type's "vec_dot" partner: 8-bit blocks of 32 with
+// an fp16 scale (Q8_0/Q8_1, for Q4_0..Q8_0 weights), 8-bit blocks of 256 with
+// an fp32 scale (Q8_K, for k-quants), or fp16/bf16 (for F16/BF16 weights).
+enum class ActRounding : uint8_t { Exact, Q8Block32, Q8KBlock256, F16, BF16 };
+
 class Linear {
  public:
   Linear() = default;
@@ -30,6 +37,9 @@ class Linear {
   bool is_affine() const { return affine_view_.has_value(); }
   // Valid only when is_affine().
   const AffineMatrixView& affine() const { return *affine_view_; }
+
+  void set_act_rounding(ActRounding r) { act_rounding_ = r; }
+  ActRounding act_rounding() const { return act_rounding_; }
 
   // Y[n x rows] = X[n x cols] . W^T (row-major, fp32 accumulation).
   void forward(const float* x, int64_t n, float* y) const;
@@ -50,6 +60,10 @@ class Linear {
   // either into it (vector buffers survive moves) or into a mapped file.
   std::shared_ptr<const AffineMatrix> owned_affine_;
   std::optional<AffineMatrixView> affine_view_;
+  ActRounding act_rounding_ = ActRounding::Exact;
 };
+
+// Rounds n rows of `cols` activations in place as `r` says (see ActRounding).
+void round_activations(ActRounding r, float* x, int64_t n, int64_t cols);
 
 }  // namespace optiq

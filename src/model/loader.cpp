@@ -124,10 +124,33 @@ class TensorTable {
   // instead of dequantizing them to fp32.
   void set_keep_packed(bool keep) { keep_packed_ = keep; }
 
+  // llama.cpp numerics: round each matrix's activations as llama.cpp's CPU
+  // backend does for the stored type (see ActRounding).
+  void set_llamacpp_numerics(bool on) { llamacpp_ = on; }
+
   Linear linear(const std::string& name, int64_t rows, int64_t cols, int64_t rope_heads = 0, int64_t head_dim = 0) const {
     const std::string module = name.substr(0, name.size() - 7);  // strip ".weight"
     if (formats_ && has(module + ".scales")) return affine_linear(module, rows, cols);
     const TensorView& t = get(name, {rows, cols});
+    Linear l = make_linear(t, rows, cols, rope_heads, head_dim);
+    if (llamacpp_) l.set_act_rounding(llamacpp_act_rounding(t.dtype));
+    return l;
+  }
+
+ private:
+  static ActRounding llamacpp_act_rounding(DType t) {
+    switch (t) {
+      case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0:
+        return ActRounding::Q8Block32;
+      case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+        return ActRounding::Q8KBlock256;
+      case DType::F16: return ActRounding::F16;
+      case DType::BF16: return ActRounding::BF16;
+      default: return ActRounding::Exact;
+    }
+  }
+
+  Linear make_linear(const TensorView& t, int64_t rows, int64_t cols, int64_t rope_heads, int64_t head_dim) const {
     const bool reorder = interleaved_ && rope_heads > 0;
     if (keep_packed_ && ggml_maps_to_affine(t.dtype)) {
       AffineMatrix a = ggml_to_affine(t);
@@ -135,12 +158,11 @@ class TensorTable {
       return Linear::from_affine(std::move(a));
     }
     if (t.dtype == DType::F32 && !reorder) return Linear::from_f32_view(static_cast<const float*>(t.data), rows, cols);
-    std::vector<float> w = to_f32(t, name);
+    std::vector<float> w = to_f32(t, t.name);
     if (reorder) interleaved_to_halves(w, rope_heads, head_dim, cols);
     return Linear::from_f32(std::move(w), rows, cols);
   }
 
- private:
   Linear affine_linear(const std::string& module, int64_t rows, int64_t cols) const {
     auto it = formats_->formats.find(module);
     check(it != formats_->formats.end() && it->second.has_value(),
@@ -176,6 +198,7 @@ class TensorTable {
   bool interleaved_;
   const PrecisionMap* formats_ = nullptr;
   bool keep_packed_ = false;
+  bool llamacpp_ = false;
   std::map<std::string, const TensorView*> by_name_;
 };
 
@@ -217,9 +240,11 @@ Model load_gguf(const std::string& path, const LoadOptions& opt) {
   if (opt.load_weights) {
     TensorTable table(path, /*interleaved_rope=*/true);
     table.set_keep_packed(!opt.dequantize);
+    table.set_llamacpp_numerics(opt.llamacpp_numerics);
     for (const auto& t : file->tensors()) table.add(hf_name_from_gguf(t.name), t);
     m.weights = load_weights(m.config, table);
   }
+  m.llamacpp_numerics = opt.llamacpp_numerics;
   m.keepalive = file;
   return m;
 }
@@ -273,6 +298,7 @@ Model load_hf(const std::string& dir, const LoadOptions& opt) {
   if (qkey) m.precision = mlx_precision_map(cfg[qkey], m.config, dir + "/config.json");
   if (opt.load_weights) {
     TensorTable table(dir, /*interleaved_rope=*/false);
+    table.set_llamacpp_numerics(opt.llamacpp_numerics);
     if (qkey) table.set_quantization(&m.precision);
     for (const auto& t : ckpt->tensors()) table.add(t.name, t);
     m.weights = load_weights(m.config, table);
@@ -280,6 +306,7 @@ Model load_hf(const std::string& dir, const LoadOptions& opt) {
       for (const auto& mod : quantizable_modules(m.config))
         if (!module_linear(m.weights, mod).is_affine()) m.precision.formats[mod.path] = std::nullopt;
   }
+  m.llamacpp_numerics = opt.llamacpp_numerics;
   m.keepalive = ckpt;
   return m;
 }
@@ -296,9 +323,11 @@ Model load_llama2c(const std::string& path, const LoadOptions& opt) {
   record_sources(m, ckpt->tensors());
   if (opt.load_weights) {
     TensorTable table(path, /*interleaved_rope=*/true);
+    table.set_llamacpp_numerics(opt.llamacpp_numerics);
     for (const auto& t : ckpt->tensors()) table.add(t.name, t);
     m.weights = load_weights(m.config, table);
   }
+  m.llamacpp_numerics = opt.llamacpp_numerics;
   m.keepalive = ckpt;
   return m;
 }

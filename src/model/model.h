@@ -48,6 +48,8 @@ struct Model {
   // Formats of the quantizable modules as stored (empty unless the model was
   // quantized by optiq or loaded from an MLX-quantized directory).
   PrecisionMap precision;
+  // Reproduce llama.cpp's CPU numerics (LoadOptions::llamacpp_numerics).
+  bool llamacpp_numerics = false;
   // Mapped source files that borrowed weight views point into.
   std::shared_ptr<const void> keepalive;
 
@@ -65,6 +67,10 @@ struct LoadOptions {
   // GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrices run packed (bit-exact re-layout to
   // affine groups) unless this asks for fp32 copies of every weight.
   bool dequantize = false;
+  // Round as llama.cpp's CPU backend does: activations to 8-bit blocks before
+  // quantized products (Q8_0/Q8_1/Q8_K), fp16 KV cache, fp16 attention inputs.
+  // For cross-checks against llama.cpp; optiq's default keeps fp32.
+  bool llamacpp_numerics = false;
 };
 
 // MODEL is a HF directory, a .gguf file, or a llama2.c .bin (with

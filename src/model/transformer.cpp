@@ -5,6 +5,7 @@
 #include <numbers>
 
 #include "core/error.h"
+#include "core/half.h"
 
 namespace optiq {
 
@@ -117,10 +118,12 @@ void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
           sum += scores[t];
         }
         const float inv = 1.0f / sum;
+        const bool f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
         float* oh = out + i * c.q_dim() + h * hd;
         std::fill(oh, oh + hd, 0.0f);
         for (int t = 0; t <= p; ++t) {
-          const float a = scores[t] * inv;
+          float a = scores[t] * inv;
+          if (f16_probs) a = f16_to_f32(f32_to_f16(a));
           const float* vt = vc + static_cast<size_t>(t) * kv_dim + kvh * hd;
           for (int d = 0; d < hd; ++d) oh[d] += a * vt[d];
         }
@@ -179,6 +182,11 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
       const int p = pos_ + static_cast<int>(i);
       rope(&q_[i * qd], c.n_heads, c.head_dim, p, inv_freq_);
       rope(&k_[i * kv_dim], c.n_kv_heads, c.head_dim, p, inv_freq_);
+      if (model_.llamacpp_numerics) {  // fp16 KV cache, fp16 query (llama.cpp's KQ product)
+        round_activations(ActRounding::F16, &q_[i * qd], 1, qd);
+        round_activations(ActRounding::F16, &k_[i * kv_dim], 1, kv_dim);
+        round_activations(ActRounding::F16, &v_[i * kv_dim], 1, kv_dim);
+      }
       std::copy_n(&k_[i * kv_dim], kv_dim, kc + static_cast<size_t>(p) * kv_dim);
       std::copy_n(&v_[i * kv_dim], kv_dim, vc + static_cast<size_t>(p) * kv_dim);
     }

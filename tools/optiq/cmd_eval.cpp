@@ -25,6 +25,7 @@ void run_eval(const EvalArgs& a) {
   if (!a.ref.empty()) {
     LoadOptions o;
     o.tokenizer_path = a.model.tokenizer;
+    o.llamacpp_numerics = a.model.numerics == "llamacpp";
     ref = std::make_unique<Model>(load_model(a.ref, o));
   }
   std::string text = read_text_file(a.text);

@@ -9,12 +9,18 @@ namespace optiq::cli {
 void ModelArgs::add_to(CLI::App& cmd, const std::string& what) {
   cmd.add_option("MODEL", path, what)->required();
   cmd.add_option("--tokenizer", tokenizer, "tokenizer.bin for a llama2.c checkpoint");
+  cmd.add_option("--numerics", numerics,
+                 "exact: fp32 activations and KV cache (default); llamacpp: round like llama.cpp's CPU backend "
+                 "(8-bit activation blocks for quantized weights, fp16 KV cache), for cross-checks")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"exact", "llamacpp"}));
 }
 
 Model ModelArgs::load(bool weights) const {
   LoadOptions opt;
   opt.tokenizer_path = tokenizer;
   opt.load_weights = weights;
+  opt.llamacpp_numerics = numerics == "llamacpp";
   return load_model(path, opt);
 }
 
