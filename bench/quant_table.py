@@ -46,8 +46,10 @@ def dir_bytes(p: Path) -> int:
 def measure(name: str, model: Path, ref: Path, a, params: int) -> dict:
     ev = optiq("eval", model, "--text", a.text, "--ctx", a.ctx, "--chunks", a.chunks, "--ref", ref, "--json",
                threads=a.threads)
-    be = optiq("bench", model, "-p", 512 if a.ctx >= 512 else a.ctx // 2, "-n", 64, "-r", 3, "--json",
-               threads=a.threads)
+    be = {"prefill_tok_s": float("nan"), "decode_tok_s": float("nan"), "peak_rss_mb": float("nan")}
+    if not a.no_speed:
+        be = optiq("bench", model, "-p", 512 if a.ctx >= 512 else a.ctx // 2, "-n", 64, "-r", 3, "--json",
+                   threads=a.threads)
     size = dir_bytes(model)
     row = {"name": name, "mb": size / 1e6, "bpw": 8 * size / params, "ppl": ev["ppl"], "ref_ppl": ev["ref_ppl"],
            "kld": ev["kld"], "top1": ev["top1"], "prefill": be["prefill_tok_s"], "decode": be["decode_tok_s"],
@@ -68,6 +70,7 @@ def main() -> int:
     ap.add_argument("--bits", default="8,6,5,4,3,2")
     ap.add_argument("--groups", default="32,64,128")
     ap.add_argument("--llamacpp", action="store_true")
+    ap.add_argument("--no-speed", action="store_true", help="quality columns only (speed needs an idle machine)")
     ap.add_argument("--out")
     a = ap.parse_args()
     src = Path(a.model)
@@ -99,8 +102,9 @@ def main() -> int:
                     print(f"  llama.cpp {tname}: quantize failed ({rc})", file=sys.stderr)
                     continue
                 row = measure(f"llama.cpp {tname}", out, src, a, params)
-                sp = llamacpp_ref.speed(str(out), threads=a.threads, n_prompt=512, n_gen=64, reps=3)
-                row["llamacpp_prefill"], row["llamacpp_decode"] = sp["prefill_tps"], sp["decode_tps"]
+                if not a.no_speed:
+                    sp = llamacpp_ref.speed(str(out), threads=a.threads, n_prompt=512, n_gen=64, reps=3)
+                    row["llamacpp_prefill"], row["llamacpp_decode"] = sp["prefill_tps"], sp["decode_tps"]
                 rows.append(row)
     lines = ["| model | MB | bits/weight | perplexity | Δppl | KLD | top-1 | prefill tok/s | decode tok/s | peak RSS MB |"
              + (" llama.cpp prefill / decode tok/s |" if a.llamacpp else ""),

@@ -107,6 +107,7 @@ void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
         for (int t = 0; t <= p; ++t) {
           const float* kt = kc + static_cast<size_t>(t) * kv_dim + kvh * hd;
           float s = 0.0f;
+#pragma omp simd reduction(+ : s)
           for (int d = 0; d < hd; ++d) s += qh[d] * kt[d];
           s *= scale;
           scores[t] = s;
@@ -125,6 +126,7 @@ void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
           float a = scores[t] * inv;
           if (f16_probs) a = f16_to_f32(f32_to_f16(a));
           const float* vt = vc + static_cast<size_t>(t) * kv_dim + kvh * hd;
+#pragma omp simd
           for (int d = 0; d < hd; ++d) oh[d] += a * vt[d];
         }
       }
