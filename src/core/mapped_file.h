@@ -23,6 +23,10 @@ class MappedFile {
   size_t size() const { return size_; }
   std::span<const uint8_t> bytes() const { return {data_, size_}; }
   const std::string& path() const { return path_; }
+  // Tells the kernel the mapped pages are not needed now (they leave the
+  // process's RSS; touching them again re-reads the file). For sources whose
+  // contents were all converted into other storage.
+  void drop_pages() const;
 
  private:
   std::string path_;

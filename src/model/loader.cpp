@@ -105,6 +105,8 @@ class TensorTable {
   TensorTable(std::string source, bool interleaved_rope) : source_(std::move(source)), interleaved_(interleaved_rope) {}
   void add(const std::string& hf_name, const TensorView& t) { by_name_[hf_name] = &t; }
   bool has(const std::string& name) const { return by_name_.count(name) > 0; }
+  // True once a weight is used in place from the mapped file.
+  bool borrowed() const { return borrowed_; }
 
   const TensorView& get(const std::string& name, std::vector<int64_t> shape) const {
     auto it = by_name_.find(name);
@@ -157,7 +159,10 @@ class TensorTable {
       if (reorder) a = interleaved_to_halves(a, rope_heads, head_dim);
       return Linear::from_affine(std::move(a));
     }
-    if (t.dtype == DType::F32 && !reorder) return Linear::from_f32_view(static_cast<const float*>(t.data), rows, cols);
+    if (t.dtype == DType::F32 && !reorder) {
+      borrowed_ = true;
+      return Linear::from_f32_view(static_cast<const float*>(t.data), rows, cols);
+    }
     std::vector<float> w = to_f32(t, t.name);
     if (reorder) interleaved_to_halves(w, rope_heads, head_dim, cols);
     return Linear::from_f32(std::move(w), rows, cols);
@@ -199,6 +204,7 @@ class TensorTable {
   const PrecisionMap* formats_ = nullptr;
   bool keep_packed_ = false;
   bool llamacpp_ = false;
+  mutable bool borrowed_ = false;
   std::map<std::string, const TensorView*> by_name_;
 };
 
@@ -243,6 +249,8 @@ Model load_gguf(const std::string& path, const LoadOptions& opt) {
     table.set_llamacpp_numerics(opt.llamacpp_numerics);
     for (const auto& t : file->tensors()) table.add(hf_name_from_gguf(t.name), t);
     m.weights = load_weights(m.config, table);
+    // Everything was converted: the file's pages need not stay resident.
+    if (!table.borrowed()) file->file().drop_pages();
   }
   m.llamacpp_numerics = opt.llamacpp_numerics;
   m.keepalive = file;

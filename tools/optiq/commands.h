@@ -27,6 +27,9 @@ Runner register_eval(CLI::App& app);
 Runner register_logits(CLI::App& app);
 Runner register_quantize(CLI::App& app);
 Runner register_bench(CLI::App& app);
+Runner register_profile(CLI::App& app);
+Runner register_plan(CLI::App& app);
+Runner register_auto(CLI::App& app);
 
 // Reads a whole text file (throws "<path>: cannot read").
 std::string read_text_file(const std::string& path);

@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
       optiq::cli::register_quantize(app),
       optiq::cli::register_bench(app),
       optiq::cli::register_logits(app),
+      optiq::cli::register_profile(app),
+      optiq::cli::register_plan(app),
+      optiq::cli::register_auto(app),
   };
   try {
     app.parse(argc, argv);

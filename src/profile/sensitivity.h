@@ -1,0 +1,133 @@
+// Sensitivity profiling: how much each quantizable weight matrix hurts the
+// model (mean KL(ref || quantized) over calibration tokens) at each candidate
+// affine format, with every other matrix left as it is.
+//
+// Reference pass: one forward per calibration window caches the residual
+// stream entering every layer and the reference log-softmax rows of the scored
+// positions (the second half of each window, as perplexity scores), so that a
+// measurement re-runs only from the layer of the module it changes.
+//
+//  - exact: for each module x candidate, the module's Linear is swapped for a
+//    fake-quantized fp32 copy (quantize then dequantize, QuantMethod::Search by
+//    default), the model runs from that layer over every window, and the mean
+//    KL over the scored positions is the damage. The Linear is swapped back.
+//  - fast (a proxy): the Gram matrix G = mean x x^T of each module's input
+//    (one extra partial pass per group of layers) gives
+//      E(m, f) = sum_rows d G d^T,  d = W - dequant(quantize(W, f)),
+//    the expected squared output error per token. The embedding's proxy is
+//    sum_t freq(t) |d_t|^2 (plus the head proxy when tied). E is converted to
+//    KL units by exact measurements at one anchor format per module (the
+//    cheapest candidate with >= 3 bits, preferring group 64): on every
+//    `anchor_every`-th layer (and the last), the ratio KL/E is measured and
+//    interpolated linearly across layers for each module kind.
+//
+// Results are cached in a JSON file written atomically after every module;
+// entries present in the cache are not measured again (a run interrupted with
+// Ctrl-C resumes). A cache made for another model file (size, mtime) or other
+// calibration settings is ignored with a warning.
+//
+// The model passed to profile_model is const to callers: its Linears are
+// swapped during exact measurements and always restored (also on exceptions),
+// so it must not be used concurrently.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "model/model.h"
+#include "profile/calibration.h"
+#include "quant/quantizer.h"
+
+namespace optiq {
+
+enum class ProfileMethod { Fast, Exact, Both };
+// "fast", "exact", "both"; throws otherwise.
+ProfileMethod parse_profile_method(const std::string& text);
+std::string profile_method_name(ProfileMethod m);
+
+// bits {2,3,4,5,6,8} x group sizes {32,64,128}.
+std::vector<AffineFormat> default_profile_candidates();
+// "2,3,4,5,6,8x32,64,128" (bits x group sizes) or a list "q4g64,q3g32,8"
+// (bits alone take group 64). Throws on malformed or unsupported formats.
+std::vector<AffineFormat> parse_candidates(const std::string& text);
+
+// What a profile was measured on; a cache is reused only when these agree.
+struct ProfileSource {
+  std::string model_path;
+  int64_t model_size = 0;   // bytes (sum over a directory's files)
+  int64_t model_mtime = 0;  // seconds since the epoch (latest in a directory)
+  std::string calib_source;
+  int calib_samples = 0, calib_seq = 0;
+  uint64_t seed = 0;
+  // Same model file and calibration (paths are not compared, only names).
+  bool matches(const ProfileSource& o) const;
+  std::string describe() const;
+};
+ProfileSource make_profile_source(const std::string& model_path, const CalibrationOptions& calib);
+
+struct ProfileOptions {
+  ProfileMethod method = ProfileMethod::Fast;
+  std::vector<AffineFormat> candidates = default_profile_candidates();
+  int anchor_every = 0;        // fast: anchors every N-th layer; 0: 1 if <= 12 layers, else 3
+  std::string cache_path;      // "" = no cache file
+  ProfileSource source;        // recorded in the cache
+  QuantMethod rounding = QuantMethod::Search;
+  bool progress = true;
+  int64_t gram_memory = 1ll << 30;  // bytes of Gram matrices held at once (fast)
+  int64_t store_f32_limit = 1ll << 30;  // cached activations / log-probs above this go to bf16
+};
+
+struct FormatSensitivity {
+  std::optional<double> kl;       // measured KL(ref || q), nats per scored token
+  std::optional<double> proxy;    // fast proxy E(m, f)
+  std::optional<double> kl_fast;  // proxy in KL units (SensitivityTable::calibrate_fast)
+};
+
+struct ModuleSensitivity {
+  ModuleInfo module;
+  std::string anchor;  // anchor format name ("" when no candidate fits)
+  std::map<std::string, FormatSensitivity> formats;  // by tensor_format_name
+};
+
+// Which numbers a plan should use as damage.
+enum class DamageSource { Auto, Exact, Fast };  // Auto: exact where measured, else fast
+
+struct SensitivityTable {
+  ProfileSource source;
+  std::vector<AffineFormat> candidates;
+  std::string method;
+  std::vector<ModuleSensitivity> modules;  // forward order (quantizable_modules)
+  // This run only (cache hits excluded): exact KL measurements and proxies computed.
+  int64_t exact_measured = 0, proxy_measured = 0;
+  double seconds = 0;
+
+  // Fills kl_fast from the proxies and the exact KL at the anchors.
+  void calibrate_fast();
+  // module path -> format name -> damage. Throws if `use` asks for numbers that
+  // are missing (e.g. Exact on a fast profile), naming the module.
+  std::map<std::string, std::map<std::string, double>> damage(DamageSource use = DamageSource::Auto) const;
+  // Spearman rank correlation between kl_fast and kl over every (module,
+  // format) where both exist, anchors excluded; nullopt with fewer than 3.
+  std::optional<double> spearman_fast_exact() const;
+  // Number of (module, format) pairs with an exact KL / a proxy.
+  int64_t count_exact() const;
+  int64_t count_proxy() const;
+
+  nlohmann::json to_json() const;
+  // Validates module paths against the config (unknown ones are an error).
+  static SensitivityTable from_json(const nlohmann::json& j, const ModelConfig& config, const std::string& where);
+  static SensitivityTable read(const std::string& path, const ModelConfig& config);
+  void write(const std::string& path) const;  // atomic
+};
+
+SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<int32_t>>& windows,
+                               const ProfileOptions& opt);
+
+// Spearman rank correlation (average ranks for ties).
+double spearman(const std::vector<double>& a, const std::vector<double>& b);
+
+}  // namespace optiq

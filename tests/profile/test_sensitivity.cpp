@@ -1,0 +1,245 @@
+// Sensitivity profiling on stories260K with a few short windows: exact KL and
+// fast proxies behave, the cache resumes, and profile -> plan -> quantize stays
+// within budget.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "model/quantize_model.h"
+#include "model/transformer.h"
+#include "plan/budget.h"
+#include "plan/solver.h"
+#include "profile/calibration.h"
+#include "profile/sensitivity.h"
+#include "test_util.h"
+
+namespace optiq {
+namespace {
+
+std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+
+// The first half of the TinyStories sample (calibration) as a temp file.
+const std::string& calib_file() {
+  static const std::string path = [] {
+    std::ifstream in(test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt", std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string p = test::temp_dir() + "/calib.txt";
+    std::ofstream(p, std::ios::binary) << text.substr(0, text.size() / 2);
+    return p;
+  }();
+  return path;
+}
+
+CalibrationOptions calib_opts() {
+  CalibrationOptions co;
+  co.source = calib_file();
+  co.samples = 4;
+  co.seq = 64;
+  co.progress = false;
+  return co;
+}
+
+ProfileOptions opts(ProfileMethod m, const Model& model) {
+  ProfileOptions o;
+  o.method = m;
+  o.candidates = {{2, 64}, {3, 64}, {4, 64}, {8, 64}};
+  o.progress = false;
+  o.source = make_profile_source(model.path, calib_opts());
+  return o;
+}
+
+const FormatSensitivity& at(const ModuleSensitivity& ms, int bits) {
+  return ms.formats.at(affine_format_name({bits, 64}));
+}
+
+TEST(Profile, ParseCandidates) {
+  EXPECT_EQ(parse_candidates("2,3,4,5,6,8x32,64,128").size(), 18u);
+  auto v = parse_candidates("q4g64, 8, affine-q3-g32");
+  ASSERT_EQ(v.size(), 3u);
+  EXPECT_EQ(v[1], (AffineFormat{8, 64}));
+  EXPECT_EQ(v[2], (AffineFormat{3, 32}));
+  EXPECT_THROW(parse_candidates("7x64"), Error);
+  EXPECT_THROW(parse_candidates("q4g48"), Error);
+  EXPECT_THROW(parse_candidates(""), Error);
+  EXPECT_THROW(parse_profile_method("slow"), Error);
+}
+
+TEST(Profile, Spearman) {
+  EXPECT_NEAR(spearman({1, 2, 3, 4}, {10, 20, 30, 40}), 1.0, 1e-12);
+  EXPECT_NEAR(spearman({1, 2, 3, 4}, {4, 3, 2, 1}), -1.0, 1e-12);
+  EXPECT_NEAR(spearman({1, 2, 3, 4, 5}, {1, 3, 2, 5, 4}), 0.8, 1e-12);
+}
+
+TEST(Profile, ExactKlGrowsAsBitsFallAndModelIsRestored) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  Transformer tf(m, 64);
+  const std::vector<float> before = tf.forward_last(windows[0]);
+  SensitivityTable t = profile_model(m, windows, opts(ProfileMethod::Exact, m));
+  tf.reset();
+  EXPECT_EQ(tf.forward_last(windows[0]), before);  // every Linear swapped back
+  int checked = 0;
+  for (const auto& ms : t.modules) {
+    if (ms.formats.empty()) continue;  // down_proj: 172 inputs, no group fits
+    const double k2 = *at(ms, 2).kl, k3 = *at(ms, 3).kl, k4 = *at(ms, 4).kl, k8 = *at(ms, 8).kl;
+    EXPECT_LT(k8, 2e-4) << ms.module.path;
+    EXPECT_GT(k2, k4) << ms.module.path;
+    EXPECT_GT(k3, k8) << ms.module.path;
+    EXPECT_GT(k4, k8) << ms.module.path;
+    EXPECT_GE(k8, 0.0);
+    ++checked;
+  }
+  EXPECT_GT(checked, 25);
+  EXPECT_EQ(t.exact_measured, t.count_exact());
+  EXPECT_EQ(t.proxy_measured, 0);
+}
+
+TEST(Profile, FastProxiesMonotoneAndCorrelateWithExact) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  SensitivityTable t = profile_model(m, windows, opts(ProfileMethod::Both, m));
+  for (const auto& ms : t.modules) {
+    if (ms.formats.empty()) continue;
+    EXPECT_EQ(ms.anchor, "affine-q3-g64");
+    const double p2 = *at(ms, 2).proxy, p3 = *at(ms, 3).proxy, p4 = *at(ms, 4).proxy, p8 = *at(ms, 8).proxy;
+    EXPECT_GT(p2, p3) << ms.module.path;
+    EXPECT_GT(p3, p4) << ms.module.path;
+    EXPECT_GT(p4, p8) << ms.module.path;
+    EXPECT_GT(p8, 0.0) << ms.module.path;
+    // Anchored: at the anchor, the fast estimate is the exact KL.
+    EXPECT_NEAR(*at(ms, 3).kl_fast, *at(ms, 3).kl, 1e-12);
+  }
+  auto rho = t.spearman_fast_exact();
+  ASSERT_TRUE(rho.has_value());
+  EXPECT_GT(*rho, 0.9);
+}
+
+TEST(Profile, FastUsesFewExactAnchors) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  ProfileOptions o = opts(ProfileMethod::Fast, m);
+  o.anchor_every = 2;  // layers 0, 2, 4 (and the last) of 5
+  SensitivityTable t = profile_model(m, windows, o);
+  int exact = 0;
+  for (const auto& ms : t.modules)
+    for (const auto& [name, fs] : ms.formats) {
+      exact += fs.kl.has_value();
+      EXPECT_TRUE(fs.kl_fast.has_value()) << ms.module.path << " " << name;
+      if (fs.kl) {
+        EXPECT_EQ(name, ms.anchor);
+        EXPECT_TRUE(ms.module.layer < 0 || ms.module.layer % 2 == 0) << ms.module.path;
+      }
+    }
+  // 6 kinds with a fitting format x 3 anchor layers + embedding + lm_head
+  EXPECT_EQ(exact, 6 * 3 + 2);
+  EXPECT_NO_THROW(t.damage(DamageSource::Fast));
+  EXPECT_THROW(t.damage(DamageSource::Exact), Error);
+}
+
+TEST(Profile, CacheResumesOnlyMissingEntries) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  ProfileOptions o = opts(ProfileMethod::Exact, m);
+  o.candidates = {{2, 64}, {8, 64}};
+  o.cache_path = test::temp_dir() + "/s.profile.json";
+  SensitivityTable t1 = profile_model(m, windows, o);
+  EXPECT_GT(t1.exact_measured, 20);
+
+  SensitivityTable t2 = profile_model(m, windows, o);  // everything cached
+  EXPECT_EQ(t2.exact_measured, 0);
+
+  nlohmann::json j;
+  std::ifstream(o.cache_path) >> j;
+  const std::string victim = "model.layers.2.self_attn.v_proj";
+  const double old = j["modules"][victim]["formats"]["affine-q2-g64"]["kl"].get<double>();
+  j["modules"][victim]["formats"]["affine-q2-g64"].erase("kl");
+  std::ofstream(o.cache_path) << j.dump();
+  SensitivityTable t3 = profile_model(m, windows, o);
+  EXPECT_EQ(t3.exact_measured, 1);
+  for (const auto& ms : t3.modules)
+    if (ms.module.path == victim) {
+      EXPECT_NEAR(*at(ms, 2).kl, old, 1e-9 + 1e-6 * old);
+    }
+
+  // Other calibration settings: the cache is not reused.
+  o.source.calib_samples = 5;
+  SensitivityTable t4 = profile_model(m, windows, o);
+  EXPECT_EQ(t4.exact_measured, t1.exact_measured);
+
+  // Round trip through the file.
+  SensitivityTable r = SensitivityTable::read(o.cache_path, m.config);
+  EXPECT_EQ(r.count_exact(), t4.count_exact());
+}
+
+TEST(Profile, ProfilePlanQuantizeWithinBudget) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  ProfileOptions o = opts(ProfileMethod::Fast, m);
+  SensitivityTable t = profile_model(m, windows, o);
+  std::vector<TensorFormat> formats(o.candidates.begin(), o.candidates.end());
+  formats.push_back(std::nullopt);
+  BudgetOptions bo;
+  bo.bpw = "6";
+  Budget b = resolve_budget(bo, m.config, formats);
+  const auto dmg = t.damage();
+  std::vector<SolverItem> items;
+  for (const auto& mod : quantizable_modules(m.config)) items.push_back(make_item(mod, dmg.at(mod.path), formats));
+  SolverOptions so;
+  so.fixed_bytes = fixed_weight_bytes(m.config);
+  Solution s = solve(items, b.weight_bytes, so);
+  PrecisionMap map = s.precision_map();
+  EXPECT_LE(plan_bytes(m.config, map), b.weight_bytes);
+  EXPECT_GT(s.damage, 0.0);
+  quantize_model(m, map, {.progress = false});
+  for (const auto& mod : quantizable_modules(m.config)) {
+    const auto& f = map.formats.at(mod.path);
+    EXPECT_EQ(module_linear(m.weights, mod).format(), f ? affine_format_name(*f) : std::string("F32"));
+  }
+}
+
+struct RunResult {
+  int code;
+  std::string out;
+};
+
+RunResult run(const std::string& args) {
+  std::string cmd = std::string(OPTIQ_BINARY_DIR) + "/optiq -q " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
+}
+
+TEST(ProfileCli, AutoWarnsWhenTextIsCalibration) {
+  if (!test::file_exists(std::string(OPTIQ_BINARY_DIR) + "/optiq")) GTEST_SKIP() << "optiq binary not built";
+  const std::string dir = test::temp_dir();
+  RunResult r = run(fmt::format(
+      "auto {} --calib {} --text {} --calib-samples 2 --calib-seq 32 --candidates 4,8x64 --bpw 8 -o {}/out "
+      "--eval-ctx 32 --chunks 2",
+      stories(), calib_file(), calib_file(), dir));
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: --text"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("predicted"), std::string::npos) << r.out;
+  EXPECT_TRUE(test::file_exists(dir + "/out/config.json"));
+  EXPECT_TRUE(test::file_exists(dir + "/out.plan.json"));
+  EXPECT_TRUE(test::file_exists(dir + "/out.profile.json"));
+
+  RunResult e = run(fmt::format("plan {} --profile {}/out.profile.json --bpw 1 -o {}/p.json", stories(), dir, dir));
+  EXPECT_EQ(e.code, 1);
+  EXPECT_NE(e.out.find("optiq: error: --bpw 1"), std::string::npos) << e.out;
+}
+
+}  // namespace
+}  // namespace optiq

@@ -1,0 +1,127 @@
+// optiq auto: profile -> plan -> quantize -> (evaluate), in one command.
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "pipeline.h"
+#include "core/error.h"
+#include "eval/perplexity.h"
+#include "model/quantize_model.h"
+#include "model/save_mlx.h"
+#include "plan/budget.h"
+#include "plan/solver.h"
+#include "profile/calibration.h"
+#include "profile/sensitivity.h"
+
+namespace optiq::cli {
+
+namespace {
+
+struct AutoArgs {
+  ModelArgs model;
+  ProfileStepArgs profile;
+  PlanStepArgs plan;
+  std::string out;
+  std::string text;
+  int eval_ctx = 512;
+  int chunks = -1;
+  bool force = false;
+  bool json = false;
+};
+
+void run_auto(AutoArgs& a) {
+  std::string out = a.out;
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  std::error_code ec;
+  if (!a.text.empty()) {
+    check(std::filesystem::is_regular_file(a.text, ec), "{}: evaluation text not found", a.text);
+    if (a.profile.calib != "self" && same_file(a.text, a.profile.calib))
+      fmt::print(stderr,
+                 "optiq: warning: --text {} is the calibration file: the measured KL will be optimistic; "
+                 "evaluate on held-out text\n",
+                 a.text);
+  }
+  check(a.force || !std::filesystem::exists(out, ec), "{}: output exists (use --force to replace it)", out);
+  if (a.profile.cache.empty()) a.profile.cache = out + ".profile.json";
+  const std::string plan_path = out + ".plan.json";
+
+  Model m = a.model.load();
+  SensitivityTable t = run_profile_step(m, a.profile);
+  if (!a.json)
+    fmt::print("profile       {} ({} exact KL, {} proxies; {:.1f}s)\n", a.profile.cache, t.count_exact(),
+               t.count_proxy(), t.seconds);
+  PlanStepResult r = run_plan_step(m.config, t, a.plan, plan_path);
+  if (!a.json) print_plan_summary(r, plan_path);
+
+  QuantizeModelOptions qo;
+  quantize_model(m, r.map, qo);
+  save_mlx(m, out, {.bf16 = false, .force = a.force});
+  if (!a.json) fmt::print("wrote         {}\n", out);
+
+  nlohmann::json j = {{"out", out},
+                      {"plan", plan_path},
+                      {"profile", a.profile.cache},
+                      {"bits_per_weight", r.bits_per_weight},
+                      {"bytes", r.solution.bytes},
+                      {"predicted_kl", r.solution.damage},
+                      {"gap_kl", r.solution.gap}};
+  if (!a.text.empty()) {
+    const std::string model_path = a.model.path;
+    {
+      Model drop = std::move(m);  // free the in-memory quantized copy before loading two models
+    }
+    LoadOptions lo;
+    lo.tokenizer_path = a.model.tokenizer;
+    Model q = load_model(out, lo);
+    Model ref = load_model(model_path, lo);
+    std::string text = read_text_file(a.text);
+    if (!text.empty() && text.back() == '\n') text.pop_back();
+    check(!text.empty(), "{}: the text file is empty", a.text);
+    const std::vector<int32_t> tokens = q.tokenizer->encode(text, /*add_bos=*/true);
+    PerplexityOptions po;
+    po.ctx = std::min(a.eval_ctx, ref.config.max_seq);
+    po.chunks = a.chunks;
+    po.ref = &ref;
+    PerplexityResult e = evaluate_perplexity(q, tokens, po);
+    j["text"] = a.text;
+    j["ppl"] = e.ppl;
+    j["ref_ppl"] = e.ref_ppl;
+    j["kld"] = e.kld;
+    j["kld_stderr"] = e.kld_stderr;
+    j["top1"] = e.top1;
+    j["tokens"] = e.tokens;
+    if (!a.json) {
+      fmt::print("evaluated     {} ({} windows x {}, {} scored tokens)\n", a.text, e.chunks, e.ctx, e.tokens);
+      fmt::print("KL(ref||q)    measured {:.6f} +/- {:.6f}, predicted {:.6f}\n", e.kld, e.kld_stderr,
+                 r.solution.damage);
+      fmt::print("perplexity    {:.4f} (reference {:.4f}, {:+.2f}%)\n", e.ppl, e.ref_ppl,
+                 100.0 * (e.ppl / e.ref_ppl - 1.0));
+      fmt::print("top-1 agree   {:.3f}%\n", 100.0 * e.top1);
+    }
+  }
+  if (a.json) fmt::print("{}\n", j.dump());
+}
+
+}  // namespace
+
+Runner register_auto(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "auto", "Profile, plan and quantize in one go (and evaluate on held-out text with --text)");
+  auto a = std::make_shared<AutoArgs>();
+  a->model.add_to(*cmd);
+  add_profile_step_options(*cmd, a->profile);
+  add_plan_step_options(*cmd, a->plan);
+  cmd->add_option("-o,--out", a->out, "output directory (MLX layout); the profile and plan go beside it")->required();
+  cmd->add_option("--cache", a->profile.cache, "profile/cache JSON (default: OUT.profile.json)");
+  cmd->add_option("--text", a->text, "held-out text to measure KL and perplexity against MODEL");
+  cmd->add_option("--eval-ctx", a->eval_ctx, "evaluation window (capped at the model's context)")
+      ->capture_default_str()->check(CLI::Range(8, 1 << 20));
+  cmd->add_option("--chunks", a->chunks, "evaluate only the first N windows");
+  cmd->add_flag("--force", a->force, "replace OUT if it exists");
+  cmd->add_flag("--json", a->json, "print one JSON object");
+  return [a] { run_auto(*a); };
+}
+
+}  // namespace optiq::cli

@@ -1,0 +1,143 @@
+// optiq plan: one format per tensor from a sensitivity profile, under a budget.
+#include <algorithm>
+#include <map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "pipeline.h"
+#include "core/error.h"
+#include "plan/budget.h"
+#include "plan/plan_json.h"
+#include "plan/solver.h"
+#include "profile/sensitivity.h"
+
+namespace optiq::cli {
+
+
+
+void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
+  cmd.add_option("--bpw", a.bpw, "budget: bits per weight over all parameters, e.g. 4.5");
+  cmd.add_option("--size", a.size, "budget: weight bytes, e.g. 9.7GB or 350MiB");
+  cmd.add_option("--reduction", a.reduction, "budget: size reduction from fp16, e.g. 40%");
+  cmd.add_option("--fit", a.fit, "budget: total memory incl. KV cache at --ctx, e.g. 8GB");
+  cmd.add_option("--ctx", a.ctx, "context length for --fit")->check(CLI::PositiveNumber);
+  cmd.add_option("--min-bits", a.min_bits, "no tensor below this many bits")->check(CLI::Range(0, 8));
+  cmd.add_option("--pin", a.pins, "force formats: REGEX=FMT, e.g. lm_head=8, 'layers\\.0\\.'=q6g32 (repeatable)");
+  cmd.add_option("--tie", a.tie, "share formats: qkv (q/k/v of a layer) or qkv+gate_up")
+      ->check(CLI::IsMember({"qkv", "qkv+gate_up"}));
+  cmd.add_option("--use", a.use, "damage numbers: auto (exact where measured, else fast), exact or fast")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "exact", "fast"}));
+}
+
+PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
+                             const std::string& out) {
+  const DamageSource use = a.use == "exact" ? DamageSource::Exact : a.use == "fast" ? DamageSource::Fast
+                                                                                  : DamageSource::Auto;
+  const auto damage = t.damage(use);
+  std::vector<TensorFormat> formats;
+  for (const auto& f : t.candidates) formats.push_back(f);
+  formats.push_back(std::nullopt);
+
+  BudgetOptions bo;
+  if (!a.bpw.empty()) bo.bpw = a.bpw;
+  if (!a.size.empty()) bo.size = a.size;
+  if (!a.reduction.empty()) bo.reduction = a.reduction;
+  if (!a.fit.empty()) {
+    check(a.ctx > 0, "--fit needs --ctx (the context length to reserve the KV cache for)");
+    bo.fit = a.fit;
+    bo.runtime.ctx = a.ctx;
+  }
+  PlanStepResult r;
+  r.budget = resolve_budget(bo, config, formats);
+
+  const auto modules = quantizable_modules(config);
+  std::vector<SolverItem> items;
+  for (const auto& m : modules) {
+    auto it = damage.find(m.path);
+    check(it != damage.end(), "the profile lacks {}: run `optiq profile` again", m.path);
+    items.push_back(make_item(m, it->second, formats));
+  }
+  SolverOptions so;
+  so.fixed_bytes = fixed_weight_bytes(config);
+  so.min_bits = a.min_bits;
+  for (const auto& p : a.pins) so.pins.push_back(parse_pin(p));
+  if (!a.tie.empty()) so.tie_groups = tie_qkv_groups(modules, a.tie == "qkv+gate_up");
+  r.solution = solve(items, r.budget.weight_bytes, so);
+  r.map = r.solution.precision_map();
+  r.bits_per_weight = plan_bits_per_weight(config, r.map);
+  PlanMetadata meta;
+  meta.budget = r.budget.description;
+  meta.predicted_kl = r.solution.damage;
+  meta.method = "optiq " + r.solution.method + " (profile " + t.method + ", damage " + a.use + ")";
+  meta.lower_bound_kl = r.solution.lower_bound;
+  meta.gap_kl = r.solution.gap;
+  if (!out.empty()) write_plan(out, r.map, config, meta);
+  return r;
+}
+
+void print_plan_summary(const PlanStepResult& r, const std::string& out) {
+  const Solution& s = r.solution;
+  std::map<std::string, int> hist;
+  for (const auto& [path, f] : s.formats) ++hist[f ? fmt::format("q{}g{}", f->bits, f->group_size) : "float"];
+  std::string h;
+  for (const auto& [k, n] : hist) h += fmt::format("{}{} x{}", h.empty() ? "" : ", ", k, n);
+  fmt::print("budget        {}\n", r.budget.description);
+  fmt::print("plan          {:.3f} bits/weight, {} ({} bytes)\n", r.bits_per_weight, format_bytes(s.bytes), s.bytes);
+  fmt::print("predicted KL  {:.6f} nats/token (lower bound {:.6f}, gap {:.2e}{})\n", s.damage, s.lower_bound, s.gap,
+             s.exact ? ", optimal" : "");
+  fmt::print("formats       {}\n", h);
+  if (!out.empty()) fmt::print("wrote         {}\n", out);
+}
+
+namespace {
+
+struct PlanArgs {
+  ModelArgs model;
+  std::string profile;
+  std::string out;
+  PlanStepArgs step;
+  bool json = false;
+};
+
+void run_plan(const PlanArgs& a) {
+  Model m = a.model.load(/*weights=*/false);
+  SensitivityTable t = SensitivityTable::read(a.profile, m.config);
+  CalibrationOptions none;
+  const ProfileSource here = make_profile_source(m.path, none);
+  if (here.model_size != t.source.model_size || here.model_mtime != t.source.model_mtime)
+    fmt::print(stderr, "optiq: warning: {}: profile made for {}, not this file ({})\n", a.profile,
+               t.source.model_path, m.path);
+  PlanStepResult r = run_plan_step(m.config, t, a.step, a.out);
+  if (a.json) {
+    nlohmann::json j = {{"out", a.out},
+                        {"budget", r.budget.description},
+                        {"budget_bytes", r.budget.weight_bytes},
+                        {"bytes", r.solution.bytes},
+                        {"bits_per_weight", r.bits_per_weight},
+                        {"predicted_kl", r.solution.damage},
+                        {"lower_bound_kl", r.solution.lower_bound},
+                        {"gap_kl", r.solution.gap},
+                        {"method", r.solution.method}};
+    fmt::print("{}\n", j.dump());
+    return;
+  }
+  print_plan_summary(r, a.out);
+}
+
+}  // namespace
+
+Runner register_plan(CLI::App& app) {
+  auto* cmd = app.add_subcommand("plan", "Choose one format per tensor from a profile, under a memory budget");
+  auto a = std::make_shared<PlanArgs>();
+  a->model.add_to(*cmd);
+  cmd->add_option("--profile", a->profile, "profile JSON written by `optiq profile`")->required()
+      ->check(CLI::ExistingFile);
+  add_plan_step_options(*cmd, a->step);
+  cmd->add_option("-o,--out", a->out, "plan JSON to write (docs/plan-format.md)")->required();
+  cmd->add_flag("--json", a->json, "print one JSON object");
+  return [a] { run_plan(*a); };
+}
+
+}  // namespace optiq::cli

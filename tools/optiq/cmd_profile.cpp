@@ -1,0 +1,174 @@
+// optiq profile: per-tensor sensitivity (KL at each candidate format), cached.
+#include <algorithm>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "pipeline.h"
+#include "core/error.h"
+#include "profile/calibration.h"
+#include "profile/sensitivity.h"
+
+namespace optiq::cli {
+
+
+
+namespace {
+
+std::string short_name(const std::string& path) {
+  std::string s = path;
+  for (const char* pre : {"model.layers.", "model."})
+    if (s.rfind(pre, 0) == 0) {
+      s = s.substr(std::string(pre).size());
+      break;
+    }
+  for (const char* mid : {".self_attn.", ".mlp."}) {
+    auto p = s.find(mid);
+    if (p != std::string::npos) s = s.substr(0, p) + "." + s.substr(p + std::string(mid).size());
+  }
+  return s;
+}
+
+}  // namespace
+
+void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
+  cmd.add_option("--calib", a.calib, "calibration text (.txt, or .jsonl with \"text\"; or 'self')")->required();
+  cmd.add_option("--calib-samples", a.calib_samples, "calibration windows")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--calib-seq", a.calib_seq, "tokens per window (capped at the model's context)")
+      ->capture_default_str()->check(CLI::Range(8, 1 << 20));
+  cmd.add_option("--seed", a.seed, "seed for choosing calibration windows")->capture_default_str();
+  cmd.add_option("--method", a.method,
+                 "fast: Gram-matrix proxy scaled to KL by exact anchors; exact: KL of every module x format; "
+                 "both: both, and their rank correlation")
+      ->capture_default_str()->check(CLI::IsMember({"fast", "exact", "both"}));
+  cmd.add_option("--candidates", a.candidates, "formats: BITSxGROUPS (\"2,3,4x64,128\") or a list (\"q4g64,q8g32\")")
+      ->capture_default_str();
+  cmd.add_option("--anchors", a.anchors,
+                 "fast: measure exact anchors on 'every' layer or every N-th (default: every layer up to 12 "
+                 "layers, else every 3rd)")
+      ->capture_default_str();
+}
+
+SensitivityTable run_profile_step(const Model& m, const ProfileStepArgs& a) {
+  CalibrationOptions co;
+  co.source = a.calib;
+  co.samples = a.calib_samples;
+  co.seq = a.calib_seq;
+  co.seed = a.seed;
+  if (co.seq > m.config.max_seq) {
+    fmt::print(stderr, "optiq: note: --calib-seq {} capped at the model's context of {}\n", co.seq, m.config.max_seq);
+    co.seq = m.config.max_seq;
+  }
+  if (a.calib != "self") {
+    std::error_code ec;
+    check(std::filesystem::is_regular_file(a.calib, ec), "{}: calibration file not found", a.calib);
+  }
+  ProfileOptions po;
+  po.method = parse_profile_method(a.method);
+  po.candidates = parse_candidates(a.candidates);
+  if (a.anchors == "every") {
+    po.anchor_every = 1;
+  } else if (a.anchors != "auto") {
+    try {
+      size_t used = 0;
+      po.anchor_every = std::stoi(a.anchors, &used);
+      check(used == a.anchors.size() && po.anchor_every > 0, "");
+    } catch (const std::exception&) {
+      fail("--anchors '{}': expected 'every', 'auto' or a positive number", a.anchors);
+    }
+  }
+  po.cache_path = a.cache;
+  po.source = make_profile_source(m.path, co);
+  const auto windows = calibration_windows(m, co);
+  return profile_model(m, windows, po);
+}
+
+void print_profile_table(const SensitivityTable& t) {
+  // One column per bit width, at the group size closest to 64 that was profiled.
+  std::vector<int> bits, groups;
+  for (const auto& f : t.candidates) {
+    if (std::find(bits.begin(), bits.end(), f.bits) == bits.end()) bits.push_back(f.bits);
+    if (std::find(groups.begin(), groups.end(), f.group_size) == groups.end()) groups.push_back(f.group_size);
+  }
+  std::sort(bits.begin(), bits.end());
+  std::sort(groups.begin(), groups.end(), [](int a, int b) { return std::abs(a - 64) < std::abs(b - 64); });
+  const auto dmg = t.damage(DamageSource::Auto);
+  fmt::print("{:<18}", "KL (nats/token)");
+  for (int b : bits) fmt::print(" {:>9}", fmt::format("q{}", b));
+  fmt::print("   group\n");
+  for (const auto& ms : t.modules) {
+    const auto& d = dmg.at(ms.module.path);
+    int g = 0;
+    for (int gs : groups)
+      if (d.count(affine_format_name({bits.front(), gs})) || d.count(affine_format_name({bits.back(), gs}))) {
+        g = gs;
+        break;
+      }
+    fmt::print("{:<18}", short_name(ms.module.path));
+    if (g == 0) {
+      fmt::print(" (no candidate fits {} inputs: stays float)\n", ms.module.cols);
+      continue;
+    }
+    for (int b : bits) {
+      auto it = d.find(affine_format_name({b, g}));
+      fmt::print(" {:>9}", it == d.end() ? std::string("-") : fmt::format("{:.2e}", it->second));
+    }
+    fmt::print("   g{}\n", g);
+  }
+}
+
+namespace {
+
+struct ProfileArgs {
+  ModelArgs model;
+  ProfileStepArgs step;
+  bool json = false;
+};
+
+std::string default_cache(const std::string& model_path) {
+  std::string s = model_path;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  std::string name = std::filesystem::path(s).filename().string();
+  for (const char* ext : {".gguf", ".bin"})
+    if (name.ends_with(ext)) name.resize(name.size() - std::string(ext).size());
+  return name + ".profile.json";
+}
+
+void run_profile(ProfileArgs& a) {
+  Model m = a.model.load();
+  if (a.step.cache.empty()) a.step.cache = default_cache(a.model.path);
+  SensitivityTable t = run_profile_step(m, a.step);
+  const auto rho = t.spearman_fast_exact();
+  if (a.json) {
+    nlohmann::json j = t.to_json();
+    j["cache"] = a.step.cache;
+    j["exact_measured"] = t.exact_measured;
+    j["proxy_measured"] = t.proxy_measured;
+    j["seconds"] = t.seconds;
+    fmt::print("{}\n", j.dump());
+    return;
+  }
+  print_profile_table(t);
+  fmt::print("\nprofile      {} ({} exact KL, {} proxies; {} + {} measured now)\n", a.step.cache, t.count_exact(),
+             t.count_proxy(), t.exact_measured, t.proxy_measured);
+  if (rho) fmt::print("fast vs exact: Spearman rank correlation {:.4f} (anchors excluded)\n", *rho);
+  fmt::print("time         {:.1f}s\n", t.seconds);
+}
+
+}  // namespace
+
+Runner register_profile(CLI::App& app) {
+  auto* cmd = app.add_subcommand("profile", "Measure each tensor's sensitivity (KL) at each candidate format");
+  auto a = std::make_shared<ProfileArgs>();
+  a->model.add_to(*cmd);
+  add_profile_step_options(*cmd, a->step);
+  cmd->add_option("--cache", a->step.cache,
+                  "profile/cache JSON, resumed if present (default: <model name>.profile.json)");
+  cmd->add_flag("--json", a->json, "print the profile as one JSON object");
+  return [a] { run_profile(*a); };
+}
+
+}  // namespace optiq::cli

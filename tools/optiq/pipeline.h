@@ -1,0 +1,49 @@
+// The profile and plan steps, shared by `optiq profile`, `optiq plan` and
+// `optiq auto` (which chains them with quantize and eval).
+#pragma once
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "model/model.h"
+#include "plan/budget.h"
+#include "plan/solver.h"
+#include "profile/sensitivity.h"
+
+namespace optiq::cli {
+
+struct ProfileStepArgs {
+  std::string calib;
+  int calib_samples = 128;
+  int calib_seq = 512;
+  uint64_t seed = 0;
+  std::string method = "fast";
+  std::string candidates = "2,3,4,5,6,8x32,64,128";
+  std::string anchors = "auto";
+  std::string cache;
+};
+void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a);
+SensitivityTable run_profile_step(const Model& m, const ProfileStepArgs& a);
+void print_profile_table(const SensitivityTable& t);
+
+struct PlanStepArgs {
+  std::string bpw, size, reduction, fit;
+  int64_t ctx = 0;
+  int min_bits = 0;
+  std::vector<std::string> pins;
+  std::string tie;
+  std::string use = "auto";
+};
+struct PlanStepResult {
+  Solution solution;
+  Budget budget;
+  PrecisionMap map;
+  double bits_per_weight = 0;
+};
+void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a);
+PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
+                             const std::string& out);
+void print_plan_summary(const PlanStepResult& r, const std::string& out);
+
+}  // namespace optiq::cli
