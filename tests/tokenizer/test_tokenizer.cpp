@@ -112,7 +112,9 @@ TEST(Tokenizer, StoriesGgufMatchesBin) {
   for (int32_t i = 0; i < tb.vocab_size(); ++i) {
     ASSERT_EQ(gs.tokens[i], tb.spec().tokens[i]) << "token " << i;
     ASSERT_EQ(gs.scores[i], tb.spec().scores[i]) << "token " << i;
-    if (!gs.token_types.empty()) ASSERT_EQ(gs.token_types[i], tb.spec().token_types[i]) << "token " << i;
+    if (!gs.token_types.empty()) {
+      ASSERT_EQ(gs.token_types[i], tb.spec().token_types[i]) << "token " << i;
+    }
   }
   std::mt19937 rng(11);
   for (int iter = 0; iter < 100; ++iter) {

@@ -103,10 +103,16 @@ std::string check_roundtrip(const Tokenizer& tok, const std::string& name) {
   const auto cfg = nlohmann::json::parse(slurp(dir + "/tokenizer_config.json"));
   EXPECT_EQ(cfg.at("tokenizer_class"), "PreTrainedTokenizerFast");
   EXPECT_EQ(cfg.at("add_bos_token").get<bool>(), tok.spec().add_bos && tok.bos() >= 0);
-  if (tok.bos() >= 0) EXPECT_EQ(cfg.at("bos_token"), tok.spec().tokens[tok.bos()]);
-  if (tok.eos() >= 0) EXPECT_EQ(cfg.at("eos_token"), tok.spec().tokens[tok.eos()]);
+  if (tok.bos() >= 0) {
+    EXPECT_EQ(cfg.at("bos_token"), tok.spec().tokens[tok.bos()]);
+  }
+  if (tok.eos() >= 0) {
+    EXPECT_EQ(cfg.at("eos_token"), tok.spec().tokens[tok.eos()]);
+  }
   const auto map = nlohmann::json::parse(slurp(dir + "/special_tokens_map.json"));
-  if (tok.eos() >= 0) EXPECT_EQ(map.at("eos_token").at("content"), tok.spec().tokens[tok.eos()]);
+  if (tok.eos() >= 0) {
+    EXPECT_EQ(map.at("eos_token").at("content"), tok.spec().tokens[tok.eos()]);
+  }
 
   // Writing again over existing files works (rename replaces them).
   write_hf_tokenizer(tok, dir);
