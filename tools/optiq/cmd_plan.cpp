@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "pipeline.h"
 #include "core/error.h"
+#include "plan/baselines.h"
 #include "plan/budget.h"
 #include "plan/plan_json.h"
 #include "plan/solver.h"
@@ -27,9 +28,49 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
   cmd.add_option("--pin", a.pins, "force formats: REGEX=FMT, e.g. lm_head=8, 'layers\\.0\\.'=q6g32 (repeatable)");
   cmd.add_option("--tie", a.tie, "share formats: qkv (q/k/v of a layer) or qkv+gate_up")
       ->check(CLI::IsMember({"qkv", "qkv+gate_up"}));
+  cmd.add_option("--baseline", a.baseline,
+                 "instead of optiq's solver, a baseline plan of the same budget, for honest comparisons: "
+                 "uniform:q4g64 (one format), kquant (llama.cpp's Q*_K_M rule, the largest that fits) or "
+                 "dynamic (mlx-lm dynamic-quant style: the most sensitive tensors one level up)");
   cmd.add_option("--use", a.use, "damage numbers: auto (exact where measured, else fast), exact or fast")
       ->capture_default_str()->check(CLI::IsMember({"auto", "exact", "fast"}));
 }
+
+namespace {
+
+// Baselines as plans of the same budget (plan/baselines.h).
+BaselinePlan baseline_plan(const ModelConfig& config, const std::string& spec, int64_t budget,
+                           const std::map<std::string, std::map<std::string, double>>& damage) {
+  if (spec.rfind("uniform:", 0) == 0) {
+    const TensorFormat f = parse_format_spec(spec.substr(8));
+    check(f.has_value(), "--baseline {}: uniform needs a quantized format such as uniform:q4g64", spec);
+    BaselinePlan b{uniform_plan(config, *f), "uniform " + spec.substr(8), 0};
+    b.bytes = plan_bytes(config, b.map);
+    check(b.bytes <= budget, "--baseline {}: {} exceeds the budget of {}", spec, format_bytes(b.bytes),
+          format_bytes(budget));
+    return b;
+  }
+  if (spec == "kquant") return kquant_plan_for_budget(config, budget);
+  if (spec == "dynamic") {
+    // mlx-lm's dynamic quantization: two levels; the tensors that lose most at
+    // the low level get the high one. Low = the most bits that fit everywhere.
+    static const int levels[] = {2, 3, 4, 5, 6, 8};
+    for (int i = 4; i >= 0; --i) {
+      const AffineFormat low{levels[i], 64}, high{levels[i + 1], 64};
+      if (plan_bytes(config, uniform_plan(config, low)) > budget) continue;
+      std::map<std::string, double> scores;
+      for (const auto& [path, by_fmt] : damage) {
+        auto it = by_fmt.find(affine_format_name(low));
+        scores[path] = it == by_fmt.end() ? 0.0 : it->second;
+      }
+      return dynamic_plan(config, scores, budget, low, high);
+    }
+    fail("--baseline dynamic: even 2 bits everywhere exceeds the budget of {}", format_bytes(budget));
+  }
+  fail("--baseline {}: expected uniform:qBgG, kquant or dynamic", spec);
+}
+
+}  // namespace
 
 PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
                              const std::string& out) {
@@ -58,6 +99,27 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     auto it = damage.find(m.path);
     check(it != damage.end(), "the profile lacks {}: run `optiq profile` again", m.path);
     items.push_back(make_item(m, it->second, formats));
+  }
+  if (!a.baseline.empty()) {
+    BaselinePlan b = baseline_plan(config, a.baseline, r.budget.weight_bytes, damage);
+    r.map = b.map;
+    r.solution.bytes = b.bytes;
+    r.solution.method = b.name;
+    r.solution.damage = 0;
+    for (const auto& m : modules) {
+      const TensorFormat f = r.map.formats.at(m.path);
+      auto d = damage.at(m.path).find(tensor_format_name(f));
+      if (d != damage.at(m.path).end()) r.solution.damage += d->second;
+    }
+    r.solution.lower_bound = r.solution.damage;
+    for (const auto& [path, f] : r.map.formats) r.solution.formats[path] = f;
+    r.bits_per_weight = plan_bits_per_weight(config, r.map);
+    PlanMetadata meta;
+    meta.budget = r.budget.description;
+    meta.predicted_kl = r.solution.damage;
+    meta.method = "baseline " + b.name;
+    if (!out.empty()) write_plan(out, r.map, config, meta);
+    return r;
   }
   SolverOptions so;
   so.fixed_bytes = fixed_weight_bytes(config);

@@ -34,6 +34,7 @@ struct PlanStepArgs {
   std::vector<std::string> pins;
   std::string tie;
   std::string use = "auto";
+  std::string baseline;  // empty: optiq's solver; else uniform:qBgG | kquant | dynamic
 };
 struct PlanStepResult {
   Solution solution;
