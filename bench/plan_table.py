@@ -46,7 +46,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         for size in a.sizes.split(","):
-            ref_plan = optiq("plan", a.model, "--profile", a.profile, "--bpw", "32", "--baseline", f"uniform:{size}",
+            ref_plan = optiq("plan", a.model, "--profile", a.profile, "--bpw", "16", "--baseline", f"uniform:{size}",
                              "-o", tmp / "u.json", "--json", threads=a.threads)
             budget = ["--size", f"{ref_plan['bytes']}B"]
             for name, extra in [("optiq", []), (f"uniform {size}", ["--baseline", f"uniform:{size}"]),
