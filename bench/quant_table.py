@@ -44,8 +44,11 @@ def dir_bytes(p: Path) -> int:
 
 
 def measure(name: str, model: Path, ref: Path, a, params: int) -> dict:
-    ev = optiq("eval", model, "--text", a.text, "--ctx", a.ctx, "--chunks", a.chunks, "--ref", ref, "--json",
-               threads=a.threads)
+    nan = float("nan")
+    ev = {"ppl": nan, "ref_ppl": nan, "kld": nan, "top1": nan}
+    if not a.speed_only:
+        ev = optiq("eval", model, "--text", a.text, "--ctx", a.ctx, "--chunks", a.chunks, "--ref", ref, "--json",
+                   threads=a.threads)
     be = {"prefill_tok_s": float("nan"), "decode_tok_s": float("nan"), "peak_rss_mb": float("nan")}
     if not a.no_speed:
         be = optiq("bench", model, "-p", 512 if a.ctx >= 512 else a.ctx // 2, "-n", 64, "-r", 3, "--json",
@@ -71,6 +74,7 @@ def main() -> int:
     ap.add_argument("--groups", default="32,64,128")
     ap.add_argument("--llamacpp", action="store_true")
     ap.add_argument("--no-speed", action="store_true", help="quality columns only (speed needs an idle machine)")
+    ap.add_argument("--speed-only", action="store_true", help="speed and memory columns only")
     ap.add_argument("--out")
     a = ap.parse_args()
     src = Path(a.model)
