@@ -54,9 +54,10 @@ void expect_clean_error(const RunResult& r, const std::string& needle) {
 TEST(Cli, HelpAndUsageErrors) {
   EXPECT_EQ(run("--help").code, 0);
   EXPECT_NE(run("eval --help").out.find("--ref"), std::string::npos);
-  EXPECT_NE(run("").code, 0);
-  EXPECT_NE(run("frobnicate").code, 0);
-  EXPECT_NE(run("eval").code, 0);  // MODEL and --text are required
+  EXPECT_EQ(run("").code, 2);
+  EXPECT_EQ(run("frobnicate").code, 2);
+  EXPECT_EQ(run("eval").code, 2);  // MODEL and --text are required
+  EXPECT_EQ(run("quantize x -o y --bits 7").code, 2);
 }
 
 TEST(Cli, InfoOnStories) {

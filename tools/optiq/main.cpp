@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every bad command line exits 2.
+    return app.exit(e) == 0 ? 0 : 2;
   }
   try {
     optiq::set_num_threads(threads);
