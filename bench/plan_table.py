@@ -6,7 +6,10 @@ the baselines (uniform, llama.cpp k-quant rule, mlx-lm dynamic style), each
 quantized with the same quantizer and measured on held-out text (KL and top-1
 against the source model, perplexity). Needs a profile (optiq profile).
 
-    bench/plan_table.py MODEL --profile P.json --text EVAL [--sizes q4g64,q3g64] [--chunks 100]
+    bench/plan_table.py MODEL --profile P.json --text EVAL [--sizes q4g64,q3g64,105MB] [--chunks 100]
+
+A size is a uniform format (its size is the budget, and it is a baseline row)
+or an explicit size such as 105MB.
 """
 from __future__ import annotations
 
@@ -46,12 +49,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         for size in a.sizes.split(","):
-            ref_plan = optiq("plan", a.model, "--profile", a.profile, "--bpw", "16", "--baseline", f"uniform:{size}",
-                             "-o", tmp / "u.json", "--json", threads=a.threads)
-            budget = ["--size", f"{ref_plan['bytes']}B"]
-            for name, extra in [("optiq", []), (f"uniform {size}", ["--baseline", f"uniform:{size}"]),
-                                ("llama.cpp k-quant rule", ["--baseline", "kquant"]),
-                                ("mlx-lm dynamic style", ["--baseline", "dynamic"])]:
+            plans = [("optiq", []), ("llama.cpp k-quant rule", ["--baseline", "kquant"]),
+                     ("mlx-lm dynamic style", ["--baseline", "dynamic"])]
+            if size[-1].isdigit():  # a uniform format: its size is the budget
+                ref_plan = optiq("plan", a.model, "--profile", a.profile, "--bpw", "16", "--baseline",
+                                 f"uniform:{size}", "-o", tmp / "u.json", "--json", threads=a.threads)
+                budget = ["--size", f"{ref_plan['bytes']}B"]
+                plans.insert(1, (f"uniform {size}", ["--baseline", f"uniform:{size}"]))
+            else:  # an explicit size such as 105MB
+                budget = ["--size", size]
+            for name, extra in plans:
                 plan = tmp / "plan.json"
                 try:
                     p = optiq("plan", a.model, "--profile", a.profile, *budget, *extra, "-o", plan, "--json",
