@@ -142,7 +142,7 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
   check(pos_ + n <= max_ctx_, "context is full: {} tokens at position {} exceed the context of {}", n, pos_, max_ctx_);
   check(logits_from >= 0 && logits_from <= n, "logits_from {} out of range for {} tokens", logits_from, n);
   ensure_scratch(n);
-  const int64_t dim = c.dim, kv_dim = c.kv_dim(), qd = c.q_dim(), hid = c.hidden_dim;
+  const int64_t dim = c.dim;
 
   for (int64_t i = 0; i < n; ++i) {
     check(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary of {}", tokens[i],
