@@ -1,6 +1,10 @@
 #include "test_util.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <array>
+#include <cstdio>
 
 #include <cstdlib>
 #include <filesystem>
@@ -34,6 +38,19 @@ std::string temp_dir() {
   if (!p) std::abort();
   g_temp_dirs.dirs.push_back(tmpl);
   return tmpl;
+}
+
+RunResult run_optiq(const std::string& args, bool merge_stderr) {
+  const std::string cmd =
+      std::string(OPTIQ_BINARY_DIR) + "/optiq -q " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return {127, "popen failed"};
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
 }
 
 bool file_exists(const std::string& path) { return std::filesystem::exists(path); }

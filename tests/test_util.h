@@ -16,6 +16,13 @@ std::string cache_dir();
 std::string temp_dir();
 bool file_exists(const std::string& path);
 
+// Runs build/optiq -q ARGS; out holds stdout (and stderr when merge_stderr).
+struct RunResult {
+  int code;
+  std::string out;
+};
+RunResult run_optiq(const std::string& args, bool merge_stderr = true);
+
 // Normal(0, stddev) floats from a fixed seed: never zeros.
 std::vector<float> random_floats(size_t n, uint32_t seed, float stddev = 1.0f);
 

@@ -18,21 +18,8 @@
 namespace optiq {
 namespace {
 
-struct RunResult {
-  int code;
-  std::string out;  // stdout + stderr
-};
-
-RunResult run(const std::string& args, bool merge_stderr = true) {
-  std::string cmd = std::string(OPTIQ_BINARY_DIR) + "/optiq -q " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
+using test::RunResult;
+RunResult run(const std::string& args, bool merge_stderr = true) { return test::run_optiq(args, merge_stderr); }
 
 std::string stories() { return test::shared_dir() + "/models/stories260K"; }
 

@@ -206,21 +206,8 @@ TEST(Profile, ProfilePlanQuantizeWithinBudget) {
   }
 }
 
-struct RunResult {
-  int code;
-  std::string out;
-};
-
-RunResult run(const std::string& args) {
-  std::string cmd = std::string(OPTIQ_BINARY_DIR) + "/optiq -q " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
+using test::RunResult;
+RunResult run(const std::string& args, bool merge_stderr = true) { return test::run_optiq(args, merge_stderr); }
 
 TEST(ProfileCli, AutoWarnsWhenTextIsCalibration) {
   if (!test::file_exists(std::string(OPTIQ_BINARY_DIR) + "/optiq")) GTEST_SKIP() << "optiq binary not built";
