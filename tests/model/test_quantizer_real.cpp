@@ -33,7 +33,9 @@ TEST(QuantizerRealWeights, SearchBeatsMinMaxOnSmolLM2) {
     // Q4_1's 4-bit g32 grid sits inside g64's, so 4-bit and up are nearly lossless
     // for both; the search must still never lose.
     EXPECT_LE(err_search, err_minmax) << bits << " bits";
-    if (bits <= 3) EXPECT_LT(err_search, 0.9 * err_minmax) << bits << " bits";
+    if (bits <= 3) {
+      EXPECT_LT(err_search, 0.9 * err_minmax) << bits << " bits";
+    }
   }
 }
 
