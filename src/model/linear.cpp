@@ -28,6 +28,15 @@ Linear Linear::from_f32_view(const float* w, int64_t rows, int64_t cols) {
   return l;
 }
 
+Linear Linear::from_half_view(const uint16_t* w, bool bf16, int64_t rows, int64_t cols) {
+  Linear l;
+  l.rows_ = rows;
+  l.cols_ = cols;
+  l.half_ = w;
+  l.half_bf16_ = bf16;
+  return l;
+}
+
 Linear Linear::from_affine(AffineMatrix m) {
   auto owned = std::make_shared<const AffineMatrix>(std::move(m));
   Linear l = from_affine_view(owned->view());
@@ -86,11 +95,18 @@ void Linear::forward(const float* x, int64_t n, float* y) const {
   }
   if (affine_view_)
     affine_matmul(*affine_view_, x, n, y);
+  else if (half_)
+    half_matmul(half_, half_bf16_, rows_, cols_, x, n, y);
   else
     f32_matmul(f32(), rows_, cols_, x, n, y);
 }
 
 void Linear::row(int64_t r, float* out) const {
+  if (half_) {
+    const uint16_t* src = half_ + r * cols_;
+    for (int64_t c = 0; c < cols_; ++c) out[c] = half_bf16_ ? bf16_to_f32(src[c]) : f16_to_f32(src[c]);
+    return;
+  }
   if (affine_view_)
     dequantize_row(*affine_view_, r, out);
   else
@@ -99,14 +115,24 @@ void Linear::row(int64_t r, float* out) const {
 
 std::vector<float> Linear::to_f32() const {
   if (affine_view_) return dequantize(*affine_view_);
+  if (half_) {
+    std::vector<float> w(rows_ * cols_);
+    for (int64_t r = 0; r < rows_; ++r) row(r, &w[r * cols_]);
+    return w;
+  }
   return std::vector<float>(f32(), f32() + rows_ * cols_);
 }
 
 size_t Linear::bytes() const {
   if (affine_view_) return optiq::bytes(*affine_view_);
+  if (half_) return static_cast<size_t>(rows_ * cols_) * 2;
   return static_cast<size_t>(rows_ * cols_) * sizeof(float);
 }
 
-std::string Linear::format() const { return affine_view_ ? affine_format_name(affine_view_->fmt) : "F32"; }
+std::string Linear::format() const {
+  if (affine_view_) return affine_format_name(affine_view_->fmt);
+  if (half_) return half_bf16_ ? "BF16" : "F16";
+  return "F32";
+}
 
 }  // namespace optiq

@@ -27,6 +27,9 @@ class Linear {
   static Linear from_f32(std::vector<float> w, int64_t rows, int64_t cols);
   // Borrowed: `w` must outlive the Linear (it points into a mapped file).
   static Linear from_f32_view(const float* w, int64_t rows, int64_t cols);
+  // Borrowed fp16 (bf16 = false) or bf16 words, e.g. an HF checkpoint's
+  // tensor in its mapped file: multiplied directly, never widened in memory.
+  static Linear from_half_view(const uint16_t* w, bool bf16, int64_t rows, int64_t cols);
   static Linear from_affine(AffineMatrix m);
   // Borrowed: the view's arrays must outlive the Linear.
   static Linear from_affine_view(const AffineMatrixView& v);
@@ -56,6 +59,8 @@ class Linear {
   int64_t rows_ = 0, cols_ = 0;
   std::vector<float> owned_;
   const float* f32_ = nullptr;
+  const uint16_t* half_ = nullptr;  // fp16/bf16 storage (borrowed)
+  bool half_bf16_ = false;
   // Affine storage: owned_affine_ holds the arrays when owned; the view points
   // either into it (vector buffers survive moves) or into a mapped file.
   std::shared_ptr<const AffineMatrix> owned_affine_;

@@ -163,6 +163,11 @@ class TensorTable {
       borrowed_ = true;
       return Linear::from_f32_view(static_cast<const float*>(t.data), rows, cols);
     }
+    if ((t.dtype == DType::F16 || t.dtype == DType::BF16) && !reorder &&
+        reinterpret_cast<uintptr_t>(t.data) % alignof(uint16_t) == 0) {
+      borrowed_ = true;
+      return Linear::from_half_view(static_cast<const uint16_t*>(t.data), t.dtype == DType::BF16, rows, cols);
+    }
     std::vector<float> w = to_f32(t, t.name);
     if (reorder) interleaved_to_halves(w, rope_heads, head_dim, cols);
     return Linear::from_f32(std::move(w), rows, cols);

@@ -48,7 +48,10 @@ void run_quantize(const QuantizeArgs& a) {
   quantize_model(m, map, opt);
   save_mlx(m, a.out, {.bf16 = opt.bf16_scales, .force = a.force});
   size_t bytes = 0;
-  for (const auto& mod : quantizable_modules(m.config)) bytes += module_linear(m.weights, mod).bytes();
+  for (const auto& mod : quantizable_modules(m.config)) {  // float modules are exported as 16-bit
+    const Linear& l = module_linear(m.weights, mod);
+    bytes += l.is_affine() ? l.bytes() : static_cast<size_t>(mod.numel()) * 2;
+  }
   int64_t params = 0;
   for (const auto& mod : quantizable_modules(m.config)) params += mod.numel();
   const double bpw = 8.0 * bytes / params;
