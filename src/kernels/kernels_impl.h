@@ -1,6 +1,7 @@
 // Internal: per-ISA block functions behind kernels/matmul.h. Each computes the
 // output columns r in [r0, r1) of Y (ld = rows of W) for all n activation rows.
 #pragma once
+#include <array>
 #include <cstdint>
 
 #include "quant/affine.h"
@@ -43,5 +44,24 @@ struct DenseArgs {
 void dense_block_scalar(const DenseArgs& a, int64_t r0, int64_t r1);
 void dense_block_avx2(const DenseArgs& a, int64_t r0, int64_t r1);
 void dense_block_avx512(const DenseArgs& a, int64_t r0, int64_t r1);
+
+// pshufb pattern and per-lane shifts that put code i (i < lanes) of a
+// `lanes`-code chunk into the low bits of dword lane i, the chunk's bytes being
+// broadcast to every 128-bit lane (lanes = 8 for AVX2, 16 for AVX-512).
+template <int bits, int lanes>
+struct CodeUnpackTables {
+  alignas(4 * lanes) std::array<uint8_t, 4 * lanes> shuf{};
+  alignas(4 * lanes) std::array<uint32_t, lanes> shift{};
+  constexpr CodeUnpackTables() {
+    for (int i = 0; i < lanes; ++i) {
+      const int bit = bits * i, s = bit >> 3, off = bit & 7;
+      shuf[4 * i] = static_cast<uint8_t>(s);
+      shuf[4 * i + 1] = off + bits > 8 ? static_cast<uint8_t>(s + 1) : 0x80;
+      shuf[4 * i + 2] = 0x80;
+      shuf[4 * i + 3] = 0x80;
+      shift[i] = static_cast<uint32_t>(off);
+    }
+  }
+};
 
 }  // namespace optiq::kern

@@ -13,26 +13,8 @@
 namespace optiq::kern {
 namespace {
 
-// pshufb pattern and per-lane shifts that put code i (i < 8) of an 8-code chunk
-// into the low bits of dword lane i, the chunk's bytes being broadcast to both
-// 128-bit lanes.
 template <int bits>
-struct Tables {
-  alignas(32) std::array<uint8_t, 32> shuf{};
-  alignas(32) std::array<uint32_t, 8> shift{};
-  constexpr Tables() {
-    for (int i = 0; i < 8; ++i) {
-      const int bit = bits * i, s = bit >> 3, off = bit & 7;
-      shuf[4 * i] = static_cast<uint8_t>(s);
-      shuf[4 * i + 1] = off + bits > 8 ? static_cast<uint8_t>(s + 1) : 0x80;
-      shuf[4 * i + 2] = 0x80;
-      shuf[4 * i + 3] = 0x80;
-      shift[i] = static_cast<uint32_t>(off);
-    }
-  }
-};
-template <int bits>
-constexpr Tables<bits> kTables{};
+constexpr CodeUnpackTables<bits, 8> kTables{};
 
 alignas(32) constexpr int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
