@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "eval/reference_scores.h"
 #include "model/transformer.h"
 
 namespace optiq {
@@ -35,23 +36,44 @@ int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - 
 
 }  // namespace
 
-PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
-  const int ctx = opt.ctx;
+EvalWindows eval_windows(const Model& model, std::span<const int32_t> tokens, int ctx, int chunks) {
   check(ctx >= 8, "--ctx {} is too small (at least 8)", ctx);
   check(ctx <= model.config.max_seq || model.config.max_seq <= 0, "--ctx {} exceeds the model's context length {}",
         ctx, model.config.max_seq);
   const int64_t available = static_cast<int64_t>(tokens.size()) / ctx;
   check(available > 0, "the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), ctx);
-  const int chunks = static_cast<int>(opt.chunks > 0 ? std::min<int64_t>(opt.chunks, available) : available);
+  EvalWindows w;
+  w.ctx = ctx;
+  w.chunks = static_cast<int>(chunks > 0 ? std::min<int64_t>(chunks, available) : available);
+  w.first = ctx / 2;
+  w.n_out = ctx - w.first;
+  // llama.cpp puts BOS first only for models whose tokenizer adds one.
+  w.bos = model.tokenizer->spec().add_bos ? model.tokenizer->bos() : -1;
+  return w;
+}
+
+void EvalWindows::fill(std::span<const int32_t> tokens, int chunk, std::vector<int32_t>& window) const {
+  window.assign(tokens.begin() + static_cast<int64_t>(chunk) * ctx, tokens.begin() + static_cast<int64_t>(chunk + 1) * ctx);
+  if (bos >= 0) window[0] = bos;
+}
+
+PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
+  const EvalWindows w = eval_windows(model, tokens, opt.ctx, opt.chunks);
+  const int ctx = w.ctx, chunks = w.chunks, first = w.first;
+  const int64_t n_out = w.n_out;
   const int vocab = model.config.vocab_size;
   if (opt.ref) {
     check(opt.ref->config.vocab_size == vocab, "the reference model's vocabulary ({}) differs from the model's ({})",
           opt.ref->config.vocab_size, vocab);
   }
-  // llama.cpp puts BOS first only for models whose tokenizer adds one.
-  const int bos = model.tokenizer->spec().add_bos ? model.tokenizer->bos() : -1;
-  const int first = ctx / 2;
-  const int64_t n_out = ctx - first;  // logits for window positions first .. ctx-1
+  const ReferenceScores* rs = opt.ref_scores;
+  if (rs) {
+    check(!opt.ref, "evaluate_perplexity: give a reference model or reference scores, not both");
+    check(rs->vocab() == vocab && rs->ctx() == ctx && rs->chunks() == chunks,
+          "reference scores were computed for vocab {}, ctx {}, {} windows; this evaluation has {}, {}, {}",
+          rs->vocab(), rs->ctx(), rs->chunks(), vocab, ctx, chunks);
+  }
+  const bool has_ref = opt.ref || rs;
 
   Transformer tf(model, ctx);
   std::unique_ptr<Transformer> ref_tf;
@@ -64,14 +86,14 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t
   PerplexityResult r;
   r.ctx = ctx;
   r.chunks = chunks;
-  r.has_ref = opt.ref != nullptr;
+  r.has_ref = has_ref;
   auto t0 = std::chrono::steady_clock::now();
   std::optional<Progress> progress;
   if (opt.progress) progress.emplace("eval", chunks, "chunks");
-  std::vector<int32_t> window(ctx);
+  std::vector<int32_t> window;
+  int64_t row = 0;
   for (int c = 0; c < chunks; ++c) {
-    std::copy_n(tokens.begin() + static_cast<int64_t>(c) * ctx, ctx, window.begin());
-    if (bos >= 0) window[0] = bos;
+    w.fill(tokens, c, window);
     tf.reset();
     tf.forward(window, logits.data(), first);
     if (ref_tf) {
@@ -79,7 +101,7 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t
       ref_tf->forward(window, ref_logits.data(), first);
     }
     // Logit row j predicts window[first + j + 1]; the last row predicts past the window.
-    for (int64_t j = 0; j + 1 < n_out; ++j) {
+    for (int64_t j = 0; j + 1 < n_out; ++j, ++row) {
       const int32_t target = window[first + j + 1];
       log_softmax(&logits[j * vocab], vocab, logq);
       nlls.push_back(-logq[target]);
@@ -88,6 +110,11 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t
         klds.push_back(kl_divergence(logp, logq));
         ref_nll += -logp[target];
         agree += argmax(&logits[j * vocab], vocab) == argmax(&ref_logits[j * vocab], vocab);
+      } else if (rs) {
+        rs->logp(row, logp);
+        klds.push_back(kl_divergence(logp, logq));
+        ref_nll += rs->nll(row);
+        agree += argmax(&logits[j * vocab], vocab) == rs->argmax(row);
       }
     }
     double mean = 0;
@@ -108,7 +135,7 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t
   mean_stderr(nlls, r.nll, r.nll_stderr);
   r.ppl = std::exp(r.nll);
   r.ppl_stderr = r.ppl * r.nll_stderr;
-  if (opt.ref) {
+  if (has_ref) {
     mean_stderr(klds, r.kld, r.kld_stderr);
     std::vector<double> sorted = klds;
     std::sort(sorted.begin(), sorted.end());

@@ -16,12 +16,30 @@
 
 namespace optiq {
 
+class ReferenceScores;
+
 struct PerplexityOptions {
   int ctx = 512;
   int chunks = -1;               // -1: every full window in the text
   const Model* ref = nullptr;    // when set: KL(ref || model) and top-1 agreement
+  // Instead of `ref`: the reference's scores, computed once (eval/reference_scores.h)
+  // with the same ctx and chunks.
+  const ReferenceScores* ref_scores = nullptr;
   bool progress = true;
 };
+
+// The windows of the protocol above for a text: which tokens each holds and
+// which of its positions are scored.
+struct EvalWindows {
+  int ctx = 0;
+  int chunks = 0;
+  int first = 0;      // logits are computed for positions first .. ctx-1
+  int64_t n_out = 0;  // ctx - first; rows 0 .. n_out-2 are scored
+  int bos = -1;       // overwrites each window's first token (-1: none)
+  void fill(std::span<const int32_t> tokens, int chunk, std::vector<int32_t>& window) const;
+};
+// Throws for a context below 8, above the model's, or longer than the text.
+EvalWindows eval_windows(const Model& model, std::span<const int32_t> tokens, int ctx, int chunks);
 
 struct PerplexityResult {
   int ctx = 0;

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include <fmt/format.h>
 
 #include "core/error.h"
 #include "plan/budget.h"
+#include "plan/solver.h"
 
 namespace optiq {
 
@@ -138,6 +140,88 @@ BaselinePlan dynamic_plan(const ModelConfig& c, const std::map<std::string, doub
           fmt::format("dynamic {}/{} ({} of {} high)", affine_format_name(low), affine_format_name(high), n_high,
                       modules.size()),
           bytes};
+}
+
+namespace {
+
+// "Q4_K_M/g32" or "b3u5/g32" (group 64 when no "/gN").
+BaselinePlan kquant_from_spec(const ModelConfig& c, const std::string& spec) {
+  std::string body = spec;
+  int group = 64;
+  if (auto slash = body.find("/g"); slash != std::string::npos) {
+    try {
+      group = std::stoi(body.substr(slash + 2));
+    } catch (const std::exception&) {
+      fail("--baseline kquant:{}: bad group size after /g", spec);
+    }
+    body = body.substr(0, slash);
+  }
+  check(group == 32 || group == 64 || group == 128, "--baseline kquant:{}: group size must be 32, 64 or 128", spec);
+  for (KQuantMix mix : {KQuantMix::Q3_K_M, KQuantMix::Q4_K_M, KQuantMix::Q5_K_M})
+    if (body == kquant_mix_name(mix)) {
+      PrecisionMap p = kquant_plan(c, mix, group);
+      const int64_t b = plan_bytes(c, p);
+      return {std::move(p), fmt::format("{} g{}", body, group), b};
+    }
+  int base = 0, high = 0;
+  char tail = 0;
+  check(std::sscanf(body.c_str(), "b%du%d%c", &base, &high, &tail) == 2,
+        "--baseline kquant:{}: expected Q3_K_M, Q4_K_M, Q5_K_M or bBuU (e.g. b3u5), optionally /gN", spec);
+  check_affine_format({base, group});
+  check_affine_format({high, group});
+  check(high >= base, "--baseline kquant:{}: upgrade bits below base bits", spec);
+  PrecisionMap p = kquant_shape_plan(c, base, high, group);
+  const int64_t b = plan_bytes(c, p);
+  return {std::move(p), fmt::format("kquant-shape b{}/u{} g{}", base, high, group), b};
+}
+
+std::map<std::string, double> scores_at(const std::map<std::string, std::map<std::string, double>>& damage,
+                                        AffineFormat low) {
+  std::map<std::string, double> scores;
+  for (const auto& [path, by_fmt] : damage) {
+    auto it = by_fmt.find(affine_format_name(low));
+    scores[path] = it == by_fmt.end() ? 0.0 : it->second;
+  }
+  return scores;
+}
+
+}  // namespace
+
+BaselinePlan baseline_plan_from_spec(const ModelConfig& c, const std::string& spec, int64_t budget,
+                                     const std::map<std::string, std::map<std::string, double>>& damage) {
+  auto within_budget = [&](BaselinePlan b) {
+    check(b.bytes <= budget, "--baseline {}: {} ({}) exceeds the budget of {}", spec, b.name, format_bytes(b.bytes),
+          format_bytes(budget));
+    return b;
+  };
+  if (spec.rfind("uniform:", 0) == 0) {
+    const TensorFormat f = parse_format_spec(spec.substr(8));
+    check(f.has_value(), "--baseline {}: uniform needs a quantized format such as uniform:q4g64", spec);
+    BaselinePlan b{uniform_plan(c, *f), "uniform " + affine_format_name(*f), 0};
+    b.bytes = plan_bytes(c, b.map);
+    return within_budget(std::move(b));
+  }
+  if (spec == "kquant") return kquant_plan_for_budget(c, budget);
+  if (spec.rfind("kquant:", 0) == 0) return within_budget(kquant_from_spec(c, spec.substr(7)));
+  if (spec == "dynamic") {
+    static const int levels[] = {2, 3, 4, 5, 6, 8};
+    for (int i = 4; i >= 0; --i) {
+      const AffineFormat low{levels[i], 64}, high{levels[i + 1], 64};
+      if (plan_bytes(c, uniform_plan(c, low)) > budget) continue;
+      return dynamic_plan(c, scores_at(damage, low), budget, low, high);
+    }
+    fail("--baseline dynamic: even 2 bits everywhere exceeds the budget of {}", format_bytes(budget));
+  }
+  if (spec.rfind("dynamic:", 0) == 0) {
+    const std::string levels = spec.substr(8);
+    const auto slash = levels.find('/');
+    check(slash != std::string::npos, "--baseline {}: expected dynamic:LOW/HIGH, e.g. dynamic:q3g64/q5g64", spec);
+    const TensorFormat low = parse_format_spec(levels.substr(0, slash));
+    const TensorFormat high = parse_format_spec(levels.substr(slash + 1));
+    check(low && high, "--baseline {}: both levels must be quantized formats", spec);
+    return dynamic_plan(c, scores_at(damage, *low), budget, *low, *high);
+  }
+  fail("--baseline {}: expected uniform:qBgG, kquant, kquant:Q4_K_M, kquant:b3u5, dynamic or dynamic:LOW/HIGH", spec);
 }
 
 }  // namespace optiq

@@ -74,4 +74,19 @@ BaselinePlan kquant_plan_for_budget(const ModelConfig& config, int64_t budget,
 BaselinePlan dynamic_plan(const ModelConfig& config, const std::map<std::string, double>& scores, int64_t budget,
                           AffineFormat low = {4, 64}, AffineFormat high = {8, 64});
 
+// A baseline named on the command line (`optiq plan --baseline SPEC`), within
+// `budget` bytes (plan_bytes):
+//   uniform:q4g64             one format everywhere
+//   kquant                    the largest k-quant-style plan that fits
+//   kquant:Q4_K_M[/g32]       a named mix (Q3_K_M, Q4_K_M, Q5_K_M; group 64 by default)
+//   kquant:b3u5[/g32]         the Q4_K_M shape with base 3 and upgrade 5 bits
+//   dynamic                   two levels one step apart: the most bits that fit
+//                             everywhere as low, the next level up as high
+//   dynamic:q3g64/q5g64       explicit low and high formats
+// `damage` (module -> format name -> predicted KL) ranks modules for dynamic
+// (their damage at the low format, as mlx-lm ranks by loss at low bits).
+// Throws when the spec is malformed or its plan exceeds the budget.
+BaselinePlan baseline_plan_from_spec(const ModelConfig& config, const std::string& spec, int64_t budget,
+                                     const std::map<std::string, std::map<std::string, double>>& damage);
+
 }  // namespace optiq

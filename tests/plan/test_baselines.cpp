@@ -165,3 +165,33 @@ TEST(Baselines, DynamicMeetsBudget) {
   scores["lm_head"] = NAN;
   EXPECT_THROW(dynamic_plan(c, scores, all_hi, lo, hi), Error);
 }
+
+TEST(Baselines, FromSpec) {
+  const ModelConfig c = test::plan_test_config(18);
+  const std::map<std::string, std::map<std::string, double>> no_damage;
+  const int64_t big = int64_t{1} << 40;
+  // A named mix equals kquant_plan; an explicit shape equals kquant_shape_plan.
+  BaselinePlan q4 = baseline_plan_from_spec(c, "kquant:Q4_K_M", big, no_damage);
+  EXPECT_EQ(q4.map.formats, kquant_plan(c, KQuantMix::Q4_K_M, 64).formats);
+  EXPECT_EQ(q4.bytes, plan_bytes(c, q4.map));
+  BaselinePlan shape = baseline_plan_from_spec(c, "kquant:b3u5/g32", big, no_damage);
+  EXPECT_EQ(shape.map.formats, kquant_shape_plan(c, 3, 5, 32).formats);
+  BaselinePlan u = baseline_plan_from_spec(c, "uniform:q3g32", big, no_damage);
+  EXPECT_EQ(u.map.formats, uniform_plan(c, {3, 32}).formats);
+  // Over budget, malformed specs and bad levels are errors, not silent fallbacks.
+  EXPECT_THROW(baseline_plan_from_spec(c, "kquant:Q4_K_M", q4.bytes - 1, no_damage), Error);
+  EXPECT_NO_THROW(baseline_plan_from_spec(c, "kquant:Q4_K_M", q4.bytes, no_damage));
+  for (const char* bad : {"kquant:Q9_K_M", "kquant:b5u3", "kquant:b3u5/g48", "dynamic:q3g64", "dynamic:float/q4",
+                          "uniform:float", "fancy"})
+    EXPECT_THROW(baseline_plan_from_spec(c, bad, big, no_damage), Error) << bad;
+  // Explicit dynamic levels: with a budget halfway between all-low and all-high,
+  // the most damaged modules (at the low format) go high.
+  std::map<std::string, std::map<std::string, double>> damage;
+  const auto modules = quantizable_modules(c);
+  for (size_t i = 0; i < modules.size(); ++i) damage[modules[i].path]["affine-q3-g64"] = double(i);
+  const int64_t lo = plan_bytes(c, uniform_plan(c, {3, 64})), hi = plan_bytes(c, uniform_plan(c, {5, 64}));
+  BaselinePlan d = baseline_plan_from_spec(c, "dynamic:q3g64/q5g64", (lo + hi) / 2, damage);
+  EXPECT_LE(d.bytes, (lo + hi) / 2);
+  EXPECT_EQ(d.map.formats.at(modules.back().path)->bits, 5);
+  EXPECT_EQ(d.map.formats.at(modules.front().path)->bits, 3);
+}

@@ -16,8 +16,6 @@
 
 namespace optiq::cli {
 
-
-
 void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
   cmd.add_option("--bpw", a.bpw, "budget: bits per weight over all parameters, e.g. 4.5");
   cmd.add_option("--size", a.size, "budget: weight bytes, e.g. 9.7GB or 350MiB");
@@ -30,47 +28,13 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
       ->check(CLI::IsMember({"qkv", "qkv+gate_up"}));
   cmd.add_option("--baseline", a.baseline,
                  "instead of optiq's solver, a baseline plan of the same budget, for honest comparisons: "
-                 "uniform:q4g64 (one format), kquant (llama.cpp's Q*_K_M rule, the largest that fits) or "
-                 "dynamic (mlx-lm dynamic-quant style: the most sensitive tensors one level up)");
+                 "uniform:q4g64 (one format); kquant (llama.cpp's Q*_K_M rule, the largest that fits), kquant:Q4_K_M "
+                 "or kquant:b3u5[/g32] (one mix); dynamic (mlx-lm dynamic-quant style: the most sensitive tensors "
+                 "one level up) or dynamic:q3g64/q5g64 (explicit levels)");
   cmd.add_option("--use", a.use, "damage numbers: auto (exact where measured, else fast), exact or fast")
       ->capture_default_str()->check(CLI::IsMember({"auto", "exact", "fast"}));
 }
 
-namespace {
-
-// Baselines as plans of the same budget (plan/baselines.h).
-BaselinePlan baseline_plan(const ModelConfig& config, const std::string& spec, int64_t budget,
-                           const std::map<std::string, std::map<std::string, double>>& damage) {
-  if (spec.rfind("uniform:", 0) == 0) {
-    const TensorFormat f = parse_format_spec(spec.substr(8));
-    check(f.has_value(), "--baseline {}: uniform needs a quantized format such as uniform:q4g64", spec);
-    BaselinePlan b{uniform_plan(config, *f), "uniform " + spec.substr(8), 0};
-    b.bytes = plan_bytes(config, b.map);
-    check(b.bytes <= budget, "--baseline {}: {} exceeds the budget of {}", spec, format_bytes(b.bytes),
-          format_bytes(budget));
-    return b;
-  }
-  if (spec == "kquant") return kquant_plan_for_budget(config, budget);
-  if (spec == "dynamic") {
-    // mlx-lm's dynamic quantization: two levels; the tensors that lose most at
-    // the low level get the high one. Low = the most bits that fit everywhere.
-    static const int levels[] = {2, 3, 4, 5, 6, 8};
-    for (int i = 4; i >= 0; --i) {
-      const AffineFormat low{levels[i], 64}, high{levels[i + 1], 64};
-      if (plan_bytes(config, uniform_plan(config, low)) > budget) continue;
-      std::map<std::string, double> scores;
-      for (const auto& [path, by_fmt] : damage) {
-        auto it = by_fmt.find(affine_format_name(low));
-        scores[path] = it == by_fmt.end() ? 0.0 : it->second;
-      }
-      return dynamic_plan(config, scores, budget, low, high);
-    }
-    fail("--baseline dynamic: even 2 bits everywhere exceeds the budget of {}", format_bytes(budget));
-  }
-  fail("--baseline {}: expected uniform:qBgG, kquant or dynamic", spec);
-}
-
-}  // namespace
 
 PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
                              const std::string& out) {
@@ -101,7 +65,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     items.push_back(make_item(m, it->second, formats));
   }
   if (!a.baseline.empty()) {
-    BaselinePlan b = baseline_plan(config, a.baseline, r.budget.weight_bytes, damage);
+    BaselinePlan b = baseline_plan_from_spec(config, a.baseline, r.budget.weight_bytes, damage);
     r.map = b.map;
     r.solution.bytes = b.bytes;
     r.solution.method = b.name;

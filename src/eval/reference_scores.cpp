@@ -1,0 +1,65 @@
+#include "eval/reference_scores.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "core/progress.h"
+#include "eval/perplexity.h"
+#include "model/transformer.h"
+
+namespace optiq {
+
+ReferenceScores ReferenceScores::compute(const Model& ref, std::span<const int32_t> tokens, int ctx, int chunks,
+                                         int64_t f32_limit, bool progress) {
+  const EvalWindows w = eval_windows(ref, tokens, ctx, chunks);
+  ReferenceScores s;
+  s.ctx_ = ctx;
+  s.chunks_ = w.chunks;
+  s.vocab_ = ref.config.vocab_size;
+  const int64_t vocab = s.vocab_;
+  const int64_t rows = static_cast<int64_t>(w.chunks) * (w.n_out - 1);
+  const bool f32 = rows * vocab * 4 <= f32_limit;
+  if (f32) s.logp_f32_.resize(rows * vocab);
+  else s.logp_bf16_.resize(rows * vocab);
+  s.argmax_.reserve(rows);
+  s.nll_.reserve(rows);
+
+  Transformer tf(ref, ctx);
+  std::vector<float> logits(w.n_out * vocab);
+  std::vector<double> logp;
+  std::vector<int32_t> window;
+  std::optional<Progress> bar;
+  if (progress) bar.emplace("reference", w.chunks, "chunks");
+  int64_t r = 0;
+  for (int c = 0; c < w.chunks; ++c) {
+    w.fill(tokens, c, window);
+    tf.reset();
+    tf.forward(window, logits.data(), w.first);
+    for (int64_t j = 0; j + 1 < w.n_out; ++j, ++r) {
+      const float* row = &logits[j * vocab];
+      log_softmax(row, vocab, logp);
+      s.argmax_.push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
+      s.nll_.push_back(-logp[window[w.first + j + 1]]);
+      if (f32) std::copy(logp.begin(), logp.end(), s.logp_f32_.begin() + r * vocab);
+      else
+        for (int64_t v = 0; v < vocab; ++v) s.logp_bf16_[r * vocab + v] = f32_to_bf16(static_cast<float>(logp[v]));
+    }
+    if (bar) bar->update(c + 1);
+  }
+  if (bar) bar->finish();
+  return s;
+}
+
+void ReferenceScores::logp(int64_t r, std::vector<double>& out) const {
+  check(r >= 0 && r < rows(), "reference row {} out of range ({} rows)", r, rows());
+  out.resize(vocab_);
+  const int64_t off = r * vocab_;
+  if (!logp_f32_.empty())
+    for (int v = 0; v < vocab_; ++v) out[v] = logp_f32_[off + v];
+  else
+    for (int v = 0; v < vocab_; ++v) out[v] = bf16_to_f32(logp_bf16_[off + v]);
+}
+
+}  // namespace optiq
