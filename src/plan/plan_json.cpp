@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "plan/budget.h"
 
@@ -25,15 +26,7 @@ nlohmann::json plan_json(const PrecisionMap& map, const ModelConfig& config, con
 
 void write_plan(const std::string& path, const PrecisionMap& map, const ModelConfig& config, const PlanMetadata& meta) {
   const std::string text = plan_json(map, config, meta).dump(2) + "\n";
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    check(static_cast<bool>(out), "{}: cannot write", path);
-    out << text;
-    out.flush();
-    check(static_cast<bool>(out), "{}: write failed", path);
-  }
-  check(std::rename(tmp.c_str(), path.c_str()) == 0, "{}: cannot rename {} into place", path, tmp);
+  write_file_atomic(path, text);
 }
 
 }  // namespace optiq

@@ -1,6 +1,4 @@
 // optiq bench: prefill and decode speed and peak memory of a model.
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -11,6 +9,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "eval/speed.h"
 #include "model/transformer.h"
 
 namespace optiq::cli {
@@ -24,17 +23,6 @@ struct BenchArgs {
   int reps = 3;
   bool json = false;
 };
-
-double peak_rss_mb() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024.0;  // Linux reports KiB
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 size_t path_bytes(const std::string& p) {
   namespace fs = std::filesystem;
@@ -50,51 +38,27 @@ void run_bench(const BenchArgs& a) {
   check(a.prompt_tokens > 0 && a.gen_tokens > 0 && a.reps > 0, "--prompt-tokens, --gen-tokens and --reps must be positive");
   Model m = a.model.load();
   const double rss_loaded = peak_rss_mb();
-  const int ctx = std::max(a.prompt_tokens, a.gen_tokens);
-  check(ctx <= m.config.max_seq, "{} tokens exceed the model's context of {}", ctx, m.config.max_seq);
-  Transformer tf(m, ctx);
-  // Deterministic, non-degenerate token ids spread over the vocabulary.
-  std::vector<int32_t> prompt(a.prompt_tokens);
-  for (int i = 0; i < a.prompt_tokens; ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % m.config.vocab_size);
-  std::vector<double> pp, tg;
-  std::vector<float> logits(m.config.vocab_size);
-  for (int r = 0; r < a.reps; ++r) {
-    tf.reset();
-    auto t0 = std::chrono::steady_clock::now();
-    tf.forward(prompt, logits.data(), a.prompt_tokens - 1);
-    auto t1 = std::chrono::steady_clock::now();
-    pp.push_back(a.prompt_tokens / std::chrono::duration<double>(t1 - t0).count());
-    // Decode from an empty cache, as llama-bench's tg test: one token at a
-    // time, feeding back the greedy token.
-    tf.reset();
-    t1 = std::chrono::steady_clock::now();
-    tf.forward(std::span<const int32_t>(prompt.data(), 1), logits.data(), 0);
-    for (int i = 1; i < a.gen_tokens; ++i) {
-      int32_t tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
-    }
-    auto t2 = std::chrono::steady_clock::now();
-    tg.push_back(a.gen_tokens / std::chrono::duration<double>(t2 - t1).count());
-  }
+  const SpeedResult sp =
+      measure_speed(m, {.prompt_tokens = a.prompt_tokens, .gen_tokens = a.gen_tokens, .reps = a.reps});
   const double size_mb = path_bytes(m.path) / 1e6;
   const double weights_mb = [&] {
     size_t n = 0;
     for (const auto& mod : quantizable_modules(m.config)) n += module_linear(m.weights, mod).bytes();
     return n / 1e6;
   }();
-  const double kv_mb = tf.kv_cache_bytes() / 1e6;
+  const double kv_mb = sp.kv_cache_bytes / 1e6;
   if (a.json) {
     nlohmann::json j = {{"model", m.path},           {"threads", num_threads()},   {"prompt_tokens", a.prompt_tokens},
-                        {"gen_tokens", a.gen_tokens}, {"reps", a.reps},            {"prefill_tok_s", median(pp)},
-                        {"decode_tok_s", median(tg)}, {"peak_rss_mb", peak_rss_mb()}, {"rss_after_load_mb", rss_loaded},
+                        {"gen_tokens", a.gen_tokens}, {"reps", a.reps},            {"prefill_tok_s", sp.prefill_tok_s},
+                        {"decode_tok_s", sp.decode_tok_s}, {"peak_rss_mb", peak_rss_mb()}, {"rss_after_load_mb", rss_loaded},
                         {"file_mb", size_mb},         {"weight_matrices_mb", weights_mb}, {"kv_cache_mb", kv_mb}};
     fmt::print("{}\n", j.dump());
     return;
   }
   fmt::print("model        {}\n", m.path);
   fmt::print("threads      {}\n", num_threads());
-  fmt::print("prefill      {:.1f} tok/s ({} tokens, median of {})\n", median(pp), a.prompt_tokens, a.reps);
-  fmt::print("decode       {:.1f} tok/s ({} tokens from an empty cache, median of {})\n", median(tg), a.gen_tokens,
+  fmt::print("prefill      {:.1f} tok/s ({} tokens, median of {})\n", sp.prefill_tok_s, a.prompt_tokens, a.reps);
+  fmt::print("decode       {:.1f} tok/s ({} tokens from an empty cache, median of {})\n", sp.decode_tok_s, a.gen_tokens,
              a.reps);
   fmt::print("memory       peak RSS {:.1f} MB (file {:.1f} MB, weight matrices {:.1f} MB, KV cache {:.1f} MB)\n",
              peak_rss_mb(), size_mb, weights_mb, kv_mb);

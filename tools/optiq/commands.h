@@ -30,6 +30,7 @@ Runner register_bench(CLI::App& app);
 Runner register_profile(CLI::App& app);
 Runner register_plan(CLI::App& app);
 Runner register_auto(CLI::App& app);
+Runner register_compare(CLI::App& app);
 
 // Reads a whole text file (throws "<path>: cannot read").
 std::string read_text_file(const std::string& path);

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
       optiq::cli::register_profile(app),
       optiq::cli::register_plan(app),
       optiq::cli::register_auto(app),
+      optiq::cli::register_compare(app),
   };
   try {
     app.parse(argc, argv);
