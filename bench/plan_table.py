@@ -1,37 +1,58 @@
 #!/usr/bin/env python3
-"""optiq's planned mixed precision against baseline plans of the same size.
+"""optiq's planned mixed precision against baseline plans of equal size.
 
-For each size (that of uniform qB gG for each --sizes entry): optiq's plan and
-the baselines (uniform, llama.cpp k-quant rule, mlx-lm dynamic style), each
-quantized with the same quantizer and measured on held-out text (KL and top-1
-against the source model, perplexity). Needs a profile (optiq profile).
+Every entry of --sizes defines a budget and the baselines measured at it:
 
-    bench/plan_table.py MODEL --profile P.json --text EVAL [--sizes q4g64,q3g64,105MB] [--chunks 100]
+    q4g64                 the size of uniform q4g64; baselines: uniform q4g64, the
+                          largest k-quant-style plan and the dynamic plan that fit
+    kquant:Q4_K_M[/g32]   a llama.cpp mix (or kquant:b3u5 shape) at its own size
+    dynamic:q3g64/q5g64@4.0
+                          mlx-lm dynamic style with these levels at 4.0 bits/weight
+    105MB                 an explicit size; baselines: k-quant-style and dynamic
 
-A size is a uniform format (its size is the budget, and it is a baseline row)
-or an explicit size such as 105MB.
+For each budget, optiq's solver plans from the profile; every plan is
+quantized with the same search quantizer and measured on held-out text in
+one `optiq eval --plan ...` run (the reference model runs once). A budget is
+won when optiq's plan has lower KLD and lower perplexity than every baseline
+there (all baselines are <= the budget, so none is smaller than optiq's plan
+by more than the solver's slack).
+
+    bench/plan_table.py MODEL --profile P.json --text EVAL --sizes q4g64,kquant:Q4_K_M --chunks 20
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BIN = os.environ.get("OPTIQ_BIN", str(HERE.parent / "build" / "optiq"))
 
 
-def optiq(*args, threads=2):
+def optiq(*args, threads=2, lines=False):
     cmd = [BIN, "-q", "-t", str(threads)] + [str(a) for a in args]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {p.stderr.strip()}")
-    return json.loads(p.stdout.strip().splitlines()[-1]) if "--json" in args else None
+    out = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    return out if lines else (out[-1] if out else None)
+
+
+def budget_and_baselines(size: str):
+    """(budget args for `optiq plan` or None = the first baseline's size, baseline specs)."""
+    if size.startswith("kquant:"):
+        return None, [size]
+    if size.startswith("dynamic:"):
+        spec, bpw = size.split("@")
+        return ["--bpw", bpw], [spec]
+    if size[-1].isdigit() and size.startswith("q"):
+        return None, [f"uniform:{size}", "kquant", "dynamic"]
+    return ["--size", size], ["kquant", "dynamic"]
 
 
 def main() -> int:
@@ -40,54 +61,67 @@ def main() -> int:
     ap.add_argument("--profile", required=True)
     ap.add_argument("--text", required=True)
     ap.add_argument("--sizes", default="q4g64,q3g64")
-    ap.add_argument("--chunks", type=int, default=100)
+    ap.add_argument("--chunks", type=int, default=20)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out")
+    ap.add_argument("--select", default="measured", choices=["measured", "predicted"],
+                    help="optiq's plan: measured selection among variants (as optiq auto) or the solver's plan")
+    ap.add_argument("--out", help="also write the markdown table here")
+    ap.add_argument("--json-out", help="write every row as JSON here")
     a = ap.parse_args()
-    rows = []
+    plans = []  # (size, name, plan file, plan json)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         for size in a.sizes.split(","):
-            plans = [("optiq", []), ("llama.cpp k-quant rule", ["--baseline", "kquant"]),
-                     ("mlx-lm dynamic style", ["--baseline", "dynamic"])]
-            if size[-1].isdigit():  # a uniform format: its size is the budget
-                ref_plan = optiq("plan", a.model, "--profile", a.profile, "--bpw", "16", "--baseline",
-                                 f"uniform:{size}", "-o", tmp / "u.json", "--json", threads=a.threads)
-                budget = ["--size", f"{ref_plan['bytes']}B"]
-                plans.insert(1, (f"uniform {size}", ["--baseline", f"uniform:{size}"]))
-            else:  # an explicit size such as 105MB
-                budget = ["--size", size]
-            for name, extra in plans:
-                plan = tmp / "plan.json"
+            budget, baselines = budget_and_baselines(size)
+            group = []
+            for spec in baselines:
+                f = tmp / f"p{len(plans) + len(group)}.json"
+                b = budget or ["--bpw", "16"]
                 try:
-                    p = optiq("plan", a.model, "--profile", a.profile, *budget, *extra, "-o", plan, "--json",
+                    p = optiq("plan", a.model, "--profile", a.profile, *b, "--baseline", spec, "-o", f, "--json",
                               threads=a.threads)
                 except RuntimeError as e:
-                    print(f"  {size} {name}: {e}", file=sys.stderr)
+                    print(f"  {size} {spec}: {e}", file=sys.stderr)
                     continue
-                out = tmp / "q"
-                optiq("quantize", a.model, "-o", out, "--plan", plan, "--force", threads=a.threads)
-                ev = optiq("eval", out, "--text", a.text, "--ctx", a.ctx, "--chunks", a.chunks, "--ref", a.model,
-                           "--json", threads=a.threads)
-                row = {"size": size, "name": name, "method": p["method"], "bpw": p["bits_per_weight"],
-                       "bytes": p["bytes"], "pred": p["predicted_kl"], "kld": ev["kld"], "kld_se": ev["kld_stderr"],
-                       "top1": ev["top1"], "ppl": ev["ppl"], "ref_ppl": ev["ref_ppl"]}
-                rows.append(row)
-                print(f"  {size} {name}: {row['bpw']:.3f} bpw, pred {row['pred']:.4f}, kld {row['kld']:.4f} "
-                      f"± {row['kld_se']:.4f}, top1 {row['top1']:.4f}, ppl {row['ppl']:.4f}", file=sys.stderr,
-                      flush=True)
-                shutil.rmtree(out, ignore_errors=True)
+                if budget is None:  # the first baseline's own size is the budget
+                    budget = ["--size", f"{p['bytes']}B"]
+                group.append((size, p["method"].replace("baseline ", ""), f, p))
+            f = tmp / f"p{len(plans) + len(group)}.json"
+            p = optiq("plan", a.model, "--profile", a.profile, *budget, "--select", a.select, "-o", f, "--json",
+                      threads=a.threads)
+            plans += [(size, "optiq", f, p)] + group
+        t0 = time.time()
+        evals = optiq("eval", a.model, "--text", a.text, "--ctx", a.ctx, "--chunks", a.chunks,
+                      *[x for _, _, f, _ in plans for x in ("--plan", f)], "--json", threads=a.threads, lines=True)
+        print(f"  evaluated {len(plans)} plans in {time.time() - t0:.0f} s", file=sys.stderr)
+    rows = []
+    for (size, name, _, p), ev in zip(plans, evals):
+        rows.append({"size": size, "name": name, "bpw": ev["bits_per_weight"], "bytes": ev["bytes"],
+                     "pred": p.get("predicted_kl"), "kld": ev["kld"], "kld_se": ev["kld_stderr"], "top1": ev["top1"],
+                     "ppl": ev["ppl"], "ref_ppl": ev["ref_ppl"], "tokens": ev["tokens"]})
     lines = ["| size of | plan | bits/weight | predicted KL | measured KLD | top-1 | perplexity | Δppl |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['size']} | {r['name']} | {r['bpw']:.3f} | {r['pred']:.4f} | {r['kld']:.4f} ± "
-                     f"{r['kld_se']:.4f} | {100 * r['top1']:.2f}% | {r['ppl']:.4f} | "
-                     f"{100 * (r['ppl'] / r['ref_ppl'] - 1):+.2f}% |")
-    table = "\n".join(lines)
+    wins = 0
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    for size in sizes:
+        group = [r for r in rows if r["size"] == size]
+        mine = [r for r in group if r["name"] == "optiq"][0]
+        others = [r for r in group if r["name"] != "optiq"]
+        won = all(mine["kld"] < o["kld"] and mine["ppl"] < o["ppl"] for o in others)
+        wins += won
+        for r in group:
+            name = f"**{r['name']}**" if r is mine and won else r["name"]
+            lines.append(f"| {size} | {name} | {r['bpw']:.3f} | {r['pred']:.4f} | {r['kld']:.4f} ± "
+                         f"{r['kld_se']:.4f} | {100 * r['top1']:.2f}% | {r['ppl']:.4f} | "
+                         f"{100 * (r['ppl'] / r['ref_ppl'] - 1):+.2f}% |")
+    table = "\n".join(lines) + f"\n\noptiq's plan beats every baseline (KLD and perplexity) at {wins} of {len(sizes)} budgets" \
+        f" ({rows[0]['tokens'] if rows else 0} scored tokens per plan).\n"
     print(table)
     if a.out:
-        Path(a.out).write_text(table + "\n")
+        Path(a.out).write_text(table)
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(rows, indent=1))
     return 0
 
 

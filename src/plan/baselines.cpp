@@ -137,7 +137,7 @@ BaselinePlan dynamic_plan(const ModelConfig& c, const std::map<std::string, doub
     i = j;
   }
   return {std::move(p),
-          fmt::format("dynamic {}/{} ({} of {} high)", affine_format_name(low), affine_format_name(high), n_high,
+          fmt::format("dynamic q{}g{}/q{}g{} ({} of {} high)", low.bits, low.group_size, high.bits, high.group_size, n_high,
                       modules.size()),
           bytes};
 }
@@ -197,7 +197,7 @@ BaselinePlan baseline_plan_from_spec(const ModelConfig& c, const std::string& sp
   if (spec.rfind("uniform:", 0) == 0) {
     const TensorFormat f = parse_format_spec(spec.substr(8));
     check(f.has_value(), "--baseline {}: uniform needs a quantized format such as uniform:q4g64", spec);
-    BaselinePlan b{uniform_plan(c, *f), "uniform " + affine_format_name(*f), 0};
+    BaselinePlan b{uniform_plan(c, *f), fmt::format("uniform q{} g{}", f->bits, f->group_size), 0};
     b.bytes = plan_bytes(c, b.map);
     return within_budget(std::move(b));
   }

@@ -21,6 +21,8 @@ nlohmann::json plan_json(const PrecisionMap& map, const ModelConfig& config, con
   j["method"] = meta.method;
   if (meta.lower_bound_kl) j["lower_bound_kl"] = *meta.lower_bound_kl;
   if (meta.gap_kl) j["gap_kl"] = *meta.gap_kl;
+  if (meta.calib_kl) j["calib_kl"] = *meta.calib_kl;
+  if (meta.variants) j["variants"] = *meta.variants;
   return j;
 }
 

@@ -7,6 +7,9 @@
 //   "bytes":           plan_bytes (weights incl. fp16 norms)
 //   "method":          who made it, e.g. "optiq dp+greedy", "Q4_K_M g64", "dynamic ..."
 //   "lower_bound_kl", "gap_kl": the solver's certificate, when given.
+//   "calib_kl", "variants": measured selection (plan/select.h): the chosen plan's
+//                      mean KL on the calibration windows, and every variant's
+//                      name, predicted and measured KL.
 #pragma once
 #include <optional>
 #include <string>
@@ -24,6 +27,8 @@ struct PlanMetadata {
   std::string method;
   std::optional<double> lower_bound_kl;
   std::optional<double> gap_kl;
+  std::optional<double> calib_kl;
+  nlohmann::json* variants = nullptr;  // optional array, copied into the file
 };
 
 // Full plan JSON (bytes and bits_per_weight computed from config + map).

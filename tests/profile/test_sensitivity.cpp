@@ -17,6 +17,7 @@
 #include "model/quantize_model.h"
 #include "model/transformer.h"
 #include "plan/budget.h"
+#include "plan/select.h"
 #include "plan/solver.h"
 #include "profile/calibration.h"
 #include "profile/sensitivity.h"
@@ -204,6 +205,37 @@ TEST(Profile, ProfilePlanQuantizeWithinBudget) {
     const auto& f = map.formats.at(mod.path);
     EXPECT_EQ(module_linear(m.weights, mod).format(), f ? affine_format_name(*f) : std::string("F32"));
   }
+}
+
+// Measured selection: every variant fits the budget, the best is the one
+// with the least measured KL, and the model comes back unchanged.
+TEST(Profile, MeasuredSelectionPicksTheBestAndRestoresTheModel) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  ProfileOptions o = opts(ProfileMethod::Fast, m);
+  SensitivityTable t = profile_model(m, windows, o);
+  std::vector<TensorFormat> formats(o.candidates.begin(), o.candidates.end());
+  formats.push_back(std::nullopt);
+  BudgetOptions bo;
+  bo.bpw = "5.5";
+  const Budget b = resolve_budget(bo, m.config, formats);
+  SolverOptions so;
+  so.fixed_bytes = fixed_weight_bytes(m.config);
+  auto variants = plan_variants(m.config, t.damage(), formats, b.weight_bytes, so);
+  ASSERT_GE(variants.size(), 3u);
+  EXPECT_EQ(variants.front().name, "optiq");
+  for (const auto& v : variants) EXPECT_LE(v.bytes, b.weight_bytes) << v.name;
+
+  Transformer tf(m);
+  const std::vector<int32_t> probe = {1, 403, 407, 261, 378};
+  const std::vector<float> before = tf.forward_last(probe);
+  const size_t best = measure_variants(m, windows, variants, QuantMethod::Search, false);
+  for (const auto& v : variants) {
+    EXPECT_GT(v.measured, 0.0) << v.name;
+    EXPECT_LE(variants[best].measured, v.measured) << v.name;
+  }
+  tf.reset();
+  EXPECT_EQ(tf.forward_last(probe), before);
 }
 
 using test::RunResult;

@@ -52,7 +52,7 @@ void run_auto(AutoArgs& a) {
   if (!a.json)
     fmt::print("profile       {} ({} exact KL, {} proxies; {:.1f}s)\n", a.profile.cache, t.count_exact(),
                t.count_proxy(), t.seconds);
-  PlanStepResult r = run_plan_step(m.config, t, a.plan, plan_path);
+  PlanStepResult r = run_plan_step(m, t, a.plan, plan_path, !a.json);
   if (!a.json) print_plan_summary(r, plan_path);
 
   QuantizeModelOptions qo;
@@ -66,7 +66,8 @@ void run_auto(AutoArgs& a) {
                       {"bits_per_weight", r.bits_per_weight},
                       {"bytes", r.solution.bytes},
                       {"predicted_kl", r.solution.damage},
-                      {"gap_kl", r.solution.gap}};
+                      {"gap_kl", r.solution.gap},
+                      {"method", r.solution.method}};
   if (!a.text.empty()) {
     const std::string model_path = a.model.path;
     {
@@ -112,6 +113,7 @@ Runner register_auto(CLI::App& app) {
   auto a = std::make_shared<AutoArgs>();
   a->model.add_to(*cmd);
   add_profile_step_options(*cmd, a->profile);
+  a->plan.select = "measured";
   add_plan_step_options(*cmd, a->plan);
   cmd->add_option("-o,--out", a->out, "output directory (MLX layout); the profile and plan go beside it")->required();
   cmd->add_option("--cache", a->profile.cache, "profile/cache JSON (default: OUT.profile.json)");

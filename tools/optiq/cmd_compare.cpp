@@ -43,6 +43,7 @@ struct CompareArgs {
   int gen_tokens = 64;
   bool no_speed = false;
   std::string use = "auto";
+  std::string select = "measured";
   bool json = false;
 };
 
@@ -197,7 +198,6 @@ void run_compare(CompareArgs& a) {
   const std::vector<int32_t> tokens = src.tokenizer->encode(text, /*add_bos=*/true);
   a.ctx = std::min(a.ctx, config.max_seq);
   const ReferenceScores ref = ReferenceScores::compute(src, tokens, a.ctx, a.chunks, int64_t{3} << 30, !a.json);
-  { Model drop = std::move(src); }  // rows reload the source; keep one copy at a time
 
   // Rows: FP16, then per uniform level (8, 4, then the sweep) uniform and optiq at its size, then --bpw.
   std::vector<Row> rows;
@@ -209,7 +209,8 @@ void run_compare(CompareArgs& a) {
     if (std::find(levels.begin(), levels.end(), b) == levels.end()) levels.push_back(b);
   auto add_optiq = [&](PlanStepArgs pa, const std::string& label, const std::string& file) {
     const std::string plan_path = (fs::path(a.out_dir) / file).string();
-    PlanStepResult r = run_plan_step(config, t, pa, plan_path);
+    pa.select = a.select;
+    PlanStepResult r = run_plan_step(src, t, pa, plan_path, !a.json);
     rows.push_back(make_row(label, "optiq", r.map, r.solution.damage, plan_path));
   };
   for (int b : levels) {
@@ -233,6 +234,7 @@ void run_compare(CompareArgs& a) {
     add_optiq(pa, fmt::format("optiq mixed @ {:g} bpw", x), fmt::format("plan-{:g}bpw.json", x));
   }
 
+  { Model drop = std::move(src); }  // rows reload the source; keep one copy at a time
   const std::string scratch = (fs::path(a.out_dir) / ".scratch-model").string();
   for (size_t i = 0; i < rows.size(); ++i) {
     Row& r = rows[i];
@@ -308,6 +310,8 @@ Runner register_compare(CLI::App& app) {
   cmd->add_flag("--no-speed", a->no_speed, "skip the decode speed column");
   cmd->add_option("--use", a->use, "damage numbers for planning: auto, exact or fast")->capture_default_str()
       ->check(CLI::IsMember({"auto", "exact", "fast"}));
+  cmd->add_option("--select", a->select, "optiq's plans: measured (best variant on the calibration text) or predicted")
+      ->capture_default_str()->check(CLI::IsMember({"predicted", "measured"}));
   cmd->add_flag("--json", a->json, "print one JSON object");
   return [a] { run_compare(*a); };
 }

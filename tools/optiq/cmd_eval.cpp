@@ -5,6 +5,9 @@
 #include "commands.h"
 #include "core/error.h"
 #include "eval/perplexity.h"
+#include "eval/reference_scores.h"
+#include "model/quantize_model.h"
+#include "plan/budget.h"
 
 namespace optiq::cli {
 
@@ -16,8 +19,41 @@ struct EvalArgs {
   std::string ref;
   int ctx = 512;
   int chunks = -1;
+  std::vector<std::string> plans;
   bool json = false;
 };
+
+// --plan: MODEL quantized per each plan (in memory, packed, as `optiq quantize
+// --plan` would write it) against MODEL itself, whose scores are computed once.
+void run_eval_plans(const EvalArgs& a, const Model& ref, const std::vector<int32_t>& tokens) {
+  check(a.ref.empty(), "--plan evaluates against MODEL itself: drop --ref");
+  std::vector<PrecisionMap> maps;  // read every plan first: a bad one fails before any work
+  for (const auto& p : a.plans) maps.push_back(PrecisionMap::from_plan_file(p, ref.config));
+  const ReferenceScores rs = ReferenceScores::compute(ref, tokens, a.ctx, a.chunks, int64_t{3} << 30, !a.json);
+  for (size_t i = 0; i < maps.size(); ++i) {
+    Model q = a.model.load();
+    quantize_model(q, maps[i], {.progress = false});
+    PerplexityOptions opt;
+    opt.ctx = a.ctx;
+    opt.chunks = a.chunks;
+    opt.ref_scores = &rs;
+    opt.progress = !a.json;
+    const PerplexityResult r = evaluate_perplexity(q, tokens, opt);
+    const double bpw = plan_bits_per_weight(ref.config, maps[i]);
+    if (a.json) {
+      const nlohmann::json j = {{"model", a.model.path}, {"plan", a.plans[i]}, {"bits_per_weight", bpw},
+                                {"bytes", plan_bytes(ref.config, maps[i])}, {"text", a.text}, {"ctx", r.ctx},
+                                {"chunks", r.chunks}, {"tokens", r.tokens}, {"ppl", r.ppl},
+                                {"ppl_stderr", r.ppl_stderr}, {"ref_ppl", r.ref_ppl}, {"kld", r.kld},
+                                {"kld_stderr", r.kld_stderr}, {"kld_p99", r.kld_p99}, {"top1", r.top1}};
+      fmt::print("{}\n", j.dump());
+      std::fflush(stdout);
+      continue;
+    }
+    fmt::print("{}: {:.3f} bits/weight, perplexity {:.4f} ({:+.2f}%), KL {:.6f} +/- {:.6f}, top-1 {:.2f}%\n",
+               a.plans[i], bpw, r.ppl, 100.0 * (r.ppl / r.ref_ppl - 1.0), r.kld, r.kld_stderr, 100.0 * r.top1);
+  }
+}
 
 void run_eval(const EvalArgs& a) {
   Model m = a.model.load();
@@ -33,6 +69,7 @@ void run_eval(const EvalArgs& a) {
   if (!text.empty() && text.back() == '\n') text.pop_back();
   check(!text.empty(), "{}: the text file is empty", a.text);
   std::vector<int32_t> tokens = m.tokenizer->encode(text, /*add_bos=*/true);
+  if (!a.plans.empty()) return run_eval_plans(a, m, tokens);
   if (ref) {
     check(ref->tokenizer->encode(text.substr(0, std::min<size_t>(text.size(), 4096)), true) ==
               m.tokenizer->encode(text.substr(0, std::min<size_t>(text.size(), 4096)), true),
@@ -79,7 +116,10 @@ Runner register_eval(CLI::App& app) {
   cmd->add_option("--ctx", a->ctx, "window size in tokens")->capture_default_str();
   cmd->add_option("--chunks", a->chunks, "score only the first N windows (default: all)");
   cmd->add_option("--ref", a->ref, "reference model for KL divergence and top-1 agreement");
-  cmd->add_flag("--json", a->json, "print one JSON object (ppl, tokens, and kld, top1 with --ref)");
+  cmd->add_option("--plan", a->plans,
+                  "evaluate MODEL quantized per this plan against MODEL itself (repeatable: the reference runs once)")
+      ->check(CLI::ExistingFile);
+  cmd->add_flag("--json", a->json, "print one JSON object (ppl, tokens, and kld, top1 with --ref; one per --plan)");
   return [a] { run_eval(*a); };
 }
 

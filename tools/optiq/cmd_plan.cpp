@@ -1,5 +1,6 @@
 // optiq plan: one format per tensor from a sensitivity profile, under a budget.
 #include <algorithm>
+#include <filesystem>
 #include <map>
 
 #include <fmt/format.h>
@@ -12,6 +13,7 @@
 #include "plan/budget.h"
 #include "plan/plan_json.h"
 #include "plan/solver.h"
+#include "profile/calibration.h"
 #include "profile/sensitivity.h"
 
 namespace optiq::cli {
@@ -31,10 +33,78 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
                  "uniform:q4g64 (one format); kquant (llama.cpp's Q*_K_M rule, the largest that fits), kquant:Q4_K_M "
                  "or kquant:b3u5[/g32] (one mix); dynamic (mlx-lm dynamic-quant style: the most sensitive tensors "
                  "one level up) or dynamic:q3g64/q5g64 (explicit levels)");
+  cmd.add_option("--select", a.select,
+                 "predicted: the solver's plan; measured: the best of several plans of this budget (solver "
+                 "variants and baselines), measured on the profile's calibration text (loads the weights)")
+      ->capture_default_str()->check(CLI::IsMember({"predicted", "measured"}));
   cmd.add_option("--use", a.use, "damage numbers: auto (exact where measured, else fast), exact or fast")
       ->capture_default_str()->check(CLI::IsMember({"auto", "exact", "fast"}));
 }
 
+
+namespace {
+
+SolverOptions solver_options(const ModelConfig& config, const PlanStepArgs& a) {
+  SolverOptions so;
+  so.fixed_bytes = fixed_weight_bytes(config);
+  so.min_bits = a.min_bits;
+  for (const auto& p : a.pins) so.pins.push_back(parse_pin(p));
+  if (!a.tie.empty()) so.tie_groups = tie_qkv_groups(quantizable_modules(config), a.tie == "qkv+gate_up");
+  return so;
+}
+
+}  // namespace
+
+std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, const SensitivityTable& t) {
+  CalibrationOptions co;
+  co.source = t.source.calib_source;
+  co.samples = t.source.calib_samples;
+  co.seq = t.source.calib_seq;
+  co.seed = t.source.seed;
+  check(!co.source.empty() && co.samples > 0 && co.seq > 0,
+        "the profile does not record its calibration text: run `optiq profile` again");
+  std::error_code ec;
+  check(co.source == "self" || std::filesystem::is_regular_file(co.source, ec),
+        "{}: the profile's calibration text is gone; measured selection needs it", co.source);
+  return calibration_windows(m, co);
+}
+
+PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const PlanStepArgs& a, const std::string& out,
+                             bool progress) {
+  if (a.select != "measured" || !a.baseline.empty()) return run_plan_step(model.config, t, a, out);
+  const ModelConfig& config = model.config;
+  PlanStepArgs predicted = a;
+  predicted.select = "predicted";
+  PlanStepResult r = run_plan_step(config, t, predicted, "");  // budget, solver certificate
+  const DamageSource use = a.use == "exact" ? DamageSource::Exact : a.use == "fast" ? DamageSource::Fast
+                                                                                  : DamageSource::Auto;
+  const auto damage = t.damage(use);
+  std::vector<TensorFormat> formats(t.candidates.begin(), t.candidates.end());
+  formats.push_back(std::nullopt);
+  r.variants = plan_variants(config, damage, formats, r.budget.weight_bytes, solver_options(config, a));
+  const auto windows = profile_calibration_windows(model, t);
+  const size_t best = measure_variants(model, windows, r.variants, QuantMethod::Search, progress);
+  std::rotate(r.variants.begin(), r.variants.begin() + best, r.variants.begin() + best + 1);
+  const PlanVariant& v = r.variants.front();
+  r.map = v.map;
+  r.solution.formats = v.map.formats;
+  r.solution.bytes = v.bytes;
+  r.solution.damage = v.predicted;
+  r.solution.method = "measured selection: " + v.name;
+  r.bits_per_weight = plan_bits_per_weight(config, r.map);
+  nlohmann::json variants = nlohmann::json::array();
+  for (const auto& x : r.variants)
+    variants.push_back({{"name", x.name}, {"bytes", x.bytes}, {"predicted_kl", x.predicted},
+                        {"calib_kl", x.measured}, {"calib_kl_stderr", x.measured_stderr}});
+  PlanMetadata meta;
+  meta.budget = r.budget.description;
+  meta.predicted_kl = v.predicted;
+  meta.method = fmt::format("optiq measured selection: {} (profile {}, damage {})", v.name, t.method, a.use);
+  meta.calib_kl = v.measured;
+  meta.variants = &variants;
+  if (!out.empty()) write_plan(out, r.map, config, meta);
+  return r;
+}
 
 PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
                              const std::string& out) {
@@ -85,11 +155,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     if (!out.empty()) write_plan(out, r.map, config, meta);
     return r;
   }
-  SolverOptions so;
-  so.fixed_bytes = fixed_weight_bytes(config);
-  so.min_bits = a.min_bits;
-  for (const auto& p : a.pins) so.pins.push_back(parse_pin(p));
-  if (!a.tie.empty()) so.tie_groups = tie_qkv_groups(modules, a.tie == "qkv+gate_up");
+  const SolverOptions so = solver_options(config, a);
   r.solution = solve(items, r.budget.weight_bytes, so);
   r.map = r.solution.precision_map();
   r.bits_per_weight = plan_bits_per_weight(config, r.map);
@@ -111,9 +177,18 @@ void print_plan_summary(const PlanStepResult& r, const std::string& out) {
   for (const auto& [k, n] : hist) h += fmt::format("{}{} x{}", h.empty() ? "" : ", ", k, n);
   fmt::print("budget        {}\n", r.budget.description);
   fmt::print("plan          {:.3f} bits/weight, {} ({} bytes)\n", r.bits_per_weight, format_bytes(s.bytes), s.bytes);
-  fmt::print("predicted KL  {:.6f} nats/token (lower bound {:.6f}, gap {:.2e}{})\n", s.damage, s.lower_bound, s.gap,
-             s.exact ? ", optimal" : "");
+  if (r.variants.empty())
+    fmt::print("predicted KL  {:.6f} nats/token (lower bound {:.6f}, gap {:.2e}{})\n", s.damage, s.lower_bound, s.gap,
+               s.exact ? ", optimal" : "");
+  else
+    fmt::print("predicted KL  {:.6f} nats/token; measured on the calibration text {:.6f}\n", s.damage,
+               r.variants.front().measured);
   fmt::print("formats       {}\n", h);
+  for (size_t i = 0; i < r.variants.size(); ++i)
+    fmt::print("{} {:<34} {:>8.3f} bits/weight, predicted KL {:.5f}, calibration KL {:.5f}\n",
+               i == 0 ? "chosen       " : "             ", r.variants[i].name,
+               r.variants[i].bits_per_weight, r.variants[i].predicted,
+               r.variants[i].measured);
   if (!out.empty()) fmt::print("wrote         {}\n", out);
 }
 
@@ -128,14 +203,14 @@ struct PlanArgs {
 };
 
 void run_plan(const PlanArgs& a) {
-  Model m = a.model.load(/*weights=*/false);
+  Model m = a.model.load(/*weights=*/a.step.select == "measured" && a.step.baseline.empty());
   SensitivityTable t = SensitivityTable::read(a.profile, m.config);
   CalibrationOptions none;
   const ProfileSource here = make_profile_source(m.path, none);
   if (here.model_size != t.source.model_size || here.model_mtime != t.source.model_mtime)
     fmt::print(stderr, "optiq: warning: {}: profile made for {}, not this file ({})\n", a.profile,
                t.source.model_path, m.path);
-  PlanStepResult r = run_plan_step(m.config, t, a.step, a.out);
+  PlanStepResult r = run_plan_step(m, t, a.step, a.out, !a.json);
   if (a.json) {
     nlohmann::json j = {{"out", a.out},
                         {"budget", r.budget.description},

@@ -8,6 +8,7 @@
 
 #include "model/model.h"
 #include "plan/budget.h"
+#include "plan/select.h"
 #include "plan/solver.h"
 #include "profile/sensitivity.h"
 
@@ -35,16 +36,27 @@ struct PlanStepArgs {
   std::string tie;
   std::string use = "auto";
   std::string baseline;  // empty: optiq's solver; else uniform:qBgG | kquant | dynamic
+  // "predicted": the solver's plan; "measured": the best of plan/select.h's
+  // variants, measured on the profile's calibration windows.
+  std::string select = "predicted";
 };
 struct PlanStepResult {
   Solution solution;
   Budget budget;
   PrecisionMap map;
   double bits_per_weight = 0;
+  std::vector<PlanVariant> variants;  // select == "measured": all measured, chosen first
 };
 void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a);
 PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
                              const std::string& out);
+// As run_plan_step; with a.select == "measured" (and no --baseline) the plan is
+// chosen by measurement on the calibration windows the profile recorded.
+PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const PlanStepArgs& a, const std::string& out,
+                             bool progress = true);
+// The calibration windows a profile was measured on (its recorded source,
+// samples, sequence length and seed).
+std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, const SensitivityTable& t);
 void print_plan_summary(const PlanStepResult& r, const std::string& out);
 
 }  // namespace optiq::cli

@@ -1,0 +1,173 @@
+#include "plan/select.h"
+
+#include <cmath>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "eval/perplexity.h"
+#include "eval/reference_scores.h"
+#include "model/quantize_model.h"
+#include "plan/baselines.h"
+#include "plan/budget.h"
+
+namespace optiq {
+
+namespace {
+
+using DamageTable = std::map<std::string, std::map<std::string, double>>;
+
+double predicted_damage(const PrecisionMap& map, const DamageTable& damage) {
+  double d = 0;
+  for (const auto& [path, f] : map.formats) {
+    auto m = damage.find(path);
+    if (m == damage.end()) continue;
+    auto it = m->second.find(tensor_format_name(f));
+    if (it != m->second.end()) d += it->second;
+  }
+  return d;
+}
+
+// d -> scale * (d / scale)^p with scale = the median positive damage, so that
+// typical values keep their size and only the spread changes.
+DamageTable transform(const DamageTable& damage, double p) {
+  std::vector<double> all;
+  for (const auto& [path, by] : damage)
+    for (const auto& [f, d] : by)
+      if (d > 0) all.push_back(d);
+  if (all.empty()) return damage;
+  std::nth_element(all.begin(), all.begin() + all.size() / 2, all.end());
+  const double scale = all[all.size() / 2];
+  DamageTable out = damage;
+  for (auto& [path, by] : out)
+    for (auto& [f, d] : by) d = d > 0 ? scale * std::pow(d / scale, p) : 0.0;
+  return out;
+}
+
+std::optional<PrecisionMap> solve_with(const ModelConfig& config, const DamageTable& damage,
+                                       const std::vector<TensorFormat>& formats, int64_t budget,
+                                       const SolverOptions& so) {
+  std::vector<SolverItem> items;
+  for (const auto& m : quantizable_modules(config)) {
+    auto it = damage.find(m.path);
+    check(it != damage.end(), "the profile lacks {}: run `optiq profile` again", m.path);
+    items.push_back(make_item(m, it->second, formats));
+  }
+  try {
+    return solve(items, budget, so).precision_map();
+  } catch (const Error&) {
+    return std::nullopt;  // e.g. min3 below the budget: that variant does not exist here
+  }
+}
+
+}  // namespace
+
+std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTable& damage,
+                                       const std::vector<TensorFormat>& formats, int64_t budget,
+                                       const SolverOptions& base, bool with_baselines) {
+  std::vector<PlanVariant> out;
+  auto add = [&](std::string name, std::optional<PrecisionMap> map) {
+    if (!map) return;
+    for (const auto& v : out)
+      if (v.map.formats == map->formats) return;
+    PlanVariant v;
+    v.name = std::move(name);
+    v.bytes = plan_bytes(config, *map);
+    v.bits_per_weight = plan_bits_per_weight(config, *map);
+    v.predicted = predicted_damage(*map, damage);
+    v.map = std::move(*map);
+    out.push_back(std::move(v));
+  };
+  add("optiq", solve_with(config, damage, formats, budget, base));
+  add("optiq convex", solve_with(config, transform(damage, 1.5), formats, budget, base));
+  if (base.min_bits < 3) {
+    SolverOptions so = base;
+    so.min_bits = 3;
+    add("optiq min3", solve_with(config, damage, formats, budget, so));
+  }
+  add("optiq concave", solve_with(config, transform(damage, 0.75), formats, budget, base));
+  check(!out.empty(), "no plan fits the budget of {}", format_bytes(budget));
+  if (!with_baselines || !base.pins.empty() || !base.tie_groups.empty() || base.min_bits > 0) return out;
+  // Baselines ignore pins, ties and min-bits, so they join only unconstrained runs.
+  for (const char* spec : {"kquant", "dynamic"}) {
+    try {
+      BaselinePlan b = baseline_plan_from_spec(config, spec, budget, damage);
+      add("baseline " + b.name, std::move(b.map));
+    } catch (const Error&) {
+    }
+  }
+  int64_t best_uniform = -1;
+  std::optional<PrecisionMap> uniform;
+  std::string uniform_name;
+  for (const auto& f : formats) {
+    if (!f) continue;
+    PrecisionMap u = uniform_plan(config, *f);
+    const int64_t b = plan_bytes(config, u);
+    if (b <= budget && b > best_uniform) best_uniform = b, uniform = std::move(u), uniform_name = affine_format_name(*f);
+  }
+  add("baseline uniform " + uniform_name, std::move(uniform));
+  return out;
+}
+
+size_t measure_variants(Model& model, const std::vector<std::vector<int32_t>>& windows,
+                        std::vector<PlanVariant>& variants, QuantMethod method, bool progress) {
+  check(!windows.empty() && !variants.empty(), "measure_variants: no windows or no variants");
+  const int ctx = static_cast<int>(windows.front().size());
+  std::vector<int32_t> tokens;
+  for (const auto& w : windows) {
+    check(static_cast<int>(w.size()) == ctx, "measure_variants: calibration windows differ in length");
+    tokens.insert(tokens.end(), w.begin(), w.end());
+  }
+  const auto modules = quantizable_modules(model.config);
+  std::map<std::string, Linear> original;
+  for (const auto& m : modules) original[m.path] = module_linear(model.weights, m);
+  const ReferenceScores ref =
+      ReferenceScores::compute(model, tokens, ctx, static_cast<int>(windows.size()), int64_t{2} << 30, false);
+
+  std::map<std::pair<std::string, std::string>, Linear> cache;  // (module, format) -> packed
+  std::optional<Progress> bar;
+  if (progress) bar.emplace("select", static_cast<int64_t>(variants.size()), "plans");
+  size_t best = 0;
+  try {
+    for (size_t i = 0; i < variants.size(); ++i) {
+      PlanVariant& v = variants[i];
+      for (const auto& m : modules) {
+        const TensorFormat f = v.map.formats.count(m.path) ? v.map.formats.at(m.path) : std::nullopt;
+        Linear& lin = module_linear(model.weights, m);
+        if (!f) {
+          lin = original.at(m.path);
+          continue;
+        }
+        auto key = std::make_pair(m.path, affine_format_name(*f));
+        auto it = cache.find(key);
+        if (it == cache.end()) {
+          const std::vector<float> w = original.at(m.path).to_f32();
+          QuantizeOptions qo;
+          qo.method = method;
+          it = cache.emplace(key, Linear::from_affine(quantize(w.data(), m.rows, m.cols, *f, qo))).first;
+        }
+        lin = it->second;
+      }
+      PerplexityOptions po;
+      po.ctx = ctx;
+      po.chunks = static_cast<int>(windows.size());
+      po.ref_scores = &ref;
+      po.progress = false;
+      const PerplexityResult r = evaluate_perplexity(model, tokens, po);
+      v.measured = r.kld;
+      v.measured_stderr = r.kld_stderr;
+      if (v.measured < variants[best].measured || i == 0) best = i;
+      if (bar) bar->update(static_cast<int64_t>(i + 1), fmt::format("{} {:.4f}", v.name, v.measured));
+    }
+  } catch (...) {
+    for (const auto& m : modules) module_linear(model.weights, m) = original.at(m.path);
+    throw;
+  }
+  for (const auto& m : modules) module_linear(model.weights, m) = original.at(m.path);
+  if (bar) bar->finish(fmt::format("best: {}", variants[best].name));
+  return best;
+}
+
+}  // namespace optiq
