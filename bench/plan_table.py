@@ -72,25 +72,33 @@ def main() -> int:
     plans = []  # (size, name, plan file, plan json)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
+        budgets = []  # (size, budget bytes) for optiq's plans
         for size in a.sizes.split(","):
             budget, baselines = budget_and_baselines(size)
-            group = []
             for spec in baselines:
-                f = tmp / f"p{len(plans) + len(group)}.json"
-                b = budget or ["--bpw", "16"]
+                f = tmp / f"b{len(plans)}.json"
                 try:
-                    p = optiq("plan", a.model, "--profile", a.profile, *b, "--baseline", spec, "-o", f, "--json",
-                              threads=a.threads)
+                    p = optiq("plan", a.model, "--profile", a.profile, *(budget or ["--bpw", "16"]), "--baseline", spec,
+                              "-o", f, "--json", threads=a.threads)
                 except RuntimeError as e:
                     print(f"  {size} {spec}: {e}", file=sys.stderr)
                     continue
                 if budget is None:  # the first baseline's own size is the budget
                     budget = ["--size", f"{p['bytes']}B"]
-                group.append((size, p["method"].replace("baseline ", ""), f, p))
-            f = tmp / f"p{len(plans) + len(group)}.json"
-            p = optiq("plan", a.model, "--profile", a.profile, *budget, "--select", a.select, "-o", f, "--json",
-                      threads=a.threads)
-            plans += [(size, "optiq", f, p)] + group
+                plans.append((size, p["method"].replace("baseline ", ""), f, p))
+            if budget[0] == "--bpw":  # resolve to bytes so that one call plans every budget
+                p = optiq("plan", a.model, "--profile", a.profile, *budget, "--select", "predicted", "-o",
+                          tmp / "x.json", "--json", threads=a.threads)
+                budget = ["--size", f"{p['budget_bytes']}B"]
+            budgets.append((size, budget[1]))
+        # optiq's plans for every budget in one call (one reference pass, shared quantized tensors).
+        t0 = time.time()
+        mine = optiq("plan", a.model, "--profile", a.profile, "--size", ",".join(b for _, b in budgets) + ",",
+                     "--select", a.select, "-o", tmp / "optiq", "--json", threads=a.threads, lines=True)
+        print(f"  planned {len(budgets)} budgets in {time.time() - t0:.0f} s", file=sys.stderr)
+        for (size, _), p in zip(budgets, mine):
+            plans.append((size, "optiq", Path(p["out"]), p))
+        plans.sort(key=lambda x: ([s for s, _ in budgets].index(x[0]), x[1] != "optiq"))
         t0 = time.time()
         evals = optiq("eval", a.model, "--text", a.text, "--ctx", a.ctx, "--chunks", a.chunks,
                       *[x for _, _, f, _ in plans for x in ("--plan", f)], "--json", threads=a.threads, lines=True)
@@ -98,7 +106,8 @@ def main() -> int:
     rows = []
     for (size, name, _, p), ev in zip(plans, evals):
         rows.append({"size": size, "name": name, "bpw": ev["bits_per_weight"], "bytes": ev["bytes"],
-                     "pred": p.get("predicted_kl"), "kld": ev["kld"], "kld_se": ev["kld_stderr"], "top1": ev["top1"],
+                     "pred": p.get("predicted_kl"), "calib_kl": p.get("calib_kl"), "method": p.get("method"),
+                     "kld": ev["kld"], "kld_se": ev["kld_stderr"], "top1": ev["top1"],
                      "ppl": ev["ppl"], "ref_ppl": ev["ref_ppl"], "tokens": ev["tokens"]})
     lines = ["| size of | plan | bits/weight | predicted KL | measured KLD | top-1 | perplexity | Δppl |",
              "|---|---|---|---|---|---|---|---|"]

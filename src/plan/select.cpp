@@ -111,61 +111,64 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
   return out;
 }
 
-size_t measure_variants(Model& model, const std::vector<std::vector<int32_t>>& windows,
-                        std::vector<PlanVariant>& variants, QuantMethod method, bool progress) {
-  check(!windows.empty() && !variants.empty(), "measure_variants: no windows or no variants");
-  const int ctx = static_cast<int>(windows.front().size());
-  std::vector<int32_t> tokens;
+PlanMeasurer::PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>& windows, QuantMethod method)
+    : model_(model), method_(method), modules_(quantizable_modules(model.config)) {
+  check(!windows.empty(), "plan measurement: no calibration windows");
+  ctx_ = static_cast<int>(windows.front().size());
+  chunks_ = static_cast<int>(windows.size());
   for (const auto& w : windows) {
-    check(static_cast<int>(w.size()) == ctx, "measure_variants: calibration windows differ in length");
-    tokens.insert(tokens.end(), w.begin(), w.end());
+    check(static_cast<int>(w.size()) == ctx_, "plan measurement: calibration windows differ in length");
+    tokens_.insert(tokens_.end(), w.begin(), w.end());
   }
-  const auto modules = quantizable_modules(model.config);
-  std::map<std::string, Linear> original;
-  for (const auto& m : modules) original[m.path] = module_linear(model.weights, m);
-  const ReferenceScores ref =
-      ReferenceScores::compute(model, tokens, ctx, static_cast<int>(windows.size()), int64_t{2} << 30, false);
+  for (const auto& m : modules_) original_[m.path] = module_linear(model.weights, m);
+  ref_ = std::make_unique<ReferenceScores>(
+      ReferenceScores::compute(model, tokens_, ctx_, chunks_, int64_t{2} << 30, false));
+}
 
-  std::map<std::pair<std::string, std::string>, Linear> cache;  // (module, format) -> packed
+PlanMeasurer::~PlanMeasurer() { restore(); }
+
+void PlanMeasurer::restore() {
+  for (const auto& m : modules_) module_linear(model_.weights, m) = original_.at(m.path);
+}
+
+std::pair<double, double> PlanMeasurer::measure(const PrecisionMap& map) {
+  for (const auto& m : modules_) {
+    auto f = map.formats.find(m.path);
+    Linear& lin = module_linear(model_.weights, m);
+    if (f == map.formats.end() || !f->second) {
+      lin = original_.at(m.path);
+      continue;
+    }
+    auto key = std::make_pair(m.path, affine_format_name(*f->second));
+    auto it = cache_.find(key);
+    if (it == cache_.end()) {
+      const std::vector<float> w = original_.at(m.path).to_f32();
+      QuantizeOptions qo;
+      qo.method = method_;
+      it = cache_.emplace(key, Linear::from_affine(quantize(w.data(), m.rows, m.cols, *f->second, qo))).first;
+    }
+    lin = it->second;
+  }
+  PerplexityOptions po;
+  po.ctx = ctx_;
+  po.chunks = chunks_;
+  po.ref_scores = ref_.get();
+  po.progress = false;
+  const PerplexityResult r = evaluate_perplexity(model_, tokens_, po);
+  restore();
+  return {r.kld, r.kld_stderr};
+}
+
+size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress) {
+  check(!variants.empty(), "measure_variants: no variants");
   std::optional<Progress> bar;
   if (progress) bar.emplace("select", static_cast<int64_t>(variants.size()), "plans");
   size_t best = 0;
-  try {
-    for (size_t i = 0; i < variants.size(); ++i) {
-      PlanVariant& v = variants[i];
-      for (const auto& m : modules) {
-        const TensorFormat f = v.map.formats.count(m.path) ? v.map.formats.at(m.path) : std::nullopt;
-        Linear& lin = module_linear(model.weights, m);
-        if (!f) {
-          lin = original.at(m.path);
-          continue;
-        }
-        auto key = std::make_pair(m.path, affine_format_name(*f));
-        auto it = cache.find(key);
-        if (it == cache.end()) {
-          const std::vector<float> w = original.at(m.path).to_f32();
-          QuantizeOptions qo;
-          qo.method = method;
-          it = cache.emplace(key, Linear::from_affine(quantize(w.data(), m.rows, m.cols, *f, qo))).first;
-        }
-        lin = it->second;
-      }
-      PerplexityOptions po;
-      po.ctx = ctx;
-      po.chunks = static_cast<int>(windows.size());
-      po.ref_scores = &ref;
-      po.progress = false;
-      const PerplexityResult r = evaluate_perplexity(model, tokens, po);
-      v.measured = r.kld;
-      v.measured_stderr = r.kld_stderr;
-      if (v.measured < variants[best].measured || i == 0) best = i;
-      if (bar) bar->update(static_cast<int64_t>(i + 1), fmt::format("{} {:.4f}", v.name, v.measured));
-    }
-  } catch (...) {
-    for (const auto& m : modules) module_linear(model.weights, m) = original.at(m.path);
-    throw;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    std::tie(variants[i].measured, variants[i].measured_stderr) = measurer.measure(variants[i].map);
+    if (variants[i].measured < variants[best].measured) best = i;
+    if (bar) bar->update(static_cast<int64_t>(i + 1), fmt::format("{} {:.4f}", variants[i].name, variants[i].measured));
   }
-  for (const auto& m : modules) module_linear(model.weights, m) = original.at(m.path);
   if (bar) bar->finish(fmt::format("best: {}", variants[best].name));
   return best;
 }

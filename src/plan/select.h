@@ -25,9 +25,11 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "eval/reference_scores.h"
 #include "model/model.h"
 #include "plan/solver.h"
 #include "quant/quantizer.h"
@@ -51,10 +53,32 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config,
                                        const std::vector<TensorFormat>& formats, int64_t budget,
                                        const SolverOptions& base, bool with_baselines = true);
 
-// Measures every variant on `windows` (the model's weights are swapped per
-// variant and restored before returning) and returns the index of the best.
-size_t measure_variants(Model& model, const std::vector<std::vector<int32_t>>& windows,
-                        std::vector<PlanVariant>& variants, QuantMethod method = QuantMethod::Search,
-                        bool progress = true);
+// Measures plans on calibration windows: the model's weight matrices are
+// swapped for packed quantized ones per plan (cached per module and format, so
+// later plans reuse earlier tensors) and restored when the measurer goes away.
+// One measurer serves many budgets (optiq compare, optiq plan with several).
+class PlanMeasurer {
+ public:
+  PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>& windows, QuantMethod method = QuantMethod::Search);
+  ~PlanMeasurer();
+  PlanMeasurer(const PlanMeasurer&) = delete;
+  PlanMeasurer& operator=(const PlanMeasurer&) = delete;
+  // Mean KL(model || plan) over the second halves of the windows, and its standard error.
+  std::pair<double, double> measure(const PrecisionMap& map);
+
+ private:
+  void restore();
+  Model& model_;
+  QuantMethod method_;
+  int ctx_ = 0, chunks_ = 0;
+  std::vector<int32_t> tokens_;
+  std::vector<ModuleInfo> modules_;
+  std::map<std::string, Linear> original_;
+  std::map<std::pair<std::string, std::string>, Linear> cache_;
+  std::unique_ptr<ReferenceScores> ref_;
+};
+
+// Measures every variant and returns the index of the best.
+size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress = true);
 
 }  // namespace optiq

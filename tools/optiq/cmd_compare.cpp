@@ -207,10 +207,13 @@ void run_compare(CompareArgs& a) {
   std::vector<int> levels = {8, 4};
   for (int b : sweep)
     if (std::find(levels.begin(), levels.end(), b) == levels.end()) levels.push_back(b);
+  // One measurer for every optiq row: the reference pass and quantized tensors are shared.
+  std::unique_ptr<PlanMeasurer> measurer;
+  if (a.select == "measured") measurer = std::make_unique<PlanMeasurer>(src, profile_calibration_windows(src, t));
   auto add_optiq = [&](PlanStepArgs pa, const std::string& label, const std::string& file) {
     const std::string plan_path = (fs::path(a.out_dir) / file).string();
     pa.select = a.select;
-    PlanStepResult r = run_plan_step(src, t, pa, plan_path, !a.json);
+    PlanStepResult r = run_plan_step(src, t, pa, plan_path, !a.json, measurer.get());
     rows.push_back(make_row(label, "optiq", r.map, r.solution.damage, plan_path));
   };
   for (int b : levels) {
@@ -234,6 +237,7 @@ void run_compare(CompareArgs& a) {
     add_optiq(pa, fmt::format("optiq mixed @ {:g} bpw", x), fmt::format("plan-{:g}bpw.json", x));
   }
 
+  measurer.reset();
   { Model drop = std::move(src); }  // rows reload the source; keep one copy at a time
   const std::string scratch = (fs::path(a.out_dir) / ".scratch-model").string();
   for (size_t i = 0; i < rows.size(); ++i) {

@@ -19,8 +19,8 @@
 namespace optiq::cli {
 
 void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
-  cmd.add_option("--bpw", a.bpw, "budget: bits per weight over all parameters, e.g. 4.5");
-  cmd.add_option("--size", a.size, "budget: weight bytes, e.g. 9.7GB or 350MiB");
+  cmd.add_option("--bpw", a.bpw, "budget: bits per weight over all parameters, e.g. 4.5 (plan: a list 3,4.5)");
+  cmd.add_option("--size", a.size, "budget: weight bytes, e.g. 9.7GB or 350MiB (plan: a list)");
   cmd.add_option("--reduction", a.reduction, "budget: size reduction from fp16, e.g. 40%");
   cmd.add_option("--fit", a.fit, "budget: total memory incl. KV cache at --ctx, e.g. 8GB");
   cmd.add_option("--ctx", a.ctx, "context length for --fit")->check(CLI::PositiveNumber);
@@ -70,7 +70,7 @@ std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, co
 }
 
 PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const PlanStepArgs& a, const std::string& out,
-                             bool progress) {
+                             bool progress, PlanMeasurer* measurer) {
   if (a.select != "measured" || !a.baseline.empty()) return run_plan_step(model.config, t, a, out);
   const ModelConfig& config = model.config;
   PlanStepArgs predicted = a;
@@ -82,8 +82,12 @@ PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const Plan
   std::vector<TensorFormat> formats(t.candidates.begin(), t.candidates.end());
   formats.push_back(std::nullopt);
   r.variants = plan_variants(config, damage, formats, r.budget.weight_bytes, solver_options(config, a));
-  const auto windows = profile_calibration_windows(model, t);
-  const size_t best = measure_variants(model, windows, r.variants, QuantMethod::Search, progress);
+  std::unique_ptr<PlanMeasurer> own;
+  if (!measurer) {
+    own = std::make_unique<PlanMeasurer>(model, profile_calibration_windows(model, t));
+    measurer = own.get();
+  }
+  const size_t best = measure_variants(*measurer, r.variants, progress);
   std::rotate(r.variants.begin(), r.variants.begin() + best, r.variants.begin() + best + 1);
   const PlanVariant& v = r.variants.front();
   r.map = v.map;
@@ -202,28 +206,64 @@ struct PlanArgs {
   bool json = false;
 };
 
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = std::min(s.find(',', start), s.size());
+    if (comma > start) out.push_back(s.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+void print_plan_json(const PlanStepResult& r, const std::string& out) {
+  nlohmann::json j = {{"out", out},
+                      {"budget", r.budget.description},
+                      {"budget_bytes", r.budget.weight_bytes},
+                      {"bytes", r.solution.bytes},
+                      {"bits_per_weight", r.bits_per_weight},
+                      {"predicted_kl", r.solution.damage},
+                      {"lower_bound_kl", r.solution.lower_bound},
+                      {"gap_kl", r.solution.gap},
+                      {"method", r.solution.method}};
+  if (!r.variants.empty()) j["calib_kl"] = r.variants.front().measured;
+  fmt::print("{}\n", j.dump());
+  std::fflush(stdout);
+}
+
 void run_plan(const PlanArgs& a) {
-  Model m = a.model.load(/*weights=*/a.step.select == "measured" && a.step.baseline.empty());
+  const bool measured = a.step.select == "measured" && a.step.baseline.empty();
+  Model m = a.model.load(/*weights=*/measured);
   SensitivityTable t = SensitivityTable::read(a.profile, m.config);
   CalibrationOptions none;
   const ProfileSource here = make_profile_source(m.path, none);
   if (here.model_size != t.source.model_size || here.model_mtime != t.source.model_mtime)
     fmt::print(stderr, "optiq: warning: {}: profile made for {}, not this file ({})\n", a.profile,
                t.source.model_path, m.path);
-  PlanStepResult r = run_plan_step(m, t, a.step, a.out, !a.json);
-  if (a.json) {
-    nlohmann::json j = {{"out", a.out},
-                        {"budget", r.budget.description},
-                        {"budget_bytes", r.budget.weight_bytes},
-                        {"bytes", r.solution.bytes},
-                        {"bits_per_weight", r.bits_per_weight},
-                        {"predicted_kl", r.solution.damage},
-                        {"lower_bound_kl", r.solution.lower_bound},
-                        {"gap_kl", r.solution.gap},
-                        {"method", r.solution.method}};
-    fmt::print("{}\n", j.dump());
+  // Several budgets (--bpw 3,4.5 or --size 80MB,100MB): one plan each, written
+  // to OUT/plan-<budget>.json, sharing one measurer.
+  const auto bpws = split_list(a.step.bpw), sizes = split_list(a.step.size);
+  if (a.step.bpw.find(',') != std::string::npos || a.step.size.find(',') != std::string::npos) {
+    check(a.step.reduction.empty() && a.step.fit.empty() && (bpws.empty() || sizes.empty()),
+          "several budgets: give a list to one of --bpw or --size only");
+    std::filesystem::create_directories(a.out);
+    std::unique_ptr<PlanMeasurer> measurer;
+    if (measured) measurer = std::make_unique<PlanMeasurer>(m, profile_calibration_windows(m, t));
+    for (const auto& b : bpws.empty() ? sizes : bpws) {
+      PlanStepArgs step = a.step;
+      (bpws.empty() ? step.size : step.bpw) = b;
+      if (bpws.empty()) step.bpw.clear();
+      else step.size.clear();
+      const std::string out = (std::filesystem::path(a.out) / fmt::format("plan-{}{}.json", b, bpws.empty() ? "" : "bpw")).string();
+      PlanStepResult r = run_plan_step(m, t, step, out, !a.json, measurer.get());
+      if (a.json) print_plan_json(r, out);
+      else print_plan_summary(r, out);
+    }
     return;
   }
+  PlanStepResult r = run_plan_step(m, t, a.step, a.out, !a.json);
+  if (a.json) return print_plan_json(r, a.out);
   print_plan_summary(r, a.out);
 }
 
@@ -236,7 +276,9 @@ Runner register_plan(CLI::App& app) {
   cmd->add_option("--profile", a->profile, "profile JSON written by `optiq profile`")->required()
       ->check(CLI::ExistingFile);
   add_plan_step_options(*cmd, a->step);
-  cmd->add_option("-o,--out", a->out, "plan JSON to write (docs/plan-format.md)")->required();
+  cmd->add_option("-o,--out", a->out,
+                  "plan JSON to write (docs/plan-format.md); a directory when --bpw or --size lists several budgets")
+      ->required();
   cmd->add_flag("--json", a->json, "print one JSON object");
   return [a] { run_plan(*a); };
 }

@@ -52,8 +52,9 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
                              const std::string& out);
 // As run_plan_step; with a.select == "measured" (and no --baseline) the plan is
 // chosen by measurement on the calibration windows the profile recorded.
+// `measurer` (optional) is reused across calls; else one is made for this call.
 PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const PlanStepArgs& a, const std::string& out,
-                             bool progress = true);
+                             bool progress = true, PlanMeasurer* measurer = nullptr);
 // The calibration windows a profile was measured on (its recorded source,
 // samples, sequence length and seed).
 std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, const SensitivityTable& t);
