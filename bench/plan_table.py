@@ -85,7 +85,10 @@ def main() -> int:
                     continue
                 if budget is None:  # the first baseline's own size is the budget
                     budget = ["--size", f"{p['bytes']}B"]
-                plans.append((size, p["method"].replace("baseline ", ""), f, p))
+                name = p["method"].replace("baseline ", "")
+                if spec in ("kquant", "dynamic"):
+                    name = ("k-quant rule: " if spec == "kquant" else "") + name
+                plans.append((size, name, f, p))
             if budget[0] == "--bpw":  # resolve to bytes so that one call plans every budget
                 p = optiq("plan", a.model, "--profile", a.profile, *budget, "--select", "predicted", "-o",
                           tmp / "x.json", "--json", threads=a.threads)
@@ -99,6 +102,17 @@ def main() -> int:
         for (size, _), p in zip(budgets, mine):
             plans.append((size, "optiq", Path(p["out"]), p))
         plans.sort(key=lambda x: ([s for s, _ in budgets].index(x[0]), x[1] != "optiq"))
+        # Baselines that are the same plan at one budget (e.g. the k-quant rule collapsing to
+        # uniform at exactly a uniform size) are measured once, under their joined names.
+        unique = []
+        for size, name, f, p in plans:
+            tensors = json.loads(Path(f).read_text())["tensors"]
+            twin = next((u for u in unique if u[0] == size and u[4] == tensors and u[1] != "optiq" and name != "optiq"), None)
+            if twin:
+                twin[1] += f" = {name}"
+            else:
+                unique.append([size, name, f, p, tensors])
+        plans = [tuple(u[:4]) for u in unique]
         t0 = time.time()
         evals = optiq("eval", a.model, "--text", a.text, "--ctx", a.ctx, "--chunks", a.chunks,
                       *[x for _, _, f, _ in plans for x in ("--plan", f)], "--json", threads=a.threads, lines=True)
