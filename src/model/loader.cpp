@@ -31,7 +31,12 @@ std::string_view format_name(SourceFormat f) {
 // Counted from the architecture, not the stored tensors: packed words,
 // scales and biases are storage, not parameters.
 int64_t Model::parameter_count() const {
-  int64_t n = static_cast<int64_t>(config.n_layers) * 2 * config.dim + config.dim;  // norms
+  const ModelConfig& c = config;
+  int64_t per_layer = 2 * c.dim;                        // norms
+  if (c.sandwich_norms) per_layer += 2 * c.dim;
+  if (c.qk_norm) per_layer += 2 * c.head_dim;
+  if (c.qkv_bias) per_layer += c.q_dim() + 2 * c.kv_dim();
+  int64_t n = static_cast<int64_t>(c.n_layers) * per_layer + c.dim;
   for (const auto& m : quantizable_modules(config)) n += m.numel();
   return n;
 }
@@ -44,8 +49,11 @@ size_t Model::source_bytes() const {
 
 namespace {
 
-// GGUF's llama tensor names -> the Hugging Face names used everywhere else.
-std::string hf_name_from_gguf(const std::string& name) {
+// GGUF tensor names -> the Hugging Face names used everywhere else. The
+// norms differ by family: GGUF's ffn_norm is the pre-MLP norm, which HF calls
+// post_attention_layernorm in Llama but pre_feedforward_layernorm in Gemma 3
+// (whose post_attention_layernorm is the norm after attention).
+std::string hf_name_from_gguf(const std::string& name, const ModelConfig& c) {
   static const std::map<std::string, std::string> top = {
       {"token_embd.weight", "model.embed_tokens.weight"},
       {"output_norm.weight", "model.norm.weight"},
@@ -57,14 +65,33 @@ std::string hf_name_from_gguf(const std::string& name) {
       {"attn_output.weight", "self_attn.o_proj.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
       {"ffn_gate.weight", "mlp.gate_proj.weight"},     {"ffn_up.weight", "mlp.up_proj.weight"},
       {"ffn_down.weight", "mlp.down_proj.weight"},
+      {"attn_q.bias", "self_attn.q_proj.bias"},        {"attn_k.bias", "self_attn.k_proj.bias"},
+      {"attn_v.bias", "self_attn.v_proj.bias"},
+      {"attn_q_norm.weight", "self_attn.q_norm.weight"}, {"attn_k_norm.weight", "self_attn.k_norm.weight"},
+      {"attn_qkv.weight", "self_attn.qkv_proj.weight"},
+      {"post_attention_norm.weight", "post_attention_layernorm.weight"},
+      {"post_ffw_norm.weight", "post_feedforward_layernorm.weight"},
   };
   if (auto it = top.find(name); it != top.end()) return it->second;
   static const std::regex blk(R"(blk\.(\d+)\.(.+))");
   std::smatch m;
   if (std::regex_match(name, m, blk)) {
-    if (auto it = per_layer.find(m[2].str()); it != per_layer.end())
-      return fmt::format("model.layers.{}.{}", m[1].str(), it->second);
+    std::string local = m[2].str();
+    std::string hf;
+    if (c.sandwich_norms && local == "ffn_norm.weight") hf = "pre_feedforward_layernorm.weight";
+    else if (c.fused_qkv && local == "ffn_up.weight") hf = "mlp.gate_up_proj.weight";  // Phi-3: gate and up fused
+    else if (auto it = per_layer.find(local); it != per_layer.end()) hf = it->second;
+    if (!hf.empty()) return fmt::format("model.layers.{}.{}", m[1].str(), hf);
   }
+  return name;
+}
+
+// Multimodal Gemma 3 checkpoints nest the language model
+// ("language_model.model.layers...", or "model.language_model.layers...").
+std::string hf_text_name(const std::string& name) {
+  for (const char* p : {"language_model.model.", "model.language_model."})
+    if (name.starts_with(p)) return "model." + name.substr(std::string_view(p).size());
+  if (name.starts_with("language_model.lm_head.")) return name.substr(15);
   return name;
 }
 
@@ -107,6 +134,9 @@ class TensorTable {
   bool has(const std::string& name) const { return by_name_.count(name) > 0; }
   // True once a weight is used in place from the mapped file.
   bool borrowed() const { return borrowed_; }
+  // Norms are in the family's HF layout (a HF directory), not GGUF's.
+  bool hf_layout() const { return hf_layout_; }
+  void set_hf_layout(bool on) { hf_layout_ = on; }
 
   const TensorView& get(const std::string& name, std::vector<int64_t> shape) const {
     auto it = by_name_.find(name);
@@ -210,8 +240,18 @@ class TensorTable {
   bool keep_packed_ = false;
   bool llamacpp_ = false;
   mutable bool borrowed_ = false;
+  bool hf_layout_ = false;
   std::map<std::string, const TensorView*> by_name_;
 };
+
+// A norm's multiplier: HF Gemma files store w for a (1 + w) multiplier
+// (`hf_layout`); GGUF files already hold 1 + w.
+std::vector<float> norm_weights(const ModelConfig& c, const TensorTable& t, const std::string& name, int64_t n) {
+  std::vector<float> v = t.vec(name, n);
+  if (c.norm_offset_one && t.hf_layout())
+    for (float& x : v) x += 1.0f;
+  return v;
+}
 
 ModelWeights load_weights(const ModelConfig& c, const TensorTable& t) {
   ModelWeights w;
@@ -221,17 +261,37 @@ ModelWeights load_weights(const ModelConfig& c, const TensorTable& t) {
   for (int i = 0; i < c.n_layers; ++i) {
     auto p = fmt::format("model.layers.{}.", i);
     LayerWeights& l = w.layers[i];
-    l.attn_norm = t.vec(p + "input_layernorm.weight", dim);
-    l.ffn_norm = t.vec(p + "post_attention_layernorm.weight", dim);
-    l.wq = t.linear(p + "self_attn.q_proj.weight", c.q_dim(), dim, c.n_heads, hd);
-    l.wk = t.linear(p + "self_attn.k_proj.weight", c.kv_dim(), dim, c.n_kv_heads, hd);
-    l.wv = t.linear(p + "self_attn.v_proj.weight", c.kv_dim(), dim);
+    l.attn_norm = norm_weights(c, t, p + "input_layernorm.weight", dim);
+    if (c.sandwich_norms) {
+      l.post_attn_norm = norm_weights(c, t, p + "post_attention_layernorm.weight", dim);
+      l.ffn_norm = norm_weights(c, t, p + "pre_feedforward_layernorm.weight", dim);
+      l.post_ffn_norm = norm_weights(c, t, p + "post_feedforward_layernorm.weight", dim);
+    } else {
+      l.ffn_norm = norm_weights(c, t, p + "post_attention_layernorm.weight", dim);
+    }
+    if (c.fused_qkv) {
+      l.wqkv = t.linear(p + "self_attn.qkv_proj.weight", c.q_dim() + 2 * c.kv_dim(), dim);
+      l.w_gate_up = t.linear(p + "mlp.gate_up_proj.weight", 2 * c.hidden_dim, dim);
+    } else {
+      l.wq = t.linear(p + "self_attn.q_proj.weight", c.q_dim(), dim, c.n_heads, hd);
+      l.wk = t.linear(p + "self_attn.k_proj.weight", c.kv_dim(), dim, c.n_kv_heads, hd);
+      l.wv = t.linear(p + "self_attn.v_proj.weight", c.kv_dim(), dim);
+      l.w_gate = t.linear(p + "mlp.gate_proj.weight", c.hidden_dim, dim);
+      l.w_up = t.linear(p + "mlp.up_proj.weight", c.hidden_dim, dim);
+    }
     l.wo = t.linear(p + "self_attn.o_proj.weight", dim, c.q_dim());
-    l.w_gate = t.linear(p + "mlp.gate_proj.weight", c.hidden_dim, dim);
-    l.w_up = t.linear(p + "mlp.up_proj.weight", c.hidden_dim, dim);
     l.w_down = t.linear(p + "mlp.down_proj.weight", dim, c.hidden_dim);
+    if (c.qkv_bias) {
+      l.bq = t.vec(p + "self_attn.q_proj.bias", c.q_dim());
+      l.bk = t.vec(p + "self_attn.k_proj.bias", c.kv_dim());
+      l.bv = t.vec(p + "self_attn.v_proj.bias", c.kv_dim());
+    }
+    if (c.qk_norm) {
+      l.q_norm = norm_weights(c, t, p + "self_attn.q_norm.weight", hd);
+      l.k_norm = norm_weights(c, t, p + "self_attn.k_norm.weight", hd);
+    }
   }
-  w.final_norm = t.vec("model.norm.weight", dim);
+  w.final_norm = norm_weights(c, t, "model.norm.weight", dim);
   if (!c.tied_embeddings) w.lm_head = t.linear("lm_head.weight", c.vocab_size, dim);
   return w;
 }
@@ -249,10 +309,10 @@ Model load_gguf(const std::string& path, const LoadOptions& opt) {
   m.tokenizer = std::make_unique<Tokenizer>(tokenizer_spec_from_gguf(*file));
   record_sources(m, file->tensors());
   if (opt.load_weights) {
-    TensorTable table(path, /*interleaved_rope=*/true);
+    TensorTable table(path, m.config.gguf_interleaved_rope);
     table.set_keep_packed(!opt.dequantize);
     table.set_llamacpp_numerics(opt.llamacpp_numerics);
-    for (const auto& t : file->tensors()) table.add(hf_name_from_gguf(t.name), t);
+    for (const auto& t : file->tensors()) table.add(hf_name_from_gguf(t.name, m.config), t);
     m.weights = load_weights(m.config, table);
     // Everything was converted: the file's pages need not stay resident.
     if (!table.borrowed()) file->file().drop_pages();
@@ -304,16 +364,19 @@ Model load_hf(const std::string& dir, const LoadOptions& opt) {
     fail("{}: tokenizer.json is missing (optiq needs the model's tokenizer next to its weights)", dir);
   m.tokenizer = std::make_unique<Tokenizer>(tokenizer_spec_from_hf(dir));
   record_sources(m, ckpt->tensors());
-  if (!m.config.tied_embeddings && !ckpt->find_tensor("lm_head.weight")) m.config.tied_embeddings = true;
+  if (!m.config.tied_embeddings && !ckpt->find_tensor("lm_head.weight") &&
+      !ckpt->find_tensor("language_model.lm_head.weight"))
+    m.config.tied_embeddings = true;
   const nlohmann::json& cfg = ckpt->config();
   const char* qkey = cfg.contains("quantization") ? "quantization"
                      : cfg.contains("quantization_config") ? "quantization_config" : nullptr;
   if (qkey) m.precision = mlx_precision_map(cfg[qkey], m.config, dir + "/config.json");
   if (opt.load_weights) {
     TensorTable table(dir, /*interleaved_rope=*/false);
+    table.set_hf_layout(true);
     table.set_llamacpp_numerics(opt.llamacpp_numerics);
     if (qkey) table.set_quantization(&m.precision);
-    for (const auto& t : ckpt->tensors()) table.add(t.name, t);
+    for (const auto& t : ckpt->tensors()) table.add(hf_text_name(t.name), t);
     m.weights = load_weights(m.config, table);
     if (qkey)
       for (const auto& mod : quantizable_modules(m.config))

@@ -13,11 +13,19 @@
 
 namespace optiq {
 
+// Norm weights are the multipliers themselves (HF Gemma's stored w is kept
+// as 1 + w). Optional pieces are empty when the family has none.
 struct LayerWeights {
-  std::vector<float> attn_norm;  // input_layernorm
-  std::vector<float> ffn_norm;   // post_attention_layernorm
+  std::vector<float> attn_norm;  // before attention (input_layernorm)
+  std::vector<float> ffn_norm;   // before the MLP (Llama post_attention_layernorm, Gemma pre_feedforward_layernorm)
+  std::vector<float> post_attn_norm, post_ffn_norm;  // after attention / MLP (Gemma 3)
+  std::vector<float> q_norm, k_norm;  // per-head RMSNorm, head_dim values (Qwen3, Gemma 3)
+  std::vector<float> bq, bk, bv;      // q/k/v biases (Qwen2)
   Linear wq, wk, wv, wo;         // q/k rows in HF (rotate-half) order
   Linear w_gate, w_up, w_down;
+  // Phi-3 keeps q/k/v and gate/up fused (rows q, k, v / gate, up): wq..wv
+  // and w_gate/w_up are empty then.
+  Linear wqkv, w_gate_up;
 };
 
 struct ModelWeights {

@@ -21,12 +21,21 @@ std::vector<ModuleInfo> quantizable_modules(const ModelConfig& c) {
   m.push_back({"model.embed_tokens", "embed", -1, c.vocab_size, c.dim});
   for (int i = 0; i < c.n_layers; ++i) {
     const std::string p = fmt::format("model.layers.{}.", i);
-    m.push_back({p + "self_attn.q_proj", "q_proj", i, c.q_dim(), c.dim});
-    m.push_back({p + "self_attn.k_proj", "k_proj", i, c.kv_dim(), c.dim});
-    m.push_back({p + "self_attn.v_proj", "v_proj", i, c.kv_dim(), c.dim});
+    // Phi-3's fused matrices stay one module each: mlx-lm loads them fused.
+    if (c.fused_qkv) {
+      m.push_back({p + "self_attn.qkv_proj", "qkv_proj", i, c.q_dim() + 2 * c.kv_dim(), c.dim});
+    } else {
+      m.push_back({p + "self_attn.q_proj", "q_proj", i, c.q_dim(), c.dim});
+      m.push_back({p + "self_attn.k_proj", "k_proj", i, c.kv_dim(), c.dim});
+      m.push_back({p + "self_attn.v_proj", "v_proj", i, c.kv_dim(), c.dim});
+    }
     m.push_back({p + "self_attn.o_proj", "o_proj", i, c.dim, c.q_dim()});
-    m.push_back({p + "mlp.gate_proj", "gate_proj", i, c.hidden_dim, c.dim});
-    m.push_back({p + "mlp.up_proj", "up_proj", i, c.hidden_dim, c.dim});
+    if (c.fused_qkv) {
+      m.push_back({p + "mlp.gate_up_proj", "gate_up_proj", i, 2 * c.hidden_dim, c.dim});
+    } else {
+      m.push_back({p + "mlp.gate_proj", "gate_proj", i, c.hidden_dim, c.dim});
+      m.push_back({p + "mlp.up_proj", "up_proj", i, c.hidden_dim, c.dim});
+    }
     m.push_back({p + "mlp.down_proj", "down_proj", i, c.dim, c.hidden_dim});
   }
   if (!c.tied_embeddings) m.push_back({"lm_head", "lm_head", -1, c.vocab_size, c.dim});

@@ -19,6 +19,8 @@ Linear& module_linear(ModelWeights& w, const ModuleInfo& m) {
   if (m.kind == "gate_proj") return l.w_gate;
   if (m.kind == "up_proj") return l.w_up;
   if (m.kind == "down_proj") return l.w_down;
+  if (m.kind == "qkv_proj") return l.wqkv;
+  if (m.kind == "gate_up_proj") return l.w_gate_up;
   fail("module {}: unknown kind {}", m.path, m.kind);
 }
 

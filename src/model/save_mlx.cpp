@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "formats/safetensors.h"
+#include "model/hf_export.h"
 #include "tokenizer/tokenizer_json.h"
 
 namespace optiq {
@@ -31,42 +32,6 @@ std::vector<uint8_t> to_half_bytes(const float* x, size_t n, bool bf16) {
 template <typename T>
 std::span<const uint8_t> as_bytes(const T* p, size_t n) {
   return {reinterpret_cast<const uint8_t*>(p), n * sizeof(T)};
-}
-
-nlohmann::json hf_config(const Model& m, bool bf16) {
-  const ModelConfig& c = m.config;
-  nlohmann::json j = {
-      {"architectures", {"LlamaForCausalLM"}},
-      {"model_type", "llama"},
-      {"hidden_size", c.dim},
-      {"num_hidden_layers", c.n_layers},
-      {"num_attention_heads", c.n_heads},
-      {"num_key_value_heads", c.n_kv_heads},
-      {"head_dim", c.head_dim},
-      {"intermediate_size", c.hidden_dim},
-      {"vocab_size", c.vocab_size},
-      {"max_position_embeddings", c.max_seq},
-      {"rms_norm_eps", c.norm_eps},
-      {"rope_theta", c.rope_theta},
-      {"tie_word_embeddings", c.tied_embeddings},
-      {"hidden_act", "silu"},
-      {"attention_bias", false},
-      {"mlp_bias", false},
-      {"torch_dtype", bf16 ? "bfloat16" : "float16"},
-  };
-  if (m.tokenizer->bos() >= 0) j["bos_token_id"] = m.tokenizer->bos();
-  if (m.tokenizer->eos() >= 0) j["eos_token_id"] = m.tokenizer->eos();
-  const RopeScaling& rs = c.rope_scaling;
-  if (rs.type == RopeScalingType::Linear) j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rs.factor}};
-  if (rs.type == RopeScalingType::Llama3)
-    j["rope_scaling"] = {{"rope_type", "llama3"},
-                         {"factor", rs.factor},
-                         {"low_freq_factor", rs.low_freq_factor},
-                         {"high_freq_factor", rs.high_freq_factor},
-                         {"original_max_position_embeddings", rs.original_max_position}};
-  if (!c.rope_freq_factors.empty())
-    fail("{}: rope frequency factors from a GGUF (Llama 3.1) cannot be exported to MLX yet", m.path);
-  return j;
 }
 
 }  // namespace
@@ -115,15 +80,11 @@ void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& 
       st.add_owned(name, bf16 ? DType::BF16 : DType::F16, {static_cast<int64_t>(v.size())},
                    to_half_bytes(v.data(), v.size(), bf16));
     };
-    for (int i = 0; i < c.n_layers; ++i) {
-      add_norm(fmt::format("model.layers.{}.input_layernorm.weight", i), m.weights.layers[i].attn_norm);
-      add_norm(fmt::format("model.layers.{}.post_attention_layernorm.weight", i), m.weights.layers[i].ffn_norm);
-    }
-    add_norm("model.norm.weight", m.weights.final_norm);
+    for (const auto& [name, v] : hf_export_vectors(m)) add_norm(name, v);
     st.set_metadata("format", "mlx");
     st.write((tmp / "model.safetensors").string());
 
-    nlohmann::json config = hf_config(m, bf16);
+    nlohmann::json config = hf_export_config(m, bf16);
     if (any_quantized) {
       int64_t best = -1;
       for (const auto& [f, n] : format_weights)

@@ -1,5 +1,5 @@
-// Writes a model in MLX's layout, which mlx_lm.load reads: config.json (a
-// Hugging Face Llama config plus "quantization": {"group_size", "bits", and
+// Writes a model in MLX's layout, which mlx_lm.load reads: config.json (the
+// Hugging Face config of the model's family, model/hf_export.h, plus "quantization": {"group_size", "bits", and
 // one entry per module: {"group_size", "bits"} or false for float}),
 // model.safetensors (packed "<module>.weight" uint32 words with
 // "<module>.scales" and "<module>.biases"; float tensors in fp16/bf16) and

@@ -6,15 +6,17 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "model/ops.h"
 
 namespace optiq {
 
-std::vector<float> rope_inv_freq(const ModelConfig& c) {
-  const int half = c.head_dim / 2;
+std::vector<float> rope_inv_freq(const ModelConfig& c, int ctx) {
+  const int rd = c.rot_dim(), half = rd / 2;
+  const RopeScaling& s = c.rope_scaling;
+  const bool long_ctx = ctx > s.original_max_position;
   std::vector<float> f(half);
   for (int i = 0; i < half; ++i) {
-    double inv = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim);
-    const RopeScaling& s = c.rope_scaling;
+    double inv = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / rd);
     if (s.type == RopeScalingType::Linear) {
       inv /= s.factor;
     } else if (s.type == RopeScalingType::Llama3) {
@@ -28,6 +30,8 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
             (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         inv = (1.0 - smooth) * inv / s.factor + smooth * inv;
       }
+    } else if (s.type == RopeScalingType::LongRope) {
+      inv /= long_ctx ? s.long_factor[i] : s.short_factor[i];
     }
     if (!c.rope_freq_factors.empty()) inv /= c.rope_freq_factors[i];
     f[i] = static_cast<float>(inv);
@@ -35,36 +39,20 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
   return f;
 }
 
-namespace {
-
-void rms_norm(const float* x, const float* w, int64_t dim, float eps, float* out) {
-  double ss = 0.0;
-  for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(x[i]) * x[i];
-  const float scale = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
-  for (int64_t i = 0; i < dim; ++i) out[i] = x[i] * scale * w[i];
+std::vector<float> rope_inv_freq_local(const ModelConfig& c) {
+  ModelConfig local = c;
+  local.rope_theta = c.rope_theta_local;
+  local.rope_scaling = {};
+  local.rope_freq_factors.clear();
+  return rope_inv_freq(local);
 }
-
-// Rotate-half RoPE on `n_heads` heads of `head_dim` at position `pos`.
-void rope(float* v, int n_heads, int head_dim, int pos, const std::vector<float>& inv_freq) {
-  const int half = head_dim / 2;
-  for (int i = 0; i < half; ++i) {
-    const float angle = static_cast<float>(pos) * inv_freq[i];
-    const float c = std::cos(angle), s = std::sin(angle);
-    for (int h = 0; h < n_heads; ++h) {
-      float* p = v + h * head_dim;
-      const float x = p[i], y = p[i + half];
-      p[i] = x * c - y * s;
-      p[i + half] = x * s + y * c;
-    }
-  }
-}
-
-}  // namespace
 
 Transformer::Transformer(const Model& model, int max_ctx) : model_(model) {
   const ModelConfig& c = model.config;
   max_ctx_ = max_ctx > 0 ? max_ctx : std::min(c.max_seq, 4096);
-  inv_freq_ = rope_inv_freq(c);
+  inv_freq_ = rope_inv_freq(c, max_ctx_);
+  if (c.rope_theta_local > 0.0f) inv_freq_local_ = rope_inv_freq_local(c);
+  if (c.rope_scaling.type == RopeScalingType::LongRope) rope_mscale_ = c.rope_scaling.attn_factor;
   const size_t kv = static_cast<size_t>(c.n_layers) * max_ctx_ * c.kv_dim();
   k_cache_.assign(kv, 0.0f);
   v_cache_.assign(kv, 0.0f);
@@ -82,15 +70,18 @@ void Transformer::ensure_scratch(int64_t n) {
   att_.resize(n * c.q_dim());
   gate_.resize(n * c.hidden_dim);
   up_.resize(n * c.hidden_dim);
+  if (c.fused_qkv) fused_.resize(n * std::max<int64_t>(c.q_dim() + 2 * c.kv_dim(), 2 * c.hidden_dim));
 }
 
 // Causal attention of the n new queries against the cache (which already
-// holds their own keys and values).
+// holds their own keys and values), within the layer's sliding window.
 void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
   const ModelConfig& c = model_.config;
   const int hd = c.head_dim, n_heads = c.n_heads, kv_dim = c.kv_dim();
   const int group = c.n_heads / c.n_kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float scale = c.attention_scale();
+  const float cap = c.attn_softcap;
+  const int window = c.window(layer);
   const float* kc = k_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
   const float* vc = v_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
   const int start = pos_;
@@ -101,20 +92,22 @@ void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
     for (int64_t i = 0; i < n; ++i) {
       for (int h = 0; h < n_heads; ++h) {
         const int p = start + static_cast<int>(i);
+        const int t0 = window_start(p, window);
         const float* qh = q + i * c.q_dim() + h * hd;
         const int kvh = h / group;
         float maxv = -INFINITY;
-        for (int t = 0; t <= p; ++t) {
+        for (int t = t0; t <= p; ++t) {
           const float* kt = kc + static_cast<size_t>(t) * kv_dim + kvh * hd;
           float s = 0.0f;
 #pragma omp simd reduction(+ : s)
           for (int d = 0; d < hd; ++d) s += qh[d] * kt[d];
           s *= scale;
+          if (cap > 0.0f) s = cap * std::tanh(s / cap);
           scores[t] = s;
           maxv = std::max(maxv, s);
         }
         float sum = 0.0f;
-        for (int t = 0; t <= p; ++t) {
+        for (int t = t0; t <= p; ++t) {
           scores[t] = std::exp(scores[t] - maxv);
           sum += scores[t];
         }
@@ -122,7 +115,7 @@ void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
         const bool f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
         float* oh = out + i * c.q_dim() + h * hd;
         std::fill(oh, oh + hd, 0.0f);
-        for (int t = 0; t <= p; ++t) {
+        for (int t = t0; t <= p; ++t) {
           float a = scores[t] * inv;
           if (f16_probs) a = f16_to_f32(f32_to_f16(a));
           const float* vt = vc + static_cast<size_t>(t) * kv_dim + kvh * hd;
@@ -147,7 +140,10 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
   for (int64_t i = 0; i < n; ++i) {
     check(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary of {}", tokens[i],
           c.vocab_size);
-    w.embed.row(tokens[i], x_.data() + i * dim);
+    float* row = x_.data() + i * dim;
+    w.embed.row(tokens[i], row);
+    if (c.embed_scale != 1.0f)
+      for (int64_t d = 0; d < dim; ++d) row[d] *= c.embed_scale;
   }
 
   run_layers(0, n, logits, logits_from);
@@ -165,25 +161,90 @@ void Transformer::forward_from_layer(int first_layer, const float* hidden, int64
   run_layers(first_layer, n, logits, logits_from);
 }
 
+namespace {
+
+void add_bias(float* y, int64_t n, const std::vector<float>& b) {
+  if (b.empty()) return;
+  const int64_t m = static_cast<int64_t>(b.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) y[i * m + j] += b[j];
+}
+
+// Copies columns [from, from + width) of n rows of `cols` floats.
+void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst) {
+  for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * cols + from, width, dst + i * width);
+}
+
+}  // namespace
+
+void Transformer::project_qkv(const LayerWeights& L, int64_t n) {
+  const ModelConfig& c = model_.config;
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  if (c.fused_qkv) {
+    const int64_t cols = qd + 2 * kvd;
+    L.wqkv.forward(xn_.data(), n, fused_.data());
+    take_columns(fused_.data(), n, cols, 0, qd, q_.data());
+    take_columns(fused_.data(), n, cols, qd, kvd, k_.data());
+    take_columns(fused_.data(), n, cols, qd + kvd, kvd, v_.data());
+  } else {
+    L.wq.forward(xn_.data(), n, q_.data());
+    L.wk.forward(xn_.data(), n, k_.data());
+    L.wv.forward(xn_.data(), n, v_.data());
+  }
+  add_bias(q_.data(), n, L.bq);
+  add_bias(k_.data(), n, L.bk);
+  add_bias(v_.data(), n, L.bv);
+  if (c.qk_norm) {
+    const int hd = c.head_dim;
+    for (int64_t r = 0; r < n * c.n_heads; ++r) rms_norm(&q_[r * hd], L.q_norm.data(), hd, c.norm_eps, &q_[r * hd]);
+    for (int64_t r = 0; r < n * c.n_kv_heads; ++r) rms_norm(&k_[r * hd], L.k_norm.data(), hd, c.norm_eps, &k_[r * hd]);
+  }
+}
+
+void Transformer::mlp_hidden(const LayerWeights& L, int64_t n) {
+  const ModelConfig& c = model_.config;
+  const int64_t hid = c.hidden_dim;
+  if (c.fused_qkv) {
+    L.w_gate_up.forward(xn_.data(), n, fused_.data());
+    take_columns(fused_.data(), n, 2 * hid, 0, hid, gate_.data());
+    take_columns(fused_.data(), n, 2 * hid, hid, hid, up_.data());
+  } else {
+    L.w_gate.forward(xn_.data(), n, gate_.data());
+    L.w_up.forward(xn_.data(), n, up_.data());
+  }
+  if (c.activation == Activation::GeluTanh) {
+    if (model_.llamacpp_numerics) {
+      for (int64_t i = 0; i < n * hid; ++i) gate_[i] = gelu_tanh_llamacpp(gate_[i]) * up_[i];
+    } else {
+      for (int64_t i = 0; i < n * hid; ++i) gate_[i] = gelu_tanh(gate_[i]) * up_[i];
+    }
+  } else {
+    for (int64_t i = 0; i < n * hid; ++i) {
+      const float g = gate_[i];
+      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+    }
+  }
+}
+
 void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from) {
   const ModelConfig& c = model_.config;
   const ModelWeights& w = model_.weights;
   const int64_t dim = c.dim, kv_dim = c.kv_dim(), qd = c.q_dim(), hid = c.hidden_dim;
+  using Site = ActivationObserver::Site;
   for (int l = first_layer; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
-    if (observer_) observer_->observe(l, ActivationObserver::Site::LayerIn, x_.data(), n, dim);
+    if (observer_) observer_->observe(l, Site::LayerIn, x_.data(), n, dim);
     for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.attn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
-    using Site = ActivationObserver::Site;
     if (observer_) observer_->observe(l, Site::AttnIn, xn_.data(), n, dim);
-    L.wq.forward(xn_.data(), n, q_.data());
-    L.wk.forward(xn_.data(), n, k_.data());
-    L.wv.forward(xn_.data(), n, v_.data());
+    project_qkv(L, n);
+    const std::vector<float>& inv_freq = c.local_rope(l) ? inv_freq_local_ : inv_freq_;
+    const float mscale = c.local_rope(l) ? 1.0f : rope_mscale_;
     float* kc = k_cache_.data() + static_cast<size_t>(l) * max_ctx_ * kv_dim;
     float* vc = v_cache_.data() + static_cast<size_t>(l) * max_ctx_ * kv_dim;
     for (int64_t i = 0; i < n; ++i) {
       const int p = pos_ + static_cast<int>(i);
-      rope(&q_[i * qd], c.n_heads, c.head_dim, p, inv_freq_);
-      rope(&k_[i * kv_dim], c.n_kv_heads, c.head_dim, p, inv_freq_);
+      rope(&q_[i * qd], c.n_heads, c.head_dim, c.rot_dim(), p, inv_freq, mscale);
+      rope(&k_[i * kv_dim], c.n_kv_heads, c.head_dim, c.rot_dim(), p, inv_freq, mscale);
       if (model_.llamacpp_numerics) {  // fp16 KV cache, fp16 query (llama.cpp's KQ product)
         round_activations(ActRounding::F16, &q_[i * qd], 1, qd);
         round_activations(ActRounding::F16, &k_[i * kv_dim], 1, kv_dim);
@@ -195,18 +256,17 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     attention(l, n, q_.data(), att_.data());
     if (observer_) observer_->observe(l, Site::OIn, att_.data(), n, qd);
     L.wo.forward(att_.data(), n, xn_.data());
+    if (c.sandwich_norms)
+      for (int64_t i = 0; i < n; ++i) rms_norm(&xn_[i * dim], L.post_attn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
     for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.ffn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
     if (observer_) observer_->observe(l, Site::MlpIn, xn_.data(), n, dim);
-    L.w_gate.forward(xn_.data(), n, gate_.data());
-    L.w_up.forward(xn_.data(), n, up_.data());
-    for (int64_t i = 0; i < n * hid; ++i) {
-      const float g = gate_[i];
-      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
-    }
+    mlp_hidden(L, n);
     if (observer_) observer_->observe(l, Site::DownIn, gate_.data(), n, hid);
     L.w_down.forward(gate_.data(), n, xn_.data());
+    if (c.sandwich_norms)
+      for (int64_t i = 0; i < n; ++i) rms_norm(&xn_[i * dim], L.post_ffn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
   }
   pos_ += static_cast<int>(n);
@@ -218,7 +278,10 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
   for (int64_t i = norm_from; i < n; ++i)
     rms_norm(&x_[i * dim], w.final_norm.data(), dim, c.norm_eps, &xn_[(i - norm_from) * dim]);
   if (observer_) observer_->observe(-1, ActivationObserver::Site::HeadIn, xn_.data(), n, dim);
-  if (n_out > 0) w.output().forward(xn_.data() + (logits_from - norm_from) * dim, n_out, logits);
+  if (n_out > 0) {
+    w.output().forward(xn_.data() + (logits_from - norm_from) * dim, n_out, logits);
+    if (c.final_softcap > 0.0f) softcap(logits, n_out * c.vocab_size, c.final_softcap);
+  }
 }
 
 std::vector<float> Transformer::forward_last(std::span<const int32_t> tokens) {

@@ -1,4 +1,6 @@
-// The forward pass of the Llama family with a KV cache. One call runs a batch
+// The forward pass of the Llama-style decoder families (Llama, Mistral,
+// Qwen2/3, Phi-3, Gemma 3) with a KV cache; family quirks come from
+// ModelConfig fields. One call runs a batch
 // of consecutive tokens (prefill) or a single token (decode); both share the
 // same code, so batched and token-by-token logits agree.
 #pragma once
@@ -46,6 +48,10 @@ class Transformer {
 
  private:
   void attention(int layer, int64_t n, const float* q, float* out);
+  // q_, k_, v_ of the n normed rows in xn_ (projections, biases, q/k norm).
+  void project_qkv(const LayerWeights& L, int64_t n);
+  // gate_ = act(gate(xn_)) * up(xn_).
+  void mlp_hidden(const LayerWeights& L, int64_t n);
   // Layers first_layer.. and the head on x_ (n rows); advances pos_.
   void run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from);
   void ensure_scratch(int64_t n);
@@ -54,14 +60,20 @@ class Transformer {
   ActivationObserver* observer_ = nullptr;
   int max_ctx_;
   int pos_ = 0;
-  std::vector<float> inv_freq_;             // head_dim/2 RoPE frequencies
+  std::vector<float> inv_freq_;             // rot_dim/2 RoPE frequencies (global layers)
+  std::vector<float> inv_freq_local_;       // of sliding-window layers with their own base
+  float rope_mscale_ = 1.0f;                // longrope attention factor on cos/sin
   std::vector<float> k_cache_, v_cache_;    // [layer][max_ctx][kv_dim]
   // Scratch sized for the largest batch seen so far.
   int64_t scratch_n_ = 0;
-  std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_;
+  std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, fused_;
 };
 
-// Rotary frequencies for a config (handles llama3/linear scaling and file-given factors).
-std::vector<float> rope_inv_freq(const ModelConfig& c);
+// Rotary frequencies for a config (handles llama3/linear scaling and
+// file-given factors); `ctx` picks longrope's short or long factors (long
+// when the context exceeds the original one, as HF and llama.cpp do).
+std::vector<float> rope_inv_freq(const ModelConfig& c, int ctx = 0);
+// Frequencies of sliding-window layers that have their own base (Gemma 3): no scaling.
+std::vector<float> rope_inv_freq_local(const ModelConfig& c);
 
 }  // namespace optiq

@@ -148,7 +148,12 @@ ProfileSource make_profile_source(const std::string& model_path, const Calibrati
   ProfileSource s;
   s.model_path = model_path;
   stat_path(model_path, s.model_size, s.model_mtime);
-  s.calib_source = calib.source;
+  // Absolute, so that `optiq plan --select measured` finds the text again from elsewhere.
+  std::error_code ec;
+  s.calib_source = calib.source == "self" || calib.source.empty()
+                       ? calib.source
+                       : std::filesystem::absolute(calib.source, ec).lexically_normal().string();
+  if (ec) s.calib_source = calib.source;
   s.calib_samples = calib.samples;
   s.calib_seq = calib.seq;
   s.seed = calib.seed;
@@ -505,9 +510,9 @@ class GramObserver : public ActivationObserver {
 };
 
 int site_of(const std::string& kind) {
-  if (kind == "q_proj" || kind == "k_proj" || kind == "v_proj") return static_cast<int>(Site::AttnIn);
+  if (kind == "q_proj" || kind == "k_proj" || kind == "v_proj" || kind == "qkv_proj") return static_cast<int>(Site::AttnIn);
   if (kind == "o_proj") return static_cast<int>(Site::OIn);
-  if (kind == "gate_proj" || kind == "up_proj") return static_cast<int>(Site::MlpIn);
+  if (kind == "gate_proj" || kind == "up_proj" || kind == "gate_up_proj") return static_cast<int>(Site::MlpIn);
   if (kind == "down_proj") return static_cast<int>(Site::DownIn);
   return -1;
 }

@@ -12,10 +12,21 @@
 
 using namespace optiq;
 
+PlanMetadata meta(std::string budget, std::optional<double> predicted, std::string method,
+                  std::optional<double> lower = std::nullopt, std::optional<double> gap = std::nullopt) {
+  PlanMetadata m;
+  m.budget = std::move(budget);
+  m.predicted_kl = predicted;
+  m.method = std::move(method);
+  m.lower_bound_kl = lower;
+  m.gap_kl = gap;
+  return m;
+}
+
 TEST(PlanJson, MetadataAndRoundTrip) {
   const ModelConfig c = test::plan_test_config(18);
   const PrecisionMap p = kquant_plan(c, KQuantMix::Q4_K_M, 32);
-  const nlohmann::json j = plan_json(p, c, {"--bpw 4.8: ...", 0.0123, "Q4_K_M g32", 0.01, 0.0023});
+  const nlohmann::json j = plan_json(p, c, meta("--bpw 4.8: ...", 0.0123, "Q4_K_M g32", 0.01, 0.0023));
   EXPECT_EQ(j["format"], "optiq-plan");
   EXPECT_EQ(j["budget"], "--bpw 4.8: ...");
   EXPECT_DOUBLE_EQ(j["predicted_kl"].get<double>(), 0.0123);
@@ -24,10 +35,10 @@ TEST(PlanJson, MetadataAndRoundTrip) {
   EXPECT_EQ(j["method"], "Q4_K_M g32");
   EXPECT_DOUBLE_EQ(j["gap_kl"].get<double>(), 0.0023);
   EXPECT_EQ(PrecisionMap::from_plan_json(j, c, "mem").formats, p.formats);
-  EXPECT_TRUE(plan_json(p, c, {"b", std::nullopt, "m"})["predicted_kl"].is_null());
+  EXPECT_TRUE(plan_json(p, c, meta("b", std::nullopt, "m"))["predicted_kl"].is_null());
 
   const std::string path = test::temp_dir() + "/plan.json";
-  write_plan(path, p, c, {"b", 0.5, "m"});
+  write_plan(path, p, c, meta("b", 0.5, "m"));
   EXPECT_EQ(PrecisionMap::from_plan_file(path, c).formats, p.formats);
   std::ifstream in(path);
   const auto back = nlohmann::json::parse(in);

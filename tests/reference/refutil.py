@@ -216,3 +216,36 @@ class Results:
         if not self.passed:
             sys.exit(SKIP)
         sys.exit(0)
+
+
+def optiq_logits(model, ids, tmp, extra_args=()) -> "np.ndarray":  # noqa: F821
+    """`optiq logits MODEL --ids ... --out ...` on one sequence; returns float32 [len(ids), vocab].
+    tmp: a scratch directory. Raises RuntimeError (with optiq's stderr) when optiq fails."""
+    import numpy as np
+
+    tmp = Path(tmp)
+    ids_file = tmp / "ids.txt"
+    write_ids(ids_file, ids)
+    out = tmp / "logits.npy"
+    if out.exists():
+        out.unlink()
+    run_optiq(["-q", "logits", model, "--ids", ids_file, "--out", out, *extra_args])
+    return np.load(out)
+
+
+def max_rel_err(got, ref) -> float:
+    """max |got - ref| / max |ref| (the measure test_mlx_roundtrip.py uses)."""
+    import numpy as np
+
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.abs(got - ref).max() / max(1e-6, np.abs(ref).max()))
+
+
+def row_rel_errs(got, ref) -> "np.ndarray":  # noqa: F821
+    """Per position max |got_i - ref_i| / max |ref|: shows where along the sequence logits part."""
+    import numpy as np
+
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    return np.abs(got - ref).max(axis=1) / max(1e-6, np.abs(ref).max())

@@ -8,6 +8,7 @@ default), report max |diff|, relative error ||diff||_F/||ref||_F and top-1 agree
   rel_err <= RTOL, max_abs <= ATOL, top-1 identical on >= TOP1 of positions.
 
   smollm2      SmolLM2-135M-Instruct Q4_1, 512 tokens of wiki.test.raw
+  gemma3       Gemma 3 270M Q4_K_M, 256 tokens of wiki.test.raw (262k vocab)
   stories260k  stories260K F32, 500 tokens of tinystories-valid-head.txt:
                RTOL 3e-3, ATOL 0.2, TOP1 99.9% (no flip allowed)
 
@@ -19,17 +20,17 @@ the same dequantized weights. So an implementation that does not copy llama.cpp'
 quantization bit for bit cannot reach 99.9% top-1 identity. For quantized models the test measures
 that noise floor (llama.cpp F16 KV vs F32 KV, cached) and asserts
   rel_err <= max(0.01, 1.5 * floor_rel), max_abs <= max(0.5, 1.5 * floor_max_abs),
-  top-1 >= min(99.9%, floor_top1 - 1%).
+  top-1 >= min(99.9%, floor_top1 - slack), slack 1% (2% for gemma3, see CASES).
 OPTIQ_REF_STRICT=1 asserts the fixed 99.9% top-1 (and rel_err <= 0.03) instead.
 
-Ground truth: for every llama-architecture model the test also runs a float64 NumPy forward pass
+Ground truth: for every model (llama and gemma3 architectures) the test also runs a float64 NumPy forward pass
 (np_llama.py) on the first 96 tokens and asserts that optiq (default fp32 numerics) matches it
 with rel_err <= 1e-4 and 100% top-1, and reports llama.cpp's distance to it (SmolLM2: optiq 1e-6,
 llama.cpp 4.6% and 94% top-1).
 
 llama.cpp results are cached in $OPTIQ_CACHE/reference (refutil.cached).
 Env: OPTIQ_REF_LOGITS_TOKENS (override token count), OPTIQ_THREADS (llama.cpp threads, default 2),
-OPTIQ_REF_MODELS (comma list, default smollm2,stories260k; gemma3 also known).
+OPTIQ_REF_MODELS (comma list, default smollm2,stories260k,gemma3).
 Exit 77 if llama_cpp / the venv / every model is missing.
 """
 from __future__ import annotations
@@ -42,11 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import refutil  # noqa: E402
 from refutil import Results  # noqa: E402
 
-# name -> (text, n_tokens, quantized, tie_tol for reporting)
+# name -> (text, n_tokens, quantized, tie_tol for reporting, top-1 slack below the noise floor)
+# Gemma 3 270M's slack is 2%: its activations are large (norm weights up to ~280) and llama.cpp's
+# rounding moves its logits far: llama.cpp F16 KV agrees with the float64 ground truth on only
+# 93.75% of the first 96 positions (F32 KV: 96.9%; optiq: 100%, rel_err < 1e-6), so an exact
+# implementation sits ~6.5% (top-1) from llama.cpp F16, just past the F16-vs-F32 floor (5.5%) - 1%.
 CASES = {
-    "smollm2": ("wikitext-2-raw/wiki.test.raw", 512, True, 0.05),
-    "stories260k": ("tinystories/tinystories-valid-head.txt", 500, False, 1e-3),
-    "gemma3": ("wikitext-2-raw/wiki.test.raw", 256, True, 0.05),
+    "smollm2": ("wikitext-2-raw/wiki.test.raw", 512, True, 0.05, 0.01),
+    "stories260k": ("tinystories/tinystories-valid-head.txt", 500, False, 1e-3, 0.01),
+    "gemma3": ("wikitext-2-raw/wiki.test.raw", 256, True, 0.05, 0.02),
 }
 TOP1_MIN = 0.999
 
@@ -61,14 +66,14 @@ def main() -> int:
     import numpy as np
     import llamacpp_ref
 
-    names = os.environ.get("OPTIQ_REF_MODELS", "smollm2,stories260k").split(",")
+    names = os.environ.get("OPTIQ_REF_MODELS", "smollm2,stories260k,gemma3").split(",")
     strict = os.environ.get("OPTIQ_REF_STRICT") == "1"
     nthr = refutil.threads()
     res = Results("test_llamacpp_logits")
     with refutil.temp_dir() as tmp:
         tmp = Path(tmp)
         for name in names:
-            text_rel, n_tok, quantized, tie_tol = CASES[name]
+            text_rel, n_tok, quantized, tie_tol, top1_slack = CASES[name]
             n_tok = int(os.environ.get("OPTIQ_REF_LOGITS_TOKENS", n_tok))
             model = refutil.model_path(name)
             text = refutil.data_path(text_rel)
@@ -110,23 +115,23 @@ def main() -> int:
                 print(f"{name}: noise floor, llama.cpp F16 KV vs F32 KV: {fmt(f)}", flush=True)
                 rtol = max(0.01, 1.5 * f["rel_err"])
                 atol = max(0.5, 1.5 * f["max_abs"])
-                top1 = min(TOP1_MIN, f["top1"] - 0.01)
+                top1 = min(TOP1_MIN, f["top1"] - top1_slack)
             elif quantized:
                 rtol, atol, top1 = 0.03, 2.0, TOP1_MIN
             else:
                 rtol, atol, top1 = 3e-3, 0.2, TOP1_MIN
-            if name != "gemma3":  # float64 ground truth (llama architecture only)
-                import np_llama
-                n64 = min(96, len(ids))
-                cfg, weights = np_llama.load_weights(str(model))
-                truth = np_llama.forward(cfg, weights, ids[:n64])
-                del weights
-                for who, arr in (("optiq", got[:n64]), ("llama.cpp", ref[:n64])):
-                    t = refutil.compare_logits(truth, arr)
-                    print(f"{name}: {who} vs float64 ground truth over {n64} tokens: {fmt(t)}", flush=True)
-                    if who == "optiq":
-                        res.check(t["rel_err"] <= 1e-4, f"{name}: optiq vs float64 rel_err {t['rel_err']:.3g} <= 1e-4")
-                        res.check(t["top1"] == 1.0, f"{name}: optiq vs float64 top-1 {100 * t['top1']:.2f}% == 100%")
+            # float64 ground truth (np_llama.py: llama and gemma3 GGUFs)
+            import np_llama
+            n64 = min(96, len(ids))
+            cfg, weights = np_llama.load_weights(str(model))
+            truth = np_llama.forward(cfg, weights, ids[:n64])
+            del weights
+            for who, arr in (("optiq", got[:n64]), ("llama.cpp", ref[:n64])):
+                t = refutil.compare_logits(truth, arr)
+                print(f"{name}: {who} vs float64 ground truth over {n64} tokens: {fmt(t)}", flush=True)
+                if who == "optiq":
+                    res.check(t["rel_err"] <= 1e-4, f"{name}: optiq vs float64 rel_err {t['rel_err']:.3g} <= 1e-4")
+                    res.check(t["top1"] == 1.0, f"{name}: optiq vs float64 top-1 {100 * t['top1']:.2f}% == 100%")
             res.check(c["rel_err"] <= rtol, f"{name}: rel_err {c['rel_err']:.3g} <= {rtol:.3g}")
             res.check(c["max_abs"] <= atol, f"{name}: max_abs {c['max_abs']:.3g} <= {atol:.3g}")
             res.check(c["top1"] >= top1, f"{name}: top-1 agreement {100 * c['top1']:.2f}% >= {100 * top1:.2f}%")

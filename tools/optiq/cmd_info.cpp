@@ -11,7 +11,7 @@ namespace optiq::cli {
 namespace {
 
 nlohmann::json config_json(const ModelConfig& c) {
-  return {{"arch", c.arch},         {"name", c.name},           {"dim", c.dim},
+  return {{"arch", c.arch},         {"family", c.family},       {"name", c.name},           {"dim", c.dim},
           {"n_layers", c.n_layers}, {"n_heads", c.n_heads},     {"n_kv_heads", c.n_kv_heads},
           {"head_dim", c.head_dim}, {"hidden_dim", c.hidden_dim}, {"vocab_size", c.vocab_size},
           {"max_seq", c.max_seq},   {"norm_eps", c.norm_eps},   {"rope_theta", c.rope_theta},
@@ -23,20 +23,28 @@ std::string short_format(const TensorFormat& f) {
 }
 
 // Layers x tensor types, one cell per module: the per-tensor precision map.
+// The columns are the modules of layer 0 (Phi-3 has fused qkv_proj/gate_up_proj).
 void print_precision_map(const Model& m) {
-  static const char* kinds[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   const auto& f = m.precision.formats;
   auto get = [&](const std::string& p) { auto it = f.find(p); return it == f.end() ? std::string("-") : short_format(it->second); };
+  const auto modules = quantizable_modules(m.config);
+  std::vector<std::string> kinds, prefixes;  // "q_proj", "self_attn"
+  for (const auto& mod : modules)
+    if (mod.layer == 0) {
+      kinds.push_back(mod.kind);
+      const std::string rest = mod.path.substr(mod.path.find(".0.") + 3);
+      prefixes.push_back(rest.substr(0, rest.find('.')));
+    }
   fmt::print("\nprecision map (bits and group size per tensor)\n");
   fmt::print("embed_tokens {}", get("model.embed_tokens"));
   if (!m.config.tied_embeddings) fmt::print(", lm_head {}", get("lm_head"));
   fmt::print("\n{:>5}", "layer");
-  for (const char* k : kinds) fmt::print(" {:>9}", k);
+  for (const auto& k : kinds) fmt::print(" {:>12}", k);
   fmt::print("\n");
   for (int i = 0; i < m.config.n_layers; ++i) {
     fmt::print("{:>5}", i);
-    for (int k = 0; k < 7; ++k)  // the first four are attention projections
-      fmt::print(" {:>9}", get(fmt::format("model.layers.{}.{}.{}", i, k < 4 ? "self_attn" : "mlp", kinds[k])));
+    for (size_t k = 0; k < kinds.size(); ++k)
+      fmt::print(" {:>12}", get(fmt::format("model.layers.{}.{}.{}", i, prefixes[k], kinds[k])));
     fmt::print("\n");
   }
 }
@@ -69,7 +77,7 @@ void print_info(const Model& m, bool json) {
   const ModelConfig& c = m.config;
   fmt::print("model        {}\n", m.path);
   fmt::print("format       {}\n", format_name(m.format));
-  fmt::print("architecture {}{}\n", c.arch, c.name.empty() ? "" : fmt::format(" ({})", c.name));
+  fmt::print("architecture {} family, {}{}\n", c.family, c.arch, c.name.empty() ? "" : fmt::format(" ({})", c.name));
   fmt::print("layers {}, dim {}, heads {} (kv {}, head dim {}), mlp {}, vocab {}, context {}\n", c.n_layers, c.dim,
              c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, c.vocab_size, c.max_seq);
   fmt::print("rms eps {:g}, rope theta {:g}\n", c.norm_eps, c.rope_theta);

@@ -1,0 +1,31 @@
+// The element-wise pieces of the forward pass, exposed so that tests can
+// check each against a plain reference.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace optiq {
+
+// out = x / rms(x) * w over `dim` values (out may alias x).
+void rms_norm(const float* x, const float* w, int64_t dim, float eps, float* out);
+
+// Rotate-half RoPE of the first `rot_dim` dims of `n_heads` heads of
+// `head_dim` at position `pos`; cos/sin are multiplied by `mscale`
+// (longrope's attention factor; 1 otherwise).
+void rope(float* v, int n_heads, int head_dim, int rot_dim, int pos, const std::vector<float>& inv_freq,
+          float mscale = 1.0f);
+
+// tanh-approximated GELU (PyTorch's gelu(approximate="tanh"), mlx gelu_approx).
+float gelu_tanh(float x);
+// llama.cpp's CPU GeGLU: GELU looked up at the fp16-rounded input, result in fp16.
+float gelu_tanh_llamacpp(float x);
+inline float silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
+
+// cap * tanh(x / cap) in place (Gemma's logit soft-capping).
+void softcap(float* x, int64_t n, float cap);
+
+// First key position a query at `pos` attends to: 0, or the start of a
+// sliding window of `window` positions that ends at the query itself.
+inline int window_start(int pos, int window) { return window > 0 && pos >= window ? pos - window + 1 : 0; }
+
+}  // namespace optiq
