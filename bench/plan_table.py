@@ -55,6 +55,30 @@ def budget_and_baselines(size: str):
     return ["--size", size], ["kquant", "dynamic"]
 
 
+def render(rows) -> str:
+    lines = ["| size of | plan | bits/weight | predicted KL | calibration KL | held-out KLD | top-1 | perplexity | Δppl |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    wins = 0
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    for size in sizes:
+        group = [r for r in rows if r["size"] == size]
+        mine = [r for r in group if r["name"] == "optiq"][0]
+        others = [r for r in group if r["name"] != "optiq"]
+        won = all(mine["kld"] < o["kld"] and mine["ppl"] < o["ppl"] for o in others)
+        wins += won
+        for r in group:
+            name = r["name"]
+            if r is mine:
+                chosen = (r.get("method") or "").replace("measured selection: ", "")
+                name = f"**optiq** ({chosen})" if won else f"optiq ({chosen})"
+            calib = f"{r['calib_kl']:.4f}" if r.get("calib_kl") is not None else ""
+            lines.append(f"| {size} | {name} | {r['bpw']:.3f} | {r['pred']:.4f} | {calib} | {r['kld']:.4f} ± "
+                         f"{r['kld_se']:.4f} | {100 * r['top1']:.2f}% | {r['ppl']:.4f} | "
+                         f"{100 * (r['ppl'] / r['ref_ppl'] - 1):+.2f}% |")
+    return "\n".join(lines) + f"\n\noptiq's plan beats every baseline (KLD and perplexity) at {wins} of {len(sizes)} " \
+        f"budgets ({rows[0]['tokens'] if rows else 0} scored tokens per plan).\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -68,6 +92,10 @@ def main() -> int:
                     help="optiq's plan: measured selection among variants (as optiq auto) or the solver's plan")
     ap.add_argument("--out", help="also write the markdown table here")
     ap.add_argument("--json-out", help="write every row as JSON here")
+    ap.add_argument("--render", help="only print the table of a --json-out file")
+    if "--render" in sys.argv:
+        print(render(json.loads(Path(sys.argv[sys.argv.index("--render") + 1]).read_text())))
+        return 0
     a = ap.parse_args()
     plans = []  # (size, name, plan file, plan json)
     with tempfile.TemporaryDirectory() as td:
@@ -123,23 +151,7 @@ def main() -> int:
                      "pred": p.get("predicted_kl"), "calib_kl": p.get("calib_kl"), "method": p.get("method"),
                      "kld": ev["kld"], "kld_se": ev["kld_stderr"], "top1": ev["top1"],
                      "ppl": ev["ppl"], "ref_ppl": ev["ref_ppl"], "tokens": ev["tokens"]})
-    lines = ["| size of | plan | bits/weight | predicted KL | measured KLD | top-1 | perplexity | Δppl |",
-             "|---|---|---|---|---|---|---|---|"]
-    wins = 0
-    sizes = list(dict.fromkeys(r["size"] for r in rows))
-    for size in sizes:
-        group = [r for r in rows if r["size"] == size]
-        mine = [r for r in group if r["name"] == "optiq"][0]
-        others = [r for r in group if r["name"] != "optiq"]
-        won = all(mine["kld"] < o["kld"] and mine["ppl"] < o["ppl"] for o in others)
-        wins += won
-        for r in group:
-            name = f"**{r['name']}**" if r is mine and won else r["name"]
-            lines.append(f"| {size} | {name} | {r['bpw']:.3f} | {r['pred']:.4f} | {r['kld']:.4f} ± "
-                         f"{r['kld_se']:.4f} | {100 * r['top1']:.2f}% | {r['ppl']:.4f} | "
-                         f"{100 * (r['ppl'] / r['ref_ppl'] - 1):+.2f}% |")
-    table = "\n".join(lines) + f"\n\noptiq's plan beats every baseline (KLD and perplexity) at {wins} of {len(sizes)} budgets" \
-        f" ({rows[0]['tokens'] if rows else 0} scored tokens per plan).\n"
+    table = render(rows)
     print(table)
     if a.out:
         Path(a.out).write_text(table)

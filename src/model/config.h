@@ -60,6 +60,9 @@ struct ModelConfig {
   // loading adds 1, MLX export subtracts it. (llama.cpp's converter already
   // stores 1 + w in GGUF files, so GGUF loading adds nothing.)
   bool norm_offset_one = false;
+  // Gemma: activations outgrow fp16's range, so MLX exports store scales and
+  // float tensors in bf16 by default (mlx-lm computes in the stored type).
+  bool prefers_bf16 = false;
   int rotary_dim = 0;           // rotated dims per head (partial rotary); 0 = head_dim
   float embed_scale = 1.0f;     // embedding rows are multiplied by this (Gemma: sqrt(dim))
   float attn_scale = 0.0f;      // q.k multiplier; 0 = 1/sqrt(head_dim)

@@ -51,6 +51,7 @@ void read_gemma3(const GgufFile& g, const std::string& a, ModelConfig& c) {
   c.activation = Activation::GeluTanh;
   c.qk_norm = true;
   c.sandwich_norms = true;
+  c.prefers_bf16 = true;
   c.norm_offset_one = true;  // the HF layout; the file itself holds 1 + w (see ModelConfig)
   c.embed_scale = std::sqrt(static_cast<float>(c.dim));  // llama.cpp: sqrtf(n_embd) in fp32
   // llama.cpp (after gemma_pytorch): 1/sqrt(head_dim), except the 27B's

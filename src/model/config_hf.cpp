@@ -200,6 +200,7 @@ void read_gemma3(const json& j, ModelConfig& c, const std::string& source) {
   c.activation = Activation::GeluTanh;
   c.qk_norm = true;
   c.sandwich_norms = true;
+  c.prefers_bf16 = true;
   c.norm_offset_one = true;
   // HF and mlx-lm round sqrt(hidden_size) to bfloat16 before scaling.
   c.embed_scale = bf16_to_f32(f32_to_bf16(std::sqrt(static_cast<float>(c.dim))));

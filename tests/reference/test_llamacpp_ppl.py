@@ -10,6 +10,8 @@ equal that or the number of tokens evaluated (8 x 512).
 
   smollm2      SmolLM2-135M-Instruct Q4_1 on wiki.test.raw
   stories260k  stories260K F32 on tinystories-valid-head.txt
+  gemma3       Gemma 3 270M Q4_K_M on wiki.test.raw (8 chunks: llama.cpp 18.1116, optiq --numerics
+               llamacpp +0.17%, default fp32 -0.25%)
 
 The full-file run (all 592 chunks) is a benchmark, not a test: see bench/ and BENCHMARKS.md.
 Tolerance (OPTIQ_REF_PPL_RTOL, default 0.003): llama.cpp's own F16-KV vs F32-KV runs differ by
@@ -59,7 +61,7 @@ def main() -> int:
     import llamacpp_ref
 
     chunks = int(os.environ.get("OPTIQ_REF_PPL_CHUNKS", "8"))
-    names = os.environ.get("OPTIQ_REF_MODELS", "smollm2,stories260k").split(",")
+    names = os.environ.get("OPTIQ_REF_MODELS", "smollm2,stories260k,gemma3").split(",")
     res = Results("test_llamacpp_ppl")
     for name in names:
         model = refutil.model_path(name)

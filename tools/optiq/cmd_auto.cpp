@@ -56,8 +56,9 @@ void run_auto(AutoArgs& a) {
   if (!a.json) print_plan_summary(r, plan_path);
 
   QuantizeModelOptions qo;
+  qo.bf16_scales = m.config.prefers_bf16;
   quantize_model(m, r.map, qo);
-  save_mlx(m, out, {.bf16 = false, .force = a.force});
+  save_mlx(m, out, {.bf16 = qo.bf16_scales, .force = a.force});
   if (!a.json) fmt::print("wrote         {}\n", out);
 
   nlohmann::json j = {{"out", out},

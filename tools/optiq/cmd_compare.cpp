@@ -95,8 +95,9 @@ void measure_row(Row& row, const CompareArgs& a, const ReferenceScores& ref, con
                  const std::string& scratch) {
   {
     Model m = a.model.load();
-    quantize_model(m, row.map, {.progress = false});
-    save_mlx(m, scratch, {.bf16 = false, .force = true});
+    const bool bf16 = m.config.prefers_bf16;
+    quantize_model(m, row.map, {.bf16_scales = bf16, .progress = false});
+    save_mlx(m, scratch, {.bf16 = bf16, .force = true});
   }
   LoadOptions lo;
   Model q = load_model(scratch, lo);
@@ -203,13 +204,13 @@ void run_compare(CompareArgs& a) {
   std::vector<Row> rows;
   PrecisionMap fp16;
   for (const auto& m : quantizable_modules(config)) fp16.formats[m.path] = std::nullopt;
-  rows.push_back(make_row("FP16 (reference precision)", "reference", fp16));
+  rows.push_back(make_row(config.prefers_bf16 ? "BF16 (reference precision)" : "FP16 (reference precision)", "reference", fp16));
   std::vector<int> levels = {8, 4};
   for (int b : sweep)
     if (std::find(levels.begin(), levels.end(), b) == levels.end()) levels.push_back(b);
   // One measurer for every optiq row: the reference pass and quantized tensors are shared.
   std::unique_ptr<PlanMeasurer> measurer;
-  if (a.select == "measured") measurer = std::make_unique<PlanMeasurer>(src, profile_calibration_windows(src, t));
+  if (a.select == "measured") measurer = std::make_unique<PlanMeasurer>(src, selection_windows(src, t, PlanStepArgs{}));
   auto add_optiq = [&](PlanStepArgs pa, const std::string& label, const std::string& file) {
     const std::string plan_path = (fs::path(a.out_dir) / file).string();
     pa.select = a.select;

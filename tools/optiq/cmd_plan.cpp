@@ -37,6 +37,9 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
                  "predicted: the solver's plan; measured: the best of several plans of this budget (solver "
                  "variants and baselines), measured on the profile's calibration text (loads the weights)")
       ->capture_default_str()->check(CLI::IsMember({"predicted", "measured"}));
+  cmd.add_option("--select-windows", a.select_windows,
+                 "measured selection: use the first N of the profile's calibration windows (0: all)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd.add_option("--use", a.use, "damage numbers: auto (exact where measured, else fast), exact or fast")
       ->capture_default_str()->check(CLI::IsMember({"auto", "exact", "fast"}));
 }
@@ -69,6 +72,12 @@ std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, co
   return calibration_windows(m, co);
 }
 
+std::vector<std::vector<int32_t>> selection_windows(const Model& m, const SensitivityTable& t, const PlanStepArgs& a) {
+  auto w = profile_calibration_windows(m, t);
+  if (a.select_windows > 0 && static_cast<int>(w.size()) > a.select_windows) w.resize(a.select_windows);
+  return w;
+}
+
 PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const PlanStepArgs& a, const std::string& out,
                              bool progress, PlanMeasurer* measurer) {
   if (a.select != "measured" || !a.baseline.empty()) return run_plan_step(model.config, t, a, out);
@@ -84,7 +93,7 @@ PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const Plan
   r.variants = plan_variants(config, damage, formats, r.budget.weight_bytes, solver_options(config, a));
   std::unique_ptr<PlanMeasurer> own;
   if (!measurer) {
-    own = std::make_unique<PlanMeasurer>(model, profile_calibration_windows(model, t));
+    own = std::make_unique<PlanMeasurer>(model, selection_windows(model, t, a));
     measurer = own.get();
   }
   const size_t best = measure_variants(*measurer, r.variants, progress);
@@ -249,7 +258,7 @@ void run_plan(const PlanArgs& a) {
           "several budgets: give a list to one of --bpw or --size only");
     std::filesystem::create_directories(a.out);
     std::unique_ptr<PlanMeasurer> measurer;
-    if (measured) measurer = std::make_unique<PlanMeasurer>(m, profile_calibration_windows(m, t));
+    if (measured) measurer = std::make_unique<PlanMeasurer>(m, selection_windows(m, t, a.step));
     for (const auto& b : bpws.empty() ? sizes : bpws) {
       PlanStepArgs step = a.step;
       (bpws.empty() ? step.size : step.bpw) = b;

@@ -19,7 +19,7 @@ struct QuantizeArgs {
   int group_size = 64;
   std::string plan;
   std::string method = "search";
-  std::string dtype = "f16";
+  std::string dtype = "auto";
   std::string calib;
   int calib_samples = 128;
   int calib_seq = 512;
@@ -34,7 +34,7 @@ void run_quantize(const QuantizeArgs& a) {
                                     : PrecisionMap::from_plan_file(a.plan, m.config);
   QuantizeModelOptions opt;
   opt.method = a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search;
-  opt.bf16_scales = a.dtype == "bf16";
+  opt.bf16_scales = a.dtype == "bf16" || (a.dtype == "auto" && m.config.prefers_bf16);
   ImportanceMap importance;
   if (!a.calib.empty()) {
     CalibrationOptions co;
@@ -77,8 +77,10 @@ Runner register_quantize(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--method", a->method, "rounding: search (error-minimising) or minmax (MLX's)")->capture_default_str()
       ->check(CLI::IsMember({"search", "minmax"}));
-  cmd->add_option("--dtype", a->dtype, "float type of scales, biases and unquantized tensors")->capture_default_str()
-      ->check(CLI::IsMember({"f16", "bf16"}));
+  cmd->add_option("--dtype", a->dtype,
+                  "float type of scales, biases and unquantized tensors (auto: bf16 for Gemma, whose activations "
+                  "overflow fp16 in MLX, else f16)")->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f16", "bf16"}));
   cmd->add_option("--calib", a->calib,
                   "calibration text (.txt, or .jsonl with \"text\"; or 'self'): weights rounding errors by "
                   "input-activation statistics");

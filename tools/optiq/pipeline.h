@@ -39,6 +39,7 @@ struct PlanStepArgs {
   // "predicted": the solver's plan; "measured": the best of plan/select.h's
   // variants, measured on the profile's calibration windows.
   std::string select = "predicted";
+  int select_windows = 16;  // measured selection uses the first N calibration windows of the profile
 };
 struct PlanStepResult {
   Solution solution;
@@ -58,6 +59,8 @@ PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const Plan
 // The calibration windows a profile was measured on (its recorded source,
 // samples, sequence length and seed).
 std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, const SensitivityTable& t);
+// The windows measured selection uses (the first a.select_windows of those).
+std::vector<std::vector<int32_t>> selection_windows(const Model& m, const SensitivityTable& t, const PlanStepArgs& a);
 void print_plan_summary(const PlanStepResult& r, const std::string& out);
 
 }  // namespace optiq::cli
