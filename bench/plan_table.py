@@ -90,6 +90,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--select", default="measured", choices=["measured", "predicted"],
                     help="optiq's plan: measured selection among variants (as optiq auto) or the solver's plan")
+    ap.add_argument("--select-windows", type=int, default=16, help="calibration windows measured selection uses")
     ap.add_argument("--out", help="also write the markdown table here")
     ap.add_argument("--json-out", help="write every row as JSON here")
     ap.add_argument("--render", help="only print the table of a --json-out file")
@@ -125,7 +126,8 @@ def main() -> int:
         # optiq's plans for every budget in one call (one reference pass, shared quantized tensors).
         t0 = time.time()
         mine = optiq("plan", a.model, "--profile", a.profile, "--size", ",".join(b for _, b in budgets) + ",",
-                     "--select", a.select, "-o", tmp / "optiq", "--json", threads=a.threads, lines=True)
+                     "--select", a.select, "--select-windows", a.select_windows, "-o", tmp / "optiq", "--json",
+                     threads=a.threads, lines=True)
         print(f"  planned {len(budgets)} budgets in {time.time() - t0:.0f} s", file=sys.stderr)
         for (size, _), p in zip(budgets, mine):
             plans.append((size, "optiq", Path(p["out"]), p))

@@ -126,13 +126,14 @@ std::string render_line_chart(const LineChart& c) {
 }
 
 std::string bits_color(double bits) {
+  // A diverging palette with one clearly distinct colour per width: 2 red .. 8 dark green.
   if (bits >= 16) return "#bdbdbd";
-  // 2 bits red -> 5 yellow -> 8 green.
-  const double t = std::clamp((bits - 2.0) / 6.0, 0.0, 1.0);
-  const int r = static_cast<int>(t < 0.5 ? 215 : 215 - (t - 0.5) * 2 * (215 - 26));
-  const int g = static_cast<int>(t < 0.5 ? 48 + t * 2 * (200 - 48) : 200 - (t - 0.5) * 2 * (200 - 152));
-  const int b = static_cast<int>(t < 0.5 ? 39 + t * 2 * (60 - 39) : 60);
-  return fmt::format("#{:02x}{:02x}{:02x}", r, g, b);
+  if (bits <= 2) return "#d73027";
+  if (bits <= 3) return "#fc8d59";
+  if (bits <= 4) return "#fee08b";
+  if (bits <= 5) return "#d9ef8b";
+  if (bits <= 6) return "#91cf60";
+  return "#1a9850";
 }
 
 std::string render_heatmap(const Heatmap& m) {
@@ -141,7 +142,8 @@ std::string render_heatmap(const Heatmap& m) {
   const int left = 120, top = 56, cw = m.cell_w, ch = m.cell_h;
   const int rows = static_cast<int>(m.row_labels.size()), cols = static_cast<int>(m.col_labels.size());
   const int legend_w = 110;
-  const int W = left + cols * cw + legend_w + 20, H = top + rows * ch + 30;
+  const int title_w = 20 + static_cast<int>(m.title.size()) * 8;  // ~8 px per bold 14 px character
+  const int W = std::max(left + cols * cw + legend_w + 20, title_w), H = top + rows * ch + 30;
   auto color = m.color_of ? m.color_of : bits_color;
   std::string s = header(W, H);
   s += fmt::format("<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">{}</text>\n", svg_escape(m.title));

@@ -54,6 +54,12 @@ TEST(Compare, TableFilesAndPlots) {
   EXPECT_NE(md.find("| uniform 4-bit g64 |"), std::string::npos) << md;
   EXPECT_NE(read_file(out + "/pareto.svg").find("optiq mixed"), std::string::npos);
 
+  // --replot redraws the plots from compare.json without measuring.
+  std::filesystem::remove(out + "/pareto.svg");
+  const auto re = test::run_optiq("compare " + model + " --replot " + out);
+  EXPECT_EQ(re.code, 0) << re.out;
+  EXPECT_TRUE(std::filesystem::exists(out + "/pareto.svg"));
+
   // Bad input: a missing text file is a one-line error before any work.
   const auto bad = test::run_optiq("compare " + model + " --calib " + dir + "/calib.txt --text /nonexistent.txt -o " + out);
   EXPECT_EQ(bad.code, 1);

@@ -44,6 +44,7 @@ struct CompareArgs {
   bool no_speed = false;
   std::string use = "auto";
   std::string select = "measured";
+  std::string replot;
   bool json = false;
 };
 
@@ -175,7 +176,44 @@ std::string precision_map_svg(const ModelConfig& config, const PrecisionMap& map
   return render_heatmap(h);
 }
 
+// --replot DIR: the plots again from DIR/compare.json and its plans (no measuring).
+void replot(const CompareArgs& a) {
+  const std::string dir = a.replot;
+  const std::string path = (fs::path(dir) / "compare.json").string();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not a compare.json ({})", path, e.what());
+  }
+  check(j.contains("rows") && j["rows"].is_array(), "{}: no rows", path);
+  Model m = a.model.load(/*weights=*/false);
+  const std::string model_name = fs::path(a.model.path).filename().string();
+  std::vector<Row> rows;
+  for (const auto& jr : j["rows"]) {
+    Row r;
+    r.label = jr.at("label").get<std::string>();
+    r.kind = jr.at("kind").get<std::string>();
+    r.bpw = jr.at("bits_per_weight").get<double>();
+    r.eval.kld = jr.at("kld").get<double>();
+    if (jr.contains("plan")) r.plan_file = jr["plan"].get<std::string>();
+    rows.push_back(std::move(r));
+  }
+  write_file_atomic((fs::path(dir) / "pareto.svg").string(), pareto_svg(rows, model_name));
+  for (const Row& r : rows)
+    if (r.kind == "optiq" && r.label.find("uniform 4-bit") != std::string::npos && !r.plan_file.empty()) {
+      const PrecisionMap map = PrecisionMap::from_plan_file(r.plan_file, m.config);
+      write_file_atomic((fs::path(dir) / "precision_map.svg").string(),
+                        precision_map_svg(m.config, map,
+                                          fmt::format("{}: optiq plan at the uniform 4-bit size ({:.3f} bits/weight)",
+                                                      model_name, r.bpw)));
+    }
+  if (!a.json) fmt::print("wrote         {}/pareto.svg, precision_map.svg\n", dir);
+}
+
 void run_compare(CompareArgs& a) {
+  if (!a.replot.empty()) return replot(a);
+  check(!a.profile.calib.empty() && !a.text.empty(), "compare needs --calib and --text (or --replot DIR)");
   std::error_code ec;
   check(fs::is_regular_file(a.text, ec), "{}: evaluation text not found", a.text);
   if (a.profile.calib != "self" && same_file(a.text, a.profile.calib))
@@ -298,7 +336,9 @@ Runner register_compare(CLI::App& app) {
   auto a = std::make_shared<CompareArgs>();
   a->model.add_to(*cmd);
   add_profile_step_options(*cmd, a->profile);
-  cmd->add_option("--text", a->text, "held-out evaluation text (not the calibration text)")->required();
+  cmd->get_option("--calib")->required(false);  // not with --replot (checked when running)
+  cmd->add_option("--text", a->text, "held-out evaluation text (not the calibration text; required)");
+  cmd->add_option("--replot", a->replot, "only redraw the plots of an earlier run's directory from its compare.json");
   cmd->add_option("-o,--out-dir", a->out_dir, "where compare.md/.json, the plots, plans and profile go")
       ->capture_default_str();
   cmd->add_option("--cache", a->profile.cache, "profile/cache JSON (default: OUT_DIR/profile.json)");
