@@ -69,7 +69,7 @@ def render(rows) -> str:
         for r in group:
             name = r["name"]
             if r is mine:
-                chosen = (r.get("method") or "").replace("measured selection: ", "")
+                chosen = (r.get("method") or "").replace("measured selection: ", "").split(" (profile")[0]
                 name = f"**optiq** ({chosen})" if won else f"optiq ({chosen})"
             calib = f"{r['calib_kl']:.4f}" if r.get("calib_kl") is not None else ""
             lines.append(f"| {size} | {name} | {r['bpw']:.3f} | {r['pred']:.4f} | {calib} | {r['kld']:.4f} ± "
@@ -91,6 +91,7 @@ def main() -> int:
     ap.add_argument("--select", default="measured", choices=["measured", "predicted"],
                     help="optiq's plan: measured selection among variants (as optiq auto) or the solver's plan")
     ap.add_argument("--select-windows", type=int, default=16, help="calibration windows measured selection uses")
+    ap.add_argument("--plans-dir", help="keep optiq's plans here, and reuse them when all are already there")
     ap.add_argument("--out", help="also write the markdown table here")
     ap.add_argument("--json-out", help="write every row as JSON here")
     ap.add_argument("--render", help="only print the table of a --json-out file")
@@ -125,9 +126,17 @@ def main() -> int:
             budgets.append((size, budget[1]))
         # optiq's plans for every budget in one call (one reference pass, shared quantized tensors).
         t0 = time.time()
-        mine = optiq("plan", a.model, "--profile", a.profile, "--size", ",".join(b for _, b in budgets) + ",",
-                     "--select", a.select, "--select-windows", a.select_windows, "-o", tmp / "optiq", "--json",
-                     threads=a.threads, lines=True)
+        reuse = [Path(a.plans_dir) / f"plan-{b}.json" for _, b in budgets] if a.plans_dir else []
+        if reuse and all(f.is_file() for f in reuse):  # optiq's plans from an earlier run of this table
+            mine = []
+            for f in reuse:
+                j = json.loads(f.read_text())
+                mine.append({"out": str(f), "predicted_kl": j.get("predicted_kl"), "calib_kl": j.get("calib_kl"),
+                             "method": j.get("method", "").replace("optiq measured selection: ", "measured selection: ")})
+        else:
+            mine = optiq("plan", a.model, "--profile", a.profile, "--size", ",".join(b for _, b in budgets) + ",",
+                         "--select", a.select, "--select-windows", a.select_windows, "-o", a.plans_dir or tmp / "optiq",
+                         "--json", threads=a.threads, lines=True)
         print(f"  planned {len(budgets)} budgets in {time.time() - t0:.0f} s", file=sys.stderr)
         for (size, _), p in zip(budgets, mine):
             plans.append((size, "optiq", Path(p["out"]), p))

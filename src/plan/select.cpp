@@ -132,6 +132,11 @@ void PlanMeasurer::restore() {
 }
 
 std::pair<double, double> PlanMeasurer::measure(const PrecisionMap& map) {
+  const PerplexityResult r = evaluate(map);
+  return {r.kld, r.kld_stderr};
+}
+
+PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) {
   for (const auto& m : modules_) {
     auto f = map.formats.find(m.path);
     Linear& lin = module_linear(model_.weights, m);
@@ -153,10 +158,15 @@ std::pair<double, double> PlanMeasurer::measure(const PrecisionMap& map) {
   po.ctx = ctx_;
   po.chunks = chunks_;
   po.ref_scores = ref_.get();
-  po.progress = false;
-  const PerplexityResult r = evaluate_perplexity(model_, tokens_, po);
-  restore();
-  return {r.kld, r.kld_stderr};
+  po.progress = progress;
+  try {
+    const PerplexityResult r = evaluate_perplexity(model_, tokens_, po);
+    restore();
+    return r;
+  } catch (...) {
+    restore();
+    throw;
+  }
 }
 
 size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress) {

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "eval/perplexity.h"
 #include "eval/reference_scores.h"
 #include "model/model.h"
 #include "plan/solver.h"
@@ -65,6 +66,8 @@ class PlanMeasurer {
   PlanMeasurer& operator=(const PlanMeasurer&) = delete;
   // Mean KL(model || plan) over the second halves of the windows, and its standard error.
   std::pair<double, double> measure(const PrecisionMap& map);
+  // The whole evaluation (perplexity, KL, top-1) of the model quantized per `map`.
+  PerplexityResult evaluate(const PrecisionMap& map, bool progress = false);
 
  private:
   void restore();

@@ -7,6 +7,7 @@
 #include "eval/perplexity.h"
 #include "eval/reference_scores.h"
 #include "model/quantize_model.h"
+#include "plan/select.h"
 #include "plan/budget.h"
 
 namespace optiq::cli {
@@ -25,20 +26,18 @@ struct EvalArgs {
 
 // --plan: MODEL quantized per each plan (in memory, packed, as `optiq quantize
 // --plan` would write it) against MODEL itself, whose scores are computed once.
-void run_eval_plans(const EvalArgs& a, const Model& ref, const std::vector<int32_t>& tokens) {
+void run_eval_plans(const EvalArgs& a, Model& ref, const std::vector<int32_t>& tokens) {
   check(a.ref.empty(), "--plan evaluates against MODEL itself: drop --ref");
   std::vector<PrecisionMap> maps;  // read every plan first: a bad one fails before any work
   for (const auto& p : a.plans) maps.push_back(PrecisionMap::from_plan_file(p, ref.config));
-  const ReferenceScores rs = ReferenceScores::compute(ref, tokens, a.ctx, a.chunks, int64_t{3} << 30, !a.json);
+  // The evaluation windows, measured like calibration windows: one reference
+  // pass, and quantized tensors shared between plans.
+  const EvalWindows ew = eval_windows(ref, tokens, a.ctx, a.chunks);
+  std::vector<std::vector<int32_t>> windows(ew.chunks);
+  for (int c = 0; c < ew.chunks; ++c) ew.fill(tokens, c, windows[c]);
+  PlanMeasurer measurer(ref, windows);
   for (size_t i = 0; i < maps.size(); ++i) {
-    Model q = a.model.load();
-    quantize_model(q, maps[i], {.progress = false});
-    PerplexityOptions opt;
-    opt.ctx = a.ctx;
-    opt.chunks = a.chunks;
-    opt.ref_scores = &rs;
-    opt.progress = !a.json;
-    const PerplexityResult r = evaluate_perplexity(q, tokens, opt);
+    const PerplexityResult r = measurer.evaluate(maps[i], !a.json);
     const double bpw = plan_bits_per_weight(ref.config, maps[i]);
     if (a.json) {
       const nlohmann::json j = {{"model", a.model.path}, {"plan", a.plans[i]}, {"bits_per_weight", bpw},
