@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace optiq {
@@ -124,14 +125,7 @@ nlohmann::json PrecisionMap::to_plan_json() const {
 }
 
 void PrecisionMap::write_plan_file(const std::string& path) const {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    check(static_cast<bool>(out), "{}: cannot write", path);
-    out << to_plan_json().dump(2) << "\n";
-    check(static_cast<bool>(out), "{}: write failed", path);
-  }
-  check(std::rename(tmp.c_str(), path.c_str()) == 0, "{}: cannot rename {} into place", path, tmp);
+  write_file_atomic(path, to_plan_json().dump(2) + "\n");
 }
 
 }  // namespace optiq

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/progress.h"
@@ -415,16 +416,7 @@ SensitivityTable SensitivityTable::read(const std::string& path, const ModelConf
 }
 
 void SensitivityTable::write(const std::string& path) const {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    check(static_cast<bool>(out), "{}: cannot write profile", tmp);
-    out << to_json().dump(1) << "\n";
-    check(static_cast<bool>(out), "{}: write failed", tmp);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  check(!ec, "{}: cannot rename to {}: {}", tmp, path, ec.message());
+  write_file_atomic(path, to_json().dump(1) + "\n");
 }
 
 // ---------------------------------------------------------------------------

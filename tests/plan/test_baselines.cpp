@@ -155,7 +155,9 @@ TEST(Baselines, DynamicMeetsBudget) {
       const ModuleInfo& m = *std::find_if(mods.begin(), mods.end(), [&](const ModuleInfo& x) { return x.path == next; });
       EXPECT_GT(b.bytes + module_bytes(m, hi) - module_bytes(m, lo), budget);
     }
-    if (frac == 1.0) EXPECT_EQ(b.bytes, all_hi);
+    if (frac == 1.0) {
+      EXPECT_EQ(b.bytes, all_hi);
+    }
   }
   // Missing scores rank lowest; NaN and too-small budgets are errors.
   std::map<std::string, double> partial = {{"lm_head", 1.0}};

@@ -64,8 +64,9 @@ TEST(Budget, SizeModel) {
   // Every module's bytes agree with format_bits_per_weight.
   for (const auto& f : all_tensor_formats())
     for (const auto& m : mods)
-      if (!f || format_fits(*f, m.cols))
+      if (!f || format_fits(*f, m.cols)) {
         EXPECT_DOUBLE_EQ(double(module_bytes(m, f)) * 8 / m.numel(), format_bits_per_weight(f));
+      }
   EXPECT_THROW(module_bytes({"x", "q_proj", 0, 4, 96}, AffineFormat{4, 64}), Error);
   PrecisionMap missing = p;
   missing.formats.erase("lm_head");
