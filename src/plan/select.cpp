@@ -19,16 +19,6 @@ namespace {
 
 using DamageTable = std::map<std::string, std::map<std::string, double>>;
 
-double predicted_damage(const PrecisionMap& map, const DamageTable& damage) {
-  double d = 0;
-  for (const auto& [path, f] : map.formats) {
-    auto m = damage.find(path);
-    if (m == damage.end()) continue;
-    auto it = m->second.find(tensor_format_name(f));
-    if (it != m->second.end()) d += it->second;
-  }
-  return d;
-}
 
 // d -> scale * (d / scale)^p with scale = the median positive damage, so that
 // typical values keep their size and only the spread changes.
@@ -64,6 +54,17 @@ std::optional<PrecisionMap> solve_with(const ModelConfig& config, const DamageTa
 
 }  // namespace
 
+double plan_predicted_damage(const PrecisionMap& map, const DamageTable& damage) {
+  double d = 0;
+  for (const auto& [path, f] : map.formats) {
+    auto m = damage.find(path);
+    if (m == damage.end()) continue;
+    auto it = m->second.find(tensor_format_name(f));
+    if (it != m->second.end()) d += it->second;
+  }
+  return d;
+}
+
 std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTable& damage,
                                        const std::vector<TensorFormat>& formats, int64_t budget,
                                        const SolverOptions& base, bool with_baselines) {
@@ -76,7 +77,7 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
     v.name = std::move(name);
     v.bytes = plan_bytes(config, *map);
     v.bits_per_weight = plan_bits_per_weight(config, *map);
-    v.predicted = predicted_damage(*map, damage);
+    v.predicted = plan_predicted_damage(*map, damage);
     v.map = std::move(*map);
     out.push_back(std::move(v));
   };

@@ -47,6 +47,11 @@ struct PlanVariant {
   double measured_stderr = 0;
 };
 
+// Sum of the profile's damage over a plan's formats (the additive prediction);
+// formats the table lacks count 0. `damage`: module -> format name -> KL.
+double plan_predicted_damage(const PrecisionMap& map,
+                             const std::map<std::string, std::map<std::string, double>>& damage);
+
 // The variants above for `budget` bytes (duplicates removed; a variant whose
 // constraints cannot be met is skipped). `damage`: module -> format -> KL.
 std::vector<PlanVariant> plan_variants(const ModelConfig& config,

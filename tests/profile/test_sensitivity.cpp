@@ -181,16 +181,33 @@ TEST(Profile, CacheResumesOnlyMissingEntries) {
   EXPECT_EQ(r.count_exact(), t4.count_exact());
 }
 
-TEST(Profile, ProfilePlanQuantizeWithinBudget) {
-  Model m = load_model(stories());
-  const auto windows = calibration_windows(m, calib_opts());
-  ProfileOptions o = opts(ProfileMethod::Fast, m);
-  SensitivityTable t = profile_model(m, windows, o);
-  std::vector<TensorFormat> formats(o.candidates.begin(), o.candidates.end());
-  formats.push_back(std::nullopt);
+// stories260K profiled with the fast method, and the formats a plan may use.
+struct ProfiledStories {
+  Model model;
+  std::vector<std::vector<int32_t>> windows;
+  SensitivityTable table;
+  std::vector<TensorFormat> formats;
+};
+
+ProfiledStories profile_stories_fast() {
+  ProfiledStories p{load_model(stories()), {}, {}, {}};
+  p.windows = calibration_windows(p.model, calib_opts());
+  const ProfileOptions o = opts(ProfileMethod::Fast, p.model);
+  p.table = profile_model(p.model, p.windows, o);
+  p.formats.assign(o.candidates.begin(), o.candidates.end());
+  p.formats.push_back(std::nullopt);
+  return p;
+}
+
+Budget budget_at(const Model& m, const std::vector<TensorFormat>& formats, const std::string& bpw) {
   BudgetOptions bo;
-  bo.bpw = "6";
-  Budget b = resolve_budget(bo, m.config, formats);
+  bo.bpw = bpw;
+  return resolve_budget(bo, m.config, formats);
+}
+
+TEST(Profile, ProfilePlanQuantizeWithinBudget) {
+  auto [m, windows, t, formats] = profile_stories_fast();
+  const Budget b = budget_at(m, formats, "6");
   const auto dmg = t.damage();
   std::vector<SolverItem> items;
   for (const auto& mod : quantizable_modules(m.config)) items.push_back(make_item(mod, dmg.at(mod.path), formats));
@@ -210,15 +227,8 @@ TEST(Profile, ProfilePlanQuantizeWithinBudget) {
 // Measured selection: every variant fits the budget, the best is the one
 // with the least measured KL, and the model comes back unchanged.
 TEST(Profile, MeasuredSelectionPicksTheBestAndRestoresTheModel) {
-  Model m = load_model(stories());
-  const auto windows = calibration_windows(m, calib_opts());
-  ProfileOptions o = opts(ProfileMethod::Fast, m);
-  SensitivityTable t = profile_model(m, windows, o);
-  std::vector<TensorFormat> formats(o.candidates.begin(), o.candidates.end());
-  formats.push_back(std::nullopt);
-  BudgetOptions bo;
-  bo.bpw = "5.5";
-  const Budget b = resolve_budget(bo, m.config, formats);
+  auto [m, windows, t, formats] = profile_stories_fast();
+  const Budget b = budget_at(m, formats, "5.5");
   SolverOptions so;
   so.fixed_bytes = fixed_weight_bytes(m.config);
   auto variants = plan_variants(m.config, t.damage(), formats, b.weight_bytes, so);

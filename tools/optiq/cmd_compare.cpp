@@ -255,14 +255,12 @@ void run_compare(CompareArgs& a) {
     PlanStepResult r = run_plan_step(src, t, pa, plan_path, !a.json, measurer.get());
     rows.push_back(make_row(label, "optiq", r.map, r.solution.damage, plan_path));
   };
+  const auto damage = t.damage(damage_source(a.use));
   for (int b : levels) {
     const AffineFormat f{b, a.group_size};
     PrecisionMap u = uniform_plan(config, f);
     const int64_t bytes = plan_bytes(config, u);
-    double pred = 0;
-    const auto damage = t.damage(DamageSource::Auto);
-    for (const auto& [path, fmt_] : u.formats)
-      if (fmt_) pred += damage.at(path).at(affine_format_name(*fmt_));
+    const double pred = plan_predicted_damage(u, damage);
     rows.push_back(make_row(fmt::format("uniform {}-bit g{}", b, a.group_size), "uniform", u, pred));
     PlanStepArgs pa;
     pa.size = fmt::format("{}B", bytes);

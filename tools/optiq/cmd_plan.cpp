@@ -45,6 +45,16 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
 }
 
 
+DamageSource damage_source(const std::string& use) {
+  return use == "exact" ? DamageSource::Exact : use == "fast" ? DamageSource::Fast : DamageSource::Auto;
+}
+
+std::vector<TensorFormat> plan_formats(const SensitivityTable& t) {
+  std::vector<TensorFormat> formats(t.candidates.begin(), t.candidates.end());
+  formats.push_back(std::nullopt);
+  return formats;
+}
+
 namespace {
 
 SolverOptions solver_options(const ModelConfig& config, const PlanStepArgs& a) {
@@ -85,11 +95,8 @@ PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const Plan
   PlanStepArgs predicted = a;
   predicted.select = "predicted";
   PlanStepResult r = run_plan_step(config, t, predicted, "");  // budget, solver certificate
-  const DamageSource use = a.use == "exact" ? DamageSource::Exact : a.use == "fast" ? DamageSource::Fast
-                                                                                  : DamageSource::Auto;
-  const auto damage = t.damage(use);
-  std::vector<TensorFormat> formats(t.candidates.begin(), t.candidates.end());
-  formats.push_back(std::nullopt);
+  const auto damage = t.damage(damage_source(a.use));
+  const std::vector<TensorFormat> formats = plan_formats(t);
   r.variants = plan_variants(config, damage, formats, r.budget.weight_bytes, solver_options(config, a));
   std::unique_ptr<PlanMeasurer> own;
   if (!measurer) {
@@ -121,12 +128,8 @@ PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const Plan
 
 PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
                              const std::string& out) {
-  const DamageSource use = a.use == "exact" ? DamageSource::Exact : a.use == "fast" ? DamageSource::Fast
-                                                                                  : DamageSource::Auto;
-  const auto damage = t.damage(use);
-  std::vector<TensorFormat> formats;
-  for (const auto& f : t.candidates) formats.push_back(f);
-  formats.push_back(std::nullopt);
+  const auto damage = t.damage(damage_source(a.use));
+  const std::vector<TensorFormat> formats = plan_formats(t);
 
   BudgetOptions bo;
   if (!a.bpw.empty()) bo.bpw = a.bpw;
@@ -152,12 +155,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     r.map = b.map;
     r.solution.bytes = b.bytes;
     r.solution.method = b.name;
-    r.solution.damage = 0;
-    for (const auto& m : modules) {
-      const TensorFormat f = r.map.formats.at(m.path);
-      auto d = damage.at(m.path).find(tensor_format_name(f));
-      if (d != damage.at(m.path).end()) r.solution.damage += d->second;
-    }
+    r.solution.damage = plan_predicted_damage(r.map, damage);
     r.solution.lower_bound = r.solution.damage;
     for (const auto& [path, f] : r.map.formats) r.solution.formats[path] = f;
     r.bits_per_weight = plan_bits_per_weight(config, r.map);

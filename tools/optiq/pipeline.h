@@ -49,6 +49,10 @@ struct PlanStepResult {
   std::vector<PlanVariant> variants;  // select == "measured": all measured, chosen first
 };
 void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a);
+// --use auto|exact|fast as a DamageSource.
+DamageSource damage_source(const std::string& use);
+// A profile's candidate formats plus float: what a plan may choose from.
+std::vector<TensorFormat> plan_formats(const SensitivityTable& t);
 PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
                              const std::string& out);
 // As run_plan_step; with a.select == "measured" (and no --baseline) the plan is
