@@ -75,15 +75,31 @@ setup_apt() {
 # The llama-cpp-python version pinned in requirements.txt.
 llamacpp_version() { sed -n 's/^llama[-_]cpp[-_]python==\([^ ;]*\).*/\1/p' requirements.txt | head -n1; }
 
+# llama.cpp as the test reference must run the same on every x86-64 machine CI or a session
+# meets (AVX2-only, AVX-512, AMX). A GGML_NATIVE build takes llama.cpp's AMX and repacked
+# Q4_x paths on AMX machines, and those crashed inside llama_decode on SmolLM2 Q4_1 (issue 9);
+# a native build from one machine can also SIGILL on another. So the reference wheel is built
+# for a fixed portable ISA (AVX2/FMA/F16C), with AMX, AVX-512 and weight repacking off, and
+# cached under a key made of the version and these flags. (bench/ builds its own, fastest
+# llama.cpp for speed comparisons: bench/llamacpp_build.sh.)
+LLAMACPP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX512_VBMI=OFF \
+-DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_CPU_REPACK=OFF \
+-DGGML_LLAMAFILE=OFF -DGGML_OPENMP=ON"
+llamacpp_wheel_dir() {
+  local key; key=$(printf '%s|%s' "$(llamacpp_version)" "$LLAMACPP_CMAKE_ARGS" | sha256sum | cut -c1-12)
+  echo "$WHEELS/llamacpp-$(llamacpp_version)-$key"
+}
+
 ensure_llamacpp_wheel() {
-  local ver; ver=$(llamacpp_version)
+  local ver dir; ver=$(llamacpp_version)
   [ -n "$ver" ] || return 0
-  if compgen -G "$WHEELS/llama_cpp_python-$ver-*.whl" >/dev/null; then return 0; fi
-  say "venv: building llama-cpp-python $ver wheel into $WHEELS (once; several minutes on 2 cores)"
-  mkdir -p "$WHEELS"
-  # The wheel is built with GGML_NATIVE (llama-cpp-python's default): it is for this machine's CPU.
-  run llamacpp-wheel env CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
-    "$VENV/bin/pip" wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$ver"
+  dir=$(llamacpp_wheel_dir)
+  if compgen -G "$dir/llama_cpp_python-$ver-*.whl" >/dev/null; then return 0; fi
+  say "venv: building llama-cpp-python $ver wheel (portable: AVX2, no AMX/AVX-512/repack) into $dir (once; ~10 min on 2 cores)"
+  mkdir -p "$dir"
+  run llamacpp-wheel env CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" CMAKE_ARGS="$LLAMACPP_CMAKE_ARGS" FORCE_CMAKE=1 \
+    "$VENV/bin/pip" wheel -q --no-deps -w "$dir" "llama-cpp-python==$ver"
 }
 
 setup_venv() {
@@ -93,12 +109,15 @@ setup_venv() {
     mkdir -p "$(dirname "$VENV")"
     run venv-create python3 -m venv "$VENV"
   fi
-  want="$(sha256sum requirements.txt | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+  want="$(sha256sum requirements.txt | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])') $(basename "$(llamacpp_wheel_dir)")"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   ensure_llamacpp_wheel
   say "venv: pip install -r requirements.txt"
   run pip-install "$VENV/bin/pip" install -q --disable-pip-version-check \
-    --find-links "$WHEELS" -r requirements.txt
+    --find-links "$(llamacpp_wheel_dir)" -r requirements.txt
+  # A llama-cpp-python of the same version built with other flags may already be installed.
+  run pip-llamacpp "$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps \
+    "$(llamacpp_wheel_dir)"/llama_cpp_python-*.whl
   echo "$want" >"$stamp"
 }
 

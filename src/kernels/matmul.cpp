@@ -60,12 +60,19 @@ template <typename Fn>
 void for_row_blocks(int64_t rows, double work, Fn&& fn) {
   const int64_t nb = (rows + kern::kRowBlock - 1) / kern::kRowBlock;
   const bool par = work > 2e5 && nb > 1;
-  const int threads = par ? std::min<int64_t>(num_threads(), nb) : 1;
-#pragma omp parallel for schedule(static) num_threads(threads) if (par)
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t r0 = b * kern::kRowBlock;
-    fn(r0, std::min(rows, r0 + kern::kRowBlock));
-  }
+  // Several blocks per task when there are many, so that a task is worth the
+  // hand-off; small enough (>= 8 tasks per thread) to rebalance when a thread
+  // is preempted.
+  const int64_t per_task = std::max<int64_t>(1, nb / (8 * std::max(1, num_threads())));
+  parallel_for_range(
+      nb, per_task,
+      [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r0 = b * kern::kRowBlock;
+          fn(r0, std::min(rows, r0 + kern::kRowBlock));
+        }
+      },
+      par ? 0 : 1);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "core/parallel.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "model/ops.h"
@@ -85,12 +86,13 @@ void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
   const float* kc = k_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
   const float* vc = v_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
   const int start = pos_;
-#pragma omp parallel
-  {
-    std::vector<float> scores(max_ctx_);
-#pragma omp for schedule(dynamic, 1) collapse(2)
-    for (int64_t i = 0; i < n; ++i) {
-      for (int h = 0; h < n_heads; ++h) {
+  parallel_for_range(n * n_heads, 1, [&](int64_t j0, int64_t j1) {
+    thread_local std::vector<float> scores;
+    if (static_cast<int64_t>(scores.size()) < max_ctx_) scores.resize(max_ctx_);
+    for (int64_t j = j0; j < j1; ++j) {
+      {
+        const int64_t i = j / n_heads;
+        const int h = static_cast<int>(j % n_heads);
         const int p = start + static_cast<int>(i);
         const int t0 = window_start(p, window);
         const float* qh = q + i * c.q_dim() + h * hd;
@@ -124,7 +126,7 @@ void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
         }
       }
     }
-  }
+  });
 }
 
 void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from) {

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/parallel.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/half.h"
@@ -519,13 +520,11 @@ std::vector<float> to_mean_f32(const std::vector<double>& g, double tokens) {
 double gram_proxy(const std::vector<float>& d, int64_t rows, int64_t cols, const std::vector<float>& g) {
   std::vector<float> dg(d.size());
   f32_matmul(g.data(), cols, cols, d.data(), rows, dg.data());  // D G^T = D G
-  double s = 0;
-#pragma omp parallel for reduction(+ : s)
-  for (int64_t r = 0; r < rows; ++r) {
+  const double s = parallel_sum(rows, [&](int64_t r) {
     double t = 0;
     for (int64_t j = 0; j < cols; ++j) t += static_cast<double>(d[r * cols + j]) * dg[r * cols + j];
-    s += t;
-  }
+    return t;
+  }, 16);
   return std::max(s, 0.0);
 }
 
@@ -692,18 +691,18 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         tf.forward(windows[w], logits.data(), from[w]);
       }
       const int64_t rows = n - from[w];
-      double s = 0;
-#pragma omp parallel reduction(+ : s)
-      {
+      std::vector<double> row_kl(rows);
+      parallel_for_range(rows, 4, [&](int64_t r0, int64_t r1) {
         std::vector<double> lq, lpr(vocab);
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t r = r0; r < r1; ++r) {
           log_softmax(&logits[r * vocab], vocab, lq);
           const size_t base = (scored_off[w] + r) * vocab;
           for (int64_t v = 0; v < vocab; ++v) lpr[v] = logp.at(base + v);
-          s += kl_divergence(lpr, lq);
+          row_kl[r] = kl_divergence(lpr, lq);
         }
-      }
+      });
+      double s = 0;
+      for (double k : row_kl) s += k;
       sum += s;
       count += rows;
     }

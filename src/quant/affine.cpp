@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/parallel.h"
 #include "core/error.h"
 #include "core/half.h"
 
@@ -114,8 +115,8 @@ void dequantize_row(const AffineMatrixView& v, int64_t row, float* out) {
 std::vector<float> dequantize(const AffineMatrixView& v) {
   check_view(v);
   std::vector<float> out(v.rows * v.cols);
-#pragma omp parallel for schedule(static) if (v.rows * v.cols > (1 << 16))
-  for (int64_t r = 0; r < v.rows; ++r) dequantize_row(v, r, out.data() + r * v.cols);
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(v.cols, 1));
+  parallel_for(v.rows, [&](int64_t r) { dequantize_row(v, r, out.data() + r * v.cols); }, grain);
   return out;
 }
 

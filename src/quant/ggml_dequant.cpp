@@ -263,12 +263,11 @@ void dequantize_into(const TensorView& t, float* dst) {
   // Group rows into chunks of >= 64k elements so small tensors stay serial.
   const int64_t rows_per_chunk = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(row, 1));
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
-#pragma omp parallel for schedule(static) num_threads(num_threads()) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, [&](int64_t c) {
     const int64_t r0 = c * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
     for (int64_t r = r0; r < r1; ++r)
       row_unchecked(t.dtype, src + static_cast<size_t>(r) * row_bytes, dst + r * row, row);
-  }
+  });
 }
 
 std::vector<float> dequantize(const TensorView& t) {

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/parallel.h"
 #include "core/error.h"
 #include "core/half.h"
 
@@ -80,17 +81,15 @@ AffineMatrix ggml_to_affine(const TensorView& t) {
   m.scales.resize(rows * groups);
   m.biases.resize(rows * groups);
   const uint8_t* src = static_cast<const uint8_t*>(t.data);
-#pragma omp parallel
-  {
+  parallel_for_range(rows, 64, [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> codes(cols);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       for (int64_t g = 0; g < groups; ++g)
         convert_block(t.dtype, src + (r * groups + g) * bl.block_bytes, &codes[g * 32], m.scales[r * groups + g],
                       m.biases[r * groups + g]);
       pack_row(codes.data(), cols, fmt.bits, &m.packed[r * affine_words_per_row(fmt, cols)]);
     }
-  }
+  });
   return m;
 }
 

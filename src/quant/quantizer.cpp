@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/parallel.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "quant/quantizer_impl.h"
@@ -88,11 +89,9 @@ AffineMatrix quantize(const float* w, int64_t rows, int64_t cols, AffineFormat f
   m.biases.resize(rows * ng);
   std::vector<float> ones(gs, 1.0f);
   static const detail::SearchFn search = pick_search();
-#pragma omp parallel
-  {
+  parallel_for_range(rows, 4, [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> codes(cols);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       const float* wr = w + r * cols;
       for (int64_t g = 0; g < ng; ++g) {
         uint16_t* s = &m.scales[r * ng + g];
@@ -107,27 +106,36 @@ AffineMatrix quantize(const float* w, int64_t rows, int64_t cols, AffineFormat f
       }
       pack_row(codes.data(), cols, fmt.bits, m.packed.data() + r * wpr);
     }
-  }
+  });
   return m;
 }
 
 QuantError quantization_error(const float* w, const AffineMatrixView& q, const float* importance) {
   check_view(q);
-  double se = 0, swe = 0, sw2 = 0;
-#pragma omp parallel reduction(+ : se, swe, sw2)
-  {
+  // Per-row sums in fixed order: the result does not depend on the thread count.
+  std::vector<double> row_se(q.rows), row_swe(q.rows), row_sw2(q.rows);
+  parallel_for_range(q.rows, 16, [&](int64_t r0, int64_t r1) {
     std::vector<float> row(q.cols);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < q.rows; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       dequantize_row(q, r, row.data());
       const float* wr = w + r * q.cols;
+      double a = 0, b = 0, c = 0;
       for (int64_t j = 0; j < q.cols; ++j) {
         const double d = static_cast<double>(wr[j]) - row[j];
-        se += d * d;
-        swe += (importance ? importance[j] : 1.0) * d * d;
-        sw2 += static_cast<double>(wr[j]) * wr[j];
+        a += d * d;
+        b += (importance ? importance[j] : 1.0) * d * d;
+        c += static_cast<double>(wr[j]) * wr[j];
       }
+      row_se[r] = a;
+      row_swe[r] = b;
+      row_sw2[r] = c;
     }
+  });
+  double se = 0, swe = 0, sw2 = 0;
+  for (int64_t r = 0; r < q.rows; ++r) {
+    se += row_se[r];
+    swe += row_swe[r];
+    sw2 += row_sw2[r];
   }
   const double n = static_cast<double>(q.rows) * q.cols;
   QuantError e;

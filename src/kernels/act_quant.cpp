@@ -1,0 +1,37 @@
+#include "kernels/act_quant.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace optiq {
+
+void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activations& out) {
+  out.n = n;
+  out.cols = cols;
+  out.blocks = (cols + kActBlock - 1) / kActBlock;
+  const int64_t width = out.blocks * kActBlock;
+  if (static_cast<int64_t>(out.q.size()) < n * width) out.q.resize(n * width);
+  if (static_cast<int64_t>(out.scale.size()) < n * out.blocks) out.scale.resize(n * out.blocks);
+  if (static_cast<int64_t>(out.sum.size()) < n * out.blocks) out.sum.resize(n * out.blocks);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xr = x + i * cols;
+    int8_t* qr = out.q.data() + i * width;
+    for (int64_t b = 0; b < out.blocks; ++b) {
+      const int64_t k0 = b * kActBlock, k1 = std::min(cols, k0 + kActBlock);
+      float amax = 0;
+      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
+      const float s = amax / 127.0f;
+      const float inv = s > 0 ? 1.0f / s : 0.0f;
+      int32_t sum = 0;
+      for (int64_t k = k0; k < k0 + kActBlock; ++k) {
+        const int v = k < k1 ? static_cast<int>(std::nearbyint(xr[k] * inv)) : 0;
+        qr[k] = static_cast<int8_t>(v);
+        sum += v;
+      }
+      out.scale[i * out.blocks + b] = s;
+      out.sum[i * out.blocks + b] = sum;
+    }
+  }
+}
+
+}  // namespace optiq
