@@ -177,7 +177,7 @@ void parallel_run(int64_t n, int64_t grain, int max_threads, RangeFn fn, void* c
   const int64_t chunks = (n + grain - 1) / grain;
   if (chunks < threads) threads = static_cast<int>(chunks);
   if (threads <= 1 || t_in_pool) {
-    fn(ctx, 0, n);
+    for (int64_t b = 0; b < n; b += grain) fn(ctx, b, std::min(n, b + grain));
     return;
   }
   pool().run(n, grain, threads, fn, ctx);

@@ -32,8 +32,9 @@ void parallel_run(int64_t n, int64_t grain, int max_threads, RangeFn fn, void* c
 
 // Calls fn(begin, end) over disjoint ranges covering [0, n), each at most
 // `grain` long, on up to `max_threads` threads (<= 0: num_threads()); the
-// caller works too. Returns when all ranges are done. Exceptions thrown by fn
-// are rethrown here (the first one; the rest of the work still completes).
+// caller works too. Returns when all ranges are done. An exception thrown by
+// fn is rethrown here (the first one; on the pool the other ranges still run,
+// serially the loop stops at it).
 template <typename Fn>
 void parallel_for_range(int64_t n, int64_t grain, Fn&& fn, int max_threads = 0) {
   if (n <= 0) return;

@@ -105,6 +105,56 @@ def _file_id(path) -> list:
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
+class LlamaCppCrashed(RuntimeError):
+    pass
+
+
+def run_isolated(kind: str, compute, npy: bool = False):
+    """Runs compute() (llama.cpp work) in a forked child, so that a crash inside llama.cpp
+    (e.g. a CPU path it takes on this machine) fails the test with a message naming llama.cpp
+    instead of killing the test process. The result comes back through a temporary file."""
+    import json
+    import signal
+
+    with tempfile.TemporaryDirectory(prefix="optiq-llamacpp-") as td:
+        out = Path(td) / ("result.npy" if npy else "result.json")
+        err = Path(td) / "error.txt"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                val = compute()
+                if npy:
+                    import numpy as np
+                    np.save(out, val)
+                else:
+                    out.write_text(json.dumps(val))
+            except BaseException as e:  # noqa: BLE001
+                err.write_text(f"{type(e).__name__}: {e}")
+                code = 3
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            raise LlamaCppCrashed(
+                f"llama.cpp (llama-cpp-python) crashed with {name} while computing '{kind}': the reference "
+                f"wheel may use a CPU path that fails on this machine; rebuild it with scripts/setup.sh "
+                f"(portable flags) and rerun")
+        if os.WEXITSTATUS(status) != 0:
+            raise RuntimeError(f"llama.cpp reference '{kind}' failed: "
+                               f"{err.read_text() if err.exists() else 'exit ' + str(os.WEXITSTATUS(status))}")
+        if npy:
+            import numpy as np
+            return np.load(out)
+        return json.loads(out.read_text())
+
+
 def cached(kind: str, params: dict, compute, files=(), npy: bool = False):
     """Memoize a deterministic llama.cpp reference result in $OPTIQ_CACHE/reference/.
 
@@ -115,11 +165,17 @@ def cached(kind: str, params: dict, compute, files=(), npy: bool = False):
     import json
 
     if os.environ.get("OPTIQ_REF_NO_CACHE") == "1":
-        return compute()
+        return run_isolated(kind, compute, npy)
     import llama_cpp
 
+    # The build's CPU features are part of the key: a wheel built with other flags computes
+    # (slightly) different numbers.
+    try:
+        sysinfo = llama_cpp.llama_print_system_info().decode(errors="replace")
+    except Exception:  # noqa: BLE001
+        sysinfo = ""
     key = json.dumps({"kind": kind, "params": params, "files": [_file_id(f) for f in files],
-                      "llama_cpp": llama_cpp.__version__}, sort_keys=True, default=str)
+                      "llama_cpp": llama_cpp.__version__, "system_info": sysinfo}, sort_keys=True, default=str)
     h = hashlib.sha256(key.encode()).hexdigest()[:24]
     d = cache_dir() / "reference"
     path = d / f"{kind}-{h}.{'npy' if npy else 'json'}"
@@ -130,7 +186,7 @@ def cached(kind: str, params: dict, compute, files=(), npy: bool = False):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
-    val = compute()
+    val = run_isolated(kind, compute, npy)
     try:
         d.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}" + (".npy" if npy else ""))

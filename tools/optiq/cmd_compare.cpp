@@ -3,6 +3,7 @@
 // any --bpw), each quantized, exported, reloaded and measured on held-out
 // text against the source model; two SVG plots (bits per weight vs KLD, and
 // the precision map of the plan at the 4-bit size).
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <sstream>
@@ -19,6 +20,7 @@
 #include "eval/speed.h"
 #include "model/quantize_model.h"
 #include "model/save_mlx.h"
+#include "model/transformer.h"
 #include "plan/baselines.h"
 #include "plan/budget.h"
 #include "profile/calibration.h"
@@ -36,7 +38,10 @@ struct CompareArgs {
   std::string text;
   std::string out_dir = "optiq-compare";
   std::vector<double> bpw;
+  std::string uniform = "8,4";
   std::string sweep = "3,5,6";
+  std::string prompt;
+  int prompt_tokens = 40;
   int group_size = 64;
   int ctx = 512;
   int chunks = 20;
@@ -58,6 +63,7 @@ struct Row {
   double bpw = 0;
   PerplexityResult eval;
   double decode_tok_s = 0;
+  std::string sample;  // greedy continuation of --prompt
 };
 
 Row make_row(std::string label, std::string kind, PrecisionMap map, std::optional<double> predicted = std::nullopt,
@@ -84,10 +90,36 @@ std::vector<int> parse_bits_list(const std::string& text) {
       check_affine_format({b, 64});
       bits.push_back(b);
     } catch (const std::exception&) {
-      fail("--sweep '{}': expected comma-separated bit widths among 2,3,4,5,6,8", text);
+      fail("'{}': expected comma-separated bit widths among 2,3,4,5,6,8", text);
     }
   }
   return bits;
+}
+
+// The greedy continuation of `prompt` (what a user sees first).
+std::string greedy_sample(const Model& m, const std::string& prompt, int n) {
+  Transformer tf(m, std::min(m.config.max_seq, 2048));
+  const std::vector<int32_t> ids = m.tokenizer->encode(prompt, /*add_bos=*/true);
+  if (ids.empty() || static_cast<int>(ids.size()) + n > tf.max_ctx()) return "";
+  std::vector<float> logits = tf.forward_last(ids);
+  std::string text;
+  for (int i = 0; i < n; ++i) {
+    const int32_t tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    if (m.tokenizer->is_eog(tok)) break;
+    text += m.tokenizer->decode_token(tok);
+    if (i + 1 < n) logits = tf.forward_last(std::span<const int32_t>(&tok, 1));
+  }
+  return text;
+}
+
+std::string samples_markdown(const std::vector<Row>& rows, const std::string& prompt) {
+  std::string s = fmt::format("\nGreedy continuations of \"{}\":\n\n", prompt);
+  for (const Row& r : rows) {
+    std::string one = r.sample;
+    std::replace(one.begin(), one.end(), '\n', ' ');
+    s += fmt::format("- **{}**: {}\n", r.label, one);
+  }
+  return s;
 }
 
 // Quantizes a fresh copy of the source per the row's map, exports it as MLX,
@@ -108,6 +140,7 @@ void measure_row(Row& row, const CompareArgs& a, const ReferenceScores& ref, con
   po.ref_scores = &ref;
   po.progress = !a.json;
   row.eval = evaluate_perplexity(q, tokens, po);
+  if (!a.prompt.empty()) row.sample = greedy_sample(q, a.prompt, a.prompt_tokens);
   if (!a.no_speed) row.decode_tok_s = measure_speed(q, {.prompt_tokens = 0, .gen_tokens = a.gen_tokens, .reps = 3}).decode_tok_s;
   std::error_code ec;
   fs::remove_all(scratch, ec);
@@ -221,6 +254,7 @@ void run_compare(CompareArgs& a) {
                        "evaluate on held-out text\n", a.text);
   check(a.group_size == 32 || a.group_size == 64 || a.group_size == 128, "--group-size must be 32, 64 or 128");
   const std::vector<int> sweep = parse_bits_list(a.sweep);
+  const std::vector<int> uniform_levels = parse_bits_list(a.uniform);
   fs::create_directories(a.out_dir, ec);
   check(fs::is_directory(a.out_dir, ec), "{}: cannot create the output directory", a.out_dir);
   if (a.profile.cache.empty()) a.profile.cache = (fs::path(a.out_dir) / "profile.json").string();
@@ -243,7 +277,7 @@ void run_compare(CompareArgs& a) {
   PrecisionMap fp16;
   for (const auto& m : quantizable_modules(config)) fp16.formats[m.path] = std::nullopt;
   rows.push_back(make_row(config.prefers_bf16 ? "BF16 (reference precision)" : "FP16 (reference precision)", "reference", fp16));
-  std::vector<int> levels = {8, 4};
+  std::vector<int> levels = uniform_levels;
   for (int b : sweep)
     if (std::find(levels.begin(), levels.end(), b) == levels.end()) levels.push_back(b);
   // One measurer for every optiq row: the reference pass and quantized tensors are shared.
@@ -290,7 +324,8 @@ void run_compare(CompareArgs& a) {
   std::sort(rows.begin() + 1, rows.end(), [](const Row& x, const Row& y) {
     return x.bpw != y.bpw ? x.bpw > y.bpw : x.kind > y.kind;  // larger first; uniform before optiq
   });
-  const std::string table = markdown_table(rows, ref_ppl, !a.no_speed);
+  std::string table = markdown_table(rows, ref_ppl, !a.no_speed);
+  if (!a.prompt.empty()) table += samples_markdown(rows, a.prompt);
   const std::string header = fmt::format(
       "{}: {} windows x {} tokens of {} ({} scored tokens); reference perplexity {:.4f}; KLD and top-1 against {}\n\n",
       model_name, rows.front().eval.chunks, a.ctx, fs::path(a.text).filename().string(), rows.front().eval.tokens,
@@ -315,6 +350,7 @@ void run_compare(CompareArgs& a) {
     if (!a.no_speed) jr["decode_tok_s"] = r.decode_tok_s;
     if (r.predicted) jr["predicted_kl"] = *r.predicted;
     if (!r.plan_file.empty()) jr["plan"] = r.plan_file;
+    if (!a.prompt.empty()) jr["sample"] = r.sample;
     j["rows"].push_back(jr);
   }
   write_file_atomic((fs::path(a.out_dir) / "compare.json").string(), j.dump(2) + "\n");
@@ -342,6 +378,10 @@ Runner register_compare(CLI::App& app) {
   cmd->add_option("--cache", a->profile.cache, "profile/cache JSON (default: OUT_DIR/profile.json)");
   cmd->add_option("--bpw", a->bpw, "extra optiq rows at these bits per weight (repeatable or comma-separated)")
       ->delimiter(',');
+  cmd->add_option("--uniform", a->uniform, "uniform bit widths, each with optiq's plan at its size")->capture_default_str();
+  cmd->add_option("--prompt", a->prompt, "also show each row's greedy continuation of this prompt");
+  cmd->add_option("--prompt-tokens", a->prompt_tokens, "tokens per continuation")->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   cmd->add_option("--sweep", a->sweep, "extra uniform bit widths (with optiq at their sizes) for the Pareto plot; '' for none")
       ->capture_default_str();
   cmd->add_option("--group-size", a->group_size, "group size of the uniform rows")->capture_default_str();
