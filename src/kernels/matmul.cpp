@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "core/parallel.h"
+#include "kernels/half_matvec.h"
 #include "kernels/kernels_impl.h"
 
 namespace optiq {
@@ -168,6 +169,8 @@ void dense_matmul(const kern::DenseArgs& a) {
   auto fn = isa == Isa::Avx512 ? kern::dense_block_avx512
             : isa == Isa::Avx2 ? kern::dense_block_avx2
                                : kern::dense_block_scalar;
+  if (a.kind != 0 && a.n < kern::kFusedMaxN && isa != Isa::Scalar)  // decode: widen fp16/bf16 in registers
+    fn = isa == Isa::Avx512 ? kern::half_matvec_block_avx512 : kern::half_matvec_block_avx2;
   for_row_blocks(a.rows, static_cast<double>(a.rows) * a.cols * a.n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
 }
 }  // namespace

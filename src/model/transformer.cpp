@@ -7,6 +7,7 @@
 #include "core/parallel.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "kernels/attention.h"
 #include "model/ops.h"
 
 namespace optiq {
@@ -78,55 +79,21 @@ void Transformer::ensure_scratch(int64_t n) {
 // holds their own keys and values), within the layer's sliding window.
 void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
   const ModelConfig& c = model_.config;
-  const int hd = c.head_dim, n_heads = c.n_heads, kv_dim = c.kv_dim();
-  const int group = c.n_heads / c.n_kv_heads;
-  const float scale = c.attention_scale();
-  const float cap = c.attn_softcap;
-  const int window = c.window(layer);
+  const int kv_dim = c.kv_dim();
+  AttentionParams p;
+  p.n_heads = c.n_heads;
+  p.n_kv_heads = c.n_kv_heads;
+  p.head_dim = c.head_dim;
+  p.q_stride = c.q_dim();
+  p.kv_stride = kv_dim;
+  p.scale = c.attention_scale();
+  p.softcap = c.attn_softcap;
+  p.window = c.window(layer);
+  p.f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
+  p.max_ctx = max_ctx_;
   const float* kc = k_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
   const float* vc = v_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
-  const int start = pos_;
-  parallel_for_range(n * n_heads, 1, [&](int64_t j0, int64_t j1) {
-    thread_local std::vector<float> scores;
-    if (static_cast<int64_t>(scores.size()) < max_ctx_) scores.resize(max_ctx_);
-    for (int64_t j = j0; j < j1; ++j) {
-      {
-        const int64_t i = j / n_heads;
-        const int h = static_cast<int>(j % n_heads);
-        const int p = start + static_cast<int>(i);
-        const int t0 = window_start(p, window);
-        const float* qh = q + i * c.q_dim() + h * hd;
-        const int kvh = h / group;
-        float maxv = -INFINITY;
-        for (int t = t0; t <= p; ++t) {
-          const float* kt = kc + static_cast<size_t>(t) * kv_dim + kvh * hd;
-          float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-          for (int d = 0; d < hd; ++d) s += qh[d] * kt[d];
-          s *= scale;
-          if (cap > 0.0f) s = cap * std::tanh(s / cap);
-          scores[t] = s;
-          maxv = std::max(maxv, s);
-        }
-        float sum = 0.0f;
-        for (int t = t0; t <= p; ++t) {
-          scores[t] = std::exp(scores[t] - maxv);
-          sum += scores[t];
-        }
-        const float inv = 1.0f / sum;
-        const bool f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
-        float* oh = out + i * c.q_dim() + h * hd;
-        std::fill(oh, oh + hd, 0.0f);
-        for (int t = t0; t <= p; ++t) {
-          float a = scores[t] * inv;
-          if (f16_probs) a = f16_to_f32(f32_to_f16(a));
-          const float* vt = vc + static_cast<size_t>(t) * kv_dim + kvh * hd;
-#pragma omp simd
-          for (int d = 0; d < hd; ++d) oh[d] += a * vt[d];
-        }
-      }
-    }
-  });
+  causal_attention(p, q, n, pos_, kc, vc, out);
 }
 
 void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from) {

@@ -1,0 +1,118 @@
+// Decode does no heap allocation per token once the scratch has grown: a
+// global operator new counter around forward() of tiny fp32 and fp16 models
+// of several families (the affine matmul's per-call sums are not covered).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#include "core/half.h"
+#include "model/transformer.h"
+#include "test_util.h"
+
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<long> g_allocs{0};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  if (g_counting.load(std::memory_order_relaxed)) g_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace optiq {
+namespace {
+
+// fp32 or fp16 weights (fp16 storage kept alive in `store`).
+Model random_model(const ModelConfig& c, bool half, std::vector<std::unique_ptr<std::vector<uint16_t>>>& store) {
+  Model m;
+  m.config = c;
+  uint32_t s = 3;
+  auto lin = [&](int64_t rows, int64_t cols) {
+    auto w = test::random_floats(rows * cols, ++s, 1.0f / std::sqrt(float(cols)));
+    if (!half) return Linear::from_f32(std::move(w), rows, cols);
+    auto h = std::make_unique<std::vector<uint16_t>>(w.size());
+    for (size_t j = 0; j < w.size(); ++j) (*h)[j] = f32_to_f16(w[j]);
+    Linear l = Linear::from_half_view(h->data(), false, rows, cols);
+    store.push_back(std::move(h));
+    return l;
+  };
+  auto norm = [&](int64_t n) {
+    auto v = test::random_floats(n, ++s, 0.2f);
+    for (float& x : v) x += 1.0f;
+    return v;
+  };
+  ModelWeights& w = m.weights;
+  w.embed = lin(c.vocab_size, c.dim);
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights L;
+    L.attn_norm = norm(c.dim);
+    L.ffn_norm = norm(c.dim);
+    if (c.sandwich_norms) L.post_attn_norm = norm(c.dim), L.post_ffn_norm = norm(c.dim);
+    if (c.qk_norm) L.q_norm = norm(c.head_dim), L.k_norm = norm(c.head_dim);
+    L.wq = lin(c.q_dim(), c.dim), L.wk = lin(c.kv_dim(), c.dim), L.wv = lin(c.kv_dim(), c.dim);
+    L.w_gate = lin(c.hidden_dim, c.dim), L.w_up = lin(c.hidden_dim, c.dim);
+    L.wo = lin(c.dim, c.q_dim());
+    L.w_down = lin(c.dim, c.hidden_dim);
+    w.layers.push_back(std::move(L));
+  }
+  w.final_norm = norm(c.dim);
+  if (!c.tied_embeddings) w.lm_head = lin(c.vocab_size, c.dim);
+  return m;
+}
+
+ModelConfig config(bool gemma) {
+  ModelConfig c;
+  c.arch = gemma ? "gemma3" : "llama";
+  c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16, c.hidden_dim = 96;
+  c.vocab_size = 97, c.max_seq = 64;
+  if (gemma) {
+    c.activation = Activation::GeluTanh, c.qk_norm = true, c.sandwich_norms = true, c.tied_embeddings = true;
+    c.attn_softcap = 20.0f, c.final_softcap = 15.0f, c.layer_window = {4, 0};
+    c.rope_theta = 1e6f, c.rope_theta_local = 1e4f;
+  }
+  c.validate(c.arch);
+  return c;
+}
+
+}  // namespace
+
+TEST(DecodeAlloc, NoHeapAllocationPerToken) {
+  {  // the counter sees allocations
+    g_allocs = 0;
+    g_counting = true;
+    auto p = std::make_unique<std::vector<float>>(3);
+    g_counting = false;
+    ASSERT_EQ(g_allocs.load(), 2);
+  }
+  for (bool gemma : {false, true})
+    for (bool half : {false, true})
+      for (bool llamacpp : {false, true}) {
+        std::vector<std::unique_ptr<std::vector<uint16_t>>> store;
+        Model m = random_model(config(gemma), half, store);
+        m.llamacpp_numerics = llamacpp;
+        Transformer t(m, 48);
+        std::vector<float> logits(m.config.vocab_size);
+        const int32_t first[] = {1, 2, 3, 4, 5};
+        t.forward(first, logits.data(), 4);
+        // Warm-up decode steps grow the thread_local scratch to its final size.
+        for (int32_t id = 0; id < 4; ++id) t.forward(std::span(&id, 1), logits.data(), 0);
+        g_allocs = 0;
+        g_counting = true;
+        for (int32_t id = 10; id < 30; ++id) t.forward(std::span(&id, 1), logits.data(), 0);
+        g_counting = false;
+        EXPECT_EQ(g_allocs.load(), 0) << (gemma ? "gemma3" : "llama") << (half ? " f16" : " f32")
+                                      << (llamacpp ? " llamacpp" : "");
+      }
+}
+
+}  // namespace optiq
