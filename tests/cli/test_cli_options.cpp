@@ -263,6 +263,9 @@ TEST(CliProfile, MethodsCandidatesCacheJson) {
   }
   ok("profile " + stories_bin() + " --calib " + calib_txt() + kCalib + " --seed 1 --candidates 3x64 --cache " + dir +
      "/bin.json");
+  for (const char* anchors : {"every", "2"})
+    ok(base + " --candidates 4x64 --anchors " + anchors + " --cache " + dir + "/anchors" + anchors + ".json");
+  EXPECT_EQ(run(base + " --anchors 0 --cache " + dir + "/x.json").code, 1);
   EXPECT_EQ(run(base + " --method slow --cache " + dir + "/x.json").code, 2);
   EXPECT_EQ(run("profile " + stories_gguf() + " --cache " + dir + "/x.json").code, 2);  // --calib is required
 }
