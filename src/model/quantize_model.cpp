@@ -66,17 +66,44 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
 
 namespace {
 
-// Sums x^2 per input channel at each observation site, then maps sites to modules.
+// The observation site whose activations a module multiplies: -1 for the head
+// input (lm_head, tied embedding), -2 for none (the embedding lookup). Phi-3's
+// fused qkv_proj and gate_up_proj read the attention and MLP inputs.
+int importance_site(const std::string& kind) {
+  using Site = ActivationObserver::Site;
+  if (kind == "q_proj" || kind == "k_proj" || kind == "v_proj" || kind == "qkv_proj") return static_cast<int>(Site::AttnIn);
+  if (kind == "o_proj") return static_cast<int>(Site::OIn);
+  if (kind == "gate_proj" || kind == "up_proj" || kind == "gate_up_proj") return static_cast<int>(Site::MlpIn);
+  if (kind == "down_proj") return static_cast<int>(Site::DownIn);
+  if (kind == "lm_head") return -1;
+  if (kind == "embed") return -2;
+  fail("importance: unknown module kind {}", kind);
+}
+
+// Sums x^2 per input channel at the four per-layer input sites (AttnIn, OIn,
+// MlpIn, DownIn) and the head input, then maps sites to modules. Other sites
+// (LayerIn, the residual stream profiling caches) are not matrix inputs and
+// are ignored.
 class ImportanceCollector : public ActivationObserver {
  public:
+  static constexpr int kLayerSites = 4;
   explicit ImportanceCollector(const ModelConfig& c) : c_(c) {
-    sums_.resize(c.n_layers * 4 + 1);
+    sums_.resize(static_cast<size_t>(c.n_layers) * kLayerSites + 1);
     counts_.assign(sums_.size(), 0);
   }
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
-    const size_t idx = layer < 0 ? sums_.size() - 1 : static_cast<size_t>(layer) * 4 + static_cast<int>(site);
+    size_t idx;
+    if (site == Site::HeadIn) {
+      idx = head_slot();
+    } else if (static_cast<int>(site) < kLayerSites && layer >= 0 && layer < c_.n_layers) {
+      idx = static_cast<size_t>(layer) * kLayerSites + static_cast<size_t>(site);
+    } else {
+      return;  // LayerIn: the residual stream, no matrix reads it directly
+    }
     auto& s = sums_[idx];
     if (s.empty()) s.assign(cols, 0.0);
+    check(static_cast<int64_t>(s.size()) == cols, "importance: layer {} site {}: {} columns, then {}", layer,
+          static_cast<int>(site), s.size(), cols);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < cols; ++j) s[j] += static_cast<double>(x[i * cols + j]) * x[i * cols + j];
     counts_[idx] += n;
@@ -88,21 +115,18 @@ class ImportanceCollector : public ActivationObserver {
       for (size_t j = 0; j < v.size(); ++j) v[j] = static_cast<float>(sums_[idx][j] / std::max<int64_t>(1, counts_[idx]));
       return v;
     };
-    static const char* kSiteOf[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-    static const int kSite[] = {0, 0, 0, 1, 2, 2, 3};
     for (const auto& m : quantizable_modules(c_)) {
-      if (m.kind == "embed") continue;  // a lookup: every row matters by token frequency, not x^2
-      size_t idx = sums_.size() - 1;
-      if (m.layer >= 0)
-        for (int k = 0; k < 7; ++k)
-          if (m.kind == kSiteOf[k]) idx = static_cast<size_t>(m.layer) * 4 + kSite[k];
-      if (!sums_[idx].empty()) out[m.path] = mean(idx);
+      const int site = importance_site(m.kind);
+      if (site == -2) continue;  // a lookup: every row matters by token frequency, not x^2
+      const size_t idx = site == -1 ? head_slot() : static_cast<size_t>(m.layer) * kLayerSites + site;
+      if (!sums_[idx].empty() && static_cast<int64_t>(sums_[idx].size()) == m.cols) out[m.path] = mean(idx);
     }
-    if (c_.tied_embeddings && !sums_.back().empty()) out["model.embed_tokens"] = mean(sums_.size() - 1);
+    if (c_.tied_embeddings && !sums_[head_slot()].empty()) out["model.embed_tokens"] = mean(head_slot());
     return out;
   }
 
  private:
+  size_t head_slot() const { return sums_.size() - 1; }
   const ModelConfig& c_;
   std::vector<std::vector<double>> sums_;
   std::vector<int64_t> counts_;
