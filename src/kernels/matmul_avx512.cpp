@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/half.h"
@@ -134,7 +135,7 @@ inline __m512 halves16(const uint16_t* p, __mmask16 m, bool bf16) {
 
 void scales_f32(const AffineMatrixView& W, int64_t r, Scratch& s) {
   const int64_t ng = W.groups_per_row();
-  const int64_t cap = (ng + 15) / 16 * 16;
+  const int64_t cap = (ng + 15) / 16 * 16 + 16;  // slack for unmasked 16-float loads
   if (static_cast<int64_t>(s.sc.size()) < cap) s.sc.resize(cap), s.bi.resize(cap);
   const uint16_t* sp = W.scales + r * ng;
   const uint16_t* bp = W.biases + r * ng;
@@ -180,14 +181,16 @@ void rows(const Int8Args& a, int64_t x0, int64_t r0, int64_t r1) {
     scales_f32(W, r, s);
     __m512 acc[NX];
     for (int i = 0; i < NX; ++i) acc[i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nblk; b += CB) {
-      const int64_t m = std::min<int64_t>(CB, nblk - b);
-      const bool full = m == CB;
-      constexpr int64_t bpb = Bits == 4 ? 16 : 32;  // weight bytes per block
+    constexpr int64_t bpb = Bits == 4 ? 16 : 32;  // weight bytes per block
+    // One chunk of m blocks at block b; Full: m == CB, no byte masks.
+    auto chunk = [&](auto full_tag, int64_t b, int64_t m) {
+      constexpr bool full = decltype(full_tag)::value;
       const uint8_t* pw = p + b * bpb;
       const __m512i w = full ? _mm512_loadu_si512(pw) : _mm512_maskz_loadu_epi8(mask64(m * bpb), pw);
       const int64_t g0 = b >> gshift;
-      const __m512 swl = _mm512_permutexvar_ps(idx_g, _mm512_maskz_loadu_ps(mask16(ng - g0), s.sc.data() + g0));
+      // s.sc has 16 floats of slack past the row's groups: lanes beyond the
+      // chunk's groups are never selected.
+      const __m512 swl = _mm512_permutexvar_ps(idx_g, _mm512_loadu_ps(s.sc.data() + g0));
       for (int i = 0; i < NX; ++i) {
         const int8_t* xb = a.xq + (x0 + i) * a.ldq + b * 32;
         __m512i d;
@@ -201,10 +204,13 @@ void rows(const Int8Args& a, int64_t x0, int64_t r0, int64_t r1) {
           d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
         }
         const float* sx = a.sx + (x0 + i) * nblk + b;
-        const __m512 sxl = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), sx));
+        const __m512 sxl = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(full ? static_cast<__mmask16>((1u << CB) - 1) : mask16(m), sx));
         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sxl, swl), acc[i]);
       }
-    }
+    };
+    int64_t b = 0;
+    for (; b + CB <= nblk; b += CB) chunk(std::true_type{}, b, CB);
+    if (b < nblk) chunk(std::false_type{}, b, nblk - b);
     for (int i = 0; i < NX; ++i)
       a.Y[(x0 + i) * W.rows + r] = _mm512_reduce_add_ps(acc[i]) + bias_term(s.bi.data(), a.xsum + (x0 + i) * ng, ng);
   }
