@@ -5,11 +5,18 @@
 // Paths: scalar reference, AVX2+FMA+F16C and AVX-512 (F/BW/VL/DQ), chosen at
 // run time from cpuid; OPTIQ_ISA=scalar|avx2|avx512 forces one (a path the CPU
 // lacks falls back to the best available). Work is split over output rows with
-// OpenMP (core/parallel.h sets the thread count).
+// the thread pool (core/parallel.h).
 //
-//  - n < 4 (decode): packed codes are unpacked in registers (byte shuffle +
-//    variable shift) and multiplied straight into the fp32 accumulators; the
-//    bias is applied once per group through per-group sums of x.
+//  - n < 4 (decode), int8_decode() on (default): X is rounded once per call to
+//    int8 blocks of 32 (kernels/act_quant.h) and multiplied with the codes by
+//    integer dot products (AVX-512 VNNI vpdpbusd; AVX2 maddubs, or AVX-VNNI
+//    when the CPU has it; scalar reference); 4-bit nibbles meet X permuted to
+//    their order, 8-bit bytes directly, 2/3/5/6-bit codes are unpacked to
+//    bytes per row. fp32 per block: s_w * s_x * dot, bias via per-group sums.
+//  - n < 4 with int8 decode off (--numerics exact): packed codes are unpacked
+//    in registers (byte shuffle + variable shift) and multiplied straight into
+//    the fp32 accumulators; the bias is applied once per group through
+//    per-group sums of x.
 //  - n >= 4 (prefill): each block of 16 weight rows is dequantized once into an
 //    fp32 tile and reused for all n activation rows (4x4 register tiles).
 #pragma once
