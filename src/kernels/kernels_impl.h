@@ -27,6 +27,35 @@ struct AffineArgs {
 // a tail shorter than 128 stays in natural order.
 void permute_x_q4_avx512(const float* x, int64_t cols, float* xp);
 
+// Integer decode path (n < kFusedMaxN, int8 activations): per weight group g
+// of row r and activation row i,
+//   y += s_w[g] * sum_{b in g} s_x[b] * dot(q_w, q_x over block b)
+//      + bias_w[g] * xsum[i][g],   xsum[i][g] = sum_{b in g} s_x[b] * sum(q_x over b).
+struct Int8Args {
+  const AffineMatrixView* W;
+  int64_t n;
+  const int8_t* xq;    // n rows of ldq int8 codes; 4-bit SIMD paths: permuted (permute_q4_act)
+  int64_t ldq;         // blocks * 32
+  const float* sx;     // n x blocks: activation block scales
+  const float* xsum;   // n x groups_per_row
+  float* Y;
+};
+
+// Int8 activations reordered for 4-bit kernels that split the nibbles of a
+// chunk of `cb` blocks (16*cb bytes of weights): per chunk, the even inputs of
+// each block (low nibbles) come first, block after block, then the odd ones
+// (high nibbles). A short last chunk of m < cb blocks uses the same layout
+// with m. Natural order in, `blocks * 32` bytes out.
+void permute_q4_act(const int8_t* q, int64_t blocks, int cb, int8_t* out);
+
+// Codes of row r of a packed matrix as bytes (any bit width), cols of them.
+void unpack_codes_row(const AffineMatrixView& W, int64_t r, uint8_t* out);
+
+void int8_block_scalar(const Int8Args& a, int64_t r0, int64_t r1);
+void int8_block_avx2(const Int8Args& a, int64_t r0, int64_t r1);     // AVX2 maddubs (q4 chunks of 2 blocks)
+void int8_block_avxvnni(const Int8Args& a, int64_t r0, int64_t r1);  // same layout, VEX dpbusd
+void int8_block_avx512(const Int8Args& a, int64_t r0, int64_t r1);   // AVX-512 VNNI (q4 chunks of 4 blocks)
+
 void affine_block_scalar(const AffineArgs& a, int64_t r0, int64_t r1);
 void affine_block_avx2(const AffineArgs& a, int64_t r0, int64_t r1);
 void affine_block_avx512(const AffineArgs& a, int64_t r0, int64_t r1);

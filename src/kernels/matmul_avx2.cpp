@@ -52,7 +52,13 @@ struct V {
 
 #include "kernels/simd_kernels.inc"
 
+#define OPTIQ_INT8_VNNI 0
+#include "kernels/int8_kernels_256.inc"
+#undef OPTIQ_INT8_VNNI
+
 }  // namespace
+
+void int8_block_avx2(const Int8Args& a, int64_t r0, int64_t r1) { i8::int8_block_impl(a, r0, r1); }
 
 void affine_block_avx2(const AffineArgs& a, int64_t r0, int64_t r1) { affine_block_impl(a, r0, r1); }
 void dense_block_avx2(const DenseArgs& a, int64_t r0, int64_t r1) { dense_block_impl(a, r0, r1); }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/half.h"
@@ -107,7 +108,133 @@ void fused_q4(const AffineArgs& a, int64_t x0, int64_t r0, int64_t r1) {
   }
 }
 
+// ------------------------------------------------------------ int8 decode
+// 4-bit: a chunk is 4 blocks (64 weight bytes = 128 codes), X permuted by
+// permute_q4_act(cb = 4); int32 lane l of the dot belongs to block l/4.
+// 8-bit (and 2/3/5/6-bit codes unpacked to bytes): a chunk is 2 blocks, lane l
+// belongs to block l/8. A short last chunk is read with byte masks. Per lane,
+// the int32 dot is scaled by s_x(block) * s_w(group) into fp32 accumulators.
+namespace i8 {
+
+struct Scratch {
+  std::vector<float> sc, bi;
+  std::vector<uint8_t> codes;
+};
+Scratch& scratch8() {
+  static thread_local Scratch s;
+  return s;
+}
+
+inline __mmask16 mask16(int64_t n) { return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); }
+inline __mmask64 mask64(int64_t n) { return n >= 64 ? ~__mmask64{0} : ((__mmask64{1} << n) - 1); }
+
+inline __m512 halves16(const uint16_t* p, __mmask16 m, bool bf16) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+}
+
+void scales_f32(const AffineMatrixView& W, int64_t r, Scratch& s) {
+  const int64_t ng = W.groups_per_row();
+  const int64_t cap = (ng + 15) / 16 * 16 + 16;  // slack for unmasked 16-float loads
+  if (static_cast<int64_t>(s.sc.size()) < cap) s.sc.resize(cap), s.bi.resize(cap);
+  const uint16_t* sp = W.scales + r * ng;
+  const uint16_t* bp = W.biases + r * ng;
+  for (int64_t g = 0; g < ng; g += 16) {
+    const __mmask16 m = mask16(ng - g);
+    _mm512_storeu_ps(&s.sc[g], halves16(sp + g, m, W.bf16_scales));
+    _mm512_storeu_ps(&s.bi[g], halves16(bp + g, m, W.bf16_scales));
+  }
+}
+
+inline float bias_term(const float* bi, const float* xs, int64_t ng) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; g += 16) {
+    const __mmask16 m = mask16(ng - g);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, bi + g), _mm512_maskz_loadu_ps(m, xs + g), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// Bits = 4: packed nibbles; Bits = 8: bytes (packed 8-bit, or unpacked codes
+// when Unpacked).
+template <int Bits, bool Unpacked, int NX>
+void rows(const Int8Args& a, int64_t x0, int64_t r0, int64_t r1) {
+  const AffineMatrixView& W = *a.W;
+  const int64_t K = W.cols, nblk = K / 32, ng = W.groups_per_row(), gs = W.fmt.group_size;
+  const int gshift = gs == 32 ? 0 : gs == 64 ? 1 : 2;
+  constexpr int CB = Bits == 4 ? 4 : 2;        // blocks per chunk
+  constexpr int LB = Bits == 4 ? 2 : 3;        // log2(lanes per block)
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i idx_b = _mm512_srli_epi32(lane, LB);
+  const __m512i idx_g = _mm512_srli_epi32(idx_b, gshift);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  Scratch& s = scratch8();
+  if (Unpacked && static_cast<int64_t>(s.codes.size()) < K) s.codes.resize(K);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* p;
+    if constexpr (Unpacked) {
+      unpack_codes_row(W, r, s.codes.data());
+      p = s.codes.data();
+    } else {
+      p = reinterpret_cast<const uint8_t*>(W.packed + r * W.words_per_row());
+    }
+    scales_f32(W, r, s);
+    __m512 acc[NX];
+    for (int i = 0; i < NX; ++i) acc[i] = _mm512_setzero_ps();
+    constexpr int64_t bpb = Bits == 4 ? 16 : 32;  // weight bytes per block
+    // One chunk of m blocks at block b; Full: m == CB, no byte masks.
+    auto chunk = [&](auto full_tag, int64_t b, int64_t m) {
+      constexpr bool full = decltype(full_tag)::value;
+      const uint8_t* pw = p + b * bpb;
+      const __m512i w = full ? _mm512_loadu_si512(pw) : _mm512_maskz_loadu_epi8(mask64(m * bpb), pw);
+      const int64_t g0 = b >> gshift;
+      // s.sc has 16 floats of slack past the row's groups: lanes beyond the
+      // chunk's groups are never selected.
+      const __m512 swl = _mm512_permutexvar_ps(idx_g, _mm512_loadu_ps(s.sc.data() + g0));
+      for (int i = 0; i < NX; ++i) {
+        const int8_t* xb = a.xq + (x0 + i) * a.ldq + b * 32;
+        __m512i d;
+        if constexpr (Bits == 4) {
+          const __m512i lo = _mm512_and_si512(w, m4), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
+          const __m512i xl = full ? _mm512_loadu_si512(xb) : _mm512_maskz_loadu_epi8(mask64(16 * m), xb);
+          const __m512i xh = full ? _mm512_loadu_si512(xb + 64) : _mm512_maskz_loadu_epi8(mask64(16 * m), xb + 16 * m);
+          d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+        } else {
+          const __m512i x = full ? _mm512_loadu_si512(xb) : _mm512_maskz_loadu_epi8(mask64(32 * m), xb);
+          d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+        }
+        const float* sx = a.sx + (x0 + i) * nblk + b;
+        const __m512 sxl = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(full ? static_cast<__mmask16>((1u << CB) - 1) : mask16(m), sx));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sxl, swl), acc[i]);
+      }
+    };
+    int64_t b = 0;
+    for (; b + CB <= nblk; b += CB) chunk(std::true_type{}, b, CB);
+    if (b < nblk) chunk(std::false_type{}, b, nblk - b);
+    for (int i = 0; i < NX; ++i)
+      a.Y[(x0 + i) * W.rows + r] = _mm512_reduce_add_ps(acc[i]) + bias_term(s.bi.data(), a.xsum + (x0 + i) * ng, ng);
+  }
+}
+
+template <int Bits, bool Unpacked>
+void per_x(const Int8Args& a, int64_t r0, int64_t r1) {
+  int64_t i = 0;
+  for (; i + 3 <= a.n; i += 3) rows<Bits, Unpacked, 3>(a, i, r0, r1);
+  for (; i + 2 <= a.n; i += 2) rows<Bits, Unpacked, 2>(a, i, r0, r1);
+  for (; i < a.n; ++i) rows<Bits, Unpacked, 1>(a, i, r0, r1);
+}
+
+}  // namespace i8
+
 }  // namespace
+
+void int8_block_avx512(const Int8Args& a, int64_t r0, int64_t r1) {
+  switch (a.W->fmt.bits) {
+    case 4: i8::per_x<4, false>(a, r0, r1); break;
+    case 8: i8::per_x<8, false>(a, r0, r1); break;
+    default: i8::per_x<8, true>(a, r0, r1); break;
+  }
+}
 
 void permute_x_q4_avx512(const float* x, int64_t cols, float* xp) {
   const int64_t nb = cols / 128;

@@ -21,9 +21,17 @@ std::vector<Isa> available_isas() {
   return v;
 }
 
+// These tests check the fp32 kernels against a double product at 2e-6, so
+// they turn the int8 decode path off (it has its own tests,
+// test_int8_decode.cpp, with the tolerance its rounding implies).
 struct IsaGuard {
   Isa saved = active_isa();
-  ~IsaGuard() { set_isa(saved); }
+  bool int8 = int8_decode();
+  IsaGuard() { set_int8_decode(false); }
+  ~IsaGuard() {
+    set_isa(saved);
+    set_int8_decode(int8);
+  }
 };
 
 // Y = X W^T in double; tolerance per element scaled by sum |x||w|.

@@ -13,7 +13,7 @@ namespace optiq::cli {
 struct ModelArgs {
   std::string path;
   std::string tokenizer;
-  std::string numerics = "exact";
+  std::string numerics = "fast";
   void add_to(CLI::App& cmd, const std::string& what = "model: HF directory, .gguf file, or llama2.c .bin");
   Model load(bool weights = true) const;
 };

@@ -1,0 +1,159 @@
+// Integer decode path (affine_matmul_int8): int8 activation blocks x packed
+// codes, on every bit width, group size and ISA path.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "kernels/act_quant.h"
+#include "kernels/matmul.h"
+#include "quant/quantizer.h"
+#include "test_util.h"
+
+namespace optiq {
+namespace {
+
+struct Path {
+  Isa isa;
+  bool vnni;  // AVX-VNNI on the AVX2 path
+  std::string name() const { return fmt::format("{}{}", isa_name(isa), isa == Isa::Avx2 ? (vnni ? "+vnni" : "-novnni") : ""); }
+};
+
+std::vector<Path> paths() {
+  std::vector<Path> v{{Isa::Scalar, false}};
+  if (isa_supported(Isa::Avx2)) {
+    v.push_back({Isa::Avx2, false});
+    if (set_avx_vnni(true)) v.push_back({Isa::Avx2, true});
+  }
+  if (isa_supported(Isa::Avx512)) v.push_back({Isa::Avx512, false});
+  return v;
+}
+
+struct Guard {
+  Isa isa = active_isa();
+  bool vnni = avx_vnni_enabled();
+  bool int8 = int8_decode();
+  ~Guard() {
+    set_isa(isa);
+    set_avx_vnni(vnni);
+    set_int8_decode(int8);
+  }
+};
+
+void use(const Path& p) {
+  set_isa(p.isa);
+  set_avx_vnni(p.vnni);
+}
+
+// Checks Y against (1) the double-precision product of W with the same
+// int8-rounded activations (only fp32 summation error: 1e-5 of sum |w x|) and
+// (2) the fp32 product with the unrounded X, within the rounding bound:
+// |x - s*q| <= s/2 per input, so |dy| <= sum_k |w_k| * s_b(k) / 2.
+void check_int8(const std::vector<float>& Wf, int64_t rows, int64_t cols, const std::vector<float>& X, int64_t n,
+                const std::vector<float>& Y, const std::string& what) {
+  Int8Activations q;
+  quantize_activations(X.data(), n, cols, q);
+  int bad = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref_q = 0, mag = 0, ref = 0, bound = 0;
+      for (int64_t k = 0; k < cols; ++k) {
+        const double w = Wf[r * cols + k];
+        const double s = q.row_scale(i)[k / 32];
+        const double xq = s * q.row_q(i)[k];
+        ref_q += w * xq;
+        mag += std::abs(w * xq);
+        ref += w * X[i * cols + k];
+        bound += std::abs(w) * s * 0.5;
+      }
+      const double got = Y[i * rows + r];
+      const double tol_q = 1e-5 * mag + 1e-30;
+      if (!(std::abs(got - ref_q) <= tol_q) && bad++ < 5)
+        ADD_FAILURE() << what << " Y[" << i << "," << r << "] = " << got << " int8 reference " << ref_q << " (mag "
+                      << mag << ")";
+      if (!(std::abs(got - ref) <= bound * 1.0001 + tol_q) && bad++ < 5)
+        ADD_FAILURE() << what << " Y[" << i << "," << r << "] = " << got << " fp32 product " << ref
+                      << " beyond the rounding bound " << bound;
+    }
+}
+
+}  // namespace
+
+TEST(Int8Decode, AllFormatsAllPaths) {
+  Guard guard;
+  const auto ps = paths();
+  uint32_t seed = 11;
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int gs : {32, 64, 128})
+      for (int64_t cols : {int64_t{gs}, int64_t{3 * gs}, int64_t{576}, int64_t{5 * gs}}) {
+        if (cols % gs) continue;
+        const int64_t rows = seed % 2 ? 37 : 13;  // not multiples of 16
+        const bool bf16 = seed % 3 == 0;
+        auto w = test::random_floats(rows * cols, seed++);
+        QuantizeOptions o;
+        o.method = QuantMethod::MinMax;
+        o.bf16_scales = bf16;
+        AffineMatrix m = quantize(w.data(), rows, cols, {bits, gs}, o);
+        auto Wf = dequantize(m.view());
+        for (int64_t n : {1, 2, 3}) {
+          auto X = test::random_floats(n * cols, seed++);
+          for (int64_t k = 0; k < n * cols; k += 7) X[k] *= 4.0f;  // uneven block ranges
+          for (const Path& p : ps) {
+            use(p);
+            std::vector<float> Y(n * rows, NAN);
+            affine_matmul_int8(m.view(), X.data(), n, Y.data());
+            check_int8(Wf, rows, cols, X, n, Y,
+                       fmt::format("{} q{} g{} {} {}x{} n={}", p.name(), bits, gs, bf16 ? "bf16" : "f16", rows, cols, n));
+          }
+        }
+      }
+}
+
+// Extreme codes: all-0 and all-max weights, activations at +-127 (int32 sums,
+// no int16 saturation on the AVX2 maddubs path).
+TEST(Int8Decode, ExtremeCodes) {
+  Guard guard;
+  for (int bits : {4, 8, 6})
+    for (int code : {0, (1 << bits) - 1}) {
+      const int64_t rows = 5, cols = 160, gs = 32;
+      std::vector<uint8_t> codes(rows * cols, static_cast<uint8_t>(code));
+      std::vector<uint16_t> sc(rows * cols / gs, f32_to_scale(0.01f, false)), bi(rows * cols / gs, f32_to_scale(-0.5f, false));
+      AffineMatrix m = pack(codes.data(), rows, cols, {bits, static_cast<int>(gs)}, sc, bi, false);
+      auto Wf = dequantize(m.view());
+      for (int64_t n : {1, 3}) {
+        std::vector<float> X(n * cols);
+        for (int64_t k = 0; k < n * cols; ++k) X[k] = (k / 32) % 2 ? 3.0f : -3.0f;
+        for (const Path& p : paths()) {
+          use(p);
+          std::vector<float> Y(n * rows, NAN);
+          affine_matmul_int8(m.view(), X.data(), n, Y.data());
+          check_int8(Wf, rows, cols, X, n, Y, fmt::format("{} q{} code {} n={}", p.name(), bits, code, n));
+        }
+      }
+    }
+}
+
+// affine_matmul: int8 for n < 4 by default, fp32 when int8 decode is off and
+// for n >= 4 always.
+TEST(Int8Decode, DispatchFollowsNumerics) {
+  Guard guard;
+  const int64_t rows = 19, cols = 192;
+  auto w = test::random_floats(rows * cols, 5);
+  AffineMatrix m = quantize(w.data(), rows, cols, {4, 64});
+  for (int64_t n : {1, 3, 4, 6}) {
+    auto X = test::random_floats(n * cols, 9 + n);
+    std::vector<float> y(n * rows), yi(n * rows), yf(n * rows);
+    affine_matmul_int8(m.view(), X.data(), n, yi.data());
+    affine_matmul_f32(m.view(), X.data(), n, yf.data());
+    set_int8_decode(true);
+    affine_matmul(m.view(), X.data(), n, y.data());
+    EXPECT_EQ(y, n < 4 ? yi : yf) << "n=" << n;
+    set_int8_decode(false);
+    affine_matmul(m.view(), X.data(), n, y.data());
+    EXPECT_EQ(y, yf) << "n=" << n;
+  }
+}
+
+}  // namespace optiq
