@@ -1,6 +1,7 @@
 #include "kernels/act_quant.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 namespace optiq {
@@ -35,3 +36,11 @@ void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activatio
 }
 
 }  // namespace optiq
+
+namespace optiq::kernels {
+namespace {
+std::atomic<bool> g_decode_int8{true};
+}
+bool decode_int8_enabled() { return g_decode_int8.load(std::memory_order_relaxed); }
+void set_decode_int8(bool on) { g_decode_int8.store(on, std::memory_order_relaxed); }
+}  // namespace optiq::kernels
