@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 
 namespace optiq {
 
@@ -39,7 +40,12 @@ void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activatio
 
 namespace optiq::kernels {
 namespace {
-std::atomic<bool> g_decode_int8{true};
+// OPTIQ_DECODE_INT8=0 starts the process in exact mode.
+bool initial_decode_int8() {
+  const char* e = std::getenv("OPTIQ_DECODE_INT8");
+  return !(e && e[0] == '0');
+}
+std::atomic<bool> g_decode_int8{initial_decode_int8()};
 }
 bool decode_int8_enabled() { return g_decode_int8.load(std::memory_order_relaxed); }
 void set_decode_int8(bool on) { g_decode_int8.store(on, std::memory_order_relaxed); }

@@ -41,6 +41,20 @@ inline void kq_scale_min(int j, const uint8_t* q, int& sc, int& mn) {
   }
 }
 
+// All 8 scale/min pairs of a Q4_K/Q5_K block at once: bytes 0-7 of the
+// result are the scales, 8-15 the mins (the same values as kq_scale_min).
+inline void kq_scales_mins(const uint8_t* q, uint8_t out[16]) {
+  constexpr uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+  uint32_t u[4];
+  std::memcpy(u, q, 12);
+  u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+  const uint32_t m = u[1] & k1;
+  u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+  u[2] = m;
+  u[0] &= k1;
+  std::memcpy(out, u, 16);
+}
+
 // One 256-weight block as w[k] = scale[k/16] * q[k] - min[k/16], with the
 // same fp32 scale/min products as quant/ggml_dequant (so the dequantized
 // values are identical).

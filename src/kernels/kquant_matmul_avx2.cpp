@@ -14,9 +14,10 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Q4_K: 8 sub-blocks of 32, w = d*sc*q - dmin*m, q in 0..15.
-template <int NX>
-void q4k_rows(const KQuantArgs& a, int64_t x0, int64_t r0, int64_t r1) {
+// Q4_K (Q5 = false) and Q5_K: 8 sub-blocks of 32, w = d*sc*q - dmin*m, q in
+// 0..15 (0..31 with Q5_K's fifth bits).
+template <bool Q5, int NX>
+void q45k_rows(const KQuantArgs& a, int64_t x0, int64_t r0, int64_t r1) {
   const KQuantView& W = *a.W;
   const int64_t nb = W.cols / 256;
   const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
@@ -25,12 +26,14 @@ void q4k_rows(const KQuantArgs& a, int64_t x0, int64_t r0, int64_t r1) {
     __m256 acc[NX], macc[NX];
     for (int i = 0; i < NX; ++i) acc[i] = macc[i] = _mm256_setzero_ps();
     for (int64_t ib = 0; ib < nb; ++ib) {
-      const uint8_t* b = row + ib * 144;
+      const uint8_t* b = row + ib * (Q5 ? 176 : 144);
       const float d = kq_f16(b), dmin = kq_f16(b + 2);
-      alignas(32) int32_t sc[8], mn[8];
-      for (int j = 0; j < 8; ++j) kq_scale_min(j, b + 4, sc[j], mn[j]);
-      const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)sc)));
-      const __m256 dmn = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)mn)));
+      alignas(16) uint8_t sm8[16];
+      kq_scales_mins(b + 4, sm8);
+      const __m128i sm16 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm8));
+      const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm16)));
+      const __m256 dmn =
+          _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm16, 8))));
       alignas(32) float f[NX][8];
       for (int i = 0; i < NX; ++i) {
         const __m256 sx = _mm256_loadu_ps(a.A->row_scale(x0 + i) + ib * 8);
@@ -38,10 +41,17 @@ void q4k_rows(const KQuantArgs& a, int64_t x0, int64_t r0, int64_t r1) {
         _mm256_store_ps(f[i], _mm256_mul_ps(dsc, sx));
         macc[i] = _mm256_fmadd_ps(dmn, _mm256_mul_ps(sx, sm), macc[i]);
       }
-      const uint8_t* qs = b + 16;
+      const uint8_t* qs = b + (Q5 ? 48 : 16);
+      [[maybe_unused]] const __m256i qh = Q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {
         const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * c));
-        const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        if constexpr (Q5) {
+          const __m256i one = _mm256_set1_epi8(1);
+          const __m128i s0 = _mm_cvtsi32_si128(2 * c), s1 = _mm_cvtsi32_si128(2 * c + 1);
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, s0), one), 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, s1), one), 4));
+        }
         for (int i = 0; i < NX; ++i) {
           const int8_t* qx = a.A->row_q(x0 + i) + ib * 256 + 64 * c;
           const __m256i x_lo = _mm256_loadu_si256((const __m256i*)qx), x_hi = _mm256_loadu_si256((const __m256i*)(qx + 32));
@@ -112,7 +122,8 @@ void by_n(const KQuantArgs& a, int64_t r0, int64_t r1) {
 
 void kquant_decode_avx2(const KQuantArgs& a, int64_t r0, int64_t r1) {
   switch (a.W->dtype) {
-    case DType::Q4_K: by_n<q4k_rows<1>, q4k_rows<2>, q4k_rows<3>>(a, r0, r1); return;
+    case DType::Q4_K: by_n<q45k_rows<false, 1>, q45k_rows<false, 2>, q45k_rows<false, 3>>(a, r0, r1); return;
+    case DType::Q5_K: by_n<q45k_rows<true, 1>, q45k_rows<true, 2>, q45k_rows<true, 3>>(a, r0, r1); return;
     case DType::Q6_K: by_n<q6k_rows<1>, q6k_rows<2>, q6k_rows<3>>(a, r0, r1); return;
     default: kq_decode_generic(a, r0, r1); return;
   }

@@ -23,9 +23,11 @@ inline __m512i pair_idx(int j) {
 }
 
 // Q4_K: 64 bytes of codes = 4 sub-blocks of 32 (lo/hi nibbles of two chunks),
-// rearranged to match two 64-byte activation loads; dpbusd (u8 x s8).
-template <int NX>
-void q4k_rows(const KQuantArgs& a, int64_t x0, int64_t r0, int64_t r1) {
+// rearranged to match two 64-byte activation loads; dpbusd (u8 x s8). Q5:
+// Q5_K, whose fifth bits (qh bit 2c / 2c+1 for chunk c's low / high nibbles)
+// are or-ed in as 16.
+template <bool Q5, int NX>
+void q45k_rows(const KQuantArgs& a, int64_t x0, int64_t r0, int64_t r1) {
   const KQuantView& W = *a.W;
   const int64_t nb = W.cols / 256;
   const __m512i m4 = _mm512_set1_epi8(0x0f);
@@ -36,12 +38,14 @@ void q4k_rows(const KQuantArgs& a, int64_t x0, int64_t r0, int64_t r1) {
     __m256 macc[NX];
     for (int i = 0; i < NX; ++i) acc[i] = _mm512_setzero_ps(), macc[i] = _mm256_setzero_ps();
     for (int64_t ib = 0; ib < nb; ++ib) {
-      const uint8_t* b = row + ib * 144;
+      const uint8_t* b = row + ib * (Q5 ? 176 : 144);
       const float d = kq_f16(b), dmin = kq_f16(b + 2);
-      alignas(32) int32_t sc[8], mn[8];
-      for (int j = 0; j < 8; ++j) kq_scale_min(j, b + 4, sc[j], mn[j]);
-      const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)sc)));
-      const __m256 dmn = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)mn)));
+      alignas(16) uint8_t sm8[16];
+      kq_scales_mins(b + 4, sm8);
+      const __m128i sm16 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm8));
+      const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm16)));
+      const __m256 dmn =
+          _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm16, 8))));
       __m512 f[NX];
       for (int i = 0; i < NX; ++i) {
         const __m256 sx = _mm256_loadu_ps(a.A->row_scale(x0 + i) + ib * 8);
@@ -49,10 +53,20 @@ void q4k_rows(const KQuantArgs& a, int64_t x0, int64_t r0, int64_t r1) {
         f[i] = _mm512_castps256_ps512(_mm256_mul_ps(dsc, sx));
         macc[i] = _mm256_fmadd_ps(dmn, _mm256_mul_ps(sx, sm), macc[i]);
       }
-      const uint8_t* qs = b + 16;
+      const uint8_t* qs = b + (Q5 ? 48 : 16);
+      [[maybe_unused]] const __m512i qh =
+          Q5 ? _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16))) : _mm512_setzero_si512();
       for (int p = 0; p < 2; ++p) {
         const __m512i v = _mm512_loadu_si512(qs + 64 * p);
-        const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        if constexpr (Q5) {  // lower half chunk 2p, upper half chunk 2p + 1
+          const __m512i one = _mm512_set1_epi8(1);
+          const __m512i c0 = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<short>(4 * p)),
+                                                _mm256_set1_epi16(static_cast<short>(4 * p + 2)), 1);
+          const __m512i c1 = _mm512_add_epi16(c0, _mm512_set1_epi16(1));
+          lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, c0), one), 4));
+          hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, c1), one), 4));
+        }
         // wa = sub-blocks 4p, 4p+1; wb = 4p+2, 4p+3 (element order).
         const __m512i wa = _mm512_shuffle_i64x2(lo, hi, 0x44), wb = _mm512_shuffle_i64x2(lo, hi, 0xEE);
         for (int i = 0; i < NX; ++i) {
@@ -131,7 +145,8 @@ void by_n(const KQuantArgs& a, int64_t r0, int64_t r1) {
 
 void kquant_decode_avx512(const KQuantArgs& a, int64_t r0, int64_t r1) {
   switch (a.W->dtype) {
-    case DType::Q4_K: by_n<q4k_rows<1>, q4k_rows<2>, q4k_rows<3>>(a, r0, r1); return;
+    case DType::Q4_K: by_n<q45k_rows<false, 1>, q45k_rows<false, 2>, q45k_rows<false, 3>>(a, r0, r1); return;
+    case DType::Q5_K: by_n<q45k_rows<true, 1>, q45k_rows<true, 2>, q45k_rows<true, 3>>(a, r0, r1); return;
     case DType::Q6_K: by_n<q6k_rows<1>, q6k_rows<2>, q6k_rows<3>>(a, r0, r1); return;
     default: kq_decode_generic(a, r0, r1); return;
   }
