@@ -1,7 +1,9 @@
 #include "kernels/act_quant.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 
 namespace optiq {
 
@@ -35,3 +37,16 @@ void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activatio
 }
 
 }  // namespace optiq
+
+namespace optiq::kernels {
+namespace {
+// OPTIQ_DECODE_INT8=0 starts the process in exact mode.
+bool initial_decode_int8() {
+  const char* e = std::getenv("OPTIQ_DECODE_INT8");
+  return !(e && e[0] == '0');
+}
+std::atomic<bool> g_decode_int8{initial_decode_int8()};
+}
+bool decode_int8_enabled() { return g_decode_int8.load(std::memory_order_relaxed); }
+void set_decode_int8(bool on) { g_decode_int8.store(on, std::memory_order_relaxed); }
+}  // namespace optiq::kernels

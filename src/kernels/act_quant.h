@@ -29,3 +29,12 @@ struct Int8Activations {
 void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activations& out);
 
 }  // namespace optiq
+
+namespace optiq::kernels {
+// Process-wide numerics switch: true (default) lets decode products (n < 4)
+// round activations to int8 blocks and use integer dot products; false keeps
+// fp32 activations everywhere ("exact" mode). The environment variable
+// OPTIQ_DECODE_INT8=0 sets the initial value to false.
+bool decode_int8_enabled();
+void set_decode_int8(bool on);
+}  // namespace optiq::kernels

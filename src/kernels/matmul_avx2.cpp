@@ -62,5 +62,8 @@ void int8_block_avx2(const Int8Args& a, int64_t r0, int64_t r1) { i8::int8_block
 
 void affine_block_avx2(const AffineArgs& a, int64_t r0, int64_t r1) { affine_block_impl(a, r0, r1); }
 void dense_block_avx2(const DenseArgs& a, int64_t r0, int64_t r1) { dense_block_impl(a, r0, r1); }
+void gemm_tile_avx2(const float* W, int64_t mrows, int64_t K, const float* X, int64_t n, float* Y, int64_t ldy) {
+  gemm_tile(W, mrows, K, X, n, Y, ldy);
+}
 
 }  // namespace optiq::kern

@@ -7,6 +7,7 @@
 #include "core/half.h"
 
 #include "core/error.h"
+#include "kernels/act_quant.h"
 #include "kernels/matmul.h"
 
 namespace optiq {
@@ -53,6 +54,25 @@ Linear Linear::from_affine_view(const AffineMatrixView& v) {
   return l;
 }
 
+Linear Linear::from_ggml_view(DType dtype, const void* data, int64_t rows, int64_t cols) {
+  KQuantView v{dtype, rows, cols, static_cast<const uint8_t*>(data)};
+  check_view(v);
+  Linear l;
+  l.rows_ = rows;
+  l.cols_ = cols;
+  l.kq_view_ = v;
+  return l;
+}
+
+Linear Linear::from_ggml(DType dtype, std::vector<uint8_t> blocks, int64_t rows, int64_t cols) {
+  auto owned = std::make_shared<const std::vector<uint8_t>>(std::move(blocks));
+  Linear l = from_ggml_view(dtype, owned->data(), rows, cols);
+  check(owned->size() == l.kq_view_->bytes(), "Linear: {} bytes for a {}x{} {} matrix", owned->size(), rows, cols,
+        dtype_name(dtype));
+  l.owned_blocks_ = std::move(owned);
+  return l;
+}
+
 void round_activations(ActRounding r, float* x, int64_t n, int64_t cols) {
   const int64_t total = n * cols;
   switch (r) {
@@ -93,7 +113,9 @@ void Linear::forward(const float* x, int64_t n, float* y) const {
     round_activations(act_rounding_, rounded.data(), n, cols_);
     x = rounded.data();
   }
-  if (affine_view_)
+  if (kq_view_)  // int8 decode only for fp32 activations (not llama.cpp's Q8_K rounding)
+    kquant_matmul(*kq_view_, x, n, y, act_rounding_ == ActRounding::Exact && kernels::decode_int8_enabled());
+  else if (affine_view_)
     affine_matmul(*affine_view_, x, n, y);
   else if (half_)
     half_matmul(half_, half_bf16_, rows_, cols_, x, n, y);
@@ -107,7 +129,9 @@ void Linear::row(int64_t r, float* out) const {
     for (int64_t c = 0; c < cols_; ++c) out[c] = half_bf16_ ? bf16_to_f32(src[c]) : f16_to_f32(src[c]);
     return;
   }
-  if (affine_view_)
+  if (kq_view_)
+    kquant_dequantize_row(*kq_view_, r, out);
+  else if (affine_view_)
     dequantize_row(*affine_view_, r, out);
   else
     std::memcpy(out, f32() + r * cols_, sizeof(float) * cols_);
@@ -115,7 +139,7 @@ void Linear::row(int64_t r, float* out) const {
 
 std::vector<float> Linear::to_f32() const {
   if (affine_view_) return dequantize(*affine_view_);
-  if (half_) {
+  if (half_ || kq_view_) {
     std::vector<float> w(rows_ * cols_);
     for (int64_t r = 0; r < rows_; ++r) row(r, &w[r * cols_]);
     return w;
@@ -124,12 +148,14 @@ std::vector<float> Linear::to_f32() const {
 }
 
 size_t Linear::bytes() const {
+  if (kq_view_) return kq_view_->bytes();
   if (affine_view_) return optiq::bytes(*affine_view_);
   if (half_) return static_cast<size_t>(rows_ * cols_) * 2;
   return static_cast<size_t>(rows_ * cols_) * sizeof(float);
 }
 
 std::string Linear::format() const {
+  if (kq_view_) return std::string(dtype_name(kq_view_->dtype));
   if (affine_view_) return affine_format_name(affine_view_->fmt);
   if (half_) return half_bf16_ ? "BF16" : "F16";
   return "F32";

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kquant_matmul.h"
 #include "quant/affine.h"
 
 namespace optiq {
@@ -33,6 +34,11 @@ class Linear {
   static Linear from_affine(AffineMatrix m);
   // Borrowed: the view's arrays must outlive the Linear.
   static Linear from_affine_view(const AffineMatrixView& v);
+  // Borrowed GGUF k-quant blocks (Q2_K..Q6_K, cols a multiple of 256), run
+  // packed by kernels/kquant_matmul.h; `data` must outlive the Linear.
+  static Linear from_ggml_view(DType dtype, const void* data, int64_t rows, int64_t cols);
+  // Owned copy of such blocks (e.g. rows reordered at load).
+  static Linear from_ggml(DType dtype, std::vector<uint8_t> blocks, int64_t rows, int64_t cols);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
@@ -40,6 +46,9 @@ class Linear {
   bool is_affine() const { return affine_view_.has_value(); }
   // Valid only when is_affine().
   const AffineMatrixView& affine() const { return *affine_view_; }
+  bool is_kquant() const { return kq_view_.has_value(); }
+  // Valid only when is_kquant().
+  const KQuantView& kquant() const { return *kq_view_; }
 
   void set_act_rounding(ActRounding r) { act_rounding_ = r; }
   ActRounding act_rounding() const { return act_rounding_; }
@@ -65,6 +74,8 @@ class Linear {
   // either into it (vector buffers survive moves) or into a mapped file.
   std::shared_ptr<const AffineMatrix> owned_affine_;
   std::optional<AffineMatrixView> affine_view_;
+  std::shared_ptr<const std::vector<uint8_t>> owned_blocks_;
+  std::optional<KQuantView> kq_view_;
   ActRounding act_rounding_ = ActRounding::Exact;
 };
 

@@ -1,3 +1,4 @@
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -188,6 +189,23 @@ class TensorTable {
       AffineMatrix a = ggml_to_affine(t);
       if (reorder) a = interleaved_to_halves(a, rope_heads, head_dim);
       return Linear::from_affine(std::move(a));
+    }
+    if (keep_packed_ && is_kquant(t.dtype)) {  // run packed from the file (rows reordered: an owned copy)
+      check(cols % 256 == 0, "{}: tensor {}: {} rows of {} cannot be {} blocks", source_, t.name, rows, cols,
+            dtype_name(t.dtype));
+      if (!reorder) {
+        borrowed_ = true;
+        return Linear::from_ggml_view(t.dtype, t.data, rows, cols);
+      }
+      const size_t rb = dtype_bytes(t.dtype, cols);
+      const uint8_t* src = static_cast<const uint8_t*>(t.data);
+      std::vector<uint8_t> out(rb * rows);
+      const int64_t half = head_dim / 2;
+      for (int64_t h = 0; h < rope_heads; ++h)
+        for (int64_t i = 0; i < half; ++i)
+          for (int64_t j = 0; j < 2; ++j)
+            std::memcpy(&out[(h * head_dim + j * half + i) * rb], src + (h * head_dim + 2 * i + j) * rb, rb);
+      return Linear::from_ggml(t.dtype, std::move(out), rows, cols);
     }
     if (t.dtype == DType::F32 && !reorder) {
       borrowed_ = true;

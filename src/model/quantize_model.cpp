@@ -52,8 +52,8 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
       }
       AffineMatrix q = quantize(w.data(), m.rows, m.cols, *fmt, qo);
       lin = opt.fake ? Linear::from_f32(dequantize(q.view()), m.rows, m.cols) : Linear::from_affine(std::move(q));
-    } else if (lin.is_affine()) {
-      // Planned as float: a source that arrived packed (GGUF Q4_1, ...) is
+    } else if (lin.is_affine() || lin.is_kquant()) {
+      // Planned as float: a source that arrived packed (GGUF Q4_1, Q4_K, ...) is
       // stored as its dequantized values, not silently kept in its old format.
       lin = Linear::from_f32(lin.to_f32(), m.rows, m.cols);
     }
