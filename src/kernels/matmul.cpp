@@ -59,7 +59,6 @@ Isa initial_isa() {
 }
 
 std::atomic<int> g_isa{-1};
-std::atomic<bool> g_int8_decode{true};
 
 bool cpu_avx_vnni() { return __builtin_cpu_supports("avxvnni"); }
 bool cpu_avx512_vnni() { return __builtin_cpu_supports("avx512vnni"); }
@@ -119,8 +118,9 @@ bool set_avx_vnni(bool on) {
   return got;
 }
 
-void set_int8_decode(bool on) { g_int8_decode.store(on, std::memory_order_relaxed); }
-bool int8_decode() { return g_int8_decode.load(std::memory_order_relaxed); }
+// One switch for every packed format (affine and GGUF k-quants): kernels/act_quant.h.
+void set_int8_decode(bool on) { kernels::set_decode_int8(on); }
+bool int8_decode() { return kernels::decode_int8_enabled(); }
 
 namespace kern {
 

@@ -45,7 +45,8 @@ bool set_avx_vnni(bool on);
 // Decode numerics for packed affine weights (process-wide, default on): with
 // int8 decode, products with n < 4 activation rows round the activations to
 // int8 blocks of 32 (kernels/act_quant.h) and use integer dot products;
-// off, they are exact fp32 like the batched products always are.
+// off, they are exact fp32 like the batched products always are. The same
+// switch as kernels::set_decode_int8 (act_quant.h), which GGUF k-quants use.
 void set_int8_decode(bool on);
 bool int8_decode();
 
