@@ -138,20 +138,32 @@ void permute_q4_act(const int8_t* q, int64_t blocks, int cb, int8_t* out) {
   }
 }
 
-void unpack_codes_row(const AffineMatrixView& W, int64_t r, uint8_t* out) {
-  const int bits = W.fmt.bits;
-  const uint8_t* p = reinterpret_cast<const uint8_t*>(W.packed + r * W.words_per_row());
-  const int64_t K = W.cols;
-  if (bits == 8) {
-    std::memcpy(out, p, K);
-    return;
-  }
-  // 8 codes occupy `bits` bytes (K is a multiple of 32).
-  const uint64_t mask = (uint64_t{1} << bits) - 1;
+namespace {
+// 8 codes occupy `bits` bytes (K is a multiple of 32). The width is a template
+// argument so that the loads and shifts are constants (a runtime width made
+// this loop 60% of Gemma's decode).
+template <int bits>
+void unpack_codes(const uint8_t* p, int64_t K, uint8_t* out) {
+  constexpr uint64_t mask = (uint64_t{1} << bits) - 1;
   for (int64_t j = 0; j < K; j += 8) {
     uint64_t v = 0;
     std::memcpy(&v, p + j / 8 * bits, bits);
+#pragma GCC unroll 8
     for (int t = 0; t < 8; ++t) out[j + t] = static_cast<uint8_t>((v >> (bits * t)) & mask);
+  }
+}
+}  // namespace
+
+void unpack_codes_row(const AffineMatrixView& W, int64_t r, uint8_t* out) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(W.packed + r * W.words_per_row());
+  const int64_t K = W.cols;
+  switch (W.fmt.bits) {
+    case 2: return unpack_codes<2>(p, K, out);
+    case 3: return unpack_codes<3>(p, K, out);
+    case 4: return unpack_codes<4>(p, K, out);
+    case 5: return unpack_codes<5>(p, K, out);
+    case 6: return unpack_codes<6>(p, K, out);
+    default: std::memcpy(out, p, K); return;
   }
 }
 

@@ -46,6 +46,41 @@ struct V {
 
 #include "kernels/simd_kernels.inc"
 
+// Codes of one row as bytes, 16 at a time: the chunk's 2*bits bytes are
+// broadcast to every 128-bit lane, shuffled so code i sits in dword i, shifted
+// and masked, then narrowed to bytes. A chunk whose 16-byte load would run past
+// the row is unpacked by the scalar code, so the last row of a matrix is never
+// over-read.
+template <int bits>
+void unpack_codes_avx512(const uint8_t* p, int64_t K, uint8_t* out) {
+  const int64_t row_bytes = K * bits / 8;
+  const __m512i shuf = _mm512_load_si512(kTables<bits>.shuf.data());
+  const __m512i shift = _mm512_load_si512(kTables<bits>.shift.data());
+  const __m512i mask = _mm512_set1_epi32((1 << bits) - 1);
+  int64_t j = 0;
+  for (; j + 16 <= K && j / 8 * bits + 16 <= row_bytes; j += 16) {
+    __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j / 8 * bits)));
+    v = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(v, shuf), shift), mask);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm512_cvtepi32_epi8(v));
+  }
+  for (; j < K; j += 8) {
+    uint64_t v = 0;
+    std::memcpy(&v, p + j / 8 * bits, bits);
+    for (int t = 0; t < 8; ++t) out[j + t] = static_cast<uint8_t>((v >> (bits * t)) & ((1u << bits) - 1));
+  }
+}
+
+void unpack_codes_row_avx512(const AffineMatrixView& W, int64_t r, uint8_t* out) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(W.packed + r * W.words_per_row());
+  switch (W.fmt.bits) {
+    case 2: return unpack_codes_avx512<2>(p, W.cols, out);
+    case 3: return unpack_codes_avx512<3>(p, W.cols, out);
+    case 5: return unpack_codes_avx512<5>(p, W.cols, out);
+    case 6: return unpack_codes_avx512<6>(p, W.cols, out);
+    default: return unpack_codes_row(W, r, out);
+  }
+}
+
 // 4-bit decode: word lane i of a 512-bit load holds codes 8i..8i+7; shifting
 // by 4k exposes code 8i+k in every lane, multiplied with the permuted X. Lane i
 // belongs to group 8i/gs, so each lane is scaled by its group's scale.
@@ -173,7 +208,7 @@ void rows(const Int8Args& a, int64_t x0, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* p;
     if constexpr (Unpacked) {
-      unpack_codes_row(W, r, s.codes.data());
+      unpack_codes_row_avx512(W, r, s.codes.data());
       p = s.codes.data();
     } else {
       p = reinterpret_cast<const uint8_t*>(W.packed + r * W.words_per_row());
