@@ -6,10 +6,11 @@
 # Variant (OPTIQ_LLAMACPP_VARIANT):
 #   native (default)  GGML_NATIVE=ON: llama.cpp at its fastest on this CPU (AVX-512, VNNI, AMX
 #                     where present) - the fair peer for speed.
-#   noamx             native flags but AMX off (llama.cpp's AMX path crashed on SmolLM2 Q4_1
-#                     through llama-cpp-python, issue 9).
+#   noamx             every ISA extension of this CPU (AVX-512, VNNI, BF16, ...) but AMX:
+#                     llama.cpp's AMX matmul (ggml_backend_amx_mul_mat) segfaults on SmolLM2 Q4_1
+#                     on an AMX Xeon (issue 9), so this is the fastest llama.cpp that runs there.
 #   portable          AVX2/FMA/F16C only, the flags of the test reference wheel (scripts/setup.sh).
-# Cached in ~/.cache/optiq/llamacpp-tools/<version>-<variant>-<cpu flags hash>/, so a build made
+# Cached in ~/.cache/optiq/llamacpp-tools/<version>-<variant>-<cpu flags hash>-<cmake flags hash>/, so a build made
 # on one CPU is never reused on another.
 # Usage: bench/llamacpp_build.sh [tool ...]   (default: llama-bench llama-perplexity llama-quantize llama-imatrix)
 set -euo pipefail
@@ -23,12 +24,21 @@ TOOLS=("$@")
 
 case $VARIANT in
   native) FLAGS="-DGGML_NATIVE=ON" ;;
-  noamx) FLAGS="-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" ;;
+  noamx)
+    # Not GGML_NATIVE: -march=native defines __AMX_INT8__ and ggml compiles its AMX path from
+    # that macro whatever GGML_AMX_* say. So every other extension this CPU has, named one by one.
+    cpu=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+    has() { case $cpu in *" $1 "*) echo ON ;; *) echo OFF ;; esac; }
+    FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=$(has avx2) -DGGML_FMA=$(has fma) -DGGML_F16C=$(has f16c)"
+    FLAGS+=" -DGGML_BMI2=$(has bmi2) -DGGML_AVX_VNNI=$(has avx_vnni) -DGGML_AVX512=$(has avx512f)"
+    FLAGS+=" -DGGML_AVX512_VBMI=$(has avx512vbmi) -DGGML_AVX512_VNNI=$(has avx512_vnni)"
+    FLAGS+=" -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" ;;
   portable) FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" ;;
   *) echo "llamacpp_build.sh: unknown OPTIQ_LLAMACPP_VARIANT '$VARIANT' (native|noamx|portable)" >&2; exit 2 ;;
 esac
 CPUKEY=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-8)
-ROOT=$HOME/.cache/optiq/llamacpp-tools/$VER-$VARIANT-$CPUKEY
+FLAGKEY=$(printf %s "$FLAGS" | sha256sum | cut -c1-6)
+ROOT=$HOME/.cache/optiq/llamacpp-tools/$VER-$VARIANT-$CPUKEY-$FLAGKEY
 BIN=$ROOT/build/bin
 
 missing=()

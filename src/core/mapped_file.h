@@ -34,4 +34,9 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// drop_pages for the whole pages inside [p, p + n) of a read-only file mapping
+// (partial pages at the ends are kept). Never call it on anonymous memory:
+// there MADV_DONTNEED zeroes the data.
+void drop_mapped_pages(const void* p, size_t n);
+
 }  // namespace optiq

@@ -186,7 +186,7 @@ class TensorTable {
   Linear make_linear(const TensorView& t, int64_t rows, int64_t cols, int64_t rope_heads, int64_t head_dim) const {
     const bool reorder = interleaved_ && rope_heads > 0;
     if (keep_packed_ && ggml_maps_to_affine(t.dtype)) {
-      AffineMatrix a = ggml_to_affine(t);
+      AffineMatrix a = ggml_to_affine(t, /*release_source=*/true);  // GGUF tensors are file mappings
       if (reorder) a = interleaved_to_halves(a, rope_heads, head_dim);
       return Linear::from_affine(std::move(a));
     }

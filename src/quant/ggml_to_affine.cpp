@@ -1,5 +1,7 @@
 #include "quant/ggml_to_affine.h"
 
+#include "core/mapped_file.h"
+
 #include <cstring>
 
 #include "core/parallel.h"
@@ -64,7 +66,7 @@ void convert_block(DType t, const uint8_t* b, uint8_t* codes, uint16_t& scale, u
 
 }  // namespace
 
-AffineMatrix ggml_to_affine(const TensorView& t) {
+AffineMatrix ggml_to_affine(const TensorView& t, bool release_source) {
   check(ggml_maps_to_affine(t.dtype), "tensor {}: {} cannot be converted to affine groups", t.name, dtype_name(t.dtype));
   check(t.shape.size() == 2, "tensor {}: expected a 2-D matrix", t.name);
   const int64_t rows = t.shape[0], cols = t.shape[1];
@@ -89,6 +91,8 @@ AffineMatrix ggml_to_affine(const TensorView& t) {
                       m.biases[r * groups + g]);
       pack_row(codes.data(), cols, fmt.bits, &m.packed[r * affine_words_per_row(fmt, cols)]);
     }
+    if (release_source)
+      drop_mapped_pages(src + r0 * groups * bl.block_bytes, static_cast<size_t>((r1 - r0) * groups * bl.block_bytes));
   });
   return m;
 }

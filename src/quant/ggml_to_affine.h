@@ -11,6 +11,9 @@ namespace optiq {
 
 bool ggml_maps_to_affine(DType t);
 // t must be 2-D {rows, cols} of a type for which ggml_maps_to_affine is true.
-AffineMatrix ggml_to_affine(const TensorView& t);
+// release_source: t.data points into a read-only file mapping; each block of
+// rows' source pages are dropped from RSS as soon as it is converted, so that
+// loading needs about the converted size, not file + converted.
+AffineMatrix ggml_to_affine(const TensorView& t, bool release_source = false);
 
 }  // namespace optiq
