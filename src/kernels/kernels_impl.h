@@ -50,6 +50,8 @@ void permute_q4_act(const int8_t* q, int64_t blocks, int cb, int8_t* out);
 
 // Codes of row r of a packed matrix as bytes (any bit width), cols of them.
 void unpack_codes_row(const AffineMatrixView& W, int64_t r, uint8_t* out);
+// The same, 8 codes per step with AVX2 (matmul_avx2.cpp; call only on AVX2 CPUs).
+void unpack_codes_row_avx2(const AffineMatrixView& W, int64_t r, uint8_t* out);
 
 void int8_block_scalar(const Int8Args& a, int64_t r0, int64_t r1);
 void int8_block_avx2(const Int8Args& a, int64_t r0, int64_t r1);     // AVX2 maddubs (q4 chunks of 2 blocks)

@@ -66,4 +66,44 @@ void gemm_tile_avx2(const float* W, int64_t mrows, int64_t K, const float* X, in
   gemm_tile(W, mrows, K, X, n, Y, ldy);
 }
 
+namespace {
+// 8 codes per step: the chunk's `bits` bytes broadcast to both 128-bit lanes,
+// code i shuffled into dword i, shifted, masked, and the low bytes of the 8
+// dwords gathered into 8 output bytes. A step whose 16-byte load would pass the
+// row's end is done by the scalar code (no over-read of the last row).
+template <int bits>
+void unpack_codes_avx2(const uint8_t* p, int64_t K, uint8_t* out) {
+  const int64_t row_bytes = K * bits / 8;
+  const __m256i shuf = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTables<bits>.shuf.data()));
+  const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTables<bits>.shift.data()));
+  const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+  const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12,
+                                             -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i gather = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+  int64_t j = 0;
+  for (; j + 8 <= K && j / 8 * bits + 16 <= row_bytes; j += 8) {
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j / 8 * bits)));
+    v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(v, shuf), shift), mask);
+    v = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, low_bytes), gather);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + j), _mm256_castsi256_si128(v));
+  }
+  for (; j < K; j += 8) {
+    uint64_t v = 0;
+    std::memcpy(&v, p + j / 8 * bits, bits);
+    for (int t = 0; t < 8; ++t) out[j + t] = static_cast<uint8_t>((v >> (bits * t)) & ((1u << bits) - 1));
+  }
+}
+}  // namespace
+
+void unpack_codes_row_avx2(const AffineMatrixView& W, int64_t r, uint8_t* out) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(W.packed + r * W.words_per_row());
+  switch (W.fmt.bits) {
+    case 2: return unpack_codes_avx2<2>(p, W.cols, out);
+    case 3: return unpack_codes_avx2<3>(p, W.cols, out);
+    case 5: return unpack_codes_avx2<5>(p, W.cols, out);
+    case 6: return unpack_codes_avx2<6>(p, W.cols, out);
+    default: return unpack_codes_row(W, r, out);
+  }
+}
+
 }  // namespace optiq::kern
