@@ -82,6 +82,7 @@ def main() -> int:
         pairs = [("SmolLM2-135M Q4_1 (same file)", smol, smol), ("Gemma 3 270M Q4_K_M (same file)", gemma, gemma)]
         export = CACHE / "bench/smollm2-q4g64"
         q40 = CACHE / "bench/smollm2-q4_0.gguf"
+        export.parent.mkdir(parents=True, exist_ok=True)
         if not (export / "config.json").is_file():
             subprocess.run([a.optiq, "-q", "quantize", str(smol), "-o", str(export), "--bits", "4", "--group-size", "64",
                             "--force"], check=True)
