@@ -262,8 +262,79 @@ void rows(const Int8Args& a, int64_t x0, int64_t r0, int64_t r1) {
   }
 }
 
+// One activation row against R weight rows per pass (packed 4/8-bit): the
+// activation bytes and their block scales are loaded once for all R rows, and
+// R independent accumulator chains keep the FMA/VNNI ports busy.
+template <int Bits, int R>
+void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
+  const AffineMatrixView& W = *a.W;
+  const int64_t nblk = W.cols / 32, ng = W.groups_per_row(), gs = W.fmt.group_size;
+  const int gshift = gs == 32 ? 0 : gs == 64 ? 1 : 2;
+  constexpr int CB = Bits == 4 ? 4 : 2;
+  constexpr int LB = Bits == 4 ? 2 : 3;
+  constexpr int64_t bpb = Bits == 4 ? 16 : 32;
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i idx_b = _mm512_srli_epi32(lane, LB);
+  const __m512i idx_g = _mm512_srli_epi32(idx_b, gshift);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const int64_t nchunks = (nblk + CB - 1) / CB;
+  thread_local std::vector<__m512> sx_lanes;
+  if (static_cast<int64_t>(sx_lanes.size()) < nchunks) sx_lanes.resize(nchunks);
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t b = c * CB, m = std::min<int64_t>(CB, nblk - b);
+    sx_lanes[c] = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + b));
+  }
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) {
+    const uint8_t* p[R];
+    const uint16_t* sp[R];
+    __m512 acc[R];
+    for (int k = 0; k < R; ++k) {
+      p[k] = reinterpret_cast<const uint8_t*>(W.packed + (r + k) * W.words_per_row());
+      sp[k] = W.scales + (r + k) * ng;
+      acc[k] = _mm512_setzero_ps();
+    }
+    auto chunk = [&](auto full_tag, int64_t b, int64_t m) {
+      constexpr bool full = decltype(full_tag)::value;
+      const int8_t* xb = a.xq + b * 32;
+      const int64_t g0 = b >> gshift;
+      const __m512 sxl = sx_lanes[b / CB];
+      if constexpr (Bits == 4) {
+        const __m512i xl = full ? _mm512_loadu_si512(xb) : _mm512_maskz_loadu_epi8(mask64(16 * m), xb);
+        const __m512i xh = full ? _mm512_loadu_si512(xb + 64) : _mm512_maskz_loadu_epi8(mask64(16 * m), xb + 16 * m);
+        for (int k = 0; k < R; ++k) {
+          const uint8_t* pw = p[k] + b * bpb;
+          const __m512i w = full ? _mm512_loadu_si512(pw) : _mm512_maskz_loadu_epi8(mask64(m * bpb), pw);
+          const __m512i lo = _mm512_and_si512(w, m4), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
+          const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+          const __m512 swl = _mm512_permutexvar_ps(idx_g, halves16(sp[k] + g0, mask16(ng - g0), W.bf16_scales));
+          acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sxl, swl), acc[k]);
+        }
+      } else {
+        const __m512i x = full ? _mm512_loadu_si512(xb) : _mm512_maskz_loadu_epi8(mask64(32 * m), xb);
+        for (int k = 0; k < R; ++k) {
+          const uint8_t* pw = p[k] + b * bpb;
+          const __m512i w = full ? _mm512_loadu_si512(pw) : _mm512_maskz_loadu_epi8(mask64(m * bpb), pw);
+          const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+          const __m512 swl = _mm512_permutexvar_ps(idx_g, halves16(sp[k] + g0, mask16(ng - g0), W.bf16_scales));
+          acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sxl, swl), acc[k]);
+        }
+      }
+    };
+    int64_t b = 0;
+    for (; b + CB <= nblk; b += CB) chunk(std::true_type{}, b, CB);
+    if (b < nblk) chunk(std::false_type{}, b, nblk - b);
+    for (int k = 0; k < R; ++k)
+      a.Y[r + k] = _mm512_reduce_add_ps(add_bias_terms(acc[k], W.biases + (r + k) * ng, W.bf16_scales, a.xsum, ng));
+  }
+  if (r < r1) rows<Bits, false, 1>(a, 0, r, r1);
+}
+
 template <int Bits, bool Unpacked>
 void per_x(const Int8Args& a, int64_t r0, int64_t r1) {
+  if constexpr (!Unpacked) {
+    if (a.n == 1) return rows_multi<Bits, 4>(a, r0, r1);
+  }
   int64_t i = 0;
   for (; i + 3 <= a.n; i += 3) rows<Bits, Unpacked, 3>(a, i, r0, r1);
   for (; i + 2 <= a.n; i += 2) rows<Bits, Unpacked, 2>(a, i, r0, r1);
