@@ -15,7 +15,8 @@
 # Usage: bench/llamacpp_build.sh [tool ...]   (default: llama-bench llama-perplexity llama-quantize llama-imatrix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${OPTIQ_VENV:-$HOME/.cache/optiq/venv}
+CACHE=${OPTIQ_CACHE:-$HOME/.cache/optiq}
+VENV=${OPTIQ_VENV:-$CACHE/venv}
 VARIANT=${OPTIQ_LLAMACPP_VARIANT:-native}
 JOBS=${OPTIQ_JOBS:-$(nproc)}
 VER=$(sed -n 's/^llama[-_]cpp[-_]python==\([^ ;]*\).*/\1/p' requirements.txt | head -n1)
@@ -38,7 +39,7 @@ case $VARIANT in
 esac
 CPUKEY=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-8)
 FLAGKEY=$(printf %s "$FLAGS" | sha256sum | cut -c1-6)
-ROOT=$HOME/.cache/optiq/llamacpp-tools/$VER-$VARIANT-$CPUKEY-$FLAGKEY
+ROOT=$CACHE/llamacpp-tools/$VER-$VARIANT-$CPUKEY-$FLAGKEY
 BIN=$ROOT/build/bin
 
 missing=()

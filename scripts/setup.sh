@@ -15,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-VENV=${OPTIQ_VENV:-$HOME/.cache/optiq/venv}
-WHEELS=$HOME/.cache/optiq/wheels
+CACHE=${OPTIQ_CACHE:-$HOME/.cache/optiq}
+VENV=${OPTIQ_VENV:-$CACHE/venv}
+WHEELS=$CACHE/wheels
 JOBS=${OPTIQ_JOBS:-$(nproc)}
 BUILD_DIR=${OPTIQ_BUILD_DIR:-build}
 VERBOSE=${OPTIQ_VERBOSE:-0}
