@@ -1,9 +1,11 @@
 // Internal: per-ISA block functions behind kernels/matmul.h. Each computes the
 // output columns r in [r0, r1) of Y (ld = rows of W) for all n activation rows.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
+#include "core/parallel.h"
 #include "quant/affine.h"
 
 namespace optiq::kern {
@@ -12,6 +14,26 @@ namespace optiq::kern {
 constexpr int64_t kRowBlock = 16;
 // n below this uses the fused unpack+FMA path (decode); n >= uses tiles.
 constexpr int64_t kFusedMaxN = 4;
+
+// Splits rows into blocks of kRowBlock and runs fn(r0, r1) on each, in
+// parallel when there is enough work (`work`: multiply-adds). Several blocks
+// per task when there are many, so that a task is worth the hand-off; small
+// enough (>= 8 tasks per thread) to rebalance when a thread is preempted.
+template <typename Fn>
+void for_row_blocks(int64_t rows, double work, Fn&& fn) {
+  const int64_t nb = (rows + kRowBlock - 1) / kRowBlock;
+  const bool par = work > 2e5 && nb > 1;
+  const int64_t per_task = std::max<int64_t>(1, nb / (8 * std::max(1, num_threads())));
+  parallel_for_range(
+      nb, per_task,
+      [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r0 = b * kRowBlock;
+          fn(r0, std::min(rows, r0 + kRowBlock));
+        }
+      },
+      par ? 0 : 1);
+}
 
 struct AffineArgs {
   const AffineMatrixView* W;

@@ -38,22 +38,6 @@ void kquant_decode_scalar(const KQuantArgs& a, int64_t r0, int64_t r1) { kq_deco
 
 namespace {
 
-template <typename Fn>
-void for_row_blocks(int64_t rows, double work, Fn&& fn) {
-  const int64_t nb = (rows + kern::kRowBlock - 1) / kern::kRowBlock;
-  const bool par = work > 2e5 && nb > 1;
-  const int64_t per_task = std::max<int64_t>(1, nb / (8 * std::max(1, num_threads())));
-  parallel_for_range(
-      nb, per_task,
-      [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = b * kern::kRowBlock;
-          fn(r0, std::min(rows, r0 + kern::kRowBlock));
-        }
-      },
-      par ? 0 : 1);
-}
-
 // fp32 path: the tile is dequantized (ggml_dequant's values) and multiplied
 // exactly as f32_matmul would multiply the dequantized matrix.
 void tile_block(Isa isa, const KQuantView& W, const float* X, int64_t n, float* Y, int64_t r0, int64_t r1) {
@@ -86,7 +70,7 @@ void kquant_matmul(const KQuantView& W, const float* X, int64_t n, float* Y, boo
   const Isa isa = active_isa();
   const double work = static_cast<double>(W.rows) * W.cols * n;
   if (!int8 || n >= kern::kFusedMaxN) {
-    for_row_blocks(W.rows, work, [&](int64_t r0, int64_t r1) { tile_block(isa, W, X, n, Y, r0, r1); });
+    kern::for_row_blocks(W.rows, work, [&](int64_t r0, int64_t r1) { tile_block(isa, W, X, n, Y, r0, r1); });
     return;
   }
   static thread_local Int8Activations act;
@@ -96,7 +80,7 @@ void kquant_matmul(const KQuantView& W, const float* X, int64_t n, float* Y, boo
   auto fn = isa == Isa::Avx512 && vnni ? kern::kquant_decode_avx512
             : isa != Isa::Scalar       ? kern::kquant_decode_avx2
                                        : kern::kquant_decode_scalar;
-  for_row_blocks(W.rows, work, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  kern::for_row_blocks(W.rows, work, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
 }
 
 }  // namespace optiq

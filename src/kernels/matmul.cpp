@@ -63,27 +63,6 @@ std::atomic<int> g_isa{-1};
 bool cpu_avx_vnni() { return __builtin_cpu_supports("avxvnni"); }
 bool cpu_avx512_vnni() { return __builtin_cpu_supports("avx512vnni"); }
 
-// Splits rows into blocks of kRowBlock and runs fn(r0, r1) on each, in
-// parallel when there is enough work.
-template <typename Fn>
-void for_row_blocks(int64_t rows, double work, Fn&& fn) {
-  const int64_t nb = (rows + kern::kRowBlock - 1) / kern::kRowBlock;
-  const bool par = work > 2e5 && nb > 1;
-  // Several blocks per task when there are many, so that a task is worth the
-  // hand-off; small enough (>= 8 tasks per thread) to rebalance when a thread
-  // is preempted.
-  const int64_t per_task = std::max<int64_t>(1, nb / (8 * std::max(1, num_threads())));
-  parallel_for_range(
-      nb, per_task,
-      [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = b * kern::kRowBlock;
-          fn(r0, std::min(rows, r0 + kern::kRowBlock));
-        }
-      },
-      par ? 0 : 1);
-}
-
 }  // namespace
 
 Isa active_isa() {
@@ -286,7 +265,7 @@ void affine_matmul_int8(const AffineMatrixView& W, const float* X, int64_t n, fl
     xq = p;
   }
   const kern::Int8Args a{&W, n, xq, ldq, s.act.scale.data(), xsum, Y};
-  for_row_blocks(W.rows, static_cast<double>(W.rows) * W.cols * n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  kern::for_row_blocks(W.rows, static_cast<double>(W.rows) * W.cols * n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
 }
 
 void affine_matmul(const AffineMatrixView& W, const float* X, int64_t n, float* Y) {
@@ -320,7 +299,7 @@ void affine_matmul_f32(const AffineMatrixView& W, const float* X, int64_t n, flo
   auto fn = isa == Isa::Avx512 ? kern::affine_block_avx512
             : isa == Isa::Avx2 ? kern::affine_block_avx2
                                : kern::affine_block_scalar;
-  for_row_blocks(W.rows, static_cast<double>(W.rows) * W.cols * n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  kern::for_row_blocks(W.rows, static_cast<double>(W.rows) * W.cols * n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
 }
 
 namespace {
@@ -333,7 +312,7 @@ void dense_matmul(const kern::DenseArgs& a) {
                                : kern::dense_block_scalar;
   if (a.kind != 0 && a.n < kern::kFusedMaxN && isa != Isa::Scalar)  // decode: widen fp16/bf16 in registers
     fn = isa == Isa::Avx512 ? kern::half_matvec_block_avx512 : kern::half_matvec_block_avx2;
-  for_row_blocks(a.rows, static_cast<double>(a.rows) * a.cols * a.n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  kern::for_row_blocks(a.rows, static_cast<double>(a.rows) * a.cols * a.n, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
 }
 }  // namespace
 
