@@ -7,7 +7,7 @@
 
 namespace optiq {
 
-void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activations& out) {
+void prepare_activations(int64_t n, int64_t cols, Int8Activations& out) {
   out.n = n;
   out.cols = cols;
   out.blocks = (cols + kActBlock - 1) / kActBlock;
@@ -15,7 +15,11 @@ void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activatio
   if (static_cast<int64_t>(out.q.size()) < n * width) out.q.resize(n * width);
   if (static_cast<int64_t>(out.scale.size()) < n * out.blocks) out.scale.resize(n * out.blocks);
   if (static_cast<int64_t>(out.sum.size()) < n * out.blocks) out.sum.resize(n * out.blocks);
-  for (int64_t i = 0; i < n; ++i) {
+}
+
+void quantize_activation_rows(const float* x, int64_t i0, int64_t i1, Int8Activations& out) {
+  const int64_t cols = out.cols, width = out.blocks * kActBlock;
+  for (int64_t i = i0; i < i1; ++i) {
     const float* xr = x + i * cols;
     int8_t* qr = out.q.data() + i * width;
     for (int64_t b = 0; b < out.blocks; ++b) {
@@ -34,6 +38,11 @@ void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activatio
       out.sum[i * out.blocks + b] = sum;
     }
   }
+}
+
+void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activations& out) {
+  prepare_activations(n, cols, out);
+  quantize_activation_rows(x, 0, n, out);
 }
 
 }  // namespace optiq

@@ -27,6 +27,10 @@ struct Int8Activations {
 // Quantizes n rows of `cols` floats (row stride cols) into `out`, reusing its
 // storage (no allocation once it is large enough).
 void quantize_activations(const float* x, int64_t n, int64_t cols, Int8Activations& out);
+// The same in two steps, for callers that round rows in parallel: size `out`
+// for n rows of `cols`, then round rows [i0, i1) of x into it.
+void prepare_activations(int64_t n, int64_t cols, Int8Activations& out);
+void quantize_activation_rows(const float* x, int64_t i0, int64_t i1, Int8Activations& out);
 
 }  // namespace optiq
 

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "kernels/act_quant.h"
+#include "kernels/int8_gemm.h"
 #include "kernels/kernels_impl.h"
 #include "kernels/kquant_impl.h"
 #include "kernels/matmul.h"
@@ -69,6 +70,7 @@ void kquant_matmul(const KQuantView& W, const float* X, int64_t n, float* Y, boo
   if (n <= 0) return;
   const Isa isa = active_isa();
   const double work = static_cast<double>(W.rows) * W.cols * n;
+  if (int8 && n >= kern::kFusedMaxN && int8_prefill_active()) return kquant_matmul_int8_gemm(W, X, n, Y);
   if (!int8 || n >= kern::kFusedMaxN) {
     kern::for_row_blocks(W.rows, work, [&](int64_t r0, int64_t r1) { tile_block(isa, W, X, n, Y, r0, r1); });
     return;

@@ -12,6 +12,7 @@
 #include "core/parallel.h"
 #include "kernels/act_quant.h"
 #include "kernels/half_matvec.h"
+#include "kernels/int8_gemm.h"
 #include "kernels/kernels_impl.h"
 
 namespace optiq {
@@ -270,6 +271,7 @@ void affine_matmul_int8(const AffineMatrixView& W, const float* X, int64_t n, fl
 
 void affine_matmul(const AffineMatrixView& W, const float* X, int64_t n, float* Y) {
   if (n > 0 && n < kern::kFusedMaxN && int8_decode()) return affine_matmul_int8(W, X, n, Y);
+  if (n >= kern::kFusedMaxN && int8_prefill_active()) return affine_matmul_int8_gemm(W, X, n, Y);
   affine_matmul_f32(W, X, n, Y);
 }
 

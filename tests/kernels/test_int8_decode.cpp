@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "kernels/act_quant.h"
+#include "kernels/int8_gemm.h"
 #include "kernels/matmul.h"
 #include "quant/quantizer.h"
 #include "test_util.h"
@@ -109,6 +110,81 @@ TEST(Int8Decode, AllFormatsAllPaths) {
           }
         }
       }
+}
+
+// Batched int8 products (kernels/int8_gemm.h, prefill): the AVX-512 VNNI
+// tile kernel where the CPU has it, the scalar reference elsewhere; tails of
+// rows (not a multiple of 16) and of activation rows (not a multiple of 6).
+TEST(Int8Gemm, AffineMatchesReference) {
+  Guard guard;
+  const auto ps = paths();
+  uint32_t seed = 71;
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int gs : {32, 64, 128})
+      for (int64_t cols : {int64_t{gs}, int64_t{3 * gs}, int64_t{640}}) {
+        if (cols % gs) continue;
+        const int64_t rows = seed % 2 ? 37 : 16;
+        const bool bf16 = seed % 3 == 0;
+        auto w = test::random_floats(rows * cols, seed++);
+        QuantizeOptions o;
+        o.method = QuantMethod::MinMax;
+        o.bf16_scales = bf16;
+        AffineMatrix m = quantize(w.data(), rows, cols, {bits, gs}, o);
+        auto Wf = dequantize(m.view());
+        for (int64_t n : {4, 7, 13}) {
+          auto X = test::random_floats(n * cols, seed++);
+          for (int64_t k = 0; k < n * cols; k += 7) X[k] *= 4.0f;
+          for (const Path& p : {ps.front(), ps.back()}) {
+            use(p);
+            std::vector<float> Y(n * rows, NAN);
+            affine_matmul_int8_gemm(m.view(), X.data(), n, Y.data());
+            check_int8(Wf, rows, cols, X, n, Y,
+                       fmt::format("gemm {} q{} g{} {}x{} n={}", p.name(), bits, gs, rows, cols, n));
+          }
+        }
+      }
+}
+
+// With int8 numerics on, batched affine_matmul takes the int8 GEMM exactly
+// when int8_prefill_active() says so; off, it is the fp32 product.
+TEST(Int8Gemm, DispatchFollowsNumerics) {
+  Guard guard;
+  const int64_t rows = 20, cols = 256, n = 9;
+  auto w = test::random_floats(rows * cols, 5);
+  AffineMatrix m = quantize(w.data(), rows, cols, {4, 64}, {});
+  auto X = test::random_floats(n * cols, 6);
+  std::vector<float> y(n * rows), want(n * rows);
+  set_int8_decode(true);
+  affine_matmul(m.view(), X.data(), n, y.data());
+  if (int8_prefill_active()) affine_matmul_int8_gemm(m.view(), X.data(), n, want.data());
+  else affine_matmul_f32(m.view(), X.data(), n, want.data());
+  EXPECT_EQ(y, want);
+  set_int8_decode(false);
+  EXPECT_FALSE(int8_prefill_active());
+  affine_matmul(m.view(), X.data(), n, y.data());
+  affine_matmul_f32(m.view(), X.data(), n, want.data());
+  EXPECT_EQ(y, want);
+}
+
+// quantize_activation_rows_avx512 rounds exactly as the portable code.
+TEST(Int8Gemm, SimdActivationRoundingIsIdentical) {
+  if (!isa_supported(Isa::Avx512)) GTEST_SKIP() << "no AVX-512";
+  for (int64_t cols : {int64_t{7}, int64_t{32}, int64_t{100}, int64_t{640}}) {
+    const int64_t n = 5;
+    auto X = test::random_floats(n * cols, static_cast<uint32_t>(cols));
+    for (int64_t k = 0; k < n * cols; k += 5) X[k] *= 10.0f;
+    X[3] = 0.5f;  // ties of x * inv are possible only by accident; keep a few exact halves
+    Int8Activations a, b;
+    quantize_activations(X.data(), n, cols, a);
+    prepare_activations(n, cols, b);
+    kern::quantize_activation_rows_avx512(X.data(), 0, n, b);
+    EXPECT_EQ(std::vector<int8_t>(a.q.begin(), a.q.begin() + n * a.blocks * 32),
+              std::vector<int8_t>(b.q.begin(), b.q.begin() + n * b.blocks * 32)) << cols;
+    EXPECT_EQ(std::vector<float>(a.scale.begin(), a.scale.begin() + n * a.blocks),
+              std::vector<float>(b.scale.begin(), b.scale.begin() + n * b.blocks));
+    EXPECT_EQ(std::vector<int32_t>(a.sum.begin(), a.sum.begin() + n * a.blocks),
+              std::vector<int32_t>(b.sum.begin(), b.sum.begin() + n * b.blocks));
+  }
 }
 
 // Extreme codes: all-0 and all-max weights, activations at +-127 (int32 sums,

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "kernels/act_quant.h"
+#include "kernels/int8_gemm.h"
 #include "kernels/kquant_matmul.h"
 #include "kernels/matmul.h"
 #include "model/linear.h"
@@ -119,6 +120,47 @@ TEST(KQuantMatmul, DecodeInt8MatchesReference) {
   }
 }
 
+// Batched int8 products (kernels/int8_gemm.h): the same two bounds as decode,
+// on the VNNI tile kernel where the CPU has it and the scalar reference.
+TEST(KQuantMatmul, BatchedInt8MatchesReference) {
+  IsaGuard guard;
+  const int64_t rows = 37;
+  for (Isa isa : {Isa::Scalar, available_isas().back()}) {
+    set_isa(isa);
+    for (DType t : kTypes)
+      for (int64_t cols : {256, 768}) {
+        const auto blocks = random_blocks(t, rows, cols, static_cast<uint32_t>(cols) * 3 + static_cast<int>(t));
+        const KQuantView v{t, rows, cols, blocks.data()};
+        const std::vector<float> w = dequant(v);
+        for (int64_t n : {4, 9}) {
+          const std::vector<float> x = random_x(n, cols, static_cast<uint32_t>(n * 31 + cols));
+          std::vector<float> y(n * rows, NAN);
+          kquant_matmul_int8_gemm(v, x.data(), n, y.data());
+          Int8Activations a;
+          quantize_activations(x.data(), n, cols, a);
+          int bad_tight = 0, bad_loose = 0;
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t r = 0; r < rows; ++r) {
+              double ref = 0, mag = 0, ref32 = 0, bound = 0;
+              for (int64_t k = 0; k < cols; ++k) {
+                const double wk = w[r * cols + k];
+                const double xq = static_cast<double>(a.row_scale(i)[k / 32]) * a.row_q(i)[k];
+                ref += wk * xq;
+                mag += std::abs(wk * xq);
+                ref32 += wk * x[i * cols + k];
+                bound += std::abs(wk) * a.row_scale(i)[k / 32] * 0.5;
+              }
+              const double got = y[i * rows + r];
+              if (!(std::abs(got - ref) <= 4e-6 * mag + 1e-7)) ++bad_tight;
+              if (!(std::abs(got - ref32) <= 1.0001 * bound + 4e-6 * mag + 1e-7)) ++bad_loose;
+            }
+          EXPECT_EQ(bad_tight, 0) << isa_name(isa) << " " << dtype_name(t) << " cols " << cols << " n " << n;
+          EXPECT_EQ(bad_loose, 0) << isa_name(isa) << " " << dtype_name(t) << " cols " << cols << " n " << n;
+        }
+      }
+  }
+}
+
 // Batched (n >= 4) and exact mode reuse the fp32 tile GEMM on the dequantized
 // tile: the same bits as dequantize-then-f32_matmul.
 TEST(KQuantMatmul, Fp32PathsEqualDequantizedProduct) {
@@ -134,7 +176,7 @@ TEST(KQuantMatmul, Fp32PathsEqualDequantizedProduct) {
         for (int64_t n : {1, 2, 3, 5}) {
           const std::vector<float> x = random_x(n, cols, static_cast<uint32_t>(n + cols));
           std::vector<float> y(n * rows), ref(n * rows);
-          kquant_matmul(v, x.data(), n, y.data(), /*int8=*/n >= 4);  // n >= 4 ignores int8
+          kquant_matmul(v, x.data(), n, y.data(), /*int8=*/false);
           f32_matmul(w.data(), rows, cols, x.data(), n, ref.data());
           int bad = 0;
           for (int64_t j = 0; j < n * rows; ++j) bad += y[j] != ref[j];
