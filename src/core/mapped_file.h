@@ -39,4 +39,18 @@ class MappedFile {
 // there MADV_DONTNEED zeroes the data.
 void drop_mapped_pages(const void* p, size_t n);
 
+// Asks for transparent huge pages (2 MB) on the whole huge pages inside
+// [p, p + n) of anonymous memory not touched yet (a no-op where THP is off).
+// Why: decode streams every weight once per token; with 4 kB pages each new
+// page costs a TLB walk and the hardware prefetcher stops at its end.
+void advise_huge_pages(const void* p, size_t n);
+
+// v.resize(n) with huge pages advised before the first touch (large arrays).
+template <typename Vec>
+void resize_huge(Vec& v, size_t n) {
+  v.reserve(n);
+  advise_huge_pages(v.data(), n * sizeof(typename Vec::value_type));
+  v.resize(n);
+}
+
 }  // namespace optiq

@@ -115,10 +115,15 @@ void int8_gemm_tile_scalar(const Int8Tile& t, const Int8GemmArgs& a, int64_t r0)
 
 }  // namespace kern
 
-bool int8_prefill_active() {
+namespace {
+// The VNNI kernels run when the CPU has them and the avx512 path is active.
+bool vnni_kernels() {
   static const bool vnni = __builtin_cpu_supports("avx512vnni");
-  return vnni && active_isa() == Isa::Avx512 && kernels::decode_int8_enabled();
+  return vnni && active_isa() == Isa::Avx512;
 }
+}  // namespace
+
+bool int8_prefill_active() { return vnni_kernels() && kernels::decode_int8_enabled(); }
 
 namespace {
 
@@ -132,7 +137,7 @@ template <typename Build>
 void int8_gemm(int64_t rows, int64_t cols, int sub, const float* X, int64_t n, float* Y, Build&& build) {
   if (n <= 0) return;
   static thread_local GemmScratch s;
-  const bool simd = int8_prefill_active();
+  const bool simd = vnni_kernels();
   prepare_activations(n, cols, s.act);
   parallel_for_range(n, std::max<int64_t>(1, n / (4 * num_threads())), [&](int64_t i0, int64_t i1) {
     if (simd) kern::quantize_activation_rows_avx512(X, i0, i1, s.act);

@@ -30,7 +30,8 @@ namespace optiq {
 bool int8_prefill_active();
 
 // Y[n x rows] = X[n x cols] . W^T through int8 tiles (any n >= 1; meant for
-// n >= 4). Falls back to the scalar reference kernel when the CPU lacks VNNI.
+// n >= 4), whatever the numerics switch says. The scalar reference kernel runs
+// when the CPU lacks VNNI or another ISA than avx512 is forced.
 void affine_matmul_int8_gemm(const AffineMatrixView& W, const float* X, int64_t n, float* Y);
 void kquant_matmul_int8_gemm(const KQuantView& W, const float* X, int64_t n, float* Y);
 

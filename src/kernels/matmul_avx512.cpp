@@ -284,6 +284,10 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
     const int64_t b = c * CB, m = std::min<int64_t>(CB, nblk - b);
     sx_lanes[c] = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + b));
   }
+  // Software prefetch two passes ahead: the rows of a pass are adjacent, so
+  // this runs ahead of the stream across 4 kB page ends, where the hardware
+  // prefetcher stops (measured on Gemma's 168 MB lm_head: see BENCHMARKS.md).
+  const int64_t prefetch = 2 * R * W.words_per_row() * 4;
   int64_t r = r0;
   for (; r + R <= r1; r += R) {
     const uint8_t* p[R];
@@ -304,6 +308,7 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
         const __m512i xh = full ? _mm512_loadu_si512(xb + 64) : _mm512_maskz_loadu_epi8(mask64(16 * m), xb + 16 * m);
         for (int k = 0; k < R; ++k) {
           const uint8_t* pw = p[k] + b * bpb;
+          _mm_prefetch(reinterpret_cast<const char*>(pw + prefetch), _MM_HINT_T0);
           const __m512i w = full ? _mm512_loadu_si512(pw) : _mm512_maskz_loadu_epi8(mask64(m * bpb), pw);
           const __m512i lo = _mm512_and_si512(w, m4), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
           const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
@@ -314,6 +319,7 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
         const __m512i x = full ? _mm512_loadu_si512(xb) : _mm512_maskz_loadu_epi8(mask64(32 * m), xb);
         for (int k = 0; k < R; ++k) {
           const uint8_t* pw = p[k] + b * bpb;
+          _mm_prefetch(reinterpret_cast<const char*>(pw + prefetch), _MM_HINT_T0);
           const __m512i w = full ? _mm512_loadu_si512(pw) : _mm512_maskz_loadu_epi8(mask64(m * bpb), pw);
           const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
           const __m512 swl = _mm512_permutexvar_ps(idx_g, halves16(sp[k] + g0, mask16(ng - g0), W.bf16_scales));
@@ -330,10 +336,102 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
   if (r < r1) rows<Bits, false, 1>(a, 0, r, r1);
 }
 
+#pragma GCC push_options
+#pragma GCC target("avx512vbmi")
+// 2/3/5/6-bit codes at batch 1 with AVX-512 VBMI: a chunk of 64 codes
+// (2 blocks, 8*Bits bytes) is spread to bytes in two instructions: vpermb puts
+// bytes Bits*j .. Bits*j+7 into qword j (whose 8 codes start at bit 0), and
+// vpmultishiftqb picks code t of each qword from bit Bits*t. Then as 8-bit.
+template <int Bits>
+struct VbmiUnpack {
+  __m512i perm, shift;
+  VbmiUnpack() {
+    alignas(64) uint8_t p[64], sh[64];
+    for (int j = 0; j < 8; ++j)
+      for (int t = 0; t < 8; ++t) {
+        p[8 * j + t] = static_cast<uint8_t>(Bits * j + t);
+        sh[8 * j + t] = static_cast<uint8_t>(Bits * t);
+      }
+    perm = _mm512_load_si512(p);
+    shift = _mm512_load_si512(sh);
+  }
+  __m512i operator()(__m512i bytes) const {
+    return _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, _mm512_permutexvar_epi8(perm, bytes)),
+                            _mm512_set1_epi8((1 << Bits) - 1));
+  }
+};
+
+template <int Bits, int R>
+void rows_multi_vbmi(const Int8Args& a, int64_t r0, int64_t r1) {
+  const AffineMatrixView& W = *a.W;
+  const int64_t nblk = W.cols / 32, ng = W.groups_per_row(), gs = W.fmt.group_size;
+  const int gshift = gs == 32 ? 0 : gs == 64 ? 1 : 2;
+  constexpr int64_t bpb = 4 * Bits;  // packed bytes per block of 32 codes
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i idx_b = _mm512_srli_epi32(lane, 3);
+  const __m512i idx_g = _mm512_srli_epi32(idx_b, gshift);
+  const VbmiUnpack<Bits> unpack;
+  const int64_t nchunks = (nblk + 1) / 2;
+  thread_local std::vector<__m512> sx_lanes;
+  if (static_cast<int64_t>(sx_lanes.size()) < nchunks) sx_lanes.resize(nchunks);
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t b = c * 2, m = std::min<int64_t>(2, nblk - b);
+    sx_lanes[c] = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + b));
+  }
+  const int64_t row_bytes = W.words_per_row() * 4;
+  const int64_t prefetch = 2 * R * row_bytes;
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) {
+    const uint8_t* p[R];
+    const uint16_t* sp[R];
+    __m512 acc[R];
+    for (int k = 0; k < R; ++k) {
+      p[k] = reinterpret_cast<const uint8_t*>(W.packed + (r + k) * W.words_per_row());
+      sp[k] = W.scales + (r + k) * ng;
+      acc[k] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nblk; b += 2) {
+      const int64_t m = std::min<int64_t>(2, nblk - b);
+      const int8_t* xb = a.xq + b * 32;
+      const __m512i x = _mm512_maskz_loadu_epi8(mask64(32 * m), xb);
+      const int64_t g0 = b >> gshift;
+      const __m512 sxl = sx_lanes[b / 2];
+      for (int k = 0; k < R; ++k) {
+        const uint8_t* pw = p[k] + b * bpb;
+        _mm_prefetch(reinterpret_cast<const char*>(pw + prefetch), _MM_HINT_T0);
+        // Zero codes past a short last chunk meet zero activations.
+        const __m512i w = unpack(_mm512_maskz_loadu_epi8(mask64(m * bpb), pw));
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+        const __m512 swl = _mm512_permutexvar_ps(idx_g, halves16(sp[k] + g0, mask16(ng - g0), W.bf16_scales));
+        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sxl, swl), acc[k]);
+      }
+    }
+    for (int k = 0; k < R; ++k)
+      a.Y[r + k] = _mm512_reduce_add_ps(add_bias_terms(acc[k], W.biases + (r + k) * ng, W.bf16_scales, a.xsum, ng));
+  }
+  if (r < r1) rows<8, true, 1>(a, 0, r, r1);
+}
+#pragma GCC pop_options
+
+bool cpu_vbmi() {
+  static const bool v = __builtin_cpu_supports("avx512vbmi");
+  return v;
+}
+
 template <int Bits, bool Unpacked>
 void per_x(const Int8Args& a, int64_t r0, int64_t r1) {
   if constexpr (!Unpacked) {
     if (a.n == 1) return rows_multi<Bits, 4>(a, r0, r1);
+  } else {
+    if (a.n == 1 && cpu_vbmi()) {
+      switch (a.W->fmt.bits) {
+        case 2: return rows_multi_vbmi<2, 4>(a, r0, r1);
+        case 3: return rows_multi_vbmi<3, 4>(a, r0, r1);
+        case 5: return rows_multi_vbmi<5, 4>(a, r0, r1);
+        case 6: return rows_multi_vbmi<6, 4>(a, r0, r1);
+        default: break;
+      }
+    }
   }
   int64_t i = 0;
   for (; i + 3 <= a.n; i += 3) rows<Bits, Unpacked, 3>(a, i, r0, r1);

@@ -1,12 +1,11 @@
 #include "quant/ggml_to_affine.h"
 
-#include "core/mapped_file.h"
-
 #include <cstring>
 
-#include "core/parallel.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "core/mapped_file.h"
+#include "core/parallel.h"
 
 namespace optiq {
 
@@ -79,9 +78,9 @@ AffineMatrix ggml_to_affine(const TensorView& t, bool release_source) {
   m.cols = cols;
   m.fmt = fmt;
   m.bf16_scales = false;
-  m.packed.resize(rows * affine_words_per_row(fmt, cols));
-  m.scales.resize(rows * groups);
-  m.biases.resize(rows * groups);
+  resize_huge(m.packed, rows * affine_words_per_row(fmt, cols));
+  resize_huge(m.scales, rows * groups);
+  resize_huge(m.biases, rows * groups);
   const uint8_t* src = static_cast<const uint8_t*>(t.data);
   parallel_for_range(rows, 64, [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> codes(cols);

@@ -211,8 +211,8 @@ TEST(Int8Decode, ExtremeCodes) {
     }
 }
 
-// affine_matmul: int8 for n < 4 by default, fp32 when int8 decode is off and
-// for n >= 4 always.
+// affine_matmul: int8 decode for n < 4 by default, the int8 GEMM for n >= 4
+// where int8_prefill_active() (else fp32), fp32 when int8 numerics are off.
 TEST(Int8Decode, DispatchFollowsNumerics) {
   Guard guard;
   const int64_t rows = 19, cols = 192;
@@ -220,12 +220,13 @@ TEST(Int8Decode, DispatchFollowsNumerics) {
   AffineMatrix m = quantize(w.data(), rows, cols, {4, 64});
   for (int64_t n : {1, 3, 4, 6}) {
     auto X = test::random_floats(n * cols, 9 + n);
-    std::vector<float> y(n * rows), yi(n * rows), yf(n * rows);
+    std::vector<float> y(n * rows), yi(n * rows), yg(n * rows), yf(n * rows);
     affine_matmul_int8(m.view(), X.data(), n, yi.data());
+    affine_matmul_int8_gemm(m.view(), X.data(), n, yg.data());
     affine_matmul_f32(m.view(), X.data(), n, yf.data());
     set_int8_decode(true);
     affine_matmul(m.view(), X.data(), n, y.data());
-    EXPECT_EQ(y, n < 4 ? yi : yf) << "n=" << n;
+    EXPECT_EQ(y, n < 4 ? yi : int8_prefill_active() ? yg : yf) << "n=" << n;
     set_int8_decode(false);
     affine_matmul(m.view(), X.data(), n, y.data());
     EXPECT_EQ(y, yf) << "n=" << n;
