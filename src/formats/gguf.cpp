@@ -553,4 +553,14 @@ std::string to_string(const GgufValue& v, size_t max_elems) {
 
 std::string GgufFile::metadata_to_string(const GgufValue& v, size_t max_elems) const { return to_string(v, max_elems); }
 
+void GgufFile::release_large_arrays(size_t min_elems) {
+  for (auto& [key, v] : meta_) {
+    if (!v.is_array() || v.size() < min_elems) continue;
+    std::vector<int64_t>().swap(v.ints);
+    std::vector<double>().swap(v.floats);
+    std::vector<std::string>().swap(v.strings);
+    std::vector<GgufValue>().swap(v.arrays);
+  }
+}
+
 }  // namespace optiq

@@ -82,6 +82,10 @@ class GgufFile {
   const MappedFile& file() const { return file_; }
 
   const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return meta_; }  // file order
+  // Frees the elements of metadata arrays of at least `min_elems` entries (the
+  // vocabulary, scores, merges: ~13 MB for a 262k vocabulary) once they have
+  // been read; those arrays read as empty afterwards.
+  void release_large_arrays(size_t min_elems = 4096);
   const GgufValue* find_meta(std::string_view key) const;
   bool has(std::string_view key) const { return find_meta(key) != nullptr; }
 

@@ -136,7 +136,10 @@ struct GemmScratch {
 template <typename Build>
 void int8_gemm(int64_t rows, int64_t cols, int sub, const float* X, int64_t n, float* Y, Build&& build) {
   if (n <= 0) return;
-  static thread_local GemmScratch s;
+  // A reference, not the thread_local itself: inside the lambdas below the
+  // name would denote each worker thread's own (empty) scratch.
+  static thread_local GemmScratch scratch;
+  GemmScratch& s = scratch;
   const bool simd = vnni_kernels();
   prepare_activations(n, cols, s.act);
   parallel_for_range(n, std::max<int64_t>(1, n / (4 * num_threads())), [&](int64_t i0, int64_t i1) {

@@ -325,6 +325,7 @@ Model load_gguf(const std::string& path, const LoadOptions& opt) {
   m.format = SourceFormat::Gguf;
   m.config = config_from_gguf(*file);
   m.tokenizer = std::make_unique<Tokenizer>(tokenizer_spec_from_gguf(*file));
+  file->release_large_arrays();  // the tokenizer holds its own copy
   record_sources(m, file->tensors());
   if (opt.load_weights) {
     TensorTable table(path, m.config.gguf_interleaved_rope);

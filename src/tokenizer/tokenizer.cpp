@@ -194,7 +194,13 @@ struct Tokenizer::Impl {
   TokenizerSpec spec;
   int32_t n_vocab = 0;
   PieceMap token_to_id;                                       // last id wins for duplicate texts
-  std::vector<std::string> pieces;                            // decode_token results
+  // decode_token results, flat: piece i is piece_bytes[piece_off[i] .. piece_off[i+1])
+  // (a 262k vocabulary as 262k std::strings cost 8 MB of headers alone).
+  std::string piece_bytes;
+  std::vector<uint32_t> piece_off;
+  std::string_view piece(int32_t id) const {
+    return std::string_view(piece_bytes).substr(piece_off[id], piece_off[id + 1] - piece_off[id]);
+  }
   std::vector<int32_t> special_sorted;                        // control/user-defined/unknown, longest first
   std::unordered_set<int32_t> eog;
   int32_t byte_token[256];
@@ -309,21 +315,22 @@ void Tokenizer::Impl::build() {
   if (spec.kind == TokenizerSpec::Kind::ByteLevelBPE) build_bpe();
 
   // Decoded pieces.
-  pieces.resize(t.size());
+  piece_off.assign(t.size() + 1, 0);
+  piece_bytes.clear();
   std::array<int, 0x200> cp_to_byte;
   cp_to_byte.fill(-1);
   const auto b2c = gpt2_byte_to_cp();
   for (int b = 0; b < 256; ++b) cp_to_byte[b2c[b]] = b;
+  std::string p;
   for (int32_t i = 0; i < n_vocab; ++i) {
     const int32_t ty = type_of(i);
-    std::string& p = pieces[i];
-    if (ty == token_type::kControl || ty == token_type::kUnknown || ty == token_type::kUnused) continue;
-    if (ty == token_type::kByte) {
+    p.clear();
+    if (ty == token_type::kControl || ty == token_type::kUnknown || ty == token_type::kUnused) {
+      // no text
+    } else if (ty == token_type::kByte) {
       const int b = parse_byte_token(t[i]);
       p = b >= 0 ? std::string(1, static_cast<char>(b)) : t[i];
-      continue;
-    }
-    if (spec.kind == TokenizerSpec::Kind::SentencePiece) {
+    } else if (spec.kind == TokenizerSpec::Kind::SentencePiece) {
       p = replace_all(t[i], kSpmSpace, " ");
     } else if (ty == token_type::kUserDefined) {
       p = t[i];
@@ -341,7 +348,11 @@ void Tokenizer::Impl::build() {
         }
       }
     }
+    piece_bytes += p;
+    check(piece_bytes.size() < (uint64_t{1} << 32), "tokenizer: decoded pieces exceed 4 GB");
+    piece_off[i + 1] = static_cast<uint32_t>(piece_bytes.size());
   }
+  piece_bytes.shrink_to_fit();
 }
 
 std::vector<std::string> pre_tokenizer_regexes(std::string_view pre) {
@@ -726,7 +737,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
 
 std::string Tokenizer::decode_token(int32_t id) const {
   if (id < 0 || id >= impl_->n_vocab) return {};
-  return impl_->pieces[id];
+  return std::string(impl_->piece(id));
 }
 
 std::string Tokenizer::decode(std::span<const int32_t> ids) const {
@@ -734,10 +745,10 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
   bool strip = impl_->spec.kind == TokenizerSpec::Kind::SentencePiece && impl_->spec.add_space_prefix;
   for (int32_t id : ids) {
     if (id < 0 || id >= impl_->n_vocab) continue;
-    const std::string& p = impl_->pieces[id];
+    const std::string_view p = impl_->piece(id);
     if (p.empty()) continue;
     if (strip && p[0] == ' ') {
-      out.append(p, 1);
+      out.append(p.substr(1));
     } else {
       out += p;
     }

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "core/parallel.h"
 #include "kernels/act_quant.h"
 #include "kernels/int8_gemm.h"
 #include "kernels/matmul.h"
@@ -143,6 +144,26 @@ TEST(Int8Gemm, AffineMatchesReference) {
           }
         }
       }
+}
+
+// A prefill-sized batch: the activations are rounded in parallel (n * cols
+// above the serial cut-off) and the row tiles spread over the threads.
+TEST(Int8Gemm, LargeBatchMatchesReference) {
+  Guard guard;
+  const int threads = num_threads();
+  set_num_threads(3);  // more workers than this machine may have: the bug class needs > 1
+  const int64_t rows = 100, cols = 1536, n = 61;
+  auto w = test::random_floats(rows * cols, 17);
+  AffineMatrix m = quantize(w.data(), rows, cols, {4, 32}, {});
+  auto Wf = dequantize(m.view());
+  auto X = test::random_floats(n * cols, 18);
+  for (const Path& p : paths()) {
+    use(p);
+    std::vector<float> Y(n * rows, NAN);
+    affine_matmul_int8_gemm(m.view(), X.data(), n, Y.data());
+    check_int8(Wf, rows, cols, X, n, Y, fmt::format("gemm {} n={}", p.name(), n));
+  }
+  set_num_threads(threads);
 }
 
 // With int8 numerics on, batched affine_matmul takes the int8 GEMM exactly

@@ -20,7 +20,7 @@ namespace optiq::cli {
 namespace {
 
 struct AutoArgs {
-  ModelArgs model;
+  ModelArgs model{ModelArgs::Use::Measure};
   ProfileStepArgs profile;
   PlanStepArgs plan;
   std::string out;

@@ -33,7 +33,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct CompareArgs {
-  ModelArgs model;
+  ModelArgs model{ModelArgs::Use::Measure};
   ProfileStepArgs profile;
   std::string text;
   std::string out_dir = "optiq-compare";

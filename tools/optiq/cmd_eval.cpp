@@ -15,7 +15,7 @@ namespace optiq::cli {
 namespace {
 
 struct EvalArgs {
-  ModelArgs model;
+  ModelArgs model{ModelArgs::Use::Measure};
   std::string text;
   std::string ref;
   int ctx = 512;

@@ -15,7 +15,7 @@ namespace optiq::cli {
 namespace {
 
 struct LogitsArgs {
-  ModelArgs model;
+  ModelArgs model{ModelArgs::Use::Measure};
   std::string ids_path;
   std::string out;
   int batch = 0;

@@ -206,7 +206,7 @@ void print_plan_summary(const PlanStepResult& r, const std::string& out) {
 namespace {
 
 struct PlanArgs {
-  ModelArgs model;
+  ModelArgs model{ModelArgs::Use::Measure};
   std::string profile;
   std::string out;
   PlanStepArgs step;

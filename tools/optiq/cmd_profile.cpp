@@ -123,7 +123,7 @@ void print_profile_table(const SensitivityTable& t) {
 namespace {
 
 struct ProfileArgs {
-  ModelArgs model;
+  ModelArgs model{ModelArgs::Use::Measure};
   ProfileStepArgs step;
   bool json = false;
 };

@@ -13,7 +13,7 @@ namespace optiq::cli {
 namespace {
 
 struct QuantizeArgs {
-  ModelArgs model;
+  ModelArgs model{ModelArgs::Use::Measure};
   std::string out;
   int bits = 4;
   int group_size = 64;

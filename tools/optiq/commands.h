@@ -10,10 +10,17 @@
 namespace optiq::cli {
 
 // Options every model-reading command shares.
+// Numerics default per command: measuring commands (eval, logits, profile,
+// plan, auto, compare, quantize) default to "exact" so that a perplexity or
+// KL number depends on the weights only, never on which CPU ran it (the int8
+// kernels exist only where VNNI does); running commands (generate, bench)
+// default to "fast".
 struct ModelArgs {
+  enum class Use { Run, Measure };
+  explicit ModelArgs(Use use = Use::Run) : numerics(use == Use::Run ? "fast" : "exact") {}
   std::string path;
   std::string tokenizer;
-  std::string numerics = "fast";
+  std::string numerics;
   void add_to(CLI::App& cmd, const std::string& what = "model: HF directory, .gguf file, or llama2.c .bin");
   Model load(bool weights = true) const;
 };

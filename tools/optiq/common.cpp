@@ -11,9 +11,11 @@ void ModelArgs::add_to(CLI::App& cmd, const std::string& what) {
   cmd.add_option("MODEL", path, what)->required();
   cmd.add_option("--tokenizer", tokenizer, "tokenizer.bin for a llama2.c checkpoint");
   cmd.add_option("--numerics", numerics,
-                 "fast: fp32, except that decode products with packed weights use int8 activation blocks "
-                 "(default); exact: fp32 activations everywhere; llamacpp: round like llama.cpp's CPU backend "
-                 "(8-bit activation blocks for quantized weights, fp16 KV cache), for cross-checks")
+                 "fast: products with packed weights take 8-bit activation blocks (decode on AVX2/AVX-512, "
+                 "prefill on AVX-512 VNNI CPUs), the rest fp32; exact: fp32 activations everywhere, identical "
+                 "on every CPU; llamacpp: round like llama.cpp's CPU backend (8-bit activation blocks for "
+                 "quantized weights, fp16 KV cache), for cross-checks. Default: fast for generate/bench, "
+                 "exact for commands that measure")
       ->capture_default_str()
       ->check(CLI::IsMember({"fast", "exact", "llamacpp"}));
 }
@@ -23,8 +25,8 @@ Model ModelArgs::load(bool weights) const {
   opt.tokenizer_path = tokenizer;
   opt.load_weights = weights;
   opt.llamacpp_numerics = numerics == "llamacpp";
-  // Process-wide: decode products (n < 4) with packed affine weights in int8
-  // (kernels/matmul.h) unless --numerics exact.
+  // Process-wide: products with packed weights in int8 (decode: kernels/matmul.h;
+  // prefill: kernels/int8_gemm.h) unless --numerics exact.
   set_int8_decode(numerics != "exact");
   return load_model(path, opt);
 }
