@@ -44,13 +44,15 @@ bool set_avx_vnni(bool on);
 
 // Decode numerics for packed affine weights (process-wide, default on): with
 // int8 decode, products with n < 4 activation rows round the activations to
-// int8 blocks of 32 (kernels/act_quant.h) and use integer dot products;
-// off, they are exact fp32 like the batched products always are. The same
-// switch as kernels::set_decode_int8 (act_quant.h), which GGUF k-quants use.
+// int8 blocks of 32 (kernels/act_quant.h) and use integer dot products, and
+// batched ones (n >= 4) take the int8 GEMM where the CPU has AVX-512 VNNI
+// (kernels/int8_gemm.h); off, every product is exact fp32. The same switch
+// as kernels::set_decode_int8 (act_quant.h), which GGUF k-quants use.
 void set_int8_decode(bool on);
 bool int8_decode();
 
-// Y = X W^T: the int8 decode path when n < 4 and int8_decode(), else fp32.
+// Y = X W^T: the int8 decode path when n < 4 and int8_decode(), the int8
+// GEMM when n >= 4 and int8_prefill_active(), else fp32.
 void affine_matmul(const AffineMatrixView& W, const float* X, int64_t n, float* Y);
 // Always fp32 activations (dequantize-and-FMA), any n.
 void affine_matmul_f32(const AffineMatrixView& W, const float* X, int64_t n, float* Y);

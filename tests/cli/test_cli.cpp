@@ -47,6 +47,15 @@ TEST(Cli, HelpAndUsageErrors) {
   EXPECT_EQ(run("quantize x -o y --bits 7").code, 2);
 }
 
+// Measuring commands default to exact numerics (results independent of the
+// CPU's int8 kernels); running commands to fast.
+TEST(Cli, NumericsDefaultPerCommand) {
+  for (const char* cmd : {"eval", "logits", "profile", "plan", "auto", "compare", "quantize"})
+    EXPECT_NE(run(std::string(cmd) + " --help").out.find("{fast,exact,llamacpp}=exact"), std::string::npos) << cmd;
+  for (const char* cmd : {"generate", "bench"})
+    EXPECT_NE(run(std::string(cmd) + " --help").out.find("{fast,exact,llamacpp}=fast"), std::string::npos) << cmd;
+}
+
 TEST(Cli, InfoOnStories) {
   RunResult r = run("info " + stories() + "/stories260K.gguf --json", false);
   ASSERT_EQ(r.code, 0) << r.out;
