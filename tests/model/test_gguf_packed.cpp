@@ -26,9 +26,10 @@ TEST(GgufPacked, SmolLM2PackedEqualsDequantized) {
   const int64_t n = ids.size(), vocab = packed.config.vocab_size;
   std::vector<float> a(n * vocab), b(n * vocab);
   Transformer ta(packed), tb(f32);
+  const bool int8 = kernels::decode_int8_enabled();
   kernels::set_decode_int8(false);  // exact numerics: fp32 activations (the int8 paths: test_int8_decode)
   ta.forward(ids, a.data(), 0);
-  kernels::set_decode_int8(true);
+  kernels::set_decode_int8(int8);
   tb.forward(ids, b.data(), 0);
   double max_abs = 0, max_ref = 0;
   for (int64_t i = 0; i < n * vocab; ++i) {
