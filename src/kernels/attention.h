@@ -2,8 +2,13 @@
 // already holds their own keys and values): scores q.k * scale over the
 // query's window, optional tanh soft-cap, softmax, weighted sum of V. GQA:
 // query head h reads kv head h / (n_heads / n_kv_heads). Scalar, AVX2 and
-// AVX-512 paths chosen by active_isa() (kernels/matmul.h); the (query, head)
-// pairs run in parallel (core/parallel.h).
+// AVX-512 paths chosen by active_isa() (kernels/matmul.h).
+//
+// The work is split into groups: the query heads of one kv head for a block
+// of consecutive queries. Within a group the SIMD kernels score several rows
+// (query, head) against several keys at once, so each key vector loaded from
+// the cache serves 2-4 rows and the horizontal sums of 16 dot products are
+// folded into one vector (kern::AttnGroup).
 #pragma once
 #include <cstdint>
 
@@ -27,21 +32,31 @@ void causal_attention(const AttentionParams& p, const float* q, int64_t n, int s
                       const float* v_cache, float* out);
 
 namespace kern {
-// One query head over keys t0..t1 (inclusive); scores has room for t1 + 1.
-struct AttnHead {
+// One query row (a query and one of its heads) and the keys it sees, t0..t1
+// inclusive.
+struct AttnRow {
   const float* q;
+  float* out;
+  int t0, t1;
+};
+
+// Rows that read the same kv head. scores: nrows x ld floats of scratch, ld
+// at least (max t1 - min t0 + 1) over the rows.
+struct AttnGroup {
+  const AttnRow* rows;
+  int nrows;
   const float* k;  // cache base + kv head offset
   const float* v;
   int64_t kv_stride;
-  int hd, t0, t1;
+  int hd;
   float scale, cap;
   bool f16_probs;
   float* scores;
-  float* out;
+  int64_t ld;
 };
-void attn_head_scalar(const AttnHead& a);
-void attn_head_avx2(const AttnHead& a);
-void attn_head_avx512(const AttnHead& a);
+void attn_group_scalar(const AttnGroup& g);
+void attn_group_avx2(const AttnGroup& g);
+void attn_group_avx512(const AttnGroup& g);
 }  // namespace kern
 
 }  // namespace optiq

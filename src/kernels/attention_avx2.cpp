@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/half.h"
 #include "kernels/attention.h"
+#include "kernels/simd_exp.h"
 
 namespace optiq::kern {
 namespace {
@@ -29,12 +31,41 @@ struct A {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static F exp(F x) { return simd_exp::exp256(x); }
+  static float hmax(F v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static constexpr int kAcc = 8;
+  // See attention_avx512.cpp: lanes with bit kBit clear keep a's pair sums.
+  template <int kBit>
+  static F fold(F a, F b) {
+    constexpr int sel = kBit == 1 ? 0xAA : kBit == 2 ? 0xCC : 0xF0;
+    const F x = _mm256_blend_ps(a, b, sel), y = _mm256_blend_ps(b, a, sel);
+    F ys;
+    if constexpr (kBit == 1) ys = _mm256_permute_ps(y, 0xB1);
+    else if constexpr (kBit == 2) ys = _mm256_permute_ps(y, 0x4E);
+    else ys = _mm256_permute2f128_ps(y, y, 1);
+    return _mm256_add_ps(x, ys);
+  }
+  static F reduce_lanes(const F* v) {
+    F u[4], w[2];
+    for (int i = 0; i < 4; ++i) u[i] = fold<1>(v[2 * i], v[2 * i + 1]);
+    for (int i = 0; i < 2; ++i) w[i] = fold<2>(u[2 * i], u[2 * i + 1]);
+    return fold<4>(w[0], w[1]);
+  }
 };
 
 #include "kernels/attention.inc"
 
 }  // namespace
 
-void attn_head_avx2(const AttnHead& a) { attn_head_impl(a); }
+void attn_group_avx2(const AttnGroup& g) { attn_group_impl(g); }
 
 }  // namespace optiq::kern

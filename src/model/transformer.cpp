@@ -7,6 +7,7 @@
 #include "core/parallel.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "model/ops.h"
 
@@ -181,17 +182,11 @@ void Transformer::mlp_hidden(const LayerWeights& L, int64_t n) {
     L.w_gate.forward(xn_.data(), n, gate_.data());
     L.w_up.forward(xn_.data(), n, up_.data());
   }
-  if (c.activation == Activation::GeluTanh) {
-    if (model_.llamacpp_numerics) {
-      for (int64_t i = 0; i < n * hid; ++i) gate_[i] = gelu_tanh_llamacpp(gate_[i]) * up_[i];
-    } else {
-      for (int64_t i = 0; i < n * hid; ++i) gate_[i] = gelu_tanh(gate_[i]) * up_[i];
-    }
+  if (c.activation == Activation::GeluTanh && model_.llamacpp_numerics) {
+    for (int64_t i = 0; i < n * hid; ++i) gate_[i] = gelu_tanh_llamacpp(gate_[i]) * up_[i];
   } else {
-    for (int64_t i = 0; i < n * hid; ++i) {
-      const float g = gate_[i];
-      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
-    }
+    gated_activation(c.activation == Activation::GeluTanh ? GateAct::GeluTanh : GateAct::Silu, gate_.data(),
+                     up_.data(), n * hid);
   }
 }
 

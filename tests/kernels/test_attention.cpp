@@ -65,7 +65,7 @@ TEST(Attention, MatchesReferenceAllIsas) {
   IsaGuard guard;
   uint32_t seed = 1;
   for (int hd : {40, 64, 72, 80, 96, 256})
-    for (int group : {1, 2, 4})
+    for (int group : {1, 2, 3, 4})
       for (int window : {0, 5})
         for (float cap : {0.0f, 50.0f})
           for (bool f16 : {false, true})
