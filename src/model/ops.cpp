@@ -29,11 +29,6 @@ void rope(float* v, int n_heads, int head_dim, int rot_dim, int pos, const std::
   }
 }
 
-float gelu_tanh(float x) {
-  constexpr float k = 0.7978845608028654f;  // sqrt(2/pi)
-  return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
-}
-
 float gelu_tanh_llamacpp(float x) {
   if (x <= -10.0f) return 0.0f;
   if (x >= 10.0f) return x;

@@ -15,11 +15,10 @@ void rms_norm(const float* x, const float* w, int64_t dim, float eps, float* out
 void rope(float* v, int n_heads, int head_dim, int rot_dim, int pos, const std::vector<float>& inv_freq,
           float mscale = 1.0f);
 
-// tanh-approximated GELU (PyTorch's gelu(approximate="tanh"), mlx gelu_approx).
-float gelu_tanh(float x);
-// llama.cpp's CPU GeGLU: GELU looked up at the fp16-rounded input, result in fp16.
+// llama.cpp's CPU GeGLU: the tanh-approximated GELU (PyTorch's
+// gelu(approximate="tanh")) looked up at the fp16-rounded input, result in fp16.
+// The fp32 GELU and silu are kernels/activation.h.
 float gelu_tanh_llamacpp(float x);
-inline float silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
 
 // cap * tanh(x / cap) in place (Gemma's logit soft-capping).
 void softcap(float* x, int64_t n, float cap);
