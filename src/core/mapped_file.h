@@ -45,6 +45,11 @@ void drop_mapped_pages(const void* p, size_t n);
 // page costs a TLB walk and the hardware prefetcher stops at its end.
 void advise_huge_pages(const void* p, size_t n);
 
+// Returns free heap pages to the OS (glibc's malloc_trim; a no-op elsewhere).
+// Why: a loader frees many small blocks (a GGUF's 262k vocabulary strings)
+// that glibc keeps mapped between live ones; without this they stay in RSS.
+void return_free_heap();
+
 // v.resize(n) with huge pages advised before the first touch (large arrays).
 template <typename Vec>
 void resize_huge(Vec& v, size_t n) {

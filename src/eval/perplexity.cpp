@@ -48,7 +48,7 @@ EvalWindows eval_windows(const Model& model, std::span<const int32_t> tokens, in
   w.first = ctx / 2;
   w.n_out = ctx - w.first;
   // llama.cpp puts BOS first only for models whose tokenizer adds one.
-  w.bos = model.tokenizer->spec().add_bos ? model.tokenizer->bos() : -1;
+  w.bos = model.tokenizer->adds_bos() ? model.tokenizer->bos() : -1;
   return w;
 }
 

@@ -173,20 +173,35 @@ void scales_f32(const AffineMatrixView& W, int64_t r, Scratch& s) {
   const int64_t cap = (ng + 15) / 16 * 16 + 16;  // slack for unmasked 16-float loads
   if (static_cast<int64_t>(s.sc.size()) < cap) s.sc.resize(cap), s.bi.resize(cap);
   const uint16_t* sp = W.scales + r * ng;
-  const uint16_t* bp = W.biases + r * ng;
+  const uint16_t* bp = W.biases ? W.biases + r * ng : nullptr;
+  const __m512 minus_zero = _mm512_set1_ps(static_cast<float>(-W.zero_point));
   for (int64_t g = 0; g < ng; g += 16) {
     const __mmask16 m = mask16(ng - g);
-    _mm512_storeu_ps(&s.sc[g], halves16(sp + g, m, W.bf16_scales));
-    _mm512_storeu_ps(&s.bi[g], halves16(bp + g, m, W.bf16_scales));
+    const __m512 sc = halves16(sp + g, m, W.bf16_scales);
+    _mm512_storeu_ps(&s.sc[g], sc);
+    _mm512_storeu_ps(&s.bi[g], bp ? halves16(bp + g, m, W.bf16_scales) : _mm512_mul_ps(minus_zero, sc));
   }
 }
 
-// acc + bias_w[g] * xsum[g] over the row's groups, the biases widened from
-// fp16/bf16 on the fly (one horizontal sum per row, no fp32 copy of the row).
-inline __m512 add_bias_terms(__m512 acc, const uint16_t* bp, bool bf16, const float* xs, int64_t ng) {
+// acc + bias_w[g] * xsum[g] over row r's groups, the biases widened from
+// fp16/bf16 on the fly (one horizontal sum per row, no fp32 copy of the row);
+// symmetric matrices: bias = -zero_point * scale (exact, so the same sums).
+inline __m512 add_bias_terms(__m512 acc, const AffineMatrixView& W, int64_t r, const float* xs) {
+  const int64_t ng = W.groups_per_row();
+  if (W.biases) {
+    const uint16_t* bp = W.biases + r * ng;
+    for (int64_t g = 0; g < ng; g += 16) {
+      const __mmask16 m = mask16(ng - g);
+      acc = _mm512_fmadd_ps(halves16(bp + g, m, W.bf16_scales), _mm512_maskz_loadu_ps(m, xs + g), acc);
+    }
+    return acc;
+  }
+  const uint16_t* sp = W.scales + r * ng;
+  const __m512 minus_zero = _mm512_set1_ps(static_cast<float>(-W.zero_point));
   for (int64_t g = 0; g < ng; g += 16) {
     const __mmask16 m = mask16(ng - g);
-    acc = _mm512_fmadd_ps(halves16(bp + g, m, bf16), _mm512_maskz_loadu_ps(m, xs + g), acc);
+    const __m512 b = _mm512_mul_ps(minus_zero, halves16(sp + g, m, W.bf16_scales));
+    acc = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m, xs + g), acc);
   }
   return acc;
 }
@@ -258,7 +273,7 @@ void rows(const Int8Args& a, int64_t x0, int64_t r0, int64_t r1) {
     if (b < nblk) chunk(std::false_type{}, b, nblk - b);
     for (int i = 0; i < NX; ++i)
       a.Y[(x0 + i) * W.rows + r] =
-          _mm512_reduce_add_ps(add_bias_terms(acc[i], W.biases + r * ng, W.bf16_scales, a.xsum + (x0 + i) * ng, ng));
+          _mm512_reduce_add_ps(add_bias_terms(acc[i], W, r, a.xsum + (x0 + i) * ng));
   }
 }
 
@@ -331,7 +346,7 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
     for (; b + CB <= nblk; b += CB) chunk(std::true_type{}, b, CB);
     if (b < nblk) chunk(std::false_type{}, b, nblk - b);
     for (int k = 0; k < R; ++k)
-      a.Y[r + k] = _mm512_reduce_add_ps(add_bias_terms(acc[k], W.biases + (r + k) * ng, W.bf16_scales, a.xsum, ng));
+      a.Y[r + k] = _mm512_reduce_add_ps(add_bias_terms(acc[k], W, r + k, a.xsum));
   }
   if (r < r1) rows<Bits, false, 1>(a, 0, r, r1);
 }
@@ -407,7 +422,7 @@ void rows_multi_vbmi(const Int8Args& a, int64_t r0, int64_t r1) {
       }
     }
     for (int k = 0; k < R; ++k)
-      a.Y[r + k] = _mm512_reduce_add_ps(add_bias_terms(acc[k], W.biases + (r + k) * ng, W.bf16_scales, a.xsum, ng));
+      a.Y[r + k] = _mm512_reduce_add_ps(add_bias_terms(acc[k], W, r + k, a.xsum));
   }
   if (r < r1) rows<8, true, 1>(a, 0, r, r1);
 }

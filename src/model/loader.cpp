@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -7,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/mapped_file.h"
 #include "formats/gguf.h"
 #include "formats/hf_checkpoint.h"
 #include "formats/llama2c.h"
@@ -122,7 +124,7 @@ AffineMatrix interleaved_to_halves(const AffineMatrix& a, int64_t n_heads, int64
         const int64_t src = h * head_dim + 2 * i + j, dst = h * head_dim + j * half + i;
         std::copy_n(&a.packed[src * wpr], wpr, &out.packed[dst * wpr]);
         std::copy_n(&a.scales[src * gpr], gpr, &out.scales[dst * gpr]);
-        std::copy_n(&a.biases[src * gpr], gpr, &out.biases[dst * gpr]);
+        if (!a.biases.empty()) std::copy_n(&a.biases[src * gpr], gpr, &out.biases[dst * gpr]);
       }
   return out;
 }
@@ -156,6 +158,14 @@ class TensorTable {
   // GGUF: run Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrices packed (lossless re-layout)
   // instead of dequantizing them to fp32.
   void set_keep_packed(bool keep) { keep_packed_ = keep; }
+  // Copy every matrix out of the file instead of using any in place. Why: a
+  // file whose matrices are partly converted (Gemma's Q4_K_M holds Q5_0/Q8_0
+  // next to Q4_K/Q6_K) cannot give the converted tensors' pages back while it
+  // keeps the rest mapped: the kernel maps a whole large page-cache folio on a
+  // fault, so touching a borrowed tensor maps its converted neighbours again
+  // (40 MB of them for Gemma 3 270M). Owning everything lets the loader drop
+  // the whole mapping.
+  void set_copy_all(bool on) { copy_all_ = on; }
 
   // llama.cpp numerics: round each matrix's activations as llama.cpp's CPU
   // backend does for the stored type (see ActRounding).
@@ -193,13 +203,19 @@ class TensorTable {
     if (keep_packed_ && is_kquant(t.dtype)) {  // run packed from the file (rows reordered: an owned copy)
       check(cols % 256 == 0, "{}: tensor {}: {} rows of {} cannot be {} blocks", source_, t.name, rows, cols,
             dtype_name(t.dtype));
-      if (!reorder) {
+      if (!reorder && !copy_all_) {
         borrowed_ = true;
         return Linear::from_ggml_view(t.dtype, t.data, rows, cols);
       }
       const size_t rb = dtype_bytes(t.dtype, cols);
       const uint8_t* src = static_cast<const uint8_t*>(t.data);
-      std::vector<uint8_t> out(rb * rows);
+      std::vector<uint8_t> out;
+      resize_huge(out, rb * rows);
+      if (!reorder) {
+        std::memcpy(out.data(), src, out.size());
+        drop_mapped_pages(src, out.size());
+        return Linear::from_ggml(t.dtype, std::move(out), rows, cols);
+      }
       const int64_t half = head_dim / 2;
       for (int64_t h = 0; h < rope_heads; ++h)
         for (int64_t i = 0; i < half; ++i)
@@ -207,11 +223,11 @@ class TensorTable {
             std::memcpy(&out[(h * head_dim + j * half + i) * rb], src + (h * head_dim + 2 * i + j) * rb, rb);
       return Linear::from_ggml(t.dtype, std::move(out), rows, cols);
     }
-    if (t.dtype == DType::F32 && !reorder) {
+    if (t.dtype == DType::F32 && !reorder && !copy_all_) {
       borrowed_ = true;
       return Linear::from_f32_view(static_cast<const float*>(t.data), rows, cols);
     }
-    if ((t.dtype == DType::F16 || t.dtype == DType::BF16) && !reorder &&
+    if ((t.dtype == DType::F16 || t.dtype == DType::BF16) && !reorder && !copy_all_ &&
         reinterpret_cast<uintptr_t>(t.data) % alignof(uint16_t) == 0) {
       borrowed_ = true;
       return Linear::from_half_view(static_cast<const uint16_t*>(t.data), t.dtype == DType::BF16, rows, cols);
@@ -256,6 +272,7 @@ class TensorTable {
   bool interleaved_;
   const PrecisionMap* formats_ = nullptr;
   bool keep_packed_ = false;
+  bool copy_all_ = false;
   bool llamacpp_ = false;
   mutable bool borrowed_ = false;
   bool hf_layout_ = false;
@@ -326,16 +343,23 @@ Model load_gguf(const std::string& path, const LoadOptions& opt) {
   m.config = config_from_gguf(*file);
   m.tokenizer = std::make_unique<Tokenizer>(tokenizer_spec_from_gguf(*file));
   file->release_large_arrays();  // the tokenizer holds its own copy
+  // The metadata's pages (a 262k vocabulary: 6.5 MB) are not read again.
+  drop_mapped_pages(file->file().data(), file->data_offset());
   record_sources(m, file->tensors());
   if (opt.load_weights) {
     TensorTable table(path, m.config.gguf_interleaved_rope);
     table.set_keep_packed(!opt.dequantize);
+    const auto& ts = file->tensors();
+    table.set_copy_all(std::any_of(ts.begin(), ts.end(), [](const TensorView& t) {
+                         return t.shape.size() == 2 && ggml_maps_to_affine(t.dtype);
+                       }));
     table.set_llamacpp_numerics(opt.llamacpp_numerics);
     for (const auto& t : file->tensors()) table.add(hf_name_from_gguf(t.name, m.config), t);
     m.weights = load_weights(m.config, table);
     // Everything was converted: the file's pages need not stay resident.
     if (!table.borrowed()) file->file().drop_pages();
   }
+  return_free_heap();
   m.llamacpp_numerics = opt.llamacpp_numerics;
   m.keepalive = file;
   return m;

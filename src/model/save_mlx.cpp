@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -65,7 +66,17 @@ void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& 
         const size_t ng = static_cast<size_t>(v.rows * v.groups_per_row());
         const DType sd = bf16 ? DType::BF16 : DType::F16;
         st.add(mod.path + ".scales", sd, {v.rows, v.groups_per_row()}, as_bytes(v.scales, ng));
-        st.add(mod.path + ".biases", sd, {v.rows, v.groups_per_row()}, as_bytes(v.biases, ng));
+        if (v.biases) {
+          st.add(mod.path + ".biases", sd, {v.rows, v.groups_per_row()}, as_bytes(v.biases, ng));
+        } else {  // symmetric (from a GGUF's Q8_0/Q5_0/Q4_0): MLX wants the biases written out
+          std::vector<uint8_t> b(ng * 2);
+          for (int64_t r = 0; r < v.rows; ++r)
+            for (int64_t g = 0; g < v.groups_per_row(); ++g) {
+              const uint16_t h = f32_to_scale(v.bias(r, g), bf16);
+              std::memcpy(&b[(r * v.groups_per_row() + g) * 2], &h, 2);
+            }
+          st.add_owned(mod.path + ".biases", sd, {v.rows, v.groups_per_row()}, std::move(b));
+        }
         quant[mod.path] = {{"group_size", v.fmt.group_size}, {"bits", v.fmt.bits}};
         format_weights[{v.fmt.bits, v.fmt.group_size}] += mod.numel();
         any_quantized = true;

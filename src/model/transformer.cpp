@@ -104,6 +104,19 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
   if (n == 0) return;
   check(pos_ + n <= max_ctx_, "context is full: {} tokens at position {} exceed the context of {}", n, pos_, max_ctx_);
   check(logits_from >= 0 && logits_from <= n, "logits_from {} out of range for {} tokens", logits_from, n);
+  // Long prompts run in micro-batches (as llama.cpp's n_ubatch): the scratch
+  // then stays at kMicroBatch rows (33 KB a row for Gemma 3 270M) whatever the
+  // prompt, and the batch is still large enough for the GEMM tiles. With an
+  // observer the call stays whole: observers index rows by token.
+  if (!observer_ && n > kMicroBatch) {
+    for (int64_t s = 0; s < n; s += kMicroBatch) {
+      const int64_t e = std::min(n, s + kMicroBatch);
+      const int64_t from = std::clamp<int64_t>(logits_from - s, 0, e - s);
+      float* out = from < e - s ? logits + (s + from - logits_from) * c.vocab_size : nullptr;
+      forward(tokens.subspan(s, e - s), out, from);
+    }
+    return;
+  }
   ensure_scratch(n);
   const int64_t dim = c.dim;
 

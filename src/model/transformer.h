@@ -32,6 +32,8 @@ class Transformer {
   // logits of tokens [logits_from, n) to `logits` ((n - logits_from) x vocab);
   // logits_from == n computes none (pure prefill). Throws if the context is full.
   void forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from);
+  // Rows per pass of a long forward() (without an observer).
+  static constexpr int64_t kMicroBatch = 256;
   // Profiling: runs layers first_layer.. on `hidden` (n x dim), the residual
   // stream entering first_layer for tokens at positions 0..n-1 (pos() must be
   // 0). Layers before first_layer are skipped; logits as in forward().

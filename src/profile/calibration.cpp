@@ -83,7 +83,7 @@ std::vector<std::vector<int32_t>> calibration_windows(const Model& m, const Cali
   check(opt.seq <= m.config.max_seq, "--calib-seq {} exceeds the model's context of {}", opt.seq, m.config.max_seq);
   if (opt.source == "self") return self_generated(m, opt);
   const std::vector<int32_t> ids = m.tokenizer->encode(read_calibration_text(opt.source), /*add_bos=*/false);
-  const int64_t body = opt.seq - (m.tokenizer->spec().add_bos ? 1 : 0);
+  const int64_t body = opt.seq - (m.tokenizer->adds_bos() ? 1 : 0);
   const int64_t slots = static_cast<int64_t>(ids.size()) / body;
   check(slots > 0, "{}: {} tokens, fewer than one calibration window of {}", opt.source, ids.size(), opt.seq);
   std::vector<int64_t> order(slots);
@@ -98,7 +98,7 @@ std::vector<std::vector<int32_t>> calibration_windows(const Model& m, const Cali
   std::vector<std::vector<int32_t>> out;
   for (int64_t s : order) {
     std::vector<int32_t> w;
-    if (m.tokenizer->spec().add_bos) w.push_back(m.tokenizer->bos());
+    if (m.tokenizer->adds_bos()) w.push_back(m.tokenizer->bos());
     w.insert(w.end(), ids.begin() + s * body, ids.begin() + (s + 1) * body);
     out.push_back(std::move(w));
   }

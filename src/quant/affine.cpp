@@ -34,7 +34,7 @@ float scale_to_f32(uint16_t h, bool bf16) { return bf16 ? bf16_to_f32(h) : f16_t
 uint16_t f32_to_scale(float f, bool bf16) { return bf16 ? f32_to_bf16(f) : f32_to_f16(f); }
 
 size_t bytes(const AffineMatrixView& v) {
-  return static_cast<size_t>(v.rows) * (v.words_per_row() * 4 + v.groups_per_row() * 4);
+  return static_cast<size_t>(v.rows) * (v.words_per_row() * 4 + v.groups_per_row() * (v.symmetric() ? 2 : 4));
 }
 
 size_t AffineMatrix::bytes() const { return optiq::bytes(view()); }
@@ -67,8 +67,8 @@ void unpack_row(const uint32_t* words, int64_t n, int bits, uint8_t* codes) {
 
 void check_view(const AffineMatrixView& v) {
   check_affine_shape(v.fmt, v.rows, v.cols);
-  check(v.packed && v.scales && v.biases, "affine matrix {}x{}: missing packed words, scales or biases", v.rows,
-        v.cols);
+  check(v.packed && v.scales && (v.biases || v.zero_point > 0),
+        "affine matrix {}x{}: missing packed words, scales or biases", v.rows, v.cols);
 }
 
 AffineMatrix pack(const uint8_t* codes, int64_t rows, int64_t cols, AffineFormat fmt, std::vector<uint16_t> scales,

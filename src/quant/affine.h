@@ -49,12 +49,21 @@ struct AffineMatrixView {
   bool bf16_scales = false;
   const uint32_t* packed = nullptr;
   const uint16_t* scales = nullptr;
-  const uint16_t* biases = nullptr;
+  const uint16_t* biases = nullptr;  // null: symmetric, bias = -zero_point * scale
+  // Symmetric groups (GGUF's Q4_0/Q5_0/Q8_0 blocks: w = d * (u - 2^(bits-1)))
+  // store no biases: half a bit per weight less than keeping them, so a GGUF
+  // runs in the bytes of its file. The bias is exact: a power of two times
+  // the scale.
+  int32_t zero_point = 0;
 
   int64_t words_per_row() const { return affine_words_per_row(fmt, cols); }
   int64_t groups_per_row() const { return affine_groups_per_row(fmt, cols); }
+  bool symmetric() const { return biases == nullptr; }
   float scale(int64_t row, int64_t group) const { return scale_to_f32(scales[row * groups_per_row() + group], bf16_scales); }
-  float bias(int64_t row, int64_t group) const { return scale_to_f32(biases[row * groups_per_row() + group], bf16_scales); }
+  float bias(int64_t row, int64_t group) const {
+    return biases ? scale_to_f32(biases[row * groups_per_row() + group], bf16_scales)
+                  : static_cast<float>(-zero_point) * scale(row, group);
+  }
 };
 
 struct AffineMatrix {
@@ -62,10 +71,12 @@ struct AffineMatrix {
   AffineFormat fmt;
   bool bf16_scales = false;
   std::vector<uint32_t> packed;          // rows * cols*bits/32
-  std::vector<uint16_t> scales, biases;  // rows * cols/group_size each
+  std::vector<uint16_t> scales, biases;  // rows * cols/group_size each (biases empty: symmetric)
+  int32_t zero_point = 0;                // symmetric: bias = -zero_point * scale
 
   AffineMatrixView view() const {
-    return {rows, cols, fmt, bf16_scales, packed.data(), scales.data(), biases.data()};
+    return {rows, cols, fmt, bf16_scales, packed.data(), scales.data(), biases.empty() ? nullptr : biases.data(),
+            zero_point};
   }
   // Bytes of packed words + scales + biases.
   size_t bytes() const;

@@ -1,8 +1,9 @@
 // Lossless conversion of ggml's 32-weight affine block types (Q4_0, Q4_1,
 // Q5_0, Q5_1, Q8_0) to MLX-layout affine groups of 32 with fp16 scales, so
 // that GGUF models run on the packed kernels without a float copy. Every
-// weight dequantizes to exactly the value ggml gives: symmetric types become
-// affine with bias = -offset * d (exact in fp16: offset is a power of two).
+// weight dequantizes to exactly the value ggml gives. Symmetric types (Q4_0,
+// Q5_0, Q8_0) store no biases (AffineMatrix::zero_point 8, 16, 128: the bias
+// -zero * d is exact), so the matrix takes the bytes of its GGUF blocks.
 #pragma once
 #include "core/tensor.h"
 #include "quant/affine.h"

@@ -129,32 +129,37 @@ struct Regex {
 // because the merge loops look up every candidate pair.
 class PieceMap {
  public:
+  // Takes the keys' text into one blob (the tokenizer keeps no other copy of
+  // the vocabulary: 262k std::strings cost 8 MB of headers alone).
   void build(const std::vector<std::string>& keys) {
     size_t cap = 16;
     while (cap < keys.size() * 2) cap <<= 1;
     slots_.assign(cap, Slot{});
     mask_ = cap - 1;
+    size_t total = 0;
+    for (const auto& k : keys) total += k.size();
+    check(total < (size_t{1} << 32), "tokenizer: {} bytes of token text is too large", total);
     blob_.clear();
-    for (const auto& k : keys) blob_ += k;
-    size_t off = 0;
+    blob_.reserve(total);
+    off_.assign(keys.size() + 1, 0);
     for (size_t i = 0; i < keys.size(); ++i) {
-      const std::string_view k(blob_.data() + off, keys[i].size());
-      off += keys[i].size();
+      blob_ += keys[i];
+      off_[i + 1] = static_cast<uint32_t>(blob_.size());
+    }
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const std::string_view k = text(static_cast<int32_t>(i));
       if (k.empty()) continue;
       const uint64_t h = hash(k);
-      size_t j = h & mask_;
-      while (true) {
+      for (size_t j = h & mask_;; j = (j + 1) & mask_) {
         Slot& sl = slots_[j];
         if (sl.id < 0) {
-          sl = {h, static_cast<uint32_t>(k.data() - blob_.data()), static_cast<uint32_t>(k.size()),
-                static_cast<int32_t>(i)};
+          sl = {tag(h), static_cast<int32_t>(i)};
           break;
         }
-        if (sl.hash == h && view(sl) == k) {
+        if (sl.tag == tag(h) && text(sl.id) == k) {
           sl.id = static_cast<int32_t>(i);  // duplicate text: the last id wins (llama.cpp)
           break;
         }
-        j = (j + 1) & mask_;
       }
     }
   }
@@ -164,17 +169,20 @@ class PieceMap {
     for (size_t j = h & mask_;; j = (j + 1) & mask_) {
       const Slot& sl = slots_[j];
       if (sl.id < 0) return -1;
-      if (sl.hash == h && sl.len == k.size() && std::memcmp(blob_.data() + sl.off, k.data(), k.size()) == 0)
-        return sl.id;
+      if (sl.tag == tag(h) && text(sl.id) == k) return sl.id;
     }
   }
+  // Stored text of key i.
+  std::string_view text(int32_t i) const { return {blob_.data() + off_[i], off_[i + 1] - off_[i]}; }
+  size_t size() const { return off_.empty() ? 0 : off_.size() - 1; }
 
  private:
+  // 8 bytes a slot: the hash's high half (the low bits pick the slot) and the id.
   struct Slot {
-    uint64_t hash = 0;
-    uint32_t off = 0, len = 0;
+    uint32_t tag = 0;
     int32_t id = -1;
   };
+  static uint32_t tag(uint64_t h) { return static_cast<uint32_t>(h >> 32); }
   static uint64_t hash(std::string_view k) {  // FNV-1a with a final mix
     uint64_t h = 1469598103934665603ull;
     for (unsigned char c : k) h = (h ^ c) * 1099511628211ull;
@@ -182,9 +190,9 @@ class PieceMap {
     h *= 0xBF58476D1CE4E5B9ull;
     return h ^ (h >> 32);
   }
-  std::string_view view(const Slot& s) const { return {blob_.data() + s.off, s.len}; }
   std::vector<Slot> slots_;
   std::string blob_;
+  std::vector<uint32_t> off_;  // key i is blob_[off_[i], off_[i+1])
   size_t mask_ = 0;
 };
 
@@ -236,8 +244,8 @@ struct Tokenizer::Impl {
     extra_sym_id.emplace(s, id);
     return id;
   }
-  const std::string& sym_text(int32_t sym) const {
-    return sym < n_vocab ? spec.tokens[sym] : extra_syms[sym - n_vocab];
+  std::string_view sym_text(int32_t sym) const {
+    return sym < n_vocab ? token_to_id.text(sym) : std::string_view(extra_syms[sym - n_vocab]);
   }
 
   void build();
@@ -461,7 +469,7 @@ std::vector<Fragment> Tokenizer::Impl::partition(std::string_view text, bool par
   std::vector<std::pair<size_t, int32_t>> accepted;  // (pos, id)
   for (const Occ& o : occ) {
     const int32_t id = special_sorted[o.rank];
-    const size_t len = spec.tokens[id].size();
+    const size_t len = token_to_id.text(id).size();
     bool free = true;
     for (size_t k = o.pos; k < o.pos + len; ++k) {
       if (covered[k]) {
@@ -477,8 +485,8 @@ std::vector<Fragment> Tokenizer::Impl::partition(std::string_view text, bool par
   size_t cur = 0;
   for (auto [pos, id] : accepted) {
     if (pos > cur) out.push_back({-1, cur, pos - cur});
-    out.push_back({id, pos, spec.tokens[id].size()});
-    cur = pos + spec.tokens[id].size();
+    out.push_back({id, pos, token_to_id.text(id).size()});
+    cur = pos + token_to_id.text(id).size();
   }
   if (cur < text.size()) out.push_back({-1, cur, text.size() - cur});
   return out;
@@ -676,6 +684,8 @@ void Tokenizer::Impl::encode_bpe(std::string_view text, std::vector<int32_t>& ou
 Tokenizer::Tokenizer(TokenizerSpec spec) : impl_(std::make_unique<Impl>()) {
   impl_->spec = std::move(spec);
   impl_->build();
+  // The map's blob now holds every token's text: drop the per-token strings.
+  std::vector<std::string>().swap(impl_->spec.tokens);
 }
 Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
@@ -762,6 +772,15 @@ int32_t Tokenizer::eos() const { return impl_->spec.eos; }
 int32_t Tokenizer::vocab_size() const { return impl_->n_vocab; }
 bool Tokenizer::is_eog(int32_t id) const { return impl_->eog.count(id) != 0; }
 int32_t Tokenizer::token_id(std::string_view piece) const { return impl_->lookup(piece); }
-const TokenizerSpec& Tokenizer::spec() const { return impl_->spec; }
+bool Tokenizer::adds_bos() const { return impl_->spec.add_bos && impl_->spec.bos >= 0; }
+std::string_view Tokenizer::token_text(int32_t id) const {
+  return id >= 0 && id < impl_->n_vocab ? impl_->token_to_id.text(id) : std::string_view();
+}
+TokenizerSpec Tokenizer::to_spec() const {
+  TokenizerSpec s = impl_->spec;
+  s.tokens.reserve(impl_->n_vocab);
+  for (int32_t i = 0; i < impl_->n_vocab; ++i) s.tokens.emplace_back(impl_->token_to_id.text(i));
+  return s;
+}
 
 }  // namespace optiq

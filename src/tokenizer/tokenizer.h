@@ -67,7 +67,12 @@ class Tokenizer {
   int32_t vocab_size() const;
   bool is_eog(int32_t id) const;  // eos, eot, and end-of-turn control tokens (<|im_end|>, <end_of_turn>, ...)
   int32_t token_id(std::string_view piece) const;  // -1 when absent
-  const TokenizerSpec& spec() const;
+  // True when encode(text, add_bos = true) prepends a BOS.
+  bool adds_bos() const;
+  // Text of token id as stored (SPM with ▁, BPE in byte-unicode form); "" out of range.
+  std::string_view token_text(int32_t id) const;
+  // The whole spec back, tokens included (for exporters: it copies the vocabulary).
+  TokenizerSpec to_spec() const;
 
  private:
   struct Impl;

@@ -197,7 +197,7 @@ std::vector<std::pair<int32_t, int32_t>> spm_merges_from_scores(const TokenizerS
 }
 
 void write_hf_tokenizer(const Tokenizer& tok, const std::string& dir) {
-  const TokenizerSpec& s = tok.spec();
+  const TokenizerSpec s = tok.to_spec();
   const bool spm = s.kind == TokenizerSpec::Kind::SentencePiece;
   const size_t n = s.tokens.size();
   for (size_t i = 0; i < n; ++i)

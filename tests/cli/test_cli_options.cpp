@@ -523,3 +523,26 @@ TEST(CliInfo, SummaryOfQuantizedExport) {
 
 }  // namespace
 }  // namespace optiq
+
+namespace optiq {
+namespace {
+
+// Issue 9: running a GGUF costs at most its file + KV cache + ~50 MB. Gemma 3
+// 270M is the hard case: a 262k vocabulary, and Q5_0/Q8_0 matrices next to
+// Q4_K/Q6_K ones (its converted tensors' pages must leave RSS for good).
+TEST(CliBench, GgufPeakRssWithinFilePlusKvCache) {
+  int ran = 0;
+  for (const char* name : {"smollm2-135m-instruct-q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"}) {
+    const std::string path = test::cache_dir() + "/models/" + name;
+    if (!test::file_exists(path)) continue;
+    ++ran;
+    nlohmann::json j = ok_json("bench " + path + " -p 300 -n 4 -r 1 --json");
+    if (j.is_null()) continue;
+    const double budget = j["file_mb"].get<double>() + j["kv_cache_mb"].get<double>() + 50.0;
+    EXPECT_LE(j["peak_rss_mb"].get<double>(), budget) << name << ": " << j.dump();
+  }
+  if (ran == 0) GTEST_SKIP() << "no downloaded GGUF models (scripts/setup.sh fetches them)";
+}
+
+}  // namespace
+}  // namespace optiq

@@ -255,3 +255,57 @@ TEST(Int8Decode, DispatchFollowsNumerics) {
 }
 
 }  // namespace optiq
+
+namespace optiq {
+namespace {
+
+// Symmetric matrices (no biases array; bias = -zero_point * scale, as GGUF's
+// Q4_0/Q5_0/Q8_0 become) give bit-identical products to the same matrix with
+// the biases written out, on every path: fp32, int8 decode, int8 GEMM.
+TEST(AffineSymmetric, SameProductsAsExplicitBiases) {
+  Guard guard;
+  const auto ps = paths();
+  uint32_t seed = 301;
+  for (int bits : {4, 5, 8})
+    for (int gs : {32, 64})
+      for (bool bf16 : {false, true}) {
+        const int64_t rows = 19, cols = 5 * gs;
+        auto w = test::random_floats(rows * cols, seed++);
+        QuantizeOptions o;
+        o.method = QuantMethod::MinMax;
+        o.bf16_scales = bf16;
+        AffineMatrix expl = quantize(w.data(), rows, cols, {bits, gs}, o);
+        const int32_t zp = 1 << (bits - 1);
+        for (size_t g = 0; g < expl.scales.size(); ++g)  // exact: a power of two times the scale
+          expl.biases[g] = f32_to_scale(-static_cast<float>(zp) * scale_to_f32(expl.scales[g], bf16), bf16);
+        AffineMatrix sym = expl;
+        sym.biases.clear();
+        sym.zero_point = zp;
+        ASSERT_TRUE(sym.view().symmetric());
+        EXPECT_EQ(sym.bytes() + expl.biases.size() * 2, expl.bytes());
+        EXPECT_EQ(dequantize(sym.view()), dequantize(expl.view()));
+        for (int64_t n : {1, 3, 7}) {
+          auto X = test::random_floats(n * cols, seed++);
+          for (const Path& p : ps) {
+            use(p);
+            const std::string what = fmt::format("{} q{} g{} {} n={}", p.name(), bits, gs, bf16 ? "bf16" : "f16", n);
+            std::vector<float> ys(n * rows, NAN), ye(n * rows, NAN);
+            affine_matmul_f32(sym.view(), X.data(), n, ys.data());
+            affine_matmul_f32(expl.view(), X.data(), n, ye.data());
+            EXPECT_EQ(ys, ye) << "fp32 " << what;
+            if (n < 4) {
+              affine_matmul_int8(sym.view(), X.data(), n, ys.data());
+              affine_matmul_int8(expl.view(), X.data(), n, ye.data());
+              EXPECT_EQ(ys, ye) << "int8 decode " << what;
+            } else {
+              affine_matmul_int8_gemm(sym.view(), X.data(), n, ys.data());
+              affine_matmul_int8_gemm(expl.view(), X.data(), n, ye.data());
+              EXPECT_EQ(ys, ye) << "int8 gemm " << what;
+            }
+          }
+        }
+      }
+}
+
+}  // namespace
+}  // namespace optiq

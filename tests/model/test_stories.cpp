@@ -72,6 +72,33 @@ TEST(Stories260K, BatchedPrefillEqualsTokenByToken) {
   for (int64_t i = 0; i < n * vocab; ++i) ASSERT_NEAR(batched[i], single[i], 1e-4f) << i;
 }
 
+// A prompt longer than Transformer::kMicroBatch runs in micro-batches; an
+// observer keeps the call whole. Both give the same logits, whatever row the
+// scored part starts at (before, at and after a micro-batch boundary).
+class NullObserver : public ActivationObserver {
+ public:
+  void observe(int, Site, const float*, int64_t, int64_t) override {}
+};
+
+TEST(Stories260K, MicroBatchedPrefillEqualsOneBatch) {
+  Model m = load_gguf();
+  const int64_t n = Transformer::kMicroBatch + 45, vocab = m.config.vocab_size;
+  std::vector<int32_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((i * 37 + 11) % vocab);
+  NullObserver whole;
+  for (int64_t from : {int64_t{0}, Transformer::kMicroBatch - 3, Transformer::kMicroBatch, n - 1, n}) {
+    std::vector<float> chunked((n - from) * vocab + 1, NAN), one((n - from) * vocab + 1, NAN);
+    Transformer a(m, static_cast<int>(n)), b(m, static_cast<int>(n));
+    b.set_observer(&whole);
+    a.forward(ids, chunked.data(), from);
+    b.forward(ids, one.data(), from);
+    EXPECT_EQ(a.pos(), n);
+    for (int64_t i = 0; i < (n - from) * vocab; ++i)
+      ASSERT_NEAR(chunked[i], one[i], 1e-4f) << "from " << from << " element " << i;
+    EXPECT_TRUE(std::isnan(chunked[(n - from) * vocab])) << "wrote past the logits of from " << from;
+  }
+}
+
 TEST(Stories260K, BinAndGgufGiveTheSamePerplexity) {
   Model a = load_bin(), b = load_gguf();
   std::string text = "Once upon a time, there was a little boy named Tim. Tim liked to play with his red ball. "

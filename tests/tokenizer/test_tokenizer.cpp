@@ -109,11 +109,13 @@ TEST(Tokenizer, StoriesGgufMatchesBin) {
   EXPECT_EQ(gs.kind, TokenizerSpec::Kind::SentencePiece);
   EXPECT_EQ(tg.bos(), tb.bos());
   EXPECT_EQ(tg.eos(), tb.eos());
+  const TokenizerSpec bs = tb.to_spec();
   for (int32_t i = 0; i < tb.vocab_size(); ++i) {
-    ASSERT_EQ(gs.tokens[i], tb.spec().tokens[i]) << "token " << i;
-    ASSERT_EQ(gs.scores[i], tb.spec().scores[i]) << "token " << i;
+    ASSERT_EQ(gs.tokens[i], bs.tokens[i]) << "token " << i;
+    ASSERT_EQ(gs.tokens[i], tb.token_text(i)) << "token " << i;
+    ASSERT_EQ(gs.scores[i], bs.scores[i]) << "token " << i;
     if (!gs.token_types.empty()) {
-      ASSERT_EQ(gs.token_types[i], tb.spec().token_types[i]) << "token " << i;
+      ASSERT_EQ(gs.token_types[i], bs.token_types[i]) << "token " << i;
     }
   }
   std::mt19937 rng(11);

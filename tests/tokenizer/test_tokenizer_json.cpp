@@ -70,11 +70,11 @@ std::string check_roundtrip(const Tokenizer& tok, const std::string& name) {
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
   const Tokenizer back(tokenizer_spec_from_hf(dir));
   EXPECT_EQ(back.vocab_size(), tok.vocab_size());
-  EXPECT_EQ(back.spec().kind, tok.spec().kind);
+  EXPECT_EQ(back.to_spec().kind, tok.to_spec().kind);
   EXPECT_EQ(back.bos(), tok.bos());
   EXPECT_EQ(back.eos(), tok.eos());
-  EXPECT_EQ(back.spec().add_bos, tok.spec().add_bos && tok.bos() >= 0);
-  EXPECT_EQ(back.spec().add_space_prefix, tok.spec().add_space_prefix);
+  EXPECT_EQ(back.to_spec().add_bos, tok.to_spec().add_bos && tok.bos() >= 0);
+  EXPECT_EQ(back.to_spec().add_space_prefix, tok.to_spec().add_space_prefix);
 
   const std::string text = sample_text();
   EXPECT_GT(text.size(), 10000u);
@@ -90,8 +90,8 @@ std::string check_roundtrip(const Tokenizer& tok, const std::string& name) {
   EXPECT_EQ(bad, 0u) << "of " << n << " lines";
 
   std::vector<std::string> specials;
-  for (int32_t id : {tok.bos(), tok.eos(), tok.spec().unk})
-    if (id >= 0) specials.push_back(tok.spec().tokens[id]);
+  for (int32_t id : {tok.bos(), tok.eos(), tok.to_spec().unk})
+    if (id >= 0) specials.push_back(tok.to_spec().tokens[id]);
   for (uint32_t seed = 1; seed <= 3; ++seed) {
     const std::string r = random_text(seed, 3000, specials);
     EXPECT_EQ(back.encode(r, true, false), tok.encode(r, true, false)) << "seed " << seed;
@@ -102,16 +102,16 @@ std::string check_roundtrip(const Tokenizer& tok, const std::string& name) {
   // The config files are JSON with the special tokens.
   const auto cfg = nlohmann::json::parse(slurp(dir + "/tokenizer_config.json"));
   EXPECT_EQ(cfg.at("tokenizer_class"), "PreTrainedTokenizerFast");
-  EXPECT_EQ(cfg.at("add_bos_token").get<bool>(), tok.spec().add_bos && tok.bos() >= 0);
+  EXPECT_EQ(cfg.at("add_bos_token").get<bool>(), tok.to_spec().add_bos && tok.bos() >= 0);
   if (tok.bos() >= 0) {
-    EXPECT_EQ(cfg.at("bos_token"), tok.spec().tokens[tok.bos()]);
+    EXPECT_EQ(cfg.at("bos_token"), tok.to_spec().tokens[tok.bos()]);
   }
   if (tok.eos() >= 0) {
-    EXPECT_EQ(cfg.at("eos_token"), tok.spec().tokens[tok.eos()]);
+    EXPECT_EQ(cfg.at("eos_token"), tok.to_spec().tokens[tok.eos()]);
   }
   const auto map = nlohmann::json::parse(slurp(dir + "/special_tokens_map.json"));
   if (tok.eos() >= 0) {
-    EXPECT_EQ(map.at("eos_token").at("content"), tok.spec().tokens[tok.eos()]);
+    EXPECT_EQ(map.at("eos_token").at("content"), tok.to_spec().tokens[tok.eos()]);
   }
 
   // Writing again over existing files works (rename replaces them).
@@ -144,7 +144,7 @@ TEST(TokenizerJson, SmolLM2Gguf) {
   const std::string dir = check_roundtrip(tok, "smollm2");
   const auto j = nlohmann::json::parse(slurp(dir + "/tokenizer.json"));
   EXPECT_FALSE(j.at("model").at("byte_fallback").get<bool>());
-  EXPECT_EQ(j.at("model").at("merges").size(), tok.spec().merges.size());
+  EXPECT_EQ(j.at("model").at("merges").size(), tok.to_spec().merges.size());
   EXPECT_EQ(j.at("decoder").at("type"), "ByteLevel");
   // Chat control tokens are special added tokens.
   bool found = false;
@@ -188,7 +188,7 @@ TEST(TokenizerJson, EscapesAndErrors) {
   const std::string dir = test::temp_dir() + "/escapes";
   write_hf_tokenizer(tok, dir);
   const Tokenizer back(tokenizer_spec_from_hf(dir));
-  EXPECT_EQ(back.spec().tokens, s.tokens);
+  EXPECT_EQ(back.to_spec().tokens, s.tokens);
   for (const std::string t : {"\"a\\a\t\x01", "a\\\"", "\"\"\"a"}) EXPECT_EQ(back.encode(t, true), tok.encode(t, true)) << t;
 
   // A token that is not UTF-8 cannot be written: the error names the directory.
