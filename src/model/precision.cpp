@@ -18,28 +18,31 @@ bool format_fits(const AffineFormat& fmt, int64_t cols) { return cols > 0 && col
 double format_bits_per_weight(const TensorFormat& f) { return f ? bits_per_weight(*f) : 16.0; }
 
 std::vector<ModuleInfo> quantizable_modules(const ModelConfig& c) {
+  using K = ModuleKind;
   std::vector<ModuleInfo> m;
-  m.push_back({"model.embed_tokens", "embed", -1, c.vocab_size, c.dim});
+  m.push_back({module_kind_info(K::Embed).hf_path, K::Embed, -1, c.vocab_size, c.dim});
   for (int i = 0; i < c.n_layers; ++i) {
-    const std::string p = fmt::format("model.layers.{}.", i);
+    auto add = [&](K k, int64_t rows, int64_t cols) {
+      m.push_back({fmt::format("model.layers.{}.{}", i, module_kind_info(k).hf_path), k, i, rows, cols});
+    };
     // Phi-3's fused matrices stay one module each: mlx-lm loads them fused.
     if (c.fused_qkv) {
-      m.push_back({p + "self_attn.qkv_proj", "qkv_proj", i, c.q_dim() + 2 * c.kv_dim(), c.dim});
+      add(K::QkvProj, c.q_dim() + 2 * c.kv_dim(), c.dim);
     } else {
-      m.push_back({p + "self_attn.q_proj", "q_proj", i, c.q_dim(), c.dim});
-      m.push_back({p + "self_attn.k_proj", "k_proj", i, c.kv_dim(), c.dim});
-      m.push_back({p + "self_attn.v_proj", "v_proj", i, c.kv_dim(), c.dim});
+      add(K::QProj, c.q_dim(), c.dim);
+      add(K::KProj, c.kv_dim(), c.dim);
+      add(K::VProj, c.kv_dim(), c.dim);
     }
-    m.push_back({p + "self_attn.o_proj", "o_proj", i, c.dim, c.q_dim()});
+    add(K::OProj, c.dim, c.q_dim());
     if (c.fused_qkv) {
-      m.push_back({p + "mlp.gate_up_proj", "gate_up_proj", i, 2 * c.hidden_dim, c.dim});
+      add(K::GateUpProj, 2 * c.hidden_dim, c.dim);
     } else {
-      m.push_back({p + "mlp.gate_proj", "gate_proj", i, c.hidden_dim, c.dim});
-      m.push_back({p + "mlp.up_proj", "up_proj", i, c.hidden_dim, c.dim});
+      add(K::GateProj, c.hidden_dim, c.dim);
+      add(K::UpProj, c.hidden_dim, c.dim);
     }
-    m.push_back({p + "mlp.down_proj", "down_proj", i, c.dim, c.hidden_dim});
+    add(K::DownProj, c.dim, c.hidden_dim);
   }
-  if (!c.tied_embeddings) m.push_back({"lm_head", "lm_head", -1, c.vocab_size, c.dim});
+  if (!c.tied_embeddings) m.push_back({module_kind_info(K::LmHead).hf_path, K::LmHead, -1, c.vocab_size, c.dim});
   return m;
 }
 

@@ -14,6 +14,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "model/config.h"
+#include "model/module_kind.h"
 #include "quant/affine.h"
 
 namespace optiq {
@@ -40,10 +41,11 @@ struct PrecisionMap {
 // One quantizable weight matrix of a model.
 struct ModuleInfo {
   std::string path;  // "model.layers.0.mlp.down_proj"
-  std::string kind;  // "embed", "q_proj", ..., "down_proj", "lm_head"
+  ModuleKind kind = ModuleKind::Embed;
   int layer = -1;    // -1 for embedding and lm_head
   int64_t rows = 0, cols = 0;
   int64_t numel() const { return rows * cols; }
+  std::string_view kind_name() const { return module_kind_name(kind); }  // "q_proj"
 };
 
 // Every quantizable module, in forward order (embedding, layers, lm_head when untied).

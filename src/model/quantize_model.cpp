@@ -7,26 +7,20 @@
 
 namespace optiq {
 
-Linear& module_linear(ModelWeights& w, const ModuleInfo& m) {
-  if (m.kind == "embed") return w.embed;
-  if (m.kind == "lm_head") return w.lm_head;
+namespace {
+
+template <typename Weights>
+auto& module_linear_of(Weights& w, const ModuleInfo& m) {
+  if (m.kind == ModuleKind::Embed) return w.embed;
+  if (m.kind == ModuleKind::LmHead) return w.lm_head;
   check(m.layer >= 0 && m.layer < static_cast<int>(w.layers.size()), "module {}: no layer {}", m.path, m.layer);
-  LayerWeights& l = w.layers[m.layer];
-  if (m.kind == "q_proj") return l.wq;
-  if (m.kind == "k_proj") return l.wk;
-  if (m.kind == "v_proj") return l.wv;
-  if (m.kind == "o_proj") return l.wo;
-  if (m.kind == "gate_proj") return l.w_gate;
-  if (m.kind == "up_proj") return l.w_up;
-  if (m.kind == "down_proj") return l.w_down;
-  if (m.kind == "qkv_proj") return l.wqkv;
-  if (m.kind == "gate_up_proj") return l.w_gate_up;
-  fail("module {}: unknown kind {}", m.path, m.kind);
+  return w.layers[m.layer].*module_kind_info(m.kind).member;
 }
 
-const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m) {
-  return module_linear(const_cast<ModelWeights&>(w), m);
-}
+}  // namespace
+
+Linear& module_linear(ModelWeights& w, const ModuleInfo& m) { return module_linear_of(w, m); }
+const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m) { return module_linear_of(w, m); }
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt) {
   const auto modules = quantizable_modules(model.config);
@@ -66,27 +60,13 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
 
 namespace {
 
-// The observation site whose activations a module multiplies: -1 for the head
-// input (lm_head, tied embedding), -2 for none (the embedding lookup). Phi-3's
-// fused qkv_proj and gate_up_proj read the attention and MLP inputs.
-int importance_site(const std::string& kind) {
-  using Site = ActivationObserver::Site;
-  if (kind == "q_proj" || kind == "k_proj" || kind == "v_proj" || kind == "qkv_proj") return static_cast<int>(Site::AttnIn);
-  if (kind == "o_proj") return static_cast<int>(Site::OIn);
-  if (kind == "gate_proj" || kind == "up_proj" || kind == "gate_up_proj") return static_cast<int>(Site::MlpIn);
-  if (kind == "down_proj") return static_cast<int>(Site::DownIn);
-  if (kind == "lm_head") return -1;
-  if (kind == "embed") return -2;
-  fail("importance: unknown module kind {}", kind);
-}
-
 // Sums x^2 per input channel at the four per-layer input sites (AttnIn, OIn,
 // MlpIn, DownIn) and the head input, then maps sites to modules. Other sites
 // (LayerIn, the residual stream profiling caches) are not matrix inputs and
 // are ignored.
 class ImportanceCollector : public ActivationObserver {
  public:
-  static constexpr int kLayerSites = 4;
+  static constexpr int kLayerSites = kLayerInputSites;
   explicit ImportanceCollector(const ModelConfig& c) : c_(c) {
     sums_.resize(static_cast<size_t>(c.n_layers) * kLayerSites + 1);
     counts_.assign(sums_.size(), 0);
@@ -116,9 +96,12 @@ class ImportanceCollector : public ActivationObserver {
       return v;
     };
     for (const auto& m : quantizable_modules(c_)) {
-      const int site = importance_site(m.kind);
-      if (site == -2) continue;  // a lookup: every row matters by token frequency, not x^2
-      const size_t idx = site == -1 ? head_slot() : static_cast<size_t>(m.layer) * kLayerSites + site;
+      // The site whose activations the module multiplies (Phi-3's fused
+      // qkv_proj and gate_up_proj read the attention and MLP inputs).
+      const auto site = module_kind_info(m.kind).input;
+      if (!site) continue;  // the embedding, a lookup: rows matter by token frequency, not x^2
+      const size_t idx = *site == Site::HeadIn ? head_slot()
+                                               : static_cast<size_t>(m.layer) * kLayerSites + static_cast<size_t>(*site);
       if (!sums_[idx].empty() && static_cast<int64_t>(sums_[idx].size()) == m.cols) out[m.path] = mean(idx);
     }
     if (c_.tied_embeddings && !sums_[head_slot()].empty()) out["model.embed_tokens"] = mean(head_slot());

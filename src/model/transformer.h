@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "model/module_kind.h"
 
 namespace optiq {
 
@@ -17,7 +18,7 @@ class ActivationObserver {
  public:
   // q/k/v, o_proj, gate/up, down_proj and lm_head inputs; LayerIn is the
   // residual stream entering a layer (what profiling caches).
-  enum class Site { AttnIn, OIn, MlpIn, DownIn, HeadIn, LayerIn };
+  using Site = ActivationSite;  // model/module_kind.h
   virtual ~ActivationObserver() = default;
   // x is n rows of `cols` floats; layer is -1 for HeadIn.
   virtual void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) = 0;
@@ -33,7 +34,7 @@ class Transformer {
   // logits_from == n computes none (pure prefill). Throws if the context is full.
   void forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from);
   // Rows per pass of a long forward() (without an observer).
-  static constexpr int64_t kMicroBatch = 256;
+  static constexpr int64_t kMicroBatch = 512;
   // Profiling: runs layers first_layer.. on `hidden` (n x dim), the residual
   // stream entering first_layer for tokens at positions 0..n-1 (pos() must be
   // 0). Layers before first_layer are skipped; logits as in forward().

@@ -41,7 +41,7 @@ PrecisionMap plan_from_bits(const ModelConfig& config, int group_size, BitsFn bi
 
 // Output tensor: lm_head, or the embedding when tied (llama.cpp: !has_output && token_embd).
 bool is_output(const ModelConfig& c, const ModuleInfo& m) {
-  return m.kind == "lm_head" || (c.tied_embeddings && m.kind == "embed");
+  return m.kind == ModuleKind::LmHead || (c.tied_embeddings && m.kind == ModuleKind::Embed);
 }
 
 }  // namespace
@@ -52,9 +52,9 @@ PrecisionMap kquant_plan(const ModelConfig& c, KQuantMix mix, int group_size) {
     case KQuantMix::Q3_K_M:
       return plan_from_bits(c, group_size, [&](const ModuleInfo& m) {
         if (is_output(c, m)) return 6;
-        if (m.kind == "v_proj") return m.layer < 2 ? 5 : 4;
-        if (m.kind == "down_proj") return m.layer < n / 16 ? 5 : 4;
-        if (m.kind == "o_proj") return 4;
+        if (m.kind == ModuleKind::VProj) return m.layer < 2 ? 5 : 4;
+        if (m.kind == ModuleKind::DownProj) return m.layer < n / 16 ? 5 : 4;
+        if (m.kind == ModuleKind::OProj) return 4;
         return 3;
       });
     case KQuantMix::Q4_K_M: return kquant_shape_plan(c, 4, 6, group_size);
@@ -68,7 +68,7 @@ PrecisionMap kquant_shape_plan(const ModelConfig& c, int base, int high, int gro
   const int n = c.n_layers;
   return plan_from_bits(c, group_size, [&](const ModuleInfo& m) {
     if (is_output(c, m)) return std::max(high, base);
-    if ((m.kind == "v_proj" || m.kind == "down_proj") && llama_use_more_bits(m.layer, n)) return high;
+    if ((m.kind == ModuleKind::VProj || m.kind == ModuleKind::DownProj) && llama_use_more_bits(m.layer, n)) return high;
     return base;
   });
 }

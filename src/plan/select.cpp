@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <optional>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -57,10 +58,14 @@ std::optional<PrecisionMap> solve_with(const ModelConfig& config, const DamageTa
 double plan_predicted_damage(const PrecisionMap& map, const DamageTable& damage) {
   double d = 0;
   for (const auto& [path, f] : map.formats) {
+    if (!f) continue;  // float: the reference itself
     auto m = damage.find(path);
-    if (m == damage.end()) continue;
+    check(m != damage.end(), "the profile lacks {}: profile the model again", path);
     auto it = m->second.find(tensor_format_name(f));
-    if (it != m->second.end()) d += it->second;
+    // Never 0 for an unmeasured format: a plan that uses it is not predicted.
+    check(it != m->second.end(), "the profile has no damage for {} at {}: profile that format too", path,
+          tensor_format_name(f));
+    d += it->second;
   }
   return d;
 }
@@ -69,8 +74,17 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
                                        const std::vector<TensorFormat>& formats, int64_t budget,
                                        const SolverOptions& base, bool with_baselines) {
   std::vector<PlanVariant> out;
+  std::set<std::string> candidates;
+  for (const auto& f : formats) candidates.insert(tensor_format_name(f));
+  // Every variant uses only the candidate formats (baselines such as kquant
+  // want 5- and 6-bit formats: with 4- and 8-bit candidates they do not join).
+  auto admissible = [&](const PrecisionMap& map) {
+    for (const auto& [path, f] : map.formats)
+      if (f && !candidates.count(tensor_format_name(f))) return false;
+    return true;
+  };
   auto add = [&](std::string name, std::optional<PrecisionMap> map) {
-    if (!map) return;
+    if (!map || !admissible(*map)) return;
     for (const auto& v : out)
       if (v.map.formats == map->formats) return;
     PlanVariant v;

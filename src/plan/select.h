@@ -47,13 +47,15 @@ struct PlanVariant {
   double measured_stderr = 0;
 };
 
-// Sum of the profile's damage over a plan's formats (the additive prediction);
-// formats the table lacks count 0. `damage`: module -> format name -> KL.
+// Sum of the profile's damage over a plan's formats (the additive prediction;
+// float tensors count 0). A quantized format the table lacks for a module is
+// an error, never 0. `damage`: module -> format name -> KL.
 double plan_predicted_damage(const PrecisionMap& map,
                              const std::map<std::string, std::map<std::string, double>>& damage);
 
 // The variants above for `budget` bytes (duplicates removed; a variant whose
-// constraints cannot be met is skipped). `damage`: module -> format -> KL.
+// constraints cannot be met, or that needs a format outside `formats`, is
+// skipped). `damage`: module -> format -> KL.
 std::vector<PlanVariant> plan_variants(const ModelConfig& config,
                                        const std::map<std::string, std::map<std::string, double>>& damage,
                                        const std::vector<TensorFormat>& formats, int64_t budget,

@@ -56,8 +56,9 @@ std::vector<std::vector<std::string>> tie_qkv_groups(const std::vector<ModuleInf
   std::map<int, std::vector<std::string>> qkv, gu;
   for (const auto& m : modules) {
     if (m.layer < 0) continue;
-    if (m.kind == "q_proj" || m.kind == "k_proj" || m.kind == "v_proj") qkv[m.layer].push_back(m.path);
-    if (gate_up && (m.kind == "gate_proj" || m.kind == "up_proj")) gu[m.layer].push_back(m.path);
+    if (m.kind == ModuleKind::QProj || m.kind == ModuleKind::KProj || m.kind == ModuleKind::VProj)
+      qkv[m.layer].push_back(m.path);
+    if (gate_up && (m.kind == ModuleKind::GateProj || m.kind == ModuleKind::UpProj)) gu[m.layer].push_back(m.path);
   }
   std::vector<std::vector<std::string>> g;
   for (auto& [l, v] : qkv) g.push_back(v);

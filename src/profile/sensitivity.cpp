@@ -207,7 +207,7 @@ SensitivityTable empty_table(const ModelConfig& c, const std::vector<AffineForma
 
 void SensitivityTable::calibrate_fast() {
   // ratio KL/E at anchors, per module kind, by layer
-  std::map<std::string, std::vector<std::pair<int, double>>> pts;
+  std::map<ModuleKind, std::vector<std::pair<int, double>>> pts;
   std::vector<double> all;
   auto own_ratio = [](const ModuleSensitivity& ms) -> std::optional<double> {
     if (ms.anchor.empty()) return std::nullopt;
@@ -502,12 +502,10 @@ class GramObserver : public ActivationObserver {
   std::vector<float> xt_, y_;
 };
 
-int site_of(const std::string& kind) {
-  if (kind == "q_proj" || kind == "k_proj" || kind == "v_proj" || kind == "qkv_proj") return static_cast<int>(Site::AttnIn);
-  if (kind == "o_proj") return static_cast<int>(Site::OIn);
-  if (kind == "gate_proj" || kind == "up_proj" || kind == "gate_up_proj") return static_cast<int>(Site::MlpIn);
-  if (kind == "down_proj") return static_cast<int>(Site::DownIn);
-  return -1;
+// The per-layer input site a module multiplies (index into the Gram arrays).
+int site_of(ModuleKind kind) {
+  const auto site = module_kind_info(kind).input;
+  return site && static_cast<int>(*site) < kLayerInputSites ? static_cast<int>(*site) : -1;
 }
 
 std::vector<float> to_mean_f32(const std::vector<double>& g, double tokens) {
@@ -605,7 +603,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       total += n.exact + n.proxy;
       if (m.layer >= 0) need_hidden = true;
       if (n.proxy && m.layer >= 0) gram_layers.insert(m.layer);
-      if (n.proxy && (m.kind == "lm_head" || (m.kind == "embed" && c.tied_embeddings))) need_head_gram = true;
+      if (n.proxy && (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)))
+        need_head_gram = true;
       needs[i].push_back(n);
     }
   }
@@ -758,7 +757,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         std::vector<float> d(w.size());
         for (size_t k = 0; k < w.size(); ++k) d[k] = w[k] - dq[k];
         double e = 0;
-        if (m.kind == "embed") {
+        if (m.kind == ModuleKind::Embed) {
           for (int64_t r = 0; r < m.rows; ++r) {
             if (token_freq[r] == 0) continue;
             double s = 0;
@@ -766,7 +765,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
             e += token_freq[r] * s;
           }
           if (c.tied_embeddings) e += gram_proxy(d, m.rows, m.cols, head_gram);
-        } else if (m.kind == "lm_head") {
+        } else if (m.kind == ModuleKind::LmHead) {
           e = gram_proxy(d, m.rows, m.cols, head_gram);
         } else {
           ensure_grams(m.layer);

@@ -379,7 +379,7 @@ TEST(Importance, Phi3FusedMatricesUseTheirInputs) {
   SKIP_WITHOUT_FAMILIES(src);
   Model m = load_model(src);
   bool fused = false;
-  for (const auto& mod : quantizable_modules(m.config)) fused = fused || mod.kind == "qkv_proj";
+  for (const auto& mod : quantizable_modules(m.config)) fused = fused || mod.kind == ModuleKind::QkvProj;
   ASSERT_TRUE(fused) << m.config.family << ": no fused qkv_proj";
   CalibrationOptions co;
   co.source = calib_txt();
@@ -421,7 +421,7 @@ TEST(Importance, EveryLayerModuleOfStories) {
   co.progress = false;
   const ImportanceMap imp = collect_importance(m, calibration_windows(m, co), false);
   for (const auto& mod : quantizable_modules(m.config)) {
-    if (mod.kind == "embed" && !m.config.tied_embeddings) continue;
+    if (mod.kind == ModuleKind::Embed && !m.config.tied_embeddings) continue;
     auto it = imp.find(mod.path);
     ASSERT_NE(it, imp.end()) << mod.path;
     EXPECT_EQ(static_cast<int64_t>(it->second.size()), mod.cols) << mod.path;

@@ -95,9 +95,9 @@ TEST(FamilyConfig, Phi3FusedAndLongRope) {
   EXPECT_TRUE(c.fused_qkv);
   EXPECT_TRUE(has_quirk(c, "fused qkv_proj/gate_up_proj"));
   const auto mods = quantizable_modules(c);
-  EXPECT_EQ(mods[1].kind, "qkv_proj");
+  EXPECT_EQ(mods[1].kind_name(), "qkv_proj");
   EXPECT_EQ(mods[1].rows, 64 + 2 * 32);
-  EXPECT_EQ(mods[3].kind, "gate_up_proj");
+  EXPECT_EQ(mods[3].kind_name(), "gate_up_proj");
   EXPECT_EQ(mods[3].rows, 2 * 96);
 
   j["original_max_position_embeddings"] = 1024;

@@ -67,7 +67,7 @@ TEST(Budget, SizeModel) {
       if (!f || format_fits(*f, m.cols)) {
         EXPECT_DOUBLE_EQ(double(module_bytes(m, f)) * 8 / m.numel(), format_bits_per_weight(f));
       }
-  EXPECT_THROW(module_bytes({"x", "q_proj", 0, 4, 96}, AffineFormat{4, 64}), Error);
+  EXPECT_THROW(module_bytes({"x", ModuleKind::QProj, 0, 4, 96}, AffineFormat{4, 64}), Error);
   PrecisionMap missing = p;
   missing.formats.erase("lm_head");
   EXPECT_THROW(plan_bytes(c, missing), Error);

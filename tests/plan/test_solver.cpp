@@ -198,7 +198,7 @@ std::vector<SolverItem> model_items(const ModelConfig& c, std::mt19937& rng) {
   std::vector<SolverItem> items;
   std::uniform_real_distribution<double> u(0.2, 2.0);
   for (const auto& m : quantizable_modules(c)) {
-    const double s = u(rng) * (m.kind == "v_proj" || m.kind == "down_proj" ? 3.0 : 1.0);
+    const double s = u(rng) * (m.kind == ModuleKind::VProj || m.kind == ModuleKind::DownProj ? 3.0 : 1.0);
     std::map<std::string, double> dmg;
     for (const auto& f : kFormats)
       if (f) dmg[tensor_format_name(f)] = s * std::exp2(-2.0 * f->bits) * (1 + f->group_size / 256.0) * u(rng);

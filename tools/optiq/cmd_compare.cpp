@@ -178,7 +178,8 @@ std::string pareto_svg(const std::vector<Row>& rows, const std::string& model_na
 std::string precision_map_svg(const ModelConfig& config, const PrecisionMap& map, const std::string& title) {
   std::vector<std::string> kinds;
   for (const auto& m : quantizable_modules(config))
-    if (m.layer >= 0 && std::find(kinds.begin(), kinds.end(), m.kind) == kinds.end()) kinds.push_back(m.kind);
+    if (m.layer >= 0 && std::find(kinds.begin(), kinds.end(), m.kind_name()) == kinds.end())
+      kinds.emplace_back(m.kind_name());
   Heatmap h;
   h.title = title;
   h.col_labels = kinds;
@@ -198,10 +199,10 @@ std::string precision_map_svg(const ModelConfig& config, const PrecisionMap& map
     if (m.layer < 0) {  // embedding / lm_head share the first row, labelled in the cell
       if (other_col >= static_cast<int>(kinds.size())) continue;
       h.cells[0][other_col] = bits;
-      h.cell_text[0][other_col++] = (m.kind == "embed" ? "emb " : "head ") + text;
+      h.cell_text[0][other_col++] = (m.kind == ModuleKind::Embed ? "emb " : "head ") + text;
       continue;
     }
-    const size_t col = std::find(kinds.begin(), kinds.end(), m.kind) - kinds.begin();
+    const size_t col = std::find(kinds.begin(), kinds.end(), m.kind_name()) - kinds.begin();
     h.cells[m.layer + 1][col] = bits;
     h.cell_text[m.layer + 1][col] = text;
   }

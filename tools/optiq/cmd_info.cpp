@@ -160,7 +160,7 @@ void print_precision_map(const Model& m) {
   std::vector<std::string> kinds, prefixes;  // "q_proj", "self_attn"
   for (const auto& mod : modules)
     if (mod.layer == 0) {
-      kinds.push_back(mod.kind);
+      kinds.emplace_back(mod.kind_name());
       const std::string rest = mod.path.substr(mod.path.find(".0.") + 3);
       prefixes.push_back(rest.substr(0, rest.find('.')));
     }
