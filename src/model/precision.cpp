@@ -11,12 +11,6 @@
 
 namespace optiq {
 
-std::string tensor_format_name(const TensorFormat& f) { return f ? affine_format_name(*f) : "float"; }
-
-bool format_fits(const AffineFormat& fmt, int64_t cols) { return cols > 0 && cols % fmt.group_size == 0; }
-
-double format_bits_per_weight(const TensorFormat& f) { return f ? bits_per_weight(*f) : 16.0; }
-
 std::vector<ModuleInfo> quantizable_modules(const ModelConfig& c) {
   using K = ModuleKind;
   std::vector<ModuleInfo> m;
@@ -54,41 +48,12 @@ PrecisionMap PrecisionMap::uniform(const ModelConfig& config, AffineFormat fmt) 
   return p;
 }
 
-namespace {
-
-TensorFormat parse_format(const nlohmann::json& v, const std::string& source, const std::string& what) {
-  if (v.is_string() && (v == "float" || v == "f16" || v == "bf16")) return std::nullopt;
-  if (v.is_boolean() && !v.get<bool>()) return std::nullopt;
-  check(v.is_object() && v.contains("bits"), "{}: {}: expected {{\"bits\": B, \"group_size\": G}} or \"float\"", source,
-        what);
-  AffineFormat f;
-  try {
-    f.bits = v.at("bits").get<int>();
-    f.group_size = v.value("group_size", 64);
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: {}: {}", source, what, e.what());
-  }
-  try {
-    check_affine_format(f);
-  } catch (const Error& e) {
-    fail("{}: {}: {}", source, what, e.what());
-  }
-  return f;
-}
-
-nlohmann::json format_json(const TensorFormat& f) {
-  if (!f) return "float";
-  return {{"bits", f->bits}, {"group_size", f->group_size}};
-}
-
-}  // namespace
-
 PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelConfig& config, const std::string& source) {
   check(j.is_object(), "{}: a plan is a JSON object", source);
   const auto modules = quantizable_modules(config);
   PrecisionMap p;
   TensorFormat def = AffineFormat{4, 64};
-  if (j.contains("default")) def = parse_format(j["default"], source, "default");
+  if (j.contains("default")) def = tensor_format_from_json(j["default"], source, "default");
   for (const auto& m : modules) p.formats[m.path] = def && format_fits(*def, m.cols) ? def : std::nullopt;
   if (j.contains("tensors")) {
     check(j["tensors"].is_object(), "{}: \"tensors\" must map module paths to formats", source);
@@ -100,7 +65,7 @@ PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelCo
       auto it = by_path.find(path);
       check(it != by_path.end(), "{}: tensor '{}' is not a quantizable module of this model (e.g. {})", source, name,
             modules.size() > 1 ? modules[1].path : modules[0].path);
-      TensorFormat f = parse_format(v, source, name);
+      TensorFormat f = tensor_format_from_json(v, source, name);
       check(!f || format_fits(*f, it->second->cols), "{}: {}: group size {} does not divide its {} inputs", source,
             name, f ? f->group_size : 0, it->second->cols);
       p.formats[path] = f;
@@ -123,7 +88,7 @@ PrecisionMap PrecisionMap::from_plan_file(const std::string& path, const ModelCo
 
 nlohmann::json PrecisionMap::to_plan_json() const {
   nlohmann::json t = nlohmann::json::object();
-  for (const auto& [path, f] : formats) t[path] = format_json(f);
+  for (const auto& [path, f] : formats) t[path] = tensor_format_to_json(f);
   return {{"format", "optiq-plan"}, {"version", 1}, {"tensors", t}};
 }
 

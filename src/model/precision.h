@@ -16,13 +16,9 @@
 #include "model/config.h"
 #include "model/module_kind.h"
 #include "quant/affine.h"
+#include "quant/format.h"
 
 namespace optiq {
-
-// nullopt = kept in float.
-using TensorFormat = std::optional<AffineFormat>;
-
-std::string tensor_format_name(const TensorFormat& f);  // "float" or "affine-q4-g64"
 
 struct PrecisionMap {
   std::map<std::string, TensorFormat> formats;  // module path -> format
@@ -50,11 +46,5 @@ struct ModuleInfo {
 
 // Every quantizable module, in forward order (embedding, layers, lm_head when untied).
 std::vector<ModuleInfo> quantizable_modules(const ModelConfig& config);
-
-// Can `fmt` store a matrix with `cols` inputs (group size divides cols)?
-bool format_fits(const AffineFormat& fmt, int64_t cols);
-
-// Storage bits per weight of a format for a module (float = 16 bits).
-double format_bits_per_weight(const TensorFormat& f);
 
 }  // namespace optiq

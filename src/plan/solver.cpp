@@ -16,20 +16,7 @@
 namespace optiq {
 
 TensorFormat parse_format_spec(const std::string& text, int default_group_size) {
-  std::string s;
-  for (char ch : text)
-    if (!std::isspace(static_cast<unsigned char>(ch))) s += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  if (s == "float" || s == "f16" || s == "fp16" || s == "bf16" || s == "none") return std::nullopt;
-  std::smatch m;
-  static const std::regex re(R"(^(?:affine-)?q?(\d+)(?:-?g(\d+))?$)");
-  check(std::regex_match(s, m, re), "format '{}': expected bits (\"4\"), \"q4g64\", \"q8\" or \"float\"", text);
-  AffineFormat f{std::stoi(m[1].str()), m[2].matched ? std::stoi(m[2].str()) : default_group_size};
-  try {
-    check_affine_format(f);
-  } catch (const Error& e) {
-    fail("format '{}': {}", text, e.what());
-  }
-  return f;
+  return parse_tensor_format(text, default_group_size);
 }
 
 Pin parse_pin(const std::string& text, int default_group_size) {

@@ -73,36 +73,7 @@ int parse_int(const std::string& s, const std::string& text) {
 
 }  // namespace
 
-std::vector<AffineFormat> parse_candidates(const std::string& text) {
-  std::string s;
-  for (char ch : text)
-    if (!std::isspace(static_cast<unsigned char>(ch))) s += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  check(!s.empty(), "--candidates is empty: give e.g. \"2,3,4,5,6,8x32,64,128\" or \"q4g64,q8g64\"");
-  std::vector<AffineFormat> out;
-  auto add = [&](AffineFormat f) {
-    try {
-      check_affine_format(f);
-    } catch (const Error& e) {
-      fail("--candidates '{}': {}", text, e.what());
-    }
-    if (std::find(out.begin(), out.end(), f) == out.end()) out.push_back(f);
-  };
-  const auto x = s.find('x');
-  if (x != std::string::npos) {
-    auto bits = split(s.substr(0, x), ','), groups = split(s.substr(x + 1), ',');
-    for (const auto& b : bits)
-      for (const auto& g : groups) add({parse_int(b, text), parse_int(g, text)});
-  } else {
-    static const std::regex re(R"(^(?:affine-)?q?(\d+)(?:-?g(\d+))?$)");
-    for (const auto& tok : split(s, ',')) {
-      std::smatch m;
-      check(std::regex_match(tok, m, re), "--candidates '{}': '{}' is not a format (expected e.g. q4g64 or 4)", text,
-            tok);
-      add({std::stoi(m[1].str()), m[2].matched ? std::stoi(m[2].str()) : 64});
-    }
-  }
-  return out;
-}
+std::vector<AffineFormat> parse_candidates(const std::string& text) { return parse_affine_format_list(text); }
 
 // ---------------------------------------------------------------------------
 // Source identity

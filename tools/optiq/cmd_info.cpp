@@ -22,9 +22,7 @@ nlohmann::json config_json(const ModelConfig& c) {
           {"tied_embeddings", c.tied_embeddings}, {"quirks", c.quirks()}};
 }
 
-std::string short_format(const TensorFormat& f) {
-  return f ? fmt::format("q{}g{}", f->bits, f->group_size) : "float";
-}
+std::string short_format(const TensorFormat& f) { return tensor_format_short(f); }
 
 // Natural order: digit runs compare as numbers, so blk.2 sorts before blk.10
 // and model.layers.2 before model.layers.10.
