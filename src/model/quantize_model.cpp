@@ -20,6 +20,19 @@ auto& module_linear_of(Weights& w, const ModuleInfo& m) {
 }  // namespace
 
 Linear& module_linear(ModelWeights& w, const ModuleInfo& m) { return module_linear_of(w, m); }
+
+QuantizeRecipe QuantizeRecipe::for_model(const ModelConfig& c, QuantMethod method, const std::string& dtype) {
+  check(dtype == "auto" || dtype == "f16" || dtype == "bf16", "scale type '{}': expected auto, f16 or bf16", dtype);
+  return {method, dtype == "bf16" || (dtype == "auto" && c.prefers_bf16)};
+}
+
+QuantizeOptions QuantizeRecipe::options(const float* importance) const {
+  QuantizeOptions o;
+  o.method = method;
+  o.bf16_scales = bf16_scales;
+  o.importance = importance;
+  return o;
+}
 const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m) { return module_linear_of(w, m); }
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt) {

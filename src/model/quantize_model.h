@@ -17,12 +17,32 @@ namespace optiq {
 // module path; feeds the activation-weighted quantizer (--calib).
 using ImportanceMap = std::map<std::string, std::vector<float>>;
 
+// How a model's matrices are quantized. One recipe serves the export, the
+// profile's fake quantization and measured selection, so that each measures
+// what ships (e.g. Gemma's bf16 scales, not fp16 ones).
+struct QuantizeRecipe {
+  QuantMethod method = QuantMethod::Search;
+  bool bf16_scales = false;  // scale/bias storage type
+  // The export's choice for a model: bf16 scales when it prefers bf16
+  // (Gemma 3), else fp16. dtype "f16" / "bf16" overrides it; "auto" keeps it.
+  static QuantizeRecipe for_model(const ModelConfig& c, QuantMethod method = QuantMethod::Search,
+                                  const std::string& dtype = "auto");
+  // The matrix quantizer's options (importance: optional, one weight per input).
+  QuantizeOptions options(const float* importance = nullptr) const;
+};
+
 struct QuantizeModelOptions {
   QuantMethod method = QuantMethod::Search;
   bool fake = false;          // true: keep fp32 weights holding the dequantized values
   bool bf16_scales = false;   // scale/bias storage type
   const ImportanceMap* importance = nullptr;
   bool progress = true;
+  static QuantizeModelOptions from(const QuantizeRecipe& r) {
+    QuantizeModelOptions o;
+    o.method = r.method;
+    o.bf16_scales = r.bf16_scales;
+    return o;
+  }
 };
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt = {});

@@ -126,8 +126,11 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
   return out;
 }
 
-PlanMeasurer::PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>& windows, QuantMethod method)
-    : model_(model), method_(method), modules_(quantizable_modules(model.config)) {
+PlanMeasurer::PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>& windows,
+                           std::optional<QuantizeRecipe> recipe)
+    : model_(model),
+      recipe_(recipe ? *recipe : QuantizeRecipe::for_model(model.config)),
+      modules_(quantizable_modules(model.config)) {
   check(!windows.empty(), "plan measurement: no calibration windows");
   ctx_ = static_cast<int>(windows.front().size());
   chunks_ = static_cast<int>(windows.size());
@@ -163,9 +166,8 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
     auto it = cache_.find(key);
     if (it == cache_.end()) {
       const std::vector<float> w = original_.at(m.path).to_f32();
-      QuantizeOptions qo;
-      qo.method = method_;
-      it = cache_.emplace(key, Linear::from_affine(quantize(w.data(), m.rows, m.cols, *f->second, qo))).first;
+      it = cache_.emplace(key, Linear::from_affine(quantize(w.data(), m.rows, m.cols, *f->second, recipe_.options())))
+               .first;
     }
     lin = it->second;
   }

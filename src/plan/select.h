@@ -26,12 +26,14 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "eval/perplexity.h"
 #include "eval/reference_scores.h"
 #include "model/model.h"
+#include "model/quantize_model.h"
 #include "plan/solver.h"
 #include "quant/quantizer.h"
 
@@ -67,7 +69,9 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config,
 // One measurer serves many budgets (optiq compare, optiq plan with several).
 class PlanMeasurer {
  public:
-  PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>& windows, QuantMethod method = QuantMethod::Search);
+  // recipe: how the plans are quantized; by default the export's for this model.
+  PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>& windows,
+               std::optional<QuantizeRecipe> recipe = std::nullopt);
   ~PlanMeasurer();
   PlanMeasurer(const PlanMeasurer&) = delete;
   PlanMeasurer& operator=(const PlanMeasurer&) = delete;
@@ -79,7 +83,7 @@ class PlanMeasurer {
  private:
   void restore();
   Model& model_;
-  QuantMethod method_;
+  QuantizeRecipe recipe_;
   int ctx_ = 0, chunks_ = 0;
   std::vector<int32_t> tokens_;
   std::vector<ModuleInfo> modules_;

@@ -22,6 +22,7 @@
 #include "core/progress.h"
 #include "eval/perplexity.h"
 #include "kernels/matmul.h"
+#include "model/quantize_model.h"
 #include "model/transformer.h"
 
 namespace optiq {
@@ -711,8 +712,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   std::optional<Progress> progress;
   if (opt.progress) progress.emplace("profile", total, "measurements");
   int64_t done = 0;
-  QuantizeOptions qo;
-  qo.method = opt.rounding;
+  // The export's recipe (bf16 scales for Gemma): the profile measures what ships.
+  const QuantizeOptions qo = QuantizeRecipe::for_model(ref.config, opt.rounding).options();
   for (size_t i = 0; i < t.modules.size(); ++i) {
     if (needs[i].empty()) continue;
     ModuleSensitivity& ms = t.modules[i];

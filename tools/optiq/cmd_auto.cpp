@@ -55,8 +55,7 @@ void run_auto(AutoArgs& a) {
   PlanStepResult r = run_plan_step(m, t, a.plan, plan_path, !a.json);
   if (!a.json) print_plan_summary(r, plan_path);
 
-  QuantizeModelOptions qo;
-  qo.bf16_scales = m.config.prefers_bf16;
+  QuantizeModelOptions qo = QuantizeModelOptions::from(QuantizeRecipe::for_model(m.config));
   quantize_model(m, r.map, qo);
   save_mlx(m, out, {.bf16 = qo.bf16_scales, .force = a.force});
   if (!a.json) fmt::print("wrote         {}\n", out);

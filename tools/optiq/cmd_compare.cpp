@@ -128,9 +128,10 @@ void measure_row(Row& row, const CompareArgs& a, const ReferenceScores& ref, con
                  const std::string& scratch) {
   {
     Model m = a.model.load();
-    const bool bf16 = m.config.prefers_bf16;
-    quantize_model(m, row.map, {.bf16_scales = bf16, .progress = false});
-    save_mlx(m, scratch, {.bf16 = bf16, .force = true});
+    QuantizeModelOptions qo = QuantizeModelOptions::from(QuantizeRecipe::for_model(m.config));
+    qo.progress = false;
+    quantize_model(m, row.map, qo);
+    save_mlx(m, scratch, {.bf16 = qo.bf16_scales, .force = true});
   }
   LoadOptions lo;
   Model q = load_model(scratch, lo);

@@ -32,9 +32,8 @@ void run_quantize(const QuantizeArgs& a) {
   Model m = a.model.load();
   PrecisionMap map = a.plan.empty() ? PrecisionMap::uniform(m.config, {a.bits, a.group_size})
                                     : PrecisionMap::from_plan_file(a.plan, m.config);
-  QuantizeModelOptions opt;
-  opt.method = a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search;
-  opt.bf16_scales = a.dtype == "bf16" || (a.dtype == "auto" && m.config.prefers_bf16);
+  QuantizeModelOptions opt = QuantizeModelOptions::from(QuantizeRecipe::for_model(
+      m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, a.dtype));
   ImportanceMap importance;
   if (!a.calib.empty()) {
     CalibrationOptions co;
