@@ -9,7 +9,7 @@
 #include "core/error.h"
 #include "eval/perplexity.h"
 #include "model/quantize_model.h"
-#include "model/save_mlx.h"
+#include "model/exporter.h"
 #include "plan/budget.h"
 #include "plan/solver.h"
 #include "profile/calibration.h"
@@ -57,7 +57,7 @@ void run_auto(AutoArgs& a) {
 
   QuantizeModelOptions qo = QuantizeModelOptions::from(QuantizeRecipe::for_model(m.config));
   quantize_model(m, r.map, qo);
-  save_mlx(m, out, {.bf16 = qo.bf16_scales, .force = a.force});
+  make_exporter("mlx")->write(m, out, {.bf16 = qo.bf16_scales, .force = a.force});
   if (!a.json) fmt::print("wrote         {}\n", out);
 
   nlohmann::json j = {{"out", out},

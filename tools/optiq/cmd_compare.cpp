@@ -19,7 +19,7 @@
 #include "eval/reference_scores.h"
 #include "eval/speed.h"
 #include "model/quantize_model.h"
-#include "model/save_mlx.h"
+#include "model/exporter.h"
 #include "model/transformer.h"
 #include "plan/baselines.h"
 #include "plan/budget.h"
@@ -131,7 +131,7 @@ void measure_row(Row& row, const CompareArgs& a, const ReferenceScores& ref, con
     QuantizeModelOptions qo = QuantizeModelOptions::from(QuantizeRecipe::for_model(m.config));
     qo.progress = false;
     quantize_model(m, row.map, qo);
-    save_mlx(m, scratch, {.bf16 = qo.bf16_scales, .force = true});
+    make_exporter("mlx")->write(m, scratch, {.bf16 = qo.bf16_scales, .force = true});
   }
   LoadOptions lo;
   Model q = load_model(scratch, lo);

@@ -5,7 +5,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "model/quantize_model.h"
-#include "model/save_mlx.h"
+#include "model/exporter.h"
 #include "profile/calibration.h"
 
 namespace optiq::cli {
@@ -45,7 +45,7 @@ void run_quantize(const QuantizeArgs& a) {
     opt.importance = &importance;
   }
   quantize_model(m, map, opt);
-  save_mlx(m, a.out, {.bf16 = opt.bf16_scales, .force = a.force});
+  make_exporter("mlx")->write(m, a.out, {.bf16 = opt.bf16_scales, .force = a.force});
   size_t bytes = 0;
   for (const auto& mod : quantizable_modules(m.config)) {  // float modules are exported as 16-bit
     const Linear& l = module_linear(m.weights, mod);

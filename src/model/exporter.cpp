@@ -1,0 +1,30 @@
+#include "model/exporter.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "core/error.h"
+#include "model/save_mlx.h"
+
+namespace optiq {
+
+namespace {
+
+class MlxExporter final : public Exporter {
+ public:
+  std::string_view name() const override { return "mlx"; }
+  void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
+    save_mlx(model, out, {.bf16 = opt.bf16, .force = opt.force});
+  }
+};
+
+}  // namespace
+
+std::vector<std::string> exporter_names() { return {"mlx"}; }
+
+std::unique_ptr<Exporter> make_exporter(std::string_view name) {
+  if (name == "mlx") return std::make_unique<MlxExporter>();
+  fail("export format '{}' is unknown (known: {})", name, fmt::join(exporter_names(), ", "));
+}
+
+}  // namespace optiq

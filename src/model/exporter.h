@@ -1,0 +1,33 @@
+// The seam for writing a quantized model in another runtime's format. MLX
+// (save_mlx.h) is the one exporter today; GGUF for llama.cpp/Ollama is next
+// (issue 12). Commands pick an exporter by name and never call a writer
+// directly, so adding a format is one class here and its test.
+#pragma once
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "model/model.h"
+
+namespace optiq {
+
+struct ExportOptions {
+  bool bf16 = false;   // float type of unquantized tensors (must match the scales' type)
+  bool force = false;  // replace an existing output
+};
+
+class Exporter {
+ public:
+  virtual ~Exporter() = default;
+  virtual std::string_view name() const = 0;  // "mlx"
+  // Writes atomically (a temporary name, then a rename); throws optiq::Error.
+  virtual void write(const Model& model, const std::string& out, const ExportOptions& opt) const = 0;
+};
+
+// Names of the exporters, for help texts and errors.
+std::vector<std::string> exporter_names();
+// The exporter called `name`; throws "export format '<name>' is unknown (known: mlx)".
+std::unique_ptr<Exporter> make_exporter(std::string_view name);
+
+}  // namespace optiq
