@@ -65,6 +65,8 @@ struct ProfileSource {
   uint64_t seed = 0;
   // Same model file and calibration (paths are not compared, only names).
   bool matches(const ProfileSource& o) const;
+  // The calibration it records (to rebuild the same windows).
+  CalibrationOptions calibration() const;
   std::string describe() const;
 };
 ProfileSource make_profile_source(const std::string& model_path, const CalibrationOptions& calib);

@@ -37,7 +37,7 @@ void run_auto(AutoArgs& a) {
   std::error_code ec;
   if (!a.text.empty()) {
     check(std::filesystem::is_regular_file(a.text, ec), "{}: evaluation text not found", a.text);
-    if (a.profile.calib != "self" && same_file(a.text, a.profile.calib))
+    if (a.profile.calib.source != "self" && same_file(a.text, a.profile.calib.source))
       fmt::print(stderr,
                  "optiq: warning: --text {} is the calibration file: the measured KL will be optimistic; "
                  "evaluate on held-out text\n",

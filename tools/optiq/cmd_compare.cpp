@@ -248,10 +248,10 @@ void replot(const CompareArgs& a) {
 
 void run_compare(CompareArgs& a) {
   if (!a.replot.empty()) return replot(a);
-  check(!a.profile.calib.empty() && !a.text.empty(), "compare needs --calib and --text (or --replot DIR)");
+  check(!a.profile.calib.source.empty() && !a.text.empty(), "compare needs --calib and --text (or --replot DIR)");
   std::error_code ec;
   check(fs::is_regular_file(a.text, ec), "{}: evaluation text not found", a.text);
-  if (a.profile.calib != "self" && same_file(a.text, a.profile.calib))
+  if (a.profile.calib.source != "self" && same_file(a.text, a.profile.calib.source))
     fmt::print(stderr, "optiq: warning: --text {} is the calibration file: the comparison will be optimistic; "
                        "evaluate on held-out text\n", a.text);
   check(a.group_size == 32 || a.group_size == 64 || a.group_size == 128, "--group-size must be 32, 64 or 128");

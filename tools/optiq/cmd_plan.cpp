@@ -69,11 +69,7 @@ SolverOptions solver_options(const ModelConfig& config, const PlanStepArgs& a) {
 }  // namespace
 
 std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, const SensitivityTable& t) {
-  CalibrationOptions co;
-  co.source = t.source.calib_source;
-  co.samples = t.source.calib_samples;
-  co.seq = t.source.calib_seq;
-  co.seed = t.source.seed;
+  CalibrationOptions co = t.source.calibration();
   check(!co.source.empty() && co.samples > 0 && co.seq > 0,
         "the profile does not record its calibration text: run `optiq profile` again");
   std::error_code ec;

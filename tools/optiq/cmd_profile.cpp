@@ -33,13 +33,18 @@ std::string short_name(const std::string& path) {
 
 }  // namespace
 
-void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
-  cmd.add_option("--calib", a.calib, "calibration text (.txt, or .jsonl with \"text\"; or 'self')")->required();
-  cmd.add_option("--calib-samples", a.calib_samples, "calibration windows")->capture_default_str()
+CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const std::string& calib_help) {
+  CLI::Option* calib = cmd.add_option("--calib", c.source, calib_help);
+  cmd.add_option("--calib-samples", c.samples, "calibration windows")->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd.add_option("--calib-seq", a.calib_seq, "tokens per window (capped at the model's context)")
+  cmd.add_option("--calib-seq", c.seq, "tokens per window (capped at the model's context)")
       ->capture_default_str()->check(CLI::Range(8, 1 << 20));
-  cmd.add_option("--seed", a.seed, "seed for choosing calibration windows")->capture_default_str();
+  cmd.add_option("--seed", c.seed, "seed for choosing calibration windows")->capture_default_str();
+  return calib;
+}
+
+void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
+  add_calibration_options(cmd, a.calib, "calibration text (.txt, or .jsonl with \"text\"; or 'self')")->required();
   cmd.add_option("--method", a.method,
                  "fast: Gram-matrix proxy scaled to KL by exact anchors; exact: KL of every module x format; "
                  "both: both, and their rank correlation")
@@ -53,18 +58,14 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
 }
 
 SensitivityTable run_profile_step(const Model& m, const ProfileStepArgs& a) {
-  CalibrationOptions co;
-  co.source = a.calib;
-  co.samples = a.calib_samples;
-  co.seq = a.calib_seq;
-  co.seed = a.seed;
+  CalibrationOptions co = a.calib;
   if (co.seq > m.config.max_seq) {
     fmt::print(stderr, "optiq: note: --calib-seq {} capped at the model's context of {}\n", co.seq, m.config.max_seq);
     co.seq = m.config.max_seq;
   }
-  if (a.calib != "self") {
+  if (co.source != "self") {
     std::error_code ec;
-    check(std::filesystem::is_regular_file(a.calib, ec), "{}: calibration file not found", a.calib);
+    check(std::filesystem::is_regular_file(co.source, ec), "{}: calibration file not found", co.source);
   }
   ProfileOptions po;
   po.method = parse_profile_method(a.method);

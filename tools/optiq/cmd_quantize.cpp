@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "model/quantize_model.h"
 #include "model/exporter.h"
+#include "pipeline.h"
 #include "profile/calibration.h"
 
 namespace optiq::cli {
@@ -20,10 +21,7 @@ struct QuantizeArgs {
   std::string plan;
   std::string method = "search";
   std::string dtype = "auto";
-  std::string calib;
-  int calib_samples = 128;
-  int calib_seq = 512;
-  uint64_t seed = 0;
+  CalibrationOptions calib;  // source empty: no activation weighting
   bool force = false;
   bool json = false;
 };
@@ -35,13 +33,8 @@ void run_quantize(const QuantizeArgs& a) {
   QuantizeModelOptions opt = QuantizeModelOptions::from(QuantizeRecipe::for_model(
       m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, a.dtype));
   ImportanceMap importance;
-  if (!a.calib.empty()) {
-    CalibrationOptions co;
-    co.source = a.calib;
-    co.samples = a.calib_samples;
-    co.seq = a.calib_seq;
-    co.seed = a.seed;
-    importance = collect_importance(m, calibration_windows(m, co));
+  if (!a.calib.source.empty()) {
+    importance = collect_importance(m, calibration_windows(m, a.calib));
     opt.importance = &importance;
   }
   quantize_model(m, map, opt);
@@ -80,12 +73,10 @@ Runner register_quantize(CLI::App& app) {
                   "float type of scales, biases and unquantized tensors (auto: bf16 for Gemma, whose activations "
                   "overflow fp16 in MLX, else f16)")->capture_default_str()
       ->check(CLI::IsMember({"auto", "f16", "bf16"}));
-  cmd->add_option("--calib", a->calib,
-                  "calibration text (.txt, or .jsonl with \"text\"; or 'self'): weights rounding errors by "
-                  "input-activation statistics");
-  cmd->add_option("--calib-samples", a->calib_samples, "calibration windows")->capture_default_str();
-  cmd->add_option("--calib-seq", a->calib_seq, "tokens per calibration window")->capture_default_str();
-  cmd->add_option("--seed", a->seed, "seed for choosing calibration windows")->capture_default_str();
+  add_calibration_options(*cmd,
+                          a->calib,
+                          "calibration text (.txt, or .jsonl with \"text\"; or 'self'): weights rounding errors by "
+                          "input-activation statistics");
   cmd->add_flag("--force", a->force, "replace the output directory if it exists");
   cmd->add_flag("--json", a->json, "print one JSON object");
   return [a] { run_quantize(*a); };

@@ -10,15 +10,17 @@
 #include "plan/budget.h"
 #include "plan/select.h"
 #include "plan/solver.h"
+#include "profile/calibration.h"
 #include "profile/sensitivity.h"
 
 namespace optiq::cli {
 
+// The one binder of --calib, --calib-samples, --calib-seq and --seed (profile,
+// auto, compare, quantize) to CalibrationOptions.
+CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const std::string& calib_help);
+
 struct ProfileStepArgs {
-  std::string calib;
-  int calib_samples = 128;
-  int calib_seq = 512;
-  uint64_t seed = 0;
+  CalibrationOptions calib;
   std::string method = "fast";
   std::string candidates = "2,3,4,5,6,8x32,64,128";
   std::string anchors = "auto";
