@@ -43,6 +43,14 @@ CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const
   return calib;
 }
 
+CalibrationOptions calibration_for(const Model& m, CalibrationOptions co) {
+  if (co.seq > m.config.max_seq) {
+    fmt::print(stderr, "optiq: note: --calib-seq {} capped at the model's context of {}\n", co.seq, m.config.max_seq);
+    co.seq = m.config.max_seq;
+  }
+  return co;
+}
+
 void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
   add_calibration_options(cmd, a.calib, "calibration text (.txt, or .jsonl with \"text\"; or 'self')")->required();
   cmd.add_option("--method", a.method,
@@ -58,11 +66,7 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
 }
 
 SensitivityTable run_profile_step(const Model& m, const ProfileStepArgs& a) {
-  CalibrationOptions co = a.calib;
-  if (co.seq > m.config.max_seq) {
-    fmt::print(stderr, "optiq: note: --calib-seq {} capped at the model's context of {}\n", co.seq, m.config.max_seq);
-    co.seq = m.config.max_seq;
-  }
+  CalibrationOptions co = calibration_for(m, a.calib);
   if (co.source != "self") {
     std::error_code ec;
     check(std::filesystem::is_regular_file(co.source, ec), "{}: calibration file not found", co.source);

@@ -34,7 +34,7 @@ void run_quantize(const QuantizeArgs& a) {
       m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, a.dtype));
   ImportanceMap importance;
   if (!a.calib.source.empty()) {
-    importance = collect_importance(m, calibration_windows(m, a.calib));
+    importance = collect_importance(m, calibration_windows(m, calibration_for(m, a.calib)));
     opt.importance = &importance;
   }
   quantize_model(m, map, opt);

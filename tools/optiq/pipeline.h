@@ -18,6 +18,8 @@ namespace optiq::cli {
 // The one binder of --calib, --calib-samples, --calib-seq and --seed (profile,
 // auto, compare, quantize) to CalibrationOptions.
 CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const std::string& calib_help);
+// c with its window length capped at the model's context (a note says so).
+CalibrationOptions calibration_for(const Model& m, CalibrationOptions c);
 
 struct ProfileStepArgs {
   CalibrationOptions calib;
