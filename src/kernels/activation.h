@@ -2,7 +2,7 @@
 // SwiGLU (silu) and GeGLU (tanh-approximated GELU). Written through exp:
 //   silu(x) = x / (1 + e^-x),  gelu_tanh(x) = x / (1 + e^(-2u)),
 //   u = sqrt(2/pi) (x + 0.044715 x^3)   (0.5 x (1 + tanh u) rearranged),
-// so the AVX2/AVX-512 paths share kernels/simd_exp.h; the scalar path uses
+// so the AVX2/AVX-512 paths share one body (activation.inc) and exp; the scalar path uses
 // std::exp. Large n runs in parallel (core/parallel.h).
 #pragma once
 #include <cstdint>

@@ -9,29 +9,12 @@
 
 #include "core/half.h"
 #include "kernels/attention.h"
-#include "kernels/simd_exp.h"
+#include "kernels/simd_vec.h"
 
 namespace optiq::kern {
 namespace {
 
-struct A {
-  using F = __m512;
-  static constexpr int L = 16;
-  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1); }
-  static F zero() { return _mm512_setzero_ps(); }
-  static F set1(float f) { return _mm512_set1_ps(f); }
-  static F load(const float* p) { return _mm512_loadu_ps(p); }
-  static F loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
-  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
-  static void storen(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
-  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
-  static F add(F a, F b) { return _mm512_add_ps(a, b); }
-  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
-  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
-  static F max(F a, F b) { return _mm512_max_ps(a, b); }
-  static F exp(F x) { return simd_exp::exp512(x); }
-  static float hsum(F v) { return _mm512_reduce_add_ps(v); }
-  static float hmax(F v) { return _mm512_reduce_max_ps(v); }
+struct A : VecAvx512 {
   static constexpr int kAcc = 16;
   // Pairs (a, b) -> one vector: lanes whose index bit kBit is clear take a's partial
   // sums, the others b's, each the sum of two lanes that differ in that bit.
