@@ -86,22 +86,13 @@ std::string base_name(const std::string& p) {
 
 bool ProfileSource::matches(const ProfileSource& o) const {
   return model_size == o.model_size && model_mtime == o.model_mtime && base_name(model_path) == base_name(o.model_path) &&
-         base_name(calib_source) == base_name(o.calib_source) && calib_samples == o.calib_samples &&
-         calib_seq == o.calib_seq && seed == o.seed;
-}
-
-CalibrationOptions ProfileSource::calibration() const {
-  CalibrationOptions co;
-  co.source = calib_source;
-  co.samples = calib_samples;
-  co.seq = calib_seq;
-  co.seed = seed;
-  return co;
+         base_name(calib.source) == base_name(o.calib.source) && calib.samples == o.calib.samples &&
+         calib.seq == o.calib.seq && calib.seed == o.calib.seed;
 }
 
 std::string ProfileSource::describe() const {
   return fmt::format("{} ({} bytes), calibration {} x{} windows of {} tokens, seed {}", model_path, model_size,
-                     calib_source, calib_samples, calib_seq, seed);
+                     calib.source, calib.samples, calib.seq, calib.seed);
 }
 
 ProfileSource make_profile_source(const std::string& model_path, const CalibrationOptions& calib) {
@@ -110,13 +101,11 @@ ProfileSource make_profile_source(const std::string& model_path, const Calibrati
   stat_path(model_path, s.model_size, s.model_mtime);
   // Absolute, so that `optiq plan --select measured` finds the text again from elsewhere.
   std::error_code ec;
-  s.calib_source = calib.source == "self" || calib.source.empty()
-                       ? calib.source
-                       : std::filesystem::absolute(calib.source, ec).lexically_normal().string();
-  if (ec) s.calib_source = calib.source;
-  s.calib_samples = calib.samples;
-  s.calib_seq = calib.seq;
-  s.seed = calib.seed;
+  s.calib = calib;
+  if (calib.source != "self" && !calib.source.empty()) {
+    const std::string abs = std::filesystem::absolute(calib.source, ec).lexically_normal().string();
+    if (!ec) s.calib.source = abs;
+  }
   return s;
 }
 
@@ -315,10 +304,10 @@ json SensitivityTable::to_json() const {
             {"version", 1},
             {"model", {{"path", source.model_path}, {"size", source.model_size}, {"mtime", source.model_mtime}}},
             {"calibration",
-             {{"source", source.calib_source},
-              {"samples", source.calib_samples},
-              {"seq", source.calib_seq},
-              {"seed", source.seed}}},
+             {{"source", source.calib.source},
+              {"samples", source.calib.samples},
+              {"seq", source.calib.seq},
+              {"seed", source.calib.seed}}},
             {"candidates", cands},
             {"method", method},
             {"modules", mods}};
@@ -341,10 +330,10 @@ SensitivityTable SensitivityTable::from_json(const json& j, const ModelConfig& c
     t.source.model_size = m.value("size", int64_t{0});
     t.source.model_mtime = m.value("mtime", int64_t{0});
     const auto& c = j.at("calibration");
-    t.source.calib_source = c.value("source", "");
-    t.source.calib_samples = c.value("samples", 0);
-    t.source.calib_seq = c.value("seq", 0);
-    t.source.seed = c.value("seed", uint64_t{0});
+    t.source.calib.source = c.value("source", "");
+    t.source.calib.samples = c.value("samples", 0);
+    t.source.calib.seq = c.value("seq", 0);
+    t.source.calib.seed = c.value("seed", uint64_t{0});
     t.method = j.value("method", "");
     std::map<std::string, ModuleSensitivity*> by_path;
     for (auto& ms : t.modules) by_path[ms.module.path] = &ms;

@@ -60,13 +60,11 @@ struct ProfileSource {
   std::string model_path;
   int64_t model_size = 0;   // bytes (sum over a directory's files)
   int64_t model_mtime = 0;  // seconds since the epoch (latest in a directory)
-  std::string calib_source;
-  int calib_samples = 0, calib_seq = 0;
-  uint64_t seed = 0;
+  // The calibration (source made absolute; samples 0 when a file does not say):
+  // enough to rebuild the same windows.
+  CalibrationOptions calib{.source = "", .samples = 0, .seq = 0};
   // Same model file and calibration (paths are not compared, only names).
   bool matches(const ProfileSource& o) const;
-  // The calibration it records (to rebuild the same windows).
-  CalibrationOptions calibration() const;
   std::string describe() const;
 };
 ProfileSource make_profile_source(const std::string& model_path, const CalibrationOptions& calib);

@@ -172,7 +172,7 @@ TEST(Profile, CacheResumesOnlyMissingEntries) {
     }
 
   // Other calibration settings: the cache is not reused.
-  o.source.calib_samples = 5;
+  o.source.calib.samples = 5;
   SensitivityTable t4 = profile_model(m, windows, o);
   EXPECT_EQ(t4.exact_measured, t1.exact_measured);
 

@@ -69,7 +69,7 @@ SolverOptions solver_options(const ModelConfig& config, const PlanStepArgs& a) {
 }  // namespace
 
 std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, const SensitivityTable& t) {
-  CalibrationOptions co = t.source.calibration();
+  CalibrationOptions co = t.source.calib;
   check(!co.source.empty() && co.samples > 0 && co.seq > 0,
         "the profile does not record its calibration text: run `optiq profile` again");
   std::error_code ec;
