@@ -20,6 +20,7 @@ auto& module_linear_of(Weights& w, const ModuleInfo& m) {
 }  // namespace
 
 Linear& module_linear(ModelWeights& w, const ModuleInfo& m) { return module_linear_of(w, m); }
+const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m) { return module_linear_of(w, m); }
 
 QuantizeRecipe QuantizeRecipe::for_model(const ModelConfig& c, QuantMethod method, const std::string& dtype) {
   check(dtype == "auto" || dtype == "f16" || dtype == "bf16", "scale type '{}': expected auto, f16 or bf16", dtype);
@@ -33,7 +34,6 @@ QuantizeOptions QuantizeRecipe::options(const float* importance) const {
   o.importance = importance;
   return o;
 }
-const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m) { return module_linear_of(w, m); }
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt) {
   const auto modules = quantizable_modules(model.config);
@@ -49,15 +49,13 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
       check(format_fits(*fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size",
             model.path, m.path, affine_format_name(*fmt), m.cols);
       std::vector<float> w = lin.to_f32();
-      QuantizeOptions qo;
-      qo.method = opt.method;
-      qo.bf16_scales = opt.bf16_scales;
+      const float* importance = nullptr;
       if (opt.importance) {
         auto imp = opt.importance->find(m.path);
         if (imp != opt.importance->end() && static_cast<int64_t>(imp->second.size()) == m.cols)
-          qo.importance = imp->second.data();
+          importance = imp->second.data();
       }
-      AffineMatrix q = quantize(w.data(), m.rows, m.cols, *fmt, qo);
+      AffineMatrix q = quantize(w.data(), m.rows, m.cols, *fmt, opt.recipe.options(importance));
       lin = opt.fake ? Linear::from_f32(dequantize(q.view()), m.rows, m.cols) : Linear::from_affine(std::move(q));
     } else if (lin.is_affine() || lin.is_kquant()) {
       // Planned as float: a source that arrived packed (GGUF Q4_1, Q4_K, ...) is

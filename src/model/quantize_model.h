@@ -32,17 +32,10 @@ struct QuantizeRecipe {
 };
 
 struct QuantizeModelOptions {
-  QuantMethod method = QuantMethod::Search;
-  bool fake = false;          // true: keep fp32 weights holding the dequantized values
-  bool bf16_scales = false;   // scale/bias storage type
+  QuantizeRecipe recipe{};
+  bool fake = false;  // true: keep fp32 weights holding the dequantized values
   const ImportanceMap* importance = nullptr;
   bool progress = true;
-  static QuantizeModelOptions from(const QuantizeRecipe& r) {
-    QuantizeModelOptions o;
-    o.method = r.method;
-    o.bf16_scales = r.bf16_scales;
-    return o;
-  }
 };
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt = {});

@@ -174,7 +174,6 @@ class PieceMap {
   }
   // Stored text of key i.
   std::string_view text(int32_t i) const { return {blob_.data() + off_[i], off_[i + 1] - off_[i]}; }
-  size_t size() const { return off_.empty() ? 0 : off_.size() - 1; }
 
  private:
   // 8 bytes a slot: the hash's high half (the low bits pick the slot) and the id.

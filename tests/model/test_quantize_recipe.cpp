@@ -25,9 +25,9 @@ TEST(QuantizeRecipe, FollowsTheModelUnlessTold) {
   EXPECT_EQ(o.method, QuantMethod::MinMax);
   EXPECT_TRUE(o.bf16_scales);
   EXPECT_EQ(o.importance, imp);
-  const QuantizeModelOptions mo = QuantizeModelOptions::from(r);
-  EXPECT_EQ(mo.method, QuantMethod::MinMax);
-  EXPECT_TRUE(mo.bf16_scales);
+  const QuantizeModelOptions mo{.recipe = r};
+  EXPECT_EQ(mo.recipe.method, QuantMethod::MinMax);
+  EXPECT_TRUE(mo.recipe.bf16_scales);
 }
 
 }  // namespace

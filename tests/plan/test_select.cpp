@@ -33,9 +33,11 @@ TEST(PlanVariants, OnlyCandidateFormatsAndNoZeroPredictions) {
     names.insert(v.name);
     EXPECT_GT(v.predicted, 0.0) << v.name;
     EXPECT_LE(v.bytes, budget) << v.name;
-    for (const auto& [path, f] : v.map.formats)
-      if (f) EXPECT_TRUE((*f == AffineFormat{4, 64}) || (*f == AffineFormat{8, 64}))
+    for (const auto& [path, f] : v.map.formats) {
+      if (!f) continue;
+      EXPECT_TRUE((*f == AffineFormat{4, 64}) || (*f == AffineFormat{8, 64}))
           << v.name << " " << path << " " << tensor_format_name(f);
+    }
   }
   EXPECT_TRUE(names.count("baseline uniform affine-q4-g64")) << "the uniform baseline is made of candidates";
 

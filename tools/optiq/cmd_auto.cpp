@@ -55,9 +55,9 @@ void run_auto(AutoArgs& a) {
   PlanStepResult r = run_plan_step(m, t, a.plan, plan_path, !a.json);
   if (!a.json) print_plan_summary(r, plan_path);
 
-  QuantizeModelOptions qo = QuantizeModelOptions::from(QuantizeRecipe::for_model(m.config));
+  const QuantizeModelOptions qo{.recipe = QuantizeRecipe::for_model(m.config)};
   quantize_model(m, r.map, qo);
-  make_exporter("mlx")->write(m, out, {.bf16 = qo.bf16_scales, .force = a.force});
+  make_exporter("mlx")->write(m, out, {.bf16 = qo.recipe.bf16_scales, .force = a.force});
   if (!a.json) fmt::print("wrote         {}\n", out);
 
   nlohmann::json j = {{"out", out},

@@ -128,10 +128,9 @@ void measure_row(Row& row, const CompareArgs& a, const ReferenceScores& ref, con
                  const std::string& scratch) {
   {
     Model m = a.model.load();
-    QuantizeModelOptions qo = QuantizeModelOptions::from(QuantizeRecipe::for_model(m.config));
-    qo.progress = false;
+    const QuantizeModelOptions qo{.recipe = QuantizeRecipe::for_model(m.config), .progress = false};
     quantize_model(m, row.map, qo);
-    make_exporter("mlx")->write(m, scratch, {.bf16 = qo.bf16_scales, .force = true});
+    make_exporter("mlx")->write(m, scratch, {.bf16 = qo.recipe.bf16_scales, .force = true});
   }
   LoadOptions lo;
   Model q = load_model(scratch, lo);

@@ -22,7 +22,6 @@ nlohmann::json config_json(const ModelConfig& c) {
           {"tied_embeddings", c.tied_embeddings}, {"quirks", c.quirks()}};
 }
 
-std::string short_format(const TensorFormat& f) { return tensor_format_short(f); }
 
 // Natural order: digit runs compare as numbers, so blk.2 sorts before blk.10
 // and model.layers.2 before model.layers.10.
@@ -122,7 +121,7 @@ std::vector<KindRow> summarize(const Model& m) {
       const std::string base = t.name.substr(0, t.name.size() - 7);
       auto f = m.precision.formats.find(base);
       if (f != m.precision.formats.end() && f->second && by_name.count(base + ".scales") && !t.shape.empty()) {
-        type = short_format(f->second);
+        type = tensor_format_short(f->second);
         params = numel(t.shape) * 32 / f->second->bits;  // packed uint32 words -> weights
         bytes += by_name[base + ".scales"]->bytes + (by_name.count(base + ".biases") ? by_name[base + ".biases"]->bytes : 0);
       }
@@ -153,7 +152,7 @@ std::vector<const SourceTensor*> tensors_in_natural_order(const Model& m) {
 // The columns are the modules of layer 0 (Phi-3 has fused qkv_proj/gate_up_proj).
 void print_precision_map(const Model& m) {
   const auto& f = m.precision.formats;
-  auto get = [&](const std::string& p) { auto it = f.find(p); return it == f.end() ? std::string("-") : short_format(it->second); };
+  auto get = [&](const std::string& p) { auto it = f.find(p); return it == f.end() ? std::string("-") : tensor_format_short(it->second); };
   const auto modules = quantizable_modules(m.config);
   std::vector<std::string> kinds, prefixes;  // "q_proj", "self_attn"
   for (const auto& mod : modules)

@@ -30,15 +30,15 @@ void run_quantize(const QuantizeArgs& a) {
   Model m = a.model.load();
   PrecisionMap map = a.plan.empty() ? PrecisionMap::uniform(m.config, {a.bits, a.group_size})
                                     : PrecisionMap::from_plan_file(a.plan, m.config);
-  QuantizeModelOptions opt = QuantizeModelOptions::from(QuantizeRecipe::for_model(
-      m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, a.dtype));
+  QuantizeModelOptions opt{.recipe = QuantizeRecipe::for_model(
+                               m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, a.dtype)};
   ImportanceMap importance;
   if (!a.calib.source.empty()) {
     importance = collect_importance(m, calibration_windows(m, calibration_for(m, a.calib)));
     opt.importance = &importance;
   }
   quantize_model(m, map, opt);
-  make_exporter("mlx")->write(m, a.out, {.bf16 = opt.bf16_scales, .force = a.force});
+  make_exporter("mlx")->write(m, a.out, {.bf16 = opt.recipe.bf16_scales, .force = a.force});
   size_t bytes = 0;
   for (const auto& mod : quantizable_modules(m.config)) {  // float modules are exported as 16-bit
     const Linear& l = module_linear(m.weights, mod);
