@@ -58,6 +58,13 @@ void EvalWindows::fill(std::span<const int32_t> tokens, int chunk, std::vector<i
 }
 
 PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t> tokens, const PerplexityOptions& opt) {
+  const DeviceWeights weights(model, default_backend());
+  return evaluate_perplexity(weights, tokens, opt);
+}
+
+PerplexityResult evaluate_perplexity(const DeviceWeights& weights, std::span<const int32_t> tokens,
+                                     const PerplexityOptions& opt) {
+  const Model& model = weights.model();
   const EvalWindows w = eval_windows(model, tokens, opt.ctx, opt.chunks);
   const int ctx = w.ctx, chunks = w.chunks, first = w.first;
   const int64_t n_out = w.n_out;
@@ -75,7 +82,7 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t
   }
   const bool has_ref = opt.ref || rs;
 
-  Transformer tf(model, ctx);
+  Transformer tf(weights, ctx);
   std::unique_ptr<Transformer> ref_tf;
   if (opt.ref) ref_tf = std::make_unique<Transformer>(*opt.ref, ctx);
   std::vector<float> logits(n_out * vocab), ref_logits(opt.ref ? n_out * vocab : 0);

@@ -12,6 +12,7 @@
 #include <span>
 #include <vector>
 
+#include "model/device_weights.h"
 #include "model/model.h"
 
 namespace optiq {
@@ -59,6 +60,9 @@ struct PerplexityResult {
 };
 
 PerplexityResult evaluate_perplexity(const Model& model, std::span<const int32_t> tokens, const PerplexityOptions& opt);
+// The same on weights uploaded already (e.g. with matrices swapped by a WeightSwap).
+PerplexityResult evaluate_perplexity(const DeviceWeights& weights, std::span<const int32_t> tokens,
+                                     const PerplexityOptions& opt);
 
 // log-softmax helpers shared with profiling.
 void log_softmax(const float* logits, int64_t n, std::vector<double>& out);

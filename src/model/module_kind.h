@@ -4,6 +4,7 @@
 // multiplies (the observer site that calibration and profiling read).
 // Adding a kind is one row here.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -29,6 +30,7 @@ enum class ModuleKind : uint8_t {
   DownProj,
   LmHead,
 };
+inline constexpr size_t kModuleKindCount = static_cast<size_t>(ModuleKind::LmHead) + 1;
 
 // The inputs of the matrix products as the forward pass exposes them to an
 // ActivationObserver: the four per-layer input sites (their order is an index

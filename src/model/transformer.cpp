@@ -4,12 +4,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "core/parallel.h"
 #include "core/error.h"
-#include "core/half.h"
-#include "kernels/activation.h"
-#include "kernels/attention.h"
-#include "model/ops.h"
 
 namespace optiq {
 
@@ -50,56 +45,63 @@ std::vector<float> rope_inv_freq_local(const ModelConfig& c) {
   return rope_inv_freq(local);
 }
 
-Transformer::Transformer(const Model& model, int max_ctx) : model_(model) {
-  const ModelConfig& c = model.config;
+Transformer::Transformer(const Model& model, int max_ctx)
+    : own_weights_(std::make_unique<DeviceWeights>(model, default_backend())),
+      weights_(*own_weights_),
+      model_(model),
+      backend_(weights_.backend()) {
+  init(max_ctx);
+}
+
+Transformer::Transformer(const DeviceWeights& weights, int max_ctx)
+    : weights_(weights), model_(weights.model()), backend_(weights.backend()) {
+  init(max_ctx);
+}
+
+void Transformer::init(int max_ctx) {
+  const ModelConfig& c = model_.config;
   max_ctx_ = max_ctx > 0 ? max_ctx : std::min(c.max_seq, 4096);
-  inv_freq_ = rope_inv_freq(c, max_ctx_);
-  if (c.rope_theta_local > 0.0f) inv_freq_local_ = rope_inv_freq_local(c);
+  const std::vector<float> f = rope_inv_freq(c, max_ctx_);
+  inv_freq_ = backend_.upload(f.data(), static_cast<int64_t>(f.size()));
+  if (c.rope_theta_local > 0.0f) {
+    const std::vector<float> fl = rope_inv_freq_local(c);
+    inv_freq_local_ = backend_.upload(fl.data(), static_cast<int64_t>(fl.size()));
+  }
   if (c.rope_scaling.type == RopeScalingType::LongRope) rope_mscale_ = c.rope_scaling.attn_factor;
-  const size_t kv = static_cast<size_t>(c.n_layers) * max_ctx_ * c.kv_dim();
-  k_cache_.assign(kv, 0.0f);
-  v_cache_.assign(kv, 0.0f);
+  // llama.cpp numerics: fp16 KV cache.
+  cache_ = backend_.make_kv_cache(c.n_layers, max_ctx_, c.kv_dim(), model_.llamacpp_numerics);
 }
 
 void Transformer::ensure_scratch(int64_t n) {
-  if (n <= scratch_n_) return;
+  if (n <= act_.rows) return;
   const ModelConfig& c = model_.config;
-  scratch_n_ = n;
-  x_.resize(n * c.dim);
-  xn_.resize(n * std::max(c.dim, c.q_dim()));
-  q_.resize(n * c.q_dim());
-  k_.resize(n * c.kv_dim());
-  v_.resize(n * c.kv_dim());
-  att_.resize(n * c.q_dim());
-  gate_.resize(n * c.hidden_dim);
-  up_.resize(n * c.hidden_dim);
-  if (c.fused_qkv) fused_.resize(n * std::max<int64_t>(c.q_dim() + 2 * c.kv_dim(), 2 * c.hidden_dim));
+  Backend& b = backend_;
+  act_.rows = n;
+  act_.x = b.alloc(n * c.dim);
+  act_.xn = b.alloc(n * std::max(c.dim, c.q_dim()));
+  act_.q = b.alloc(n * c.q_dim());
+  act_.k = b.alloc(n * c.kv_dim());
+  act_.v = b.alloc(n * c.kv_dim());
+  act_.att = b.alloc(n * c.q_dim());
+  act_.gate = b.alloc(n * c.hidden_dim);
+  act_.up = b.alloc(n * c.hidden_dim);
+  if (c.fused_qkv) act_.fused = b.alloc(n * std::max<int64_t>(c.q_dim() + 2 * c.kv_dim(), 2 * c.hidden_dim));
+  if (!b.host_memory()) act_.logits = b.alloc(n * c.vocab_size);
 }
 
-// Causal attention of the n new queries against the cache (which already
-// holds their own keys and values), within the layer's sliding window.
-void Transformer::attention(int layer, int64_t n, const float* q, float* out) {
-  const ModelConfig& c = model_.config;
-  const int kv_dim = c.kv_dim();
-  AttentionParams p;
-  p.n_heads = c.n_heads;
-  p.n_kv_heads = c.n_kv_heads;
-  p.head_dim = c.head_dim;
-  p.q_stride = c.q_dim();
-  p.kv_stride = kv_dim;
-  p.scale = c.attention_scale();
-  p.softcap = c.attn_softcap;
-  p.window = c.window(layer);
-  p.f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
-  p.max_ctx = max_ctx_;
-  const float* kc = k_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
-  const float* vc = v_cache_.data() + static_cast<size_t>(layer) * max_ctx_ * kv_dim;
-  causal_attention(p, q, n, pos_, kc, vc, out);
+void Transformer::observe(int layer, ActivationSite site, const Buffer& b, int64_t n, int64_t cols) {
+  if (!observer_) return;
+  const float* rows = b.data();
+  if (!backend_.host_memory()) {
+    host_rows_.resize(static_cast<size_t>(n * cols));
+    backend_.to_host(b.data(), n * cols, host_rows_.data());
+    rows = host_rows_.data();
+  }
+  observer_->observe(layer, site, rows, n, cols);
 }
 
 void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return;
   check(pos_ + n <= max_ctx_, "context is full: {} tokens at position {} exceed the context of {}", n, pos_, max_ctx_);
@@ -117,18 +119,11 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
     }
     return;
   }
-  ensure_scratch(n);
-  const int64_t dim = c.dim;
-
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i)
     check(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary of {}", tokens[i],
           c.vocab_size);
-    float* row = x_.data() + i * dim;
-    w.embed.row(tokens[i], row);
-    if (c.embed_scale != 1.0f)
-      for (int64_t d = 0; d < dim; ++d) row[d] *= c.embed_scale;
-  }
-
+  ensure_scratch(n);
+  backend_.embed(weights_.embed(), tokens.data(), n, c.embed_scale, act_.x.data());
   run_layers(0, n, logits, logits_from);
 }
 
@@ -140,111 +135,95 @@ void Transformer::forward_from_layer(int first_layer, const float* hidden, int64
   check(n > 0 && n <= max_ctx_, "{} tokens do not fit the context of {}", n, max_ctx_);
   check(logits_from >= 0 && logits_from <= n, "logits_from {} out of range for {} tokens", logits_from, n);
   ensure_scratch(n);
-  std::copy_n(hidden, n * c.dim, x_.data());
+  backend_.to_device(hidden, n * c.dim, act_.x.data());
   run_layers(first_layer, n, logits, logits_from);
 }
 
-namespace {
-
-void add_bias(float* y, int64_t n, const std::vector<float>& b) {
-  if (b.empty()) return;
-  const int64_t m = static_cast<int64_t>(b.size());
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < m; ++j) y[i * m + j] += b[j];
-}
-
-// Copies columns [from, from + width) of n rows of `cols` floats.
-void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst) {
-  for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * cols + from, width, dst + i * width);
-}
-
-}  // namespace
-
-void Transformer::project_qkv(const LayerWeights& L, int64_t n) {
+void Transformer::project_qkv(const DeviceLayer& L, int64_t n) {
   const ModelConfig& c = model_.config;
+  Backend& b = backend_;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  float *q = act_.q.data(), *k = act_.k.data(), *v = act_.v.data();
   if (c.fused_qkv) {
     const int64_t cols = qd + 2 * kvd;
-    L.wqkv.forward(xn_.data(), n, fused_.data());
-    take_columns(fused_.data(), n, cols, 0, qd, q_.data());
-    take_columns(fused_.data(), n, cols, qd, kvd, k_.data());
-    take_columns(fused_.data(), n, cols, qd + kvd, kvd, v_.data());
+    b.matmul(L.matrix(ModuleKind::QkvProj), act_.xn.data(), n, act_.fused.data());
+    b.take_columns(act_.fused.data(), n, cols, 0, qd, q);
+    b.take_columns(act_.fused.data(), n, cols, qd, kvd, k);
+    b.take_columns(act_.fused.data(), n, cols, qd + kvd, kvd, v);
   } else {
-    L.wq.forward(xn_.data(), n, q_.data());
-    L.wk.forward(xn_.data(), n, k_.data());
-    L.wv.forward(xn_.data(), n, v_.data());
+    b.matmul(L.matrix(ModuleKind::QProj), act_.xn.data(), n, q);
+    b.matmul(L.matrix(ModuleKind::KProj), act_.xn.data(), n, k);
+    b.matmul(L.matrix(ModuleKind::VProj), act_.xn.data(), n, v);
   }
-  add_bias(q_.data(), n, L.bq);
-  add_bias(k_.data(), n, L.bk);
-  add_bias(v_.data(), n, L.bv);
+  if (L.bq.size()) b.add_rows(q, L.bq.data(), n, qd);
+  if (L.bk.size()) b.add_rows(k, L.bk.data(), n, kvd);
+  if (L.bv.size()) b.add_rows(v, L.bv.data(), n, kvd);
   if (c.qk_norm) {
-    const int hd = c.head_dim;
-    for (int64_t r = 0; r < n * c.n_heads; ++r) rms_norm(&q_[r * hd], L.q_norm.data(), hd, c.norm_eps, &q_[r * hd]);
-    for (int64_t r = 0; r < n * c.n_kv_heads; ++r) rms_norm(&k_[r * hd], L.k_norm.data(), hd, c.norm_eps, &k_[r * hd]);
+    b.rms_norm(q, L.q_norm.data(), n * c.n_heads, c.head_dim, c.norm_eps, q);
+    b.rms_norm(k, L.k_norm.data(), n * c.n_kv_heads, c.head_dim, c.norm_eps, k);
   }
 }
 
-void Transformer::mlp_hidden(const LayerWeights& L, int64_t n) {
+void Transformer::mlp_hidden(const DeviceLayer& L, int64_t n) {
   const ModelConfig& c = model_.config;
+  Backend& b = backend_;
   const int64_t hid = c.hidden_dim;
   if (c.fused_qkv) {
-    L.w_gate_up.forward(xn_.data(), n, fused_.data());
-    take_columns(fused_.data(), n, 2 * hid, 0, hid, gate_.data());
-    take_columns(fused_.data(), n, 2 * hid, hid, hid, up_.data());
+    b.matmul(L.matrix(ModuleKind::GateUpProj), act_.xn.data(), n, act_.fused.data());
+    b.take_columns(act_.fused.data(), n, 2 * hid, 0, hid, act_.gate.data());
+    b.take_columns(act_.fused.data(), n, 2 * hid, hid, hid, act_.up.data());
   } else {
-    L.w_gate.forward(xn_.data(), n, gate_.data());
-    L.w_up.forward(xn_.data(), n, up_.data());
+    b.matmul(L.matrix(ModuleKind::GateProj), act_.xn.data(), n, act_.gate.data());
+    b.matmul(L.matrix(ModuleKind::UpProj), act_.xn.data(), n, act_.up.data());
   }
-  if (c.activation == Activation::GeluTanh && model_.llamacpp_numerics) {
-    for (int64_t i = 0; i < n * hid; ++i) gate_[i] = gelu_tanh_llamacpp(gate_[i]) * up_[i];
-  } else {
-    gated_activation(c.activation == Activation::GeluTanh ? GateAct::GeluTanh : GateAct::Silu, gate_.data(),
-                     up_.data(), n * hid);
-  }
+  b.gated_activation(c.activation == Activation::GeluTanh ? GateAct::GeluTanh : GateAct::Silu,
+                     model_.llamacpp_numerics, act_.gate.data(), act_.up.data(), n * hid);
 }
 
 void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
-  const int64_t dim = c.dim, kv_dim = c.kv_dim(), qd = c.q_dim(), hid = c.hidden_dim;
-  using Site = ActivationObserver::Site;
+  Backend& b = backend_;
+  const int64_t dim = c.dim, qd = c.q_dim(), hid = c.hidden_dim;
+  using Site = ActivationSite;
+  float *x = act_.x.data(), *xn = act_.xn.data();
   for (int l = first_layer; l < c.n_layers; ++l) {
-    const LayerWeights& L = w.layers[l];
-    if (observer_) observer_->observe(l, Site::LayerIn, x_.data(), n, dim);
-    for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.attn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
-    if (observer_) observer_->observe(l, Site::AttnIn, xn_.data(), n, dim);
+    const DeviceLayer& L = weights_.layer(l);
+    observe(l, Site::LayerIn, act_.x, n, dim);
+    b.rms_norm(x, L.attn_norm.data(), n, dim, c.norm_eps, xn);
+    observe(l, Site::AttnIn, act_.xn, n, dim);
     project_qkv(L, n);
-    const std::vector<float>& inv_freq = c.local_rope(l) ? inv_freq_local_ : inv_freq_;
-    const float mscale = c.local_rope(l) ? 1.0f : rope_mscale_;
-    float* kc = k_cache_.data() + static_cast<size_t>(l) * max_ctx_ * kv_dim;
-    float* vc = v_cache_.data() + static_cast<size_t>(l) * max_ctx_ * kv_dim;
-    for (int64_t i = 0; i < n; ++i) {
-      const int p = pos_ + static_cast<int>(i);
-      rope(&q_[i * qd], c.n_heads, c.head_dim, c.rot_dim(), p, inv_freq, mscale);
-      rope(&k_[i * kv_dim], c.n_kv_heads, c.head_dim, c.rot_dim(), p, inv_freq, mscale);
-      if (model_.llamacpp_numerics) {  // fp16 KV cache, fp16 query (llama.cpp's KQ product)
-        round_activations(ActRounding::F16, &q_[i * qd], 1, qd);
-        round_activations(ActRounding::F16, &k_[i * kv_dim], 1, kv_dim);
-        round_activations(ActRounding::F16, &v_[i * kv_dim], 1, kv_dim);
-      }
-      std::copy_n(&k_[i * kv_dim], kv_dim, kc + static_cast<size_t>(p) * kv_dim);
-      std::copy_n(&v_[i * kv_dim], kv_dim, vc + static_cast<size_t>(p) * kv_dim);
-    }
-    attention(l, n, q_.data(), att_.data());
-    if (observer_) observer_->observe(l, Site::OIn, att_.data(), n, qd);
-    L.wo.forward(att_.data(), n, xn_.data());
-    if (c.sandwich_norms)
-      for (int64_t i = 0; i < n; ++i) rms_norm(&xn_[i * dim], L.post_attn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
-    for (int64_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
+    const bool local = c.local_rope(l);
+    const float* inv_freq = local ? inv_freq_local_.data() : inv_freq_.data();
+    const float mscale = local ? 1.0f : rope_mscale_;
+    b.rope(act_.q.data(), n, qd, c.n_heads, c.head_dim, c.rot_dim(), pos_, inv_freq, mscale);
+    b.rope(act_.k.data(), n, c.kv_dim(), c.n_kv_heads, c.head_dim, c.rot_dim(), pos_, inv_freq, mscale);
+    if (model_.llamacpp_numerics) b.round_f16(act_.q.data(), n * qd);  // llama.cpp's fp16 KQ product
+    b.kv_store(cache_, l, pos_, act_.k.data(), act_.v.data(), n);
 
-    for (int64_t i = 0; i < n; ++i) rms_norm(&x_[i * dim], L.ffn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
-    if (observer_) observer_->observe(l, Site::MlpIn, xn_.data(), n, dim);
+    AttentionParams p;
+    p.n_heads = c.n_heads;
+    p.n_kv_heads = c.n_kv_heads;
+    p.head_dim = c.head_dim;
+    p.q_stride = qd;
+    p.kv_stride = c.kv_dim();
+    p.scale = c.attention_scale();
+    p.softcap = c.attn_softcap;
+    p.window = c.window(l);
+    p.f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
+    p.max_ctx = max_ctx_;
+    b.attention(p, act_.q.data(), n, pos_, cache_, l, act_.att.data());
+    observe(l, Site::OIn, act_.att, n, qd);
+    b.matmul(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn);
+    if (c.sandwich_norms) b.rms_norm(xn, L.post_attn_norm.data(), n, dim, c.norm_eps, xn);
+    b.add(x, xn, n * dim);
+
+    b.rms_norm(x, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
+    observe(l, Site::MlpIn, act_.xn, n, dim);
     mlp_hidden(L, n);
-    if (observer_) observer_->observe(l, Site::DownIn, gate_.data(), n, hid);
-    L.w_down.forward(gate_.data(), n, xn_.data());
-    if (c.sandwich_norms)
-      for (int64_t i = 0; i < n; ++i) rms_norm(&xn_[i * dim], L.post_ffn_norm.data(), dim, c.norm_eps, &xn_[i * dim]);
-    for (int64_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
+    observe(l, Site::DownIn, act_.gate, n, hid);
+    b.matmul(L.matrix(ModuleKind::DownProj), act_.gate.data(), n, xn);
+    if (c.sandwich_norms) b.rms_norm(xn, L.post_ffn_norm.data(), n, dim, c.norm_eps, xn);
+    b.add(x, xn, n * dim);
   }
   pos_ += static_cast<int>(n);
 
@@ -252,12 +231,13 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
   // An observer sees the lm_head input of every token, not only the scored ones.
   const int64_t norm_from = observer_ ? 0 : logits_from;
   if (n - norm_from == 0) return;
-  for (int64_t i = norm_from; i < n; ++i)
-    rms_norm(&x_[i * dim], w.final_norm.data(), dim, c.norm_eps, &xn_[(i - norm_from) * dim]);
-  if (observer_) observer_->observe(-1, ActivationObserver::Site::HeadIn, xn_.data(), n, dim);
+  b.rms_norm(x + norm_from * dim, weights_.final_norm().data(), n - norm_from, dim, c.norm_eps, xn);
+  observe(-1, Site::HeadIn, act_.xn, n, dim);
   if (n_out > 0) {
-    w.output().forward(xn_.data() + (logits_from - norm_from) * dim, n_out, logits);
-    if (c.final_softcap > 0.0f) softcap(logits, n_out * c.vocab_size, c.final_softcap);
+    float* out = b.host_memory() ? logits : act_.logits.data();
+    b.matmul(weights_.output(), xn + (logits_from - norm_from) * dim, n_out, out);
+    if (c.final_softcap > 0.0f) b.softcap(out, n_out * c.vocab_size, c.final_softcap);
+    if (!b.host_memory()) b.to_host(out, n_out * c.vocab_size, logits);
   }
 }
 

@@ -126,9 +126,10 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
   return out;
 }
 
-PlanMeasurer::PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>& windows,
+PlanMeasurer::PlanMeasurer(const Model& model, const std::vector<std::vector<int32_t>>& windows,
                            std::optional<QuantizeRecipe> recipe)
     : model_(model),
+      weights_(model, default_backend()),
       recipe_(recipe ? *recipe : QuantizeRecipe::for_model(model.config)),
       modules_(quantizable_modules(model.config)) {
   check(!windows.empty(), "plan measurement: no calibration windows");
@@ -138,15 +139,8 @@ PlanMeasurer::PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>
     check(static_cast<int>(w.size()) == ctx_, "plan measurement: calibration windows differ in length");
     tokens_.insert(tokens_.end(), w.begin(), w.end());
   }
-  for (const auto& m : modules_) original_[m.path] = module_linear(model.weights, m);
   ref_ = std::make_unique<ReferenceScores>(
       ReferenceScores::compute(model, tokens_, ctx_, chunks_, int64_t{2} << 30, false));
-}
-
-PlanMeasurer::~PlanMeasurer() { restore(); }
-
-void PlanMeasurer::restore() {
-  for (const auto& m : modules_) module_linear(model_.weights, m) = original_.at(m.path);
 }
 
 std::pair<double, double> PlanMeasurer::measure(const PrecisionMap& map) {
@@ -155,35 +149,25 @@ std::pair<double, double> PlanMeasurer::measure(const PrecisionMap& map) {
 }
 
 PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) {
+  std::vector<WeightSwap> swaps;  // undone when this returns or throws
   for (const auto& m : modules_) {
     auto f = map.formats.find(m.path);
-    Linear& lin = module_linear(model_.weights, m);
-    if (f == map.formats.end() || !f->second) {
-      lin = original_.at(m.path);
-      continue;
-    }
+    if (f == map.formats.end() || !f->second) continue;  // float: the model's own matrix
     auto key = std::make_pair(m.path, affine_format_name(*f->second));
     auto it = cache_.find(key);
     if (it == cache_.end()) {
-      const std::vector<float> w = original_.at(m.path).to_f32();
+      const std::vector<float> w = module_linear(model_.weights, m).to_f32();
       it = cache_.emplace(key, Linear::from_affine(quantize(w.data(), m.rows, m.cols, *f->second, recipe_.options())))
                .first;
     }
-    lin = it->second;
+    swaps.emplace_back(weights_, m, it->second);
   }
   PerplexityOptions po;
   po.ctx = ctx_;
   po.chunks = chunks_;
   po.ref_scores = ref_.get();
   po.progress = progress;
-  try {
-    const PerplexityResult r = evaluate_perplexity(model_, tokens_, po);
-    restore();
-    return r;
-  } catch (...) {
-    restore();
-    throw;
-  }
+  return evaluate_perplexity(weights_, tokens_, po);
 }
 
 size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress) {

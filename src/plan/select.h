@@ -63,16 +63,16 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config,
                                        const std::vector<TensorFormat>& formats, int64_t budget,
                                        const SolverOptions& base, bool with_baselines = true);
 
-// Measures plans on calibration windows: the model's weight matrices are
-// swapped for packed quantized ones per plan (cached per module and format, so
-// later plans reuse earlier tensors) and restored when the measurer goes away.
+// Measures plans on calibration windows: during a measurement the model's
+// weight matrices are swapped (WeightSwap, model/device_weights.h) for packed
+// quantized ones per plan, cached per module and format so that later plans
+// reuse earlier tensors. The Model itself is never changed.
 // One measurer serves many budgets (optiq compare, optiq plan with several).
 class PlanMeasurer {
  public:
   // recipe: how the plans are quantized; by default the export's for this model.
-  PlanMeasurer(Model& model, const std::vector<std::vector<int32_t>>& windows,
+  PlanMeasurer(const Model& model, const std::vector<std::vector<int32_t>>& windows,
                std::optional<QuantizeRecipe> recipe = std::nullopt);
-  ~PlanMeasurer();
   PlanMeasurer(const PlanMeasurer&) = delete;
   PlanMeasurer& operator=(const PlanMeasurer&) = delete;
   // Mean KL(model || plan) over the second halves of the windows, and its standard error.
@@ -81,13 +81,12 @@ class PlanMeasurer {
   PerplexityResult evaluate(const PrecisionMap& map, bool progress = false);
 
  private:
-  void restore();
-  Model& model_;
+  const Model& model_;
+  DeviceWeights weights_;
   QuantizeRecipe recipe_;
   int ctx_ = 0, chunks_ = 0;
   std::vector<int32_t> tokens_;
   std::vector<ModuleInfo> modules_;
-  std::map<std::string, Linear> original_;
   std::map<std::pair<std::string, std::string>, Linear> cache_;
   std::unique_ptr<ReferenceScores> ref_;
 };

@@ -129,14 +129,6 @@ double gram_proxy(const std::vector<float>& d, int64_t rows, int64_t cols, const
   return std::max(s, 0.0);
 }
 
-// Restores a swapped Linear on scope exit.
-struct SwapGuard {
-  Linear& slot;
-  Linear saved;
-  SwapGuard(Linear& s, Linear replacement) : slot(s), saved(std::move(s)) { slot = std::move(replacement); }
-  ~SwapGuard() { slot = std::move(saved); }
-};
-
 }  // namespace
 
 SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<int32_t>>& windows,
@@ -246,7 +238,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       token_freq[tok] += 1.0 / total_tokens;
     }
 
-  Transformer tf(ref, static_cast<int>(max_len));
+  DeviceWeights weights(ref, default_backend());
+  Transformer tf(weights, static_cast<int>(max_len));
   std::vector<float> logits(static_cast<size_t>(max_scored) * vocab);
   {
     RefObserver obs;
@@ -349,8 +342,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     if (needs[i].empty()) continue;
     ModuleSensitivity& ms = t.modules[i];
     const ModuleInfo& m = ms.module;
-    Linear& slot = const_cast<Linear&>(module_linear(ref.weights, m));
-    const std::vector<float> w = slot.to_f32();
+    const Linear& original = module_linear(ref.weights, m);
+    const std::vector<float> w = original.to_f32();
     for (const Need& n : needs[i]) {
       const std::string name = affine_format_name(n.fmt);
       AffineMatrix q = quantize(w.data(), m.rows, m.cols, n.fmt, qo);
@@ -380,9 +373,9 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       }
       if (n.exact) {
         Linear fake = Linear::from_f32(std::move(dq), m.rows, m.cols);
-        fake.set_act_rounding(slot.act_rounding());
+        fake.set_act_rounding(original.act_rounding());
         {
-          SwapGuard guard(slot, std::move(fake));
+          WeightSwap swap(weights, m, std::move(fake));
           fs.kl = measure_kl(m.layer);
         }
         ++t.exact_measured;

@@ -8,7 +8,7 @@
 
 #include "core/half.h"
 #include "kernels/activation.h"
-#include "model/ops.h"
+#include "kernels/elementwise.h"
 #include "model/transformer.h"
 #include "test_util.h"
 
@@ -69,7 +69,7 @@ TEST(FamilyOps, PartialRopeWithScale) {
   std::vector<float> inv = {1.0f, 0.1f, 0.01f};
   auto v = test::random_floats(heads * hd, 5);
   std::vector<float> r = v;
-  rope(r.data(), heads, hd, rot, pos, inv, mscale);
+  rope(r.data(), heads, hd, rot, pos, inv.data(), mscale);
   for (int h = 0; h < heads; ++h)
     for (int i = 0; i < hd; ++i) {
       const float* x = &v[h * hd];

@@ -1,4 +1,4 @@
-#include "model/ops.h"
+#include "kernels/elementwise.h"
 
 #include <cmath>
 
@@ -14,8 +14,7 @@ void rms_norm(const float* x, const float* w, int64_t dim, float eps, float* out
 }
 
 // Only the rotated dims see mscale, as in HF and mlx-lm.
-void rope(float* v, int n_heads, int head_dim, int rot_dim, int pos, const std::vector<float>& inv_freq,
-          float mscale) {
+void rope(float* v, int n_heads, int head_dim, int rot_dim, int pos, const float* inv_freq, float mscale) {
   const int half = rot_dim / 2;
   for (int i = 0; i < half; ++i) {
     const float angle = static_cast<float>(pos) * inv_freq[i];

@@ -2,7 +2,6 @@
 // check each against a plain reference.
 #pragma once
 #include <cstdint>
-#include <vector>
 
 namespace optiq {
 
@@ -12,8 +11,8 @@ void rms_norm(const float* x, const float* w, int64_t dim, float eps, float* out
 // Rotate-half RoPE of the first `rot_dim` dims of `n_heads` heads of
 // `head_dim` at position `pos`; cos/sin are multiplied by `mscale`
 // (longrope's attention factor; 1 otherwise).
-void rope(float* v, int n_heads, int head_dim, int rot_dim, int pos, const std::vector<float>& inv_freq,
-          float mscale = 1.0f);
+// inv_freq holds rot_dim / 2 frequencies.
+void rope(float* v, int n_heads, int head_dim, int rot_dim, int pos, const float* inv_freq, float mscale = 1.0f);
 
 // llama.cpp's CPU GeGLU: the tanh-approximated GELU (PyTorch's
 // gelu(approximate="tanh")) looked up at the fp16-rounded input, result in fp16.

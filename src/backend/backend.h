@@ -1,0 +1,127 @@
+// The seam between the forward pass and the hardware it runs on (MLX's
+// eval_cpu / eval_gpu split, ggml's backend): model/transformer.cpp says
+// *what* to compute, layer by layer; a Backend says *how*, on memory it owns.
+//
+//  - Buffers are fp32 arrays in the backend's memory (host RAM for the CPU,
+//    device memory for a GPU). Their data() pointers are only dereferenced by
+//    the same backend's operations; the host moves data in and out with
+//    to_device / to_host.
+//  - Weights are uploaded once (upload) into handles the backend owns; the
+//    forward pass multiplies by handle. The CPU backend's handle borrows the
+//    host storage (a Linear's view), a GPU backend's holds a device copy.
+//  - The KV cache is an object (KVCache) the backend allocates and the
+//    attention operation reads.
+//
+// Every operation is synchronous from the caller's point of view (a GPU
+// backend may queue work, but to_host waits for it). Rows are row-major.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "kernels/activation.h"
+#include "kernels/attention.h"
+#include "kernels/weight_view.h"
+
+namespace optiq {
+
+class Backend;
+
+// An fp32 array of `size()` floats in a backend's memory. Move-only; freed
+// by the backend that allocated it.
+class Buffer {
+ public:
+  using Free = void (*)(float*);
+  Buffer() = default;
+  Buffer(float* data, int64_t size, Free free) : data_(data, free), size_(size) {}
+  float* data() const { return data_.get(); }
+  int64_t size() const { return size_; }
+  size_t bytes() const { return static_cast<size_t>(size_) * sizeof(float); }
+
+ private:
+  std::unique_ptr<float, Free> data_{nullptr, nullptr};
+  int64_t size_ = 0;
+};
+
+// A weight matrix uploaded to a backend.
+class WeightHandle {
+ public:
+  virtual ~WeightHandle() = default;
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+
+ protected:
+  WeightHandle(int64_t rows, int64_t cols) : rows_(rows), cols_(cols) {}
+
+ private:
+  int64_t rows_, cols_;
+};
+
+// Keys and values of every layer: [layer][max_ctx][kv_dim] each.
+struct KVCache {
+  Buffer k, v;
+  int layers = 0, max_ctx = 0;
+  int64_t kv_dim = 0;
+  bool f16 = false;  // values are rounded to fp16 as they are stored (llama.cpp numerics)
+  int64_t layer_offset(int layer) const { return static_cast<int64_t>(layer) * max_ctx * kv_dim; }
+  size_t bytes() const { return k.bytes() + v.bytes(); }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+  // True when buffers are host memory (the caller may then read and write
+  // data() directly and skip copies).
+  virtual bool host_memory() const = 0;
+
+  // Memory. alloc'd buffers hold unspecified values.
+  virtual Buffer alloc(int64_t n) = 0;
+  virtual void to_device(const float* host, int64_t n, float* dst) = 0;
+  virtual void to_host(const float* src, int64_t n, float* host) = 0;
+  Buffer upload(const float* host, int64_t n) {
+    Buffer b = alloc(n);
+    to_device(host, n, b.data());
+    return b;
+  }
+  KVCache make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16);
+
+  // Weights. `w` must stay valid while the handle lives (a backend may borrow it).
+  virtual std::unique_ptr<WeightHandle> upload(const WeightView& w) = 0;
+  // y[n x rows] = x[n x cols] . W^T
+  virtual void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) = 0;
+  // out[i] = row tokens[i] of W times `scale`; tokens are host memory.
+  virtual void embed(const WeightHandle& w, const int32_t* tokens, int64_t n, float scale, float* out) = 0;
+
+  // Element-wise pieces (kernels/elementwise.h gives each one's definition).
+  // out[r] = rms_norm(x[r]) * w for `rows` rows of `dim` (out may alias x).
+  virtual void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) = 0;
+  // x += y over n values.
+  virtual void add(float* x, const float* y, int64_t n) = 0;
+  // y[r] += b for n rows of m values.
+  virtual void add_rows(float* y, const float* b, int64_t n, int64_t m) = 0;
+  // dst (n x width) = columns [from, from + width) of src (n x cols).
+  virtual void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst) = 0;
+  // RoPE of n rows of `stride` floats (heads of head_dim) at positions pos0..;
+  // inv_freq: rot_dim / 2 values in this backend's memory.
+  virtual void rope(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_dim, int pos0,
+                    const float* inv_freq, float mscale) = 0;
+  // gate = act(gate) * up over n values; llamacpp: llama.cpp's fp16-table GELU.
+  virtual void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, int64_t n) = 0;
+  virtual void softcap(float* x, int64_t n, float cap) = 0;
+  virtual void round_f16(float* x, int64_t n) = 0;
+
+  // Stores n rows of keys and values (kv_dim each) at positions pos0.. of a layer.
+  virtual void kv_store(KVCache& c, int layer, int pos0, const float* k, const float* v, int64_t n) = 0;
+  // Causal attention of n queries at positions pos0.. against the layer's
+  // cache (which already holds their own keys and values).
+  virtual void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
+                         float* out) = 0;
+};
+
+// The CPU backend (backend/cpu_backend.cpp); one per process.
+Backend& cpu_backend();
+// What models run on unless told otherwise (the CPU for now).
+Backend& default_backend();
+
+}  // namespace optiq

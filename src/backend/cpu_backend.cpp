@@ -1,0 +1,126 @@
+// The CPU backend: buffers are host memory, weight handles borrow the host
+// storage (nothing is copied at upload), and every operation is a call into
+// src/kernels/ (SIMD paths chosen at run time, threads from core/parallel.h).
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "kernels/elementwise.h"
+
+namespace optiq {
+
+KVCache Backend::make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16) {
+  KVCache c;
+  c.layers = layers;
+  c.max_ctx = max_ctx;
+  c.kv_dim = kv_dim;
+  c.f16 = f16;
+  const int64_t n = static_cast<int64_t>(layers) * max_ctx * kv_dim;
+  c.k = alloc(n);
+  c.v = alloc(n);
+  return c;
+}
+
+namespace {
+
+class CpuWeight final : public WeightHandle {
+ public:
+  explicit CpuWeight(const WeightView& w) : WeightHandle(w.rows, w.cols), view(w) {}
+  WeightView view;
+};
+
+const WeightView& view_of(const WeightHandle& w) { return static_cast<const CpuWeight&>(w).view; }
+
+void free_host(float* p) { std::free(p); }
+
+class CpuBackend final : public Backend {
+ public:
+  std::string_view name() const override { return "cpu"; }
+  bool host_memory() const override { return true; }
+
+  Buffer alloc(int64_t n) override {
+    check(n >= 0, "cpu backend: cannot allocate {} floats", n);
+    if (n == 0) return {};
+    // 64-byte aligned (one cache line, one AVX-512 vector); untouched pages stay unmapped until written.
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
+    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    return Buffer(p, n, free_host);
+  }
+  void to_device(const float* host, int64_t n, float* dst) override {
+    if (host != dst) std::memcpy(dst, host, static_cast<size_t>(n) * sizeof(float));
+  }
+  void to_host(const float* src, int64_t n, float* host) override {
+    if (src != host) std::memcpy(host, src, static_cast<size_t>(n) * sizeof(float));
+  }
+
+  std::unique_ptr<WeightHandle> upload(const WeightView& w) override { return std::make_unique<CpuWeight>(w); }
+  void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) override {
+    weight_matmul(view_of(w), x, n, y);
+  }
+  void embed(const WeightHandle& w, const int32_t* tokens, int64_t n, float scale, float* out) override {
+    const WeightView& v = view_of(w);
+    for (int64_t i = 0; i < n; ++i) {
+      float* row = out + i * v.cols;
+      weight_row(v, tokens[i], row);
+      if (scale != 1.0f)
+        for (int64_t d = 0; d < v.cols; ++d) row[d] *= scale;
+    }
+  }
+
+  void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) override {
+    for (int64_t r = 0; r < rows; ++r) optiq::rms_norm(x + r * dim, w, dim, eps, out + r * dim);
+  }
+  void add(float* x, const float* y, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+  }
+  void add_rows(float* y, const float* b, int64_t n, int64_t m) override {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) y[i * m + j] += b[j];
+  }
+  void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst) override {
+    for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * cols + from, width, dst + i * width);
+  }
+  void rope(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_dim, int pos0,
+            const float* inv_freq, float mscale) override {
+    for (int64_t i = 0; i < n; ++i)
+      optiq::rope(x + i * stride, heads, head_dim, rot_dim, pos0 + static_cast<int>(i), inv_freq, mscale);
+  }
+  void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, int64_t n) override {
+    if (act == GateAct::GeluTanh && llamacpp) {
+      for (int64_t i = 0; i < n; ++i) gate[i] = gelu_tanh_llamacpp(gate[i]) * up[i];
+    } else {
+      optiq::gated_activation(act, gate, up, n);
+    }
+  }
+  void softcap(float* x, int64_t n, float cap) override { optiq::softcap(x, n, cap); }
+  void round_f16(float* x, int64_t n) override { round_activations(ActRounding::F16, x, 1, n); }
+
+  void kv_store(KVCache& c, int layer, int pos0, const float* k, const float* v, int64_t n) override {
+    const int64_t off = c.layer_offset(layer) + static_cast<int64_t>(pos0) * c.kv_dim;
+    std::copy_n(k, n * c.kv_dim, c.k.data() + off);
+    std::copy_n(v, n * c.kv_dim, c.v.data() + off);
+    if (c.f16) {
+      round_f16(c.k.data() + off, n * c.kv_dim);
+      round_f16(c.v.data() + off, n * c.kv_dim);
+    }
+  }
+  void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
+                 float* out) override {
+    causal_attention(p, q, n, pos0, c.k.data() + c.layer_offset(layer), c.v.data() + c.layer_offset(layer), out);
+  }
+};
+
+}  // namespace
+
+Backend& cpu_backend() {
+  static CpuBackend b;
+  return b;
+}
+
+Backend& default_backend() { return cpu_backend(); }
+
+}  // namespace optiq
