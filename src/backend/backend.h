@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "kernels/activation.h"
 #include "kernels/attention.h"
@@ -123,5 +124,9 @@ class Backend {
 Backend& cpu_backend();
 // What models run on unless told otherwise (the CPU for now).
 Backend& default_backend();
+// The backends this build and machine can run ("cpu" always comes first).
+std::vector<Backend*> available_backends();
+// By name; throws optiq::Error naming the available ones when `name` is not.
+Backend& backend_named(std::string_view name);
 
 }  // namespace optiq

@@ -12,18 +12,6 @@
 
 namespace optiq {
 
-KVCache Backend::make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16) {
-  KVCache c;
-  c.layers = layers;
-  c.max_ctx = max_ctx;
-  c.kv_dim = kv_dim;
-  c.f16 = f16;
-  const int64_t n = static_cast<int64_t>(layers) * max_ctx * kv_dim;
-  c.k = alloc(n);
-  c.v = alloc(n);
-  return c;
-}
-
 namespace {
 
 class CpuWeight final : public WeightHandle {
@@ -120,7 +108,5 @@ Backend& cpu_backend() {
   static CpuBackend b;
   return b;
 }
-
-Backend& default_backend() { return cpu_backend(); }
 
 }  // namespace optiq

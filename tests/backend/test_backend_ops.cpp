@@ -1,0 +1,248 @@
+// Every operation of every available backend (backend/backend.h) against a
+// plain double-precision reference on random data with odd shapes. Data goes
+// in and out through to_device / to_host only, so a GPU backend runs the same
+// tests unchanged.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/half.h"
+#include "kernels/act_quant.h"
+#include "kernels/attention.h"
+#include "quant/quantizer.h"
+#include "test_util.h"
+
+namespace optiq {
+namespace {
+
+class BackendOps : public ::testing::TestWithParam<std::string> {
+ protected:
+  Backend& b = backend_named(GetParam());
+  Buffer put(const std::vector<float>& v) { return b.upload(v.data(), static_cast<int64_t>(v.size())); }
+  std::vector<float> get(const Buffer& buf, int64_t n) {
+    std::vector<float> out(n);
+    b.to_host(buf.data(), n, out.data());
+    return out;
+  }
+};
+
+std::vector<std::string> backend_names() {
+  std::vector<std::string> names;
+  for (Backend* be : available_backends()) names.emplace_back(be->name());
+  return names;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<double>& want, double tol, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_NEAR(got[i], want[i], tol * (1.0 + std::abs(want[i]))) << what << " [" << i << "]";
+}
+
+TEST_P(BackendOps, BufferRoundTrip) {
+  const auto v = test::random_floats(1001, 1);
+  Buffer buf = put(v);
+  EXPECT_EQ(buf.size(), 1001);
+  EXPECT_EQ(get(buf, 1001), v);
+  EXPECT_EQ(b.alloc(0).size(), 0);
+  EXPECT_THROW(b.alloc(-1), Error);
+}
+
+TEST_P(BackendOps, RmsNormRowsInPlaceAndNot) {
+  const int64_t rows = 7, dim = 37;
+  const auto x = test::random_floats(rows * dim, 2), w = test::random_floats(dim, 3);
+  std::vector<double> want(rows * dim);
+  for (int64_t r = 0; r < rows; ++r) {
+    double ss = 0;
+    for (int64_t i = 0; i < dim; ++i) ss += double(x[r * dim + i]) * x[r * dim + i];
+    const double s = 1.0 / std::sqrt(ss / dim + 1e-5);
+    for (int64_t i = 0; i < dim; ++i) want[r * dim + i] = x[r * dim + i] * s * w[i];
+  }
+  Buffer bx = put(x), bw = put(w), out = b.alloc(rows * dim);
+  b.rms_norm(bx.data(), bw.data(), rows, dim, 1e-5f, out.data());
+  expect_close(get(out, rows * dim), want, 1e-5, "rms_norm");
+  b.rms_norm(bx.data(), bw.data(), rows, dim, 1e-5f, bx.data());
+  expect_close(get(bx, rows * dim), want, 1e-5, "rms_norm in place");
+}
+
+TEST_P(BackendOps, AddBiasColumnsSoftcapF16) {
+  const int64_t n = 5, m = 19;
+  const auto x = test::random_floats(n * m, 4), y = test::random_floats(n * m, 5), bias = test::random_floats(m, 6);
+  Buffer bx = put(x), by = put(y), bb = put(bias);
+  b.add(bx.data(), by.data(), n * m);
+  std::vector<double> want(n * m);
+  for (int64_t i = 0; i < n * m; ++i) want[i] = double(x[i]) + y[i];
+  expect_close(get(bx, n * m), want, 1e-6, "add");
+  b.add_rows(bx.data(), bb.data(), n, m);
+  for (int64_t i = 0; i < n * m; ++i) want[i] += bias[i % m];
+  expect_close(get(bx, n * m), want, 1e-6, "add_rows");
+
+  Buffer cols = b.alloc(n * 6);
+  b.take_columns(by.data(), n, m, 11, 6, cols.data());
+  const auto got = get(cols, n * 6);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < 6; ++j) ASSERT_EQ(got[i * 6 + j], y[i * m + 11 + j]);
+
+  Buffer sc = put(y);
+  b.softcap(sc.data(), n * m, 0.7f);
+  for (int64_t i = 0; i < n * m; ++i) want[i] = 0.7 * std::tanh(y[i] / 0.7);
+  expect_close(get(sc, n * m), want, 1e-6, "softcap");
+
+  Buffer h = put(y);
+  b.round_f16(h.data(), n * m);
+  const auto hv = get(h, n * m);
+  for (int64_t i = 0; i < n * m; ++i) ASSERT_EQ(hv[i], f16_to_f32(f32_to_f16(y[i])));
+}
+
+TEST_P(BackendOps, RopePartialRowsAtPositions) {
+  const int64_t n = 3;
+  const int heads = 3, hd = 10, rot = 6, pos0 = 5;
+  const int64_t stride = heads * hd + 4;  // rows wider than the heads: only the heads rotate
+  const std::vector<float> inv = {1.0f, 0.13f, 0.011f};
+  const auto x = test::random_floats(n * stride, 7);
+  std::vector<double> want(x.begin(), x.end());
+  for (int64_t i = 0; i < n; ++i)
+    for (int h = 0; h < heads; ++h)
+      for (int k = 0; k < rot / 2; ++k) {
+        const double a = double(pos0 + i) * inv[k], c = std::cos(a) * 1.25, s = std::sin(a) * 1.25;
+        const int64_t o = i * stride + h * hd;
+        want[o + k] = x[o + k] * c - x[o + k + rot / 2] * s;
+        want[o + k + rot / 2] = x[o + k] * s + x[o + k + rot / 2] * c;
+      }
+  Buffer bx = put(x), bf = put(inv);
+  b.rope(bx.data(), n, stride, heads, hd, rot, pos0, bf.data(), 1.25f);
+  expect_close(get(bx, n * stride), want, 2e-5, "rope");
+}
+
+TEST_P(BackendOps, GatedActivations) {
+  const int64_t n = 301;
+  const auto g = test::random_floats(n, 8, 3.0f), u = test::random_floats(n, 9);
+  for (GateAct act : {GateAct::Silu, GateAct::GeluTanh}) {
+    std::vector<double> want(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double x = g[i];
+      const double a = act == GateAct::Silu ? x / (1 + std::exp(-x))
+                                            : 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+      want[i] = a * u[i];
+    }
+    Buffer bg = put(g), bu = put(u);
+    b.gated_activation(act, false, bg.data(), bu.data(), n);
+    expect_close(get(bg, n), want, 2e-5, act == GateAct::Silu ? "silu" : "gelu");
+    Buffer lg = put(g);  // llama.cpp's fp16 GELU: within fp16 rounding
+    b.gated_activation(act, true, lg.data(), bu.data(), n);
+    expect_close(get(lg, n), want, act == GateAct::Silu ? 2e-5 : 3e-3, "llama.cpp gelu");
+  }
+}
+
+TEST_P(BackendOps, MatmulAndEmbedEveryStorage) {
+  // Exact numerics: fp32 activations (the int8 decode path has its own tests in kernels/).
+  struct Int8Off {
+    bool saved = kernels::decode_int8_enabled();
+    Int8Off() { kernels::set_decode_int8(false); }
+    ~Int8Off() { kernels::set_decode_int8(saved); }
+  } int8_off;
+  const int64_t rows = 13, cols = 128, n = 3;
+  const auto w = test::random_floats(rows * cols, 10), x = test::random_floats(n * cols, 11);
+  std::vector<uint16_t> half(w.size());
+  for (size_t i = 0; i < w.size(); ++i) half[i] = f32_to_f16(w[i]);
+  const AffineMatrix q = quantize(w.data(), rows, cols, AffineFormat{4, 32}, {});
+  std::vector<WeightView> views = {{rows, cols, F32Weights{w.data()}}, {rows, cols, HalfWeights{half.data(), false}},
+                                   {rows, cols, q.view()}};
+  const std::vector<int32_t> tokens = {12, 0, 5, 5};
+  Buffer bx = put(x);
+  for (const WeightView& v : views) {
+    std::vector<float> dense(rows * cols);
+    for (int64_t r = 0; r < rows; ++r) weight_row(v, r, &dense[r * cols]);
+    std::vector<double> want(n * rows);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * dense[r * cols + c];
+        want[i * rows + r] = s;
+      }
+    auto h = b.upload(v);
+    EXPECT_EQ(h->rows(), rows);
+    EXPECT_EQ(h->cols(), cols);
+    Buffer y = b.alloc(n * rows);
+    b.matmul(*h, bx.data(), n, y.data());
+    expect_close(get(y, n * rows), want, 1e-4, "matmul");
+
+    Buffer e = b.alloc(4 * cols);
+    b.embed(*h, tokens.data(), 4, 0.5f, e.data());
+    const auto got = get(e, 4 * cols);
+    for (size_t t = 0; t < tokens.size(); ++t)
+      for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(got[t * cols + c], 0.5f * dense[tokens[t] * cols + c]);
+  }
+}
+
+TEST_P(BackendOps, KvCacheAndAttention) {
+  const int layers = 2, max_ctx = 9, heads = 4, kv_heads = 2, hd = 6;
+  const int64_t kvd = kv_heads * hd, qd = heads * hd;
+  for (bool f16 : {false, true}) {
+    KVCache c = b.make_kv_cache(layers, max_ctx, kvd, f16);
+    EXPECT_EQ(c.bytes(), size_t{2} * layers * max_ctx * kvd * sizeof(float));
+    // Two calls fill positions 0..2 and 3..6 of layer 1.
+    const auto k = test::random_floats(7 * kvd, 12), v = test::random_floats(7 * kvd, 13);
+    Buffer bk = put(k), bv = put(v);
+    b.kv_store(c, 1, 0, bk.data(), bv.data(), 3);
+    b.kv_store(c, 1, 3, bk.data() + 3 * kvd, bv.data() + 3 * kvd, 4);
+    const auto q = test::random_floats(4 * qd, 14);
+    Buffer bq = put(q), out = b.alloc(4 * qd);
+    AttentionParams p;
+    p.n_heads = heads;
+    p.n_kv_heads = kv_heads;
+    p.head_dim = hd;
+    p.q_stride = qd;
+    p.kv_stride = kvd;
+    p.scale = 0.4f;
+    p.window = 3;
+    p.max_ctx = max_ctx;
+    b.attention(p, bq.data(), 4, 3, c, 1, out.data());  // queries at 3..6
+    auto stored = [&](const std::vector<float>& a, int64_t i) {
+      return f16 ? double(f16_to_f32(f32_to_f16(a[i]))) : double(a[i]);
+    };
+    std::vector<double> want(4 * qd);
+    for (int i = 0; i < 4; ++i)
+      for (int h = 0; h < heads; ++h) {
+        const int pos = 3 + i, t0 = std::max(0, pos - p.window + 1);
+        const int64_t kvo = (h / (heads / kv_heads)) * hd;
+        std::vector<double> s;
+        double mx = -INFINITY, z = 0;
+        for (int t = t0; t <= pos; ++t) {
+          double d = 0;
+          for (int j = 0; j < hd; ++j) d += double(q[i * qd + h * hd + j]) * stored(k, t * kvd + kvo + j);
+          s.push_back(d * p.scale);
+          mx = std::max(mx, s.back());
+        }
+        for (double& e : s) z += (e = std::exp(e - mx));
+        for (int j = 0; j < hd; ++j) {
+          double o = 0;
+          for (int t = t0; t <= pos; ++t) o += s[t - t0] / z * stored(v, t * kvd + kvo + j);
+          want[i * qd + h * hd + j] = o;
+        }
+      }
+    expect_close(get(out, 4 * qd), want, 1e-5, f16 ? "attention (fp16 cache)" : "attention");
+  }
+}
+
+TEST(BackendRegistry, CpuFirstAndUnknownNamed) {
+  ASSERT_FALSE(available_backends().empty());
+  EXPECT_EQ(available_backends().front()->name(), "cpu");
+  EXPECT_EQ(&default_backend(), &cpu_backend());
+  try {
+    backend_named("tpu");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown backend 'tpu'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cpu"), std::string::npos) << e.what();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, BackendOps, ::testing::ValuesIn(backend_names()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace optiq
