@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/diagnostics.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "model/sampler.h"
@@ -91,8 +92,7 @@ std::vector<std::vector<int32_t>> calibration_windows(const Model& m, const Cali
   std::mt19937_64 rng(opt.seed);
   std::shuffle(order.begin(), order.end(), rng);
   if (slots < opt.samples)
-    fmt::print(stderr, "optiq: warning: {} holds only {} windows of {} tokens; using all of them\n", opt.source,
-               slots, opt.seq);
+    warn("{} holds only {} windows of {} tokens; using all of them", opt.source, slots, opt.seq);
   order.resize(std::min<int64_t>(slots, opt.samples));
   std::sort(order.begin(), order.end());  // file order: reproducible and cache-friendly
   std::vector<std::vector<int32_t>> out;

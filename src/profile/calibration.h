@@ -24,7 +24,7 @@ std::string read_calibration_text(const std::string& path);
 
 // `samples` windows of `seq` tokens, chosen by `seed` among the non-overlapping
 // windows of the tokenized text (all of them, in a seeded order, when the text
-// has fewer; a warning goes to stderr). With source "self", the model samples
+// has fewer; a warning goes to the diagnostics sink, core/diagnostics.h). With source "self", the model samples
 // its own text (temperature 1) from BOS.
 std::vector<std::vector<int32_t>> calibration_windows(const Model& model, const CalibrationOptions& opt);
 

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "core/parallel.h"
+#include "core/diagnostics.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/progress.h"
@@ -161,11 +162,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           }
         }
       } else {
-        fmt::print(stderr, "optiq: warning: {}: cache made for {}; measuring again for {}\n", opt.cache_path,
-                   old.source.describe(), opt.source.describe());
+        warn("{}: cache made for {}; measuring again for {}", opt.cache_path, old.source.describe(),
+             opt.source.describe());
       }
     } catch (const Error& e) {
-      fmt::print(stderr, "optiq: warning: ignoring cache: {}\n", e.what());
+      warn("ignoring cache: {}", e.what());
     }
   }
 

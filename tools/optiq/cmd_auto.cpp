@@ -48,11 +48,13 @@ void run_auto(AutoArgs& a) {
   const std::string plan_path = out + ".plan.json";
 
   Model m = a.model.load();
-  SensitivityTable t = run_profile_step(m, a.profile);
+  // The plan step measures on the profile's windows: tokenized once.
+  ProfileStepResult profiled = run_profile_step(m, profile_step_options(a.profile));
+  const SensitivityTable& t = profiled.table;
   if (!a.json)
     fmt::print("profile       {} ({} exact KL, {} proxies; {:.1f}s)\n", a.profile.cache, t.count_exact(),
                t.count_proxy(), t.seconds);
-  PlanStepResult r = run_plan_step(m, t, a.plan, plan_path, !a.json);
+  PlanStepResult r = run_plan_step(m, t, plan_step_options(a.plan, !a.json), plan_path, {.windows = &profiled.windows});
   if (!a.json) print_plan_summary(r, plan_path);
 
   const QuantizeModelOptions qo{.recipe = QuantizeRecipe::for_model(m.config)};

@@ -263,7 +263,8 @@ void run_compare(CompareArgs& a) {
   Model src = a.model.load();
   const ModelConfig config = src.config;
   const std::string model_name = fs::path(a.model.path).filename().string();
-  SensitivityTable t = run_profile_step(src, a.profile);
+  ProfileStepResult profiled = run_profile_step(src, profile_step_options(a.profile));
+  const SensitivityTable& t = profiled.table;
   if (!a.json) fmt::print("profile       {} ({:.1f}s)\n", a.profile.cache, t.seconds);
 
   std::string text = read_text_file(a.text);
@@ -283,14 +284,15 @@ void run_compare(CompareArgs& a) {
     if (std::find(levels.begin(), levels.end(), b) == levels.end()) levels.push_back(b);
   // One measurer for every optiq row: the reference pass and quantized tensors are shared.
   std::unique_ptr<PlanMeasurer> measurer;
-  if (a.select == "measured") measurer = std::make_unique<PlanMeasurer>(src, selection_windows(src, t, PlanStepArgs{}));
+  if (a.select == "measured")
+    measurer = std::make_unique<PlanMeasurer>(src, selection_windows(src, t, PlanStepOptions{}, &profiled.windows));
   auto add_optiq = [&](PlanStepArgs pa, const std::string& label, const std::string& file) {
     const std::string plan_path = (fs::path(a.out_dir) / file).string();
     pa.select = a.select;
-    PlanStepResult r = run_plan_step(src, t, pa, plan_path, !a.json, measurer.get());
+    PlanStepResult r = run_plan_step(src, t, plan_step_options(pa, !a.json), plan_path, {.measurer = measurer.get()});
     rows.push_back(make_row(label, "optiq", r.map, r.solution.damage, plan_path));
   };
-  const auto damage = t.damage(damage_source(a.use));
+  const auto damage = t.damage(parse_damage_source(a.use));
   for (int b : levels) {
     const AffineFormat f{b, a.group_size};
     PrecisionMap u = uniform_plan(config, f);

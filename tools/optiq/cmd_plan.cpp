@@ -45,135 +45,29 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
 }
 
 
-DamageSource damage_source(const std::string& use) {
+DamageSource parse_damage_source(const std::string& use) {
   return use == "exact" ? DamageSource::Exact : use == "fast" ? DamageSource::Fast : DamageSource::Auto;
 }
 
-std::vector<TensorFormat> plan_formats(const SensitivityTable& t) {
-  std::vector<TensorFormat> formats(t.candidates.begin(), t.candidates.end());
-  formats.push_back(std::nullopt);
-  return formats;
-}
-
-namespace {
-
-SolverOptions solver_options(const ModelConfig& config, const PlanStepArgs& a) {
-  SolverOptions so;
-  so.fixed_bytes = fixed_weight_bytes(config);
-  so.min_bits = a.min_bits;
-  for (const auto& p : a.pins) so.pins.push_back(parse_pin(p));
-  if (!a.tie.empty()) so.tie_groups = tie_qkv_groups(quantizable_modules(config), a.tie == "qkv+gate_up");
-  return so;
-}
-
-}  // namespace
-
-std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, const SensitivityTable& t) {
-  CalibrationOptions co = t.source.calib;
-  check(!co.source.empty() && co.samples > 0 && co.seq > 0,
-        "the profile does not record its calibration text: run `optiq profile` again");
-  std::error_code ec;
-  check(co.source == "self" || std::filesystem::is_regular_file(co.source, ec),
-        "{}: the profile's calibration text is gone; measured selection needs it", co.source);
-  return calibration_windows(m, co);
-}
-
-std::vector<std::vector<int32_t>> selection_windows(const Model& m, const SensitivityTable& t, const PlanStepArgs& a) {
-  auto w = profile_calibration_windows(m, t);
-  if (a.select_windows > 0 && static_cast<int>(w.size()) > a.select_windows) w.resize(a.select_windows);
-  return w;
-}
-
-PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const PlanStepArgs& a, const std::string& out,
-                             bool progress, PlanMeasurer* measurer) {
-  if (a.select != "measured" || !a.baseline.empty()) return run_plan_step(model.config, t, a, out);
-  const ModelConfig& config = model.config;
-  PlanStepArgs predicted = a;
-  predicted.select = "predicted";
-  PlanStepResult r = run_plan_step(config, t, predicted, "");  // budget, solver certificate
-  const auto damage = t.damage(damage_source(a.use));
-  const std::vector<TensorFormat> formats = plan_formats(t);
-  r.variants = plan_variants(config, damage, formats, r.budget.weight_bytes, solver_options(config, a));
-  std::unique_ptr<PlanMeasurer> own;
-  if (!measurer) {
-    own = std::make_unique<PlanMeasurer>(model, selection_windows(model, t, a));
-    measurer = own.get();
-  }
-  const size_t best = measure_variants(*measurer, r.variants, progress);
-  std::rotate(r.variants.begin(), r.variants.begin() + best, r.variants.begin() + best + 1);
-  const PlanVariant& v = r.variants.front();
-  r.map = v.map;
-  r.solution.formats = v.map.formats;
-  r.solution.bytes = v.bytes;
-  r.solution.damage = v.predicted;
-  r.solution.method = "measured selection: " + v.name;
-  r.bits_per_weight = plan_bits_per_weight(config, r.map);
-  nlohmann::json variants = nlohmann::json::array();
-  for (const auto& x : r.variants)
-    variants.push_back({{"name", x.name}, {"bytes", x.bytes}, {"predicted_kl", x.predicted},
-                        {"calib_kl", x.measured}, {"calib_kl_stderr", x.measured_stderr}});
-  PlanMetadata meta;
-  meta.budget = r.budget.description;
-  meta.predicted_kl = v.predicted;
-  meta.method = fmt::format("optiq measured selection: {} (profile {}, damage {})", v.name, t.method, a.use);
-  meta.calib_kl = v.measured;
-  meta.variants = &variants;
-  if (!out.empty()) write_plan(out, r.map, config, meta);
-  return r;
-}
-
-PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
-                             const std::string& out) {
-  const auto damage = t.damage(damage_source(a.use));
-  const std::vector<TensorFormat> formats = plan_formats(t);
-
-  BudgetOptions bo;
-  if (!a.bpw.empty()) bo.bpw = a.bpw;
-  if (!a.size.empty()) bo.size = a.size;
-  if (!a.reduction.empty()) bo.reduction = a.reduction;
+PlanStepOptions plan_step_options(const PlanStepArgs& a, bool progress) {
+  PlanStepOptions o;
+  if (!a.bpw.empty()) o.budget.bpw = a.bpw;
+  if (!a.size.empty()) o.budget.size = a.size;
+  if (!a.reduction.empty()) o.budget.reduction = a.reduction;
   if (!a.fit.empty()) {
     check(a.ctx > 0, "--fit needs --ctx (the context length to reserve the KV cache for)");
-    bo.fit = a.fit;
-    bo.runtime.ctx = a.ctx;
+    o.budget.fit = a.fit;
+    o.budget.runtime.ctx = a.ctx;
   }
-  PlanStepResult r;
-  r.budget = resolve_budget(bo, config, formats);
-
-  const auto modules = quantizable_modules(config);
-  std::vector<SolverItem> items;
-  for (const auto& m : modules) {
-    auto it = damage.find(m.path);
-    check(it != damage.end(), "the profile lacks {}: run `optiq profile` again", m.path);
-    items.push_back(make_item(m, it->second, formats));
-  }
-  if (!a.baseline.empty()) {
-    BaselinePlan b = baseline_plan_from_spec(config, a.baseline, r.budget.weight_bytes, damage);
-    r.map = b.map;
-    r.solution.bytes = b.bytes;
-    r.solution.method = b.name;
-    r.solution.damage = plan_predicted_damage(r.map, damage);
-    r.solution.lower_bound = r.solution.damage;
-    for (const auto& [path, f] : r.map.formats) r.solution.formats[path] = f;
-    r.bits_per_weight = plan_bits_per_weight(config, r.map);
-    PlanMetadata meta;
-    meta.budget = r.budget.description;
-    meta.predicted_kl = r.solution.damage;
-    meta.method = "baseline " + b.name;
-    if (!out.empty()) write_plan(out, r.map, config, meta);
-    return r;
-  }
-  const SolverOptions so = solver_options(config, a);
-  r.solution = solve(items, r.budget.weight_bytes, so);
-  r.map = r.solution.precision_map();
-  r.bits_per_weight = plan_bits_per_weight(config, r.map);
-  PlanMetadata meta;
-  meta.budget = r.budget.description;
-  meta.predicted_kl = r.solution.damage;
-  meta.method = "optiq " + r.solution.method + " (profile " + t.method + ", damage " + a.use + ")";
-  meta.lower_bound_kl = r.solution.lower_bound;
-  meta.gap_kl = r.solution.gap;
-  if (!out.empty()) write_plan(out, r.map, config, meta);
-  return r;
+  o.min_bits = a.min_bits;
+  for (const auto& p : a.pins) o.pins.push_back(parse_pin(p));
+  o.tie = a.tie.empty() ? TieGroups::None : a.tie == "qkv+gate_up" ? TieGroups::QkvGateUp : TieGroups::Qkv;
+  o.damage = parse_damage_source(a.use);
+  o.baseline = a.baseline;
+  o.select = a.select == "measured" ? PlanSelection::Measured : PlanSelection::Predicted;
+  o.select_windows = a.select_windows;
+  o.progress = progress;
+  return o;
 }
 
 void print_plan_summary(const PlanStepResult& r, const std::string& out) {
@@ -252,20 +146,20 @@ void run_plan(const PlanArgs& a) {
           "several budgets: give a list to one of --bpw or --size only");
     std::filesystem::create_directories(a.out);
     std::unique_ptr<PlanMeasurer> measurer;
-    if (measured) measurer = std::make_unique<PlanMeasurer>(m, selection_windows(m, t, a.step));
+    if (measured) measurer = std::make_unique<PlanMeasurer>(m, selection_windows(m, t, plan_step_options(a.step)));
     for (const auto& b : bpws.empty() ? sizes : bpws) {
       PlanStepArgs step = a.step;
       (bpws.empty() ? step.size : step.bpw) = b;
       if (bpws.empty()) step.bpw.clear();
       else step.size.clear();
       const std::string out = (std::filesystem::path(a.out) / fmt::format("plan-{}{}.json", b, bpws.empty() ? "" : "bpw")).string();
-      PlanStepResult r = run_plan_step(m, t, step, out, !a.json, measurer.get());
+      PlanStepResult r = run_plan_step(m, t, plan_step_options(step, !a.json), out, {.measurer = measurer.get()});
       if (a.json) print_plan_json(r, out);
       else print_plan_summary(r, out);
     }
     return;
   }
-  PlanStepResult r = run_plan_step(m, t, a.step, a.out, !a.json);
+  PlanStepResult r = run_plan_step(m, t, plan_step_options(a.step, !a.json), a.out);
   if (a.json) return print_plan_json(r, a.out);
   print_plan_summary(r, a.out);
 }

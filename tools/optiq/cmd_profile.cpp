@@ -43,14 +43,6 @@ CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const
   return calib;
 }
 
-CalibrationOptions calibration_for(const Model& m, CalibrationOptions co) {
-  if (co.seq > m.config.max_seq) {
-    fmt::print(stderr, "optiq: note: --calib-seq {} capped at the model's context of {}\n", co.seq, m.config.max_seq);
-    co.seq = m.config.max_seq;
-  }
-  return co;
-}
-
 void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
   add_calibration_options(cmd, a.calib, "calibration text (.txt, or .jsonl with \"text\"; or 'self')")->required();
   cmd.add_option("--method", a.method,
@@ -65,13 +57,11 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
       ->capture_default_str();
 }
 
-SensitivityTable run_profile_step(const Model& m, const ProfileStepArgs& a) {
-  CalibrationOptions co = calibration_for(m, a.calib);
-  if (co.source != "self") {
-    std::error_code ec;
-    check(std::filesystem::is_regular_file(co.source, ec), "{}: calibration file not found", co.source);
-  }
-  ProfileOptions po;
+ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress) {
+  ProfileStepOptions o;
+  o.calib = a.calib;
+  o.calib.progress = o.calib.progress && progress;
+  ProfileOptions& po = o.profile;
   po.method = parse_profile_method(a.method);
   po.candidates = parse_candidates(a.candidates);
   if (a.anchors == "every") {
@@ -86,9 +76,8 @@ SensitivityTable run_profile_step(const Model& m, const ProfileStepArgs& a) {
     }
   }
   po.cache_path = a.cache;
-  po.source = make_profile_source(m.path, co);
-  const auto windows = calibration_windows(m, co);
-  return profile_model(m, windows, po);
+  po.progress = progress;
+  return o;
 }
 
 void print_profile_table(const SensitivityTable& t) {
@@ -145,7 +134,7 @@ std::string default_cache(const std::string& model_path) {
 void run_profile(ProfileArgs& a) {
   Model m = a.model.load();
   if (a.step.cache.empty()) a.step.cache = default_cache(a.model.path);
-  SensitivityTable t = run_profile_step(m, a.step);
+  SensitivityTable t = run_profile_step(m, profile_step_options(a.step)).table;
   const auto rho = t.spearman_fast_exact();
   if (a.json) {
     nlohmann::json j = t.to_json();

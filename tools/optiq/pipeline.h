@@ -1,5 +1,6 @@
-// The profile and plan steps, shared by `optiq profile`, `optiq plan` and
-// `optiq auto` (which chains them with quantize and eval).
+// The command-line side of the pipeline steps (src/pipeline/): the options
+// `optiq profile`, `optiq plan`, `optiq auto` and `optiq compare` share, parsed
+// into the steps' typed options, and the printing of their results.
 #pragma once
 #include <string>
 #include <vector>
@@ -7,19 +8,14 @@
 #include <CLI/CLI.hpp>
 
 #include "model/model.h"
-#include "plan/budget.h"
-#include "plan/select.h"
-#include "plan/solver.h"
-#include "profile/calibration.h"
-#include "profile/sensitivity.h"
+#include "pipeline/plan_step.h"
+#include "pipeline/profile_step.h"
 
 namespace optiq::cli {
 
 // The one binder of --calib, --calib-samples, --calib-seq and --seed (profile,
 // auto, compare, quantize) to CalibrationOptions.
 CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const std::string& calib_help);
-// c with its window length capped at the model's context (a note says so).
-CalibrationOptions calibration_for(const Model& m, CalibrationOptions c);
 
 struct ProfileStepArgs {
   CalibrationOptions calib;
@@ -29,7 +25,8 @@ struct ProfileStepArgs {
   std::string cache;
 };
 void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a);
-SensitivityTable run_profile_step(const Model& m, const ProfileStepArgs& a);
+// Parses the strings (method, candidates, anchors); progress bars unless quiet.
+ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress = true);
 void print_profile_table(const SensitivityTable& t);
 
 struct PlanStepArgs {
@@ -45,30 +42,11 @@ struct PlanStepArgs {
   std::string select = "predicted";
   int select_windows = 16;  // measured selection uses the first N calibration windows of the profile
 };
-struct PlanStepResult {
-  Solution solution;
-  Budget budget;
-  PrecisionMap map;
-  double bits_per_weight = 0;
-  std::vector<PlanVariant> variants;  // select == "measured": all measured, chosen first
-};
 void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a);
-// --use auto|exact|fast as a DamageSource.
-DamageSource damage_source(const std::string& use);
-// A profile's candidate formats plus float: what a plan may choose from.
-std::vector<TensorFormat> plan_formats(const SensitivityTable& t);
-PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepArgs& a,
-                             const std::string& out);
-// As run_plan_step; with a.select == "measured" (and no --baseline) the plan is
-// chosen by measurement on the calibration windows the profile recorded.
-// `measurer` (optional) is reused across calls; else one is made for this call.
-PlanStepResult run_plan_step(Model& model, const SensitivityTable& t, const PlanStepArgs& a, const std::string& out,
-                             bool progress = true, PlanMeasurer* measurer = nullptr);
-// The calibration windows a profile was measured on (its recorded source,
-// samples, sequence length and seed).
-std::vector<std::vector<int32_t>> profile_calibration_windows(const Model& m, const SensitivityTable& t);
-// The windows measured selection uses (the first a.select_windows of those).
-std::vector<std::vector<int32_t>> selection_windows(const Model& m, const SensitivityTable& t, const PlanStepArgs& a);
+// --use auto|exact|fast.
+DamageSource parse_damage_source(const std::string& use);
+// Parses the budget, pins, tie, damage source and selection.
+PlanStepOptions plan_step_options(const PlanStepArgs& a, bool progress = true);
 void print_plan_summary(const PlanStepResult& r, const std::string& out);
 
 }  // namespace optiq::cli

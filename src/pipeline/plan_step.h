@@ -1,0 +1,72 @@
+// The plan step of the pipeline (optiq plan, auto, compare): a budget and a
+// sensitivity table in, one format per tensor out (written as a plan file,
+// docs/plan-format.md). Either the solver's plan (predicted damage), a
+// baseline rule of the same budget, or (measured selection) the best of a few
+// plans of that budget measured on calibration windows.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "pipeline/profile_step.h"
+#include "plan/budget.h"
+#include "plan/select.h"
+#include "plan/solver.h"
+#include "profile/sensitivity.h"
+
+namespace optiq {
+
+enum class PlanSelection { Predicted, Measured };
+enum class TieGroups { None, Qkv, QkvGateUp };  // formats shared by q/k/v (and gate/up) of a layer
+
+struct PlanStepOptions {
+  BudgetOptions budget;
+  int min_bits = 0;
+  std::vector<Pin> pins;
+  TieGroups tie = TieGroups::None;
+  DamageSource damage = DamageSource::Auto;
+  // Empty: optiq's solver; else a baseline spec (plan/baselines.h):
+  // uniform:qBgG | kquant[:MIX] | dynamic[:LOW/HIGH].
+  std::string baseline;
+  PlanSelection select = PlanSelection::Predicted;
+  int select_windows = 16;  // measured selection: the first N calibration windows (0: all)
+  bool progress = true;
+};
+
+struct PlanStepResult {
+  Solution solution;
+  Budget budget;
+  PrecisionMap map;
+  double bits_per_weight = 0;
+  std::vector<PlanVariant> variants;  // measured selection: all measured, the chosen one first
+};
+
+std::string_view damage_source_name(DamageSource d);  // "auto", "exact", "fast"
+// A profile's candidate formats plus float: what a plan may choose from.
+std::vector<TensorFormat> plan_formats(const SensitivityTable& t);
+
+// The solver's plan or a baseline (measured selection is not done: it needs
+// the weights). `out` empty: no plan file.
+PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& t, const PlanStepOptions& opt,
+                             const std::string& out);
+
+// What measured selection needs besides the model: the calibration windows
+// (the profile step's, when it ran in this process; else they are tokenized
+// again from what the table records) and optionally a measurer shared by
+// several plan steps (its reference pass and quantized tensors are reused).
+struct SelectionContext {
+  const TokenWindows* windows = nullptr;
+  PlanMeasurer* measurer = nullptr;
+};
+
+// As above; with opt.select == Measured (and no baseline) the plan is chosen
+// by measurement.
+PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, const PlanStepOptions& opt,
+                             const std::string& out, SelectionContext ctx = {});
+
+// The windows measured selection uses: the first opt.select_windows of
+// `windows` (or of the profile's recorded ones when null).
+TokenWindows selection_windows(const Model& model, const SensitivityTable& t, const PlanStepOptions& opt,
+                               const TokenWindows* windows = nullptr);
+
+}  // namespace optiq

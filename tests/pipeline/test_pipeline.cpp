@@ -1,0 +1,120 @@
+// The pipeline steps (src/pipeline/) on stories260K: the profile step hands
+// back the windows it measured on, and they are the ones the profile records;
+// measured selection on those windows picks the same plan as after
+// re-tokenizing; notes and warnings go to the diagnostics sink.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "core/diagnostics.h"
+#include "core/error.h"
+#include "pipeline/plan_step.h"
+#include "pipeline/profile_step.h"
+#include "profile/calibration.h"
+#include "test_util.h"
+
+namespace optiq {
+namespace {
+
+std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+std::string text() { return test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt"; }
+
+ProfileStepOptions small_profile(const std::string& cache = "") {
+  ProfileStepOptions o;
+  o.calib.source = text();
+  o.calib.samples = 6;
+  o.calib.seq = 64;
+  o.calib.progress = false;
+  o.profile.candidates = {{2, 32}, {4, 32}, {8, 32}};
+  o.profile.progress = false;
+  o.profile.cache_path = cache;
+  return o;
+}
+
+TEST(PipelineProfileStep, KeepsTheWindowsTheProfileRecords) {
+  const Model m = load_model(stories());
+  const ProfileStepResult r = run_profile_step(m, small_profile());
+  ASSERT_EQ(r.windows.size(), 6u);
+  EXPECT_EQ(r.windows, profile_calibration_windows(m, r.table));
+  EXPECT_EQ(r.windows, calibration_windows(m, small_profile().calib));
+  EXPECT_GT(r.table.count_exact(), 0);
+}
+
+TEST(PipelineProfileStep, CapsLongWindowsWithANoteAndNamesAMissingFile) {
+  const Model m = load_model(stories());
+  CalibrationOptions c = small_profile().calib;
+  c.seq = m.config.max_seq + 100;
+  {
+    CollectDiagnostics diag;
+    EXPECT_EQ(calibration_for(m, c).seq, m.config.max_seq);
+    EXPECT_NE(diag.text().find("note: calibration windows of"), std::string::npos) << diag.text();
+  }
+  ProfileStepOptions o = small_profile();
+  o.calib.source = test::temp_dir() + "/missing.txt";
+  try {
+    run_profile_step(m, o);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing.txt: calibration file not found"), std::string::npos) << e.what();
+  }
+}
+
+TEST(PipelineProfileStep, FewWindowsWarnThroughTheSink) {
+  const Model m = load_model(stories());
+  const std::string small = test::temp_dir() + "/small.txt";
+  {
+    std::ifstream in(text());
+    std::string s(3000, '\0');
+    in.read(s.data(), static_cast<std::streamsize>(s.size()));
+    std::ofstream(small) << s.substr(0, static_cast<size_t>(in.gcount()));
+  }
+  CalibrationOptions c = small_profile().calib;
+  c.source = small;
+  c.samples = 1000;
+  CollectDiagnostics diag;
+  const auto w = calibration_windows(m, c);
+  EXPECT_LT(w.size(), 1000u);
+  EXPECT_NE(diag.text().find("warning: " + small + " holds only"), std::string::npos) << diag.text();
+}
+
+TEST(PipelinePlanStep, MeasuredSelectionOnTheProfilesWindowsEqualsRetokenized) {
+  const Model m = load_model(stories());
+  const ProfileStepResult prof = run_profile_step(m, small_profile());
+  PlanStepOptions o;
+  o.budget.bpw = "8";
+  o.select = PlanSelection::Measured;
+  o.select_windows = 4;
+  o.progress = false;
+  const PlanStepResult a = run_plan_step(m, prof.table, o, "", {.windows = &prof.windows});
+  const PlanStepResult b = run_plan_step(m, prof.table, o, "");
+  ASSERT_FALSE(a.variants.empty());
+  EXPECT_EQ(a.map.formats, b.map.formats);
+  EXPECT_EQ(a.variants.front().name, b.variants.front().name);
+  EXPECT_DOUBLE_EQ(a.variants.front().measured, b.variants.front().measured);
+  EXPECT_EQ(selection_windows(m, prof.table, o, &prof.windows).size(), 4u);
+  // Every variant uses only the profile's candidates (or float).
+  const auto formats = plan_formats(prof.table);
+  for (const auto& v : a.variants)
+    for (const auto& [path, f] : v.map.formats)
+      EXPECT_NE(std::find(formats.begin(), formats.end(), f), formats.end()) << v.name << " " << path;
+}
+
+TEST(PipelinePlanStep, PredictedPlanWithinBudgetAndNamesDamageSource) {
+  const Model m = load_model(stories(), {.load_weights = false});
+  const Model full = load_model(stories());
+  const ProfileStepResult prof = run_profile_step(full, small_profile());
+  PlanStepOptions o;
+  o.budget.bpw = "6";
+  o.damage = DamageSource::Fast;
+  const std::string out = test::temp_dir() + "/plan.json";
+  const PlanStepResult r = run_plan_step(m.config, prof.table, o, out);
+  EXPECT_LE(r.solution.bytes, r.budget.weight_bytes);
+  EXPECT_TRUE(test::file_exists(out));
+  EXPECT_EQ(damage_source_name(DamageSource::Exact), "exact");
+  std::ifstream in(out);
+  const std::string plan((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(plan.find("damage fast"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace optiq
