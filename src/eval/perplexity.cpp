@@ -37,11 +37,11 @@ int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - 
 }  // namespace
 
 EvalWindows eval_windows(const Model& model, std::span<const int32_t> tokens, int ctx, int chunks) {
-  check(ctx >= 8, "--ctx {} is too small (at least 8)", ctx);
-  check(ctx <= model.config.max_seq || model.config.max_seq <= 0, "--ctx {} exceeds the model's context length {}",
+  check(ctx >= 8, "an evaluation window of {} tokens is too small (at least 8)", ctx);
+  check(ctx <= model.config.max_seq || model.config.max_seq <= 0, "an evaluation window of {} tokens exceeds the model's context length {}",
         ctx, model.config.max_seq);
   const int64_t available = static_cast<int64_t>(tokens.size()) / ctx;
-  check(available > 0, "the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), ctx);
+  check(available > 0, "the text has {} tokens, fewer than one window of {} tokens", tokens.size(), ctx);
   EvalWindows w;
   w.ctx = ctx;
   w.chunks = static_cast<int>(chunks > 0 ? std::min<int64_t>(chunks, available) : available);

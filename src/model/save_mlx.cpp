@@ -40,7 +40,7 @@ std::span<const uint8_t> as_bytes(const T* p, size_t n) {
 void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& opt) {
   std::error_code ec;
   if (fs::exists(out_dir, ec) && !opt.force)
-    fail("{}: already exists (choose another -o, or pass --force to replace it)", out_dir);
+    fail("{}: already exists (choose another output directory, or ask to replace it)", out_dir);
   const fs::path parent = fs::absolute(out_dir).parent_path();
   check(fs::is_directory(parent, ec), "{}: parent directory {} does not exist", out_dir, parent.string());
   const fs::path tmp = parent / fmt::format(".{}.tmp-{}", fs::path(out_dir).filename().string(), getpid());
@@ -59,7 +59,7 @@ void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& 
       const Linear& lin = module_linear(m.weights, mod);
       if (lin.is_affine()) {
         const AffineMatrixView& v = lin.affine();
-        check(v.bf16_scales == bf16, "{}: {} has {} scales but the export type is {}; quantize with the same --dtype",
+        check(v.bf16_scales == bf16, "{}: {} has {} scales but the export type is {}; quantize with the same scale type",
               m.path, mod.path, v.bf16_scales ? "bf16" : "fp16", bf16 ? "bf16" : "fp16");
         st.add(mod.path + ".weight", DType::U32, {v.rows, v.words_per_row()},
                as_bytes(v.packed, static_cast<size_t>(v.rows * v.words_per_row())));

@@ -152,11 +152,11 @@ BaselinePlan kquant_from_spec(const ModelConfig& c, const std::string& spec) {
     try {
       group = std::stoi(body.substr(slash + 2));
     } catch (const std::exception&) {
-      fail("--baseline kquant:{}: bad group size after /g", spec);
+      fail("baseline 'kquant:{}': bad group size after /g", spec);
     }
     body = body.substr(0, slash);
   }
-  check(group == 32 || group == 64 || group == 128, "--baseline kquant:{}: group size must be 32, 64 or 128", spec);
+  check(group == 32 || group == 64 || group == 128, "baseline 'kquant:{}': group size must be 32, 64 or 128", spec);
   for (KQuantMix mix : {KQuantMix::Q3_K_M, KQuantMix::Q4_K_M, KQuantMix::Q5_K_M})
     if (body == kquant_mix_name(mix)) {
       PrecisionMap p = kquant_plan(c, mix, group);
@@ -166,10 +166,10 @@ BaselinePlan kquant_from_spec(const ModelConfig& c, const std::string& spec) {
   int base = 0, high = 0;
   char tail = 0;
   check(std::sscanf(body.c_str(), "b%du%d%c", &base, &high, &tail) == 2,
-        "--baseline kquant:{}: expected Q3_K_M, Q4_K_M, Q5_K_M or bBuU (e.g. b3u5), optionally /gN", spec);
+        "baseline 'kquant:{}': expected Q3_K_M, Q4_K_M, Q5_K_M or bBuU (e.g. b3u5), optionally /gN", spec);
   check_affine_format({base, group});
   check_affine_format({high, group});
-  check(high >= base, "--baseline kquant:{}: upgrade bits below base bits", spec);
+  check(high >= base, "baseline 'kquant:{}': upgrade bits below base bits", spec);
   PrecisionMap p = kquant_shape_plan(c, base, high, group);
   const int64_t b = plan_bytes(c, p);
   return {std::move(p), fmt::format("kquant-shape b{}/u{} g{}", base, high, group), b};
@@ -190,13 +190,13 @@ std::map<std::string, double> scores_at(const std::map<std::string, std::map<std
 BaselinePlan baseline_plan_from_spec(const ModelConfig& c, const std::string& spec, int64_t budget,
                                      const std::map<std::string, std::map<std::string, double>>& damage) {
   auto within_budget = [&](BaselinePlan b) {
-    check(b.bytes <= budget, "--baseline {}: {} ({}) exceeds the budget of {}", spec, b.name, format_bytes(b.bytes),
+    check(b.bytes <= budget, "baseline '{}': {} ({}) exceeds the budget of {}", spec, b.name, format_bytes(b.bytes),
           format_bytes(budget));
     return b;
   };
   if (spec.rfind("uniform:", 0) == 0) {
     const TensorFormat f = parse_format_spec(spec.substr(8));
-    check(f.has_value(), "--baseline {}: uniform needs a quantized format such as uniform:q4g64", spec);
+    check(f.has_value(), "baseline '{}': uniform needs a quantized format such as uniform:q4g64", spec);
     BaselinePlan b{uniform_plan(c, *f), fmt::format("uniform q{} g{}", f->bits, f->group_size), 0};
     b.bytes = plan_bytes(c, b.map);
     return within_budget(std::move(b));
@@ -210,18 +210,18 @@ BaselinePlan baseline_plan_from_spec(const ModelConfig& c, const std::string& sp
       if (plan_bytes(c, uniform_plan(c, low)) > budget) continue;
       return dynamic_plan(c, scores_at(damage, low), budget, low, high);
     }
-    fail("--baseline dynamic: even 2 bits everywhere exceeds the budget of {}", format_bytes(budget));
+    fail("baseline 'dynamic': even 2 bits everywhere exceeds the budget of {}", format_bytes(budget));
   }
   if (spec.rfind("dynamic:", 0) == 0) {
     const std::string levels = spec.substr(8);
     const auto slash = levels.find('/');
-    check(slash != std::string::npos, "--baseline {}: expected dynamic:LOW/HIGH, e.g. dynamic:q3g64/q5g64", spec);
+    check(slash != std::string::npos, "baseline '{}': expected dynamic:LOW/HIGH, e.g. dynamic:q3g64/q5g64", spec);
     const TensorFormat low = parse_format_spec(levels.substr(0, slash));
     const TensorFormat high = parse_format_spec(levels.substr(slash + 1));
-    check(low && high, "--baseline {}: both levels must be quantized formats", spec);
+    check(low && high, "baseline '{}': both levels must be quantized formats", spec);
     return dynamic_plan(c, scores_at(damage, *low), budget, *low, *high);
   }
-  fail("--baseline {}: expected uniform:qBgG, kquant, kquant:Q4_K_M, kquant:b3u5, dynamic or dynamic:LOW/HIGH", spec);
+  fail("baseline '{}': expected uniform:qBgG, kquant, kquant:Q4_K_M, kquant:b3u5, dynamic or dynamic:LOW/HIGH", spec);
 }
 
 }  // namespace optiq

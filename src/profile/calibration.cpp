@@ -54,7 +54,7 @@ namespace {
 
 std::vector<std::vector<int32_t>> self_generated(const Model& m, const CalibrationOptions& opt) {
   const int bos = m.tokenizer->bos();
-  check(bos >= 0, "--calib self needs a model with a BOS token to start from");
+  check(bos >= 0, "self-generated calibration text needs a model with a BOS token to start from");
   Transformer tf(m, opt.seq);
   Sampler sampler({.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = opt.seed});
   std::vector<std::vector<int32_t>> out;
@@ -79,9 +79,9 @@ std::vector<std::vector<int32_t>> self_generated(const Model& m, const Calibrati
 }  // namespace
 
 std::vector<std::vector<int32_t>> calibration_windows(const Model& m, const CalibrationOptions& opt) {
-  check(opt.samples > 0, "--calib-samples must be positive (got {})", opt.samples);
-  check(opt.seq >= 8, "--calib-seq must be at least 8 (got {})", opt.seq);
-  check(opt.seq <= m.config.max_seq, "--calib-seq {} exceeds the model's context of {}", opt.seq, m.config.max_seq);
+  check(opt.samples > 0, "calibration: the number of windows must be positive (got {})", opt.samples);
+  check(opt.seq >= 8, "calibration: windows must hold at least 8 tokens (got {})", opt.seq);
+  check(opt.seq <= m.config.max_seq, "calibration: windows of {} tokens exceed the model's context of {}", opt.seq, m.config.max_seq);
   if (opt.source == "self") return self_generated(m, opt);
   const std::vector<int32_t> ids = m.tokenizer->encode(read_calibration_text(opt.source), /*add_bos=*/false);
   const int64_t body = opt.seq - (m.tokenizer->adds_bos() ? 1 : 0);

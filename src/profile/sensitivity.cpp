@@ -31,7 +31,7 @@ ProfileMethod parse_profile_method(const std::string& text) {
   if (text == "fast") return ProfileMethod::Fast;
   if (text == "exact") return ProfileMethod::Exact;
   if (text == "both") return ProfileMethod::Both;
-  fail("--method '{}': expected fast, exact or both", text);
+  fail("profile method '{}': expected fast, exact or both", text);
 }
 
 std::string profile_method_name(ProfileMethod m) {
