@@ -1,6 +1,7 @@
 #include "model/linear.h"
 
 #include "core/error.h"
+#include "quant/ggml_to_affine.h"
 
 namespace optiq {
 
@@ -53,6 +54,14 @@ Linear Linear::from_ggml(DType dtype, std::vector<uint8_t> blocks, int64_t rows,
         dtype_name(dtype));
   l.owned_blocks_ = std::move(owned);
   return l;
+}
+
+Linear Linear::from_quantized(QuantizedMatrix q) {
+  if (q.affine) return from_affine(std::move(*q.affine));
+  const GgmlFormat* g = q.format.ggml();
+  check(g != nullptr && !q.blocks.empty(), "Linear: a {} matrix without its data", tensor_format_short(q.format));
+  TensorView t{"", g->type, {q.rows, q.cols}, q.blocks.data(), q.blocks.size()};
+  return from_affine(ggml_to_affine(t));
 }
 
 std::vector<float> Linear::to_f32() const {

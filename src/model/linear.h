@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/weight_view.h"
+#include "quant/format.h"
 
 namespace optiq {
 
@@ -32,6 +33,9 @@ class Linear {
   static Linear from_ggml_view(DType dtype, const void* data, int64_t rows, int64_t cols);
   // Owned copy of such blocks (e.g. rows reordered at load).
   static Linear from_ggml(DType dtype, std::vector<uint8_t> blocks, int64_t rows, int64_t cols);
+  // A matrix from the format registry (quant/format.h): affine groups as they
+  // are, GGUF 32-blocks re-laid losslessly into symmetric affine groups.
+  static Linear from_quantized(QuantizedMatrix q);
 
   int64_t rows() const { return view_.rows; }
   int64_t cols() const { return view_.cols; }

@@ -40,11 +40,11 @@ std::vector<ModuleInfo> quantizable_modules(const ModelConfig& c) {
   return m;
 }
 
-PrecisionMap PrecisionMap::uniform(const ModelConfig& config, AffineFormat fmt) {
-  check_affine_format(fmt);
+PrecisionMap PrecisionMap::uniform(const ModelConfig& config, const TensorFormat& fmt) {
+  if (const AffineFormat* a = fmt.affine()) check_affine_format(*a);
   PrecisionMap p;
   for (const auto& m : quantizable_modules(config))
-    p.formats[m.path] = format_fits(fmt, m.cols) ? TensorFormat(fmt) : std::nullopt;
+    p.formats[m.path] = format_fits(fmt, m.cols) ? fmt : TensorFormat{};
   return p;
 }
 
@@ -54,7 +54,7 @@ PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelCo
   PrecisionMap p;
   TensorFormat def = AffineFormat{4, 64};
   if (j.contains("default")) def = tensor_format_from_json(j["default"], source, "default");
-  for (const auto& m : modules) p.formats[m.path] = def && format_fits(*def, m.cols) ? def : std::nullopt;
+  for (const auto& m : modules) p.formats[m.path] = format_fits(def, m.cols) ? def : TensorFormat{};
   if (j.contains("tensors")) {
     check(j["tensors"].is_object(), "{}: \"tensors\" must map module paths to formats", source);
     std::map<std::string, const ModuleInfo*> by_path;
@@ -66,8 +66,8 @@ PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelCo
       check(it != by_path.end(), "{}: tensor '{}' is not a quantizable module of this model (e.g. {})", source, name,
             modules.size() > 1 ? modules[1].path : modules[0].path);
       TensorFormat f = tensor_format_from_json(v, source, name);
-      check(!f || format_fits(*f, it->second->cols), "{}: {}: group size {} does not divide its {} inputs", source,
-            name, f ? f->group_size : 0, it->second->cols);
+      check(format_fits(f, it->second->cols), "{}: {}: group size {} does not divide its {} inputs", source,
+            name, f.group_size(), it->second->cols);
       p.formats[path] = f;
     }
   }

@@ -29,7 +29,8 @@ struct PrecisionMap {
   static PrecisionMap from_plan_json(const nlohmann::json& j, const ModelConfig& config, const std::string& source);
   // Every quantizable module at one format (modules whose input width the
   // group size does not divide stay in float).
-  static PrecisionMap uniform(const ModelConfig& config, AffineFormat fmt);
+  static PrecisionMap uniform(const ModelConfig& config, const TensorFormat& fmt);
+  static PrecisionMap uniform(const ModelConfig& config, AffineFormat fmt) { return uniform(config, TensorFormat(fmt)); }
   nlohmann::json to_plan_json() const;
   void write_plan_file(const std::string& path) const;
 };

@@ -46,8 +46,8 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
     const TensorFormat fmt = it == map.formats.end() ? std::nullopt : it->second;
     Linear& lin = module_linear(model.weights, m);
     if (fmt) {
-      check(format_fits(*fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size",
-            model.path, m.path, affine_format_name(*fmt), m.cols);
+      check(format_fits(fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size",
+            model.path, m.path, tensor_format_short(fmt), m.cols);
       std::vector<float> w = lin.to_f32();
       const float* importance = nullptr;
       if (opt.importance) {
@@ -55,8 +55,8 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
         if (imp != opt.importance->end() && static_cast<int64_t>(imp->second.size()) == m.cols)
           importance = imp->second.data();
       }
-      AffineMatrix q = quantize(w.data(), m.rows, m.cols, *fmt, opt.recipe.options(importance));
-      lin = opt.fake ? Linear::from_f32(dequantize(q.view()), m.rows, m.cols) : Linear::from_affine(std::move(q));
+      QuantizedMatrix q = quantize_matrix(fmt, w.data(), m.rows, m.cols, opt.recipe.options(importance));
+      lin = opt.fake ? Linear::from_f32(dequantize_matrix(q), m.rows, m.cols) : Linear::from_quantized(std::move(q));
     } else if (lin.is_affine() || lin.is_kquant()) {
       // Planned as float: a source that arrived packed (GGUF Q4_1, Q4_K, ...) is
       // stored as its dequantized values, not silently kept in its old format.

@@ -12,7 +12,7 @@
 
 namespace optiq {
 
-PrecisionMap uniform_plan(const ModelConfig& config, AffineFormat fmt) { return PrecisionMap::uniform(config, fmt); }
+PrecisionMap uniform_plan(const ModelConfig& config, const TensorFormat& fmt) { return PrecisionMap::uniform(config, fmt); }
 
 bool llama_use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
 
@@ -197,7 +197,9 @@ BaselinePlan baseline_plan_from_spec(const ModelConfig& c, const std::string& sp
   if (spec.rfind("uniform:", 0) == 0) {
     const TensorFormat f = parse_format_spec(spec.substr(8));
     check(f.has_value(), "baseline '{}': uniform needs a quantized format such as uniform:q4g64", spec);
-    BaselinePlan b{uniform_plan(c, *f), fmt::format("uniform q{} g{}", f->bits, f->group_size), 0};
+    const std::string name =
+        f.affine() ? fmt::format("uniform q{} g{}", f->bits, f->group_size) : "uniform " + tensor_format_short(f);
+    BaselinePlan b{uniform_plan(c, f), name, 0};
     b.bytes = plan_bytes(c, b.map);
     return within_budget(std::move(b));
   }

@@ -43,7 +43,8 @@
 namespace optiq {
 
 // Every quantizable module at fmt (modules the group size does not fit stay float).
-PrecisionMap uniform_plan(const ModelConfig& config, AffineFormat fmt);
+PrecisionMap uniform_plan(const ModelConfig& config, const TensorFormat& fmt);
+inline PrecisionMap uniform_plan(const ModelConfig& config, AffineFormat fmt) { return uniform_plan(config, TensorFormat(fmt)); }
 
 // llama.cpp's layer selector (see above).
 bool llama_use_more_bits(int i_layer, int n_layers);

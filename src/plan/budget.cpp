@@ -13,11 +13,9 @@
 namespace optiq {
 
 int64_t module_bytes(const ModuleInfo& m, const TensorFormat& f) {
-  if (!f) return m.numel() * 2;
-  check(format_fits(*f, m.cols), "{}: {} does not fit: group size {} does not divide its {} inputs", m.path,
-        affine_format_name(*f), f->group_size, m.cols);
-  // cols is a multiple of the group size (>= 32), so cols*bits is a whole number of bytes.
-  return m.rows * (m.cols * f->bits / 8 + (m.cols / f->group_size) * 4);
+  check(format_fits(f, m.cols), "{}: {} does not fit: group size {} does not divide its {} inputs", m.path,
+        tensor_format_name(f), f.group_size(), m.cols);
+  return format_matrix_bytes(f, m.rows, m.cols);
 }
 
 int64_t fixed_weight_params(const ModelConfig& c) { return int64_t(c.n_layers) * 2 * c.dim + c.dim; }
@@ -59,7 +57,7 @@ SizeRange achievable_size_range(const ModelConfig& c, const std::vector<TensorFo
   for (const auto& m : quantizable_modules(c)) {
     int64_t lo = std::numeric_limits<int64_t>::max(), hi = 0;
     for (const auto& f : formats) {
-      if (f && !format_fits(*f, m.cols)) continue;
+      if (f && !format_fits(f, m.cols)) continue;
       const int64_t b = module_bytes(m, f);
       lo = std::min(lo, b);
       hi = std::max(hi, b);

@@ -118,9 +118,9 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
   std::string uniform_name;
   for (const auto& f : formats) {
     if (!f) continue;
-    PrecisionMap u = uniform_plan(config, *f);
+    PrecisionMap u = uniform_plan(config, f);
     const int64_t b = plan_bytes(config, u);
-    if (b <= budget && b > best_uniform) best_uniform = b, uniform = std::move(u), uniform_name = affine_format_name(*f);
+    if (b <= budget && b > best_uniform) best_uniform = b, uniform = std::move(u), uniform_name = tensor_format_name(f);
   }
   add("baseline uniform " + uniform_name, std::move(uniform));
   return out;
@@ -153,11 +153,11 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
   for (const auto& m : modules_) {
     auto f = map.formats.find(m.path);
     if (f == map.formats.end() || !f->second) continue;  // float: the model's own matrix
-    auto key = std::make_pair(m.path, affine_format_name(*f->second));
+    auto key = std::make_pair(m.path, tensor_format_name(f->second));
     auto it = cache_.find(key);
     if (it == cache_.end()) {
       const std::vector<float> w = module_linear(model_.weights, m).to_f32();
-      it = cache_.emplace(key, Linear::from_affine(quantize(w.data(), m.rows, m.cols, *f->second, recipe_.options())))
+      it = cache_.emplace(key, Linear::from_quantized(quantize_matrix(f->second, w.data(), m.rows, m.cols, recipe_.options())))
                .first;
     }
     swaps.emplace_back(weights_, m, it->second);

@@ -82,7 +82,7 @@ Problem build(const std::vector<SolverItem>& items, const SolverOptions& o) {
       }
     std::vector<Cand> a;
     for (const auto& c : it.candidates) {
-      if (pin >= 0 ? c.format != o.pins[pin].format : (c.format && c.format->bits < o.min_bits)) continue;
+      if (pin >= 0 ? c.format != o.pins[pin].format : (c.format && c.format.code_bits() < o.min_bits)) continue;
       auto same = std::find_if(a.begin(), a.end(), [&](const Cand& x) { return x.format == c.format; });
       if (same == a.end()) a.push_back({c.format, c.bytes, c.damage});
       else if (c.damage < same->damage || (c.damage == same->damage && c.bytes < same->bytes))

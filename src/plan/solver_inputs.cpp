@@ -52,7 +52,7 @@ SolverItem make_item(const ModuleInfo& m, const std::map<std::string, double>& d
                      const std::vector<TensorFormat>& formats) {
   SolverItem it{m.path, {}};
   for (const auto& f : formats) {
-    if (f && !format_fits(*f, m.cols)) continue;
+    if (f && !format_fits(f, m.cols)) continue;
     auto d = damage.find(tensor_format_name(f));
     if (d == damage.end() && f) continue;
     it.candidates.push_back({f, module_bytes(m, f), d == damage.end() ? 0.0 : d->second});

@@ -177,7 +177,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
 
   // What to measure: per module, per fitting candidate, exact and/or proxy.
   struct Need {
-    AffineFormat fmt;
+    TensorFormat fmt;
     bool exact = false, proxy = false;
   };
   std::vector<std::vector<Need>> needs(t.modules.size());
@@ -188,7 +188,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const auto& ms = t.modules[i];
     const ModuleInfo& m = ms.module;
     for (const auto& f : fitting(opt.candidates, m.cols)) {
-      const std::string name = affine_format_name(f);
+      const std::string name = tensor_format_name(f);
       auto it = ms.formats.find(name);
       const bool has_kl = it != ms.formats.end() && it->second.kl;
       const bool has_proxy = it != ms.formats.end() && it->second.proxy;
@@ -346,9 +346,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const Linear& original = module_linear(ref.weights, m);
     const std::vector<float> w = original.to_f32();
     for (const Need& n : needs[i]) {
-      const std::string name = affine_format_name(n.fmt);
-      AffineMatrix q = quantize(w.data(), m.rows, m.cols, n.fmt, qo);
-      std::vector<float> dq = dequantize(q.view());
+      const std::string name = tensor_format_name(n.fmt);
+      std::vector<float> dq = fake_quantize(n.fmt, w.data(), m.rows, m.cols, qo);
       FormatSensitivity& fs = ms.formats[name];
       if (n.proxy) {
         std::vector<float> d(w.size());

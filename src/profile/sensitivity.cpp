@@ -43,15 +43,15 @@ std::string profile_method_name(ProfileMethod m) {
   return "?";
 }
 
-std::vector<AffineFormat> default_profile_candidates() {
-  std::vector<AffineFormat> v;
+std::vector<TensorFormat> default_profile_candidates() {
+  std::vector<TensorFormat> v;
   for (int b : {2, 3, 4, 5, 6, 8})
-    for (int g : {32, 64, 128}) v.push_back({b, g});
+    for (int g : {32, 64, 128}) v.push_back(AffineFormat{b, g});
   return v;
 }
 
 
-std::vector<AffineFormat> parse_candidates(const std::string& text) { return parse_affine_format_list(text); }
+std::vector<TensorFormat> parse_candidates(const std::string& text) { return parse_format_list(text); }
 
 // ---------------------------------------------------------------------------
 // Source identity
@@ -116,29 +116,30 @@ namespace profile_detail {
 
 // Anchor: among fitting candidates with >= 3 bits, the fewest bits, then the
 // group size closest to 64; with none >= 3 bits, the most bits.
-std::string pick_anchor(const std::vector<AffineFormat>& fits) {
+std::string pick_anchor(const std::vector<TensorFormat>& fits) {
   if (fits.empty()) return "";
-  const AffineFormat* best = nullptr;
-  auto better = [](const AffineFormat& a, const AffineFormat& b) {
-    const bool a3 = a.bits >= 3, b3 = b.bits >= 3;
+  const TensorFormat* best = nullptr;
+  auto better = [](const TensorFormat& a, const TensorFormat& b) {
+    const int ab = a.code_bits(), bb = b.code_bits(), ag = a.group_size(), bg = b.group_size();
+    const bool a3 = ab >= 3, b3 = bb >= 3;
     if (a3 != b3) return a3;
-    if (a.bits != b.bits) return a3 ? a.bits < b.bits : a.bits > b.bits;
-    return std::abs(a.group_size - 64) < std::abs(b.group_size - 64) ||
-           (std::abs(a.group_size - 64) == std::abs(b.group_size - 64) && a.group_size > b.group_size);
+    if (ab != bb) return a3 ? ab < bb : ab > bb;
+    if (ag != bg) return std::abs(ag - 64) < std::abs(bg - 64) || (std::abs(ag - 64) == std::abs(bg - 64) && ag > bg);
+    return a.affine() && !b.affine();  // same bits and group: the affine one
   };
   for (const auto& f : fits)
     if (!best || better(f, *best)) best = &f;
-  return affine_format_name(*best);
+  return tensor_format_name(*best);
 }
 
-std::vector<AffineFormat> fitting(const std::vector<AffineFormat>& cands, int64_t cols) {
-  std::vector<AffineFormat> out;
+std::vector<TensorFormat> fitting(const std::vector<TensorFormat>& cands, int64_t cols) {
+  std::vector<TensorFormat> out;
   for (const auto& f : cands)
     if (format_fits(f, cols)) out.push_back(f);
   return out;
 }
 
-SensitivityTable empty_table(const ModelConfig& c, const std::vector<AffineFormat>& candidates) {
+SensitivityTable empty_table(const ModelConfig& c, const std::vector<TensorFormat>& candidates) {
   SensitivityTable t;
   t.candidates = candidates;
   for (const auto& m : quantizable_modules(c)) {
@@ -214,7 +215,7 @@ std::map<std::string, std::map<std::string, double>> SensitivityTable::damage(Da
   for (const auto& ms : modules) {
     auto& d = out[ms.module.path];
     for (const auto& f : fitting(candidates, ms.module.cols)) {
-      const std::string name = affine_format_name(f);
+      const std::string name = tensor_format_name(f);
       auto it = ms.formats.find(name);
       const FormatSensitivity* fs = it == ms.formats.end() ? nullptr : &it->second;
       std::optional<double> v;
@@ -299,7 +300,7 @@ json SensitivityTable::to_json() const {
     mods[ms.module.path] = {{"anchor", ms.anchor}, {"formats", fm}};
   }
   json cands = json::array();
-  for (const auto& f : candidates) cands.push_back(affine_format_name(f));
+  for (const auto& f : candidates) cands.push_back(tensor_format_name(f));
   json j = {{"format", "optiq-profile"},
             {"version", 1},
             {"model", {{"path", source.model_path}, {"size", source.model_size}, {"mtime", source.model_mtime}}},
@@ -319,7 +320,7 @@ SensitivityTable SensitivityTable::from_json(const json& j, const ModelConfig& c
   try {
     check(j.is_object() && j.value("format", "") == "optiq-profile", "{}: not an optiq profile (no \"format\": "
           "\"optiq-profile\")", where);
-    std::vector<AffineFormat> cands;
+    std::vector<TensorFormat> cands;
     for (const auto& c : j.at("candidates")) {
       auto v = parse_candidates(c.get<std::string>());
       cands.insert(cands.end(), v.begin(), v.end());

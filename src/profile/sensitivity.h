@@ -50,10 +50,10 @@ ProfileMethod parse_profile_method(const std::string& text);
 std::string profile_method_name(ProfileMethod m);
 
 // bits {2,3,4,5,6,8} x group sizes {32,64,128}.
-std::vector<AffineFormat> default_profile_candidates();
+std::vector<TensorFormat> default_profile_candidates();
 // "2,3,4,5,6,8x32,64,128" (bits x group sizes) or a list "q4g64,q3g32,8"
 // (bits alone take group 64). Throws on malformed or unsupported formats.
-std::vector<AffineFormat> parse_candidates(const std::string& text);
+std::vector<TensorFormat> parse_candidates(const std::string& text);
 
 // What a profile was measured on; a cache is reused only when these agree.
 struct ProfileSource {
@@ -71,7 +71,7 @@ ProfileSource make_profile_source(const std::string& model_path, const Calibrati
 
 struct ProfileOptions {
   ProfileMethod method = ProfileMethod::Fast;
-  std::vector<AffineFormat> candidates = default_profile_candidates();
+  std::vector<TensorFormat> candidates = default_profile_candidates();
   int anchor_every = 0;        // fast: anchors every N-th layer; 0: 1 if <= 12 layers, else 3
   std::string cache_path;      // "" = no cache file
   ProfileSource source;        // recorded in the cache
@@ -98,7 +98,7 @@ enum class DamageSource { Auto, Exact, Fast };  // Auto: exact where measured, e
 
 struct SensitivityTable {
   ProfileSource source;
-  std::vector<AffineFormat> candidates;
+  std::vector<TensorFormat> candidates;
   std::string method;
   std::vector<ModuleSensitivity> modules;  // forward order (quantizable_modules)
   // This run only (cache hits excluded): exact KL measurements and proxies computed.

@@ -11,10 +11,10 @@ namespace optiq::profile_detail {
 
 // Anchor format of a module: among fitting candidates with >= 3 bits, the fewest
 // bits, then the group size closest to 64; with none >= 3 bits, the most bits.
-std::string pick_anchor(const std::vector<AffineFormat>& fits);
+std::string pick_anchor(const std::vector<TensorFormat>& fits);
 // The candidates whose group size divides `cols`.
-std::vector<AffineFormat> fitting(const std::vector<AffineFormat>& cands, int64_t cols);
+std::vector<TensorFormat> fitting(const std::vector<TensorFormat>& cands, int64_t cols);
 // A table with every module of `c` and no measurements yet.
-SensitivityTable empty_table(const ModelConfig& c, const std::vector<AffineFormat>& candidates);
+SensitivityTable empty_table(const ModelConfig& c, const std::vector<TensorFormat>& candidates);
 
 }  // namespace optiq::profile_detail

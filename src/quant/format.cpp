@@ -1,18 +1,33 @@
+// The registry: the list of format kinds and the public functions, each of
+// which finds the kind that holds (or parses) a format and asks it.
 #include "quant/format.h"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
-#include <charconv>
-#include <regex>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "quant/format_kind.h"
 
 namespace optiq {
 
 namespace {
+
+// Every kind, in parsing order (float names first, then affine, then ggml).
+const std::array<const FormatKind*, 3>& kinds() {
+  static const std::array<const FormatKind*, 3> k = {&float_format_kind(), &affine_format_kind(),
+                                                     &ggml_format_kind()};
+  return k;
+}
+
+const FormatKind& kind_of(const TensorFormat& f) {
+  for (const FormatKind* k : kinds())
+    if (k->holds(f)) return *k;
+  fail("tensor format: no registered kind holds it");
+}
 
 std::string squeeze_lower(std::string_view text) {
   std::string s;
@@ -32,17 +47,6 @@ std::vector<std::string> split(const std::string& s, char sep) {
   }
 }
 
-int parse_count(const std::string& s, std::string_view text) {
-  int v = 0;
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  check(ec == std::errc() && p == s.data() + s.size() && !s.empty(), "formats '{}': '{}' is not a number", text, s);
-  return v;
-}
-
-bool is_float_name(const std::string& s) {
-  return s == "float" || s == "f16" || s == "fp16" || s == "bf16" || s == "f32" || s == "fp32" || s == "none";
-}
-
 AffineFormat checked(AffineFormat f, std::string_view text) {
   try {
     check_affine_format(f);
@@ -54,75 +58,109 @@ AffineFormat checked(AffineFormat f, std::string_view text) {
 
 }  // namespace
 
-std::string tensor_format_name(const TensorFormat& f) { return f ? affine_format_name(*f) : "float"; }
-
-std::string tensor_format_short(const TensorFormat& f) {
-  return f ? fmt::format("q{}g{}", f->bits, f->group_size) : "float";
+const AffineFormat& TensorFormat::operator*() const {
+  const AffineFormat* a = affine();
+  if (!a) fail("format {} is not an affine format", tensor_format_name(*this));  // not check(): its arguments are always evaluated
+  return *a;
 }
+
+int TensorFormat::code_bits() const {
+  if (const auto* a = affine()) return a->bits;
+  if (const auto* g = ggml()) return g->type == DType::Q4_0 ? 4 : 8;
+  return 16;
+}
+
+int TensorFormat::group_size() const {
+  if (const auto* a = affine()) return a->group_size;
+  return ggml() ? 32 : 0;
+}
+
+std::string tensor_format_name(const TensorFormat& f) { return kind_of(f).name(f); }
+std::string tensor_format_short(const TensorFormat& f) { return kind_of(f).short_name(f); }
 
 TensorFormat parse_tensor_format(std::string_view text, int default_group_size) {
   const std::string s = squeeze_lower(text);
-  if (is_float_name(s)) return std::nullopt;
-  static const std::regex re(R"(^(?:affine-)?q?(\d+)(?:-?g(\d+))?$)");
-  std::smatch m;
-  check(std::regex_match(s, m, re), "format '{}': expected bits (\"4\"), \"q4g64\", \"q8\" or \"float\"", text);
-  return checked({std::stoi(m[1].str()), m[2].matched ? std::stoi(m[2].str()) : default_group_size}, text);
+  for (const FormatKind* k : kinds())
+    if (auto f = k->parse(s, text, default_group_size)) return *f;
+  fail("format '{}': expected bits (\"4\"), \"q4g64\", \"q8\", a GGUF type (\"q8_0\", \"q4_0\") or \"float\"", text);
 }
 
-std::vector<AffineFormat> parse_affine_format_list(std::string_view text) {
+std::vector<TensorFormat> parse_format_list(std::string_view text) {
+  using format_detail::parse_count;
   const std::string s = squeeze_lower(text);
-  check(!s.empty(), "formats '{}': empty: give e.g. \"2,3,4,5,6,8x32,64,128\" or \"q4g64,q8g64\"", text);
-  std::vector<AffineFormat> out;
-  auto add = [&](AffineFormat f) {
+  check(!s.empty(), "formats '{}': empty: give e.g. \"2,3,4,5,6,8x32,64,128\" or \"q4g64,q8_0\"", text);
+  std::vector<TensorFormat> out;
+  auto add = [&](TensorFormat f) {
     if (std::find(out.begin(), out.end(), f) == out.end()) out.push_back(f);
   };
-  const auto x = s.find('x');
-  if (x != std::string::npos) {
-    for (const auto& b : split(s.substr(0, x), ','))
-      for (const auto& g : split(s.substr(x + 1), ','))
-        add(checked({parse_count(b, text), parse_count(g, text)}, text));
-    return out;
-  }
-  for (const auto& tok : split(s, ',')) {
+  auto add_named = [&](const std::string& tok) {
     TensorFormat f;
     try {
       f = parse_tensor_format(tok);
     } catch (const Error& e) {
-      fail("formats '{}': '{}' is not a format (expected e.g. q4g64 or 4)", text, tok);
+      fail("formats '{}': '{}' is not a format (expected e.g. q4g64, 4 or q8_0)", text, tok);
     }
-    check(f.has_value(), "formats '{}': '{}' is float, not a quantized format", text, tok);
-    add(*f);
+    check(!f.is_float(), "formats '{}': '{}' is float, not a quantized format", text, tok);
+    add(f);
+  };
+  // Named formats ("q8_0") may sit on either side of a product: "2,3,4x32,64,q8_0".
+  auto is_named = [](const std::string& tok) { return tok.find('_') != std::string::npos; };
+  const auto x = s.find('x');
+  if (x != std::string::npos) {
+    std::vector<std::string> bits, groups, after;
+    for (const auto& b : split(s.substr(0, x), ',')) {
+      if (is_named(b)) add_named(b);
+      else bits.push_back(b);
+    }
+    for (const auto& g : split(s.substr(x + 1), ',')) (is_named(g) ? after : groups).push_back(g);
+    check(!bits.empty() && !groups.empty(), "formats '{}': a product needs bits and group sizes, e.g. 2,3,4x32,64", text);
+    for (const auto& b : bits)
+      for (const auto& g : groups) add(checked({parse_count(b, text), parse_count(g, text)}, text));
+    for (const auto& tok : after) add_named(tok);
+    return out;
+  }
+  for (const auto& tok : split(s, ',')) add_named(tok);
+  return out;
+}
+
+std::vector<AffineFormat> parse_affine_format_list(std::string_view text) {
+  std::vector<AffineFormat> out;
+  for (const TensorFormat& f : parse_format_list(text)) {
+    check(f.affine() != nullptr, "formats '{}': {} is not an affine format", text, tensor_format_short(f));
+    out.push_back(*f.affine());
   }
   return out;
 }
 
-nlohmann::json tensor_format_to_json(const TensorFormat& f) {
-  if (!f) return "float";
-  return {{"bits", f->bits}, {"group_size", f->group_size}};
-}
+nlohmann::json tensor_format_to_json(const TensorFormat& f) { return kind_of(f).to_json(f); }
 
 TensorFormat tensor_format_from_json(const nlohmann::json& v, const std::string& source, const std::string& what) {
-  if (v.is_string() && (v == "float" || v == "f16" || v == "bf16")) return std::nullopt;
-  if (v.is_boolean() && !v.get<bool>()) return std::nullopt;
-  check(v.is_object() && v.contains("bits"), "{}: {}: expected {{\"bits\": B, \"group_size\": G}} or \"float\"", source,
-        what);
-  AffineFormat f;
-  try {
-    f.bits = v.at("bits").get<int>();
-    f.group_size = v.value("group_size", 64);
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: {}: {}", source, what, e.what());
-  }
-  try {
-    check_affine_format(f);
-  } catch (const Error& e) {
-    fail("{}: {}: {}", source, what, e.what());
-  }
-  return f;
+  const std::string context = fmt::format("{}: {}", source, what);
+  for (const FormatKind* k : kinds())
+    if (auto f = k->from_json(v, context)) return *f;
+  fail("{}: expected {{\"bits\": B, \"group_size\": G}}, {{\"gguf\": \"Q8_0\"}} or \"float\"", context);
 }
 
 bool format_fits(const AffineFormat& fmt, int64_t cols) { return cols > 0 && cols % fmt.group_size == 0; }
+bool format_fits(const TensorFormat& f, int64_t cols) { return kind_of(f).fits(f, cols); }
+double format_bits_per_weight(const TensorFormat& f) { return kind_of(f).bits_per_weight(f); }
+int64_t format_matrix_bytes(const TensorFormat& f, int64_t rows, int64_t cols) { return kind_of(f).bytes(f, rows, cols); }
 
-double format_bits_per_weight(const TensorFormat& f) { return f ? bits_per_weight(*f) : 16.0; }
+QuantizedMatrix quantize_matrix(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
+                                const QuantizeOptions& opt) {
+  check(!f.is_float(), "quantize: float is not a quantized format");
+  if (!format_fits(f, cols))
+    fail("quantize: a {}x{} matrix cannot use {}: {} inputs are not a multiple of its group", rows, cols,
+         tensor_format_short(f), cols);
+  return kind_of(f).quantize(f, w, rows, cols, opt);
+}
+
+std::vector<float> dequantize_matrix(const QuantizedMatrix& q) { return kind_of(q.format).dequantize(q); }
+
+std::vector<float> fake_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
+                                 const QuantizeOptions& opt) {
+  if (f.is_float()) return std::vector<float>(w, w + rows * cols);
+  return dequantize_matrix(quantize_matrix(f, w, rows, cols, opt));
+}
 
 }  // namespace optiq

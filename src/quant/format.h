@@ -1,54 +1,135 @@
-// Tensor formats, spelled one way. A format is float (the model's fp16/bf16 or
-// fp32, the unquantized reference) or an MLX affine group format; every name,
-// parser and size rule for formats lives here, so plans, profiles, candidate
-// lists, pins, budgets and the solver agree on them.
+// Tensor formats, in one registry. A TensorFormat is one of:
+//   float                 the model's fp16/bf16 (or fp32): the unquantized reference
+//   affine {bits, group}  MLX affine groups, w = scale * q + bias (quant/affine.h)
+//   ggml {type}           a GGUF block type as llama.cpp stores it (Q8_0, Q4_0)
+// Each kind is one entry (a FormatKind: format_float/affine/ggml.cpp) that
+// owns its names, parsing, JSON, bits per weight, bytes for a shape, whether
+// it fits a shape, and quantize / dequantize; fake quantization is their
+// composition. Plans, profiles, candidate lists, pins, budgets, the solver
+// and the quantizer speak only these functions, so adding a format is one
+// entry file plus its test (docs/architecture.md).
 //
 // Spellings accepted by parse_tensor_format (case and spaces ignored):
 //   float | f16 | fp16 | bf16 | f32 | none      -> float
 //   4 | q4 | q4g64 | q4-g64 | affine-q4-g64      -> affine, 4 bits (group: the default when not given)
-// Printed names: tensor_format_name  "affine-q4-g64" / "float" (profiles, plans: stable keys)
-//                tensor_format_short "q4g64" / "float"          (tables, reports)
-//
-// The registry is affine-only for now; GGUF block types (k-quants) are the
-// next entries (issue 10): TensorFormat then becomes a variant, and these
-// functions are where each kind's rules go.
+//   q8_0 | q4_0 | gguf-q8_0                      -> ggml blocks
+// Printed names: tensor_format_name  "affine-q4-g64" / "gguf-q8_0" / "float" (profiles, plans: stable keys)
+//                tensor_format_short "q4g64" / "q8_0" / "float"               (tables, reports)
 #pragma once
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "core/tensor.h"
 #include "quant/affine.h"
+#include "quant/quantizer.h"
 
 namespace optiq {
 
-// nullopt = kept in float.
-using TensorFormat = std::optional<AffineFormat>;
+// A GGUF block type kept as such (blocks of 32 weights with an fp16 scale).
+struct GgmlFormat {
+  DType type = DType::Q8_0;
+  bool operator==(const GgmlFormat&) const = default;
+};
 
-std::string tensor_format_name(const TensorFormat& f);   // "affine-q4-g64" | "float"
-std::string tensor_format_short(const TensorFormat& f);  // "q4g64" | "float"
+class TensorFormat {
+ public:
+  TensorFormat() = default;                 // float
+  TensorFormat(std::nullopt_t) {}           // float (plans spelled it nullopt before the registry)
+  TensorFormat(AffineFormat a) : v_(a) {}
+  TensorFormat(GgmlFormat g) : v_(g) {}
+
+  bool is_float() const { return std::holds_alternative<std::monostate>(v_); }
+  // True when quantized (not float).
+  explicit operator bool() const { return !is_float(); }
+  bool has_value() const { return !is_float(); }
+  const AffineFormat* affine() const { return std::get_if<AffineFormat>(&v_); }
+  const GgmlFormat* ggml() const { return std::get_if<GgmlFormat>(&v_); }
+  // The affine format; throws optiq::Error for any other kind.
+  const AffineFormat& operator*() const;
+  const AffineFormat* operator->() const { return &**this; }
+  // Bits of one weight's code (affine bits; Q8_0: 8, Q4_0: 4; float: 16).
+  int code_bits() const;
+  // Weights per scale (affine group, 32 for the GGUF 32-blocks; 0 for float).
+  int group_size() const;
+  bool operator==(const TensorFormat&) const = default;
+
+ private:
+  std::variant<std::monostate, AffineFormat, GgmlFormat> v_;
+};
+
+// A matrix quantized to a format: affine groups (MLX layout) or GGUF blocks
+// (rows x cols / 32 blocks as a GGUF file stores them).
+struct QuantizedMatrix {
+  TensorFormat format;
+  int64_t rows = 0, cols = 0;
+  std::optional<AffineMatrix> affine;
+  std::vector<uint8_t> blocks;
+};
+
+std::string tensor_format_name(const TensorFormat& f);   // "affine-q4-g64" | "gguf-q8_0" | "float"
+std::string tensor_format_short(const TensorFormat& f);  // "q4g64" | "q8_0" | "float"
 
 // One format from any spelling above; throws "format '<text>': ..." when it is
-// none or invalid (bits, group size).
+// none or invalid (bits, group size, type).
 TensorFormat parse_tensor_format(std::string_view text, int default_group_size = 64);
 
-// A list of affine formats, distinct, in order: "q4g64,q8g64", "4,8" (group 64)
-// or a product "2,3,4x32,64" (every bits x every group size).
+// A list of quantized formats, distinct, in order: "q4g64,q8_0", "4,8" (group
+// 64) or a product "2,3,4x32,64" (every bits x every group size, affine),
+// which may carry named formats on either side: "2,4x32,64,q8_0".
+std::vector<TensorFormat> parse_format_list(std::string_view text);
+// The same, affine formats only (an error names any other).
 std::vector<AffineFormat> parse_affine_format_list(std::string_view text);
 
-// Plan JSON: {"bits": B, "group_size": G} | "float" (also "f16", "bf16", false).
+// Plan JSON: {"bits": B, "group_size": G} | {"gguf": "Q8_0"} | "float" (also "f16", "bf16", false).
 nlohmann::json tensor_format_to_json(const TensorFormat& f);
 // Throws "<source>: <what>: ..." on anything else.
 TensorFormat tensor_format_from_json(const nlohmann::json& v, const std::string& source, const std::string& what);
 
-// Can `fmt` store a matrix with `cols` inputs (group size divides cols)?
+// Can the format store a matrix with `cols` inputs (its group divides cols)?
 bool format_fits(const AffineFormat& fmt, int64_t cols);
-inline bool format_fits(const TensorFormat& f, int64_t cols) { return !f || format_fits(*f, cols); }
-
+bool format_fits(const TensorFormat& f, int64_t cols);
 // Storage bits per weight (float = 16).
 double format_bits_per_weight(const TensorFormat& f);
+// Bytes of a {rows, cols} matrix in the format as plans count them (affine:
+// fp16 scale and bias per group; float: 2 bytes a weight).
+int64_t format_matrix_bytes(const TensorFormat& f, int64_t rows, int64_t cols);
+
+// Quantizes a row-major {rows, cols} fp32 matrix (f must be quantized and fit).
+QuantizedMatrix quantize_matrix(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
+                                const QuantizeOptions& opt = {});
+std::vector<float> dequantize_matrix(const QuantizedMatrix& q);
+// dequantize(quantize(w)); float returns w unchanged.
+std::vector<float> fake_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
+                                 const QuantizeOptions& opt = {});
+
+// One kind of format: what each entry file implements (format_float.cpp,
+// format_affine.cpp, format_ggml.cpp), listed in format.cpp.
+class FormatKind {
+ public:
+  virtual ~FormatKind() = default;
+  virtual bool holds(const TensorFormat& f) const = 0;
+  // Parses a squeezed, lower-case spelling; nullopt when it is not this kind's.
+  virtual std::optional<TensorFormat> parse(std::string_view s, std::string_view text, int default_group) const = 0;
+  virtual std::optional<TensorFormat> from_json(const nlohmann::json& v, const std::string& context) const = 0;
+  virtual std::string name(const TensorFormat& f) const = 0;
+  virtual std::string short_name(const TensorFormat& f) const = 0;
+  virtual nlohmann::json to_json(const TensorFormat& f) const = 0;
+  virtual double bits_per_weight(const TensorFormat& f) const = 0;
+  virtual int64_t bytes(const TensorFormat& f, int64_t rows, int64_t cols) const = 0;
+  virtual bool fits(const TensorFormat& f, int64_t cols) const = 0;
+  virtual QuantizedMatrix quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
+                                   const QuantizeOptions& opt) const = 0;
+  virtual std::vector<float> dequantize(const QuantizedMatrix& q) const = 0;
+};
+
+const FormatKind& float_format_kind();
+const FormatKind& affine_format_kind();
+const FormatKind& ggml_format_kind();
 
 }  // namespace optiq

@@ -25,7 +25,7 @@ ProfileStepOptions small_profile(const std::string& cache = "") {
   o.calib.samples = 6;
   o.calib.seq = 64;
   o.calib.progress = false;
-  o.profile.candidates = {{2, 32}, {4, 32}, {8, 32}};
+  o.profile.candidates = {AffineFormat{2, 32}, AffineFormat{4, 32}, AffineFormat{8, 32}};
   o.profile.progress = false;
   o.profile.cache_path = cache;
   return o;

@@ -52,7 +52,7 @@ CalibrationOptions calib_opts() {
 ProfileOptions opts(ProfileMethod m, const Model& model) {
   ProfileOptions o;
   o.method = m;
-  o.candidates = {{2, 64}, {3, 64}, {4, 64}, {8, 64}};
+  o.candidates = {AffineFormat{2, 64}, AffineFormat{3, 64}, AffineFormat{4, 64}, AffineFormat{8, 64}};
   o.progress = false;
   o.source = make_profile_source(model.path, calib_opts());
   return o;
@@ -150,7 +150,7 @@ TEST(Profile, CacheResumesOnlyMissingEntries) {
   Model m = load_model(stories());
   const auto windows = calibration_windows(m, calib_opts());
   ProfileOptions o = opts(ProfileMethod::Exact, m);
-  o.candidates = {{2, 64}, {8, 64}};
+  o.candidates = {AffineFormat{2, 64}, AffineFormat{8, 64}};
   o.cache_path = test::temp_dir() + "/s.profile.json";
   SensitivityTable t1 = profile_model(m, windows, o);
   EXPECT_GT(t1.exact_measured, 20);

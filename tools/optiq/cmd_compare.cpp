@@ -194,8 +194,9 @@ std::string precision_map_svg(const ModelConfig& config, const PrecisionMap& map
   int other_col = 0;
   for (const auto& m : quantizable_modules(config)) {
     const TensorFormat& f = map.formats.at(m.path);
-    const double bits = f ? f->bits : 16.0;
-    const std::string text = f ? fmt::format("{}/{}", f->bits, f->group_size) : "f16";
+    const double bits = f.code_bits();
+    const std::string text = f.affine() ? fmt::format("{}/{}", f->bits, f->group_size)
+                             : f ? tensor_format_short(f) : std::string("f16");
     if (m.layer < 0) {  // embedding / lm_head share the first row, labelled in the cell
       if (other_col >= static_cast<int>(kinds.size())) continue;
       h.cells[0][other_col] = bits;

@@ -73,7 +73,7 @@ PlanStepOptions plan_step_options(const PlanStepArgs& a, bool progress) {
 void print_plan_summary(const PlanStepResult& r, const std::string& out) {
   const Solution& s = r.solution;
   std::map<std::string, int> hist;
-  for (const auto& [path, f] : s.formats) ++hist[f ? fmt::format("q{}g{}", f->bits, f->group_size) : "float"];
+  for (const auto& [path, f] : s.formats) ++hist[tensor_format_short(f)];
   std::string h;
   for (const auto& [k, n] : hist) h += fmt::format("{}{} x{}", h.empty() ? "" : ", ", k, n);
   fmt::print("budget        {}\n", r.budget.description);

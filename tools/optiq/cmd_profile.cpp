@@ -81,36 +81,50 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
 }
 
 void print_profile_table(const SensitivityTable& t) {
-  // One column per bit width, at the group size closest to 64 that was profiled.
+  // One column per affine bit width, at the group size closest to 64 that was
+  // profiled, then one per other candidate (GGUF blocks).
   std::vector<int> bits, groups;
+  std::vector<TensorFormat> others;
   for (const auto& f : t.candidates) {
-    if (std::find(bits.begin(), bits.end(), f.bits) == bits.end()) bits.push_back(f.bits);
-    if (std::find(groups.begin(), groups.end(), f.group_size) == groups.end()) groups.push_back(f.group_size);
+    if (const AffineFormat* a = f.affine()) {
+      if (std::find(bits.begin(), bits.end(), a->bits) == bits.end()) bits.push_back(a->bits);
+      if (std::find(groups.begin(), groups.end(), a->group_size) == groups.end()) groups.push_back(a->group_size);
+    } else {
+      others.push_back(f);
+    }
   }
   std::sort(bits.begin(), bits.end());
   std::sort(groups.begin(), groups.end(), [](int a, int b) { return std::abs(a - 64) < std::abs(b - 64); });
   const auto dmg = t.damage(DamageSource::Auto);
   fmt::print("{:<18}", "KL (nats/token)");
   for (int b : bits) fmt::print(" {:>9}", fmt::format("q{}", b));
-  fmt::print("   group\n");
+  for (const auto& f : others) fmt::print(" {:>9}", tensor_format_short(f));
+  fmt::print("{}\n", bits.empty() ? "" : "   group");
   for (const auto& ms : t.modules) {
     const auto& d = dmg.at(ms.module.path);
+    auto cell = [&](const std::string& name) {
+      auto it = d.find(name);
+      fmt::print(" {:>9}", it == d.end() ? std::string("-") : fmt::format("{:.2e}", it->second));
+    };
     int g = 0;
     for (int gs : groups)
-      if (d.count(affine_format_name({bits.front(), gs})) || d.count(affine_format_name({bits.back(), gs}))) {
+      if (!bits.empty() &&
+          (d.count(affine_format_name({bits.front(), gs})) || d.count(affine_format_name({bits.back(), gs})))) {
         g = gs;
         break;
       }
     fmt::print("{:<18}", short_name(ms.module.path));
-    if (g == 0) {
+    if (d.empty()) {
       fmt::print(" (no candidate fits {} inputs: stays float)\n", ms.module.cols);
       continue;
     }
     for (int b : bits) {
-      auto it = d.find(affine_format_name({b, g}));
-      fmt::print(" {:>9}", it == d.end() ? std::string("-") : fmt::format("{:.2e}", it->second));
+      if (g == 0) fmt::print(" {:>9}", "-");
+      else cell(affine_format_name({b, g}));
     }
-    fmt::print("   g{}\n", g);
+    for (const auto& f : others) cell(tensor_format_name(f));
+    if (g) fmt::print("   g{}", g);
+    fmt::print("\n");
   }
 }
 
