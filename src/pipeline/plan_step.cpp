@@ -37,13 +37,13 @@ SolverOptions solver_options(const ModelConfig& config, const PlanStepOptions& a
 }  // namespace
 
 TokenWindows selection_windows(const Model& m, const SensitivityTable& t, const PlanStepOptions& opt,
-                               const TokenWindows* windows) {
+                               const TokenWindows* windows, const std::string& profile_path) {
   TokenWindows w;
   if (windows) {
     const size_t n = opt.select_windows > 0 ? std::min<size_t>(windows->size(), opt.select_windows) : windows->size();
     w.assign(windows->begin(), windows->begin() + n);
   } else {
-    w = profile_calibration_windows(m, t);
+    w = profile_calibration_windows(m, t, profile_path);
     if (opt.select_windows > 0 && static_cast<int>(w.size()) > opt.select_windows) w.resize(opt.select_windows);
   }
   return w;
@@ -62,7 +62,7 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
   std::unique_ptr<PlanMeasurer> own;
   PlanMeasurer* measurer = ctx.measurer;
   if (!measurer) {
-    own = std::make_unique<PlanMeasurer>(model, selection_windows(model, t, a, ctx.windows));
+    own = std::make_unique<PlanMeasurer>(model, selection_windows(model, t, a, ctx.windows, ctx.profile_path));
     measurer = own.get();
   }
   const size_t best = measure_variants(*measurer, r.variants, a.progress);

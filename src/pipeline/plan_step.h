@@ -57,6 +57,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
 struct SelectionContext {
   const TokenWindows* windows = nullptr;
   PlanMeasurer* measurer = nullptr;
+  std::string profile_path;  // without windows: where the profile (and its window cache) is
 };
 
 // As above; with opt.select == Measured (and no baseline) the plan is chosen
@@ -67,6 +68,6 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
 // The windows measured selection uses: the first opt.select_windows of
 // `windows` (or of the profile's recorded ones when null).
 TokenWindows selection_windows(const Model& model, const SensitivityTable& t, const PlanStepOptions& opt,
-                               const TokenWindows* windows = nullptr);
+                               const TokenWindows* windows = nullptr, const std::string& profile_path = "");
 
 }  // namespace optiq

@@ -4,6 +4,7 @@
 
 #include "core/diagnostics.h"
 #include "core/error.h"
+#include "pipeline/window_cache.h"
 
 namespace optiq {
 
@@ -25,10 +26,14 @@ ProfileStepResult run_profile_step(const Model& m, ProfileStepOptions opt) {
   ProfileStepResult r;
   r.windows = calibration_windows(m, co);
   r.table = profile_model(m, r.windows, opt.profile);
+  if (!opt.profile.cache_path.empty())
+    write_window_cache(window_cache_path(opt.profile.cache_path), r.table.source, m.config.vocab_size, r.windows);
   return r;
 }
 
-TokenWindows profile_calibration_windows(const Model& m, const SensitivityTable& t) {
+TokenWindows profile_calibration_windows(const Model& m, const SensitivityTable& t, const std::string& profile_path) {
+  if (!profile_path.empty())
+    if (auto w = read_window_cache(window_cache_path(profile_path), t.source, m.config.vocab_size)) return *w;
   const CalibrationOptions& co = t.source.calib;
   check(!co.source.empty() && co.samples > 0 && co.seq > 0,
         "the profile does not record its calibration text: run `optiq profile` again");

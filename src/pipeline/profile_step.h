@@ -4,6 +4,7 @@
 // step in the same process measures on them without tokenizing again.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "model/model.h"
@@ -32,7 +33,11 @@ ProfileStepResult run_profile_step(const Model& model, ProfileStepOptions opt);
 CalibrationOptions calibration_for(const Model& model, CalibrationOptions c);
 
 // The windows a profile recorded it was measured on (source, samples,
-// sequence length, seed), tokenized again: for a plan step in another process.
-TokenWindows profile_calibration_windows(const Model& model, const SensitivityTable& t);
+// sequence length, seed), for a plan step in another process: read from the
+// profile's window cache (pipeline/window_cache.h) when `profile_path` names
+// a profile that has one, else tokenized again from the calibration text.
+// The profile step writes the cache next to its profile file.
+TokenWindows profile_calibration_windows(const Model& model, const SensitivityTable& t,
+                                         const std::string& profile_path = "");
 
 }  // namespace optiq

@@ -4,12 +4,14 @@
 // re-tokenizing; notes and warnings go to the diagnostics sink.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "core/diagnostics.h"
 #include "core/error.h"
 #include "pipeline/plan_step.h"
 #include "pipeline/profile_step.h"
+#include "pipeline/window_cache.h"
 #include "profile/calibration.h"
 #include "test_util.h"
 
@@ -75,6 +77,41 @@ TEST(PipelineProfileStep, FewWindowsWarnThroughTheSink) {
   const auto w = calibration_windows(m, c);
   EXPECT_LT(w.size(), 1000u);
   EXPECT_NE(diag.text().find("warning: " + small + " holds only"), std::string::npos) << diag.text();
+}
+
+TEST(PipelineProfileStep, WindowCacheServesALaterPlanWithoutTheText) {
+  const Model m = load_model(stories());
+  const std::string dir = test::temp_dir();
+  const std::string calib = dir + "/calib.txt", cache = dir + "/p.profile.json";
+  {
+    std::ifstream in(text());
+    std::ofstream(calib) << in.rdbuf();
+  }
+  ProfileStepOptions o = small_profile(cache);
+  o.calib.source = calib;
+  const ProfileStepResult r = run_profile_step(m, o);
+  ASSERT_TRUE(test::file_exists(window_cache_path(cache)));
+  const SensitivityTable t = SensitivityTable::read(cache, m.config);
+  EXPECT_EQ(profile_calibration_windows(m, t, cache), r.windows);
+  std::filesystem::remove(calib);  // the text is gone: the cache still serves
+  EXPECT_EQ(profile_calibration_windows(m, t, cache), r.windows);
+  EXPECT_THROW(profile_calibration_windows(m, t), Error);  // without the cache: needs the text
+  // Another vocabulary or calibration: not used.
+  EXPECT_FALSE(read_window_cache(window_cache_path(cache), t.source, m.config.vocab_size + 1).has_value());
+  ProfileSource other = t.source;
+  other.calib.seed += 1;
+  EXPECT_FALSE(read_window_cache(window_cache_path(cache), other, m.config.vocab_size).has_value());
+  // A changed text: a warning, and the text is tokenized again.
+  std::ofstream(calib) << "Once upon a time there was a new text. " << std::string(20000, 'a');
+  {
+    CollectDiagnostics diag;
+    EXPECT_FALSE(read_window_cache(window_cache_path(cache), t.source, m.config.vocab_size).has_value());
+    EXPECT_NE(diag.text().find("changed since the profile"), std::string::npos) << diag.text();
+  }
+  // A truncated cache is ignored, never trusted.
+  std::filesystem::resize_file(window_cache_path(cache), 40);
+  std::filesystem::remove(calib);
+  EXPECT_FALSE(read_window_cache(window_cache_path(cache), t.source, m.config.vocab_size).has_value());
 }
 
 TEST(PipelinePlanStep, MeasuredSelectionOnTheProfilesWindowsEqualsRetokenized) {

@@ -146,7 +146,8 @@ void run_plan(const PlanArgs& a) {
           "several budgets: give a list to one of --bpw or --size only");
     std::filesystem::create_directories(a.out);
     std::unique_ptr<PlanMeasurer> measurer;
-    if (measured) measurer = std::make_unique<PlanMeasurer>(m, selection_windows(m, t, plan_step_options(a.step)));
+    if (measured)
+      measurer = std::make_unique<PlanMeasurer>(m, selection_windows(m, t, plan_step_options(a.step), nullptr, a.profile));
     for (const auto& b : bpws.empty() ? sizes : bpws) {
       PlanStepArgs step = a.step;
       (bpws.empty() ? step.size : step.bpw) = b;
@@ -159,7 +160,7 @@ void run_plan(const PlanArgs& a) {
     }
     return;
   }
-  PlanStepResult r = run_plan_step(m, t, plan_step_options(a.step, !a.json), a.out);
+  PlanStepResult r = run_plan_step(m, t, plan_step_options(a.step, !a.json), a.out, {.profile_path = a.profile});
   if (a.json) return print_plan_json(r, a.out);
   print_plan_summary(r, a.out);
 }
