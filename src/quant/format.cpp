@@ -47,15 +47,6 @@ std::vector<std::string> split(const std::string& s, char sep) {
   }
 }
 
-AffineFormat checked(AffineFormat f, std::string_view text) {
-  try {
-    check_affine_format(f);
-  } catch (const Error& e) {
-    fail("format '{}': {}", text, e.what());
-  }
-  return f;
-}
-
 }  // namespace
 
 const AffineFormat& TensorFormat::operator*() const {
@@ -115,7 +106,7 @@ std::vector<TensorFormat> parse_format_list(std::string_view text) {
     for (const auto& g : split(s.substr(x + 1), ',')) (is_named(g) ? after : groups).push_back(g);
     check(!bits.empty() && !groups.empty(), "formats '{}': a product needs bits and group sizes, e.g. 2,3,4x32,64", text);
     for (const auto& b : bits)
-      for (const auto& g : groups) add(checked({parse_count(b, text), parse_count(g, text)}, text));
+      for (const auto& g : groups) add(format_detail::checked({parse_count(b, text), parse_count(g, text)}, text));
     for (const auto& tok : after) add_named(tok);
     return out;
   }

@@ -7,19 +7,11 @@
 
 #include "core/error.h"
 #include "quant/format.h"
+#include "quant/format_kind.h"
 
 namespace optiq {
 
 namespace {
-
-AffineFormat checked(AffineFormat f, std::string_view text) {
-  try {
-    check_affine_format(f);
-  } catch (const Error& e) {
-    fail("format '{}': {}", text, e.what());
-  }
-  return f;
-}
 
 class AffineKind final : public FormatKind {
  public:
@@ -28,7 +20,7 @@ class AffineKind final : public FormatKind {
     static const std::regex re(R"(^(?:affine-)?q?(\d+)(?:-?g(\d+))?$)");
     std::match_results<std::string_view::const_iterator> m;
     if (!std::regex_match(s.begin(), s.end(), m, re)) return std::nullopt;
-    return TensorFormat{checked({std::stoi(m[1].str()), m[2].matched ? std::stoi(m[2].str()) : default_group}, text)};
+    return TensorFormat{format_detail::checked({std::stoi(m[1].str()), m[2].matched ? std::stoi(m[2].str()) : default_group}, text)};
   }
   std::optional<TensorFormat> from_json(const nlohmann::json& v, const std::string& context) const override {
     if (!v.is_object() || !v.contains("bits")) return std::nullopt;

@@ -16,4 +16,14 @@ inline int parse_count(const std::string& s, std::string_view text) {
   return v;
 }
 
+// The affine format, or "format '<text>': <why>" when it is invalid.
+inline AffineFormat checked(AffineFormat f, std::string_view text) {
+  try {
+    check_affine_format(f);
+  } catch (const Error& e) {
+    fail("format '{}': {}", text, e.what());
+  }
+  return f;
+}
+
 }  // namespace optiq::format_detail
