@@ -6,16 +6,12 @@
 #include <immintrin.h>
 
 #include "kernels/kquant_impl.h"
+#include "kernels/simd_vec.h"
 
 namespace optiq::kern {
 namespace {
 
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+inline float hsum8(__m256 v) { return ::optiq::kern::VecAvx2::hsum(v); }
 
 // Lanes 0-7 = j, 8-15 = j + 1 (index vectors for permutexvar of 8 floats).
 inline __m512i pair_idx(int j) {

@@ -6,6 +6,7 @@
 
 #include "core/half.h"
 #include "kernels/kernels_impl.h"
+#include "kernels/simd_vec.h"
 
 namespace optiq::kern {
 namespace {

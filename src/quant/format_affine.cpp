@@ -57,7 +57,7 @@ class AffineKind final : public FormatKind {
     return q;
   }
   std::vector<float> dequantize(const QuantizedMatrix& q) const override {
-    check(q.affine.has_value(), "dequantize: {} matrix without its affine groups", tensor_format_short(q.format));
+    if (!q.affine) fail("dequantize: {} matrix without its affine groups", tensor_format_short(q.format));
     return optiq::dequantize(q.affine->view());
   }
 };

@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/parallel.h"
 #include "quant/format.h"
 #include "quant/ggml_dequant.h"
 
@@ -122,7 +123,7 @@ class GgmlKind final : public FormatKind {
     const int64_t nb = cols / kBlock;
     QuantizedMatrix q{f, rows, cols, std::nullopt, std::vector<uint8_t>(rows * nb * block_bytes(t))};
     const bool search = opt.method == QuantMethod::Search;
-    for (int64_t r = 0; r < rows; ++r)
+    parallel_for(rows, [&](int64_t r) {
       for (int64_t b = 0; b < nb; ++b) {
         const float* x = w + r * cols + b * kBlock;
         uint8_t* out = q.blocks.data() + (r * nb + b) * block_bytes(t);
@@ -132,6 +133,7 @@ class GgmlKind final : public FormatKind {
         else
           quantize_q4_0(x, imp, search, out);
       }
+    }, 16);
     return q;
   }
   std::vector<float> dequantize(const QuantizedMatrix& q) const override {
