@@ -11,7 +11,18 @@
 
 namespace optiq::test {
 
-std::string shared_dir() { return OPTIQ_SHARED_DIR; }
+// The environment may point elsewhere (a copy of the tree on another machine).
+std::string shared_dir() {
+  const char* e = std::getenv("OPTIQ_SHARED_DIR");
+  return e && *e ? e : OPTIQ_SHARED_DIR;
+}
+
+namespace {
+std::string binary_dir() {
+  const char* e = std::getenv("OPTIQ_BINARY_DIR");
+  return e && *e ? e : OPTIQ_BINARY_DIR;
+}
+}  // namespace
 
 std::string cache_dir() {
   if (const char* c = std::getenv("OPTIQ_CACHE")) return c;
@@ -42,7 +53,7 @@ std::string temp_dir() {
 
 RunResult run_optiq(const std::string& args, bool merge_stderr) {
   const std::string cmd =
-      std::string(OPTIQ_BINARY_DIR) + "/optiq -q " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
+      binary_dir() + "/optiq -q " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return {127, "popen failed"};
   std::string out;

@@ -1,6 +1,7 @@
 // What every backend shares: the KV cache layout and the registry of backends.
 #include "backend/backend.h"
 
+#include <atomic>
 #include <string>
 
 #include "core/error.h"
@@ -19,9 +20,26 @@ KVCache Backend::make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16
   return c;
 }
 
-Backend& default_backend() { return cpu_backend(); }
+namespace {
+std::atomic<Backend*> g_default{nullptr};
+}
 
-std::vector<Backend*> available_backends() { return {&cpu_backend()}; }
+Backend& default_backend() {
+  Backend* b = g_default.load(std::memory_order_relaxed);
+  return b ? *b : cpu_backend();
+}
+
+void set_default_backend(Backend& b) { g_default.store(&b, std::memory_order_relaxed); }
+
+#ifndef OPTIQ_HAVE_CUDA
+Backend* cuda_backend() { return nullptr; }
+#endif
+
+std::vector<Backend*> available_backends() {
+  std::vector<Backend*> v = {&cpu_backend()};
+  if (Backend* c = cuda_backend()) v.push_back(c);
+  return v;
+}
 
 Backend& backend_named(std::string_view name) {
   std::string names;

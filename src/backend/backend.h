@@ -14,9 +14,19 @@
 //
 // Every operation is synchronous from the caller's point of view (a GPU
 // backend may queue work, but to_host waits for it). Rows are row-major.
+// One host thread drives a backend at a time.
+//
+// Recorded steps (optional, CUDA graphs): a decode step issues the same
+// operations at every position, and launching hundreds of small kernels one
+// by one costs more than running them. A backend that can_record_steps()
+// records the operations issued between begin_recording and end_recording
+// (they are not run then) and replays them later; position-dependent
+// operations and the embedding then read the step's position and tokens from
+// its memory (set_step_inputs), so one recording serves every position.
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -64,8 +74,25 @@ struct KVCache {
   int layers = 0, max_ctx = 0;
   int64_t kv_dim = 0;
   bool f16 = false;  // values are rounded to fp16 as they are stored (llama.cpp numerics)
+  // The buffers hold fp16 values (two per float slot): a GPU backend's choice
+  // when values are fp16 anyway or its fast numerics ask for it. The CPU never.
+  bool half_storage = false;
+  // Values (not bytes) from the start of the cache to a layer's keys or values.
   int64_t layer_offset(int layer) const { return static_cast<int64_t>(layer) * max_ctx * kv_dim; }
   size_t bytes() const { return k.bytes() + v.bytes(); }
+};
+
+// Device time of one kind of operation (Backend::take_op_times).
+struct OpTime {
+  std::string op;
+  int64_t calls = 0;
+  double ms = 0;
+};
+
+// A recorded step (see can_record_steps); the backend's own type.
+class RecordedStep {
+ public:
+  virtual ~RecordedStep() = default;
 };
 
 class Backend {
@@ -85,7 +112,8 @@ class Backend {
     to_device(host, n, b.data());
     return b;
   }
-  KVCache make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16);
+  // fp32 values unless the backend stores them as fp16 (KVCache::half_storage).
+  virtual KVCache make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16);
 
   // Weights. `w` must stay valid while the handle lives (a backend may borrow it).
   virtual std::unique_ptr<WeightHandle> upload(const WeightView& w) = 0;
@@ -118,12 +146,36 @@ class Backend {
   // cache (which already holds their own keys and values).
   virtual void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
                          float* out) = 0;
+
+  // Recorded steps (see the top of this file). While recording, to_host may
+  // be called once (the step's output): replay delivers it.
+  virtual bool can_record_steps() const { return false; }
+  // The inputs recorded operations read: n token ids (host memory) and the
+  // position of the first one.
+  virtual void set_step_inputs(const int32_t* tokens, int64_t n, int pos0) {}
+  virtual void begin_recording() {}
+  virtual std::unique_ptr<RecordedStep> end_recording() { return nullptr; }
+  // Drops a recording cut short by an error (nothing is kept).
+  virtual void abort_recording() {}
+  // Runs `step` on the inputs set last; its output lands in host_out.
+  virtual void replay(const RecordedStep& step, float* host_out) {}
+
+  // Per-operation device time (optional, a GPU backend's profile): while on,
+  // every operation run directly (not recorded) is timed on the device.
+  virtual void set_op_timing(bool on) {}
+  // Totals since the last call, largest first (waits for queued work).
+  virtual std::vector<OpTime> take_op_times() { return {}; }
 };
 
 // The CPU backend (backend/cpu_backend.cpp); one per process.
 Backend& cpu_backend();
-// What models run on unless told otherwise (the CPU for now).
+// The CUDA backend (backend/cuda/) when this build has it and a GPU is
+// visible; null otherwise. One per process, on the first visible GPU.
+Backend* cuda_backend();
+// What models run on unless told otherwise: the CPU until
+// set_default_backend (the CLI's --device) says otherwise.
 Backend& default_backend();
+void set_default_backend(Backend& b);
 // The backends this build and machine can run ("cpu" always comes first).
 std::vector<Backend*> available_backends();
 // By name; throws optiq::Error naming the available ones when `name` is not.

@@ -57,6 +57,7 @@ std::unique_ptr<WeightHandle> DeviceWeights::exchange(const ModuleInfo& m, std::
   check(w && w->rows() == s->rows() && w->cols() == s->cols(), "{}: a {}x{} replacement for {} ({}x{})", model_.path,
         w ? w->rows() : 0, w ? w->cols() : 0, m.path, s->rows(), s->cols());
   std::swap(s, w);
+  ++version_;
   return w;
 }
 

@@ -42,6 +42,9 @@ class DeviceWeights {
 
   // Points module `m` at `w` and returns the handle it had (WeightSwap's step).
   std::unique_ptr<WeightHandle> exchange(const ModuleInfo& m, std::unique_ptr<WeightHandle> w);
+  // Changes with every exchange: a recorded step (backend.h) is only valid
+  // for the weights it was recorded with.
+  uint64_t version() const { return version_; }
 
  private:
   std::unique_ptr<WeightHandle>& slot(const ModuleInfo& m);
@@ -50,6 +53,7 @@ class DeviceWeights {
   std::unique_ptr<WeightHandle> embed_, lm_head_;
   std::vector<DeviceLayer> layers_;
   Buffer final_norm_;
+  uint64_t version_ = 0;
 };
 
 // Module `m` of `weights` multiplies by `replacement` while this lives.

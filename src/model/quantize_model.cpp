@@ -1,5 +1,7 @@
 #include "model/quantize_model.h"
 
+#include <optional>
+
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -39,7 +41,8 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
   const auto modules = quantizable_modules(model.config);
   int64_t total = 0;
   for (const auto& m : modules) total += m.numel();
-  Progress progress("quantize", total / 1000000, "M weights");
+  std::optional<Progress> progress;
+  if (opt.progress) progress.emplace("quantize", total / 1000000, "M weights");
   int64_t done = 0;
   for (const auto& m : modules) {
     auto it = map.formats.find(m.path);
@@ -64,9 +67,9 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
     }
     model.precision.formats[m.path] = fmt;
     done += m.numel();
-    progress.update(done / 1000000);
+    if (progress) progress->update(done / 1000000);
   }
-  progress.finish();
+  if (progress) progress->finish();
 }
 
 namespace {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numbers>
 
 #include "core/error.h"
@@ -60,6 +61,7 @@ Transformer::Transformer(const DeviceWeights& weights, int max_ctx)
 
 void Transformer::init(int max_ctx) {
   const ModelConfig& c = model_.config;
+  if (const char* e = std::getenv("OPTIQ_RECORD_STEPS")) record_steps_ = e[0] != '0';
   max_ctx_ = max_ctx > 0 ? max_ctx : std::min(c.max_seq, 4096);
   const std::vector<float> f = rope_inv_freq(c, max_ctx_);
   inv_freq_ = backend_.upload(f.data(), static_cast<int64_t>(f.size()));
@@ -122,9 +124,48 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
   for (int64_t i = 0; i < n; ++i)
     check(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary of {}", tokens[i],
           c.vocab_size);
+  if (n == 1 && !observer_ && record_steps_ && backend_.can_record_steps()) {
+    decode_step(tokens, logits, logits_from);
+    return;
+  }
   ensure_scratch(n);
   backend_.embed(weights_.embed(), tokens.data(), n, c.embed_scale, act_.x.data());
   run_layers(0, n, logits, logits_from);
+}
+
+void Transformer::decode_step(std::span<const int32_t> tokens, float* logits, int64_t logits_from) {
+  const ModelConfig& c = model_.config;
+  Backend& b = backend_;
+  ensure_scratch(1);
+  const StepKey key{logits_from, weights_.version(), act_.rows};
+  b.set_step_inputs(tokens.data(), 1, pos_);
+  if (step_ && step_key_ == key) {
+    b.replay(*step_, logits);
+    ++pos_;
+    return;
+  }
+  if (!(warm_key_ == key)) {
+    // The first step of a shape runs directly: it sizes every scratch buffer
+    // the recording will use.
+    warm_key_ = key;
+    b.embed(weights_.embed(), tokens.data(), 1, c.embed_scale, act_.x.data());
+    run_layers(0, 1, logits, logits_from);
+    return;
+  }
+  step_.reset();
+  const int pos = pos_;
+  b.begin_recording();
+  try {
+    b.embed(weights_.embed(), tokens.data(), 1, c.embed_scale, act_.x.data());
+    run_layers(0, 1, logits, logits_from);
+    step_ = b.end_recording();
+  } catch (...) {
+    b.abort_recording();
+    pos_ = pos;
+    throw;
+  }
+  step_key_ = key;
+  b.replay(*step_, logits);  // run_layers advanced the position; the recording runs now
 }
 
 void Transformer::forward_from_layer(int first_layer, const float* hidden, int64_t n, float* logits,

@@ -69,6 +69,10 @@ class Transformer {
 
   void reset() { pos_ = 0; }
   void set_observer(ActivationObserver* o) { observer_ = o; }
+  // Single-token steps on a backend that records them (CUDA graphs) are
+  // recorded on the second step of a shape and replayed after that (default
+  // on; OPTIQ_RECORD_STEPS=0 in the environment starts with it off).
+  void set_record_steps(bool on) { record_steps_ = on; }
   int pos() const { return pos_; }
   int max_ctx() const { return max_ctx_; }
   const Model& model() const { return model_; }
@@ -83,6 +87,8 @@ class Transformer {
   // Layers first_layer.. and the head on x (n rows); advances pos_.
   void run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from);
   void init(int max_ctx);
+  // One token without an observer on a backend that records steps.
+  void decode_step(std::span<const int32_t> tokens, float* logits, int64_t logits_from);
   void ensure_scratch(int64_t n);
   void observe(int layer, ActivationSite site, const Buffer& b, int64_t n, int64_t cols);
 
@@ -99,6 +105,17 @@ class Transformer {
   KVCache cache_;
   Activations act_;
   std::vector<float> host_rows_;  // observer copies (backends without host memory)
+
+  // What a recorded step depends on besides positions and tokens.
+  struct StepKey {
+    int64_t logits_from = -1;
+    uint64_t weights_version = 0;
+    int64_t scratch_rows = 0;
+    bool operator==(const StepKey&) const = default;
+  };
+  bool record_steps_ = true;
+  StepKey warm_key_, step_key_;  // last step run directly; the recorded one
+  std::unique_ptr<RecordedStep> step_;
 };
 
 // Rotary frequencies for a config (handles llama3/linear scaling and

@@ -5,14 +5,19 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
+#include <random>
 #include <string>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "kernels/act_quant.h"
 #include "kernels/attention.h"
+#include "quant/ggml_dequant.h"
 #include "quant/quantizer.h"
 #include "test_util.h"
 
@@ -137,44 +142,157 @@ TEST_P(BackendOps, GatedActivations) {
   }
 }
 
+void put_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  p[0] = h & 0xff;
+  p[1] = h >> 8;
+}
+
+// Valid random k-quant blocks: random codes and scales, sane fp16 d / dmin.
+std::vector<uint8_t> random_kquant(DType t, int64_t rows, int64_t cols, uint32_t seed) {
+  const size_t bb = block_layout(t).block_bytes, nb = static_cast<size_t>(rows * (cols / 256));
+  std::vector<uint8_t> b(bb * nb);
+  std::mt19937 rng(seed);
+  for (auto& x : b) x = static_cast<uint8_t>(rng());
+  for (size_t i = 0; i < nb; ++i) {
+    uint8_t* blk = b.data() + i * bb;
+    const float d = (0.5f + (rng() % 1000) / 1000.0f) * 1e-2f;
+    switch (t) {
+      case DType::Q2_K: put_f16(blk + 80, d), put_f16(blk + 82, d); break;
+      case DType::Q3_K: put_f16(blk + 108, d); break;
+      case DType::Q4_K: case DType::Q5_K: put_f16(blk, d), put_f16(blk + 2, d); break;
+      default: put_f16(blk + 208, d * 0.1f); break;
+    }
+  }
+  return b;
+}
+
+// Storages of every kind the runtime multiplies, on random data with odd row counts.
+struct StorageCase {
+  std::string name;
+  WeightView view;
+  std::shared_ptr<void> keep;  // the arrays the view points into
+};
+
+std::vector<StorageCase> storage_cases(int64_t rows, int64_t cols) {
+  std::vector<StorageCase> cases;
+  const auto w = test::random_floats(rows * cols, 10);
+  auto f32 = std::make_shared<std::vector<float>>(w);
+  cases.push_back({"f32", {rows, cols, F32Weights{f32->data()}}, f32});
+  for (bool bf16 : {false, true}) {
+    auto half = std::make_shared<std::vector<uint16_t>>(w.size());
+    for (size_t i = 0; i < w.size(); ++i) (*half)[i] = bf16 ? f32_to_bf16(w[i]) : f32_to_f16(w[i]);
+    cases.push_back({bf16 ? "bf16" : "f16", {rows, cols, HalfWeights{half->data(), bf16}}, half});
+  }
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int group : {32, 64, 128}) {
+      if (cols % group) continue;
+      QuantizeOptions o;
+      o.bf16_scales = (bits + group) % 3 == 0;  // both scale types across the cases
+      auto q = std::make_shared<AffineMatrix>(quantize(w.data(), rows, cols, AffineFormat{bits, group}, o));
+      cases.push_back({fmt::format("q{}g{}{}", bits, group, o.bf16_scales ? "bf16" : ""), {rows, cols, q->view()}, q});
+    }
+  // Symmetric groups (GGUF Q4_0/Q8_0 re-laid): no biases, a zero point.
+  for (int bits : {4, 8}) {
+    auto q = std::make_shared<AffineMatrix>(quantize(w.data(), rows, cols, AffineFormat{bits, 32}, {}));
+    q->biases.clear();
+    q->zero_point = 1 << (bits - 1);
+    cases.push_back({fmt::format("q{}g32sym", bits), {rows, cols, q->view()}, q});
+  }
+  if (cols % 256 == 0)
+    for (DType t : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+      auto b = std::make_shared<std::vector<uint8_t>>(random_kquant(t, rows, cols, 20 + static_cast<int>(t)));
+      cases.push_back({std::string(dtype_name(t)), {rows, cols, KQuantView{t, rows, cols, b->data()}}, b});
+    }
+  return cases;
+}
+
+// Exact numerics: fp32 activations on every path, every storage, decode-sized
+// and prefill-sized batches; embeddings return the dequantized rows exactly.
 TEST_P(BackendOps, MatmulAndEmbedEveryStorage) {
-  // Exact numerics: fp32 activations (the int8 decode path has its own tests in kernels/).
   struct Int8Off {
     bool saved = kernels::decode_int8_enabled();
     Int8Off() { kernels::set_decode_int8(false); }
     ~Int8Off() { kernels::set_decode_int8(saved); }
   } int8_off;
-  const int64_t rows = 13, cols = 128, n = 3;
-  const auto w = test::random_floats(rows * cols, 10), x = test::random_floats(n * cols, 11);
-  std::vector<uint16_t> half(w.size());
-  for (size_t i = 0; i < w.size(); ++i) half[i] = f32_to_f16(w[i]);
-  const AffineMatrix q = quantize(w.data(), rows, cols, AffineFormat{4, 32}, {});
-  std::vector<WeightView> views = {{rows, cols, F32Weights{w.data()}}, {rows, cols, HalfWeights{half.data(), false}},
-                                   {rows, cols, q.view()}};
+  const int64_t rows = 13, cols = 256;
   const std::vector<int32_t> tokens = {12, 0, 5, 5};
-  Buffer bx = put(x);
-  for (const WeightView& v : views) {
+  for (const StorageCase& sc : storage_cases(rows, cols)) {
+    const WeightView& v = sc.view;
     std::vector<float> dense(rows * cols);
     for (int64_t r = 0; r < rows; ++r) weight_row(v, r, &dense[r * cols]);
-    std::vector<double> want(n * rows);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t r = 0; r < rows; ++r) {
-        double s = 0;
-        for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * dense[r * cols + c];
-        want[i * rows + r] = s;
-      }
     auto h = b.upload(v);
     EXPECT_EQ(h->rows(), rows);
     EXPECT_EQ(h->cols(), cols);
-    Buffer y = b.alloc(n * rows);
-    b.matmul(*h, bx.data(), n, y.data());
-    expect_close(get(y, n * rows), want, 1e-4, "matmul");
-
+    for (int64_t n : {1, 3, 20}) {
+      const auto x = test::random_floats(n * cols, 11 + n);
+      std::vector<double> want(n * rows);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r) {
+          double s = 0;
+          for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * dense[r * cols + c];
+          want[i * rows + r] = s;
+        }
+      Buffer bx = put(x), y = b.alloc(n * rows);
+      b.matmul(*h, bx.data(), n, y.data());
+      expect_close(get(y, n * rows), want, 2e-4, (sc.name + " matmul n=" + std::to_string(n)).c_str());
+    }
     Buffer e = b.alloc(4 * cols);
     b.embed(*h, tokens.data(), 4, 0.5f, e.data());
     const auto got = get(e, 4 * cols);
     for (size_t t = 0; t < tokens.size(); ++t)
-      for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(got[t * cols + c], 0.5f * dense[tokens[t] * cols + c]);
+      for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(got[t * cols + c], 0.5f * dense[tokens[t] * cols + c]) << sc.name;
+  }
+}
+
+// Dense storages whose width is no multiple of 8 (tiny models, odd heads).
+TEST_P(BackendOps, MatmulOddWidths) {
+  for (int64_t cols : {5, 12, 37}) {
+    const int64_t rows = 7, n = 2;
+    const auto w = test::random_floats(rows * cols, 30), x = test::random_floats(n * cols, 31);
+    std::vector<double> want(n * rows);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * w[r * cols + c];
+        want[i * rows + r] = s;
+      }
+    auto h = b.upload(WeightView{rows, cols, F32Weights{w.data()}});
+    Buffer bx = put(x), y = b.alloc(n * rows);
+    b.matmul(*h, bx.data(), n, y.data());
+    expect_close(get(y, n * rows), want, 1e-5, "odd width");
+  }
+}
+
+// Fast numerics on affine weights: activations rounded to int8 blocks of 32
+// (kernels/act_quant.h), integer dot products; the result is the exact
+// product with those rounded activations.
+TEST_P(BackendOps, Int8DecodeEqualsRoundedActivations) {
+  struct Int8On {
+    bool saved = kernels::decode_int8_enabled();
+    Int8On() { kernels::set_decode_int8(true); }
+    ~Int8On() { kernels::set_decode_int8(saved); }
+  } int8_on;
+  const int64_t rows = 19, cols = 384, n = 2;
+  const auto x = test::random_floats(n * cols, 40);
+  Int8Activations act;
+  quantize_activations(x.data(), n, cols, act);
+  for (const StorageCase& sc : storage_cases(rows, cols)) {
+    if (!sc.view.as<AffineMatrixView>()) continue;
+    std::vector<float> dense(rows * cols);
+    for (int64_t r = 0; r < rows; ++r) weight_row(sc.view, r, &dense[r * cols]);
+    std::vector<double> want(n * rows);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int64_t c = 0; c < cols; ++c)
+          s += double(act.row_q(i)[c]) * act.row_scale(i)[c / 32] * dense[r * cols + c];
+        want[i * rows + r] = s;
+      }
+    auto h = b.upload(sc.view);
+    Buffer bx = put(x), y = b.alloc(n * rows);
+    b.matmul(*h, bx.data(), n, y.data());
+    expect_close(get(y, n * rows), want, 2e-4, (sc.name + " int8").c_str());
   }
 }
 
@@ -183,7 +301,8 @@ TEST_P(BackendOps, KvCacheAndAttention) {
   const int64_t kvd = kv_heads * hd, qd = heads * hd;
   for (bool f16 : {false, true}) {
     KVCache c = b.make_kv_cache(layers, max_ctx, kvd, f16);
-    EXPECT_EQ(c.bytes(), size_t{2} * layers * max_ctx * kvd * sizeof(float));
+    EXPECT_EQ(c.bytes(), size_t{2} * layers * max_ctx * kvd * (c.half_storage ? 2 : 4));
+    EXPECT_TRUE(!c.half_storage || f16 || kernels::decode_int8_enabled()) << "fp16 storage only where values allow";
     // Two calls fill positions 0..2 and 3..6 of layer 1.
     const auto k = test::random_floats(7 * kvd, 12), v = test::random_floats(7 * kvd, 13);
     Buffer bk = put(k), bv = put(v);
@@ -202,7 +321,7 @@ TEST_P(BackendOps, KvCacheAndAttention) {
     p.max_ctx = max_ctx;
     b.attention(p, bq.data(), 4, 3, c, 1, out.data());  // queries at 3..6
     auto stored = [&](const std::vector<float>& a, int64_t i) {
-      return f16 ? double(f16_to_f32(f32_to_f16(a[i]))) : double(a[i]);
+      return f16 || c.half_storage ? double(f16_to_f32(f32_to_f16(a[i]))) : double(a[i]);
     };
     std::vector<double> want(4 * qd);
     for (int i = 0; i < 4; ++i)

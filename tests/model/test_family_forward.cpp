@@ -10,6 +10,7 @@
 #include "kernels/activation.h"
 #include "kernels/elementwise.h"
 #include "model/transformer.h"
+#include "test_models.h"
 #include "test_util.h"
 
 namespace optiq {
@@ -83,88 +84,13 @@ TEST(FamilyOps, PartialRopeWithScale) {
     }
 }
 
-// A random model of config `c` in memory.
-Model random_model(const ModelConfig& c, uint32_t seed) {
-  Model m;
-  m.config = c;
-  uint32_t s = seed;
-  auto lin = [&](int64_t rows, int64_t cols) {
-    return Linear::from_f32(test::random_floats(rows * cols, ++s, 1.0f / std::sqrt(float(cols))), rows, cols);
-  };
-  auto norm = [&](int64_t n) {
-    auto v = test::random_floats(n, ++s, 0.2f);
-    for (float& x : v) x += 1.0f;
-    return v;
-  };
-  ModelWeights& w = m.weights;
-  w.embed = lin(c.vocab_size, c.dim);
-  for (int l = 0; l < c.n_layers; ++l) {
-    LayerWeights L;
-    L.attn_norm = norm(c.dim);
-    L.ffn_norm = norm(c.dim);
-    if (c.sandwich_norms) L.post_attn_norm = norm(c.dim), L.post_ffn_norm = norm(c.dim);
-    if (c.qk_norm) L.q_norm = norm(c.head_dim), L.k_norm = norm(c.head_dim);
-    if (c.qkv_bias) {
-      L.bq = test::random_floats(c.q_dim(), ++s, 0.3f);
-      L.bk = test::random_floats(c.kv_dim(), ++s, 0.3f);
-      L.bv = test::random_floats(c.kv_dim(), ++s, 0.3f);
-    }
-    if (c.fused_qkv) {
-      L.wqkv = lin(c.q_dim() + 2 * c.kv_dim(), c.dim);
-      L.w_gate_up = lin(2 * c.hidden_dim, c.dim);
-    } else {
-      L.wq = lin(c.q_dim(), c.dim), L.wk = lin(c.kv_dim(), c.dim), L.wv = lin(c.kv_dim(), c.dim);
-      L.w_gate = lin(c.hidden_dim, c.dim), L.w_up = lin(c.hidden_dim, c.dim);
-    }
-    L.wo = lin(c.dim, c.q_dim());
-    L.w_down = lin(c.dim, c.hidden_dim);
-    w.layers.push_back(std::move(L));
-  }
-  w.final_norm = norm(c.dim);
-  if (!c.tied_embeddings) w.lm_head = lin(c.vocab_size, c.dim);
-  return m;
-}
-
-ModelConfig tiny(const std::string& family) {
-  ModelConfig c;
-  c.arch = family;
-  c.dim = 48, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 12, c.hidden_dim = 40;
-  c.vocab_size = 61, c.max_seq = 64;
-  if (family == "qwen2") c.qkv_bias = true;
-  if (family == "qwen3") c.qk_norm = true, c.head_dim = 16;
-  if (family == "mistral") c.layer_window.assign(3, 5);
-  if (family == "phi3") {
-    c.fused_qkv = true, c.rotary_dim = 8;
-    c.rope_scaling.type = RopeScalingType::LongRope;
-    c.rope_scaling.short_factor = {1.0f, 1.5f, 2.0f, 3.0f};
-    c.rope_scaling.long_factor = {2.0f, 4.0f, 6.0f, 9.0f};
-    c.rope_scaling.original_max_position = 16;
-    c.rope_scaling.attn_factor = 1.1f;
-  }
-  if (family == "gemma3") {
-    c.activation = Activation::GeluTanh, c.qk_norm = true, c.sandwich_norms = true, c.tied_embeddings = true;
-    c.embed_scale = std::sqrt(48.0f), c.attn_scale = 0.2f, c.attn_softcap = 20.0f, c.final_softcap = 15.0f;
-    c.layer_window = {4, 0, 4};
-    c.rope_theta = 1e6f, c.rope_theta_local = 1e4f;
-  }
-  c.validate(family);
-  return c;
-}
-
-std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
-  std::mt19937 g(seed);
-  std::vector<int32_t> ids(n);
-  for (auto& t : ids) t = static_cast<int32_t>(g() % vocab);
-  return ids;
-}
-
 class FamilyForward : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FamilyForward, BatchEqualsStepwise) {
-  const ModelConfig c = tiny(GetParam());
-  const Model m = random_model(c, 11);
+  const ModelConfig c = test::tiny(GetParam());
+  const Model m = test::random_model(c, 11);
   const int n = 13;
-  const auto ids = random_ids(n, c.vocab_size, 3);
+  const auto ids = test::random_ids(n, c.vocab_size, 3);
   std::vector<float> batched(static_cast<size_t>(n) * c.vocab_size), stepped(batched.size());
   Transformer a(m, 32);
   a.forward(ids, batched.data(), 0);
@@ -187,13 +113,13 @@ INSTANTIATE_TEST_SUITE_P(All, FamilyForward, ::testing::Values("llama", "mistral
 // With one layer, a query behind a window of w keys computes what the same
 // model without a window computes on only those w tokens (RoPE is relative).
 TEST(FamilyForwardWindow, SeesExactlyItsWindow) {
-  ModelConfig c = tiny("llama");
+  ModelConfig c = test::tiny("llama");
   c.n_layers = 1;
   const int w = 5, n = 12;
-  const auto ids = random_ids(n, c.vocab_size, 9);
+  const auto ids = test::random_ids(n, c.vocab_size, 9);
   ModelConfig cw = c;
   cw.layer_window = {w};
-  const Model windowed = random_model(cw, 21), full = random_model(c, 21);
+  const Model windowed = test::random_model(cw, 21), full = test::random_model(c, 21);
   Transformer tw(windowed, 32), tf(full, 32);
   std::vector<float> a = tw.forward_last(ids);
   std::vector<float> b = tf.forward_last(std::span(ids).subspan(n - w));
@@ -207,7 +133,7 @@ TEST(FamilyForwardWindow, SeesExactlyItsWindow) {
 }
 
 TEST(FamilyForwardWindow, LongRopePicksFactorsByContext) {
-  const ModelConfig c = tiny("phi3");
+  const ModelConfig c = test::tiny("phi3");
   const auto short_f = rope_inv_freq(c, 16), long_f = rope_inv_freq(c, 17);
   const double base0 = 1.0;  // i = 0: theta^0
   EXPECT_NEAR(short_f[0], base0 / 1.0, 1e-7);

@@ -48,7 +48,7 @@ void run_bench(const BenchArgs& a) {
   }();
   const double kv_mb = sp.kv_cache_bytes / 1e6;
   if (a.json) {
-    nlohmann::json j = {{"model", m.path},           {"threads", num_threads()},   {"prompt_tokens", a.prompt_tokens},
+    nlohmann::json j = {{"model", m.path},           {"threads", num_threads()}, {"device", default_backend().name()}, {"prompt_tokens", a.prompt_tokens},
                         {"gen_tokens", a.gen_tokens}, {"reps", a.reps},            {"prefill_tok_s", sp.prefill_tok_s},
                         {"decode_tok_s", sp.decode_tok_s}, {"peak_rss_mb", peak_rss_mb()}, {"rss_after_load_mb", rss_loaded},
                         {"file_mb", size_mb},         {"weight_matrices_mb", weights_mb}, {"kv_cache_mb", kv_mb}};
@@ -56,10 +56,12 @@ void run_bench(const BenchArgs& a) {
     return;
   }
   fmt::print("model        {}\n", m.path);
+  fmt::print("device       {}\n", default_backend().name());
   fmt::print("threads      {}\n", num_threads());
   fmt::print("prefill      {:.1f} tok/s ({} tokens, median of {})\n", sp.prefill_tok_s, a.prompt_tokens, a.reps);
   fmt::print("decode       {:.1f} tok/s ({} tokens from an empty cache, median of {})\n", sp.decode_tok_s, a.gen_tokens,
              a.reps);
+  if (!default_backend().host_memory()) fmt::print("             (weights and KV cache also in device memory)\n");
   fmt::print("memory       peak RSS {:.1f} MB (file {:.1f} MB, weight matrices {:.1f} MB, KV cache {:.1f} MB)\n",
              peak_rss_mb(), size_mb, weights_mb, kv_mb);
 }

@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "backend/backend.h"
 #include "model/model.h"
 
 namespace optiq::cli {
@@ -21,9 +22,14 @@ struct ModelArgs {
   std::string path;
   std::string tokenizer;
   std::string numerics;
+  std::string device = "auto";
   void add_to(CLI::App& cmd, const std::string& what = "model: HF directory, .gguf file, or llama2.c .bin");
+  // Applies --numerics and --device (the default backend) and loads MODEL.
   Model load(bool weights = true) const;
 };
+
+// The backend --device names: auto = cuda when a GPU is visible, else cpu.
+Backend& backend_for_device(const std::string& device);
 
 // Each register_* adds a subcommand and returns the function that runs it
 // (called after parsing, once global options such as --threads are applied).

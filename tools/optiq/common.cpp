@@ -18,6 +18,26 @@ void ModelArgs::add_to(CLI::App& cmd, const std::string& what) {
                  "exact for commands that measure")
       ->capture_default_str()
       ->check(CLI::IsMember({"fast", "exact", "llamacpp"}));
+  cmd.add_option("--device", device,
+                 "where the model runs: cuda (an NVIDIA GPU, when this build has the CUDA backend), cpu, or auto "
+                 "(cuda when a GPU is visible, else cpu)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+}
+
+Backend& backend_for_device(const std::string& device) {
+  if (device == "cpu") return cpu_backend();
+  Backend* gpu = cuda_backend();
+  if (device == "auto") return gpu ? *gpu : cpu_backend();
+  check(device == "cuda", "--device {}: not a device (auto, cpu, cuda)", device);
+  if (!gpu) {
+#ifdef OPTIQ_HAVE_CUDA
+    fail("--device cuda: no GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES), or use --device cpu");
+#else
+    fail("--device cuda: this optiq was built without the CUDA backend (no nvcc at build time); use --device cpu");
+#endif
+  }
+  return *gpu;
 }
 
 Model ModelArgs::load(bool weights) const {
@@ -28,6 +48,7 @@ Model ModelArgs::load(bool weights) const {
   // Process-wide: products with packed weights in int8 (decode: kernels/matmul.h;
   // prefill: kernels/int8_gemm.h) unless --numerics exact.
   set_int8_decode(numerics != "exact");
+  set_default_backend(backend_for_device(device));
   return load_model(path, opt);
 }
 

@@ -1,0 +1,373 @@
+// GPU speed on 7-8B-shaped models with random weights built in memory (no
+// file, no download): batch-1 decode tok/s at a few context lengths against
+// the memory-bandwidth roofline measured in the same run, and prefill tok/s.
+//
+//   bench_gpu [--shape llama3-8b|qwen2.5-7b] [--formats bf16,q8,q4,mixed4.5,mixed3.5]
+//             [--ctx 128,4096] [--prefill 512,4096] [--tokens 64] [--reps 3] [--no-record] [--json FILE]
+//
+// Roofline: bytes one decode step must read (every weight matrix once, one
+// embedding row, the KV cache up to the position) over the device-to-device
+// copy bandwidth (bytes read + written) measured at the start of the run.
+// Formats: bf16; q8 / q4 (uniform affine, groups of 64, fp16 scales and
+// biases); mixed4.5 / mixed3.5 (a per-module mix of 3..8-bit affine formats
+// averaging the named bits per weight, the shape of an optiq plan).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/half.h"
+#include "core/parallel.h"
+#include "kernels/act_quant.h"
+#include "model/device_weights.h"
+#include "model/model.h"
+#include "model/transformer.h"
+
+namespace optiq {
+namespace {
+
+ModelConfig shape(const std::string& name) {
+  ModelConfig c;
+  if (name == "llama3-8b") {
+    c.arch = "llama";
+    c.family = "Llama 3 8B shape";
+    c.dim = 4096, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128, c.hidden_dim = 14336;
+    c.vocab_size = 128256, c.max_seq = 8192, c.rope_theta = 500000.0f;
+  } else if (name == "qwen2.5-7b") {
+    c.arch = "qwen2";
+    c.family = "Qwen2.5 7B shape";
+    c.dim = 3584, c.n_layers = 28, c.n_heads = 28, c.n_kv_heads = 4, c.head_dim = 128, c.hidden_dim = 18944;
+    c.vocab_size = 152064, c.max_seq = 32768, c.rope_theta = 1000000.0f, c.qkv_bias = true, c.norm_eps = 1e-6f;
+  } else {
+    fail("unknown shape '{}' (llama3-8b, qwen2.5-7b)", name);
+  }
+  return c;
+}
+
+uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Fills n words with random bits, in parallel, deterministically.
+template <class T>
+void random_words(std::vector<T>& v, uint64_t seed) {
+  const int64_t n = static_cast<int64_t>(v.size()), chunk = 1 << 20;
+  parallel_for((n + chunk - 1) / chunk, [&](int64_t c) {
+    uint64_t s = seed * 1000003 + static_cast<uint64_t>(c);
+    for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) v[i] = static_cast<T>(splitmix(s));
+  });
+}
+
+// A {rows, cols} matrix in `fmt` ("bf16" or "q<bits>" with groups of 64),
+// random codes and scales of a realistic size (weights ~ 0.02).
+Linear random_matrix(const std::string& fmt, int64_t rows, int64_t cols, uint64_t seed) {
+  if (fmt == "bf16") {
+    auto owned = std::make_shared<std::vector<uint16_t>>(static_cast<size_t>(rows * cols));
+    std::vector<uint16_t>& w = *owned;
+    const int64_t n = rows * cols, chunk = 1 << 20;
+    parallel_for((n + chunk - 1) / chunk, [&](int64_t c) {
+      uint64_t s = seed * 1000003 + static_cast<uint64_t>(c);
+      for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) {
+        const double u = static_cast<double>(splitmix(s) >> 11) / 9007199254740992.0;  // [0, 1)
+        w[i] = f32_to_bf16(static_cast<float>((u - 0.5) * 0.07));
+      }
+    });
+    // from_half_view borrows: keep the words alive for the process (a benchmark).
+    static std::vector<std::shared_ptr<std::vector<uint16_t>>> keep;
+    keep.push_back(owned);
+    return Linear::from_half_view(owned->data(), true, rows, cols);
+  }
+  check(fmt.size() == 2 && fmt[0] == 'q', "unknown format '{}'", fmt);
+  AffineMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.fmt = AffineFormat{fmt[1] - '0', 64};
+  m.packed.resize(static_cast<size_t>(rows * affine_words_per_row(m.fmt, cols)));
+  random_words(m.packed, seed);
+  const size_t groups = static_cast<size_t>(rows * (cols / 64));
+  m.scales.resize(groups);
+  m.biases.resize(groups);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> u(0.5f, 1.5f);
+  const float levels = static_cast<float>((1 << m.fmt.bits) - 1);
+  for (size_t g = 0; g < groups; ++g) {
+    const float s = u(rng) * 0.07f / levels;
+    m.scales[g] = f32_to_f16(s);
+    m.biases[g] = f32_to_f16(-s * levels / 2);
+  }
+  return Linear::from_affine(std::move(m));
+}
+
+// The per-module format of a preset.
+std::string format_of(const std::string& preset, ModuleKind k, int layer, int layers) {
+  if (preset == "bf16") return "bf16";
+  if (preset == "q8") return "q8";
+  if (preset == "q4") return "q4";
+  const bool edge = layer < layers / 8 || layer >= layers - layers / 8;
+  if (preset == "mixed4.5") {  // like optiq's plans: v/down and the edge layers get more bits
+    if (k == ModuleKind::LmHead) return "q6";
+    if (k == ModuleKind::Embed) return "q4";
+    if (k == ModuleKind::VProj) return "q6";
+    if (k == ModuleKind::DownProj) return edge ? "q6" : "q5";
+    if (k == ModuleKind::GateProj || k == ModuleKind::UpProj) return edge ? "q5" : "q4";
+    return "q4";
+  }
+  if (preset == "mixed3.5") {
+    if (k == ModuleKind::LmHead) return "q5";
+    if (k == ModuleKind::Embed) return "q3";
+    if (k == ModuleKind::VProj) return "q5";
+    if (k == ModuleKind::DownProj) return edge ? "q5" : "q4";
+    if (k == ModuleKind::GateProj || k == ModuleKind::UpProj) return edge ? "q4" : "q3";
+    return "q3";
+  }
+  fail("unknown format preset '{}' (bf16, q8, q4, mixed4.5, mixed3.5)", preset);
+}
+
+std::vector<float> small_bias(int64_t n) {
+  std::vector<float> b(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) b[i] = 0.01f * static_cast<float>((i * 37) % 11 - 5);
+  return b;
+}
+
+Model random_model(const ModelConfig& c, const std::string& preset) {
+  Model m;
+  m.path = fmt::format("<random {} {}>", c.family, preset);
+  m.config = c;
+  ModelWeights& w = m.weights;
+  uint64_t seed = 1;
+  w.embed = random_matrix(format_of(preset, ModuleKind::Embed, 0, c.n_layers), c.vocab_size, c.dim, seed++);
+  w.lm_head = random_matrix(format_of(preset, ModuleKind::LmHead, 0, c.n_layers), c.vocab_size, c.dim, seed++);
+  w.final_norm.assign(c.dim, 1.0f);
+  w.layers.resize(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights& L = w.layers[l];
+    auto mat = [&](ModuleKind k, int64_t rows, int64_t cols) {
+      return random_matrix(format_of(preset, k, l, c.n_layers), rows, cols, seed++);
+    };
+    L.wq = mat(ModuleKind::QProj, c.q_dim(), c.dim);
+    L.wk = mat(ModuleKind::KProj, c.kv_dim(), c.dim);
+    L.wv = mat(ModuleKind::VProj, c.kv_dim(), c.dim);
+    L.wo = mat(ModuleKind::OProj, c.dim, c.q_dim());
+    L.w_gate = mat(ModuleKind::GateProj, c.hidden_dim, c.dim);
+    L.w_up = mat(ModuleKind::UpProj, c.hidden_dim, c.dim);
+    L.w_down = mat(ModuleKind::DownProj, c.dim, c.hidden_dim);
+    L.attn_norm.assign(c.dim, 1.0f);
+    L.ffn_norm.assign(c.dim, 1.0f);
+    if (c.qkv_bias) {
+      L.bq = small_bias(c.q_dim());
+      L.bk = small_bias(c.kv_dim());
+      L.bv = small_bias(c.kv_dim());
+    }
+  }
+  return m;
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> v;
+  size_t p = 0;
+  while (p < s.size()) {
+    const size_t e = s.find(',', p);
+    v.push_back(std::stoll(s.substr(p, e == std::string::npos ? std::string::npos : e - p)));
+    if (e == std::string::npos) break;
+    p = e + 1;
+  }
+  return v;
+}
+std::vector<std::string> parse_names(const std::string& s) {
+  std::vector<std::string> v;
+  size_t p = 0;
+  while (p <= s.size()) {
+    const size_t e = s.find(',', p);
+    v.push_back(s.substr(p, e == std::string::npos ? std::string::npos : e - p));
+    if (e == std::string::npos) break;
+    p = e + 1;
+  }
+  return v;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Device-to-device copy bandwidth, bytes read + written per second (median of 10 after 3 warm-ups).
+double copy_bandwidth() {
+  const size_t bytes = size_t{4} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) fail("cannot allocate 8 GiB for the copy test");
+  cudaMemset(a, 1, bytes);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<double> t;
+  for (int i = 0; i < 13; ++i) {
+    cudaEventRecord(e0);
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (i >= 3) t.push_back(ms * 1e-3);
+  }
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes / median(t);
+}
+
+// Bytes and weights of the matrices one decode step reads whole (all but the embedding).
+std::pair<size_t, double> matrix_bytes(const ModelWeights& w) {
+  size_t b = w.output().bytes();
+  double n = static_cast<double>(w.output().rows()) * w.output().cols();
+  for (const LayerWeights& L : w.layers)
+    for (const Linear* l : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
+      b += l->bytes();
+      n += static_cast<double>(l->rows()) * l->cols();
+    }
+  return {b, n};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int run(int argc, char** argv) {
+  std::string shape_name = "llama3-8b", formats = "bf16,q8,q4,mixed4.5,mixed3.5", json_path;
+  std::vector<int64_t> ctxs = {128, 4096}, prefills = {512, 4096};
+  int tokens = 64, reps = 3;
+  bool record = true, op_times = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      check(i + 1 < argc, "{} needs a value", a);
+      return argv[++i];
+    };
+    if (a == "--shape") shape_name = next();
+    else if (a == "--formats") formats = next();
+    else if (a == "--ctx") ctxs = parse_list(next());
+    else if (a == "--prefill") prefills = parse_list(next());
+    else if (a == "--tokens") tokens = std::stoi(next());
+    else if (a == "--reps") reps = std::stoi(next());
+    else if (a == "--no-record") record = false;
+    else if (a == "--op-times") op_times = true;
+    else if (a == "--json") json_path = next();
+    else fail("unknown option '{}' (see the top of bench/gpu_bench.cpp)", a);
+  }
+  Backend* gpu = cuda_backend();
+  check(gpu != nullptr, "no CUDA backend: this build has none or no GPU is visible");
+  kernels::set_decode_int8(true);  // fast numerics, as generate/bench run
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const double bw = copy_bandwidth();
+  fmt::print("GPU {} ({} SMs), copy bandwidth {:.0f} GB/s (read + write)\n", prop.name, prop.multiProcessorCount, bw / 1e9);
+  const ModelConfig c = shape(shape_name);
+  const int64_t max_ctx = std::max(*std::max_element(ctxs.begin(), ctxs.end()) + tokens,
+                                   *std::max_element(prefills.begin(), prefills.end()));
+  nlohmann::json out = {{"gpu", prop.name}, {"copy_bandwidth_gbs", bw / 1e9}, {"shape", shape_name}, {"runs", nlohmann::json::array()}};
+  std::vector<std::string> table;
+  for (const std::string& preset : parse_names(formats)) {
+    const auto t_build = std::chrono::steady_clock::now();
+    Model m = random_model(c, preset);
+    const auto [wbytes, params] = matrix_bytes(m.weights);
+    DeviceWeights dw(m, *gpu);
+    Transformer tf(dw, static_cast<int>(max_ctx));
+    tf.set_record_steps(record);
+    fmt::print("{}: {:.2f} GB of matrices, {:.2f} bits/weight, built and uploaded in {:.1f} s\n", preset, wbytes / 1e9,
+               8.0 * wbytes / params, seconds_since(t_build));
+    std::vector<int32_t> ids(static_cast<size_t>(max_ctx));
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7919 + 13) % c.vocab_size);
+    std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+    nlohmann::json run = {{"format", preset}, {"weight_bytes", wbytes}, {"bpw", 8.0 * wbytes / params}};
+    for (int64_t ctx : ctxs) {
+      std::vector<double> rates;
+      for (int r = 0; r < reps; ++r) {
+        tf.reset();
+        if (ctx > 1) tf.forward(std::span<const int32_t>(ids.data(), ctx - 1), logits.data(), ctx - 2);
+        // Two warm-up steps (the second records the step), then the timed ones.
+        int32_t tok = 1;
+        for (int i = 0; i < 2; ++i) tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < tokens; ++i) {
+          tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+          tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+        }
+        rates.push_back(tokens / seconds_since(t0));
+      }
+      const double tps = median(rates);
+      // KV bytes read per step at the middle of the timed steps (fp16 cache under fast numerics).
+      const double kv = 2.0 * c.n_layers * static_cast<double>(ctx + tokens / 2) * c.kv_dim() * 2.0;
+      const double step_bytes = static_cast<double>(wbytes) + kv + c.dim * 2.0;
+      const double roof = bw / step_bytes;
+      table.push_back(fmt::format("| {} | {:.2f} | decode @ctx {} | {:.1f} | {:.1f} | {:.0f}% |", preset, 8.0 * wbytes / params,
+                                  ctx, tps, roof, 100.0 * tps / roof));
+      run["decode"].push_back({{"ctx", ctx}, {"tok_s", tps}, {"roofline_tok_s", roof}, {"runs", rates}});
+      fmt::print("  decode @ctx {}: {:.1f} tok/s (roofline {:.1f}, {:.0f}%)\n", ctx, tps, roof, 100.0 * tps / roof);
+      if (op_times && ctx == ctxs.front()) {
+        // Where a step's time goes: the same steps run directly, each operation timed on the device.
+        tf.set_record_steps(false);
+        int32_t tok = 1;
+        tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+        const auto t0 = std::chrono::steady_clock::now();
+        const int steps = 8;
+        for (int i = 0; i < steps; ++i) tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+        const double direct = seconds_since(t0) / steps;
+        gpu->set_op_timing(true);
+        for (int i = 0; i < steps; ++i) tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+        const std::vector<OpTime> times = gpu->take_op_times();
+        gpu->set_op_timing(false);
+        tf.set_record_steps(record);
+        double total = 0;
+        for (const OpTime& t : times) total += t.ms;
+        fmt::print("    direct launches: {:.3f} ms/step; device time of the operations {:.3f} ms/step:\n", direct * 1e3,
+                   total / steps);
+        for (const OpTime& t : times)
+          fmt::print("      {:<28} {:6} calls/step {:8.3f} ms/step {:7.2f} us/call\n", t.op, t.calls / steps,
+                     t.ms / steps, 1e3 * t.ms / t.calls);
+      }
+    }
+    for (int64_t n : prefills) {
+      std::vector<double> rates;
+      for (int r = 0; r < reps; ++r) {
+        tf.reset();
+        const auto t0 = std::chrono::steady_clock::now();
+        tf.forward(std::span<const int32_t>(ids.data(), n), logits.data(), n - 1);
+        rates.push_back(n / seconds_since(t0));
+      }
+      const double tps = median(rates);
+      table.push_back(fmt::format("| {} | {:.2f} | prefill {} | {:.0f} | | |", preset, 8.0 * wbytes / params, n, tps));
+      run["prefill"].push_back({{"tokens", n}, {"tok_s", tps}, {"runs", rates}});
+      fmt::print("  prefill {}: {:.0f} tok/s\n", n, tps);
+    }
+    out["runs"].push_back(run);
+  }
+  fmt::print("\n{} on {}, copy bandwidth {:.0f} GB/s\n| format | bpw | test | tok/s | roofline tok/s | % |\n|---|---|---|---|---|---|\n",
+             c.family, prop.name, bw / 1e9);
+  for (const std::string& row : table) fmt::print("{}\n", row);
+  if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace optiq
+
+int main(int argc, char** argv) {
+  try {
+    return optiq::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_gpu: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,670 @@
+// The CUDA backend: buffers and weights live in device memory, every
+// operation is a kernel on one stream (cuda_kernels.h), and a decode step can
+// be recorded once as a CUDA graph and replayed at every later position.
+//
+// Weights are uploaded in their own storage (packed affine words with their
+// scales and biases, k-quant blocks, fp16/bf16/fp32) and never widened in
+// device memory. Products with a few activation rows (decode) read the
+// packed bytes directly (matvec.cu); larger batches (prefill, evaluation)
+// expand the weights a slab of rows at a time into a scratch buffer and
+// multiply with cuBLAS: fp16 tensor cores with fp32 accumulation under fast
+// numerics, fp32 under exact numerics (kernels::decode_int8_enabled(), the
+// same process-wide switch as the CPU's).
+//
+// Numerics, fast (the default for running): decode products with affine
+// weights round the activations to int8 blocks of 32 exactly as the CPU's
+// int8 decode does; prefill GEMMs take fp16 operands; the KV cache is fp16.
+// Exact: fp32 everywhere (cuBLAS without TF32), fp32 KV cache.
+//
+// This file is plain C++ (the CUDA runtime API is C): fmt's compile-time
+// format checks do not get through nvcc, so errors are formatted here and the
+// .cu files hold only kernels and their launchers.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_kernels.h"
+#include "core/diagnostics.h"
+#include "core/error.h"
+#include "kernels/act_quant.h"
+
+namespace optiq {
+namespace cuda {
+
+void fail_cuda(cudaError_t e, const char* what, const char* file, int line) {
+  fail("CUDA: {} failed at {}:{}: {} ({})", what, file, line, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+namespace {
+
+// cudaMalloc that says how much was asked and how much is free when it fails.
+void* malloc_device(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    size_t free_b = 0, total_b = 0;
+    cudaGetLastError();
+    cudaMemGetInfo(&free_b, &total_b);
+    fail("CUDA: cannot allocate {:.1f} MiB of device memory ({:.1f} of {:.1f} MiB free): {}", bytes / 1048576.0,
+         free_b / 1048576.0, total_b / 1048576.0, cudaGetErrorString(e));
+  }
+  return p;
+}
+
+}  // namespace
+
+DeviceMemory::DeviceMemory(size_t bytes) : bytes_(bytes) {
+  if (bytes > 0) ptr_.reset(malloc_device(bytes));
+}
+
+namespace {
+
+void check_blas(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: {} failed: {} ({})", what, cublasGetStatusString(st), static_cast<int>(st));
+}
+
+// A weight matrix in device memory: one allocation holding every array the
+// DevMatrix points into.
+class CudaWeight final : public WeightHandle {
+ public:
+  CudaWeight(int64_t rows, int64_t cols) : WeightHandle(rows, cols) {}
+  DevMatrix m;
+  DeviceMemory mem;
+};
+
+const DevMatrix& dev(const WeightHandle& w) { return static_cast<const CudaWeight&>(w).m; }
+
+// A grow-only device scratch buffer. Growing while a graph is being recorded
+// keeps the old allocation alive (recorded kernels point into it).
+class Scratch {
+ public:
+  template <class T>
+  T* get(size_t count, cudaStream_t s, bool recording) {
+    const size_t bytes = std::max<size_t>(count * sizeof(T), 256);
+    if (bytes > mem_.bytes()) {
+      if (recording) {
+        retired_.push_back(std::move(mem_));
+      } else {
+        OPTIQ_CUDA_OK(cudaStreamSynchronize(s));  // kernels queued on the old buffer finish first
+      }
+      mem_ = DeviceMemory(bytes + bytes / 4);
+    }
+    return mem_.as<T>();
+  }
+
+ private:
+  DeviceMemory mem_;
+  std::vector<DeviceMemory> retired_;
+};
+
+void free_device(float* p) { cudaFree(p); }
+
+class CudaStep final : public RecordedStep {
+ public:
+  ~CudaStep() override {
+    if (exec) cudaGraphExecDestroy(exec);
+    if (staging) cudaFreeHost(staging);
+  }
+  cudaGraphExec_t exec = nullptr;
+  float* staging = nullptr;  // pinned: the step's output
+  int64_t out_floats = 0;
+};
+
+// Step inputs as they sit in device memory: the position, then the tokens.
+constexpr int kMaxStepTokens = kMatvecMaxRows;
+struct StepInputs {
+  int32_t pos = 0;
+  int32_t tokens[kMaxStepTokens] = {};
+};
+
+class CudaBackend;
+
+// Every operation opens one: it counts operations (the int8 activation cache
+// below is valid only between two consecutive products) and, while op timing
+// is on, records a device event pair around the operation.
+class Op {
+ public:
+  Op(CudaBackend& b, const char* name);
+  Op(CudaBackend& b, std::string name);
+  ~Op();
+  Op(const Op&) = delete;
+  Op& operator=(const Op&) = delete;
+
+ private:
+  CudaBackend* timed_ = nullptr;
+  std::string name_;
+  cudaEvent_t start_ = nullptr;
+};
+
+class CudaBackend final : public Backend {
+  friend class Op;
+
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    OPTIQ_CUDA_OK(cudaSetDevice(device));
+    OPTIQ_CUDA_OK(cudaGetDeviceProperties(&props_, device));
+    OPTIQ_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    step_dev_ = DeviceMemory(sizeof(StepInputs));
+    OPTIQ_CUDA_OK(cudaMallocHost(&step_host_, sizeof(StepInputs)));
+  }
+  ~CudaBackend() override {
+    if (blas_) cublasDestroy(blas_);
+    if (step_host_) cudaFreeHost(step_host_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  std::string_view name() const override { return "cuda"; }
+  bool host_memory() const override { return false; }
+  const cudaDeviceProp& props() const { return props_; }
+
+  Buffer alloc(int64_t n) override {
+    check(n >= 0, "cuda backend: cannot allocate {} floats", n);
+    if (n == 0) return {};
+    return Buffer(static_cast<float*>(malloc_device(static_cast<size_t>(n) * sizeof(float))), n, free_device);
+  }
+  void to_device(const float* host, int64_t n, float* dst) override {
+    Op op(*this, "to_device");
+    check(!recording_, "cuda backend: host data cannot enter a recorded step");
+    if (n <= 0) return;
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, host, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+  }
+  void to_host(const float* src, int64_t n, float* host) override {
+    Op op(*this, "to_host");
+    if (n <= 0) return;
+    if (recording_) {
+      check(!record_out_, "cuda backend: a recorded step has one output");
+      record_out_ = std::make_unique<CudaStep>();
+      OPTIQ_CUDA_OK(cudaMallocHost(&record_out_->staging, static_cast<size_t>(n) * sizeof(float)));
+      record_out_->out_floats = n;
+      OPTIQ_CUDA_OK(cudaMemcpyAsync(record_out_->staging, src, static_cast<size_t>(n) * sizeof(float),
+                                    cudaMemcpyDeviceToHost, stream_));
+      return;
+    }
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+  }
+
+  KVCache make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16) override {
+    KVCache c;
+    c.layers = layers;
+    c.max_ctx = max_ctx;
+    c.kv_dim = kv_dim;
+    c.f16 = f16;
+    // fp16 when the values are fp16 anyway, or fast numerics (half the bytes every decode step reads).
+    c.half_storage = f16 || kernels::decode_int8_enabled();
+    const int64_t n = static_cast<int64_t>(layers) * max_ctx * kv_dim;
+    const int64_t slots = c.half_storage ? (n + 1) / 2 : n;
+    c.k = alloc(slots);
+    c.v = alloc(slots);
+    return c;
+  }
+
+  std::unique_ptr<WeightHandle> upload(const WeightView& w) override;
+  void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) override;
+  void embed(const WeightHandle& w, const int32_t* tokens, int64_t n, float scale, float* out) override {
+    Op op(*this, "embed");
+    if (n <= 0) return;
+    const int32_t* dev_tokens;
+    if (recording_) {
+      check(n == step_n_, "cuda backend: a recorded embedding of {} tokens in a step of {}", n, step_n_);
+      dev_tokens = step_dev_.as<StepInputs>()->tokens;
+    } else {
+      int32_t* t = tokens_.get<int32_t>(static_cast<size_t>(n), stream_, false);
+      OPTIQ_CUDA_OK(cudaMemcpyAsync(t, tokens, static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      dev_tokens = t;
+    }
+    cuda::embed_rows(dev(w), dev_tokens, static_cast<int>(n), scale, out, stream_);
+  }
+
+  void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) override {
+    Op op(*this, "rms_norm");
+    cuda::rms_norm(x, w, rows, dim, eps, out, stream_);
+  }
+  void add(float* x, const float* y, int64_t n) override {
+    Op op(*this, "add");
+    cuda::add(x, y, n, stream_);
+  }
+  void add_rows(float* y, const float* b, int64_t n, int64_t m) override {
+    Op op(*this, "add_rows");
+    cuda::add_rows(y, b, n, m, stream_);
+  }
+  void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst) override {
+    Op op(*this, "take_columns");
+    cuda::take_columns(src, n, cols, from, width, dst, stream_);
+  }
+  void rope(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_dim, int pos0,
+            const float* inv_freq, float mscale) override {
+    Op op(*this, "rope");
+    cuda::rope(x, n, stride, heads, head_dim, rot_dim, position(pos0), inv_freq, mscale, stream_);
+  }
+  void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, int64_t n) override {
+    Op op(*this, "gated_activation");
+    cuda::gated_activation(act, llamacpp, gate, up, n, stream_);
+  }
+  void softcap(float* x, int64_t n, float cap) override {
+    Op op(*this, "softcap");
+    cuda::softcap(x, n, cap, stream_);
+  }
+  void round_f16(float* x, int64_t n) override {
+    Op op(*this, "round_f16");
+    cuda::round_activations(ActRounding::F16, x, 1, n, x, stream_);
+  }
+
+  void kv_store(KVCache& c, int layer, int pos0, const float* k, const float* v, int64_t n) override {
+    Op op(*this, "kv_store");
+    check(pos0 + n <= c.max_ctx, "cuda backend: {} keys at position {} overflow a cache of {}", n, pos0, c.max_ctx);
+    cuda::kv_store(layer_of(c, layer), position(pos0), k, v, n, stream_);
+  }
+  void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
+                 float* out) override;
+
+  bool can_record_steps() const override { return true; }
+  void set_step_inputs(const int32_t* tokens, int64_t n, int pos0) override {
+    check(n >= 0 && n <= kMaxStepTokens, "cuda backend: a step of {} tokens (at most {})", n, kMaxStepTokens);
+    step_host_->pos = pos0;
+    std::copy_n(tokens, n, step_host_->tokens);
+    step_n_ = n;
+    step_pos_ = pos0;
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(step_dev_.get(), step_host_, sizeof(StepInputs), cudaMemcpyHostToDevice, stream_));
+  }
+  void begin_recording() override {
+    check(!recording_, "cuda backend: already recording");
+    // The step inputs must have reached the device before capture starts
+    // (the pinned buffer is reused by the next set_step_inputs).
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    OPTIQ_CUDA_OK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    recording_ = true;
+    record_out_.reset();
+  }
+  std::unique_ptr<RecordedStep> end_recording() override {
+    check(recording_, "cuda backend: not recording");
+    recording_ = false;
+    cudaGraph_t graph = nullptr;
+    OPTIQ_CUDA_OK(cudaStreamEndCapture(stream_, &graph));
+    std::unique_ptr<CudaStep> step = record_out_ ? std::move(record_out_) : std::make_unique<CudaStep>();
+    const cudaError_t e = cudaGraphInstantiate(&step->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    OPTIQ_CUDA_OK(e);
+    return step;
+  }
+  void replay(const RecordedStep& s, float* host_out) override {
+    const auto& step = static_cast<const CudaStep&>(s);
+    OPTIQ_CUDA_OK(cudaGraphLaunch(step.exec, stream_));
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    if (step.out_floats > 0 && host_out)
+      std::memcpy(host_out, step.staging, static_cast<size_t>(step.out_floats) * sizeof(float));
+  }
+
+  void set_op_timing(bool on) override { timing_ = on; }
+  std::vector<OpTime> take_op_times() override {
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    std::vector<OpTime> out;
+    for (const Timed& t : timed_) {
+      float ms = 0;
+      OPTIQ_CUDA_OK(cudaEventElapsedTime(&ms, t.start, t.end));
+      auto it = std::find_if(out.begin(), out.end(), [&](const OpTime& o) { return o.op == t.name; });
+      if (it == out.end()) it = out.insert(out.end(), OpTime{t.name, 0, 0.0});
+      ++it->calls;
+      it->ms += ms;
+      free_events_.push_back(t.start);
+      free_events_.push_back(t.end);
+    }
+    timed_.clear();
+    std::sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
+    return out;
+  }
+
+  // A recording abandoned by an exception (the Transformer's guard).
+  void abort_recording() override {
+    if (!recording_) return;
+    recording_ = false;
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(stream_, &g);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    record_out_.reset();
+  }
+
+ private:
+  DevPos position(int pos0) const {
+    if (recording_) return DevPos{&step_dev_.as<StepInputs>()->pos, pos0 - step_pos_};
+    return DevPos{nullptr, pos0};
+  }
+  static DevKV layer_of(const KVCache& c, int layer) {
+    DevKV d;
+    d.half = c.half_storage;
+    d.kv_dim = c.kv_dim;
+    const int64_t off = c.layer_offset(layer);
+    if (c.half_storage) {
+      d.k = reinterpret_cast<__half*>(c.k.data()) + off;
+      d.v = reinterpret_cast<__half*>(c.v.data()) + off;
+    } else {
+      d.k = c.k.data() + off;
+      d.v = c.v.data() + off;
+    }
+    return d;
+  }
+  cublasHandle_t blas() {
+    if (!blas_) {
+      check_blas(cublasCreate(&blas_), "cublasCreate");
+      check_blas(cublasSetStream(blas_, stream_), "cublasSetStream");
+      // A fixed workspace: cuBLAS then allocates nothing per call.
+      blas_ws_ = DeviceMemory(32u << 20);
+      check_blas(cublasSetWorkspace(blas_, blas_ws_.get(), blas_ws_.bytes()), "cublasSetWorkspace");
+    }
+    return blas_;
+  }
+  // y (n x rows) = x (n x cols) . W^T for large n: W a slab of rows at a time.
+  void gemm(const DevMatrix& m, const float* x, int64_t n, float* y);
+  // fp32 row-major C (n x m_rows, ldc) = X (n x k) . A^T, A (m_rows x k) row-major, both `type`.
+  void gemm_rows(const void* a, const void* x, cudaDataType type, int64_t m_rows, int64_t n, int64_t k, float* c,
+                 int64_t ldc);
+
+  cudaEvent_t event() {
+    if (!free_events_.empty()) {
+      cudaEvent_t e = free_events_.back();
+      free_events_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    OPTIQ_CUDA_OK(cudaEventCreate(&e));
+    return e;
+  }
+
+  struct Timed {
+    std::string name;
+    cudaEvent_t start, end;
+  };
+  bool timing_ = false;
+  std::vector<Timed> timed_;
+  std::vector<cudaEvent_t> free_events_;
+  int64_t ops_ = 0;  // operations issued (Op)
+  // The int8 activation blocks of the last product: reused by the next
+  // product when it reads the same rows and no operation came between
+  // (q/k/v and gate/up multiply one input).
+  struct Int8Input {
+    const float* x = nullptr;
+    int64_t n = 0, cols = 0, op = -1;
+  } int8_input_;
+  const float* last_y_ = nullptr;  // the last product's output range
+  int64_t last_y_n_ = 0;
+
+  int device_;
+  cudaDeviceProp props_{};
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  DeviceMemory blas_ws_;
+  Scratch rounded_, xq_, xscale_, xsum_, aligned_, slab_, xhalf_, tokens_, partial_, scores_, probs_, qhalf_;
+  DeviceMemory step_dev_;
+  StepInputs* step_host_ = nullptr;
+  int64_t step_n_ = 0;
+  int step_pos_ = 0;
+  bool recording_ = false;
+  std::unique_ptr<CudaStep> record_out_;
+};
+
+
+std::unique_ptr<WeightHandle> CudaBackend::upload(const WeightView& w) {
+  auto h = std::make_unique<CudaWeight>(w.rows, w.cols);
+  DevMatrix& m = h->m;
+  m.rows = w.rows;
+  m.cols = w.cols;
+  m.act = w.act;
+  struct Part {
+    const void* host;
+    size_t bytes;
+    const void** dst;
+  };
+  std::vector<Part> parts;
+  const size_t elems = static_cast<size_t>(w.rows) * static_cast<size_t>(w.cols);
+  if (const auto* f = w.as<F32Weights>()) {
+    m.storage = DevStorage::F32;
+    parts.push_back({f->data, elems * 4, &m.data});
+  } else if (const auto* hw = w.as<HalfWeights>()) {
+    m.storage = hw->bf16 ? DevStorage::BF16 : DevStorage::F16;
+    parts.push_back({hw->data, elems * 2, &m.data});
+  } else if (const auto* a = w.as<AffineMatrixView>()) {
+    check_view(*a);
+    m.storage = DevStorage::Affine;
+    m.bits = a->fmt.bits;
+    m.group = a->fmt.group_size;
+    m.bf16_scales = a->bf16_scales;
+    m.zero_point = a->zero_point;
+    const size_t groups = static_cast<size_t>(a->rows) * static_cast<size_t>(a->groups_per_row());
+    parts.push_back({a->packed, static_cast<size_t>(a->rows * a->words_per_row()) * 4, &m.data});
+    parts.push_back({a->scales, groups * 2, reinterpret_cast<const void**>(&m.scales)});
+    if (a->biases) parts.push_back({a->biases, groups * 2, reinterpret_cast<const void**>(&m.biases)});
+  } else if (const auto* kq = w.as<KQuantView>()) {
+    check_view(*kq);
+    m.storage = DevStorage::KQuant;
+    m.kquant = kq->dtype;
+    m.row_bytes = static_cast<int64_t>(kq->row_bytes());
+    parts.push_back({kq->data, kq->bytes(), &m.data});
+  } else {
+    fail("cuda backend: a weight storage it does not know");
+  }
+  size_t total = 0;
+  for (const Part& p : parts) total += (p.bytes + 255) / 256 * 256;
+  h->mem = DeviceMemory(total);
+  size_t off = 0;
+  for (const Part& p : parts) {
+    auto* dst = static_cast<uint8_t*>(h->mem.get()) + off;
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, p.host, p.bytes, cudaMemcpyHostToDevice, stream_));
+    *p.dst = dst;
+    off += (p.bytes + 255) / 256 * 256;
+  }
+  OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+  return h;
+}
+
+std::string storage_name(const DevMatrix& m) {
+  switch (m.storage) {
+    case DevStorage::F32: return "f32";
+    case DevStorage::F16: return "f16";
+    case DevStorage::BF16: return "bf16";
+    case DevStorage::Affine: return "q" + std::to_string(m.bits) + "g" + std::to_string(m.group);
+    case DevStorage::KQuant: return std::string(dtype_name(m.kquant));
+  }
+  return "?";
+}
+
+void CudaBackend::matmul(const WeightHandle& wh, const float* x, int64_t n, float* y) {
+  const DevMatrix& m = dev(wh);
+  const bool int8 = m.act == ActRounding::Exact && kernels::decode_int8_enabled() && has_matvec_int8(m);
+  Op op = timing_ && !recording_ ? Op(*this, "matmul " + storage_name(m) +
+                                                 (n > kMatvecMaxRows ? " gemm" : int8 ? " int8" : " fp32"))
+                                 : Op(*this, "matmul");
+  const float* prev_y = last_y_;
+  const int64_t prev_y_n = last_y_n_;
+  last_y_ = y;
+  last_y_n_ = n * m.rows;
+  if (n <= 0) return;
+  const int64_t cols = m.cols;
+  const float* const x_in = x;  // the caller's rows (x may become a rounded or aligned copy)
+  if (m.act != ActRounding::Exact) {
+    float* r = rounded_.get<float>(static_cast<size_t>(n * cols), stream_, recording_);
+    cuda::round_activations(m.act, x, n, cols, r, stream_);
+    x = r;
+  } else if (reinterpret_cast<uintptr_t>(x) % 16 != 0) {  // the kernels load 16 bytes at a time
+    float* a = aligned_.get<float>(static_cast<size_t>(n * cols), stream_, recording_);
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(a, x, static_cast<size_t>(n * cols) * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+    x = a;
+  }
+  if (n > kMatvecMaxRows) {
+    check(!recording_, "cuda backend: a recorded step multiplies at most {} rows", kMatvecMaxRows);
+    gemm(m, x, n, y);
+    return;
+  }
+  if (int8) {
+    const int64_t blocks = (cols + 31) / 32;
+    auto* q = xq_.get<int8_t>(static_cast<size_t>(n * blocks * 32), stream_, recording_);
+    auto* sc = xscale_.get<float>(static_cast<size_t>(n * blocks), stream_, recording_);
+    auto* sm = xsum_.get<int32_t>(static_cast<size_t>(n * blocks), stream_, recording_);
+    const Int8Input in{x_in, n, cols, ops_};
+    const bool prev_wrote_x = prev_y && prev_y < x_in + n * cols && x_in < prev_y + prev_y_n;
+    const bool cached = int8_input_.x == x_in && int8_input_.n == n && int8_input_.cols == cols &&
+                        int8_input_.op == ops_ - 1 && !prev_wrote_x;
+    if (!cached) cuda::quantize_act_int8(x, static_cast<int>(n), cols, q, sc, sm, stream_);
+    int8_input_ = in;
+    cuda::matvec_int8(m, q, sc, sm, static_cast<int>(n), y, stream_);
+  } else {
+    cuda::matvec_f32(m, x, static_cast<int>(n), y, stream_);
+  }
+}
+
+void CudaBackend::gemm_rows(const void* a, const void* x, cudaDataType type, int64_t m_rows, int64_t n, int64_t k,
+                            float* c, int64_t ldc) {
+  const float one = 1.0f, zero = 0.0f;
+  // Column-major view: C^T (m_rows x n) = A (m_rows x k, stored k-major) . X^T (k x n).
+  check_blas(cublasGemmEx(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m_rows), static_cast<int>(n),
+                          static_cast<int>(k), &one, a, type, static_cast<int>(k), x, type, static_cast<int>(k), &zero,
+                          c, CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmEx");
+}
+
+void CudaBackend::gemm(const DevMatrix& m, const float* x, int64_t n, float* y) {
+  // The expanded slab stays under this size (lm_heads of large vocabularies take a few slabs).
+  constexpr size_t kSlabBytes = size_t{256} << 20;
+  const bool fast = kernels::decode_int8_enabled();
+  const size_t elem = fast ? 2 : 4;
+  const int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(kSlabBytes / (elem * m.cols)));
+  if (fast) {
+    auto* xh = xhalf_.get<__half>(static_cast<size_t>(n * m.cols), stream_, false);
+    cuda::to_half(x, n * m.cols, xh, stream_);
+    if (m.storage == DevStorage::F16) {
+      gemm_rows(m.data, xh, CUDA_R_16F, m.rows, n, m.cols, y, m.rows);
+      return;
+    }
+    auto* slab = slab_.get<__half>(static_cast<size_t>(std::min(slab_rows, m.rows) * m.cols), stream_, false);
+    for (int64_t r0 = 0; r0 < m.rows; r0 += slab_rows) {
+      const int64_t r1 = std::min(m.rows, r0 + slab_rows);
+      cuda::dequantize_rows(m, r0, r1, slab, stream_);
+      gemm_rows(slab, xh, CUDA_R_16F, r1 - r0, n, m.cols, y + r0, m.rows);
+    }
+  } else {
+    if (m.storage == DevStorage::F32) {
+      gemm_rows(m.data, x, CUDA_R_32F, m.rows, n, m.cols, y, m.rows);
+      return;
+    }
+    auto* slab = slab_.get<float>(static_cast<size_t>(std::min(slab_rows, m.rows) * m.cols), stream_, false);
+    for (int64_t r0 = 0; r0 < m.rows; r0 += slab_rows) {
+      const int64_t r1 = std::min(m.rows, r0 + slab_rows);
+      cuda::dequantize_rows(m, r0, r1, slab, stream_);
+      gemm_rows(slab, x, CUDA_R_32F, r1 - r0, n, m.cols, y + r0, m.rows);
+    }
+  }
+}
+
+void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
+                            float* out) {
+  Op op(*this, n <= kMatvecMaxRows ? "attention decode" : "attention prefill");
+  if (n <= 0) return;
+  check(p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0, "cuda backend: {} heads over {} kv heads", p.n_heads,
+        p.n_kv_heads);
+  const DevKV kv = layer_of(c, layer);
+  if (n <= kMatvecMaxRows) {
+    // Enough blocks to fill the GPU twice over, each range at least 16 keys.
+    int splits = 1;
+    if (!p.f16_probs) {
+      const int want = (2 * props_.multiProcessorCount + p.n_kv_heads * static_cast<int>(n) - 1) /
+                       (p.n_kv_heads * static_cast<int>(n));
+      splits = std::clamp(want, 1, std::clamp(p.max_ctx / 16, 1, 64));
+    }
+    const int group = p.n_heads / p.n_kv_heads, chunk_cap = (p.max_ctx + splits - 1) / splits;
+    const size_t smem = sizeof(float) * (static_cast<size_t>(group) * (p.head_dim + chunk_cap) + 2 * group);
+    check(smem <= props_.sharedMemPerBlockOptin,
+          "cuda backend: decode attention over {} keys needs {} KB of shared memory per block, the GPU has {} KB",
+          p.max_ctx, smem / 1024, props_.sharedMemPerBlockOptin / 1024);
+    float* partial = partial_.get<float>(
+        static_cast<size_t>(attention_decode_partial_floats(p, static_cast<int>(n), splits)), stream_, recording_);
+    cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, out, stream_);
+    return;
+  }
+  check(!recording_, "cuda backend: a recorded step attends with at most {} queries", kMatvecMaxRows);
+  // Prefill: S = K Q^T per head (cuBLAS, batched over kv heads for each query head of a group),
+  // softmax in place, out = P V.
+  const int64_t T = pos0 + n, ld = (T + 7) / 8 * 8;
+  const int G = p.n_heads / p.n_kv_heads, hd = p.head_dim, batch = p.n_kv_heads;
+  float* S = scores_.get<float>(static_cast<size_t>(p.n_heads) * n * ld, stream_, false);
+  const float one = 1.0f, zero = 0.0f;
+  const cudaDataType type = kv.half ? CUDA_R_16F : CUDA_R_32F;
+  const size_t esz = kv.half ? 2 : 4;
+  const void* qin = q;
+  if (kv.half) {
+    auto* qh = qhalf_.get<__half>(static_cast<size_t>(n * p.q_stride), stream_, false);
+    cuda::to_half(q, n * p.q_stride, qh, stream_);
+    qin = qh;
+  }
+  auto at = [](const void* base, int64_t elems, size_t esz) {
+    return static_cast<const void*>(static_cast<const uint8_t*>(base) + elems * static_cast<int64_t>(esz));
+  };
+  for (int j = 0; j < G; ++j)
+    check_blas(cublasGemmStridedBatchedEx(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(T), static_cast<int>(n), hd,
+                                          &one, kv.k, type, static_cast<int>(p.kv_stride), hd, at(qin, j * hd, esz),
+                                          type, static_cast<int>(p.q_stride), static_cast<int64_t>(G) * hd, &zero,
+                                          S + j * n * ld, CUDA_R_32F, static_cast<int>(ld), G * n * ld, batch,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "attention scores (cublasGemmStridedBatchedEx)");
+  __half* p16 = kv.half ? probs_.get<__half>(static_cast<size_t>(p.n_heads) * n * ld, stream_, false) : nullptr;
+  cuda::attention_softmax(p, S, n, ld, pos0, p16, stream_);
+  const void* P = kv.half ? static_cast<const void*>(p16) : static_cast<const void*>(S);
+  for (int j = 0; j < G; ++j)
+    check_blas(cublasGemmStridedBatchedEx(blas(), CUBLAS_OP_N, CUBLAS_OP_N, hd, static_cast<int>(n), static_cast<int>(T),
+                                          &one, kv.v, type, static_cast<int>(p.kv_stride), hd, at(P, j * n * ld, esz),
+                                          type, static_cast<int>(ld), G * n * ld, &zero, out + j * hd, CUDA_R_32F,
+                                          static_cast<int>(p.q_stride), static_cast<int64_t>(G) * hd, batch,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "attention values (cublasGemmStridedBatchedEx)");
+}
+
+Op::Op(CudaBackend& b, const char* name) : Op(b, std::string()) {
+  if (timed_) name_ = name;
+}
+
+Op::Op(CudaBackend& b, std::string name) {
+  ++b.ops_;
+  if (!b.timing_ || b.recording_) return;
+  timed_ = &b;
+  name_ = std::move(name);
+  start_ = b.event();
+  OPTIQ_CUDA_OK(cudaEventRecord(start_, b.stream_));
+}
+
+Op::~Op() {
+  if (!timed_) return;
+  cudaEvent_t end = timed_->event();
+  cudaEventRecord(end, timed_->stream_);
+  timed_->timed_.push_back({std::move(name_), start_, end});
+}
+
+}  // namespace
+}  // namespace cuda
+
+Backend* cuda_backend() {
+  static std::once_flag once;
+  static std::unique_ptr<cuda::CudaBackend> backend;
+  std::call_once(once, [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      cudaGetLastError();  // no driver or no GPU: this build runs on the CPU
+      return;
+    }
+    try {
+      backend = std::make_unique<cuda::CudaBackend>(0);
+    } catch (const Error& e) {
+      warn("a GPU is visible but the CUDA backend could not start: {}", e.what());
+    }
+  });
+  return backend.get();
+}
+
+}  // namespace optiq

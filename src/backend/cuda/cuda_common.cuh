@@ -1,0 +1,75 @@
+// Shared by the CUDA backend's files: error checks that say which call
+// failed and where, device memory as an RAII value, and the small device
+// helpers (fp16/bf16 words, warp sums) every kernel file uses.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace optiq::cuda {
+
+// Throws optiq::Error "CUDA: <call> failed at <file>:<line>: <cuda message>".
+void fail_cuda(cudaError_t e, const char* what, const char* file, int line);
+inline void check_cuda(cudaError_t e, const char* what, const char* file, int line) {
+  if (e != cudaSuccess) fail_cuda(e, what, file, line);
+}
+#define OPTIQ_CUDA_OK(expr) ::optiq::cuda::check_cuda((expr), #expr, __FILE__, __LINE__)
+// After a kernel launch: a bad configuration shows up here, not at the next sync.
+#define OPTIQ_CUDA_LAUNCHED() ::optiq::cuda::check_cuda(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+// A device allocation, freed when the value goes (cudaFree never throws here).
+class DeviceMemory {
+ public:
+  DeviceMemory() = default;
+  explicit DeviceMemory(size_t bytes);
+  void* get() const { return ptr_.get(); }
+  template <class T>
+  T* as() const { return static_cast<T*>(ptr_.get()); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  struct Free {
+    void operator()(void* p) const { cudaFree(p); }
+  };
+  std::unique_ptr<void, Free> ptr_;
+  size_t bytes_ = 0;
+};
+
+inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+#ifdef __CUDACC__
+__device__ __forceinline__ float half_word(uint16_t w) { return __half2float(__ushort_as_half(w)); }
+__device__ __forceinline__ float bf16_word(uint16_t w) { return __uint_as_float(static_cast<uint32_t>(w) << 16); }
+__device__ __forceinline__ float scale_word(uint16_t w, bool bf16) { return bf16 ? bf16_word(w) : half_word(w); }
+// fp32 -> fp16 -> fp32, round to nearest even (core/half.h's f32_to_f16).
+__device__ __forceinline__ float round_to_f16(float x) { return __half2float(__float2half_rn(x)); }
+__device__ __forceinline__ float round_to_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Sum over a block of `blockDim.x` (a multiple of 32, at most 1024) threads;
+// every thread gets the result. `scratch` holds 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.0f;
+  return warp_sum(v);
+}
+#endif
+
+}  // namespace optiq::cuda

@@ -1,0 +1,101 @@
+// The CUDA backend's kernels as host-callable launchers (each enqueues on the
+// given stream and returns at once). cuda_backend.cu decides which to call;
+// the kernel files implement them: matvec.cu (decode products), dequant.cu
+// (weights to fp16/fp32 rows for prefill GEMMs and embeddings),
+// elementwise.cu, attention.cu.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "kernels/activation.h"
+#include "kernels/attention.h"
+#include "kernels/weight_view.h"
+
+namespace optiq::cuda {
+
+// A weight matrix in device memory, in the storage it was uploaded in
+// (nothing is widened: the kernels read packed words).
+enum class DevStorage : uint8_t { F32, F16, BF16, Affine, KQuant };
+
+struct DevMatrix {
+  DevStorage storage = DevStorage::F32;
+  int64_t rows = 0, cols = 0;
+  const void* data = nullptr;  // elements, affine packed words, or k-quant blocks
+  // Affine groups (quant/affine.h): scales/biases {rows, cols/group}; biases
+  // null means symmetric (bias = -zero_point * scale).
+  const uint16_t* scales = nullptr;
+  const uint16_t* biases = nullptr;
+  int bits = 0, group = 0, zero_point = 0;
+  bool bf16_scales = false;
+  DType kquant = DType::Q4_K;  // k-quant blocks of 256
+  int64_t row_bytes = 0;       // k-quant bytes per row
+  ActRounding act = ActRounding::Exact;
+};
+
+// Decode products take at most this many activation rows; more go through
+// dequantize_rows + a cuBLAS GEMM.
+constexpr int kMatvecMaxRows = 8;
+
+// y[n x rows] = x[n x cols] . W^T with fp32 activations (every storage).
+void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s);
+// The same with activations rounded to int8 blocks of 32 by quantize_act_int8
+// (affine storage only: integer dot products per block, the CPU's int8 decode numerics).
+bool has_matvec_int8(const DevMatrix& w);
+void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xscale, const int32_t* xsum, int n, float* y,
+                 cudaStream_t s);
+// x (n x cols) -> blocks of 32: q (n x blocks*32, zero padded), scale and sum
+// per block, bit for bit as kernels/act_quant.h.
+void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s);
+
+// Rows [r0, r1) of W as fp32 or fp16, row-major ((r1 - r0) x cols), values as
+// quant/ggml_dequant and quant/affine compute them (fp16: rounded once).
+void dequantize_rows(const DevMatrix& w, int64_t r0, int64_t r1, float* out, cudaStream_t s);
+void dequantize_rows(const DevMatrix& w, int64_t r0, int64_t r1, __half* out, cudaStream_t s);
+// out[i] = scale * W[tokens[i]] (tokens in device memory).
+void embed_rows(const DevMatrix& w, const int32_t* tokens, int n, float scale, float* out, cudaStream_t s);
+
+// A position the kernels read at run time: (dev ? *dev : 0) + offset. A
+// recorded decode step (CUDA graph) points dev at the step's position, so
+// one recording serves every position.
+struct DevPos {
+  const int32_t* dev = nullptr;
+  int offset = 0;
+};
+
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s);
+void add(float* x, const float* y, int64_t n, cudaStream_t s);
+void add_rows(float* y, const float* b, int64_t n, int64_t m, cudaStream_t s);
+void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst, cudaStream_t s);
+void rope(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_dim, DevPos pos0,
+          const float* inv_freq, float mscale, cudaStream_t s);
+void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, int64_t n, cudaStream_t s);
+void softcap(float* x, int64_t n, float cap, cudaStream_t s);
+// x rounded as ActRounding says (kernels/weight_view.h), into out (may alias x).
+void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, float* out, cudaStream_t s);
+void to_half(const float* x, int64_t n, __half* out, cudaStream_t s);
+
+// The KV cache of one layer: [max_ctx][kv_dim] of fp32 or fp16.
+struct DevKV {
+  void* k = nullptr;
+  void* v = nullptr;
+  bool half = false;
+  int64_t kv_dim = 0;
+};
+void kv_store(const DevKV& c, DevPos pos0, const float* k, const float* v, int64_t n, cudaStream_t s);
+
+// Attention of n <= kMatvecMaxRows queries (decode), split over the keys
+// (flash-decoding): `splits` partial softmaxes per (query, head) in
+// `partial` (attention_decode_partial_floats floats), then combined.
+int64_t attention_decode_partial_floats(const AttentionParams& p, int n, int splits);
+void attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
+                      float* partial, float* out, cudaStream_t s);
+// Prefill attention's middle step: scores S (rows of ld floats: query i of
+// head h at S + (h * n + i) * ld, keys 0..pos0+n-1) -> probabilities in place
+// (scale, soft-cap, causal window, softmax); p16 (optional) gets them as fp16.
+void attention_softmax(const AttentionParams& p, float* S, int64_t n, int64_t ld, int pos0, __half* p16,
+                       cudaStream_t s);
+
+}  // namespace optiq::cuda

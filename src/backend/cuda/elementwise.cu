@@ -1,0 +1,290 @@
+// The element-wise pieces of the forward pass on the GPU, each the same
+// function as its CPU definition in kernels/elementwise.h, kernels/activation.h
+// and kernels/weight_view.h (round_activations), plus the int8 activation
+// blocks of kernels/act_quant.h bit for bit.
+#include <cuda_fp16.h>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_kernels.h"
+
+namespace optiq::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ int pos_of(DevPos p) { return (p.dev ? *p.dev : 0) + p.offset; }
+
+// One block per row; the sum of squares in double as the CPU's.
+__global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps,
+                                float* out) {
+  __shared__ double partial[32];
+  const float* xr = x + blockIdx.x * dim;
+  float* o = out + blockIdx.x * dim;
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += static_cast<double>(xr[i]) * xr[i];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    ss = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) partial[0] = ss;
+  }
+  __syncthreads();
+  const float scale = static_cast<float>(1.0 / sqrt(partial[0] / static_cast<double>(dim) + static_cast<double>(eps)));
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+}
+
+__global__ void add_kernel(float* x, const float* __restrict__ y, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += y[i];
+}
+
+__global__ void add_rows_kernel(float* y, const float* __restrict__ b, int64_t n, int64_t m) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n * m) y[i] += b[i % m];
+}
+
+__global__ void take_columns_kernel(const float* __restrict__ src, int64_t n, int64_t cols, int64_t from,
+                                    int64_t width, float* __restrict__ dst) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * width) return;
+  const int64_t r = i / width, c = i % width;
+  dst[i] = src[r * cols + from + c];
+}
+
+// One thread per (row, head, frequency).
+__global__ void rope_kernel(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_dim, DevPos pos0,
+                            const float* __restrict__ inv_freq, float mscale) {
+  const int half = rot_dim / 2;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n * heads * half) return;
+  const int i = static_cast<int>(t % half);
+  const int64_t rh = t / half;
+  const int h = static_cast<int>(rh % heads);
+  const int64_t row = rh / heads;
+  const float angle = __fmul_rn(static_cast<float>(pos_of(pos0) + row), inv_freq[i]);
+  float s, c;
+  sincosf(angle, &s, &c);
+  c = __fmul_rn(c, mscale);
+  s = __fmul_rn(s, mscale);
+  float* p = x + row * stride + static_cast<int64_t>(h) * head_dim;
+  const float a = p[i], b = p[i + half];
+  p[i] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  p[i + half] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return x / (1.0f + expf(-2.0f * u));
+}
+
+// llama.cpp's fp16-table GELU (kernels/elementwise.h gelu_tanh_llamacpp).
+__device__ __forceinline__ float gelu_tanh_llamacpp(float x) {
+  if (x <= -10.0f) return 0.0f;
+  if (x >= 10.0f) return x;
+  const float xh = round_to_f16(x);
+  const float g = 0.5f * xh * (1.0f + tanhf(0.7978845608028654f * xh * (1.0f + 0.044715f * xh * xh)));
+  return round_to_f16(g);
+}
+
+__global__ void gated_kernel(GateAct act, bool llamacpp, float* gate, const float* __restrict__ up, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float x = gate[i];
+  float a;
+  if (act == GateAct::Silu)
+    a = x / (1.0f + expf(-x));
+  else
+    a = llamacpp ? gelu_tanh_llamacpp(x) : gelu_tanh(x);
+  gate[i] = a * up[i];
+}
+
+__global__ void softcap_kernel(float* x, int64_t n, float cap) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = cap * tanhf(x[i] * (1.0f / cap));
+}
+
+__global__ void round_half_kernel(const float* __restrict__ x, int64_t n, bool bf16, float* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = bf16 ? round_to_bf16(x[i]) : round_to_f16(x[i]);
+}
+
+// ggml quantize_row_q8_0/q8_1: d = amax / 127 kept as fp16. One thread per block of 32.
+__global__ void round_q8_32_kernel(const float* __restrict__ x, int64_t blocks, float* out) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= blocks) return;
+  const float* xb = x + 32 * b;
+  float* ob = out + 32 * b;
+  float amax = 0.0f;
+  for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(xb[j]));
+  const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f, d16 = round_to_f16(d);
+  for (int j = 0; j < 32; ++j) ob[j] = __fmul_rn(rintf(__fmul_rn(xb[j], id)), d16);
+}
+
+// ggml quantize_row_q8_K: the scale from the signed extreme, fp32. One thread per block of 256.
+__global__ void round_q8k_kernel(const float* __restrict__ x, int64_t blocks, float* out) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= blocks) return;
+  const float* xb = x + 256 * b;
+  float* ob = out + 256 * b;
+  float amax = 0.0f, maxv = 0.0f;
+  for (int j = 0; j < 256; ++j)
+    if (fabsf(xb[j]) > amax) amax = fabsf(xb[j]), maxv = xb[j];
+  if (amax == 0.0f) {
+    for (int j = 0; j < 256; ++j) ob[j] = xb[j];
+    return;
+  }
+  const float iscale = -127.0f / maxv, d = 1.0f / iscale;
+  for (int j = 0; j < 256; ++j) ob[j] = __fmul_rn(d, static_cast<float>(min(127, __float2int_rn(__fmul_rn(iscale, xb[j])))));
+}
+
+__global__ void copy_kernel(const float* __restrict__ x, int64_t n, float* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = x[i];
+}
+
+__global__ void to_half_kernel(const float* __restrict__ x, int64_t n, __half* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __float2half_rn(x[i]);
+}
+
+// One warp per block of 32, a lane per value (kernels/act_quant.cpp's arithmetic).
+__global__ void quantize_act_kernel(const float* __restrict__ x, int n, int64_t cols, int8_t* q, float* scale,
+                                    int32_t* sum) {
+  const int64_t blocks = (cols + 31) / 32;
+  const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (t >= n * blocks) return;
+  const int64_t i = t / blocks, b = t % blocks, k = 32 * b + lane;
+  const float v = k < cols ? x[i * cols + k] : 0.0f;
+  const float amax = warp_max(fabsf(v));
+  const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+  const int qv = __float2int_rn(__fmul_rn(v, inv));
+  q[t * 32 + lane] = static_cast<int8_t>(qv);
+  int total = qv;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+  if (lane == 0) {
+    scale[t] = s;
+    sum[t] = total;
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void store_kv(T* dst, float v);
+template <>
+__device__ __forceinline__ void store_kv<float>(float* dst, float v) { *dst = v; }
+template <>
+__device__ __forceinline__ void store_kv<__half>(__half* dst, float v) { *dst = __float2half_rn(v); }
+
+template <class T>
+__global__ void kv_store_kernel(T* kc, T* vc, int64_t kv_dim, DevPos pos0, const float* __restrict__ k,
+                                const float* __restrict__ v, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * kv_dim) return;
+  const int64_t off = static_cast<int64_t>(pos_of(pos0)) * kv_dim + i;
+  store_kv(kc + off, k[i]);
+  store_kv(vc + off, v[i]);
+}
+
+}  // namespace
+
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s) {
+  if (rows <= 0) return;
+  const int threads = dim >= 1024 ? 512 : (dim >= 256 ? 256 : 64);
+  rms_norm_kernel<<<static_cast<unsigned>(rows), threads, 0, s>>>(x, w, dim, eps, out);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void add(float* x, const float* y, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  add_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(x, y, n);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void add_rows(float* y, const float* b, int64_t n, int64_t m, cudaStream_t s) {
+  if (n * m <= 0) return;
+  add_rows_kernel<<<blocks_for(n * m, kThreads), kThreads, 0, s>>>(y, b, n, m);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst, cudaStream_t s) {
+  if (n * width <= 0) return;
+  take_columns_kernel<<<blocks_for(n * width, kThreads), kThreads, 0, s>>>(src, n, cols, from, width, dst);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void rope(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_dim, DevPos pos0,
+          const float* inv_freq, float mscale, cudaStream_t s) {
+  const int64_t total = n * heads * (rot_dim / 2);
+  if (total <= 0) return;
+  rope_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, n, stride, heads, head_dim, rot_dim, pos0, inv_freq,
+                                                               mscale);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  gated_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(act, llamacpp, gate, up, n);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void softcap(float* x, int64_t n, float cap, cudaStream_t s) {
+  if (n <= 0) return;
+  softcap_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(x, n, cap);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, float* out, cudaStream_t s) {
+  const int64_t total = n * cols;
+  if (total <= 0) return;
+  switch (r) {
+    case ActRounding::Exact:
+      if (out != x) copy_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, total, out);
+      break;
+    case ActRounding::F16:
+    case ActRounding::BF16:
+      round_half_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, total, r == ActRounding::BF16, out);
+      break;
+    case ActRounding::Q8Block32:
+      if (out != x) copy_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, total, out);
+      round_q8_32_kernel<<<blocks_for(total / 32, 128), 128, 0, s>>>(x, total / 32, out);
+      break;
+    case ActRounding::Q8KBlock256:
+      if (out != x) copy_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, total, out);
+      round_q8k_kernel<<<blocks_for(total / 256, 64), 64, 0, s>>>(x, total / 256, out);
+      break;
+  }
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void to_half(const float* x, int64_t n, __half* out, cudaStream_t s) {
+  if (n <= 0) return;
+  to_half_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(x, n, out);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s) {
+  const int64_t blocks = (cols + 31) / 32;
+  if (n <= 0 || blocks <= 0) return;
+  quantize_act_kernel<<<blocks_for(n * blocks * 32, 256), 256, 0, s>>>(x, n, cols, q, scale, sum);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void kv_store(const DevKV& c, DevPos pos0, const float* k, const float* v, int64_t n, cudaStream_t s) {
+  const int64_t total = n * c.kv_dim;
+  if (total <= 0) return;
+  if (c.half)
+    kv_store_kernel<__half><<<blocks_for(total, kThreads), kThreads, 0, s>>>(
+        static_cast<__half*>(c.k), static_cast<__half*>(c.v), c.kv_dim, pos0, k, v, n);
+  else
+    kv_store_kernel<float><<<blocks_for(total, kThreads), kThreads, 0, s>>>(
+        static_cast<float*>(c.k), static_cast<float*>(c.v), c.kv_dim, pos0, k, v, n);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+}  // namespace optiq::cuda

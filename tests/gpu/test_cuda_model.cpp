@@ -1,0 +1,207 @@
+// The CUDA backend runs whole models as the CPU does: logits of stories260K
+// (fp32, packed affine, GGUF blocks) and of a tiny random model of every
+// family, batched prefill and token by token (recorded steps replayed),
+// perplexity, and the accuracy path (fake quantization) equal to the runtime
+// path (packed kernels). Every test skips when no GPU is visible (label gpu).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iterator>
+
+#include "backend/backend.h"
+#include "eval/perplexity.h"
+#include "kernels/act_quant.h"
+#include "model/device_weights.h"
+#include "model/quantize_model.h"
+#include "model/transformer.h"
+#include "test_models.h"
+#include "test_util.h"
+
+namespace optiq {
+namespace {
+
+#define REQUIRE_GPU()                                             \
+  if (cuda_backend() == nullptr) GTEST_SKIP() << "no GPU visible"
+
+struct Numerics {  // process-wide int8 switch, restored on exit
+  bool saved = kernels::decode_int8_enabled();
+  explicit Numerics(bool fast) { kernels::set_decode_int8(fast); }
+  ~Numerics() { kernels::set_decode_int8(saved); }
+};
+
+std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+
+// Logits of every position: batched (one call) or token by token.
+std::vector<float> run(const DeviceWeights& w, std::span<const int32_t> ids, bool stepwise, bool record = true) {
+  const int64_t vocab = w.model().config.vocab_size, n = static_cast<int64_t>(ids.size());
+  Transformer tf(w, 64);
+  tf.set_record_steps(record);
+  std::vector<float> out(static_cast<size_t>(n * vocab));
+  if (!stepwise) {
+    tf.forward(ids, out.data(), 0);
+  } else {
+    for (int64_t i = 0; i < n; ++i) tf.forward(ids.subspan(i, 1), out.data() + i * vocab, 0);
+  }
+  return out;
+}
+
+struct Agreement {
+  double rel = 0;   // ||a - b|| / ||b||
+  double top1 = 0;  // fraction of rows with the same argmax
+};
+Agreement agree(const std::vector<float>& a, const std::vector<float>& b, int64_t vocab) {
+  double num = 0, den = 0;
+  int64_t same = 0;
+  const int64_t rows = static_cast<int64_t>(b.size()) / vocab;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a.data() + r * vocab;
+    const float* y = b.data() + r * vocab;
+    for (int64_t v = 0; v < vocab; ++v) {
+      num += double(x[v] - y[v]) * (x[v] - y[v]);
+      den += double(y[v]) * y[v];
+      EXPECT_TRUE(std::isfinite(x[v]));
+    }
+    same += std::max_element(x, x + vocab) - x == std::max_element(y, y + vocab) - y;
+  }
+  return {std::sqrt(num / den), double(same) / rows};
+}
+
+std::vector<int32_t> prompt(const Model& m) {
+  std::vector<int32_t> ids = m.tokenizer->encode("Once upon a time, there was a little dog named Max. He liked to", true);
+  return ids;
+}
+
+TEST(CudaModel, Stories260KLogitsEqualCpu) {
+  REQUIRE_GPU();
+  const Model m = load_model(stories());
+  const auto ids = prompt(m);
+  ASSERT_GT(ids.size(), size_t{9}) << "the batched call must take the prefill path";
+  const int64_t vocab = m.config.vocab_size;
+  Numerics exact(false);
+  const DeviceWeights cpu(m, cpu_backend()), gpu(m, *cuda_backend());
+  const auto ref = run(cpu, ids, false);
+  for (bool stepwise : {false, true}) {
+    const Agreement a = agree(run(gpu, ids, stepwise), ref, vocab);
+    EXPECT_LT(a.rel, 1e-4) << (stepwise ? "token by token" : "batched");
+    EXPECT_EQ(a.top1, 1.0) << (stepwise ? "token by token" : "batched");
+  }
+}
+
+TEST(CudaModel, RecordedStepsEqualDirectSteps) {
+  REQUIRE_GPU();
+  const Model m = load_model(stories());
+  const auto ids = prompt(m);
+  for (bool fast : {false, true}) {
+    Numerics n(fast);
+    const DeviceWeights gpu(m, *cuda_backend());
+    EXPECT_EQ(run(gpu, ids, true, true), run(gpu, ids, true, false)) << (fast ? "fast" : "exact");
+  }
+}
+
+TEST(CudaModel, FastNumericsStayClose) {
+  REQUIRE_GPU();
+  const Model m = load_model(stories());
+  const auto ids = prompt(m);
+  std::vector<float> ref;
+  {
+    Numerics exact(false);
+    ref = run(DeviceWeights(m, cpu_backend()), ids, false);
+  }
+  Numerics fast(true);
+  const DeviceWeights gpu(m, *cuda_backend());
+  for (bool stepwise : {false, true}) {
+    const Agreement a = agree(run(gpu, ids, stepwise), ref, m.config.vocab_size);
+    EXPECT_LT(a.rel, 5e-3) << (stepwise ? "token by token" : "batched");
+    EXPECT_GE(a.top1, 0.9) << (stepwise ? "token by token" : "batched");
+  }
+}
+
+// Packed affine and GGUF-block models on the GPU give the logits of their
+// fake-quantized fp32 copies on the CPU (runtime path == accuracy path).
+TEST(CudaModel, PackedFormatsEqualFakeQuantOnCpu) {
+  REQUIRE_GPU();
+  Numerics exact(false);
+  for (const char* spec : {"q4g32", "q3g64", "q8g32", "q2g32", "q5g64", "q6g32"}) {
+    const TensorFormat f = parse_tensor_format(spec);
+    for (bool bf16 : {false, true}) {
+      Model packed = load_model(stories()), fake = load_model(stories());
+      const PrecisionMap map = PrecisionMap::uniform(packed.config, f);
+      QuantizeModelOptions po{.recipe = QuantizeRecipe::for_model(packed.config), .progress = false};
+      po.recipe.bf16_scales = bf16;
+      quantize_model(packed, map, po);
+      po.fake = true;
+      quantize_model(fake, map, po);
+      const auto ids = prompt(packed);
+      const auto ref = run(DeviceWeights(fake, cpu_backend()), ids, false);
+      const DeviceWeights gpu(packed, *cuda_backend());
+      for (bool stepwise : {false, true}) {
+        const Agreement a = agree(run(gpu, ids, stepwise), ref, packed.config.vocab_size);
+        EXPECT_LT(a.rel, 1e-4) << spec << (bf16 ? " bf16" : " fp16") << (stepwise ? " token by token" : " batched");
+        EXPECT_EQ(a.top1, 1.0) << spec;
+      }
+    }
+  }
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    const TensorFormat f{GgmlFormat{t}};
+    Model packed = load_model(stories()), fake = load_model(stories());
+    const PrecisionMap map = PrecisionMap::uniform(packed.config, f);
+    QuantizeModelOptions po{.recipe = QuantizeRecipe::for_model(packed.config), .progress = false};
+    quantize_model(packed, map, po);
+    po.fake = true;
+    quantize_model(fake, map, po);
+    const auto ids = prompt(packed);
+    const Agreement a = agree(run(DeviceWeights(packed, *cuda_backend()), ids, true),
+                              run(DeviceWeights(fake, cpu_backend()), ids, false), packed.config.vocab_size);
+    EXPECT_LT(a.rel, 1e-4) << dtype_name(t);
+  }
+}
+
+class CudaFamily : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaFamily, LogitsEqualCpu) {
+  REQUIRE_GPU();
+  const ModelConfig c = test::tiny(GetParam());
+  const Model m = test::random_model(c, 11);
+  const auto ids = test::random_ids(21, c.vocab_size, 3);
+  for (bool fast : {false, true}) {
+    Numerics n(fast);
+    const auto ref = run(DeviceWeights(m, cpu_backend()), ids, false);
+    const DeviceWeights gpu(m, *cuda_backend());
+    for (bool stepwise : {false, true}) {
+      const Agreement a = agree(run(gpu, ids, stepwise), ref, c.vocab_size);
+      // fast: the GPU keeps an fp16 KV cache and fp16 prefill GEMM operands.
+      EXPECT_LT(a.rel, fast ? 3e-3 : 1e-4) << GetParam() << (fast ? " fast" : " exact")
+                                           << (stepwise ? " token by token" : " batched");
+      EXPECT_GE(a.top1, fast ? 0.95 : 1.0) << GetParam();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, CudaFamily, ::testing::Values("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"));
+
+TEST(CudaModel, PerplexityEqualsCpu) {
+  REQUIRE_GPU();
+  Numerics exact(false);
+  Model m = load_model(stories());
+  quantize_model(m, PrecisionMap::uniform(m.config, parse_tensor_format("q4g32")),
+                 {.recipe = QuantizeRecipe::for_model(m.config), .progress = false});
+  const std::string text = test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt";
+  std::ifstream in(text);
+  ASSERT_TRUE(in) << text;
+  std::string s((std::istreambuf_iterator<char>(in)), {});
+  s.resize(std::min<size_t>(s.size(), 60000));
+  const auto tokens = m.tokenizer->encode(s, true);
+  PerplexityOptions o;
+  o.ctx = 128;
+  o.chunks = 12;
+  o.progress = false;
+  const PerplexityResult cpu = evaluate_perplexity(DeviceWeights(m, cpu_backend()), tokens, o);
+  const PerplexityResult gpu = evaluate_perplexity(DeviceWeights(m, *cuda_backend()), tokens, o);
+  EXPECT_EQ(cpu.tokens, gpu.tokens);
+  EXPECT_NEAR(gpu.ppl / cpu.ppl, 1.0, 1e-3) << "cpu " << cpu.ppl << " gpu " << gpu.ppl;
+}
+
+}  // namespace
+}  // namespace optiq
