@@ -106,22 +106,34 @@ __global__ void __launch_bounds__(kDecodeThreads)
   }
 }
 
-// One block per (head, query): combines the splits' partial softmaxes.
+// One block per (head, query): combines the splits' partial softmaxes. The
+// splits' weights go through shared memory so that every load below is
+// independent of the one before (a chain of dependent loads costs a memory
+// latency each).
+constexpr int kMaxSplits = 64;
 __global__ void combine_kernel(AttentionParams p, int splits, const float* __restrict__ partial, float* out) {
+  __shared__ float weight[kMaxSplits];
+  __shared__ float red[32];
   const int h = blockIdx.x, i = blockIdx.y, hd = p.head_dim;
   const float* part = partial + (static_cast<int64_t>(i) * p.n_heads + h) * splits * (hd + 2);
-  float m = -FLT_MAX;
-  for (int s = 0; s < splits; ++s) m = fmaxf(m, part[s * (hd + 2)]);
-  float l = 0.0f;
-  for (int s = 0; s < splits; ++s) l += part[s * (hd + 2) + 1] * expf(part[s * (hd + 2)] - m);
-  const float inv = 1.0f / l;
+  const int s = threadIdx.x;
+  const float m_s = s < splits ? part[s * (hd + 2)] : -FLT_MAX;
+  const float l_s = s < splits ? part[s * (hd + 2) + 1] : 0.0f;
+  // Block max of m_s (splits <= blockDim.x).
+  float m = warp_max(m_s);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = (threadIdx.x & 31) < static_cast<int>(blockDim.x >> 5) ? red[threadIdx.x & 31] : -FLT_MAX;
+  m = warp_max(m);
+  const float e_s = s < splits && l_s > 0.0f ? expf(m_s - m) : 0.0f;
+  const float l = block_sum(l_s * e_s, red);
+  if (s < splits) weight[s] = e_s / l;
+  __syncthreads();
   for (int e = threadIdx.x; e < hd; e += blockDim.x) {
     float acc = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float* o = part + s * (hd + 2);
-      if (o[1] > 0.0f) acc += o[2 + e] * expf(o[0] - m);
-    }
-    out[static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(h) * hd + e] = acc * inv;
+#pragma unroll 8
+    for (int k = 0; k < splits; ++k) acc = fmaf(part[k * (hd + 2) + 2 + e], weight[k], acc);
+    out[static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(h) * hd + e] = acc;
   }
 }
 
@@ -194,7 +206,7 @@ void attention_decode(const AttentionParams& p, const float* q, int n, DevPos po
                                                             partial);
   }
   OPTIQ_CUDA_LAUNCHED();
-  combine_kernel<<<dim3(p.n_heads, n), min(p.head_dim, 256), 0, s>>>(p, splits, partial, out);
+  combine_kernel<<<dim3(p.n_heads, n), 128, 0, s>>>(p, splits, partial, out);
   OPTIQ_CUDA_LAUNCHED();
 }
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/cublas_api.h"
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
 #include "core/diagnostics.h"
@@ -68,7 +69,8 @@ DeviceMemory::DeviceMemory(size_t bytes) : bytes_(bytes) {
 namespace {
 
 void check_blas(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: {} failed: {} ({})", what, cublasGetStatusString(st), static_cast<int>(st));
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail("cuBLAS: {} failed: {} ({})", what, cublas_api().status_string(st), static_cast<int>(st));
 }
 
 // A weight matrix in device memory: one allocation holding every array the
@@ -149,6 +151,7 @@ class CudaBackend final : public Backend {
 
  public:
   explicit CudaBackend(int device) : device_(device) {
+    cublas_api();  // a missing cuBLAS disables the backend now, not at the first prefill
     OPTIQ_CUDA_OK(cudaSetDevice(device));
     OPTIQ_CUDA_OK(cudaGetDeviceProperties(&props_, device));
     OPTIQ_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -156,7 +159,7 @@ class CudaBackend final : public Backend {
     OPTIQ_CUDA_OK(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   }
   ~CudaBackend() override {
-    if (blas_) cublasDestroy(blas_);
+    if (blas_) cublas_api().destroy(blas_);
     if (step_host_) cudaFreeHost(step_host_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -355,11 +358,11 @@ class CudaBackend final : public Backend {
   }
   cublasHandle_t blas() {
     if (!blas_) {
-      check_blas(cublasCreate(&blas_), "cublasCreate");
-      check_blas(cublasSetStream(blas_, stream_), "cublasSetStream");
+      check_blas(cublas_api().create(&blas_), "cublasCreate");
+      check_blas(cublas_api().set_stream(blas_, stream_), "cublasSetStream");
       // A fixed workspace: cuBLAS then allocates nothing per call.
       blas_ws_ = DeviceMemory(32u << 20);
-      check_blas(cublasSetWorkspace(blas_, blas_ws_.get(), blas_ws_.bytes()), "cublasSetWorkspace");
+      check_blas(cublas_api().set_workspace(blas_, blas_ws_.get(), blas_ws_.bytes()), "cublasSetWorkspace");
     }
     return blas_;
   }
@@ -525,7 +528,7 @@ void CudaBackend::gemm_rows(const void* a, const void* x, cudaDataType type, int
                             float* c, int64_t ldc) {
   const float one = 1.0f, zero = 0.0f;
   // Column-major view: C^T (m_rows x n) = A (m_rows x k, stored k-major) . X^T (k x n).
-  check_blas(cublasGemmEx(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m_rows), static_cast<int>(n),
+  check_blas(cublas_api().gemm_ex(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m_rows), static_cast<int>(n),
                           static_cast<int>(k), &one, a, type, static_cast<int>(k), x, type, static_cast<int>(k), &zero,
                           c, CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "cublasGemmEx");
@@ -608,7 +611,7 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
     return static_cast<const void*>(static_cast<const uint8_t*>(base) + elems * static_cast<int64_t>(esz));
   };
   for (int j = 0; j < G; ++j)
-    check_blas(cublasGemmStridedBatchedEx(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(T), static_cast<int>(n), hd,
+    check_blas(cublas_api().gemm_strided_batched_ex(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(T), static_cast<int>(n), hd,
                                           &one, kv.k, type, static_cast<int>(p.kv_stride), hd, at(qin, j * hd, esz),
                                           type, static_cast<int>(p.q_stride), static_cast<int64_t>(G) * hd, &zero,
                                           S + j * n * ld, CUDA_R_32F, static_cast<int>(ld), G * n * ld, batch,
@@ -618,7 +621,7 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
   cuda::attention_softmax(p, S, n, ld, pos0, p16, stream_);
   const void* P = kv.half ? static_cast<const void*>(p16) : static_cast<const void*>(S);
   for (int j = 0; j < G; ++j)
-    check_blas(cublasGemmStridedBatchedEx(blas(), CUBLAS_OP_N, CUBLAS_OP_N, hd, static_cast<int>(n), static_cast<int>(T),
+    check_blas(cublas_api().gemm_strided_batched_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_N, hd, static_cast<int>(n), static_cast<int>(T),
                                           &one, kv.v, type, static_cast<int>(p.kv_stride), hd, at(P, j * n * ld, esz),
                                           type, static_cast<int>(ld), G * n * ld, &zero, out + j * hd, CUDA_R_32F,
                                           static_cast<int>(p.q_stride), static_cast<int64_t>(G) * hd, batch,

@@ -46,6 +46,13 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 bool has_matvec_int8(const DevMatrix& w);
 void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xscale, const int32_t* xsum, int n, float* y,
                  cudaStream_t s);
+// Tuning experiments (bench/gpu_kernels.cpp): one activation row, a launch
+// shape by index (names in kMatvecTunings: warps per block, rows per warp),
+// grid 0 = one block per row group; affine 4/8-bit (int8) and bf16 (fp32)
+// only. False when the index is past the list.
+extern const char* const kMatvecTunings[7];
+bool matvec_tuned(int tuning, const DevMatrix& w, const float* x, const int8_t* xq, const float* xscale,
+                  const int32_t* xsum, float* y, unsigned grid, cudaStream_t s);
 // x (n x cols) -> blocks of 32: q (n x blocks*32, zero padded), scale and sum
 // per block, bit for bit as kernels/act_quant.h.
 void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s);

@@ -70,25 +70,25 @@ __device__ __forceinline__ float affine_bias(const DevMatrix& w, int64_t idx, fl
   return w.biases ? scale_word(w.biases[idx], w.bf16_scales) : __fmul_rn(static_cast<float>(-w.zero_point), s);
 }
 
-template <int kBits, int kMaxN>
-__global__ void __launch_bounds__(kWarps * 32)
+template <int kBits, int kMaxN, int kW = kWarps, int kR = kRows>
+__global__ void __launch_bounds__(kW * 32)
     affine_int8_kernel(DevMatrix w, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
                        const int32_t* __restrict__ xsum, int n, float* __restrict__ y) {
   constexpr int kUnroll = kBits >= 6 ? 2 : (kBits == 5 ? 3 : 16 / kBits);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRows;
-  if (r0 >= w.rows) return;
+  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; r0 < w.rows;
+       r0 += static_cast<int64_t>(gridDim.x) * kW * kR) {
   const int64_t chunks = w.cols / 32, wpr = w.cols * kBits / 32, gpr = w.cols / w.group;
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
   const uint32_t* packed = static_cast<const uint32_t*>(w.data);
-  float acc[kRows][kMaxN] = {};
+  float acc[kR][kMaxN] = {};
   for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-    uint32_t words[kUnroll][kRows][kBits];
+    uint32_t words[kUnroll][kR][kBits];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + 32 * u;
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
+      for (int r = 0; r < kR; ++r)
         if (c < chunks && r0 + r < w.rows) load_words<kBits>(packed + (r0 + r) * wpr + c * kBits, words[u][r]);
     }
 #pragma unroll
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         sumx[i] = sx[i] * static_cast<float>(__ldg(xsum + i * chunks + c));
       }
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
+      for (int r = 0; r < kR; ++r) {
         if (r0 + r >= w.rows) break;
         const int64_t gi = (r0 + r) * gpr + (c >> gshift);
         const float s = scale_word(w.scales[gi], w.bf16_scales), b = affine_bias(w, gi, s);
@@ -122,13 +122,14 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < kR; ++r)
 #pragma unroll
     for (int i = 0; i < kMaxN; ++i) {
       if (i >= n) break;
       const float v = warp_sum(acc[r][i]);
       if (lane == 0 && r0 + r < w.rows) y[i * w.rows + r0 + r] = v;
     }
+  }
 }
 
 // fp32 activations, affine storage: codes decoded in registers.
@@ -192,22 +193,22 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 // fp32 activations, dense fp16/bf16/fp32 storage: 8 weights per lane per step.
-template <DevStorage kStorage, int kMaxN>
-__global__ void __launch_bounds__(kWarps * 32)
+template <DevStorage kStorage, int kMaxN, int kW = kWarps, int kR = kRows>
+__global__ void __launch_bounds__(kW * 32)
     dense_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y) {
   constexpr int kUnroll = 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRows;
-  if (r0 >= w.rows) return;
+  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; r0 < w.rows;
+       r0 += static_cast<int64_t>(gridDim.x) * kW * kR) {
   const int64_t steps = w.cols / 8;
-  float acc[kRows][kMaxN] = {};
+  float acc[kR][kMaxN] = {};
   for (int64_t c0 = lane; c0 < steps; c0 += 32 * kUnroll) {
-    float wv[kUnroll][kRows][8];
+    float wv[kUnroll][kR][8];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + 32 * u;
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
+      for (int r = 0; r < kR; ++r) {
         if (c >= steps || r0 + r >= w.rows) continue;
         if constexpr (kStorage == DevStorage::F32) {
           const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(w.data) + (r0 + r) * w.cols) + 2 * c;
@@ -241,20 +242,21 @@ __global__ void __launch_bounds__(kWarps * 32)
         const float4 a = __ldg(xp), b = __ldg(xp + 1);
         const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-        for (int r = 0; r < kRows; ++r)
+        for (int r = 0; r < kR; ++r)
 #pragma unroll
           for (int j = 0; j < 8; ++j) acc[r][i] = fmaf(wv[u][r][j], xs[j], acc[r][i]);
       }
     }
   }
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < kR; ++r)
 #pragma unroll
     for (int i = 0; i < kMaxN; ++i) {
       if (i >= n) break;
       const float v = warp_sum(acc[r][i]);
       if (lane == 0 && r0 + r < w.rows) y[i * w.rows + r0 + r] = v;
     }
+  }
 }
 
 // fp32 activations, any storage through decode_chunk (k-quants; odd widths).
@@ -375,6 +377,38 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 }
 
 bool has_matvec_int8(const DevMatrix& w) { return w.storage == DevStorage::Affine; }
+
+namespace {
+template <int kW, int kR>
+void launch_tuned(const DevMatrix& w, const float* x, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
+                  unsigned grid, cudaStream_t s) {
+  if (grid == 0) grid = blocks_for(w.rows, kW * kR);
+  if (w.storage == DevStorage::Affine && w.bits == 4)
+    affine_int8_kernel<4, 1, kW, kR><<<grid, kW * 32, 0, s>>>(w, xq, xs, xsum, 1, y);
+  else if (w.storage == DevStorage::Affine && w.bits == 8)
+    affine_int8_kernel<8, 1, kW, kR><<<grid, kW * 32, 0, s>>>(w, xq, xs, xsum, 1, y);
+  else if (w.storage == DevStorage::BF16)
+    dense_kernel<DevStorage::BF16, 1, kW, kR><<<grid, kW * 32, 0, s>>>(w, x, 1, y);
+}
+}  // namespace
+
+const char* const kMatvecTunings[] = {"w4r2", "w4r1", "w4r4", "w8r1", "w8r2", "w2r2", "w8r4"};
+
+bool matvec_tuned(int tuning, const DevMatrix& w, const float* x, const int8_t* xq, const float* xs,
+                  const int32_t* xsum, float* y, unsigned grid, cudaStream_t s) {
+  switch (tuning) {
+    case 0: launch_tuned<4, 2>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 1: launch_tuned<4, 1>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 2: launch_tuned<4, 4>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 3: launch_tuned<8, 1>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 4: launch_tuned<8, 2>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 5: launch_tuned<2, 2>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 6: launch_tuned<8, 4>(w, x, xq, xs, xsum, y, grid, s); break;
+    default: return false;
+  }
+  OPTIQ_CUDA_LAUNCHED();
+  return true;
+}
 
 void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                  cudaStream_t s) {
