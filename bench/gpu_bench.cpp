@@ -274,7 +274,7 @@ int run(int argc, char** argv) {
   const double bw = copy_bandwidth();
   fmt::print("GPU {} ({} SMs), copy bandwidth {:.0f} GB/s (read + write)\n", prop.name, prop.multiProcessorCount, bw / 1e9);
   const ModelConfig c = shape(shape_name);
-  const int64_t max_ctx = std::max(*std::max_element(ctxs.begin(), ctxs.end()) + tokens,
+  const int64_t max_ctx = std::max(*std::max_element(ctxs.begin(), ctxs.end()) + tokens + 16,
                                    *std::max_element(prefills.begin(), prefills.end()));
   nlohmann::json out = {{"gpu", prop.name}, {"copy_bandwidth_gbs", bw / 1e9}, {"shape", shape_name}, {"runs", nlohmann::json::array()}};
   std::vector<std::string> table;
@@ -296,9 +296,9 @@ int run(int argc, char** argv) {
       for (int r = 0; r < reps; ++r) {
         tf.reset();
         if (ctx > 1) tf.forward(std::span<const int32_t>(ids.data(), ctx - 1), logits.data(), ctx - 2);
-        // Two warm-up steps (the second records the step), then the timed ones.
+        // Warm-up steps (the second records the step; the rest bring the clocks up), then the timed ones.
         int32_t tok = 1;
-        for (int i = 0; i < 2; ++i) tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+        for (int i = 0; i < 12; ++i) tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < tokens; ++i) {
           tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());

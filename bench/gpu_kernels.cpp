@@ -143,8 +143,7 @@ int run(int argc, char** argv) {
       cuda::quantize_act_int8(static_cast<float*>(x.p), 1, sh.cols, static_cast<int8_t*>(xq.p),
                               static_cast<float*>(xs.p), static_cast<int32_t*>(xsum.p), nullptr);
       for (int t = 0; t < 7; ++t) {
-        for (unsigned grid : {0u, static_cast<unsigned>(prop.multiProcessorCount * 4),
-                              static_cast<unsigned>(prop.multiProcessorCount * 16)}) {
+        for (unsigned grid : {0u}) {
           const double us = time_us(reps, [&](int i) {
             cuda::matvec_tuned(t, c.mats[i % n], static_cast<float*>(x.p), static_cast<int8_t*>(xq.p),
                                static_cast<float*>(xs.p), static_cast<int32_t*>(xsum.p), static_cast<float*>(y.p),
@@ -153,6 +152,14 @@ int run(int argc, char** argv) {
           fmt::print("| {} | {} | {} | {} | {:.2f} | {:.0f} |\n", fmtname, sh.name, cuda::kMatvecTunings[t],
                      grid ? std::to_string(grid) : "rows", us, c.bytes / us / 1e3);
         }
+      }
+      if (sh.rows == 14336 && fmtname != "q8" && n >= 2) {  // gate and up in one pass, with the activation
+        const double us = time_us(reps, [&](int i) {
+          cuda::matvec_gated(c.mats[i % n], c.mats[(i + 1) % n], GateAct::Silu, static_cast<float*>(x.p),
+                             fmtname == "bf16" ? nullptr : static_cast<int8_t*>(xq.p), static_cast<float*>(xs.p),
+                             static_cast<int32_t*>(xsum.p), 1, static_cast<float*>(y.p), nullptr);
+        });
+        fmt::print("| {} | gate+up fused | w4 pair | rows | {:.2f} | {:.0f} |\n", fmtname, us, 2 * c.bytes / us / 1e3);
       }
       std::fflush(stdout);
     }
@@ -182,10 +189,12 @@ int run(int argc, char** argv) {
     ok(cudaMemset(vc.p, 0x22, static_cast<size_t>(p.max_ctx) * 1024 * 2), "memset");
     cuda::DevKV kv{kc.p, vc.p, true, 1024};
     for (int splits : {1, 8, 33, 64}) {
-      DeviceArray part(cuda::attention_decode_partial_floats(p, 1, splits) * 4);
+      DeviceArray part(cuda::attention_decode_partial_floats(p, 1, splits) * 4), counters(8 * 4);
+      ok(cudaMemset(counters.p, 0, 8 * 4), "memset");
       const double us = time_us(reps, [&](int) {
         cuda::attention_decode(p, static_cast<float*>(x.p), 1, cuda::DevPos{nullptr, ctx - 1}, kv, splits,
-                               static_cast<float*>(part.p), static_cast<float*>(out.p), nullptr);
+                               static_cast<float*>(part.p), static_cast<int*>(counters.p), static_cast<float*>(out.p),
+                               nullptr);
       });
       fmt::print("| attention decode ctx {} splits {} | {:.2f} |\n", ctx, splits, us);
     }

@@ -140,6 +140,37 @@ class Backend {
   virtual void softcap(float* x, int64_t n, float cap) = 0;
   virtual void round_f16(float* x, int64_t n) = 0;
 
+  // Fused steps: each is the composition of the operations above that its
+  // default says, run in fewer passes (and launches) where a backend can.
+  // x += y, then out = rms_norm(x) * w (rows of dim; out may alias y): a
+  // residual add and the norm that follows it.
+  virtual void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps,
+                            float* out) {
+    add(x, y, rows * dim);
+    rms_norm(x, w, rows, dim, eps, out);
+  }
+  // out (n x gate.rows()) = act(x . G^T) * (x . U^T); `up_out` is scratch of the same size.
+  virtual void gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp,
+                            const float* x, int64_t n, float* out, float* up_out) {
+    matmul(gate, x, n, out);
+    matmul(up, x, n, up_out);
+    gated_activation(act, llamacpp, out, up_out, n * gate.rows());
+  }
+  // RoPE of q (n rows of q_stride, n_heads heads) and k (rows of kv_dim,
+  // n_kv_heads heads) at positions pos0.., then k and v stored in the cache.
+  struct RopeStore {
+    int n_heads = 0, n_kv_heads = 0, head_dim = 0, rot_dim = 0;
+    int64_t q_stride = 0;
+    const float* inv_freq = nullptr;  // backend memory
+    float mscale = 1.0f;
+  };
+  virtual void rope_kv_store(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0, KVCache& c,
+                             int layer) {
+    rope(q, n, r.q_stride, r.n_heads, r.head_dim, r.rot_dim, pos0, r.inv_freq, r.mscale);
+    rope(k, n, c.kv_dim, r.n_kv_heads, r.head_dim, r.rot_dim, pos0, r.inv_freq, r.mscale);
+    kv_store(c, layer, pos0, k, v, n);
+  }
+
   // Stores n rows of keys and values (kv_dim each) at positions pos0.. of a layer.
   virtual void kv_store(KVCache& c, int layer, int pos0, const float* k, const float* v, int64_t n) = 0;
   // Causal attention of n queries at positions pos0.. against the layer's

@@ -209,16 +209,16 @@ void Transformer::mlp_hidden(const DeviceLayer& L, int64_t n) {
   const ModelConfig& c = model_.config;
   Backend& b = backend_;
   const int64_t hid = c.hidden_dim;
+  const GateAct act = c.activation == Activation::GeluTanh ? GateAct::GeluTanh : GateAct::Silu;
   if (c.fused_qkv) {
     b.matmul(L.matrix(ModuleKind::GateUpProj), act_.xn.data(), n, act_.fused.data());
     b.take_columns(act_.fused.data(), n, 2 * hid, 0, hid, act_.gate.data());
     b.take_columns(act_.fused.data(), n, 2 * hid, hid, hid, act_.up.data());
+    b.gated_activation(act, model_.llamacpp_numerics, act_.gate.data(), act_.up.data(), n * hid);
   } else {
-    b.matmul(L.matrix(ModuleKind::GateProj), act_.xn.data(), n, act_.gate.data());
-    b.matmul(L.matrix(ModuleKind::UpProj), act_.xn.data(), n, act_.up.data());
+    b.gated_matmul(L.matrix(ModuleKind::GateProj), L.matrix(ModuleKind::UpProj), act, model_.llamacpp_numerics,
+                   act_.xn.data(), n, act_.gate.data(), act_.up.data());
   }
-  b.gated_activation(c.activation == Activation::GeluTanh ? GateAct::GeluTanh : GateAct::Silu,
-                     model_.llamacpp_numerics, act_.gate.data(), act_.up.data(), n * hid);
 }
 
 void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from) {
@@ -227,19 +227,25 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
   const int64_t dim = c.dim, qd = c.q_dim(), hid = c.hidden_dim;
   using Site = ActivationSite;
   float *x = act_.x.data(), *xn = act_.xn.data();
+  // Without an observer, each residual add runs together with the norm after
+  // it (Backend::add_rms_norm); `normed` says xn already holds this layer's
+  // attention-norm input.
+  const bool fuse = observer_ == nullptr;
+  bool normed = false;
   for (int l = first_layer; l < c.n_layers; ++l) {
     const DeviceLayer& L = weights_.layer(l);
     observe(l, Site::LayerIn, act_.x, n, dim);
-    b.rms_norm(x, L.attn_norm.data(), n, dim, c.norm_eps, xn);
+    if (!normed) b.rms_norm(x, L.attn_norm.data(), n, dim, c.norm_eps, xn);
     observe(l, Site::AttnIn, act_.xn, n, dim);
     project_qkv(L, n);
     const bool local = c.local_rope(l);
-    const float* inv_freq = local ? inv_freq_local_.data() : inv_freq_.data();
-    const float mscale = local ? 1.0f : rope_mscale_;
-    b.rope(act_.q.data(), n, qd, c.n_heads, c.head_dim, c.rot_dim(), pos_, inv_freq, mscale);
-    b.rope(act_.k.data(), n, c.kv_dim(), c.n_kv_heads, c.head_dim, c.rot_dim(), pos_, inv_freq, mscale);
+    Backend::RopeStore rs;
+    rs.n_heads = c.n_heads, rs.n_kv_heads = c.n_kv_heads, rs.head_dim = c.head_dim, rs.rot_dim = c.rot_dim();
+    rs.q_stride = qd;
+    rs.inv_freq = local ? inv_freq_local_.data() : inv_freq_.data();
+    rs.mscale = local ? 1.0f : rope_mscale_;
+    b.rope_kv_store(rs, act_.q.data(), act_.k.data(), act_.v.data(), n, pos_, cache_, l);
     if (model_.llamacpp_numerics) b.round_f16(act_.q.data(), n * qd);  // llama.cpp's fp16 KQ product
-    b.kv_store(cache_, l, pos_, act_.k.data(), act_.v.data(), n);
 
     AttentionParams p;
     p.n_heads = c.n_heads;
@@ -256,15 +262,22 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     observe(l, Site::OIn, act_.att, n, qd);
     b.matmul(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn);
     if (c.sandwich_norms) b.rms_norm(xn, L.post_attn_norm.data(), n, dim, c.norm_eps, xn);
-    b.add(x, xn, n * dim);
-
-    b.rms_norm(x, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
+    if (fuse) {
+      b.add_rms_norm(x, xn, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
+    } else {
+      b.add(x, xn, n * dim);
+      b.rms_norm(x, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
+    }
     observe(l, Site::MlpIn, act_.xn, n, dim);
     mlp_hidden(L, n);
     observe(l, Site::DownIn, act_.gate, n, hid);
     b.matmul(L.matrix(ModuleKind::DownProj), act_.gate.data(), n, xn);
     if (c.sandwich_norms) b.rms_norm(xn, L.post_ffn_norm.data(), n, dim, c.norm_eps, xn);
-    b.add(x, xn, n * dim);
+    normed = fuse && l + 1 < c.n_layers;
+    if (normed)
+      b.add_rms_norm(x, xn, weights_.layer(l + 1).attn_norm.data(), n, dim, c.norm_eps, xn);
+    else
+      b.add(x, xn, n * dim);
   }
   pos_ += static_cast<int>(n);
 

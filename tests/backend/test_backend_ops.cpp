@@ -347,6 +347,92 @@ TEST_P(BackendOps, KvCacheAndAttention) {
   }
 }
 
+// The fused steps equal the operations they stand for.
+TEST_P(BackendOps, AddRmsNormEqualsAddThenNorm) {
+  const int64_t rows = 3, dim = 200;
+  const auto x = test::random_floats(rows * dim, 50), y = test::random_floats(rows * dim, 51),
+             w = test::random_floats(dim, 52);
+  Buffer x1 = put(x), y1 = put(y), w1 = put(w), out1 = b.alloc(rows * dim);
+  b.add(x1.data(), y1.data(), rows * dim);
+  b.rms_norm(x1.data(), w1.data(), rows, dim, 1e-6f, out1.data());
+  Buffer x2 = put(x), y2 = put(y);
+  b.add_rms_norm(x2.data(), y2.data(), w1.data(), rows, dim, 1e-6f, y2.data());  // out aliases y
+  const auto want_x = get(x1, rows * dim), want = get(out1, rows * dim);
+  const auto got_x = get(x2, rows * dim), got = get(y2, rows * dim);
+  for (int64_t i = 0; i < rows * dim; ++i) {
+    ASSERT_EQ(got_x[i], want_x[i]) << i;
+    ASSERT_NEAR(got[i], want[i], 1e-6f * (1 + std::abs(want[i]))) << i;
+  }
+}
+
+TEST_P(BackendOps, GatedMatmulEqualsTwoProductsAndActivation) {
+  const int64_t rows = 11, cols = 256;
+  const std::vector<StorageCase> gates = storage_cases(rows, cols);
+  for (bool fast : {false, true}) {
+    struct Int8 {
+      bool saved = kernels::decode_int8_enabled();
+      explicit Int8(bool on) { kernels::set_decode_int8(on); }
+      ~Int8() { kernels::set_decode_int8(saved); }
+    } numerics(fast);
+    for (const StorageCase& g : gates) {
+      // The up matrix: the same storage over other values.
+      std::vector<float> wu(rows * cols);
+      for (int64_t r = 0; r < rows; ++r) weight_row(g.view, rows - 1 - r, &wu[r * cols]);
+      const auto hg = b.upload(g.view);
+      const auto hu = b.upload(storage_cases(rows, cols).front().view);  // f32 of the same values: a mixed pair
+      for (int64_t n : {1, 3, 12}) {
+        for (GateAct act : {GateAct::Silu, GateAct::GeluTanh}) {
+          const auto x = test::random_floats(n * cols, 60 + n);
+          Buffer bx = put(x), want = b.alloc(n * rows), up = b.alloc(n * rows), got = b.alloc(n * rows),
+                 scratch = b.alloc(n * rows);
+          for (const WeightHandle* u : {hg.get(), hu.get()}) {
+            b.matmul(*hg, bx.data(), n, want.data());
+            b.matmul(*u, bx.data(), n, up.data());
+            b.gated_activation(act, false, want.data(), up.data(), n * rows);
+            b.gated_matmul(*hg, *u, act, false, bx.data(), n, got.data(), scratch.data());
+            const auto w = get(want, n * rows), gv = get(got, n * rows);
+            for (int64_t i = 0; i < n * rows; ++i)
+              ASSERT_NEAR(gv[i], w[i], 1e-4f * (1 + std::abs(w[i])))
+                  << g.name << (u == hg.get() ? " pair" : " mixed") << " n=" << n << (fast ? " fast" : " exact");
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(BackendOps, RopeKvStoreEqualsRopeThenStore) {
+  const int heads = 4, kv_heads = 2, hd = 16, rot = 12, layers = 2, ctx = 10, pos0 = 3;
+  const int64_t n = 4, qd = heads * hd + 8, kvd = kv_heads * hd;
+  const std::vector<float> inv = {1.0f, 0.5f, 0.2f, 0.1f, 0.05f, 0.01f};
+  const auto q = test::random_floats(n * qd, 70), k = test::random_floats(n * kvd, 71), v = test::random_floats(n * kvd, 72);
+  Buffer bf = put(inv);
+  KVCache c1 = b.make_kv_cache(layers, ctx, kvd, false), c2 = b.make_kv_cache(layers, ctx, kvd, false);
+  Buffer q1 = put(q), k1 = put(k), v1 = put(v), q2 = put(q), k2 = put(k), v2 = put(v);
+  // Positions before pos0 hold the same keys and values in both caches.
+  const auto early = test::random_floats(pos0 * kvd, 73);
+  Buffer e = put(early);
+  b.kv_store(c1, 1, 0, e.data(), e.data(), pos0);
+  b.kv_store(c2, 1, 0, e.data(), e.data(), pos0);
+  b.rope(q1.data(), n, qd, heads, hd, rot, pos0, bf.data(), 1.1f);
+  b.rope(k1.data(), n, kvd, kv_heads, hd, rot, pos0, bf.data(), 1.1f);
+  b.kv_store(c1, 1, pos0, k1.data(), v1.data(), n);
+  Backend::RopeStore rs;
+  rs.n_heads = heads, rs.n_kv_heads = kv_heads, rs.head_dim = hd, rs.rot_dim = rot, rs.q_stride = qd;
+  rs.inv_freq = bf.data(), rs.mscale = 1.1f;
+  b.rope_kv_store(rs, q2.data(), k2.data(), v2.data(), n, pos0, c2, 1);
+  EXPECT_EQ(get(q2, n * qd), get(q1, n * qd));
+  // The caches through attention (their layout is the backend's): one query sees all stored keys.
+  AttentionParams p;
+  p.n_heads = heads, p.n_kv_heads = kv_heads, p.head_dim = hd, p.q_stride = qd, p.kv_stride = kvd, p.scale = 0.3f;
+  p.max_ctx = ctx;
+  Buffer o1 = b.alloc(qd), o2 = b.alloc(qd);
+  b.attention(p, q1.data() + (n - 1) * qd, 1, pos0 + n - 1, c1, 1, o1.data());
+  b.attention(p, q1.data() + (n - 1) * qd, 1, pos0 + n - 1, c2, 1, o2.data());
+  const auto a1 = get(o1, heads * hd), a2 = get(o2, heads * hd);
+  for (int i = 0; i < heads * hd; ++i) ASSERT_NEAR(a2[i], a1[i], 1e-6f * (1 + std::abs(a1[i]))) << i;
+}
+
 TEST(BackendRegistry, CpuFirstAndUnknownNamed) {
   ASSERT_FALSE(available_backends().empty());
   EXPECT_EQ(available_backends().front()->name(), "cpu");

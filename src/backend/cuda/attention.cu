@@ -32,43 +32,53 @@ template <>
 __device__ __forceinline__ float kv_at<__half>(const __half* p) { return __half2float(*p); }
 
 // Partial results: for (query i, head h, split s) hd + 2 floats: max, sum, out[hd].
-template <class T>
-__global__ void __launch_bounds__(kDecodeThreads)
-    decode_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, const T* __restrict__ kc,
-                  const T* __restrict__ vc, int splits, int chunk_cap, float* __restrict__ partial) {
-  extern __shared__ float smem[];
-  const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
-  const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
-  float* qs = smem;                      // group x hd
-  float* sc = qs + group * hd;           // group x chunk_cap
-  float* stats = sc + group * chunk_cap; // group x 2: max, sum
-  const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
-  const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
-  const int chunk = (len + splits - 1) / splits;
-  const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
-  float* part = partial + (static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * group) * splits * (hd + 2);
-  if (a >= b) {  // an empty range: contributes nothing
-    for (int j = tid; j < group; j += kDecodeThreads) {
-      float* o = part + (static_cast<int64_t>(j) * splits + s) * (hd + 2);
-      o[0] = -FLT_MAX;
-      o[1] = 0.0f;
+// One range's scores, softmax pieces and weighted values, into `part`.
+// Dot products of one key with the kG query heads of its group (q in shared
+// memory, kG x hd): a thread per key, the key's row read once.
+template <class T, int kG>
+__device__ __forceinline__ void key_dots(const float* qs, const T* kt, int hd, float (&d)[kG]) {
+#pragma unroll
+  for (int j = 0; j < kG; ++j) d[j] = 0.0f;
+  for (int e = 0; e < hd; e += 2) {
+    float k0, k1;
+    if constexpr (sizeof(T) == 2) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(kt + e));
+      k0 = f.x, k1 = f.y;
+    } else {
+      const float2 f = *reinterpret_cast<const float2*>(kt + e);
+      k0 = f.x, k1 = f.y;
     }
-    for (int idx = tid; idx < group * hd; idx += kDecodeThreads)
-      part[(static_cast<int64_t>(idx / hd) * splits + s) * (hd + 2) + 2 + idx % hd] = 0.0f;
-    return;
+#pragma unroll
+    for (int j = 0; j < kG; ++j) d[j] = fmaf(qs[j * hd + e + 1], k1, fmaf(qs[j * hd + e], k0, d[j]));
   }
+}
+
+// One range's scores, softmax pieces and weighted values, into `part`. kG:
+// query heads per kv head (the group), known at compile time for the common
+// ones; 0 = any (one head at a time). Needs an even head_dim.
+template <class T, int kG>
+__device__ void partial_range(const AttentionParams& p, const float* __restrict__ q, const T* __restrict__ kc,
+                              const T* __restrict__ vc, int i, int g, int s, int splits, int a, int b, int chunk_cap,
+                              float* qs, float* sc, float* stats, float* part) {
+  const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
   for (int idx = tid; idx < group * hd; idx += kDecodeThreads)
     qs[idx] = q[static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * group * hd + idx];
   __syncthreads();
-  // Scores: a warp per key, lanes across the head dimension.
-  for (int t = a + warp; t < b; t += warps) {
+  // Scores: a thread per key.
+  for (int t = a + tid; t < b; t += kDecodeThreads) {
     const T* kt = kc + static_cast<int64_t>(t) * p.kv_stride + static_cast<int64_t>(g) * hd;
-    for (int j = 0; j < group; ++j) {
-      float d = 0.0f;
-      for (int e = lane; e < hd; e += 32) d = fmaf(qs[j * hd + e], kv_at(kt + e), d);
-      d = warp_sum(d);
-      if (lane == 0) sc[j * chunk_cap + (t - a)] = capped(d * p.scale, p.softcap);
+    if constexpr (kG > 0) {
+      float d[kG];
+      key_dots<T, kG>(qs, kt, hd, d);
+#pragma unroll
+      for (int j = 0; j < kG; ++j) sc[j * chunk_cap + (t - a)] = capped(d[j] * p.scale, p.softcap);
+    } else {
+      for (int j = 0; j < group; ++j) {
+        float d[1];
+        key_dots<T, 1>(qs + j * hd, kt, hd, d);
+        sc[j * chunk_cap + (t - a)] = capped(d[0] * p.scale, p.softcap);
+      }
     }
   }
   __syncthreads();
@@ -94,47 +104,100 @@ __global__ void __launch_bounds__(kDecodeThreads)
     if (lane == 0) stats[2 * j] = m, stats[2 * j + 1] = l;
   }
   __syncthreads();
-  for (int idx = tid; idx < group * hd; idx += kDecodeThreads) {
-    const int j = idx / hd, e = idx % hd;
-    const float* row = sc + j * chunk_cap;
-    const T* vt = vc + static_cast<int64_t>(a) * p.kv_stride + static_cast<int64_t>(g) * hd + e;
-    float acc = 0.0f;
-    for (int t = 0; t < b - a; ++t) acc = fmaf(row[t], kv_at(vt + static_cast<int64_t>(t) * p.kv_stride), acc);
-    float* o = part + (static_cast<int64_t>(j) * splits + s) * (hd + 2);
-    o[2 + e] = acc;
-    if (e == 0) o[0] = stats[2 * j], o[1] = stats[2 * j + 1];
-  }
+  // Weighted values: a thread per dimension, the group's heads together (V read once).
+  constexpr int kHeads = kG > 0 ? kG : 1;
+  for (int jb = 0; jb < group; jb += kHeads)
+    for (int e = tid; e < hd; e += kDecodeThreads) {
+      const T* vt = vc + static_cast<int64_t>(a) * p.kv_stride + static_cast<int64_t>(g) * hd + e;
+      float acc[kHeads] = {};
+#pragma unroll 4
+      for (int t = 0; t < b - a; ++t) {
+        const float v = kv_at(vt + static_cast<int64_t>(t) * p.kv_stride);
+#pragma unroll
+        for (int j = 0; j < kHeads; ++j) acc[j] = fmaf(sc[(jb + j) * chunk_cap + t], v, acc[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kHeads; ++j) {
+        float* o = part + (static_cast<int64_t>(jb + j) * splits + s) * (hd + 2);
+        o[2 + e] = acc[j];
+        if (e == 0) o[0] = stats[2 * (jb + j)], o[1] = stats[2 * (jb + j) + 1];
+      }
+    }
 }
 
-// One block per (head, query): combines the splits' partial softmaxes. The
-// splits' weights go through shared memory so that every load below is
-// independent of the one before (a chain of dependent loads costs a memory
-// latency each).
 constexpr int kMaxSplits = 64;
-__global__ void combine_kernel(AttentionParams p, int splits, const float* __restrict__ partial, float* out) {
-  __shared__ float weight[kMaxSplits];
-  __shared__ float red[32];
-  const int h = blockIdx.x, i = blockIdx.y, hd = p.head_dim;
-  const float* part = partial + (static_cast<int64_t>(i) * p.n_heads + h) * splits * (hd + 2);
-  const int s = threadIdx.x;
-  const float m_s = s < splits ? part[s * (hd + 2)] : -FLT_MAX;
-  const float l_s = s < splits ? part[s * (hd + 2) + 1] : 0.0f;
-  // Block max of m_s (splits <= blockDim.x).
-  float m = warp_max(m_s);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+
+// The last block of a (query, kv head) to finish combines the ranges' partial
+// softmaxes (flash-decoding's second step, without a second launch); the
+// counter goes back to 0 for the next call (and the next graph replay).
+template <class T, int kG>
+__global__ void __launch_bounds__(kDecodeThreads)
+    decode_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, const T* __restrict__ kc,
+                  const T* __restrict__ vc, int splits, int chunk_cap, float* __restrict__ partial, int* counters,
+                  float* __restrict__ out) {
+  extern __shared__ float smem[];
+  const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
+  const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+  float* qs = smem;                      // group x hd
+  float* sc = qs + group * hd;           // group x chunk_cap
+  float* stats = sc + group * chunk_cap; // group x 2: max, sum
+  float* weight = stats + 2 * group;     // group x kMaxSplits: the combine's weights
+  const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
+  const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
+  const int chunk = (len + splits - 1) / splits;
+  const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
+  float* part = partial + (static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * group) * splits * (hd + 2);
+  if (a >= b) {  // an empty range: contributes nothing
+    for (int j = tid; j < group; j += kDecodeThreads) {
+      float* o = part + (static_cast<int64_t>(j) * splits + s) * (hd + 2);
+      o[0] = -FLT_MAX;
+      o[1] = 0.0f;
+    }
+    for (int idx = tid; idx < group * hd; idx += kDecodeThreads)
+      part[(static_cast<int64_t>(idx / hd) * splits + s) * (hd + 2) + 2 + idx % hd] = 0.0f;
+  } else {
+    partial_range<T, kG>(p, q, kc, vc, i, g, s, splits, a, b, chunk_cap, qs, sc, stats, part);
+  }
+  // Publish this range; the last block of the group combines.
+  __shared__ int last;
+  __threadfence();
   __syncthreads();
-  m = (threadIdx.x & 31) < static_cast<int>(blockDim.x >> 5) ? red[threadIdx.x & 31] : -FLT_MAX;
-  m = warp_max(m);
-  const float e_s = s < splits && l_s > 0.0f ? expf(m_s - m) : 0.0f;
-  const float l = block_sum(l_s * e_s, red);
-  if (s < splits) weight[s] = e_s / l;
+  if (tid == 0) last = atomicAdd(counters + static_cast<int64_t>(i) * p.n_kv_heads + g, 1) == splits - 1;
   __syncthreads();
-  for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+  if (!last) return;
+  __threadfence();
+  for (int j = warp; j < group; j += warps) {
+    const float* pj = part + static_cast<int64_t>(j) * splits * (hd + 2);
+    float m_s[2], l_s[2];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int sp = lane + 32 * t;
+      m_s[t] = sp < splits ? __ldcg(pj + sp * (hd + 2)) : -FLT_MAX;
+      l_s[t] = sp < splits ? __ldcg(pj + sp * (hd + 2) + 1) : 0.0f;
+    }
+    const float m = warp_max(fmaxf(m_s[0], m_s[1]));
+    float e[2], l = 0.0f;
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      e[t] = l_s[t] > 0.0f ? expf(m_s[t] - m) : 0.0f;
+      l += l_s[t] * e[t];
+    }
+    l = warp_sum(l);
+#pragma unroll
+    for (int t = 0; t < 2; ++t)
+      if (lane + 32 * t < splits) weight[j * kMaxSplits + lane + 32 * t] = e[t] / l;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < group * hd; idx += kDecodeThreads) {
+    const int j = idx / hd, e = idx % hd;
+    const float* pj = part + static_cast<int64_t>(j) * splits * (hd + 2) + 2 + e;
     float acc = 0.0f;
 #pragma unroll 8
-    for (int k = 0; k < splits; ++k) acc = fmaf(part[k * (hd + 2) + 2 + e], weight[k], acc);
-    out[static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(h) * hd + e] = acc;
+    for (int k = 0; k < splits; ++k) acc = fmaf(__ldcg(pj + k * (hd + 2)), weight[j * kMaxSplits + k], acc);
+    out[static_cast<int64_t>(i) * p.q_stride + (static_cast<int64_t>(g) * group + j) * hd + e] = acc;
   }
+  if (tid == 0) counters[static_cast<int64_t>(i) * p.n_kv_heads + g] = 0;
 }
 
 // One block per (head, query) row of scores: keys 0..pos0+i are in the row;
@@ -182,31 +245,51 @@ int64_t attention_decode_partial_floats(const AttentionParams& p, int n, int spl
   return static_cast<int64_t>(n) * p.n_heads * splits * (p.head_dim + 2);
 }
 
-void attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                      float* partial, float* out, cudaStream_t s) {
-  if (n <= 0) return;
+namespace {
+template <class T, int kG>
+void launch_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
+                   float* partial, int* counters, float* out, cudaStream_t s) {
   const int group = p.n_heads / p.n_kv_heads;
   const int chunk_cap = (p.max_ctx + splits - 1) / splits;
-  const size_t smem = sizeof(float) * (static_cast<size_t>(group) * p.head_dim +
-                                       static_cast<size_t>(group) * chunk_cap + 2 * static_cast<size_t>(group));
-  const dim3 grid(p.n_kv_heads, splits, n);
-  if (c.half) {
-    if (smem > 48 * 1024)
-      OPTIQ_CUDA_OK(cudaFuncSetAttribute(decode_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-    decode_kernel<__half><<<grid, kDecodeThreads, smem, s>>>(p, q, pos0, static_cast<const __half*>(c.k),
-                                                             static_cast<const __half*>(c.v), splits, chunk_cap,
-                                                             partial);
-  } else {
-    if (smem > 48 * 1024)
-      OPTIQ_CUDA_OK(cudaFuncSetAttribute(decode_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-    decode_kernel<float><<<grid, kDecodeThreads, smem, s>>>(p, q, pos0, static_cast<const float*>(c.k),
-                                                            static_cast<const float*>(c.v), splits, chunk_cap,
-                                                            partial);
+  const size_t smem = attention_decode_smem(p, splits);
+  if (smem > 48 * 1024)
+    OPTIQ_CUDA_OK(cudaFuncSetAttribute(decode_kernel<T, kG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+  (void)group;
+  decode_kernel<T, kG><<<dim3(p.n_kv_heads, splits, n), kDecodeThreads, smem, s>>>(
+      p, q, pos0, static_cast<const T*>(c.k), static_cast<const T*>(c.v), splits, chunk_cap, partial, counters, out);
+}
+
+template <class T>
+void decode_for(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
+                float* partial, int* counters, float* out, cudaStream_t s) {
+  switch (p.n_heads / p.n_kv_heads) {
+    case 1: launch_decode<T, 1>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
+    case 2: launch_decode<T, 2>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
+    case 3: launch_decode<T, 3>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
+    case 4: launch_decode<T, 4>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
+    case 5: launch_decode<T, 5>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
+    case 6: launch_decode<T, 6>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
+    case 7: launch_decode<T, 7>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
+    case 8: launch_decode<T, 8>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
+    default: launch_decode<T, 0>(p, q, n, pos0, c, splits, partial, counters, out, s); break;
   }
-  OPTIQ_CUDA_LAUNCHED();
-  combine_kernel<<<dim3(p.n_heads, n), 128, 0, s>>>(p, splits, partial, out);
+}
+}  // namespace
+
+size_t attention_decode_smem(const AttentionParams& p, int splits) {
+  const size_t group = static_cast<size_t>(p.n_heads / p.n_kv_heads);
+  const size_t chunk_cap = static_cast<size_t>((p.max_ctx + splits - 1) / splits);
+  return sizeof(float) * (group * (p.head_dim + chunk_cap + 2 + kMaxSplits));
+}
+
+void attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
+                      float* partial, int* counters, float* out, cudaStream_t s) {
+  if (n <= 0) return;
+  if (c.half)
+    decode_for<__half>(p, q, n, pos0, c, splits, partial, counters, out, s);
+  else
+    decode_for<float>(p, q, n, pos0, c, splits, partial, counters, out, s);
   OPTIQ_CUDA_LAUNCHED();
 }
 

@@ -253,6 +253,22 @@ class CudaBackend final : public Backend {
     Op op(*this, "gated_activation");
     cuda::gated_activation(act, llamacpp, gate, up, n, stream_);
   }
+  void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps,
+                    float* out) override {
+    Op op(*this, "add_rms_norm");
+    cuda::add_rms_norm(x, y, w, rows, dim, eps, out, stream_);
+  }
+  void gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp, const float* x,
+                    int64_t n, float* out, float* up_out) override;
+  void rope_kv_store(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0, KVCache& c,
+                     int layer) override {
+    Op op(*this, "rope_kv_store");
+    check(pos0 + n <= c.max_ctx, "cuda backend: {} keys at position {} overflow a cache of {}", n, pos0, c.max_ctx);
+    cuda::RopeKV rk;
+    rk.n_heads = r.n_heads, rk.n_kv_heads = r.n_kv_heads, rk.head_dim = r.head_dim, rk.rot_dim = r.rot_dim;
+    rk.q_stride = r.q_stride, rk.inv_freq = r.inv_freq, rk.mscale = r.mscale;
+    cuda::rope_kv_store(rk, q, k, v, n, position(pos0), layer_of(c, layer), stream_);
+  }
   void softcap(float* x, int64_t n, float cap) override {
     Op op(*this, "softcap");
     cuda::softcap(x, n, cap, stream_);
@@ -366,6 +382,15 @@ class CudaBackend final : public Backend {
     }
     return blas_;
   }
+  // The int8 blocks of x (n x cols) for the int8 decode products: rounded
+  // now, or reused from the product just before when it read the same rows
+  // and nothing came between (q/k/v, gate/up). `prev_y` is that product's output.
+  struct Int8Blocks {
+    const int8_t* q;
+    const float* scale;
+    const int32_t* sum;
+  };
+  Int8Blocks int8_blocks(const float* x, int64_t n, int64_t cols, const float* prev_y, int64_t prev_y_n);
   // y (n x rows) = x (n x cols) . W^T for large n: W a slab of rows at a time.
   void gemm(const DevMatrix& m, const float* x, int64_t n, float* y);
   // fp32 row-major C (n x m_rows, ldc) = X (n x k) . A^T, A (m_rows x k) row-major, both `type`.
@@ -406,7 +431,9 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   DeviceMemory blas_ws_;
-  Scratch rounded_, xq_, xscale_, xsum_, aligned_, slab_, xhalf_, tokens_, partial_, scores_, probs_, qhalf_;
+  Scratch rounded_, xq_, xscale_, xsum_, aligned_, slab_, xhalf_, tokens_, partial_, scores_, probs_, qhalf_, counters_;
+  const int32_t* zeroed_counters_ = nullptr;  // decode attention's counters: zeroed once, left zero by the kernel
+  size_t zeroed_count_ = 0;
   DeviceMemory step_dev_;
   StepInputs* step_host_ = nullptr;
   int64_t step_n_ = 0;
@@ -508,20 +535,54 @@ void CudaBackend::matmul(const WeightHandle& wh, const float* x, int64_t n, floa
     return;
   }
   if (int8) {
-    const int64_t blocks = (cols + 31) / 32;
-    auto* q = xq_.get<int8_t>(static_cast<size_t>(n * blocks * 32), stream_, recording_);
-    auto* sc = xscale_.get<float>(static_cast<size_t>(n * blocks), stream_, recording_);
-    auto* sm = xsum_.get<int32_t>(static_cast<size_t>(n * blocks), stream_, recording_);
-    const Int8Input in{x_in, n, cols, ops_};
-    const bool prev_wrote_x = prev_y && prev_y < x_in + n * cols && x_in < prev_y + prev_y_n;
-    const bool cached = int8_input_.x == x_in && int8_input_.n == n && int8_input_.cols == cols &&
-                        int8_input_.op == ops_ - 1 && !prev_wrote_x;
-    if (!cached) cuda::quantize_act_int8(x, static_cast<int>(n), cols, q, sc, sm, stream_);
-    int8_input_ = in;
-    cuda::matvec_int8(m, q, sc, sm, static_cast<int>(n), y, stream_);
+    if (x != x_in) int8_input_.op = -2;  // an aligned copy: its pointer says nothing about its rows
+    const Int8Blocks b = int8_blocks(x, n, cols, prev_y, prev_y_n);
+    cuda::matvec_int8(m, b.q, b.scale, b.sum, static_cast<int>(n), y, stream_);
   } else {
     cuda::matvec_f32(m, x, static_cast<int>(n), y, stream_);
   }
+}
+
+CudaBackend::Int8Blocks CudaBackend::int8_blocks(const float* x, int64_t n, int64_t cols, const float* prev_y,
+                                                  int64_t prev_y_n) {
+  const int64_t blocks = (cols + 31) / 32;
+  auto* q = xq_.get<int8_t>(static_cast<size_t>(n * blocks * 32), stream_, recording_);
+  auto* sc = xscale_.get<float>(static_cast<size_t>(n * blocks), stream_, recording_);
+  auto* sm = xsum_.get<int32_t>(static_cast<size_t>(n * blocks), stream_, recording_);
+  const bool prev_wrote_x = prev_y && prev_y < x + n * cols && x < prev_y + prev_y_n;
+  const bool cached = int8_input_.x == x && int8_input_.n == n && int8_input_.cols == cols &&
+                      int8_input_.op == ops_ - 1 && !prev_wrote_x;
+  if (!cached) cuda::quantize_act_int8(x, static_cast<int>(n), cols, q, sc, sm, stream_);
+  int8_input_ = Int8Input{x, n, cols, ops_};
+  return {q, sc, sm};
+}
+
+void CudaBackend::gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp,
+                               const float* x, int64_t n, float* out, float* up_out) {
+  const DevMatrix& g = dev(gate);
+  const DevMatrix& u = dev(up);
+  if (!llamacpp && n > 0 && n <= kMatvecMaxRows && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    const bool int8 = g.act == ActRounding::Exact && kernels::decode_int8_enabled() && has_matvec_int8(g);
+    Op op = timing_ && !recording_ ? Op(*this, "gated_matmul " + storage_name(g) + (int8 ? " int8" : " fp32"))
+                                   : Op(*this, "gated_matmul");
+    const float* prev_y = last_y_;
+    const int64_t prev_y_n = last_y_n_;
+    last_y_ = out;
+    last_y_n_ = n * g.rows;
+    if (int8) {
+      // Probe first (no launch when the pair cannot fuse), then round x once.
+      const bool fusable = g.storage == u.storage && g.bits == u.bits && g.group == u.group &&
+                           g.bf16_scales == u.bf16_scales && (g.biases == nullptr) == (u.biases == nullptr) &&
+                           g.zero_point == u.zero_point && u.act == ActRounding::Exact && g.rows == u.rows;
+      if (fusable) {
+        const Int8Blocks b = int8_blocks(x, n, g.cols, prev_y, prev_y_n);
+        if (cuda::matvec_gated(g, u, act, nullptr, b.q, b.scale, b.sum, static_cast<int>(n), out, stream_)) return;
+      }
+    } else if (cuda::matvec_gated(g, u, act, x, nullptr, nullptr, nullptr, static_cast<int>(n), out, stream_)) {
+      return;
+    }
+  }
+  Backend::gated_matmul(gate, up, act, llamacpp, x, n, out, up_out);
 }
 
 void CudaBackend::gemm_rows(const void* a, const void* x, cudaDataType type, int64_t m_rows, int64_t n, int64_t k,
@@ -582,14 +643,21 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
                        (p.n_kv_heads * static_cast<int>(n));
       splits = std::clamp(want, 1, std::clamp(p.max_ctx / 16, 1, 64));
     }
-    const int group = p.n_heads / p.n_kv_heads, chunk_cap = (p.max_ctx + splits - 1) / splits;
-    const size_t smem = sizeof(float) * (static_cast<size_t>(group) * (p.head_dim + chunk_cap) + 2 * group);
+    const size_t smem = cuda::attention_decode_smem(p, splits);
     check(smem <= props_.sharedMemPerBlockOptin,
           "cuda backend: decode attention over {} keys needs {} KB of shared memory per block, the GPU has {} KB",
           p.max_ctx, smem / 1024, props_.sharedMemPerBlockOptin / 1024);
+    check(p.head_dim % 2 == 0, "cuda backend: decode attention needs an even head dimension, not {}", p.head_dim);
     float* partial = partial_.get<float>(
         static_cast<size_t>(attention_decode_partial_floats(p, static_cast<int>(n), splits)), stream_, recording_);
-    cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, out, stream_);
+    const size_t n_counters = static_cast<size_t>(n) * p.n_kv_heads;
+    int32_t* counters = counters_.get<int32_t>(n_counters, stream_, recording_);
+    if (counters != zeroed_counters_ || n_counters > zeroed_count_) {  // new memory: zero it once
+      OPTIQ_CUDA_OK(cudaMemsetAsync(counters, 0, n_counters * sizeof(int32_t), stream_));
+      zeroed_counters_ = counters;
+      zeroed_count_ = n_counters;
+    }
+    cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, counters, out, stream_);
     return;
   }
   check(!recording_, "cuda backend: a recorded step attends with at most {} queries", kMatvecMaxRows);

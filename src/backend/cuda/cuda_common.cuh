@@ -59,6 +59,14 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+// The gated MLP's activations (kernels/activation.h): silu(x) = x / (1 + e^-x),
+// tanh-GELU(x) = x / (1 + e^(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return x / (1.0f + expf(-2.0f * u));
+}
+
 // Sum over a block of `blockDim.x` (a multiple of 32, at most 1024) threads;
 // every thread gets the result. `scratch` holds 32 floats of shared memory.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {

@@ -46,6 +46,12 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 bool has_matvec_int8(const DevMatrix& w);
 void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xscale, const int32_t* xsum, int n, float* y,
                  cudaStream_t s);
+// The gated MLP's first half in one pass: out = act(x . G^T) * (x . U^T),
+// when G and U share a storage these kernels fuse (affine of one format, or
+// dense); false (nothing launched) otherwise. xq/xscale/xsum: int8 blocks of
+// x for the int8 path (null: fp32 x).
+bool matvec_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
+                  const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s);
 // Tuning experiments (bench/gpu_kernels.cpp): one activation row, a launch
 // shape by index (names in kMatvecTunings: warps per block, rows per warp),
 // grid 0 = one block per row group; affine 4/8-bit (int8) and bf16 (fp32)
@@ -74,6 +80,9 @@ struct DevPos {
 
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s);
 void add(float* x, const float* y, int64_t n, cudaStream_t s);
+// x += y, then out = rms_norm(x) * w (out may alias y).
+void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps, float* out,
+                  cudaStream_t s);
 void add_rows(float* y, const float* b, int64_t n, int64_t m, cudaStream_t s);
 void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst, cudaStream_t s);
 void rope(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_dim, DevPos pos0,
@@ -92,13 +101,25 @@ struct DevKV {
   int64_t kv_dim = 0;
 };
 void kv_store(const DevKV& c, DevPos pos0, const float* k, const float* v, int64_t n, cudaStream_t s);
+// RoPE of q and k (Backend::rope_kv_store), then k and v into the cache.
+struct RopeKV {
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0, rot_dim = 0;
+  int64_t q_stride = 0;
+  const float* inv_freq = nullptr;
+  float mscale = 1.0f;
+};
+void rope_kv_store(const RopeKV& r, float* q, float* k, const float* v, int64_t n, DevPos pos0, const DevKV& c,
+                   cudaStream_t s);
 
 // Attention of n <= kMatvecMaxRows queries (decode), split over the keys
-// (flash-decoding): `splits` partial softmaxes per (query, head) in
-// `partial` (attention_decode_partial_floats floats), then combined.
+// (flash-decoding): `splits` (<= 64) partial softmaxes per (query, head) in
+// `partial` (attention_decode_partial_floats floats), combined by the last
+// block of each group; `counters` holds n x n_kv_heads zeros (and is left so).
+// head_dim must be even.
 int64_t attention_decode_partial_floats(const AttentionParams& p, int n, int splits);
+size_t attention_decode_smem(const AttentionParams& p, int splits);
 void attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                      float* partial, float* out, cudaStream_t s);
+                      float* partial, int* counters, float* out, cudaStream_t s);
 // Prefill attention's middle step: scores S (rows of ld floats: query i of
 // head h at S + (h * n + i) * ld, keys 0..pos0+n-1) -> probabilities in place
 // (scale, soft-cap, causal window, softmax); p16 (optional) gets them as fp16.

@@ -14,6 +14,14 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ int pos_of(DevPos p) { return (p.dev ? *p.dev : 0) + p.offset; }
 
+template <class T>
+__device__ __forceinline__ void store_kv(T* dst, float v);
+template <>
+__device__ __forceinline__ void store_kv<float>(float* dst, float v) { *dst = v; }
+template <>
+__device__ __forceinline__ void store_kv<__half>(__half* dst, float v) { *dst = __float2half_rn(v); }
+
+
 // One block per row; the sum of squares in double as the CPU's.
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps,
                                 float* out) {
@@ -36,6 +44,72 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
   __syncthreads();
   const float scale = static_cast<float>(1.0 / sqrt(partial[0] / static_cast<double>(dim) + static_cast<double>(eps)));
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+}
+
+// x += y, then out = rms_norm(x) * w; one block per row. Each thread keeps
+// its own elements from the first pass to the second, so out may alias y.
+__global__ void add_rms_norm_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps,
+                                    float* out) {
+  __shared__ double partial[32];
+  float* xr = x + blockIdx.x * dim;
+  const float* yr = y + blockIdx.x * dim;
+  float* o = out + blockIdx.x * dim;
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = xr[i] + yr[i];
+    xr[i] = v;
+    ss += static_cast<double>(v) * v;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    ss = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) partial[0] = ss;
+  }
+  __syncthreads();
+  const float scale = static_cast<float>(1.0 / sqrt(partial[0] / static_cast<double>(dim) + static_cast<double>(eps)));
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+}
+
+// RoPE of q and k, then k and v into the cache: one block per (row, head),
+// query heads first, then kv heads (whose rotated keys, untouched dims and
+// values go to the cache).
+template <class T>
+__global__ void rope_kv_store_kernel(RopeKV r, float* q, float* k, const float* __restrict__ v, DevPos pos0, T* kc,
+                                     T* vc, int64_t kv_dim) {
+  const int64_t row = blockIdx.x;
+  const int head = blockIdx.y, half = r.rot_dim / 2, hd = r.head_dim;
+  const int pos = pos_of(pos0) + static_cast<int>(row);
+  const bool is_q = head < r.n_heads;
+  float* p = is_q ? q + row * r.q_stride + static_cast<int64_t>(head) * hd
+                  : k + row * kv_dim + static_cast<int64_t>(head - r.n_heads) * hd;
+  const int64_t cache_off = static_cast<int64_t>(pos) * kv_dim + static_cast<int64_t>(head - r.n_heads) * hd;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float angle = __fmul_rn(static_cast<float>(pos), r.inv_freq[i]);
+    float s, c;
+    sincosf(angle, &s, &c);
+    c = __fmul_rn(c, r.mscale);
+    s = __fmul_rn(s, r.mscale);
+    const float a = p[i], b = p[i + half];
+    const float ra = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), rb = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+    p[i] = ra;
+    p[i + half] = rb;
+    if (!is_q) {
+      store_kv(kc + cache_off + i, ra);
+      store_kv(kc + cache_off + i + half, rb);
+    }
+  }
+  if (is_q) return;
+  const float* vr = v + row * kv_dim + static_cast<int64_t>(head - r.n_heads) * hd;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    if (d >= r.rot_dim) store_kv(kc + cache_off + d, p[d]);
+    store_kv(vc + cache_off + d, vr[d]);
+  }
 }
 
 __global__ void add_kernel(float* x, const float* __restrict__ y, int64_t n) {
@@ -77,11 +151,6 @@ __global__ void rope_kernel(float* x, int64_t n, int64_t stride, int heads, int 
   p[i + half] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
 }
 
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  return x / (1.0f + expf(-2.0f * u));
-}
-
 // llama.cpp's fp16-table GELU (kernels/elementwise.h gelu_tanh_llamacpp).
 __device__ __forceinline__ float gelu_tanh_llamacpp(float x) {
   if (x <= -10.0f) return 0.0f;
@@ -97,7 +166,7 @@ __global__ void gated_kernel(GateAct act, bool llamacpp, float* gate, const floa
   const float x = gate[i];
   float a;
   if (act == GateAct::Silu)
-    a = x / (1.0f + expf(-x));
+    a = silu(x);
   else
     a = llamacpp ? gelu_tanh_llamacpp(x) : gelu_tanh(x);
   gate[i] = a * up[i];
@@ -175,13 +244,6 @@ __global__ void quantize_act_kernel(const float* __restrict__ x, int n, int64_t 
 }
 
 template <class T>
-__device__ __forceinline__ void store_kv(T* dst, float v);
-template <>
-__device__ __forceinline__ void store_kv<float>(float* dst, float v) { *dst = v; }
-template <>
-__device__ __forceinline__ void store_kv<__half>(__half* dst, float v) { *dst = __float2half_rn(v); }
-
-template <class T>
 __global__ void kv_store_kernel(T* kc, T* vc, int64_t kv_dim, DevPos pos0, const float* __restrict__ k,
                                 const float* __restrict__ v, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -197,6 +259,28 @@ void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float e
   if (rows <= 0) return;
   const int threads = dim >= 1024 ? 512 : (dim >= 256 ? 256 : 64);
   rms_norm_kernel<<<static_cast<unsigned>(rows), threads, 0, s>>>(x, w, dim, eps, out);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps, float* out,
+                  cudaStream_t s) {
+  if (rows <= 0) return;
+  const int threads = dim >= 1024 ? 512 : (dim >= 256 ? 256 : 64);
+  add_rms_norm_kernel<<<static_cast<unsigned>(rows), threads, 0, s>>>(x, y, w, dim, eps, out);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void rope_kv_store(const RopeKV& r, float* q, float* k, const float* v, int64_t n, DevPos pos0, const DevKV& c,
+                   cudaStream_t s) {
+  if (n <= 0) return;
+  const dim3 grid(static_cast<unsigned>(n), r.n_heads + r.n_kv_heads);
+  const int threads = r.head_dim >= 128 ? 64 : 32;
+  if (c.half)
+    rope_kv_store_kernel<__half><<<grid, threads, 0, s>>>(r, q, k, v, pos0, static_cast<__half*>(c.k),
+                                                          static_cast<__half*>(c.v), c.kv_dim);
+  else
+    rope_kv_store_kernel<float><<<grid, threads, 0, s>>>(r, q, k, v, pos0, static_cast<float*>(c.k),
+                                                         static_cast<float*>(c.v), c.kv_dim);
   OPTIQ_CUDA_LAUNCHED();
 }
 

@@ -18,8 +18,13 @@
 namespace optiq::cuda {
 namespace {
 
-constexpr int kWarps = 4;  // warps per block
-constexpr int kRows = 2;   // weight rows per warp
+// Launch shapes (bench/gpu_kernels.cpp sweeps them on the H200): kW warps
+// per block, kR weight rows per warp, kU chunks per lane per row in flight.
+// Everything a chunk needs (codes, scale, bias) is loaded before any of it is
+// used, with no branch in between: a branch would keep the compiler from
+// issuing the scale loads early, and each late load costs another trip to
+// memory.
+constexpr int kWarps = 4;
 
 __device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
   int d;
@@ -66,211 +71,247 @@ __device__ __forceinline__ int dot_chunk(const uint32_t (&w)[kBits], const int (
   return acc;
 }
 
-__device__ __forceinline__ float affine_bias(const DevMatrix& w, int64_t idx, float s) {
-  return w.biases ? scale_word(w.biases[idx], w.bf16_scales) : __fmul_rn(static_cast<float>(-w.zero_point), s);
+
+// Scale and bias of group gi (bias of symmetric groups: -zero_point * scale).
+__device__ __forceinline__ void group_scale_bias(const DevMatrix& w, int64_t gi, float& s, float& b) {
+  s = scale_word(__ldg(w.scales + gi), w.bf16_scales);
+  b = w.biases ? scale_word(__ldg(w.biases + gi), w.bf16_scales) : __fmul_rn(static_cast<float>(-w.zero_point), s);
 }
 
-template <int kBits, int kMaxN, int kW = kWarps, int kR = kRows>
+// Codes, scale and bias of chunk c of row r, or zeros (a chunk past the row or
+// a row past the matrix adds nothing).
+template <int kBits>
+__device__ __forceinline__ void load_chunk(const DevMatrix& w, int64_t r, int64_t c, int64_t chunks, int gshift,
+                                           uint32_t (&words)[kBits], float& s, float& b) {
+  if (c < chunks && r < w.rows) {
+    load_words<kBits>(static_cast<const uint32_t*>(w.data) + r * (w.cols * kBits / 32) + c * kBits, words);
+    group_scale_bias(w, r * (w.cols / w.group) + (c >> gshift), s, b);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kBits; ++j) words[j] = 0;
+    s = b = 0.0f;
+  }
+}
+
+template <int kMaxN>
+__device__ __forceinline__ void store_rows(const float (&acc)[kMaxN], int n, int64_t r, int64_t rows, int lane,
+                                           float* y) {
+#pragma unroll
+  for (int i = 0; i < kMaxN; ++i) {
+    const float v = warp_sum(acc[i]);
+    if (lane == 0 && i < n && r < rows) y[i * rows + r] = v;
+  }
+}
+
+// Gated pairs (matvec_gated): a warp's two row slots are row r of G and row r
+// of U; their sums meet in act(g) * u.
+template <int kMaxN>
+__device__ __forceinline__ void store_gated(const float (&g)[kMaxN], const float (&u)[kMaxN], GateAct act, int n,
+                                            int64_t r, int64_t rows, int lane, float* y) {
+#pragma unroll
+  for (int i = 0; i < kMaxN; ++i) {
+    const float gs = warp_sum(g[i]), us = warp_sum(u[i]);
+    if (lane == 0 && i < n && r < rows) y[i * rows + r] = (act == GateAct::Silu ? silu(gs) : gelu_tanh(gs)) * us;
+  }
+}
+
+// Rows a warp owns per step: kR, or one row of each matrix of a gated pair.
+template <bool kGated, int kR>
+__host__ __device__ constexpr int warp_rows() {
+  return kGated ? 1 : kR;
+}
+
+template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_kernel(DevMatrix w, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                       const int32_t* __restrict__ xsum, int n, float* __restrict__ y) {
-  constexpr int kUnroll = kBits >= 6 ? 2 : (kBits == 5 ? 3 : 16 / kBits);
+                       const int32_t* __restrict__ xsum, int n, float* __restrict__ y, DevMatrix w2 = {},
+                       GateAct act = GateAct::Silu) {
+  static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; r0 < w.rows;
-       r0 += static_cast<int64_t>(gridDim.x) * kW * kR) {
-  const int64_t chunks = w.cols / 32, wpr = w.cols * kBits / 32, gpr = w.cols / w.group;
+  const int64_t chunks = w.cols / 32;
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
-  const uint32_t* packed = static_cast<const uint32_t*>(w.data);
-  float acc[kR][kMaxN] = {};
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-    uint32_t words[kUnroll][kR][kBits];
+  constexpr int kStep = warp_rows<kGated, kR>();
+  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
+       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
+    float acc[kR][kMaxN] = {};
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kU) {
+      uint32_t words[kU][kR][kBits];
+      float sc[kU][kR], bi[kU][kR];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + 32 * u;
+      for (int u = 0; u < kU; ++u)
 #pragma unroll
-      for (int r = 0; r < kR; ++r)
-        if (c < chunks && r0 + r < w.rows) load_words<kBits>(packed + (r0 + r) * wpr + c * kBits, words[u][r]);
-    }
+        for (int r = 0; r < kR; ++r)
+          load_chunk<kBits>(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, c0 + 32 * u, chunks, gshift, words[u][r],
+                            sc[u][r], bi[u][r]);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + 32 * u;
-      if (c >= chunks) break;
-      int xv[kMaxN][8];
-      float sx[kMaxN], sumx[kMaxN];
-#pragma unroll
-      for (int i = 0; i < kMaxN; ++i) {
-        if (i >= n) break;
-        const int4* p = reinterpret_cast<const int4*>(xq + (i * chunks + c) * 32);
-        const int4 a = __ldg(p), b = __ldg(p + 1);
-        xv[i][0] = a.x, xv[i][1] = a.y, xv[i][2] = a.z, xv[i][3] = a.w;
-        xv[i][4] = b.x, xv[i][5] = b.y, xv[i][6] = b.z, xv[i][7] = b.w;
-        sx[i] = __ldg(xscale + i * chunks + c);
-        sumx[i] = sx[i] * static_cast<float>(__ldg(xsum + i * chunks + c));
-      }
-#pragma unroll
-      for (int r = 0; r < kR; ++r) {
-        if (r0 + r >= w.rows) break;
-        const int64_t gi = (r0 + r) * gpr + (c >> gshift);
-        const float s = scale_word(w.scales[gi], w.bf16_scales), b = affine_bias(w, gi, s);
+      for (int u = 0; u < kU; ++u) {
+        const int64_t c = min(c0 + 32 * u, chunks - 1);  // a valid address; its scale is 0 past the row
 #pragma unroll
         for (int i = 0; i < kMaxN; ++i) {
           if (i >= n) break;
-          const int d = dot_chunk<kBits>(words[u][r], xv[i]);
-          acc[r][i] += s * (sx[i] * static_cast<float>(d)) + b * sumx[i];
-        }
-      }
-    }
-  }
+          const int4* p = reinterpret_cast<const int4*>(xq + (i * chunks + c) * 32);
+          const int4 a = __ldg(p), b = __ldg(p + 1);
+          const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+          const float sx = __ldg(xscale + i * chunks + c);
+          const float sumx = sx * static_cast<float>(__ldg(xsum + i * chunks + c));
 #pragma unroll
-  for (int r = 0; r < kR; ++r)
-#pragma unroll
-    for (int i = 0; i < kMaxN; ++i) {
-      if (i >= n) break;
-      const float v = warp_sum(acc[r][i]);
-      if (lane == 0 && r0 + r < w.rows) y[i * w.rows + r0 + r] = v;
-    }
-  }
-}
-
-// fp32 activations, affine storage: codes decoded in registers.
-template <int kBits, int kMaxN>
-__global__ void __launch_bounds__(kWarps * 32)
-    affine_f32_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y) {
-  constexpr int kUnroll = kBits >= 6 ? 2 : (kBits == 5 ? 3 : 16 / kBits);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRows;
-  if (r0 >= w.rows) return;
-  const int64_t chunks = w.cols / 32, wpr = w.cols * kBits / 32, gpr = w.cols / w.group;
-  const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
-  const uint32_t* packed = static_cast<const uint32_t*>(w.data);
-  float acc[kRows][kMaxN] = {};
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-    uint32_t words[kUnroll][kRows][kBits];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + 32 * u;
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        if (c < chunks && r0 + r < w.rows) load_words<kBits>(packed + (r0 + r) * wpr + c * kBits, words[u][r]);
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + 32 * u;
-      if (c >= chunks) break;
-#pragma unroll
-      for (int i = 0; i < kMaxN; ++i) {
-        if (i >= n) break;
-        const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols + 32 * c);
-        float xs[32];
-        float xsum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float4 f = __ldg(xp + j);
-          xs[4 * j] = f.x, xs[4 * j + 1] = f.y, xs[4 * j + 2] = f.z, xs[4 * j + 3] = f.w;
-          xsum += (f.x + f.y) + (f.z + f.w);
-        }
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          if (r0 + r >= w.rows) break;
-          float dot = 0.0f;
-#pragma unroll
-          for (int j = 0; j < 32; ++j) dot = fmaf(code_to_float(chunk_code<kBits>(words[u][r], j)), xs[j], dot);
-          const int64_t gi = (r0 + r) * gpr + (c >> gshift);
-          const float s = scale_word(w.scales[gi], w.bf16_scales);
-          acc[r][i] += s * dot + affine_bias(w, gi, s) * xsum;
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kRows; ++r)
-#pragma unroll
-    for (int i = 0; i < kMaxN; ++i) {
-      if (i >= n) break;
-      const float v = warp_sum(acc[r][i]);
-      if (lane == 0 && r0 + r < w.rows) y[i * w.rows + r0 + r] = v;
-    }
-}
-
-// fp32 activations, dense fp16/bf16/fp32 storage: 8 weights per lane per step.
-template <DevStorage kStorage, int kMaxN, int kW = kWarps, int kR = kRows>
-__global__ void __launch_bounds__(kW * 32)
-    dense_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y) {
-  constexpr int kUnroll = 4;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; r0 < w.rows;
-       r0 += static_cast<int64_t>(gridDim.x) * kW * kR) {
-  const int64_t steps = w.cols / 8;
-  float acc[kR][kMaxN] = {};
-  for (int64_t c0 = lane; c0 < steps; c0 += 32 * kUnroll) {
-    float wv[kUnroll][kR][8];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + 32 * u;
-#pragma unroll
-      for (int r = 0; r < kR; ++r) {
-        if (c >= steps || r0 + r >= w.rows) continue;
-        if constexpr (kStorage == DevStorage::F32) {
-          const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(w.data) + (r0 + r) * w.cols) + 2 * c;
-          const float4 a = __ldg(p), b = __ldg(p + 1);
-          wv[u][r][0] = a.x, wv[u][r][1] = a.y, wv[u][r][2] = a.z, wv[u][r][3] = a.w;
-          wv[u][r][4] = b.x, wv[u][r][5] = b.y, wv[u][r][6] = b.z, wv[u][r][7] = b.w;
-        } else {
-          const uint4 h = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.data) + (r0 + r) * w.cols) + c);
-          const uint32_t hw[4] = {h.x, h.y, h.z, h.w};
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            if constexpr (kStorage == DevStorage::BF16) {
-              wv[u][r][2 * j] = __uint_as_float(hw[j] << 16);
-              wv[u][r][2 * j + 1] = __uint_as_float(hw[j] & 0xffff0000u);
-            } else {
-              const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hw[j]));
-              wv[u][r][2 * j] = f.x, wv[u][r][2 * j + 1] = f.y;
-            }
+          for (int r = 0; r < kR; ++r) {
+            const int d = dot_chunk<kBits>(words[u][r], xv);
+            acc[r][i] += sc[u][r] * (sx * static_cast<float>(d)) + bi[u][r] * sumx;
           }
         }
       }
     }
+    if constexpr (kGated) {
+      store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
+    } else {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + 32 * u;
-      if (c >= steps) break;
-#pragma unroll
-      for (int i = 0; i < kMaxN; ++i) {
-        if (i >= n) break;
-        const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols) + 2 * c;
-        const float4 a = __ldg(xp), b = __ldg(xp + 1);
-        const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-        for (int r = 0; r < kR; ++r)
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc[r][i] = fmaf(wv[u][r][j], xs[j], acc[r][i]);
-      }
+      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y);
     }
   }
+}
+
+// fp32 activations, affine storage: codes decoded in registers, scale and
+// bias applied once per chunk through the chunk's sum of x.
+template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
+__global__ void __launch_bounds__(kW * 32)
+    affine_f32_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y, DevMatrix w2 = {},
+                      GateAct act = GateAct::Silu) {
+  static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t chunks = w.cols / 32;
+  const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
+  constexpr int kStep = warp_rows<kGated, kR>();
+  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
+       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
+    float acc[kR][kMaxN] = {};
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kU) {
+      uint32_t words[kU][kR][kBits];
+      float sc[kU][kR], bi[kU][kR];
 #pragma unroll
-  for (int r = 0; r < kR; ++r)
+      for (int u = 0; u < kU; ++u)
 #pragma unroll
-    for (int i = 0; i < kMaxN; ++i) {
-      if (i >= n) break;
-      const float v = warp_sum(acc[r][i]);
-      if (lane == 0 && r0 + r < w.rows) y[i * w.rows + r0 + r] = v;
+        for (int r = 0; r < kR; ++r)
+          load_chunk<kBits>(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, c0 + 32 * u, chunks, gshift, words[u][r],
+                            sc[u][r], bi[u][r]);
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t c = min(c0 + 32 * u, chunks - 1);
+#pragma unroll
+        for (int i = 0; i < kMaxN; ++i) {
+          if (i >= n) break;
+          const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols + 32 * c);
+          float xs[32];
+          float xsum = 0.0f;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float4 f = __ldg(xp + j);
+            xs[4 * j] = f.x, xs[4 * j + 1] = f.y, xs[4 * j + 2] = f.z, xs[4 * j + 3] = f.w;
+            xsum += (f.x + f.y) + (f.z + f.w);
+          }
+#pragma unroll
+          for (int r = 0; r < kR; ++r) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 32; ++j) dot = fmaf(code_to_float(chunk_code<kBits>(words[u][r], j)), xs[j], dot);
+            acc[r][i] += sc[u][r] * dot + bi[u][r] * xsum;
+          }
+        }
+      }
+    }
+    if constexpr (kGated) {
+      store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
+    } else {
+#pragma unroll
+      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y);
+    }
+  }
+}
+
+// fp32 activations, dense fp16/bf16/fp32 storage: 8 weights per lane per step.
+template <DevStorage kStorage, int kMaxN, int kW, int kR, int kU, bool kGated = false>
+__global__ void __launch_bounds__(kW * 32)
+    dense_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y, DevMatrix w2 = {},
+                 GateAct act = GateAct::Silu) {
+  static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t steps = w.cols / 8;
+  constexpr int kStep = warp_rows<kGated, kR>();
+  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
+       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
+    float acc[kR][kMaxN] = {};
+    for (int64_t c0 = lane; c0 < steps; c0 += 32 * kU) {
+      float wv[kU][kR][8];
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int r = 0; r < kR; ++r) {
+          const int64_t c = c0 + 32 * u, row = kGated ? r0 : r0 + r;
+          const void* data = kGated && r == 1 ? w2.data : w.data;
+          if (c >= steps || row >= w.rows) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) wv[u][r][j] = 0.0f;
+            continue;
+          }
+          if constexpr (kStorage == DevStorage::F32) {
+            const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(data) + row * w.cols) + 2 * c;
+            const float4 a = __ldg(p), b = __ldg(p + 1);
+            wv[u][r][0] = a.x, wv[u][r][1] = a.y, wv[u][r][2] = a.z, wv[u][r][3] = a.w;
+            wv[u][r][4] = b.x, wv[u][r][5] = b.y, wv[u][r][6] = b.z, wv[u][r][7] = b.w;
+          } else {
+            const uint4 h = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(data) + row * w.cols) + c);
+            const uint32_t hw[4] = {h.x, h.y, h.z, h.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              if constexpr (kStorage == DevStorage::BF16) {
+                wv[u][r][2 * j] = __uint_as_float(hw[j] << 16);
+                wv[u][r][2 * j + 1] = __uint_as_float(hw[j] & 0xffff0000u);
+              } else {
+                const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hw[j]));
+                wv[u][r][2 * j] = f.x, wv[u][r][2 * j + 1] = f.y;
+              }
+            }
+          }
+        }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t c = min(c0 + 32 * u, steps - 1);  // past the row the weights are 0
+#pragma unroll
+        for (int i = 0; i < kMaxN; ++i) {
+          if (i >= n) break;
+          const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols) + 2 * c;
+          const float4 a = __ldg(xp), b = __ldg(xp + 1);
+          const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+          for (int r = 0; r < kR; ++r)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[r][i] = fmaf(wv[u][r][j], xs[j], acc[r][i]);
+        }
+      }
+    }
+    if constexpr (kGated) {
+      store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
+    } else {
+#pragma unroll
+      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y);
     }
   }
 }
 
 // fp32 activations, any storage through decode_chunk (k-quants; odd widths).
+constexpr int kGenericRows = 2;
+
 template <int kMaxN>
 __global__ void __launch_bounds__(kWarps * 32)
     generic_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRows;
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kGenericRows;
   if (r0 >= w.rows) return;
   const int64_t chunks = w.cols / 32;
-  float acc[kRows][kMaxN] = {};
+  float acc[kGenericRows][kMaxN] = {};
   for (int64_t c = lane; c < chunks; c += 32) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < kGenericRows; ++r) {
       if (r0 + r >= w.rows) break;
       float v[32];
       decode_chunk(w, r0 + r, c, v);
@@ -292,7 +333,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < kGenericRows; ++r)
 #pragma unroll
     for (int i = 0; i < kMaxN; ++i) {
       if (i >= n) break;
@@ -320,48 +361,99 @@ __global__ void dense_scalar_kernel(DevMatrix w, const float* __restrict__ x, in
   }
 }
 
-unsigned grid_rows(int64_t rows) { return blocks_for(rows, kWarps * kRows); }
 
-template <int kMaxN>
-void launch_affine_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
-  const dim3 grid(grid_rows(w.rows)), block(kWarps * 32);
-  switch (w.bits) {
-    case 2: affine_f32_kernel<2, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); break;
-    case 3: affine_f32_kernel<3, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); break;
-    case 4: affine_f32_kernel<4, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); break;
-    case 5: affine_f32_kernel<5, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); break;
-    case 6: affine_f32_kernel<6, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); break;
-    default: affine_f32_kernel<8, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); break;
-  }
+template <int kBits, int kMaxN, int kW, int kR, int kU>
+void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
+               unsigned grid, cudaStream_t s) {
+  if (grid == 0) grid = blocks_for(w.rows, kW * kR);
+  affine_int8_kernel<kBits, kMaxN, kW, kR, kU><<<grid, kW * 32, 0, s>>>(w, xq, xs, xsum, n, y);
+}
+
+// Chunks in flight per lane per row: 16 words of codes.
+template <int kBits>
+constexpr int unroll_for(int rows) {
+  return kBits >= 6 ? 2 : (kBits == 5 ? 3 : (16 / kBits) / rows > 0 ? (16 / kBits) / rows : 1);
 }
 
 template <int kMaxN>
 void launch_affine_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                         cudaStream_t s) {
-  const dim3 grid(grid_rows(w.rows)), block(kWarps * 32);
+  constexpr int kW = 4, kR = 2;
   switch (w.bits) {
-    case 2: affine_int8_kernel<2, kMaxN><<<grid, block, 0, s>>>(w, xq, xs, xsum, n, y); break;
-    case 3: affine_int8_kernel<3, kMaxN><<<grid, block, 0, s>>>(w, xq, xs, xsum, n, y); break;
-    case 4: affine_int8_kernel<4, kMaxN><<<grid, block, 0, s>>>(w, xq, xs, xsum, n, y); break;
-    case 5: affine_int8_kernel<5, kMaxN><<<grid, block, 0, s>>>(w, xq, xs, xsum, n, y); break;
-    case 6: affine_int8_kernel<6, kMaxN><<<grid, block, 0, s>>>(w, xq, xs, xsum, n, y); break;
-    default: affine_int8_kernel<8, kMaxN><<<grid, block, 0, s>>>(w, xq, xs, xsum, n, y); break;
+    case 2: int8_with<2, kMaxN, kW, kR, unroll_for<2>(kR)>(w, xq, xs, xsum, n, y, 0, s); break;
+    case 3: int8_with<3, kMaxN, kW, kR, unroll_for<3>(kR)>(w, xq, xs, xsum, n, y, 0, s); break;
+    case 4: int8_with<4, kMaxN, kW, kR, unroll_for<4>(kR)>(w, xq, xs, xsum, n, y, 0, s); break;
+    case 5: int8_with<5, kMaxN, kW, kR, unroll_for<5>(kR)>(w, xq, xs, xsum, n, y, 0, s); break;
+    case 6: int8_with<6, kMaxN, kW, kR, unroll_for<6>(kR)>(w, xq, xs, xsum, n, y, 0, s); break;
+    default: int8_with<8, kMaxN, kW, kR, unroll_for<8>(kR)>(w, xq, xs, xsum, n, y, 0, s); break;
   }
 }
 
 template <int kMaxN>
+void launch_affine_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
+  constexpr int kW = 4, kR = 1;
+  const unsigned grid = blocks_for(w.rows, kW * kR);
+  switch (w.bits) {
+    case 2: affine_f32_kernel<2, kMaxN, kW, kR, 4><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
+    case 3: affine_f32_kernel<3, kMaxN, kW, kR, 4><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
+    case 4: affine_f32_kernel<4, kMaxN, kW, kR, 4><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
+    case 5: affine_f32_kernel<5, kMaxN, kW, kR, 2><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
+    case 6: affine_f32_kernel<6, kMaxN, kW, kR, 2><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
+    default: affine_f32_kernel<8, kMaxN, kW, kR, 2><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
+  }
+}
+
+template <DevStorage kStorage, int kMaxN>
+void launch_dense(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
+  constexpr int kW = 4, kR = 1, kU = 4;
+  dense_kernel<kStorage, kMaxN, kW, kR, kU><<<blocks_for(w.rows, kW * kR), kW * 32, 0, s>>>(w, x, n, y);
+}
+
+template <int kMaxN>
 void launch_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
-  const dim3 grid(grid_rows(w.rows)), block(kWarps * 32);
   switch (w.storage) {
     case DevStorage::Affine: launch_affine_f32<kMaxN>(w, x, n, y, s); return;
-    case DevStorage::KQuant: generic_kernel<kMaxN><<<grid, block, 0, s>>>(w, x, n, y); return;
-    case DevStorage::F32: dense_kernel<DevStorage::F32, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); return;
-    case DevStorage::F16: dense_kernel<DevStorage::F16, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); return;
-    case DevStorage::BF16: dense_kernel<DevStorage::BF16, kMaxN><<<grid, block, 0, s>>>(w, x, n, y); return;
+    case DevStorage::KQuant:
+      generic_kernel<kMaxN><<<blocks_for(w.rows, kWarps * kGenericRows), kWarps * 32, 0, s>>>(w, x, n, y);
+      return;
+    case DevStorage::F32: launch_dense<DevStorage::F32, kMaxN>(w, x, n, y, s); return;
+    case DevStorage::F16: launch_dense<DevStorage::F16, kMaxN>(w, x, n, y, s); return;
+    case DevStorage::BF16: launch_dense<DevStorage::BF16, kMaxN>(w, x, n, y, s); return;
+  }
+}
+
+template <int kW, int kR, int kU>
+void launch_tuned(const DevMatrix& w, const float* x, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
+                  unsigned grid, cudaStream_t s) {
+  if (w.storage == DevStorage::Affine && w.bits == 4) {
+    int8_with<4, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s);
+  } else if (w.storage == DevStorage::Affine && w.bits == 8) {
+    int8_with<8, 1, kW, kR, (kU + 1) / 2>(w, xq, xs, xsum, 1, y, grid, s);
+  } else if (w.storage == DevStorage::BF16) {
+    if (grid == 0) grid = blocks_for(w.rows, kW * kR);
+    dense_kernel<DevStorage::BF16, 1, kW, kR, kU><<<grid, kW * 32, 0, s>>>(w, x, 1, y);
   }
 }
 
 }  // namespace
+
+const char* const kMatvecTunings[] = {"w4r2u4", "w4r1u8", "w4r1u4", "w8r1u8", "w8r2u4", "w4r4u2", "w8r1u4"};
+
+bool matvec_tuned(int tuning, const DevMatrix& w, const float* x, const int8_t* xq, const float* xs,
+                  const int32_t* xsum, float* y, unsigned grid, cudaStream_t s) {
+  switch (tuning) {
+    case 0: launch_tuned<4, 2, 4>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 1: launch_tuned<4, 1, 8>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 2: launch_tuned<4, 1, 4>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 3: launch_tuned<8, 1, 8>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 4: launch_tuned<8, 2, 4>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 5: launch_tuned<4, 4, 2>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 6: launch_tuned<8, 1, 4>(w, x, xq, xs, xsum, y, grid, s); break;
+    default: return false;
+  }
+  OPTIQ_CUDA_LAUNCHED();
+  return true;
+}
 
 void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
   if (n <= 0) return;
@@ -379,35 +471,53 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 bool has_matvec_int8(const DevMatrix& w) { return w.storage == DevStorage::Affine; }
 
 namespace {
-template <int kW, int kR>
-void launch_tuned(const DevMatrix& w, const float* x, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
-                  unsigned grid, cudaStream_t s) {
-  if (grid == 0) grid = blocks_for(w.rows, kW * kR);
-  if (w.storage == DevStorage::Affine && w.bits == 4)
-    affine_int8_kernel<4, 1, kW, kR><<<grid, kW * 32, 0, s>>>(w, xq, xs, xsum, 1, y);
-  else if (w.storage == DevStorage::Affine && w.bits == 8)
-    affine_int8_kernel<8, 1, kW, kR><<<grid, kW * 32, 0, s>>>(w, xq, xs, xsum, 1, y);
-  else if (w.storage == DevStorage::BF16)
-    dense_kernel<DevStorage::BF16, 1, kW, kR><<<grid, kW * 32, 0, s>>>(w, x, 1, y);
+template <int kMaxN>
+bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
+                  const float* xs, const int32_t* xsum, int n, float* out, cudaStream_t s) {
+  constexpr int kW = 4;
+  const unsigned grid = blocks_for(g.rows, kW);
+  if (g.storage == DevStorage::Affine) {
+    if (xq) {
+      switch (g.bits) {
+        case 2: affine_int8_kernel<2, kMaxN, kW, 2, 4, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
+        case 3: affine_int8_kernel<3, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
+        case 4: affine_int8_kernel<4, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
+        case 5: affine_int8_kernel<5, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
+        case 6: affine_int8_kernel<6, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
+        default: affine_int8_kernel<8, kMaxN, kW, 2, 1, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
+      }
+    } else {
+      switch (g.bits) {
+        case 2: affine_f32_kernel<2, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
+        case 3: affine_f32_kernel<3, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
+        case 4: affine_f32_kernel<4, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
+        case 5: affine_f32_kernel<5, kMaxN, kW, 2, 1, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
+        case 6: affine_f32_kernel<6, kMaxN, kW, 2, 1, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
+        default: affine_f32_kernel<8, kMaxN, kW, 2, 1, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
+      }
+    }
+    return true;
+  }
+  if (g.cols % 8 != 0 || xq) return false;
+  switch (g.storage) {
+    case DevStorage::F32: dense_kernel<DevStorage::F32, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); return true;
+    case DevStorage::F16: dense_kernel<DevStorage::F16, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); return true;
+    case DevStorage::BF16: dense_kernel<DevStorage::BF16, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); return true;
+    default: return false;
+  }
 }
 }  // namespace
 
-const char* const kMatvecTunings[] = {"w4r2", "w4r1", "w4r4", "w8r1", "w8r2", "w2r2", "w8r4"};
-
-bool matvec_tuned(int tuning, const DevMatrix& w, const float* x, const int8_t* xq, const float* xs,
-                  const int32_t* xsum, float* y, unsigned grid, cudaStream_t s) {
-  switch (tuning) {
-    case 0: launch_tuned<4, 2>(w, x, xq, xs, xsum, y, grid, s); break;
-    case 1: launch_tuned<4, 1>(w, x, xq, xs, xsum, y, grid, s); break;
-    case 2: launch_tuned<4, 4>(w, x, xq, xs, xsum, y, grid, s); break;
-    case 3: launch_tuned<8, 1>(w, x, xq, xs, xsum, y, grid, s); break;
-    case 4: launch_tuned<8, 2>(w, x, xq, xs, xsum, y, grid, s); break;
-    case 5: launch_tuned<2, 2>(w, x, xq, xs, xsum, y, grid, s); break;
-    case 6: launch_tuned<8, 4>(w, x, xq, xs, xsum, y, grid, s); break;
-    default: return false;
-  }
-  OPTIQ_CUDA_LAUNCHED();
-  return true;
+bool matvec_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
+                  const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s) {
+  const bool same = g.storage == u.storage && g.rows == u.rows && g.cols == u.cols && g.bits == u.bits &&
+                    g.group == u.group && g.bf16_scales == u.bf16_scales && (g.biases == nullptr) == (u.biases == nullptr) &&
+                    g.zero_point == u.zero_point && g.act == ActRounding::Exact && u.act == ActRounding::Exact;
+  if (!same || n <= 0 || n > kMatvecMaxRows) return false;
+  const bool launched = n == 1 ? launch_gated<1>(g, u, act, x, xq, xscale, xsum, n, out, s)
+                               : launch_gated<kMatvecMaxRows>(g, u, act, x, xq, xscale, xsum, n, out, s);
+  if (launched) OPTIQ_CUDA_LAUNCHED();
+  return launched;
 }
 
 void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
