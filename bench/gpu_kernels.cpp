@@ -113,10 +113,20 @@ Copies make(const std::string& fmt, int64_t rows, int64_t cols) {
 
 int run(int argc, char** argv) {
   int reps = 200;
+  std::string only_fmt, only_shape;  // --only FORMAT,SHAPE-PREFIX,TUNING: one kernel (for ncu)
+  int only_tuning = -1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--reps" && i + 1 < argc) reps = std::stoi(argv[++i]);
-    else fail("unknown option '{}' (--reps N)", a);
+    if (a == "--reps" && i + 1 < argc) {
+      reps = std::stoi(argv[++i]);
+    } else if (a == "--only" && i + 1 < argc) {
+      const std::string v = argv[++i];
+      const size_t c1 = v.find(','), c2 = v.rfind(',');
+      check(c1 != std::string::npos && c2 > c1, "--only FORMAT,SHAPE,TUNING");
+      only_fmt = v.substr(0, c1), only_shape = v.substr(c1 + 1, c2 - c1 - 1), only_tuning = std::stoi(v.substr(c2 + 1));
+    } else {
+      fail("unknown option '{}' (--reps N, --only FORMAT,SHAPE,TUNING)", a);
+    }
   }
   cudaDeviceProp prop{};
   ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
@@ -137,12 +147,15 @@ int run(int argc, char** argv) {
                 {"lm_head 128256x4096", 128256, 4096}};
   fmt::print("\n| format | matrix | launch | grid | us | GB/s |\n|---|---|---|---|---|---|\n");
   for (const std::string fmtname : {"q4", "q8", "bf16"}) {
+    if (!only_fmt.empty() && fmtname != only_fmt) continue;
     for (const auto& sh : shapes) {
+      if (!only_shape.empty() && std::string(sh.name).rfind(only_shape, 0) != 0) continue;
       Copies c = make(fmtname, sh.rows, sh.cols);
       const int n = static_cast<int>(c.mats.size());
       cuda::quantize_act_int8(static_cast<float*>(x.p), 1, sh.cols, static_cast<int8_t*>(xq.p),
                               static_cast<float*>(xs.p), static_cast<int32_t*>(xsum.p), nullptr);
       for (int t = 0; t < 7; ++t) {
+        if (only_tuning >= 0 && t != only_tuning) continue;
         for (unsigned grid : {0u}) {
           const double us = time_us(reps, [&](int i) {
             cuda::matvec_tuned(t, c.mats[i % n], static_cast<float*>(x.p), static_cast<int8_t*>(xq.p),
@@ -164,6 +177,7 @@ int run(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
+  if (!only_fmt.empty()) return 0;
   // The small kernels of a decode step (Llama-3-8B widths).
   DeviceArray w(4096 * 4), out(4096 * 4 * 8);
   std::vector<float> ones(4096, 1.0f);

@@ -39,6 +39,22 @@ template <class T, int kG>
 __device__ __forceinline__ void key_dots(const float* qs, const T* kt, int hd, float (&d)[kG]) {
 #pragma unroll
   for (int j = 0; j < kG; ++j) d[j] = 0.0f;
+  if constexpr (sizeof(T) == 2) {
+    if (hd % 8 == 0) {  // 16-byte loads
+      for (int e = 0; e < hd; e += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(kt + e);
+        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[h]));
+#pragma unroll
+          for (int j = 0; j < kG; ++j)
+            d[j] = fmaf(qs[j * hd + e + 2 * h + 1], f.y, fmaf(qs[j * hd + e + 2 * h], f.x, d[j]));
+        }
+      }
+      return;
+    }
+  }
   for (int e = 0; e < hd; e += 2) {
     float k0, k1;
     if constexpr (sizeof(T) == 2) {
@@ -126,6 +142,7 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
 }
 
 constexpr int kMaxSplits = 64;
+constexpr int kMinKeys = 32;
 
 // The last block of a (query, kv head) to finish combines the ranges' partial
 // softmaxes (flash-decoding's second step, without a second launch); the
@@ -144,26 +161,20 @@ __global__ void __launch_bounds__(kDecodeThreads)
   float* weight = stats + 2 * group;     // group x kMaxSplits: the combine's weights
   const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
   const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
-  const int chunk = (len + splits - 1) / splits;
+  // At least kMinKeys keys a range: short contexts use fewer ranges (the rest
+  // return at once), long ones all of them.
+  const int chunk = max((len + splits - 1) / splits, kMinKeys);
+  const int active = (len + chunk - 1) / chunk;
   const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
   float* part = partial + (static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * group) * splits * (hd + 2);
-  if (a >= b) {  // an empty range: contributes nothing
-    for (int j = tid; j < group; j += kDecodeThreads) {
-      float* o = part + (static_cast<int64_t>(j) * splits + s) * (hd + 2);
-      o[0] = -FLT_MAX;
-      o[1] = 0.0f;
-    }
-    for (int idx = tid; idx < group * hd; idx += kDecodeThreads)
-      part[(static_cast<int64_t>(idx / hd) * splits + s) * (hd + 2) + 2 + idx % hd] = 0.0f;
-  } else {
-    partial_range<T, kG>(p, q, kc, vc, i, g, s, splits, a, b, chunk_cap, qs, sc, stats, part);
-  }
+  if (s >= active) return;  // no keys here; the combine reads only the active ranges
+  partial_range<T, kG>(p, q, kc, vc, i, g, s, splits, a, b, chunk_cap, qs, sc, stats, part);
   // Publish this range; the last block of the group combines.
   __shared__ int last;
   __threadfence();
   __syncthreads();
-  if (tid == 0) last = atomicAdd(counters + static_cast<int64_t>(i) * p.n_kv_heads + g, 1) == splits - 1;
+  if (tid == 0) last = atomicAdd(counters + static_cast<int64_t>(i) * p.n_kv_heads + g, 1) == active - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
@@ -173,8 +184,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
       const int sp = lane + 32 * t;
-      m_s[t] = sp < splits ? __ldcg(pj + sp * (hd + 2)) : -FLT_MAX;
-      l_s[t] = sp < splits ? __ldcg(pj + sp * (hd + 2) + 1) : 0.0f;
+      m_s[t] = sp < active ? __ldcg(pj + sp * (hd + 2)) : -FLT_MAX;
+      l_s[t] = sp < active ? __ldcg(pj + sp * (hd + 2) + 1) : 0.0f;
     }
     const float m = warp_max(fmaxf(m_s[0], m_s[1]));
     float e[2], l = 0.0f;
@@ -186,7 +197,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
     l = warp_sum(l);
 #pragma unroll
     for (int t = 0; t < 2; ++t)
-      if (lane + 32 * t < splits) weight[j * kMaxSplits + lane + 32 * t] = e[t] / l;
+      if (lane + 32 * t < active) weight[j * kMaxSplits + lane + 32 * t] = e[t] / l;
   }
   __syncthreads();
   for (int idx = tid; idx < group * hd; idx += kDecodeThreads) {
@@ -194,7 +205,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
     const float* pj = part + static_cast<int64_t>(j) * splits * (hd + 2) + 2 + e;
     float acc = 0.0f;
 #pragma unroll 8
-    for (int k = 0; k < splits; ++k) acc = fmaf(__ldcg(pj + k * (hd + 2)), weight[j * kMaxSplits + k], acc);
+    for (int k = 0; k < active; ++k) acc = fmaf(__ldcg(pj + k * (hd + 2)), weight[j * kMaxSplits + k], acc);
     out[static_cast<int64_t>(i) * p.q_stride + (static_cast<int64_t>(g) * group + j) * hd + e] = acc;
   }
   if (tid == 0) counters[static_cast<int64_t>(i) * p.n_kv_heads + g] = 0;
@@ -250,7 +261,7 @@ template <class T, int kG>
 void launch_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
                    float* partial, int* counters, float* out, cudaStream_t s) {
   const int group = p.n_heads / p.n_kv_heads;
-  const int chunk_cap = (p.max_ctx + splits - 1) / splits;
+  const int chunk_cap = max((p.max_ctx + splits - 1) / splits, kMinKeys);
   const size_t smem = attention_decode_smem(p, splits);
   if (smem > 48 * 1024)
     OPTIQ_CUDA_OK(cudaFuncSetAttribute(decode_kernel<T, kG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -279,7 +290,7 @@ void decode_for(const AttentionParams& p, const float* q, int n, DevPos pos0, co
 
 size_t attention_decode_smem(const AttentionParams& p, int splits) {
   const size_t group = static_cast<size_t>(p.n_heads / p.n_kv_heads);
-  const size_t chunk_cap = static_cast<size_t>((p.max_ctx + splits - 1) / splits);
+  const size_t chunk_cap = static_cast<size_t>(max((p.max_ctx + splits - 1) / splits, kMinKeys));
   return sizeof(float) * (group * (p.head_dim + chunk_cap + 2 + kMaxSplits));
 }
 

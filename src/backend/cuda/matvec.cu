@@ -72,25 +72,41 @@ __device__ __forceinline__ int dot_chunk(const uint32_t (&w)[kBits], const int (
 }
 
 
-// Scale and bias of group gi (bias of symmetric groups: -zero_point * scale).
-__device__ __forceinline__ void group_scale_bias(const DevMatrix& w, int64_t gi, float& s, float& b) {
-  s = scale_word(__ldg(w.scales + gi), w.bf16_scales);
-  b = w.biases ? scale_word(__ldg(w.biases + gi), w.bf16_scales) : __fmul_rn(static_cast<float>(-w.zero_point), s);
+// One weight row of an affine matrix as the kernels walk it. Rows past the
+// matrix point at its last row with `live` false: loads stay in bounds and
+// branch-free (a branch between loads keeps the compiler from issuing them
+// together), and the chunk's scale and bias become 0.
+struct AffineRow {
+  const uint32_t* words;
+  const uint16_t* scales;
+  const uint16_t* biases;  // the scales again for symmetric groups (then unused)
+  bool live;
+};
+
+__device__ __forceinline__ AffineRow affine_row(const DevMatrix& w, int64_t r, int kBits) {
+  const int64_t row = min(r, w.rows - 1);
+  const int glog = w.group == 32 ? 5 : (w.group == 64 ? 6 : 7);
+  const int64_t gpr = w.cols >> glog;  // groups per row (no 64-bit division in the loop)
+  AffineRow a;
+  a.words = static_cast<const uint32_t*>(w.data) + row * ((w.cols * kBits) >> 5);
+  a.scales = w.scales + row * gpr;
+  a.biases = (w.biases ? w.biases : w.scales) + row * gpr;
+  a.live = r < w.rows;
+  return a;
 }
 
-// Codes, scale and bias of chunk c of row r, or zeros (a chunk past the row or
-// a row past the matrix adds nothing).
+// Codes, scale and bias of chunk c of a row; c past the row (or a dead row)
+// reads chunk `last` and gets scale and bias 0.
 template <int kBits>
-__device__ __forceinline__ void load_chunk(const DevMatrix& w, int64_t r, int64_t c, int64_t chunks, int gshift,
+__device__ __forceinline__ void load_chunk(const DevMatrix& w, const AffineRow& a, int c, int chunks, int gshift,
                                            uint32_t (&words)[kBits], float& s, float& b) {
-  if (c < chunks && r < w.rows) {
-    load_words<kBits>(static_cast<const uint32_t*>(w.data) + r * (w.cols * kBits / 32) + c * kBits, words);
-    group_scale_bias(w, r * (w.cols / w.group) + (c >> gshift), s, b);
-  } else {
-#pragma unroll
-    for (int j = 0; j < kBits; ++j) words[j] = 0;
-    s = b = 0.0f;
-  }
+  const bool live = a.live && c < chunks;
+  const int cc = min(c, chunks - 1);
+  load_words<kBits>(a.words + cc * kBits, words);
+  const float sv = scale_word(__ldg(a.scales + (cc >> gshift)), w.bf16_scales);
+  const float bv = scale_word(__ldg(a.biases + (cc >> gshift)), w.bf16_scales);
+  s = live ? sv : 0.0f;
+  b = live ? (w.biases ? bv : __fmul_rn(static_cast<float>(-w.zero_point), sv)) : 0.0f;
 }
 
 template <int kMaxN>
@@ -128,28 +144,31 @@ __global__ void __launch_bounds__(kW * 32)
                        GateAct act = GateAct::Silu) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t chunks = w.cols / 32;
+  const int chunks = static_cast<int>(w.cols >> 5);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
   constexpr int kStep = warp_rows<kGated, kR>();
   for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
        r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
     float acc[kR][kMaxN] = {};
-    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kU) {
+    AffineRow rows[kR];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) rows[r] = affine_row(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, kBits);
+    for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
       uint32_t words[kU][kR][kBits];
       float sc[kU][kR], bi[kU][kR];
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
         for (int r = 0; r < kR; ++r)
-          load_chunk<kBits>(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, c0 + 32 * u, chunks, gshift, words[u][r],
-                            sc[u][r], bi[u][r]);
+          load_chunk<kBits>(kGated && r == 1 ? w2 : w, rows[r], c0 + 32 * u, chunks, gshift, words[u][r], sc[u][r],
+                            bi[u][r]);
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
-        const int64_t c = min(c0 + 32 * u, chunks - 1);  // a valid address; its scale is 0 past the row
+        const int c = min(c0 + 32 * u, chunks - 1);  // a valid address; its scale is 0 past the row
 #pragma unroll
         for (int i = 0; i < kMaxN; ++i) {
           if (i >= n) break;
-          const int4* p = reinterpret_cast<const int4*>(xq + (i * chunks + c) * 32);
+          const int4* p = reinterpret_cast<const int4*>(xq + (static_cast<int64_t>(i) * chunks + c) * 32);
           const int4 a = __ldg(p), b = __ldg(p + 1);
           const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
           const float sx = __ldg(xscale + i * chunks + c);
@@ -179,24 +198,27 @@ __global__ void __launch_bounds__(kW * 32)
                       GateAct act = GateAct::Silu) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t chunks = w.cols / 32;
+  const int chunks = static_cast<int>(w.cols >> 5);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
   constexpr int kStep = warp_rows<kGated, kR>();
   for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
        r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
     float acc[kR][kMaxN] = {};
-    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kU) {
+    AffineRow rows[kR];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) rows[r] = affine_row(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, kBits);
+    for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
       uint32_t words[kU][kR][kBits];
       float sc[kU][kR], bi[kU][kR];
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
         for (int r = 0; r < kR; ++r)
-          load_chunk<kBits>(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, c0 + 32 * u, chunks, gshift, words[u][r],
-                            sc[u][r], bi[u][r]);
+          load_chunk<kBits>(kGated && r == 1 ? w2 : w, rows[r], c0 + 32 * u, chunks, gshift, words[u][r], sc[u][r],
+                            bi[u][r]);
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
-        const int64_t c = min(c0 + 32 * u, chunks - 1);
+        const int c = min(c0 + 32 * u, chunks - 1);
 #pragma unroll
         for (int i = 0; i < kMaxN; ++i) {
           if (i >= n) break;
@@ -246,13 +268,11 @@ __global__ void __launch_bounds__(kW * 32)
       for (int u = 0; u < kU; ++u)
 #pragma unroll
         for (int r = 0; r < kR; ++r) {
-          const int64_t c = c0 + 32 * u, row = kGated ? r0 : r0 + r;
+          // Clamped (in-bounds, branch-free) loads; a dead slot's weights become 0 below.
+          const int64_t row_raw = kGated ? r0 : r0 + r, c_raw = c0 + 32 * u;
+          const bool live = row_raw < w.rows && c_raw < steps;
+          const int64_t row = min(row_raw, w.rows - 1), c = min(c_raw, steps - 1);
           const void* data = kGated && r == 1 ? w2.data : w.data;
-          if (c >= steps || row >= w.rows) {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) wv[u][r][j] = 0.0f;
-            continue;
-          }
           if constexpr (kStorage == DevStorage::F32) {
             const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(data) + row * w.cols) + 2 * c;
             const float4 a = __ldg(p), b = __ldg(p + 1);
@@ -272,6 +292,9 @@ __global__ void __launch_bounds__(kW * 32)
               }
             }
           }
+          if (!live)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) wv[u][r][j] = 0.0f;
         }
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
