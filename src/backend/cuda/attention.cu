@@ -152,6 +152,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
     decode_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, const T* __restrict__ kc,
                   const T* __restrict__ vc, int splits, int chunk_cap, float* __restrict__ partial, int* counters,
                   float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   extern __shared__ float smem[];
   const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
   const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
@@ -214,6 +216,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
 // One block per (head, query) row of scores: keys 0..pos0+i are in the row;
 // those before the window and after the query become 0.
 __global__ void softmax_kernel(AttentionParams p, float* S, int64_t n, int64_t ld, int pos0, __half* p16) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float red[32];
   const int64_t row = blockIdx.x;  // h * n + i
   const int i = static_cast<int>(row % n);
@@ -267,7 +271,7 @@ void launch_decode(const AttentionParams& p, const float* q, int n, DevPos pos0,
     OPTIQ_CUDA_OK(cudaFuncSetAttribute(decode_kernel<T, kG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem)));
   (void)group;
-  decode_kernel<T, kG><<<dim3(p.n_kv_heads, splits, n), kDecodeThreads, smem, s>>>(
+  launch(decode_kernel<T, kG>, dim3(p.n_kv_heads, splits, n), kDecodeThreads, smem, s, 
       p, q, pos0, static_cast<const T*>(c.k), static_cast<const T*>(c.v), splits, chunk_cap, partial, counters, out);
 }
 
@@ -307,7 +311,7 @@ void attention_decode(const AttentionParams& p, const float* q, int n, DevPos po
 void attention_softmax(const AttentionParams& p, float* S, int64_t n, int64_t ld, int pos0, __half* p16,
                        cudaStream_t s) {
   if (n <= 0) return;
-  softmax_kernel<<<static_cast<unsigned>(n * p.n_heads), 256, 0, s>>>(p, S, n, ld, pos0, p16);
+  launch(softmax_kernel, static_cast<unsigned>(n * p.n_heads), 256, 0, s, p, S, n, ld, pos0, p16);
   OPTIQ_CUDA_LAUNCHED();
 }
 

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 namespace optiq::cuda {
 
@@ -39,9 +40,46 @@ class DeviceMemory {
   size_t bytes_ = 0;
 };
 
+// Programmatic dependent launch (Hopper, sm_90): a kernel may start while the
+// one before it finishes. Every kernel here calls pdl_trigger() first (its
+// successor may then launch once all of its blocks run) and pdl_wait() before
+// it reads anything an earlier kernel wrote or writes anything at all; what
+// comes before the wait may only read constant data (weights, norms,
+// frequencies). The decode products thus fetch their weights while the
+// previous operation is still running, instead of paying a launch and a
+// memory latency after it. Off below sm_90 and with OPTIQ_CUDA_PDL=0.
+bool pdl_enabled();
+
+// Launches `kernel` on stream s, with programmatic serialisation when enabled.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx", __FILE__, __LINE__);
+}
+
 inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 #ifdef __CUDACC__
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float half_word(uint16_t w) { return __half2float(__ushort_as_half(w)); }
 __device__ __forceinline__ float bf16_word(uint16_t w) { return __uint_as_float(static_cast<uint32_t>(w) << 16); }
 __device__ __forceinline__ float scale_word(uint16_t w, bool bf16) { return bf16 ? bf16_word(w) : half_word(w); }

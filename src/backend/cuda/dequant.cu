@@ -24,6 +24,8 @@ __device__ __forceinline__ float dense_at(const DevMatrix& w, int64_t k) {
 // rows: row ids (device) or null for r0 + i; out row i = scale * W[row].
 template <class Out>
 __global__ void packed_rows_kernel(DevMatrix w, const int32_t* rows, int64_t r0, int64_t n, float scale, Out* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t chunks = w.cols / 32;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= n * chunks) return;
@@ -38,6 +40,8 @@ __global__ void packed_rows_kernel(DevMatrix w, const int32_t* rows, int64_t r0,
 
 template <class Out>
 __global__ void dense_rows_kernel(DevMatrix w, const int32_t* rows, int64_t r0, int64_t n, float scale, Out* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= n * w.cols) return;
   const int64_t i = t / w.cols, c = t % w.cols;
@@ -51,9 +55,9 @@ void rows_of(const DevMatrix& w, const int32_t* rows, int64_t r0, int64_t n, flo
   if (n <= 0) return;
   constexpr int kThreads = 256;
   if (w.storage == DevStorage::Affine || w.storage == DevStorage::KQuant) {
-    packed_rows_kernel<Out><<<blocks_for(n * (w.cols / 32), kThreads), kThreads, 0, s>>>(w, rows, r0, n, scale, out);
+    launch(packed_rows_kernel<Out>, blocks_for(n * (w.cols / 32), kThreads), kThreads, 0, s, w, rows, r0, n, scale, out);
   } else {
-    dense_rows_kernel<Out><<<blocks_for(n * w.cols, kThreads), kThreads, 0, s>>>(w, rows, r0, n, scale, out);
+    launch(dense_rows_kernel<Out>, blocks_for(n * w.cols, kThreads), kThreads, 0, s, w, rows, r0, n, scale, out);
   }
   OPTIQ_CUDA_LAUNCHED();
 }

@@ -25,6 +25,8 @@ __device__ __forceinline__ void store_kv<__half>(__half* dst, float v) { *dst = 
 // One block per row; the sum of squares in double as the CPU's.
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps,
                                 float* out) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ double partial[32];
   const float* xr = x + blockIdx.x * dim;
   float* o = out + blockIdx.x * dim;
@@ -50,6 +52,8 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
 // its own elements from the first pass to the second, so out may alias y.
 __global__ void add_rms_norm_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps,
                                     float* out) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ double partial[32];
   float* xr = x + blockIdx.x * dim;
   const float* yr = y + blockIdx.x * dim;
@@ -82,6 +86,8 @@ __global__ void add_rms_norm_kernel(float* x, const float* y, const float* __res
 template <class T>
 __global__ void rope_kv_store_kernel(RopeKV r, float* q, float* k, const float* __restrict__ v, DevPos pos0, T* kc,
                                      T* vc, int64_t kv_dim) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t row = blockIdx.x;
   const int head = blockIdx.y, half = r.rot_dim / 2, hd = r.head_dim;
   const int pos = pos_of(pos0) + static_cast<int>(row);
@@ -113,17 +119,23 @@ __global__ void rope_kv_store_kernel(RopeKV r, float* q, float* k, const float* 
 }
 
 __global__ void add_kernel(float* x, const float* __restrict__ y, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] += y[i];
 }
 
 __global__ void add_rows_kernel(float* y, const float* __restrict__ b, int64_t n, int64_t m) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n * m) y[i] += b[i % m];
 }
 
 __global__ void take_columns_kernel(const float* __restrict__ src, int64_t n, int64_t cols, int64_t from,
                                     int64_t width, float* __restrict__ dst) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * width) return;
   const int64_t r = i / width, c = i % width;
@@ -133,6 +145,8 @@ __global__ void take_columns_kernel(const float* __restrict__ src, int64_t n, in
 // One thread per (row, head, frequency).
 __global__ void rope_kernel(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_dim, DevPos pos0,
                             const float* __restrict__ inv_freq, float mscale) {
+  pdl_trigger();
+  pdl_wait();
   const int half = rot_dim / 2;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= n * heads * half) return;
@@ -161,6 +175,8 @@ __device__ __forceinline__ float gelu_tanh_llamacpp(float x) {
 }
 
 __global__ void gated_kernel(GateAct act, bool llamacpp, float* gate, const float* __restrict__ up, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const float x = gate[i];
@@ -173,17 +189,23 @@ __global__ void gated_kernel(GateAct act, bool llamacpp, float* gate, const floa
 }
 
 __global__ void softcap_kernel(float* x, int64_t n, float cap) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] = cap * tanhf(x[i] * (1.0f / cap));
 }
 
 __global__ void round_half_kernel(const float* __restrict__ x, int64_t n, bool bf16, float* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = bf16 ? round_to_bf16(x[i]) : round_to_f16(x[i]);
 }
 
 // ggml quantize_row_q8_0/q8_1: d = amax / 127 kept as fp16. One thread per block of 32.
 __global__ void round_q8_32_kernel(const float* __restrict__ x, int64_t blocks, float* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= blocks) return;
   const float* xb = x + 32 * b;
@@ -196,6 +218,8 @@ __global__ void round_q8_32_kernel(const float* __restrict__ x, int64_t blocks, 
 
 // ggml quantize_row_q8_K: the scale from the signed extreme, fp32. One thread per block of 256.
 __global__ void round_q8k_kernel(const float* __restrict__ x, int64_t blocks, float* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= blocks) return;
   const float* xb = x + 256 * b;
@@ -212,11 +236,15 @@ __global__ void round_q8k_kernel(const float* __restrict__ x, int64_t blocks, fl
 }
 
 __global__ void copy_kernel(const float* __restrict__ x, int64_t n, float* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = x[i];
 }
 
 __global__ void to_half_kernel(const float* __restrict__ x, int64_t n, __half* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = __float2half_rn(x[i]);
 }
@@ -224,6 +252,8 @@ __global__ void to_half_kernel(const float* __restrict__ x, int64_t n, __half* o
 // One warp per block of 32, a lane per value (kernels/act_quant.cpp's arithmetic).
 __global__ void quantize_act_kernel(const float* __restrict__ x, int n, int64_t cols, int8_t* q, float* scale,
                                     int32_t* sum) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t blocks = (cols + 31) / 32;
   const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -246,6 +276,8 @@ __global__ void quantize_act_kernel(const float* __restrict__ x, int n, int64_t 
 template <class T>
 __global__ void kv_store_kernel(T* kc, T* vc, int64_t kv_dim, DevPos pos0, const float* __restrict__ k,
                                 const float* __restrict__ v, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * kv_dim) return;
   const int64_t off = static_cast<int64_t>(pos_of(pos0)) * kv_dim + i;
@@ -258,7 +290,7 @@ __global__ void kv_store_kernel(T* kc, T* vc, int64_t kv_dim, DevPos pos0, const
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s) {
   if (rows <= 0) return;
   const int threads = dim >= 1024 ? 512 : (dim >= 256 ? 256 : 64);
-  rms_norm_kernel<<<static_cast<unsigned>(rows), threads, 0, s>>>(x, w, dim, eps, out);
+  launch(rms_norm_kernel, static_cast<unsigned>(rows), threads, 0, s, x, w, dim, eps, out);
   OPTIQ_CUDA_LAUNCHED();
 }
 
@@ -266,7 +298,7 @@ void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_
                   cudaStream_t s) {
   if (rows <= 0) return;
   const int threads = dim >= 1024 ? 512 : (dim >= 256 ? 256 : 64);
-  add_rms_norm_kernel<<<static_cast<unsigned>(rows), threads, 0, s>>>(x, y, w, dim, eps, out);
+  launch(add_rms_norm_kernel, static_cast<unsigned>(rows), threads, 0, s, x, y, w, dim, eps, out);
   OPTIQ_CUDA_LAUNCHED();
 }
 
@@ -276,29 +308,29 @@ void rope_kv_store(const RopeKV& r, float* q, float* k, const float* v, int64_t 
   const dim3 grid(static_cast<unsigned>(n), r.n_heads + r.n_kv_heads);
   const int threads = r.head_dim >= 128 ? 64 : 32;
   if (c.half)
-    rope_kv_store_kernel<__half><<<grid, threads, 0, s>>>(r, q, k, v, pos0, static_cast<__half*>(c.k),
+    launch(rope_kv_store_kernel<__half>, grid, threads, 0, s, r, q, k, v, pos0, static_cast<__half*>(c.k),
                                                           static_cast<__half*>(c.v), c.kv_dim);
   else
-    rope_kv_store_kernel<float><<<grid, threads, 0, s>>>(r, q, k, v, pos0, static_cast<float*>(c.k),
+    launch(rope_kv_store_kernel<float>, grid, threads, 0, s, r, q, k, v, pos0, static_cast<float*>(c.k),
                                                          static_cast<float*>(c.v), c.kv_dim);
   OPTIQ_CUDA_LAUNCHED();
 }
 
 void add(float* x, const float* y, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
-  add_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(x, y, n);
+  launch(add_kernel, blocks_for(n, kThreads), kThreads, 0, s, x, y, n);
   OPTIQ_CUDA_LAUNCHED();
 }
 
 void add_rows(float* y, const float* b, int64_t n, int64_t m, cudaStream_t s) {
   if (n * m <= 0) return;
-  add_rows_kernel<<<blocks_for(n * m, kThreads), kThreads, 0, s>>>(y, b, n, m);
+  launch(add_rows_kernel, blocks_for(n * m, kThreads), kThreads, 0, s, y, b, n, m);
   OPTIQ_CUDA_LAUNCHED();
 }
 
 void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst, cudaStream_t s) {
   if (n * width <= 0) return;
-  take_columns_kernel<<<blocks_for(n * width, kThreads), kThreads, 0, s>>>(src, n, cols, from, width, dst);
+  launch(take_columns_kernel, blocks_for(n * width, kThreads), kThreads, 0, s, src, n, cols, from, width, dst);
   OPTIQ_CUDA_LAUNCHED();
 }
 
@@ -306,20 +338,20 @@ void rope(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_
           const float* inv_freq, float mscale, cudaStream_t s) {
   const int64_t total = n * heads * (rot_dim / 2);
   if (total <= 0) return;
-  rope_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, n, stride, heads, head_dim, rot_dim, pos0, inv_freq,
+  launch(rope_kernel, blocks_for(total, kThreads), kThreads, 0, s, x, n, stride, heads, head_dim, rot_dim, pos0, inv_freq,
                                                                mscale);
   OPTIQ_CUDA_LAUNCHED();
 }
 
 void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
-  gated_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(act, llamacpp, gate, up, n);
+  launch(gated_kernel, blocks_for(n, kThreads), kThreads, 0, s, act, llamacpp, gate, up, n);
   OPTIQ_CUDA_LAUNCHED();
 }
 
 void softcap(float* x, int64_t n, float cap, cudaStream_t s) {
   if (n <= 0) return;
-  softcap_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(x, n, cap);
+  launch(softcap_kernel, blocks_for(n, kThreads), kThreads, 0, s, x, n, cap);
   OPTIQ_CUDA_LAUNCHED();
 }
 
@@ -328,19 +360,19 @@ void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, f
   if (total <= 0) return;
   switch (r) {
     case ActRounding::Exact:
-      if (out != x) copy_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, total, out);
+      if (out != x) launch(copy_kernel, blocks_for(total, kThreads), kThreads, 0, s, x, total, out);
       break;
     case ActRounding::F16:
     case ActRounding::BF16:
-      round_half_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, total, r == ActRounding::BF16, out);
+      launch(round_half_kernel, blocks_for(total, kThreads), kThreads, 0, s, x, total, r == ActRounding::BF16, out);
       break;
     case ActRounding::Q8Block32:
-      if (out != x) copy_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, total, out);
-      round_q8_32_kernel<<<blocks_for(total / 32, 128), 128, 0, s>>>(x, total / 32, out);
+      if (out != x) launch(copy_kernel, blocks_for(total, kThreads), kThreads, 0, s, x, total, out);
+      launch(round_q8_32_kernel, blocks_for(total / 32, 128), 128, 0, s, x, total / 32, out);
       break;
     case ActRounding::Q8KBlock256:
-      if (out != x) copy_kernel<<<blocks_for(total, kThreads), kThreads, 0, s>>>(x, total, out);
-      round_q8k_kernel<<<blocks_for(total / 256, 64), 64, 0, s>>>(x, total / 256, out);
+      if (out != x) launch(copy_kernel, blocks_for(total, kThreads), kThreads, 0, s, x, total, out);
+      launch(round_q8k_kernel, blocks_for(total / 256, 64), 64, 0, s, x, total / 256, out);
       break;
   }
   OPTIQ_CUDA_LAUNCHED();
@@ -348,14 +380,14 @@ void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, f
 
 void to_half(const float* x, int64_t n, __half* out, cudaStream_t s) {
   if (n <= 0) return;
-  to_half_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(x, n, out);
+  launch(to_half_kernel, blocks_for(n, kThreads), kThreads, 0, s, x, n, out);
   OPTIQ_CUDA_LAUNCHED();
 }
 
 void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s) {
   const int64_t blocks = (cols + 31) / 32;
   if (n <= 0 || blocks <= 0) return;
-  quantize_act_kernel<<<blocks_for(n * blocks * 32, 256), 256, 0, s>>>(x, n, cols, q, scale, sum);
+  launch(quantize_act_kernel, blocks_for(n * blocks * 32, 256), 256, 0, s, x, n, cols, q, scale, sum);
   OPTIQ_CUDA_LAUNCHED();
 }
 
@@ -363,10 +395,10 @@ void kv_store(const DevKV& c, DevPos pos0, const float* k, const float* v, int64
   const int64_t total = n * c.kv_dim;
   if (total <= 0) return;
   if (c.half)
-    kv_store_kernel<__half><<<blocks_for(total, kThreads), kThreads, 0, s>>>(
+    launch(kv_store_kernel<__half>, blocks_for(total, kThreads), kThreads, 0, s, 
         static_cast<__half*>(c.k), static_cast<__half*>(c.v), c.kv_dim, pos0, k, v, n);
   else
-    kv_store_kernel<float><<<blocks_for(total, kThreads), kThreads, 0, s>>>(
+    launch(kv_store_kernel<float>, blocks_for(total, kThreads), kThreads, 0, s, 
         static_cast<float*>(c.k), static_cast<float*>(c.v), c.kv_dim, pos0, k, v, n);
   OPTIQ_CUDA_LAUNCHED();
 }

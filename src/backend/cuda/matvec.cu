@@ -143,6 +143,7 @@ __global__ void __launch_bounds__(kW * 32)
                        const int32_t* __restrict__ xsum, int n, float* __restrict__ y, DevMatrix w2 = {},
                        GateAct act = GateAct::Silu) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
+  pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int chunks = static_cast<int>(w.cols >> 5);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
@@ -162,6 +163,7 @@ __global__ void __launch_bounds__(kW * 32)
         for (int r = 0; r < kR; ++r)
           load_chunk<kBits>(kGated && r == 1 ? w2 : w, rows[r], c0 + 32 * u, chunks, gshift, words[u][r], sc[u][r],
                             bi[u][r]);
+      pdl_wait();  // weights are in flight; x is the previous operation's output
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int c = min(c0 + 32 * u, chunks - 1);  // a valid address; its scale is 0 past the row
@@ -197,6 +199,7 @@ __global__ void __launch_bounds__(kW * 32)
     affine_f32_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y, DevMatrix w2 = {},
                       GateAct act = GateAct::Silu) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
+  pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int chunks = static_cast<int>(w.cols >> 5);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
@@ -216,6 +219,7 @@ __global__ void __launch_bounds__(kW * 32)
         for (int r = 0; r < kR; ++r)
           load_chunk<kBits>(kGated && r == 1 ? w2 : w, rows[r], c0 + 32 * u, chunks, gshift, words[u][r], sc[u][r],
                             bi[u][r]);
+      pdl_wait();  // weights are in flight; x is the previous operation's output
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int c = min(c0 + 32 * u, chunks - 1);
@@ -256,6 +260,7 @@ __global__ void __launch_bounds__(kW * 32)
     dense_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y, DevMatrix w2 = {},
                  GateAct act = GateAct::Silu) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
+  pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t steps = w.cols / 8;
   constexpr int kStep = warp_rows<kGated, kR>();
@@ -296,6 +301,7 @@ __global__ void __launch_bounds__(kW * 32)
 #pragma unroll
             for (int j = 0; j < 8; ++j) wv[u][r][j] = 0.0f;
         }
+      pdl_wait();  // weights are in flight; x is the previous operation's output
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int64_t c = min(c0 + 32 * u, steps - 1);  // past the row the weights are 0
@@ -327,6 +333,8 @@ constexpr int kGenericRows = 2;
 template <int kMaxN>
 __global__ void __launch_bounds__(kWarps * 32)
     generic_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y) {
+  pdl_trigger();
+  pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kGenericRows;
   if (r0 >= w.rows) return;
@@ -367,6 +375,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 // Odd widths (not a multiple of 32, dense storage only): one lane per column.
 __global__ void dense_scalar_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y) {
+  pdl_trigger();
+  pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (r >= w.rows) return;
@@ -389,7 +399,7 @@ template <int kBits, int kMaxN, int kW, int kR, int kU>
 void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                unsigned grid, cudaStream_t s) {
   if (grid == 0) grid = blocks_for(w.rows, kW * kR);
-  affine_int8_kernel<kBits, kMaxN, kW, kR, kU><<<grid, kW * 32, 0, s>>>(w, xq, xs, xsum, n, y);
+  launch(affine_int8_kernel<kBits, kMaxN, kW, kR, kU>, grid, kW * 32, 0, s, w, xq, xs, xsum, n, y, DevMatrix{}, GateAct::Silu);
 }
 
 // Chunks in flight per lane per row: 16 words of codes.
@@ -417,19 +427,19 @@ void launch_affine_f32(const DevMatrix& w, const float* x, int n, float* y, cuda
   constexpr int kW = 4, kR = 1;
   const unsigned grid = blocks_for(w.rows, kW * kR);
   switch (w.bits) {
-    case 2: affine_f32_kernel<2, kMaxN, kW, kR, 4><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
-    case 3: affine_f32_kernel<3, kMaxN, kW, kR, 4><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
-    case 4: affine_f32_kernel<4, kMaxN, kW, kR, 4><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
-    case 5: affine_f32_kernel<5, kMaxN, kW, kR, 2><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
-    case 6: affine_f32_kernel<6, kMaxN, kW, kR, 2><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
-    default: affine_f32_kernel<8, kMaxN, kW, kR, 2><<<grid, kW * 32, 0, s>>>(w, x, n, y); break;
+    case 2: launch(affine_f32_kernel<2, kMaxN, kW, kR, 4>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
+    case 3: launch(affine_f32_kernel<3, kMaxN, kW, kR, 4>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
+    case 4: launch(affine_f32_kernel<4, kMaxN, kW, kR, 4>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
+    case 5: launch(affine_f32_kernel<5, kMaxN, kW, kR, 2>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
+    case 6: launch(affine_f32_kernel<6, kMaxN, kW, kR, 2>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
+    default: launch(affine_f32_kernel<8, kMaxN, kW, kR, 2>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
   }
 }
 
 template <DevStorage kStorage, int kMaxN>
 void launch_dense(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
   constexpr int kW = 4, kR = 1, kU = 4;
-  dense_kernel<kStorage, kMaxN, kW, kR, kU><<<blocks_for(w.rows, kW * kR), kW * 32, 0, s>>>(w, x, n, y);
+  launch(dense_kernel<kStorage, kMaxN, kW, kR, kU>, blocks_for(w.rows, kW * kR), kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu);
 }
 
 template <int kMaxN>
@@ -437,7 +447,7 @@ void launch_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
   switch (w.storage) {
     case DevStorage::Affine: launch_affine_f32<kMaxN>(w, x, n, y, s); return;
     case DevStorage::KQuant:
-      generic_kernel<kMaxN><<<blocks_for(w.rows, kWarps * kGenericRows), kWarps * 32, 0, s>>>(w, x, n, y);
+      launch(generic_kernel<kMaxN>, blocks_for(w.rows, kWarps * kGenericRows), kWarps * 32, 0, s, w, x, n, y);
       return;
     case DevStorage::F32: launch_dense<DevStorage::F32, kMaxN>(w, x, n, y, s); return;
     case DevStorage::F16: launch_dense<DevStorage::F16, kMaxN>(w, x, n, y, s); return;
@@ -454,7 +464,7 @@ void launch_tuned(const DevMatrix& w, const float* x, const int8_t* xq, const fl
     int8_with<8, 1, kW, kR, (kU + 1) / 2>(w, xq, xs, xsum, 1, y, grid, s);
   } else if (w.storage == DevStorage::BF16) {
     if (grid == 0) grid = blocks_for(w.rows, kW * kR);
-    dense_kernel<DevStorage::BF16, 1, kW, kR, kU><<<grid, kW * 32, 0, s>>>(w, x, 1, y);
+    launch(dense_kernel<DevStorage::BF16, 1, kW, kR, kU>, grid, kW * 32, 0, s, w, x, 1, y, DevMatrix{}, GateAct::Silu);
   }
 }
 
@@ -482,7 +492,7 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
   if (n <= 0) return;
   const bool dense = w.storage == DevStorage::F32 || w.storage == DevStorage::F16 || w.storage == DevStorage::BF16;
   if (dense && w.cols % 8 != 0) {
-    dense_scalar_kernel<<<blocks_for(w.rows, kWarps), kWarps * 32, 0, s>>>(w, x, n, y);
+    launch(dense_scalar_kernel, blocks_for(w.rows, kWarps), kWarps * 32, 0, s, w, x, n, y);
   } else if (n == 1) {
     launch_f32<1>(w, x, n, y, s);
   } else {
@@ -502,30 +512,30 @@ bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const flo
   if (g.storage == DevStorage::Affine) {
     if (xq) {
       switch (g.bits) {
-        case 2: affine_int8_kernel<2, kMaxN, kW, 2, 4, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
-        case 3: affine_int8_kernel<3, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
-        case 4: affine_int8_kernel<4, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
-        case 5: affine_int8_kernel<5, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
-        case 6: affine_int8_kernel<6, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
-        default: affine_int8_kernel<8, kMaxN, kW, 2, 1, true><<<grid, kW * 32, 0, s>>>(g, xq, xs, xsum, n, out, u, act); break;
+        case 2: launch(affine_int8_kernel<2, kMaxN, kW, 2, 4, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act); break;
+        case 3: launch(affine_int8_kernel<3, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act); break;
+        case 4: launch(affine_int8_kernel<4, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act); break;
+        case 5: launch(affine_int8_kernel<5, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act); break;
+        case 6: launch(affine_int8_kernel<6, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act); break;
+        default: launch(affine_int8_kernel<8, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act); break;
       }
     } else {
       switch (g.bits) {
-        case 2: affine_f32_kernel<2, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
-        case 3: affine_f32_kernel<3, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
-        case 4: affine_f32_kernel<4, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
-        case 5: affine_f32_kernel<5, kMaxN, kW, 2, 1, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
-        case 6: affine_f32_kernel<6, kMaxN, kW, 2, 1, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
-        default: affine_f32_kernel<8, kMaxN, kW, 2, 1, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); break;
+        case 2: launch(affine_f32_kernel<2, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
+        case 3: launch(affine_f32_kernel<3, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
+        case 4: launch(affine_f32_kernel<4, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
+        case 5: launch(affine_f32_kernel<5, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
+        case 6: launch(affine_f32_kernel<6, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
+        default: launch(affine_f32_kernel<8, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
       }
     }
     return true;
   }
   if (g.cols % 8 != 0 || xq) return false;
   switch (g.storage) {
-    case DevStorage::F32: dense_kernel<DevStorage::F32, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); return true;
-    case DevStorage::F16: dense_kernel<DevStorage::F16, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); return true;
-    case DevStorage::BF16: dense_kernel<DevStorage::BF16, kMaxN, kW, 2, 2, true><<<grid, kW * 32, 0, s>>>(g, x, n, out, u, act); return true;
+    case DevStorage::F32: launch(dense_kernel<DevStorage::F32, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); return true;
+    case DevStorage::F16: launch(dense_kernel<DevStorage::F16, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); return true;
+    case DevStorage::BF16: launch(dense_kernel<DevStorage::BF16, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); return true;
     default: return false;
   }
 }
