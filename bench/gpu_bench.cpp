@@ -347,6 +347,18 @@ int run(int argc, char** argv) {
         rates.push_back(n / seconds_since(t0));
       }
       const double tps = median(rates);
+      if (op_times && n == prefills.front()) {
+        tf.reset();
+        gpu->set_op_timing(true);
+        tf.forward(std::span<const int32_t>(ids.data(), n), logits.data(), n - 1);
+        const std::vector<OpTime> times = gpu->take_op_times();
+        gpu->set_op_timing(false);
+        double total = 0;
+        for (const OpTime& t : times) total += t.ms;
+        fmt::print("    prefill {}: device time of the operations {:.2f} ms:\n", n, total);
+        for (const OpTime& t : times)
+          fmt::print("      {:<28} {:6} calls {:8.3f} ms {:8.2f} us/call\n", t.op, t.calls, t.ms, 1e3 * t.ms / t.calls);
+      }
       table.push_back(fmt::format("| {} | {:.2f} | prefill {} | {:.0f} | | |", preset, 8.0 * wbytes / params, n, tps));
       run["prefill"].push_back({{"tokens", n}, {"tok_s", tps}, {"runs", rates}});
       fmt::print("  prefill {}: {:.0f} tok/s\n", n, tps);

@@ -271,6 +271,17 @@ class CudaBackend final : public Backend {
   void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps,
                     float* out) override {
     Op op(*this, "add_rms_norm");
+    if (kernels::decode_int8_enabled() && rows <= kMatvecMaxRows && dim % 32 == 0) {
+      // Fast numerics: the norm's output also as int8 blocks, for the products that follow.
+      const int64_t blocks = dim / 32;
+      auto* q = xq_.get<int8_t>(static_cast<size_t>(rows * dim), stream_, recording_);
+      auto* sc = xscale_.get<float>(static_cast<size_t>(rows * blocks), stream_, recording_);
+      auto* sm = xsum_.get<int32_t>(static_cast<size_t>(rows * blocks), stream_, recording_);
+      cuda::add_rms_norm(x, y, w, rows, dim, eps, out, stream_, q, sc, sm);
+      int8_input_ = Int8Input{out, rows, dim, ops_};
+      last_y_ = nullptr;
+      return;
+    }
     cuda::add_rms_norm(x, y, w, rows, dim, eps, out, stream_);
   }
   void gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp, const float* x,

@@ -50,8 +50,22 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
 
 // x += y, then out = rms_norm(x) * w; one block per row. Each thread keeps
 // its own elements from the first pass to the second, so out may alias y.
+// Blocks of 32 of a row rounded to int8 by the warp that holds them (lane k
+// holds element 32b + k), as quantize_act_kernel does.
+__device__ __forceinline__ void int8_block(float v, int64_t block, int8_t* q, float* scale, int32_t* sum) {
+  const int lane = threadIdx.x & 31;
+  const float amax = warp_max(fabsf(v));
+  const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+  const int qv = __float2int_rn(__fmul_rn(v, inv));
+  q[block * 32 + lane] = static_cast<int8_t>(qv);
+  int total = qv;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+  if (lane == 0) scale[block] = s, sum[block] = total;
+}
+
 __global__ void add_rms_norm_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps,
-                                    float* out) {
+                                    float* out, int8_t* q, float* qscale, int32_t* qsum) {
   pdl_trigger();
   pdl_wait();
   __shared__ double partial[32];
@@ -77,7 +91,12 @@ __global__ void add_rms_norm_kernel(float* x, const float* y, const float* __res
   }
   __syncthreads();
   const float scale = static_cast<float>(1.0 / sqrt(partial[0] / static_cast<double>(dim) + static_cast<double>(eps)));
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+    o[i] = v;
+    // The int8 blocks the next decode products read (dim % 32 == 0: whole warps).
+    if (q) int8_block(v, (blockIdx.x * dim + i) / 32, q, qscale, qsum);
+  }
 }
 
 // RoPE of q and k, then k and v into the cache: one block per (row, head),
@@ -295,10 +314,11 @@ void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float e
 }
 
 void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps, float* out,
-                  cudaStream_t s) {
+                  cudaStream_t s, int8_t* q, float* qscale, int32_t* qsum) {
   if (rows <= 0) return;
   const int threads = dim >= 1024 ? 512 : (dim >= 256 ? 256 : 64);
-  launch(add_rms_norm_kernel, static_cast<unsigned>(rows), threads, 0, s, x, y, w, dim, eps, out);
+  if (dim % 32 != 0) q = nullptr, qscale = nullptr, qsum = nullptr;
+  launch(add_rms_norm_kernel, static_cast<unsigned>(rows), threads, 0, s, x, y, w, dim, eps, out, q, qscale, qsum);
   OPTIQ_CUDA_LAUNCHED();
 }
 
