@@ -178,6 +178,10 @@ class Backend {
   virtual void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
                          float* out) = 0;
 
+  // Rows per pass of a long prompt: a GPU expands packed weights once per
+  // pass, so it takes larger passes than the CPU (whose scratch stays small).
+  virtual int64_t prefill_rows() const { return 512; }
+
   // Recorded steps (see the top of this file). While recording, to_host may
   // be called once (the step's output): replay delivers it.
   virtual bool can_record_steps() const { return false; }

@@ -88,7 +88,6 @@ void Transformer::ensure_scratch(int64_t n) {
   act_.gate = b.alloc(n * c.hidden_dim);
   act_.up = b.alloc(n * c.hidden_dim);
   if (c.fused_qkv) act_.fused = b.alloc(n * std::max<int64_t>(c.q_dim() + 2 * c.kv_dim(), 2 * c.hidden_dim));
-  if (!b.host_memory()) act_.logits = b.alloc(n * c.vocab_size);
 }
 
 void Transformer::observe(int layer, ActivationSite site, const Buffer& b, int64_t n, int64_t cols) {
@@ -112,9 +111,10 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
   // then stays at kMicroBatch rows (33 KB a row for Gemma 3 270M) whatever the
   // prompt, and the batch is still large enough for the GEMM tiles. With an
   // observer the call stays whole: observers index rows by token.
-  if (!observer_ && n > kMicroBatch) {
-    for (int64_t s = 0; s < n; s += kMicroBatch) {
-      const int64_t e = std::min(n, s + kMicroBatch);
+  const int64_t batch = backend_.prefill_rows();
+  if (!observer_ && n > batch) {
+    for (int64_t s = 0; s < n; s += batch) {
+      const int64_t e = std::min(n, s + batch);
       const int64_t from = std::clamp<int64_t>(logits_from - s, 0, e - s);
       float* out = from < e - s ? logits + (s + from - logits_from) * c.vocab_size : nullptr;
       forward(tokens.subspan(s, e - s), out, from);
@@ -137,7 +137,9 @@ void Transformer::decode_step(std::span<const int32_t> tokens, float* logits, in
   const ModelConfig& c = model_.config;
   Backend& b = backend_;
   ensure_scratch(1);
-  const StepKey key{logits_from, weights_.version(), act_.rows};
+  // A step that wants logits needs the device logits buffer first (its address is part of the recording).
+  if (logits_from == 0 && !b.host_memory() && act_.logits.size() < c.vocab_size) act_.logits = b.alloc(c.vocab_size);
+  const StepKey key{logits_from, weights_.version(), act_.rows, act_.logits.data()};
   b.set_step_inputs(tokens.data(), 1, pos_);
   if (step_ && step_key_ == key) {
     b.replay(*step_, logits);
@@ -288,6 +290,8 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
   b.rms_norm(x + norm_from * dim, weights_.final_norm().data(), n - norm_from, dim, c.norm_eps, xn);
   observe(-1, Site::HeadIn, act_.xn, n, dim);
   if (n_out > 0) {
+    // Device logits: only the rows asked for (a long prompt usually wants one).
+    if (!b.host_memory() && act_.logits.size() < n_out * c.vocab_size) act_.logits = b.alloc(n_out * c.vocab_size);
     float* out = b.host_memory() ? logits : act_.logits.data();
     b.matmul(weights_.output(), xn + (logits_from - norm_from) * dim, n_out, out);
     if (c.final_softcap > 0.0f) b.softcap(out, n_out * c.vocab_size, c.final_softcap);

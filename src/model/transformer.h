@@ -58,7 +58,8 @@ class Transformer {
   // host memory); logits_from == n computes none (pure prefill). Throws if
   // the context is full.
   void forward(std::span<const int32_t> tokens, float* logits, int64_t logits_from);
-  // Rows per pass of a long forward() (without an observer).
+  // Rows per pass of a long forward() (without an observer) on the CPU;
+  // other backends say theirs (Backend::prefill_rows).
   static constexpr int64_t kMicroBatch = 512;
   // Profiling: runs layers first_layer.. on `hidden` (n x dim, host memory),
   // the residual stream entering first_layer for tokens at positions 0..n-1
@@ -111,6 +112,7 @@ class Transformer {
     int64_t logits_from = -1;
     uint64_t weights_version = 0;
     int64_t scratch_rows = 0;
+    const float* logits = nullptr;  // the device logits buffer (grows with other calls)
     bool operator==(const StepKey&) const = default;
   };
   bool record_steps_ = true;

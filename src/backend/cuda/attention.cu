@@ -75,7 +75,7 @@ __device__ __forceinline__ void key_dots(const float* qs, const T* kt, int hd, f
 template <class T, int kG>
 __device__ void partial_range(const AttentionParams& p, const float* __restrict__ q, const T* __restrict__ kc,
                               const T* __restrict__ vc, int i, int g, int s, int splits, int a, int b, int chunk_cap,
-                              float* qs, float* sc, float* stats, float* part) {
+                              float* qs, float* sc, float* stats, float* part, float* direct) {
   const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
   for (int idx = tid; idx < group * hd; idx += kDecodeThreads)
@@ -134,6 +134,10 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
       }
 #pragma unroll
       for (int j = 0; j < kHeads; ++j) {
+        if (direct) {  // normalised output of head jb + j
+          direct[static_cast<int64_t>(jb + j) * hd + e] = acc[j] / stats[2 * (jb + j) + 1];
+          continue;
+        }
         float* o = part + (static_cast<int64_t>(jb + j) * splits + s) * (hd + 2);
         o[2 + e] = acc[j];
         if (e == 0) o[0] = stats[2 * (jb + j)], o[1] = stats[2 * (jb + j) + 1];
@@ -142,7 +146,7 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
 }
 
 constexpr int kMaxSplits = 64;
-constexpr int kMinKeys = 32;
+constexpr int kMinKeys = 256;
 
 // The last block of a (query, kv head) to finish combines the ranges' partial
 // softmaxes (flash-decoding's second step, without a second launch); the
@@ -171,7 +175,10 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
   float* part = partial + (static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * group) * splits * (hd + 2);
   if (s >= active) return;  // no keys here; the combine reads only the active ranges
-  partial_range<T, kG>(p, q, kc, vc, i, g, s, splits, a, b, chunk_cap, qs, sc, stats, part);
+  // One range (short contexts): the block's result is the answer.
+  float* direct = active == 1 ? out + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * group * hd : nullptr;
+  partial_range<T, kG>(p, q, kc, vc, i, g, s, splits, a, b, chunk_cap, qs, sc, stats, part, direct);
+  if (direct) return;
   // Publish this range; the last block of the group combines.
   __shared__ int last;
   __threadfence();

@@ -312,6 +312,8 @@ class CudaBackend final : public Backend {
   void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
                  float* out) override;
 
+  // Packed weights are expanded once per pass (prefill), so passes are long.
+  int64_t prefill_rows() const override { return 4096; }
   bool can_record_steps() const override { return true; }
   void set_step_inputs(const int32_t* tokens, int64_t n, int pos0) override {
     check(n >= 0 && n <= kMaxStepTokens, "cuda backend: a step of {} tokens (at most {})", n, kMaxStepTokens);

@@ -13,6 +13,26 @@ namespace {
 __device__ __forceinline__ void put(float* o, float v) { *o = v; }
 __device__ __forceinline__ void put(__half* o, float v) { *o = __float2half_rn(v); }
 
+// 32 values to 16-byte-aligned output, 16 bytes a store (2-byte stores
+// across a warp would touch 32 segments each).
+__device__ __forceinline__ void store32(float* o, const float (&v)[32]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) reinterpret_cast<float4*>(o)[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+}
+__device__ __forceinline__ void store32(__half* o, const float (&v)[32]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    uint4 u;
+    uint32_t* w = reinterpret_cast<uint32_t*>(&u);
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+      const __half2 p = __floats2half2_rn(v[8 * j + 2 * h], v[8 * j + 2 * h + 1]);
+      w[h] = *reinterpret_cast<const uint32_t*>(&p);
+    }
+    reinterpret_cast<uint4*>(o)[j] = u;
+  }
+}
+
 __device__ __forceinline__ float dense_at(const DevMatrix& w, int64_t k) {
   switch (w.storage) {
     case DevStorage::F32: return static_cast<const float*>(w.data)[k];
@@ -33,9 +53,10 @@ __global__ void packed_rows_kernel(DevMatrix w, const int32_t* rows, int64_t r0,
   const int64_t r = rows ? rows[i] : r0 + i;
   float v[32];
   decode_chunk(w, r, c, v);
-  Out* o = out + i * w.cols + 32 * c;
+  if (scale != 1.0f)
 #pragma unroll
-  for (int j = 0; j < 32; ++j) put(o + j, scale == 1.0f ? v[j] : scale * v[j]);
+    for (int j = 0; j < 32; ++j) v[j] *= scale;
+  store32(out + i * w.cols + 32 * c, v);
 }
 
 template <class Out>
