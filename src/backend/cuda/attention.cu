@@ -17,6 +17,8 @@ namespace optiq::cuda {
 namespace {
 
 constexpr int kDecodeThreads = 128;
+constexpr int kMaxSplits = 64;  // key ranges per (query, kv head)
+constexpr int kMinKeys = 64;    // keys a range holds at least
 
 __device__ __forceinline__ int first_key(int pos, int window) {
   return window > 0 && pos >= window ? pos - window + 1 : 0;
@@ -120,33 +122,65 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
     if (lane == 0) stats[2 * j] = m, stats[2 * j + 1] = l;
   }
   __syncthreads();
-  // Weighted values: a thread per dimension, the group's heads together (V read once).
+  // Weighted values: the warps split the keys (each key's row read by one
+  // warp, its lanes across pairs of dimensions, eight keys' loads in flight),
+  // then the warps' partial sums meet in shared memory.
   constexpr int kHeads = kG > 0 ? kG : 1;
-  for (int jb = 0; jb < group; jb += kHeads)
-    for (int e = tid; e < hd; e += kDecodeThreads) {
-      const T* vt = vc + static_cast<int64_t>(a) * p.kv_stride + static_cast<int64_t>(g) * hd + e;
-      float acc[kHeads] = {};
-#pragma unroll 4
-      for (int t = 0; t < b - a; ++t) {
-        const float v = kv_at(vt + static_cast<int64_t>(t) * p.kv_stride);
+  constexpr int kPairs = 4;  // pairs of dimensions a lane holds: head_dim <= 256
+  float* vsum = stats + 2 * group + group * kMaxSplits;  // warps x group x hd
+  for (int jb = 0; jb < group; jb += kHeads) {
+    float acc[kHeads][kPairs][2] = {};
+    const T* vbase = vc + static_cast<int64_t>(a) * p.kv_stride + static_cast<int64_t>(g) * hd;
+#pragma unroll 8
+    for (int t = warp; t < b - a; t += warps) {
+      const T* vt = vbase + static_cast<int64_t>(t) * p.kv_stride;
 #pragma unroll
-        for (int j = 0; j < kHeads; ++j) acc[j] = fmaf(sc[(jb + j) * chunk_cap + t], v, acc[j]);
-      }
-#pragma unroll
-      for (int j = 0; j < kHeads; ++j) {
-        if (direct) {  // normalised output of head jb + j
-          direct[static_cast<int64_t>(jb + j) * hd + e] = acc[j] / stats[2 * (jb + j) + 1];
-          continue;
+      for (int m = 0; m < kPairs; ++m) {
+        const int e = 2 * (lane + 32 * m);
+        if (e >= hd) break;
+        float v0, v1;
+        if constexpr (sizeof(T) == 2) {
+          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(vt + e));
+          v0 = f.x, v1 = f.y;
+        } else {
+          const float2 f = *reinterpret_cast<const float2*>(vt + e);
+          v0 = f.x, v1 = f.y;
         }
-        float* o = part + (static_cast<int64_t>(jb + j) * splits + s) * (hd + 2);
-        o[2 + e] = acc[j];
-        if (e == 0) o[0] = stats[2 * (jb + j)], o[1] = stats[2 * (jb + j) + 1];
+#pragma unroll
+        for (int j = 0; j < kHeads; ++j) {
+          const float pj = sc[(jb + j) * chunk_cap + t];
+          acc[j][m][0] = fmaf(pj, v0, acc[j][m][0]);
+          acc[j][m][1] = fmaf(pj, v1, acc[j][m][1]);
+        }
       }
     }
+#pragma unroll
+    for (int m = 0; m < kPairs; ++m) {
+      const int e = 2 * (lane + 32 * m);
+      if (e >= hd) break;
+#pragma unroll
+      for (int j = 0; j < kHeads; ++j) {
+        float* d = vsum + (static_cast<int64_t>(warp) * group + jb + j) * hd + e;
+        d[0] = acc[j][m][0], d[1] = acc[j][m][1];
+      }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < kHeads * hd; idx += kDecodeThreads) {
+      const int j = jb + idx / hd, e = idx % hd;
+      float total = 0.0f;
+      for (int w = 0; w < warps; ++w) total += vsum[(static_cast<int64_t>(w) * group + j) * hd + e];
+      if (direct) {  // normalised output of head j
+        direct[static_cast<int64_t>(j) * hd + e] = total / stats[2 * j + 1];
+        continue;
+      }
+      float* o = part + (static_cast<int64_t>(j) * splits + s) * (hd + 2);
+      o[2 + e] = total;
+      if (e == 0) o[0] = stats[2 * j], o[1] = stats[2 * j + 1];
+    }
+    __syncthreads();
+  }
 }
 
-constexpr int kMaxSplits = 64;
-constexpr int kMinKeys = 256;
 
 // The last block of a (query, kv head) to finish combines the ranges' partial
 // softmaxes (flash-decoding's second step, without a second launch); the
@@ -302,7 +336,8 @@ void decode_for(const AttentionParams& p, const float* q, int n, DevPos pos0, co
 size_t attention_decode_smem(const AttentionParams& p, int splits) {
   const size_t group = static_cast<size_t>(p.n_heads / p.n_kv_heads);
   const size_t chunk_cap = static_cast<size_t>(max((p.max_ctx + splits - 1) / splits, kMinKeys));
-  return sizeof(float) * (group * (p.head_dim + chunk_cap + 2 + kMaxSplits));
+  return sizeof(float) * (group * (p.head_dim + chunk_cap + 2 + kMaxSplits) +
+                          static_cast<size_t>(kDecodeThreads / 32) * group * p.head_dim);
 }
 
 void attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,

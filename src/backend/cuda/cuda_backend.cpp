@@ -675,7 +675,8 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
     check(smem <= props_.sharedMemPerBlockOptin,
           "cuda backend: decode attention over {} keys needs {} KB of shared memory per block, the GPU has {} KB",
           p.max_ctx, smem / 1024, props_.sharedMemPerBlockOptin / 1024);
-    check(p.head_dim % 2 == 0, "cuda backend: decode attention needs an even head dimension, not {}", p.head_dim);
+    check(p.head_dim % 2 == 0 && p.head_dim <= 256,
+          "cuda backend: decode attention takes even head dimensions up to 256, not {}", p.head_dim);
     float* partial = partial_.get<float>(
         static_cast<size_t>(attention_decode_partial_floats(p, static_cast<int>(n), splits)), stream_, recording_);
     const size_t n_counters = static_cast<size_t>(n) * p.n_kv_heads;
