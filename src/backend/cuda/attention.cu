@@ -18,7 +18,7 @@ namespace {
 
 constexpr int kDecodeThreads = 128;
 constexpr int kMaxSplits = 64;  // key ranges per (query, kv head)
-constexpr int kMinKeys = 64;    // keys a range holds at least
+constexpr int kMinKeys = 32;    // keys a range holds at least
 
 __device__ __forceinline__ int first_key(int pos, int window) {
   return window > 0 && pos >= window ? pos - window + 1 : 0;
