@@ -3,7 +3,7 @@
 #   1. scripts/setup.sh: apt packages, venv + reference packages, Release build in build/, models
 #   2. ctest --test-dir build --output-on-failure -j2        (all tests, reference cross-checks included;
 #      those exit 77 = skipped when the venv or a model is missing)
-#   3. build-asan/: -DOPTIQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug, building only the loader tests
+#   3. build-asan/: -DOPTIQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOPTIQ_CUDA=OFF, building only the loader tests
 #      (test_formats test_tokenizer test_quant), then
 #      ctest --test-dir build-asan -L 'formats|tokenizer|quant' --output-on-failure
 # Every phase is timed. Exits non-zero if any phase fails (later test phases still run, so one
@@ -43,7 +43,8 @@ summary() {
 asan_build() {
   local launcher=() have=() t
   if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
-  cmake -S . -B "$ASAN_DIR" -DOPTIQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOPTIQ_BUILD_BENCH=OFF \
+  # No CUDA here: the loader tests run on the CPU, and nvcc would only add build time.
+  cmake -S . -B "$ASAN_DIR" -DOPTIQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOPTIQ_BUILD_BENCH=OFF -DOPTIQ_CUDA=OFF \
     "${launcher[@]}" >/dev/null
   # Only the loader test binaries that exist in this tree (a component may have no tests yet).
   local targets; targets=$(cmake --build "$ASAN_DIR" --target help | sed -n 's/^\.\.\. \([A-Za-z0-9_]*\).*/\1/p')

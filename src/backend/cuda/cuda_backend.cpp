@@ -277,9 +277,10 @@ class CudaBackend final : public Backend {
       auto* q = xq_.get<int8_t>(static_cast<size_t>(rows * dim), stream_, recording_);
       auto* sc = xscale_.get<float>(static_cast<size_t>(rows * blocks), stream_, recording_);
       auto* sm = xsum_.get<int32_t>(static_cast<size_t>(rows * blocks), stream_, recording_);
-      cuda::add_rms_norm(x, y, w, rows, dim, eps, out, stream_, q, sc, sm);
-      int8_input_ = Int8Input{out, rows, dim, ops_};
-      last_y_ = nullptr;
+      if (cuda::add_rms_norm(x, y, w, rows, dim, eps, out, stream_, q, sc, sm)) {
+        int8_input_ = Int8Input{out, rows, dim, ops_};
+        last_y_ = nullptr;
+      }
       return;
     }
     cuda::add_rms_norm(x, y, w, rows, dim, eps, out, stream_);

@@ -81,8 +81,9 @@ struct DevPos {
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s);
 void add(float* x, const float* y, int64_t n, cudaStream_t s);
 // x += y, then out = rms_norm(x) * w (out may alias y); with q (and dim a
-// multiple of 32) also out's int8 blocks, as quantize_act_int8 makes them.
-void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps, float* out,
+// multiple of 32, at most 8192) also out's int8 blocks, as quantize_act_int8
+// makes them: true when it wrote them.
+bool add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps, float* out,
                   cudaStream_t s, int8_t* q = nullptr, float* qscale = nullptr, int32_t* qsum = nullptr);
 void add_rows(float* y, const float* b, int64_t n, int64_t m, cudaStream_t s);
 void take_columns(const float* src, int64_t n, int64_t cols, int64_t from, int64_t width, float* dst, cudaStream_t s);

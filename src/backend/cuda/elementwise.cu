@@ -64,19 +64,35 @@ __device__ __forceinline__ void int8_block(float v, int64_t block, int8_t* q, fl
   if (lane == 0) scale[block] = s, sum[block] = total;
 }
 
+constexpr int kNormThreads = 512;
+constexpr int kNormPerThread = 16;  // rows up to 8192 keep their values in registers
+
 __global__ void add_rms_norm_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps,
                                     float* out, int8_t* q, float* qscale, int32_t* qsum) {
   pdl_trigger();
-  pdl_wait();
   __shared__ double partial[32];
+  // The norm's weights are constant: fetched before waiting for the previous kernel.
+  float wv[kNormPerThread], v[kNormPerThread];
+#pragma unroll
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+    wv[k] = i < dim ? __ldg(w + i) : 0.0f;
+  }
+  pdl_wait();
   float* xr = x + blockIdx.x * dim;
   const float* yr = y + blockIdx.x * dim;
   float* o = out + blockIdx.x * dim;
   double ss = 0.0;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = xr[i] + yr[i];
-    xr[i] = v;
-    ss += static_cast<double>(v) * v;
+#pragma unroll
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+    v[k] = i < dim ? xr[i] + yr[i] : 0.0f;
+  }
+#pragma unroll
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+    if (i < dim) xr[i] = v[k];
+    ss += static_cast<double>(v[k]) * v[k];
   }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
@@ -91,12 +107,36 @@ __global__ void add_rms_norm_kernel(float* x, const float* y, const float* __res
   }
   __syncthreads();
   const float scale = static_cast<float>(1.0 / sqrt(partial[0] / static_cast<double>(dim) + static_cast<double>(eps)));
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
-    o[i] = v;
+#pragma unroll
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+    if (i - threadIdx.x >= dim) break;  // the whole block is past the row (uniform)
+    const float r = __fmul_rn(__fmul_rn(v[k], scale), wv[k]);
+    if (i < dim) o[i] = r;
     // The int8 blocks the next decode products read (dim % 32 == 0: whole warps).
-    if (q) int8_block(v, (blockIdx.x * dim + i) / 32, q, qscale, qsum);
+    if (q) int8_block(r, (blockIdx.x * dim + i) / 32, q, qscale, qsum);
   }
+}
+
+// Rows too long for the registers of one block: two passes over memory.
+__global__ void add_rms_norm_long_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps,
+                                         float* out) {
+  pdl_trigger();
+  pdl_wait();
+  __shared__ float red[32];
+  float* xr = x + blockIdx.x * dim;
+  const float* yr = y + blockIdx.x * dim;
+  float* o = out + blockIdx.x * dim;
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = xr[i] + yr[i];
+    xr[i] = v;
+    ss += static_cast<double>(v) * v;
+  }
+  const float total = block_sum(static_cast<float>(ss), red);  // fp32 across threads
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(total) / static_cast<double>(dim) +
+                                                    static_cast<double>(eps)));
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }
 
 // RoPE of q and k, then k and v into the cache: one block per (row, head),
@@ -313,13 +353,18 @@ void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float e
   OPTIQ_CUDA_LAUNCHED();
 }
 
-void add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps, float* out,
+bool add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps, float* out,
                   cudaStream_t s, int8_t* q, float* qscale, int32_t* qsum) {
-  if (rows <= 0) return;
-  const int threads = dim >= 1024 ? 512 : (dim >= 256 ? 256 : 64);
+  if (rows <= 0) return false;
+  if (dim > static_cast<int64_t>(kNormThreads) * kNormPerThread) {
+    launch(add_rms_norm_long_kernel, static_cast<unsigned>(rows), kNormThreads, 0, s, x, y, w, dim, eps, out);
+    return false;
+  }
   if (dim % 32 != 0) q = nullptr, qscale = nullptr, qsum = nullptr;
-  launch(add_rms_norm_kernel, static_cast<unsigned>(rows), threads, 0, s, x, y, w, dim, eps, out, q, qscale, qsum);
+  launch(add_rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, s, x, y, w, dim, eps, out, q, qscale,
+         qsum);
   OPTIQ_CUDA_LAUNCHED();
+  return q != nullptr;
 }
 
 void rope_kv_store(const RopeKV& r, float* q, float* k, const float* v, int64_t n, DevPos pos0, const DevKV& c,
