@@ -67,8 +67,9 @@ __device__ __forceinline__ void int8_block(float v, int64_t block, int8_t* q, fl
 constexpr int kNormThreads = 512;
 constexpr int kNormPerThread = 16;  // rows up to 8192 keep their values in registers
 
-__global__ void add_rms_norm_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps,
-                                    float* out, int8_t* q, float* qscale, int32_t* qsum) {
+__global__ void __launch_bounds__(kNormThreads)
+    add_rms_norm_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps, float* out,
+                        int8_t* q, float* qscale, int32_t* qsum) {
   pdl_trigger();
   __shared__ double partial[32];
   // The norm's weights are constant: fetched before waiting for the previous kernel.
@@ -119,7 +120,7 @@ __global__ void add_rms_norm_kernel(float* x, const float* y, const float* __res
 }
 
 // Rows too long for the registers of one block: two passes over memory.
-__global__ void add_rms_norm_long_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps,
+__global__ void __launch_bounds__(kNormThreads) add_rms_norm_long_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps,
                                          float* out) {
   pdl_trigger();
   pdl_wait();
