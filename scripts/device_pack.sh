@@ -12,7 +12,8 @@ launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DOPTIQ_CUDA=ON "${launcher[@]}" >/dev/null
 cmake --build build-dev -j "$(nproc)" --target "${targets[@]}" >/dev/null
-rm -rf .dev && mkdir -p .dev/bin .dev/lib .dev/shared/models/stories260K .dev/shared/data/tinystories
+rm -rf .dev/bin .dev/bin.tar.xz .dev/lib .dev/shared  # .dev/cmd.sh (a command file to run there) stays
+mkdir -p .dev/bin .dev/lib .dev/shared/models/stories260K .dev/shared/data/tinystories
 for t in "${targets[@]}"; do
   f=$(find build-dev -maxdepth 3 -type f -name "$t" -perm -u+x | head -n1)
   strip -o ".dev/bin/$t" "$f"
