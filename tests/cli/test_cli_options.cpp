@@ -546,3 +546,32 @@ TEST(CliBench, GgufPeakRssWithinFilePlusKvCache) {
 
 }  // namespace
 }  // namespace optiq
+
+namespace optiq {
+namespace {
+
+// --device: cpu always runs; cuda runs where a GPU is visible and is a one-line
+// error (exit 1) otherwise; anything else is a command-line error (exit 2).
+TEST(CliDevice, CpuCudaAndUnknown) {
+  const std::string gen = "generate " + stories_gguf() + " -p 'Once upon a time' -n 8 --temp 0 ";
+  const auto cpu = test::run_optiq(gen + "--device cpu", false);
+  EXPECT_EQ(cpu.code, 0) << cpu.out;
+  EXPECT_NE(cpu.out.find("there was"), std::string::npos) << cpu.out;
+  const auto bench = test::run_optiq("bench " + stories_gguf() + " -p 16 -n 4 -r 1 --json --device cpu", false);
+  ASSERT_EQ(bench.code, 0) << bench.out;
+  EXPECT_EQ(nlohmann::json::parse(bench.out)["device"], "cpu");
+  const auto cuda = test::run_optiq(gen + "--device cuda");
+  if (cuda_backend() != nullptr) {
+    EXPECT_EQ(cuda.code, 0) << cuda.out;
+    EXPECT_NE(cuda.out.find("there was"), std::string::npos) << cuda.out;
+  } else {
+    EXPECT_EQ(cuda.code, 1) << cuda.out;
+    EXPECT_NE(cuda.out.find("--device cuda: "), std::string::npos) << cuda.out;
+    EXPECT_NE(cuda.out.find("--device cpu"), std::string::npos) << "says what to do: " << cuda.out;
+  }
+  const auto bad = test::run_optiq(gen + "--device tpu");
+  EXPECT_EQ(bad.code, 2) << bad.out;
+}
+
+}  // namespace
+}  // namespace optiq

@@ -26,12 +26,6 @@ __device__ __forceinline__ int first_key(int pos, int window) {
 
 __device__ __forceinline__ float capped(float s, float cap) { return cap > 0.0f ? cap * tanhf(s / cap) : s; }
 
-template <class T>
-__device__ __forceinline__ float kv_at(const T* p);
-template <>
-__device__ __forceinline__ float kv_at<float>(const float* p) { return *p; }
-template <>
-__device__ __forceinline__ float kv_at<__half>(const __half* p) { return __half2float(*p); }
 
 // Partial results: for (query i, head h, split s) hd + 2 floats: max, sum, out[hd].
 // One range's scores, softmax pieces and weighted values, into `part`.

@@ -530,7 +530,7 @@ std::string storage_name(const DevMatrix& m) {
     case DevStorage::F32: return "f32";
     case DevStorage::F16: return "f16";
     case DevStorage::BF16: return "bf16";
-    case DevStorage::Affine: return "q" + std::to_string(m.bits) + "g" + std::to_string(m.group);
+    case DevStorage::Affine: return fmt::format("q{}g{}", m.bits, m.group);
     case DevStorage::KQuant: return std::string(dtype_name(m.kquant));
   }
   return "?";
