@@ -22,29 +22,38 @@ template <>
 __device__ __forceinline__ void store_kv<__half>(__half* dst, float v) { *dst = __float2half_rn(v); }
 
 
+// The sum of a block's doubles (the CPU sums squares in double); every thread gets it.
+__device__ __forceinline__ double block_sum_double(double v) {
+  __shared__ double partial[32];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0) partial[0] = v;
+  }
+  __syncthreads();
+  return partial[0];
+}
+
+__device__ __forceinline__ float rms_scale(double ss, int64_t dim, float eps) {
+  return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(dim) + static_cast<double>(eps)));
+}
+
 // One block per row; the sum of squares in double as the CPU's.
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps,
                                 float* out) {
   pdl_trigger();
   pdl_wait();
-  __shared__ double partial[32];
   const float* xr = x + blockIdx.x * dim;
   float* o = out + blockIdx.x * dim;
   double ss = 0.0;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += static_cast<double>(xr[i]) * xr[i];
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    ss = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (lane == 0) partial[0] = ss;
-  }
-  __syncthreads();
-  const float scale = static_cast<float>(1.0 / sqrt(partial[0] / static_cast<double>(dim) + static_cast<double>(eps)));
+  const float scale = rms_scale(block_sum_double(ss), dim, eps);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }
 
@@ -71,7 +80,6 @@ __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(float* x, const float* y, const float* __restrict__ w, int64_t dim, float eps, float* out,
                         int8_t* q, float* qscale, int32_t* qsum) {
   pdl_trigger();
-  __shared__ double partial[32];
   // The norm's weights are constant: fetched before waiting for the previous kernel.
   float wv[kNormPerThread], v[kNormPerThread];
 #pragma unroll
@@ -95,19 +103,7 @@ __global__ void __launch_bounds__(kNormThreads)
     if (i < dim) xr[i] = v[k];
     ss += static_cast<double>(v[k]) * v[k];
   }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    ss = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (lane == 0) partial[0] = ss;
-  }
-  __syncthreads();
-  const float scale = static_cast<float>(1.0 / sqrt(partial[0] / static_cast<double>(dim) + static_cast<double>(eps)));
+  const float scale = rms_scale(block_sum_double(ss), dim, eps);
 #pragma unroll
   for (int k = 0; k < kNormPerThread; ++k) {
     const int64_t i = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
@@ -124,7 +120,6 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_long_kernel(float* 
                                          float* out) {
   pdl_trigger();
   pdl_wait();
-  __shared__ float red[32];
   float* xr = x + blockIdx.x * dim;
   const float* yr = y + blockIdx.x * dim;
   float* o = out + blockIdx.x * dim;
@@ -134,9 +129,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_long_kernel(float* 
     xr[i] = v;
     ss += static_cast<double>(v) * v;
   }
-  const float total = block_sum(static_cast<float>(ss), red);  // fp32 across threads
-  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(total) / static_cast<double>(dim) +
-                                                    static_cast<double>(eps)));
+  const float scale = rms_scale(block_sum_double(ss), dim, eps);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }
 

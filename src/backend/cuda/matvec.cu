@@ -109,6 +109,26 @@ __device__ __forceinline__ void load_chunk(const DevMatrix& w, const AffineRow& 
   b = live ? (w.biases ? bv : __fmul_rn(static_cast<float>(-w.zero_point), sv)) : 0.0f;
 }
 
+// A warp's row slots: rows r0.. of w, or row r0 of w and of w2 (a gated pair).
+template <int kBits, int kR, bool kGated>
+__device__ __forceinline__ void affine_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, AffineRow (&rows)[kR]) {
+#pragma unroll
+  for (int r = 0; r < kR; ++r) rows[r] = affine_row(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, kBits);
+}
+
+// The kU chunks (c0, c0 + 32, ...) of every row slot: codes, scales and biases.
+template <int kBits, int kR, int kU, bool kGated>
+__device__ __forceinline__ void load_chunks(const DevMatrix& w, const DevMatrix& w2, const AffineRow (&rows)[kR],
+                                            int c0, int chunks, int gshift, uint32_t (&words)[kU][kR][kBits],
+                                            float (&sc)[kU][kR], float (&bi)[kU][kR]) {
+#pragma unroll
+  for (int u = 0; u < kU; ++u)
+#pragma unroll
+    for (int r = 0; r < kR; ++r)
+      load_chunk<kBits>(kGated && r == 1 ? w2 : w, rows[r], c0 + 32 * u, chunks, gshift, words[u][r], sc[u][r],
+                        bi[u][r]);
+}
+
 template <int kMaxN>
 __device__ __forceinline__ void store_rows(const float (&acc)[kMaxN], int n, int64_t r, int64_t rows, int lane,
                                            float* y) {
@@ -152,17 +172,11 @@ __global__ void __launch_bounds__(kW * 32)
        r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
     float acc[kR][kMaxN] = {};
     AffineRow rows[kR];
-#pragma unroll
-    for (int r = 0; r < kR; ++r) rows[r] = affine_row(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, kBits);
+    affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
     for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
       uint32_t words[kU][kR][kBits];
       float sc[kU][kR], bi[kU][kR];
-#pragma unroll
-      for (int u = 0; u < kU; ++u)
-#pragma unroll
-        for (int r = 0; r < kR; ++r)
-          load_chunk<kBits>(kGated && r == 1 ? w2 : w, rows[r], c0 + 32 * u, chunks, gshift, words[u][r], sc[u][r],
-                            bi[u][r]);
+      load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
       pdl_wait();  // weights are in flight; x is the previous operation's output
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
@@ -208,17 +222,11 @@ __global__ void __launch_bounds__(kW * 32)
        r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
     float acc[kR][kMaxN] = {};
     AffineRow rows[kR];
-#pragma unroll
-    for (int r = 0; r < kR; ++r) rows[r] = affine_row(kGated && r == 1 ? w2 : w, kGated ? r0 : r0 + r, kBits);
+    affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
     for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
       uint32_t words[kU][kR][kBits];
       float sc[kU][kR], bi[kU][kR];
-#pragma unroll
-      for (int u = 0; u < kU; ++u)
-#pragma unroll
-        for (int r = 0; r < kR; ++r)
-          load_chunk<kBits>(kGated && r == 1 ? w2 : w, rows[r], c0 + 32 * u, chunks, gshift, words[u][r], sc[u][r],
-                            bi[u][r]);
+      load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
       pdl_wait();  // weights are in flight; x is the previous operation's output
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
