@@ -1,18 +1,26 @@
 #include "test_models.h"
 
 #include <cmath>
+#include <memory>
 #include <random>
 
+#include "core/half.h"
 #include "test_util.h"
 
 namespace optiq::test {
 
-Model random_model(const ModelConfig& c, uint32_t seed) {
+Model random_model(const ModelConfig& c, uint32_t seed, bool half) {
   Model m;
   m.config = c;
   uint32_t s = seed;
+  auto store = std::make_shared<std::vector<std::vector<uint16_t>>>();
+  m.keepalive = store;
   auto lin = [&](int64_t rows, int64_t cols) {
-    return Linear::from_f32(test::random_floats(rows * cols, ++s, 1.0f / std::sqrt(float(cols))), rows, cols);
+    auto w = test::random_floats(rows * cols, ++s, 1.0f / std::sqrt(float(cols)));
+    if (!half) return Linear::from_f32(std::move(w), rows, cols);
+    std::vector<uint16_t>& h = store->emplace_back(w.size());
+    for (size_t j = 0; j < w.size(); ++j) h[j] = f32_to_f16(w[j]);
+    return Linear::from_half_view(h.data(), false, rows, cols);
   };
   auto norm = [&](int64_t n) {
     auto v = test::random_floats(n, ++s, 0.2f);

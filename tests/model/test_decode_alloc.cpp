@@ -11,6 +11,7 @@
 
 #include "core/half.h"
 #include "model/transformer.h"
+#include "test_models.h"
 #include "test_util.h"
 
 namespace {
@@ -31,44 +32,6 @@ void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace optiq {
 namespace {
-
-// fp32 or fp16 weights (fp16 storage kept alive in `store`).
-Model random_model(const ModelConfig& c, bool half, std::vector<std::unique_ptr<std::vector<uint16_t>>>& store) {
-  Model m;
-  m.config = c;
-  uint32_t s = 3;
-  auto lin = [&](int64_t rows, int64_t cols) {
-    auto w = test::random_floats(rows * cols, ++s, 1.0f / std::sqrt(float(cols)));
-    if (!half) return Linear::from_f32(std::move(w), rows, cols);
-    auto h = std::make_unique<std::vector<uint16_t>>(w.size());
-    for (size_t j = 0; j < w.size(); ++j) (*h)[j] = f32_to_f16(w[j]);
-    Linear l = Linear::from_half_view(h->data(), false, rows, cols);
-    store.push_back(std::move(h));
-    return l;
-  };
-  auto norm = [&](int64_t n) {
-    auto v = test::random_floats(n, ++s, 0.2f);
-    for (float& x : v) x += 1.0f;
-    return v;
-  };
-  ModelWeights& w = m.weights;
-  w.embed = lin(c.vocab_size, c.dim);
-  for (int l = 0; l < c.n_layers; ++l) {
-    LayerWeights L;
-    L.attn_norm = norm(c.dim);
-    L.ffn_norm = norm(c.dim);
-    if (c.sandwich_norms) L.post_attn_norm = norm(c.dim), L.post_ffn_norm = norm(c.dim);
-    if (c.qk_norm) L.q_norm = norm(c.head_dim), L.k_norm = norm(c.head_dim);
-    L.wq = lin(c.q_dim(), c.dim), L.wk = lin(c.kv_dim(), c.dim), L.wv = lin(c.kv_dim(), c.dim);
-    L.w_gate = lin(c.hidden_dim, c.dim), L.w_up = lin(c.hidden_dim, c.dim);
-    L.wo = lin(c.dim, c.q_dim());
-    L.w_down = lin(c.dim, c.hidden_dim);
-    w.layers.push_back(std::move(L));
-  }
-  w.final_norm = norm(c.dim);
-  if (!c.tied_embeddings) w.lm_head = lin(c.vocab_size, c.dim);
-  return m;
-}
 
 ModelConfig config(bool gemma) {
   ModelConfig c;
@@ -97,8 +60,7 @@ TEST(DecodeAlloc, NoHeapAllocationPerToken) {
   for (bool gemma : {false, true})
     for (bool half : {false, true})
       for (bool llamacpp : {false, true}) {
-        std::vector<std::unique_ptr<std::vector<uint16_t>>> store;
-        Model m = random_model(config(gemma), half, store);
+        Model m = test::random_model(config(gemma), 3, half);
         m.llamacpp_numerics = llamacpp;
         Transformer t(m, 48);
         std::vector<float> logits(m.config.vocab_size);
