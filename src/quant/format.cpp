@@ -57,13 +57,22 @@ const AffineFormat& TensorFormat::operator*() const {
 
 int TensorFormat::code_bits() const {
   if (const auto* a = affine()) return a->bits;
-  if (const auto* g = ggml()) return g->type == DType::Q4_0 ? 4 : 8;
+  if (const auto* g = ggml()) {
+    switch (g->type) {
+      case DType::Q2_K: return 2;
+      case DType::Q3_K: return 3;
+      case DType::Q4_0: case DType::Q4_1: case DType::Q4_K: return 4;
+      case DType::Q5_0: case DType::Q5_1: case DType::Q5_K: return 5;
+      case DType::Q6_K: return 6;
+      default: return 8;
+    }
+  }
   return 16;
 }
 
 int TensorFormat::group_size() const {
   if (const auto* a = affine()) return a->group_size;
-  return ggml() ? 32 : 0;
+  return ggml() ? static_cast<int>(block_layout(ggml()->type).block_elems) : 0;
 }
 
 std::string tensor_format_name(const TensorFormat& f) { return kind_of(f).name(f); }

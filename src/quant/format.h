@@ -1,7 +1,7 @@
 // Tensor formats, in one registry. A TensorFormat is one of:
 //   float                 the model's fp16/bf16 (or fp32): the unquantized reference
 //   affine {bits, group}  MLX affine groups, w = scale * q + bias (quant/affine.h)
-//   ggml {type}           a GGUF block type as llama.cpp stores it (Q8_0, Q4_0)
+//   ggml {type}           a GGUF block type as llama.cpp stores it (Q4_0..Q8_0, Q2_K..Q6_K)
 // Each kind is one entry (a FormatKind: format_float/affine/ggml.cpp) that
 // owns its names, parsing, JSON, bits per weight, bytes for a shape, whether
 // it fits a shape, and quantize / dequantize; fake quantization is their
@@ -12,7 +12,7 @@
 // Spellings accepted by parse_tensor_format (case and spaces ignored):
 //   float | f16 | fp16 | bf16 | f32 | none      -> float
 //   4 | q4 | q4g64 | q4-g64 | affine-q4-g64      -> affine, 4 bits (group: the default when not given)
-//   q8_0 | q4_0 | gguf-q8_0                      -> ggml blocks
+//   q8_0 | q4_k | gguf-q6_k | ...                -> ggml blocks
 // Printed names: tensor_format_name  "affine-q4-g64" / "gguf-q8_0" / "float" (profiles, plans: stable keys)
 //                tensor_format_short "q4g64" / "q8_0" / "float"               (tables, reports)
 #pragma once
@@ -31,7 +31,7 @@
 
 namespace optiq {
 
-// A GGUF block type kept as such (blocks of 32 weights with an fp16 scale).
+// A GGUF block type kept as such (quant/format_ggml.cpp).
 struct GgmlFormat {
   DType type = DType::Q8_0;
   bool operator==(const GgmlFormat&) const = default;
@@ -53,9 +53,9 @@ class TensorFormat {
   // The affine format; throws optiq::Error for any other kind.
   const AffineFormat& operator*() const;
   const AffineFormat* operator->() const { return &**this; }
-  // Bits of one weight's code (affine bits; Q8_0: 8, Q4_0: 4; float: 16).
+  // Bits of one weight's code (affine bits; GGUF types: Q2_K 2 .. Q8_0 8; float: 16).
   int code_bits() const;
-  // Weights per scale (affine group, 32 for the GGUF 32-blocks; 0 for float).
+  // Weights per block (affine group; GGUF: 32, or 256 for the k-quants; 0 for float).
   int group_size() const;
   bool operator==(const TensorFormat&) const = default;
 

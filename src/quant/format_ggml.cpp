@@ -1,14 +1,12 @@
-// Format entry: GGUF 32-weight block types kept as llama.cpp stores them.
-//   Q8_0: fp16 d + 32 int8 codes (34 bytes, 8.5 bits a weight), w = d * q
-//   Q4_0: fp16 d + 16 bytes of nibbles (18 bytes, 4.5 bits), w = d * (q - 8);
-//         byte j holds code j (low nibble) and code j + 16 (high nibble)
-// Symmetric: half a bit a weight less than the affine q8g32 / q4g32, which
-// store a bias per group. Quantization follows ggml's reference
-// (quantize_row_q8_0_ref / q4_0_ref) for QuantMethod::MinMax, so the blocks
-// are what llama.cpp would write; QuantMethod::Search also tries scales
-// around Q4_0's and keeps the one with the least (importance-weighted) error.
-// At run time the blocks are re-laid losslessly into symmetric affine groups
-// (quant/ggml_to_affine.h) and run on the affine kernels.
+// Format entry: GGUF block types kept as llama.cpp stores them: the 32-weight
+// blocks Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the 256-weight k-quants Q2_K, Q3_K,
+// Q4_K, Q5_K, Q6_K (layouts: quant/ggml_dequant.cpp; quantizers:
+// quant/ggml_quantize.h). QuantMethod::MinMax quantizes as llama.cpp's
+// reference quantizers do (byte for byte for the 32-weight types);
+// QuantMethod::Search searches wider scale grids, weighting errors by the
+// importance when one is given (as llama.cpp's imatrix does). At run time the
+// 32-weight types are re-laid losslessly into affine groups
+// (quant/ggml_to_affine.h); k-quants run on their own kernels.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -20,66 +18,19 @@
 #include "core/parallel.h"
 #include "quant/format.h"
 #include "quant/ggml_dequant.h"
+#include "quant/ggml_quantize.h"
 
 namespace optiq {
 
 namespace {
 
-constexpr int kBlock = 32;
+// The GGUF block types that are plan formats, in llama.cpp's order of size.
+constexpr DType kTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_0,
+                            DType::Q5_1, DType::Q5_K, DType::Q6_K, DType::Q8_0};
 
-bool supported(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
-size_t block_bytes(DType t) { return t == DType::Q8_0 ? 34 : 18; }
-
-void quantize_q8_0(const float* x, uint8_t* out) {
-  float amax = 0.0f;
-  for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::abs(x[j]));
-  const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-  const uint16_t dh = f32_to_f16(d);
-  std::memcpy(out, &dh, 2);
-  for (int j = 0; j < kBlock; ++j) out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(x[j] * id)));
-}
-
-// Codes of one Q4_0 block for scale d (ggml's rounding: trunc(x/d + 8.5), capped at 15).
-void q4_codes(const float* x, float d, uint8_t* q) {
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  for (int j = 0; j < kBlock; ++j)
-    q[j] = static_cast<uint8_t>(std::clamp(static_cast<int>(x[j] * id + 8.5f), 0, 15));
-}
-
-double q4_error(const float* x, const float* imp, float d, const uint8_t* q) {
-  const float dr = f16_to_f32(f32_to_f16(d));
-  double e = 0;
-  for (int j = 0; j < kBlock; ++j) {
-    const double r = x[j] - dr * (static_cast<int>(q[j]) - 8);
-    e += (imp ? imp[j] : 1.0) * r * r;
-  }
-  return e;
-}
-
-void quantize_q4_0(const float* x, const float* imp, bool search, uint8_t* out) {
-  float amax = 0.0f, max = 0.0f;
-  for (int j = 0; j < kBlock; ++j)
-    if (amax < std::abs(x[j])) amax = std::abs(x[j]), max = x[j];
-  float d = max / -8.0f;
-  uint8_t q[kBlock];
-  q4_codes(x, d, q);
-  if (search && d != 0.0f) {
-    double best = q4_error(x, imp, d, q);
-    uint8_t t[kBlock];
-    for (int k = 1; k <= 16; ++k) {  // |scale| from 0.80x to 1.10x of ggml's, both signs of the extreme's code
-      const float s = 0.80f + 0.02f * static_cast<float>(k - 1);
-      for (float sign : {1.0f, -1.0f}) {
-        const float dk = d * s * sign;
-        q4_codes(x, dk, t);
-        const double e = q4_error(x, imp, dk, t);
-        if (e < best) best = e, d = dk, std::memcpy(q, t, kBlock);
-      }
-    }
-  }
-  const uint16_t dh = f32_to_f16(d);
-  std::memcpy(out, &dh, 2);
-  for (int j = 0; j < kBlock / 2; ++j) out[2 + j] = static_cast<uint8_t>(q[j] | (q[j + 16] << 4));
-}
+bool supported(DType t) { return std::find(std::begin(kTypes), std::end(kTypes), t) != std::end(kTypes); }
+int64_t block_elems(DType t) { return block_layout(t).block_elems; }
+size_t block_bytes(DType t) { return block_layout(t).block_bytes; }
 
 std::string lower_type_name(DType t) {
   std::string s(dtype_name(t));
@@ -92,17 +43,20 @@ class GgmlKind final : public FormatKind {
   bool holds(const TensorFormat& f) const override { return f.ggml() != nullptr; }
   std::optional<TensorFormat> parse(std::string_view s, std::string_view, int) const override {
     if (s.starts_with("gguf-")) s.remove_prefix(5);
-    if (s == "q8_0") return TensorFormat{GgmlFormat{DType::Q8_0}};
-    if (s == "q4_0") return TensorFormat{GgmlFormat{DType::Q4_0}};
+    for (DType t : kTypes)
+      if (s == lower_type_name(t)) return TensorFormat{GgmlFormat{t}};
     return std::nullopt;
   }
   std::optional<TensorFormat> from_json(const nlohmann::json& v, const std::string& context) const override {
     if (!v.is_object() || !v.contains("gguf")) return std::nullopt;
     check(v["gguf"].is_string(), "{}: \"gguf\" must be a type name such as \"Q8_0\"", context);
     const std::string t = v["gguf"].get<std::string>();
-    if (t == "Q8_0") return TensorFormat{GgmlFormat{DType::Q8_0}};
-    if (t == "Q4_0") return TensorFormat{GgmlFormat{DType::Q4_0}};
-    fail("{}: GGUF type '{}' is not a plan format (Q8_0, Q4_0)", context, t);
+    std::string names;
+    for (DType d : kTypes) {
+      if (t == dtype_name(d)) return TensorFormat{GgmlFormat{d}};
+      names += (names.empty() ? "" : ", ") + std::string(dtype_name(d));
+    }
+    fail("{}: GGUF type '{}' is not a plan format ({})", context, t, names);
   }
   std::string name(const TensorFormat& f) const override { return "gguf-" + lower_type_name(f.ggml()->type); }
   std::string short_name(const TensorFormat& f) const override { return lower_type_name(f.ggml()->type); }
@@ -110,35 +64,32 @@ class GgmlKind final : public FormatKind {
     return {{"gguf", std::string(dtype_name(f.ggml()->type))}};
   }
   double bits_per_weight(const TensorFormat& f) const override {
-    return 8.0 * static_cast<double>(block_bytes(f.ggml()->type)) / kBlock;
+    const DType t = f.ggml()->type;
+    return 8.0 * static_cast<double>(block_bytes(t)) / static_cast<double>(block_elems(t));
   }
   int64_t bytes(const TensorFormat& f, int64_t rows, int64_t cols) const override {
-    return rows * (cols / kBlock) * static_cast<int64_t>(block_bytes(f.ggml()->type));
+    const DType t = f.ggml()->type;
+    return rows * (cols / block_elems(t)) * static_cast<int64_t>(block_bytes(t));
   }
-  bool fits(const TensorFormat&, int64_t cols) const override { return cols > 0 && cols % kBlock == 0; }
+  bool fits(const TensorFormat& f, int64_t cols) const override {
+    return cols > 0 && cols % block_elems(f.ggml()->type) == 0;
+  }
   QuantizedMatrix quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
                            const QuantizeOptions& opt) const override {
     const DType t = f.ggml()->type;
-    check(supported(t), "quantize: GGUF type {} is not supported", dtype_name(t));
-    const int64_t nb = cols / kBlock;
-    QuantizedMatrix q{f, rows, cols, std::nullopt, std::vector<uint8_t>(rows * nb * block_bytes(t))};
-    const bool search = opt.method == QuantMethod::Search;
+    check(supported(t) && ggml_can_quantize(t), "quantize: GGUF type {} is not supported", dtype_name(t));
+    check(fits(f, cols), "quantize: {} inputs are not whole {} blocks of {}", cols, dtype_name(t), block_elems(t));
+    const size_t row_bytes = static_cast<size_t>(cols / block_elems(t)) * block_bytes(t);
+    QuantizedMatrix q{f, rows, cols, std::nullopt, std::vector<uint8_t>(static_cast<size_t>(rows) * row_bytes)};
+    const bool thorough = opt.method == QuantMethod::Search;
     parallel_for(rows, [&](int64_t r) {
-      for (int64_t b = 0; b < nb; ++b) {
-        const float* x = w + r * cols + b * kBlock;
-        uint8_t* out = q.blocks.data() + (r * nb + b) * block_bytes(t);
-        const float* imp = opt.importance ? opt.importance + b * kBlock : nullptr;
-        if (t == DType::Q8_0)
-          quantize_q8_0(x, out);
-        else
-          quantize_q4_0(x, imp, search, out);
-      }
-    }, 16);
+      ggml_quantize_row(t, w + r * cols, cols, opt.importance, thorough, q.blocks.data() + r * row_bytes);
+    }, 4);
     return q;
   }
   std::vector<float> dequantize(const QuantizedMatrix& q) const override {
     const DType t = q.format.ggml()->type;
-    check(q.blocks.size() == static_cast<size_t>(q.rows * (q.cols / kBlock)) * block_bytes(t),
+    check(q.blocks.size() == static_cast<size_t>(q.rows * (q.cols / block_elems(t))) * block_bytes(t),
           "dequantize: {} bytes for a {}x{} {} matrix", q.blocks.size(), q.rows, q.cols, dtype_name(t));
     std::vector<float> out(static_cast<size_t>(q.rows * q.cols));
     dequantize_row(t, q.blocks.data(), out.data(), q.rows * q.cols);

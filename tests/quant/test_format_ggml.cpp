@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -67,7 +68,7 @@ TEST(FormatGgml, NamesSizesJson) {
   EXPECT_EQ(format_matrix_bytes(kQ4, 5, 96), 5 * 3 * 18);
   EXPECT_EQ(kQ8.code_bits(), 8);
   EXPECT_EQ(kQ4.code_bits(), 4);
-  EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"gguf", "Q4_K"}}, "t", "x"), Error);
+  EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"gguf", "IQ4_XS"}}, "t", "x"), Error);
   EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"gguf", 3}}, "t", "x"), Error);
   EXPECT_THROW(parse_tensor_format("q3_0"), Error);
   EXPECT_THROW((void)*kQ8, Error);  // not affine
@@ -126,6 +127,138 @@ TEST(FormatGgml, SearchNeverWorseThanReference) {
   const double e_search = err(fake_quantize(kQ4, w.data(), rows, cols, search));
   EXPECT_LE(e_search, e_ref);
   EXPECT_LT(e_search, 0.98 * e_ref);  // and it does find better scales on random data
+}
+
+// ggml quantize_row_q4_1_ref / q5_0_ref / q5_1_ref, one block of 32 (written out plainly).
+std::vector<uint8_t> ref_q4_1(const float* x) {
+  float lo = x[0], hi = x[0];
+  for (int j = 1; j < 32; ++j) lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+  const float d = (hi - lo) / 15, id = d ? 1 / d : 0;
+  std::vector<uint8_t> b(20);
+  const uint16_t hd = f32_to_f16(d), hm = f32_to_f16(lo);
+  std::memcpy(b.data(), &hd, 2);
+  std::memcpy(b.data() + 2, &hm, 2);
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t x0 = std::min<uint8_t>(15, static_cast<int8_t>((x[j] - lo) * id + 0.5f));
+    const uint8_t x1 = std::min<uint8_t>(15, static_cast<int8_t>((x[16 + j] - lo) * id + 0.5f));
+    b[4 + j] = static_cast<uint8_t>(x0 | (x1 << 4));
+  }
+  return b;
+}
+std::vector<uint8_t> ref_q5(const float* x, bool with_min) {
+  float lo = x[0], hi = x[0], amax = 0, max = 0;
+  for (int j = 0; j < 32; ++j) {
+    lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+    if (amax < std::fabs(x[j])) amax = std::fabs(x[j]), max = x[j];
+  }
+  const float d = with_min ? (hi - lo) / 31 : max / -16, id = d ? 1 / d : 0;
+  std::vector<uint8_t> b(with_min ? 24 : 22);
+  const uint16_t hd = f32_to_f16(d), hm = f32_to_f16(lo);
+  std::memcpy(b.data(), &hd, 2);
+  if (with_min) std::memcpy(b.data() + 2, &hm, 2);
+  uint32_t qh = 0;
+  const size_t qs = with_min ? 8 : 6;
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t x0 = with_min ? static_cast<uint8_t>((x[j] - lo) * id + 0.5f)
+                                : std::min<uint8_t>(31, static_cast<int8_t>(x[j] * id + 16.5f));
+    const uint8_t x1 = with_min ? static_cast<uint8_t>((x[16 + j] - lo) * id + 0.5f)
+                                : std::min<uint8_t>(31, static_cast<int8_t>(x[16 + j] * id + 16.5f));
+    b[qs + j] = static_cast<uint8_t>((x0 & 0x0f) | ((x1 & 0x0f) << 4));
+    qh |= ((x0 & 0x10u) >> 4) << j;
+    qh |= ((x1 & 0x10u) >> 4) << (j + 16);
+  }
+  std::memcpy(b.data() + (with_min ? 4 : 2), &qh, 4);
+  return b;
+}
+
+const DType kAllTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_0, DType::Q4_1, DType::Q4_K,
+                           DType::Q5_0, DType::Q5_1, DType::Q5_K, DType::Q6_K, DType::Q8_0};
+
+TEST(FormatGgml, EveryTypeNamesBitsAndFit) {
+  const struct {
+    const char* name;
+    double bpw;
+    int bits, block;
+  } want[] = {{"q2_k", 2.625, 2, 256}, {"q3_k", 3.4375, 3, 256}, {"q4_0", 4.5, 4, 32},  {"q4_1", 5.0, 4, 32},
+              {"q4_k", 4.5, 4, 256},   {"q5_0", 5.5, 5, 32},      {"q5_1", 6.0, 5, 32}, {"q5_k", 5.5, 5, 256},
+              {"q6_k", 6.5625, 6, 256}, {"q8_0", 8.5, 8, 32}};
+  for (size_t i = 0; i < std::size(kAllTypes); ++i) {
+    const TensorFormat f{GgmlFormat{kAllTypes[i]}};
+    EXPECT_EQ(parse_tensor_format(want[i].name), f) << want[i].name;
+    EXPECT_EQ(tensor_format_short(f), want[i].name);
+    EXPECT_EQ(parse_tensor_format(tensor_format_name(f)), f);
+    EXPECT_EQ(tensor_format_from_json(tensor_format_to_json(f), "t", "x"), f);
+    EXPECT_DOUBLE_EQ(format_bits_per_weight(f), want[i].bpw) << want[i].name;
+    EXPECT_EQ(f.code_bits(), want[i].bits) << want[i].name;
+    EXPECT_EQ(f.group_size(), want[i].block) << want[i].name;
+    EXPECT_TRUE(format_fits(f, 512));
+    EXPECT_EQ(format_fits(f, 96), want[i].block == 32) << want[i].name;
+    EXPECT_EQ(format_matrix_bytes(f, 3, 512), static_cast<int64_t>(3 * 512 * want[i].bpw / 8));
+  }
+  EXPECT_EQ(parse_format_list("q4_k,Q6_K,gguf-q2_k"),
+            (std::vector<TensorFormat>{TensorFormat{GgmlFormat{DType::Q4_K}}, TensorFormat{GgmlFormat{DType::Q6_K}},
+                                       TensorFormat{GgmlFormat{DType::Q2_K}}}));
+}
+
+TEST(FormatGgml, LegacyMinMaxIsGgmlsReferenceByteForByte) {
+  const int64_t rows = 5, cols = 128;
+  const auto w = test::random_floats(rows * cols, 24, 0.3f);
+  QuantizeOptions mm;
+  mm.method = QuantMethod::MinMax;
+  for (DType t : {DType::Q4_1, DType::Q5_0, DType::Q5_1}) {
+    const QuantizedMatrix q = quantize_matrix(TensorFormat{GgmlFormat{t}}, w.data(), rows, cols, mm);
+    std::vector<uint8_t> want;
+    for (int64_t b = 0; b < rows * cols / 32; ++b) {
+      const auto blk = t == DType::Q4_1 ? ref_q4_1(&w[b * 32]) : ref_q5(&w[b * 32], t == DType::Q5_1);
+      want.insert(want.end(), blk.begin(), blk.end());
+    }
+    EXPECT_EQ(q.blocks, want) << dtype_name(t);
+  }
+}
+
+// Every type on random data (odd row counts, several super-blocks a row):
+// the blocks decode (quant/ggml_dequant) close to the input, the error falls
+// with the bits, the search is no worse than the reference procedure, and
+// importance weighting lowers the importance-weighted error.
+TEST(FormatGgml, EveryTypeRoundTripsSearchAndImportance) {
+  const int64_t rows = 7, cols = 768;
+  const auto w = test::random_floats(rows * cols, 25, 0.05f);
+  const auto imp_raw = test::random_floats(cols, 26);
+  std::vector<float> imp(cols);
+  for (int64_t j = 0; j < cols; ++j) imp[j] = 0.05f + imp_raw[j] * imp_raw[j] * (j % 7 == 0 ? 20.0f : 1.0f);
+  auto rel_err = [&](const std::vector<float>& dq, const float* weight) {
+    double e = 0, n = 0;
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      const double k = weight ? weight[i % cols] : 1.0;
+      e += k * (w[i] - dq[i]) * (w[i] - dq[i]);
+      n += k * double(w[i]) * w[i];
+    }
+    return std::sqrt(e / n);
+  };
+  QuantizeOptions mm, search, weighted;
+  mm.method = QuantMethod::MinMax;
+  weighted.importance = imp.data();
+  const std::map<DType, double> bound = {{DType::Q2_K, 0.45}, {DType::Q3_K, 0.22}, {DType::Q4_0, 0.13},
+                                         {DType::Q4_1, 0.11}, {DType::Q4_K, 0.10}, {DType::Q5_0, 0.065},
+                                         {DType::Q5_1, 0.055}, {DType::Q5_K, 0.05}, {DType::Q6_K, 0.025},
+                                         {DType::Q8_0, 0.006}};
+  for (DType t : kAllTypes) {
+    const TensorFormat f{GgmlFormat{t}};
+    const QuantizedMatrix q = quantize_matrix(f, w.data(), rows, cols, search);
+    ASSERT_EQ(q.blocks.size(), static_cast<size_t>(format_matrix_bytes(f, rows, cols))) << dtype_name(t);
+    std::vector<float> dq(rows * cols);
+    dequantize_row(t, q.blocks.data(), dq.data(), rows * cols);
+    EXPECT_EQ(dequantize_matrix(q), dq);
+    for (float v : dq) ASSERT_TRUE(std::isfinite(v)) << dtype_name(t);
+    const double e_search = rel_err(dq, nullptr);
+    const double e_ref = rel_err(fake_quantize(f, w.data(), rows, cols, mm), nullptr);
+    EXPECT_LT(e_search, bound.at(t)) << dtype_name(t);
+    EXPECT_LE(e_search, e_ref * 1.01) << dtype_name(t) << ": search " << e_search << " reference " << e_ref;
+    const double e_plain_w = rel_err(dq, imp.data());
+    const double e_weighted_w = rel_err(fake_quantize(f, w.data(), rows, cols, weighted), imp.data());
+    if (t != DType::Q8_0)  // Q8_0 has one rounding, nothing to weigh
+      EXPECT_LT(e_weighted_w, e_plain_w) << dtype_name(t);
+  }
 }
 
 TEST(FormatGgml, RejectsShapesThatDoNotFit) {
