@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "model/exporter.h"
 #include "model/quantize_model.h"
+#include "test_models.h"
 #include "test_util.h"
 
 namespace optiq {
@@ -34,6 +35,25 @@ TEST(Exporter, MlxWritesAPlanThatLoadsBack) {
   EXPECT_EQ(back.precision.formats, map.formats);
   EXPECT_THROW(ex->write(m, out, {}), Error);  // exists, no force
   ex->write(m, out, {.force = true});
+}
+
+// MLX cannot store GGUF k-quant blocks: the export says so instead of writing floats.
+TEST(Exporter, MlxRefusesKQuants) {
+  ModelConfig c = test::tiny("llama");
+  c.dim = 256, c.hidden_dim = 256, c.head_dim = 64, c.n_heads = 4, c.n_kv_heads = 2;
+  c.validate("wide llama");
+  Model m = test::random_model(c, 4);
+  m.path = "wide";
+  quantize_model(m, PrecisionMap::uniform(m.config, parse_tensor_format("q4_k")), {.progress = false});
+  const std::string out = test::temp_dir() + "/mlx";
+  try {
+    make_exporter("mlx")->write(m, out, {});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Q4_K, a GGUF k-quant, which MLX cannot store"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(out)) << "nothing half-written";
 }
 
 }  // namespace

@@ -25,7 +25,7 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
   cmd.add_option("--fit", a.fit, "budget: total memory incl. KV cache at --ctx, e.g. 8GB");
   cmd.add_option("--ctx", a.ctx, "context length for --fit")->check(CLI::PositiveNumber);
   cmd.add_option("--min-bits", a.min_bits, "no tensor below this many bits")->check(CLI::Range(0, 8));
-  cmd.add_option("--pin", a.pins, "force formats: REGEX=FMT, e.g. lm_head=8, 'layers\\.0\\.'=q6g32, down_proj=q8_0 (repeatable)");
+  cmd.add_option("--pin", a.pins, "force formats: REGEX=FMT, e.g. lm_head=8, 'layers\\.0\\.'=q6g32, down_proj=q6_k (repeatable)");
   cmd.add_option("--tie", a.tie, "share formats: qkv (q/k/v of a layer) or qkv+gate_up")
       ->check(CLI::IsMember({"qkv", "qkv+gate_up"}));
   cmd.add_option("--baseline", a.baseline,

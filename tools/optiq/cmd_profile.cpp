@@ -49,7 +49,7 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
                  "fast: Gram-matrix proxy scaled to KL by exact anchors; exact: KL of every module x format; "
                  "both: both, and their rank correlation")
       ->capture_default_str()->check(CLI::IsMember({"fast", "exact", "both"}));
-  cmd.add_option("--candidates", a.candidates, "formats: BITSxGROUPS (\"2,3,4x64,128\"), a list (\"q4g64,q8g32\"), GGUF blocks q8_0/q4_0, or a mix (\"2,4x64,q8_0\")")
+  cmd.add_option("--candidates", a.candidates, "formats: BITSxGROUPS (\"2,3,4x64,128\"), a list (\"q4g64,q8g32\"), GGUF blocks (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k), or a mix (\"2,4x64,q8_0,q4_k\")")
       ->capture_default_str();
   cmd.add_option("--anchors", a.anchors,
                  "fast: measure exact anchors on 'every' layer or every N-th (default: every layer up to 12 "
