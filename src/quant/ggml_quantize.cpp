@@ -468,10 +468,13 @@ void q2_k(const float* x, const float* imp, int density, uint8_t* out) {
   put_f16(out + 82, dmin);
 }
 
-// Q4_K and Q5_K share everything but the code width and the reference grid.
-void q45_k(const float* x, const float* imp, int density, int nmax, float ref_rmin, int ref_nstep, float& d,
-           float& dmin, uint8_t* ls, uint8_t* lm, uint8_t* L) {
-  float w[kQK], sw[8], scales[8], mins[8];
+// Q4_K and Q5_K share everything but the code width, the reference grid and
+// how the codes are packed: this writes d, dmin and the scales (the first 16
+// bytes) and leaves the codes in L.
+void q45_k(const float* x, const float* imp, int density, int nmax, float ref_rmin, int ref_nstep, uint8_t* out,
+           uint8_t* L) {
+  float w[kQK], sw[8], scales[8], mins[8], d, dmin;
+  uint8_t ls[8], lm[8];
   if (!imp) {
     for (int j = 0; j < 8; ++j) {  // the rms of the sub-block + |x|
       float s2 = 0;
@@ -489,27 +492,22 @@ void q45_k(const float* x, const float* imp, int density, int nmax, float ref_rm
     dmin = fit_levels(mins, sw, 8, 63, density, lm);
   }
   requantize_affine(x, 32, nmax, d, dmin, ls, lm, L);
-}
-
-void q4_k(const float* x, const float* imp, int density, uint8_t* out) {
-  float d, dmin;
-  uint8_t ls[8], lm[8], L[kQK];
-  q45_k(x, imp, density, 15, -1.0f, 20, d, dmin, ls, lm, L);
   put_f16(out, d);
   put_f16(out + 2, dmin);
   pack_scale_min(ls, lm, out + 4);
+}
+
+void q4_k(const float* x, const float* imp, int density, uint8_t* out) {
+  uint8_t L[kQK];
+  q45_k(x, imp, density, 15, -1.0f, 20, out, L);
   uint8_t* q = out + 16;
   for (int j = 0; j < 4; ++j)
     for (int l = 0; l < 32; ++l) q[32 * j + l] = static_cast<uint8_t>(L[64 * j + l] | (L[64 * j + l + 32] << 4));
 }
 
 void q5_k(const float* x, const float* imp, int density, uint8_t* out) {
-  float d, dmin;
-  uint8_t ls[8], lm[8], L[kQK];
-  q45_k(x, imp, density, 31, -0.5f, 15, d, dmin, ls, lm, L);
-  put_f16(out, d);
-  put_f16(out + 2, dmin);
-  pack_scale_min(ls, lm, out + 4);
+  uint8_t L[kQK];
+  q45_k(x, imp, density, 31, -0.5f, 15, out, L);
   uint8_t* qh = out + 16;
   uint8_t* ql = out + 48;
   std::memset(qh, 0, 32);

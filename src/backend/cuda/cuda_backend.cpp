@@ -165,7 +165,7 @@ class CudaBackend final : public Backend {
   friend class Op;
 
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  explicit CudaBackend(int device) {
     cublas_api();  // a missing cuBLAS disables the backend now, not at the first prefill
     OPTIQ_CUDA_OK(cudaSetDevice(device));
     OPTIQ_CUDA_OK(cudaGetDeviceProperties(&props_, device));
@@ -455,7 +455,6 @@ class CudaBackend final : public Backend {
   const float* last_y_ = nullptr;  // the last product's output range
   int64_t last_y_n_ = 0;
 
-  int device_;
   cudaDeviceProp props_{};
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;

@@ -57,8 +57,6 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }
 
-// x += y, then out = rms_norm(x) * w; one block per row. Each thread keeps
-// its own elements from the first pass to the second, so out may alias y.
 // Blocks of 32 of a row rounded to int8 by the warp that holds them (lane k
 // holds element 32b + k), as quantize_act_kernel does.
 __device__ __forceinline__ void int8_block(float v, int64_t block, int8_t* q, float* scale, int32_t* sum) {
@@ -73,6 +71,8 @@ __device__ __forceinline__ void int8_block(float v, int64_t block, int8_t* q, fl
   if (lane == 0) scale[block] = s, sum[block] = total;
 }
 
+// x += y, then out = rms_norm(x) * w; one block per row. Each thread keeps
+// its own elements from the first pass to the second, so out may alias y.
 constexpr int kNormThreads = 512;
 constexpr int kNormPerThread = 16;  // rows up to 8192 keep their values in registers
 
@@ -312,18 +312,7 @@ __global__ void quantize_act_kernel(const float* __restrict__ x, int n, int64_t 
   const int lane = threadIdx.x & 31;
   if (t >= n * blocks) return;
   const int64_t i = t / blocks, b = t % blocks, k = 32 * b + lane;
-  const float v = k < cols ? x[i * cols + k] : 0.0f;
-  const float amax = warp_max(fabsf(v));
-  const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
-  const int qv = __float2int_rn(__fmul_rn(v, inv));
-  q[t * 32 + lane] = static_cast<int8_t>(qv);
-  int total = qv;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
-  if (lane == 0) {
-    scale[t] = s;
-    sum[t] = total;
-  }
+  int8_block(k < cols ? x[i * cols + k] : 0.0f, t, q, scale, sum);
 }
 
 template <class T>
