@@ -143,6 +143,13 @@ TensorFormat tensor_format_from_json(const nlohmann::json& v, const std::string&
 
 bool format_fits(const AffineFormat& fmt, int64_t cols) { return cols > 0 && cols % fmt.group_size == 0; }
 bool format_fits(const TensorFormat& f, int64_t cols) { return kind_of(f).fits(f, cols); }
+TensorFormat format_for_shape(const TensorFormat& f, int64_t cols) { return kind_of(f).for_shape(f, cols); }
+
+std::string tensor_format_label(const TensorFormat& f, int64_t cols) {
+  const TensorFormat s = format_for_shape(f, cols);
+  return s == f ? tensor_format_short(f) : tensor_format_short(f) + "\u2192" + tensor_format_short(s);
+}
+
 double format_bits_per_weight(const TensorFormat& f) { return kind_of(f).bits_per_weight(f); }
 int64_t format_matrix_bytes(const TensorFormat& f, int64_t rows, int64_t cols) { return kind_of(f).bytes(f, rows, cols); }
 

@@ -94,6 +94,15 @@ TensorFormat tensor_format_from_json(const nlohmann::json& v, const std::string&
 // Can the format store a matrix with `cols` inputs (its group divides cols)?
 bool format_fits(const AffineFormat& fmt, int64_t cols);
 bool format_fits(const TensorFormat& f, int64_t cols);
+// The format a matrix with `cols` inputs is actually stored in: `f` itself,
+// or, for a GGUF k-quant whose 256-weight blocks do not divide a row,
+// llama.cpp's fallback (what llama-quantize writes for such a tensor): Q2_K
+// and Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0. fits, bytes and
+// quantize all go through it, so a plan that names q4_k for a 576-wide
+// matrix gets, counts and ships Q5_0 blocks.
+TensorFormat format_for_shape(const TensorFormat& f, int64_t cols);
+// tensor_format_short, naming the fallback when one applies: "q4_k→q5_0".
+std::string tensor_format_label(const TensorFormat& f, int64_t cols);
 // Storage bits per weight (float = 16).
 double format_bits_per_weight(const TensorFormat& f);
 // Bytes of a {rows, cols} matrix in the format as plans count them (affine:
@@ -123,6 +132,8 @@ class FormatKind {
   virtual double bits_per_weight(const TensorFormat& f) const = 0;
   virtual int64_t bytes(const TensorFormat& f, int64_t rows, int64_t cols) const = 0;
   virtual bool fits(const TensorFormat& f, int64_t cols) const = 0;
+  // The format a row of `cols` inputs is stored in (format_for_shape).
+  virtual TensorFormat for_shape(const TensorFormat& f, int64_t) const { return f; }
   virtual QuantizedMatrix quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
                                    const QuantizeOptions& opt) const = 0;
   virtual std::vector<float> dequantize(const QuantizedMatrix& q) const = 0;

@@ -6,7 +6,9 @@
 // QuantMethod::Search searches wider scale grids, weighting errors by the
 // importance when one is given (as llama.cpp's imatrix does). At run time the
 // 32-weight types are re-laid losslessly into affine groups
-// (quant/ggml_to_affine.h); k-quants run on their own kernels.
+// (quant/ggml_to_affine.h); k-quants run on their own kernels. A k-quant on
+// rows its 256-weight blocks do not divide is stored as llama.cpp's fallback
+// 32-weight type (format_for_shape), as llama-quantize does.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -31,6 +33,25 @@ constexpr DType kTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_0, DType::Q4_1, 
 bool supported(DType t) { return std::find(std::begin(kTypes), std::end(kTypes), t) != std::end(kTypes); }
 int64_t block_elems(DType t) { return block_layout(t).block_elems; }
 size_t block_bytes(DType t) { return block_layout(t).block_bytes; }
+
+// llama.cpp's fallback for a k-quant whose 256-weight blocks do not divide a
+// row (llama-quant.cpp, tensor_type_fallback): the 32-weight type it writes
+// instead. IQ4_NL, its choice for the i-quants, is not an optiq format; for
+// Q2_K/Q3_K llama.cpp also picks Q4_0.
+DType fallback_type(DType t) {
+  switch (t) {
+    case DType::Q2_K: case DType::Q3_K: return DType::Q4_0;
+    case DType::Q4_K: return DType::Q5_0;
+    case DType::Q5_K: return DType::Q5_1;
+    case DType::Q6_K: return DType::Q8_0;
+    default: return t;
+  }
+}
+
+// The type a row of `cols` inputs is stored in.
+DType stored_type(DType t, int64_t cols) {
+  return cols % block_elems(t) == 0 ? t : fallback_type(t);
+}
 
 std::string lower_type_name(DType t) {
   std::string s(dtype_name(t));
@@ -67,15 +88,21 @@ class GgmlKind final : public FormatKind {
     const DType t = f.ggml()->type;
     return 8.0 * static_cast<double>(block_bytes(t)) / static_cast<double>(block_elems(t));
   }
+  TensorFormat for_shape(const TensorFormat& f, int64_t cols) const override {
+    return GgmlFormat{stored_type(f.ggml()->type, cols)};
+  }
   int64_t bytes(const TensorFormat& f, int64_t rows, int64_t cols) const override {
-    const DType t = f.ggml()->type;
+    const DType t = stored_type(f.ggml()->type, cols);
     return rows * (cols / block_elems(t)) * static_cast<int64_t>(block_bytes(t));
   }
+  // A k-quant fits a row its fallback fits (as llama-quantize, except that a
+  // row no 32-block divides is not quantized at all rather than kept in F16).
   bool fits(const TensorFormat& f, int64_t cols) const override {
-    return cols > 0 && cols % block_elems(f.ggml()->type) == 0;
+    return cols > 0 && cols % block_elems(stored_type(f.ggml()->type, cols)) == 0;
   }
-  QuantizedMatrix quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
+  QuantizedMatrix quantize(const TensorFormat& nominal, const float* w, int64_t rows, int64_t cols,
                            const QuantizeOptions& opt) const override {
+    const TensorFormat f = for_shape(nominal, cols);
     const DType t = f.ggml()->type;
     check(supported(t) && ggml_can_quantize(t), "quantize: GGUF type {} is not supported", dtype_name(t));
     check(fits(f, cols), "quantize: {} inputs are not whole {} blocks of {}", cols, dtype_name(t), block_elems(t));

@@ -192,12 +192,40 @@ TEST(FormatGgml, EveryTypeNamesBitsAndFit) {
     EXPECT_EQ(f.code_bits(), want[i].bits) << want[i].name;
     EXPECT_EQ(f.group_size(), want[i].block) << want[i].name;
     EXPECT_TRUE(format_fits(f, 512));
-    EXPECT_EQ(format_fits(f, 96), want[i].block == 32) << want[i].name;
+    EXPECT_TRUE(format_fits(f, 96)) << want[i].name;  // k-quants through llama.cpp's fallback
+    EXPECT_FALSE(format_fits(f, 100)) << want[i].name;
     EXPECT_EQ(format_matrix_bytes(f, 3, 512), static_cast<int64_t>(3 * 512 * want[i].bpw / 8));
   }
   EXPECT_EQ(parse_format_list("q4_k,Q6_K,gguf-q2_k"),
             (std::vector<TensorFormat>{TensorFormat{GgmlFormat{DType::Q4_K}}, TensorFormat{GgmlFormat{DType::Q6_K}},
                                        TensorFormat{GgmlFormat{DType::Q2_K}}}));
+}
+
+// A k-quant on rows its 256-blocks do not divide is stored as llama.cpp's
+// fallback (llama-quant.cpp): bytes, quantization and the label say so.
+TEST(FormatGgml, KQuantsFallBackAsLlamaCppDoes) {
+  const struct {
+    DType k, fallback;
+    const char* label;
+  } cases[] = {{DType::Q2_K, DType::Q4_0, "q2_k\u2192q4_0"}, {DType::Q3_K, DType::Q4_0, "q3_k\u2192q4_0"},
+               {DType::Q4_K, DType::Q5_0, "q4_k\u2192q5_0"}, {DType::Q5_K, DType::Q5_1, "q5_k\u2192q5_1"},
+               {DType::Q6_K, DType::Q8_0, "q6_k\u2192q8_0"}};
+  const int64_t rows = 3, cols = 576;  // SmolLM2's width: 18 blocks of 32, not whole blocks of 256
+  const auto w = test::random_floats(rows * cols, 5, 0.3f);
+  for (const auto& c : cases) {
+    const TensorFormat f{GgmlFormat{c.k}}, fb{GgmlFormat{c.fallback}};
+    EXPECT_EQ(format_for_shape(f, 512), f);
+    EXPECT_EQ(format_for_shape(f, cols), fb);
+    EXPECT_EQ(tensor_format_label(f, cols), c.label);
+    EXPECT_EQ(tensor_format_label(f, 512), tensor_format_short(f));
+    EXPECT_EQ(format_matrix_bytes(f, rows, cols), format_matrix_bytes(fb, rows, cols));
+    const QuantizedMatrix q = quantize_matrix(f, w.data(), rows, cols);
+    EXPECT_EQ(q.format, fb);
+    EXPECT_EQ(q.blocks, quantize_matrix(fb, w.data(), rows, cols).blocks) << c.label;
+  }
+  const TensorFormat q8{GgmlFormat{DType::Q8_0}}, q4g64{AffineFormat{4, 64}};
+  EXPECT_EQ(format_for_shape(q8, 576), q8);
+  EXPECT_EQ(format_for_shape(q4g64, 576), q4g64);
 }
 
 TEST(FormatGgml, LegacyMinMaxIsGgmlsReferenceByteForByte) {
