@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include "core/error.h"
+#include "model/save_gguf.h"
 #include "model/save_mlx.h"
 
 namespace optiq {
@@ -18,12 +19,22 @@ class MlxExporter final : public Exporter {
   }
 };
 
+// One .gguf file for llama.cpp, Ollama and LM Studio (model/save_gguf.h).
+class GgufExporter final : public Exporter {
+ public:
+  std::string_view name() const override { return "gguf"; }
+  void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
+    save_gguf(model, out, {.bf16 = opt.bf16, .force = opt.force});
+  }
+};
+
 }  // namespace
 
-std::vector<std::string> exporter_names() { return {"mlx"}; }
+std::vector<std::string> exporter_names() { return {"mlx", "gguf"}; }
 
 std::unique_ptr<Exporter> make_exporter(std::string_view name) {
   if (name == "mlx") return std::make_unique<MlxExporter>();
+  if (name == "gguf") return std::make_unique<GgufExporter>();
   fail("export format '{}' is unknown (known: {})", name, fmt::join(exporter_names(), ", "));
 }
 

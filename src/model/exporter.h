@@ -1,7 +1,8 @@
-// The seam for writing a quantized model in another runtime's format. MLX
-// (save_mlx.h) is the one exporter today; GGUF for llama.cpp/Ollama is next
-// (issue 12). Commands pick an exporter by name and never call a writer
-// directly, so adding a format is one class here and its test.
+// The seam for writing a quantized model in another runtime's format: "mlx"
+// (save_mlx.h, a directory mlx_lm.load reads) and "gguf" (save_gguf.h, one
+// file for llama.cpp, Ollama, LM Studio). Commands pick an exporter by name
+// and never call a writer directly, so adding a format is one class here and
+// its test.
 #pragma once
 #include <memory>
 #include <string>
@@ -13,21 +14,21 @@
 namespace optiq {
 
 struct ExportOptions {
-  bool bf16 = false;   // float type of unquantized tensors (must match the scales' type)
+  bool bf16 = false;   // float type of unquantized tensors (MLX: must match the scales' type; GGUF: of fp32 ones)
   bool force = false;  // replace an existing output
 };
 
 class Exporter {
  public:
   virtual ~Exporter() = default;
-  virtual std::string_view name() const = 0;  // "mlx"
+  virtual std::string_view name() const = 0;  // "mlx", "gguf"
   // Writes atomically (a temporary name, then a rename); throws optiq::Error.
   virtual void write(const Model& model, const std::string& out, const ExportOptions& opt) const = 0;
 };
 
 // Names of the exporters, for help texts and errors.
 std::vector<std::string> exporter_names();
-// The exporter called `name`; throws "export format '<name>' is unknown (known: mlx)".
+// The exporter called `name`; throws "export format '<name>' is unknown (known: mlx, gguf)".
 std::unique_ptr<Exporter> make_exporter(std::string_view name);
 
 }  // namespace optiq

@@ -24,6 +24,7 @@ struct AutoArgs {
   ProfileStepArgs profile;
   PlanStepArgs plan;
   std::string out;
+  std::string format = "mlx";
   std::string text;
   int eval_ctx = 512;
   int chunks = -1;
@@ -45,6 +46,7 @@ void run_auto(AutoArgs& a) {
   }
   check(a.force || !std::filesystem::exists(out, ec), "{}: output exists (use --force to replace it)", out);
   if (a.profile.cache.empty()) a.profile.cache = out + ".profile.json";
+  if (a.profile.target.empty()) a.profile.target = a.format;  // a GGUF export plans over GGUF's block types
   const std::string plan_path = out + ".plan.json";
 
   Model m = a.model.load();
@@ -57,9 +59,11 @@ void run_auto(AutoArgs& a) {
   PlanStepResult r = run_plan_step(m, t, plan_step_options(a.plan, !a.json), plan_path, {.windows = &profiled.windows});
   if (!a.json) print_plan_summary(r, plan_path);
 
-  const QuantizeModelOptions qo{.recipe = QuantizeRecipe::for_model(m.config)};
+  // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
+  const QuantizeModelOptions qo{
+      .recipe = QuantizeRecipe::for_model(m.config, QuantMethod::Search, a.format == "gguf" ? "f16" : "auto")};
   quantize_model(m, r.map, qo);
-  make_exporter("mlx")->write(m, out, {.bf16 = qo.recipe.bf16_scales, .force = a.force});
+  make_exporter(a.format)->write(m, out, {.bf16 = qo.recipe.bf16_scales, .force = a.force});
   if (!a.json) fmt::print("wrote         {}\n", out);
 
   nlohmann::json j = {{"out", out},
@@ -117,7 +121,13 @@ Runner register_auto(CLI::App& app) {
   add_profile_step_options(*cmd, a->profile);
   a->plan.select = "measured";
   add_plan_step_options(*cmd, a->plan);
-  cmd->add_option("-o,--out", a->out, "output directory (MLX layout); the profile and plan go beside it")->required();
+  cmd->add_option("-o,--out", a->out,
+                  "output: an MLX directory, or a .gguf file with --format gguf; the profile and plan go beside it")
+      ->required();
+  cmd->add_option("--format", a->format,
+                  "mlx: MLX / Hugging Face directory; gguf: one GGUF file for llama.cpp (and --target gguf unless "
+                  "--target or --candidates say otherwise)")
+      ->capture_default_str()->check(CLI::IsMember(exporter_names()));
   cmd->add_option("--cache", a->profile.cache, "profile/cache JSON (default: OUT.profile.json)");
   cmd->add_option("--text", a->text, "held-out text to measure KL and perplexity against MODEL");
   cmd->add_option("--eval-ctx", a->eval_ctx, "evaluation window (capped at the model's context)")

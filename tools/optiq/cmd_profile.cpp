@@ -43,14 +43,28 @@ CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const
   return calib;
 }
 
+std::string default_candidates(const std::string& target) {
+  if (target.empty() || target == "mlx") return "2,3,4,5,6,8x32,64,128";
+  // q4_0/q5_0: llama.cpp's fast 32-weight types, also what the k-quants fall
+  // back to on rows 256 does not divide (SmolLM2's 576).
+  if (target == "gguf") return "q2_k,q3_k,q4_k,q5_k,q6_k,q8_0,q4_0,q5_0";
+  fail("--target '{}': expected mlx or gguf", target);
+}
+
 void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
   add_calibration_options(cmd, a.calib, "calibration text (.txt, or .jsonl with \"text\"; or 'self')")->required();
   cmd.add_option("--method", a.method,
                  "fast: Gram-matrix proxy scaled to KL by exact anchors; exact: KL of every module x format; "
                  "both: both, and their rank correlation")
       ->capture_default_str()->check(CLI::IsMember({"fast", "exact", "both"}));
-  cmd.add_option("--candidates", a.candidates, "formats: BITSxGROUPS (\"2,3,4x64,128\"), a list (\"q4g64,q8g32\"), GGUF blocks (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k), or a mix (\"2,4x64,q8_0,q4_k\")")
-      ->capture_default_str();
+  cmd.add_option("--target", a.target,
+                 "runtime the plan is for, choosing the default --candidates: mlx (" + default_candidates("mlx") +
+                     ") or gguf (" + default_candidates("gguf") + ")")
+      ->check(CLI::IsMember({"mlx", "gguf"}));
+  cmd.add_option("--candidates", a.candidates,
+                 "formats: BITSxGROUPS (\"2,3,4x64,128\"), a list (\"q4g64,q8g32\"), GGUF blocks (q4_0, q4_1, q5_0, "
+                 "q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k; a k-quant on rows 256 does not divide is stored as "
+                 "llama.cpp's fallback, e.g. q4_k\u2192q5_0), or a mix (\"2,4x64,q8_0,q4_k\"); default: --target's");
   cmd.add_option("--anchors", a.anchors,
                  "fast: measure exact anchors on 'every' layer or every N-th (default: every layer up to 12 "
                  "layers, else every 3rd)")
@@ -63,7 +77,7 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
   o.calib.progress = o.calib.progress && progress;
   ProfileOptions& po = o.profile;
   po.method = parse_profile_method(a.method);
-  po.candidates = parse_candidates(a.candidates);
+  po.candidates = parse_candidates(a.candidates.empty() ? default_candidates(a.target) : a.candidates);
   if (a.anchors == "every") {
     po.anchor_every = 1;
   } else if (a.anchors != "auto") {

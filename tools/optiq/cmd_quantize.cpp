@@ -1,4 +1,5 @@
-// optiq quantize: uniform or planned per-tensor quantization to MLX layout.
+// optiq quantize: uniform or planned per-tensor quantization, exported as an
+// MLX directory (default) or one GGUF file (--format gguf).
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -16,8 +17,9 @@ namespace {
 struct QuantizeArgs {
   ModelArgs model{ModelArgs::Use::Measure};
   std::string out;
+  std::string format = "mlx";
   int bits = 4;
-  int group_size = 64;
+  int group_size = 0;  // 0: 64, or 32 for GGUF (its blocks' size)
   std::string plan;
   std::string method = "search";
   std::string dtype = "auto";
@@ -28,21 +30,25 @@ struct QuantizeArgs {
 
 void run_quantize(const QuantizeArgs& a) {
   Model m = a.model.load();
-  PrecisionMap map = a.plan.empty() ? PrecisionMap::uniform(m.config, {a.bits, a.group_size})
+  const int group = a.group_size > 0 ? a.group_size : a.format == "gguf" ? 32 : 64;
+  PrecisionMap map = a.plan.empty() ? PrecisionMap::uniform(m.config, {a.bits, group})
                                     : PrecisionMap::from_plan_file(a.plan, m.config);
+  // GGUF blocks hold fp16 scales: affine groups headed there take fp16 ones
+  // (losslessly Q4_1/Q5_1) unless --dtype says otherwise.
+  const std::string dtype = a.format == "gguf" && a.dtype == "auto" ? "f16" : a.dtype;
   QuantizeModelOptions opt{.recipe = QuantizeRecipe::for_model(
-                               m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, a.dtype)};
+                               m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, dtype)};
   ImportanceMap importance;
   if (!a.calib.source.empty()) {
     importance = collect_importance(m, calibration_windows(m, calibration_for(m, a.calib)));
     opt.importance = &importance;
   }
   quantize_model(m, map, opt);
-  make_exporter("mlx")->write(m, a.out, {.bf16 = opt.recipe.bf16_scales, .force = a.force});
+  make_exporter(a.format)->write(m, a.out, {.bf16 = opt.recipe.bf16_scales, .force = a.force});
   size_t bytes = 0;
   for (const auto& mod : quantizable_modules(m.config)) {  // float modules are exported as 16-bit
     const Linear& l = module_linear(m.weights, mod);
-    bytes += l.is_affine() ? l.bytes() : static_cast<size_t>(mod.numel()) * 2;
+    bytes += l.is_affine() || l.is_kquant() ? l.bytes() : static_cast<size_t>(mod.numel()) * 2;
   }
   int64_t params = 0;
   for (const auto& mod : quantizable_modules(m.config)) params += mod.numel();
@@ -57,27 +63,34 @@ void run_quantize(const QuantizeArgs& a) {
 }  // namespace
 
 Runner register_quantize(CLI::App& app) {
-  auto* cmd = app.add_subcommand("quantize", "Quantize a model (uniformly, or per tensor with --plan) to MLX layout");
+  auto* cmd = app.add_subcommand(
+      "quantize", "Quantize a model (uniformly, or per tensor with --plan) to MLX layout or one GGUF file");
   auto a = std::make_shared<QuantizeArgs>();
   a->model.add_to(*cmd);
-  cmd->add_option("-o,--out", a->out, "output directory (MLX / Hugging Face layout)")->required();
+  cmd->add_option("-o,--out", a->out, "output: a directory (--format mlx) or a .gguf file (--format gguf)")->required();
+  cmd->add_option("--format", a->format,
+                  "mlx: MLX / Hugging Face directory (mlx_lm.load); gguf: one GGUF file for llama.cpp, Ollama, LM "
+                  "Studio (GGUF block types as they are, affine groups of 32 at 4/5/8 bits as Q4_1/Q5_1/Q8_0...)")
+      ->capture_default_str()->check(CLI::IsMember(exporter_names()));
   cmd->add_option("--bits", a->bits, "bits per weight: 2, 3, 4, 5, 6 or 8")->capture_default_str()
       ->check(CLI::IsMember({2, 3, 4, 5, 6, 8}));
-  cmd->add_option("--group-size", a->group_size, "weights per scale/bias group: 32, 64 or 128")->capture_default_str()
+  cmd->add_option("--group-size", a->group_size,
+                  "weights per scale/bias group: 32, 64 or 128 (default 64; 32 with --format gguf, whose 32-weight "
+                  "blocks hold 4, 5 and 8 bits)")
       ->check(CLI::IsMember({32, 64, 128}));
   cmd->add_option("--plan", a->plan, "per-tensor plan JSON (docs/plan-format.md); overrides --bits/--group-size")
       ->check(CLI::ExistingFile);
   cmd->add_option("--method", a->method, "rounding: search (error-minimising) or minmax (MLX's)")->capture_default_str()
       ->check(CLI::IsMember({"search", "minmax"}));
   cmd->add_option("--dtype", a->dtype,
-                  "float type of scales, biases and unquantized tensors (auto: bf16 for Gemma, whose activations "
-                  "overflow fp16 in MLX, else f16)")->capture_default_str()
+                  "float type of scales, biases and unquantized tensors (auto: bf16 for Gemma in MLX, whose "
+                  "activations overflow fp16 there, else f16; GGUF blocks always hold fp16 scales)")->capture_default_str()
       ->check(CLI::IsMember({"auto", "f16", "bf16"}));
   add_calibration_options(*cmd,
                           a->calib,
                           "calibration text (.txt, or .jsonl with \"text\"; or 'self'): weights rounding errors by "
                           "input-activation statistics");
-  cmd->add_flag("--force", a->force, "replace the output directory if it exists");
+  cmd->add_flag("--force", a->force, "replace the output if it exists");
   cmd->add_flag("--json", a->json, "print one JSON object");
   return [a] { run_quantize(*a); };
 }

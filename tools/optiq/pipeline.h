@@ -20,11 +20,17 @@ CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const
 struct ProfileStepArgs {
   CalibrationOptions calib;
   std::string method = "fast";
-  std::string candidates = "2,3,4,5,6,8x32,64,128";
+  // The runtime the plan is for: picks the default candidates (empty: mlx).
+  std::string target;
+  std::string candidates;  // empty: default_candidates(target)
   std::string anchors = "auto";
   std::string cache;
 };
 void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a);
+// The default --candidates of a --target: "mlx" MLX's affine formats,
+// "gguf" llama.cpp's block types (k-quants on rows their 256-blocks do not
+// divide take llama.cpp's fallback, quant/format.h format_for_shape).
+std::string default_candidates(const std::string& target);
 // Parses the strings (method, candidates, anchors); progress bars unless quiet.
 ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress = true);
 void print_profile_table(const SensitivityTable& t);
