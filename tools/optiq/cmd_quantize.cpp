@@ -19,7 +19,7 @@ struct QuantizeArgs {
   std::string out;
   std::string format = "mlx";
   int bits = 4;
-  int group_size = 0;  // 0: 64, or 32 for GGUF (its blocks' size)
+  int group_size = 0;  // 0: affine groups of 64, or for GGUF its own block types
   std::string plan;
   std::string method = "search";
   std::string dtype = "auto";
@@ -30,8 +30,13 @@ struct QuantizeArgs {
 
 void run_quantize(const QuantizeArgs& a) {
   Model m = a.model.load();
-  const int group = a.group_size > 0 ? a.group_size : a.format == "gguf" ? 32 : 64;
-  PrecisionMap map = a.plan.empty() ? PrecisionMap::uniform(m.config, {a.bits, group})
+  // A uniform GGUF is llama.cpp's own type of those bits (Q4_K for 4, Q8_0 for
+  // 8), unless --group-size asks for affine groups.
+  const TensorFormat uniform =
+      a.format == "gguf" && a.group_size == 0
+          ? parse_tensor_format(a.bits == 8 ? std::string("q8_0") : fmt::format("q{}_k", a.bits))
+          : TensorFormat(AffineFormat{a.bits, a.group_size > 0 ? a.group_size : 64});
+  PrecisionMap map = a.plan.empty() ? PrecisionMap::uniform(m.config, uniform)
                                     : PrecisionMap::from_plan_file(a.plan, m.config);
   // GGUF blocks hold fp16 scales: affine groups headed there take fp16 ones
   // (losslessly Q4_1/Q5_1) unless --dtype says otherwise.
@@ -72,11 +77,13 @@ Runner register_quantize(CLI::App& app) {
                   "mlx: MLX / Hugging Face directory (mlx_lm.load); gguf: one GGUF file for llama.cpp, Ollama, LM "
                   "Studio (GGUF block types as they are, affine groups of 32 at 4/5/8 bits as Q4_1/Q5_1/Q8_0...)")
       ->capture_default_str()->check(CLI::IsMember(exporter_names()));
-  cmd->add_option("--bits", a->bits, "bits per weight: 2, 3, 4, 5, 6 or 8")->capture_default_str()
+  cmd->add_option("--bits", a->bits,
+                  "bits per weight: 2, 3, 4, 5, 6 or 8 (--format gguf: llama.cpp's q2_k..q6_k or q8_0, a k-quant "
+                  "falling back as llama.cpp does on rows 256 does not divide)")->capture_default_str()
       ->check(CLI::IsMember({2, 3, 4, 5, 6, 8}));
   cmd->add_option("--group-size", a->group_size,
-                  "weights per scale/bias group: 32, 64 or 128 (default 64; 32 with --format gguf, whose 32-weight "
-                  "blocks hold 4, 5 and 8 bits)")
+                  "affine (MLX) groups: 32, 64 or 128 weights per scale and bias (default 64; GGUF holds groups of "
+                  "32 at 4 or 5 bits, as Q4_1/Q5_1)")
       ->check(CLI::IsMember({32, 64, 128}));
   cmd->add_option("--plan", a->plan, "per-tensor plan JSON (docs/plan-format.md); overrides --bits/--group-size")
       ->check(CLI::ExistingFile);

@@ -1,0 +1,96 @@
+// GGUF export from the command line: `quantize --format gguf`, `auto --format
+// gguf`, `--target gguf` choosing GGUF candidates, and the errors for an
+// unknown format or a plan GGUF cannot hold (stories260K).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/gguf.h"
+#include "model/model.h"
+#include "test_util.h"
+
+namespace optiq {
+namespace {
+
+std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+
+// The first 20 kB of the C4 calibration text (tokenizing it all would cost more than the commands).
+std::string calib() {
+  static const std::string path = [] {
+    const std::string dst = test::temp_dir() + "/calib.txt";
+    std::ifstream in(test::shared_dir() + "/data/c4/c4-validation-2k.txt", std::ios::binary);
+    std::string buf(20000, '\0');
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    buf.resize(static_cast<size_t>(in.gcount()));
+    std::ofstream(dst, std::ios::binary) << buf;
+    return dst;
+  }();
+  return path;
+}
+const std::string kCalib = " --calib-samples 2 --calib-seq 32";
+
+test::RunResult run(const std::string& args) { return test::run_optiq("-q " + args, /*merge_stderr=*/true); }
+
+TEST(CliGguf, QuantizeWritesAGgufThatLoads) {
+  const std::string out = test::temp_dir() + "/s.gguf";
+  test::RunResult r = run("quantize " + stories() + " --format gguf --bits 8 -o " + out + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["out"], out);
+  const GgufFile g(out);
+  EXPECT_EQ(g.find_tensor("blk.0.attn_q.weight")->dtype, DType::Q8_0);
+  EXPECT_EQ(g.find_tensor("blk.0.ffn_down.weight")->dtype, DType::F16);  // 172 inputs: float
+  EXPECT_NO_THROW(load_model(out));
+  EXPECT_EQ(run("quantize " + stories() + " --format gguf -o " + out).code, 1);  // exists
+  // --bits 4: Q4_K, which 64-wide rows cannot hold: llama.cpp's fallback Q5_0.
+  EXPECT_EQ(run("quantize " + stories() + " --format gguf -o " + out + " --force").code, 0);
+  EXPECT_EQ(GgufFile(out).find_tensor("blk.0.attn_q.weight")->dtype, DType::Q5_0);
+  // Affine groups of 32 at 4 bits: Q4_1, losslessly.
+  EXPECT_EQ(run("quantize " + stories() + " --format gguf --group-size 32 -o " + out + " --force").code, 0);
+  EXPECT_EQ(GgufFile(out).find_tensor("blk.0.attn_q.weight")->dtype, DType::Q4_1);
+}
+
+TEST(CliGguf, UnknownFormatListsTheValidOnes) {
+  test::RunResult r = run("quantize " + stories() + " --format onnx -o x");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("mlx"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("gguf"), std::string::npos) << r.out;
+  EXPECT_EQ(run("profile " + stories() + " --calib x --target onnx").code, 2);
+}
+
+TEST(CliGguf, GroupsGgufCannotHoldAreAnErrorNamingTheTensor) {
+  const std::string out = test::temp_dir() + "/g64.gguf";
+  test::RunResult r = run("quantize " + stories() + " --format gguf --group-size 64 -o " + out);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("optiq: error: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("token_embd.weight"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--target gguf"), std::string::npos) << r.out;
+  EXPECT_FALSE(test::file_exists(out));
+}
+
+// --target gguf picks llama.cpp's block types; auto --format gguf implies it.
+TEST(CliGguf, TargetAndAuto) {
+  const std::string dir = test::temp_dir();
+  test::RunResult r = run("profile " + stories() + " --calib " + calib() + kCalib + " --target gguf --cache " + dir +
+                          "/p.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream in(dir + "/p.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_NE(ss.str().find("gguf-q4_k"), std::string::npos);
+  EXPECT_EQ(ss.str().find("affine-q4-g64"), std::string::npos);
+
+  r = run("auto " + stories() + " --calib " + calib() + kCalib + " --bpw 7 --format gguf -o " + dir + "/a.gguf");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(test::file_exists(dir + "/a.gguf.plan.json"));
+  const GgufFile g(dir + "/a.gguf");
+  EXPECT_TRUE(g.has("optiq.plan"));
+  for (const auto& t : g.tensors())
+    EXPECT_TRUE(t.dtype != DType::U32) << t.name;
+  EXPECT_NO_THROW(load_model(dir + "/a.gguf"));
+}
+
+}  // namespace
+}  // namespace optiq
