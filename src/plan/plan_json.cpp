@@ -23,6 +23,15 @@ nlohmann::json plan_json(const PrecisionMap& map, const ModelConfig& config, con
   if (meta.gap_kl) j["gap_kl"] = *meta.gap_kl;
   if (meta.calib_kl) j["calib_kl"] = *meta.calib_kl;
   if (meta.variants) j["variants"] = *meta.variants;
+  // Where a k-quant's blocks do not divide a row the file holds llama.cpp's
+  // fallback type: say so per tensor ("q4_k→q5_0").
+  nlohmann::json fallbacks = nlohmann::json::object();
+  for (const auto& m : quantizable_modules(config)) {
+    auto it = map.formats.find(m.path);
+    if (it != map.formats.end() && !(format_for_shape(it->second, m.cols) == it->second))
+      fallbacks[m.path] = tensor_format_label(it->second, m.cols);
+  }
+  if (!fallbacks.empty()) j["fallbacks"] = fallbacks;
   return j;
 }
 

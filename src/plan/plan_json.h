@@ -7,6 +7,8 @@
 //   "bytes":           plan_bytes (weights incl. fp16 norms)
 //   "method":          who made it, e.g. "optiq dp+greedy", "Q4_K_M g64", "dynamic ..."
 //   "lower_bound_kl", "gap_kl": the solver's certificate, when given.
+//   "fallbacks":       module path -> "q4_k→q5_0" for each k-quant stored as
+//                      llama.cpp's fallback (rows its 256-blocks do not divide)
 //   "calib_kl", "variants": measured selection (plan/select.h): the chosen plan's
 //                      mean KL on the calibration windows, and every variant's
 //                      name, predicted and measured KL.

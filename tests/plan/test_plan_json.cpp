@@ -45,3 +45,16 @@ TEST(PlanJson, MetadataAndRoundTrip) {
   EXPECT_EQ(back["method"], "m");
   EXPECT_FALSE(test::file_exists(path + ".tmp"));
 }
+
+// A k-quant on rows its 256-blocks do not divide is stored as llama.cpp's
+// fallback; the plan file says which tensors and what they became.
+TEST(PlanJson, NamesKQuantFallbacks) {
+  ModelConfig c = test::plan_test_config(2);
+  c.dim = 576, c.hidden_dim = 1536, c.head_dim = c.dim / c.n_heads;
+  const PrecisionMap p = PrecisionMap::uniform(c, parse_tensor_format("q4_k"));
+  const nlohmann::json j = plan_json(p, c, meta("b", std::nullopt, "m"));
+  ASSERT_TRUE(j.contains("fallbacks"));
+  EXPECT_EQ(j["fallbacks"]["model.layers.0.self_attn.q_proj"], "q4_k\u2192q5_0");
+  EXPECT_FALSE(j["fallbacks"].contains("model.layers.0.mlp.down_proj"));  // 1536 = 6 blocks of 256
+  EXPECT_EQ(PrecisionMap::from_plan_json(j, c, "mem").formats, p.formats);
+}
