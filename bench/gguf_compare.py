@@ -98,6 +98,8 @@ def parse_args(argv=None):
     ap.add_argument("--tg-n", type=int, default=32, help="llama-bench decode tokens (default 32)")
     ap.add_argument("--tg-reps", type=int, default=3, help="llama-bench repetitions (default 3)")
     ap.add_argument("--no-speed", action="store_true", help="skip llama-bench")
+    ap.add_argument("--redo-speed", action="store_true",
+                    help="measure speed again even when cached (e.g. once the machine is idle)")
     ap.add_argument("--no-source-row", action="store_true",
                     help="skip the source file's row (same weights in their quantized storage: llama.cpp's "
                          "numerics floor)")
@@ -206,12 +208,17 @@ class Runner:
         if self.dry_run:
             print(line)
             return ""
-        log(f"{what} ...")
+        log(f"{what} ..." + (f" (output: {log_file})" if log_file else ""))
         t0 = time.time()
-        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace")
-        out = r.stdout + r.stderr
-        if log_file is not None:
-            log_file.write_text(f"$ {line}\n{out}")
+        if log_file is None:
+            r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace")
+            out = r.stdout if r.returncode == 0 else r.stdout + r.stderr  # stdout alone: llama-bench's JSON
+        else:  # streamed to the log, so a long run can be followed with tail -f
+            with open(log_file, "w") as f:
+                f.write(f"$ {line}\n")
+                f.flush()
+                r = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT)
+            out = log_file.read_text(errors="replace")
         if r.returncode != 0:
             tail = " | ".join(ln.strip() for ln in out.strip().splitlines()[-3:])
             where = f" (full output: {log_file})" if log_file else ""
@@ -388,13 +395,14 @@ class Compare:
         if self.a.no_speed:
             return {}
         key = self.eval_key(path, "speed")
-        if key in self.evals:
+        if key in self.evals and not self.a.redo_speed:
             return self.evals[key]
+        load = os.getloadavg()[0]
         out = self.run.run([self.tool("llama-bench"), "-m", path, "-t", self.a.threads, "-p", 0, "-n", self.a.tg_n,
                             "-r", self.a.tg_reps, "-o", "json"], f"llama-bench tg{self.a.tg_n} {path.name}")
         if self.run.dry_run:
             return {}
-        res = parse_bench(out)
+        res = {**parse_bench(out), "tg_load_avg_1min_before": round(load, 2)}
         self.save_eval(key, res)
         return res
 
@@ -469,16 +477,15 @@ class Compare:
         base, base_res = self.kld_base(ref)
         ref_ppl = base_res.get("ppl")
         rows = [self.row("reference (F32)", "reference", ref, None, ref_ppl, ppl_err=base_res.get("ppl_err"))]
-        if not a.no_source_row:
-            rows.append(self.row(f"source ({self.source.name})", "source", self.source, base, ref_ppl))
-        baselines = []
-        for q, path in quants:
-            rows.append(self.row(f"llama.cpp {q} + imatrix", "llamacpp", path, base, ref_ppl, type=q))
-            baselines.append(rows[-1])
+        baselines = [self.row(f"llama.cpp {q} + imatrix", "llamacpp", path, base, ref_ppl, type=q)
+                     for q, path in quants]
+        rows += baselines
         for label, path in extras:
             rows.append(self.row(label, "optiq", path, base, ref_ppl))
         if a.optiq_auto:
             rows += self.optiq_auto_rows(ref, baselines, base, ref_ppl)
+        if not a.no_source_row:  # measured last (the least needed), shown second
+            rows.insert(1, self.row(f"source ({self.source.name})", "source", self.source, base, ref_ppl))
         return {"rows": rows, "reference": str(ref), "imatrix": str(imat), "kld_base": str(base)}
 
 
@@ -527,7 +534,8 @@ def result_object(a, name: str, source: Path, tools: Path | None, variant: str, 
     params = next((r["parameters"] for r in out["rows"] if r.get("parameters")), None)
     return {
         "date": dt.date.today().isoformat(), "model": name, "source": str(source), "cpu": cpu_model(),
-        "cores": os.cpu_count(), "parameters": params,
+        "cores": os.cpu_count(), "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
+        "parameters": params,
         "protocol": {"llamacpp": f"llama-cpp-python {llamacpp_version()}", "variant": variant,
                      "tools": str(tools), "threads": a.threads, "ctx": a.ctx, "chunks": a.chunks,
                      "scored_tokens": a.chunks * (a.ctx - a.ctx // 2 - 1), "text": str(a.text),
