@@ -149,6 +149,24 @@ TEST(SaveGguf, RoundTripEveryFamilyAndStorage) {
   }
 }
 
+// Llama 3 rope scaling becomes llama.cpp's rope_freqs divisors (its
+// converter's form), linear scaling its keys: the reloaded frequencies agree.
+TEST(SaveGguf, RopeScalingRoundTrips) {
+  for (const RopeScalingType t : {RopeScalingType::Llama3, RopeScalingType::Linear}) {
+    Model m = wide_model("llama", 6);
+    RopeScaling& rs = m.config.rope_scaling;
+    rs.type = t, rs.factor = 8.0f, rs.low_freq_factor = 1.0f, rs.high_freq_factor = 4.0f, rs.original_max_position = 16;
+    m.config.rope_theta = 500000.0f;
+    const std::string out = test::temp_dir() + "/rope.gguf";
+    make_exporter("gguf")->write(m, out, {.force = true});
+    Model back = load_model(out);
+    EXPECT_EQ(GgufFile(out).find_tensor("rope_freqs.weight") != nullptr, t == RopeScalingType::Llama3);
+    const auto a = rope_inv_freq(m.config), b = rope_inv_freq(back.config);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-6 * a[i]) << i;
+  }
+}
+
 // A GGUF source (stories260K: llama, F32) keeps its tokenizer keys verbatim;
 // its float matrices (172 wide: no 32-block divides them) go to F16.
 TEST(SaveGguf, GgufSourceKeepsItsTokenizer) {
