@@ -75,7 +75,7 @@ Runner register_quantize(CLI::App& app) {
   cmd->add_option("-o,--out", a->out, "output: a directory (--format mlx) or a .gguf file (--format gguf)")->required();
   cmd->add_option("--format", a->format,
                   "mlx: MLX / Hugging Face directory (mlx_lm.load); gguf: one GGUF file for llama.cpp, Ollama, LM "
-                  "Studio (GGUF block types as they are, affine groups of 32 at 4/5/8 bits as Q4_1/Q5_1/Q8_0...)")
+                  "Studio (GGUF block types as they are, affine groups of 32 at 4/5 bits as Q4_1/Q5_1, floats F16)")
       ->capture_default_str()->check(CLI::IsMember(exporter_names()));
   cmd->add_option("--bits", a->bits,
                   "bits per weight: 2, 3, 4, 5, 6 or 8 (--format gguf: llama.cpp's q2_k..q6_k or q8_0, a k-quant "
