@@ -70,7 +70,11 @@ void add_gguf_hparams(GgufWriter& w, const Model& m, const std::string& arch) {
   const std::string p = arch + ".";
   using T = GgufWriter::Type;
   std::string name = c.name;
-  if (name.empty()) name = std::filesystem::path(m.path).filename().replace_extension().string();
+  if (name.empty()) {  // the source's file or directory name ("dir/" names dir)
+    std::filesystem::path p(m.path);
+    if (p.filename().empty()) p = p.parent_path();
+    name = p.filename().replace_extension().string();
+  }
   w.add_string("general.name", name);
   w.add_u32(p + "context_length", static_cast<uint32_t>(c.max_seq));
   w.add_u32(p + "embedding_length", static_cast<uint32_t>(c.dim));

@@ -85,8 +85,8 @@ class Writer {
   void write(const std::string& out) {
     const ModelConfig& c = m_.config;
     const std::string arch = gguf_architecture(m_);
-    check(!(gguf_interleaves_qk(c) && (c.qkv_bias || c.qk_norm)), "{}: q/k biases or norms with interleaved rows",
-          m_.path);
+    check(!(gguf_interleaves_qk(c) && (c.qkv_bias || c.qk_norm)),
+          "{}: a {} model with q/k biases or norms: llama.cpp's llama architecture has neither", m_.path, c.arch);
     w_.add_string("general.architecture", arch);
     add_gguf_hparams(w_, m_, arch);
 
