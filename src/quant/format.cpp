@@ -98,7 +98,9 @@ std::vector<TensorFormat> parse_format_list(std::string_view text) {
     try {
       f = parse_tensor_format(tok);
     } catch (const Error& e) {
-      fail("formats '{}': '{}' is not a format (expected e.g. q4g64, 4 or q8_0)", text, tok);
+      fail("formats '{}': '{}' is not a format (valid: affine BITSxGROUPS like 2,3,4x64,128 or q4g64 with bits 2, "
+           "3, 4, 5, 6, 8 and groups 32, 64, 128; GGUF q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k)",
+           text, tok);
     }
     check(!f.is_float(), "formats '{}': '{}' is float, not a quantized format", text, tok);
     add(f);

@@ -228,6 +228,19 @@ TEST(FormatGgml, KQuantsFallBackAsLlamaCppDoes) {
   EXPECT_EQ(format_for_shape(q4g64, 576), q4g64);
 }
 
+// An unknown candidate is an error listing the valid ones.
+TEST(FormatGgml, UnknownCandidateListsTheValidOnes) {
+  try {
+    parse_format_list("q4_k,q7_k");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("'q7_k' is not a format"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("q6_k"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("groups 32, 64, 128"), std::string::npos) << msg;
+  }
+}
+
 TEST(FormatGgml, LegacyMinMaxIsGgmlsReferenceByteForByte) {
   const int64_t rows = 5, cols = 128;
   const auto w = test::random_floats(rows * cols, 24, 0.3f);
