@@ -57,7 +57,7 @@ void run_auto(AutoArgs& a) {
     fmt::print("profile       {} ({} exact KL, {} proxies; {:.1f}s)\n", a.profile.cache, t.count_exact(),
                t.count_proxy(), t.seconds);
   PlanStepResult r = run_plan_step(m, t, plan_step_options(a.plan, !a.json), plan_path, {.windows = &profiled.windows});
-  if (!a.json) print_plan_summary(r, plan_path);
+  if (!a.json) print_plan_summary(r, m.config, plan_path);
 
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
   const QuantizeModelOptions qo{

@@ -70,10 +70,15 @@ PlanStepOptions plan_step_options(const PlanStepArgs& a, bool progress) {
   return o;
 }
 
-void print_plan_summary(const PlanStepResult& r, const std::string& out) {
+void print_plan_summary(const PlanStepResult& r, const ModelConfig& config, const std::string& out) {
   const Solution& s = r.solution;
+  std::map<std::string, int64_t> cols;
+  for (const auto& m : quantizable_modules(config)) cols[m.path] = m.cols;
   std::map<std::string, int> hist;
-  for (const auto& [path, f] : s.formats) ++hist[tensor_format_short(f)];
+  for (const auto& [path, f] : s.formats) {
+    auto c = cols.find(path);
+    ++hist[c == cols.end() ? tensor_format_short(f) : tensor_format_label(f, c->second)];
+  }
   std::string h;
   for (const auto& [k, n] : hist) h += fmt::format("{}{} x{}", h.empty() ? "" : ", ", k, n);
   fmt::print("budget        {}\n", r.budget.description);
@@ -156,13 +161,13 @@ void run_plan(const PlanArgs& a) {
       const std::string out = (std::filesystem::path(a.out) / fmt::format("plan-{}{}.json", b, bpws.empty() ? "" : "bpw")).string();
       PlanStepResult r = run_plan_step(m, t, plan_step_options(step, !a.json), out, {.measurer = measurer.get()});
       if (a.json) print_plan_json(r, out);
-      else print_plan_summary(r, out);
+      else print_plan_summary(r, m.config, out);
     }
     return;
   }
   PlanStepResult r = run_plan_step(m, t, plan_step_options(a.step, !a.json), a.out, {.profile_path = a.profile});
   if (a.json) return print_plan_json(r, a.out);
-  print_plan_summary(r, a.out);
+  print_plan_summary(r, m.config, a.out);
 }
 
 }  // namespace

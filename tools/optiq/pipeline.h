@@ -53,6 +53,8 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a);
 DamageSource parse_damage_source(const std::string& use);
 // Parses the budget, pins, tie, damage source and selection.
 PlanStepOptions plan_step_options(const PlanStepArgs& a, bool progress = true);
-void print_plan_summary(const PlanStepResult& r, const std::string& out);
+// Budget, size, KL and the formats chosen (a k-quant stored as llama.cpp's
+// fallback counted as such: "q4_k→q5_0 x12").
+void print_plan_summary(const PlanStepResult& r, const ModelConfig& config, const std::string& out);
 
 }  // namespace optiq::cli
