@@ -3,11 +3,11 @@
 # .dev/ (ignored by git; carried to the lent GPU machine): binaries built here
 # for sm_90 (build-dev/), the shared libraries the GPU machine may lack, and
 # the small shared files the tests read. scripts/device_run.sh runs there.
-#   scripts/device_pack.sh [targets...]   (default: test_backend test_gpu optiq bench_gpu bench_gpu_kernels)
+#   scripts/device_pack.sh [targets...]   (default: test_backend test_gpu optiq bench_gpu bench_gpu_kernels bench_gpu_profile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(test_backend test_gpu optiq bench_gpu bench_gpu_kernels)
+[ ${#targets[@]} -gt 0 ] || targets=(test_backend test_gpu optiq bench_gpu bench_gpu_kernels bench_gpu_profile)
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DOPTIQ_CUDA=ON "${launcher[@]}" >/dev/null

@@ -33,6 +33,7 @@
 #include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/weight_view.h"
+#include "quant/format.h"
 
 namespace optiq {
 
@@ -195,6 +196,29 @@ class Backend {
   // Runs `step` on the inputs set last; its output lands in host_out.
   virtual void replay(const RecordedStep& step, float* host_out) {}
 
+  // Accuracy-path statistics (profiling, evaluation), on this backend's
+  // buffers; sums are returned to the host in double.
+  // g (cols x cols) += x^T x for n rows of `cols` (a Gram matrix of a
+  // matrix product's inputs).
+  virtual void gram_add(const float* x, int64_t n, int64_t cols, float* g) = 0;
+  // sum over rows r of d_r . g . d_r^T for d (rows x cols) and a symmetric g
+  // (cols x cols): the output error ||(W - W')X||^2 of a weight error d
+  // against inputs whose Gram matrix is g.
+  virtual double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) = 0;
+  // Rows of `vocab` logits replaced by their log-probabilities.
+  virtual void log_softmax_rows(float* x, int64_t rows, int64_t vocab) = 0;
+  // Sum over `rows` rows of KL(p || softmax(logits)), where ref holds log p
+  // row by row in host memory (fp32, or bf16 when ref_bf16: profiling keeps
+  // large references in bf16) and logits are in this backend's memory.
+  virtual double kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) = 0;
+  // Accuracy path: w (rows x cols, fp32, this backend's memory) quantized to
+  // `fmt` as quantize_matrix(fmt, ..., opt) does and dequantized again, into
+  // out (or the error w - w^ when error_out). False when this backend does
+  // not quantize `fmt` with `opt`: the caller then quantizes on the host.
+  virtual bool fake_quantize(const TensorFormat& fmt, const QuantizeOptions& opt, const float* w, int64_t rows,
+                             int64_t cols, bool error_out, float* out) {
+    return false;
+  }
   // Per-operation device time (optional, a GPU backend's profile): while on,
   // every operation run directly (not recorded) is timed on the device.
   virtual void set_op_timing(bool on) {}

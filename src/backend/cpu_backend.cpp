@@ -5,10 +5,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "core/half.h"
+#include "core/parallel.h"
+#include "kernels/divergence.h"
 #include "kernels/elementwise.h"
+#include "kernels/matmul.h"
 
 namespace optiq {
 
@@ -99,6 +104,61 @@ class CpuBackend final : public Backend {
   void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
                  float* out) override {
     causal_attention(p, q, n, pos0, c.k.data() + c.layer_offset(layer), c.v.data() + c.layer_offset(layer), out);
+  }
+
+  bool fake_quantize(const TensorFormat& fmt, const QuantizeOptions& opt, const float* w, int64_t rows, int64_t cols,
+                     bool error_out, float* out) override {
+    const std::vector<float> dq = optiq::fake_quantize(fmt, w, rows, cols, opt);
+    if (error_out)
+      for (size_t i = 0; i < dq.size(); ++i) out[i] = w[i] - dq[i];
+    else
+      std::copy(dq.begin(), dq.end(), out);
+    return true;
+  }
+  void gram_add(const float* x, int64_t n, int64_t cols, float* g) override {
+    // X^T X through the matmul kernel on X^T (its rows are the weight rows).
+    std::vector<float> xt(static_cast<size_t>(cols) * n), y(static_cast<size_t>(cols) * cols);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < cols; ++j) xt[j * n + i] = x[i * cols + j];
+    f32_matmul(xt.data(), cols, n, xt.data(), cols, y.data());
+    for (size_t i = 0; i < y.size(); ++i) g[i] += y[i];
+  }
+  double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) override {
+    std::vector<float> dg(static_cast<size_t>(rows) * cols);
+    f32_matmul(g, cols, cols, d, rows, dg.data());  // D G^T = D G
+    const double s = parallel_sum(rows, [&](int64_t r) {
+      double t = 0;
+      for (int64_t j = 0; j < cols; ++j) t += static_cast<double>(d[r * cols + j]) * dg[r * cols + j];
+      return t;
+    }, 16);
+    return std::max(s, 0.0);
+  }
+  void log_softmax_rows(float* x, int64_t rows, int64_t vocab) override {
+    parallel_for_range(rows, 4, [&](int64_t r0, int64_t r1) {
+      std::vector<double> lp(vocab);
+      for (int64_t r = r0; r < r1; ++r) {
+        log_softmax(x + r * vocab, vocab, lp.data());
+        for (int64_t v = 0; v < vocab; ++v) x[r * vocab + v] = static_cast<float>(lp[v]);
+      }
+    });
+  }
+  double kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) override {
+    std::vector<double> row_kl(rows);
+    parallel_for_range(rows, 4, [&](int64_t r0, int64_t r1) {
+      std::vector<double> lq(vocab), lp(vocab);
+      for (int64_t r = r0; r < r1; ++r) {
+        log_softmax(logits + r * vocab, vocab, lq.data());
+        const size_t base = static_cast<size_t>(r) * vocab;
+        if (ref_bf16)
+          for (int64_t v = 0; v < vocab; ++v) lp[v] = bf16_to_f32(static_cast<const uint16_t*>(ref)[base + v]);
+        else
+          for (int64_t v = 0; v < vocab; ++v) lp[v] = static_cast<const float*>(ref)[base + v];
+        row_kl[r] = kl_divergence(lp.data(), lq.data(), vocab);
+      }
+    });
+    double s = 0;  // in row order: the same sum however the rows were split
+    for (double k : row_kl) s += k;
+    return s;
   }
 };
 

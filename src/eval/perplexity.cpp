@@ -10,24 +10,18 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "eval/reference_scores.h"
+#include "kernels/divergence.h"
 #include "model/transformer.h"
 
 namespace optiq {
 
 void log_softmax(const float* logits, int64_t n, std::vector<double>& out) {
   out.resize(n);
-  double maxv = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) maxv = std::max(maxv, static_cast<double>(logits[i]));
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(logits[i] - maxv);
-  const double lse = maxv + std::log(sum);
-  for (int64_t i = 0; i < n; ++i) out[i] = logits[i] - lse;
+  log_softmax(logits, n, out.data());
 }
 
 double kl_divergence(const std::vector<double>& logp, const std::vector<double>& logq) {
-  double kl = 0;
-  for (size_t i = 0; i < logp.size(); ++i) kl += std::exp(logp[i]) * (logp[i] - logq[i]);
-  return std::max(kl, 0.0);
+  return kl_divergence(logp.data(), logq.data(), static_cast<int64_t>(logp.size()));
 }
 
 namespace {

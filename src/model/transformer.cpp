@@ -93,7 +93,7 @@ void Transformer::ensure_scratch(int64_t n) {
 void Transformer::observe(int layer, ActivationSite site, const Buffer& b, int64_t n, int64_t cols) {
   if (!observer_) return;
   const float* rows = b.data();
-  if (!backend_.host_memory()) {
+  if (!backend_.host_memory() && !observer_->backend_rows()) {
     host_rows_.resize(static_cast<size_t>(n * cols));
     backend_.to_host(b.data(), n * cols, host_rows_.data());
     rows = host_rows_.data();
@@ -112,7 +112,7 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
   // prompt, and the batch is still large enough for the GEMM tiles. With an
   // observer the call stays whole: observers index rows by token.
   const int64_t batch = backend_.prefill_rows();
-  if (!observer_ && n > batch) {
+  if (!observer_ && !logits_in_backend_ && n > batch) {
     for (int64_t s = 0; s < n; s += batch) {
       const int64_t e = std::min(n, s + batch);
       const int64_t from = std::clamp<int64_t>(logits_from - s, 0, e - s);
@@ -124,7 +124,7 @@ void Transformer::forward(std::span<const int32_t> tokens, float* logits, int64_
   for (int64_t i = 0; i < n; ++i)
     check(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary of {}", tokens[i],
           c.vocab_size);
-  if (n == 1 && !observer_ && record_steps_ && backend_.can_record_steps()) {
+  if (n == 1 && !observer_ && !logits_in_backend_ && record_steps_ && backend_.can_record_steps()) {
     decode_step(tokens, logits, logits_from);
     return;
   }
@@ -295,7 +295,8 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     float* out = b.host_memory() ? logits : act_.logits.data();
     b.matmul(weights_.output(), xn + (logits_from - norm_from) * dim, n_out, out);
     if (c.final_softcap > 0.0f) b.softcap(out, n_out * c.vocab_size, c.final_softcap);
-    if (!b.host_memory()) b.to_host(out, n_out * c.vocab_size, logits);
+    if (!b.host_memory() && !logits_in_backend_) b.to_host(out, n_out * c.vocab_size, logits);
+    last_logits_ = out;
   }
 }
 

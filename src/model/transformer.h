@@ -29,8 +29,12 @@ class ActivationObserver {
   // residual stream entering a layer (what profiling caches).
   using Site = ActivationSite;  // model/module_kind.h
   virtual ~ActivationObserver() = default;
-  // x is n rows of `cols` floats in host memory; layer is -1 for HeadIn.
+  // x is n rows of `cols` floats (in host memory unless backend_rows());
+  // layer is -1 for HeadIn.
   virtual void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) = 0;
+  // True: observe() gets the rows where the backend keeps them, with no copy
+  // to the host (the observer then works on them with backend operations).
+  virtual bool backend_rows() const { return false; }
 };
 
 // The per-pass scratch of the forward pass, sized for the largest batch seen.
@@ -68,6 +72,14 @@ class Transformer {
   // Convenience: logits of the last token only.
   std::vector<float> forward_last(std::span<const int32_t> tokens);
 
+  // Logits left in the backend's memory (profiling computes its statistics
+  // there): while on, forward() on a backend without host memory skips the
+  // copy out and the call stays one pass; backend_logits() then points at
+  // the last call's logits rows (on a host-memory backend, at the array
+  // given to forward()).
+  void set_logits_in_backend(bool on) { logits_in_backend_ = on; }
+  float* backend_logits() const { return last_logits_; }
+
   void reset() { pos_ = 0; }
   void set_observer(ActivationObserver* o) { observer_ = o; }
   // Single-token steps on a backend that records them (CUDA graphs) are
@@ -98,6 +110,8 @@ class Transformer {
   const Model& model_;
   Backend& backend_;
   ActivationObserver* observer_ = nullptr;
+  bool logits_in_backend_ = false;
+  float* last_logits_ = nullptr;
   int max_ctx_;
   int pos_ = 0;
   Buffer inv_freq_;        // rot_dim/2 RoPE frequencies (global layers)

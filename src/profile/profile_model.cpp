@@ -18,7 +18,6 @@
 #include "core/half.h"
 #include "core/progress.h"
 #include "eval/perplexity.h"
-#include "kernels/matmul.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
 
@@ -39,10 +38,17 @@ class RowStore {
   }
   void put(size_t off, const float* x, size_t n) {
     if (bf16_)
-      for (size_t i = 0; i < n; ++i) h_[off + i] = f32_to_bf16(x[i]);
+      parallel_for_range(static_cast<int64_t>(n), 1 << 16, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) h_[off + i] = f32_to_bf16(x[i]);
+      });
     else
       std::copy_n(x, n, f_.data() + off);
   }
+  // Where row values from `off` are kept (bf16 words when bf16()).
+  const void* ptr(size_t off) const {
+    return bf16_ ? static_cast<const void*>(h_.data() + off) : static_cast<const void*>(f_.data() + off);
+  }
+  bool bf16() const { return bf16_; }
   void get(size_t off, size_t n, float* out) const {
     if (bf16_)
       for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(h_[off + i]);
@@ -57,77 +63,86 @@ class RowStore {
   std::vector<uint16_t> h_;
 };
 
-// G += X^T X for n rows of `cols` (through the matmul kernel on X^T).
-void accumulate_gram(std::vector<double>& g, const float* x, int64_t n, int64_t cols, std::vector<float>& xt,
-                     std::vector<float>& y) {
-  if (g.empty()) g.assign(static_cast<size_t>(cols) * cols, 0.0);
-  xt.resize(static_cast<size_t>(cols) * n);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < cols; ++j) xt[j * n + i] = x[i * cols + j];
-  y.resize(static_cast<size_t>(cols) * cols);
-  f32_matmul(xt.data(), cols, n, xt.data(), cols, y.data());
-  for (size_t i = 0; i < y.size(); ++i) g[i] += y[i];
-}
-
 using Site = ActivationObserver::Site;
 
+// Adds the seconds of its scope to a phase's total.
+class PhaseTimer {
+ public:
+  PhaseTimer(std::map<std::string, double>& totals, const char* phase)
+      : total_(totals[phase]), t0_(std::chrono::steady_clock::now()) {}
+  ~PhaseTimer() { total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+  PhaseTimer(const PhaseTimer&) = delete;
+  PhaseTimer& operator=(const PhaseTimer&) = delete;
+
+ private:
+  double& total_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+// A cols x cols matrix of zeros in the backend's memory (Gram sums).
+Buffer zero_matrix(Backend& be, int64_t cols) {
+  const std::vector<float> zeros(static_cast<size_t>(cols) * cols, 0.0f);
+  return be.upload(zeros.data(), cols * cols);
+}
+
+// The reference pass's statistics: the residual stream entering each layer
+// (copied to the host store) and the Gram sums of the lm_head's inputs
+// (kept in the backend's memory).
 class RefObserver : public ActivationObserver {
  public:
+  explicit RefObserver(Backend& be) : be_(be) {}
   RowStore* hidden = nullptr;
   size_t total_tokens = 0, offset = 0;
-  std::vector<double>* head_gram = nullptr;
+  Buffer* head_gram = nullptr;
+  bool backend_rows() const override { return true; }
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
-    if (site == Site::LayerIn && hidden)
-      hidden->put((static_cast<size_t>(layer) * total_tokens + offset) * cols, x, static_cast<size_t>(n * cols));
-    if (site == Site::HeadIn && head_gram) accumulate_gram(*head_gram, x, n, cols, xt_, y_);
+    if (site == Site::LayerIn && hidden) {
+      const float* rows = x;
+      if (!be_.host_memory()) {
+        host_.resize(static_cast<size_t>(n * cols));
+        be_.to_host(x, n * cols, host_.data());
+        rows = host_.data();
+      }
+      hidden->put((static_cast<size_t>(layer) * total_tokens + offset) * cols, rows, static_cast<size_t>(n * cols));
+    }
+    if (site == Site::HeadIn && head_gram) {
+      if (head_gram->size() == 0) *head_gram = zero_matrix(be_, cols);
+      be_.gram_add(x, n, cols, head_gram->data());
+    }
   }
 
  private:
-  std::vector<float> xt_, y_;
+  Backend& be_;
+  std::vector<float> host_;
 };
 
 struct StopForward {};
 
-// Gram matrices of the four input sites of layers [l0, l1); stops the forward
-// pass when it reaches layer l1 or the head.
+// Gram sums of the four input sites of layers [l0, l1), in the backend's
+// memory; stops the forward pass when it reaches layer l1 or the head.
 class GramObserver : public ActivationObserver {
  public:
-  GramObserver(int l0, int l1) : l0_(l0), l1_(l1), grams_(static_cast<size_t>(l1 - l0) * 4) {}
+  GramObserver(Backend& be, int l0, int l1) : be_(be), l0_(l0), l1_(l1), grams_(static_cast<size_t>(l1 - l0) * 4) {}
+  bool backend_rows() const override { return true; }
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
     if (site == Site::HeadIn || (site == Site::LayerIn && layer >= l1_)) throw StopForward{};
     if (site == Site::LayerIn || layer < l0_) return;
-    accumulate_gram(grams_[static_cast<size_t>(layer - l0_) * 4 + static_cast<int>(site)], x, n, cols, xt_, y_);
+    Buffer& g = grams_[static_cast<size_t>(layer - l0_) * 4 + static_cast<int>(site)];
+    if (g.size() == 0) g = zero_matrix(be_, cols);
+    be_.gram_add(x, n, cols, g.data());
   }
-  std::vector<double>& gram(int layer, int site) { return grams_[static_cast<size_t>(layer - l0_) * 4 + site]; }
+  Buffer& gram(int layer, int site) { return grams_[static_cast<size_t>(layer - l0_) * 4 + site]; }
 
  private:
+  Backend& be_;
   int l0_, l1_;
-  std::vector<std::vector<double>> grams_;
-  std::vector<float> xt_, y_;
+  std::vector<Buffer> grams_;
 };
 
 // The per-layer input site a module multiplies (index into the Gram arrays).
 int site_of(ModuleKind kind) {
   const auto site = module_kind_info(kind).input;
   return site && static_cast<int>(*site) < kLayerInputSites ? static_cast<int>(*site) : -1;
-}
-
-std::vector<float> to_mean_f32(const std::vector<double>& g, double tokens) {
-  std::vector<float> out(g.size());
-  for (size_t i = 0; i < g.size(); ++i) out[i] = static_cast<float>(g[i] / tokens);
-  return out;
-}
-
-// sum_r d_r G d_r^T for D {rows, cols}, G {cols, cols} symmetric.
-double gram_proxy(const std::vector<float>& d, int64_t rows, int64_t cols, const std::vector<float>& g) {
-  std::vector<float> dg(d.size());
-  f32_matmul(g.data(), cols, cols, d.data(), rows, dg.data());  // D G^T = D G
-  const double s = parallel_sum(rows, [&](int64_t r) {
-    double t = 0;
-    for (int64_t j = 0; j < cols; ++j) t += static_cast<double>(d[r * cols + j]) * dg[r * cols + j];
-    return t;
-  }, 16);
-  return std::max(s, 0.0);
 }
 
 }  // namespace
@@ -232,44 +247,44 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   const size_t logp_n = total_scored * vocab;
   hidden.init(hidden_n, hidden_n * 4 > static_cast<size_t>(opt.store_f32_limit));
   logp.init(logp_n, logp_n * 4 > static_cast<size_t>(opt.store_f32_limit));
-  std::vector<double> token_freq(vocab, 0.0), head_gram_d;
+  std::vector<double> token_freq(vocab, 0.0);
   for (const auto& w : windows)
     for (int32_t tok : w) {
       check(tok >= 0 && tok < vocab, "token id {} is outside the vocabulary of {}", tok, vocab);
       token_freq[tok] += 1.0 / total_tokens;
     }
 
-  DeviceWeights weights(ref, default_backend());
+  // Every pass runs on the default backend, and so do the statistics of its
+  // outputs (Gram sums, log-probabilities, KL): on a GPU only the residual
+  // stream and the reference log-probabilities come back to the host.
+  Backend& be = default_backend();
+  DeviceWeights weights(ref, be);
   Transformer tf(weights, static_cast<int>(max_len));
-  std::vector<float> logits(static_cast<size_t>(max_scored) * vocab);
+  tf.set_logits_in_backend(true);
+  std::vector<float> logits(static_cast<size_t>(max_scored) * vocab);  // host copies (and the CPU's logits)
+  Buffer head_gram;  // sums over the calibration tokens
   {
-    RefObserver obs;
+    PhaseTimer timer(t.phase_seconds, "reference");
+    RefObserver obs(be);
     obs.hidden = need_hidden ? &hidden : nullptr;
     obs.total_tokens = total_tokens;
-    obs.head_gram = need_head_gram ? &head_gram_d : nullptr;
+    obs.head_gram = need_head_gram ? &head_gram : nullptr;
     tf.set_observer(&obs);
     std::optional<Progress> p;
     if (opt.progress) p.emplace("profile: reference", static_cast<int64_t>(nw), "windows");
-    std::vector<double> lp;
     for (size_t w = 0; w < nw; ++w) {
       obs.offset = tok_off[w];
       tf.reset();
       tf.forward(windows[w], logits.data(), from[w]);
       const int64_t rows = static_cast<int64_t>(windows[w].size()) - from[w];
-      std::vector<float> row(vocab);
-      for (int64_t r = 0; r < rows; ++r) {
-        log_softmax(&logits[r * vocab], vocab, lp);
-        for (int64_t v = 0; v < vocab; ++v) row[v] = static_cast<float>(lp[v]);
-        logp.put((scored_off[w] + r) * vocab, row.data(), vocab);
-      }
+      be.log_softmax_rows(tf.backend_logits(), rows, vocab);
+      be.to_host(tf.backend_logits(), rows * vocab, logits.data());
+      logp.put(scored_off[w] * vocab, logits.data(), static_cast<size_t>(rows * vocab));
       if (p) p->update(static_cast<int64_t>(w + 1));
     }
     if (p) p->finish();
     tf.set_observer(nullptr);
   }
-  const std::vector<float> head_gram = need_head_gram ? to_mean_f32(head_gram_d, total_tokens) : std::vector<float>{};
-  head_gram_d.clear();
-  head_gram_d.shrink_to_fit();
 
   // Mean KL(ref || current model) over the scored rows, run from `layer` (-1: full forward).
   std::vector<float> hbuf(static_cast<size_t>(max_len) * dim);
@@ -287,36 +302,25 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         tf.forward(windows[w], logits.data(), from[w]);
       }
       const int64_t rows = n - from[w];
-      std::vector<double> row_kl(rows);
-      parallel_for_range(rows, 4, [&](int64_t r0, int64_t r1) {
-        std::vector<double> lq, lpr(vocab);
-        for (int64_t r = r0; r < r1; ++r) {
-          log_softmax(&logits[r * vocab], vocab, lq);
-          const size_t base = (scored_off[w] + r) * vocab;
-          for (int64_t v = 0; v < vocab; ++v) lpr[v] = logp.at(base + v);
-          row_kl[r] = kl_divergence(lpr, lq);
-        }
-      });
-      double s = 0;
-      for (double k : row_kl) s += k;
-      sum += s;
+      sum += be.kl_sum(logp.ptr(scored_off[w] * vocab), logp.bf16(), tf.backend_logits(), rows, vocab);
       count += rows;
     }
     return sum / std::max<int64_t>(count, 1);
   };
 
-  // Gram matrices of a group of layers, computed when first needed.
-  std::map<int, std::array<std::vector<float>, 4>> grams;
+  // Gram sums of a group of layers, computed when first needed.
+  std::map<int, std::array<Buffer, 4>> grams;
   auto ensure_grams = [&](int layer) {
     if (grams.count(layer)) return;
     grams.clear();
+    PhaseTimer timer(t.phase_seconds, "grams");
     const int64_t per_layer =
         (3 * static_cast<int64_t>(dim) * dim + static_cast<int64_t>(c.q_dim()) * c.q_dim() +
-         static_cast<int64_t>(c.hidden_dim) * c.hidden_dim) * 12;  // double accumulators + float copies
+         static_cast<int64_t>(c.hidden_dim) * c.hidden_dim) * 4;  // fp32 sums in the backend's memory
     int l1 = layer + static_cast<int>(std::max<int64_t>(1, opt.gram_memory / std::max<int64_t>(per_layer, 1)));
     l1 = std::min(l1, c.n_layers);
     while (l1 > layer + 1 && !gram_layers.count(l1 - 1)) --l1;
-    GramObserver obs(layer, l1);
+    GramObserver obs(be, layer, l1);
     tf.set_observer(&obs);
     for (size_t w = 0; w < nw; ++w) {
       const int64_t n = static_cast<int64_t>(windows[w].size());
@@ -331,7 +335,12 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     tf.set_observer(nullptr);
     tf.reset();
     for (int l = layer; l < l1; ++l)
-      for (int s = 0; s < 4; ++s) grams[l][s] = to_mean_f32(obs.gram(l, s), total_tokens);
+      for (int s = 0; s < 4; ++s) grams[l][s] = std::move(obs.gram(l, s));
+  };
+  // Mean over the calibration tokens of ||D x||^2: D (rows x cols, backend
+  // memory) against the Gram sums g.
+  auto gram_proxy = [&](const float* d, int64_t rows, int64_t cols, const Buffer& g) {
+    return be.gram_quadratic(d, rows, cols, g.data()) / static_cast<double>(total_tokens);
   };
 
   std::optional<Progress> progress;
@@ -345,36 +354,54 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const ModuleInfo& m = ms.module;
     const Linear& original = module_linear(ref.weights, m);
     const std::vector<float> w = original.to_f32();
+    const int64_t numel = m.rows * m.cols;
+    // The backend quantizes where it can (a GPU: affine formats), else the
+    // host does and the result goes to the backend.
+    const Buffer w_be = be.upload(w.data(), numel);
+    Buffer out = be.alloc(numel);
+    auto quantized = [&](const TensorFormat& f, bool error_out) {
+      PhaseTimer timer(t.phase_seconds, "quantize");
+      if (be.fake_quantize(f, qo, w_be.data(), m.rows, m.cols, error_out, out.data())) return;
+      std::vector<float> dq = fake_quantize(f, w.data(), m.rows, m.cols, qo);
+      if (error_out)
+        for (int64_t k = 0; k < numel; ++k) dq[k] = w[k] - dq[k];
+      be.to_device(dq.data(), numel, out.data());
+    };
     for (const Need& n : needs[i]) {
       const std::string name = tensor_format_name(n.fmt);
-      std::vector<float> dq = fake_quantize(n.fmt, w.data(), m.rows, m.cols, qo);
       FormatSensitivity& fs = ms.formats[name];
       if (n.proxy) {
-        std::vector<float> d(w.size());
-        for (size_t k = 0; k < w.size(); ++k) d[k] = w[k] - dq[k];
+        if (m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) ensure_grams(m.layer);
+        quantized(n.fmt, true);
+        PhaseTimer timer(t.phase_seconds, "proxy");
         double e = 0;
         if (m.kind == ModuleKind::Embed) {
-          for (int64_t r = 0; r < m.rows; ++r) {
-            if (token_freq[r] == 0) continue;
+          std::vector<float> d(static_cast<size_t>(numel));
+          be.to_host(out.data(), numel, d.data());
+          e = parallel_sum(m.rows, [&](int64_t r) {
+            if (token_freq[r] == 0) return 0.0;
             double s = 0;
             for (int64_t j = 0; j < m.cols; ++j) s += static_cast<double>(d[r * m.cols + j]) * d[r * m.cols + j];
-            e += token_freq[r] * s;
-          }
-          if (c.tied_embeddings) e += gram_proxy(d, m.rows, m.cols, head_gram);
+            return token_freq[r] * s;
+          }, 256);
+          if (c.tied_embeddings) e += gram_proxy(out.data(), m.rows, m.cols, head_gram);
         } else if (m.kind == ModuleKind::LmHead) {
-          e = gram_proxy(d, m.rows, m.cols, head_gram);
+          e = gram_proxy(out.data(), m.rows, m.cols, head_gram);
         } else {
-          ensure_grams(m.layer);
-          e = gram_proxy(d, m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
+          e = gram_proxy(out.data(), m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
         }
         fs.proxy = e;
         ++t.proxy_measured;
         if (progress) progress->update(++done, m.path);
       }
       if (n.exact) {
+        quantized(n.fmt, false);
+        std::vector<float> dq(static_cast<size_t>(numel));
+        be.to_host(out.data(), numel, dq.data());
         Linear fake = Linear::from_f32(std::move(dq), m.rows, m.cols);
         fake.set_act_rounding(original.act_rounding());
         {
+          PhaseTimer timer(t.phase_seconds, "exact");
           WeightSwap swap(weights, m, std::move(fake));
           fs.kl = measure_kl(m.layer);
         }

@@ -104,6 +104,8 @@ struct SensitivityTable {
   // This run only (cache hits excluded): exact KL measurements and proxies computed.
   int64_t exact_measured = 0, proxy_measured = 0;
   double seconds = 0;
+  // Where the time went (reference, grams, quantize, proxy, exact): seconds.
+  std::map<std::string, double> phase_seconds;
 
   // Fills kl_fast from the proxies and the exact KL at the anchors.
   void calibrate_fast();

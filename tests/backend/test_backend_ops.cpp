@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -429,6 +430,114 @@ TEST_P(BackendOps, RopeKvStoreEqualsRopeThenStore) {
   b.attention(p, q1.data() + (n - 1) * qd, 1, pos0 + n - 1, c2, 1, o2.data());
   const auto a1 = get(o1, heads * hd), a2 = get(o2, heads * hd);
   for (int i = 0; i < heads * hd; ++i) ASSERT_NEAR(a2[i], a1[i], 1e-6f * (1 + std::abs(a1[i]))) << i;
+}
+
+TEST_P(BackendOps, GramSumsAndQuadraticForm) {
+  const int64_t n = 45, cols = 37, rows = 11;
+  const auto x = test::random_floats(n * cols, 40), d = test::random_floats(rows * cols, 41);
+  // Two calls accumulate: G = sum over both batches of x^T x.
+  std::vector<double> g(cols * cols, 0.0);
+  for (int rep = 0; rep < 2; ++rep)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t a = 0; a < cols; ++a)
+        for (int64_t c = 0; c < cols; ++c) g[a * cols + c] += double(x[i * cols + a]) * x[i * cols + c];
+  Buffer bx = put(x), bg = put(std::vector<float>(cols * cols, 0.0f));
+  b.gram_add(bx.data(), n, cols, bg.data());
+  b.gram_add(bx.data(), n, cols, bg.data());
+  expect_close(get(bg, cols * cols), g, 1e-5, "gram_add");
+  double want = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t a = 0; a < cols; ++a)
+      for (int64_t c = 0; c < cols; ++c) want += double(d[r * cols + a]) * g[a * cols + c] * d[r * cols + c];
+  Buffer bd = put(d);
+  EXPECT_NEAR(b.gram_quadratic(bd.data(), rows, cols, bg.data()), want, 1e-5 * want);
+}
+
+TEST_P(BackendOps, LogSoftmaxAndKlAgainstDoubleReference) {
+  const int64_t rows = 5, vocab = 1031;
+  auto logits = test::random_floats(rows * vocab, 42), ref = test::random_floats(rows * vocab, 43);
+  for (auto& v : logits) v *= 8.0f;  // peaked distributions, as a model's
+  for (auto& v : ref) v *= 8.0f;
+  auto log_softmax_d = [&](const std::vector<float>& x, int64_t r) {
+    double m = -INFINITY, s = 0;
+    for (int64_t v = 0; v < vocab; ++v) m = std::max(m, double(x[r * vocab + v]));
+    for (int64_t v = 0; v < vocab; ++v) s += std::exp(x[r * vocab + v] - m);
+    std::vector<double> out(vocab);
+    for (int64_t v = 0; v < vocab; ++v) out[v] = x[r * vocab + v] - m - std::log(s);
+    return out;
+  };
+  std::vector<double> want_lp;
+  for (int64_t r = 0; r < rows; ++r) {
+    auto lp = log_softmax_d(ref, r);
+    want_lp.insert(want_lp.end(), lp.begin(), lp.end());
+  }
+  Buffer bref = put(ref);
+  b.log_softmax_rows(bref.data(), rows, vocab);
+  const std::vector<float> lp = get(bref, rows * vocab);
+  expect_close(lp, want_lp, 1e-6, "log_softmax_rows");
+
+  double want_kl = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto lq = log_softmax_d(logits, r);
+    double kl = 0;
+    for (int64_t v = 0; v < vocab; ++v) kl += std::exp(double(lp[r * vocab + v])) * (lp[r * vocab + v] - lq[v]);
+    want_kl += kl;
+  }
+  Buffer bl = put(logits);
+  EXPECT_NEAR(b.kl_sum(lp.data(), false, bl.data(), rows, vocab), want_kl, 1e-9 + 1e-7 * want_kl);
+  // bf16 references: the same sum over the bf16-rounded log-probabilities.
+  std::vector<uint16_t> lp16(lp.size());
+  double want16 = 0;
+  for (size_t i = 0; i < lp.size(); ++i) lp16[i] = f32_to_bf16(lp[i]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto lq = log_softmax_d(logits, r);
+    double kl = 0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      const double p = bf16_to_f32(lp16[r * vocab + v]);
+      kl += std::exp(p) * (p - lq[v]);
+    }
+    want16 += std::max(kl, 0.0);
+  }
+  EXPECT_NEAR(b.kl_sum(lp16.data(), true, bl.data(), rows, vocab), want16, 1e-9 + 1e-7 * want16);
+  EXPECT_GT(want_kl, 1.0);  // the distributions differ: the test measures something
+}
+
+// The accuracy path's quantize-dequantize: min/max exactly as the host's
+// (up to a last-bit multiply-add), search as good as the host's search.
+TEST_P(BackendOps, FakeQuantizeAffineAsTheHost) {
+  const int64_t rows = 7;
+  for (const auto& [bits, group, bf16] : {std::tuple{2, 32, false}, {3, 64, true}, {4, 128, false}, {8, 64, false}}) {
+    const int64_t cols = 3 * group;
+    auto w = test::random_floats(rows * cols, 44 + bits);
+    w[5] = 0.9f;  // an outlier the search may clip
+    for (int64_t j = 0; j < group; ++j) w[cols + j] = 0.25f;  // a constant group
+    const TensorFormat fmt = AffineFormat{bits, static_cast<int>(group)};
+    auto sq_err = [&](const std::vector<float>& dq) {
+      double e = 0;
+      for (size_t i = 0; i < w.size(); ++i) e += (double(w[i]) - dq[i]) * (double(w[i]) - dq[i]);
+      return e;
+    };
+    Buffer bw = put(w), out = b.alloc(rows * cols);
+    for (QuantMethod method : {QuantMethod::MinMax, QuantMethod::Search}) {
+      QuantizeOptions qo;
+      qo.method = method;
+      qo.bf16_scales = bf16;
+      const std::vector<float> host = fake_quantize(fmt, w.data(), rows, cols, qo);
+      const std::string what = fmt::format("{}-bit g{} {}", bits, group, method == QuantMethod::MinMax ? "minmax" : "search");
+      ASSERT_TRUE(b.fake_quantize(fmt, qo, bw.data(), rows, cols, false, out.data())) << what;
+      const std::vector<float> got = get(out, rows * cols);
+      if (method == QuantMethod::MinMax) {
+        for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], host[i], 1e-6 * (1 + std::abs(host[i]))) << what << " " << i;
+      } else {
+        EXPECT_LE(sq_err(got), sq_err(host) * 1.002 + 1e-12) << what;
+        const std::vector<float> mm = fake_quantize(fmt, w.data(), rows, cols, {.method = QuantMethod::MinMax, .bf16_scales = bf16});
+        EXPECT_LE(sq_err(got), sq_err(mm) + 1e-12) << what;
+      }
+      ASSERT_TRUE(b.fake_quantize(fmt, qo, bw.data(), rows, cols, true, out.data())) << what;
+      const std::vector<float> err = get(out, rows * cols);
+      for (size_t i = 0; i < err.size(); ++i) ASSERT_NEAR(err[i], w[i] - got[i], 1e-6) << what << " error " << i;
+    }
+  }
 }
 
 TEST(BackendRegistry, CpuFirstAndUnknownNamed) {

@@ -1,8 +1,8 @@
 // The CUDA backend runs whole models as the CPU does: logits of stories260K
 // (fp32, packed affine, GGUF blocks) and of a tiny random model of every
 // family, batched prefill and token by token (recorded steps replayed),
-// perplexity, and the accuracy path (fake quantization) equal to the runtime
-// path (packed kernels). Every test skips when no GPU is visible (label gpu).
+// perplexity, the accuracy path (fake quantization) equal to the runtime
+// path (packed kernels), and profiles (exact KL, Gram proxies) equal to the CPU's. Every test skips when no GPU is visible (label gpu).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +16,8 @@
 #include "model/device_weights.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
+#include "profile/calibration.h"
+#include "profile/sensitivity.h"
 #include "test_models.h"
 #include "test_util.h"
 
@@ -201,6 +203,49 @@ TEST(CudaModel, PerplexityEqualsCpu) {
   const PerplexityResult gpu = evaluate_perplexity(DeviceWeights(m, *cuda_backend()), tokens, o);
   EXPECT_EQ(cpu.tokens, gpu.tokens);
   EXPECT_NEAR(gpu.ppl / cpu.ppl, 1.0, 1e-3) << "cpu " << cpu.ppl << " gpu " << gpu.ppl;
+}
+
+// Profiling on the GPU (passes, Gram sums, log-probabilities and KL there)
+// measures what the CPU measures: the same ranking of modules x candidates.
+TEST(CudaModel, ProfileEqualsCpu) {
+  REQUIRE_GPU();
+  Numerics exact(false);
+  const Model m = load_model(stories());
+  CalibrationOptions co;
+  co.source = test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt";
+  co.samples = 6;
+  co.seq = 96;
+  co.progress = false;
+  const auto windows = calibration_windows(m, co);
+  ProfileOptions o;
+  o.method = ProfileMethod::Both;
+  o.candidates = {AffineFormat{2, 32}, AffineFormat{3, 64}, AffineFormat{4, 32}, AffineFormat{8, 64}};
+  o.progress = false;
+  o.source = make_profile_source(m.path, co);
+  o.store_f32_limit = 1 << 16;  // the bf16 stores too
+  auto profile_on = [&](Backend& b) {
+    Backend& saved = default_backend();
+    set_default_backend(b);
+    SensitivityTable t = profile_model(m, windows, o);
+    set_default_backend(saved);
+    return t;
+  };
+  const SensitivityTable cpu = profile_on(cpu_backend()), gpu = profile_on(*cuda_backend());
+  std::vector<double> kc, kg, pc, pg;
+  for (size_t i = 0; i < cpu.modules.size(); ++i)
+    for (const auto& [name, f] : cpu.modules[i].formats) {
+      const FormatSensitivity& g = gpu.modules[i].formats.at(name);
+      ASSERT_TRUE(f.kl && g.kl && f.proxy && g.proxy) << cpu.modules[i].module.path << " " << name;
+      kc.push_back(*f.kl);
+      kg.push_back(*g.kl);
+      pc.push_back(*f.proxy);
+      pg.push_back(*g.proxy);
+      EXPECT_NEAR(*g.proxy / *f.proxy, 1.0, 1e-3) << cpu.modules[i].module.path << " " << name;
+      EXPECT_NEAR(*g.kl, *f.kl, 1e-6 + 2e-3 * *f.kl) << cpu.modules[i].module.path << " " << name;
+    }
+  ASSERT_GT(kc.size(), 50u);
+  EXPECT_GE(spearman(kc, kg), 0.99);
+  EXPECT_GE(spearman(pc, pg), 0.999);
 }
 
 }  // namespace

@@ -313,6 +313,20 @@ class CudaBackend final : public Backend {
   void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
                  float* out) override;
 
+  bool fake_quantize(const TensorFormat& fmt, const QuantizeOptions& opt, const float* w, int64_t rows, int64_t cols,
+                     bool error_out, float* out) override {
+    const AffineFormat* a = fmt.affine();
+    if (!a || opt.importance) return false;  // GGUF blocks and weighted rounding: on the host
+    Op op(*this, "fake quantize");
+    return cuda::fake_quantize_affine(w, rows, cols, a->bits, a->group_size, opt.bf16_scales,
+                                      opt.method == QuantMethod::Search, opt.grid, opt.refit_iters, error_out, out,
+                                      stream_);
+  }
+  void gram_add(const float* x, int64_t n, int64_t cols, float* g) override;
+  double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) override;
+  void log_softmax_rows(float* x, int64_t rows, int64_t vocab) override;
+  double kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) override;
+
   // Packed weights are expanded once per pass (prefill), so passes are long.
   int64_t prefill_rows() const override { return 4096; }
   bool can_record_steps() const override { return true; }
@@ -460,6 +474,7 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   DeviceMemory blas_ws_;
   Scratch rounded_, xq_, xscale_, xsum_, aligned_, slab_, xhalf_, tokens_, partial_, scores_, probs_, qhalf_, counters_;
+  Scratch stats_, stats_sums_;  // the accuracy-path statistics' staging and partial sums
   const int32_t* zeroed_counters_ = nullptr;  // decode attention's counters: zeroed once, left zero by the kernel
   size_t zeroed_count_ = 0;
   DeviceMemory step_dev_;
@@ -654,6 +669,67 @@ void CudaBackend::gemm(const DevMatrix& m, const float* x, int64_t n, float* y) 
       gemm_rows(slab, x, CUDA_R_32F, r1 - r0, n, m.cols, y + r0, m.rows);
     }
   }
+}
+
+void CudaBackend::gram_add(const float* x, int64_t n, int64_t cols, float* g) {
+  Op op(*this, "gram");
+  if (n <= 0) return;
+  const float one = 1.0f;
+  // Column-major view: x is X^T (cols x n); G (cols x cols) += X^T . (X^T)^T.
+  check_blas(cublas_api().gemm_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(cols), static_cast<int>(cols),
+                                  static_cast<int>(n), &one, x, CUDA_R_32F, static_cast<int>(cols), x, CUDA_R_32F,
+                                  static_cast<int>(cols), &one, g, CUDA_R_32F, static_cast<int>(cols),
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmEx (gram)");
+}
+
+double CudaBackend::gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) {
+  Op op(*this, "gram quadratic");
+  if (rows <= 0) return 0.0;
+  // D G a slab of rows at a time (an lm_head's D G would be gigabytes), then
+  // the element-wise dot with D; partial sums in double.
+  const int64_t slab_rows = std::max<int64_t>(1, (int64_t{64} << 20) / cols);
+  float* dg = stats_.get<float>(static_cast<size_t>(std::min(rows, slab_rows) * cols), stream_, false);
+  auto* partial = stats_sums_.get<double>(cuda::kDotBlocks, stream_, false);
+  std::vector<double> host(cuda::kDotBlocks);
+  double sum = 0;
+  const float one = 1.0f, zero = 0.0f;
+  for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
+    const int64_t nr = std::min(slab_rows, rows - r0);
+    const float* e = d + r0 * cols;
+    // Column-major view: the slab is E = D^T (cols x nr); (D G)^T = G E.
+    check_blas(cublas_api().gemm_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(nr),
+                                    static_cast<int>(cols), &one, g, CUDA_R_32F, static_cast<int>(cols), e,
+                                    CUDA_R_32F, static_cast<int>(cols), &zero, dg, CUDA_R_32F,
+                                    static_cast<int>(cols), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (gram quadratic)");
+    cuda::dot_partials(e, dg, nr * cols, partial, stream_);
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    for (double v : host) sum += v;
+  }
+  return std::max(sum, 0.0);
+}
+
+void CudaBackend::log_softmax_rows(float* x, int64_t rows, int64_t vocab) {
+  Op op(*this, "log softmax");
+  cuda::log_softmax_rows(x, rows, vocab, stream_);
+}
+
+double CudaBackend::kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) {
+  Op op(*this, "kl");
+  if (rows <= 0) return 0.0;
+  const size_t ref_bytes = static_cast<size_t>(rows * vocab) * (ref_bf16 ? 2 : 4);
+  auto* staged = stats_.get<uint8_t>(ref_bytes, stream_, false);
+  OPTIQ_CUDA_OK(cudaMemcpyAsync(staged, ref, ref_bytes, cudaMemcpyHostToDevice, stream_));
+  auto* row_kl = stats_sums_.get<double>(static_cast<size_t>(rows), stream_, false);
+  cuda::kl_rows(staged, ref_bf16, logits, rows, vocab, row_kl, stream_);
+  std::vector<double> host(static_cast<size_t>(rows));
+  OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), row_kl, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+  double sum = 0;  // in row order, as the CPU backend sums
+  for (double v : host) sum += v;
+  return sum;
 }
 
 void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,

@@ -128,4 +128,21 @@ void attention_decode(const AttentionParams& p, const float* q, int n, DevPos po
 void attention_softmax(const AttentionParams& p, float* S, int64_t n, int64_t ld, int pos0, __half* p16,
                        cudaStream_t s);
 
+// Affine quantize + dequantize of a row-major rows x cols matrix (fake_quant.cu):
+// quant/quantizer.h's min/max (search false) or search rule without
+// importance; out gets w^ (or w - w^ with error_out). False when the
+// group size is not 32, 64 or 128 or does not divide cols.
+bool fake_quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int group, bool bf16, bool search,
+                          int grid, int refit_iters, bool error_out, float* out, cudaStream_t s);
+
+// Accuracy-path statistics (stats.cu).
+// Rows of `vocab` logits -> log-probabilities in place.
+void log_softmax_rows(float* x, int64_t rows, int64_t vocab, cudaStream_t s);
+// row_kl[r] = KL(p_r || softmax(logits_r)) for log p rows in ref (fp32, or bf16 words).
+void kl_rows(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab, double* row_kl,
+             cudaStream_t s);
+// sum_i x[i] y[i] as kDotBlocks partial sums (double) in `partial`.
+constexpr int kDotBlocks = 264;
+void dot_partials(const float* x, const float* y, int64_t n, double* partial, cudaStream_t s);
+
 }  // namespace optiq::cuda
