@@ -19,7 +19,8 @@ the llama-cpp-python sdist pinned in requirements.txt), so both sides are measur
      for every other file: perplexity, Δppl against the reference, KL(reference || file) mean and
      99th percentile, and "Same top p" (top-1 agreement), all over the same scored tokens.
   4. llama-bench decode speed: tg --tg-n tokens from an empty cache, --tg-reps repetitions,
-     --threads threads, CPU.
+     --threads threads, CPU; the table shows the fastest repetition (the least disturbed by other
+     processes; the JSON keeps every sample and the 1-minute load average before the run).
 
 Extra files: --optiq FILE.gguf (repeatable, `LABEL=FILE` to name the row) are evaluated the same
 way; --optiq-auto BINARY runs `optiq auto REFERENCE --format gguf --size <bytes>B ...` at each
@@ -96,7 +97,8 @@ def parse_args(argv=None):
                     help="imatrix windows of --ctx tokens from the start of --calib (default 64: 32,768 tokens)")
     ap.add_argument("--threads", type=int, default=2, help="threads for every llama.cpp tool (default 2)")
     ap.add_argument("--tg-n", type=int, default=32, help="llama-bench decode tokens (default 32)")
-    ap.add_argument("--tg-reps", type=int, default=3, help="llama-bench repetitions (default 3)")
+    ap.add_argument("--tg-reps", type=int, default=5,
+                    help="llama-bench repetitions (default 5; the table shows the fastest, the JSON all of them)")
     ap.add_argument("--no-speed", action="store_true", help="skip llama-bench")
     ap.add_argument("--redo-speed", action="store_true",
                     help="measure speed again even when cached (e.g. once the machine is idle)")
@@ -201,6 +203,15 @@ class Runner:
     def __init__(self, dry_run: bool):
         self.dry_run = dry_run
         self.commands: list[str] = []
+
+    def cached(self, log_file: Path) -> None:
+        """Records the command of a step whose result is cached (first line of its log: '$ cmd')."""
+        try:
+            first = log_file.read_text(errors="replace").split("\n", 1)[0]
+        except OSError:
+            return
+        if first.startswith("$ "):
+            self.commands.append(first[2:] + "   # cached")
 
     def run(self, cmd: list, what: str, log_file: Path | None = None) -> str:
         line = shlex.join(str(c) for c in cmd)
@@ -328,6 +339,7 @@ class Compare:
         out = self.work / f"imatrix-{a.calib.stem}-{a.calib_chunks}x{a.ctx}.gguf"
         if out.is_file():
             log(f"imatrix: {out} (cached)")
+            self.run.cached(self.work / (out.name + ".log"))
             return out
         self.run.run([self.tool("llama-imatrix"), "-m", ref, "-f", a.calib, "-c", a.ctx, "--chunks", a.calib_chunks,
                       "-t", a.threads, "--no-ppl", "-o", out], f"llama-imatrix ({a.calib_chunks} x {a.ctx} tokens "
@@ -338,6 +350,7 @@ class Compare:
         out = self.work / f"{self.name}-{qtype}-imat-{imatrix.stem.removeprefix('imatrix-')}.gguf"
         if out.is_file():
             log(f"{qtype}: {out} (cached)")
+            self.run.cached(self.work / (out.name + ".log"))
             return out
         tmp = out.with_name(out.name + ".part")
         self.run.run([self.tool("llama-quantize"), "--imatrix", imatrix, ref, tmp, qtype, self.a.threads],
@@ -352,6 +365,7 @@ class Compare:
         key = self.eval_key(ref, "base")
         if base.is_file() and key in self.evals:
             log(f"KLD base: {base} (cached)")
+            self.run.cached(self.work / (base.name + ".log"))
             return base, self.evals[key]
         tmp = base.with_name(base.name + ".part")
         out = self.run.run([self.tool("llama-perplexity"), "-m", ref, "-f", a.text, "-c", a.ctx, "--chunks", a.chunks,
@@ -381,6 +395,7 @@ class Compare:
     def quality(self, path: Path, base: Path) -> dict:
         key = self.eval_key(path, "kld")
         if key in self.evals:
+            self.run.cached(self.work / (path.name + ".kld.log"))
             return self.evals[key]
         out = self.run.run([self.tool("llama-perplexity"), "-m", path, "-c", self.a.ctx, "-t", self.a.threads,
                             "--kl-divergence-base", base, "--kl-divergence"],
@@ -395,11 +410,13 @@ class Compare:
         if self.a.no_speed:
             return {}
         key = self.eval_key(path, "speed")
+        cmd = [self.tool("llama-bench"), "-m", path, "-t", self.a.threads, "-p", 0, "-n", self.a.tg_n,
+               "-r", self.a.tg_reps, "-o", "json"]
         if key in self.evals and not self.a.redo_speed:
+            self.run.commands.append(shlex.join(str(c) for c in cmd) + "   # cached")
             return self.evals[key]
         load = os.getloadavg()[0]
-        out = self.run.run([self.tool("llama-bench"), "-m", path, "-t", self.a.threads, "-p", 0, "-n", self.a.tg_n,
-                            "-r", self.a.tg_reps, "-o", "json"], f"llama-bench tg{self.a.tg_n} {path.name}")
+        out = self.run.run(cmd, f"llama-bench tg{self.a.tg_n} {path.name}")
         if self.run.dry_run:
             return {}
         res = {**parse_bench(out), "tg_load_avg_1min_before": round(load, 2)}
@@ -514,7 +531,7 @@ def markdown(result: dict) -> str:
              f"{result['cpu']}, {p['threads']} threads; wiki.test.raw first {p['chunks']} x {p['ctx']} "
              f"({p['scored_tokens']:,} scored tokens); imatrix on {p['calib_chunks']} x {p['ctx']} tokens of "
              f"{Path(p['calib']).name}; bpw = tensor bytes x 8 / {result.get('parameters') or 0:,} parameters", "",
-             "| model | file MB | bpw | ppl | Δppl | KLD mean | KLD p99 | top-1 | tg tok/s |",
+             "| model | file MB | bpw | ppl | Δppl | KLD mean | KLD p99 | top-1 | tg tok/s (best of reps) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         if "status" in r and "ppl" not in r:
@@ -526,7 +543,7 @@ def markdown(result: dict) -> str:
             f"| {fmt(r.get('ppl'), '.4f')} | {fmt(dppl, '+.2f')}{'%' if dppl is not None else ''} "
             f"| {fmt(r.get('kld_mean'), '.5f')} | {fmt(r.get('kld_p99'), '.4f')} "
             f"| {fmt(r.get('top1_pct'), '.2f')}{'%' if r.get('top1_pct') is not None else ''} "
-            f"| {fmt(r.get('tg_tok_s'), '.1f')}{' ± ' + format(r['tg_std'], '.1f') if r.get('tg_std') else ''} |")
+            f"| {fmt(max(r['tg_samples']) if r.get('tg_samples') else r.get('tg_tok_s'), '.1f')} |")
     return "\n".join(lines)
 
 
