@@ -114,6 +114,8 @@ def parse_args(argv=None):
     ap.add_argument("--optiq-calib", type=Path, default=SHARED / "data/c4/c4-validation-2k.jsonl",
                     help="optiq auto --calib (default the same C4 text, .jsonl); its --calib-samples/--calib-seq "
                          "are --calib-chunks/--ctx, so both sides calibrate on as many tokens")
+    ap.add_argument("--optiq-calib-samples", type=int,
+                    help="optiq auto --calib-samples (default --calib-chunks; fewer profile faster)")
     ap.add_argument("--llamacpp-bin", type=Path, help="directory with llama.cpp's tools (default: bench/llamacpp_build.sh)")
     ap.add_argument("--workdir", type=Path, help="intermediates (default ~/.cache/optiq/gguf-compare/<model>)")
     ap.add_argument("--out-json", type=Path, help="results JSON (default bench/results/<date>-gguf-compare-<model>.json)")
@@ -426,6 +428,8 @@ class Compare:
     def row(self, label: str, kind: str, path: Path, base: Path | None, ref_ppl: float | None, **extra) -> dict:
         row = {"label": label, "kind": kind, "file": str(path), **extra}
         if self.run.dry_run:
+            if path.is_file():  # sizes of files already made (the optiq --size budgets)
+                row.update(gguf_facts(path))
             if base is not None:
                 self.quality(path, base)
             self.speed(path)
@@ -461,7 +465,7 @@ class Compare:
                 cmd = [binary, "auto", ref, "--format", "gguf"]
                 if "--target" in help_text:
                     cmd += ["--target", "gguf"]
-                cmd += ["--size", f"{target}B", "--calib", a.optiq_calib, "--calib-samples", a.calib_chunks,
+                cmd += ["--size", f"{target}B", "--calib", a.optiq_calib, "--calib-samples", a.optiq_calib_samples or a.calib_chunks,
                         "--calib-seq", a.ctx, "--cache", profile, "-t", a.threads, "-o", out, "--force",
                         *shlex.split(a.optiq_args)]
                 try:
