@@ -9,7 +9,10 @@
 //
 //   bench_gpu_profile [--shape llama3-8b|qwen2.5-7b] [--samples 128] [--seq 512]
 //                     [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--numerics fast|exact]
-//                     [--json FILE]
+//                     [--layers N] [--op-times] [--json FILE]
+// --layers keeps the first N layers of the shape (a quicker run whose
+// per-layer costs scale to the whole model); --op-times adds the device time
+// of each kind of GPU operation.
 #include <cuda_runtime.h>
 #include <sys/resource.h>
 
@@ -73,7 +76,8 @@ double peak_rss_gb() {
 
 int run(int argc, char** argv) {
   std::string shape_name = "llama3-8b", candidates = "2,3,4,5,6,8x32,64,128", numerics = "fast", json_path;
-  int samples = 128, seq = 512, anchors = 0;
+  int samples = 128, seq = 512, anchors = 0, layers = 0;
+  bool op_times = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -87,9 +91,12 @@ int run(int argc, char** argv) {
     else if (a == "--anchors") anchors = std::stoi(next());
     else if (a == "--numerics") numerics = next();
     else if (a == "--json") json_path = next();
+    else if (a == "--layers") layers = std::stoi(next());
+    else if (a == "--op-times") op_times = true;
     else if (a == "-h" || a == "--help") {
       std::puts("bench_gpu_profile [--shape llama3-8b|qwen2.5-7b] [--samples 128] [--seq 512]\n"
-                "                  [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--numerics fast|exact] [--json FILE]");
+                "                  [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--numerics fast|exact]\n"
+                "                  [--layers N] [--op-times] [--json FILE]");
       return 0;
     } else {
       fail("unknown option '{}' (see --help)", a);
@@ -103,7 +110,8 @@ int run(int argc, char** argv) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
 
-  const ModelConfig c = bench::shape(shape_name);
+  ModelConfig c = bench::shape(shape_name);
+  if (layers > 0) c.n_layers = std::min(c.n_layers, layers);
   const auto t_build = std::chrono::steady_clock::now();
   const Model m = bench::random_model(c, "bf16");
   fmt::print("{}: random bf16 weights built in {:.1f} s\n", c.family,
@@ -126,8 +134,15 @@ int run(int argc, char** argv) {
   size_t peak = 0;
   {
     PeakDeviceMemory poll;
+    gpu->set_op_timing(op_times);
     t = profile_model(m, windows, o);
     peak = poll.peak();
+  }
+  if (op_times) {
+    gpu->set_op_timing(false);
+    fmt::print("device time by operation:\n");
+    for (const OpTime& ot : gpu->take_op_times())
+      fmt::print("  {:<28} {:8} calls {:10.1f} ms\n", ot.op, ot.calls, ot.ms);
   }
   const double bf16_gb = 2.0 * static_cast<double>(m.parameter_count()) / 1e9;
   const double peak_gb = static_cast<double>(peak - std::min(peak, mem0)) / 1e9;
@@ -156,6 +171,7 @@ int run(int argc, char** argv) {
   if (!json_path.empty()) {
     nlohmann::json out = {{"gpu", prop.name},
                           {"shape", shape_name},
+                          {"layers", c.n_layers},
                           {"samples", samples},
                           {"seq", seq},
                           {"numerics", numerics},

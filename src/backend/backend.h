@@ -128,6 +128,8 @@ class Backend {
   virtual void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) = 0;
   // x += y over n values.
   virtual void add(float* x, const float* y, int64_t n) = 0;
+  // x[0..n) = 0.
+  virtual void fill_zero(float* x, int64_t n) = 0;
   // y[r] += b for n rows of m values.
   virtual void add_rows(float* y, const float* b, int64_t n, int64_t m) = 0;
   // dst (n x width) = columns [from, from + width) of src (n x cols).

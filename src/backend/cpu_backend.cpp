@@ -70,6 +70,7 @@ class CpuBackend final : public Backend {
   void add(float* x, const float* y, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) x[i] += y[i];
   }
+  void fill_zero(float* x, int64_t n) override { std::fill_n(x, n, 0.0f); }
   void add_rows(float* y, const float* b, int64_t n, int64_t m) override {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < m; ++j) y[i * m + j] += b[j];

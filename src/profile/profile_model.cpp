@@ -51,7 +51,9 @@ class RowStore {
   bool bf16() const { return bf16_; }
   void get(size_t off, size_t n, float* out) const {
     if (bf16_)
-      for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(h_[off + i]);
+      parallel_for_range(static_cast<int64_t>(n), 1 << 16, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) out[i] = bf16_to_f32(h_[off + i]);
+      });
     else
       std::copy_n(f_.data() + off, n, out);
   }
@@ -81,8 +83,9 @@ class PhaseTimer {
 
 // A cols x cols matrix of zeros in the backend's memory (Gram sums).
 Buffer zero_matrix(Backend& be, int64_t cols) {
-  const std::vector<float> zeros(static_cast<size_t>(cols) * cols, 0.0f);
-  return be.upload(zeros.data(), cols * cols);
+  Buffer g = be.alloc(cols * cols);
+  be.fill_zero(g.data(), cols * cols);
+  return g;
 }
 
 // The reference pass's statistics: the residual stream entering each layer

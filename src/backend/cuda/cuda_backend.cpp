@@ -251,6 +251,10 @@ class CudaBackend final : public Backend {
     Op op(*this, "add");
     cuda::add(x, y, n, stream_);
   }
+  void fill_zero(float* x, int64_t n) override {
+    Op op(*this, "fill zero");
+    OPTIQ_CUDA_OK(cudaMemsetAsync(x, 0, static_cast<size_t>(n) * sizeof(float), stream_));
+  }
   void add_rows(float* y, const float* b, int64_t n, int64_t m) override {
     Op op(*this, "add_rows");
     cuda::add_rows(y, b, n, m, stream_);
@@ -414,6 +418,12 @@ class CudaBackend final : public Backend {
       d.v = c.v.data() + off;
     }
     return d;
+  }
+  // The Gram products' arithmetic: TF32 tensor cores under fast numerics (a
+  // proxy needs three digits, and fp32 GEMMs made the 8B profile GEMM-bound),
+  // fp32 under exact.
+  static cublasComputeType_t stats_compute() {
+    return kernels::decode_int8_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   }
   cublasHandle_t blas() {
     if (!blas_) {
@@ -679,7 +689,7 @@ void CudaBackend::gram_add(const float* x, int64_t n, int64_t cols, float* g) {
   check_blas(cublas_api().gemm_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(cols), static_cast<int>(cols),
                                   static_cast<int>(n), &one, x, CUDA_R_32F, static_cast<int>(cols), x, CUDA_R_32F,
                                   static_cast<int>(cols), &one, g, CUDA_R_32F, static_cast<int>(cols),
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                  stats_compute(), CUBLAS_GEMM_DEFAULT),
              "cublasGemmEx (gram)");
 }
 
@@ -701,7 +711,7 @@ double CudaBackend::gram_quadratic(const float* d, int64_t rows, int64_t cols, c
     check_blas(cublas_api().gemm_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(nr),
                                     static_cast<int>(cols), &one, g, CUDA_R_32F, static_cast<int>(cols), e,
                                     CUDA_R_32F, static_cast<int>(cols), &zero, dg, CUDA_R_32F,
-                                    static_cast<int>(cols), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                    static_cast<int>(cols), stats_compute(), CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx (gram quadratic)");
     cuda::dot_partials(e, dg, nr * cols, partial, stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
