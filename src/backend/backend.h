@@ -103,6 +103,9 @@ class Backend {
   // True when buffers are host memory (the caller may then read and write
   // data() directly and skip copies).
   virtual bool host_memory() const = 0;
+  // Bytes this backend could still allocate (a GPU's free memory; for host
+  // memory, what the OS reports available). Callers size optional caches by it.
+  virtual int64_t free_bytes() const = 0;
 
   // Memory. alloc'd buffers hold unspecified values.
   virtual Buffer alloc(int64_t n) = 0;
@@ -210,9 +213,12 @@ class Backend {
   // Rows of `vocab` logits replaced by their log-probabilities.
   virtual void log_softmax_rows(float* x, int64_t rows, int64_t vocab) = 0;
   // Sum over `rows` rows of KL(p || softmax(logits)), where ref holds log p
-  // row by row in host memory (fp32, or bf16 when ref_bf16: profiling keeps
-  // large references in bf16) and logits are in this backend's memory.
+  // row by row (fp32, or bf16 words when ref_bf16: profiling keeps large
+  // references in bf16); ref and logits are in this backend's memory.
   virtual double kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) = 0;
+  // out[r] = sum_j d[r, j]^2 (double, host) for d (rows x cols) in this
+  // backend's memory: an embedding's error per token row.
+  virtual void row_sq_sums(const float* d, int64_t rows, int64_t cols, double* out) = 0;
   // Accuracy path: w (rows x cols, fp32, this backend's memory) quantized to
   // `fmt` as quantize_matrix(fmt, ..., opt) does and dequantized again, into
   // out (or the error w - w^ when error_out). False when this backend does

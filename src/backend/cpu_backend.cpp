@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "kernels/divergence.h"
 #include "kernels/elementwise.h"
@@ -33,6 +34,7 @@ class CpuBackend final : public Backend {
  public:
   std::string_view name() const override { return "cpu"; }
   bool host_memory() const override { return true; }
+  int64_t free_bytes() const override { return available_memory_bytes(); }
 
   Buffer alloc(int64_t n) override {
     check(n >= 0, "cpu backend: cannot allocate {} floats", n);
@@ -160,6 +162,15 @@ class CpuBackend final : public Backend {
     double s = 0;  // in row order: the same sum however the rows were split
     for (double k : row_kl) s += k;
     return s;
+  }
+  void row_sq_sums(const float* d, int64_t rows, int64_t cols, double* out) override {
+    parallel_for_range(rows, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double s = 0;
+        for (int64_t j = 0; j < cols; ++j) s += static_cast<double>(d[r * cols + j]) * d[r * cols + j];
+        out[r] = s;
+      }
+    });
   }
 };
 

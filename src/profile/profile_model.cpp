@@ -28,13 +28,39 @@ using profile_detail::fitting;
 
 namespace {
 
-// Rows of floats kept as fp32, or bf16 when large.
+// Rows of floats kept as fp32, or bf16 when large; optionally also copied
+// into a backend's memory (keep_in) for operations that read them there.
 class RowStore {
  public:
   void init(size_t n, bool bf16) {
     bf16_ = bf16;
-    if (bf16) h_.assign(n, 0);
+    n_ = n;
+    if (bf16) h_.assign(n + (n & 1), 0);  // even: moved as whole floats
     else f_.assign(n, 0.0f);
+  }
+  // Copies the rows into be's memory when they take at most `share` of what
+  // it has free; true when they are there (and in host memory, always).
+  bool keep_in(Backend& be, double share) {
+    if (be.host_memory()) return true;
+    const int64_t words = words_for(n_);
+    if (words == 0 || static_cast<double>(words) * 4 > share * static_cast<double>(be.free_bytes())) return false;
+    dev_ = be.upload(host_words(0), words);
+    return true;
+  }
+  // Where rows from `off` are in be's memory: the kept copy, in place on a
+  // host-memory backend, or else copied (n values) into `staging`.
+  const void* in_backend(Backend& be, size_t off, size_t n, Buffer& staging) const {
+    if (be.host_memory()) return ptr(off);
+    if (dev_.size() > 0) return bf16_ ? static_cast<const void*>(reinterpret_cast<const uint16_t*>(dev_.data()) + off)
+                                      : static_cast<const void*>(dev_.data() + off);
+    // bf16 rows start at even offsets here (window rows x an even vocabulary,
+    // or whole floats otherwise): copy whole floats from the aligned start.
+    const size_t lead = bf16_ ? off & 1 : 0;
+    const int64_t words = words_for(n + lead);
+    if (staging.size() < words) staging = be.alloc(words);
+    be.to_device(host_words(off - lead), words, staging.data());
+    return bf16_ ? static_cast<const void*>(reinterpret_cast<const uint16_t*>(staging.data()) + lead)
+                 : static_cast<const void*>(staging.data());
   }
   void put(size_t off, const float* x, size_t n) {
     if (bf16_)
@@ -60,7 +86,14 @@ class RowStore {
   float at(size_t i) const { return bf16_ ? bf16_to_f32(h_[i]) : f_[i]; }
 
  private:
+  // Floats that hold n values (two bf16 words to a float).
+  int64_t words_for(size_t n) const { return static_cast<int64_t>(bf16_ ? (n + 1) / 2 : n); }
+  const float* host_words(size_t off) const {
+    return bf16_ ? reinterpret_cast<const float*>(h_.data() + off) : f_.data() + off;
+  }
   bool bf16_ = false;
+  size_t n_ = 0;
+  Buffer dev_;
   std::vector<float> f_;
   std::vector<uint16_t> h_;
 };
@@ -287,10 +320,14 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     }
     if (p) p->finish();
     tf.set_observer(nullptr);
+    // Every exact measurement reads all of it: on a GPU, copying each window's
+    // rows in again cost more than the KL itself (8B: 65 MB a window).
+    logp.keep_in(be, 0.25);
   }
 
   // Mean KL(ref || current model) over the scored rows, run from `layer` (-1: full forward).
   std::vector<float> hbuf(static_cast<size_t>(max_len) * dim);
+  Buffer ref_staging;  // a window's reference rows when they are not kept in the backend
   auto measure_kl = [&](int layer) {
     double sum = 0;
     int64_t count = 0;
@@ -305,7 +342,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         tf.forward(windows[w], logits.data(), from[w]);
       }
       const int64_t rows = n - from[w];
-      sum += be.kl_sum(logp.ptr(scored_off[w] * vocab), logp.bf16(), tf.backend_logits(), rows, vocab);
+      const void* ref_rows = logp.in_backend(be, scored_off[w] * vocab, static_cast<size_t>(rows * vocab), ref_staging);
+      sum += be.kl_sum(ref_rows, logp.bf16(), tf.backend_logits(), rows, vocab);
       count += rows;
     }
     return sum / std::max<int64_t>(count, 1);
@@ -379,14 +417,10 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         PhaseTimer timer(t.phase_seconds, "proxy");
         double e = 0;
         if (m.kind == ModuleKind::Embed) {
-          std::vector<float> d(static_cast<size_t>(numel));
-          be.to_host(out.data(), numel, d.data());
-          e = parallel_sum(m.rows, [&](int64_t r) {
-            if (token_freq[r] == 0) return 0.0;
-            double s = 0;
-            for (int64_t j = 0; j < m.cols; ++j) s += static_cast<double>(d[r * m.cols + j]) * d[r * m.cols + j];
-            return token_freq[r] * s;
-          }, 256);
+          // A token's row error, as often as the token occurs.
+          std::vector<double> row_err(static_cast<size_t>(m.rows));
+          be.row_sq_sums(out.data(), m.rows, m.cols, row_err.data());
+          for (int64_t r = 0; r < m.rows; ++r) e += token_freq[r] * row_err[r];
           if (c.tied_embeddings) e += gram_proxy(out.data(), m.rows, m.cols, head_gram);
         } else if (m.kind == ModuleKind::LmHead) {
           e = gram_proxy(out.data(), m.rows, m.cols, head_gram);

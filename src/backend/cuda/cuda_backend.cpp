@@ -181,6 +181,11 @@ class CudaBackend final : public Backend {
 
   std::string_view name() const override { return "cuda"; }
   bool host_memory() const override { return false; }
+  int64_t free_bytes() const override {
+    size_t free_b = 0, total_b = 0;
+    OPTIQ_CUDA_OK(cudaMemGetInfo(&free_b, &total_b));
+    return static_cast<int64_t>(free_b);
+  }
   const cudaDeviceProp& props() const { return props_; }
 
   Buffer alloc(int64_t n) override {
@@ -330,6 +335,7 @@ class CudaBackend final : public Backend {
   double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) override;
   void log_softmax_rows(float* x, int64_t rows, int64_t vocab) override;
   double kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) override;
+  void row_sq_sums(const float* d, int64_t rows, int64_t cols, double* out) override;
 
   // Packed weights are expanded once per pass (prefill), so passes are long.
   int64_t prefill_rows() const override { return 4096; }
@@ -729,17 +735,23 @@ void CudaBackend::log_softmax_rows(float* x, int64_t rows, int64_t vocab) {
 double CudaBackend::kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) {
   Op op(*this, "kl");
   if (rows <= 0) return 0.0;
-  const size_t ref_bytes = static_cast<size_t>(rows * vocab) * (ref_bf16 ? 2 : 4);
-  auto* staged = stats_.get<uint8_t>(ref_bytes, stream_, false);
-  OPTIQ_CUDA_OK(cudaMemcpyAsync(staged, ref, ref_bytes, cudaMemcpyHostToDevice, stream_));
   auto* row_kl = stats_sums_.get<double>(static_cast<size_t>(rows), stream_, false);
-  cuda::kl_rows(staged, ref_bf16, logits, rows, vocab, row_kl, stream_);
+  cuda::kl_rows(ref, ref_bf16, logits, rows, vocab, row_kl, stream_);
   std::vector<double> host(static_cast<size_t>(rows));
   OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), row_kl, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
   OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   double sum = 0;  // in row order, as the CPU backend sums
   for (double v : host) sum += v;
   return sum;
+}
+
+void CudaBackend::row_sq_sums(const float* d, int64_t rows, int64_t cols, double* out) {
+  Op op(*this, "row squares");
+  if (rows <= 0) return;
+  auto* sums = stats_sums_.get<double>(static_cast<size_t>(rows), stream_, false);
+  cuda::row_sq_sums(d, rows, cols, sums, stream_);
+  OPTIQ_CUDA_OK(cudaMemcpyAsync(out, sums, static_cast<size_t>(rows) * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,

@@ -141,6 +141,8 @@ void log_softmax_rows(float* x, int64_t rows, int64_t vocab, cudaStream_t s);
 // row_kl[r] = KL(p_r || softmax(logits_r)) for log p rows in ref (fp32, or bf16 words).
 void kl_rows(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab, double* row_kl,
              cudaStream_t s);
+// out[r] = sum_j d[r, j]^2 (double) for d (rows x cols).
+void row_sq_sums(const float* d, int64_t rows, int64_t cols, double* out, cudaStream_t s);
 // sum_i x[i] y[i] as kDotBlocks partial sums (double) in `partial`.
 constexpr int kDotBlocks = 264;
 void dot_partials(const float* x, const float* y, int64_t n, double* partial, cudaStream_t s);

@@ -91,7 +91,27 @@ __global__ void dot_kernel(const float* __restrict__ x, const float* __restrict_
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
+// One warp per row: embedding rows are short (a few thousand values) and many.
+__global__ void row_sq_kernel(const float* __restrict__ d, int64_t rows, int64_t cols, double* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  const float* row = d + r * cols;
+  double s = 0;
+  for (int64_t j = threadIdx.x & 31; j < cols; j += 32) s += static_cast<double>(row[j]) * row[j];
+  s = warp_sum_d(s);
+  if ((threadIdx.x & 31) == 0) out[r] = s;
+}
+
 }  // namespace
+
+void row_sq_sums(const float* d, int64_t rows, int64_t cols, double* out, cudaStream_t s) {
+  if (rows <= 0) return;
+  constexpr int kWarps = 8;
+  launch(row_sq_kernel, static_cast<unsigned>((rows + kWarps - 1) / kWarps), kWarps * 32, 0, s, d, rows, cols, out);
+  OPTIQ_CUDA_LAUNCHED();
+}
 
 void log_softmax_rows(float* x, int64_t rows, int64_t vocab, cudaStream_t s) {
   if (rows <= 0) return;
