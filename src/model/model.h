@@ -70,7 +70,7 @@ Linear& module_linear(ModelWeights& w, const ModuleInfo& m);
 const Linear& module_linear(const ModelWeights& w, const ModuleInfo& m);
 
 struct LoadOptions {
-  std::string tokenizer_path;  // llama2.c checkpoints: tokenizer.bin
+  std::string tokenizer_path = {};  // llama2.c checkpoints: tokenizer.bin
   bool load_weights = true;    // false: config, tokenizer and tensor table only (fast `info`)
   // GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrices run packed (bit-exact re-layout to
   // affine groups) unless this asks for fp32 copies of every weight.

@@ -57,7 +57,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
 struct SelectionContext {
   const TokenWindows* windows = nullptr;
   PlanMeasurer* measurer = nullptr;
-  std::string profile_path;  // without windows: where the profile (and its window cache) is
+  std::string profile_path = {};  // without windows: where the profile (and its window cache) is
 };
 
 // As above; with opt.select == Measured (and no baseline) the plan is chosen

@@ -121,7 +121,9 @@ TEST(SaveGguf, RoundTripEveryFamilyAndStorage) {
     for (const auto& mod : quantizable_modules(m.config)) {
       const Linear &a = module_linear(m.weights, mod), &b = module_linear(back.weights, mod);
       EXPECT_EQ(a.to_f32(), b.to_f32()) << mod.path << " " << a.format() << " -> " << b.format();
-      if (a.is_affine() || a.is_kquant()) EXPECT_EQ(a.bytes(), b.bytes()) << mod.path;
+      if (a.is_affine() || a.is_kquant()) {
+        EXPECT_EQ(a.bytes(), b.bytes()) << mod.path;
+      }
     }
     for (int i = 0; i < m.config.n_layers; ++i) {
       const LayerWeights &a = m.weights.layers[i], &b = back.weights.layers[i];
@@ -183,9 +185,11 @@ TEST(SaveGguf, GgufSourceKeepsItsTokenizer) {
   const std::string out = test::temp_dir() + "/stories.gguf";
   make_exporter("gguf")->write(m, out, {});
   const GgufFile a(src), b(out);
-  for (const auto& [k, v] : a.metadata())
-    if (k.starts_with("tokenizer."))
+  for (const auto& [k, v] : a.metadata()) {
+    if (k.starts_with("tokenizer.")) {
       EXPECT_EQ(a.metadata_to_string(v, 1 << 20), b.metadata_to_string(*b.find_meta(k), 1 << 20)) << k;
+    }
+  }
   EXPECT_EQ(b.get_int("general.file_type"), 7);  // mostly Q8_0
   EXPECT_EQ(b.find_tensor("blk.0.ffn_down.weight")->dtype, DType::F16);
   EXPECT_EQ(b.find_tensor("blk.0.attn_q.weight")->dtype, DType::Q8_0);
