@@ -4,7 +4,10 @@
 
 #include <fmt/format.h>
 
+#include "backend/backend.h"
+#include "core/diagnostics.h"
 #include "core/error.h"
+#include "core/memory.h"
 #include "core/progress.h"
 
 namespace optiq {
@@ -44,6 +47,8 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
   std::optional<Progress> progress;
   if (opt.progress) progress.emplace("quantize", total / 1000000, "M weights");
   int64_t done = 0;
+  // GPTQ's factorisations, one per set of shared inputs and column order.
+  std::map<std::pair<const std::vector<float>*, bool>, GptqHessian> hessians;
   for (const auto& m : modules) {
     auto it = map.formats.find(m.path);
     const TensorFormat fmt = it == map.formats.end() ? std::nullopt : it->second;
@@ -58,7 +63,26 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
         if (imp != opt.importance->end() && static_cast<int64_t>(imp->second.size()) == m.cols)
           importance = imp->second.data();
       }
-      QuantizedMatrix q = quantize_matrix(fmt, w.data(), m.rows, m.cols, opt.recipe.options(importance));
+      const std::vector<float>* gram = nullptr;
+      if (opt.grams) {
+        auto g = opt.grams->find(m.path);
+        if (g != opt.grams->end() && static_cast<int64_t>(g->second->size()) == m.cols * m.cols) gram = g->second.get();
+      }
+      QuantizedMatrix q;
+      if (gram) {
+        const bool act_order = gptq_uses_act_order(fmt, opt.gptq);
+        auto h = hessians.find({gram, act_order});
+        if (h == hessians.end())
+          h = hessians.emplace(std::pair{gram, act_order}, gptq_prepare(gram->data(), m.cols, act_order, opt.gptq.damp))
+                  .first;
+        GptqResult r = gptq_quantize(fmt, w.data(), m.rows, m.cols, h->second, opt.recipe.options(importance));
+        if (r.fallback)
+          warn("{}: {}: its inputs' second moments are not positive definite even dampened; rounded without GPTQ",
+               model.path, m.path);
+        q = std::move(r.q);
+      } else {
+        q = quantize_matrix(fmt, w.data(), m.rows, m.cols, opt.recipe.options(importance));
+      }
       lin = opt.fake ? Linear::from_f32(dequantize_matrix(q), m.rows, m.cols) : Linear::from_quantized(std::move(q));
     } else if (lin.is_affine() || lin.is_kquant()) {
       // Planned as float: a source that arrived packed (GGUF Q4_1, Q4_K, ...) is
@@ -146,6 +170,65 @@ ImportanceMap collect_importance(const Model& model, const std::vector<std::vect
     p.update(static_cast<int64_t>(i + 1));
   }
   p.finish();
+  return col.result();
+}
+
+namespace {
+
+// Gram sums at the four per-layer input sites, on the host (CPU backend).
+class GramCollector : public ActivationObserver {
+ public:
+  explicit GramCollector(const ModelConfig& c) : c_(c), sums_(static_cast<size_t>(c.n_layers) * kLayerInputSites) {}
+  void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
+    if (static_cast<int>(site) >= kLayerInputSites || layer < 0 || layer >= c_.n_layers) return;
+    auto& g = sums_[static_cast<size_t>(layer) * kLayerInputSites + static_cast<size_t>(site)];
+    if (!g) g = std::make_shared<std::vector<float>>(static_cast<size_t>(cols * cols), 0.0f);
+    check(static_cast<int64_t>(g->size()) == cols * cols, "gram: layer {} site {}: {} columns, then {}", layer,
+          static_cast<int>(site), g->size(), cols);
+    cpu_backend().gram_add(x, n, cols, g->data());
+  }
+  GramMap result() const {
+    GramMap out;
+    for (const auto& m : quantizable_modules(c_)) {
+      const auto site = module_kind_info(m.kind).input;
+      if (!site || static_cast<int>(*site) >= kLayerInputSites || m.layer < 0) continue;
+      const auto& g = sums_[static_cast<size_t>(m.layer) * kLayerInputSites + static_cast<size_t>(*site)];
+      if (g && static_cast<int64_t>(g->size()) == m.cols * m.cols) out[m.path] = g;
+    }
+    return out;
+  }
+
+ private:
+  const ModelConfig& c_;
+  std::vector<std::shared_ptr<std::vector<float>>> sums_;
+};
+
+}  // namespace
+
+GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress) {
+  const ModelConfig& c = model.config;
+  int64_t bytes = 0;
+  for (const auto& m : quantizable_modules(c))
+    if (m.layer >= 0 && m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) bytes += m.cols * m.cols * 4;
+  // q/k/v and gate/up share theirs: this overcounts, which only makes the check safer.
+  check(bytes < available_memory_bytes() / 2,
+        "{}: GPTQ's input statistics would take up to {:.1f} GB, more than half the memory available; "
+        "use --method search (or a machine with more memory)",
+        model.path, bytes / 1e9);
+  GramCollector col(c);
+  int max_len = 1;
+  for (const auto& w : windows) max_len = std::max<int>(max_len, static_cast<int>(w.size()));
+  Transformer tf(model, max_len);
+  tf.set_observer(&col);
+  std::optional<Progress> p;
+  if (progress) p.emplace("calibrate", static_cast<int64_t>(windows.size()), "windows");
+  std::vector<float> logits(c.vocab_size);
+  for (size_t i = 0; i < windows.size(); ++i) {
+    tf.reset();
+    tf.forward(windows[i], logits.data(), static_cast<int64_t>(windows[i].size()) - 1);
+    if (p) p->update(static_cast<int64_t>(i + 1));
+  }
+  if (p) p->finish();
   return col.result();
 }
 

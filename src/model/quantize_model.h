@@ -4,11 +4,13 @@
 // the same quantizer, so they give the same numbers up to fp32 summation order.
 #pragma once
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "model/model.h"
 #include "model/transformer.h"
+#include "quant/gptq.h"
 #include "quant/quantizer.h"
 
 namespace optiq {
@@ -16,6 +18,11 @@ namespace optiq {
 // Per-input-channel importance (mean x^2 over calibration tokens) for each
 // module path; feeds the activation-weighted quantizer (--calib).
 using ImportanceMap = std::map<std::string, std::vector<float>>;
+
+// Per module path, the sum over calibration tokens of x x^T of its inputs
+// (cols x cols, fp32): GPTQ's Hessian. Modules reading the same activations
+// (q, k and v; gate and up) share one matrix.
+using GramMap = std::map<std::string, std::shared_ptr<const std::vector<float>>>;
 
 // How a model's matrices are quantized. One recipe serves the export, the
 // profile's fake quantization and measured selection, so that each measures
@@ -35,6 +42,10 @@ struct QuantizeModelOptions {
   QuantizeRecipe recipe{};
   bool fake = false;  // true: keep fp32 weights holding the dequantized values
   const ImportanceMap* importance = nullptr;
+  // With grams: GPTQ for every module that has one (the embedding and
+  // lm_head have none: plain rounding), else rounding on its own.
+  const GramMap* grams = nullptr;
+  GptqOptions gptq{};
   bool progress = true;
 };
 
@@ -44,5 +55,10 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
 // windows (each window run from an empty cache).
 ImportanceMap collect_importance(const Model& model, const std::vector<std::vector<int32_t>>& windows,
                                  bool progress = true);
+
+// Gram sums of every layer matrix's inputs over calibration windows (the
+// float model's activations, each window from an empty cache). Fails with a
+// clear message when they would not fit in memory.
+GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress = true);
 
 }  // namespace optiq

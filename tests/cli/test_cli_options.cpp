@@ -192,8 +192,23 @@ TEST(CliQuantize, MethodsDtypesAndJson) {
     EXPECT_EQ(j["out"], dir + "/j");
     EXPECT_GT(j["bits_per_weight"].get<double>(), 8.0);
   }
-  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq").code, 2);
+  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method awq").code, 2);
   EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --dtype f32").code, 2);
+}
+
+TEST(CliQuantize, Gptq) {
+  const std::string dir = test::temp_dir();
+  quantize_ok(stories_gguf(), dir + "/mlx", "--bits 3 --group-size 32 --method gptq --calib " + calib_txt() + kCalib);
+  quantize_ok(stories_gguf(), dir + "/nao",
+              "--bits 4 --group-size 32 --method gptq --no-act-order --damp 0.05 --calib " + calib_txt() + kCalib);
+  ok("quantize " + stories_gguf() + " -o " + dir + "/q.gguf --format gguf --bits 4 --method gptq --calib " +
+     calib_txt() + kCalib);
+  ok("info " + dir + "/q.gguf");
+  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
+  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq --damp -1 --calib " + calib_txt() +
+                kCalib).code, 1);
 }
 
 TEST(CliQuantize, CalibrationSources) {

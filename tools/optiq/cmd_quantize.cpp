@@ -24,11 +24,17 @@ struct QuantizeArgs {
   std::string method = "search";
   std::string dtype = "auto";
   CalibrationOptions calib;  // source empty: no activation weighting
+  double damp = 0.01;
+  bool no_act_order = false;
   bool force = false;
   bool json = false;
 };
 
 void run_quantize(const QuantizeArgs& a) {
+  check(a.method != "gptq" || !a.calib.source.empty(),
+        "--method gptq needs calibration text (--calib FILE, or --calib self): it compensates rounding error "
+        "through the inputs' statistics");
+  check(a.damp > 0 && a.damp < 10, "--damp {}: expected a fraction of the mean input energy, e.g. 0.01", a.damp);
   Model m = a.model.load();
   // A uniform GGUF is llama.cpp's own type of those bits (Q4_K for 4, Q8_0 for
   // 8), unless --group-size asks for affine groups.
@@ -44,9 +50,17 @@ void run_quantize(const QuantizeArgs& a) {
   QuantizeModelOptions opt{.recipe = QuantizeRecipe::for_model(
                                m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, dtype)};
   ImportanceMap importance;
+  GramMap grams;
   if (!a.calib.source.empty()) {
-    importance = collect_importance(m, calibration_windows(m, calibration_for(m, a.calib)));
+    const auto windows = calibration_windows(m, calibration_for(m, a.calib));
+    // The embedding and lm_head are rounded on their own, weighted as --method search is.
+    importance = collect_importance(m, windows);
     opt.importance = &importance;
+    if (a.method == "gptq") {
+      grams = collect_grams(m, windows);
+      opt.grams = &grams;
+      opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
+    }
   }
   quantize_model(m, map, opt);
   make_exporter(a.format)->write(m, a.out, {.bf16 = opt.recipe.bf16_scales, .force = a.force});
@@ -87,8 +101,15 @@ Runner register_quantize(CLI::App& app) {
       ->check(CLI::IsMember({32, 64, 128}));
   cmd->add_option("--plan", a->plan, "per-tensor plan JSON (docs/plan-format.md); overrides --bits/--group-size")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--method", a->method, "rounding: search (error-minimising) or minmax (MLX's)")->capture_default_str()
-      ->check(CLI::IsMember({"search", "minmax"}));
+  cmd->add_option("--method", a->method,
+                  "rounding: search (error-minimising), minmax (MLX's), or gptq (error feedback through the "
+                  "calibration inputs' second moments, needs --calib; the format and layout are unchanged)")
+      ->capture_default_str()->check(CLI::IsMember({"search", "minmax", "gptq"}));
+  cmd->add_option("--damp", a->damp, "gptq: dampening, a fraction of the mean input energy added to H's diagonal")
+      ->capture_default_str();
+  cmd->add_flag("--no-act-order", a->no_act_order,
+                "gptq: columns in their own order (default: by decreasing input energy, groups' scales fixed "
+                "first; MLX formats only)");
   cmd->add_option("--dtype", a->dtype,
                   "float type of scales, biases and unquantized tensors (auto: bf16 for Gemma in MLX, whose "
                   "activations overflow fp16 there, else f16; GGUF blocks always hold fp16 scales)")->capture_default_str()

@@ -1,0 +1,69 @@
+// GPTQ (Frantar et al. 2022): quantize a matrix column by column and fold each
+// column's rounding error into the columns not yet quantized, weighted by the
+// inverse of the inputs' second moment H = E[x x^T], so that the output error
+// ||(W - W^) X||^2 (not the weight error) is what is minimised.
+//
+// Formats stay exactly what they are: the rounding grid of each group is the
+// format's own (scales/biases from optiq's quantizer, importance = diag H).
+//  - Affine (MLX) formats: a group's scale and bias are fitted to the row's
+//    error-updated values when the group is reached, then each column is
+//    rounded on that grid and its error fed forward (inside the group too).
+//    With act_order the columns go in order of decreasing H_jj and the groups'
+//    grids are fitted up front on the original values ("static groups"), so
+//    the layout is the format's and no permutation is stored.
+//  - GGUF block types: their grids are nested (k-quant super-blocks), so a
+//    block is quantized whole by the format's quantizer from the updated
+//    values and its error is fed forward to the later blocks only.
+//
+// H is dampened (damp * mean diag added to the diagonal; inputs never seen get
+// 1); when its Cholesky factorisation still fails, the dampening grows tenfold
+// up to four times, then the matrix is rounded plainly and `fallback` says so.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "quant/format.h"
+
+namespace optiq {
+
+struct GptqOptions {
+  double damp = 0.01;     // fraction of mean(diag H) added to the diagonal
+  bool act_order = true;  // affine formats: columns by decreasing H_jj, static groups
+};
+
+struct GptqResult {
+  QuantizedMatrix q;
+  bool fallback = false;  // H was not positive definite even dampened: plain rounding
+  double damp_used = 0;
+};
+
+// What GPTQ derives from H alone (the expensive part: O(cols^3)), shared by
+// the matrices that read the same inputs (q, k, v; gate, up).
+struct GptqHessian {
+  int64_t cols = 0;
+  bool act_order = false;
+  bool ok = false;                // false: not positive definite even dampened
+  double damp_used = 0;
+  std::vector<float> diag;        // H_jj (the quantizer's importance)
+  std::vector<int64_t> perm;      // column order
+  std::vector<float> u;           // upper Cholesky factor of the permuted, dampened H^-1
+};
+// h: cols x cols, symmetric (any positive multiple of E[x x^T], e.g. a Gram
+// sum). act_order is honoured for affine formats only (gptq_uses_act_order).
+GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp);
+bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g);
+
+// w: rows x cols fp32 (row-major). opt: the rounding options of the format's
+// quantizer (its importance is replaced by diag H).
+GptqResult gptq_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols, const GptqHessian& hs,
+                         const QuantizeOptions& opt = {});
+// Both steps at once.
+GptqResult gptq_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols, const float* h,
+                         const QuantizeOptions& opt = {}, const GptqOptions& g = {});
+
+// The upper Cholesky factor U of H^-1 (H^-1 = U^T U), rows x cols double,
+// after dampening; false when H is not positive definite. Exposed for tests.
+bool gptq_inverse_factor(const float* h, int64_t n, double damp, std::vector<double>& u);
+
+}  // namespace optiq
