@@ -490,12 +490,14 @@ class Compare:
                     break
                 facts = gguf_facts(out)
                 over = max(facts["file_bytes"] - b["file_bytes"], facts["tensor_bytes"] - target)
-                if over <= 0:
-                    break
-                log(f"optiq @ {b['type']}: {over} bytes over llama.cpp's file; again with --size {budget - over - 4096}B")
-                budget -= over + 4096
-                if out.is_file():
-                    out.unlink()
+                if over <= 0 or attempt == 3:
+                    break  # fits (or the last try: kept, its row's "fits" says false)
+                # From what the plan took (it may sit below its budget), not from the budget.
+                plan_json = out.with_name(out.name + ".plan.json")
+                planned = json.loads(plan_json.read_text()).get("bytes", budget) if plan_json.is_file() else budget
+                budget = min(budget, planned) - over - 4096
+                log(f"optiq @ {b['type']}: {over} bytes over llama.cpp's file; again with --size {budget}B")
+                out.unlink()
             if failed:
                 rows.append({"label": f"optiq auto @ {b['type']}", "kind": "optiq-auto", "status": failed})
                 continue
