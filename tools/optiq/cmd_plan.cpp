@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "plan/runtime_notes.h"
 #include "commands.h"
 #include "pipeline.h"
 #include "core/error.h"
@@ -90,6 +91,7 @@ void print_plan_summary(const PlanStepResult& r, const ModelConfig& config, cons
     fmt::print("predicted KL  {:.6f} nats/token; measured on the calibration text {:.6f}\n", s.damage,
                r.variants.front().measured);
   fmt::print("formats       {}\n", h);
+  for (const std::string& note : llamacpp_speed_notes(config, s.formats)) fmt::print("note          {}\n", note);
   for (size_t i = 0; i < r.variants.size(); ++i)
     fmt::print("{} {:<34} {:>8.3f} bits/weight, predicted KL {:.5f}, calibration KL {:.5f}\n",
                i == 0 ? "chosen       " : "             ", r.variants[i].name,
@@ -119,7 +121,7 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-void print_plan_json(const PlanStepResult& r, const std::string& out) {
+void print_plan_json(const PlanStepResult& r, const ModelConfig& config, const std::string& out) {
   nlohmann::json j = {{"out", out},
                       {"budget", r.budget.description},
                       {"budget_bytes", r.budget.weight_bytes},
@@ -130,6 +132,7 @@ void print_plan_json(const PlanStepResult& r, const std::string& out) {
                       {"gap_kl", r.solution.gap},
                       {"method", r.solution.method}};
   if (!r.variants.empty()) j["calib_kl"] = r.variants.front().measured;
+  j["notes"] = llamacpp_speed_notes(config, r.solution.formats);
   fmt::print("{}\n", j.dump());
   std::fflush(stdout);
 }
@@ -160,13 +163,13 @@ void run_plan(const PlanArgs& a) {
       else step.size.clear();
       const std::string out = (std::filesystem::path(a.out) / fmt::format("plan-{}{}.json", b, bpws.empty() ? "" : "bpw")).string();
       PlanStepResult r = run_plan_step(m, t, plan_step_options(step, !a.json), out, {.measurer = measurer.get()});
-      if (a.json) print_plan_json(r, out);
+      if (a.json) print_plan_json(r, m.config, out);
       else print_plan_summary(r, m.config, out);
     }
     return;
   }
   PlanStepResult r = run_plan_step(m, t, plan_step_options(a.step, !a.json), a.out, {.profile_path = a.profile});
-  if (a.json) return print_plan_json(r, a.out);
+  if (a.json) return print_plan_json(r, m.config, a.out);
   print_plan_summary(r, m.config, a.out);
 }
 
