@@ -8,7 +8,7 @@
 // module runs, times a full pass.
 //
 //   bench_gpu_profile [--shape llama3-8b|qwen2.5-7b] [--samples 128] [--seq 512]
-//                     [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--numerics fast|exact]
+//                     [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--anchor-windows N] [--numerics fast|exact]
 //                     [--layers N] [--op-times] [--json FILE]
 // --layers keeps the first N layers of the shape (a quicker run whose
 // per-layer costs scale to the whole model); --op-times adds the device time
@@ -76,7 +76,7 @@ double peak_rss_gb() {
 
 int run(int argc, char** argv) {
   std::string shape_name = "llama3-8b", candidates = "2,3,4,5,6,8x32,64,128", numerics = "fast", json_path;
-  int samples = 128, seq = 512, anchors = 0, layers = 0;
+  int samples = 128, seq = 512, anchors = 0, layers = 0, anchor_windows = 0;
   bool op_times = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -89,13 +89,14 @@ int run(int argc, char** argv) {
     else if (a == "--seq") seq = std::stoi(next());
     else if (a == "--candidates") candidates = next();
     else if (a == "--anchors") anchors = std::stoi(next());
+    else if (a == "--anchor-windows") anchor_windows = std::stoi(next());
     else if (a == "--numerics") numerics = next();
     else if (a == "--json") json_path = next();
     else if (a == "--layers") layers = std::stoi(next());
     else if (a == "--op-times") op_times = true;
     else if (a == "-h" || a == "--help") {
       std::puts("bench_gpu_profile [--shape llama3-8b|qwen2.5-7b] [--samples 128] [--seq 512]\n"
-                "                  [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--numerics fast|exact]\n"
+                "                  [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--anchor-windows N] [--numerics fast|exact]\n"
                 "                  [--layers N] [--op-times] [--json FILE]");
       return 0;
     } else {
@@ -126,6 +127,7 @@ int run(int argc, char** argv) {
   o.method = ProfileMethod::Fast;
   o.candidates = parse_candidates(candidates);
   o.anchor_every = anchors;
+  o.anchor_windows = anchor_windows;
   o.source.model_path = m.path;
   o.gram_memory = int64_t{2} << 30;
   o.progress = true;

@@ -26,6 +26,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -161,6 +162,12 @@ class Backend {
     matmul(gate, x, n, out);
     matmul(up, x, n, up_out);
     gated_activation(act, llamacpp, out, up_out, n * gate.rows());
+  }
+  // ys[i] (n x ws[i].rows) = x . W_i^T for matrices that read the same
+  // input (q, k and v): one pass over x where a backend can.
+  virtual void matmul_group(std::span<const WeightHandle* const> ws, const float* x, int64_t n,
+                            std::span<float* const> ys) {
+    for (size_t i = 0; i < ws.size(); ++i) matmul(*ws[i], x, n, ys[i]);
   }
   // RoPE of q (n rows of q_stride, n_heads heads) and k (rows of kv_dim,
   // n_kv_heads heads) at positions pos0.., then k and v stored in the cache.

@@ -194,9 +194,10 @@ void Transformer::project_qkv(const DeviceLayer& L, int64_t n) {
     b.take_columns(act_.fused.data(), n, cols, qd, kvd, k);
     b.take_columns(act_.fused.data(), n, cols, qd + kvd, kvd, v);
   } else {
-    b.matmul(L.matrix(ModuleKind::QProj), act_.xn.data(), n, q);
-    b.matmul(L.matrix(ModuleKind::KProj), act_.xn.data(), n, k);
-    b.matmul(L.matrix(ModuleKind::VProj), act_.xn.data(), n, v);
+    const WeightHandle* ws[] = {&L.matrix(ModuleKind::QProj), &L.matrix(ModuleKind::KProj),
+                                &L.matrix(ModuleKind::VProj)};
+    float* const ys[] = {q, k, v};
+    b.matmul_group(ws, act_.xn.data(), n, ys);
   }
   if (L.bq.size()) b.add_rows(q, L.bq.data(), n, qd);
   if (L.bk.size()) b.add_rows(k, L.bk.data(), n, kvd);

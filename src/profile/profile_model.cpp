@@ -328,10 +328,14 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   // Mean KL(ref || current model) over the scored rows, run from `layer` (-1: full forward).
   std::vector<float> hbuf(static_cast<size_t>(max_len) * dim);
   Buffer ref_staging;  // a window's reference rows when they are not kept in the backend
+  const size_t kl_windows = opt.method == ProfileMethod::Fast && opt.anchor_windows > 0
+                                ? std::min(nw, static_cast<size_t>(opt.anchor_windows))
+                                : nw;
   auto measure_kl = [&](int layer) {
     double sum = 0;
     int64_t count = 0;
-    for (size_t w = 0; w < nw; ++w) {
+    for (size_t k = 0; k < kl_windows; ++k) {
+      const size_t w = k * nw / kl_windows;  // evenly spaced; all of them in order when kl_windows == nw
       const int64_t n = static_cast<int64_t>(windows[w].size());
       tf.reset();
       if (layer >= 0) {

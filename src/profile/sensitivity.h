@@ -73,6 +73,11 @@ struct ProfileOptions {
   ProfileMethod method = ProfileMethod::Fast;
   std::vector<TensorFormat> candidates = default_profile_candidates();
   int anchor_every = 0;        // fast: anchors every N-th layer; 0: 1 if <= 12 layers, else 3
+  // fast: the exact anchors' KL over this many calibration windows, evenly
+  // spaced (0: all). The proxies always use every window; an anchor only
+  // scales them to KL units, and a full-model pass per anchor over all the
+  // windows is most of a large model's fast profile.
+  int anchor_windows = 0;
   std::string cache_path;      // "" = no cache file
   ProfileSource source;        // recorded in the cache
   QuantMethod rounding = QuantMethod::Search;

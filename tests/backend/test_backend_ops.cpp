@@ -371,6 +371,46 @@ TEST_P(BackendOps, AddRmsNormEqualsAddThenNorm) {
   }
 }
 
+TEST_P(BackendOps, MatmulGroupEqualsSeparateProducts) {
+  // q, k and v of one storage (a GPU fuses them into one launch) and mixed
+  // with an fp32 k (one product at a time): the same numbers either way.
+  const int64_t cols = 256;
+  const std::vector<StorageCase> qs = storage_cases(19, cols), ks = storage_cases(5, cols), vs = storage_cases(7, cols);
+  for (bool fast : {false, true}) {
+    struct Int8 {
+      bool saved = kernels::decode_int8_enabled();
+      explicit Int8(bool on) { kernels::set_decode_int8(on); }
+      ~Int8() { kernels::set_decode_int8(saved); }
+    } numerics(fast);
+    for (size_t c = 0; c < qs.size(); ++c) {
+      const auto hq = b.upload(qs[c].view), hk = b.upload(ks[c].view), hv = b.upload(vs[c].view);
+      const auto hk32 = b.upload(ks.front().view);
+      for (int64_t n : {1, 3}) {
+        const auto x = test::random_floats(n * cols, 70 + n);
+        Buffer bx = put(x);
+        for (const WeightHandle* k : {hk.get(), hk32.get()}) {
+          const WeightHandle* ws[] = {hq.get(), k, hv.get()};
+          const int64_t rows[] = {19, 5, 7};
+          std::vector<Buffer> want, got;
+          for (int i = 0; i < 3; ++i) {
+            want.push_back(b.alloc(n * rows[i]));
+            got.push_back(b.alloc(n * rows[i]));
+            b.matmul(*ws[i], bx.data(), n, want.back().data());
+          }
+          float* const ys[] = {got[0].data(), got[1].data(), got[2].data()};
+          b.matmul_group(ws, bx.data(), n, ys);
+          for (int i = 0; i < 3; ++i) {
+            const auto w = get(want[i], n * rows[i]), g = get(got[i], n * rows[i]);
+            for (int64_t j = 0; j < n * rows[i]; ++j)
+              ASSERT_EQ(g[j], w[j]) << qs[c].name << (k == hk.get() ? " same" : " mixed") << " matrix " << i
+                                    << " n=" << n << (fast ? " fast" : " exact");
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_P(BackendOps, GatedMatmulEqualsTwoProductsAndActivation) {
   const int64_t rows = 11, cols = 256;
   const std::vector<StorageCase> gates = storage_cases(rows, cols);

@@ -146,6 +146,33 @@ TEST(Profile, FastUsesFewExactAnchors) {
   EXPECT_THROW(t.damage(DamageSource::Exact), Error);
 }
 
+TEST(Profile, AnchorsOnFewerWindows) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());  // 4 windows
+  ProfileOptions o = opts(ProfileMethod::Fast, m);
+  o.anchor_every = 2;
+  const SensitivityTable all = profile_model(m, windows, o);
+  o.anchor_windows = 4;  // as many as there are: the same measurements
+  const SensitivityTable same = profile_model(m, windows, o);
+  o.anchor_windows = 2;
+  const SensitivityTable two = profile_model(m, windows, o);
+  int anchors = 0, differ = 0;
+  for (size_t i = 0; i < all.modules.size(); ++i)
+    for (const auto& [name, fs] : all.modules[i].formats) {
+      const FormatSensitivity& s = same.modules[i].formats.at(name);
+      const FormatSensitivity& t = two.modules[i].formats.at(name);
+      EXPECT_EQ(fs.proxy, t.proxy) << "proxies always use every window";
+      EXPECT_EQ(fs.kl, s.kl);
+      ASSERT_EQ(fs.kl.has_value(), t.kl.has_value());
+      if (!fs.kl) continue;
+      ++anchors;
+      EXPECT_GT(*t.kl, 0.0);
+      differ += *t.kl != *fs.kl;
+    }
+  EXPECT_GT(anchors, 0);
+  EXPECT_GT(differ, 0) << "half of the windows should give other anchor values";
+}
+
 TEST(Profile, CacheResumesOnlyMissingEntries) {
   Model m = load_model(stories());
   const auto windows = calibration_windows(m, calib_opts());

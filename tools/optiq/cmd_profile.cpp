@@ -69,6 +69,10 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
                  "fast: measure exact anchors on 'every' layer or every N-th (default: every layer up to 12 "
                  "layers, else every 3rd)")
       ->capture_default_str();
+  cmd.add_option("--anchor-windows", a.anchor_windows,
+                 "fast: measure the exact anchors on this many evenly spaced calibration windows (default 0: all); "
+                 "the proxies always use every window. Anchors are most of a large model's fast profile")
+      ->check(CLI::NonNegativeNumber);
 }
 
 ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress) {
@@ -89,6 +93,7 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
       fail("--anchors '{}': expected 'every', 'auto' or a positive number", a.anchors);
     }
   }
+  po.anchor_windows = a.anchor_windows;
   po.cache_path = a.cache;
   po.progress = progress;
   return o;

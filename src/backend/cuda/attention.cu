@@ -65,6 +65,102 @@ __device__ __forceinline__ void key_dots(const float* qs, const T* kt, int hd, f
   }
 }
 
+// kD consecutive values of a cache row as fp32 (kD = 2, 4 or 8: one load of
+// 4 to 32 bytes).
+template <class T, int kD>
+__device__ __forceinline__ void load_dims(const T* p, float (&v)[kD]) {
+  if constexpr (sizeof(T) == 2) {
+    uint32_t w[kD / 2];
+    if constexpr (kD == 2) {
+      w[0] = *reinterpret_cast<const uint32_t*>(p);
+    } else if constexpr (kD == 4) {
+      const uint2 r = *reinterpret_cast<const uint2*>(p);
+      w[0] = r.x, w[1] = r.y;
+    } else {
+      const uint4 r = *reinterpret_cast<const uint4*>(p);
+      w[0] = r.x, w[1] = r.y, w[2] = r.z, w[3] = r.w;
+    }
+#pragma unroll
+    for (int h = 0; h < kD / 2; ++h) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[h]));
+      v[2 * h] = f.x, v[2 * h + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int h = 0; h < kD / 2; ++h) {
+      const float2 f = reinterpret_cast<const float2*>(p)[h];
+      v[2 * h] = f.x, v[2 * h + 1] = f.y;
+    }
+  }
+}
+
+// Scores of keys [a, b) against the kG query heads of a group, a warp per
+// key: the lanes hold kD dimensions each (head_dim = 32 kD), so a key's row
+// is one coalesced read, and each warp has kKeys rows in flight before it
+// sums. (A thread per key walks its row one load at a time: at short
+// contexts that chain of memory round trips was most of the step's attention
+// time.)
+template <class T, int kG, int kD>
+__device__ __forceinline__ void scores_by_warp(const AttentionParams& p, const float* qs, const T* __restrict__ kc,
+                                               int g, int a, int b, int chunk_cap, float* sc) {
+  constexpr int kKeys = kD == 8 ? 4 : 8;
+  constexpr int hd = 32 * kD;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kDecodeThreads / 32;
+  float qr[kG][kD];
+#pragma unroll
+  for (int j = 0; j < kG; ++j)
+#pragma unroll
+    for (int d = 0; d < kD; ++d) qr[j][d] = qs[j * hd + lane * kD + d];
+  const T* base = kc + static_cast<int64_t>(g) * hd + lane * kD;
+  for (int t0 = a + warp * kKeys; t0 < b; t0 += warps * kKeys) {
+    float kv[kKeys][kD];
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) load_dims<T, kD>(base + static_cast<int64_t>(min(t0 + u, b - 1)) * p.kv_stride, kv[u]);
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u)
+#pragma unroll
+      for (int j = 0; j < kG; ++j) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kD; ++e) d = fmaf(qr[j][e], kv[u][e], d);
+        d = warp_sum(d);
+        if (lane == 0 && t0 + u < b) sc[j * chunk_cap + (t0 + u - a)] = capped(d * p.scale, p.softcap);
+      }
+  }
+}
+
+// Weighted values of keys [a, b) (probabilities in sc) with the same warp per
+// key layout as scores_by_warp: every warp's loads in flight together, its
+// sums per (head, dimension) into vsum (warps x group x hd) for the block to add.
+template <class T, int kG, int kD>
+__device__ __forceinline__ void values_by_warp(const AttentionParams& p, const T* __restrict__ vc, int g, int a,
+                                               int b, int chunk_cap, const float* sc, float* vsum) {
+  constexpr int kKeys = kD == 8 ? 4 : 8;
+  constexpr int hd = 32 * kD;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kDecodeThreads / 32;
+  float acc[kG][kD] = {};
+  const T* base = vc + static_cast<int64_t>(g) * hd + lane * kD;
+  for (int t0 = a + warp * kKeys; t0 < b; t0 += warps * kKeys) {
+    float vv[kKeys][kD];
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) load_dims<T, kD>(base + static_cast<int64_t>(min(t0 + u, b - 1)) * p.kv_stride, vv[u]);
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      if (t0 + u >= b) break;  // uniform in the warp
+#pragma unroll
+      for (int j = 0; j < kG; ++j) {
+        const float pj = sc[j * chunk_cap + (t0 + u - a)];
+#pragma unroll
+        for (int e = 0; e < kD; ++e) acc[j][e] = fmaf(pj, vv[u][e], acc[j][e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kG; ++j)
+#pragma unroll
+    for (int e = 0; e < kD; ++e) vsum[(warp * kG + j) * hd + lane * kD + e] = acc[j][e];
+}
+
 // One range's scores, softmax pieces and weighted values, into `part`. kG:
 // query heads per kv head (the group), known at compile time for the common
 // ones; 0 = any (one head at a time). Needs an even head_dim.
@@ -77,8 +173,20 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
   for (int idx = tid; idx < group * hd; idx += kDecodeThreads)
     qs[idx] = q[static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * group * hd + idx];
   __syncthreads();
-  // Scores: a thread per key.
-  for (int t = a + tid; t < b; t += kDecodeThreads) {
+  // Scores: a warp per key where the head's width allows, else a thread per key.
+  int lane_dims = 0;  // > 0: a warp per key, each lane holding this many dimensions
+  if constexpr (kG > 0) {
+    const bool aligned = p.kv_stride % 8 == 0;
+    if (aligned && hd == 128) lane_dims = 4;
+    else if (aligned && hd == 64) lane_dims = 2;
+    else if (aligned && hd == 256 && kG <= 4) lane_dims = 8;
+    if (lane_dims == 4) scores_by_warp<T, kG, 4>(p, qs, kc, g, a, b, chunk_cap, sc);
+    if (lane_dims == 2) scores_by_warp<T, kG, 2>(p, qs, kc, g, a, b, chunk_cap, sc);
+    if constexpr (kG <= 4)
+      if (lane_dims == 8) scores_by_warp<T, kG, 8>(p, qs, kc, g, a, b, chunk_cap, sc);
+  }
+  const bool scored = lane_dims > 0;
+  for (int t = a + tid; !scored && t < b; t += kDecodeThreads) {
     const T* kt = kc + static_cast<int64_t>(t) * p.kv_stride + static_cast<int64_t>(g) * hd;
     if constexpr (kG > 0) {
       float d[kG];
@@ -123,39 +231,47 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
   constexpr int kPairs = 4;  // pairs of dimensions a lane holds: head_dim <= 256
   float* vsum = stats + 2 * group + group * kMaxSplits;  // warps x group x hd
   for (int jb = 0; jb < group; jb += kHeads) {
-    float acc[kHeads][kPairs][2] = {};
-    const T* vbase = vc + static_cast<int64_t>(a) * p.kv_stride + static_cast<int64_t>(g) * hd;
+    if constexpr (kG > 0) {
+      if (lane_dims == 4) values_by_warp<T, kG, 4>(p, vc, g, a, b, chunk_cap, sc, vsum);
+      if (lane_dims == 2) values_by_warp<T, kG, 2>(p, vc, g, a, b, chunk_cap, sc, vsum);
+      if constexpr (kG <= 4)
+        if (lane_dims == 8) values_by_warp<T, kG, 8>(p, vc, g, a, b, chunk_cap, sc, vsum);
+    }
+    if (!scored) {
+      float acc[kHeads][kPairs][2] = {};
+      const T* vbase = vc + static_cast<int64_t>(a) * p.kv_stride + static_cast<int64_t>(g) * hd;
 #pragma unroll 8
-    for (int t = warp; t < b - a; t += warps) {
-      const T* vt = vbase + static_cast<int64_t>(t) * p.kv_stride;
+      for (int t = warp; t < b - a; t += warps) {
+        const T* vt = vbase + static_cast<int64_t>(t) * p.kv_stride;
+#pragma unroll
+        for (int m = 0; m < kPairs; ++m) {
+          const int e = 2 * (lane + 32 * m);
+          if (e >= hd) break;
+          float v0, v1;
+          if constexpr (sizeof(T) == 2) {
+            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(vt + e));
+            v0 = f.x, v1 = f.y;
+          } else {
+            const float2 f = *reinterpret_cast<const float2*>(vt + e);
+            v0 = f.x, v1 = f.y;
+          }
+#pragma unroll
+          for (int j = 0; j < kHeads; ++j) {
+            const float pj = sc[(jb + j) * chunk_cap + t];
+            acc[j][m][0] = fmaf(pj, v0, acc[j][m][0]);
+            acc[j][m][1] = fmaf(pj, v1, acc[j][m][1]);
+          }
+        }
+      }
 #pragma unroll
       for (int m = 0; m < kPairs; ++m) {
         const int e = 2 * (lane + 32 * m);
         if (e >= hd) break;
-        float v0, v1;
-        if constexpr (sizeof(T) == 2) {
-          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(vt + e));
-          v0 = f.x, v1 = f.y;
-        } else {
-          const float2 f = *reinterpret_cast<const float2*>(vt + e);
-          v0 = f.x, v1 = f.y;
-        }
 #pragma unroll
         for (int j = 0; j < kHeads; ++j) {
-          const float pj = sc[(jb + j) * chunk_cap + t];
-          acc[j][m][0] = fmaf(pj, v0, acc[j][m][0]);
-          acc[j][m][1] = fmaf(pj, v1, acc[j][m][1]);
+          float* d = vsum + (static_cast<int64_t>(warp) * group + jb + j) * hd + e;
+          d[0] = acc[j][m][0], d[1] = acc[j][m][1];
         }
-      }
-    }
-#pragma unroll
-    for (int m = 0; m < kPairs; ++m) {
-      const int e = 2 * (lane + 32 * m);
-      if (e >= hd) break;
-#pragma unroll
-      for (int j = 0; j < kHeads; ++j) {
-        float* d = vsum + (static_cast<int64_t>(warp) * group + jb + j) * hd + e;
-        d[0] = acc[j][m][0], d[1] = acc[j][m][1];
       }
     }
     __syncthreads();
@@ -240,9 +356,17 @@ __global__ void __launch_bounds__(kDecodeThreads)
   for (int idx = tid; idx < group * hd; idx += kDecodeThreads) {
     const int j = idx / hd, e = idx % hd;
     const float* pj = part + static_cast<int64_t>(j) * splits * (hd + 2) + 2 + e;
+    // Eight ranges' loads in flight at a time (a loop with a run-time bound
+    // would wait for each load in turn).
     float acc = 0.0f;
-#pragma unroll 8
-    for (int k = 0; k < active; ++k) acc = fmaf(__ldcg(pj + k * (hd + 2)), weight[j * kMaxSplits + k], acc);
+    for (int k0 = 0; k0 < active; k0 += 8) {
+      float v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = k0 + u < active ? __ldcg(pj + (k0 + u) * (hd + 2)) : 0.0f;
+#pragma unroll
+      for (int u = 0; u < 8; ++u)
+        if (k0 + u < active) acc = fmaf(v[u], weight[j * kMaxSplits + k0 + u], acc);
+    }
     out[static_cast<int64_t>(i) * p.q_stride + (static_cast<int64_t>(g) * group + j) * hd + e] = acc;
   }
   if (tid == 0) counters[static_cast<int64_t>(i) * p.n_kv_heads + g] = 0;

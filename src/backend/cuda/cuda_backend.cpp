@@ -233,6 +233,8 @@ class CudaBackend final : public Backend {
 
   std::unique_ptr<WeightHandle> upload(const WeightView& w) override;
   void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) override;
+  void matmul_group(std::span<const WeightHandle* const> ws, const float* x, int64_t n,
+                    std::span<float* const> ys) override;
   void embed(const WeightHandle& w, const int32_t* tokens, int64_t n, float scale, float* out) override {
     Op op(*this, "embed");
     if (n <= 0) return;
@@ -600,6 +602,34 @@ void CudaBackend::matmul(const WeightHandle& wh, const float* x, int64_t n, floa
   } else {
     cuda::matvec_f32(m, x, static_cast<int>(n), y, stream_);
   }
+}
+
+void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const float* x, int64_t n,
+                               std::span<float* const> ys) {
+  const size_t count = ws.size();
+  bool fused = count >= 2 && count <= 3 && n > 0 && n <= kMatvecMaxRows && kernels::decode_int8_enabled() &&
+               reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  DevMatrix ms[3];
+  for (size_t i = 0; fused && i < count; ++i) {
+    ms[i] = dev(*ws[i]);
+    fused = ms[i].act == ActRounding::Exact && has_matvec_int8(ms[i]) && ms[i].bits == ms[0].bits &&
+            ms[i].group == ms[0].group && ms[i].cols == ms[0].cols;
+  }
+  if (!fused) {
+    Backend::matmul_group(ws, x, n, ys);
+    return;
+  }
+  Op op = timing_ && !recording_ ? Op(*this, "matmul group " + storage_name(ms[0]) + " int8") : Op(*this, "matmul");
+  const float* prev_y = last_y_;
+  const int64_t prev_y_n = last_y_n_;
+  last_y_ = ys[0];
+  last_y_n_ = n * ms[0].rows;
+  const Int8Blocks b = int8_blocks(x, n, ms[0].cols, prev_y, prev_y_n);
+  if (cuda::matvec_int8_group(ms, ys.data(), static_cast<int>(count), b.q, b.scale, b.sum, static_cast<int>(n),
+                              stream_))
+    return;
+  // Same bits and group but another detail differs (scale type, symmetry): one product at a time.
+  for (size_t i = 0; i < count; ++i) cuda::matvec_int8(ms[i], b.q, b.scale, b.sum, static_cast<int>(n), ys[i], stream_);
 }
 
 CudaBackend::Int8Blocks CudaBackend::int8_blocks(const float* x, int64_t n, int64_t cols, const float* prev_y,

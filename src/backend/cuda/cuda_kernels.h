@@ -46,6 +46,11 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 bool has_matvec_int8(const DevMatrix& w);
 void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xscale, const int32_t* xsum, int n, float* y,
                  cudaStream_t s);
+// Up to three matrices of one affine format that read the same x (q, k, v)
+// in one launch: ys[i] = x . W_i^T. False (nothing launched) when they differ
+// in format or width.
+bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const int8_t* xq, const float* xscale,
+                       const int32_t* xsum, int n, cudaStream_t s);
 // The gated MLP's first half in one pass: out = act(x . G^T) * (x . U^T),
 // when G and U share a storage these kernels fuse (affine of one format, or
 // dense); false (nothing launched) otherwise. xq/xscale/xsum: int8 blocks of

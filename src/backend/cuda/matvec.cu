@@ -157,6 +157,42 @@ __host__ __device__ constexpr int warp_rows() {
   return kGated ? 1 : kR;
 }
 
+// The kR row slots of a warp (rows r0.. of w, or row r0 of w and of w2)
+// against int8 activation blocks: acc[r][i] = row slot r . x_i.
+template <int kBits, int kMaxN, int kR, int kU, bool kGated>
+__device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
+                                          const int8_t* __restrict__ xq, const float* __restrict__ xscale,
+                                          const int32_t* __restrict__ xsum, int n, float (&acc)[kR][kMaxN]) {
+  const int chunks = static_cast<int>(w.cols >> 5);
+  const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
+  AffineRow rows[kR];
+  affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
+  for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
+    uint32_t words[kU][kR][kBits];
+    float sc[kU][kR], bi[kU][kR];
+    load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
+    pdl_wait();  // weights are in flight; x is the previous operation's output
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int c = min(c0 + 32 * u, chunks - 1);  // a valid address; its scale is 0 past the row
+#pragma unroll
+      for (int i = 0; i < kMaxN; ++i) {
+        if (i >= n) break;
+        const int4* p = reinterpret_cast<const int4*>(xq + (static_cast<int64_t>(i) * chunks + c) * 32);
+        const int4 a = __ldg(p), b = __ldg(p + 1);
+        const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        const float sx = __ldg(xscale + i * chunks + c);
+        const float sumx = sx * static_cast<float>(__ldg(xsum + i * chunks + c));
+#pragma unroll
+        for (int r = 0; r < kR; ++r) {
+          const int d = dot_chunk<kBits>(words[u][r], xv);
+          acc[r][i] += sc[u][r] * (sx * static_cast<float>(d)) + bi[u][r] * sumx;
+        }
+      }
+    }
+  }
+}
+
 template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_kernel(DevMatrix w, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
@@ -165,44 +201,45 @@ __global__ void __launch_bounds__(kW * 32)
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int chunks = static_cast<int>(w.cols >> 5);
-  const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
   constexpr int kStep = warp_rows<kGated, kR>();
   for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
        r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
     float acc[kR][kMaxN] = {};
-    AffineRow rows[kR];
-    affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
-    for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
-      uint32_t words[kU][kR][kBits];
-      float sc[kU][kR], bi[kU][kR];
-      load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
-      pdl_wait();  // weights are in flight; x is the previous operation's output
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int c = min(c0 + 32 * u, chunks - 1);  // a valid address; its scale is 0 past the row
-#pragma unroll
-        for (int i = 0; i < kMaxN; ++i) {
-          if (i >= n) break;
-          const int4* p = reinterpret_cast<const int4*>(xq + (static_cast<int64_t>(i) * chunks + c) * 32);
-          const int4 a = __ldg(p), b = __ldg(p + 1);
-          const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-          const float sx = __ldg(xscale + i * chunks + c);
-          const float sumx = sx * static_cast<float>(__ldg(xsum + i * chunks + c));
-#pragma unroll
-          for (int r = 0; r < kR; ++r) {
-            const int d = dot_chunk<kBits>(words[u][r], xv);
-            acc[r][i] += sc[u][r] * (sx * static_cast<float>(d)) + bi[u][r] * sumx;
-          }
-        }
-      }
-    }
+    int8_rows<kBits, kMaxN, kR, kU, kGated>(w, w2, r0, lane, xq, xscale, xsum, n, acc);
     if constexpr (kGated) {
       store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
     } else {
 #pragma unroll
       for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y);
     }
+  }
+}
+
+// Up to three matrices of one format that read the same input (q, k, v) in
+// one launch: their rows are numbered one after the other and a warp takes
+// one row at a time, so the small k and v products share the launch (and
+// its fixed cost) with q.
+struct MatrixGroup {
+  DevMatrix w0, w1, w2;
+  float *y0 = nullptr, *y1 = nullptr, *y2 = nullptr;
+  int64_t end0 = 0, end1 = 0, end2 = 0;  // running row counts
+};
+
+template <int kBits, int kMaxN, int kW, int kU>
+__global__ void __launch_bounds__(kW * 32)
+    affine_int8_group_kernel(MatrixGroup g, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
+                             const int32_t* __restrict__ xsum, int n) {
+  pdl_trigger();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int64_t R = static_cast<int64_t>(blockIdx.x) * kW + warp; R < g.end2;
+       R += static_cast<int64_t>(gridDim.x) * kW) {
+    const int m = R < g.end0 ? 0 : (R < g.end1 ? 1 : 2);  // uniform in the warp
+    const DevMatrix w = m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2);
+    float* y = m == 0 ? g.y0 : (m == 1 ? g.y1 : g.y2);
+    const int64_t r = R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1));
+    float acc[1][kMaxN] = {};
+    int8_rows<kBits, kMaxN, 1, kU, false>(w, w, r, lane, xq, xscale, xsum, n, acc);
+    store_rows<kMaxN>(acc[0], n, r, w.rows, lane, y);
   }
 }
 
@@ -567,6 +604,47 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const in
   else
     launch_affine_int8<kMatvecMaxRows>(w, xq, xs, xsum, n, y, s);
   OPTIQ_CUDA_LAUNCHED();
+}
+
+namespace {
+template <int kMaxN>
+void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const int32_t* xsum, int n, int bits,
+                  cudaStream_t s) {
+  constexpr int kW = 4;
+  const unsigned grid = blocks_for(g.end2, kW);
+  switch (bits) {
+    case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 8>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 5>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    default: launch(affine_int8_group_kernel<8, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+  }
+}
+}  // namespace
+
+bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const int8_t* xq, const float* xscale,
+                       const int32_t* xsum, int n, cudaStream_t s) {
+  if (count < 1 || count > 3 || n <= 0 || n > kMatvecMaxRows) return false;
+  const DevMatrix& a = ws[0];
+  for (int i = 0; i < count; ++i) {
+    const DevMatrix& b = ws[i];
+    const bool same = b.storage == DevStorage::Affine && a.storage == DevStorage::Affine && b.cols == a.cols &&
+                      b.bits == a.bits && b.group == a.group && b.bf16_scales == a.bf16_scales &&
+                      (b.biases == nullptr) == (a.biases == nullptr) && b.zero_point == a.zero_point &&
+                      b.act == ActRounding::Exact;
+    if (!same) return false;
+  }
+  MatrixGroup g;
+  g.w0 = ws[0], g.y0 = ys[0], g.end0 = ws[0].rows;
+  g.w1 = count > 1 ? ws[1] : ws[0], g.y1 = count > 1 ? ys[1] : ys[0], g.end1 = g.end0 + (count > 1 ? ws[1].rows : 0);
+  g.w2 = count > 2 ? ws[2] : ws[0], g.y2 = count > 2 ? ys[2] : ys[0], g.end2 = g.end1 + (count > 2 ? ws[2].rows : 0);
+  if (n == 1)
+    launch_group<1>(g, xq, xscale, xsum, n, a.bits, s);
+  else
+    launch_group<kMatvecMaxRows>(g, xq, xscale, xsum, n, a.bits, s);
+  OPTIQ_CUDA_LAUNCHED();
+  return true;
 }
 
 }  // namespace optiq::cuda
