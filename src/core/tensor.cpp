@@ -22,6 +22,8 @@ std::string_view dtype_name(DType t) {
     case DType::Q4_K: return "Q4_K";
     case DType::Q5_K: return "Q5_K";
     case DType::Q6_K: return "Q6_K";
+    case DType::IQ4_NL: return "IQ4_NL";
+    case DType::IQ4_XS: return "IQ4_XS";
     case DType::U32: return "U32";
     case DType::I32: return "I32";
     case DType::I64: return "I64";
@@ -45,6 +47,8 @@ BlockLayout block_layout(DType t) {
     case DType::Q4_K: return {256, 144};
     case DType::Q5_K: return {256, 176};
     case DType::Q6_K: return {256, 210};
+    case DType::IQ4_NL: return {32, 18};
+    case DType::IQ4_XS: return {256, 136};
     case DType::U32: return {1, 4};
     case DType::I32: return {1, 4};
     case DType::I64: return {1, 8};

@@ -16,6 +16,7 @@ enum class DType : uint8_t {
   F32, F16, BF16,
   Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
   Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+  IQ4_NL, IQ4_XS,  // 4-bit indices into a fixed non-linear table of 16 levels
   U32,    // MLX packed quantized words
   I32, I64, U8,
 };

@@ -126,6 +126,8 @@ std::optional<DType> dtype_from_ggml_type(uint32_t id) {
     case 12: return DType::Q4_K;
     case 13: return DType::Q5_K;
     case 14: return DType::Q6_K;
+    case 20: return DType::IQ4_NL;
+    case 23: return DType::IQ4_XS;
     case 30: return DType::BF16;
     default: return std::nullopt;
   }
@@ -145,6 +147,8 @@ uint32_t ggml_type_from_dtype(DType t) {
     case DType::Q4_K: return 12;
     case DType::Q5_K: return 13;
     case DType::Q6_K: return 14;
+    case DType::IQ4_NL: return 20;
+    case DType::IQ4_XS: return 23;
     case DType::BF16: return 30;
     case DType::U8:
     case DType::I32:

@@ -15,17 +15,24 @@
 
 namespace optiq {
 
+bool is_iq4(DType t) { return t == DType::IQ4_NL || t == DType::IQ4_XS; }
+
 bool is_kquant(DType t) {
-  return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+  return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
+         is_iq4(t);
 }
 
-size_t KQuantView::row_bytes() const { return static_cast<size_t>(cols / 256) * block_layout(dtype).block_bytes; }
+size_t KQuantView::row_bytes() const {
+  const BlockLayout b = block_layout(dtype);
+  return static_cast<size_t>(cols / b.block_elems) * b.block_bytes;
+}
 
 void check_view(const KQuantView& v) {
   check(is_kquant(v.dtype), "k-quant matrix: {} is not a k-quant type", dtype_name(v.dtype));
-  check(v.rows > 0 && v.cols > 0 && v.cols % 256 == 0,
-        "k-quant matrix: {}x{} {}: rows must be a whole number of 256-weight blocks", v.rows, v.cols,
-        dtype_name(v.dtype));
+  const int be = block_layout(v.dtype).block_elems;
+  check(v.rows > 0 && v.cols > 0 && v.cols % be == 0,
+        "k-quant matrix: {}x{} {}: rows must be a whole number of {}-weight blocks", v.rows, v.cols,
+        dtype_name(v.dtype), be);
   check(v.data != nullptr, "k-quant matrix: no data");
 }
 
@@ -70,8 +77,10 @@ void kquant_matmul(const KQuantView& W, const float* X, int64_t n, float* Y, boo
   if (n <= 0) return;
   const Isa isa = active_isa();
   const double work = static_cast<double>(W.rows) * W.cols * n;
-  if (int8 && n >= kern::kFusedMaxN && int8_prefill_active()) return kquant_matmul_int8_gemm(W, X, n, Y);
-  if (!int8 || n >= kern::kFusedMaxN) {
+  // IQ4s have no int8 kernels yet: dequantized tiles, fp32 products.
+  const bool iq4 = is_iq4(W.dtype);
+  if (int8 && !iq4 && n >= kern::kFusedMaxN && int8_prefill_active()) return kquant_matmul_int8_gemm(W, X, n, Y);
+  if (!int8 || iq4 || n >= kern::kFusedMaxN) {
     kern::for_row_blocks(W.rows, work, [&](int64_t r0, int64_t r1) { tile_block(isa, W, X, n, Y, r0, r1); });
     return;
   }

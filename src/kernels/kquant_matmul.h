@@ -1,6 +1,7 @@
-// Products against GGUF k-quant matrices (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) read
-// straight from their ggml blocks (256 weights per block; a row is cols/256
-// consecutive blocks), e.g. borrowed from a memory-mapped GGUF file.
+// Products against GGUF k-quant matrices (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, and
+// the non-linear IQ4_XS and IQ4_NL) read straight from their ggml blocks (256
+// weights per block, 32 for IQ4_NL; a row is consecutive blocks), e.g.
+// borrowed from a memory-mapped GGUF file. IQ4s take the fp32 path below.
 //
 //  - n < 4 (decode), int8 mode (kernels::decode_int8_enabled(), the default):
 //    activations are rounded to int8 blocks of 32 (kernels/act_quant.h) and
@@ -19,14 +20,16 @@
 
 namespace optiq {
 
+// Types that run on these kernels: the k-quants and the IQ4s.
 bool is_kquant(DType t);
+bool is_iq4(DType t);
 
 // A borrowed {rows, cols} matrix of ggml k-quant blocks.
 struct KQuantView {
   DType dtype = DType::Q4_K;
   int64_t rows = 0, cols = 0;
   const uint8_t* data = nullptr;
-  size_t row_bytes() const;  // cols / 256 blocks
+  size_t row_bytes() const;  // cols / block elements blocks
   size_t bytes() const { return row_bytes() * static_cast<size_t>(rows); }
   const uint8_t* row(int64_t r) const { return data + row_bytes() * static_cast<size_t>(r); }
 };

@@ -184,8 +184,10 @@ class TensorTable {
   static ActRounding llamacpp_act_rounding(DType t) {
     switch (t) {
       case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0:
+      case DType::IQ4_NL:
         return ActRounding::Q8Block32;
       case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+      case DType::IQ4_XS:
         return ActRounding::Q8KBlock256;
       case DType::F16: return ActRounding::F16;
       case DType::BF16: return ActRounding::BF16;
@@ -201,8 +203,8 @@ class TensorTable {
       return Linear::from_affine(std::move(a));
     }
     if (keep_packed_ && is_kquant(t.dtype)) {  // run packed from the file (rows reordered: an owned copy)
-      check(cols % 256 == 0, "{}: tensor {}: {} rows of {} cannot be {} blocks", source_, t.name, rows, cols,
-            dtype_name(t.dtype));
+      check(cols % block_layout(t.dtype).block_elems == 0, "{}: tensor {}: {} rows of {} cannot be {} blocks", source_,
+            t.name, rows, cols, dtype_name(t.dtype));
       if (!reorder && !copy_all_) {
         borrowed_ = true;
         return Linear::from_ggml_view(t.dtype, t.data, rows, cols);

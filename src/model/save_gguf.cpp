@@ -38,6 +38,8 @@ uint32_t llama_file_type(DType t) {
     case DType::Q4_K: return 15;  // Q4_K_M
     case DType::Q5_K: return 17;  // Q5_K_M
     case DType::Q6_K: return 18;
+    case DType::IQ4_NL: return 25;
+    case DType::IQ4_XS: return 30;
     case DType::BF16: return 32;
     default: fail("GGUF export: no llama.cpp file type for {}", dtype_name(t));
   }

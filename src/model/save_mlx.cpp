@@ -58,7 +58,7 @@ void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& 
     for (const auto& mod : quantizable_modules(c)) {
       const Linear& lin = module_linear(m.weights, mod);
       // MLX has no storage for GGUF's k-quant blocks; writing them as floats would undo the plan silently.
-      check(!lin.is_kquant(), "{}: {} is {}, a GGUF k-quant, which MLX cannot store: plan it with affine (MLX) or "
+      check(!lin.is_kquant(), "{}: {} is {}, a GGUF k-quant or IQ4 type, which MLX cannot store: plan it with affine (MLX) or "
             "32-weight GGUF formats for an MLX export", m.path, mod.path, lin.format());
       if (lin.is_affine()) {
         const AffineMatrixView& v = lin.affine();

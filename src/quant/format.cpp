@@ -61,7 +61,7 @@ int TensorFormat::code_bits() const {
     switch (g->type) {
       case DType::Q2_K: return 2;
       case DType::Q3_K: return 3;
-      case DType::Q4_0: case DType::Q4_1: case DType::Q4_K: return 4;
+      case DType::Q4_0: case DType::Q4_1: case DType::Q4_K: case DType::IQ4_NL: case DType::IQ4_XS: return 4;
       case DType::Q5_0: case DType::Q5_1: case DType::Q5_K: return 5;
       case DType::Q6_K: return 6;
       default: return 8;

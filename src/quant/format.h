@@ -1,7 +1,7 @@
 // Tensor formats, in one registry. A TensorFormat is one of:
 //   float                 the model's fp16/bf16 (or fp32): the unquantized reference
 //   affine {bits, group}  MLX affine groups, w = scale * q + bias (quant/affine.h)
-//   ggml {type}           a GGUF block type as llama.cpp stores it (Q4_0..Q8_0, Q2_K..Q6_K)
+//   ggml {type}           a GGUF block type as llama.cpp stores it (Q4_0..Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS)
 // Each kind is one entry (a FormatKind: format_float/affine/ggml.cpp) that
 // owns its names, parsing, JSON, bits per weight, bytes for a shape, whether
 // it fits a shape, and quantize / dequantize; fake quantization is their
@@ -97,7 +97,7 @@ bool format_fits(const TensorFormat& f, int64_t cols);
 // The format a matrix with `cols` inputs is actually stored in: `f` itself,
 // or, for a GGUF k-quant whose 256-weight blocks do not divide a row,
 // llama.cpp's fallback (what llama-quantize writes for such a tensor): Q2_K
-// and Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0. fits, bytes and
+// and Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, IQ4_XS -> IQ4_NL. fits, bytes and
 // quantize all go through it, so a plan that names q4_k for a 576-wide
 // matrix gets, counts and ships Q5_0 blocks.
 TensorFormat format_for_shape(const TensorFormat& f, int64_t cols);

@@ -1,6 +1,6 @@
 // Format entry: GGUF block types kept as llama.cpp stores them: the 32-weight
-// blocks Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the 256-weight k-quants Q2_K, Q3_K,
-// Q4_K, Q5_K, Q6_K (layouts: quant/ggml_dequant.cpp; quantizers:
+// blocks Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL and the 256-weight Q2_K, Q3_K,
+// Q4_K, Q5_K, Q6_K, IQ4_XS (layouts: quant/ggml_dequant.cpp; quantizers:
 // quant/ggml_quantize.h). QuantMethod::MinMax quantizes as llama.cpp's
 // reference quantizers do (byte for byte for the 32-weight types);
 // QuantMethod::Search searches wider scale grids, weighting errors by the
@@ -27,20 +27,21 @@ namespace optiq {
 namespace {
 
 // The GGUF block types that are plan formats, in llama.cpp's order of size.
-constexpr DType kTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_0,
-                            DType::Q5_1, DType::Q5_K, DType::Q6_K, DType::Q8_0};
+constexpr DType kTypes[] = {DType::Q2_K,  DType::Q3_K, DType::IQ4_XS, DType::Q4_0, DType::IQ4_NL, DType::Q4_1,
+                            DType::Q4_K,  DType::Q5_0, DType::Q5_1,   DType::Q5_K, DType::Q6_K,   DType::Q8_0};
 
 bool supported(DType t) { return std::find(std::begin(kTypes), std::end(kTypes), t) != std::end(kTypes); }
 int64_t block_elems(DType t) { return block_layout(t).block_elems; }
 size_t block_bytes(DType t) { return block_layout(t).block_bytes; }
 
-// llama.cpp's fallback for a k-quant whose 256-weight blocks do not divide a
+// llama.cpp's fallback for a 256-weight type whose blocks do not divide a
 // row (llama-quant.cpp, tensor_type_fallback): the 32-weight type it writes
-// instead. IQ4_NL, its choice for the i-quants, is not an optiq format; for
-// Q2_K/Q3_K llama.cpp also picks Q4_0.
+// instead (llama.cpp 0.3.36's choices: Q4_0 for Q2_K and Q3_K, though IQ4_NL
+// would be better there).
 DType fallback_type(DType t) {
   switch (t) {
     case DType::Q2_K: case DType::Q3_K: return DType::Q4_0;
+    case DType::IQ4_XS: return DType::IQ4_NL;
     case DType::Q4_K: return DType::Q5_0;
     case DType::Q5_K: return DType::Q5_1;
     case DType::Q6_K: return DType::Q8_0;

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "core/parallel.h"
+#include "quant/ggml_iq4.h"
 
 namespace optiq {
 
@@ -189,6 +190,33 @@ void dq_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+// IQ4_NL: d(f16) qs[16]: y = d * level[index].
+void dq_iq4_nl(const uint8_t* b, float* y) {
+  const float d = f16_at(b);
+  const uint8_t* q = b + 2;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * iq4::kLevels[q[j] & 0x0f];
+    y[j + 16] = d * iq4::kLevels[q[j] >> 4];
+  }
+}
+
+// IQ4_XS: d(f16) scales_h(u16) scales_l[4] qs[128]: block of 32 ib has
+// scale d * (ls - 32), ls = low 4 bits from scales_l, high 2 from scales_h.
+void dq_iq4_xs(const uint8_t* b, float* y) {
+  const float d = f16_at(b);
+  const uint16_t scales_h = static_cast<uint16_t>(b[2] | (b[3] << 8));
+  const uint8_t* scales_l = b + 4;
+  const uint8_t* q = b + 8;
+  for (int ib = 0; ib < 8; ++ib, q += 16, y += 32) {
+    const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0f) | (((scales_h >> (2 * ib)) & 3) << 4);
+    const float dl = d * static_cast<float>(ls - 32);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = dl * iq4::kLevels[q[j] & 0x0f];
+      y[j + 16] = dl * iq4::kLevels[q[j] >> 4];
+    }
+  }
+}
+
 using BlockFn = void (*)(const uint8_t*, float*);
 
 BlockFn block_fn(DType t) {
@@ -203,6 +231,8 @@ BlockFn block_fn(DType t) {
     case DType::Q4_K: return dq_q4_k;
     case DType::Q5_K: return dq_q5_k;
     case DType::Q6_K: return dq_q6_k;
+    case DType::IQ4_NL: return dq_iq4_nl;
+    case DType::IQ4_XS: return dq_iq4_xs;
     default: return nullptr;
   }
 }

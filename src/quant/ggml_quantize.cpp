@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "quant/ggml_dequant.h"
+#include "quant/ggml_iq4.h"
 
 namespace optiq {
 
@@ -639,6 +640,8 @@ BlockFn block_fn(DType t) {
     case DType::Q4_K: return kquant<DType::Q4_K, q4_k>;
     case DType::Q5_K: return kquant<DType::Q5_K, q5_k>;
     case DType::Q6_K: return kquant<DType::Q6_K, q6_k>;
+    case DType::IQ4_NL: return iq4::quantize_nl;
+    case DType::IQ4_XS: return iq4::quantize_xs;
     default: return nullptr;
   }
 }

@@ -3,6 +3,7 @@
 // llama.cpp decode them):
 //   32-weight blocks  Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 //   256-weight k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+//   non-linear 4-bit IQ4_NL (32) and IQ4_XS (256): quant/ggml_iq4.h
 //
 // The algorithms are llama.cpp's, written again here: per sub-block a scale
 // (and for the asymmetric types a min) fitted by weighted least squares over a

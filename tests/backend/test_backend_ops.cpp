@@ -19,6 +19,7 @@
 #include "core/half.h"
 #include "kernels/act_quant.h"
 #include "kernels/attention.h"
+#include "quant/format.h"
 #include "quant/ggml_dequant.h"
 #include "quant/quantizer.h"
 #include "test_util.h"
@@ -210,6 +211,13 @@ std::vector<StorageCase> storage_cases(int64_t rows, int64_t cols) {
       auto b = std::make_shared<std::vector<uint8_t>>(random_kquant(t, rows, cols, 20 + static_cast<int>(t)));
       cases.push_back({std::string(dtype_name(t)), {rows, cols, KQuantView{t, rows, cols, b->data()}}, b});
     }
+  // The IQ4s (their own blocks, 32 or 256 weights), quantized from w.
+  for (DType t : {DType::IQ4_NL, DType::IQ4_XS}) {
+    if (cols % block_layout(t).block_elems) continue;
+    const QuantizedMatrix q = quantize_matrix(TensorFormat{GgmlFormat{t}}, w.data(), rows, cols);
+    auto b = std::make_shared<std::vector<uint8_t>>(q.blocks);
+    cases.push_back({std::string(dtype_name(t)), {rows, cols, KQuantView{t, rows, cols, b->data()}}, b});
+  }
   return cases;
 }
 

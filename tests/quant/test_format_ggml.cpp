@@ -68,7 +68,7 @@ TEST(FormatGgml, NamesSizesJson) {
   EXPECT_EQ(format_matrix_bytes(kQ4, 5, 96), 5 * 3 * 18);
   EXPECT_EQ(kQ8.code_bits(), 8);
   EXPECT_EQ(kQ4.code_bits(), 4);
-  EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"gguf", "IQ4_XS"}}, "t", "x"), Error);
+  EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"gguf", "IQ3_S"}}, "t", "x"), Error);
   EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"gguf", 3}}, "t", "x"), Error);
   EXPECT_THROW(parse_tensor_format("q3_0"), Error);
   EXPECT_THROW((void)*kQ8, Error);  // not affine
@@ -171,8 +171,8 @@ std::vector<uint8_t> ref_q5(const float* x, bool with_min) {
   return b;
 }
 
-const DType kAllTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_0, DType::Q4_1, DType::Q4_K,
-                           DType::Q5_0, DType::Q5_1, DType::Q5_K, DType::Q6_K, DType::Q8_0};
+const DType kAllTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_0, DType::Q4_1, DType::Q4_K,  DType::Q5_0,
+                           DType::Q5_1, DType::Q5_K, DType::Q6_K, DType::Q8_0, DType::IQ4_NL, DType::IQ4_XS};
 
 TEST(FormatGgml, EveryTypeNamesBitsAndFit) {
   const struct {
@@ -181,7 +181,7 @@ TEST(FormatGgml, EveryTypeNamesBitsAndFit) {
     int bits, block;
   } want[] = {{"q2_k", 2.625, 2, 256}, {"q3_k", 3.4375, 3, 256}, {"q4_0", 4.5, 4, 32},  {"q4_1", 5.0, 4, 32},
               {"q4_k", 4.5, 4, 256},   {"q5_0", 5.5, 5, 32},      {"q5_1", 6.0, 5, 32}, {"q5_k", 5.5, 5, 256},
-              {"q6_k", 6.5625, 6, 256}, {"q8_0", 8.5, 8, 32}};
+              {"q6_k", 6.5625, 6, 256}, {"q8_0", 8.5, 8, 32}, {"iq4_nl", 4.5, 4, 32},   {"iq4_xs", 4.25, 4, 256}};
   for (size_t i = 0; i < std::size(kAllTypes); ++i) {
     const TensorFormat f{GgmlFormat{kAllTypes[i]}};
     EXPECT_EQ(parse_tensor_format(want[i].name), f) << want[i].name;
@@ -209,7 +209,7 @@ TEST(FormatGgml, KQuantsFallBackAsLlamaCppDoes) {
     const char* label;
   } cases[] = {{DType::Q2_K, DType::Q4_0, "q2_k\u2192q4_0"}, {DType::Q3_K, DType::Q4_0, "q3_k\u2192q4_0"},
                {DType::Q4_K, DType::Q5_0, "q4_k\u2192q5_0"}, {DType::Q5_K, DType::Q5_1, "q5_k\u2192q5_1"},
-               {DType::Q6_K, DType::Q8_0, "q6_k\u2192q8_0"}};
+               {DType::Q6_K, DType::Q8_0, "q6_k\u2192q8_0"}, {DType::IQ4_XS, DType::IQ4_NL, "iq4_xs\u2192iq4_nl"}};
   const int64_t rows = 3, cols = 576;  // SmolLM2's width: 18 blocks of 32, not whole blocks of 256
   const auto w = test::random_floats(rows * cols, 5, 0.3f);
   for (const auto& c : cases) {
@@ -282,7 +282,7 @@ TEST(FormatGgml, EveryTypeRoundTripsSearchAndImportance) {
   const std::map<DType, double> bound = {{DType::Q2_K, 0.45}, {DType::Q3_K, 0.22}, {DType::Q4_0, 0.13},
                                          {DType::Q4_1, 0.11}, {DType::Q4_K, 0.10}, {DType::Q5_0, 0.065},
                                          {DType::Q5_1, 0.055}, {DType::Q5_K, 0.05}, {DType::Q6_K, 0.025},
-                                         {DType::Q8_0, 0.006}};
+                                         {DType::Q8_0, 0.006}, {DType::IQ4_NL, 0.12}, {DType::IQ4_XS, 0.12}};
   for (DType t : kAllTypes) {
     const TensorFormat f{GgmlFormat{t}};
     const QuantizedMatrix q = quantize_matrix(f, w.data(), rows, cols, search);

@@ -51,7 +51,8 @@ FAMILIES = {  # directory -> (config, tensors); gemma3: llama.cpp's attention sc
     "tiny-p3": (lambda: tm.phi3_config(**WIDE), tm.phi3_tensors),
     "gemma3": (lambda: tm.gemma3_config(query_pre_attn_scalar=32), tm.gemma3_tensors),
 }
-MIX = ["q4_k", "q6_k", "q8_0", "q4_0", "q5_1", "q2_k", "q4g32", "q3_k", "q5_0", "q5_k", "q4_1", "q5g32", "float"]
+MIX = ["q4_k", "q6_k", "q8_0", "iq4_nl", "q4_0", "q5_1", "q2_k", "q4g32", "q3_k", "iq4_xs", "q5_0", "q5_k", "q4_1",
+       "q5g32", "float"]
 N_IDS = 32
 TEXT = "Once upon a time, the quick brown fox met Lily in the park: café 123!"
 

@@ -1,15 +1,15 @@
 """optiq's GGUF block quantizers against llama.cpp's own (ggml_quantize_chunk from
 the llama-cpp-python build, called through ctypes) and gguf-py's dequantizers.
 
-For every type (Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), on random rows with
+For every type (Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS), on random rows with
 outliers (tests/reference/ggml_quant_tool writes optiq's blocks):
  (a) layout: gguf-py dequantizes optiq's blocks to exactly optiq's own values;
  (b) the 32-weight types: optiq's reference quantization (minmax) is llama.cpp's
      byte for byte;
- (c) the k-quants: optiq's reference quantization is llama.cpp's byte for byte
+ (c) the k-quants and IQ4s: optiq's reference quantization is llama.cpp's byte for byte
      too (the same procedures, written again), and optiq's search is no worse;
  (d) with an importance vector: the k-quants' reference procedure is llama.cpp's
-     imatrix quantization byte for byte, and optiq's search reaches an
+     imatrix quantization byte for byte (IQ4_NL too), and optiq's search reaches an
      importance-weighted error no worse than it (all types).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ except ImportError as e:  # pragma: no cover
 TYPES = {  # name: (ggml type id, block elems, block bytes)
     "q4_0": (2, 32, 18), "q4_1": (3, 32, 20), "q5_0": (6, 32, 22), "q5_1": (7, 32, 24), "q8_0": (8, 32, 34),
     "q2_k": (10, 256, 84), "q3_k": (11, 256, 110), "q4_k": (12, 256, 144), "q5_k": (13, 256, 176),
-    "q6_k": (14, 256, 210),
+    "q6_k": (14, 256, 210), "iq4_nl": (20, 32, 18), "iq4_xs": (23, 256, 136),
 }
 ROWS, COLS = 24, 1024
 
@@ -120,7 +120,7 @@ def main() -> int:
             e_ours_w, e_ll_w = err(w, ours_w_dq, imp), err(w, deq(ll_imp, tid), imp)
             print(f"{name:6} {e_ours:10.5f} {e_ll:10.5f} {e_s:13.5f} {same:6}/{nblocks:<5} {e_ours_w:12.5f} {e_ll_w:14.5f}"
                   f" {same_imp:6}/{nblocks}")
-            if be == 256 and same_imp != nblocks:
+            if (be == 256 or name.startswith("iq4")) and same_imp != nblocks:
                 failures.append(f"{name}: {nblocks - same_imp} of {nblocks} imatrix blocks differ from llama.cpp's")
             if same != nblocks:  # (c)
                 failures.append(f"{name}: {nblocks - same} of {nblocks} reference blocks differ from llama.cpp's")

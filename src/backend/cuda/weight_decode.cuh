@@ -150,6 +150,31 @@ __device__ __forceinline__ void kq_decode_sub(DType t, const uint8_t* b, int s, 
   }
 }
 
+// IQ4_NL / IQ4_XS (quant/ggml_iq4.h): chunk c of a row is block c (IQ4_NL,
+// 18 bytes) or block c % 8 of super-block c / 8 (IQ4_XS, 136 bytes).
+__device__ __forceinline__ void iq4_decode_chunk(DType t, const uint8_t* row, int64_t c, float (&v)[32]) {
+  constexpr int8_t kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  float d;
+  const uint8_t* q;
+  if (t == DType::IQ4_NL) {
+    const uint8_t* b = row + c * 18;
+    d = f16_at(b);
+    q = b + 2;
+  } else {
+    const uint8_t* b = row + (c >> 3) * 136;
+    const int ib = static_cast<int>(c & 7);
+    const int scales_h = b[2] | (b[3] << 8);
+    const int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0f) | (((scales_h >> (2 * ib)) & 3) << 4);
+    d = __fmul_rn(f16_at(b), static_cast<float>(ls - 32));
+    q = b + 8 + 16 * ib;
+  }
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    v[j] = __fmul_rn(d, static_cast<float>(kLevels[q[j] & 0x0f]));
+    v[j + 16] = __fmul_rn(d, static_cast<float>(kLevels[q[j] >> 4]));
+  }
+}
+
 // Chunk c of row r of any storage, as fp32.
 __device__ __forceinline__ void decode_chunk(const DevMatrix& w, int64_t r, int64_t c, float (&v)[32]) {
   switch (w.storage) {
@@ -198,6 +223,10 @@ __device__ __forceinline__ void decode_chunk(const DevMatrix& w, int64_t r, int6
     }
     case DevStorage::KQuant: {
       const uint8_t* block = static_cast<const uint8_t*>(w.data) + r * w.row_bytes;
+      if (w.kquant == DType::IQ4_NL || w.kquant == DType::IQ4_XS) {
+        iq4_decode_chunk(w.kquant, block, c, v);
+        return;
+      }
       const int64_t bi = c >> 3;
       const int bytes = w.kquant == DType::Q2_K   ? 84
                         : w.kquant == DType::Q3_K ? 110
