@@ -99,15 +99,24 @@ std::vector<TensorFormat> parse_format_list(std::string_view text) {
       f = parse_tensor_format(tok);
     } catch (const Error& e) {
       fail("formats '{}': '{}' is not a format (valid: affine BITSxGROUPS like 2,3,4x64,128 or q4g64 with bits 2, "
-           "3, 4, 5, 6, 8 and groups 32, 64, 128; GGUF q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k)",
+           "3, 4, 5, 6, 8 and groups 32, 64, 128; GGUF q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, "
+           "iq4_nl, iq4_xs)",
            text, tok);
     }
     check(!f.is_float(), "formats '{}': '{}' is float, not a quantized format", text, tok);
     add(f);
   };
   // Named formats ("q8_0") may sit on either side of a product: "2,3,4x32,64,q8_0".
+  // The product's 'x' is the first one outside a named format ("iq4_xs" has one too).
   auto is_named = [](const std::string& tok) { return tok.find('_') != std::string::npos; };
-  const auto x = s.find('x');
+  size_t x = std::string::npos, start = 0;
+  for (const auto& tok : split(s, ',')) {
+    if (!is_named(tok) && tok.find('x') != std::string::npos) {
+      x = start + tok.find('x');
+      break;
+    }
+    start += tok.size() + 1;
+  }
   if (x != std::string::npos) {
     std::vector<std::string> bits, groups, after;
     for (const auto& b : split(s.substr(0, x), ',')) {

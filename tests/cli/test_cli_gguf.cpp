@@ -80,6 +80,7 @@ TEST(CliGguf, TargetAndAuto) {
   std::stringstream ss;
   ss << in.rdbuf();
   EXPECT_NE(ss.str().find("gguf-q4_k"), std::string::npos);
+  EXPECT_NE(ss.str().find("gguf-iq4_nl"), std::string::npos);
   EXPECT_EQ(ss.str().find("affine-q4-g64"), std::string::npos);
 
   r = run("auto " + stories() + " --calib " + calib() + kCalib + " --bpw 7 --format gguf -o " + dir + "/a.gguf");

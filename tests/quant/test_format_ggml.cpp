@@ -78,6 +78,10 @@ TEST(FormatGgml, NamesSizesJson) {
             (std::vector<TensorFormat>{kQ4, AffineFormat{2, 32}, AffineFormat{2, 64}, AffineFormat{4, 32},
                                        AffineFormat{4, 64}, kQ8}));
   EXPECT_THROW(parse_format_list("q8_0x32"), Error);
+  EXPECT_EQ(parse_format_list("iq4_xs,2,4x32,iq4_nl"),
+            (std::vector<TensorFormat>{TensorFormat{GgmlFormat{DType::IQ4_XS}}, AffineFormat{2, 32},
+                                       AffineFormat{4, 32}, TensorFormat{GgmlFormat{DType::IQ4_NL}}}));
+  EXPECT_EQ(parse_format_list("q2_k,iq4_xs,q8_0").size(), 3u);
 }
 
 TEST(FormatGgml, MinMaxIsGgmlsReferenceByteForByte) {
