@@ -211,6 +211,22 @@ TEST(CliQuantize, Gptq) {
                 kCalib).code, 1);
 }
 
+// AWQ scales are folded into the norms and v/up rows: the outputs stay plain
+// MLX / GGUF models that load and run.
+TEST(CliQuantize, Awq) {
+  const std::string dir = test::temp_dir();
+  quantize_ok(stories_gguf(), dir + "/mlx", "--bits 3 --group-size 32 --method awq --awq-grid 4 --calib " + calib_txt() +
+                                                kCalib);
+  ok("quantize " + stories_gguf() + " -o " + dir + "/q.gguf --format gguf --bits 4 --method awq --calib " + calib_txt() +
+     kCalib);
+  ok("eval " + dir + "/q.gguf --text " + calib_txt() + " --chunks 2 --ctx 64");
+  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --method awq");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
+  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method awq --awq-grid 0 --calib " + calib_txt() +
+                kCalib).code, 2);  // a usage error
+}
+
 TEST(CliQuantize, CalibrationSources) {
   const std::string dir = test::temp_dir();
   const std::string jsonl = dir + "/calib.jsonl";

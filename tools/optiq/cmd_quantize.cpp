@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "model/awq.h"
 #include "model/quantize_model.h"
 #include "model/exporter.h"
 #include "pipeline.h"
@@ -26,14 +27,15 @@ struct QuantizeArgs {
   CalibrationOptions calib;  // source empty: no activation weighting
   double damp = 0.01;
   bool no_act_order = false;
+  int awq_grid = 10;
   bool force = false;
   bool json = false;
 };
 
 void run_quantize(const QuantizeArgs& a) {
-  check(a.method != "gptq" || !a.calib.source.empty(),
-        "--method gptq needs calibration text (--calib FILE, or --calib self): it compensates rounding error "
-        "through the inputs' statistics");
+  check((a.method != "gptq" && a.method != "awq") || !a.calib.source.empty(),
+        "--method {} needs calibration text (--calib FILE, or --calib self): it works from the inputs' statistics",
+        a.method);
   check(a.damp > 0 && a.damp < 10, "--damp {}: expected a fraction of the mean input energy, e.g. 0.01", a.damp);
   Model m = a.model.load();
   // A uniform GGUF is llama.cpp's own type of those bits (Q4_K for 4, Q8_0 for
@@ -60,6 +62,17 @@ void run_quantize(const QuantizeArgs& a) {
       grams = collect_grams(m, windows);
       opt.grams = &grams;
       opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
+    }
+    if (a.method == "awq") {
+      grams = collect_grams(m, windows);
+      const auto sites = awq_transform(m, map, grams, opt.recipe, &importance, {.grid = a.awq_grid});
+      grams.clear();  // the inputs are scaled now; nothing reads these again
+      double plain = 0, scaled = 0;
+      int moved = 0;
+      for (const auto& s : sites) plain += s.error_plain, scaled += s.error, moved += s.alpha > 0;
+      if (!a.json)
+        fmt::print("awq: {} of {} input sites scaled; their summed output error {:.4g} -> {:.4g} ({:+.1f}%)\n", moved,
+                   sites.size(), plain, scaled, plain > 0 ? 100.0 * (scaled / plain - 1) : 0.0);
     }
   }
   quantize_model(m, map, opt);
@@ -102,9 +115,13 @@ Runner register_quantize(CLI::App& app) {
   cmd->add_option("--plan", a->plan, "per-tensor plan JSON (docs/plan-format.md); overrides --bits/--group-size")
       ->check(CLI::ExistingFile);
   cmd->add_option("--method", a->method,
-                  "rounding: search (error-minimising), minmax (MLX's), or gptq (error feedback through the "
-                  "calibration inputs' second moments, needs --calib; the format and layout are unchanged)")
-      ->capture_default_str()->check(CLI::IsMember({"search", "minmax", "gptq"}));
+                  "rounding: search (error-minimising), minmax (MLX's), gptq (error feedback through the "
+                  "calibration inputs' second moments), or awq (per-input-channel scales searched on the calibration "
+                  "inputs and folded into the norms / previous matrices, then search rounding); gptq and awq need "
+                  "--calib; the format and layout are unchanged")
+      ->capture_default_str()->check(CLI::IsMember({"search", "minmax", "gptq", "awq"}));
+  cmd->add_option("--awq-grid", a->awq_grid, "awq: steps of the scale exponent alpha in [0, 1]")
+      ->capture_default_str()->check(CLI::Range(1, 100));
   cmd->add_option("--damp", a->damp, "gptq: dampening, a fraction of the mean input energy added to H's diagonal")
       ->capture_default_str();
   cmd->add_flag("--no-act-order", a->no_act_order,
