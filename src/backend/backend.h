@@ -208,6 +208,11 @@ class Backend {
   // Runs `step` on the inputs set last; its output lands in host_out.
   virtual void replay(const RecordedStep& step, float* host_out) {}
 
+  // out (rows x cols, this backend's memory) = the matrix's values in fp32,
+  // exactly what matmul multiplies by (the profiler starts each module's
+  // candidates from them without a trip through the host).
+  virtual void weights_to_f32(const WeightHandle& w, float* out) = 0;
+
   // Accuracy-path statistics (profiling, evaluation), on this backend's
   // buffers; sums are returned to the host in double.
   // g (cols x cols) += x^T x for n rows of `cols` (a Gram matrix of a

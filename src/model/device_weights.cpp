@@ -20,6 +20,12 @@ Buffer upload_vector(Backend& b, const std::vector<float>& v) {
 
 const WeightHandle& DeviceLayer::matrix(ModuleKind k) const { return *matrices[static_cast<size_t>(k)]; }
 
+const WeightHandle& DeviceWeights::module(const ModuleInfo& m) const {
+  auto& s = const_cast<DeviceWeights*>(this)->slot(m);  // slot() only finds; nothing changes
+  check(s != nullptr, "{}: no weights uploaded for it", m.path);
+  return *s;
+}
+
 DeviceWeights::DeviceWeights(const Model& model, Backend& backend) : model_(model), backend_(backend) {
   const ModelWeights& w = model.weights;
   check(!w.embed.empty(), "{}: the model has no weights loaded", model.path);

@@ -39,6 +39,8 @@ class DeviceWeights {
   const WeightHandle& output() const { return lm_head_ ? *lm_head_ : *embed_; }
   const DeviceLayer& layer(int l) const { return layers_[l]; }
   const Buffer& final_norm() const { return final_norm_; }
+  // The handle module `m` multiplies by now.
+  const WeightHandle& module(const ModuleInfo& m) const;
 
   // Points module `m` at `w` and returns the handle it had (WeightSwap's step).
   std::unique_ptr<WeightHandle> exchange(const ModuleInfo& m, std::unique_ptr<WeightHandle> w);

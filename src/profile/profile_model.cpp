@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -398,15 +399,20 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     ModuleSensitivity& ms = t.modules[i];
     const ModuleInfo& m = ms.module;
     const Linear& original = module_linear(ref.weights, m);
-    const std::vector<float> w = original.to_f32();
     const int64_t numel = m.rows * m.cols;
-    // The backend quantizes where it can (a GPU: affine formats), else the
-    // host does and the result goes to the backend.
-    const Buffer w_be = be.upload(w.data(), numel);
+    // The module's fp32 values from its uploaded weights (no host copy, no
+    // upload: an 8B model's matrices are 30 GB of fp32). The backend quantizes
+    // where it can (a GPU: affine formats), else the host does from its own
+    // fp32 copy, made on first need, and the result goes to the backend.
+    Buffer w_be = be.alloc(numel);
+    be.weights_to_f32(weights.module(m), w_be.data());
+    std::optional<std::vector<float>> w_host;
     Buffer out = be.alloc(numel);
     auto quantized = [&](const TensorFormat& f, bool error_out) {
       PhaseTimer timer(t.phase_seconds, "quantize");
       if (be.fake_quantize(f, qo, w_be.data(), m.rows, m.cols, error_out, out.data())) return;
+      if (!w_host) w_host = original.to_f32();
+      const std::vector<float>& w = *w_host;
       std::vector<float> dq = fake_quantize(f, w.data(), m.rows, m.cols, qo);
       if (error_out)
         for (int64_t k = 0; k < numel; ++k) dq[k] = w[k] - dq[k];

@@ -256,6 +256,9 @@ TEST_P(BackendOps, MatmulAndEmbedEveryStorage) {
     const auto got = get(e, 4 * cols);
     for (size_t t = 0; t < tokens.size(); ++t)
       for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(got[t * cols + c], 0.5f * dense[tokens[t] * cols + c]) << sc.name;
+    Buffer all = b.alloc(rows * cols);
+    b.weights_to_f32(*h, all.data());
+    EXPECT_EQ(get(all, rows * cols), dense) << sc.name << ": weights_to_f32";
   }
 }
 
