@@ -69,6 +69,14 @@ PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelCo
       check(format_fits(f, it->second->cols), "{}: {}: group size {} does not divide its {} inputs", source,
             name, f.group_size(), it->second->cols);
       p.formats[path] = f;
+      if (v.is_object() && v.contains("method")) {
+        check(v["method"].is_string(), "{}: {}: \"method\" must be a string", source, name);
+        const std::string method = v["method"].get<std::string>();
+        check(method == "search" || method == "gptq", "{}: {}: method '{}' is not one optiq applies per tensor "
+              "(search, gptq)", source, name, method);
+        check(!f.is_float(), "{}: {}: a float tensor has no rounding method", source, name);
+        if (method != "search") p.methods[path] = method;
+      }
     }
   }
   return p;
@@ -88,7 +96,11 @@ PrecisionMap PrecisionMap::from_plan_file(const std::string& path, const ModelCo
 
 nlohmann::json PrecisionMap::to_plan_json() const {
   nlohmann::json t = nlohmann::json::object();
-  for (const auto& [path, f] : formats) t[path] = tensor_format_to_json(f);
+  for (const auto& [path, f] : formats) {
+    t[path] = tensor_format_to_json(f);
+    auto m = methods.find(path);
+    if (m != methods.end() && t[path].is_object()) t[path]["method"] = m->second;
+  }
   return {{"format", "optiq-plan"}, {"version", 1}, {"tensors", t}};
 }
 

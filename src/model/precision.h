@@ -22,6 +22,9 @@ namespace optiq {
 
 struct PrecisionMap {
   std::map<std::string, TensorFormat> formats;  // module path -> format
+  // module path -> how it is rounded when not the default search: "gptq"
+  // (a plan entry's "method"; the profile measured that method for it).
+  std::map<std::string, std::string> methods;
 
   // Reads a plan file ({"default": {...}, "tensors": {...}}); validates every
   // entry against the model's modules and their shapes. Throws "<path>: ...".

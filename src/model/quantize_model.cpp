@@ -64,7 +64,9 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
           importance = imp->second.data();
       }
       const std::vector<float>* gram = nullptr;
-      if (opt.grams) {
+      auto method = map.methods.find(m.path);
+      const bool wants_gptq = opt.gptq_all || (method != map.methods.end() && method->second == "gptq");
+      if (opt.grams && wants_gptq) {
         auto g = opt.grams->find(m.path);
         if (g != opt.grams->end() && static_cast<int64_t>(g->second->size()) == m.cols * m.cols) gram = g->second.get();
       }

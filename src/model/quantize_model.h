@@ -42,9 +42,11 @@ struct QuantizeModelOptions {
   QuantizeRecipe recipe{};
   bool fake = false;  // true: keep fp32 weights holding the dequantized values
   const ImportanceMap* importance = nullptr;
-  // With grams: GPTQ for every module that has one (the embedding and
-  // lm_head have none: plain rounding), else rounding on its own.
+  // With grams: GPTQ for the modules that have one (the embedding and
+  // lm_head have none: plain rounding) — every one with gptq_all, else those
+  // the map's methods name "gptq"; the rest are rounded on their own.
   const GramMap* grams = nullptr;
+  bool gptq_all = true;
   GptqOptions gptq{};
   bool progress = true;
 };

@@ -12,6 +12,21 @@
 
 namespace optiq {
 
+namespace {
+// The rounding the profile measured for each chosen format (GPTQ where it
+// won): the plan names it so that the export quantizes as profiled.
+void take_methods(PrecisionMap& map, const SensitivityTable& t) {
+  map.methods.clear();
+  for (const auto& ms : t.modules) {
+    auto f = map.formats.find(ms.module.path);
+    if (f == map.formats.end() || f->second.is_float()) continue;
+    auto fs = ms.formats.find(tensor_format_name(f->second));
+    if (fs != ms.formats.end() && !fs->second.method.empty()) map.methods[ms.module.path] = fs->second.method;
+  }
+}
+}  // namespace
+
+
 std::string_view damage_source_name(DamageSource d) {
   return d == DamageSource::Exact ? "exact" : d == DamageSource::Fast ? "fast" : "auto";
 }
@@ -85,6 +100,7 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
                             damage_source_name(a.damage));
   meta.calib_kl = v.measured;
   meta.variants = &variants;
+  take_methods(r.map, t);
   if (!out.empty()) write_plan(out, r.map, config, meta);
   return r;
 }
@@ -117,7 +133,8 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     meta.budget = r.budget.description;
     meta.predicted_kl = r.solution.damage;
     meta.method = "baseline " + b.name;
-    if (!out.empty()) write_plan(out, r.map, config, meta);
+    take_methods(r.map, t);
+  if (!out.empty()) write_plan(out, r.map, config, meta);
     return r;
   }
   const SolverOptions so = solver_options(config, a);
@@ -130,6 +147,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
   meta.method = fmt::format("optiq {} (profile {}, damage {})", r.solution.method, t.method, damage_source_name(a.damage));
   meta.lower_bound_kl = r.solution.lower_bound;
   meta.gap_kl = r.solution.gap;
+  take_methods(r.map, t);
   if (!out.empty()) write_plan(out, r.map, config, meta);
   return r;
 }

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <optional>
+#include <tuple>
 #include <set>
 
 #include <fmt/format.h>
@@ -192,16 +193,19 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   check(!opt.candidates.empty(), "profiling needs at least one candidate format");
   for (const auto& w : windows) check(w.size() >= 4, "calibration windows must hold at least 4 tokens");
 
+  check(!opt.gptq || opt.method == ProfileMethod::Fast,
+        "profiling GPTQ's rounding needs the fast method (its Gram sums): --method fast");
   SensitivityTable t = empty_table(c, opt.candidates);
   t.source = opt.source;
   t.method = profile_method_name(opt.method);
+  t.rounding = opt.gptq ? "search,gptq" : "search";
 
   // Resume from the cache.
   std::error_code ec;
   if (!opt.cache_path.empty() && std::filesystem::exists(opt.cache_path, ec)) {
     try {
       SensitivityTable old = SensitivityTable::read(opt.cache_path, c);
-      if (old.source.matches(opt.source)) {
+      if (old.source.matches(opt.source) && old.rounding == t.rounding) {
         std::map<std::string, const ModuleSensitivity*> by_path;
         for (const auto& ms : old.modules) by_path[ms.module.path] = &ms;
         for (auto& ms : t.modules) {
@@ -211,11 +215,12 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
             FormatSensitivity& dst = ms.formats[name];
             dst.kl = fs.kl;
             dst.proxy = fs.proxy;
+            dst.method = fs.method;
           }
         }
       } else {
-        warn("{}: cache made for {}; measuring again for {}", opt.cache_path, old.source.describe(),
-             opt.source.describe());
+        warn("{}: cache made for {} (rounding {}); measuring again for {} (rounding {})", opt.cache_path,
+             old.source.describe(), old.rounding, opt.source.describe(), t.rounding);
       }
     } catch (const Error& e) {
       warn("ignoring cache: {}", e.what());
@@ -394,6 +399,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   int64_t done = 0;
   // The export's recipe (bf16 scales for Gemma): the profile measures what ships.
   const QuantizeOptions qo = QuantizeRecipe::for_model(ref.config, opt.rounding).options();
+  std::map<std::tuple<int, int, bool>, GptqHessian> hessians;  // ProfileOptions::gptq
   for (size_t i = 0; i < t.modules.size(); ++i) {
     if (needs[i].empty()) continue;
     ModuleSensitivity& ms = t.modules[i];
@@ -418,6 +424,25 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         for (int64_t k = 0; k < numel; ++k) dq[k] = w[k] - dq[k];
       be.to_device(dq.data(), numel, out.data());
     };
+    // GPTQ's rounding of this module (host; its Hessian from the Gram sums the
+    // proxies use, factorised once per input site and column order).
+    auto gptq_dequantized = [&](const TensorFormat& f) -> std::optional<std::vector<float>> {
+      PhaseTimer timer(t.phase_seconds, "gptq");
+      const int site = site_of(m.kind);
+      const bool act_order = gptq_uses_act_order(f, opt.gptq_options);
+      const auto key = std::tuple{m.layer, site, act_order};
+      auto h = hessians.find(key);
+      if (h == hessians.end()) {
+        if (hessians.size() > 8) hessians.clear();  // a few layers' worth at a time
+        std::vector<float> g(static_cast<size_t>(m.cols * m.cols));
+        be.to_host(grams[m.layer][site].data(), m.cols * m.cols, g.data());
+        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, opt.gptq_options.damp)).first;
+      }
+      if (!w_host) w_host = original.to_f32();
+      GptqResult r = gptq_quantize(f, w_host->data(), m.rows, m.cols, h->second, qo);
+      if (r.fallback) return std::nullopt;
+      return dequantize_matrix(r.q);
+    };
     for (const Need& n : needs[i]) {
       const std::string name = tensor_format_name(n.fmt);
       FormatSensitivity& fs = ms.formats[name];
@@ -438,13 +463,28 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           e = gram_proxy(out.data(), m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
         }
         fs.proxy = e;
+        fs.method.clear();
+        if (opt.gptq && m.layer >= 0) {
+          if (auto dq = gptq_dequantized(n.fmt)) {
+            for (int64_t k = 0; k < numel; ++k) (*dq)[k] = (*w_host)[k] - (*dq)[k];
+            be.to_device(dq->data(), numel, out.data());
+            const double eg = gram_proxy(out.data(), m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
+            if (eg < e) fs.proxy = eg, fs.method = "gptq";
+          }
+        }
         ++t.proxy_measured;
         if (progress) progress->update(++done, m.path);
       }
       if (n.exact) {
-        quantized(n.fmt, false);
-        std::vector<float> dq(static_cast<size_t>(numel));
-        be.to_host(out.data(), numel, dq.data());
+        std::vector<float> dq;
+        std::optional<std::vector<float>> g;
+        if (fs.method == "gptq" && (g = gptq_dequantized(n.fmt))) {  // the anchor measures the rounding that ships
+          dq = std::move(*g);
+        } else {
+          quantized(n.fmt, false);
+          dq.resize(static_cast<size_t>(numel));
+          be.to_host(out.data(), numel, dq.data());
+        }
         Linear fake = Linear::from_f32(std::move(dq), m.rows, m.cols);
         fake.set_act_rounding(original.act_rounding());
         {

@@ -295,6 +295,7 @@ json SensitivityTable::to_json() const {
       if (fs.kl) e["kl"] = *fs.kl;
       if (fs.proxy) e["proxy"] = *fs.proxy;
       if (fs.kl_fast) e["kl_fast"] = *fs.kl_fast;
+      if (!fs.method.empty()) e["method"] = fs.method;
       fm[name] = e;
     }
     mods[ms.module.path] = {{"anchor", ms.anchor}, {"formats", fm}};
@@ -311,6 +312,7 @@ json SensitivityTable::to_json() const {
               {"seed", source.calib.seed}}},
             {"candidates", cands},
             {"method", method},
+            {"rounding", rounding},
             {"modules", mods}};
   if (auto s = spearman_fast_exact()) j["spearman_fast_exact"] = *s;
   return j;
@@ -336,6 +338,7 @@ SensitivityTable SensitivityTable::from_json(const json& j, const ModelConfig& c
     t.source.calib.seq = c.value("seq", 0);
     t.source.calib.seed = c.value("seed", uint64_t{0});
     t.method = j.value("method", "");
+    t.rounding = j.value("rounding", "search");
     std::map<std::string, ModuleSensitivity*> by_path;
     for (auto& ms : t.modules) by_path[ms.module.path] = &ms;
     for (const auto& [path, e] : j.at("modules").items()) {
@@ -346,6 +349,7 @@ SensitivityTable SensitivityTable::from_json(const json& j, const ModelConfig& c
         if (v.contains("kl")) fs.kl = v["kl"].get<double>();
         if (v.contains("proxy")) fs.proxy = v["proxy"].get<double>();
         if (v.contains("kl_fast")) fs.kl_fast = v["kl_fast"].get<double>();
+        fs.method = v.value("method", "");
         it->second->formats[name] = fs;
       }
     }

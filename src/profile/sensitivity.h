@@ -40,6 +40,7 @@
 
 #include "model/model.h"
 #include "profile/calibration.h"
+#include "quant/gptq.h"
 #include "quant/quantizer.h"
 
 namespace optiq {
@@ -78,6 +79,12 @@ struct ProfileOptions {
   // scales them to KL units, and a full-model pass per anchor over all the
   // windows is most of a large model's fast profile.
   int anchor_windows = 0;
+  // fast: also quantize every layer matrix with GPTQ (quant/gptq.h, from the
+  // Gram sums the proxies use) and keep, per module and format, the rounding
+  // with the smaller proxy; the anchors measure that rounding. A plan then
+  // names GPTQ for those tensors, and `quantize --plan` reproduces it.
+  bool gptq = false;
+  GptqOptions gptq_options{};
   std::string cache_path;      // "" = no cache file
   ProfileSource source;        // recorded in the cache
   QuantMethod rounding = QuantMethod::Search;
@@ -90,6 +97,9 @@ struct FormatSensitivity {
   std::optional<double> kl;       // measured KL(ref || q), nats per scored token
   std::optional<double> proxy;    // fast proxy E(m, f)
   std::optional<double> kl_fast;  // proxy in KL units (SensitivityTable::calibrate_fast)
+  // How the measured quantization was rounded: "" the search, "gptq" GPTQ
+  // (ProfileOptions::gptq: whichever gave the smaller proxy).
+  std::string method;
 };
 
 struct ModuleSensitivity {
@@ -105,6 +115,7 @@ struct SensitivityTable {
   ProfileSource source;
   std::vector<TensorFormat> candidates;
   std::string method;
+  std::string rounding = "search";  // the roundings measured: "search", or "search,gptq"
   std::vector<ModuleSensitivity> modules;  // forward order (quantizable_modules)
   // This run only (cache hits excluded): exact KL measurements and proxies computed.
   int64_t exact_measured = 0, proxy_measured = 0;

@@ -227,6 +227,30 @@ TEST(CliQuantize, Awq) {
                 kCalib).code, 2);  // a usage error
 }
 
+// profile --methods search,gptq: the plan names GPTQ for the tensors where it
+// won, auto exports them that way, and quantize --plan reproduces it (with
+// the calibration text it needs).
+TEST(CliQuantize, PlanNamesGptqPerTensor) {
+  const std::string dir = test::temp_dir();
+  ok("auto " + stories_gguf() + " --calib " + calib_txt() + kCalib +
+     " --methods search,gptq --candidates 2,3,4,8x32 --bpw 7 -o " + dir + "/auto");
+  expect_loads(dir + "/auto", "auto --methods search,gptq");
+  std::ifstream in(dir + "/auto.plan.json");
+  const nlohmann::json plan = nlohmann::json::parse(in);
+  int gptq = 0;
+  for (const auto& [name, v] : plan["tensors"].items()) gptq += v.is_object() && v.value("method", "") == "gptq";
+  EXPECT_GT(gptq, 0) << plan.dump(1);
+  quantize_ok(stories_gguf(), dir + "/q", "--plan " + dir + "/auto.plan.json --calib " + calib_txt() + kCalib);
+  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/auto.plan.json");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
+  // A method optiq does not apply per tensor is a clear error.
+  std::ofstream(dir + "/bad.json") << R"({"tensors": {"model.layers.0.self_attn.q_proj": {"bits": 4, "group_size": 32, "method": "awq"}}})";
+  r = run("quantize " + stories_gguf() + " -o " + dir + "/y --plan " + dir + "/bad.json");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("method 'awq'"), std::string::npos) << r.out;
+}
+
 TEST(CliQuantize, CalibrationSources) {
   const std::string dir = test::temp_dir();
   const std::string jsonl = dir + "/calib.jsonl";

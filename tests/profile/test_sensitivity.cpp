@@ -173,6 +173,42 @@ TEST(Profile, AnchorsOnFewerWindows) {
   EXPECT_GT(differ, 0) << "half of the windows should give other anchor values";
 }
 
+// GPTQ as a measured rounding: where it wins, its (smaller) proxy and the
+// method are recorded, the anchors measure it, and the cache keeps it.
+TEST(Profile, FastMeasuresGptqWhereItWins) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  ProfileOptions o = opts(ProfileMethod::Fast, m);
+  const SensitivityTable plain = profile_model(m, windows, o);
+  o.gptq = true;
+  o.cache_path = test::temp_dir() + "/g.profile.json";
+  const SensitivityTable g = profile_model(m, windows, o);
+  EXPECT_EQ(g.rounding, "search,gptq");
+  int won = 0, compared = 0;
+  for (size_t i = 0; i < g.modules.size(); ++i)
+    for (const auto& [name, fs] : g.modules[i].formats) {
+      const FormatSensitivity& p = plain.modules[i].formats.at(name);
+      if (!fs.proxy || !p.proxy) continue;
+      ++compared;
+      EXPECT_LE(*fs.proxy, *p.proxy * (1 + 1e-9)) << g.modules[i].module.path << " " << name;
+      if (fs.method == "gptq") {
+        ++won;
+        EXPECT_GE(g.modules[i].module.layer, 0) << "the embedding and lm_head have no Gram sums for GPTQ";
+      } else {
+        EXPECT_EQ(*fs.proxy, *p.proxy);
+      }
+    }
+  EXPECT_GT(won, compared / 4) << "GPTQ should lower most layer matrices' proxies";
+  const SensitivityTable back = SensitivityTable::read(o.cache_path, m.config);
+  EXPECT_EQ(back.rounding, "search,gptq");
+  for (const auto& [name, fs] : g.modules[3].formats) {
+    EXPECT_EQ(back.modules[3].formats.at(name).method, fs.method) << name;
+    EXPECT_EQ(back.modules[3].formats.at(name).proxy, fs.proxy) << name;
+  }
+  o.method = ProfileMethod::Exact;
+  EXPECT_THROW(profile_model(m, windows, o), Error);
+}
+
 TEST(Profile, CacheResumesOnlyMissingEntries) {
   Model m = load_model(stories());
   const auto windows = calibration_windows(m, calib_opts());

@@ -60,8 +60,14 @@ void run_auto(AutoArgs& a) {
   if (!a.json) print_plan_summary(r, m.config, plan_path);
 
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
-  const QuantizeModelOptions qo{
+  QuantizeModelOptions qo{
       .recipe = QuantizeRecipe::for_model(m.config, QuantMethod::Search, a.format == "gguf" ? "f16" : "auto")};
+  GramMap grams;
+  if (!r.map.methods.empty()) {  // the profile found GPTQ better for these tensors: export them that way
+    grams = collect_grams(m, profiled.windows);
+    qo.grams = &grams;
+    qo.gptq_all = false;
+  }
   quantize_model(m, r.map, qo);
   make_exporter(a.format)->write(m, out, {.bf16 = qo.recipe.bf16_scales, .force = a.force});
   if (!a.json) fmt::print("wrote         {}\n", out);

@@ -74,6 +74,11 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
                  "fast: measure the exact anchors on this many evenly spaced calibration windows (default 0: all); "
                  "the proxies always use every window. Anchors are most of a large model's fast profile")
       ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--methods", a.methods,
+                 "roundings to measure: search, or search,gptq (fast method: every layer matrix is also quantized "
+                 "with GPTQ from the proxies' Gram sums, the smaller proxy kept per module and format, and the "
+                 "plan names GPTQ for those tensors so that quantize/auto export them that way)")
+      ->capture_default_str()->check(CLI::IsMember({"search", "search,gptq", "gptq,search"}));
 }
 
 ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress) {
@@ -95,6 +100,7 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
     }
   }
   po.anchor_windows = a.anchor_windows;
+  po.gptq = a.methods.find("gptq") != std::string::npos;
   po.cache_path = a.cache;
   po.progress = progress;
   return o;

@@ -53,6 +53,11 @@ void run_quantize(const QuantizeArgs& a) {
                                m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, dtype)};
   ImportanceMap importance;
   GramMap grams;
+  // A plan whose profile measured GPTQ for some tensors names it per tensor.
+  const bool plan_gptq = !map.methods.empty() && a.method != "gptq";
+  check(!plan_gptq || !a.calib.source.empty(),
+        "{}: the plan rounds {} tensors with GPTQ (\"method\": \"gptq\"): give --calib, the text it was profiled on",
+        a.plan, map.methods.size());
   if (!a.calib.source.empty()) {
     const auto windows = calibration_windows(m, calibration_for(m, a.calib));
     // The embedding and lm_head are rounded on their own, weighted as --method search is.
@@ -61,6 +66,11 @@ void run_quantize(const QuantizeArgs& a) {
     if (a.method == "gptq") {
       grams = collect_grams(m, windows);
       opt.grams = &grams;
+      opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
+    } else if (plan_gptq && a.method != "awq") {
+      grams = collect_grams(m, windows);
+      opt.grams = &grams;
+      opt.gptq_all = false;
       opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
     }
     if (a.method == "awq") {

@@ -25,6 +25,7 @@ struct ProfileStepArgs {
   std::string candidates;  // empty: default_candidates(target)
   std::string anchors = "auto";
   int anchor_windows = 0;  // 0: all
+  std::string methods = "search";  // roundings to measure: "search" or "search,gptq"
   std::string cache;
 };
 void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a);
