@@ -44,6 +44,15 @@ std::vector<std::string> backend_names() {
   return names;
 }
 
+// Sets the int8 decode numerics for a scope (kernels::set_decode_int8).
+struct Int8Decode {
+  bool saved = kernels::decode_int8_enabled();
+  explicit Int8Decode(bool on) { kernels::set_decode_int8(on); }
+  ~Int8Decode() { kernels::set_decode_int8(saved); }
+  Int8Decode(const Int8Decode&) = delete;
+  Int8Decode& operator=(const Int8Decode&) = delete;
+};
+
 void expect_close(const std::vector<float>& got, const std::vector<double>& want, double tol, const char* what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   for (size_t i = 0; i < got.size(); ++i)
@@ -224,11 +233,7 @@ std::vector<StorageCase> storage_cases(int64_t rows, int64_t cols) {
 // Exact numerics: fp32 activations on every path, every storage, decode-sized
 // and prefill-sized batches; embeddings return the dequantized rows exactly.
 TEST_P(BackendOps, MatmulAndEmbedEveryStorage) {
-  struct Int8Off {
-    bool saved = kernels::decode_int8_enabled();
-    Int8Off() { kernels::set_decode_int8(false); }
-    ~Int8Off() { kernels::set_decode_int8(saved); }
-  } int8_off;
+  const Int8Decode int8_off(false);
   const int64_t rows = 13, cols = 256;
   const std::vector<int32_t> tokens = {12, 0, 5, 5};
   for (const StorageCase& sc : storage_cases(rows, cols)) {
@@ -285,11 +290,7 @@ TEST_P(BackendOps, MatmulOddWidths) {
 // (kernels/act_quant.h), integer dot products; the result is the exact
 // product with those rounded activations.
 TEST_P(BackendOps, Int8DecodeEqualsRoundedActivations) {
-  struct Int8On {
-    bool saved = kernels::decode_int8_enabled();
-    Int8On() { kernels::set_decode_int8(true); }
-    ~Int8On() { kernels::set_decode_int8(saved); }
-  } int8_on;
+  const Int8Decode int8_on(true);
   const int64_t rows = 19, cols = 384, n = 2;
   const auto x = test::random_floats(n * cols, 40);
   Int8Activations act;
@@ -388,11 +389,7 @@ TEST_P(BackendOps, MatmulGroupEqualsSeparateProducts) {
   const int64_t cols = 256;
   const std::vector<StorageCase> qs = storage_cases(19, cols), ks = storage_cases(5, cols), vs = storage_cases(7, cols);
   for (bool fast : {false, true}) {
-    struct Int8 {
-      bool saved = kernels::decode_int8_enabled();
-      explicit Int8(bool on) { kernels::set_decode_int8(on); }
-      ~Int8() { kernels::set_decode_int8(saved); }
-    } numerics(fast);
+    const Int8Decode numerics(fast);
     for (size_t c = 0; c < qs.size(); ++c) {
       const auto hq = b.upload(qs[c].view), hk = b.upload(ks[c].view), hv = b.upload(vs[c].view);
       const auto hk32 = b.upload(ks.front().view);
@@ -427,11 +424,7 @@ TEST_P(BackendOps, GatedMatmulEqualsTwoProductsAndActivation) {
   const std::vector<StorageCase> gates = storage_cases(rows, cols);
   const StorageCase& f32_up = gates.front();  // the f32 storage: a mixed pair with every gate
   for (bool fast : {false, true}) {
-    struct Int8 {
-      bool saved = kernels::decode_int8_enabled();
-      explicit Int8(bool on) { kernels::set_decode_int8(on); }
-      ~Int8() { kernels::set_decode_int8(saved); }
-    } numerics(fast);
+    const Int8Decode numerics(fast);
     for (const StorageCase& g : gates) {
       const auto hg = b.upload(g.view);
       const auto hu = b.upload(f32_up.view);  // the CPU's handle borrows the view: it must outlive hu
