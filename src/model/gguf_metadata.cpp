@@ -32,23 +32,34 @@ int swa_period(const ModelConfig& c) {
   return 0;
 }
 
+// llama.cpp's gemma3 computes its attention scale from the shape
+// (1/sqrt(head_dim), the 27B's 1/sqrt(dim/heads)).
+float llamacpp_gemma3_scale(const ModelConfig& c) {
+  return c.n_layers == 62 ? 1.0f / std::sqrt(static_cast<float>(c.dim / c.n_heads))
+                          : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+}
+
 // llama.cpp's gemma3 hard-codes what the HF config states: the attention
-// scale (1/sqrt(head_dim), the 27B's 1/sqrt(dim/heads)), the embedding scale
-// sqrt(dim), GELU-tanh, no attention soft-capping.
+// scale (another one is folded into the q norm: gguf_q_norm_factor), the
+// embedding scale sqrt(dim), GELU-tanh, no attention soft-capping.
 void check_gemma3(const Model& m) {
   const ModelConfig& c = m.config;
-  const float want = c.n_layers == 62 ? 1.0f / std::sqrt(static_cast<float>(c.dim / c.n_heads))
-                                      : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  check(std::abs(c.attention_scale() - want) <= 1e-6f * want,
-        "{}: attention scale {} (query_pre_attn_scalar {:g}) is not the 1/sqrt(head_dim) that llama.cpp's gemma3 "
-        "computes: GGUF cannot express it; export with --format mlx",
-        m.path, c.attention_scale(), 1.0 / (static_cast<double>(c.attention_scale()) * c.attention_scale()));
   check(c.attn_softcap == 0.0f, "{}: attention logit soft-capping is not supported by llama.cpp's gemma3", m.path);
   check(std::abs(c.embed_scale - std::sqrt(static_cast<float>(c.dim))) <= 1e-4f * c.embed_scale,
         "{}: embedding scale {} is not sqrt(hidden size), which llama.cpp's gemma3 uses", m.path, c.embed_scale);
 }
 
 }  // namespace
+
+float gguf_q_norm_factor(const Model& m) {
+  const ModelConfig& c = m.config;
+  if (c.arch != "gemma3" && c.arch != "gemma3_text") return 1.0f;
+  const float want = llamacpp_gemma3_scale(c);
+  if (std::abs(c.attention_scale() - want) <= 1e-6f * want) return 1.0f;
+  check(c.qk_norm, "{}: attention scale {} is not the {} that llama.cpp's gemma3 computes, and without a q norm to "
+        "fold it into GGUF cannot express it; export with --format mlx", m.path, c.attention_scale(), want);
+  return c.attention_scale() / want;
+}
 
 std::string gguf_architecture(const Model& m) {
   const std::string& a = m.config.arch;

@@ -17,6 +17,11 @@ namespace optiq {
 // converter writes; "gemma3" for gemma3_text). Throws for configs llama.cpp
 // would run differently (e.g. a Gemma 3 attention scale it does not compute).
 std::string gguf_architecture(const Model& m);
+// What the exported q norm is multiplied by so that llama.cpp's fixed
+// attention scale gives the model's own (Gemma 3 with a query_pre_attn_scalar
+// other than head_dim: the q norm's output feeds only RoPE, which is linear,
+// and the scores); 1 for every other model.
+float gguf_q_norm_factor(const Model& m);
 
 // Does llama.cpp expect q/k rows in its interleaved ("norm" RoPE) order?
 bool gguf_interleaves_qk(const ModelConfig& c);

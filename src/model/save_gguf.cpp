@@ -1,5 +1,6 @@
 #include "model/save_gguf.h"
 
+#include <deque>
 #include <filesystem>
 #include <map>
 
@@ -83,6 +84,11 @@ class Writer {
   void vec(const std::string& name, const std::vector<float>& v) {
     w_.add_tensor_view(name, DType::F32, {static_cast<int64_t>(v.size())}, v.data(), v.size() * sizeof(float));
   }
+  // A vector made for the file: kept until it is written (the writer holds views).
+  void vec_owned(const std::string& name, std::vector<float> v) {
+    owned_.push_back(std::move(v));
+    vec(name, owned_.back());
+  }
 
   void write(const std::string& out) {
     const ModelConfig& c = m_.config;
@@ -91,6 +97,7 @@ class Writer {
           "{}: a {} model with q/k biases or norms: llama.cpp's llama architecture has neither", m_.path, c.arch);
     w_.add_string("general.architecture", arch);
     add_gguf_hparams(w_, m_, arch);
+    const float q_norm_factor = gguf_q_norm_factor(m_);
 
     const auto modules = quantizable_modules(c);
     auto module = [&](ModuleKind k, int layer) {
@@ -109,7 +116,13 @@ class Writer {
         vec(p + "attn_v.bias", L.bv);
       }
       if (c.qk_norm) {
-        vec(p + "attn_q_norm.weight", L.q_norm);
+        if (q_norm_factor == 1.0f) {
+          vec(p + "attn_q_norm.weight", L.q_norm);
+        } else {
+          std::vector<float> qn = L.q_norm;
+          for (float& v : qn) v *= q_norm_factor;
+          vec_owned(p + "attn_q_norm.weight", std::move(qn));
+        }
         vec(p + "attn_k_norm.weight", L.k_norm);
       }
       module(ModuleKind::OProj, i);
@@ -151,6 +164,7 @@ class Writer {
   const Model& m_;
   const GgufSaveOptions& opt_;
   GgufWriter w_;
+  std::deque<std::vector<float>> owned_;
   std::map<std::string, std::string> types_;
   std::map<DType, int64_t> weights_by_type_;
   std::vector<std::string> requantized_;

@@ -151,6 +151,25 @@ TEST(SaveGguf, RoundTripEveryFamilyAndStorage) {
   }
 }
 
+// Gemma 3 with a query_pre_attn_scalar other than head_dim: llama.cpp's
+// gemma3 computes 1/sqrt(head_dim) from the shape, so the export folds the
+// ratio into the q norm; the reloaded model computes the same logits.
+TEST(SaveGguf, Gemma3AttentionScaleFoldsIntoTheQNorm) {
+  Model m = wide_model("gemma3", 5);
+  m.config.attn_scale = 0.2f;  // 1/sqrt(25), not 1/sqrt(64)
+  const std::string out = test::temp_dir() + "/g.gguf";
+  make_exporter("gguf")->write(m, out, {});
+  Model back = load_model(out);
+  EXPECT_FLOAT_EQ(back.config.attention_scale(), 1.0f / 8.0f);
+  EXPECT_NE(back.weights.layers[0].q_norm, m.weights.layers[0].q_norm);
+  const auto ids = test::random_ids(12, m.config.vocab_size, 4);
+  const auto a = logits(m, ids), b = logits(back, ids);
+  ASSERT_EQ(a.size(), b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += double(a[i]) * a[i];
+  EXPECT_LT(std::sqrt(num / den), 1e-5);
+}
+
 // Llama 3 rope scaling becomes llama.cpp's rope_freqs divisors (its
 // converter's form), linear scaling its keys: the reloaded frequencies agree.
 TEST(SaveGguf, RopeScalingRoundTrips) {
@@ -234,12 +253,12 @@ TEST(SaveGguf, WrittenAtomically) {
   EXPECT_THROW(make_exporter("gguf")->write(good, out, {}), Error);  // exists, no force
 
   Model bad = wide_model("gemma3", 3);
-  bad.config.attn_scale = 0.2f;  // llama.cpp's gemma3 computes 1/sqrt(head_dim): not expressible
+  bad.config.attn_softcap = 20.0f;  // llama.cpp's gemma3 has no attention soft-capping: not expressible
   try {
     make_exporter("gguf")->write(bad, out, {.force = true});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("query_pre_attn_scalar"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("soft-capping"), std::string::npos) << e.what();
   }
   EXPECT_EQ(read_bytes(out), before);
   EXPECT_EQ(file_count(dir), 1u);
