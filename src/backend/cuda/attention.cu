@@ -27,44 +27,6 @@ __device__ __forceinline__ int first_key(int pos, int window) {
 __device__ __forceinline__ float capped(float s, float cap) { return cap > 0.0f ? cap * tanhf(s / cap) : s; }
 
 
-// Partial results: for (query i, head h, split s) hd + 2 floats: max, sum, out[hd].
-// One range's scores, softmax pieces and weighted values, into `part`.
-// Dot products of one key with the kG query heads of its group (q in shared
-// memory, kG x hd): a thread per key, the key's row read once.
-template <class T, int kG>
-__device__ __forceinline__ void key_dots(const float* qs, const T* kt, int hd, float (&d)[kG]) {
-#pragma unroll
-  for (int j = 0; j < kG; ++j) d[j] = 0.0f;
-  if constexpr (sizeof(T) == 2) {
-    if (hd % 8 == 0) {  // 16-byte loads
-      for (int e = 0; e < hd; e += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(kt + e);
-        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[h]));
-#pragma unroll
-          for (int j = 0; j < kG; ++j)
-            d[j] = fmaf(qs[j * hd + e + 2 * h + 1], f.y, fmaf(qs[j * hd + e + 2 * h], f.x, d[j]));
-        }
-      }
-      return;
-    }
-  }
-  for (int e = 0; e < hd; e += 2) {
-    float k0, k1;
-    if constexpr (sizeof(T) == 2) {
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(kt + e));
-      k0 = f.x, k1 = f.y;
-    } else {
-      const float2 f = *reinterpret_cast<const float2*>(kt + e);
-      k0 = f.x, k1 = f.y;
-    }
-#pragma unroll
-    for (int j = 0; j < kG; ++j) d[j] = fmaf(qs[j * hd + e + 1], k1, fmaf(qs[j * hd + e], k0, d[j]));
-  }
-}
-
 // kD consecutive values of a cache row as fp32 (kD = 2, 4 or 8: one load of
 // 4 to 32 bytes).
 template <class T, int kD>
@@ -91,6 +53,38 @@ __device__ __forceinline__ void load_dims(const T* p, float (&v)[kD]) {
       const float2 f = reinterpret_cast<const float2*>(p)[h];
       v[2 * h] = f.x, v[2 * h + 1] = f.y;
     }
+  }
+}
+
+// Partial results: for (query i, head h, split s) hd + 2 floats: max, sum, out[hd].
+// One range's scores, softmax pieces and weighted values, into `part`.
+// Dot products of one key with the kG query heads of its group (q in shared
+// memory, kG x hd): a thread per key, the key's row read once.
+template <class T, int kG>
+__device__ __forceinline__ void key_dots(const float* qs, const T* kt, int hd, float (&d)[kG]) {
+#pragma unroll
+  for (int j = 0; j < kG; ++j) d[j] = 0.0f;
+  if constexpr (sizeof(T) == 2) {
+    if (hd % 8 == 0) {  // 16-byte loads
+      for (int e = 0; e < hd; e += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(kt + e);
+        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[h]));
+#pragma unroll
+          for (int j = 0; j < kG; ++j)
+            d[j] = fmaf(qs[j * hd + e + 2 * h + 1], f.y, fmaf(qs[j * hd + e + 2 * h], f.x, d[j]));
+        }
+      }
+      return;
+    }
+  }
+  for (int e = 0; e < hd; e += 2) {
+    float k[2];
+    load_dims<T, 2>(kt + e, k);
+#pragma unroll
+    for (int j = 0; j < kG; ++j) d[j] = fmaf(qs[j * hd + e + 1], k[1], fmaf(qs[j * hd + e], k[0], d[j]));
   }
 }
 
@@ -247,19 +241,13 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
         for (int m = 0; m < kPairs; ++m) {
           const int e = 2 * (lane + 32 * m);
           if (e >= hd) break;
-          float v0, v1;
-          if constexpr (sizeof(T) == 2) {
-            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(vt + e));
-            v0 = f.x, v1 = f.y;
-          } else {
-            const float2 f = *reinterpret_cast<const float2*>(vt + e);
-            v0 = f.x, v1 = f.y;
-          }
+          float v[2];
+          load_dims<T, 2>(vt + e, v);
 #pragma unroll
           for (int j = 0; j < kHeads; ++j) {
             const float pj = sc[(jb + j) * chunk_cap + t];
-            acc[j][m][0] = fmaf(pj, v0, acc[j][m][0]);
-            acc[j][m][1] = fmaf(pj, v1, acc[j][m][1]);
+            acc[j][m][0] = fmaf(pj, v[0], acc[j][m][0]);
+            acc[j][m][1] = fmaf(pj, v[1], acc[j][m][1]);
           }
         }
       }
