@@ -13,9 +13,11 @@
 namespace optiq {
 
 namespace {
-// The rounding the profile measured for each chosen format (GPTQ where it
-// won): the plan names it so that the export quantizes as profiled.
-void take_methods(PrecisionMap& map, const SensitivityTable& t) {
+// Every plan the step makes ends here: it takes, for each chosen format, the
+// rounding the profile measured (GPTQ where it won), so that the export
+// quantizes as profiled, and writes the file when asked.
+void finish_plan(PrecisionMap& map, const SensitivityTable& t, const ModelConfig& config, const PlanMetadata& meta,
+                 const std::string& out) {
   map.methods.clear();
   for (const auto& ms : t.modules) {
     auto f = map.formats.find(ms.module.path);
@@ -23,9 +25,9 @@ void take_methods(PrecisionMap& map, const SensitivityTable& t) {
     auto fs = ms.formats.find(tensor_format_name(f->second));
     if (fs != ms.formats.end() && !fs->second.method.empty()) map.methods[ms.module.path] = fs->second.method;
   }
+  if (!out.empty()) write_plan(out, map, config, meta);
 }
 }  // namespace
-
 
 std::string_view damage_source_name(DamageSource d) {
   return d == DamageSource::Exact ? "exact" : d == DamageSource::Fast ? "fast" : "auto";
@@ -100,8 +102,7 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
                             damage_source_name(a.damage));
   meta.calib_kl = v.measured;
   meta.variants = &variants;
-  take_methods(r.map, t);
-  if (!out.empty()) write_plan(out, r.map, config, meta);
+  finish_plan(r.map, t, config, meta, out);
   return r;
 }
 
@@ -133,8 +134,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     meta.budget = r.budget.description;
     meta.predicted_kl = r.solution.damage;
     meta.method = "baseline " + b.name;
-    take_methods(r.map, t);
-  if (!out.empty()) write_plan(out, r.map, config, meta);
+    finish_plan(r.map, t, config, meta, out);
     return r;
   }
   const SolverOptions so = solver_options(config, a);
@@ -147,8 +147,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
   meta.method = fmt::format("optiq {} (profile {}, damage {})", r.solution.method, t.method, damage_source_name(a.damage));
   meta.lower_bound_kl = r.solution.lower_bound;
   meta.gap_kl = r.solution.gap;
-  take_methods(r.map, t);
-  if (!out.empty()) write_plan(out, r.map, config, meta);
+  finish_plan(r.map, t, config, meta, out);
   return r;
 }
 
