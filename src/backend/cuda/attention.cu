@@ -88,6 +88,22 @@ __device__ __forceinline__ void key_dots(const float* qs, const T* kt, int hd, f
   }
 }
 
+// The warp-per-key layout both decode passes share: a warp has kWarpKeys<kD>
+// key rows in flight, each lane kD dimensions of the head (head_dim = 32 kD).
+template <int kD>
+inline constexpr int kWarpKeys = kD == 8 ? 4 : 8;
+
+// Rows t0.. of kv head g, this lane's dimensions; rows past b - 1 read row
+// b - 1 again (in bounds, branch-free; the callers skip them).
+template <class T, int kD>
+__device__ __forceinline__ void load_warp_rows(const T* __restrict__ cache, const AttentionParams& p, int g, int t0,
+                                               int b, float (&rows)[kWarpKeys<kD>][kD]) {
+  const T* base = cache + static_cast<int64_t>(g) * (32 * kD) + (threadIdx.x & 31) * kD;
+#pragma unroll
+  for (int u = 0; u < kWarpKeys<kD>; ++u)
+    load_dims<T, kD>(base + static_cast<int64_t>(min(t0 + u, b - 1)) * p.kv_stride, rows[u]);
+}
+
 // Scores of keys [a, b) against the kG query heads of a group, a warp per
 // key: the lanes hold kD dimensions each (head_dim = 32 kD), so a key's row
 // is one coalesced read, and each warp has kKeys rows in flight before it
@@ -97,7 +113,7 @@ __device__ __forceinline__ void key_dots(const float* qs, const T* kt, int hd, f
 template <class T, int kG, int kD>
 __device__ __forceinline__ void scores_by_warp(const AttentionParams& p, const float* qs, const T* __restrict__ kc,
                                                int g, int a, int b, int chunk_cap, float* sc) {
-  constexpr int kKeys = kD == 8 ? 4 : 8;
+  constexpr int kKeys = kWarpKeys<kD>;
   constexpr int hd = 32 * kD;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kDecodeThreads / 32;
   float qr[kG][kD];
@@ -105,11 +121,9 @@ __device__ __forceinline__ void scores_by_warp(const AttentionParams& p, const f
   for (int j = 0; j < kG; ++j)
 #pragma unroll
     for (int d = 0; d < kD; ++d) qr[j][d] = qs[j * hd + lane * kD + d];
-  const T* base = kc + static_cast<int64_t>(g) * hd + lane * kD;
   for (int t0 = a + warp * kKeys; t0 < b; t0 += warps * kKeys) {
     float kv[kKeys][kD];
-#pragma unroll
-    for (int u = 0; u < kKeys; ++u) load_dims<T, kD>(base + static_cast<int64_t>(min(t0 + u, b - 1)) * p.kv_stride, kv[u]);
+    load_warp_rows<T, kD>(kc, p, g, t0, b, kv);
 #pragma unroll
     for (int u = 0; u < kKeys; ++u)
 #pragma unroll
@@ -129,15 +143,13 @@ __device__ __forceinline__ void scores_by_warp(const AttentionParams& p, const f
 template <class T, int kG, int kD>
 __device__ __forceinline__ void values_by_warp(const AttentionParams& p, const T* __restrict__ vc, int g, int a,
                                                int b, int chunk_cap, const float* sc, float* vsum) {
-  constexpr int kKeys = kD == 8 ? 4 : 8;
+  constexpr int kKeys = kWarpKeys<kD>;
   constexpr int hd = 32 * kD;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kDecodeThreads / 32;
   float acc[kG][kD] = {};
-  const T* base = vc + static_cast<int64_t>(g) * hd + lane * kD;
   for (int t0 = a + warp * kKeys; t0 < b; t0 += warps * kKeys) {
     float vv[kKeys][kD];
-#pragma unroll
-    for (int u = 0; u < kKeys; ++u) load_dims<T, kD>(base + static_cast<int64_t>(min(t0 + u, b - 1)) * p.kv_stride, vv[u]);
+    load_warp_rows<T, kD>(vc, p, g, t0, b, vv);
 #pragma unroll
     for (int u = 0; u < kKeys; ++u) {
       if (t0 + u >= b) break;  // uniform in the warp
