@@ -244,6 +244,10 @@ TEST(CliQuantize, PlanNamesGptqPerTensor) {
   RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/auto.plan.json");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
+  r = run("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/auto.plan.json --method awq --calib " +
+          calib_txt() + kCalib);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--method awq"), std::string::npos) << r.out;
   // A method optiq does not apply per tensor is a clear error.
   std::ofstream(dir + "/bad.json") << R"({"tensors": {"model.layers.0.self_attn.q_proj": {"bits": 4, "group_size": 32, "method": "awq"}}})";
   r = run("quantize " + stories_gguf() + " -o " + dir + "/y --plan " + dir + "/bad.json");

@@ -54,23 +54,22 @@ void run_quantize(const QuantizeArgs& a) {
   ImportanceMap importance;
   GramMap grams;
   // A plan whose profile measured GPTQ for some tensors names it per tensor.
-  const bool plan_gptq = !map.methods.empty() && a.method != "gptq";
+  const bool plan_gptq = !map.methods.empty();
   check(!plan_gptq || !a.calib.source.empty(),
         "{}: the plan rounds {} tensors with GPTQ (\"method\": \"gptq\"): give --calib, the text it was profiled on",
+        a.plan, map.methods.size());
+  check(!plan_gptq || a.method != "awq",
+        "{}: the plan rounds {} tensors with GPTQ, which --method awq does not combine with yet: drop --method awq",
         a.plan, map.methods.size());
   if (!a.calib.source.empty()) {
     const auto windows = calibration_windows(m, calibration_for(m, a.calib));
     // The embedding and lm_head are rounded on their own, weighted as --method search is.
     importance = collect_importance(m, windows);
     opt.importance = &importance;
-    if (a.method == "gptq") {
+    if (a.method == "gptq" || plan_gptq) {  // every matrix, or the ones the plan names
       grams = collect_grams(m, windows);
       opt.grams = &grams;
-      opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
-    } else if (plan_gptq && a.method != "awq") {
-      grams = collect_grams(m, windows);
-      opt.grams = &grams;
-      opt.gptq_all = false;
+      opt.gptq_all = a.method == "gptq";
       opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
     }
     if (a.method == "awq") {
