@@ -24,9 +24,20 @@ ModelConfig shape(const std::string& name) {
     c.family = "Qwen2.5 7B shape";
     c.dim = 3584, c.n_layers = 28, c.n_heads = 28, c.n_kv_heads = 4, c.head_dim = 128, c.hidden_dim = 18944;
     c.vocab_size = 152064, c.max_seq = 32768, c.rope_theta = 1000000.0f, c.qkv_bias = true, c.norm_eps = 1e-6f;
+  } else if (name == "llama3-70b") {
+    c.arch = "llama";
+    c.family = "Llama 3 70B shape";
+    c.dim = 8192, c.n_layers = 80, c.n_heads = 64, c.n_kv_heads = 8, c.head_dim = 128, c.hidden_dim = 28672;
+    c.vocab_size = 128256, c.max_seq = 8192, c.rope_theta = 500000.0f;
+  } else if (name == "tiny-llama") {  // the Llama 3 layout at a size tests can afford
+    c.arch = "llama";
+    c.family = "tiny Llama 3 shape";
+    c.dim = 256, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.hidden_dim = 512;
+    c.vocab_size = 1024, c.max_seq = 2048, c.rope_theta = 500000.0f;
   } else {
-    fail("unknown shape '{}' (llama3-8b, qwen2.5-7b)", name);
+    fail("unknown shape '{}' (llama3-8b, qwen2.5-7b, llama3-70b, tiny-llama)", name);
   }
+  c.validate(c.family);
   return c;
 }
 

@@ -89,4 +89,16 @@ std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
   return ids;
 }
 
+std::unique_ptr<Tokenizer> tiny_tokenizer(int vocab) {
+  TokenizerSpec s;
+  s.kind = TokenizerSpec::Kind::SentencePiece;
+  for (int i = 0; i < vocab; ++i) {
+    s.tokens.push_back(i == 0 ? "<unk>" : i == 1 ? "<s>" : i == 2 ? "</s>" : "\xE2\x96\x81t" + std::to_string(i));
+    s.scores.push_back(-static_cast<float>(i));
+    s.token_types.push_back(i == 0 ? token_type::kUnknown : i < 3 ? token_type::kControl : token_type::kNormal);
+  }
+  s.unk = 0, s.bos = 1, s.eos = 2, s.add_bos = true;
+  return std::make_unique<Tokenizer>(std::move(s));
+}
+
 }  // namespace optiq::test

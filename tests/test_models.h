@@ -3,6 +3,7 @@
 // every family quirk switched on.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,5 +18,7 @@ ModelConfig tiny(const std::string& family);
 // the Model), norms ~ 1 + N(0, 0.2), biases ~ N(0, 0.3).
 Model random_model(const ModelConfig& c, uint32_t seed, bool half = false);
 std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed);
+// A SentencePiece vocabulary of `vocab` tokens (no file behind it): <unk>, <s>, </s>, then "▁t<i>".
+std::unique_ptr<Tokenizer> tiny_tokenizer(int vocab);
 
 }  // namespace optiq::test

@@ -39,6 +39,12 @@ class MappedFile {
 // there MADV_DONTNEED zeroes the data.
 void drop_mapped_pages(const void* p, size_t n);
 
+// Pages of a file mapping inside [p, p + n) leave the process's resident
+// memory (MADV_PAGEOUT: the kernel reclaims them; touching them again re-reads
+// the file). Unlike drop_mapped_pages it never loses data, so it is safe on
+// any memory (anonymous pages stay, or go to swap); a no-op where unsupported.
+void release_file_pages(const void* p, size_t n);
+
 // Asks for transparent huge pages (2 MB) on the whole huge pages inside
 // [p, p + n) of anonymous memory not touched yet (a no-op where THP is off).
 // Why: decode streams every weight once per token; with 4 kB pages each new

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace optiq {
@@ -99,60 +100,23 @@ void GgufWriter::add_tensor_lazy(std::string name, DType dtype, std::vector<int6
 
 namespace {
 
+// The file's bytes, through an AtomicFile (a temporary renamed into place).
 class Out {
  public:
-  Out(const std::string& path, const std::string& final_path) : path_(path), final_(final_path) {
-    f_ = std::fopen(path.c_str(), "wb");
-    if (!f_) fail("{}: cannot create: {}", path, std::strerror(errno));
-    buf_.reserve(1 << 20);
-  }
-  ~Out() {
-    if (f_) std::fclose(f_);
-  }
-  void bytes(const void* p, size_t n) {
-    const uint8_t* b = static_cast<const uint8_t*>(p);
-    if (buf_.size() + n > (1 << 20)) flush();
-    if (n >= (1 << 20)) {
-      put(b, n);
-    } else {
-      buf_.insert(buf_.end(), b, b + n);
-    }
-    pos_ += n;
-  }
+  explicit Out(const std::string& path) : f_(path) {}
+  void bytes(const void* p, size_t n) { f_.write(p, n); }
   template <typename T>
   void pod(T v) { bytes(&v, sizeof(T)); }
   void str(const std::string& s) {
     pod<uint64_t>(s.size());
     bytes(s.data(), s.size());
   }
-  void pad_to(uint64_t align) {
-    static const uint8_t zeros[64] = {};
-    while (pos_ % align) {
-      size_t n = std::min<uint64_t>(align - pos_ % align, sizeof(zeros));
-      bytes(zeros, n);
-    }
-  }
-  uint64_t pos() const { return pos_; }
-  void flush() {
-    if (!buf_.empty()) put(buf_.data(), buf_.size());
-    buf_.clear();
-  }
-  void close() {
-    flush();
-    if (std::fflush(f_) != 0 || ::fsync(fileno(f_)) != 0) fail("{}: cannot write: {}", final_, std::strerror(errno));
-    int rc = std::fclose(f_);
-    f_ = nullptr;
-    if (rc != 0) fail("{}: cannot write: {}", final_, std::strerror(errno));
-  }
+  void pad_to(uint64_t align) { f_.pad_to(align); }
+  uint64_t pos() const { return f_.pos(); }
+  void commit() { f_.commit(); }
 
  private:
-  void put(const uint8_t* p, size_t n) {
-    if (std::fwrite(p, 1, n, f_) != n) fail("{}: cannot write: {}", final_, std::strerror(errno));
-  }
-  std::string path_, final_;
-  std::FILE* f_ = nullptr;
-  std::vector<uint8_t> buf_;
-  uint64_t pos_ = 0;
+  AtomicFile f_;
 };
 
 void write_scalar_int(Out& o, VT t, int64_t v) {
@@ -201,49 +165,41 @@ void GgufWriter::write(const std::string& path) const {
       for (const auto& a : v.arrays)
         check(a.type == VT::ARRAY, "{}: metadata {}: nested array elements must be arrays", path, k);
   }
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  try {
-    Out o(tmp, path);
-    o.bytes("GGUF", 4);
-    o.pod<uint32_t>(3);
-    o.pod<uint64_t>(tensors_.size());
-    o.pod<uint64_t>(meta_.size());
-    for (const auto& [k, v] : meta_) {
-      o.str(k);
-      write_value(o, v, true);
-    }
-    uint64_t off = 0;
-    for (const auto& t : tensors_) {
-      o.str(t.name);
-      o.pod<uint32_t>(static_cast<uint32_t>(t.shape.size()));
-      for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) o.pod<uint64_t>(static_cast<uint64_t>(*it));
-      o.pod<uint32_t>(ggml_type_from_dtype(t.dtype));
-      o.pod<uint64_t>(off);
-      off += (t.nbytes + align - 1) / align * align;
+  Out o(path);
+  o.bytes("GGUF", 4);
+  o.pod<uint32_t>(3);
+  o.pod<uint64_t>(tensors_.size());
+  o.pod<uint64_t>(meta_.size());
+  for (const auto& [k, v] : meta_) {
+    o.str(k);
+    write_value(o, v, true);
+  }
+  uint64_t off = 0;
+  for (const auto& t : tensors_) {
+    o.str(t.name);
+    o.pod<uint32_t>(static_cast<uint32_t>(t.shape.size()));
+    for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) o.pod<uint64_t>(static_cast<uint64_t>(*it));
+    o.pod<uint32_t>(ggml_type_from_dtype(t.dtype));
+    o.pod<uint64_t>(off);
+    off += (t.nbytes + align - 1) / align * align;
+  }
+  o.pad_to(align);
+  std::vector<uint8_t> scratch;
+  for (const auto& t : tensors_) {
+    if (t.fill) {
+      scratch.resize(t.nbytes);
+      t.fill(scratch.data());
+      o.bytes(scratch.data(), t.nbytes);
+      // A big tensor's buffer is not kept for the small ones after it.
+      if (scratch.capacity() > (size_t{64} << 20)) std::vector<uint8_t>().swap(scratch);
+    } else if (t.borrowed) {
+      o.bytes(t.borrowed, t.nbytes);
+    } else {
+      o.bytes(t.owned.data(), t.nbytes);
     }
     o.pad_to(align);
-    std::vector<uint8_t> scratch;
-    for (const auto& t : tensors_) {
-      if (t.fill) {
-        scratch.assign(t.nbytes, 0);
-        t.fill(scratch.data());
-        o.bytes(scratch.data(), t.nbytes);
-      } else if (t.borrowed) {
-        o.bytes(t.borrowed, t.nbytes);
-      } else {
-        o.bytes(t.owned.data(), t.nbytes);
-      }
-      o.pad_to(align);
-    }
-    o.close();
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) fail("{}: cannot rename {} into place: {}", path, tmp, ec.message());
-  } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    throw;
   }
+  o.commit();
 }
 
 }  // namespace optiq

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace optiq {
@@ -22,7 +23,6 @@ namespace optiq {
 using json = nlohmann::json;
 
 using safetensors_detail::printable;
-using safetensors_detail::write_file_atomic;
 
 namespace {
 
@@ -270,8 +270,6 @@ void SafetensorsWriter::write(const std::string& path) const {
     header["__metadata__"] = std::move(m);
   }
   uint64_t offset = 0;
-  std::vector<std::span<const uint8_t>> parts;
-  parts.reserve(entries_.size() + 2);
   for (size_t i : order) {
     const Entry& e = entries_[i];
     const uint64_t n = e.bytes().size();
@@ -288,10 +286,11 @@ void SafetensorsWriter::write(const std::string& path) const {
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
 
-  parts.push_back({len, 8});
-  parts.push_back({reinterpret_cast<const uint8_t*>(text.data()), text.size()});
-  for (size_t i : order) parts.push_back(entries_[i].bytes());
-  write_file_atomic(path, parts);
+  AtomicFile out(path);
+  out.write(len, 8);
+  out.write(text);
+  for (size_t i : order) out.write(entries_[i].bytes().data(), entries_[i].bytes().size());
+  out.commit();
 }
 
 // ---------------------------------------------------------------- helpers
@@ -315,48 +314,6 @@ std::string printable(std::string_view s, size_t max) {
   return out;
 }
 
-void write_file_atomic(const std::string& path, std::span<const std::span<const uint8_t>> parts) {
-  namespace fs = std::filesystem;
-  fs::path target(path);
-  fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::string tmp_name(".");  // (not "." + string: GCC 12 warns falsely about that)
-  tmp_name += target.filename().string();
-  tmp_name += ".tmp-XXXXXX";
-  std::string tmpl = (dir / tmp_name).string();
-  int fd = ::mkstemp(tmpl.data());
-  if (fd < 0) fail("{}: cannot create a temporary file in {}: {}", path, dir.string(), std::strerror(errno));
-  auto give_up = [&](const char* what) {
-    int e = errno;
-    ::close(fd);
-    ::unlink(tmpl.c_str());
-    fail("{}: cannot write ({}): {}", path, what, std::strerror(e));
-  };
-  for (auto part : parts) {
-    const uint8_t* p = part.data();
-    size_t left = part.size();
-    while (left > 0) {
-      ssize_t w = ::write(fd, p, std::min<size_t>(left, size_t{1} << 30));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        give_up("write");
-      }
-      p += w;
-      left -= static_cast<size_t>(w);
-    }
-  }
-  if (::fchmod(fd, 0644) != 0) give_up("chmod");
-  if (::fsync(fd) != 0) give_up("fsync");
-  if (::close(fd) != 0) {
-    int e = errno;
-    ::unlink(tmpl.c_str());
-    fail("{}: cannot write (close): {}", path, std::strerror(e));
-  }
-  if (::rename(tmpl.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmpl.c_str());
-    fail("{}: cannot rename the temporary file into place: {}", path, std::strerror(e));
-  }
-}
 
 }  // namespace safetensors_detail
 

@@ -106,9 +106,6 @@ namespace safetensors_detail {
 // Untrusted text (tensor names, JSON error excerpts) made safe for a one-line
 // message: control bytes escaped as \xNN, cut at `max` chars.
 std::string printable(std::string_view s, size_t max = 200);
-// Writes the concatenation of `parts` to `path` atomically: a temporary file
-// in the same directory, fsync, rename. Throws optiq::Error("<path>: ...").
-void write_file_atomic(const std::string& path, std::span<const std::span<const uint8_t>> parts);
 }  // namespace safetensors_detail
 
 }  // namespace optiq

@@ -13,9 +13,16 @@
 
 namespace optiq {
 
+class MatrixSource;
+
 struct ExportOptions {
   bool bf16 = false;   // float type of unquantized tensors (MLX: must match the scales' type; GGUF: of fp32 ones)
   bool force = false;  // replace an existing output
+  // Where the weight matrices come from (model/matrix_source.h: e.g. quantized
+  // one at a time as they are written); null: the model's own.
+  MatrixSource* matrices = nullptr;
+  uint64_t shard_bytes = 5'000'000'000;  // MLX: safetensors shards of at most this size (0: one file)
+  bool progress = false;                 // a progress line with ETA while writing
 };
 
 class Exporter {

@@ -1,6 +1,7 @@
 #include "model/linear.h"
 
 #include "core/error.h"
+#include "core/mapped_file.h"
 #include "quant/ggml_to_affine.h"
 
 namespace optiq {
@@ -78,6 +79,41 @@ std::string Linear::format() const {
   if (const auto* a = view_.as<AffineMatrixView>()) return affine_format_name(a->fmt);
   if (const auto* h = view_.as<HalfWeights>()) return h->bf16 ? "BF16" : "F16";
   return "F32";
+}
+
+namespace {
+
+// The first weight array of a view (its codes or values).
+const void* storage_start(const WeightView& v) {
+  if (const auto* a = v.as<AffineMatrixView>()) return a->packed;
+  if (const auto* k = v.as<KQuantView>()) return k->data;
+  if (const auto* h = v.as<HalfWeights>()) return h->data;
+  if (const auto* f = v.as<F32Weights>()) return f->data;
+  return nullptr;
+}
+
+}  // namespace
+
+bool Linear::shares_storage_with(const Linear& other) const {
+  const void* p = storage_start(view_);
+  return p != nullptr && p == storage_start(other.view_);
+}
+
+void Linear::release_pages() const {
+  if (!borrows() || empty()) return;
+  const size_t n = static_cast<size_t>(rows() * cols());
+  if (const auto* a = view_.as<AffineMatrixView>()) {
+    const size_t groups = static_cast<size_t>(a->rows * a->groups_per_row());
+    release_file_pages(a->packed, static_cast<size_t>(a->rows * a->words_per_row()) * 4);
+    release_file_pages(a->scales, groups * 2);
+    if (a->biases) release_file_pages(a->biases, groups * 2);
+  } else if (const auto* k = view_.as<KQuantView>()) {
+    release_file_pages(k->data, k->bytes());
+  } else if (const auto* h = view_.as<HalfWeights>()) {
+    release_file_pages(h->data, n * 2);
+  } else if (const auto* f = view_.as<F32Weights>()) {
+    release_file_pages(f->data, n * 4);
+  }
 }
 
 }  // namespace optiq

@@ -61,6 +61,15 @@ class Linear {
   // "F32" or e.g. "affine-q4-g64".
   std::string format() const;
 
+  // True when the storage is borrowed (points into a mapped file), not owned.
+  bool borrows() const { return !owned_f32_ && !owned_affine_ && !owned_blocks_; }
+  // True when both read the same weight array.
+  bool shares_storage_with(const Linear& other) const;
+  // Borrowed storage: its pages leave the process's resident memory now (the
+  // file is re-read if they are touched again). For streamed exports, once a
+  // matrix is quantized. No effect on owned storage.
+  void release_pages() const;
+
  private:
   WeightView view_;
   // Owned storage the view points into (shared so that copies are cheap and

@@ -40,6 +40,56 @@ QuantizeOptions QuantizeRecipe::options(const float* importance) const {
   return o;
 }
 
+ModuleQuantizer::ModuleQuantizer(const Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt)
+    : model_(model), map_(map), opt_(opt) {}
+
+TensorFormat ModuleQuantizer::format(const ModuleInfo& mod) const {
+  auto it = map_.formats.find(mod.path);
+  return it == map_.formats.end() ? std::nullopt : it->second;
+}
+
+Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
+  const TensorFormat fmt = format(m);
+  if (!fmt) {
+    // Planned as float: a source that arrived packed (GGUF Q4_1, Q4_K, ...) is
+    // stored as its dequantized values, not silently kept in its old format.
+    return lin.is_affine() || lin.is_kquant() ? Linear::from_f32(lin.to_f32(), m.rows, m.cols) : lin;
+  }
+  check(format_fits(fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size", model_.path,
+        m.path, tensor_format_short(fmt), m.cols);
+  std::vector<float> w = lin.to_f32();
+  const float* importance = nullptr;
+  if (opt_.importance) {
+    auto imp = opt_.importance->find(m.path);
+    if (imp != opt_.importance->end() && static_cast<int64_t>(imp->second.size()) == m.cols)
+      importance = imp->second.data();
+  }
+  const std::vector<float>* gram = nullptr;
+  auto method = map_.methods.find(m.path);
+  const bool wants_gptq = opt_.gptq_all || (method != map_.methods.end() && method->second == "gptq");
+  if (opt_.grams && wants_gptq) {
+    auto g = opt_.grams->find(m.path);
+    if (g != opt_.grams->end() && static_cast<int64_t>(g->second->size()) == m.cols * m.cols) gram = g->second.get();
+  }
+  QuantizedMatrix q;
+  if (gram) {
+    const bool act_order = gptq_uses_act_order(fmt, opt_.gptq);
+    if (!hessian_ || hessian_key_ != std::pair{gram, act_order}) {
+      hessian_.reset();  // the previous one's memory first
+      hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, opt_.gptq.damp));
+      hessian_key_ = {gram, act_order};
+    }
+    GptqResult r = gptq_quantize(fmt, w.data(), m.rows, m.cols, *hessian_, opt_.recipe.options(importance));
+    if (r.fallback)
+      warn("{}: {}: its inputs' second moments are not positive definite even dampened; rounded without GPTQ",
+           model_.path, m.path);
+    q = std::move(r.q);
+  } else {
+    q = quantize_matrix(fmt, w.data(), m.rows, m.cols, opt_.recipe.options(importance));
+  }
+  return opt_.fake ? Linear::from_f32(dequantize_matrix(q), m.rows, m.cols) : Linear::from_quantized(std::move(q));
+}
+
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt) {
   const auto modules = quantizable_modules(model.config);
   int64_t total = 0;
@@ -47,51 +97,11 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
   std::optional<Progress> progress;
   if (opt.progress) progress.emplace("quantize", total / 1000000, "M weights");
   int64_t done = 0;
-  // GPTQ's factorisations, one per set of shared inputs and column order.
-  std::map<std::pair<const std::vector<float>*, bool>, GptqHessian> hessians;
+  ModuleQuantizer quantizer(model, map, opt);
   for (const auto& m : modules) {
-    auto it = map.formats.find(m.path);
-    const TensorFormat fmt = it == map.formats.end() ? std::nullopt : it->second;
     Linear& lin = module_linear(model.weights, m);
-    if (fmt) {
-      check(format_fits(fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size",
-            model.path, m.path, tensor_format_short(fmt), m.cols);
-      std::vector<float> w = lin.to_f32();
-      const float* importance = nullptr;
-      if (opt.importance) {
-        auto imp = opt.importance->find(m.path);
-        if (imp != opt.importance->end() && static_cast<int64_t>(imp->second.size()) == m.cols)
-          importance = imp->second.data();
-      }
-      const std::vector<float>* gram = nullptr;
-      auto method = map.methods.find(m.path);
-      const bool wants_gptq = opt.gptq_all || (method != map.methods.end() && method->second == "gptq");
-      if (opt.grams && wants_gptq) {
-        auto g = opt.grams->find(m.path);
-        if (g != opt.grams->end() && static_cast<int64_t>(g->second->size()) == m.cols * m.cols) gram = g->second.get();
-      }
-      QuantizedMatrix q;
-      if (gram) {
-        const bool act_order = gptq_uses_act_order(fmt, opt.gptq);
-        auto h = hessians.find({gram, act_order});
-        if (h == hessians.end())
-          h = hessians.emplace(std::pair{gram, act_order}, gptq_prepare(gram->data(), m.cols, act_order, opt.gptq.damp))
-                  .first;
-        GptqResult r = gptq_quantize(fmt, w.data(), m.rows, m.cols, h->second, opt.recipe.options(importance));
-        if (r.fallback)
-          warn("{}: {}: its inputs' second moments are not positive definite even dampened; rounded without GPTQ",
-               model.path, m.path);
-        q = std::move(r.q);
-      } else {
-        q = quantize_matrix(fmt, w.data(), m.rows, m.cols, opt.recipe.options(importance));
-      }
-      lin = opt.fake ? Linear::from_f32(dequantize_matrix(q), m.rows, m.cols) : Linear::from_quantized(std::move(q));
-    } else if (lin.is_affine() || lin.is_kquant()) {
-      // Planned as float: a source that arrived packed (GGUF Q4_1, Q4_K, ...) is
-      // stored as its dequantized values, not silently kept in its old format.
-      lin = Linear::from_f32(lin.to_f32(), m.rows, m.cols);
-    }
-    model.precision.formats[m.path] = fmt;
+    lin = quantizer.quantize(m, lin);
+    model.precision.formats[m.path] = quantizer.format(m);
     done += m.numel();
     if (progress) progress->update(done / 1000000);
   }

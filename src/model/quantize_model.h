@@ -5,6 +5,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,29 @@ struct QuantizeModelOptions {
 };
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt = {});
+
+// One module at a time: quantize_model's step, shared with streamed exports
+// (model/matrix_source.h), which quantize each matrix just before writing it.
+class ModuleQuantizer {
+ public:
+  // model, map and opt (with what it points to) must outlive this.
+  ModuleQuantizer(const Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt);
+  // `source` (the module's current matrix) in the module's planned storage:
+  // quantized (fake: dequantized to fp32), or as floats when the plan leaves
+  // it unquantized (packed sources widened: never kept in their old format).
+  Linear quantize(const ModuleInfo& mod, const Linear& source);
+  // The planned format of `mod` (nullopt: float).
+  TensorFormat format(const ModuleInfo& mod) const;
+
+ private:
+  const Model& model_;
+  const PrecisionMap& map_;
+  const QuantizeModelOptions& opt_;
+  // GPTQ's factorisation of the last set of shared inputs (q, k and v, or gate
+  // and up, come one after another): one kept, not one per layer.
+  std::pair<const std::vector<float>*, bool> hessian_key_{nullptr, false};
+  std::optional<GptqHessian> hessian_;
+};
 
 // Collects mean x^2 per input channel of every module over calibration token
 // windows (each window run from an empty cache).

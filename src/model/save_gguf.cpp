@@ -14,6 +14,7 @@
 #include "formats/gguf_writer.h"
 #include "model/gguf_matrix.h"
 #include "model/gguf_metadata.h"
+#include "model/matrix_source.h"
 
 namespace optiq {
 
@@ -61,22 +62,30 @@ int64_t interleaved_source_row(int64_t g, int64_t head_dim) {
 
 class Writer {
  public:
-  Writer(const Model& m, const GgufSaveOptions& opt) : m_(m), opt_(opt) {}
+  Writer(const Model& m, const GgufSaveOptions& opt, MatrixSource& src) : m_(m), opt_(opt), src_(src) {}
 
   void matrix(const ModuleInfo& mod) {
-    const Linear& lin = module_linear(m_.weights, mod);
     const std::string name = tensor_name(mod);
-    const GgufMatrix gm = gguf_matrix_type(lin, fmt::format("{}: {} ({})", m_.path, mod.path, name), opt_.bf16);
-    if (gm.requantized) requantized_.push_back(fmt::format("{} ({} -> {})", mod.path, lin.format(), dtype_name(gm.type)));
+    const std::string what = fmt::format("{}: {} ({})", m_.path, mod.path, name);
+    // The type from a stand-in with the same storage; the matrix itself is made
+    // when its turn comes in the file (a streamed export quantizes it then).
+    const GgufMatrix gm = gguf_matrix_type(src_.layout(mod), what, opt_.bf16);
     const bool interleave = gguf_interleaves_qk(m_.config) && (mod.kind == ModuleKind::QProj || mod.kind == ModuleKind::KProj);
-    const int64_t hd = m_.config.head_dim, rows = lin.rows();
+    const int64_t hd = m_.config.head_dim, rows = mod.rows;
     types_[name] = std::string(dtype_name(gm.type));
     weights_by_type_[gm.type] += mod.numel();
-    w_.add_tensor_lazy(name, gm.type, {rows, lin.cols()}, gm.row_bytes * static_cast<size_t>(rows),
-                       [&lin, gm, interleave, hd, rows](uint8_t* dst) {
+    w_.add_tensor_lazy(name, gm.type, {rows, mod.cols}, gm.row_bytes * static_cast<size_t>(rows),
+                       [this, &mod, what, gm, interleave, hd, rows](uint8_t* dst) {
+                         const Linear& lin = src_.matrix(mod);
+                         const GgufMatrix full = gguf_matrix_type(lin, what, opt_.bf16);
+                         check(full.type == gm.type && full.row_bytes == gm.row_bytes,
+                               "{}: stored as {}, but its layout said {} (internal error)", what,
+                               dtype_name(full.type), dtype_name(gm.type));
+                         if (full.requantized)
+                           requantized_.push_back(fmt::format("{} ({} -> {})", mod.path, lin.format(), dtype_name(full.type)));
                          parallel_for(rows, [&](int64_t g) {
                            const int64_t src = interleave ? interleaved_source_row(g, hd) : g;
-                           write_gguf_row(lin, gm, src, dst + static_cast<size_t>(g) * gm.row_bytes);
+                           write_gguf_row(lin, full, src, dst + static_cast<size_t>(g) * full.row_bytes);
                          }, 16);
                        });
   }
@@ -139,10 +148,10 @@ class Writer {
 
     add_summary();
     add_gguf_tokenizer(w_, m_);
+    w_.write(out);
     if (!requantized_.empty())
       warn("{}: {} matrices have no lossless GGUF block type and were re-quantized from their values: {}", out,
            requantized_.size(), fmt::join(requantized_, ", "));
-    w_.write(out);
   }
 
  private:
@@ -163,6 +172,7 @@ class Writer {
 
   const Model& m_;
   const GgufSaveOptions& opt_;
+  MatrixSource& src_;
   GgufWriter w_;
   std::deque<std::vector<float>> owned_;
   std::map<std::string, std::string> types_;
@@ -180,7 +190,8 @@ void save_gguf(const Model& m, const std::string& out, const GgufSaveOptions& op
   check(!fs::is_directory(out, ec), "{}: is a directory; a GGUF export is one file", out);
   const fs::path parent = fs::absolute(out).parent_path();
   check(fs::is_directory(parent, ec), "{}: parent directory {} does not exist", out, parent.string());
-  Writer(m, opt).write(out);
+  ModelMatrices own(m);
+  Writer(m, opt, opt.matrices ? *opt.matrices : own).write(out);
 }
 
 }  // namespace optiq

@@ -15,9 +15,13 @@
 
 namespace optiq {
 
+class MatrixSource;
+
 struct GgufSaveOptions {
   bool bf16 = false;   // type of fp32 weight matrices: BF16 instead of F16
   bool force = false;  // replace an existing output file
+  // Where the weight matrices come from (model/matrix_source.h); null: the model's own.
+  MatrixSource* matrices = nullptr;
 };
 
 // Throws optiq::Error naming the file or tensor (and what to do) for what

@@ -5,13 +5,18 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/progress.h"
 #include "formats/safetensors.h"
+#include "formats/safetensors_shards.h"
+#include "model/matrix_source.h"
 #include "model/hf_export.h"
 #include "tokenizer/tokenizer_json.h"
 
@@ -30,9 +35,22 @@ std::vector<uint8_t> to_half_bytes(const float* x, size_t n, bool bf16) {
   return out;
 }
 
-template <typename T>
-std::span<const uint8_t> as_bytes(const T* p, size_t n) {
-  return {reinterpret_cast<const uint8_t*>(p), n * sizeof(T)};
+
+// A float matrix as fp16/bf16 words, a row at a time (never a whole fp32
+// copy: an 8B model's embedding would take 2 GB); words of the wanted type are
+// copied as they are.
+void write_half_rows(const Linear& lin, bool bf16, uint8_t* dst) {
+  const int64_t rows = lin.rows(), cols = lin.cols();
+  if (const auto* h = lin.view().as<HalfWeights>(); h && h->bf16 == bf16) {
+    std::memcpy(dst, h->data, static_cast<size_t>(rows * cols) * 2);
+    return;
+  }
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    lin.row(r, row.data());
+    const std::vector<uint8_t> h = to_half_bytes(row.data(), row.size(), bf16);
+    std::memcpy(dst + static_cast<size_t>(r * cols) * 2, h.data(), h.size());
+  }
 }
 
 }  // namespace
@@ -46,57 +64,81 @@ void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& 
   const fs::path tmp = parent / fmt::format(".{}.tmp-{}", fs::path(out_dir).filename().string(), getpid());
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp);
+  ModelMatrices own(m);
+  MatrixSource& src = opt.matrices ? *opt.matrices : own;
   try {
-    SafetensorsWriter st;
+    SafetensorsShardWriter st;
     const ModelConfig& c = m.config;
     const bool bf16 = opt.bf16;
+    const DType half = bf16 ? DType::BF16 : DType::F16;
     nlohmann::json quant = nlohmann::json::object();
     bool any_quantized = false;
     AffineFormat most_common{4, 64};
     std::map<std::pair<int, int>, int64_t> format_weights;
 
-    for (const auto& mod : quantizable_modules(c)) {
-      const Linear& lin = module_linear(m.weights, mod);
+    // Layout: every packed matrix as (uint32 codes, scales, biases), then the
+    // float matrices, then the norms. 4-byte tensors thus never follow an odd
+    // number of 2-byte elements, and a matrix's three tensors are written one
+    // after another (each is made once, when its codes are written).
+    const auto modules = quantizable_modules(c);
+    std::vector<const ModuleInfo*> floats;
+    for (const auto& mod : modules) {
+      const Linear& probe = src.layout(mod);
       // MLX has no storage for GGUF's k-quant blocks; writing them as floats would undo the plan silently.
-      check(!lin.is_kquant(), "{}: {} is {}, a GGUF k-quant or IQ4 type, which MLX cannot store: plan it with affine (MLX) or "
-            "32-weight GGUF formats for an MLX export", m.path, mod.path, lin.format());
-      if (lin.is_affine()) {
-        const AffineMatrixView& v = lin.affine();
-        check(v.bf16_scales == bf16, "{}: {} has {} scales but the export type is {}; quantize with the same scale type",
-              m.path, mod.path, v.bf16_scales ? "bf16" : "fp16", bf16 ? "bf16" : "fp16");
-        st.add(mod.path + ".weight", DType::U32, {v.rows, v.words_per_row()},
-               as_bytes(v.packed, static_cast<size_t>(v.rows * v.words_per_row())));
-        const size_t ng = static_cast<size_t>(v.rows * v.groups_per_row());
-        const DType sd = bf16 ? DType::BF16 : DType::F16;
-        st.add(mod.path + ".scales", sd, {v.rows, v.groups_per_row()}, as_bytes(v.scales, ng));
-        if (v.biases) {
-          st.add(mod.path + ".biases", sd, {v.rows, v.groups_per_row()}, as_bytes(v.biases, ng));
-        } else {  // symmetric (from a GGUF's Q8_0/Q5_0/Q4_0): MLX wants the biases written out
-          std::vector<uint8_t> b(ng * 2);
-          for (int64_t r = 0; r < v.rows; ++r)
-            for (int64_t g = 0; g < v.groups_per_row(); ++g) {
-              const uint16_t h = f32_to_scale(v.bias(r, g), bf16);
-              std::memcpy(&b[(r * v.groups_per_row() + g) * 2], &h, 2);
-            }
-          st.add_owned(mod.path + ".biases", sd, {v.rows, v.groups_per_row()}, std::move(b));
-        }
-        quant[mod.path] = {{"group_size", v.fmt.group_size}, {"bits", v.fmt.bits}};
-        format_weights[{v.fmt.bits, v.fmt.group_size}] += mod.numel();
-        any_quantized = true;
-      } else {
-        std::vector<float> w = lin.to_f32();
-        st.add_owned(mod.path + ".weight", bf16 ? DType::BF16 : DType::F16, {mod.rows, mod.cols},
-                     to_half_bytes(w.data(), w.size(), bf16));
+      check(!probe.is_kquant(), "{}: {} is {}, a GGUF k-quant or IQ4 type, which MLX cannot store: plan it with affine (MLX) or "
+            "32-weight GGUF formats for an MLX export", m.path, mod.path, probe.format());
+      if (!probe.is_affine()) {
+        floats.push_back(&mod);
         quant[mod.path] = false;
+        continue;
       }
+      const AffineMatrixView& v = probe.affine();
+      check(v.bf16_scales == bf16, "{}: {} has {} scales but the export type is {}; quantize with the same scale type",
+            m.path, mod.path, v.bf16_scales ? "bf16" : "fp16", bf16 ? "bf16" : "fp16");
+      const int64_t rows = mod.rows, wpr = v.words_per_row(), gpr = v.groups_per_row();
+      const size_t ng = static_cast<size_t>(rows * gpr);
+      st.add(mod.path + ".weight", DType::U32, {rows, wpr}, [&src, &mod, rows, wpr](uint8_t* dst) {
+        std::memcpy(dst, src.matrix(mod).affine().packed, static_cast<size_t>(rows * wpr) * 4);
+      });
+      st.add(mod.path + ".scales", half, {rows, gpr}, [&src, &mod, ng](uint8_t* dst) {
+        std::memcpy(dst, src.matrix(mod).affine().scales, ng * 2);
+      });
+      // Symmetric groups (from a GGUF's Q8_0/Q5_0/Q4_0) store no biases: MLX wants them written out.
+      st.add(mod.path + ".biases", half, {rows, gpr}, [&src, &mod, rows, gpr, bf16](uint8_t* dst) {
+        const AffineMatrixView& a = src.matrix(mod).affine();
+        if (a.biases) {
+          std::memcpy(dst, a.biases, static_cast<size_t>(rows * gpr) * 2);
+          return;
+        }
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t g = 0; g < gpr; ++g) {
+            const uint16_t h = f32_to_scale(a.bias(r, g), bf16);
+            std::memcpy(dst + (r * gpr + g) * 2, &h, 2);
+          }
+      });
+      quant[mod.path] = {{"group_size", v.fmt.group_size}, {"bits", v.fmt.bits}};
+      format_weights[{v.fmt.bits, v.fmt.group_size}] += mod.numel();
+      any_quantized = true;
     }
-    auto add_norm = [&](const std::string& name, const std::vector<float>& v) {
-      st.add_owned(name, bf16 ? DType::BF16 : DType::F16, {static_cast<int64_t>(v.size())},
-                   to_half_bytes(v.data(), v.size(), bf16));
-    };
-    for (const auto& [name, v] : hf_export_vectors(m)) add_norm(name, v);
+    for (const ModuleInfo* mod : floats)
+      st.add(mod->path + ".weight", half, {mod->rows, mod->cols}, [&src, mod, bf16](uint8_t* dst) {
+        write_half_rows(src.matrix(*mod), bf16, dst);
+      });
+    const auto vectors = hf_export_vectors(m);
+    for (const auto& [name, v] : vectors)
+      st.add(name, half, {static_cast<int64_t>(v.size())}, [&v = v, bf16](uint8_t* dst) {
+        const std::vector<uint8_t> h = to_half_bytes(v.data(), v.size(), bf16);
+        std::memcpy(dst, h.data(), h.size());
+      });
     st.set_metadata("format", "mlx");
-    st.write((tmp / "model.safetensors").string());
+    {
+      std::optional<Progress> progress;
+      if (opt.progress) progress.emplace("write", static_cast<int64_t>(st.total_bytes() / 1000000), "MB");
+      st.write(tmp.string(), opt.shard_bytes, "model", [&](uint64_t done) {
+        if (progress) progress->update(static_cast<int64_t>(done / 1000000));
+      });
+      if (progress) progress->finish();
+    }
 
     nlohmann::json config = hf_export_config(m, bf16);
     if (any_quantized) {

@@ -1,7 +1,7 @@
 // Writes a model in MLX's layout, which mlx_lm.load reads: config.json (the
 // Hugging Face config of the model's family, model/hf_export.h, plus "quantization": {"group_size", "bits", and
 // one entry per module: {"group_size", "bits"} or false for float}),
-// model.safetensors (packed "<module>.weight" uint32 words with
+// model.safetensors or shards of it (packed "<module>.weight" uint32 words with
 // "<module>.scales" and "<module>.biases"; float tensors in fp16/bf16) and
 // the tokenizer files.
 #pragma once
@@ -11,9 +11,19 @@
 
 namespace optiq {
 
+class MatrixSource;
+
 struct MlxSaveOptions {
   bool bf16 = false;   // float type of unquantized tensors (must match the scales' type)
   bool force = false;  // replace an existing output directory
+  // Where the weight matrices come from (model/matrix_source.h); null: the model's own.
+  MatrixSource* matrices = nullptr;
+  // Shards of at most this many bytes (model-0000i-of-0000n.safetensors and
+  // model.safetensors.index.json, as Hugging Face and mlx-lm write them);
+  // 0: one model.safetensors whatever its size.
+  uint64_t shard_bytes = kDefaultShardBytes;
+  bool progress = false;  // a progress line with ETA while tensors are written
+  static constexpr uint64_t kDefaultShardBytes = 5'000'000'000;  // mlx-lm's and transformers' default
 };
 
 // The directory is written under a temporary name and renamed into place.

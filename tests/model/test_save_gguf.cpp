@@ -37,24 +37,11 @@ ModelConfig wide(const std::string& family) {
   return c;
 }
 
-// A SentencePiece vocabulary of the model's size (no file behind it).
-std::unique_ptr<Tokenizer> tiny_tokenizer(int vocab) {
-  TokenizerSpec s;
-  s.kind = TokenizerSpec::Kind::SentencePiece;
-  for (int i = 0; i < vocab; ++i) {
-    s.tokens.push_back(i == 0 ? "<unk>" : i == 1 ? "<s>" : i == 2 ? "</s>" : "\xE2\x96\x81t" + std::to_string(i));
-    s.scores.push_back(-static_cast<float>(i));
-    s.token_types.push_back(i == 0 ? token_type::kUnknown : i < 3 ? token_type::kControl : token_type::kNormal);
-  }
-  s.unk = 0, s.bos = 1, s.eos = 2, s.add_bos = true;
-  return std::make_unique<Tokenizer>(std::move(s));
-}
-
 Model wide_model(const std::string& family, uint32_t seed) {
   Model m = test::random_model(wide(family), seed, /*half=*/true);
   m.path = "tiny-" + family;
   m.format = SourceFormat::Llama2c;  // not a file the exporter would re-read
-  m.tokenizer = tiny_tokenizer(m.config.vocab_size);
+  m.tokenizer = test::tiny_tokenizer(m.config.vocab_size);
   return m;
 }
 

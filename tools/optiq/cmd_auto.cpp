@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "eval/perplexity.h"
 #include "model/quantize_model.h"
+#include "pipeline/export_step.h"
 #include "model/exporter.h"
 #include "plan/budget.h"
 #include "plan/solver.h"
@@ -28,6 +29,7 @@ struct AutoArgs {
   std::string text;
   int eval_ctx = 512;
   int chunks = -1;
+  std::string shard_size = "5GB";
   bool force = false;
   bool json = false;
 };
@@ -68,8 +70,8 @@ void run_auto(AutoArgs& a) {
     qo.grams = &grams;
     qo.gptq_all = false;
   }
-  quantize_model(m, r.map, qo);
-  make_exporter(a.format)->write(m, out, {.bf16 = qo.recipe.bf16_scales, .force = a.force});
+  run_export_step(m, r.map, qo, out,
+                  {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json});
   if (!a.json) fmt::print("wrote         {}\n", out);
 
   nlohmann::json j = {{"out", out},
@@ -139,6 +141,7 @@ Runner register_auto(CLI::App& app) {
   cmd->add_option("--eval-ctx", a->eval_ctx, "evaluation window (capped at the model's context)")
       ->capture_default_str()->check(CLI::Range(8, 1 << 20));
   cmd->add_option("--chunks", a->chunks, "evaluate only the first N windows");
+  add_shard_size_option(*cmd, a->shard_size);
   cmd->add_flag("--force", a->force, "replace OUT if it exists");
   cmd->add_flag("--json", a->json, "print one JSON object");
   return [a] { run_auto(*a); };

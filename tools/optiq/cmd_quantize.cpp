@@ -8,6 +8,8 @@
 #include "model/awq.h"
 #include "model/quantize_model.h"
 #include "model/exporter.h"
+#include "pipeline/export_step.h"
+#include "plan/budget.h"
 #include "pipeline.h"
 #include "profile/calibration.h"
 
@@ -28,6 +30,7 @@ struct QuantizeArgs {
   double damp = 0.01;
   bool no_act_order = false;
   int awq_grid = 10;
+  std::string shard_size = "5GB";
   bool force = false;
   bool json = false;
 };
@@ -84,16 +87,11 @@ void run_quantize(const QuantizeArgs& a) {
                    sites.size(), plain, scaled, plain > 0 ? 100.0 * (scaled / plain - 1) : 0.0);
     }
   }
-  quantize_model(m, map, opt);
-  make_exporter(a.format)->write(m, a.out, {.bf16 = opt.recipe.bf16_scales, .force = a.force});
-  size_t bytes = 0;
-  for (const auto& mod : quantizable_modules(m.config)) {  // float modules are exported as 16-bit
-    const Linear& l = module_linear(m.weights, mod);
-    bytes += l.is_affine() || l.is_kquant() ? l.bytes() : static_cast<size_t>(mod.numel()) * 2;
-  }
-  int64_t params = 0;
-  for (const auto& mod : quantizable_modules(m.config)) params += mod.numel();
-  const double bpw = 8.0 * bytes / params;
+  const ExportStepResult r = run_export_step(
+      m, map, opt, a.out,
+      {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json});
+  const uint64_t bytes = r.matrix_bytes;
+  const double bpw = r.bits_per_weight();
   if (a.json) {
     fmt::print("{}\n", nlohmann::json({{"out", a.out}, {"bits_per_weight", bpw}, {"matrix_bytes", bytes}}).dump());
   } else {
@@ -102,6 +100,20 @@ void run_quantize(const QuantizeArgs& a) {
 }
 
 }  // namespace
+
+void add_shard_size_option(CLI::App& cmd, std::string& shard_size) {
+  cmd.add_option("--shard-size", shard_size,
+                 "MLX export: safetensors shards of at most this size (model-0000i-of-0000n.safetensors with "
+                 "model.safetensors.index.json, as Hugging Face and mlx-lm write them); 0: one file")
+      ->capture_default_str();
+}
+
+uint64_t shard_bytes(const std::string& shard_size) {
+  if (shard_size == "0") return 0;
+  const int64_t b = parse_byte_size(shard_size, "--shard-size");
+  check(b >= 1'000'000, "--shard-size {}: shards under 1 MB would split every tensor into its own file", shard_size);
+  return static_cast<uint64_t>(b);
+}
 
 Runner register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand(
@@ -144,6 +156,7 @@ Runner register_quantize(CLI::App& app) {
                           a->calib,
                           "calibration text (.txt, or .jsonl with \"text\"; or 'self'): weights rounding errors by "
                           "input-activation statistics");
+  add_shard_size_option(*cmd, a->shard_size);
   cmd->add_flag("--force", a->force, "replace the output if it exists");
   cmd->add_flag("--json", a->json, "print one JSON object");
   return [a] { run_quantize(*a); };

@@ -17,6 +17,11 @@ namespace optiq::cli {
 // auto, compare, quantize) to CalibrationOptions.
 CLI::Option* add_calibration_options(CLI::App& cmd, CalibrationOptions& c, const std::string& calib_help);
 
+// --shard-size (quantize, auto): MLX exports in safetensors shards of at most that size.
+void add_shard_size_option(CLI::App& cmd, std::string& shard_size);
+// "5GB" -> bytes ("0": one file); throws naming the option.
+uint64_t shard_bytes(const std::string& shard_size);
+
 struct ProfileStepArgs {
   CalibrationOptions calib;
   std::string method = "fast";

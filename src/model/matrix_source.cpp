@@ -1,0 +1,49 @@
+#include "model/matrix_source.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/error.h"
+
+namespace optiq {
+
+TensorFormat ModelMatrices::format(const ModuleInfo& mod) const {
+  auto it = model_.precision.formats.find(mod.path);
+  return it == model_.precision.formats.end() ? std::nullopt : it->second;
+}
+
+StreamedMatrices::StreamedMatrices(const Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt)
+    : model_(model), opt_(opt), quantizer_(model, map, opt) {
+  check(!opt.fake, "streamed export: fake-quantized matrices are never exported");
+}
+
+const Linear& StreamedMatrices::matrix(const ModuleInfo& mod) {
+  if (current_ && current_->path == mod.path) return made_;
+  made_ = {};  // the previous matrix's memory first
+  current_.reset();
+  const Linear& source = module_linear(model_.weights, mod);
+  made_ = quantizer_.quantize(mod, source);
+  current_ = mod;
+  bytes_made_ += made_.is_affine() || made_.is_kquant() ? made_.bytes() : static_cast<uint64_t>(mod.numel()) * 2;
+  // Its source pages are not read again (a float module written as it is
+  // keeps them until written: made_ may be the source itself).
+  if (!made_.shares_storage_with(source)) source.release_pages();
+  return made_;
+}
+
+const Linear& StreamedMatrices::layout(const ModuleInfo& mod) {
+  const Linear& source = module_linear(model_.weights, mod);
+  if (!format(mod)) {  // float: the source's own storage decides (fp16/bf16 words stay as they are)
+    probe_ = source.is_affine() || source.is_kquant() ? Linear::from_f32(std::vector<float>(mod.cols, 0.0f), 1, mod.cols)
+                                                      : source;
+    return probe_;
+  }
+  // One row quantized as the whole matrix will be: the same storage type
+  // (importance weighting and GPTQ change the values, not the storage).
+  std::vector<float> row(mod.cols);
+  source.row(0, row.data());
+  probe_ = Linear::from_quantized(quantize_matrix(format(mod), row.data(), 1, mod.cols, opt_.recipe.options()));
+  return probe_;
+}
+
+}  // namespace optiq

@@ -1,0 +1,38 @@
+// The quantize-and-export step of the pipeline (optiq quantize, auto): a
+// model and its plan in, an MLX directory or a GGUF file out. Streamed: each
+// matrix is quantized from the (memory-mapped) source when the writer reaches
+// it, written, and dropped, and its source pages are given back, so the step
+// holds one quantized matrix at a time however large the model
+// (model/matrix_source.h). The file is the one quantize_model then a save
+// would write, byte for byte.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "model/exporter.h"
+#include "model/model.h"
+#include "model/quantize_model.h"
+
+namespace optiq {
+
+struct ExportStepOptions {
+  std::string format = "mlx";  // an exporter name (model/exporter.h)
+  bool force = false;          // replace an existing output
+  uint64_t shard_bytes = 5'000'000'000;  // MLX shards (0: one file)
+  bool progress = true;
+};
+
+struct ExportStepResult {
+  uint64_t matrix_bytes = 0;  // weight matrices as stored (float ones as 16-bit words)
+  int64_t matrix_params = 0;
+  double seconds = 0;
+  double bits_per_weight() const { return matrix_params ? 8.0 * static_cast<double>(matrix_bytes) / matrix_params : 0; }
+};
+
+// Records the plan's formats in model.precision (what the export's config
+// and metadata state), then quantizes while writing `out`. opt.fake must be
+// false. Throws optiq::Error; nothing is left at `out` then.
+ExportStepResult run_export_step(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt,
+                                 const std::string& out, const ExportStepOptions& eo);
+
+}  // namespace optiq
