@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/parallel.h"
@@ -29,7 +30,7 @@ bool isa_supported(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return true;
     case Isa::Avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case Isa::Avx512:
       return isa_supported(Isa::Avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
@@ -61,7 +62,7 @@ Isa initial_isa() {
 
 std::atomic<int> g_isa{-1};
 
-bool cpu_avx_vnni() { return __builtin_cpu_supports("avxvnni"); }
+bool cpu_avx_vnni() { return cpu_has_avx_vnni(); }
 bool cpu_avx512_vnni() { return __builtin_cpu_supports("avx512vnni"); }
 
 }  // namespace

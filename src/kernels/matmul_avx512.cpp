@@ -351,8 +351,13 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
   if (r < r1) rows<Bits, false, 1>(a, 0, r, r1);
 }
 
+// clang does not take GCC's target pragma (the fuzz build, tests/fuzz, is clang).
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512vbmi"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512vbmi")
+#endif
 // 2/3/5/6-bit codes at batch 1 with AVX-512 VBMI: a chunk of 64 codes
 // (2 blocks, 8*Bits bytes) is spread to bytes in two instructions: vpermb puts
 // bytes Bits*j .. Bits*j+7 into qword j (whose 8 codes start at bit 0), and
@@ -426,7 +431,11 @@ void rows_multi_vbmi(const Int8Args& a, int64_t r0, int64_t r1) {
   }
   if (r < r1) rows<8, true, 1>(a, 0, r, r1);
 }
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 bool cpu_vbmi() {
   static const bool v = __builtin_cpu_supports("avx512vbmi");

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "core/parallel.h"
 #include "core/error.h"
 #include "core/half.h"
@@ -54,7 +55,7 @@ detail::SearchFn pick_search() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512vl"))
     return detail::quantize_group_search_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
     return detail::quantize_group_search_avx2;
   return detail::quantize_group_search_base;
 }
