@@ -3,6 +3,8 @@
 // an error naming the file, the key and its value: a model never runs with a
 // quirk silently ignored.
 #include <cmath>
+#include <cstdint>
+#include <limits>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -18,6 +20,33 @@ namespace {
 using nlohmann::json;
 
 bool present(const json& j, const char* key) { return j.contains(key) && !j[key].is_null(); }
+
+// An integer hyper-parameter. Why not get<int>(): nlohmann wraps 4294967360
+// to 64 without a word, and converting a float like 1e22 to int is undefined
+// behaviour; both are refused, naming the key. Whole floats (64.0) are taken.
+int64_t whole_number(const json& v, const char* key, const std::string& source) {
+  if (v.is_number_unsigned()) {
+    if (v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      return static_cast<int64_t>(v.get<uint64_t>());
+  } else if (v.is_number_integer()) {
+    return v.get<int64_t>();
+  } else if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::abs(d) <= 9007199254740992.0) return static_cast<int64_t>(d);
+  }
+  fail("{}: {} = {} is not an integer in range", source, key, v.dump().substr(0, 40));
+}
+
+int int_value(const json& j, const char* key, const std::string& source) {
+  const int64_t v = whole_number(j.at(key), key, source);
+  check(v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max(),
+        "{}: {} = {} is out of range", source, key, v);
+  return static_cast<int>(v);
+}
+
+int int_or(const json& j, const char* key, int def, const std::string& source) {
+  return present(j, key) ? int_value(j, key, source) : def;
+}
 
 // `key` must be absent, null or equal `expected`.
 void require_value(const json& j, const char* key, const json& expected, const std::string& source,
@@ -42,15 +71,15 @@ RopeScaling rope_scaling_from_json(const json& root, const json& rs, const Model
     out.type = RopeScalingType::Llama3;
     out.low_freq_factor = rs.value("low_freq_factor", 1.0f);
     out.high_freq_factor = rs.value("high_freq_factor", 4.0f);
-    out.original_max_position = rs.value("original_max_position_embeddings", 8192);
+    out.original_max_position = int_or(rs, "original_max_position_embeddings", 8192, source);
   } else if (type == "linear") {
     out.type = RopeScalingType::Linear;
   } else if (type == "longrope" || type == "su") {
     out.type = RopeScalingType::LongRope;
     out.short_factor = float_list(rs, "short_factor", source);
     out.long_factor = float_list(rs, "long_factor", source);
-    out.original_max_position = root.value("original_max_position_embeddings",
-                                           rs.value("original_max_position_embeddings", c.max_seq));
+    out.original_max_position = int_or(root, "original_max_position_embeddings",
+                                       int_or(rs, "original_max_position_embeddings", c.max_seq, source), source);
     // HF (and mlx-lm): cos/sin are multiplied by sqrt(1 + ln(s)/ln(orig)),
     // s = max_position / original_max_position, unless the config gives it.
     const double s = static_cast<double>(c.max_seq) / out.original_max_position;
@@ -69,14 +98,14 @@ RopeScaling rope_scaling_from_json(const json& root, const json& rs, const Model
 // Keys every family reads the same way.
 void read_common(const json& j, ModelConfig& c, const std::string& source) {
   c.name = j.value("_name_or_path", std::string());
-  c.dim = j.at("hidden_size").get<int>();
-  c.n_layers = j.at("num_hidden_layers").get<int>();
-  c.n_heads = j.at("num_attention_heads").get<int>();
-  c.n_kv_heads = present(j, "num_key_value_heads") ? j["num_key_value_heads"].get<int>() : c.n_heads;
-  c.head_dim = present(j, "head_dim") ? j["head_dim"].get<int>() : (c.n_heads > 0 ? c.dim / c.n_heads : 0);
-  c.hidden_dim = j.at("intermediate_size").get<int>();
-  c.vocab_size = j.at("vocab_size").get<int>();
-  c.max_seq = j.value("max_position_embeddings", 2048);
+  c.dim = int_value(j, "hidden_size", source);
+  c.n_layers = int_value(j, "num_hidden_layers", source);
+  c.n_heads = int_value(j, "num_attention_heads", source);
+  c.n_kv_heads = int_or(j, "num_key_value_heads", c.n_heads, source);
+  c.head_dim = int_or(j, "head_dim", c.n_heads > 0 ? c.dim / c.n_heads : 0, source);
+  c.hidden_dim = int_value(j, "intermediate_size", source);
+  c.vocab_size = int_value(j, "vocab_size", source);
+  c.max_seq = int_or(j, "max_position_embeddings", 2048, source);
   c.norm_eps = j.value("rms_norm_eps", 1e-5f);
   c.rope_theta = j.value("rope_theta", 10000.0f);
   c.tied_embeddings = j.value("tie_word_embeddings", false);
@@ -129,7 +158,7 @@ void read_llama(const json& j, ModelConfig& c, const std::string& source) {
   require_value(j, "attention_bias", false, source, c.arch);
   require_silu(j, "hidden_act", source, c.arch);
   if (present(j, "sliding_window")) {
-    const int64_t w = j["sliding_window"].get<int64_t>();
+    const int64_t w = whole_number(j["sliding_window"], "sliding_window", source);
     if (w < c.max_seq) {
       check(w > 0, "{}: sliding_window = {} is not a positive window", source, w);
       c.layer_window = windows_from(j, c.n_layers, static_cast<int>(w), source);
@@ -161,7 +190,7 @@ void read_phi3(const json& j, ModelConfig& c, const std::string& source) {
   require_value(j, "attention_bias", false, source, c.arch);
   c.fused_qkv = true;
   if (present(j, "sliding_window")) {
-    const int64_t w = j["sliding_window"].get<int64_t>();
+    const int64_t w = whole_number(j["sliding_window"], "sliding_window", source);
     if (w > 0 && w < c.max_seq) c.layer_window = windows_from(j, c.n_layers, static_cast<int>(w), source);
   }
 }
@@ -209,7 +238,7 @@ void read_gemma3(const json& j, ModelConfig& c, const std::string& source) {
   if (!softcaps["attn"].is_null()) c.attn_softcap = softcaps["attn"].get<float>();
   if (!softcaps["final"].is_null()) c.final_softcap = softcaps["final"].get<float>();
   c.rope_theta_local = static_cast<float>(num("rope_local_base_freq", 10000.0));
-  const int window = present(d, "sliding_window") ? d["sliding_window"].get<int>() : 4096;
+  const int window = int_or(d, "sliding_window", 4096, source);
   check(window > 0, "{}: sliding_window = {} is not a positive window", source, window);
   if (present(d, "layer_types")) {
     c.layer_window = windows_from(d, c.n_layers, window, source);

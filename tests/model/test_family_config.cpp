@@ -222,5 +222,39 @@ TEST(FamilyConfig, ErrorsNameFileKeyAndValue) {
   expect_error(j, {"attention_bias", "true"});
 }
 
+// Fuzz finding (tests/fuzz/fuzz_config_hf): "head_dim": 11111111111111111111112
+// parses as a float, and get<int>() on it was undefined behaviour (UBSan);
+// integers beyond int were silently wrapped (4294967360 became 64).
+TEST(FamilyConfig, IntegerKeysOutOfRangeAreRefused) {
+  auto message = [](json j) {
+    const std::string e = error_of(j);
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    return e;
+  };
+  json j = base("gemma3_text");
+  j["head_dim"] = json::parse("11111111111111111111112");
+  EXPECT_NE(message(j).find("cfg.json: head_dim = 1.1111111111111111e+22 is not an integer in range"), std::string::npos)
+      << message(j);
+  j = base("llama");
+  j["hidden_size"] = 4294967360ull;
+  EXPECT_NE(message(j).find("cfg.json: hidden_size = 4294967360 is out of range"), std::string::npos) << message(j);
+  j = base("llama");
+  j["num_hidden_layers"] = 18446744073709551615ull;
+  EXPECT_NE(message(j).find("num_hidden_layers = 18446744073709551615 is not an integer"), std::string::npos);
+  j = base("mistral");
+  j["sliding_window"] = -1e300;
+  EXPECT_NE(message(j).find("sliding_window = -1e+300 is not an integer"), std::string::npos) << message(j);
+  j = base("llama");
+  j["vocab_size"] = "300";
+  EXPECT_NE(message(j).find("vocab_size = \"300\" is not an integer"), std::string::npos) << message(j);
+  // Whole floats are integers; absent or null optional keys take their defaults.
+  j = base("llama");
+  j["hidden_size"] = 64.0;
+  j["max_position_embeddings"] = nullptr;
+  ModelConfig c = config_from_hf(j, "cfg.json");
+  EXPECT_EQ(c.dim, 64);
+  EXPECT_EQ(c.max_seq, 2048);
+}
+
 }  // namespace
 }  // namespace optiq
