@@ -73,10 +73,18 @@ HfCheckpoint::HfCheckpoint(const std::string& dir) : dir_(dir) {
     }
     std::sort(shard_names.begin(), shard_names.end());
     shard_names.erase(std::unique(shard_names.begin(), shard_names.end()), shard_names.end());
-    for (const auto& s : shard_names)
-      check(is_file(root / s), "{}: shard listed in model.safetensors.index.json is missing", (root / s).string());
+    // A shard may be a symlink to anywhere (the hub cache links into
+    // ../../blobs/), but only to a regular file: a device or FIFO never ends.
+    for (const auto& s : shard_names) {
+      check(fs::exists(root / s, ec), "{}: shard listed in model.safetensors.index.json is missing",
+            (root / s).string());
+      check(is_file(root / s), "{}: shard listed in model.safetensors.index.json is not a regular file",
+            (root / s).string());
+    }
   } else if (is_file(single_path)) {
     shard_names.push_back("model.safetensors");
+  } else if (fs::exists(single_path, ec)) {
+    fail("{}: not a regular file", single_path.string());
   } else {
     fail("{}: no model.safetensors or model.safetensors.index.json (optiq reads safetensors weights; convert "
          "pytorch_model.bin checkpoints to safetensors first)", dir);

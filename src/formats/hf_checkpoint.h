@@ -4,6 +4,10 @@
 //
 // Every shard named in the index is opened and validated; every tensor the
 // index maps must exist in its shard, and no tensor may appear in two shards.
+// Shard names must be plain file names in the directory ("../x", "/etc/x"
+// and names with a backslash are refused); a shard may be a symlink to a
+// regular file anywhere, as in Hugging Face's hub cache (snapshots/<rev>/
+// links to ../../blobs/<hash>), never to a device or FIFO.
 // Problems are reported as optiq::Error("<file or dir>: <problem>").
 // Tensors point into the shards' maps, which live as long as the checkpoint.
 #pragma once

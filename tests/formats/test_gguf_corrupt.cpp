@@ -129,6 +129,30 @@ TEST_F(GgufCorrupt, HugeStringLength) {
   EXPECT_NE(parse(patched<uint64_t>(v, good_.size())), "");
 }
 
+// The sizes the issue names (docs/reliability.md, "limits"): each one line,
+// naming the file and the count, before anything is allocated.
+TEST_F(GgufCorrupt, AbsurdSizesNamedInTheIssue) {
+  const uint64_t trillion = 1'000'000'000'000;
+  EXPECT_NE(parse(patched<uint64_t>(16, trillion)).find("metadata count is 1000000000000, which cannot fit"),
+            std::string::npos);
+  EXPECT_NE(parse(patched<uint64_t>(8, trillion)).find("tensor count is 1000000000000, which cannot fit"),
+            std::string::npos);
+  const uint64_t four_gb = uint64_t{1} << 32;
+  EXPECT_NE(parse(patched<uint64_t>(24, four_gb)).find("metadata key #0 has length 4294967296 at offset 24, beyond"),
+            std::string::npos);
+  const size_t v = find("general.architecture") + 20 + 4;  // the value's string length
+  EXPECT_NE(parse(patched<uint64_t>(v, four_gb)).find("metadata general.architecture has length 4294967296"),
+            std::string::npos);
+  const size_t et = find("tokenizer.ggml.tokens") + 21 + 4 + 4 + 8;  // first token's length
+  EXPECT_NE(parse(patched<uint64_t>(et, four_gb)).find("has length 4294967296"), std::string::npos);
+  // Dimensions whose product overflows int64 (each one alone is valid).
+  const size_t ti = tensor_info("tq8");
+  Bytes b = patched<uint64_t>(ti + 4, uint64_t{96} << 32);
+  const uint64_t rows = uint64_t{1} << 33;
+  std::memcpy(b.data() + ti + 12, &rows, 8);
+  EXPECT_NE(parse(b).find("tensor tq8 has too many elements (dimensions overflow)"), std::string::npos);
+}
+
 TEST_F(GgufCorrupt, BadValueTypes) {
   size_t t = find("general.architecture") + 20;
   EXPECT_NE(parse(patched<uint32_t>(t, 13)).find("unknown value type 13"), std::string::npos);

@@ -154,10 +154,44 @@ TEST(HfCheckpoint, BadIndexes) {
   expect_error(d.dir, "not a file in the directory");
   write_text(ip, R"({"weight_map": {"a": "/etc/passwd"}})");
   expect_error(d.dir, "not a file in the directory");
+  write_text(ip, R"({"weight_map": {"a": "../../etc/passwd"}})");
+  expect_error(d.dir, "names \"../../etc/passwd\", which is not a file in the directory");
+  write_text(ip, R"({"weight_map": {"a": ".."}})");
+  expect_error(d.dir, "not a file in the directory");
+  write_text(ip, R"({"weight_map": {"a": "sub\\..\\x"}})");
+  expect_error(d.dir, "not a file in the directory");
   // A damaged shard is reported with the shard's path.
   write_text(ip, d.index);
   write_text(d.dir + "/model-00002-of-00002.safetensors", "garbage");
   expect_error(d.dir, "model-00002-of-00002.safetensors: file is 7 bytes");
+}
+
+// Shards that are symlinks: allowed to point anywhere (Hugging Face's hub
+// cache links snapshots/<rev>/*.safetensors to ../../blobs/<hash>), but the
+// target must be a regular file: a link to a device or a FIFO would stream
+// without end, and a dangling link is a missing shard.
+TEST(HfCheckpoint, SymlinkedShards) {
+  ShardedDir d;
+  const std::string shard2 = d.dir + "/model-00002-of-00002.safetensors";
+  const std::string blobs = test::temp_dir();
+  fs::rename(shard2, blobs + "/blob");
+  fs::create_symlink(blobs + "/blob", shard2);
+  HfCheckpoint c(d.dir);
+  EXPECT_NE(c.find_tensor("model.norm.weight"), nullptr);
+
+  fs::remove(shard2);
+  fs::create_symlink("/dev/zero", shard2);
+  expect_error(d.dir, "model-00002-of-00002.safetensors: shard listed in model.safetensors.index.json is not a "
+               "regular file");
+  fs::remove(shard2);
+  fs::create_symlink(blobs + "/gone", shard2);
+  expect_error(d.dir, "model-00002-of-00002.safetensors: shard listed in model.safetensors.index.json is missing");
+
+  // The same for a single model.safetensors.
+  const std::string dir = test::temp_dir();
+  write_text(dir + "/config.json", kConfig);
+  fs::create_symlink("/dev/zero", dir + "/model.safetensors");
+  expect_error(dir, "model.safetensors: not a regular file");
 }
 
 TEST(HfCheckpoint, MissingPieces) {

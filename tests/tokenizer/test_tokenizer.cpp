@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "formats/gguf.h"
+#include "formats/gguf_writer.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -248,6 +249,38 @@ TEST(Tokenizer, CorruptLlama2cFilesThrow) {
   write_file(p, bad);
   EXPECT_THROW(tokenizer_spec_from_llama2c(p, 512), Error);
   EXPECT_THROW(tokenizer_spec_from_llama2c(dir + "/missing.bin", 512), Error);
+}
+
+// Tokens that are not UTF-8 (docs/reliability.md, "limits"). tokenizer.json
+// is JSON, so a raw 0xFF in it is a one-line JSON error naming the file. GGUF
+// and tokenizer.bin vocabularies are bytes, read as llama.cpp reads them: a
+// non-UTF-8 piece loads and encodes/decodes as its bytes (writing it to
+// tokenizer.json is refused: TokenizerJson.EscapesAndErrors).
+TEST(Tokenizer, NonUtf8Tokens) {
+  const std::string dir = test::temp_dir();
+  write_file(dir + "/tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"\xff\": 1}, \"merges\": []}}");
+  try {
+    (void)tokenizer_spec_from_hf(dir);
+    ADD_FAILURE() << "accepted a tokenizer.json that is not UTF-8";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind(dir + "/tokenizer.json: not valid JSON: ", 0), 0u) << m;
+    EXPECT_NE(m.find("UTF-8"), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+
+  GgufWriter w;
+  w.add_string("tokenizer.ggml.model", "llama");
+  w.add_string_array("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "\xe2\x96\x81" "a", "\xff\xfe", "\xff", "\xfe"});
+  w.add_float_array("tokenizer.ggml.scores", {0, 0, 0, -1, -1, -2, -2});
+  w.add_int_array("tokenizer.ggml.token_type", {2, 3, 3, 1, 1, 1, 1});
+  w.write(dir + "/bytes.gguf");
+  const GgufFile g(dir + "/bytes.gguf");
+  const Tokenizer t(tokenizer_spec_from_gguf(g));
+  const std::string text = "a\xff\xfe";
+  const std::vector<int32_t> ids = t.encode(text, /*add_bos=*/false);
+  EXPECT_EQ(ids, (std::vector<int32_t>{3, 4}));
+  EXPECT_EQ(t.decode(ids), text);
 }
 
 TEST(Tokenizer, HfTokenizerJson) {
