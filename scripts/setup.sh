@@ -36,8 +36,11 @@ for a in "$@"; do
   esac
 done
 
+# clang + libclang-rt-14-dev: libFuzzer and clang's sanitizer runtimes for the fuzz harnesses
+# (tests/fuzz, scripts/fuzz_smoke.sh); the main build stays on g++.
 APT_PACKAGES=(build-essential cmake pkg-config nlohmann-json3-dev libcli11-dev libfmt-dev
-  libhwy-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev python3-venv ccache)
+  libhwy-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev python3-venv ccache
+  clang libclang-rt-14-dev)
 
 say() { printf '[setup] %s\n' "$*"; }
 
