@@ -39,11 +39,16 @@ class MappedFile {
 // there MADV_DONTNEED zeroes the data.
 void drop_mapped_pages(const void* p, size_t n);
 
-// Pages of a file mapping inside [p, p + n) leave the process's resident
-// memory (MADV_PAGEOUT: the kernel reclaims them; touching them again re-reads
-// the file). Unlike drop_mapped_pages it never loses data, so it is safe on
-// any memory (anonymous pages stay, or go to swap); a no-op where unsupported.
+// The whole pages inside [p, p + n) leave the process's resident memory when
+// they belong to a MappedFile (MADV_DONTNEED: unmapped from the process; the
+// page cache keeps them while memory allows, so touching them again costs a
+// minor fault, not a read). Anything else (anonymous memory, which
+// MADV_DONTNEED would zero) is left alone, so it is safe on any pointer.
 void release_file_pages(const void* p, size_t n);
+
+// Asks the kernel to read the pages of [p, p + n) of a file mapping ahead
+// (MADV_WILLNEED); returns at once.
+void prefetch_file_pages(const void* p, size_t n);
 
 // Asks for transparent huge pages (2 MB) on the whole huge pages inside
 // [p, p + n) of anonymous memory not touched yet (a no-op where THP is off).

@@ -116,4 +116,21 @@ void Linear::release_pages() const {
   }
 }
 
+void Linear::prefetch_rows(int64_t r0, int64_t r1) const {
+  if (!borrows() || r1 <= r0) return;
+  const int64_t n = r1 - r0;
+  if (const auto* a = view_.as<AffineMatrixView>()) {
+    const int64_t wpr = a->words_per_row(), gpr = a->groups_per_row();
+    prefetch_file_pages(a->packed + r0 * wpr, static_cast<size_t>(n * wpr) * 4);
+    prefetch_file_pages(a->scales + r0 * gpr, static_cast<size_t>(n * gpr) * 2);
+    if (a->biases) prefetch_file_pages(a->biases + r0 * gpr, static_cast<size_t>(n * gpr) * 2);
+  } else if (const auto* k = view_.as<KQuantView>()) {
+    prefetch_file_pages(k->row(r0), k->row_bytes() * static_cast<size_t>(n));
+  } else if (const auto* h = view_.as<HalfWeights>()) {
+    prefetch_file_pages(h->data + r0 * cols(), static_cast<size_t>(n * cols()) * 2);
+  } else if (const auto* f = view_.as<F32Weights>()) {
+    prefetch_file_pages(f->data + r0 * cols(), static_cast<size_t>(n * cols()) * 4);
+  }
+}
+
 }  // namespace optiq

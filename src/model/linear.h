@@ -69,6 +69,9 @@ class Linear {
   // file is re-read if they are touched again). For streamed exports, once a
   // matrix is quantized. No effect on owned storage.
   void release_pages() const;
+  // Borrowed storage: asks the kernel to start reading rows [r0, r1) from the
+  // file now (MADV_WILLNEED), so that a streamed pass overlaps reading with work.
+  void prefetch_rows(int64_t r0, int64_t r1) const;
 
  private:
   WeightView view_;

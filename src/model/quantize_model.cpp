@@ -8,6 +8,7 @@
 #include "core/diagnostics.h"
 #include "core/error.h"
 #include "core/memory.h"
+#include "core/parallel.h"
 #include "core/progress.h"
 
 namespace optiq {
@@ -57,7 +58,6 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
   }
   check(format_fits(fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size", model_.path,
         m.path, tensor_format_short(fmt), m.cols);
-  std::vector<float> w = lin.to_f32();
   const float* importance = nullptr;
   if (opt_.importance) {
     auto imp = opt_.importance->find(m.path);
@@ -73,6 +73,7 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
   }
   QuantizedMatrix q;
   if (gram) {
+    std::vector<float> w = lin.to_f32();
     const bool act_order = gptq_uses_act_order(fmt, opt_.gptq);
     if (!hessian_ || hessian_key_ != std::pair{gram, act_order}) {
       hessian_.reset();  // the previous one's memory first
@@ -85,7 +86,19 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
            model_.path, m.path);
     q = std::move(r.q);
   } else {
-    q = quantize_matrix(fmt, w.data(), m.rows, m.cols, opt_.recipe.options(importance));
+    // Blocks of rows, widened to fp32 one at a time (an 8B model's embedding
+    // is 2 GB of fp32), the next block's pages asked for while this one is
+    // quantized; every format rounds rows on their own, so the result is the
+    // whole matrix's.
+    const int64_t block = std::max<int64_t>(1, opt_.row_block_bytes / (4 * m.cols));
+    std::vector<float> w;
+    for (int64_t r0 = 0; r0 < m.rows; r0 += block) {
+      const int64_t n = std::min(block, m.rows - r0);
+      if (r0 + n < m.rows) lin.prefetch_rows(r0 + n, std::min(m.rows, r0 + n + block));
+      w.resize(static_cast<size_t>(n * m.cols));
+      parallel_for(n, [&](int64_t r) { lin.row(r0 + r, &w[r * m.cols]); }, 16);
+      append_rows(q, quantize_matrix(fmt, w.data(), n, m.cols, opt_.recipe.options(importance)), m.rows);
+    }
   }
   return opt_.fake ? Linear::from_f32(dequantize_matrix(q), m.rows, m.cols) : Linear::from_quantized(std::move(q));
 }

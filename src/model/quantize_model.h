@@ -50,6 +50,9 @@ struct QuantizeModelOptions {
   bool gptq_all = true;
   GptqOptions gptq{};
   bool progress = true;
+  // Matrices are widened to fp32 and rounded in blocks of rows of about this
+  // many bytes (GPTQ: whole), so memory stays bounded for any matrix size.
+  int64_t row_block_bytes = 64 << 20;
 };
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt = {});

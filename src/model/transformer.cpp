@@ -6,6 +6,7 @@
 #include <numbers>
 
 #include "core/error.h"
+#include "core/memory.h"
 
 namespace optiq {
 
@@ -72,6 +73,27 @@ void Transformer::init(int max_ctx) {
   if (c.rope_scaling.type == RopeScalingType::LongRope) rope_mscale_ = c.rope_scaling.attn_factor;
   // llama.cpp numerics: fp16 KV cache.
   cache_ = backend_.make_kv_cache(c.n_layers, max_ctx_, c.kv_dim(), model_.llamacpp_numerics);
+
+  // A model run from its mapped file that is large next to the memory: each
+  // layer's pages are released after the layer in every pass (the page cache
+  // keeps them while it can), so the process holds about one layer of weights
+  // rather than the whole model (profiling an 8B model on a 16 GB machine).
+  int64_t borrowed = 0;
+  const auto modules = quantizable_modules(c);
+  for (const auto& m : modules) {
+    const Linear& lin = module_linear(model_.weights, m);
+    if (lin.borrows()) borrowed += static_cast<int64_t>(lin.bytes());
+  }
+  release_weights_ = backend_.host_memory() && borrowed > available_memory_bytes() / 4;
+  if (const char* e = std::getenv("OPTIQ_RELEASE_WEIGHTS")) release_weights_ = e[0] == '1';
+  if (release_weights_) {
+    layer_linears_.resize(c.n_layers);
+    for (const auto& m : modules) {
+      const Linear* lin = &module_linear(model_.weights, m);
+      if (m.layer >= 0) layer_linears_[m.layer].push_back(lin);
+      else other_linears_.push_back(lin);
+    }
+  }
 }
 
 void Transformer::ensure_scratch(int64_t n) {
@@ -281,6 +303,8 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
       b.add_rms_norm(x, xn, weights_.layer(l + 1).attn_norm.data(), n, dim, c.norm_eps, xn);
     else
       b.add(x, xn, n * dim);
+    if (release_weights_)
+      for (const Linear* lin : layer_linears_[l]) lin->release_pages();
   }
   pos_ += static_cast<int>(n);
 
@@ -299,6 +323,8 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     if (!b.host_memory() && !logits_in_backend_) b.to_host(out, n_out * c.vocab_size, logits);
     last_logits_ = out;
   }
+  if (release_weights_)
+    for (const Linear* lin : other_linears_) lin->release_pages();
 }
 
 std::vector<float> Transformer::forward_last(std::span<const int32_t> tokens) {

@@ -120,6 +120,11 @@ class Transformer {
   KVCache cache_;
   Activations act_;
   std::vector<float> host_rows_;  // observer copies (backends without host memory)
+  // Layers' weight pages released after use in each pass (a model large next
+  // to the memory, run from its mapped file; OPTIQ_RELEASE_WEIGHTS=0/1 overrides).
+  bool release_weights_ = false;
+  std::vector<std::vector<const Linear*>> layer_linears_;
+  std::vector<const Linear*> other_linears_;  // embedding, lm_head
 
   // What a recorded step depends on besides positions and tokens.
   struct StepKey {

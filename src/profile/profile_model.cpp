@@ -410,19 +410,32 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     // upload: an 8B model's matrices are 30 GB of fp32). The backend quantizes
     // where it can (a GPU: affine formats), else the host does from its own
     // fp32 copy, made on first need, and the result goes to the backend.
+    if (m.layer < 0) grams.clear();  // the embedding and lm_head read none: their memory first (8B: 1 GB)
     Buffer w_be = be.alloc(numel);
     be.weights_to_f32(weights.module(m), w_be.data());
-    std::optional<std::vector<float>> w_host;
+    // The host's fp32 values: on a host-memory backend the same array (an
+    // 8B model's embedding is 2 GB of fp32), else a copy made on first need.
+    std::optional<std::vector<float>> w_copy;
+    auto host_w = [&]() -> const float* {
+      if (be.host_memory()) return w_be.data();
+      if (!w_copy) w_copy = original.to_f32();
+      return w_copy->data();
+    };
     Buffer out = be.alloc(numel);
     auto quantized = [&](const TensorFormat& f, bool error_out) {
       PhaseTimer timer(t.phase_seconds, "quantize");
       if (be.fake_quantize(f, qo, w_be.data(), m.rows, m.cols, error_out, out.data())) return;
-      if (!w_host) w_host = original.to_f32();
-      const std::vector<float>& w = *w_host;
-      std::vector<float> dq = fake_quantize(f, w.data(), m.rows, m.cols, qo);
-      if (error_out)
-        for (int64_t k = 0; k < numel; ++k) dq[k] = w[k] - dq[k];
-      be.to_device(dq.data(), numel, out.data());
+      // On the host in blocks of rows (every format rounds rows on their own),
+      // each block's result going straight to `out`.
+      const float* w = host_w();
+      const int64_t block = std::max<int64_t>(1, (int64_t{64} << 20) / (4 * m.cols));
+      for (int64_t r0 = 0; r0 < m.rows; r0 += block) {
+        const int64_t n = std::min(block, m.rows - r0);
+        std::vector<float> dq = fake_quantize(f, w + r0 * m.cols, n, m.cols, qo);
+        if (error_out)
+          for (int64_t k = 0; k < n * m.cols; ++k) dq[k] = w[r0 * m.cols + k] - dq[k];
+        be.to_device(dq.data(), n * m.cols, out.data() + r0 * m.cols);
+      }
     };
     // GPTQ's rounding of this module (host; its Hessian from the Gram sums the
     // proxies use, factorised once per input site and column order).
@@ -438,8 +451,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         be.to_host(grams[m.layer][site].data(), m.cols * m.cols, g.data());
         h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, opt.gptq_options.damp)).first;
       }
-      if (!w_host) w_host = original.to_f32();
-      GptqResult r = gptq_quantize(f, w_host->data(), m.rows, m.cols, h->second, qo);
+      GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second, qo);
       if (r.fallback) return std::nullopt;
       return dequantize_matrix(r.q);
     };
@@ -466,7 +478,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         fs.method.clear();
         if (opt.gptq && m.layer >= 0) {
           if (auto dq = gptq_dequantized(n.fmt)) {
-            for (int64_t k = 0; k < numel; ++k) (*dq)[k] = (*w_host)[k] - (*dq)[k];
+            const float* w = host_w();
+            for (int64_t k = 0; k < numel; ++k) (*dq)[k] = w[k] - (*dq)[k];
             be.to_device(dq->data(), numel, out.data());
             const double eg = gram_proxy(out.data(), m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
             if (eg < e) fs.proxy = eg, fs.method = "gptq";
@@ -476,16 +489,17 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         if (progress) progress->update(++done, m.path);
       }
       if (n.exact) {
-        std::vector<float> dq;
         std::optional<std::vector<float>> g;
+        Linear fake;
         if (fs.method == "gptq" && (g = gptq_dequantized(n.fmt))) {  // the anchor measures the rounding that ships
-          dq = std::move(*g);
+          fake = Linear::from_f32(std::move(*g), m.rows, m.cols);
+        } else if (quantized(n.fmt, false); be.host_memory()) {
+          fake = Linear::from_f32_view(out.data(), m.rows, m.cols);  // `out` outlives the swap below
         } else {
-          quantized(n.fmt, false);
-          dq.resize(static_cast<size_t>(numel));
+          std::vector<float> dq(static_cast<size_t>(numel));
           be.to_host(out.data(), numel, dq.data());
+          fake = Linear::from_f32(std::move(dq), m.rows, m.cols);
         }
-        Linear fake = Linear::from_f32(std::move(dq), m.rows, m.cols);
         fake.set_act_rounding(original.act_rounding());
         {
           PhaseTimer timer(t.phase_seconds, "exact");

@@ -41,8 +41,17 @@ size_t AffineMatrix::bytes() const { return optiq::bytes(view()); }
 
 void pack_row(const uint8_t* codes, int64_t n, int bits, uint32_t* words) {
   const int64_t nw = n * bits / 32;
-  std::memset(words, 0, sizeof(uint32_t) * nw);
   const uint32_t mask = (1u << bits) - 1;
+  if (32 % bits == 0) {  // 1, 2, 4, 8 bits: no code straddles two words
+    const int per = 32 / bits;
+    for (int64_t w = 0; w < nw; ++w) {
+      uint32_t word = 0;
+      for (int k = 0; k < per; ++k) word |= (static_cast<uint32_t>(codes[w * per + k]) & mask) << (k * bits);
+      words[w] = word;
+    }
+    return;
+  }
+  std::memset(words, 0, sizeof(uint32_t) * nw);
   for (int64_t j = 0; j < n; ++j) {
     const int64_t p = j * bits;
     const int64_t w = p >> 5;

@@ -173,6 +173,33 @@ QuantizedMatrix quantize_matrix(const TensorFormat& f, const float* w, int64_t r
   return kind_of(f).quantize(f, w, rows, cols, opt);
 }
 
+void append_rows(QuantizedMatrix& into, QuantizedMatrix&& part, int64_t total_rows) {
+  if (into.rows == 0) {
+    into = std::move(part);
+    if (total_rows > into.rows && into.rows > 0) {
+      auto room = [&](auto& v) { v.reserve(v.size() / static_cast<size_t>(into.rows) * static_cast<size_t>(total_rows)); };
+      room(into.blocks);
+      if (into.affine) room(into.affine->packed), room(into.affine->scales), room(into.affine->biases);
+    }
+    return;
+  }
+  check(part.format == into.format && part.cols == into.cols && part.affine.has_value() == into.affine.has_value(),
+        "append_rows: {} rows of {} x {} after {} x {} (internal error)", tensor_format_short(part.format), part.rows,
+        part.cols, tensor_format_short(into.format), into.cols);
+  auto append = [](auto& a, const auto& b) { a.insert(a.end(), b.begin(), b.end()); };
+  if (into.affine) {
+    AffineMatrix &a = *into.affine, &b = *part.affine;
+    check(a.bf16_scales == b.bf16_scales && a.zero_point == b.zero_point && a.biases.empty() == b.biases.empty(),
+          "append_rows: scale layouts differ (internal error)");
+    append(a.packed, b.packed);
+    append(a.scales, b.scales);
+    append(a.biases, b.biases);
+    a.rows += b.rows;
+  }
+  append(into.blocks, part.blocks);
+  into.rows += part.rows;
+}
+
 std::vector<float> dequantize_matrix(const QuantizedMatrix& q) { return kind_of(q.format).dequantize(q); }
 
 std::vector<float> fake_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,

@@ -72,6 +72,13 @@ struct QuantizedMatrix {
   std::vector<uint8_t> blocks;
 };
 
+// Appends `part` (rows quantized in the same format from the rows that follow
+// `into`'s) to `into`: every format quantizes rows on their own, so a matrix
+// quantized in row blocks is the matrix quantized whole.
+// total_rows: the rows `into` will hold in the end (room is made for them at
+// the first append, so the arrays are not copied as they grow).
+void append_rows(QuantizedMatrix& into, QuantizedMatrix&& part, int64_t total_rows = 0);
+
 std::string tensor_format_name(const TensorFormat& f);   // "affine-q4-g64" | "gguf-q8_0" | "float"
 std::string tensor_format_short(const TensorFormat& f);  // "q4g64" | "q8_0" | "float"
 
