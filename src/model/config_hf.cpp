@@ -4,13 +4,13 @@
 // quirk silently ignored.
 #include <cmath>
 #include <cstdint>
-#include <limits>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/json_number.h"
 #include "model/config.h"
 
 namespace optiq {
@@ -21,31 +21,12 @@ using nlohmann::json;
 
 bool present(const json& j, const char* key) { return j.contains(key) && !j[key].is_null(); }
 
-// An integer hyper-parameter. Why not get<int>(): nlohmann wraps 4294967360
-// to 64 without a word, and converting a float like 1e22 to int is undefined
-// behaviour; both are refused, naming the key. Whole floats (64.0) are taken.
-int64_t whole_number(const json& v, const char* key, const std::string& source) {
-  if (v.is_number_unsigned()) {
-    if (v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      return static_cast<int64_t>(v.get<uint64_t>());
-  } else if (v.is_number_integer()) {
-    return v.get<int64_t>();
-  } else if (v.is_number_float()) {
-    const double d = v.get<double>();
-    if (std::isfinite(d) && d == std::floor(d) && std::abs(d) <= 9007199254740992.0) return static_cast<int64_t>(d);
-  }
-  fail("{}: {} = {} is not an integer in range", source, key, v.dump().substr(0, 40));
-}
-
 int int_value(const json& j, const char* key, const std::string& source) {
-  const int64_t v = whole_number(j.at(key), key, source);
-  check(v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max(),
-        "{}: {} = {} is out of range", source, key, v);
-  return static_cast<int>(v);
+  return json_int(j.at(key), source, key);
 }
 
 int int_or(const json& j, const char* key, int def, const std::string& source) {
-  return present(j, key) ? int_value(j, key, source) : def;
+  return json_int_or(j, key, def, source);
 }
 
 // `key` must be absent, null or equal `expected`.
@@ -158,7 +139,7 @@ void read_llama(const json& j, ModelConfig& c, const std::string& source) {
   require_value(j, "attention_bias", false, source, c.arch);
   require_silu(j, "hidden_act", source, c.arch);
   if (present(j, "sliding_window")) {
-    const int64_t w = whole_number(j["sliding_window"], "sliding_window", source);
+    const int64_t w = json_integer(j["sliding_window"], source, "sliding_window", INT64_MIN, INT64_MAX);
     if (w < c.max_seq) {
       check(w > 0, "{}: sliding_window = {} is not a positive window", source, w);
       c.layer_window = windows_from(j, c.n_layers, static_cast<int>(w), source);
@@ -190,7 +171,7 @@ void read_phi3(const json& j, ModelConfig& c, const std::string& source) {
   require_value(j, "attention_bias", false, source, c.arch);
   c.fused_qkv = true;
   if (present(j, "sliding_window")) {
-    const int64_t w = whole_number(j["sliding_window"], "sliding_window", source);
+    const int64_t w = json_integer(j["sliding_window"], source, "sliding_window", INT64_MIN, INT64_MAX);
     if (w > 0 && w < c.max_seq) c.layer_window = windows_from(j, c.n_layers, static_cast<int>(w), source);
   }
 }

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/json_number.h"
 #include "core/mapped_file.h"
 #include "formats/gguf.h"
 #include "formats/hf_checkpoint.h"
@@ -373,8 +374,8 @@ PrecisionMap mlx_precision_map(const nlohmann::json& q, const ModelConfig& c, co
   check(q.is_object(), "{}: \"quantization\" must be an object", source);
   AffineFormat def;
   try {
-    def.bits = q.value("bits", 4);
-    def.group_size = q.value("group_size", 64);
+    def.bits = json_int_or(q, "bits", 4, source);
+    def.group_size = json_int_or(q, "group_size", 64, source);
     check(q.value("mode", std::string("affine")) == "affine", "{}: quantization mode '{}' is not supported (affine only)",
           source, q.value("mode", std::string()));
   } catch (const nlohmann::json::exception& e) {

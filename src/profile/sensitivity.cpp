@@ -17,6 +17,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "core/json_number.h"
 #include "core/progress.h"
 #include "eval/perplexity.h"
 #include "kernels/matmul.h"
@@ -330,13 +331,13 @@ SensitivityTable SensitivityTable::from_json(const json& j, const ModelConfig& c
     SensitivityTable t = empty_table(config, cands);
     const auto& m = j.at("model");
     t.source.model_path = m.value("path", "");
-    t.source.model_size = m.value("size", int64_t{0});
-    t.source.model_mtime = m.value("mtime", int64_t{0});
+    t.source.model_size = json_int64_or(m, "size", 0, where);
+    t.source.model_mtime = json_int64_or(m, "mtime", 0, where);
     const auto& c = j.at("calibration");
     t.source.calib.source = c.value("source", "");
-    t.source.calib.samples = c.value("samples", 0);
-    t.source.calib.seq = c.value("seq", 0);
-    t.source.calib.seed = c.value("seed", uint64_t{0});
+    t.source.calib.samples = json_int_or(c, "samples", 0, where);
+    t.source.calib.seq = json_int_or(c, "seq", 0, where);
+    t.source.calib.seed = c.contains("seed") && !c["seed"].is_null() ? json_u64(c["seed"], where, "seed") : 0;
     t.method = j.value("method", "");
     t.rounding = j.value("rounding", "search");
     std::map<std::string, ModuleSensitivity*> by_path;

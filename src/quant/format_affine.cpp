@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_number.h"
 #include "quant/format.h"
 #include "quant/format_kind.h"
 
@@ -26,8 +27,8 @@ class AffineKind final : public FormatKind {
     if (!v.is_object() || !v.contains("bits")) return std::nullopt;
     AffineFormat f;
     try {
-      f.bits = v.at("bits").get<int>();
-      f.group_size = v.value("group_size", 64);
+      f.bits = json_int(v.at("bits"), context, "bits");
+      f.group_size = json_int_or(v, "group_size", 64, context);
     } catch (const nlohmann::json::exception& e) {
       fail("{}: {}", context, e.what());
     }

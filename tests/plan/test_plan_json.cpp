@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "plan/baselines.h"
 #include "plan/budget.h"
 #include "plan/plan_json.h"
@@ -58,3 +59,36 @@ TEST(PlanJson, NamesKQuantFallbacks) {
   EXPECT_FALSE(j["fallbacks"].contains("model.layers.0.mlp.down_proj"));  // 1536 = 6 blocks of 256
   EXPECT_EQ(PrecisionMap::from_plan_json(j, c, "mem").formats, p.formats);
 }
+
+// Fuzz finding (tests/fuzz/fuzz_plan_json): a plan entry's "group_size":
+// 6.92234e+20 went through get<int>(), undefined behaviour (UBSan); integers
+// past int wrapped silently. Now one line naming the file and the key.
+TEST(PlanJson, OutOfRangeIntegersAreRefusedByName) {
+  const ModelConfig c = test::plan_test_config(2);
+  const PrecisionMap p = PrecisionMap::uniform(c, AffineFormat{4, 64});
+  const std::string path = test::temp_dir() + "/bad-plan.json";
+  auto message = [&](const nlohmann::json& entry) {
+    nlohmann::json j = p.to_plan_json();
+    j["tensors"]["model.layers.0.mlp.up_proj"] = entry;
+    std::ofstream(path) << j.dump();
+    try {
+      (void)PrecisionMap::from_plan_file(path, c);
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_EQ(m.rfind(path + ": ", 0), 0u) << m;
+      EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+      return m;
+    }
+    return std::string("accepted");
+  };
+  auto expect_has = [](const std::string& m, const std::string& part) {
+    EXPECT_NE(m.find(part), std::string::npos) << m;
+  };
+  const std::string big = message(nlohmann::json::parse(R"({"bits": 4, "group_size": 6.92234e+20})"));
+  expect_has(big, "model.layers.0.mlp.up_proj: group_size = 6.92");
+  expect_has(big, "e+20 is not an integer in range");
+  expect_has(message({{"bits", 4294967300ll}, {"group_size", 64}}), "bits = 4294967300 is out of range");
+  expect_has(message({{"bits", "4"}}), "bits = \"4\" is not an integer");
+  EXPECT_EQ(message({{"bits", 4.0}, {"group_size", 64}}), "accepted");  // a whole float is an integer
+}
+

@@ -21,6 +21,7 @@
 #include "plan/solver.h"
 #include "profile/calibration.h"
 #include "profile/sensitivity.h"
+#include "test_models.h"
 #include "test_util.h"
 
 namespace optiq {
@@ -60,6 +61,36 @@ ProfileOptions opts(ProfileMethod m, const Model& model) {
 
 const FormatSensitivity& at(const ModuleSensitivity& ms, int bits) {
   return ms.formats.at(affine_format_name({bits, 64}));
+}
+
+// Fuzz finding (tests/fuzz/fuzz_profile_json): "size": 118446744073709551615185376
+// (a float to nlohmann) went through get<int64_t>(), undefined behaviour
+// (UBSan). Now one line naming the file and the key.
+TEST(Profile, OutOfRangeIntegersAreRefusedByName) {
+  const ModelConfig c = test::tiny("llama");
+  const std::string path = test::temp_dir() + "/bad.profile.json";
+  auto message = [&](const std::string& model, const std::string& calibration) {
+    std::ofstream(path) << R"({"format": "optiq-profile", "candidates": ["4x64"], "model": )" << model
+                        << R"(, "calibration": )" << calibration << R"(, "modules": {}})";
+    try {
+      (void)SensitivityTable::read(path, c);
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_EQ(m.rfind(path + ": ", 0), 0u) << m;
+      EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+      return m;
+    }
+    return std::string("accepted");
+  };
+  auto expect_has = [](const std::string& m, const std::string& part) {
+    EXPECT_NE(m.find(part), std::string::npos) << m;
+  };
+  const std::string big = message(R"({"size": 118446744073709551615185376})", "{}");
+  expect_has(big, "size = 1.18446744");
+  expect_has(big, "e+26 is not an integer in range");
+  expect_has(message("{}", R"({"seq": 4294967360})"), "seq = 4294967360 is out of range");
+  expect_has(message("{}", R"({"seed": -1})"), "seed = -1 is out of range");
+  EXPECT_EQ(message(R"({"size": 1185376, "mtime": 1})", R"({"seed": 18446744073709551615})"), "accepted");
 }
 
 TEST(Profile, ParseCandidates) {
