@@ -133,13 +133,20 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < y.size(); ++i) g[i] += y[i];
   }
   double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) override {
-    std::vector<float> dg(static_cast<size_t>(rows) * cols);
-    f32_matmul(g, cols, cols, d, rows, dg.data());  // D G^T = D G
-    const double s = parallel_sum(rows, [&](int64_t r) {
-      double t = 0;
-      for (int64_t j = 0; j < cols; ++j) t += static_cast<double>(d[r * cols + j]) * dg[r * cols + j];
-      return t;
-    }, 16);
+    // In blocks of rows (an 8B model's lm_head: D G would be 2 GB at once).
+    const int64_t block = std::max<int64_t>(16, (int64_t{256} << 20) / (4 * cols));
+    std::vector<float> dg(static_cast<size_t>(std::min(rows, block)) * cols);
+    double s = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      const int64_t n = std::min(block, rows - r0);
+      const float* db = d + r0 * cols;
+      f32_matmul(g, cols, cols, db, n, dg.data());  // D G^T = D G
+      s += parallel_sum(n, [&](int64_t r) {
+        double t = 0;
+        for (int64_t j = 0; j < cols; ++j) t += static_cast<double>(db[r * cols + j]) * dg[r * cols + j];
+        return t;
+      }, 16);
+    }
     return std::max(s, 0.0);
   }
   void log_softmax_rows(float* x, int64_t rows, int64_t vocab) override {

@@ -41,6 +41,22 @@ QuantizeOptions QuantizeRecipe::options(const float* importance) const {
   return o;
 }
 
+QuantizedMatrix quantize_in_row_blocks(const TensorFormat& f, const Linear& lin, const QuantizeOptions& opt,
+                                       int64_t block_bytes) {
+  const int64_t rows = lin.rows(), cols = lin.cols();
+  const int64_t block = std::max<int64_t>(1, block_bytes / (4 * cols));
+  QuantizedMatrix q;
+  std::vector<float> w;
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t n = std::min(block, rows - r0);
+    if (r0 + n < rows) lin.prefetch_rows(r0 + n, std::min(rows, r0 + n + block));
+    w.resize(static_cast<size_t>(n * cols));
+    parallel_for(n, [&](int64_t r) { lin.row(r0 + r, &w[r * cols]); }, 16);
+    append_rows(q, quantize_matrix(f, w.data(), n, cols, opt), rows);
+  }
+  return q;
+}
+
 ModuleQuantizer::ModuleQuantizer(const Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt)
     : model_(model), map_(map), opt_(opt) {}
 
@@ -86,19 +102,7 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
            model_.path, m.path);
     q = std::move(r.q);
   } else {
-    // Blocks of rows, widened to fp32 one at a time (an 8B model's embedding
-    // is 2 GB of fp32), the next block's pages asked for while this one is
-    // quantized; every format rounds rows on their own, so the result is the
-    // whole matrix's.
-    const int64_t block = std::max<int64_t>(1, opt_.row_block_bytes / (4 * m.cols));
-    std::vector<float> w;
-    for (int64_t r0 = 0; r0 < m.rows; r0 += block) {
-      const int64_t n = std::min(block, m.rows - r0);
-      if (r0 + n < m.rows) lin.prefetch_rows(r0 + n, std::min(m.rows, r0 + n + block));
-      w.resize(static_cast<size_t>(n * m.cols));
-      parallel_for(n, [&](int64_t r) { lin.row(r0 + r, &w[r * m.cols]); }, 16);
-      append_rows(q, quantize_matrix(fmt, w.data(), n, m.cols, opt_.recipe.options(importance)), m.rows);
-    }
+    q = quantize_in_row_blocks(fmt, lin, opt_.recipe.options(importance), opt_.row_block_bytes);
   }
   return opt_.fake ? Linear::from_f32(dequantize_matrix(q), m.rows, m.cols) : Linear::from_quantized(std::move(q));
 }

@@ -57,6 +57,13 @@ struct QuantizeModelOptions {
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt = {});
 
+// `lin` quantized to `f`, widened to fp32 in blocks of about `block_bytes`
+// of rows (every format rounds rows on their own: the result is the whole
+// matrix's), the next block's pages asked for while one is rounded. Bounded
+// memory for any matrix size (an 8B model's embedding is 2 GB of fp32).
+QuantizedMatrix quantize_in_row_blocks(const TensorFormat& f, const Linear& lin, const QuantizeOptions& opt,
+                                       int64_t block_bytes = 64 << 20);
+
 // One module at a time: quantize_model's step, shared with streamed exports
 // (model/matrix_source.h), which quantize each matrix just before writing it.
 class ModuleQuantizer {

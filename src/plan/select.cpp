@@ -10,6 +10,7 @@
 #include "core/progress.h"
 #include "eval/perplexity.h"
 #include "eval/reference_scores.h"
+#include "core/memory.h"
 #include "model/quantize_model.h"
 #include "plan/baselines.h"
 #include "plan/budget.h"
@@ -149,6 +150,17 @@ std::pair<double, double> PlanMeasurer::measure(const PrecisionMap& map) {
 }
 
 PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) {
+  // The cache of quantized matrices (shared by the plans measured) stays
+  // under a quarter of the memory: past that, what this plan does not use goes.
+  size_t cached = 0;
+  for (const auto& [key, lin] : cache_) cached += lin.bytes();
+  if (cached > static_cast<size_t>(available_memory_bytes() / 4)) {
+    for (auto it = cache_.begin(); it != cache_.end();) {
+      auto f = map.formats.find(it->first.first);
+      const bool used = f != map.formats.end() && f->second && tensor_format_name(f->second) == it->first.second;
+      it = used ? std::next(it) : cache_.erase(it);
+    }
+  }
   std::vector<WeightSwap> swaps;  // undone when this returns or throws
   for (const auto& m : modules_) {
     auto f = map.formats.find(m.path);
@@ -156,8 +168,8 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
     auto key = std::make_pair(m.path, tensor_format_name(f->second));
     auto it = cache_.find(key);
     if (it == cache_.end()) {
-      const std::vector<float> w = module_linear(model_.weights, m).to_f32();
-      it = cache_.emplace(key, Linear::from_quantized(quantize_matrix(f->second, w.data(), m.rows, m.cols, recipe_.options())))
+      it = cache_.emplace(key, Linear::from_quantized(quantize_in_row_blocks(f->second, module_linear(model_.weights, m),
+                                                                               recipe_.options())))
                .first;
     }
     swaps.emplace_back(weights_, m, it->second);
