@@ -6,9 +6,11 @@
 #   3. build-asan/: -DOPTIQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOPTIQ_CUDA=OFF, building only the loader tests
 #      (test_formats test_tokenizer test_quant), then
 #      ctest --test-dir build-asan -L 'formats|tokenizer|quant' --output-on-failure
+#   4. scripts/fuzz_smoke.sh: the libFuzzer harnesses of every parser (tests/fuzz, clang, ASan+UBSan,
+#      build-fuzz/), FUZZ_SECONDS (default 20) each from their seed corpora
 # Every phase is timed. Exits non-zero if any phase fails (later test phases still run, so one
 # run reports everything). Budget: ~30 min on a fresh 2-core machine.
-# Env: OPTIQ_JOBS (build jobs, default nproc), OPTIQ_NO_ASAN=1 (skip phase 3).
+# Env: OPTIQ_JOBS (build jobs, default nproc), OPTIQ_NO_ASAN=1 (skip phase 3), OPTIQ_NO_FUZZ=1 (skip phase 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,6 +65,9 @@ if [ "${OPTIQ_NO_ASAN:-0}" != 1 ]; then
     phase "ctest $ASAN_DIR -L '$ASAN_LABELS'" \
       ctest --test-dir "$ASAN_DIR" -L "$ASAN_LABELS" --output-on-failure -j"$CTEST_JOBS" || true
   fi
+fi
+if [ "${OPTIQ_NO_FUZZ:-0}" != 1 ]; then
+  phase "fuzz smoke (${FUZZ_SECONDS:-20} s a harness)" scripts/fuzz_smoke.sh || true
 fi
 summary
 [ ${#failed[@]} -eq 0 ]
