@@ -218,20 +218,26 @@ const TensorView* SafetensorsFile::find_tensor(std::string_view name) const {
 
 // ---------------------------------------------------------------- writing
 
-void SafetensorsWriter::check_entry(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
-                                    size_t nbytes) const {
+uint64_t safetensors_detail::checked_bytes(const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
   check(!name.empty(), "safetensors writer: tensor name is empty");
   check(name != "__metadata__", "safetensors writer: a tensor cannot be named __metadata__");
-  check(names_.count(name) == 0, "safetensors writer: tensor {} added twice", printable(name));
   safetensors_dtype_name(dtype);  // throws for ggml block types
   int64_t numel = 1;
   for (int64_t d : shape)
     check(d >= 0 && !__builtin_mul_overflow(numel, d, &numel), "safetensors writer: tensor {} has invalid shape {}",
           printable(name), shape_str(shape));
-  uint64_t want = 0;
-  check(!__builtin_mul_overflow(static_cast<uint64_t>(numel), elem_size(dtype), &want) && want == nbytes,
-        "safetensors writer: tensor {} is {} {} but has {} bytes of data", printable(name), dtype_name(dtype),
-        shape_str(shape), nbytes);
+  uint64_t bytes = 0;
+  check(!__builtin_mul_overflow(static_cast<uint64_t>(numel), elem_size(dtype), &bytes),
+        "safetensors writer: tensor {} of shape {} has more bytes than 64 bits count", printable(name), shape_str(shape));
+  return bytes;
+}
+
+void SafetensorsWriter::check_entry(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                                    size_t nbytes) const {
+  const uint64_t want = safetensors_detail::checked_bytes(name, dtype, shape);
+  check(names_.count(name) == 0, "safetensors writer: tensor {} added twice", printable(name));
+  check(want == nbytes, "safetensors writer: tensor {} is {} {} but has {} bytes of data", printable(name),
+        dtype_name(dtype), shape_str(shape), nbytes);
 }
 
 void SafetensorsWriter::add(std::string name, DType dtype, std::vector<int64_t> shape,

@@ -106,6 +106,10 @@ namespace safetensors_detail {
 // Untrusted text (tensor names, JSON error excerpts) made safe for a one-line
 // message: control bytes escaped as \xNN, cut at `max` chars.
 std::string printable(std::string_view s, size_t max = 200);
+// The bytes of a tensor to be written, after checking its name (not empty,
+// not __metadata__), dtype (one safetensors has) and shape (no negative
+// dimension, no overflow); throws "safetensors writer: ...".
+uint64_t checked_bytes(const std::string& name, DType dtype, const std::vector<int64_t>& shape);
 }  // namespace safetensors_detail
 
 }  // namespace optiq

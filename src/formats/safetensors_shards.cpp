@@ -16,14 +16,8 @@ using nlohmann::json;
 using safetensors_detail::printable;
 
 void SafetensorsShardWriter::add(std::string name, DType dtype, std::vector<int64_t> shape, Fill fill) {
-  check(!name.empty() && name != "__metadata__", "safetensors writer: invalid tensor name '{}'", printable(name));
+  const uint64_t nbytes = safetensors_detail::checked_bytes(name, dtype, shape);
   check(names_.count(name) == 0, "safetensors writer: tensor {} added twice", printable(name));
-  safetensors_dtype_name(dtype);  // throws for ggml block types
-  int64_t numel = 1;
-  for (int64_t d : shape)
-    check(d >= 0 && !__builtin_mul_overflow(numel, d, &numel), "safetensors writer: tensor {} has invalid shape {}",
-          printable(name), shape_str(shape));
-  const uint64_t nbytes = dtype_bytes(dtype, numel);
   names_.emplace(name, entries_.size());
   entries_.push_back({std::move(name), dtype, std::move(shape), nbytes, std::move(fill)});
   total_ += nbytes;
