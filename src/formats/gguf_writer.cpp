@@ -158,7 +158,7 @@ void write_value(Out& o, const GgufValue& v, bool with_type) {
 
 }  // namespace
 
-void GgufWriter::write(const std::string& path) const {
+void GgufWriter::write(const std::string& path, const std::function<void(uint64_t, uint64_t)>& progress) const {
   const uint64_t align = alignment();
   for (const auto& [k, v] : meta_) {
     if (v.type == VT::ARRAY && v.elem_type == VT::ARRAY)
@@ -185,6 +185,8 @@ void GgufWriter::write(const std::string& path) const {
   }
   o.pad_to(align);
   std::vector<uint8_t> scratch;
+  uint64_t data_done = 0, data_total = 0;
+  for (const auto& t : tensors_) data_total += t.nbytes;
   for (const auto& t : tensors_) {
     if (t.fill) {
       scratch.resize(t.nbytes);
@@ -198,6 +200,8 @@ void GgufWriter::write(const std::string& path) const {
       o.bytes(t.owned.data(), t.nbytes);
     }
     o.pad_to(align);
+    data_done += t.nbytes;
+    if (progress) progress(data_done, data_total);
   }
   o.commit();
 }

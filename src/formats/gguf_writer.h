@@ -44,7 +44,9 @@ class GgufWriter {
   size_t tensor_count() const { return tensors_.size(); }
 
   // Writes the file atomically; throws optiq::Error("<path>: ...") on failure.
-  void write(const std::string& path) const;
+  // `progress(bytes, total)` is called after each tensor's data.
+  void write(const std::string& path,
+             const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr) const;
 
  private:
   struct Tensor {

@@ -25,7 +25,7 @@ class GgufExporter final : public Exporter {
  public:
   std::string_view name() const override { return "gguf"; }
   void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
-    save_gguf(model, out, {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices});
+    save_gguf(model, out, {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .progress = opt.progress});
   }
 };
 

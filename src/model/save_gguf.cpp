@@ -3,6 +3,7 @@
 #include <deque>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -11,6 +12,7 @@
 #include "core/diagnostics.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/progress.h"
 #include "formats/gguf_writer.h"
 #include "model/gguf_matrix.h"
 #include "model/gguf_metadata.h"
@@ -148,7 +150,15 @@ class Writer {
 
     add_summary();
     add_gguf_tokenizer(w_, m_);
-    w_.write(out);
+    {
+      std::optional<Progress> progress;
+      w_.write(out, [&](uint64_t done, uint64_t total) {
+        if (!opt_.progress) return;
+        if (!progress) progress.emplace("write", static_cast<int64_t>(total / 1000000), "MB");
+        progress->update(static_cast<int64_t>(done / 1000000));
+      });
+      if (progress) progress->finish();
+    }
     if (!requantized_.empty())
       warn("{}: {} matrices have no lossless GGUF block type and were re-quantized from their values: {}", out,
            requantized_.size(), fmt::join(requantized_, ", "));

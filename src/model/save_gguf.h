@@ -22,6 +22,7 @@ struct GgufSaveOptions {
   bool force = false;  // replace an existing output file
   // Where the weight matrices come from (model/matrix_source.h); null: the model's own.
   MatrixSource* matrices = nullptr;
+  bool progress = false;  // a progress line with ETA while tensors are written
 };
 
 // Throws optiq::Error naming the file or tensor (and what to do) for what
