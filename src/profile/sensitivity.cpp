@@ -325,7 +325,12 @@ SensitivityTable SensitivityTable::from_json(const json& j, const ModelConfig& c
           "\"optiq-profile\")", where);
     std::vector<TensorFormat> cands;
     for (const auto& c : j.at("candidates")) {
-      auto v = parse_candidates(c.get<std::string>());
+      std::vector<TensorFormat> v;
+      try {
+        v = parse_candidates(c.get<std::string>());
+      } catch (const Error& e) {
+        fail("{}: candidates: {}", where, e.what());  // the file, not only the format text
+      }
       cands.insert(cands.end(), v.begin(), v.end());
     }
     SensitivityTable t = empty_table(config, cands);

@@ -21,7 +21,10 @@ class AffineKind final : public FormatKind {
     static const std::regex re(R"(^(?:affine-)?q?(\d+)(?:-?g(\d+))?$)");
     std::match_results<std::string_view::const_iterator> m;
     if (!std::regex_match(s.begin(), s.end(), m, re)) return std::nullopt;
-    return TensorFormat{format_detail::checked({std::stoi(m[1].str()), m[2].matched ? std::stoi(m[2].str()) : default_group}, text)};
+    // parse_count, not std::stoi: "q99999999999" must be optiq's error, not std::out_of_range.
+    const int bits = format_detail::parse_count(m[1].str(), text);
+    const int group = m[2].matched ? format_detail::parse_count(m[2].str(), text) : default_group;
+    return TensorFormat{format_detail::checked({bits, group}, text)};
   }
   std::optional<TensorFormat> from_json(const nlohmann::json& v, const std::string& context) const override {
     if (!v.is_object() || !v.contains("bits")) return std::nullopt;

@@ -91,6 +91,16 @@ TEST(Profile, OutOfRangeIntegersAreRefusedByName) {
   expect_has(message("{}", R"({"seq": 4294967360})"), "seq = 4294967360 is out of range");
   expect_has(message("{}", R"({"seed": -1})"), "seed = -1 is out of range");
   EXPECT_EQ(message(R"({"size": 1185376, "mtime": 1})", R"({"seed": 18446744073709551615})"), "accepted");
+  // A candidate whose bits overflow int (std::out_of_range from std::stoi escaped).
+  std::ofstream(path) << R"({"format": "optiq-profile", "candidates": ["affine-q42949672964-g64"], "model": {},
+                             "calibration": {}, "modules": {}})";
+  try {
+    (void)SensitivityTable::read(path, c);
+    ADD_FAILURE() << "accepted an out-of-range candidate";
+  } catch (const Error& e) {
+    expect_has(e.what(), path + ": candidates: ");
+    expect_has(e.what(), "affine-q42949672964-g64");
+  }
 }
 
 TEST(Profile, ParseCandidates) {

@@ -31,6 +31,18 @@ TEST(TensorFormat, BadSpellingsThrow) {
   EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"bits", 9}}, "t", "x"), Error);
   EXPECT_THROW(tensor_format_from_json(nlohmann::json("q4"), "t", "x"), Error);
   EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"group_size", 64}}, "t", "x"), Error);
+  // Fuzz finding (tests/fuzz/fuzz_profile_json): a profile's candidate
+  // "affine-q42949672964-g64" threw std::out_of_range from std::stoi, past
+  // every optiq::Error handler. Now optiq's error, naming the text.
+  for (const char* s : {"affine-q42949672964-g64", "q4g99999999999", "99999999999"}) {
+    try {
+      (void)parse_tensor_format(s);
+      ADD_FAILURE() << "accepted " << s;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(s), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(parse_format_list("2,q42949672964g64"), Error);
 }
 
 TEST(TensorFormat, Lists) {
