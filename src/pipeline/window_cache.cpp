@@ -3,11 +3,14 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
 #include "core/diagnostics.h"
+#include "core/error.h"
+#include "core/json_number.h"
 
 namespace optiq {
 
@@ -66,13 +69,16 @@ std::optional<TokenWindows> read_window_cache(const std::string& path, const Pro
   nlohmann::json h;
   try {
     h = nlohmann::json::parse(header);
-    if (h.at("calibration") != calib_json(source.calib) || h.at("vocab").get<int>() != vocab) return std::nullopt;
+    // Integers checked (a float like 1e22 through get<int>() is undefined behaviour).
+    auto integer = [&](const char* key, int64_t lo, int64_t hi) { return json_integer(h.at(key), path, key, lo, hi); };
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    if (h.at("calibration") != calib_json(source.calib) || integer("vocab", 0, kMax) != vocab) return std::nullopt;
     const auto [size, mtime] = file_identity(source.calib.source);
-    if (size != 0 && (h.at("calib_size").get<int64_t>() != size || h.at("calib_mtime").get<int64_t>() != mtime)) {
+    if (size != 0 && (integer("calib_size", 0, kMax) != size || integer("calib_mtime", -kMax, kMax) != mtime)) {
       warn("{}: {} changed since the profile; tokenizing it again", path, source.calib.source);
       return std::nullopt;
     }
-    const auto windows = h.at("windows").get<int64_t>(), seq = h.at("seq").get<int64_t>();
+    const int64_t windows = integer("windows", 1, int64_t{1} << 31), seq = integer("seq", 1, int64_t{1} << 31);
     if (windows <= 0 || seq <= 0 || windows * seq > (int64_t{1} << 31)) return std::nullopt;
     TokenWindows w(static_cast<size_t>(windows), std::vector<int32_t>(static_cast<size_t>(seq)));
     for (auto& win : w) {
@@ -83,6 +89,8 @@ std::optional<TokenWindows> read_window_cache(const std::string& path, const Pro
     }
     return w;
   } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  } catch (const Error&) {  // an out-of-range integer: unusable, like any other damage
     return std::nullopt;
   }
 }

@@ -4,6 +4,8 @@
 // re-tokenizing; notes and warnings go to the diagnostics sink.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include <filesystem>
 #include <fstream>
 
@@ -108,9 +110,27 @@ TEST(PipelineProfileStep, WindowCacheServesALaterPlanWithoutTheText) {
     EXPECT_FALSE(read_window_cache(window_cache_path(cache), t.source, m.config.vocab_size).has_value());
     EXPECT_NE(diag.text().find("changed since the profile"), std::string::npos) << diag.text();
   }
+  // A header whose integers are out of range (1e22 windows: undefined
+  // behaviour through get<int>() before) is ignored, never trusted.
+  std::filesystem::remove(calib);  // (no text: the cache is judged on its own)
+  ASSERT_TRUE(read_window_cache(window_cache_path(cache), t.source, m.config.vocab_size).has_value());
+  {
+    std::ifstream in(window_cache_path(cache), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t at = bytes.find("\"windows\":");
+    ASSERT_NE(at, std::string::npos);
+    const size_t end = bytes.find_first_of(",}", at);
+    const std::string field = "\"windows\":1e22";
+    std::string hostile = bytes.substr(0, at) + field + bytes.substr(end);
+    uint32_t len = 0;  // the header length after the 8-byte magic
+    std::memcpy(&len, bytes.data() + 8, 4);
+    len = static_cast<uint32_t>(len - (end - at) + field.size());
+    std::memcpy(hostile.data() + 8, &len, 4);
+    std::ofstream(window_cache_path(cache), std::ios::binary | std::ios::trunc) << hostile;
+  }
+  EXPECT_FALSE(read_window_cache(window_cache_path(cache), t.source, m.config.vocab_size).has_value());
   // A truncated cache is ignored, never trusted.
   std::filesystem::resize_file(window_cache_path(cache), 40);
-  std::filesystem::remove(calib);
   EXPECT_FALSE(read_window_cache(window_cache_path(cache), t.source, m.config.vocab_size).has_value());
 }
 
