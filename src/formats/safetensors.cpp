@@ -218,6 +218,20 @@ const TensorView* SafetensorsFile::find_tensor(std::string_view name) const {
 
 // ---------------------------------------------------------------- writing
 
+std::string safetensors_detail::encode_header(const nlohmann::json& header, const std::string& path) {
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const json::exception& e) {
+    fail("{}: cannot write safetensors header: {}", path, printable(e.what()));
+  }
+  // Padded with spaces so that the data area starts at a multiple of 8.
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  return out + text;
+}
+
 uint64_t safetensors_detail::checked_bytes(const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
   check(!name.empty(), "safetensors writer: tensor name is empty");
   check(name != "__metadata__", "safetensors writer: a tensor cannot be named __metadata__");
@@ -282,19 +296,8 @@ void SafetensorsWriter::write(const std::string& path) const {
     header[e.name] = {{"dtype", safetensors_dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, offset + n}}};
     offset += n;
   }
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const json::exception& e) {
-    fail("{}: cannot write safetensors header: {}", path, printable(e.what()));
-  }
-  text.append((8 - text.size() % 8) % 8, ' ');
-  uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
-
   AtomicFile out(path);
-  out.write(len, 8);
-  out.write(text);
+  out.write(safetensors_detail::encode_header(header, path));
   for (size_t i : order) out.write(entries_[i].bytes().data(), entries_[i].bytes().size());
   out.commit();
 }

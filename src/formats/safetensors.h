@@ -27,6 +27,8 @@
 #include <vector>
 
 #include "core/mapped_file.h"
+#include <nlohmann/json_fwd.hpp>
+
 #include "core/tensor.h"
 
 namespace optiq {
@@ -110,6 +112,10 @@ std::string printable(std::string_view s, size_t max = 200);
 // not __metadata__), dtype (one safetensors has) and shape (no negative
 // dimension, no overflow); throws "safetensors writer: ...".
 uint64_t checked_bytes(const std::string& name, DType dtype, const std::vector<int64_t>& shape);
+// The 8-byte little-endian length and the header JSON, padded to a multiple
+// of 8 (what precedes the data); throws "<path>: cannot write ..." for JSON
+// that cannot be dumped (invalid UTF-8 in a name).
+std::string encode_header(const nlohmann::json& header, const std::string& path);
 }  // namespace safetensors_detail
 
 }  // namespace optiq

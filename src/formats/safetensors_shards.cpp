@@ -60,13 +60,8 @@ std::vector<std::string> SafetensorsShardWriter::write(const std::string& dir, u
       offset += e.nbytes;
       weight_map[e.name] = files[s];
     }
-    std::string text = header.dump();
-    text.append((8 - text.size() % 8) % 8, ' ');
-    uint8_t len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
     AtomicFile out(path);
-    out.write(len, 8);
-    out.write(text);
+    out.write(safetensors_detail::encode_header(header, path));
     for (size_t i = shards[s].first; i < shards[s].second; ++i) {
       const Entry& e = entries_[i];
       scratch.resize(e.nbytes);
