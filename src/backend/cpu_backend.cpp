@@ -117,19 +117,7 @@ class CpuBackend final : public Backend {
 
   bool fake_quantize(const TensorFormat& fmt, const QuantizeOptions& opt, const float* w, int64_t rows, int64_t cols,
                      bool error_out, float* out) override {
-    // In blocks of rows straight into `out` (every format rounds rows on their
-    // own): an 8B lm_head would otherwise take another 2 GB of fp32 at once.
-    const int64_t block = std::max<int64_t>(1, (int64_t{64} << 20) / (4 * cols));
-    for (int64_t r0 = 0; r0 < rows; r0 += block) {
-      const int64_t n = std::min(block, rows - r0);
-      const float* wb = w + r0 * cols;
-      float* ob = out + r0 * cols;
-      const std::vector<float> dq = optiq::fake_quantize(fmt, wb, n, cols, opt);
-      if (error_out)
-        for (size_t i = 0; i < dq.size(); ++i) ob[i] = wb[i] - dq[i];
-      else
-        std::copy(dq.begin(), dq.end(), ob);
-    }
+    optiq::fake_quantize_into(fmt, w, rows, cols, opt, error_out, out);
     return true;
   }
   void gram_add(const float* x, int64_t n, int64_t cols, float* g) override {

@@ -8,8 +8,7 @@
 namespace optiq {
 
 TensorFormat ModelMatrices::format(const ModuleInfo& mod) const {
-  auto it = model_.precision.formats.find(mod.path);
-  return it == model_.precision.formats.end() ? std::nullopt : it->second;
+  return model_.precision.format_of(mod.path);
 }
 
 StreamedMatrices::StreamedMatrices(const Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt)

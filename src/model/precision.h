@@ -32,6 +32,11 @@ struct PrecisionMap {
   static PrecisionMap from_plan_json(const nlohmann::json& j, const ModelConfig& config, const std::string& source);
   // Every quantizable module at one format (modules whose input width the
   // group size does not divide stay in float).
+  // The format of module `path` (nullopt: float, or not in the map).
+  TensorFormat format_of(const std::string& path) const {
+    auto it = formats.find(path);
+    return it == formats.end() ? std::nullopt : it->second;
+  }
   static PrecisionMap uniform(const ModelConfig& config, const TensorFormat& fmt);
   static PrecisionMap uniform(const ModelConfig& config, AffineFormat fmt) { return uniform(config, TensorFormat(fmt)); }
   nlohmann::json to_plan_json() const;

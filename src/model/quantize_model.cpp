@@ -61,8 +61,7 @@ ModuleQuantizer::ModuleQuantizer(const Model& model, const PrecisionMap& map, co
     : model_(model), map_(map), opt_(opt) {}
 
 TensorFormat ModuleQuantizer::format(const ModuleInfo& mod) const {
-  auto it = map_.formats.find(mod.path);
-  return it == map_.formats.end() ? std::nullopt : it->second;
+  return map_.format_of(mod.path);
 }
 
 Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {

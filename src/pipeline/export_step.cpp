@@ -12,9 +12,7 @@ ExportStepResult run_export_step(Model& model, const PrecisionMap& map, const Qu
   const auto t0 = std::chrono::steady_clock::now();
   ExportStepResult r;
   for (const auto& mod : quantizable_modules(model.config)) {
-    auto it = map.formats.find(mod.path);
-    const TensorFormat f = it == map.formats.end() ? std::nullopt : it->second;
-    model.precision.formats[mod.path] = f;
+    model.precision.formats[mod.path] = map.format_of(mod.path);
     r.matrix_params += mod.numel();
   }
   StreamedMatrices matrices(model, map, opt);

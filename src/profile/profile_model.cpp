@@ -425,17 +425,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     auto quantized = [&](const TensorFormat& f, bool error_out) {
       PhaseTimer timer(t.phase_seconds, "quantize");
       if (be.fake_quantize(f, qo, w_be.data(), m.rows, m.cols, error_out, out.data())) return;
-      // On the host in blocks of rows (every format rounds rows on their own),
-      // each block's result going straight to `out`.
-      const float* w = host_w();
-      const int64_t block = std::max<int64_t>(1, (int64_t{64} << 20) / (4 * m.cols));
-      for (int64_t r0 = 0; r0 < m.rows; r0 += block) {
-        const int64_t n = std::min(block, m.rows - r0);
-        std::vector<float> dq = fake_quantize(f, w + r0 * m.cols, n, m.cols, qo);
-        if (error_out)
-          for (int64_t k = 0; k < n * m.cols; ++k) dq[k] = w[r0 * m.cols + k] - dq[k];
-        be.to_device(dq.data(), n * m.cols, out.data() + r0 * m.cols);
-      }
+      // On the host, in blocks of rows, into a host copy of `out`'s rows.
+      if (be.host_memory()) return fake_quantize_into(f, host_w(), m.rows, m.cols, qo, error_out, out.data());
+      std::vector<float> dq(static_cast<size_t>(numel));
+      fake_quantize_into(f, host_w(), m.rows, m.cols, qo, error_out, dq.data());
+      be.to_device(dq.data(), numel, out.data());
     };
     // GPTQ's rounding of this module (host; its Hessian from the Gram sums the
     // proxies use, factorised once per input site and column order).

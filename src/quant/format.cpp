@@ -208,4 +208,16 @@ std::vector<float> fake_quantize(const TensorFormat& f, const float* w, int64_t 
   return dequantize_matrix(quantize_matrix(f, w, rows, cols, opt));
 }
 
+void fake_quantize_into(const TensorFormat& f, const float* w, int64_t rows, int64_t cols, const QuantizeOptions& opt,
+                        bool error_out, float* out) {
+  const int64_t block = std::max<int64_t>(1, (int64_t{64} << 20) / (4 * std::max<int64_t>(cols, 1)));
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t n = std::min(block, rows - r0);
+    const float* wb = w + r0 * cols;
+    float* ob = out + r0 * cols;
+    const std::vector<float> dq = fake_quantize(f, wb, n, cols, opt);
+    for (size_t i = 0; i < dq.size(); ++i) ob[i] = error_out ? wb[i] - dq[i] : dq[i];
+  }
+}
+
 }  // namespace optiq

@@ -123,6 +123,11 @@ std::vector<float> dequantize_matrix(const QuantizedMatrix& q);
 // dequantize(quantize(w)); float returns w unchanged.
 std::vector<float> fake_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
                                  const QuantizeOptions& opt = {});
+// fake_quantize into `out` (rows x cols), or with error_out the error w - Ŵ,
+// made in blocks of rows (every format rounds rows on their own), so that no
+// second whole-matrix copy is held (an 8B lm_head: 2 GB of fp32).
+void fake_quantize_into(const TensorFormat& f, const float* w, int64_t rows, int64_t cols, const QuantizeOptions& opt,
+                        bool error_out, float* out);
 
 // One kind of format: what each entry file implements (format_float.cpp,
 // format_affine.cpp, format_ggml.cpp), listed in format.cpp.
