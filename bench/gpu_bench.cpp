@@ -4,6 +4,7 @@
 //
 //   bench_gpu [--shape llama3-8b|qwen2.5-7b] [--formats bf16,q8,q4,mixed4.5,mixed3.5]
 //             [--ctx 128,4096] [--prefill 512,4096] [--tokens 64] [--reps 3] [--no-record] [--json FILE]
+//             [--layers N] (the first N layers only: quick kernel profiles) [--prefill none]
 //
 // Roofline: bytes one decode step must read (every weight matrix once, one
 // embedding row, the KV cache up to the position) over the device-to-device
@@ -94,6 +95,7 @@ int run(int argc, char** argv) {
   std::vector<int64_t> ctxs = {128, 4096}, prefills = {512, 4096};
   int tokens = 64, reps = 3;
   bool record = true, op_times = false;
+  int layers = 0;  // 0: the shape's own count
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -108,6 +110,7 @@ int run(int argc, char** argv) {
     else if (a == "--reps") reps = std::stoi(next());
     else if (a == "--no-record") record = false;
     else if (a == "--op-times") op_times = true;
+    else if (a == "--layers") layers = std::stoi(next());
     else if (a == "--json") json_path = next();
     else fail("unknown option '{}' (see the top of bench/gpu_bench.cpp)", a);
   }
@@ -118,9 +121,11 @@ int run(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, 0);
   const double bw = copy_bandwidth();
   fmt::print("GPU {} ({} SMs), copy bandwidth {:.0f} GB/s (read + write)\n", prop.name, prop.multiProcessorCount, bw / 1e9);
-  const ModelConfig c = shape(shape_name);
-  const int64_t max_ctx = std::max(*std::max_element(ctxs.begin(), ctxs.end()) + tokens + 16,
-                                   *std::max_element(prefills.begin(), prefills.end()));
+  ModelConfig c = shape(shape_name);
+  if (layers > 0) c.n_layers = std::min(c.n_layers, layers);
+  check(!ctxs.empty(), "--ctx needs at least one context length");
+  const int64_t max_ctx = std::max(*std::max_element(ctxs.begin(), ctxs.end()) + tokens + 48,
+                                   prefills.empty() ? int64_t{0} : *std::max_element(prefills.begin(), prefills.end()));
   nlohmann::json out = {{"gpu", prop.name}, {"copy_bandwidth_gbs", bw / 1e9}, {"shape", shape_name}, {"runs", nlohmann::json::array()}};
   std::vector<std::string> table;
   for (const std::string& preset : parse_names(formats)) {

@@ -169,6 +169,7 @@ Model random_model(const ModelConfig& c, const std::string& preset) {
 
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> v;
+  if (s == "none") return v;
   size_t p = 0;
   while (p < s.size()) {
     const size_t e = s.find(',', p);

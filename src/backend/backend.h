@@ -156,6 +156,14 @@ class Backend {
     add(x, y, rows * dim);
     rms_norm(x, w, rows, dim, eps, out);
   }
+  // y (n x W.rows) = a . W^T, then x += y and out = rms_norm(x) * w (out may
+  // alias y): a block's last product, the residual add and the next block's
+  // norm. A GPU adds y into x as the product stores it.
+  virtual void matmul_add_rms_norm(const WeightHandle& wm, const float* a, int64_t n, float* y, float* x,
+                                   const float* w, float eps, float* out) {
+    matmul(wm, a, n, y);
+    add_rms_norm(x, y, w, n, wm.rows(), eps, out);
+  }
   // out (n x gate.rows()) = act(x . G^T) * (x . U^T); `up_out` is scratch of the same size.
   virtual void gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp,
                             const float* x, int64_t n, float* out, float* up_out) {

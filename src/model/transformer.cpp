@@ -285,24 +285,33 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     p.max_ctx = max_ctx_;
     b.attention(p, act_.q.data(), n, pos_, cache_, l, act_.att.data());
     observe(l, Site::OIn, act_.att, n, qd);
-    b.matmul(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn);
-    if (c.sandwich_norms) b.rms_norm(xn, L.post_attn_norm.data(), n, dim, c.norm_eps, xn);
-    if (fuse) {
+    if (fuse && !c.sandwich_norms) {
+      b.matmul_add_rms_norm(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn, x, L.ffn_norm.data(), c.norm_eps, xn);
+    } else if (fuse) {
+      b.matmul(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn);
+      if (c.sandwich_norms) b.rms_norm(xn, L.post_attn_norm.data(), n, dim, c.norm_eps, xn);
       b.add_rms_norm(x, xn, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
     } else {
+      b.matmul(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn);
+      if (c.sandwich_norms) b.rms_norm(xn, L.post_attn_norm.data(), n, dim, c.norm_eps, xn);
       b.add(x, xn, n * dim);
       b.rms_norm(x, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
     }
     observe(l, Site::MlpIn, act_.xn, n, dim);
     mlp_hidden(L, n);
     observe(l, Site::DownIn, act_.gate, n, hid);
-    b.matmul(L.matrix(ModuleKind::DownProj), act_.gate.data(), n, xn);
-    if (c.sandwich_norms) b.rms_norm(xn, L.post_ffn_norm.data(), n, dim, c.norm_eps, xn);
     normed = fuse && l + 1 < c.n_layers;
-    if (normed)
-      b.add_rms_norm(x, xn, weights_.layer(l + 1).attn_norm.data(), n, dim, c.norm_eps, xn);
-    else
-      b.add(x, xn, n * dim);
+    if (normed && !c.sandwich_norms) {
+      b.matmul_add_rms_norm(L.matrix(ModuleKind::DownProj), act_.gate.data(), n, xn, x,
+                            weights_.layer(l + 1).attn_norm.data(), c.norm_eps, xn);
+    } else {
+      b.matmul(L.matrix(ModuleKind::DownProj), act_.gate.data(), n, xn);
+      if (c.sandwich_norms) b.rms_norm(xn, L.post_ffn_norm.data(), n, dim, c.norm_eps, xn);
+      if (normed)
+        b.add_rms_norm(x, xn, weights_.layer(l + 1).attn_norm.data(), n, dim, c.norm_eps, xn);
+      else
+        b.add(x, xn, n * dim);
+    }
     if (release_weights_)
       for (const Linear* lin : layer_linears_[l]) lin->release_pages();
   }

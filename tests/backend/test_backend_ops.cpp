@@ -383,6 +383,161 @@ TEST_P(BackendOps, AddRmsNormEqualsAddThenNorm) {
   }
 }
 
+// A block's last product, the residual add and the next norm in one step;
+// the norm's output then feeds another product (a GPU hands it over as int8
+// blocks made by the norm: they must be the ones the product would make).
+TEST_P(BackendOps, MatmulAddRmsNormEqualsMatmulThenAddNorm) {
+  const int64_t dim = 256, cols = 384, next_rows = 9;
+  const std::vector<StorageCase> cases = storage_cases(dim, cols);
+  const std::vector<StorageCase> nexts = storage_cases(next_rows, dim);
+  const auto w = test::random_floats(dim, 81);
+  Buffer bw = put(w);
+  for (bool fast : {false, true}) {
+    const Int8Decode numerics(fast);
+    for (size_t c = 0; c < cases.size(); ++c) {
+      const auto h = b.upload(cases[c].view);
+      const auto hn = b.upload(nexts[c].view);
+      for (int64_t n : {1, 3, 12}) {
+        const auto a = test::random_floats(n * cols, 82 + n), x = test::random_floats(n * dim, 83 + n);
+        Buffer ba = put(a), x1 = put(x), y1 = b.alloc(n * dim), z1 = b.alloc(n * next_rows);
+        b.matmul(*h, ba.data(), n, y1.data());
+        b.add_rms_norm(x1.data(), y1.data(), bw.data(), n, dim, 1e-5f, y1.data());
+        b.matmul(*hn, y1.data(), n, z1.data());
+        Buffer x2 = put(x), y2 = b.alloc(n * dim), z2 = b.alloc(n * next_rows);
+        b.matmul_add_rms_norm(*h, ba.data(), n, y2.data(), x2.data(), bw.data(), 1e-5f, y2.data());
+        b.matmul(*hn, y2.data(), n, z2.data());
+        const std::string what = cases[c].name + " n=" + std::to_string(n) + (fast ? " fast" : " exact");
+        const auto want_x = get(x1, n * dim), got_x = get(x2, n * dim);
+        for (int64_t i = 0; i < n * dim; ++i) ASSERT_EQ(got_x[i], want_x[i]) << what << " residual " << i;
+        const auto want = get(y1, n * dim), got = get(y2, n * dim);
+        for (int64_t i = 0; i < n * dim; ++i)
+          ASSERT_NEAR(got[i], want[i], 1e-6f * (1 + std::abs(want[i]))) << what << " norm " << i;
+        // The next product from the fused step's output, against the same product of a fresh copy of it.
+        Buffer y3 = put(got), z3 = b.alloc(n * next_rows);
+        b.matmul(*hn, y3.data(), n, z3.data());
+        const auto z_fused = get(z2, n * next_rows), z_fresh = get(z3, n * next_rows), z_ref = get(z1, n * next_rows);
+        for (int64_t i = 0; i < n * next_rows; ++i) {
+          ASSERT_EQ(z_fused[i], z_fresh[i]) << what << " next product " << i;
+          ASSERT_NEAR(z_fused[i], z_ref[i], 2e-3f * (1 + std::abs(z_ref[i]))) << what << " next product " << i;
+        }
+      }
+    }
+  }
+}
+
+// Under fast numerics a GPU's attention and gated products also write their
+// outputs as int8 blocks for the product that follows: that product must
+// give exactly what it gives on a fresh copy of the same values.
+TEST_P(BackendOps, ProducersHandOverInt8BlocksExactly) {
+  const Int8Decode numerics(true);
+  const int hd = 64, heads = 8, kv_heads = 2, max_ctx = 200;
+  const int64_t qd = heads * hd, kvd = kv_heads * hd, hid = 128, out_rows = 64;
+  const auto q4 = [](int64_t rows, int64_t cols) {
+    for (StorageCase& c : storage_cases(rows, cols))
+      if (c.name == "q4g64") return c;
+    throw Error("no q4g64 storage case");
+  };
+  const StorageCase o = q4(out_rows, qd), gate = q4(hid, out_rows), down = q4(out_rows, hid);
+  const auto ho = b.upload(o.view), hg = b.upload(gate.view), hdn = b.upload(down.view);
+  KVCache c = b.make_kv_cache(1, max_ctx, kvd, false);
+  const auto k = test::random_floats(max_ctx * kvd, 93), v = test::random_floats(max_ctx * kvd, 94);
+  Buffer bk = put(k), bv = put(v);
+  b.kv_store(c, 0, 0, bk.data(), bv.data(), max_ctx);
+  for (int64_t n : {1, 3}) {
+    for (int pos : {7, 150}) {
+      const auto q = test::random_floats(n * qd, 95 + pos, 0.3f);
+      Buffer bq = put(q), att = b.alloc(n * qd), y1 = b.alloc(n * out_rows), y2 = b.alloc(n * out_rows);
+      AttentionParams p;
+      p.n_heads = heads, p.n_kv_heads = kv_heads, p.head_dim = hd, p.q_stride = qd, p.kv_stride = kvd;
+      p.scale = 0.125f, p.max_ctx = max_ctx;
+      b.attention(p, bq.data(), n, pos - static_cast<int>(n) + 1, c, 0, att.data());
+      b.matmul(*ho, att.data(), n, y1.data());
+      Buffer att2 = put(get(att, n * qd));
+      b.matmul(*ho, att2.data(), n, y2.data());
+      const auto g1 = get(y1, n * out_rows), g2 = get(y2, n * out_rows);
+      for (int64_t i = 0; i < n * out_rows; ++i) ASSERT_EQ(g1[i], g2[i]) << "o after attention, n=" << n << " pos " << pos << " [" << i << "]";
+      // gated (hid rows, a multiple of 32) then down
+      const auto x = test::random_floats(n * out_rows, 96 + n);
+      Buffer bx = put(x), h = b.alloc(n * hid), scratch = b.alloc(n * hid), z1 = b.alloc(n * out_rows),
+             z2 = b.alloc(n * out_rows);
+      b.gated_matmul(*hg, *hg, GateAct::Silu, false, bx.data(), n, h.data(), scratch.data());
+      b.matmul(*hdn, h.data(), n, z1.data());
+      Buffer h2 = put(get(h, n * hid));
+      b.matmul(*hdn, h2.data(), n, z2.data());
+      const auto d1 = get(z1, n * out_rows), d2 = get(z2, n * out_rows);
+      for (int64_t i = 0; i < n * out_rows; ++i) ASSERT_EQ(d1[i], d2[i]) << "down after gated, n=" << n << " [" << i << "]";
+    }
+  }
+}
+
+// Decode attention at the head widths of real models (64, 128, 256), GQA
+// groups 1..8, with windows and soft-caps, at positions short of one key
+// range and long enough for many, against a double-precision reference on
+// the values the cache holds. Under fast numerics a GPU takes its
+// single-pass kernel here.
+TEST_P(BackendOps, DecodeAttentionRealHeadWidths) {
+  struct Case {
+    int hd, heads, kv_heads, window;
+    float softcap;
+  };
+  const Case cases[] = {{128, 32, 8, 0, 0.0f}, {128, 8, 8, 0, 0.0f},  {64, 16, 2, 100, 0.0f},
+                        {256, 8, 2, 0, 50.0f}, {128, 7, 1, 0, 0.0f},   {64, 12, 4, 0, 0.0f},
+                        {128, 24, 3, 0, 30.0f}, {128, 16, 2, 64, 0.0f}};
+  const int max_ctx = 300;
+  for (bool fast : {false, true}) {
+    const Int8Decode numerics(fast);
+    for (const Case& cs : cases) {
+      const int64_t kvd = int64_t{cs.kv_heads} * cs.hd, qd = int64_t{cs.heads} * cs.hd;
+      KVCache c = b.make_kv_cache(1, max_ctx, kvd, false);
+      const auto k = test::random_floats(max_ctx * kvd, 90), v = test::random_floats(max_ctx * kvd, 91);
+      Buffer bk = put(k), bv = put(v);
+      b.kv_store(c, 0, 0, bk.data(), bv.data(), max_ctx);
+      for (int pos : {0, 5, 31, 40, 257, max_ctx - 1}) {
+        const auto q = test::random_floats(qd, 92 + pos, 0.2f);
+        Buffer bq = put(q), out = b.alloc(qd);
+        AttentionParams p;
+        p.n_heads = cs.heads;
+        p.n_kv_heads = cs.kv_heads;
+        p.head_dim = cs.hd;
+        p.q_stride = qd;
+        p.kv_stride = kvd;
+        p.scale = 1.0f / std::sqrt(float(cs.hd));
+        p.window = cs.window;
+        p.softcap = cs.softcap;
+        p.max_ctx = max_ctx;
+        b.attention(p, bq.data(), 1, pos, c, 0, out.data());
+        auto stored = [&](const std::vector<float>& a, int64_t i) {
+          return c.half_storage ? double(f16_to_f32(f32_to_f16(a[i]))) : double(a[i]);
+        };
+        std::vector<double> want(qd);
+        const int t0 = cs.window > 0 ? std::max(0, pos - cs.window + 1) : 0;
+        for (int h = 0; h < cs.heads; ++h) {
+          const int64_t kvo = (h / (cs.heads / cs.kv_heads)) * cs.hd;
+          std::vector<double> sc;
+          double mx = -INFINITY, z = 0;
+          for (int t = t0; t <= pos; ++t) {
+            double d = 0;
+            for (int j = 0; j < cs.hd; ++j) d += double(q[h * cs.hd + j]) * stored(k, t * kvd + kvo + j);
+            d *= p.scale;
+            if (cs.softcap > 0) d = cs.softcap * std::tanh(d / cs.softcap);
+            sc.push_back(d);
+            mx = std::max(mx, d);
+          }
+          for (double& e : sc) z += (e = std::exp(e - mx));
+          for (int j = 0; j < cs.hd; ++j) {
+            double o = 0;
+            for (int t = t0; t <= pos; ++t) o += sc[t - t0] / z * stored(v, t * kvd + kvo + j);
+            want[h * cs.hd + j] = o;
+          }
+        }
+        const std::string what = fmt::format("hd {} heads {}/{} window {} softcap {} pos {}{}", cs.hd, cs.heads,
+                                             cs.kv_heads, cs.window, cs.softcap, pos, fast ? " fast" : " exact");
+        expect_close(get(out, qd), want, 2e-5, what.c_str());
+      }
+    }
+  }
+}
+
 TEST_P(BackendOps, MatmulGroupEqualsSeparateProducts) {
   // q, k and v of one storage (a GPU fuses them into one launch) and mixed
   // with an fp32 k (one product at a time): the same numbers either way.

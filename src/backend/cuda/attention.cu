@@ -292,42 +292,23 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
 }
 
 
-// The last block of a (query, kv head) to finish combines the ranges' partial
-// softmaxes (flash-decoding's second step, without a second launch); the
-// counter goes back to 0 for the next call (and the next graph replay).
-template <class T, int kG>
-__global__ void __launch_bounds__(kDecodeThreads)
-    decode_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, const T* __restrict__ kc,
-                  const T* __restrict__ vc, int splits, int chunk_cap, float* __restrict__ partial, int* counters,
-                  float* __restrict__ out) {
-  pdl_trigger();
-  pdl_wait();
-  extern __shared__ float smem[];
-  const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
+
+// Flash-decoding's second step without a second launch: this block's range
+// is published in `part` (per head of the group: max, sum, hd values, one
+// slot per range); the last block of the (query, kv head) to finish combines
+// the `active` ranges into `out` (the group's heads, hd floats each) and puts
+// the counter back to 0 for the next call (and the next graph replay).
+// `weight`: shared memory, group x kMaxSplits floats.
+// With int8.q, also the output's int8 blocks; `flat0`: the index of out[0] in
+// the query rows (q_stride each) that the blocks number.
+__device__ void publish_and_combine(const AttentionParams& p, const float* part, int active, int splits,
+                                    int* counter, float* out, float* weight, Int8Out int8 = {}, int64_t flat0 = 0) {
   const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
-  float* qs = smem;                      // group x hd
-  float* sc = qs + group * hd;           // group x chunk_cap
-  float* stats = sc + group * chunk_cap; // group x 2: max, sum
-  float* weight = stats + 2 * group;     // group x kMaxSplits: the combine's weights
-  const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
-  const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
-  // At least kMinKeys keys a range: short contexts use fewer ranges (the rest
-  // return at once), long ones all of them.
-  const int chunk = max((len + splits - 1) / splits, kMinKeys);
-  const int active = (len + chunk - 1) / chunk;
-  const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
-  float* part = partial + (static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * group) * splits * (hd + 2);
-  if (s >= active) return;  // no keys here; the combine reads only the active ranges
-  // One range (short contexts): the block's result is the answer.
-  float* direct = active == 1 ? out + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * group * hd : nullptr;
-  partial_range<T, kG>(p, q, kc, vc, i, g, s, splits, a, b, chunk_cap, qs, sc, stats, part, direct);
-  if (direct) return;
-  // Publish this range; the last block of the group combines.
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x / 32;
   __shared__ int last;
   __threadfence();
   __syncthreads();
-  if (tid == 0) last = atomicAdd(counters + static_cast<int64_t>(i) * p.n_kv_heads + g, 1) == active - 1;
+  if (tid == 0) last = atomicAdd(counter, 1) == active - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
@@ -353,23 +334,186 @@ __global__ void __launch_bounds__(kDecodeThreads)
       if (lane + 32 * t < active) weight[j * kMaxSplits + lane + 32 * t] = e[t] / l;
   }
   __syncthreads();
-  for (int idx = tid; idx < group * hd; idx += kDecodeThreads) {
+  for (int idx = tid; idx < group * hd; idx += blockDim.x) {
     const int j = idx / hd, e = idx % hd;
     const float* pj = part + static_cast<int64_t>(j) * splits * (hd + 2) + 2 + e;
-    // Eight ranges' loads in flight at a time (a loop with a run-time bound
-    // would wait for each load in turn).
+    // Sixteen ranges' loads in flight at a time (a loop with a run-time bound
+    // would wait for each load in turn; at 64 ranges, eight at a time made
+    // this one block's work most of the kernel's time).
     float acc = 0.0f;
-    for (int k0 = 0; k0 < active; k0 += 8) {
-      float v[8];
+    for (int k0 = 0; k0 < active; k0 += 16) {
+      float v[16];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) v[u] = k0 + u < active ? __ldcg(pj + (k0 + u) * (hd + 2)) : 0.0f;
+      for (int u = 0; u < 16; ++u) v[u] = k0 + u < active ? __ldcg(pj + (k0 + u) * (hd + 2)) : 0.0f;
 #pragma unroll
-      for (int u = 0; u < 8; ++u)
+      for (int u = 0; u < 16; ++u)
         if (k0 + u < active) acc = fmaf(v[u], weight[j * kMaxSplits + k0 + u], acc);
     }
-    out[static_cast<int64_t>(i) * p.q_stride + (static_cast<int64_t>(g) * group + j) * hd + e] = acc;
+    out[static_cast<int64_t>(j) * hd + e] = acc;
+    // A warp holds 32 consecutive values of one head (head_dim % 32 == 0, a
+    // multiple-of-32 block): one int8 block.
+    if (int8.q) int8_block(acc, (flat0 + static_cast<int64_t>(j) * hd + e) / 32, int8.q, int8.scale, int8.sum);
   }
-  if (tid == 0) counters[static_cast<int64_t>(i) * p.n_kv_heads + g] = 0;
+  if (tid == 0) *counter = 0;
+}
+
+// The last block of a (query, kv head) to finish combines the ranges' partial
+// softmaxes (flash-decoding's second step, without a second launch); the
+// counter goes back to 0 for the next call (and the next graph replay).
+template <class T, int kG>
+__global__ void __launch_bounds__(kDecodeThreads)
+    decode_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, const T* __restrict__ kc,
+                  const T* __restrict__ vc, int splits, int chunk_cap, float* __restrict__ partial, int* counters,
+                  float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
+  extern __shared__ float smem[];
+  const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
+  const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+  float* qs = smem;                      // group x hd
+  float* sc = qs + group * hd;           // group x chunk_cap
+  float* stats = sc + group * chunk_cap; // group x 2: max, sum
+  float* weight = stats + 2 * group;     // group x kMaxSplits: the combine's weights
+  const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
+  const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
+  // At least kMinKeys keys a range: short contexts use fewer ranges (the rest
+  // return at once), long ones all of them.
+  const int chunk = max((len + splits - 1) / splits, kMinKeys);
+  const int active = (len + chunk - 1) / chunk;
+  const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
+  float* part = partial + (static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * group) * splits * (hd + 2);
+  if (s >= active) return;  // no keys here; the combine reads only the active ranges
+  // One range (short contexts): the block's result is the answer.
+  float* direct = active == 1 ? out + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * group * hd : nullptr;
+  partial_range<T, kG>(p, q, kc, vc, i, g, s, splits, a, b, chunk_cap, qs, sc, stats, part, direct);
+  if (direct) return;
+  publish_and_combine(p, part, active, splits, counters + static_cast<int64_t>(i) * p.n_kv_heads + g,
+                      out + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * group * hd, weight);
+}
+
+// Keys a warp has in flight in the single-pass kernel (registers: K and V
+// rows, kG scores each).
+template <int kG, int kD>
+inline constexpr int kOnlineKeys = kD == 8 ? 2 : 4;
+// Warps of the single-pass kernel: with one or two warps a scheduler, each
+// instruction waits out its predecessor's latency (ncu: 8 cycles an
+// instruction at 4 warps a block), so a block brings 8.
+constexpr int kOnlineThreads = 256;
+
+// Single pass (fast numerics: fp16 cache, probabilities in fp32; head_dim =
+// 32 kD): a warp per key with its lanes across the head, kOnlineKeys keys' K
+// and V rows loaded together, the softmax online (running max, sum and
+// weighted values per head in registers); the block's warps meet in shared
+// memory, the ranges in publish_and_combine. The two-pass kernel above waits
+// on memory three times in a row (keys, then softmax, then values), and its
+// one body for every layout (17k instructions) spent much of its time on
+// instruction-cache misses (ncu on the H200: no-instruction stalls 31%).
+template <int kG, int kD>
+__global__ void __launch_bounds__(kOnlineThreads)
+    decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, const __half* __restrict__ kc,
+                         const __half* __restrict__ vc, int splits, float* __restrict__ partial, int* counters,
+                         float* __restrict__ out, Int8Out int8) {
+  constexpr int kKeys = kOnlineKeys<kG, kD>, hd = 32 * kD, kWarps = kOnlineThreads / 32;
+  pdl_trigger();
+  __shared__ float red[kWarps][kG][hd + 2];
+  __shared__ float weight[kG * kMaxSplits];
+  const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  pdl_wait();
+  const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
+  const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
+  const int chunk = max((len + splits - 1) / splits, kMinKeys);
+  const int active = (len + chunk - 1) / chunk;
+  if (s >= active) return;
+  const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
+  float qr[kG][kD];
+  const float* qb = q + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * kG * hd + lane * kD;
+#pragma unroll
+  for (int j = 0; j < kG; ++j)
+#pragma unroll
+    for (int d = 0; d < kD; ++d) qr[j][d] = qb[j * hd + d] * p.scale;
+  float m[kG], l[kG], acc[kG][kD];
+#pragma unroll
+  for (int j = 0; j < kG; ++j) {
+    m[j] = -FLT_MAX, l[j] = 0.0f;
+#pragma unroll
+    for (int d = 0; d < kD; ++d) acc[j][d] = 0.0f;
+  }
+  const __half* kbase = kc + static_cast<int64_t>(g) * hd + lane * kD;
+  const __half* vbase = vc + static_cast<int64_t>(g) * hd + lane * kD;
+  for (int tw = a + warp * kKeys; tw < b; tw += kWarps * kKeys) {
+    float kr[kKeys][kD], vr[kKeys][kD];
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      const int64_t row = static_cast<int64_t>(min(tw + u, b - 1)) * p.kv_stride;  // in bounds; skipped below
+      load_dims<__half, kD>(kbase + row, kr[u]);
+      load_dims<__half, kD>(vbase + row, vr[u]);
+    }
+    float sc[kKeys][kG];
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u)
+#pragma unroll
+      for (int j = 0; j < kG; ++j) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kD; ++e) d = fmaf(qr[j][e], kr[u][e], d);
+        sc[u][j] = tw + u < b ? capped(warp_sum(d), p.softcap) : -FLT_MAX;
+      }
+#pragma unroll
+    for (int j = 0; j < kG; ++j) {
+      float mx = m[j];
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) mx = fmaxf(mx, sc[u][j]);
+      const float corr = expf(m[j] - mx);  // 0 on the first batch (m = -FLT_MAX), 1 when the max stays
+      l[j] *= corr;
+#pragma unroll
+      for (int e = 0; e < kD; ++e) acc[j][e] *= corr;
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) {
+        const float pu = tw + u < b ? expf(sc[u][j] - mx) : 0.0f;
+        l[j] += pu;
+#pragma unroll
+        for (int e = 0; e < kD; ++e) acc[j][e] = fmaf(pu, vr[u][e], acc[j][e]);
+      }
+      m[j] = mx;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kG; ++j) {
+#pragma unroll
+    for (int e = 0; e < kD; ++e) red[warp][j][2 + lane * kD + e] = acc[j][e];
+    if (lane == 0) red[warp][j][0] = m[j], red[warp][j][1] = l[j];
+  }
+  __syncthreads();
+  float* part = partial + ((static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * kG) * splits) * (hd + 2);
+  const int64_t flat0 = static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * kG * hd;
+  float* head_out = out + flat0;
+  for (int idx = threadIdx.x; idx < kG * hd; idx += kOnlineThreads) {
+    const int j = idx / hd, e = idx % hd;
+    float M = -FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, red[w][j][0]);
+    float L = 0.0f, O = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = red[w][j][1] > 0.0f ? expf(red[w][j][0] - M) : 0.0f;  // a warp with no keys adds nothing
+      L = fmaf(red[w][j][1], f, L);
+      O = fmaf(red[w][j][2 + e], f, O);
+    }
+    if (active == 1) {
+      const float v = O / L;
+      head_out[static_cast<int64_t>(j) * hd + e] = v;
+      // Whole warps over 32 consecutive values of a head: one int8 block of the o product's input.
+      if (int8.q) int8_block(v, (flat0 + static_cast<int64_t>(j) * hd + e) / 32, int8.q, int8.scale, int8.sum);
+    } else {
+      float* o = part + (static_cast<int64_t>(j) * splits + s) * (hd + 2);
+      o[2 + e] = O;
+      if (e == 0) o[0] = M, o[1] = L;
+    }
+  }
+  if (active == 1) return;
+  publish_and_combine(p, part, active, splits, counters + static_cast<int64_t>(i) * p.n_kv_heads + g, head_out,
+                      weight, int8, flat0);
 }
 
 // One block per (head, query) row of scores: keys 0..pos0+i are in the row;
@@ -458,14 +602,63 @@ size_t attention_decode_smem(const AttentionParams& p, int splits) {
                           static_cast<size_t>(kDecodeThreads / 32) * group * p.head_dim);
 }
 
-void attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                      float* partial, int* counters, float* out, cudaStream_t s) {
-  if (n <= 0) return;
+namespace {
+template <int kD>
+bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
+                   float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8) {
+  const dim3 grid(p.n_kv_heads, splits, n);
+  const auto* k = static_cast<const __half*>(c.k);
+  const auto* v = static_cast<const __half*>(c.v);
+#define OPTIQ_ONLINE(G) \
+  case G: launch(decode_online_kernel<G, kD>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, partial, counters, out, int8); return true;
+  switch (p.n_heads / p.n_kv_heads) {
+    OPTIQ_ONLINE(1)
+    OPTIQ_ONLINE(2)
+    OPTIQ_ONLINE(3)
+    OPTIQ_ONLINE(4)
+    default: break;
+  }
+  if constexpr (kD < 8) {
+    switch (p.n_heads / p.n_kv_heads) {
+      OPTIQ_ONLINE(5)
+      OPTIQ_ONLINE(6)
+      OPTIQ_ONLINE(7)
+      OPTIQ_ONLINE(8)
+      default: break;
+    }
+  }
+#undef OPTIQ_ONLINE
+  return false;
+}
+
+// The single-pass kernel when it applies: fp16 cache, probabilities not
+// rounded to fp16 (llama.cpp numerics normalise them first), head_dim 64, 128
+// or 256 with rows aligned for its vector loads, groups up to 8 (4 at 256).
+bool attention_decode_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
+                             float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8) {
+  if (!c.half || p.f16_probs || p.kv_stride % 8 != 0 || splits > kMaxSplits) return false;
+  switch (p.head_dim) {
+    case 64: return launch_online<2>(p, q, n, pos0, c, splits, partial, counters, out, s, int8);
+    case 128: return launch_online<4>(p, q, n, pos0, c, splits, partial, counters, out, s, int8);
+    case 256: return launch_online<8>(p, q, n, pos0, c, splits, partial, counters, out, s, int8);
+    default: return false;
+  }
+}
+}  // namespace
+
+bool attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
+                      float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8) {
+  if (n <= 0) return false;
+  if (attention_decode_online(p, q, n, pos0, c, splits, partial, counters, out, s, int8)) {
+    OPTIQ_CUDA_LAUNCHED();
+    return int8.q != nullptr;
+  }
   if (c.half)
     decode_for<__half>(p, q, n, pos0, c, splits, partial, counters, out, s);
   else
     decode_for<float>(p, q, n, pos0, c, splits, partial, counters, out, s);
   OPTIQ_CUDA_LAUNCHED();
+  return false;
 }
 
 void attention_softmax(const AttentionParams& p, float* S, int64_t n, int64_t ld, int pos0, __half* p16,

@@ -257,6 +257,7 @@ class CudaBackend final : public Backend {
 
   void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) override {
     Op op(*this, "rms_norm");
+    if (rows <= kMatvecMaxRows && decode_norm(x, w, rows, dim, eps, out)) return;
     cuda::rms_norm(x, w, rows, dim, eps, out, stream_);
   }
   void add(float* x, const float* y, int64_t n) override {
@@ -289,12 +290,9 @@ class CudaBackend final : public Backend {
     Op op(*this, "add_rms_norm");
     if (kernels::decode_int8_enabled() && rows <= kMatvecMaxRows && dim % 32 == 0) {
       // Fast numerics: the norm's output also as int8 blocks, for the products that follow.
-      const int64_t blocks = dim / 32;
-      auto* q = xq_.get<int8_t>(static_cast<size_t>(rows * dim), stream_, recording_);
-      auto* sc = xscale_.get<float>(static_cast<size_t>(rows * blocks), stream_, recording_);
-      auto* sm = xsum_.get<int32_t>(static_cast<size_t>(rows * blocks), stream_, recording_);
-      if (cuda::add_rms_norm(x, y, w, rows, dim, eps, out, stream_, q, sc, sm)) {
-        int8_input_ = Int8Input{out, rows, dim, ops_};
+      const cuda::Int8Out b = int8_scratch(rows, dim);
+      if (cuda::add_rms_norm(x, y, w, rows, dim, eps, out, stream_, b.q, b.scale, b.sum)) {
+        int8_input_ = Int8Input{out, rows, dim, ops_, b};
         last_y_ = nullptr;
       }
       return;
@@ -303,6 +301,21 @@ class CudaBackend final : public Backend {
   }
   void gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp, const float* x,
                     int64_t n, float* out, float* up_out) override;
+  void matmul_add_rms_norm(const WeightHandle& wm, const float* a, int64_t n, float* y, float* x, const float* w,
+                           float eps, float* out) override;
+  // A decode norm (a few rows) over many blocks, with its int8 blocks under
+  // fast numerics; false (nothing launched) where it does not apply.
+  bool decode_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) {
+    const bool int8 = kernels::decode_int8_enabled() && dim % 32 == 0;
+    cuda::Int8Out b;
+    if (int8) b = int8_scratch(rows, dim);
+    if (!cuda::rms_norm_split(x, w, rows, dim, eps, out, stream_, b.q, b.scale, b.sum)) return false;
+    if (int8) {
+      int8_input_ = Int8Input{out, rows, dim, ops_, b};
+      last_y_ = nullptr;
+    }
+    return true;
+  }
   void rope_kv_store(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0, KVCache& c,
                      int layer) override {
     Op op(*this, "rope_kv_store");
@@ -485,10 +498,19 @@ class CudaBackend final : public Backend {
   // The int8 activation blocks of the last product: reused by the next
   // product when it reads the same rows and no operation came between
   // (q/k/v and gate/up multiply one input).
+  // `blocks`: where they are.
   struct Int8Input {
     const float* x = nullptr;
     int64_t n = 0, cols = 0, op = -1;
+    cuda::Int8Out blocks;
   } int8_input_;
+  // Scratch for the int8 blocks of n rows of `cols` (one set: each
+  // producer of blocks writes it after its readers are done).
+  cuda::Int8Out int8_scratch(int64_t n, int64_t cols) {
+    const auto count = static_cast<size_t>(n * ((cols + 31) / 32));
+    return {xq_.get<int8_t>(count * 32, stream_, recording_), xscale_.get<float>(count, stream_, recording_),
+            xsum_.get<int32_t>(count, stream_, recording_)};
+  }
   const float* last_y_ = nullptr;  // the last product's output range
   int64_t last_y_n_ = 0;
 
@@ -637,18 +659,38 @@ void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const fl
   for (size_t i = 0; i < count; ++i) cuda::matvec_int8(ms[i], b.q, b.scale, b.sum, static_cast<int>(n), ys[i], stream_);
 }
 
+void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, int64_t n, float* y, float* x,
+                                      const float* w, float eps, float* out) {
+  const DevMatrix& m = dev(wm);
+  const bool fused = n > 0 && n <= kMatvecMaxRows && kernels::decode_int8_enabled() && m.act == ActRounding::Exact &&
+                     has_matvec_int8(m) && reinterpret_cast<uintptr_t>(a) % 16 == 0 && m.rows % 32 == 0 &&
+                     m.rows <= cuda::kSplitNormMaxDim && out != x && y != x;
+  if (!fused) {
+    Backend::matmul_add_rms_norm(wm, a, n, y, x, w, eps, out);
+    return;
+  }
+  {
+    Op op = timing_ && !recording_ ? Op(*this, "matmul " + storage_name(m) + " int8 + residual") : Op(*this, "matmul");
+    const float* prev_y = last_y_;
+    const int64_t prev_y_n = last_y_n_;
+    last_y_ = y;
+    last_y_n_ = n * m.rows;
+    const Int8Blocks b = int8_blocks(a, n, m.cols, prev_y, prev_y_n);
+    cuda::matvec_int8(m, b.q, b.scale, b.sum, static_cast<int>(n), y, stream_, x);
+  }
+  Op op(*this, "rms_norm");
+  if (!decode_norm(x, w, n, m.rows, eps, out)) cuda::rms_norm(x, w, n, m.rows, eps, out, stream_);
+}
+
 CudaBackend::Int8Blocks CudaBackend::int8_blocks(const float* x, int64_t n, int64_t cols, const float* prev_y,
                                                   int64_t prev_y_n) {
-  const int64_t blocks = (cols + 31) / 32;
-  auto* q = xq_.get<int8_t>(static_cast<size_t>(n * blocks * 32), stream_, recording_);
-  auto* sc = xscale_.get<float>(static_cast<size_t>(n * blocks), stream_, recording_);
-  auto* sm = xsum_.get<int32_t>(static_cast<size_t>(n * blocks), stream_, recording_);
   const bool prev_wrote_x = prev_y && prev_y < x + n * cols && x < prev_y + prev_y_n;
   const bool cached = int8_input_.x == x && int8_input_.n == n && int8_input_.cols == cols &&
-                      int8_input_.op == ops_ - 1 && !prev_wrote_x;
-  if (!cached) cuda::quantize_act_int8(x, static_cast<int>(n), cols, q, sc, sm, stream_);
-  int8_input_ = Int8Input{x, n, cols, ops_};
-  return {q, sc, sm};
+                      int8_input_.op == ops_ - 1 && !prev_wrote_x && int8_input_.blocks.q != nullptr;
+  const cuda::Int8Out b = cached ? int8_input_.blocks : int8_scratch(n, cols);
+  if (!cached) cuda::quantize_act_int8(x, static_cast<int>(n), cols, b.q, b.scale, b.sum, stream_);
+  int8_input_ = Int8Input{x, n, cols, ops_, b};
+  return {b.q, b.scale, b.sum};
 }
 
 void CudaBackend::gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp,
@@ -670,6 +712,9 @@ void CudaBackend::gated_matmul(const WeightHandle& gate, const WeightHandle& up,
                            g.zero_point == u.zero_point && u.act == ActRounding::Exact && g.rows == u.rows;
       if (fusable) {
         const Int8Blocks b = int8_blocks(x, n, g.cols, prev_y, prev_y_n);
+        // (Its output's int8 blocks made by the last warp to finish each group of 32 rows, instead of a
+        // rounding launch before the down product, made this product 22 -> 29 us on the H200: a fence and an
+        // atomic a row cost more than the launch they save.)
         if (cuda::matvec_gated(g, u, act, nullptr, b.q, b.scale, b.sum, static_cast<int>(n), out, stream_)) return;
       }
     } else if (cuda::matvec_gated(g, u, act, x, nullptr, nullptr, nullptr, static_cast<int>(n), out, stream_)) {
@@ -819,7 +864,15 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
       zeroed_counters_ = counters;
       zeroed_count_ = n_counters;
     }
-    cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, counters, out, stream_);
+    // Under fast numerics the o product reads int8 blocks of `out`: the kernel writes them where it can.
+    cuda::Int8Out int8;
+    const int64_t qcols = p.q_stride;
+    if (kernels::decode_int8_enabled() && qcols % 32 == 0) int8 = int8_scratch(n, qcols);
+    if (cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, counters, out, stream_,
+                               int8)) {
+      int8_input_ = Int8Input{out, n, qcols, ops_, int8};
+      last_y_ = nullptr;
+    }
     return;
   }
   check(!recording_, "cuda backend: a recorded step attends with at most {} queries", kMatvecMaxRows);

@@ -97,6 +97,20 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+// Blocks of 32 of a row rounded to int8 by the warp that holds them (lane k
+// holds element 32 b + k; every lane of the warp takes part), bit for bit as
+// kernels/act_quant.h: the int8 decode products' activation blocks.
+__device__ __forceinline__ void int8_block(float v, int64_t block, int8_t* q, float* scale, int32_t* sum) {
+  const int lane = threadIdx.x & 31;
+  const float amax = warp_max(fabsf(v));
+  const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+  const int qv = __float2int_rn(__fmul_rn(v, inv));
+  q[block * 32 + lane] = static_cast<int8_t>(qv);
+  int total = qv;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+  if (lane == 0) scale[block] = s, sum[block] = total;
+}
 // The gated MLP's activations (kernels/activation.h): silu(x) = x / (1 + e^-x),
 // tanh-GELU(x) = x / (1 + e^(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3).
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }

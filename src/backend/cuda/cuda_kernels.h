@@ -39,13 +39,23 @@ struct DevMatrix {
 // dequantize_rows + a cuBLAS GEMM.
 constexpr int kMatvecMaxRows = 8;
 
+// Where a producer also writes its output as int8 blocks of 32 (the next
+// int8 decode product's input, as quantize_act_int8 would make it); null q:
+// it does not.
+struct Int8Out {
+  int8_t* q = nullptr;
+  float* scale = nullptr;
+  int32_t* sum = nullptr;
+};
+
 // y[n x rows] = x[n x cols] . W^T with fp32 activations (every storage).
 void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s);
 // The same with activations rounded to int8 blocks of 32 by quantize_act_int8
 // (affine storage only: integer dot products per block, the CPU's int8 decode numerics).
 bool has_matvec_int8(const DevMatrix& w);
+// With `accum`, also accum += y (a residual add after the product, in its last step).
 void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xscale, const int32_t* xsum, int n, float* y,
-                 cudaStream_t s);
+                 cudaStream_t s, float* accum = nullptr);
 // Up to three matrices of one affine format that read the same x (q, k, v)
 // in one launch: ys[i] = x . W_i^T. False (nothing launched) when they differ
 // in format or width.
@@ -84,6 +94,12 @@ struct DevPos {
 };
 
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s);
+// The same for a few rows (decode) over many blocks, with out's int8 blocks
+// (as quantize_act_int8 makes them) when q is given: out must not alias x,
+// dim a multiple of 32, at most kSplitNormMaxDim. False (nothing launched) otherwise.
+constexpr int64_t kSplitNormMaxDim = 8192;
+bool rms_norm_split(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s,
+                    int8_t* q = nullptr, float* qscale = nullptr, int32_t* qsum = nullptr);
 void add(float* x, const float* y, int64_t n, cudaStream_t s);
 // x += y, then out = rms_norm(x) * w (out may alias y); with q (and dim a
 // multiple of 32, at most 8192) also out's int8 blocks, as quantize_act_int8
@@ -125,8 +141,10 @@ void rope_kv_store(const RopeKV& r, float* q, float* k, const float* v, int64_t 
 // head_dim must be even.
 int64_t attention_decode_partial_floats(const AttentionParams& p, int n, int splits);
 size_t attention_decode_smem(const AttentionParams& p, int splits);
-void attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                      float* partial, int* counters, float* out, cudaStream_t s);
+// With int8.q, also out's int8 blocks (rows of q_stride) where the kernel can:
+// true when it wrote them.
+bool attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
+                      float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8 = {});
 // Prefill attention's middle step: scores S (rows of ld floats: query i of
 // head h at S + (h * n + i) * ld, keys 0..pos0+n-1) -> probabilities in place
 // (scale, soft-cap, causal window, softmax); p16 (optional) gets them as fp16.

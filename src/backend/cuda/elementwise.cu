@@ -57,20 +57,6 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }
 
-// Blocks of 32 of a row rounded to int8 by the warp that holds them (lane k
-// holds element 32b + k), as quantize_act_kernel does.
-__device__ __forceinline__ void int8_block(float v, int64_t block, int8_t* q, float* scale, int32_t* sum) {
-  const int lane = threadIdx.x & 31;
-  const float amax = warp_max(fabsf(v));
-  const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
-  const int qv = __float2int_rn(__fmul_rn(v, inv));
-  q[block * 32 + lane] = static_cast<int8_t>(qv);
-  int total = qv;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
-  if (lane == 0) scale[block] = s, sum[block] = total;
-}
-
 // x += y, then out = rms_norm(x) * w; one block per row. Each thread keeps
 // its own elements from the first pass to the second, so out may alias y.
 constexpr int kNormThreads = 512;
@@ -110,9 +96,45 @@ __global__ void __launch_bounds__(kNormThreads)
     if (i - threadIdx.x >= dim) break;  // the whole block is past the row (uniform)
     const float r = __fmul_rn(__fmul_rn(v[k], scale), wv[k]);
     if (i < dim) o[i] = r;
-    // The int8 blocks the next decode products read (dim % 32 == 0: whole warps).
-    if (q) int8_block(r, (blockIdx.x * dim + i) / 32, q, qscale, qsum);
+    // The int8 blocks the next decode products read (dim % 32 == 0: whole
+    // warps). Warps past the row write nothing: their blocks would be the next row's.
+    if (q && i < dim) int8_block(r, (blockIdx.x * dim + i) / 32, q, qscale, qsum);
   }
+}
+
+// A few rows (decode) over many blocks: every block sums the whole row's
+// squares (the row was just written: an L2 read of dim floats), then writes
+// its own kSplitThreads elements and their int8 blocks. One block per row
+// did all of it alone: ~8 us of dependent steps on one multiprocessor for a
+// 16 KB row (ncu on the H200).
+constexpr int kSplitThreads = 256;
+constexpr int kSplitLoads = static_cast<int>(kSplitNormMaxDim / (4 * kSplitThreads));  // float4s a thread sums
+
+__global__ void __launch_bounds__(kSplitThreads)
+    rms_norm_split_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps, float* out,
+                          int8_t* q, float* qscale, int32_t* qsum) {
+  pdl_trigger();
+  const int64_t row = blockIdx.y;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kSplitThreads + threadIdx.x;  // this thread's element
+  const float wv = i < dim ? __ldg(w + i) : 0.0f;  // constant: fetched before waiting for the previous kernel
+  pdl_wait();
+  const float* xr = x + row * dim;
+  float4 v[kSplitLoads];
+#pragma unroll
+  for (int k = 0; k < kSplitLoads; ++k) {
+    const int64_t e = 4 * (threadIdx.x + static_cast<int64_t>(k) * kSplitThreads);
+    v[k] = e < dim ? *reinterpret_cast<const float4*>(xr + e) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  double ss = 0.0;
+#pragma unroll
+  for (int k = 0; k < kSplitLoads; ++k)
+    ss += (static_cast<double>(v[k].x) * v[k].x + static_cast<double>(v[k].y) * v[k].y) +
+          (static_cast<double>(v[k].z) * v[k].z + static_cast<double>(v[k].w) * v[k].w);
+  const float scale = rms_scale(block_sum_double(ss), dim, eps);
+  if (i >= dim) return;  // whole warps (dim % 32 == 0)
+  const float r = __fmul_rn(__fmul_rn(xr[i], scale), wv);
+  out[row * dim + i] = r;
+  if (q) int8_block(r, (row * dim + i) / 32, q, qscale, qsum);
 }
 
 // Rows too long for the registers of one block: two passes over memory.
@@ -334,6 +356,16 @@ void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float e
   const int threads = dim >= 1024 ? 512 : (dim >= 256 ? 256 : 64);
   launch(rms_norm_kernel, static_cast<unsigned>(rows), threads, 0, s, x, w, dim, eps, out);
   OPTIQ_CUDA_LAUNCHED();
+}
+
+bool rms_norm_split(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s,
+                    int8_t* q, float* qscale, int32_t* qsum) {
+  if (rows <= 0 || dim % 32 != 0 || dim > kSplitNormMaxDim || x == out) return false;
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;  // float4 loads
+  const dim3 grid(static_cast<unsigned>((dim + kSplitThreads - 1) / kSplitThreads), static_cast<unsigned>(rows));
+  launch(rms_norm_split_kernel, grid, kSplitThreads, 0, s, x, w, dim, eps, out, q, qscale, qsum);
+  OPTIQ_CUDA_LAUNCHED();
+  return true;
 }
 
 bool add_rms_norm(float* x, const float* y, const float* w, int64_t rows, int64_t dim, float eps, float* out,
