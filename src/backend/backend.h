@@ -192,6 +192,15 @@ class Backend {
     kv_store(c, layer, pos0, k, v, n);
   }
 
+  // rope_kv_store, then attention of the n rotated queries: a GPU rotates
+  // q and the new key inside its attention kernel (q and k hold unspecified
+  // values afterwards; the cache and out are as the composition leaves them).
+  virtual void rope_store_attention(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0,
+                                    KVCache& c, int layer, const AttentionParams& p, float* out) {
+    rope_kv_store(r, q, k, v, n, pos0, c, layer);
+    attention(p, q, n, pos0, c, layer, out);
+  }
+
   // Stores n rows of keys and values (kv_dim each) at positions pos0.. of a layer.
   virtual void kv_store(KVCache& c, int layer, int pos0, const float* k, const float* v, int64_t n) = 0;
   // Causal attention of n queries at positions pos0.. against the layer's

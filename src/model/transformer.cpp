@@ -269,8 +269,6 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     rs.q_stride = qd;
     rs.inv_freq = local ? inv_freq_local_.data() : inv_freq_.data();
     rs.mscale = local ? 1.0f : rope_mscale_;
-    b.rope_kv_store(rs, act_.q.data(), act_.k.data(), act_.v.data(), n, pos_, cache_, l);
-    if (model_.llamacpp_numerics) b.round_f16(act_.q.data(), n * qd);  // llama.cpp's fp16 KQ product
 
     AttentionParams p;
     p.n_heads = c.n_heads;
@@ -283,7 +281,14 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     p.window = c.window(l);
     p.f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
     p.max_ctx = max_ctx_;
-    b.attention(p, act_.q.data(), n, pos_, cache_, l, act_.att.data());
+    if (model_.llamacpp_numerics) {
+      b.rope_kv_store(rs, act_.q.data(), act_.k.data(), act_.v.data(), n, pos_, cache_, l);
+      b.round_f16(act_.q.data(), n * qd);  // llama.cpp's fp16 KQ product
+      b.attention(p, act_.q.data(), n, pos_, cache_, l, act_.att.data());
+    } else {
+      b.rope_store_attention(rs, act_.q.data(), act_.k.data(), act_.v.data(), n, pos_, cache_, l, p,
+                             act_.att.data());
+    }
     observe(l, Site::OIn, act_.att, n, qd);
     if (fuse && !c.sandwich_norms) {
       b.matmul_add_rms_norm(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn, x, L.ffn_norm.data(), c.norm_eps, xn);

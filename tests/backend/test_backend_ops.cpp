@@ -636,6 +636,62 @@ TEST_P(BackendOps, RopeKvStoreEqualsRopeThenStore) {
   for (int i = 0; i < heads * hd; ++i) ASSERT_NEAR(a2[i], a1[i], 1e-6f * (1 + std::abs(a1[i]))) << i;
 }
 
+// RoPE, cache store and attention in one call (a GPU does the first two
+// inside its decode attention kernel): the same output and the same cache as
+// the three operations, for real head widths, one query and several.
+TEST_P(BackendOps, RopeStoreAttentionEqualsTheSteps) {
+  struct Case {
+    int hd, heads, kv_heads, rot, window;
+    float softcap;
+  };
+  const Case cases[] = {{128, 8, 2, 128, 0, 0.0f}, {64, 8, 4, 64, 20, 0.0f}, {256, 4, 2, 256, 0, 30.0f},
+                        {128, 7, 1, 128, 0, 0.0f}, {64, 4, 2, 32, 0, 0.0f}};
+  const int ctx = 120;
+  for (bool fast : {false, true}) {
+    const Int8Decode numerics(fast);
+    for (const Case& cs : cases)
+      for (int64_t n : {1, 3})
+        for (int pos0 : {0, 37, 100}) {
+          const int64_t qd = int64_t{cs.heads} * cs.hd, kvd = int64_t{cs.kv_heads} * cs.hd;
+          std::vector<float> inv(cs.rot / 2);
+          for (size_t i = 0; i < inv.size(); ++i) inv[i] = std::pow(10000.0f, -2.0f * float(i) / float(cs.rot));
+          Buffer bf = put(inv);
+          const auto q = test::random_floats(n * qd, 200 + pos0), k = test::random_floats(n * kvd, 201 + pos0),
+                     v = test::random_floats(n * kvd, 202 + pos0);
+          KVCache c1 = b.make_kv_cache(1, ctx, kvd, false), c2 = b.make_kv_cache(1, ctx, kvd, false);
+          if (pos0 > 0) {
+            const auto early = test::random_floats(pos0 * kvd, 203), early_v = test::random_floats(pos0 * kvd, 204);
+            Buffer e = put(early), ev = put(early_v);
+            b.kv_store(c1, 0, 0, e.data(), ev.data(), pos0);
+            b.kv_store(c2, 0, 0, e.data(), ev.data(), pos0);
+          }
+          Backend::RopeStore rs;
+          rs.n_heads = cs.heads, rs.n_kv_heads = cs.kv_heads, rs.head_dim = cs.hd, rs.rot_dim = cs.rot;
+          rs.q_stride = qd, rs.inv_freq = bf.data(), rs.mscale = 1.05f;
+          AttentionParams p;
+          p.n_heads = cs.heads, p.n_kv_heads = cs.kv_heads, p.head_dim = cs.hd, p.q_stride = qd, p.kv_stride = kvd;
+          p.scale = 1.0f / std::sqrt(float(cs.hd)), p.window = cs.window, p.softcap = cs.softcap, p.max_ctx = ctx;
+          Buffer q1 = put(q), k1 = put(k), v1 = put(v), o1 = b.alloc(n * qd);
+          b.rope_kv_store(rs, q1.data(), k1.data(), v1.data(), n, pos0, c1, 0);
+          b.attention(p, q1.data(), n, pos0, c1, 0, o1.data());
+          Buffer q2 = put(q), k2 = put(k), v2 = put(v), o2 = b.alloc(n * qd);
+          b.rope_store_attention(rs, q2.data(), k2.data(), v2.data(), n, pos0, c2, 0, p, o2.data());
+          const std::string what = fmt::format("hd {} heads {}/{} rot {} n {} pos {}{}", cs.hd, cs.heads, cs.kv_heads,
+                                               cs.rot, n, pos0, fast ? " fast" : " exact");
+          const auto a1 = get(o1, n * qd), a2 = get(o2, n * qd);
+          for (int64_t i = 0; i < n * qd; ++i) ASSERT_NEAR(a2[i], a1[i], 1e-6f * (1 + std::abs(a1[i]))) << what << " [" << i << "]";
+          // The caches hold the same keys and values: a later query sees the same through both.
+          const auto q3 = test::random_floats(qd, 205);
+          Buffer bq3 = put(q3), z = put(std::vector<float>(kvd, 0.5f)), p1 = b.alloc(qd), p2 = b.alloc(qd);
+          b.kv_store(c1, 0, pos0 + n, z.data(), z.data(), 1);
+          b.kv_store(c2, 0, pos0 + n, z.data(), z.data(), 1);
+          b.attention(p, bq3.data(), 1, pos0 + static_cast<int>(n), c1, 0, p1.data());
+          b.attention(p, bq3.data(), 1, pos0 + static_cast<int>(n), c2, 0, p2.data());
+          EXPECT_EQ(get(p1, qd), get(p2, qd)) << what << " (cache contents)";
+        }
+  }
+}
+
 TEST_P(BackendOps, GramSumsAndQuadraticForm) {
   const int64_t n = 45, cols = 37, rows = 11;
   const auto x = test::random_floats(n * cols, 40), d = test::random_floats(rows * cols, 41);

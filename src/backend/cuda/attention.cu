@@ -9,6 +9,7 @@
 //  - Prefill: scores and the weighted sum of V are cuBLAS GEMMs
 //    (cuda_backend.cu); attention_softmax is the step between them.
 #include <cfloat>
+#include <stdexcept>
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
@@ -408,11 +409,45 @@ constexpr int kOnlineThreads = 256;
 // on memory three times in a row (keys, then softmax, then values), and its
 // one body for every layout (17k instructions) spent much of its time on
 // instruction-cache misses (ncu on the H200: no-instruction stalls 31%).
+// RoPE of one head's values held kD a lane (lane l: dimensions kD l..): the
+// partner of dimension i < hd/2 is i + hd/2, kD * 16 dimensions on, in lane
+// l ^ 16; the arithmetic is rope_kv_store's, so the results agree bit for bit.
+// The angles depend on the position and the dimension only: rope_angles
+// once, rope_lane for every head of q and for the key.
+template <int kD>
+struct RopeAngles {
+  float cs[kD], sn[kD];
+};
+template <int kD>
+__device__ __forceinline__ RopeAngles<kD> rope_angles(int pos, const float* __restrict__ inv_freq, float mscale,
+                                                      int lane) {
+  RopeAngles<kD> r;
+#pragma unroll
+  for (int e = 0; e < kD; ++e) {
+    const int i = (lane & 15) * kD + e;  // index in the first half
+    sincosf(__fmul_rn(static_cast<float>(pos), __ldg(inv_freq + i)), &r.sn[e], &r.cs[e]);
+    r.cs[e] = __fmul_rn(r.cs[e], mscale);
+    r.sn[e] = __fmul_rn(r.sn[e], mscale);
+  }
+  return r;
+}
+template <int kD>
+__device__ __forceinline__ void rope_lane(float (&x)[kD], const RopeAngles<kD>& r, int lane) {
+  const bool low = lane < 16;
+#pragma unroll
+  for (int e = 0; e < kD; ++e) {
+    const float other = __shfl_xor_sync(0xffffffffu, x[e], 16);
+    const float a = low ? x[e] : other, b = low ? other : x[e];
+    x[e] = low ? __fsub_rn(__fmul_rn(a, r.cs[e]), __fmul_rn(b, r.sn[e]))
+               : __fadd_rn(__fmul_rn(a, r.sn[e]), __fmul_rn(b, r.cs[e]));
+  }
+}
+
 template <int kG, int kD>
 __global__ void __launch_bounds__(kOnlineThreads)
-    decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, const __half* __restrict__ kc,
-                         const __half* __restrict__ vc, int splits, float* __restrict__ partial, int* counters,
-                         float* __restrict__ out, Int8Out int8) {
+    decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
+                         int splits, float* __restrict__ partial, int* counters, float* __restrict__ out,
+                         Int8Out int8, RopeIn rope) {
   constexpr int kKeys = kOnlineKeys<kG, kD>, hd = 32 * kD, kWarps = kOnlineThreads / 32;
   pdl_trigger();
   __shared__ float red[kWarps][kG][hd + 2];
@@ -426,12 +461,31 @@ __global__ void __launch_bounds__(kOnlineThreads)
   const int active = (len + chunk - 1) / chunk;
   if (s >= active) return;
   const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
+  RopeAngles<kD> angles;
+  if (rope.k) angles = rope_angles<kD>(pos, rope.inv_freq, rope.mscale, lane);
+  if (rope.k && s == active - 1 && warp == 0) {
+    // The new token (one query: i == 0): its key rotated, key and value into
+    // the cache, by the block whose range ends at it (the only one that reads them).
+    float kr[kD], vr[kD];
+    const int64_t off = static_cast<int64_t>(g) * hd + lane * kD;
+#pragma unroll
+    for (int e = 0; e < kD; ++e) kr[e] = rope.k[off + e], vr[e] = rope.v[off + e];
+    rope_lane<kD>(kr, angles, lane);
+    const int64_t row = static_cast<int64_t>(pos) * p.kv_stride + off;
+#pragma unroll
+    for (int e = 0; e < kD; ++e) kc[row + e] = __float2half_rn(kr[e]), vc[row + e] = __float2half_rn(vr[e]);
+  }
   float qr[kG][kD];
   const float* qb = q + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * kG * hd + lane * kD;
 #pragma unroll
-  for (int j = 0; j < kG; ++j)
+  for (int j = 0; j < kG; ++j) {
 #pragma unroll
-    for (int d = 0; d < kD; ++d) qr[j][d] = qb[j * hd + d] * p.scale;
+    for (int d = 0; d < kD; ++d) qr[j][d] = qb[j * hd + d];
+    if (rope.k) rope_lane<kD>(qr[j], angles, lane);
+#pragma unroll
+    for (int d = 0; d < kD; ++d) qr[j][d] *= p.scale;
+  }
+  if (rope.k) __syncthreads();  // the new key and value stored before any warp reads them
   float m[kG], l[kG], acc[kG][kD];
 #pragma unroll
   for (int j = 0; j < kG; ++j) {
@@ -439,8 +493,8 @@ __global__ void __launch_bounds__(kOnlineThreads)
 #pragma unroll
     for (int d = 0; d < kD; ++d) acc[j][d] = 0.0f;
   }
-  const __half* kbase = kc + static_cast<int64_t>(g) * hd + lane * kD;
-  const __half* vbase = vc + static_cast<int64_t>(g) * hd + lane * kD;
+  const __half* kbase = kc + static_cast<int64_t>(g) * hd + lane * kD;  // plain loads: this block may have just
+  const __half* vbase = vc + static_cast<int64_t>(g) * hd + lane * kD;  // stored the newest row
   for (int tw = a + warp * kKeys; tw < b; tw += kWarps * kKeys) {
     float kr[kKeys][kD], vr[kKeys][kD];
 #pragma unroll
@@ -605,12 +659,12 @@ size_t attention_decode_smem(const AttentionParams& p, int splits) {
 namespace {
 template <int kD>
 bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                   float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8) {
+                   float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope) {
   const dim3 grid(p.n_kv_heads, splits, n);
-  const auto* k = static_cast<const __half*>(c.k);
-  const auto* v = static_cast<const __half*>(c.v);
+  auto* k = static_cast<__half*>(c.k);
+  auto* v = static_cast<__half*>(c.v);
 #define OPTIQ_ONLINE(G) \
-  case G: launch(decode_online_kernel<G, kD>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, partial, counters, out, int8); return true;
+  case G: launch(decode_online_kernel<G, kD>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, partial, counters, out, int8, rope); return true;
   switch (p.n_heads / p.n_kv_heads) {
     OPTIQ_ONLINE(1)
     OPTIQ_ONLINE(2)
@@ -634,17 +688,38 @@ bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0,
 // The single-pass kernel when it applies: fp16 cache, probabilities not
 // rounded to fp16 (llama.cpp numerics normalise them first), head_dim 64, 128
 // or 256 with rows aligned for its vector loads, groups up to 8 (4 at 256).
+bool online_applies(const AttentionParams& p, const DevKV& c, int splits) {
+  const int group = p.n_kv_heads > 0 ? p.n_heads / p.n_kv_heads : 0;
+  const bool widths = p.head_dim == 64 || p.head_dim == 128 || (p.head_dim == 256 && group <= 4);
+  return c.half && !p.f16_probs && p.kv_stride % 8 == 0 && splits <= kMaxSplits && widths && group >= 1 &&
+         group <= 8 && p.n_heads % p.n_kv_heads == 0;
+}
+
 bool attention_decode_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                             float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8) {
-  if (!c.half || p.f16_probs || p.kv_stride % 8 != 0 || splits > kMaxSplits) return false;
+                             float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8,
+                             RopeIn rope = {}) {
+  if (!online_applies(p, c, splits)) return false;
   switch (p.head_dim) {
-    case 64: return launch_online<2>(p, q, n, pos0, c, splits, partial, counters, out, s, int8);
-    case 128: return launch_online<4>(p, q, n, pos0, c, splits, partial, counters, out, s, int8);
-    case 256: return launch_online<8>(p, q, n, pos0, c, splits, partial, counters, out, s, int8);
+    case 64: return launch_online<2>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope);
+    case 128: return launch_online<4>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope);
+    case 256: return launch_online<8>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope);
     default: return false;
   }
 }
 }  // namespace
+
+bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV& c, int splits, int rot_dim) {
+  return n == 1 && rot_dim == p.head_dim && online_applies(p, c, splits);
+}
+
+bool attention_decode_rope(const AttentionParams& p, const float* q, DevPos pos0, const DevKV& c, int splits,
+                           float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope) {
+  if (!attention_decode_rope_applies(p, 1, c, splits, p.head_dim) || !rope.k || !rope.v || !rope.inv_freq)
+    throw std::logic_error("cuda: decode attention with RoPE called where it does not apply");
+  attention_decode_online(p, q, 1, pos0, c, splits, partial, counters, out, s, int8, rope);
+  OPTIQ_CUDA_LAUNCHED();
+  return int8.q != nullptr;
+}
 
 bool attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
                       float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8) {

@@ -303,6 +303,11 @@ class CudaBackend final : public Backend {
                     int64_t n, float* out, float* up_out) override;
   void matmul_add_rms_norm(const WeightHandle& wm, const float* a, int64_t n, float* y, float* x, const float* w,
                            float eps, float* out) override;
+  void rope_store_attention(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0, KVCache& c,
+                            int layer, const AttentionParams& p, float* out) override;
+  void decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& kv, float* out,
+                        const cuda::RopeIn* rope);
+  int decode_splits(const AttentionParams& p, int64_t n) const;
   // A decode norm (a few rows) over many blocks, with its int8 blocks under
   // fast numerics; false (nothing launched) where it does not apply.
   bool decode_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) {
@@ -834,6 +839,65 @@ void CudaBackend::row_sq_sums(const float* d, int64_t rows, int64_t cols, double
   OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
 }
 
+// Decode attention (n <= kMatvecMaxRows queries); with `rope`, the kernel
+// also rotates q and the new key and stores the new key and value (the
+// caller checked that it applies: attention_decode_rope_applies).
+void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& kv,
+                                   float* out, const cuda::RopeIn* rope) {
+  const int splits = decode_splits(p, n);
+  const size_t smem = cuda::attention_decode_smem(p, splits);
+  check(smem <= props_.sharedMemPerBlockOptin,
+        "cuda backend: decode attention over {} keys needs {} KB of shared memory per block, the GPU has {} KB",
+        p.max_ctx, smem / 1024, props_.sharedMemPerBlockOptin / 1024);
+  check(p.head_dim % 2 == 0 && p.head_dim <= 256,
+        "cuda backend: decode attention takes even head dimensions up to 256, not {}", p.head_dim);
+  float* partial = partial_.get<float>(
+      static_cast<size_t>(attention_decode_partial_floats(p, static_cast<int>(n), splits)), stream_, recording_);
+  const size_t n_counters = static_cast<size_t>(n) * p.n_kv_heads;
+  int32_t* counters = counters_.get<int32_t>(n_counters, stream_, recording_);
+  if (counters != zeroed_counters_ || n_counters > zeroed_count_) {  // new memory: zero it once
+    OPTIQ_CUDA_OK(cudaMemsetAsync(counters, 0, n_counters * sizeof(int32_t), stream_));
+    zeroed_counters_ = counters;
+    zeroed_count_ = n_counters;
+  }
+  // Under fast numerics the o product reads int8 blocks of `out`: the kernel writes them where it can.
+  cuda::Int8Out int8;
+  const int64_t qcols = p.q_stride;
+  if (kernels::decode_int8_enabled() && qcols % 32 == 0) int8 = int8_scratch(n, qcols);
+  const bool wrote_int8 =
+      rope ? cuda::attention_decode_rope(p, q, position(pos0), kv, splits, partial, counters, out, stream_, int8, *rope)
+           : cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, counters, out,
+                                    stream_, int8);
+  if (wrote_int8) {
+    int8_input_ = Int8Input{out, n, qcols, ops_, int8};
+    last_y_ = nullptr;
+  }
+}
+
+int CudaBackend::decode_splits(const AttentionParams& p, int64_t n) const {
+  // Enough blocks to fill the GPU twice over; llama.cpp numerics normalise
+  // the probabilities before V, so they take one range.
+  if (p.f16_probs) return 1;
+  const int want = (2 * props_.multiProcessorCount + p.n_kv_heads * static_cast<int>(n) - 1) /
+                   (p.n_kv_heads * static_cast<int>(n));
+  return std::clamp(want, 1, std::clamp(p.max_ctx / 16, 1, 64));
+}
+
+void CudaBackend::rope_store_attention(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0,
+                                       KVCache& c, int layer, const AttentionParams& p, float* out) {
+  const DevKV kv = layer_of(c, layer);
+  if (n > kMatvecMaxRows || !cuda::attention_decode_rope_applies(p, static_cast<int>(n), kv, decode_splits(p, n),
+                                                                 r.rot_dim)) {
+    Backend::rope_store_attention(r, q, k, v, n, pos0, c, layer, p, out);
+    return;
+  }
+  Op op(*this, "rope + attention decode");
+  check(pos0 + n <= c.max_ctx, "cuda backend: {} keys at position {} overflow a cache of {}", n, pos0, c.max_ctx);
+  cuda::RopeIn rope;
+  rope.k = k, rope.v = v, rope.inv_freq = r.inv_freq, rope.mscale = r.mscale;
+  decode_attention(p, q, n, pos0, kv, out, &rope);
+}
+
 void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
                             float* out) {
   Op op(*this, n <= kMatvecMaxRows ? "attention decode" : "attention prefill");
@@ -842,37 +906,7 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
         p.n_kv_heads);
   const DevKV kv = layer_of(c, layer);
   if (n <= kMatvecMaxRows) {
-    // Enough blocks to fill the GPU twice over, each range at least 16 keys.
-    int splits = 1;
-    if (!p.f16_probs) {
-      const int want = (2 * props_.multiProcessorCount + p.n_kv_heads * static_cast<int>(n) - 1) /
-                       (p.n_kv_heads * static_cast<int>(n));
-      splits = std::clamp(want, 1, std::clamp(p.max_ctx / 16, 1, 64));
-    }
-    const size_t smem = cuda::attention_decode_smem(p, splits);
-    check(smem <= props_.sharedMemPerBlockOptin,
-          "cuda backend: decode attention over {} keys needs {} KB of shared memory per block, the GPU has {} KB",
-          p.max_ctx, smem / 1024, props_.sharedMemPerBlockOptin / 1024);
-    check(p.head_dim % 2 == 0 && p.head_dim <= 256,
-          "cuda backend: decode attention takes even head dimensions up to 256, not {}", p.head_dim);
-    float* partial = partial_.get<float>(
-        static_cast<size_t>(attention_decode_partial_floats(p, static_cast<int>(n), splits)), stream_, recording_);
-    const size_t n_counters = static_cast<size_t>(n) * p.n_kv_heads;
-    int32_t* counters = counters_.get<int32_t>(n_counters, stream_, recording_);
-    if (counters != zeroed_counters_ || n_counters > zeroed_count_) {  // new memory: zero it once
-      OPTIQ_CUDA_OK(cudaMemsetAsync(counters, 0, n_counters * sizeof(int32_t), stream_));
-      zeroed_counters_ = counters;
-      zeroed_count_ = n_counters;
-    }
-    // Under fast numerics the o product reads int8 blocks of `out`: the kernel writes them where it can.
-    cuda::Int8Out int8;
-    const int64_t qcols = p.q_stride;
-    if (kernels::decode_int8_enabled() && qcols % 32 == 0) int8 = int8_scratch(n, qcols);
-    if (cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, counters, out, stream_,
-                               int8)) {
-      int8_input_ = Int8Input{out, n, qcols, ops_, int8};
-      last_y_ = nullptr;
-    }
+    decode_attention(p, q, n, pos0, kv, out, nullptr);
     return;
   }
   check(!recording_, "cuda backend: a recorded step attends with at most {} queries", kMatvecMaxRows);

@@ -145,6 +145,20 @@ size_t attention_decode_smem(const AttentionParams& p, int splits);
 // true when it wrote them.
 bool attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
                       float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8 = {});
+// The new token's RoPE and cache store done by the attention kernel itself
+// (one query): q and k as projected (not rotated), v; rotary over the whole
+// head (rot_dim == head_dim), the rotation of rope_kv_store bit for bit.
+struct RopeIn {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const float* inv_freq = nullptr;
+  float mscale = 1.0f;
+};
+// True when attention_decode_rope applies (then it must be used alone: it
+// rotates and stores what rope_kv_store would have).
+bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV& c, int splits, int rot_dim);
+bool attention_decode_rope(const AttentionParams& p, const float* q, DevPos pos0, const DevKV& c, int splits,
+                           float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope);
 // Prefill attention's middle step: scores S (rows of ld floats: query i of
 // head h at S + (h * n + i) * ld, keys 0..pos0+n-1) -> probabilities in place
 // (scale, soft-cap, causal window, softmax); p16 (optional) gets them as fp16.
