@@ -64,6 +64,8 @@ RunResult run_optiq(const std::string& args, bool merge_stderr) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
 }
 
+std::string optiq_binary() { return binary_dir() + "/optiq"; }
+
 bool file_exists(const std::string& path) { return std::filesystem::exists(path); }
 
 std::vector<float> random_floats(size_t n, uint32_t seed, float stddev) {

@@ -22,6 +22,8 @@ struct RunResult {
   std::string out;
 };
 RunResult run_optiq(const std::string& args, bool merge_stderr = true);
+// The optiq binary run_optiq runs ($OPTIQ_BINARY_DIR/optiq, else the build's).
+std::string optiq_binary();
 
 // Normal(0, stddev) floats from a fixed seed: never zeros.
 std::vector<float> random_floats(size_t n, uint32_t seed, float stddev = 1.0f);

@@ -3,6 +3,12 @@
 // synced and renamed over the target only when complete. An AtomicFile that
 // is destroyed without commit() removes its temporary (an error, or Ctrl-C
 // unwinding through the writer, leaves the target as it was).
+//
+// A process killed outright (SIGKILL, power loss) cannot remove its
+// temporary: the next AtomicFile (or commit_directory temporary) for the same
+// target removes those of processes that no longer exist
+// (remove_stale_temporaries). Until then they are inert: no reader looks at
+// dot-files named like that. docs/reliability.md, "Crash safety".
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -19,7 +25,8 @@ class AtomicFile {
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
-  // Appends n bytes (buffered); throws "<path>: cannot write: <reason>" (disk full, ...).
+  // Appends n bytes (buffered); throws "<path>: write failed: <reason>", e.g.
+  // "the disk is full (No space left on device)" (write_failure_reason).
   void write(const void* p, size_t n);
   void write(std::string_view s) { write(s.data(), s.size()); }
   // Zero bytes up to the next multiple of `align`.
@@ -31,6 +38,7 @@ class AtomicFile {
 
  private:
   void flush();
+  [[noreturn]] void write_failed(int err);
   std::string path_, tmp_;
   int fd_ = -1;
   std::string buf_;
@@ -39,5 +47,28 @@ class AtomicFile {
 
 // A whole file at once (plans, profiles, small caches).
 void write_file_atomic(const std::string& path, std::string_view content);
+
+// Why a write failed, for a one-line error: ENOSPC "the disk is full (No
+// space left on device)", EDQUOT, EFBIG (the file size limit) spelled out;
+// other errors as strerror.
+std::string write_failure_reason(int err);
+
+// The name of a temporary for `target` (".<name>.tmp-<pid>", or with
+// "-<suffix>"), in target's directory: what remove_stale_temporaries matches.
+std::string temporary_name(const std::string& target, const std::string& suffix = "");
+
+// Removes the temporaries (files or directories) named for `target` by
+// processes that no longer run (kill(pid, 0) fails with ESRCH): what a
+// SIGKILLed writer left. Returns how many were removed. A process on another
+// host writing the same target on a shared file system would look dead: do
+// not write one output from two machines at once.
+int remove_stale_temporaries(const std::string& target);
+
+// Puts the finished directory `tmp_dir` (a temporary beside `target`) in
+// place of `target`. An existing target is swapped out in one step
+// (renameat2 RENAME_EXCHANGE), so that a crash leaves the old directory or the
+// new one, never neither; the old one is then removed. Where the file system
+// cannot exchange, the old directory is moved aside first.
+void commit_directory(const std::string& tmp_dir, const std::string& target);
 
 }  // namespace optiq

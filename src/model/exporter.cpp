@@ -16,7 +16,8 @@ class MlxExporter final : public Exporter {
   std::string_view name() const override { return "mlx"; }
   void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
     save_mlx(model, out,
-             {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .shard_bytes = opt.shard_bytes, .progress = opt.progress});
+             {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .shard_bytes = opt.shard_bytes, .progress = opt.progress,
+              .provenance = opt.provenance});
   }
 };
 
@@ -25,7 +26,8 @@ class GgufExporter final : public Exporter {
  public:
   std::string_view name() const override { return "gguf"; }
   void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
-    save_gguf(model, out, {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .progress = opt.progress});
+    save_gguf(model, out, {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .progress = opt.progress,
+               .provenance = opt.provenance});
   }
 };
 

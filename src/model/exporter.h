@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "model/model.h"
 
 namespace optiq {
@@ -23,6 +25,10 @@ struct ExportOptions {
   MatrixSource* matrices = nullptr;
   uint64_t shard_bytes = 5'000'000'000;  // MLX: safetensors shards of at most this size (0: one file)
   bool progress = false;                 // a progress line with ETA while writing
+  // How the output was made (model/provenance.h), written into it: MLX
+  // config.json "optiq" and safetensors metadata, GGUF "optiq.*" keys.
+  // Null: the optiq version alone.
+  nlohmann::json provenance{};
 };
 
 class Exporter {

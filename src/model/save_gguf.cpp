@@ -13,18 +13,18 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/progress.h"
+#include "core/version.h"
 #include "formats/gguf_writer.h"
 #include "model/gguf_matrix.h"
 #include "model/gguf_metadata.h"
 #include "model/matrix_source.h"
+#include "model/provenance.h"
 
 namespace optiq {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-constexpr const char* kOptiqVersion = "0.1.0";  // as `optiq --version`
 
 // llama.cpp's LLAMA_FTYPE for a file whose most common matrix type is t (the
 // k-quants as their _M mixes, the label llama-quantize gives such files).
@@ -174,7 +174,11 @@ class Writer {
     w_.add_u32("general.file_type", llama_file_type(common));
     w_.add_u32("general.quantization_version", 2);  // ggml's block layouts as of 2023 (all llama.cpp writes)
     w_.add_u32("general.alignment", 32);
-    w_.add_string("optiq.version", kOptiqVersion);
+    const nlohmann::json prov = provenance_or_version(opt_.provenance);
+    w_.add_string("optiq.version", prov.value("version", kOptiqVersion));
+    if (prov.contains("command")) w_.add_string("optiq.command", prov["command"].get<std::string>());
+    for (const char* k : {"source", "options"})
+      if (prov.contains(k)) w_.add_string(std::string("optiq.") + k, prov[k].dump());
     nlohmann::json plan = m_.precision.formats.empty() ? nlohmann::json::object() : m_.precision.to_plan_json();
     plan["gguf_types"] = types_;
     w_.add_string("optiq.plan", plan.dump());

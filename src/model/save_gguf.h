@@ -6,10 +6,13 @@
 // tensors named as llama.cpp names them (token_embd, blk.N.attn_q, ...,
 // output_norm, output) with q/k rows in llama.cpp's order, general.file_type
 // from the most common type, and the plan in "optiq.plan" (JSON: the
-// precision map and each matrix's stored type). Tensors are produced one at a
+// precision map and each matrix's stored type) with how the file was made
+// (model/provenance.h: optiq.version, optiq.command, optiq.source, optiq.options). Tensors are produced one at a
 // time while the file is written (a temporary name, then a rename).
 #pragma once
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "model/model.h"
 
@@ -23,6 +26,9 @@ struct GgufSaveOptions {
   // Where the weight matrices come from (model/matrix_source.h); null: the model's own.
   MatrixSource* matrices = nullptr;
   bool progress = false;  // a progress line with ETA while tensors are written
+  // model/provenance.h: written as optiq.version, optiq.command, optiq.source
+  // and optiq.options (JSON text); null: optiq.version alone.
+  nlohmann::json provenance{};
 };
 
 // Throws optiq::Error naming the file or tensor (and what to do) for what

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/progress.h"
@@ -18,6 +19,7 @@
 #include "formats/safetensors_shards.h"
 #include "model/matrix_source.h"
 #include "model/hf_export.h"
+#include "model/provenance.h"
 #include "tokenizer/tokenizer_json.h"
 
 namespace optiq {
@@ -55,15 +57,21 @@ void write_half_rows(const Linear& lin, bool bf16, uint8_t* dst) {
 
 }  // namespace
 
-void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& opt) {
+void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt) {
+  std::string out_dir = out;
+  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
   std::error_code ec;
   if (fs::exists(out_dir, ec) && !opt.force)
     fail("{}: already exists (choose another output directory, or ask to replace it)", out_dir);
   const fs::path parent = fs::absolute(out_dir).parent_path();
   check(fs::is_directory(parent, ec), "{}: parent directory {} does not exist", out_dir, parent.string());
-  const fs::path tmp = parent / fmt::format(".{}.tmp-{}", fs::path(out_dir).filename().string(), getpid());
+  // Written under a temporary name beside OUT (what a killed run left is removed
+  // first), then swapped into place whole (core/atomic_file.h commit_directory).
+  remove_stale_temporaries(out_dir);
+  const fs::path tmp = temporary_name(out_dir);
   fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
+  fs::create_directories(tmp, ec);
+  check(!ec, "{}: cannot create the temporary directory {}: {}", out_dir, tmp.string(), ec.message());
   ModelMatrices own(m);
   MatrixSource& src = opt.matrices ? *opt.matrices : own;
   try {
@@ -131,6 +139,8 @@ void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& 
         std::memcpy(dst, h.data(), h.size());
       });
     st.set_metadata("format", "mlx");
+    const nlohmann::json prov = provenance_or_version(opt.provenance);
+    for (const auto& [k, v] : prov.items()) st.set_metadata("optiq." + k, v.is_string() ? v.get<std::string>() : v.dump());
     {
       std::optional<Progress> progress;
       if (opt.progress) progress.emplace("write", static_cast<int64_t>(st.total_bytes() / 1000000), "MB");
@@ -150,22 +160,27 @@ void save_mlx(const Model& m, const std::string& out_dir, const MlxSaveOptions& 
       config["quantization"] = q;
       config["quantization_config"] = q;
     }
-    {
-      std::ofstream f(tmp / "config.json");
-      f << config.dump(2) << "\n";
-      check(static_cast<bool>(f), "{}: cannot write config.json", out_dir);
-    }
+    config["optiq"] = prov;
+    write_file_atomic((tmp / "config.json").string(), config.dump(2) + "\n");
     // A Hugging Face source keeps its own tokenizer files; others are converted.
     bool copied = false;
     if (m.format == SourceFormat::HfDir && fs::exists(fs::path(m.path) / "tokenizer.json")) {
       for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                             "generation_config.json", "chat_template.jinja"})
-        if (fs::exists(fs::path(m.path) / f)) fs::copy_file(fs::path(m.path) / f, tmp / f);
+        if (fs::exists(fs::path(m.path) / f)) {
+          fs::copy_file(fs::path(m.path) / f, tmp / f, ec);
+          if (ec) fail("{}: write failed: {}: {}", (fs::path(out_dir) / f).string(), ec.message(), (fs::path(m.path) / f).string());
+        }
       copied = true;
     }
     if (!copied) write_hf_tokenizer(*m.tokenizer, tmp.string());
-    if (fs::exists(out_dir, ec)) fs::remove_all(out_dir);
-    fs::rename(tmp, out_dir);
+    commit_directory(tmp.string(), out_dir);
+  } catch (const Error& e) {
+    fs::remove_all(tmp, ec);
+    // Name the output the user asked for, not the temporary directory.
+    std::string msg = e.what();
+    for (size_t at; (at = msg.find(tmp.string())) != std::string::npos;) msg.replace(at, tmp.string().size(), out_dir);
+    throw Error(msg);
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;

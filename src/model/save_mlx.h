@@ -3,9 +3,13 @@
 // one entry per module: {"group_size", "bits"} or false for float}),
 // model.safetensors or shards of it (packed "<module>.weight" uint32 words with
 // "<module>.scales" and "<module>.biases"; float tensors in fp16/bf16) and
-// the tokenizer files.
+// the tokenizer files; config.json's "optiq" object and the safetensors
+// metadata say how it was made (model/provenance.h). The directory is written
+// under a temporary name and put in place whole (core/atomic_file.h).
 #pragma once
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "model/model.h"
 
@@ -23,10 +27,14 @@ struct MlxSaveOptions {
   // 0: one model.safetensors whatever its size.
   uint64_t shard_bytes = kDefaultShardBytes;
   bool progress = false;  // a progress line with ETA while tensors are written
+  // model/provenance.h: config.json "optiq" and the safetensors metadata
+  // "optiq.*" keys; null: the optiq version alone.
+  nlohmann::json provenance{};
   static constexpr uint64_t kDefaultShardBytes = 5'000'000'000;  // mlx-lm's and transformers' default
 };
 
-// The directory is written under a temporary name and renamed into place.
+// The directory is written under a temporary name and put in place whole
+// (replacing an existing one with opt.force in one step).
 void save_mlx(const Model& model, const std::string& out_dir, const MlxSaveOptions& opt = {});
 
 }  // namespace optiq

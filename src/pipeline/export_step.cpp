@@ -19,7 +19,7 @@ ExportStepResult run_export_step(Model& model, const PrecisionMap& map, const Qu
   make_exporter(eo.format)
       ->write(model, out,
               {.bf16 = opt.recipe.bf16_scales, .force = eo.force, .matrices = &matrices, .shard_bytes = eo.shard_bytes,
-               .progress = eo.progress});
+               .progress = eo.progress, .provenance = eo.provenance});
   r.matrix_bytes = matrices.bytes_made();
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;

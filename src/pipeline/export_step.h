@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "model/exporter.h"
 #include "model/model.h"
 #include "model/quantize_model.h"
@@ -20,6 +22,7 @@ struct ExportStepOptions {
   bool force = false;          // replace an existing output
   uint64_t shard_bytes = 5'000'000'000;  // MLX shards (0: one file)
   bool progress = true;
+  nlohmann::json provenance{};  // written into the output (model/provenance.h); null: the version alone
 };
 
 struct ExportStepResult {

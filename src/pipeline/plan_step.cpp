@@ -102,6 +102,7 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
                             damage_source_name(a.damage));
   meta.calib_kl = v.measured;
   meta.variants = &variants;
+  meta.provenance = &a.provenance;
   finish_plan(r.map, t, config, meta, out);
   return r;
 }
@@ -134,6 +135,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     meta.budget = r.budget.description;
     meta.predicted_kl = r.solution.damage;
     meta.method = "baseline " + b.name;
+    meta.provenance = &a.provenance;
     finish_plan(r.map, t, config, meta, out);
     return r;
   }
@@ -147,6 +149,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
   meta.method = fmt::format("optiq {} (profile {}, damage {})", r.solution.method, t.method, damage_source_name(a.damage));
   meta.lower_bound_kl = r.solution.lower_bound;
   meta.gap_kl = r.solution.gap;
+  meta.provenance = &a.provenance;
   finish_plan(r.map, t, config, meta, out);
   return r;
 }

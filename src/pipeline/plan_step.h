@@ -31,6 +31,7 @@ struct PlanStepOptions {
   PlanSelection select = PlanSelection::Predicted;
   int select_windows = 16;  // measured selection: the first N calibration windows (0: all)
   bool progress = true;
+  nlohmann::json provenance{};  // the plan file's "optiq" object (model/provenance.h); null: the version alone
 };
 
 struct PlanStepResult {

@@ -12,6 +12,8 @@
 //   "calib_kl", "variants": measured selection (plan/select.h): the chosen plan's
 //                      mean KL on the calibration windows, and every variant's
 //                      name, predicted and measured KL.
+//   "optiq":           how the plan was made (model/provenance.h: version,
+//                      command, source files and their SHA-256, options).
 #pragma once
 #include <optional>
 #include <string>
@@ -31,6 +33,7 @@ struct PlanMetadata {
   std::optional<double> gap_kl;
   std::optional<double> calib_kl;
   nlohmann::json* variants = nullptr;  // optional array, copied into the file
+  const nlohmann::json* provenance = nullptr;  // "optiq"; null: the version alone
 };
 
 // Full plan JSON (bytes and bits_per_weight computed from config + map).

@@ -14,11 +14,14 @@
 
 #include <fmt/format.h>
 
+#include "core/atomic_file.h"
 #include "core/parallel.h"
 #include "core/diagnostics.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/progress.h"
+#include "core/version.h"
+#include "kernels/matmul.h"
 #include "eval/perplexity.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
@@ -183,7 +186,67 @@ int site_of(ModuleKind kind) {
   return site && static_cast<int>(*site) < kLayerInputSites ? static_cast<int>(*site) : -1;
 }
 
+// What decides the numbers besides the source, the windows and the rounding
+// (SensitivityTable::measured_with): a checkpoint or cache measured otherwise
+// is not reused.
+nlohmann::json measured_with(const Model& ref, const ProfileOptions& opt, size_t windows) {
+  nlohmann::json m = {{"optiq", kOptiqVersion},
+                      {"backend", std::string(default_backend().name())},
+                      {"numerics", ref.llamacpp_numerics ? "llamacpp" : int8_decode() ? "int8" : "exact"},
+                      {"quant_method", opt.rounding == QuantMethod::MinMax ? "minmax" : "search"}};
+  if (opt.method == ProfileMethod::Fast && opt.anchor_windows > 0 && static_cast<size_t>(opt.anchor_windows) < windows)
+    m["anchor_windows"] = opt.anchor_windows;
+  if (opt.gptq) m["gptq"] = {{"damp", opt.gptq_options.damp}, {"act_order", opt.gptq_options.act_order}};
+  return m;
+}
+
+// Takes the measurements of the table at `path` (a finished profile or a
+// checkpoint) when it was made for the same source, rounding and settings.
+void resume_from(const std::string& path, const ModelConfig& c, SensitivityTable& t) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return;
+  try {
+    SensitivityTable old = SensitivityTable::read(path, c);
+    if (!old.source.matches(t.source) || old.rounding != t.rounding) {
+      warn("{}: cache made for {} (rounding {}); measuring again for {} (rounding {})", path, old.source.describe(),
+           old.rounding, t.source.describe(), t.rounding);
+      return;
+    }
+    if (old.measured_with != t.measured_with) {
+      warn("{}: cache measured with {}; measuring again with {}", path,
+           old.measured_with.is_null() ? std::string("unrecorded settings") : old.measured_with.dump(),
+           t.measured_with.dump());
+      return;
+    }
+    std::map<std::string, const ModuleSensitivity*> by_path;
+    for (const auto& ms : old.modules) by_path[ms.module.path] = &ms;
+    for (auto& ms : t.modules) {
+      auto it = by_path.find(ms.module.path);
+      if (it == by_path.end()) continue;
+      for (const auto& [name, fs] : it->second->formats) {
+        FormatSensitivity& dst = ms.formats[name];
+        if (fs.kl) dst.kl = fs.kl;
+        if (fs.proxy) dst.proxy = fs.proxy, dst.method = fs.method;
+      }
+    }
+  } catch (const Error& e) {
+    warn("ignoring cache: {}", e.what());
+  }
+}
+
+// The finished table goes to the profile file; the checkpoint is no longer needed.
+void write_final(const SensitivityTable& t, const std::string& cache_path) {
+  if (cache_path.empty()) return;
+  t.write(cache_path);
+  const std::string checkpoint = profile_checkpoint_path(cache_path);
+  std::error_code ec;
+  std::filesystem::remove(checkpoint, ec);
+  remove_stale_temporaries(checkpoint);  // what a killed run left while checkpointing
+}
+
 }  // namespace
+
+std::string profile_checkpoint_path(const std::string& cache_path) { return cache_path + ".partial"; }
 
 SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<int32_t>>& windows,
                                const ProfileOptions& opt) {
@@ -199,32 +262,15 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   t.source = opt.source;
   t.method = profile_method_name(opt.method);
   t.rounding = opt.gptq ? "search,gptq" : "search";
+  t.measured_with = measured_with(ref, opt, windows.size());
+  t.provenance = opt.provenance;
 
-  // Resume from the cache.
-  std::error_code ec;
-  if (!opt.cache_path.empty() && std::filesystem::exists(opt.cache_path, ec)) {
-    try {
-      SensitivityTable old = SensitivityTable::read(opt.cache_path, c);
-      if (old.source.matches(opt.source) && old.rounding == t.rounding) {
-        std::map<std::string, const ModuleSensitivity*> by_path;
-        for (const auto& ms : old.modules) by_path[ms.module.path] = &ms;
-        for (auto& ms : t.modules) {
-          auto it = by_path.find(ms.module.path);
-          if (it == by_path.end()) continue;
-          for (const auto& [name, fs] : it->second->formats) {
-            FormatSensitivity& dst = ms.formats[name];
-            dst.kl = fs.kl;
-            dst.proxy = fs.proxy;
-            dst.method = fs.method;
-          }
-        }
-      } else {
-        warn("{}: cache made for {} (rounding {}); measuring again for {} (rounding {})", opt.cache_path,
-             old.source.describe(), old.rounding, opt.source.describe(), t.rounding);
-      }
-    } catch (const Error& e) {
-      warn("ignoring cache: {}", e.what());
-    }
+  // Resume from the finished profile (other candidates, a measurement removed)
+  // and from the checkpoint of an interrupted run.
+  const std::string checkpoint = opt.cache_path.empty() ? "" : profile_checkpoint_path(opt.cache_path);
+  if (!opt.cache_path.empty()) {
+    resume_from(opt.cache_path, c, t);
+    resume_from(checkpoint, c, t);
   }
 
   const int anchor_every = opt.anchor_every > 0 ? opt.anchor_every : (c.n_layers <= 12 ? 1 : 3);
@@ -263,6 +309,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   }
   if (total == 0) {
     t.calibrate_fast();
+    write_final(t, opt.cache_path);
     t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return t;
   }
@@ -504,11 +551,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         if (progress) progress->update(++done, m.path);
       }
     }
-    if (!opt.cache_path.empty()) t.write(opt.cache_path);
+    if (!checkpoint.empty()) t.write(checkpoint);
   }
   if (progress) progress->finish();
   t.calibrate_fast();
-  if (!opt.cache_path.empty()) t.write(opt.cache_path);
+  write_final(t, opt.cache_path);
   t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return t;
 }

@@ -21,6 +21,7 @@
 #include "core/progress.h"
 #include "eval/perplexity.h"
 #include "kernels/matmul.h"
+#include "model/provenance.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
 
@@ -316,6 +317,8 @@ json SensitivityTable::to_json() const {
             {"rounding", rounding},
             {"modules", mods}};
   if (auto s = spearman_fast_exact()) j["spearman_fast_exact"] = *s;
+  if (!measured_with.is_null()) j["measured_with"] = measured_with;
+  j["optiq"] = provenance_or_version(provenance);
   return j;
 }
 
@@ -345,6 +348,8 @@ SensitivityTable SensitivityTable::from_json(const json& j, const ModelConfig& c
     t.source.calib.seed = c.contains("seed") && !c["seed"].is_null() ? json_u64(c["seed"], where, "seed") : 0;
     t.method = j.value("method", "");
     t.rounding = j.value("rounding", "search");
+    if (j.contains("measured_with")) t.measured_with = j["measured_with"];
+    if (j.contains("optiq")) t.provenance = j["optiq"];
     std::map<std::string, ModuleSensitivity*> by_path;
     for (auto& ms : t.modules) by_path[ms.module.path] = &ms;
     for (const auto& [path, e] : j.at("modules").items()) {

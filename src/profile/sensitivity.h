@@ -21,10 +21,16 @@
 //    `anchor_every`-th layer (and the last), the ratio KL/E is measured and
 //    interpolated linearly across layers for each module kind.
 //
-// Results are cached in a JSON file written atomically after every module;
-// entries present in the cache are not measured again (a run interrupted with
-// Ctrl-C resumes). A cache made for another model file (size, mtime) or other
-// calibration settings is ignored with a warning.
+// Results are cached: the profile file (cache_path) is written, atomically,
+// only when the profile is complete; while it runs, a checkpoint
+// "<cache_path>.partial" is rewritten (atomically) after every module, and
+// removed once the profile file is written. Entries present in either are not
+// measured again, so a run that was interrupted (Ctrl-C, SIGKILL, a full
+// disk, a power cut) resumes where its last checkpoint was, and ends with the
+// same bytes as an uninterrupted run (tests/cli/test_crash_safety.cpp). A
+// cache made for another model file (size, mtime), other calibration
+// settings, or measured otherwise (measured_with: optiq version, backend,
+// numerics, anchor windows, GPTQ options) is ignored with a warning.
 //
 // The model passed to profile_model is const to callers: its Linears are
 // swapped during exact measurements and always restored (also on exceptions),
@@ -36,7 +42,7 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
+#include <nlohmann/json.hpp>
 
 #include "model/model.h"
 #include "profile/calibration.h"
@@ -85,8 +91,11 @@ struct ProfileOptions {
   // names GPTQ for those tensors, and `quantize --plan` reproduces it.
   bool gptq = false;
   GptqOptions gptq_options{};
-  std::string cache_path;      // "" = no cache file
+  std::string cache_path;      // "" = no cache file (nor checkpoint)
   ProfileSource source;        // recorded in the cache
+  // How the profile was made (model/provenance.h), written as its "optiq"
+  // object; null: the version alone.
+  nlohmann::json provenance{};
   QuantMethod rounding = QuantMethod::Search;
   bool progress = true;
   int64_t gram_memory = 1ll << 30;  // bytes of Gram matrices held at once (fast)
@@ -116,6 +125,11 @@ struct SensitivityTable {
   std::vector<TensorFormat> candidates;
   std::string method;
   std::string rounding = "search";  // the roundings measured: "search", or "search,gptq"
+  // What else decides the numbers, beyond source and rounding: optiq version,
+  // backend, numerics, anchor windows (fast), GPTQ options; a cache is reused
+  // only when this is equal (null in files older than it: never reused).
+  nlohmann::json measured_with{};
+  nlohmann::json provenance{};  // the "optiq" object (null when the file has none)
   std::vector<ModuleSensitivity> modules;  // forward order (quantizable_modules)
   // This run only (cache hits excluded): exact KL measurements and proxies computed.
   int64_t exact_measured = 0, proxy_measured = 0;
@@ -141,6 +155,9 @@ struct SensitivityTable {
   static SensitivityTable read(const std::string& path, const ModelConfig& config);
   void write(const std::string& path) const;  // atomic
 };
+
+// Where profile_model keeps its checkpoint while profiling into `cache_path`.
+std::string profile_checkpoint_path(const std::string& cache_path);
 
 SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<int32_t>>& windows,
                                const ProfileOptions& opt);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <unordered_map>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace optiq {
@@ -86,28 +87,10 @@ std::string str(std::string_view s) {
 
 const char* boolstr(bool b) { return b ? "true" : "false"; }
 
-// Writes `content` to dir/name through a temporary file in dir and a rename.
+// Writes `content` to dir/name through a temporary file in dir and a rename
+// (core/atomic_file.h: a full disk is a one-line error naming the file).
 void write_atomic(const fs::path& dir, const std::string& name, const std::string& content) {
-  const fs::path final_path = dir / name;
-  const fs::path tmp = dir / ("." + name + ".tmp" + std::to_string(::getpid()));
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    check(f.good(), "{}: cannot create {}", dir.string(), tmp.filename().string());
-    f.write(content.data(), static_cast<std::streamsize>(content.size()));
-    f.close();
-    if (!f) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      fail("{}: cannot write {} (disk full?)", dir.string(), name);
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, final_path, ec);
-  if (ec) {
-    std::error_code ec2;
-    fs::remove(tmp, ec2);
-    fail("{}: cannot rename {} to {}: {}", dir.string(), tmp.filename().string(), name, ec.message());
-  }
+  write_file_atomic((dir / name).string(), content);
 }
 
 int32_t type_of(const TokenizerSpec& s, size_t i) {

@@ -34,7 +34,7 @@ struct AutoArgs {
   bool json = false;
 };
 
-void run_auto(AutoArgs& a) {
+void run_auto(AutoArgs& a, const CLI::App& cmd) {
   std::string out = a.out;
   while (out.size() > 1 && out.back() == '/') out.pop_back();
   std::error_code ec;
@@ -52,13 +52,19 @@ void run_auto(AutoArgs& a) {
   const std::string plan_path = out + ".plan.json";
 
   Model m = a.model.load();
+  // The profile, the plan and the export record how they were made, alike.
+  const nlohmann::json provenance = command_provenance(cmd, a.model);
   // The plan step measures on the profile's windows: tokenized once.
-  ProfileStepResult profiled = run_profile_step(m, profile_step_options(a.profile));
+  ProfileStepOptions po = profile_step_options(a.profile);
+  po.profile.provenance = provenance;
+  ProfileStepResult profiled = run_profile_step(m, po);
   const SensitivityTable& t = profiled.table;
   if (!a.json)
     fmt::print("profile       {} ({} exact KL, {} proxies; {:.1f}s)\n", a.profile.cache, t.count_exact(),
                t.count_proxy(), t.seconds);
-  PlanStepResult r = run_plan_step(m, t, plan_step_options(a.plan, !a.json), plan_path, {.windows = &profiled.windows});
+  PlanStepOptions plo = plan_step_options(a.plan, !a.json);
+  plo.provenance = provenance;
+  PlanStepResult r = run_plan_step(m, t, plo, plan_path, {.windows = &profiled.windows});
   if (!a.json) print_plan_summary(r, m.config, plan_path);
 
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
@@ -71,7 +77,8 @@ void run_auto(AutoArgs& a) {
     qo.gptq_all = false;
   }
   run_export_step(m, r.map, qo, out,
-                  {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json});
+                  {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json,
+                   .provenance = provenance});
   if (!a.json) fmt::print("wrote         {}\n", out);
 
   nlohmann::json j = {{"out", out},
@@ -144,7 +151,7 @@ Runner register_auto(CLI::App& app) {
   add_shard_size_option(*cmd, a->shard_size);
   cmd->add_flag("--force", a->force, "replace OUT if it exists");
   cmd->add_flag("--json", a->json, "print one JSON object");
-  return [a] { run_auto(*a); };
+  return [a, cmd] { run_auto(*a, *cmd); };
 }
 
 }  // namespace optiq::cli

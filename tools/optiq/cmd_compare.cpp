@@ -246,7 +246,7 @@ void replot(const CompareArgs& a) {
   if (!a.json) fmt::print("wrote         {}/pareto.svg, precision_map.svg\n", dir);
 }
 
-void run_compare(CompareArgs& a) {
+void run_compare(CompareArgs& a, const CLI::App& cmd) {
   if (!a.replot.empty()) return replot(a);
   check(!a.profile.calib.source.empty() && !a.text.empty(), "compare needs --calib and --text (or --replot DIR)");
   std::error_code ec;
@@ -264,7 +264,10 @@ void run_compare(CompareArgs& a) {
   Model src = a.model.load();
   const ModelConfig config = src.config;
   const std::string model_name = fs::path(a.model.path).filename().string();
-  ProfileStepResult profiled = run_profile_step(src, profile_step_options(a.profile));
+  const nlohmann::json provenance = command_provenance(cmd, a.model);
+  ProfileStepOptions po = profile_step_options(a.profile);
+  po.profile.provenance = provenance;
+  ProfileStepResult profiled = run_profile_step(src, po);
   const SensitivityTable& t = profiled.table;
   if (!a.json) fmt::print("profile       {} ({:.1f}s)\n", a.profile.cache, t.seconds);
 
@@ -290,7 +293,9 @@ void run_compare(CompareArgs& a) {
   auto add_optiq = [&](PlanStepArgs pa, const std::string& label, const std::string& file) {
     const std::string plan_path = (fs::path(a.out_dir) / file).string();
     pa.select = a.select;
-    PlanStepResult r = run_plan_step(src, t, plan_step_options(pa, !a.json), plan_path, {.measurer = measurer.get()});
+    PlanStepOptions so = plan_step_options(pa, !a.json);
+    so.provenance = provenance;
+    PlanStepResult r = run_plan_step(src, t, so, plan_path, {.measurer = measurer.get()});
     rows.push_back(make_row(label, "optiq", r.map, r.solution.damage, plan_path));
   };
   const auto damage = t.damage(parse_damage_source(a.use));
@@ -400,7 +405,7 @@ Runner register_compare(CLI::App& app) {
   cmd->add_option("--select", a->select, "optiq's plans: measured (best variant on the calibration text) or predicted")
       ->capture_default_str()->check(CLI::IsMember({"predicted", "measured"}));
   cmd->add_flag("--json", a->json, "print one JSON object");
-  return [a] { run_compare(*a); };
+  return [a, cmd] { run_compare(*a, *cmd); };
 }
 
 }  // namespace optiq::cli

@@ -14,6 +14,7 @@
 #include "plan/budget.h"
 #include "plan/plan_json.h"
 #include "plan/solver.h"
+#include "model/provenance.h"
 #include "profile/calibration.h"
 #include "profile/sensitivity.h"
 
@@ -137,7 +138,7 @@ void print_plan_json(const PlanStepResult& r, const ModelConfig& config, const s
   std::fflush(stdout);
 }
 
-void run_plan(const PlanArgs& a) {
+void run_plan(const PlanArgs& a, const CLI::App& cmd) {
   const bool measured = a.step.select == "measured" && a.step.baseline.empty();
   Model m = a.model.load(/*weights=*/measured);
   SensitivityTable t = SensitivityTable::read(a.profile, m.config);
@@ -146,6 +147,13 @@ void run_plan(const PlanArgs& a) {
   if (here.model_size != t.source.model_size || here.model_mtime != t.source.model_mtime)
     fmt::print(stderr, "optiq: warning: {}: profile made for {}, not this file ({})\n", a.profile,
                t.source.model_path, m.path);
+  // The source as the profile recorded it (hashed when it was profiled).
+  PlanStepOptions base = plan_step_options(a.step, !a.json);
+  base.provenance = provenance("plan",
+                               t.provenance.is_object() && t.provenance.contains("source")
+                                   ? t.provenance["source"]
+                                   : source_record(a.model.path, a.model.tokenizer),
+                               recorded_options(cmd));
   // Several budgets (--bpw 3,4.5 or --size 80MB,100MB): one plan each, written
   // to OUT/plan-<budget>.json, sharing one measurer.
   const auto bpws = split_list(a.step.bpw), sizes = split_list(a.step.size);
@@ -162,13 +170,15 @@ void run_plan(const PlanArgs& a) {
       if (bpws.empty()) step.bpw.clear();
       else step.size.clear();
       const std::string out = (std::filesystem::path(a.out) / fmt::format("plan-{}{}.json", b, bpws.empty() ? "" : "bpw")).string();
-      PlanStepResult r = run_plan_step(m, t, plan_step_options(step, !a.json), out, {.measurer = measurer.get()});
+      PlanStepOptions so = plan_step_options(step, !a.json);
+      so.provenance = base.provenance;
+      PlanStepResult r = run_plan_step(m, t, so, out, {.measurer = measurer.get()});
       if (a.json) print_plan_json(r, m.config, out);
       else print_plan_summary(r, m.config, out);
     }
     return;
   }
-  PlanStepResult r = run_plan_step(m, t, plan_step_options(a.step, !a.json), a.out, {.profile_path = a.profile});
+  PlanStepResult r = run_plan_step(m, t, base, a.out, {.profile_path = a.profile});
   if (a.json) return print_plan_json(r, m.config, a.out);
   print_plan_summary(r, m.config, a.out);
 }
@@ -186,7 +196,7 @@ Runner register_plan(CLI::App& app) {
                   "plan JSON to write (docs/plan-format.md); a directory when --bpw or --size lists several budgets")
       ->required();
   cmd->add_flag("--json", a->json, "print one JSON object");
-  return [a] { run_plan(*a); };
+  return [a, cmd] { run_plan(*a, *cmd); };
 }
 
 }  // namespace optiq::cli

@@ -171,10 +171,12 @@ std::string default_cache(const std::string& model_path) {
   return name + ".profile.json";
 }
 
-void run_profile(ProfileArgs& a) {
+void run_profile(ProfileArgs& a, const CLI::App& cmd) {
   Model m = a.model.load();
   if (a.step.cache.empty()) a.step.cache = default_cache(a.model.path);
-  SensitivityTable t = run_profile_step(m, profile_step_options(a.step)).table;
+  ProfileStepOptions po = profile_step_options(a.step);
+  po.profile.provenance = command_provenance(cmd, a.model);
+  SensitivityTable t = run_profile_step(m, po).table;
   const auto rho = t.spearman_fast_exact();
   if (a.json) {
     nlohmann::json j = t.to_json();
@@ -202,7 +204,7 @@ Runner register_profile(CLI::App& app) {
   cmd->add_option("--cache", a->step.cache,
                   "profile/cache JSON, resumed if present (default: <model name>.profile.json)");
   cmd->add_flag("--json", a->json, "print the profile as one JSON object");
-  return [a] { run_profile(*a); };
+  return [a, cmd] { run_profile(*a, *cmd); };
 }
 
 }  // namespace optiq::cli

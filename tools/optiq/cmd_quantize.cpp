@@ -35,12 +35,13 @@ struct QuantizeArgs {
   bool json = false;
 };
 
-void run_quantize(const QuantizeArgs& a) {
+void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   check((a.method != "gptq" && a.method != "awq") || !a.calib.source.empty(),
         "--method {} needs calibration text (--calib FILE, or --calib self): it works from the inputs' statistics",
         a.method);
   check(a.damp > 0 && a.damp < 10, "--damp {}: expected a fraction of the mean input energy, e.g. 0.01", a.damp);
   Model m = a.model.load();
+  const nlohmann::json provenance = command_provenance(cmd, a.model);
   // A uniform GGUF is llama.cpp's own type of those bits (Q4_K for 4, Q8_0 for
   // 8), unless --group-size asks for affine groups.
   const TensorFormat uniform =
@@ -89,7 +90,8 @@ void run_quantize(const QuantizeArgs& a) {
   }
   const ExportStepResult r = run_export_step(
       m, map, opt, a.out,
-      {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json});
+      {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json,
+       .provenance = provenance});
   const uint64_t bytes = r.matrix_bytes;
   const double bpw = r.bits_per_weight();
   if (a.json) {
@@ -159,7 +161,7 @@ Runner register_quantize(CLI::App& app) {
   add_shard_size_option(*cmd, a->shard_size);
   cmd->add_flag("--force", a->force, "replace the output if it exists");
   cmd->add_flag("--json", a->json, "print one JSON object");
-  return [a] { run_quantize(*a); };
+  return [a, cmd] { run_quantize(*a, *cmd); };
 }
 
 }  // namespace optiq::cli

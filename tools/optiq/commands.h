@@ -4,6 +4,7 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
 #include "model/model.h"
@@ -44,6 +45,17 @@ Runner register_profile(CLI::App& app);
 Runner register_plan(CLI::App& app);
 Runner register_auto(CLI::App& app);
 Runner register_compare(CLI::App& app);
+
+// What an output records about how it was made (model/provenance.h): optiq's
+// version, the command, MODEL's files with their SHA-256 (hashed now: every
+// byte of the model is read once), and the options that shape the output.
+nlohmann::json command_provenance(const CLI::App& cmd, const ModelArgs& model);
+// The options of `cmd` as given, and the defaults --help shows for the others,
+// by their long name; input files (--calib, --plan, --profile, --tokenizer)
+// as {"file": name, "sha256": ...}. Left out: what does not change the output
+// (-o/--out, --force, --json, --cache, evaluation-only options) and the
+// global -t/--threads and -q, which never change it.
+nlohmann::json recorded_options(const CLI::App& cmd);
 
 // Reads a whole text file (throws "<path>: cannot read").
 std::string read_text_file(const std::string& path);

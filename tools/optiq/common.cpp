@@ -1,9 +1,11 @@
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "commands.h"
 #include "core/error.h"
 #include "kernels/matmul.h"
+#include "model/provenance.h"
 
 namespace optiq::cli {
 
@@ -50,6 +52,30 @@ Model ModelArgs::load(bool weights) const {
   set_int8_decode(numerics != "exact");
   set_default_backend(backend_for_device(device));
   return load_model(path, opt);
+}
+
+nlohmann::json recorded_options(const CLI::App& cmd) {
+  static const std::set<std::string> skip = {"MODEL", "--help", "--out", "--out-dir", "--force", "--json", "--cache",
+                                             "--text", "--eval-ctx", "--chunks"};
+  static const std::set<std::string> files = {"--calib", "--plan", "--profile", "--tokenizer"};
+  nlohmann::json o = nlohmann::json::object();
+  for (const CLI::Option* opt : cmd.get_options()) {
+    const std::string name = opt->get_name();
+    if (skip.count(name)) continue;
+    std::vector<std::string> values = opt->results();
+    if (opt->count() == 0) {
+      if (opt->get_default_str().empty()) continue;
+      values = {opt->get_default_str()};
+    }
+    nlohmann::json v = nlohmann::json::array();
+    for (const auto& s : values) v.push_back(files.count(name) ? input_file_record(s) : nlohmann::json(s));
+    o[name] = v.size() == 1 ? v[0] : v;
+  }
+  return o;
+}
+
+nlohmann::json command_provenance(const CLI::App& cmd, const ModelArgs& model) {
+  return provenance(cmd.get_name(), source_record(model.path, model.tokenizer), recorded_options(cmd));
 }
 
 std::string read_text_file(const std::string& path) {

@@ -9,12 +9,13 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/progress.h"
+#include "core/version.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"optiq: mixed-precision quantization for LLMs.\n"
                "MODEL is a Hugging Face directory, a .gguf file, or a llama2.c .bin (with --tokenizer)."};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "optiq 0.1.0");
+  app.set_version_flag("--version", std::string("optiq ") + optiq::kOptiqVersion);
   int threads = 0;
   bool quiet = false;
   app.add_option("-t,--threads", threads, "worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
