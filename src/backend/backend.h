@@ -228,7 +228,9 @@ class Backend {
   // out (rows x cols, this backend's memory) = the matrix's values in fp32,
   // exactly what matmul multiplies by (the profiler starts each module's
   // candidates from them without a trip through the host).
-  virtual void weights_to_f32(const WeightHandle& w, float* out) = 0;
+  void weights_to_f32(const WeightHandle& w, float* out) { weight_rows_to_f32(w, 0, w.rows(), out); }
+  // Rows [r0, r1) of it ((r1 - r0) x cols): a large matrix a block at a time.
+  virtual void weight_rows_to_f32(const WeightHandle& w, int64_t r0, int64_t r1, float* out) = 0;
 
   // Accuracy-path statistics (profiling, evaluation), on this backend's
   // buffers; sums are returned to the host in double.

@@ -56,10 +56,11 @@ class CpuBackend final : public Backend {
   void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) override {
     weight_matmul(view_of(w), x, n, y);
   }
-  void weights_to_f32(const WeightHandle& w, float* out) override {
+  void weight_rows_to_f32(const WeightHandle& w, int64_t first, int64_t last, float* out) override {
     const WeightView& v = view_of(w);
-    parallel_for_range(v.rows, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) weight_row(v, r, out + r * v.cols);
+    check(first >= 0 && first <= last && last <= v.rows, "weight rows [{}, {}) of a matrix of {}", first, last, v.rows);
+    parallel_for_range(last - first, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) weight_row(v, first + r, out + r * v.cols);
     });
   }
   void embed(const WeightHandle& w, const int32_t* tokens, int64_t n, float scale, float* out) override {

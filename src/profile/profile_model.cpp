@@ -453,11 +453,66 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const ModuleInfo& m = ms.module;
     const Linear& original = module_linear(ref.weights, m);
     const int64_t numel = m.rows * m.cols;
+    if (m.layer < 0) grams.clear();  // the embedding and lm_head read none: their memory first (8B: 1 GB)
+    // Proxies only (no KL anchor, no GPTQ): a block of rows at a time, every
+    // candidate per block, so no fp32 copy of the whole matrix is held (an
+    // 8B model's lm_head: 2.1 GB each for its values and their error).
+    const bool proxies_only = std::none_of(needs[i].begin(), needs[i].end(), [](const Need& n) { return n.exact; }) &&
+                              !(opt.gptq && m.layer >= 0);
+    if (proxies_only) {
+      if (m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) ensure_grams(m.layer);
+      const Buffer* g = m.kind == ModuleKind::Embed ? (c.tied_embeddings ? &head_gram : nullptr)
+                        : m.kind == ModuleKind::LmHead ? &head_gram
+                                                       : &grams[m.layer][site_of(m.kind)];
+      const int64_t block_rows =
+          std::clamp<int64_t>(opt.proxy_block_bytes / static_cast<int64_t>(sizeof(float) * m.cols), 1, m.rows);
+      Buffer wb = be.alloc(block_rows * m.cols), eb = be.alloc(block_rows * m.cols);
+      std::vector<float> host_block, host_err;  // a device backend that cannot quantize a format: the host does
+      std::vector<double> e(needs[i].size(), 0.0), row_err(static_cast<size_t>(block_rows));
+      for (int64_t r0 = 0; r0 < m.rows; r0 += block_rows) {
+        const int64_t r1 = std::min(m.rows, r0 + block_rows), rows = r1 - r0;
+        be.weight_rows_to_f32(weights.module(m), r0, r1, wb.data());
+        host_block.clear();
+        for (size_t k = 0; k < needs[i].size(); ++k) {
+          const TensorFormat& f = needs[i][k].fmt;
+          {
+            PhaseTimer timer(t.phase_seconds, "quantize");
+            if (!be.fake_quantize(f, qo, wb.data(), rows, m.cols, true, eb.data())) {
+              if (be.host_memory()) {
+                fake_quantize_into(f, wb.data(), rows, m.cols, qo, true, eb.data());
+              } else {
+                if (host_block.empty()) {
+                  host_block.resize(static_cast<size_t>(rows * m.cols));
+                  be.to_host(wb.data(), rows * m.cols, host_block.data());
+                }
+                host_err.resize(host_block.size());
+                fake_quantize_into(f, host_block.data(), rows, m.cols, qo, true, host_err.data());
+                be.to_device(host_err.data(), rows * m.cols, eb.data());
+              }
+            }
+          }
+          PhaseTimer timer(t.phase_seconds, "proxy");
+          if (m.kind == ModuleKind::Embed) {  // a token's row error, as often as the token occurs
+            be.row_sq_sums(eb.data(), rows, m.cols, row_err.data());
+            for (int64_t r = 0; r < rows; ++r) e[k] += token_freq[r0 + r] * row_err[r];
+          }
+          if (g) e[k] += gram_proxy(eb.data(), rows, m.cols, *g);
+        }
+      }
+      for (size_t k = 0; k < needs[i].size(); ++k) {
+        FormatSensitivity& fs = ms.formats[tensor_format_name(needs[i][k].fmt)];
+        fs.proxy = e[k];
+        fs.method.clear();
+        ++t.proxy_measured;
+        if (progress) progress->update(++done, m.path);
+      }
+      if (!checkpoint.empty()) t.write(checkpoint);
+      continue;
+    }
     // The module's fp32 values from its uploaded weights (no host copy, no
     // upload: an 8B model's matrices are 30 GB of fp32). The backend quantizes
     // where it can (a GPU: affine formats), else the host does from its own
     // fp32 copy, made on first need, and the result goes to the backend.
-    if (m.layer < 0) grams.clear();  // the embedding and lm_head read none: their memory first (8B: 1 GB)
     Buffer w_be = be.alloc(numel);
     be.weights_to_f32(weights.module(m), w_be.data());
     // The host's fp32 values: on a host-memory backend the same array (an

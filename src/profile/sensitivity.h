@@ -99,6 +99,9 @@ struct ProfileOptions {
   QuantMethod rounding = QuantMethod::Search;
   bool progress = true;
   int64_t gram_memory = 1ll << 30;  // bytes of Gram matrices held at once (fast)
+  // fp32 bytes of a matrix's rows a proxy-only module is measured on at a
+  // time (no whole fp32 copy of an 8B model's 2 GB lm_head).
+  int64_t proxy_block_bytes = 128ll << 20;
   int64_t store_f32_limit = 1ll << 30;  // cached activations / log-probs above this go to bf16
 };
 

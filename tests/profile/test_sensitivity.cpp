@@ -187,6 +187,28 @@ TEST(Profile, FastUsesFewExactAnchors) {
   EXPECT_THROW(t.damage(DamageSource::Exact), Error);
 }
 
+// Proxy-only modules are measured a block of rows at a time: blocks of a row
+// or two give the proxies of the whole matrix.
+TEST(Profile, ProxiesInRowBlocksEqualWholeMatrices) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  ProfileOptions o = opts(ProfileMethod::Fast, m);
+  o.anchor_every = 4;
+  const SensitivityTable whole = profile_model(m, windows, o);
+  o.proxy_block_bytes = 300;  // 1-2 rows of 64..172 floats
+  const SensitivityTable blocks = profile_model(m, windows, o);
+  int compared = 0;
+  for (size_t i = 0; i < whole.modules.size(); ++i)
+    for (const auto& [name, fs] : whole.modules[i].formats) {
+      const FormatSensitivity& b = blocks.modules[i].formats.at(name);
+      ASSERT_TRUE(fs.proxy && b.proxy) << whole.modules[i].module.path << " " << name;
+      EXPECT_NEAR(*b.proxy, *fs.proxy, 1e-6 * *fs.proxy) << whole.modules[i].module.path << " " << name;
+      EXPECT_EQ(fs.kl, b.kl);
+      ++compared;
+    }
+  EXPECT_GT(compared, 100);
+}
+
 TEST(Profile, AnchorsOnFewerWindows) {
   Model m = load_model(stories());
   const auto windows = calibration_windows(m, calib_opts());  // 4 windows

@@ -235,10 +235,11 @@ class CudaBackend final : public Backend {
   void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) override;
   void matmul_group(std::span<const WeightHandle* const> ws, const float* x, int64_t n,
                     std::span<float* const> ys) override;
-  void weights_to_f32(const WeightHandle& w, float* out) override {
+  void weight_rows_to_f32(const WeightHandle& w, int64_t r0, int64_t r1, float* out) override {
     Op op(*this, "weights to fp32");
     const DevMatrix& m = dev(w);
-    cuda::dequantize_rows(m, 0, m.rows, out, stream_);
+    check(r0 >= 0 && r0 <= r1 && r1 <= m.rows, "cuda backend: weight rows [{}, {}) of a matrix of {}", r0, r1, m.rows);
+    if (r1 > r0) cuda::dequantize_rows(m, r0, r1, out, stream_);
   }
   void embed(const WeightHandle& w, const int32_t* tokens, int64_t n, float scale, float* out) override {
     Op op(*this, "embed");
