@@ -454,12 +454,18 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const Linear& original = module_linear(ref.weights, m);
     const int64_t numel = m.rows * m.cols;
     if (m.layer < 0) grams.clear();  // the embedding and lm_head read none: their memory first (8B: 1 GB)
-    // Proxies only (no KL anchor, no GPTQ): a block of rows at a time, every
-    // candidate per block, so no fp32 copy of the whole matrix is held (an
-    // 8B model's lm_head: 2.1 GB each for its values and their error).
-    const bool proxies_only = std::none_of(needs[i].begin(), needs[i].end(), [](const Need& n) { return n.exact; }) &&
-                              !(opt.gptq && m.layer >= 0);
-    if (proxies_only) {
+    // Proxies a block of rows at a time, every candidate per block, so no
+    // fp32 copy of the whole matrix is held (an 8B model's lm_head: 2.1 GB
+    // each for its values and their error): for modules with proxies only,
+    // and for matrices larger than a block, whose KL anchors then swap in the
+    // fake-quantized matrix made from the packed one (quantized from the
+    // weights a block at a time): one fp32 copy instead of three. (The packed
+    // matrix itself, swapped in, moved the anchors' KL by up to 0.2% on
+    // stories260K: the packed kernels' own arithmetic.) GPTQ rounds whole
+    // matrices: its modules keep the path below.
+    const bool proxies_only = std::none_of(needs[i].begin(), needs[i].end(), [](const Need& n) { return n.exact; });
+    const bool large = numel * static_cast<int64_t>(sizeof(float)) > opt.proxy_block_bytes;
+    if ((proxies_only || large) && !(opt.gptq && m.layer >= 0)) {
       if (m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) ensure_grams(m.layer);
       const Buffer* g = m.kind == ModuleKind::Embed ? (c.tied_embeddings ? &head_gram : nullptr)
                         : m.kind == ModuleKind::LmHead ? &head_gram
@@ -474,6 +480,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         be.weight_rows_to_f32(weights.module(m), r0, r1, wb.data());
         host_block.clear();
         for (size_t k = 0; k < needs[i].size(); ++k) {
+          if (!needs[i][k].proxy) continue;
           const TensorFormat& f = needs[i][k].fmt;
           {
             PhaseTimer timer(t.phase_seconds, "quantize");
@@ -499,12 +506,33 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           if (g) e[k] += gram_proxy(eb.data(), rows, m.cols, *g);
         }
       }
+      wb = Buffer(), eb = Buffer();
       for (size_t k = 0; k < needs[i].size(); ++k) {
-        FormatSensitivity& fs = ms.formats[tensor_format_name(needs[i][k].fmt)];
-        fs.proxy = e[k];
-        fs.method.clear();
-        ++t.proxy_measured;
-        if (progress) progress->update(++done, m.path);
+        const Need& n = needs[i][k];
+        FormatSensitivity& fs = ms.formats[tensor_format_name(n.fmt)];
+        if (n.proxy) {
+          fs.proxy = e[k];
+          fs.method.clear();
+          ++t.proxy_measured;
+          if (progress) progress->update(++done, m.path);
+        }
+        if (n.exact) {
+          Linear fake;
+          {
+            PhaseTimer timer(t.phase_seconds, "quantize");
+            fake = Linear::from_f32(
+                dequantize_matrix(quantize_in_row_blocks(n.fmt, original, qo, opt.proxy_block_bytes)), m.rows,
+                m.cols);
+          }
+          fake.set_act_rounding(original.act_rounding());
+          {
+            PhaseTimer timer(t.phase_seconds, "exact");
+            WeightSwap swap(weights, m, std::move(fake));
+            fs.kl = measure_kl(m.layer);
+          }
+          ++t.exact_measured;
+          if (progress) progress->update(++done, m.path);
+        }
       }
       if (!checkpoint.empty()) t.write(checkpoint);
       continue;
