@@ -447,6 +447,17 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   // The export's recipe (bf16 scales for Gemma): the profile measures what ships.
   const QuantizeOptions qo = QuantizeRecipe::for_model(ref.config, opt.rounding).options();
   std::map<std::tuple<int, int, bool>, GptqHessian> hessians;  // ProfileOptions::gptq
+  // A KL anchor: the model with module m's matrix replaced by `fake`.
+  auto measure_anchor = [&](const ModuleInfo& m, const Linear& original, Linear fake, FormatSensitivity& fs) {
+    fake.set_act_rounding(original.act_rounding());
+    {
+      PhaseTimer timer(t.phase_seconds, "exact");
+      WeightSwap swap(weights, m, std::move(fake));
+      fs.kl = measure_kl(m.layer);
+    }
+    ++t.exact_measured;
+    if (progress) progress->update(++done, m.path);
+  };
   for (size_t i = 0; i < t.modules.size(); ++i) {
     if (needs[i].empty()) continue;
     ModuleSensitivity& ms = t.modules[i];
@@ -524,14 +535,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
                 dequantize_matrix(quantize_in_row_blocks(n.fmt, original, qo, opt.proxy_block_bytes)), m.rows,
                 m.cols);
           }
-          fake.set_act_rounding(original.act_rounding());
-          {
-            PhaseTimer timer(t.phase_seconds, "exact");
-            WeightSwap swap(weights, m, std::move(fake));
-            fs.kl = measure_kl(m.layer);
-          }
-          ++t.exact_measured;
-          if (progress) progress->update(++done, m.path);
+          measure_anchor(m, original, std::move(fake), fs);
         }
       }
       if (!checkpoint.empty()) t.write(checkpoint);
@@ -624,14 +628,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           be.to_host(out.data(), numel, dq.data());
           fake = Linear::from_f32(std::move(dq), m.rows, m.cols);
         }
-        fake.set_act_rounding(original.act_rounding());
-        {
-          PhaseTimer timer(t.phase_seconds, "exact");
-          WeightSwap swap(weights, m, std::move(fake));
-          fs.kl = measure_kl(m.layer);
-        }
-        ++t.exact_measured;
-        if (progress) progress->update(++done, m.path);
+        measure_anchor(m, original, std::move(fake), fs);
       }
     }
     if (!checkpoint.empty()) t.write(checkpoint);
