@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
@@ -84,6 +87,48 @@ TEST(Kernels, AffineAllFormatsAllPaths) {
           }
         }
       }
+}
+
+// The packed words of a matrix whose rows are shorter than the 16 bytes the
+// SIMD decode loads (32 columns at 2 to 3 bits: 8 or 12 bytes) end right
+// before an inaccessible page: no path may read past the matrix (ASan found
+// the decode reading 16 bytes from the start of the second-to-last row's
+// last chunk, past the end of a 3-row matrix).
+TEST(Kernels, AffineShortRowsNeverReadPastTheMatrix) {
+  IsaGuard guard;
+  const long page = sysconf(_SC_PAGESIZE);
+  void* mem = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  ASSERT_EQ(mprotect(static_cast<char*>(mem) + page, page, PROT_NONE), 0);
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int64_t rows : {1, 2, 3, 5}) {
+      const int64_t cols = 32;
+      auto w = test::random_floats(rows * cols, 11 + bits * 7 + rows);
+      QuantizeOptions o;
+      o.method = QuantMethod::MinMax;
+      AffineMatrix m = quantize(w.data(), rows, cols, {bits, 32}, o);
+      const size_t nbytes = m.packed.size() * sizeof(uint32_t);
+      uint32_t* at_end = reinterpret_cast<uint32_t*>(static_cast<char*>(mem) + page - nbytes);
+      std::memcpy(at_end, m.packed.data(), nbytes);
+      AffineMatrixView v = m.view();
+      v.packed = at_end;
+      auto Wf = dequantize(m.view());
+      for (int64_t n : {1, 2, 5}) {
+        auto X = test::random_floats(n * cols, 3 + n);
+        for (Isa isa : available_isas()) {
+          set_isa(isa);
+          std::vector<float> Y(n * rows, NAN);
+          affine_matmul(v, X.data(), n, Y.data());
+          check_product(Wf, rows, cols, X, n, Y, fmt::format("{} q{} {}x32 n={}", isa_name(isa), bits, rows, n));
+          // The int8 decode path reads the same words (its accuracy is tested in test_int8_decode.cpp).
+          set_int8_decode(true);
+          affine_matmul(v, X.data(), n, Y.data());
+          set_int8_decode(false);
+          for (float y : Y) ASSERT_TRUE(std::isfinite(y));
+        }
+      }
+    }
+  munmap(mem, 2 * page);
 }
 
 TEST(Kernels, AffineOddRowCounts) {
