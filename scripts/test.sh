@@ -3,22 +3,36 @@
 #   1. scripts/setup.sh: apt packages, venv + reference packages, Release build in build/, models
 #   2. ctest --test-dir build --output-on-failure -j2        (all tests, reference cross-checks included;
 #      those exit 77 = skipped when the venv or a model is missing)
-#   3. build-asan/: -DOPTIQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOPTIQ_CUDA=OFF, building only the loader tests
-#      (test_formats test_tokenizer test_quant), then
-#      ctest --test-dir build-asan -L 'formats|tokenizer|quant' --output-on-failure
-#   4. scripts/fuzz_smoke.sh: the libFuzzer harnesses of every parser (tests/fuzz, clang, ASan+UBSan,
+#   3. build-asan/ (clang, ASan+UBSan+LSan: -DOPTIQ_SANITIZE=ON, Debug at -O1 -g1, CUDA off): every unit test
+#      binary and the optiq CLI they run (target optiq_tests), then the whole unit suite,
+#      ctest --test-dir build-asan -LE reference (the Python cross-checks are left to phase 2).
+#      A leak, a memory error or UB in any process, test or CLI, fails the phase (see san_ctest).
+#   4. build-tsan/ (clang, TSan: -DOPTIQ_SANITIZE=thread, Debug at -O1 -g1): only the tests of the threaded
+#      code (TSAN_COMPONENTS: pool, quantizers, kernels, CPU backend, model, eval, profiler, pipeline).
+#   5. scripts/fuzz_smoke.sh: the libFuzzer harnesses of every parser (tests/fuzz, clang, ASan+UBSan,
 #      build-fuzz/), FUZZ_SECONDS (default here 10) each from their seed corpora
 # Every phase is timed. Exits non-zero if any phase fails (later test phases still run, so one
-# run reports everything). Budget: ~30 min on a fresh 2-core machine.
-# Env: OPTIQ_JOBS (build jobs, default nproc), OPTIQ_NO_ASAN=1 (skip phase 3), OPTIQ_NO_FUZZ=1 (skip phase 4).
+# run reports everything). Budget: 40 min on a fresh 2-core machine (docs/reliability.md has the times).
+# Env: OPTIQ_JOBS (build jobs, default nproc), OPTIQ_NO_ASAN=1 (skip phase 3), OPTIQ_NO_TSAN=1 (skip
+# phase 4), OPTIQ_NO_FUZZ=1 (skip phase 5), OPTIQ_SAN_CXX (compiler of phases 3-4; default clang++,
+# empty: CMake's default, g++).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JOBS=${OPTIQ_JOBS:-$(nproc)}
 CTEST_JOBS=${OPTIQ_CTEST_JOBS:-2}
 ASAN_DIR=build-asan
-ASAN_TARGETS=(test_formats test_tokenizer test_quant)
-ASAN_LABELS='formats|tokenizer|quant'
+TSAN_DIR=build-tsan
+# TSan: every component whose tests run the thread pool (core/parallel.h): the pool itself, the
+# quantizers, the kernels, the CPU backend, the model (forward passes, export), evaluation, the
+# profiler and the pipeline. Not the parsers, the planner, the CLI and its process-level tests.
+TSAN_COMPONENTS='core;quant;kernels;backend;model;eval;profile;pipeline'
+# The sanitizer builds use clang when there is one (setup.sh installs it for the fuzzers): it builds
+# them with a fifth less CPU time than g++ (docs/reliability.md).
+# -O1 -g1: optimised enough for the kernels, line tables for the reports (full -g costs a quarter
+# more build time).
+SAN_CXX=${OPTIQ_SAN_CXX-$(command -v clang++ || true)}
+SAN_FLAGS='-O1 -g1'
 
 t_start=$SECONDS
 timings=()
@@ -42,28 +56,69 @@ summary() {
   fi
 }
 
-asan_build() {
-  local launcher=() have=() t
-  if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
-  # No CUDA here: the loader tests run on the CPU, and nvcc would only add build time.
-  cmake -S . -B "$ASAN_DIR" -DOPTIQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOPTIQ_BUILD_BENCH=OFF -DOPTIQ_CUDA=OFF \
-    "${launcher[@]}" >/dev/null
-  # Only the loader test binaries that exist in this tree (a component may have no tests yet).
-  local targets; targets=$(cmake --build "$ASAN_DIR" --target help | sed -n 's/^\.\.\. \([A-Za-z0-9_]*\).*/\1/p')
-  for t in "${ASAN_TARGETS[@]}"; do
-    if grep -qx "$t" <<<"$targets"; then have+=("$t"); else echo "(no target $t: skipped)"; fi
-  done
-  if [ ${#have[@]} -eq 0 ]; then echo "no loader test targets to build"; return 0; fi
-  cmake --build "$ASAN_DIR" -j "$JOBS" --target "${have[@]}"
+san_build() {  # san_build DIR SANITIZER [CMAKE ARGS...]: configure and build target optiq_tests
+  local dir=$1 san=$2 args=(); shift 2
+  if command -v ccache >/dev/null; then args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+  if [ -n "$SAN_CXX" ]; then
+    args+=(-DCMAKE_CXX_COMPILER="$SAN_CXX")
+    # A build dir configured with another compiler: CMake would wipe its cache and drop every -D below.
+    if [ -f "$dir/CMakeCache.txt" ] && ! grep -q "^CMAKE_CXX_COMPILER:[A-Z]*=$SAN_CXX\$" "$dir/CMakeCache.txt"; then
+      echo "$dir was configured with another compiler: removed"; rm -rf "$dir"
+    fi
+  fi
+  # No CUDA here: the unit tests run on the CPU, and nvcc would only add build time.
+  cmake -S . -B "$dir" -DOPTIQ_SANITIZE="$san" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="$SAN_FLAGS" \
+    -DOPTIQ_BUILD_BENCH=OFF -DOPTIQ_CUDA=OFF "${args[@]}" "$@" >/dev/null
+  cmake --build "$dir" -j "$JOBS" --target optiq_tests
 }
+
+# san_ctest DIR CTEST ARGS...: runs ctest with every sanitizer report written to DIR/sanitizer-logs/
+# (ASan and TSan log_path: the report of any process, a test or an optiq CLI it runs, whatever that
+# process's exit code means to the test); fails when ctest fails or any report was written. UBSan,
+# whose reports ignore log_path when it runs inside ASan, aborts the process with exit code 86
+# (-fno-sanitize-recover), which fails the test (a CLI's 86 is not the 0, 1 or 2 a test expects).
+san_ctest() {
+  local dir=$1 rc=0 logs; shift
+  logs=$PWD/$dir/sanitizer-logs
+  rm -rf "$logs"; mkdir -p "$logs"
+  ASAN_OPTIONS="detect_leaks=1:exitcode=86:log_path=$logs/asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
+  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=86${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}" \
+  TSAN_OPTIONS="exitcode=86:second_deadlock_stack=1:log_path=$logs/tsan${TSAN_OPTIONS:+:$TSAN_OPTIONS}" \
+    "${SAN_WRAP[@]}" ctest --test-dir "$dir" --output-on-failure -j"$CTEST_JOBS" "$@" || rc=$?
+  # A log without a report is a note: "Unable to get registers from thread N" is LeakSanitizer
+  # meeting a process that the crash-safety tests SIGKILL while its exit-time leak check runs.
+  local f reports=0
+  for f in "$logs"/*; do
+    [ -e "$f" ] || continue
+    if grep -qE 'ERROR:|WARNING:|runtime error|fatal error|SUMMARY:' "$f"; then
+      reports=$((reports + 1)); printf '\n---- sanitizer report %s\n' "$f"; head -n 80 "$f"
+    else
+      printf '(note, not a report: %s: %s)\n' "$f" "$(head -c 200 "$f" | tr '\n' ' ')"
+    fi
+  done
+  if [ $reports -gt 0 ]; then
+    echo "$reports sanitizer report(s) in $logs"
+    [ $rc -ne 0 ] || rc=1
+  fi
+  return $rc
+}
+SAN_WRAP=()
 
 # setup: a failure here (apt, venv, build) leaves nothing to test.
 if ! phase "setup (apt, venv, build, models)" scripts/setup.sh; then summary; exit 1; fi
 phase "ctest build/ (-j$CTEST_JOBS)" ctest --test-dir build --output-on-failure -j"$CTEST_JOBS" || true
 if [ "${OPTIQ_NO_ASAN:-0}" != 1 ]; then
-  if phase "build $ASAN_DIR (ASan+UBSan, Debug)" asan_build; then
-    phase "ctest $ASAN_DIR -L '$ASAN_LABELS'" \
-      ctest --test-dir "$ASAN_DIR" -L "$ASAN_LABELS" --output-on-failure -j"$CTEST_JOBS" || true
+  if phase "build $ASAN_DIR (ASan+UBSan, $SAN_FLAGS)" san_build "$ASAN_DIR" ON; then
+    phase "ctest $ASAN_DIR (unit suite, LSan on)" san_ctest "$ASAN_DIR" -LE reference || true
+  fi
+fi
+if [ "${OPTIQ_NO_TSAN:-0}" != 1 ]; then
+  if phase "build $TSAN_DIR (TSan, $SAN_FLAGS)" san_build "$TSAN_DIR" thread -DOPTIQ_TEST_ONLY="$TSAN_COMPONENTS"; then
+    # The TSan of clang 14 and GCC 12 maps its shadow at fixed addresses and dies on kernels with
+    # more ASLR bits ("unexpected memory mapping"); without address randomisation it runs everywhere.
+    if setarch "$(uname -m)" -R true 2>/dev/null; then SAN_WRAP=(setarch "$(uname -m)" -R); fi
+    phase "ctest $TSAN_DIR (${TSAN_COMPONENTS//;/, })" san_ctest "$TSAN_DIR" -LE reference || true
+    SAN_WRAP=()
   fi
 fi
 if [ "${OPTIQ_NO_FUZZ:-0}" != 1 ]; then
