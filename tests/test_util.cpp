@@ -8,6 +8,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 namespace optiq::test {
 
@@ -49,6 +51,20 @@ std::string temp_dir() {
   if (!p) std::abort();
   g_temp_dirs.dirs.push_back(tmpl);
   return tmpl;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::string calib_excerpt() {
+  static const std::string path = [] {
+    const std::string dst = temp_dir() + "/calib.txt";
+    std::ofstream(dst, std::ios::binary) << read_file(shared_dir() + "/data/c4/c4-validation-2k.txt").substr(0, 20000);
+    return dst;
+  }();
+  return path;
 }
 
 RunResult run_optiq(const std::string& args, bool merge_stderr) {

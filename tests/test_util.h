@@ -15,6 +15,11 @@ std::string cache_dir();
 // A fresh, empty temporary directory, removed at process exit.
 std::string temp_dir();
 bool file_exists(const std::string& path);
+// A file's bytes ("" when it cannot be read).
+std::string read_file(const std::string& path);
+// The first 20 kB of the C4 calibration text, as a file in a temporary
+// directory (tokenizing it all would cost more than the commands tested).
+std::string calib_excerpt();
 
 // Runs build/optiq -q ARGS; out holds stdout (and stderr when merge_stderr).
 struct RunResult {

@@ -292,15 +292,15 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     observe(l, Site::OIn, act_.att, n, qd);
     if (fuse && !c.sandwich_norms) {
       b.matmul_add_rms_norm(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn, x, L.ffn_norm.data(), c.norm_eps, xn);
-    } else if (fuse) {
-      b.matmul(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn);
-      if (c.sandwich_norms) b.rms_norm(xn, L.post_attn_norm.data(), n, dim, c.norm_eps, xn);
-      b.add_rms_norm(x, xn, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
     } else {
       b.matmul(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn);
       if (c.sandwich_norms) b.rms_norm(xn, L.post_attn_norm.data(), n, dim, c.norm_eps, xn);
-      b.add(x, xn, n * dim);
-      b.rms_norm(x, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
+      if (fuse) {
+        b.add_rms_norm(x, xn, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
+      } else {
+        b.add(x, xn, n * dim);
+        b.rms_norm(x, L.ffn_norm.data(), n, dim, c.norm_eps, xn);
+      }
     }
     observe(l, Site::MlpIn, act_.xn, n, dim);
     mlp_hidden(L, n);

@@ -17,19 +17,6 @@ namespace {
 
 std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
 
-// The first 20 kB of the C4 calibration text (tokenizing it all would cost more than the commands).
-std::string calib() {
-  static const std::string path = [] {
-    const std::string dst = test::temp_dir() + "/calib.txt";
-    std::ifstream in(test::shared_dir() + "/data/c4/c4-validation-2k.txt", std::ios::binary);
-    std::string buf(20000, '\0');
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    buf.resize(static_cast<size_t>(in.gcount()));
-    std::ofstream(dst, std::ios::binary) << buf;
-    return dst;
-  }();
-  return path;
-}
 const std::string kCalib = " --calib-samples 2 --calib-seq 32";
 
 test::RunResult run(const std::string& args) { return test::run_optiq("-q " + args, /*merge_stderr=*/true); }
@@ -73,7 +60,7 @@ TEST(CliGguf, GroupsGgufCannotHoldAreAnErrorNamingTheTensor) {
 // --target gguf picks llama.cpp's block types; auto --format gguf implies it.
 TEST(CliGguf, TargetAndAuto) {
   const std::string dir = test::temp_dir();
-  test::RunResult r = run("profile " + stories() + " --calib " + calib() + kCalib + " --target gguf --cache " + dir +
+  test::RunResult r = run("profile " + stories() + " --calib " + test::calib_excerpt() + kCalib + " --target gguf --cache " + dir +
                           "/p.json");
   ASSERT_EQ(r.code, 0) << r.out;
   std::ifstream in(dir + "/p.json");
@@ -83,7 +70,7 @@ TEST(CliGguf, TargetAndAuto) {
   EXPECT_NE(ss.str().find("gguf-iq4_nl"), std::string::npos);
   EXPECT_EQ(ss.str().find("affine-q4-g64"), std::string::npos);
 
-  r = run("auto " + stories() + " --calib " + calib() + kCalib + " --bpw 7 --format gguf -o " + dir + "/a.gguf");
+  r = run("auto " + stories() + " --calib " + test::calib_excerpt() + kCalib + " --bpw 7 --format gguf -o " + dir + "/a.gguf");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(test::file_exists(dir + "/a.gguf.plan.json"));
   const GgufFile g(dir + "/a.gguf");

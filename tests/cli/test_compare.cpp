@@ -13,19 +13,12 @@
 namespace optiq {
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 TEST(Compare, TableFilesAndPlots) {
   const std::string dir = test::temp_dir();
   const std::string data = test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt";
   const std::string model = test::shared_dir() + "/models/stories260K/stories260K.gguf";
   // Calibrate on the first 100 kB, evaluate on the next 100 kB.
-  const std::string all = read_file(data);
+  const std::string all = test::read_file(data);
   ASSERT_GT(all.size(), 200000u);
   std::ofstream(dir + "/calib.txt") << all.substr(0, 100000);
   std::ofstream(dir + "/eval.txt") << all.substr(100000, 100000);
@@ -50,9 +43,9 @@ TEST(Compare, TableFilesAndPlots) {
                         "plan-q4g64-size.json"})
     EXPECT_TRUE(std::filesystem::exists(out + "/" + f)) << f;
   EXPECT_FALSE(std::filesystem::exists(out + "/.scratch-model"));
-  const std::string md = read_file(out + "/compare.md");
+  const std::string md = test::read_file(out + "/compare.md");
   EXPECT_NE(md.find("| uniform 4-bit g64 |"), std::string::npos) << md;
-  EXPECT_NE(read_file(out + "/pareto.svg").find("optiq mixed"), std::string::npos);
+  EXPECT_NE(test::read_file(out + "/pareto.svg").find("optiq mixed"), std::string::npos);
 
   // --replot redraws the plots from compare.json without measuring.
   std::filesystem::remove(out + "/pareto.svg");

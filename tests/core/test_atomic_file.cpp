@@ -24,13 +24,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::vector<std::string> entries(const std::string& dir) {
   std::vector<std::string> v;
   for (const auto& e : fs::directory_iterator(dir)) v.push_back(e.path().filename().string());
@@ -53,15 +46,15 @@ TEST(AtomicFile, CommitOrNothing) {
     AtomicFile f(path);
     f.write("new, but never committed");
   }
-  EXPECT_EQ(slurp(path), "old");
+  EXPECT_EQ(test::read_file(path), "old");
   EXPECT_EQ(entries(dir), std::vector<std::string>{"a.bin"});
   {
     AtomicFile f(path);
     f.write("new");
-    EXPECT_EQ(slurp(path), "old");  // until commit
+    EXPECT_EQ(test::read_file(path), "old");  // until commit
     f.commit();
   }
-  EXPECT_EQ(slurp(path), "new");
+  EXPECT_EQ(test::read_file(path), "new");
   EXPECT_EQ(entries(dir), std::vector<std::string>{"a.bin"});
 }
 
@@ -85,7 +78,7 @@ TEST(AtomicFile, StaleTemporariesOfDeadWritersAreRemoved) {
   std::ofstream(dir + "/.x.gguf.tmp-" + dead + "-3") << "partial";
   write_file_atomic(path, "whole");
   EXPECT_FALSE(fs::exists(dir + "/.x.gguf.tmp-" + dead + "-3"));
-  EXPECT_EQ(slurp(path), "whole");
+  EXPECT_EQ(test::read_file(path), "whole");
 }
 
 TEST(AtomicFile, CommitDirectoryReplacesWhole) {
@@ -97,9 +90,9 @@ TEST(AtomicFile, CommitDirectoryReplacesWhole) {
     return tmp;
   };
   commit_directory(make("one"), out);
-  EXPECT_EQ(slurp(out + "/config.json"), "one");
+  EXPECT_EQ(test::read_file(out + "/config.json"), "one");
   commit_directory(make("two"), out);  // an existing directory is swapped out, then removed
-  EXPECT_EQ(slurp(out + "/config.json"), "two");
+  EXPECT_EQ(test::read_file(out + "/config.json"), "two");
   EXPECT_EQ(entries(dir), std::vector<std::string>{"model"});
 }
 
@@ -142,7 +135,7 @@ TEST(AtomicFile, WriteFailureNamesTheFileAndTheReason) {
   waitpid(pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status));
   EXPECT_EQ(msg, path + ": write failed: " + write_failure_reason(EFBIG));
-  EXPECT_EQ(slurp(path), "old");
+  EXPECT_EQ(test::read_file(path), "old");
   EXPECT_EQ(entries(dir), std::vector<std::string>{"big.bin"});  // the temporary is gone
 }
 

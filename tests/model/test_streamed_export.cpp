@@ -20,11 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 Model stories() { return load_model(test::shared_dir() + "/models/stories260K/stories260K.gguf"); }
 
 // A plan mixing affine formats and floats, as planned models are.
@@ -62,8 +57,8 @@ TEST(StreamedExport, MlxEqualsQuantizingInMemory) {
     QuantizeModelOptions blocks = opt;
     blocks.row_block_bytes = 4096;
     const ExportStepResult r = run_export_step(m, map, blocks, dir + "/streamed", {.progress = false});
-    EXPECT_EQ(slurp(dir + "/streamed/model.safetensors"), slurp(dir + "/memory/model.safetensors")) << "gptq " << gptq;
-    EXPECT_EQ(slurp(dir + "/streamed/config.json"), slurp(dir + "/memory/config.json"));
+    EXPECT_EQ(test::read_file(dir + "/streamed/model.safetensors"), test::read_file(dir + "/memory/model.safetensors")) << "gptq " << gptq;
+    EXPECT_EQ(test::read_file(dir + "/streamed/config.json"), test::read_file(dir + "/memory/config.json"));
     EXPECT_GT(r.bits_per_weight(), 4.0);
     EXPECT_LT(r.bits_per_weight(), 16.0);
   }
@@ -97,7 +92,7 @@ TEST(StreamedExport, GgufEqualsQuantizingInMemory) {
   QuantizeModelOptions blocks = opt;
   blocks.row_block_bytes = 2048;  // two rows at a time
   run_export_step(m, map, blocks, dir + "/streamed.gguf", {.format = "gguf", .progress = false});
-  const std::string a = slurp(dir + "/streamed.gguf"), b = slurp(dir + "/memory.gguf");
+  const std::string a = test::read_file(dir + "/streamed.gguf"), b = test::read_file(dir + "/memory.gguf");
   EXPECT_GT(a.size(), 100000u);
   EXPECT_TRUE(a == b) << "the streamed GGUF differs from the in-memory one";
 }

@@ -50,13 +50,6 @@ int wait_child(pid_t pid) {
 
 int run_child(const std::vector<std::string>& args, const ChildOptions& o) { return wait_child(spawn_optiq(args, o)); }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::vector<std::string> files_under(const std::string& root) {
   std::vector<std::string> v;
   std::error_code ec;
@@ -87,10 +80,10 @@ std::string same(const std::string& path, const std::string& ref) {
       return s;
     }
     for (const auto& f : a)
-      if (slurp(path + "/" + f) != slurp(ref + "/" + f)) return path + "/" + f + " differs from " + ref + "/" + f;
+      if (read_file(path + "/" + f) != read_file(ref + "/" + f)) return path + "/" + f + " differs from " + ref + "/" + f;
     return "";
   }
-  if (slurp(path) != slurp(ref))
+  if (read_file(path) != read_file(ref))
     return path + " (" + std::to_string(fs::file_size(path)) + " bytes) differs from " + ref + " (" +
            std::to_string(fs::file_size(ref)) + " bytes)";
   return "";
@@ -100,19 +93,6 @@ std::string absent_or_same(const std::string& path, const std::string& ref) {
   std::error_code ec;
   if (!fs::exists(path, ec)) return "";
   return same(path, ref);
-}
-
-std::string calib_text() {
-  static const std::string path = [] {
-    const std::string dst = temp_dir() + "/calib.txt";
-    std::ifstream in(shared_dir() + "/data/c4/c4-validation-2k.txt", std::ios::binary);
-    std::string buf(20000, '\0');
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    buf.resize(static_cast<size_t>(in.gcount()));
-    std::ofstream(dst, std::ios::binary) << buf;
-    return dst;
-  }();
-  return path;
 }
 
 std::string stories_gguf() { return shared_dir() + "/models/stories260K/stories260K.gguf"; }

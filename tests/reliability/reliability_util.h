@@ -23,7 +23,6 @@ int wait_child(pid_t pid);
 // Runs it to the end.
 int run_child(const std::vector<std::string>& args, const ChildOptions& o = {});
 
-std::string slurp(const std::string& path);
 // Every regular file under `root`, relative to it, sorted.
 std::vector<std::string> files_under(const std::string& root);
 // Entries directly in `dir` whose name holds ".tmp-" (optiq's temporaries).
@@ -35,8 +34,6 @@ std::string absent_or_same(const std::string& path, const std::string& ref);
 // "" when both exist and are the same.
 std::string same(const std::string& path, const std::string& ref);
 
-// The first 20 kB of the C4 calibration text, once per process.
-std::string calib_text();
 std::string stories_gguf();
 
 }  // namespace optiq::test

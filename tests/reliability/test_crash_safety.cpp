@@ -92,7 +92,7 @@ TEST(CrashSafety, QuantizeKilledLeavesOldOrNewOutputOnly) {
     const std::string name = format == "gguf" ? "out.gguf" : "out", out = dir + "/" + name;
     const std::string ref = dir + "/ref" + (format == "gguf" ? ".gguf" : "");
     auto args = [&](const std::string& o) {
-      return with({"quantize", stories_gguf(), "--format", format, "--calib", calib_text(), "-o", o, "--force"}, kCalib);
+      return with({"quantize", stories_gguf(), "--format", format, "--calib", calib_excerpt(), "-o", o, "--force"}, kCalib);
     };
     const double t = seconds_to_run(args(ref));
     int killed = 0;
@@ -117,13 +117,13 @@ TEST(CrashSafety, ProfileKilledResumesToTheSameBytes) {
   const std::string dir = temp_dir(), cache = dir + "/p.json", ref = dir + "/ref.json";
   const std::string partial = profile_checkpoint_path(cache);
   auto args = [&](const std::string& c) {
-    return with({"profile", stories_gguf(), "--calib", calib_text(), "--method", "exact", "--candidates", "2,4,8x64",
+    return with({"profile", stories_gguf(), "--calib", calib_excerpt(), "--method", "exact", "--candidates", "2,4,8x64",
                  "--cache", c},
                 kCalib);
   };
   const std::string logs = temp_dir(), log = logs + "/resumed.out", ref_log = logs + "/ref.out";
   const double t = seconds_to_run(with(args(ref), {"--json"}), {.out_log = ref_log});
-  const int measurements = nlohmann::json::parse(slurp(ref_log))["exact_measured"].get<int>();
+  const int measurements = nlohmann::json::parse(read_file(ref_log))["exact_measured"].get<int>();
   int checkpoints = 0, i = 0;
   for (; i < 60; ++i) {
     const double delay = std::uniform_real_distribution<double>(0, t)(rng);
@@ -145,7 +145,7 @@ TEST(CrashSafety, ProfileKilledResumesToTheSameBytes) {
   ASSERT_TRUE(fs::exists(partial)) << "no kill landed while the profile was measuring (" << i << " runs of " << t << " s)";
   // The resumed run measures only what the checkpoint lacks, and ends with the uninterrupted run's bytes.
   ASSERT_EQ(run_child(with(args(cache), {"--json"}), {.out_log = log}), 0);
-  EXPECT_LT(nlohmann::json::parse(slurp(log))["exact_measured"].get<int>(), measurements) << "nothing was resumed";
+  EXPECT_LT(nlohmann::json::parse(read_file(log))["exact_measured"].get<int>(), measurements) << "nothing was resumed";
   EXPECT_EQ(same(cache, ref), "");
   EXPECT_EQ(same(cache + ".windows", ref + ".windows"), "");
   EXPECT_FALSE(fs::exists(partial));
@@ -159,7 +159,7 @@ TEST(CrashSafety, AutoKilledLeavesCompleteOutputsAndResumes) {
   std::mt19937_64 rng(seed);
   const std::string ref = temp_dir(), run = temp_dir();
   auto args = [&](const std::string& d) {
-    return with({"auto", stories_gguf(), "--calib", calib_text(), "--bpw", "6", "-o", d + "/model", "--force"}, kCalib);
+    return with({"auto", stories_gguf(), "--calib", calib_excerpt(), "--bpw", "6", "-o", d + "/model", "--force"}, kCalib);
   };
   const std::vector<std::string> outputs = {"model", "model.plan.json", "model.profile.json",
                                             "model.profile.json.windows"};
@@ -198,7 +198,7 @@ TEST(CrashSafety, FullDiskIsOneLineAndLeavesNothingCorrupt) {
     const std::string out = dir + "/q" + (format == "gguf" ? ".gguf" : ""), ref = out + ".ref";
     const Args args = {"quantize", stories_gguf(), "--format", format, "-o", out, "--force"};
     EXPECT_EQ(run_child(args, limited), 1);
-    expect_write_error(slurp(err), format == "gguf" ? out : out + "/model.safetensors");
+    expect_write_error(read_file(err), format == "gguf" ? out : out + "/model.safetensors");
     EXPECT_FALSE(fs::exists(out));
     EXPECT_EQ(temporaries_in(dir), std::vector<std::string>{});
     // Replacing a complete output: it stays as it was.
@@ -213,11 +213,11 @@ TEST(CrashSafety, FullDiskIsOneLineAndLeavesNothingCorrupt) {
   // afterwards resumes from the last checkpoint that fit.
   const std::string cache = dir + "/p.json", ref = dir + "/p.ref.json";
   auto profile = [&](const std::string& c) {
-    return with({"profile", stories_gguf(), "--calib", calib_text(), "--cache", c}, kCalib);
+    return with({"profile", stories_gguf(), "--calib", calib_excerpt(), "--cache", c}, kCalib);
   };
   ASSERT_EQ(run_child(profile(ref)), 0);
   EXPECT_EQ(run_child(profile(cache), {.err_log = err, .file_size_limit = 16 << 10}), 1);
-  expect_write_error(slurp(err), profile_checkpoint_path(cache));
+  expect_write_error(read_file(err), profile_checkpoint_path(cache));
   EXPECT_FALSE(fs::exists(cache));
   ASSERT_TRUE(fs::exists(profile_checkpoint_path(cache)));
   expect_valid_checkpoint(profile_checkpoint_path(cache));
@@ -228,11 +228,11 @@ TEST(CrashSafety, FullDiskIsOneLineAndLeavesNothingCorrupt) {
   // auto: the profile and plan fit, the export does not: they stay complete, no model appears.
   const std::string a = temp_dir(), b = temp_dir();
   auto autorun = [&](const std::string& d) {
-    return with({"auto", stories_gguf(), "--calib", calib_text(), "--bpw", "6", "-o", d + "/model"}, kCalib);
+    return with({"auto", stories_gguf(), "--calib", calib_excerpt(), "--bpw", "6", "-o", d + "/model"}, kCalib);
   };
   ASSERT_EQ(run_child(autorun(a)), 0);
   EXPECT_EQ(run_child(autorun(b), {.err_log = err, .file_size_limit = 100 << 10}), 1);
-  expect_write_error(slurp(err), b + "/model/model.safetensors");
+  expect_write_error(read_file(err), b + "/model/model.safetensors");
   EXPECT_FALSE(fs::exists(b + "/model"));
   for (const char* o : {"/model.plan.json", "/model.profile.json", "/model.profile.json.windows"})
     EXPECT_EQ(same(b + o, a + o), "");

@@ -38,14 +38,14 @@ Args with(Args a, const Args& more) {
 void ok(const Args& args) {
   const std::string err = temp_dir() + "/err";
   const int rc = run_child(args, {.err_log = err});
-  ASSERT_EQ(rc, 0) << args[0] << " " << args[2] << ": " << slurp(err);
+  ASSERT_EQ(rc, 0) << args[0] << " " << args[2] << ": " << read_file(err);
 }
 
 // Every command whose files can differ: profile (exact and fast measurements),
 // plan from it, auto (measured selection, GGUF export), quantize with
 // activation weighting to GGUF and with GPTQ to MLX.
 void make_everything(const std::string& threads, const std::string& d) {
-  const std::string m = stories_gguf(), c = calib_text();
+  const std::string m = stories_gguf(), c = calib_excerpt();
   ok(with({"-t", threads, "profile", m, "--calib", c, "--method", "both", "--candidates", "2,4,8x32,64", "--cache",
            d + "/p.json"},
           kCalib));
@@ -91,10 +91,10 @@ void expect_provenance(const json& p, const std::string& command) {
     EXPECT_FALSE(p["options"].contains(never)) << never << " in " << p["options"].dump();
 }
 
-json read_json(const std::string& path) { return json::parse(slurp(path)); }
+json read_json(const std::string& path) { return json::parse(read_file(path)); }
 
 TEST(Reproducible, OutputsRecordVersionSourceHashAndOptions) {
-  const std::string d = temp_dir(), m = stories_gguf(), c = calib_text();
+  const std::string d = temp_dir(), m = stories_gguf(), c = calib_excerpt();
   ok({"quantize", m, "--format", "gguf", "--bits", "8", "-o", d + "/q.gguf"});
   ok(with({"quantize", m, "--group-size", "32", "--calib", c, "-o", d + "/mlx"}, kCalib));
   ok(with({"profile", m, "--calib", c, "--candidates", "4,8x64", "--cache", d + "/p.json"}, kCalib));
@@ -132,7 +132,7 @@ TEST(Reproducible, OutputsRecordVersionSourceHashAndOptions) {
   EXPECT_EQ(plan["optiq"]["options"]["--profile"]["sha256"], sha256_file(d + "/p.json"));
 
   // No output path in any output (they would differ between two directories).
-  for (const auto& f : files_under(d)) EXPECT_EQ(slurp(d + "/" + f).find(d), std::string::npos) << f;
+  for (const auto& f : files_under(d)) EXPECT_EQ(read_file(d + "/" + f).find(d), std::string::npos) << f;
   EXPECT_EQ(test::run_optiq("--version").out, std::string("optiq ") + kOptiqVersion + "\n");
 }
 

@@ -22,11 +22,6 @@ const Tokenizer& stories_bin() {
   return t;
 }
 
-std::string read_file(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 void write_file(const std::string& p, std::string_view data) {
   std::ofstream out(p, std::ios::binary);
   out.write(data.data(), static_cast<std::streamsize>(data.size()));
@@ -124,7 +119,7 @@ TEST(Tokenizer, StoriesGgufMatchesBin) {
     const std::string s = random_text(rng, 1 + iter * 3, true);
     ASSERT_EQ(tg.encode(s, true), tb.encode(s, true)) << "iteration " << iter;
   }
-  const std::string story = read_file(test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt").substr(0, 20000);
+  const std::string story = test::read_file(test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt").substr(0, 20000);
   EXPECT_EQ(tg.encode(story, true), tb.encode(story, true));
 }
 
@@ -221,7 +216,7 @@ TEST(Tokenizer, BadSpecsThrow) {
 }
 
 TEST(Tokenizer, CorruptLlama2cFilesThrow) {
-  const std::string good = read_file(stories_dir() + "/tok512.bin");
+  const std::string good = test::read_file(stories_dir() + "/tok512.bin");
   ASSERT_GT(good.size(), 100u);
   const std::string dir = test::temp_dir();
   const std::string p = dir + "/tok.bin";
@@ -336,7 +331,7 @@ TEST(Tokenizer, HfTokenizerJson) {
 }
 
 TEST(Tokenizer, WikiTextSpeed) {
-  const std::string wiki = read_file(test::shared_dir() + "/data/wikitext-2-raw/wiki.test.raw");
+  const std::string wiki = test::read_file(test::shared_dir() + "/data/wikitext-2-raw/wiki.test.raw");
   ASSERT_GT(wiki.size(), 1000000u);
   const Tokenizer& t = stories_bin();
   const auto t0 = std::chrono::steady_clock::now();
