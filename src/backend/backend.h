@@ -24,6 +24,7 @@
 // operations and the embedding then read the step's position and tokens from
 // its memory (set_step_inputs), so one recording serves every position.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -122,6 +123,18 @@ class Backend {
 
   // Weights. `w` must stay valid while the handle lives (a backend may borrow it).
   virtual std::unique_ptr<WeightHandle> upload(const WeightView& w) = 0;
+  // A matrix only the accuracy path's batched passes multiply by (a profiling
+  // anchor's or a measured plan's fake-quantized fp32 matrix, WeightSwap). A
+  // backend whose batched products round weights to fp16 anyway (the CUDA
+  // backend's fast numerics) may keep fp32 values in fp16: the same products
+  // at half the memory (an 8B model's lm_head: 1 GB instead of 2).
+  virtual std::unique_ptr<WeightHandle> upload_for_passes(const WeightView& w) { return upload(w); }
+  // Host memory page-locked while the returned value lives, for data copied
+  // to the backend over and over (a GPU's DMA then reads it directly, at the
+  // link's full speed). Empty where there is nothing to gain (host-memory
+  // backends) or the system refuses; copies work either way.
+  using HostPin = std::unique_ptr<void, void (*)(void*)>;
+  virtual HostPin pin_host(const void* p, size_t bytes) { return HostPin(nullptr, [](void*) {}); }
   // y[n x rows] = x[n x cols] . W^T
   virtual void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) = 0;
   // out[i] = row tokens[i] of W times `scale`; tokens are host memory.

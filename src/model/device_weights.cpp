@@ -69,7 +69,11 @@ std::unique_ptr<WeightHandle> DeviceWeights::exchange(const ModuleInfo& m, std::
 
 WeightSwap::WeightSwap(DeviceWeights& weights, const ModuleInfo& m, Linear replacement)
     : weights_(&weights), module_(m), replacement_(std::make_unique<Linear>(std::move(replacement))) {
-  saved_ = weights.exchange(m, weights.backend().upload(replacement_->view()));
+  // Only the passes multiply by it; an embedding is also looked up row by
+  // row, which reads its values as they are stored.
+  Backend& be = weights.backend();
+  saved_ = weights.exchange(m, m.kind == ModuleKind::Embed ? be.upload(replacement_->view())
+                                                           : be.upload_for_passes(replacement_->view()));
 }
 
 WeightSwap::WeightSwap(WeightSwap&& o) noexcept

@@ -4,8 +4,10 @@
 // GPU backend copies each matrix once. The Model must outlive it.
 //
 // Profiling and measured plan selection try other versions of one matrix
-// through a WeightSwap: it uploads the replacement, points the module at it
-// and restores the original when it goes out of scope (also on exceptions).
+// through a WeightSwap: it uploads the replacement (Backend::upload_for_passes:
+// a GPU may keep an fp32 matrix in the precision its batched products use),
+// points the module at it and restores the original when it goes out of
+// scope (also on exceptions).
 // The Model itself is never changed.
 #pragma once
 #include <array>

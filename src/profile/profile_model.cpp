@@ -43,14 +43,19 @@ class RowStore {
     if (bf16) h_.assign(n + (n & 1), 0);  // even: moved as whole floats
     else f_.assign(n, 0.0f);
   }
-  // Copies the rows into be's memory when they take at most `share` of what
-  // it has free; true when they are there (and in host memory, always).
-  bool keep_in(Backend& be, double share) {
+  // Copies the rows into be's memory when they take at most `max_bytes` and
+  // a quarter of what it has free; else page-locks the host rows, which
+  // in_backend then copies a window at a time. True when they are in be's memory.
+  bool keep_in(Backend& be, double max_bytes) {
     if (be.host_memory()) return true;
     const int64_t words = words_for(n_);
-    if (words == 0 || static_cast<double>(words) * 4 > share * static_cast<double>(be.free_bytes())) return false;
-    dev_ = be.upload(host_words(0), words);
-    return true;
+    const double bytes = static_cast<double>(words) * 4;
+    if (words > 0 && bytes <= max_bytes && bytes <= 0.25 * static_cast<double>(be.free_bytes())) {
+      dev_ = be.upload(host_words(0), words);
+      return true;
+    }
+    pin_ = be.pin_host(host_words(0), static_cast<size_t>(words) * 4);
+    return false;
   }
   // Where rows from `off` are in be's memory: the kept copy, in place on a
   // host-memory backend, or else copied (n values) into `staging`.
@@ -101,6 +106,7 @@ class RowStore {
   Buffer dev_;
   std::vector<float> f_;
   std::vector<uint16_t> h_;
+  Backend::HostPin pin_{nullptr, [](void*) {}};  // declared after the rows: unpinned before they go
 };
 
 using Site = ActivationObserver::Site;
@@ -351,6 +357,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   Transformer tf(weights, static_cast<int>(max_len));
   tf.set_logits_in_backend(true);
   std::vector<float> logits(static_cast<size_t>(max_scored) * vocab);  // host copies (and the CPU's logits)
+  const Backend::HostPin logits_pin = be.pin_host(logits.data(), logits.size() * sizeof(float));
   Buffer head_gram;  // sums over the calibration tokens
   {
     PhaseTimer timer(t.phase_seconds, "reference");
@@ -375,11 +382,14 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     tf.set_observer(nullptr);
     // Every exact measurement reads all of it: on a GPU, copying each window's
     // rows in again cost more than the KL itself (8B: 65 MB a window).
-    logp.keep_in(be, 0.25);
+    double model_bytes = 0;  // the matrices as the backend holds them
+    for (const auto& ms : t.modules) model_bytes += static_cast<double>(module_linear(ref.weights, ms.module).bytes());
+    logp.keep_in(be, 0.5 * opt.device_headroom * model_bytes);
   }
 
   // Mean KL(ref || current model) over the scored rows, run from `layer` (-1: full forward).
-  std::vector<float> hbuf(static_cast<size_t>(max_len) * dim);
+  std::vector<float> hbuf(static_cast<size_t>(max_len) * dim);  // a window's hidden states, on their way in
+  const Backend::HostPin hbuf_pin = be.pin_host(hbuf.data(), hbuf.size() * sizeof(float));
   Buffer ref_staging;  // a window's reference rows when they are not kept in the backend
   const size_t kl_windows = opt.method == ProfileMethod::Fast && opt.anchor_windows > 0
                                 ? std::min(nw, static_cast<size_t>(opt.anchor_windows))

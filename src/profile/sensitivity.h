@@ -103,6 +103,13 @@ struct ProfileOptions {
   // time (no whole fp32 copy of an 8B model's 2 GB lm_head).
   int64_t proxy_block_bytes = 128ll << 20;
   int64_t store_f32_limit = 1ll << 30;  // cached activations / log-probs above this go to bf16
+  // A device backend (GPU): the reference log-probabilities stay in its
+  // memory only when they take at most half of this fraction of the model's
+  // weight bytes (the other half is for the Gram sums, an anchor's matrix and
+  // the passes' activations); otherwise each window's rows are copied in from
+  // page-locked host memory when a KL needs them. Keeps profiling within the
+  // model's size + 20% of device memory, whatever the calibration set.
+  double device_headroom = 0.2;
 };
 
 struct FormatSensitivity {

@@ -286,6 +286,43 @@ TEST_P(BackendOps, MatmulOddWidths) {
   }
 }
 
+// A matrix uploaded for the accuracy path's passes (WeightSwap) multiplies a
+// batch of rows exactly as the plain upload does, in exact and fast numerics
+// (the CUDA backend keeps it in fp16 in fast numerics, where its products
+// round the weights to fp16 anyway), at odd widths.
+TEST_P(BackendOps, UploadForPassesMultipliesAsUpload) {
+  for (bool fast : {false, true}) {
+    const Int8Decode numerics(fast);
+    for (int64_t cols : {37, 256}) {
+      const int64_t rows = 45, n = 24;  // n > the decode kernels' rows: the batched path
+      const auto w = test::random_floats(rows * cols, 40 + cols), x = test::random_floats(n * cols, 41);
+      const WeightView v{rows, cols, F32Weights{w.data()}};
+      auto plain = b.upload(v), passes = b.upload_for_passes(v);
+      EXPECT_EQ(passes->rows(), rows);
+      EXPECT_EQ(passes->cols(), cols);
+      Buffer bx = put(x), y0 = b.alloc(n * rows), y1 = b.alloc(n * rows);
+      b.matmul(*plain, bx.data(), n, y0.data());
+      b.matmul(*passes, bx.data(), n, y1.data());
+      EXPECT_EQ(get(y1, n * rows), get(y0, n * rows)) << "fast " << fast << " cols " << cols;
+    }
+  }
+}
+
+// Page-locked host memory copies in and out as any other; unpinned when the value goes.
+TEST_P(BackendOps, PinnedHostMemoryCopies) {
+  auto v = test::random_floats(4099, 42);
+  {
+    const Backend::HostPin pin = b.pin_host(v.data(), v.size() * sizeof(float));
+    if (b.host_memory()) EXPECT_EQ(pin.get(), nullptr);
+    Buffer buf = put(v);
+    std::vector<float> back(v.size(), 0.0f);
+    const Backend::HostPin pin_back = b.pin_host(back.data(), back.size() * sizeof(float));
+    b.to_host(buf.data(), static_cast<int64_t>(back.size()), back.data());
+    EXPECT_EQ(back, v);
+  }
+  EXPECT_EQ(b.pin_host(nullptr, 0).get(), nullptr);
+}
+
 // Fast numerics on affine weights: activations rounded to int8 blocks of 32
 // (kernels/act_quant.h), integer dot products; the result is the exact
 // product with those rounded activations.

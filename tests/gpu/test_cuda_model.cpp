@@ -248,5 +248,41 @@ TEST(CudaModel, ProfileEqualsCpu) {
   EXPECT_GE(spearman(pc, pg), 0.999);
 }
 
+// Within the device-memory headroom (ProfileOptions::device_headroom) the
+// reference log-probabilities stay on the host, page-locked, and come in a
+// window at a time: the same numbers as with all of them in device memory.
+TEST(CudaModel, ProfileWithReferenceOnHostEqualsOnDevice) {
+  REQUIRE_GPU();
+  Numerics fast(true);
+  const Model m = load_model(stories());
+  CalibrationOptions co;
+  co.source = test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt";
+  co.samples = 4;
+  co.seq = 64;
+  co.progress = false;
+  const auto windows = calibration_windows(m, co);
+  ProfileOptions o;
+  o.method = ProfileMethod::Both;
+  o.candidates = {AffineFormat{3, 32}, AffineFormat{4, 64}};
+  o.progress = false;
+  o.source = make_profile_source(m.path, co);
+  o.store_f32_limit = 1 << 16;  // bf16 stores, as a large model's
+  Backend& saved = default_backend();
+  set_default_backend(*cuda_backend());
+  o.device_headroom = 1e9;  // everything kept on the device
+  const SensitivityTable kept = profile_model(m, windows, o);
+  o.device_headroom = 0.0;  // nothing
+  const SensitivityTable streamed = profile_model(m, windows, o);
+  set_default_backend(saved);
+  ASSERT_EQ(kept.modules.size(), streamed.modules.size());
+  for (size_t i = 0; i < kept.modules.size(); ++i)
+    for (const auto& [name, f] : kept.modules[i].formats) {
+      const FormatSensitivity& g = streamed.modules[i].formats.at(name);
+      ASSERT_TRUE(f.kl && g.kl) << kept.modules[i].module.path << " " << name;
+      EXPECT_EQ(*g.kl, *f.kl) << kept.modules[i].module.path << " " << name;
+      EXPECT_EQ(*g.proxy, *f.proxy) << kept.modules[i].module.path << " " << name;
+    }
+}
+
 }  // namespace
 }  // namespace optiq

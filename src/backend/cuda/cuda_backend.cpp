@@ -28,6 +28,8 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
@@ -61,10 +63,50 @@ bool pdl_enabled() {
 
 namespace {
 
+// OPTIQ_CUDA_MEMLOG=1: every allocation of 16 MiB or more, and every new
+// peak of the bytes held, goes to stderr with the bytes held then: where a
+// profile's or a run's device memory goes (BENCHMARKS.md §6).
+class AllocationLog {
+ public:
+  static AllocationLog& get() {
+    static AllocationLog log;
+    return log;
+  }
+  void allocated(void* p, size_t bytes) {
+    if (!on_) return;
+    std::lock_guard lock(mu_);
+    live_[p] = bytes;
+    held_ += bytes;
+    if (bytes >= (size_t{16} << 20) || held_ > peak_ + (size_t{256} << 20))
+      fmt::print(stderr, "cuda memory: +{:.1f} MiB, {:.2f} GB held{}\n", bytes / 1048576.0, held_ / 1e9,
+                 held_ > peak_ ? " (peak)" : "");
+    peak_ = std::max(peak_, held_);
+  }
+  void freed(void* p) {
+    if (!on_ || !p) return;
+    std::lock_guard lock(mu_);
+    auto it = live_.find(p);
+    if (it == live_.end()) return;
+    held_ -= it->second;
+    live_.erase(it);
+  }
+
+ private:
+  AllocationLog() {
+    const char* e = std::getenv("OPTIQ_CUDA_MEMLOG");
+    on_ = e && *e && std::string_view(e) != "0";
+  }
+  bool on_ = false;
+  std::mutex mu_;
+  std::unordered_map<void*, size_t> live_;
+  size_t held_ = 0, peak_ = 0;
+};
+
 // cudaMalloc that says how much was asked and how much is free when it fails.
 void* malloc_device(size_t bytes) {
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e == cudaSuccess) AllocationLog::get().allocated(p, bytes);
   if (e != cudaSuccess) {
     size_t free_b = 0, total_b = 0;
     cudaGetLastError();
@@ -76,6 +118,11 @@ void* malloc_device(size_t bytes) {
 }
 
 }  // namespace
+
+void release_device(void* p) {
+  AllocationLog::get().freed(p);
+  cudaFree(p);
+}
 
 DeviceMemory::DeviceMemory(size_t bytes) : bytes_(bytes) {
   if (bytes > 0) ptr_.reset(malloc_device(bytes));
@@ -122,7 +169,7 @@ class Scratch {
   std::vector<DeviceMemory> retired_;
 };
 
-void free_device(float* p) { cudaFree(p); }
+void free_device(float* p) { release_device(p); }
 
 class CudaStep final : public RecordedStep {
  public:
@@ -232,6 +279,14 @@ class CudaBackend final : public Backend {
   }
 
   std::unique_ptr<WeightHandle> upload(const WeightView& w) override;
+  std::unique_ptr<WeightHandle> upload_for_passes(const WeightView& w) override;
+  HostPin pin_host(const void* p, size_t bytes) override {
+    if (!p || bytes == 0 || cudaHostRegister(const_cast<void*>(p), bytes, cudaHostRegisterDefault) != cudaSuccess) {
+      cudaGetLastError();  // a refusal (limits, already registered) only costs speed
+      return HostPin(nullptr, [](void*) {});
+    }
+    return HostPin(const_cast<void*>(p), [](void* q) { cudaHostUnregister(q); });
+  }
   void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) override;
   void matmul_group(std::span<const WeightHandle* const> ws, const float* x, int64_t n,
                     std::span<float* const> ys) override;
@@ -585,6 +640,33 @@ std::unique_ptr<WeightHandle> CudaBackend::upload(const WeightView& w) {
     OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, p.host, p.bytes, cudaMemcpyHostToDevice, stream_));
     *p.dst = dst;
     off += (p.bytes + 255) / 256 * 256;
+  }
+  OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+  return h;
+}
+
+std::unique_ptr<WeightHandle> CudaBackend::upload_for_passes(const WeightView& w) {
+  const auto* f = w.as<F32Weights>();
+  // Fast numerics' batched products (gemm) round fp32 weights to fp16 slabs
+  // with the same round-to-nearest-even as here: kept in fp16, a matrix gives
+  // the same products. Exact numerics multiply in fp32: uploaded as it is.
+  if (!f || !kernels::decode_int8_enabled()) return upload(w);
+  auto h = std::make_unique<CudaWeight>(w.rows, w.cols);
+  DevMatrix& m = h->m;
+  m.rows = w.rows;
+  m.cols = w.cols;
+  m.act = w.act;
+  m.storage = DevStorage::F16;
+  const size_t elems = static_cast<size_t>(w.rows) * static_cast<size_t>(w.cols);
+  h->mem = DeviceMemory(elems * sizeof(__half));
+  m.data = h->mem.get();
+  // Through a bounded fp32 staging buffer, converted on the device.
+  constexpr size_t kChunk = size_t{32} << 20;  // floats (128 MB)
+  DeviceMemory staging(std::min(elems, kChunk) * sizeof(float));
+  for (size_t off = 0; off < elems; off += kChunk) {
+    const size_t n = std::min(kChunk, elems - off);
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(staging.get(), f->data + off, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    cuda::to_half(staging.as<float>(), static_cast<int64_t>(n), h->mem.as<__half>() + off, stream_);
   }
   OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   return h;

@@ -22,7 +22,10 @@ inline void check_cuda(cudaError_t e, const char* what, const char* file, int li
 // After a kernel launch: a bad configuration shows up here, not at the next sync.
 #define OPTIQ_CUDA_LAUNCHED() ::optiq::cuda::check_cuda(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
-// A device allocation, freed when the value goes (cudaFree never throws here).
+// cudaFree, and the allocation log's account of it (never throws).
+void release_device(void* p);
+
+// A device allocation, freed when the value goes.
 class DeviceMemory {
  public:
   DeviceMemory() = default;
@@ -34,7 +37,7 @@ class DeviceMemory {
 
  private:
   struct Free {
-    void operator()(void* p) const { cudaFree(p); }
+    void operator()(void* p) const { release_device(p); }
   };
   std::unique_ptr<void, Free> ptr_;
   size_t bytes_ = 0;
