@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <cmath>
+#include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,6 +75,57 @@ TEST(Reproducible, SameBytesAcrossRunsAndThreadCounts) {
     make_everything(threads, d);
     EXPECT_EQ(files_under(d), files);
     for (const auto& f : files) EXPECT_EQ(same(d + "/" + f, first + "/" + f), "");
+  }
+}
+
+// Sets an environment variable for a scope (the optiq children inherit it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() { old_ ? (void)setenv(name_, old_->c_str(), 1) : (void)unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// Another CPU (OPTIQ_ISA forces the kernels of a smaller instruction set; one
+// this CPU lacks falls back to the best it has): exports made without
+// calibration are the same bytes, and measurements (fp32 sums in another
+// order) agree to 0.1%. Calibrated exports can differ where two roundings tie
+// within that noise (docs/reliability.md, "Across CPUs").
+TEST(Reproducible, ExportsAndMeasurementsAcrossInstructionSets) {
+  const std::string m = stories_gguf(), c = calib_excerpt();
+  std::vector<std::string> dirs;
+  for (const std::string isa : {"avx512", "avx2", "scalar"}) {
+    SCOPED_TRACE("OPTIQ_ISA=" + isa);
+    const ScopedEnv env("OPTIQ_ISA", isa);
+    const std::string d = temp_dir();
+    ok({"quantize", m, "--format", "gguf", "--bits", "4", "-o", d + "/q.gguf"});
+    ok({"quantize", m, "--bits", "3", "-o", d + "/mlx"});
+    ok(with({"profile", m, "--calib", c, "--method", "both", "--candidates", "3,8x32", "--cache", d + "/p.json"},
+            kCalib));
+    dirs.push_back(d);
+  }
+  const json ref = json::parse(read_file(dirs[0] + "/p.json"));
+  for (size_t i = 1; i < dirs.size(); ++i) {
+    EXPECT_EQ(same(dirs[i] + "/q.gguf", dirs[0] + "/q.gguf"), "");
+    EXPECT_EQ(same(dirs[i] + "/mlx", dirs[0] + "/mlx"), "");
+    const json p = json::parse(read_file(dirs[i] + "/p.json"));
+    int compared = 0;
+    for (const auto& [module, entry] : ref["modules"].items())
+      for (const auto& [format, v] : entry["formats"].items())
+        for (const char* k : {"kl", "proxy"}) {
+          const double a = v[k].get<double>(), b = p["modules"][module]["formats"][format][k].get<double>();
+          EXPECT_NEAR(b, a, 1e-3 * std::abs(a) + 1e-12) << module << " " << format << " " << k;
+          ++compared;
+        }
+    EXPECT_GT(compared, 50);
   }
 }
 

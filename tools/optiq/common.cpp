@@ -14,8 +14,8 @@ void ModelArgs::add_to(CLI::App& cmd, const std::string& what) {
   cmd.add_option("--tokenizer", tokenizer, "tokenizer.bin for a llama2.c checkpoint");
   cmd.add_option("--numerics", numerics,
                  "fast: products with packed weights take 8-bit activation blocks (decode on AVX2/AVX-512, "
-                 "prefill on AVX-512 VNNI CPUs), the rest fp32; exact: fp32 activations everywhere, identical "
-                 "on every CPU; llamacpp: round like llama.cpp's CPU backend (8-bit activation blocks for "
+                 "prefill on AVX-512 VNNI CPUs), the rest fp32; exact: fp32 activations everywhere, the same "
+                 "arithmetic on every CPU (sums may differ in their last bits between instruction sets); llamacpp: round like llama.cpp's CPU backend (8-bit activation blocks for "
                  "quantized weights, fp16 KV cache), for cross-checks. Default: fast for generate/bench, "
                  "exact for commands that measure")
       ->capture_default_str()
