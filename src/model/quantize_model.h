@@ -87,14 +87,4 @@ class ModuleQuantizer {
   std::optional<GptqHessian> hessian_;
 };
 
-// Collects mean x^2 per input channel of every module over calibration token
-// windows (each window run from an empty cache).
-ImportanceMap collect_importance(const Model& model, const std::vector<std::vector<int32_t>>& windows,
-                                 bool progress = true);
-
-// Gram sums of every layer matrix's inputs over calibration windows (the
-// float model's activations, each window from an empty cache). Fails with a
-// clear message when they would not fit in memory.
-GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress = true);
-
 }  // namespace optiq

@@ -22,6 +22,7 @@
 #include "formats/gguf.h"
 #include "formats/gguf_writer.h"
 #include "model/model.h"
+#include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
 #include "profile/calibration.h"
@@ -209,6 +210,19 @@ TEST(CliQuantize, Gptq) {
   EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
   EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq --damp -1 --calib " + calib_txt() +
                 kCalib).code, 1);
+}
+
+// GPTQ's sequential mode: MLX and GGUF exports that load and run; only with GPTQ.
+TEST(CliQuantize, GptqSequential) {
+  const std::string dir = test::temp_dir();
+  quantize_ok(stories_gguf(), dir + "/mlx",
+              "--bits 3 --group-size 32 --method gptq --sequential --calib " + calib_txt() + kCalib);
+  ok("quantize " + stories_gguf() + " -o " + dir + "/q.gguf --format gguf --bits 4 --method gptq --sequential --calib " +
+     calib_txt() + kCalib);
+  ok("eval " + dir + "/q.gguf --text " + calib_txt() + " --chunks 2 --ctx 64");
+  const RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --sequential --calib " + calib_txt() + kCalib);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--method gptq"), std::string::npos) << r.out;
 }
 
 // AWQ scales are folded into the norms and v/up rows: the outputs stay plain

@@ -9,6 +9,7 @@
 
 #include "backend/backend.h"
 #include "model/awq.h"
+#include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
 #include "test_models.h"

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "model/exporter.h"
+#include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
 #include "pipeline/export_step.h"

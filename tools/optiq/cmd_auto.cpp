@@ -8,6 +8,7 @@
 #include "pipeline.h"
 #include "core/error.h"
 #include "eval/perplexity.h"
+#include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "pipeline/export_step.h"
 #include "model/exporter.h"

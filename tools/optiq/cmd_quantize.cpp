@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "model/awq.h"
+#include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/exporter.h"
 #include "pipeline/export_step.h"
@@ -29,6 +30,7 @@ struct QuantizeArgs {
   CalibrationOptions calib;  // source empty: no activation weighting
   double damp = 0.01;
   bool no_act_order = false;
+  bool sequential = false;
   int awq_grid = 10;
   std::string shard_size = "5GB";
   bool force = false;
@@ -39,6 +41,8 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   check((a.method != "gptq" && a.method != "awq") || !a.calib.source.empty(),
         "--method {} needs calibration text (--calib FILE, or --calib self): it works from the inputs' statistics",
         a.method);
+  check(!a.sequential || a.method == "gptq" || !a.plan.empty(),
+        "--sequential is GPTQ's sequential mode: use it with --method gptq (or a plan naming gptq)");
   check(a.damp > 0 && a.damp < 10, "--damp {}: expected a fraction of the mean input energy, e.g. 0.01", a.damp);
   Model m = a.model.load();
   const nlohmann::json provenance = command_provenance(cmd, a.model);
@@ -62,6 +66,8 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   check(!plan_gptq || !a.calib.source.empty(),
         "{}: the plan rounds {} tensors with GPTQ (\"method\": \"gptq\"): give --calib, the text it was profiled on",
         a.plan, map.methods.size());
+  check(!a.sequential || a.method == "gptq" || plan_gptq,
+        "{}: --sequential is GPTQ's sequential mode, and the plan names no tensor for GPTQ", a.plan);
   check(!plan_gptq || a.method != "awq",
         "{}: the plan rounds {} tensors with GPTQ, which --method awq does not combine with yet: drop --method awq",
         a.plan, map.methods.size());
@@ -71,10 +77,18 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
     importance = collect_importance(m, windows);
     opt.importance = &importance;
     if (a.method == "gptq" || plan_gptq) {  // every matrix, or the ones the plan names
-      grams = collect_grams(m, windows);
-      opt.grams = &grams;
       opt.gptq_all = a.method == "gptq";
       opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
+      if (a.sequential) {
+        // Each layer's statistics on the layers before it quantized; the
+        // embedding (no input statistics) keeps the float model's.
+        CalibrationStats st = collect_sequential(m, map, windows, opt, !a.json);
+        grams = std::move(st.grams);
+        for (auto& [path, energy] : st.importance) importance[path] = std::move(energy);
+      } else {
+        grams = collect_grams(m, windows);
+      }
+      opt.grams = &grams;
     }
     if (a.method == "awq") {
       grams = collect_grams(m, windows);
@@ -150,6 +164,10 @@ Runner register_quantize(CLI::App& app) {
   cmd->add_flag("--no-act-order", a->no_act_order,
                 "gptq: columns in their own order (default: by decreasing input energy, groups' scales fixed "
                 "first; MLX formats only)");
+  cmd->add_flag("--sequential", a->sequential,
+                "gptq: each layer's input statistics from the calibration text run through the layers before it "
+                "already quantized, so its error feedback also corrects what they got wrong (GPTQ's sequential "
+                "mode; every layer runs twice more)");
   cmd->add_option("--dtype", a->dtype,
                   "float type of scales, biases and unquantized tensors (auto: bf16 for Gemma in MLX, whose "
                   "activations overflow fp16 there, else f16; GGUF blocks always hold fp16 scales)")->capture_default_str()

@@ -1,0 +1,291 @@
+#include "model/calibration_stats.h"
+
+#include <algorithm>
+#include <memory>
+#include <optional>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/memory.h"
+#include "core/progress.h"
+#include "model/device_weights.h"
+#include "model/transformer.h"
+
+namespace optiq {
+
+namespace {
+
+// Sums x^2 per input channel at the four per-layer input sites (AttnIn, OIn,
+// MlpIn, DownIn) and the head input, then maps sites to modules. Other sites
+// (LayerIn, the residual stream profiling caches) are not matrix inputs and
+// are ignored.
+class ImportanceCollector : public ActivationObserver {
+ public:
+  static constexpr int kLayerSites = kLayerInputSites;
+  explicit ImportanceCollector(const ModelConfig& c) : c_(c) {
+    sums_.resize(static_cast<size_t>(c.n_layers) * kLayerSites + 1);
+    counts_.assign(sums_.size(), 0);
+  }
+  void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
+    size_t idx;
+    if (site == Site::HeadIn) {
+      idx = head_slot();
+    } else if (static_cast<int>(site) < kLayerSites && layer >= 0 && layer < c_.n_layers) {
+      idx = static_cast<size_t>(layer) * kLayerSites + static_cast<size_t>(site);
+    } else {
+      return;  // LayerIn: the residual stream, no matrix reads it directly
+    }
+    auto& s = sums_[idx];
+    if (s.empty()) s.assign(cols, 0.0);
+    check(static_cast<int64_t>(s.size()) == cols, "importance: layer {} site {}: {} columns, then {}", layer,
+          static_cast<int>(site), s.size(), cols);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < cols; ++j) s[j] += static_cast<double>(x[i * cols + j]) * x[i * cols + j];
+    counts_[idx] += n;
+  }
+  ImportanceMap result() const {
+    ImportanceMap out;
+    auto mean = [&](size_t idx) {
+      std::vector<float> v(sums_[idx].size());
+      for (size_t j = 0; j < v.size(); ++j) v[j] = static_cast<float>(sums_[idx][j] / std::max<int64_t>(1, counts_[idx]));
+      return v;
+    };
+    for (const auto& m : quantizable_modules(c_)) {
+      // The site whose activations the module multiplies (Phi-3's fused
+      // qkv_proj and gate_up_proj read the attention and MLP inputs).
+      const auto site = module_kind_info(m.kind).input;
+      if (!site) continue;  // the embedding, a lookup: rows matter by token frequency, not x^2
+      const size_t idx = *site == Site::HeadIn ? head_slot()
+                                               : static_cast<size_t>(m.layer) * kLayerSites + static_cast<size_t>(*site);
+      if (!sums_[idx].empty() && static_cast<int64_t>(sums_[idx].size()) == m.cols) out[m.path] = mean(idx);
+    }
+    if (c_.tied_embeddings && !sums_[head_slot()].empty()) out["model.embed_tokens"] = mean(head_slot());
+    return out;
+  }
+
+ private:
+  size_t head_slot() const { return sums_.size() - 1; }
+  const ModelConfig& c_;
+  std::vector<std::vector<double>> sums_;
+  std::vector<int64_t> counts_;
+};
+
+}  // namespace
+
+ImportanceMap collect_importance(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress) {
+  ImportanceCollector col(model.config);
+  int max_len = 1;
+  for (const auto& w : windows) max_len = std::max<int>(max_len, static_cast<int>(w.size()));
+  Transformer tf(model, max_len);
+  tf.set_observer(&col);
+  std::optional<Progress> p;
+  if (progress) p.emplace("calibrate", static_cast<int64_t>(windows.size()), "windows");
+  std::vector<float> logits(model.config.vocab_size);
+  for (size_t i = 0; i < windows.size(); ++i) {
+    tf.reset();
+    // Last-token logits keep the lm_head input observed too (one row per window).
+    tf.forward(windows[i], logits.data(), static_cast<int64_t>(windows[i].size()) - 1);
+    if (p) p->update(static_cast<int64_t>(i + 1));
+  }
+  if (p) p->finish();
+  return col.result();
+}
+
+namespace {
+
+// Gram sums at the four per-layer input sites, on the host (CPU backend).
+class GramCollector : public ActivationObserver {
+ public:
+  explicit GramCollector(const ModelConfig& c) : c_(c), sums_(static_cast<size_t>(c.n_layers) * kLayerInputSites) {}
+  void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
+    if (static_cast<int>(site) >= kLayerInputSites || layer < 0 || layer >= c_.n_layers) return;
+    auto& g = sums_[static_cast<size_t>(layer) * kLayerInputSites + static_cast<size_t>(site)];
+    if (!g) g = std::make_shared<std::vector<float>>(static_cast<size_t>(cols * cols), 0.0f);
+    check(static_cast<int64_t>(g->size()) == cols * cols, "gram: layer {} site {}: {} columns, then {}", layer,
+          static_cast<int>(site), g->size(), cols);
+    cpu_backend().gram_add(x, n, cols, g->data());
+  }
+  GramMap result() const {
+    GramMap out;
+    for (const auto& m : quantizable_modules(c_)) {
+      const auto site = module_kind_info(m.kind).input;
+      if (!site || static_cast<int>(*site) >= kLayerInputSites || m.layer < 0) continue;
+      const auto& g = sums_[static_cast<size_t>(m.layer) * kLayerInputSites + static_cast<size_t>(*site)];
+      if (g && static_cast<int64_t>(g->size()) == m.cols * m.cols) out[m.path] = g;
+    }
+    return out;
+  }
+
+ private:
+  const ModelConfig& c_;
+  std::vector<std::shared_ptr<std::vector<float>>> sums_;
+};
+
+}  // namespace
+
+namespace {
+
+void check_gram_memory(const Model& model) {
+  int64_t bytes = 0;
+  for (const auto& m : quantizable_modules(model.config))
+    if (m.layer >= 0 && m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) bytes += m.cols * m.cols * 4;
+  // q/k/v and gate/up share theirs: this overcounts, which only makes the check safer.
+  check(bytes < available_memory_bytes() / 2,
+        "{}: GPTQ's input statistics would take up to {:.1f} GB, more than half the memory available; "
+        "use --method search (or a machine with more memory)",
+        model.path, bytes / 1e9);
+}
+
+int longest(const std::vector<std::vector<int32_t>>& windows) {
+  int max_len = 1;
+  for (const auto& w : windows) max_len = std::max<int>(max_len, static_cast<int>(w.size()));
+  return max_len;
+}
+
+}  // namespace
+
+GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress) {
+  const ModelConfig& c = model.config;
+  check_gram_memory(model);
+  GramCollector col(c);
+  Transformer tf(model, longest(windows));
+  tf.set_observer(&col);
+  std::optional<Progress> p;
+  if (progress) p.emplace("calibrate", static_cast<int64_t>(windows.size()), "windows");
+  std::vector<float> logits(c.vocab_size);
+  for (size_t i = 0; i < windows.size(); ++i) {
+    tf.reset();
+    tf.forward(windows[i], logits.data(), static_cast<int64_t>(windows[i].size()) - 1);
+    if (p) p->update(static_cast<int64_t>(i + 1));
+  }
+  if (p) p->finish();
+  return col.result();
+}
+
+namespace {
+
+struct StopPass {};
+
+// One input site of one layer to both collectors; stops the pass there.
+class SiteInputs : public ActivationObserver {
+ public:
+  SiteInputs(int layer, Site site, GramCollector& grams, ImportanceCollector& energy)
+      : layer_(layer), site_(site), grams_(grams), energy_(energy) {}
+  void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
+    if (site == Site::HeadIn || (site == Site::LayerIn && layer > layer_)) throw StopPass{};  // (never reached)
+    if (layer != layer_ || site != site_) return;
+    grams_.observe(layer, site, x, n, cols);
+    energy_.observe(layer, site, x, n, cols);
+    throw StopPass{};
+  }
+
+ private:
+  int layer_;
+  Site site_;
+  GramCollector& grams_;
+  ImportanceCollector& energy_;
+};
+
+// The residual stream entering layer `next` (then stops), or with next past
+// the last layer, the lm_head's inputs to `energy`.
+class NextLayerInput : public ActivationObserver {
+ public:
+  NextLayerInput(int next, ImportanceCollector& energy) : next_(next), energy_(energy) {}
+  std::vector<float> rows;
+  void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
+    if (site == Site::HeadIn) energy_.observe(layer, site, x, n, cols);
+    if (site != Site::LayerIn || layer != next_) return;
+    rows.assign(x, x + n * cols);
+    throw StopPass{};
+  }
+
+ private:
+  int next_;
+  ImportanceCollector& energy_;
+};
+
+}  // namespace
+
+CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
+                                    const std::vector<std::vector<int32_t>>& windows, const QuantizeModelOptions& opt,
+                                    bool progress) {
+  const ModelConfig& c = model.config;
+  check(!windows.empty(), "{}: sequential calibration needs at least one window", model.path);
+  check_gram_memory(model);
+  GramCollector grams(c);
+  ImportanceCollector energy(c);
+  DeviceWeights weights(model, default_backend());
+  Transformer tf(weights, longest(windows));
+  std::vector<WeightSwap> quantized;  // layers done so far (declared after the weights: undone first)
+  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+
+  // Runs every window from `layer` on its residual stream `h` (or from the
+  // tokens when h is empty) under `obs`, to where obs stops it.
+  std::vector<std::vector<float>> h(windows.size());
+  auto run = [&](int layer, ActivationObserver& obs, size_t w) {
+    const int64_t n = static_cast<int64_t>(windows[w].size());
+    tf.set_observer(&obs);
+    tf.reset();
+    try {
+      if (h[w].empty()) tf.forward(windows[w], logits.data(), n - 1);
+      else tf.forward_from_layer(layer, h[w].data(), n, logits.data(), n - 1);
+    } catch (const StopPass&) {
+    }
+    tf.set_observer(nullptr);
+  };
+
+  std::optional<Progress> p;
+  if (progress) p.emplace("gptq: sequential statistics", static_cast<int64_t>(c.n_layers), "layers");
+  const auto modules = quantizable_modules(c);
+  auto quantizer_options = [&](const GramMap* g, const ImportanceMap* im) {
+    QuantizeModelOptions q = opt;
+    q.grams = g;
+    q.importance = im;
+    q.fake = true;
+    q.progress = false;
+    return q;
+  };
+  // An untied embedding is rounded on its own (a lookup: no input
+  // statistics), so layer 0 reads its rows as they will ship. A tied one is
+  // also the lm_head, weighted by the quantized model's last hidden state,
+  // known only at the end: it stays float here.
+  if (!c.tied_embeddings) {
+    const QuantizeModelOptions q = quantizer_options(nullptr, nullptr);
+    ModuleQuantizer quantizer(model, map, q);
+    for (const auto& m : modules)
+      if (m.kind == ModuleKind::Embed)
+        quantized.emplace_back(weights, m, quantizer.quantize(m, module_linear(model.weights, m)));
+  }
+  for (int l = 0; l < c.n_layers; ++l) {
+    // Within the layer too, in the order the pass reads them (q/k/v, o,
+    // gate/up, down: "true sequential"): each site's statistics with the
+    // matrices before it quantized and swapped in.
+    for (int site = 0; site < kLayerInputSites; ++site) {
+      std::vector<const ModuleInfo*> readers;
+      for (const auto& m : modules) {
+        const auto in = module_kind_info(m.kind).input;
+        if (m.layer == l && in && static_cast<int>(*in) == site) readers.push_back(&m);
+      }
+      if (readers.empty()) continue;
+      SiteInputs inputs(l, static_cast<ActivationSite>(site), grams, energy);
+      for (size_t w = 0; w < windows.size(); ++w) run(l, inputs, w);
+      const GramMap g = grams.result();
+      const ImportanceMap im = energy.result();
+      const QuantizeModelOptions q = quantizer_options(&g, &im);
+      ModuleQuantizer quantizer(model, map, q);
+      for (const ModuleInfo* m : readers)
+        quantized.emplace_back(weights, *m, quantizer.quantize(*m, module_linear(model.weights, *m)));
+    }
+    // The next layer's inputs (after the last layer: the lm_head's).
+    NextLayerInput next(l + 1, energy);
+    for (size_t w = 0; w < windows.size(); ++w) {
+      run(l, next, w);
+      if (l + 1 < c.n_layers) h[w] = std::move(next.rows);
+    }
+    if (p) p->update(l + 1);
+  }
+  if (p) p->finish();
+  return {grams.result(), energy.result()};
+}
+
+}  // namespace optiq

@@ -1,0 +1,48 @@
+// Statistics of a model's matrix inputs over calibration windows, what the
+// activation-weighted rounding (--calib), GPTQ and AWQ work from: per input
+// channel mean x^2 (ImportanceMap) and Gram sums x x^T (GramMap). Either of
+// the float model, or (collect_sequential) of the model as it is being
+// quantized, layer by layer.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/model.h"
+#include "model/quantize_model.h"
+
+namespace optiq {
+
+// Collects mean x^2 per input channel of every module over calibration token
+// windows (each window run from an empty cache).
+ImportanceMap collect_importance(const Model& model, const std::vector<std::vector<int32_t>>& windows,
+                                 bool progress = true);
+
+// Gram sums of every layer matrix's inputs over calibration windows (the
+// float model's activations, each window from an empty cache). Fails with a
+// clear message when they would not fit in memory.
+GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress = true);
+
+struct CalibrationStats {
+  GramMap grams;            // every layer matrix
+  ImportanceMap importance; // every layer matrix, the lm_head (and a tied embedding)
+};
+
+// GPTQ's sequential mode ("true sequential", as AutoGPTQ runs it by
+// default): each matrix's statistics come from the calibration windows run
+// through every matrix before it already quantized as `map` and `opt` say
+// (GPTQ from these same statistics, fake-quantized): the layers before, and
+// within its layer q/k/v before o before gate/up before down. So each error
+// feedback works on the inputs the quantized model will give it, the errors
+// of what came before included. An untied embedding is quantized first (it has no input
+// statistics); a tied one stays float during the pass (its rounding is
+// weighted by the lm_head's inputs, known only at the end). The lm_head's
+// energies come from the quantized model's last hidden state. Quantizing with
+// the result (opt.grams and opt.importance pointing at it) reproduces the
+// pass's matrices exactly.
+// Runs on the default backend; opt.grams, opt.importance and opt.fake are
+// ignored. Fails like collect_grams when the Gram sums would not fit.
+CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
+                                    const std::vector<std::vector<int32_t>>& windows, const QuantizeModelOptions& opt,
+                                    bool progress = true);
+
+}  // namespace optiq
