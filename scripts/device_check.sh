@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, after scripts/device_pack.sh here (run it there as
+# `bash scripts/device_check.sh [profile]`): the GPU unit tests (test_backend,
+# test_gpu), then with `profile` the 8B shape's fast profile with its device
+# memory logged (OPTIQ_CUDA_MEMLOG=1; BENCHMARKS.md §6). Everything goes to
+# $OUT: test logs, profile.json, profile.txt and memlog.txt (allocations of
+# 16 MiB or more and each new peak of the bytes held).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/optiq-device}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+for t in test_backend test_gpu; do
+  t0=$SECONDS
+  timeout 300 scripts/device_run.sh "$t" > "$OUT/$t.txt" 2>&1
+  echo "$t: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.txt" | tr '\n' ' ')"
+  grep -E '^\[  FAILED' "$OUT/$t.txt" | head -20
+done
+if [ "${1:-}" = profile ]; then
+  t0=$SECONDS
+  OPTIQ_CUDA_MEMLOG=1 timeout 420 scripts/device_run.sh bench_gpu_profile --shape llama3-8b --anchor-windows 32 \
+    --json "$OUT/profile.json" > "$OUT/profile.txt" 2> "$OUT/profile.err"
+  echo "bench_gpu_profile: exit $?, $((SECONDS - t0)) s"
+  grep -a "cuda memory" "$OUT/profile.err" > "$OUT/memlog.txt"
+  rm -f "$OUT/profile.err"
+  tail -20 "$OUT/profile.txt"
+  echo "last peaks:"; grep "(peak)" "$OUT/memlog.txt" | tail -8
+fi
