@@ -15,6 +15,33 @@ namespace optiq {
 
 namespace {
 
+int longest(const std::vector<std::vector<int32_t>>& windows) {
+  int max_len = 1;
+  for (const auto& w : windows) max_len = std::max<int>(max_len, static_cast<int>(w.size()));
+  return max_len;
+}
+
+// Every window through the float model from an empty cache, under `obs`.
+// Last-token logits keep the lm_head input observed too.
+void observe_windows(const Model& model, const std::vector<std::vector<int32_t>>& windows, ActivationObserver& obs,
+                     bool progress) {
+  Transformer tf(model, longest(windows));
+  tf.set_observer(&obs);
+  std::optional<Progress> p;
+  if (progress) p.emplace("calibrate", static_cast<int64_t>(windows.size()), "windows");
+  std::vector<float> logits(static_cast<size_t>(model.config.vocab_size));
+  for (size_t i = 0; i < windows.size(); ++i) {
+    tf.reset();
+    tf.forward(windows[i], logits.data(), static_cast<int64_t>(windows[i].size()) - 1);
+    if (p) p->update(static_cast<int64_t>(i + 1));
+  }
+  if (p) p->finish();
+}
+
+}  // namespace
+
+namespace {
+
 // Sums x^2 per input channel at the four per-layer input sites (AttnIn, OIn,
 // MlpIn, DownIn) and the head input, then maps sites to modules. Other sites
 // (LayerIn, the residual stream profiling caches) are not matrix inputs and
@@ -74,20 +101,7 @@ class ImportanceCollector : public ActivationObserver {
 
 ImportanceMap collect_importance(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress) {
   ImportanceCollector col(model.config);
-  int max_len = 1;
-  for (const auto& w : windows) max_len = std::max<int>(max_len, static_cast<int>(w.size()));
-  Transformer tf(model, max_len);
-  tf.set_observer(&col);
-  std::optional<Progress> p;
-  if (progress) p.emplace("calibrate", static_cast<int64_t>(windows.size()), "windows");
-  std::vector<float> logits(model.config.vocab_size);
-  for (size_t i = 0; i < windows.size(); ++i) {
-    tf.reset();
-    // Last-token logits keep the lm_head input observed too (one row per window).
-    tf.forward(windows[i], logits.data(), static_cast<int64_t>(windows[i].size()) - 1);
-    if (p) p->update(static_cast<int64_t>(i + 1));
-  }
-  if (p) p->finish();
+  observe_windows(model, windows, col, progress);
   return col.result();
 }
 
@@ -136,29 +150,13 @@ void check_gram_memory(const Model& model) {
         model.path, bytes / 1e9);
 }
 
-int longest(const std::vector<std::vector<int32_t>>& windows) {
-  int max_len = 1;
-  for (const auto& w : windows) max_len = std::max<int>(max_len, static_cast<int>(w.size()));
-  return max_len;
-}
-
 }  // namespace
 
 GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress) {
   const ModelConfig& c = model.config;
   check_gram_memory(model);
   GramCollector col(c);
-  Transformer tf(model, longest(windows));
-  tf.set_observer(&col);
-  std::optional<Progress> p;
-  if (progress) p.emplace("calibrate", static_cast<int64_t>(windows.size()), "windows");
-  std::vector<float> logits(c.vocab_size);
-  for (size_t i = 0; i < windows.size(); ++i) {
-    tf.reset();
-    tf.forward(windows[i], logits.data(), static_cast<int64_t>(windows[i].size()) - 1);
-    if (p) p->update(static_cast<int64_t>(i + 1));
-  }
-  if (p) p->finish();
+  observe_windows(model, windows, col, progress);
   return col.result();
 }
 

@@ -205,24 +205,36 @@ TEST(CudaModel, PerplexityEqualsCpu) {
   EXPECT_NEAR(gpu.ppl / cpu.ppl, 1.0, 1e-3) << "cpu " << cpu.ppl << " gpu " << gpu.ppl;
 }
 
+CalibrationOptions stories_calibration(int samples, int seq) {
+  CalibrationOptions co;
+  co.source = test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt";
+  co.samples = samples;
+  co.seq = seq;
+  co.progress = false;
+  return co;
+}
+
+// The exact and fast measurements of `candidates`, with the bf16 row stores a
+// large model gets (store_f32_limit) exercised too.
+ProfileOptions both_methods(const Model& m, const CalibrationOptions& co, std::vector<TensorFormat> candidates) {
+  ProfileOptions o;
+  o.method = ProfileMethod::Both;
+  o.candidates = std::move(candidates);
+  o.progress = false;
+  o.source = make_profile_source(m.path, co);
+  o.store_f32_limit = 1 << 16;
+  return o;
+}
+
 // Profiling on the GPU (passes, Gram sums, log-probabilities and KL there)
 // measures what the CPU measures: the same ranking of modules x candidates.
 TEST(CudaModel, ProfileEqualsCpu) {
   REQUIRE_GPU();
   Numerics exact(false);
   const Model m = load_model(stories());
-  CalibrationOptions co;
-  co.source = test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt";
-  co.samples = 6;
-  co.seq = 96;
-  co.progress = false;
+  const CalibrationOptions co = stories_calibration(6, 96);
   const auto windows = calibration_windows(m, co);
-  ProfileOptions o;
-  o.method = ProfileMethod::Both;
-  o.candidates = {AffineFormat{2, 32}, AffineFormat{3, 64}, AffineFormat{4, 32}, AffineFormat{8, 64}};
-  o.progress = false;
-  o.source = make_profile_source(m.path, co);
-  o.store_f32_limit = 1 << 16;  // the bf16 stores too
+  ProfileOptions o = both_methods(m, co, {AffineFormat{2, 32}, AffineFormat{3, 64}, AffineFormat{4, 32}, AffineFormat{8, 64}});
   auto profile_on = [&](Backend& b) {
     Backend& saved = default_backend();
     set_default_backend(b);
@@ -255,18 +267,9 @@ TEST(CudaModel, ProfileWithReferenceOnHostEqualsOnDevice) {
   REQUIRE_GPU();
   Numerics fast(true);
   const Model m = load_model(stories());
-  CalibrationOptions co;
-  co.source = test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt";
-  co.samples = 4;
-  co.seq = 64;
-  co.progress = false;
+  const CalibrationOptions co = stories_calibration(4, 64);
   const auto windows = calibration_windows(m, co);
-  ProfileOptions o;
-  o.method = ProfileMethod::Both;
-  o.candidates = {AffineFormat{3, 32}, AffineFormat{4, 64}};
-  o.progress = false;
-  o.source = make_profile_source(m.path, co);
-  o.store_f32_limit = 1 << 16;  // bf16 stores, as a large model's
+  ProfileOptions o = both_methods(m, co, {AffineFormat{3, 32}, AffineFormat{4, 64}});
   Backend& saved = default_backend();
   set_default_backend(*cuda_backend());
   o.device_headroom = 1e9;  // everything kept on the device
