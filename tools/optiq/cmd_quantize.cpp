@@ -166,8 +166,8 @@ Runner register_quantize(CLI::App& app) {
                 "first; MLX formats only)");
   cmd->add_flag("--sequential", a->sequential,
                 "gptq: each layer's input statistics from the calibration text run through the layers before it "
-                "already quantized, so its error feedback also corrects what they got wrong (GPTQ's sequential "
-                "mode; every layer runs twice more)");
+                "already quantized: each matrix's rounding minimises its output error on the inputs the quantized "
+                "model gives it (GPTQ's sequential mode; about five more partial passes of every layer)");
   cmd->add_option("--dtype", a->dtype,
                   "float type of scales, biases and unquantized tensors (auto: bf16 for Gemma in MLX, whose "
                   "activations overflow fp16 there, else f16; GGUF blocks always hold fp16 scales)")->capture_default_str()
