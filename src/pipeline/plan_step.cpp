@@ -97,6 +97,7 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
                         {"calib_kl", x.measured}, {"calib_kl_stderr", x.measured_stderr}});
   PlanMetadata meta;
   meta.budget = r.budget.description;
+  meta.fit = &r.budget;
   meta.predicted_kl = v.predicted;
   meta.method = fmt::format("optiq measured selection: {} (profile {}, damage {})", v.name, t.method,
                             damage_source_name(a.damage));
@@ -133,6 +134,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     r.bits_per_weight = plan_bits_per_weight(config, r.map);
     PlanMetadata meta;
     meta.budget = r.budget.description;
+    meta.fit = &r.budget;
     meta.predicted_kl = r.solution.damage;
     meta.method = "baseline " + b.name;
     meta.provenance = &a.provenance;
@@ -145,6 +147,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
   r.bits_per_weight = plan_bits_per_weight(config, r.map);
   PlanMetadata meta;
   meta.budget = r.budget.description;
+  meta.fit = &r.budget;
   meta.predicted_kl = r.solution.damage;
   meta.method = fmt::format("optiq {} (profile {}, damage {})", r.solution.method, t.method, damage_source_name(a.damage));
   meta.lower_bound_kl = r.solution.lower_bound;

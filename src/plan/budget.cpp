@@ -146,20 +146,6 @@ double parse_reduction(const std::string& text, const std::string& what) {
   return v / 100.0;
 }
 
-int64_t kv_cache_bytes(const ModelConfig& c, const RuntimeOptions& rt) {
-  return static_cast<int64_t>(std::ceil(double(c.n_layers) * 2.0 * double(c.kv_dim()) * double(rt.ctx) *
-                                        rt.kv_bytes_per_element));
-}
-
-int64_t runtime_overhead_bytes(const ModelConfig& c, const RuntimeOptions& rt) {
-  const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(rt.batch, std::max<int64_t>(rt.ctx, 1)));
-  const int64_t per_row = int64_t(c.dim) + std::max(c.dim, c.q_dim()) + 2 * int64_t(c.q_dim()) +
-                          2 * int64_t(c.kv_dim()) + 2 * int64_t(c.hidden_dim) + c.vocab_size;
-  const int64_t scratch = batch * per_row * 4;
-  const int64_t scores = int64_t(std::max(rt.threads, 1)) * c.n_heads * std::max<int64_t>(rt.ctx, 1) * 4;
-  return scratch + scores + rt.fixed_overhead;
-}
-
 std::string format_bytes(int64_t b) {
   const double v = double(b);
   if (v >= 1e9) return fmt::format("{:.3f} GB", v / 1e9);
@@ -193,19 +179,27 @@ Budget resolve_budget(const BudgetOptions& o, const ModelConfig& c, const std::v
   } else {
     const int64_t mem = parse_byte_size(*o.fit, "--fit");
     check(o.runtime.ctx > 0, "--fit {}: give the context length with --ctx (> 0)", *o.fit);
-    check(o.runtime.kv_bytes_per_element > 0, "--fit {}: KV bytes per element must be > 0", *o.fit);
-    b.kv_bytes = kv_cache_bytes(c, o.runtime);
-    b.overhead_bytes = runtime_overhead_bytes(c, o.runtime);
-    want = double(mem) - double(b.kv_bytes) - double(b.overhead_bytes);
+    b.memory = runtime_memory(c, o.runtime);
+    b.fit_bytes = mem;
+    want = double(mem) - double(b.memory->reserved());
     b.kind = "fit";
     b.text = fmt::format("{}@ctx{}", *o.fit, o.runtime.ctx);
-    check(want > 0, "--fit {} --ctx {}: the KV cache ({}) and runtime overhead ({}) alone exceed the memory", *o.fit,
-          o.runtime.ctx, format_bytes(b.kv_bytes), format_bytes(b.overhead_bytes));
+    check(want > 0,
+          "--fit {} --ctx {} --runtime {}: the KV cache ({}), compute buffers ({}) and runtime ({}) alone exceed the "
+          "memory",
+          *o.fit, o.runtime.ctx, runtime_name(o.runtime.runtime), format_bytes(b.memory->kv_bytes),
+          format_bytes(b.memory->compute_bytes), format_bytes(b.memory->runtime_bytes));
   }
   b.weight_bytes = static_cast<int64_t>(std::floor(want));
   const SizeRange r = achievable_size_range(c, formats);
+  // --fit asks for the largest plan that fits: when everything in float
+  // does, that is the plan (the other budgets ask for a size, and a size the
+  // model cannot reach is an error).
+  const bool float_fits = b.kind == "fit" && b.weight_bytes > r.max_bytes;
+  if (float_fits) b.weight_bytes = r.max_bytes;
   auto bpw_of = [&](double bytes) { return bytes * 8.0 / double(params); };
-  const std::string opt = b.kind == "fit" ? fmt::format("--fit {} --ctx {}", *o.fit, o.runtime.ctx)
+  const std::string opt = b.kind == "fit" ? fmt::format("--fit {} --ctx {} --runtime {}", *o.fit, o.runtime.ctx,
+                                                        runtime_name(o.runtime.runtime))
                                           : fmt::format("--{} {}", b.kind, b.text);
   check(b.weight_bytes >= r.min_bytes,
         "{}: {} of weights ({:.3f} bits/weight) is below the smallest achievable size {} ({:.3f} bits/weight); "
@@ -220,9 +214,12 @@ Budget resolve_budget(const BudgetOptions& o, const ModelConfig& c, const std::v
   b.description = fmt::format("{}: {} of weights ({:.3f} bits/weight, {:.1f}% of FP16)", opt,
                               format_bytes(b.weight_bytes), bpw_of(double(b.weight_bytes)),
                               100.0 * double(b.weight_bytes) / fp16);
-  if (b.kind == "fit")
-    b.description += fmt::format("; reserved KV cache {} + runtime {}", format_bytes(b.kv_bytes),
-                                 format_bytes(b.overhead_bytes));
+  if (float_fits)
+    b.description += fmt::format(" (everything in float fits, {} to spare)", format_bytes(int64_t(want) - r.max_bytes));
+  if (b.memory)
+    b.description += fmt::format("; reserved for {}: KV cache {} {} + compute {} + runtime {}",
+                                 runtime_label(b.memory->runtime), b.memory->kv_type, format_bytes(b.memory->kv_bytes),
+                                 format_bytes(b.memory->compute_bytes), format_bytes(b.memory->runtime_bytes));
   return b;
 }
 

@@ -1,6 +1,8 @@
 // Memory budgets for a plan: what the user asks for on the command line
-// (`--bpw 4.5`, `--size 9.7GB`, `--reduction 40%`, `--fit 8GB --ctx 8192`),
-// turned into one number, the bytes the model's weights may take.
+// (`--bpw 4.5`, `--size 9.7GB`, `--reduction 40%`, `--fit 8GB --ctx 8192
+// [--runtime llamacpp]`), turned into one number, the bytes the model's
+// weights may take. `--fit` subtracts what the chosen runtime holds besides
+// the weights: its KV cache, compute buffers and fixed cost (runtime_memory.h).
 //
 // Size model (used by every planner and baseline, so comparisons at equal size
 // are honest):
@@ -20,6 +22,7 @@
 
 #include "model/config.h"
 #include "model/precision.h"
+#include "plan/runtime_memory.h"
 
 namespace optiq {
 
@@ -62,28 +65,10 @@ double parse_bits_per_weight(const std::string& text, const std::string& what);
 // "40%" or "40" -> 0.40; must lie strictly between 0% and 100%.
 double parse_reduction(const std::string& text, const std::string& what);
 
-// What the runtime needs besides the weights when running with a context of
-// `ctx` tokens (see kv_cache_bytes / runtime_overhead_bytes).
-struct RuntimeOptions {
-  int64_t ctx = 0;                  // context length (tokens), > 0 for --fit
-  double kv_bytes_per_element = 4;  // optiq's KV cache is fp32; 2 for an fp16 cache
-  int64_t batch = 512;              // prefill batch rows held in scratch at once
-  int threads = 16;                 // attention score rows held at once (one per thread)
-  int64_t fixed_overhead = 64ll << 20;  // code, tokenizer, allocator slack, RoPE tables
-};
-// K and V for every layer: n_layers * 2 * kv_dim * ctx * kv_bytes_per_element.
-int64_t kv_cache_bytes(const ModelConfig& config, const RuntimeOptions& rt);
-// Estimate of activations / scratch, mirroring Transformer's buffers (fp32):
-//   batch * (dim (x) + max(dim, q_dim) (xn) + 2*q_dim (q, att) + 2*kv_dim (k, v)
-//            + 2*hidden_dim (gate, up) + vocab (logits)) * 4
-// + threads * n_heads * ctx * 4 (attention scores) + fixed_overhead.
-// It is an estimate, deliberately on the generous side.
-int64_t runtime_overhead_bytes(const ModelConfig& config, const RuntimeOptions& rt);
-
 // The options as given on the command line; exactly one of bpw/size/reduction/fit.
 struct BudgetOptions {
   std::optional<std::string> bpw, size, reduction, fit;
-  RuntimeOptions runtime;  // used with fit (runtime.ctx must be > 0)
+  RuntimeOptions runtime;  // used with fit (runtime.ctx must be > 0): what runs the model (runtime_memory.h)
 };
 
 struct Budget {
@@ -91,13 +76,17 @@ struct Budget {
   std::string kind;          // "bpw", "size", "reduction", "fit"
   std::string text;          // the user's string, e.g. "4.5", "9.7GB", "8GB@ctx8192"
   std::string description;   // e.g. "--bpw 4.5: 4.213 GB of weights (4.500 bits/weight)"
-  int64_t kv_bytes = 0, overhead_bytes = 0;  // fit only: what was subtracted
+  // fit only: the memory given and what the runtime holds besides the
+  // weights (subtracted from it; plan/memory_fit.h prints and records it).
+  int64_t fit_bytes = 0;
+  std::optional<MemoryBreakdown> memory;
 };
 
 // Resolves the options for a model. Throws optiq::Error when none or several
 // are given, a string is malformed, a value is <= 0, or the resulting weight
 // budget lies outside achievable_size_range(config, formats) (the message
-// gives the achievable range in bytes and in bits per weight).
+// gives the achievable range in bytes and in bits per weight), except that a
+// --fit budget above the range is the range's top (everything in float fits).
 Budget resolve_budget(const BudgetOptions& opts, const ModelConfig& config,
                       const std::vector<TensorFormat>& formats = all_tensor_formats());
 

@@ -12,6 +12,8 @@
 //   "calib_kl", "variants": measured selection (plan/select.h): the chosen plan's
 //                      mean KL on the calibration windows, and every variant's
 //                      name, predicted and measured KL.
+//   "memory":          a --fit budget: the plan's weights and what the runtime
+//                      holds besides them (plan/memory_fit.h memory_fit_json).
 //   "optiq":           how the plan was made (model/provenance.h: version,
 //                      command, source files and their SHA-256, options).
 #pragma once
@@ -22,6 +24,7 @@
 
 #include "model/config.h"
 #include "model/precision.h"
+#include "plan/budget.h"
 
 namespace optiq {
 
@@ -34,6 +37,7 @@ struct PlanMetadata {
   std::optional<double> calib_kl;
   nlohmann::json* variants = nullptr;  // optional array, copied into the file
   const nlohmann::json* provenance = nullptr;  // "optiq"; null: the version alone
+  const Budget* fit = nullptr;  // a --fit budget (with a MemoryBreakdown): "memory"
 };
 
 // Full plan JSON (bytes and bits_per_weight computed from config + map).

@@ -371,7 +371,7 @@ TEST(CliAuto, Budgets) {
   EXPECT_TRUE(test::file_exists(dir + "/shared.profile.json"));
   auto_ok(stories_gguf(), dir + "/size", "--size 300KB" + cache);
   auto_ok(stories_gguf(), dir + "/reduction", "--reduction 60%" + cache);
-  auto_ok(stories_gguf(), dir + "/fit", "--fit 68.2MB --ctx 128" + cache);
+  auto_ok(stories_gguf(), dir + "/fit", "--fit 68.2MB --ctx 128 --runtime optiq-cpu" + cache);
   // Default cache beside OUT.
   auto_ok(stories_gguf(), dir + "/own", "--bpw 6");
   EXPECT_TRUE(test::file_exists(dir + "/own.profile.json"));

@@ -124,20 +124,35 @@ TEST(Budget, Fit) {
   BudgetOptions o;
   o.fit = "100MB";
   EXPECT_NE(error_of([&] { resolve_budget(o, c); }).find("--ctx"), std::string::npos);
-  o.runtime.ctx = 1000;
+  o.runtime.ctx = 1000;  // optiq-cpu by default: an fp32 cache of exactly ctx cells
   const int64_t kv = int64_t(6) * 2 * c.kv_dim() * 1000 * 4;
   EXPECT_EQ(kv_cache_bytes(c, o.runtime), kv);
-  const int64_t ov = runtime_overhead_bytes(c, o.runtime);
-  EXPECT_EQ(ov, 512 * (384 + 384 + 2 * 384 + 2 * 128 + 2 * 1024 + 1003) * 4 + 16 * 6 * 1000 * 4 + (64ll << 20));
+  const MemoryBreakdown m = runtime_memory(c, o.runtime);
+  // 512 rows of activations, 16 threads x 16 rows of scores, one row of logits.
+  EXPECT_EQ(m.compute_bytes, 512 * (384 + 384 + 2 * 384 + 2 * 128 + 2 * 1024) * 4 + 16 * 16 * 1000 * 4 + 1003 * 4);
+  EXPECT_EQ(m.runtime_bytes, 64ll << 20);
   // Weights get what is left.
   o.fit = "95MB";
   Budget b = resolve_budget(o, c);
-  EXPECT_EQ(b.weight_bytes, 95'000'000 - kv - ov);
-  EXPECT_EQ(b.kv_bytes, kv);
-  EXPECT_EQ(b.overhead_bytes, ov);
-  // fp16 cache halves the KV reservation.
-  o.runtime.kv_bytes_per_element = 2;
-  EXPECT_EQ(resolve_budget(o, c).weight_bytes, 95'000'000 - kv / 2 - ov);
+  EXPECT_EQ(b.weight_bytes, 95'000'000 - kv - m.compute_bytes - m.runtime_bytes);
+  ASSERT_TRUE(b.memory.has_value());
+  EXPECT_EQ(b.memory->kv_bytes, kv);
+  EXPECT_EQ(b.fit_bytes, 95'000'000);
+  EXPECT_NE(b.description.find("--runtime optiq-cpu"), std::string::npos) << b.description;
+  EXPECT_NE(b.description.find("KV cache f32"), std::string::npos) << b.description;
+  // llama.cpp's f16 cache (1000 cells padded to 1024) leaves more for the weights.
+  o.runtime.runtime = Runtime::LlamaCpp;
+  const MemoryBreakdown l = runtime_memory(c, o.runtime);
+  EXPECT_EQ(l.kv_bytes, int64_t(6) * 2 * c.kv_dim() * 1024 * 2);
+  EXPECT_EQ(resolve_budget(o, c).weight_bytes, 95'000'000 - l.reserved());
+  // More memory than the whole model in float needs: the float plan, said so.
+  o.fit = "1GB";
+  b = resolve_budget(o, c);
+  EXPECT_EQ(b.weight_bytes, fp16_weight_bytes(c));
+  EXPECT_NE(b.description.find("everything in float fits"), std::string::npos) << b.description;
+  o.runtime.runtime = Runtime::OptiqCpu;
   o.fit = "60MB";  // less than the overhead alone
-  EXPECT_NE(error_of([&] { resolve_budget(o, c); }).find("exceed"), std::string::npos);
+  const std::string e = error_of([&] { resolve_budget(o, c); });
+  EXPECT_NE(e.find("exceed"), std::string::npos) << e;
+  EXPECT_NE(e.find("--runtime optiq-cpu"), std::string::npos) << e;
 }

@@ -50,6 +50,7 @@ void run_auto(AutoArgs& a, const CLI::App& cmd) {
   check(a.force || !std::filesystem::exists(out, ec), "{}: output exists (use --force to replace it)", out);
   if (a.profile.cache.empty()) a.profile.cache = out + ".profile.json";
   if (a.profile.target.empty()) a.profile.target = a.format;  // a GGUF export plans over GGUF's block types
+  a.plan.runtime_default = runtime_for_output(a.format, a.profile.target, a.plan.runtime);
   const std::string plan_path = out + ".plan.json";
 
   Model m = a.model.load();
@@ -136,7 +137,7 @@ Runner register_auto(CLI::App& app) {
   a->model.add_to(*cmd);
   add_profile_step_options(*cmd, a->profile);
   a->plan.select = "measured";
-  add_plan_step_options(*cmd, a->plan);
+  add_plan_step_options(*cmd, a->plan, "llamacpp with --format gguf or --target gguf, else mlx");
   cmd->add_option("-o,--out", a->out,
                   "output: an MLX directory, or a .gguf file with --format gguf; the profile and plan go beside it")
       ->required();

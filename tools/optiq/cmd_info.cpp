@@ -3,12 +3,16 @@
 #include <cctype>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <tuple>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "core/error.h"
+#include "plan/memory_fit.h"
+#include "plan/runtime_memory.h"
 
 namespace optiq::cli {
 
@@ -175,7 +179,26 @@ void print_precision_map(const Model& m) {
   }
 }
 
-void print_info(const Model& m, bool json, bool tensors) {
+// --runtime R --ctx C: what running this file takes (plan/runtime_memory.h).
+struct MemoryArgs {
+  std::string runtime, kv_cache, flash_attn;
+  int64_t ctx = 0;
+  bool given() const { return !runtime.empty() || ctx > 0 || !kv_cache.empty() || !flash_attn.empty(); }
+};
+
+std::optional<MemoryBreakdown> runtime_breakdown(const Model& m, const MemoryArgs& a) {
+  if (!a.given()) return std::nullopt;
+  check(!a.runtime.empty() && a.ctx > 0, "info: --runtime and --ctx go together (the memory R takes at a context of C)");
+  RuntimeOptions o;
+  o.runtime = parse_runtime(a.runtime);
+  o.ctx = a.ctx;
+  o.kv_cache = a.kv_cache;
+  o.flash_attention = a.flash_attn != "off";
+  return runtime_memory(m.config, o);
+}
+
+void print_info(const Model& m, bool json, bool tensors, const MemoryArgs& ma) {
+  const std::optional<MemoryBreakdown> memory = runtime_breakdown(m, ma);
   const int64_t params = m.parameter_count();
   const size_t bytes = m.source_bytes();
   const double bpw = params > 0 ? 8.0 * bytes / params : 0.0;
@@ -192,6 +215,7 @@ void print_info(const Model& m, bool json, bool tensors) {
     j["vocab_size"] = m.tokenizer->vocab_size();
     j["bos"] = m.tokenizer->bos();
     j["eos"] = m.tokenizer->eos();
+    if (memory) j["memory"] = memory_json(*memory, static_cast<int64_t>(bytes));
     if (!m.precision.formats.empty()) {
       auto& pm = j["precision"] = nlohmann::json::object();
       for (const auto& [path, f] : m.precision.formats) pm[path] = tensor_format_name(f);
@@ -229,6 +253,10 @@ void print_info(const Model& m, bool json, bool tensors) {
   fmt::print("\nparameters   {} ({:.2f} M)\n", params, params / 1e6);
   fmt::print("size         {} bytes ({:.2f} MB)\n", bytes, bytes / 1e6);
   fmt::print("bits/weight  {:.3f} (all tensors, scales and biases included)\n", bpw);
+  if (memory)
+    fmt::print("memory       {}{}: {}\n", runtime_label(memory->runtime, memory->ctx),
+               runtime_counts_gpu_memory(memory->runtime) ? " in GPU memory" : "",
+               memory_sum_text(*memory, static_cast<int64_t>(bytes)));
 }
 
 }  // namespace
@@ -238,10 +266,20 @@ Runner register_info(CLI::App& app) {
   auto args = std::make_shared<ModelArgs>();
   auto json = std::make_shared<bool>(false);
   auto tensors = std::make_shared<bool>(false);
+  auto memory = std::make_shared<MemoryArgs>();
   args->add_to(*cmd);
   cmd->add_flag("--tensors", *tensors, "also print the per-tensor table (name, shape, type, bytes) in natural order");
   cmd->add_flag("--json", *json, "print one JSON object: everything, the summary and every tensor");
-  return [args, json, tensors] { print_info(args->load(/*weights=*/false), *json, *tensors); };
+  cmd->add_option("--runtime", memory->runtime,
+                  fmt::format("with --ctx: the memory this file takes to run on {} (as --fit counts it)",
+                              runtime_names()));
+  cmd->add_option("--ctx", memory->ctx, "context length for --runtime")->check(CLI::PositiveNumber);
+  cmd->add_option("--kv-cache", memory->kv_cache, "KV cache type for --runtime (as plan's --kv-cache)");
+  cmd->add_option("--flash-attn", memory->flash_attn, "llama.cpp's flash attention for --runtime: on (default) or off")
+      ->check(CLI::IsMember({"on", "off"}));
+  return [args, json, tensors, memory] {
+    print_info(args->load(/*weights=*/false), *json, *tensors, *memory);
+  };
 }
 
 }  // namespace optiq::cli

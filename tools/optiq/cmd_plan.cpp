@@ -12,6 +12,8 @@
 #include "core/error.h"
 #include "plan/baselines.h"
 #include "plan/budget.h"
+#include "plan/memory_fit.h"
+#include "plan/runtime_memory.h"
 #include "plan/plan_json.h"
 #include "plan/solver.h"
 #include "model/provenance.h"
@@ -20,12 +22,25 @@
 
 namespace optiq::cli {
 
-void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
+void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a, const std::string& runtime_default_help) {
   cmd.add_option("--bpw", a.bpw, "budget: bits per weight over all parameters, e.g. 4.5 (plan: a list 3,4.5)");
   cmd.add_option("--size", a.size, "budget: weight bytes, e.g. 9.7GB or 350MiB (plan: a list)");
   cmd.add_option("--reduction", a.reduction, "budget: size reduction from fp16, e.g. 40%");
-  cmd.add_option("--fit", a.fit, "budget: total memory incl. KV cache at --ctx, e.g. 8GB");
+  cmd.add_option("--fit", a.fit,
+                 "budget: the memory the model must run in at --ctx, e.g. 8GB: weights + the runtime's KV cache, "
+                 "compute buffers and fixed cost (GPU memory for optiq-cuda and llamacpp-gpu)");
   cmd.add_option("--ctx", a.ctx, "context length for --fit")->check(CLI::PositiveNumber);
+  cmd.add_option("--runtime", a.runtime,
+                 fmt::format("what runs the model, for --fit: {} (default: {})", runtime_names(),
+                             runtime_default_help));
+  cmd.add_option("--kv-cache", a.kv_cache,
+                 "KV cache type, for --fit: llamacpp/llamacpp-gpu f16 (default; llama.cpp's --cache-type-k/-v), "
+                 "q8_0, q4_0, f32, bf16, q5_0, q5_1, q4_1, iq4_nl; optiq-cuda f16 (default, fast numerics) or f32; "
+                 "optiq-cpu f32; mlx the model's dtype");
+  cmd.add_option("--flash-attn", a.flash_attn,
+                 "llama.cpp's flash attention, for --fit: on (default, as llama.cpp's auto on CPU, CUDA and Metal) or "
+                 "off (llama-cpp-python's default; larger compute buffer, no quantized cache)")
+      ->check(CLI::IsMember({"on", "off"}));
   cmd.add_option("--min-bits", a.min_bits, "no tensor below this many bits")->check(CLI::Range(0, 8));
   cmd.add_option("--pin", a.pins, "force formats: REGEX=FMT, e.g. lm_head=8, 'layers\\.0\\.'=q6g32, down_proj=q6_k (repeatable)");
   cmd.add_option("--tie", a.tie, "share formats: qkv (q/k/v of a layer) or qkv+gate_up")
@@ -47,6 +62,16 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a) {
 }
 
 
+std::string runtime_for_output(const std::string& format, const std::string& target, const std::string& given) {
+  if (!given.empty()) {
+    const Runtime r = parse_runtime(given);
+    check(format == "gguf" || (r != Runtime::LlamaCpp && r != Runtime::LlamaCppGpu),
+          "--runtime {}: llama.cpp runs GGUF files; add --format gguf", given);
+    check(format != "gguf" || r != Runtime::Mlx, "--runtime mlx: mlx-lm does not run GGUF files; use --format mlx");
+  }
+  return format == "gguf" || target == "gguf" ? "llamacpp" : "mlx";
+}
+
 DamageSource parse_damage_source(const std::string& use) {
   return use == "exact" ? DamageSource::Exact : use == "fast" ? DamageSource::Fast : DamageSource::Auto;
 }
@@ -60,6 +85,15 @@ PlanStepOptions plan_step_options(const PlanStepArgs& a, bool progress) {
     check(a.ctx > 0, "--fit needs --ctx (the context length to reserve the KV cache for)");
     o.budget.fit = a.fit;
     o.budget.runtime.ctx = a.ctx;
+    o.budget.runtime.runtime = parse_runtime(a.runtime.empty() ? a.runtime_default : a.runtime);
+    o.budget.runtime.kv_cache = a.kv_cache;
+    o.budget.runtime.flash_attention = a.flash_attn != "off";
+  } else {
+    for (const auto& [opt, value] : {std::pair<const char*, const std::string*>{"--runtime", &a.runtime},
+                                     {"--kv-cache", &a.kv_cache},
+                                     {"--flash-attn", &a.flash_attn}})
+      check(value->empty(), "{} {}: only shapes a --fit budget (the memory the model must run in); give --fit M --ctx C",
+            opt, *value);
   }
   o.min_bits = a.min_bits;
   for (const auto& p : a.pins) o.pins.push_back(parse_pin(p));
@@ -85,6 +119,7 @@ void print_plan_summary(const PlanStepResult& r, const ModelConfig& config, cons
   for (const auto& [k, n] : hist) h += fmt::format("{}{} x{}", h.empty() ? "" : ", ", k, n);
   fmt::print("budget        {}\n", r.budget.description);
   fmt::print("plan          {:.3f} bits/weight, {} ({} bytes)\n", r.bits_per_weight, format_bytes(s.bytes), s.bytes);
+  if (r.budget.memory) fmt::print("memory        {}\n", memory_fit_line(r.budget, config, s.formats));
   if (r.variants.empty())
     fmt::print("predicted KL  {:.6f} nats/token (lower bound {:.6f}, gap {:.2e}{})\n", s.damage, s.lower_bound, s.gap,
                s.exact ? ", optimal" : "");
@@ -133,6 +168,7 @@ void print_plan_json(const PlanStepResult& r, const ModelConfig& config, const s
                       {"gap_kl", r.solution.gap},
                       {"method", r.solution.method}};
   if (!r.variants.empty()) j["calib_kl"] = r.variants.front().measured;
+  if (r.budget.memory) j["memory"] = memory_fit_json(r.budget, config, r.solution.formats);
   j["notes"] = llamacpp_speed_notes(config, r.solution.formats);
   fmt::print("{}\n", j.dump());
   std::fflush(stdout);

@@ -45,6 +45,11 @@ void print_profile_table(const SensitivityTable& t);
 struct PlanStepArgs {
   std::string bpw, size, reduction, fit;
   int64_t ctx = 0;
+  // What runs the model, for --fit (plan/runtime_memory.h): as given (empty:
+  // runtime_default, the command's choice), the KV cache type (empty: the
+  // runtime's) and llama.cpp's flash attention ("on"/"off").
+  std::string runtime, kv_cache, flash_attn;
+  std::string runtime_default = "optiq-cpu";
   int min_bits = 0;
   std::vector<std::string> pins;
   std::string tie;
@@ -55,10 +60,18 @@ struct PlanStepArgs {
   std::string select = "predicted";
   int select_windows = 16;  // measured selection uses the first N calibration windows of the profile
 };
-void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a);
+// `runtime_default_help` says what --runtime defaults to for this command.
+void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a,
+                           const std::string& runtime_default_help = "optiq-cpu");
+// auto's --runtime default: llamacpp for a GGUF output (--format gguf or
+// --target gguf), else mlx. Throws when the runtime `given` cannot read the
+// output (llama.cpp an MLX directory, mlx-lm a GGUF file).
+std::string runtime_for_output(const std::string& format, const std::string& target, const std::string& given);
 // --use auto|exact|fast.
 DamageSource parse_damage_source(const std::string& use);
-// Parses the budget, pins, tie, damage source and selection.
+// Parses the budget, pins, tie, damage source and selection. --runtime,
+// --kv-cache and --flash-attn without --fit are an error (they only shape a
+// --fit budget).
 PlanStepOptions plan_step_options(const PlanStepArgs& a, bool progress = true);
 // Budget, size, KL and the formats chosen (a k-quant stored as llama.cpp's
 // fallback counted as such: "q4_k→q5_0 x12").
