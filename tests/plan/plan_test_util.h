@@ -1,4 +1,7 @@
 #pragma once
+#include <string>
+
+#include "core/error.h"
 #include "model/config.h"
 
 namespace optiq::test {
@@ -15,6 +18,16 @@ inline ModelConfig plan_test_config(int n_layers = 30, bool tied = false) {
   c.vocab_size = 1003;
   c.tied_embeddings = tied;
   return c;
+}
+
+// The message of the optiq::Error that f() throws ("" when none).
+inline std::string error_of(auto&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 }  // namespace optiq::test

@@ -7,17 +7,9 @@
 #include "plan_test_util.h"
 
 using namespace optiq;
+using optiq::test::error_of;
 
 namespace {
-
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 

@@ -13,17 +13,9 @@
 #include "plan_test_util.h"
 
 using namespace optiq;
+using optiq::test::error_of;
 
 namespace {
-
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // Llama-3-8B: 32 layers, 32 heads of 128, 8 KV heads (kv_dim 1024), MLP 14336, vocab 128256.
 ModelConfig llama3_8b() {

@@ -11,6 +11,7 @@
 #include "plan_test_util.h"
 
 using namespace optiq;
+using optiq::test::error_of;
 
 namespace {
 
@@ -80,15 +81,6 @@ void check_solution(const std::vector<SolverItem>& items, const Solution& s, int
   EXPECT_LE(s.bytes, budget);
   EXPECT_GE(s.gap, 0);
   EXPECT_NEAR(s.gap, s.damage - s.lower_bound, 1e-12);
-}
-
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
