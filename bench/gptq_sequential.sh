@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPTQ with the float model's statistics against GPTQ's sequential mode
-# (quantize --method gptq --sequential) and the activation-weighted search,
+# (quantize --method gptq --sequential), its asymmetric variant aimed at the
+# float model's outputs (--asymmetric) and the activation-weighted search,
 # on SmolLM2-135M and Gemma 3 270M (BENCHMARKS.md §9): held-out KLD, ppl and
 # top-1 against the source model on wiki.test.raw, quantize time.
 #
@@ -18,8 +19,11 @@ CALIB=$(realpath ../shared/data/c4/c4-validation-2k.jsonl)
 TEXT=$(realpath ../shared/data/wikitext-2-raw/wiki.test.raw)
 mkdir -p "$WORK"
 
+ROWS=${ROWS:-}  # a pattern: only the rows whose label matches it (e.g. ROWS=asymmetric)
+
 row() {  # row MODEL LABEL QUANTIZE-ARGS...
   local model=$1 label=$2; shift 2
+  [[ -z $ROWS || $label == *$ROWS* ]] || return 0
   local out="$WORK/$(basename "$model" .gguf)-$label"
   local t0=$SECONDS
   "$OPTIQ" -q quantize "$model" -o "$out" --force --calib "$CALIB" --calib-samples 16 --calib-seq 256 "$@" >/dev/null
@@ -37,5 +41,6 @@ for m in "$MODELS/smollm2-135m-instruct-q4_1.gguf" "$MODELS/gemma-3-270m-q4_k_m.
     row "$m" "q${bits}g64-search" --bits $bits --group-size 64 --method search
     row "$m" "q${bits}g64-gptq" --bits $bits --group-size 64 --method gptq
     row "$m" "q${bits}g64-gptq-sequential" --bits $bits --group-size 64 --method gptq --sequential
+    row "$m" "q${bits}g64-gptq-asymmetric" --bits $bits --group-size 64 --method gptq --sequential --asymmetric
   done
 done

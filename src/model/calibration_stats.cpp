@@ -112,12 +112,20 @@ class GramCollector : public ActivationObserver {
  public:
   explicit GramCollector(const ModelConfig& c) : c_(c), sums_(static_cast<size_t>(c.n_layers) * kLayerInputSites) {}
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
-    if (static_cast<int>(site) >= kLayerInputSites || layer < 0 || layer >= c_.n_layers) return;
-    auto& g = sums_[static_cast<size_t>(layer) * kLayerInputSites + static_cast<size_t>(site)];
-    if (!g) g = std::make_shared<std::vector<float>>(static_cast<size_t>(cols * cols), 0.0f);
-    check(static_cast<int64_t>(g->size()) == cols * cols, "gram: layer {} site {}: {} columns, then {}", layer,
-          static_cast<int>(site), g->size(), cols);
-    cpu_backend().gram_add(x, n, cols, g->data());
+    if (float* g = sum_of(layer, site, cols)) cpu_backend().gram_add(x, n, cols, g);
+  }
+  // The cross sum a^T b of two n x cols row sets (GPTQ's asymmetric target:
+  // the float model's inputs a against the quantized model's b).
+  void add_cross(int layer, Site site, const float* a, const float* b, int64_t n, int64_t cols) {
+    float* g = sum_of(layer, site, cols);
+    if (!g) return;
+    std::vector<float> at(static_cast<size_t>(n * cols)), bt(at.size()), y(static_cast<size_t>(cols * cols));
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < cols; ++j) at[j * n + t] = a[t * cols + j], bt[j * n + t] = b[t * cols + j];
+    Backend& cpu = cpu_backend();
+    const auto bh = cpu.upload(WeightView{cols, n, F32Weights{bt.data()}});
+    cpu.matmul(*bh, at.data(), cols, y.data());  // y = a^T (b^T)^T
+    for (size_t i = 0; i < y.size(); ++i) g[i] += y[i];
   }
   GramMap result() const {
     GramMap out;
@@ -131,6 +139,14 @@ class GramCollector : public ActivationObserver {
   }
 
  private:
+  float* sum_of(int layer, Site site, int64_t cols) {
+    if (static_cast<int>(site) >= kLayerInputSites || layer < 0 || layer >= c_.n_layers) return nullptr;
+    auto& g = sums_[static_cast<size_t>(layer) * kLayerInputSites + static_cast<size_t>(site)];
+    if (!g) g = std::make_shared<std::vector<float>>(static_cast<size_t>(cols * cols), 0.0f);
+    check(static_cast<int64_t>(g->size()) == cols * cols, "gram: layer {} site {}: {} columns, then {}", layer,
+          static_cast<int>(site), g->size(), cols);
+    return g->data();
+  }
   const ModelConfig& c_;
   std::vector<std::shared_ptr<std::vector<float>>> sums_;
 };
@@ -169,11 +185,13 @@ class SiteInputs : public ActivationObserver {
  public:
   SiteInputs(int layer, Site site, GramCollector& grams, ImportanceCollector& energy)
       : layer_(layer), site_(site), grams_(grams), energy_(energy) {}
+  std::vector<float>* keep = nullptr;  // also a copy of the rows (the asymmetric target's cross sums)
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
     if (site == Site::HeadIn || (site == Site::LayerIn && layer > layer_)) throw StopPass{};  // (never reached)
     if (layer != layer_ || site != site_) return;
     grams_.observe(layer, site, x, n, cols);
     energy_.observe(layer, site, x, n, cols);
+    if (keep) keep->assign(x, x + n * cols);
     throw StopPass{};
   }
 
@@ -202,42 +220,67 @@ class NextLayerInput : public ActivationObserver {
   ImportanceCollector& energy_;
 };
 
+// The rows at one site of one layer (the float model's, beside the
+// quantized pass); stops there.
+class RowsAt : public ActivationObserver {
+ public:
+  RowsAt(int layer, Site site) : layer_(layer), site_(site) {}
+  std::vector<float> rows;
+  void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
+    if (layer != layer_ || site != site_) return;
+    rows.assign(x, x + n * cols);
+    throw StopPass{};
+  }
+
+ private:
+  int layer_;
+  Site site_;
+};
+
 }  // namespace
 
 CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
                                     const std::vector<std::vector<int32_t>>& windows, const QuantizeModelOptions& opt,
-                                    bool progress) {
+                                    bool asymmetric, bool progress) {
   const ModelConfig& c = model.config;
   check(!windows.empty(), "{}: sequential calibration needs at least one window", model.path);
   check_gram_memory(model);
-  GramCollector grams(c);
+  GramCollector grams(c), cross(c);
   ImportanceCollector energy(c);
   DeviceWeights weights(model, default_backend());
   Transformer tf(weights, longest(windows));
   std::vector<WeightSwap> quantized;  // layers done so far (declared after the weights: undone first)
+  // asymmetric: the float model beside it, for its own inputs at every site.
+  std::optional<DeviceWeights> float_weights;
+  std::optional<Transformer> tf_float;
+  if (asymmetric) {
+    float_weights.emplace(model, default_backend());
+    tf_float.emplace(*float_weights, longest(windows));
+  }
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
 
-  // Runs every window from `layer` on its residual stream `h` (or from the
-  // tokens when h is empty) under `obs`, to where obs stops it.
-  std::vector<std::vector<float>> h(windows.size());
-  auto run = [&](int layer, ActivationObserver& obs, size_t w) {
+  // Runs window w from `layer` on its residual stream `h[w]` (or from the
+  // tokens when it is empty) under `obs`, to where obs stops it.
+  std::vector<std::vector<float>> h(windows.size()), h_float(windows.size());
+  auto run = [&](Transformer& t, std::vector<std::vector<float>>& hs, int layer, ActivationObserver& obs, size_t w) {
     const int64_t n = static_cast<int64_t>(windows[w].size());
-    tf.set_observer(&obs);
-    tf.reset();
+    t.set_observer(&obs);
+    t.reset();
     try {
-      if (h[w].empty()) tf.forward(windows[w], logits.data(), n - 1);
-      else tf.forward_from_layer(layer, h[w].data(), n, logits.data(), n - 1);
+      if (hs[w].empty()) t.forward(windows[w], logits.data(), n - 1);
+      else t.forward_from_layer(layer, hs[w].data(), n, logits.data(), n - 1);
     } catch (const StopPass&) {
     }
-    tf.set_observer(nullptr);
+    t.set_observer(nullptr);
   };
 
   std::optional<Progress> p;
   if (progress) p.emplace("gptq: sequential statistics", static_cast<int64_t>(c.n_layers), "layers");
   const auto modules = quantizable_modules(c);
-  auto quantizer_options = [&](const GramMap* g, const ImportanceMap* im) {
+  auto quantizer_options = [&](const GramMap* g, const GramMap* x, const ImportanceMap* im) {
     QuantizeModelOptions q = opt;
     q.grams = g;
+    q.cross = x;
     q.importance = im;
     q.fake = true;
     q.progress = false;
@@ -248,7 +291,7 @@ CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
   // also the lm_head, weighted by the quantized model's last hidden state,
   // known only at the end: it stays float here.
   if (!c.tied_embeddings) {
-    const QuantizeModelOptions q = quantizer_options(nullptr, nullptr);
+    const QuantizeModelOptions q = quantizer_options(nullptr, nullptr, nullptr);
     ModuleQuantizer quantizer(model, map, q);
     for (const auto& m : modules)
       if (m.kind == ModuleKind::Embed)
@@ -265,25 +308,40 @@ CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
         if (m.layer == l && in && static_cast<int>(*in) == site) readers.push_back(&m);
       }
       if (readers.empty()) continue;
-      SiteInputs inputs(l, static_cast<ActivationSite>(site), grams, energy);
-      for (size_t w = 0; w < windows.size(); ++w) run(l, inputs, w);
-      const GramMap g = grams.result();
+      const auto at = static_cast<ActivationSite>(site);
+      SiteInputs inputs(l, at, grams, energy);
+      std::vector<float> mine;
+      if (asymmetric) inputs.keep = &mine;
+      for (size_t w = 0; w < windows.size(); ++w) {
+        run(tf, h, l, inputs, w);
+        if (!asymmetric) continue;
+        RowsAt theirs(l, at);
+        run(*tf_float, h_float, l, theirs, w);
+        const int64_t n = static_cast<int64_t>(windows[w].size());
+        cross.add_cross(l, at, theirs.rows.data(), mine.data(), n, static_cast<int64_t>(mine.size()) / n);
+      }
+      const GramMap g = grams.result(), x = cross.result();
       const ImportanceMap im = energy.result();
-      const QuantizeModelOptions q = quantizer_options(&g, &im);
+      const QuantizeModelOptions q = quantizer_options(&g, asymmetric ? &x : nullptr, &im);
       ModuleQuantizer quantizer(model, map, q);
       for (const ModuleInfo* m : readers)
         quantized.emplace_back(weights, *m, quantizer.quantize(*m, module_linear(model.weights, *m)));
     }
-    // The next layer's inputs (after the last layer: the lm_head's).
+    // The next layer's inputs (after the last layer: the lm_head's), of both models.
     NextLayerInput next(l + 1, energy);
+    ImportanceCollector unused(c);
+    NextLayerInput next_float(l + 1, unused);
     for (size_t w = 0; w < windows.size(); ++w) {
-      run(l, next, w);
+      run(tf, h, l, next, w);
       if (l + 1 < c.n_layers) h[w] = std::move(next.rows);
+      if (!asymmetric || l + 1 == c.n_layers) continue;
+      run(*tf_float, h_float, l, next_float, w);
+      h_float[w] = std::move(next_float.rows);
     }
     if (p) p->update(l + 1);
   }
   if (p) p->finish();
-  return {grams.result(), energy.result()};
+  return {grams.result(), energy.result(), asymmetric ? cross.result() : GramMap{}};
 }
 
 }  // namespace optiq

@@ -25,6 +25,7 @@ GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>
 struct CalibrationStats {
   GramMap grams;            // every layer matrix
   ImportanceMap importance; // every layer matrix, the lm_head (and a tied embedding)
+  GramMap cross;            // asymmetric: sum x x~^T, float inputs x against the quantized model's x~
 };
 
 // GPTQ's sequential mode ("true sequential", as AutoGPTQ runs it by
@@ -39,10 +40,14 @@ struct CalibrationStats {
 // energies come from the quantized model's last hidden state. Quantizing with
 // the result (opt.grams and opt.importance pointing at it) reproduces the
 // pass's matrices exactly.
-// Runs on the default backend; opt.grams, opt.importance and opt.fake are
-// ignored. Fails like collect_grams when the Gram sums would not fit.
+// asymmetric: GPTQ aims each matrix at the float model's outputs instead,
+// min ||W x - W^ x~||^2 (gptq_asymmetric_target): the float model runs beside
+// the pass for its own inputs x, and `cross` holds sum x x~^T, which
+// quantizing needs too (opt.cross). Twice the passes.
+// Runs on the default backend; opt.grams, opt.cross, opt.importance and
+// opt.fake are ignored. Fails like collect_grams when the sums would not fit.
 CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
                                     const std::vector<std::vector<int32_t>>& windows, const QuantizeModelOptions& opt,
-                                    bool progress = true);
+                                    bool asymmetric = false, bool progress = true);
 
 }  // namespace optiq

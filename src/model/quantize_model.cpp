@@ -95,6 +95,14 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
       hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, opt_.gptq.damp));
       hessian_key_ = {gram, act_order};
     }
+    if (opt_.cross && hessian_->ok) {
+      auto x = opt_.cross->find(m.path);
+      if (x != opt_.cross->end() && static_cast<int64_t>(x->second->size()) == m.cols * m.cols) {
+        std::vector<float> target(w.size());
+        gptq_asymmetric_target(w.data(), m.rows, m.cols, gram->data(), x->second->data(), *hessian_, target.data());
+        w = std::move(target);
+      }
+    }
     GptqResult r = gptq_quantize(fmt, w.data(), m.rows, m.cols, *hessian_, opt_.recipe.options(importance));
     if (r.fallback)
       warn("{}: {}: its inputs' second moments are not positive definite even dampened; rounded without GPTQ",

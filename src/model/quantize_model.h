@@ -47,6 +47,9 @@ struct QuantizeModelOptions {
   // lm_head have none: plain rounding) — every one with gptq_all, else those
   // the map's methods name "gptq"; the rest are rounded on their own.
   const GramMap* grams = nullptr;
+  // With grams: GPTQ aimed at the float model's outputs for the modules that
+  // have a cross sum here (collect_sequential's asymmetric mode).
+  const GramMap* cross = nullptr;
   bool gptq_all = true;
   GptqOptions gptq{};
   bool progress = true;

@@ -104,6 +104,44 @@ bool gptq_inverse_factor(const float* h, int64_t n, double damp, std::vector<dou
   return true;
 }
 
+void gptq_asymmetric_target(const float* w, int64_t rows, int64_t cols, const float* h, const float* cross,
+                            const GptqHessian& hs, float* out) {
+  check(hs.cols == cols && hs.ok, "gptq: no factorised statistics for the asymmetric target");
+  // E = C - H (cols x cols); per row r: d = w_r E, then z = d H^-1 through
+  // hs's factor of the permuted H^-1 = U^T U: t = d_p U^T, z_p = t U.
+  std::vector<double> e(static_cast<size_t>(cols * cols));
+  for (int64_t i = 0; i < cols * cols; ++i) e[i] = static_cast<double>(cross[i]) - h[i];
+  parallel_for_range(rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<double> d(static_cast<size_t>(cols)), t(static_cast<size_t>(cols)), z(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* wr = w + r * cols;
+      std::fill(d.begin(), d.end(), 0.0);
+      for (int64_t i = 0; i < cols; ++i) {
+        const double wi = wr[i];
+        if (wi == 0.0) continue;
+        const double* er = e.data() + i * cols;
+        for (int64_t j = 0; j < cols; ++j) d[j] += wi * er[j];
+      }
+      // t = d_p U^T (t_i = sum_{j >= i} d_p[j] U[i][j]), then z = t U (z_j = sum_{i <= j} t_i U[i][j]).
+      for (int64_t i = 0; i < cols; ++i) {
+        double acc = 0.0;
+        const float* ui = hs.u.data() + i * cols;
+        for (int64_t j = i; j < cols; ++j) acc += d[hs.perm[j]] * ui[j];
+        t[i] = acc;
+      }
+      std::fill(z.begin(), z.end(), 0.0);
+      for (int64_t i = 0; i < cols; ++i) {
+        const double ti = t[i];
+        if (ti == 0.0) continue;
+        const float* ui = hs.u.data() + i * cols;
+        for (int64_t j = i; j < cols; ++j) z[hs.perm[j]] += ti * ui[j];
+      }
+      float* o = out + r * cols;
+      for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<float>(wr[j] + z[j]);
+    }
+  });
+}
+
 bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g) {
   return g.act_order && f.affine() != nullptr;
 }

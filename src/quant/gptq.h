@@ -62,6 +62,16 @@ GptqResult gptq_quantize(const TensorFormat& f, const float* w, int64_t rows, in
 GptqResult gptq_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols, const float* h,
                          const QuantizeOptions& opt = {}, const GptqOptions& g = {});
 
+// GPTQ aimed at the float model's outputs (GPTAQ's asymmetric objective):
+// with x the float model's inputs of a matrix and x~ the quantized model's,
+// min sum ||W x - W^ x~||^2 = min sum ||(W' - W^) x~||^2 + const, where
+// W' = W C H^-1, C = sum x x~^T (`cross`), H = sum x~ x~^T (`h`). Written as
+// W' = W + W (C - H) H^-1 with the dampened H^-1 of `hs` (gptq_prepare of h),
+// so that W' is W exactly when the inputs agree (C = H) and dampening only
+// shrinks the correction. out: rows x cols; GPTQ then quantizes out with hs.
+void gptq_asymmetric_target(const float* w, int64_t rows, int64_t cols, const float* h, const float* cross,
+                            const GptqHessian& hs, float* out);
+
 // The upper Cholesky factor U of H^-1 (H^-1 = U^T U), rows x cols double,
 // after dampening; false when H is not positive definite. Exposed for tests.
 bool gptq_inverse_factor(const float* h, int64_t n, double damp, std::vector<double>& u);

@@ -212,7 +212,7 @@ TEST(CliQuantize, Gptq) {
                 kCalib).code, 1);
 }
 
-// GPTQ's sequential mode: MLX and GGUF exports that load and run; only with GPTQ.
+// GPTQ's sequential mode (and its asymmetric target): MLX and GGUF exports that load and run; only with GPTQ.
 TEST(CliQuantize, GptqSequential) {
   const std::string dir = test::temp_dir();
   quantize_ok(stories_gguf(), dir + "/mlx",
@@ -220,9 +220,15 @@ TEST(CliQuantize, GptqSequential) {
   ok("quantize " + stories_gguf() + " -o " + dir + "/q.gguf --format gguf --bits 4 --method gptq --sequential --calib " +
      calib_txt() + kCalib);
   ok("eval " + dir + "/q.gguf --text " + calib_txt() + " --chunks 2 --ctx 64");
+  quantize_ok(stories_gguf(), dir + "/asym",
+              "--bits 3 --group-size 32 --method gptq --sequential --asymmetric --calib " + calib_txt() + kCalib);
   const RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --sequential --calib " + calib_txt() + kCalib);
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("--method gptq"), std::string::npos) << r.out;
+  const RunResult a = run("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq --asymmetric --calib " +
+                          calib_txt() + kCalib);
+  EXPECT_EQ(a.code, 1) << a.out;
+  EXPECT_NE(a.out.find("--sequential"), std::string::npos) << a.out;
 }
 
 // AWQ scales are folded into the norms and v/up rows: the outputs stay plain

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "model/calibration_stats.h"
@@ -38,7 +39,7 @@ class SequentialFamily : public ::testing::TestWithParam<std::string> {};
 TEST_P(SequentialFamily, NothingQuantizedGivesTheFloatStatistics) {
   const Model m = model_of(GetParam(), 401);
   const auto windows = windows_for(m);
-  const CalibrationStats seq = collect_sequential(m, PrecisionMap{}, windows, {}, false);
+  const CalibrationStats seq = collect_sequential(m, PrecisionMap{}, windows, {}, false, false);
   const GramMap grams = collect_grams(m, windows, false);
   const ImportanceMap energy = collect_importance(m, windows, false);
   ASSERT_EQ(seq.grams.size(), grams.size());
@@ -47,15 +48,19 @@ TEST_P(SequentialFamily, NothingQuantizedGivesTheFloatStatistics) {
   for (const auto& [path, e] : energy) EXPECT_EQ(seq.importance.at(path), e) << path;
 }
 
-TEST_P(SequentialFamily, GptqLayersSeeTheQuantizedModelTheExportMakes) {
-  const Model m = model_of(GetParam(), 402);
+class SequentialMode : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
+
+TEST_P(SequentialMode, GptqLayersSeeTheQuantizedModelTheExportMakes) {
+  const auto& [family, asymmetric] = GetParam();
+  const Model m = model_of(family, 402);
   const auto windows = windows_for(m);
   PrecisionMap map = PrecisionMap::uniform(m.config, AffineFormat{3, 32});
   // A tied embedding stays float in the pass (collect_sequential): the model compared below keeps it so too.
   if (m.config.tied_embeddings) map.formats.erase("model.embed_tokens");
   QuantizeModelOptions opt;
   opt.progress = false;
-  const CalibrationStats seq = collect_sequential(m, map, windows, opt, false);
+  const CalibrationStats seq = collect_sequential(m, map, windows, opt, asymmetric, false);
+  EXPECT_EQ(seq.cross.empty(), !asymmetric);
   const GramMap float_grams = collect_grams(m, windows, false);
   int differing = 0;
   for (const auto& mod : quantizable_modules(m.config)) {
@@ -70,8 +75,9 @@ TEST_P(SequentialFamily, GptqLayersSeeTheQuantizedModelTheExportMakes) {
 
   // Quantizing with these statistics gives the model the pass ran: its own
   // (float-model) statistics are the sequential ones, layer by layer.
-  Model q = model_of(GetParam(), 402);
+  Model q = model_of(family, 402);
   opt.grams = &seq.grams;
+  opt.cross = asymmetric ? &seq.cross : nullptr;
   opt.importance = &seq.importance;
   opt.fake = true;
   quantize_model(q, map, opt);
@@ -82,6 +88,11 @@ TEST_P(SequentialFamily, GptqLayersSeeTheQuantizedModelTheExportMakes) {
 
 INSTANTIATE_TEST_SUITE_P(Families, SequentialFamily, ::testing::Values("llama", "qwen3", "phi3", "gemma3"),
                          [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Families, SequentialMode,
+                         ::testing::Combine(::testing::Values("llama", "qwen3", "phi3", "gemma3"), ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + (std::get<1>(info.param) ? "_asymmetric" : "");
+                         });
 
 }  // namespace
 }  // namespace optiq

@@ -88,6 +88,53 @@ INSTANTIATE_TEST_SUITE_P(Formats, GptqVsRounding,
                                            "q4_1", "q5_0", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"),
                          [](const auto& info) { return info.param; });
 
+// GPTQ's asymmetric target (GPTAQ): with the inputs unchanged it is W itself
+// (bit for bit); with inputs x~ that differ from the float model's x, W'
+// reproduces W x from x~ far better than W does, and GPTQ of W' beats GPTQ of
+// W on the float model's outputs, at odd widths and with act-order.
+TEST(Gptq, AsymmetricTargetAimsAtTheFloatOutputs) {
+  for (const bool act_order : {false, true}) {
+    const int64_t rows = 9, cols = 96, n = 400;
+    const auto x = correlated_inputs(n, cols, 61);
+    const auto noise = test::random_floats(static_cast<size_t>(n * cols), 62);
+    std::vector<float> xq(x.size());
+    for (size_t i = 0; i < x.size(); ++i) xq[i] = x[i] + 0.3f * std::abs(x[i]) * noise[i];  // the quantized model's
+    const auto w = test::random_floats(static_cast<size_t>(rows * cols), 63, 0.1f);
+    const std::vector<float> h = gram(xq, n, cols), h_same = gram(x, n, cols);
+    std::vector<float> c(static_cast<size_t>(cols * cols));
+    for (int64_t a = 0; a < cols; ++a)
+      for (int64_t b = 0; b < cols; ++b) {
+        double sum = 0;
+        for (int64_t t = 0; t < n; ++t) sum += double(x[t * cols + a]) * xq[t * cols + b];
+        c[a * cols + b] = static_cast<float>(sum);
+      }
+    // Unchanged inputs: W.
+    const GptqHessian same = gptq_prepare(h_same.data(), cols, act_order, 0.01);
+    std::vector<float> target(w.size());
+    gptq_asymmetric_target(w.data(), rows, cols, h_same.data(), h_same.data(), same, target.data());
+    EXPECT_EQ(target, w);
+    // ||X W^T - X~ V^T||^2 for V = W, the target, and GPTQ's roundings of each.
+    auto miss = [&](const std::vector<float>& v) {
+      double e = 0;
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = 0; r < rows; ++r) {
+          double want = 0, got = 0;
+          for (int64_t j = 0; j < cols; ++j) want += double(x[t * cols + j]) * w[r * cols + j], got += double(xq[t * cols + j]) * v[r * cols + j];
+          e += (want - got) * (want - got);
+        }
+      return e;
+    };
+    const GptqHessian hs = gptq_prepare(h.data(), cols, act_order, 0.01);
+    ASSERT_TRUE(hs.ok);
+    gptq_asymmetric_target(w.data(), rows, cols, h.data(), c.data(), hs, target.data());
+    EXPECT_LT(miss(target), 0.8 * miss(w)) << "act_order " << act_order;  // noise no weights can explain remains
+    const TensorFormat f = AffineFormat{4, 32};
+    const auto plain = dequantize_matrix(gptq_quantize(f, w.data(), rows, cols, hs).q);
+    const auto aimed = dequantize_matrix(gptq_quantize(f, target.data(), rows, cols, hs).q);
+    EXPECT_LT(miss(aimed), miss(plain)) << "act_order " << act_order;
+  }
+}
+
 TEST(Gptq, InverseFactorOfTheDampenedHessian) {
   const int64_t n = 37, tokens = 80;
   const auto h = gram(correlated_inputs(tokens, n, 3), tokens, n);

@@ -31,6 +31,7 @@ struct QuantizeArgs {
   double damp = 0.01;
   bool no_act_order = false;
   bool sequential = false;
+  bool asymmetric = false;
   int awq_grid = 10;
   std::string shard_size = "5GB";
   bool force = false;
@@ -41,6 +42,7 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   check((a.method != "gptq" && a.method != "awq") || !a.calib.source.empty(),
         "--method {} needs calibration text (--calib FILE, or --calib self): it works from the inputs' statistics",
         a.method);
+  check(!a.asymmetric || a.sequential, "--asymmetric aims GPTQ's sequential pass at the float model: add --sequential");
   check(!a.sequential || a.method == "gptq" || !a.plan.empty(),
         "--sequential is GPTQ's sequential mode: use it with --method gptq (or a plan naming gptq)");
   check(a.damp > 0 && a.damp < 10, "--damp {}: expected a fraction of the mean input energy, e.g. 0.01", a.damp);
@@ -60,7 +62,7 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   QuantizeModelOptions opt{.recipe = QuantizeRecipe::for_model(
                                m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, dtype)};
   ImportanceMap importance;
-  GramMap grams;
+  GramMap grams, cross;
   // A plan whose profile measured GPTQ for some tensors names it per tensor.
   const bool plan_gptq = !map.methods.empty();
   check(!plan_gptq || !a.calib.source.empty(),
@@ -82,8 +84,10 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
       if (a.sequential) {
         // Each layer's statistics on the layers before it quantized; the
         // embedding (no input statistics) keeps the float model's.
-        CalibrationStats st = collect_sequential(m, map, windows, opt, !a.json);
+        CalibrationStats st = collect_sequential(m, map, windows, opt, a.asymmetric, !a.json);
         grams = std::move(st.grams);
+        cross = std::move(st.cross);
+        if (a.asymmetric) opt.cross = &cross;
         for (auto& [path, energy] : st.importance) importance[path] = std::move(energy);
       } else {
         grams = collect_grams(m, windows);
@@ -168,6 +172,10 @@ Runner register_quantize(CLI::App& app) {
                 "gptq: each layer's input statistics from the calibration text run through the layers before it "
                 "already quantized: each matrix's rounding minimises its output error on the inputs the quantized "
                 "model gives it (GPTQ's sequential mode; about five more partial passes of every layer)");
+  cmd->add_flag("--asymmetric", a->asymmetric,
+                "gptq --sequential: aim each matrix at the float model's outputs, min ||W x - W^ x~||^2 with x the "
+                "float model's inputs and x~ the quantized model's (GPTAQ), so it also corrects what the matrices "
+                "before it got wrong; runs the float model beside the pass");
   cmd->add_option("--dtype", a->dtype,
                   "float type of scales, biases and unquantized tensors (auto: bf16 for Gemma in MLX, whose "
                   "activations overflow fp16 there, else f16; GGUF blocks always hold fp16 scales)")->capture_default_str()
