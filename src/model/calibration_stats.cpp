@@ -206,10 +206,10 @@ class SiteInputs : public ActivationObserver {
 // the last layer, the lm_head's inputs to `energy`.
 class NextLayerInput : public ActivationObserver {
  public:
-  NextLayerInput(int next, ImportanceCollector& energy) : next_(next), energy_(energy) {}
+  NextLayerInput(int next, ImportanceCollector* energy) : next_(next), energy_(energy) {}
   std::vector<float> rows;
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
-    if (site == Site::HeadIn) energy_.observe(layer, site, x, n, cols);
+    if (site == Site::HeadIn && energy_) energy_->observe(layer, site, x, n, cols);
     if (site != Site::LayerIn || layer != next_) return;
     rows.assign(x, x + n * cols);
     throw StopPass{};
@@ -217,7 +217,7 @@ class NextLayerInput : public ActivationObserver {
 
  private:
   int next_;
-  ImportanceCollector& energy_;
+  ImportanceCollector* energy_;  // null: the lm_head's inputs are not wanted
 };
 
 // The rows at one site of one layer (the float model's, beside the
@@ -328,9 +328,7 @@ CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
         quantized.emplace_back(weights, *m, quantizer.quantize(*m, module_linear(model.weights, *m)));
     }
     // The next layer's inputs (after the last layer: the lm_head's), of both models.
-    NextLayerInput next(l + 1, energy);
-    ImportanceCollector unused(c);
-    NextLayerInput next_float(l + 1, unused);
+    NextLayerInput next(l + 1, &energy), next_float(l + 1, nullptr);
     for (size_t w = 0; w < windows.size(); ++w) {
       run(tf, h, l, next, w);
       if (l + 1 < c.n_layers) h[w] = std::move(next.rows);

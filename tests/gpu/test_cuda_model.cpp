@@ -226,6 +226,17 @@ ProfileOptions both_methods(const Model& m, const CalibrationOptions& co, std::v
   return o;
 }
 
+// A profile made on backend b (the default backend restored afterwards, also on a throw).
+SensitivityTable profile_on(Backend& b, const Model& m, const std::vector<std::vector<int32_t>>& windows,
+                            const ProfileOptions& o) {
+  struct Restore {
+    Backend& saved = default_backend();
+    ~Restore() { set_default_backend(saved); }
+  } restore;
+  set_default_backend(b);
+  return profile_model(m, windows, o);
+}
+
 // Profiling on the GPU (passes, Gram sums, log-probabilities and KL there)
 // measures what the CPU measures: the same ranking of modules x candidates.
 TEST(CudaModel, ProfileEqualsCpu) {
@@ -235,14 +246,8 @@ TEST(CudaModel, ProfileEqualsCpu) {
   const CalibrationOptions co = stories_calibration(6, 96);
   const auto windows = calibration_windows(m, co);
   ProfileOptions o = both_methods(m, co, {AffineFormat{2, 32}, AffineFormat{3, 64}, AffineFormat{4, 32}, AffineFormat{8, 64}});
-  auto profile_on = [&](Backend& b) {
-    Backend& saved = default_backend();
-    set_default_backend(b);
-    SensitivityTable t = profile_model(m, windows, o);
-    set_default_backend(saved);
-    return t;
-  };
-  const SensitivityTable cpu = profile_on(cpu_backend()), gpu = profile_on(*cuda_backend());
+  const SensitivityTable cpu = profile_on(cpu_backend(), m, windows, o),
+                         gpu = profile_on(*cuda_backend(), m, windows, o);
   std::vector<double> kc, kg, pc, pg;
   for (size_t i = 0; i < cpu.modules.size(); ++i)
     for (const auto& [name, f] : cpu.modules[i].formats) {
@@ -270,13 +275,10 @@ TEST(CudaModel, ProfileWithReferenceOnHostEqualsOnDevice) {
   const CalibrationOptions co = stories_calibration(4, 64);
   const auto windows = calibration_windows(m, co);
   ProfileOptions o = both_methods(m, co, {AffineFormat{3, 32}, AffineFormat{4, 64}});
-  Backend& saved = default_backend();
-  set_default_backend(*cuda_backend());
   o.device_headroom = 1e9;  // everything kept on the device
-  const SensitivityTable kept = profile_model(m, windows, o);
+  const SensitivityTable kept = profile_on(*cuda_backend(), m, windows, o);
   o.device_headroom = 0.0;  // nothing
-  const SensitivityTable streamed = profile_model(m, windows, o);
-  set_default_backend(saved);
+  const SensitivityTable streamed = profile_on(*cuda_backend(), m, windows, o);
   ASSERT_EQ(kept.modules.size(), streamed.modules.size());
   for (size_t i = 0; i < kept.modules.size(); ++i)
     for (const auto& [name, f] : kept.modules[i].formats) {
