@@ -1,7 +1,9 @@
 // Running the optiq binary as a child the test controls: killed with SIGKILL
 // after a delay, or with a file size limit (RLIMIT_FSIZE, SIGXFSZ ignored, so
 // that write() fails with EFBIG as it fails with ENOSPC on a full disk), and
-// comparing what it left on disk.
+// comparing what it left on disk; or inside a user + mount namespace
+// (`unshare -rm`, no root needed) whose only change is a small tmpfs over the
+// output directory, so that write() fails with a real ENOSPC.
 #pragma once
 #include <sys/types.h>
 
@@ -35,5 +37,28 @@ std::string absent_or_same(const std::string& path, const std::string& ref);
 std::string same(const std::string& path, const std::string& ref);
 
 std::string stories_gguf();
+
+// --- a real full disk: a small tmpfs in a user + mount namespace ---
+
+// "" when `unshare -rm` can start a user + mount namespace here and mount a
+// tmpfs in it; else why not (CI containers often forbid user namespaces).
+std::string small_tmpfs_unavailable();
+
+struct TmpfsRun {
+  int code = -1;                  // optiq's exit code (128 + signal); -1: the namespace or tmpfs could not be set up
+  std::string err;                // optiq's stderr (when code is -1: why the setup failed)
+  std::vector<std::string> left;  // `ls -A dir` after optiq ended, before the tmpfs went away
+  std::string script_err;         // what the listing and the copy to `snapshot` wrote to stderr ("" when all went well)
+};
+// Runs `optiq -q ARGS` in a new user + mount namespace in which `dir` (an
+// empty directory outside) is a tmpfs of `size` bytes holding a copy of each
+// of `preload` (paths outside it). The optiq binary and its inputs stay
+// outside the tmpfs. After optiq ends, what the tmpfs holds is copied into
+// `snapshot` (an empty directory outside); the tmpfs goes with the namespace,
+// leaving `dir` as it was.
+TmpfsRun run_on_small_tmpfs(const std::vector<std::string>& args, const std::string& dir, int64_t size,
+                            const std::vector<std::string>& preload, const std::string& snapshot);
+// Whether a mount on `dir` is visible in this process (/proc/self/mountinfo).
+bool is_mount_point(const std::string& dir);
 
 }  // namespace optiq::test

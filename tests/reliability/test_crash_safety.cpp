@@ -2,10 +2,12 @@
 // quantize, profile and auto killed with SIGKILL at random moments never
 // leave a partial file at an output path (each is absent, or byte for byte
 // what an uninterrupted run writes); an interrupted profile resumes from its
-// checkpoint to the same bytes; a full disk (a file size limit: write() fails
-// with EFBIG as it fails with ENOSPC) is a one-line error naming the file, and
-// leaves nothing corrupt. Temporaries of killed runs are removed by the next
-// run. The kill delays are random; OPTIQ_CRASH_SEED=N replays a failure's.
+// checkpoint to the same bytes; a full disk is a one-line error naming the
+// file, and leaves nothing corrupt: simulated with a file size limit (write()
+// fails with EFBIG as it fails with ENOSPC), and real (ENOSPC) on a small
+// tmpfs in a user + mount namespace where those are allowed. Temporaries of
+// killed runs are removed by the next run. The kill delays are random;
+// OPTIQ_CRASH_SEED=N replays a failure's.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -237,6 +239,99 @@ TEST(CrashSafety, FullDiskIsOneLineAndLeavesNothingCorrupt) {
   for (const char* o : {"/model.plan.json", "/model.profile.json", "/model.profile.json.windows"})
     EXPECT_EQ(same(b + o, a + o), "");
   EXPECT_EQ(temporaries_in(b), std::vector<std::string>{});
+}
+
+// A real full disk: `unshare -rm` (a user + mount namespace, no root needed)
+// mounts a tmpfs too small for the output over an empty directory, and optiq
+// writes there; write() fails with ENOSPC. The binary and the model stay
+// outside. Skipped where user namespaces are not allowed (many containers).
+
+// Bytes a tmpfs needs to hold `path` (a file or a directory's files), page by page.
+int64_t tmpfs_bytes(const std::string& path) {
+  auto pages = [](uintmax_t n) { return static_cast<int64_t>((n + 4095) / 4096 * 4096); };
+  if (!fs::is_directory(path)) return pages(fs::file_size(path));
+  int64_t n = 0;
+  for (const auto& f : files_under(path)) n += pages(fs::file_size(path + "/" + f));
+  return n;
+}
+
+// After a run on the tmpfs over `mnt`: the mount went with the namespace and
+// nothing was written to the directory underneath.
+void expect_tmpfs_gone(const std::string& mnt) {
+  EXPECT_FALSE(is_mount_point(mnt)) << mnt;
+  EXPECT_TRUE(fs::is_empty(mnt)) << mnt << " holds files: they were written outside the tmpfs";
+}
+
+void expect_enospc_error(const std::string& err, const std::string& path) {
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  EXPECT_EQ(err.rfind("optiq: error: " + path + ": write failed: ", 0), 0u) << err;
+  EXPECT_NE(err.find("the disk is full (No space left on device)"), std::string::npos) << err;
+}
+
+TEST(CrashSafety, RealFullDiskTmpfs) {
+  if (const std::string why = small_tmpfs_unavailable(); !why.empty()) GTEST_SKIP() << why;
+  for (const std::string format : {"gguf", "mlx"}) {
+    SCOPED_TRACE(format);
+    const std::string name = format == "gguf" ? "q.gguf" : "q";
+    const std::string refs = temp_dir(), ref = refs + "/" + name;
+    auto args = [&](const std::string& dir) {
+      return Args{"quantize", stories_gguf(), "--format", format, "-o", dir + "/" + name, "--force"};
+    };
+    ASSERT_EQ(run_child(args(refs)), 0);
+    const std::string failing_file = format == "gguf" ? name : name + "/model.safetensors";
+    ASSERT_GT(tmpfs_bytes(ref), 128 << 10) << "the output would fit on the 64 kB tmpfs";
+
+    // From nothing: a 64 kB tmpfs.
+    {
+      const std::string mnt = temp_dir(), snap = temp_dir();
+      const TmpfsRun r = run_on_small_tmpfs(args(mnt), mnt, 64 << 10, {}, snap);
+      ASSERT_NE(r.code, -1) << r.err;
+      EXPECT_EQ(r.script_err, "");
+      EXPECT_EQ(r.code, 1) << r.err;
+      expect_enospc_error(r.err, mnt + "/" + failing_file);
+      EXPECT_EQ(r.left, std::vector<std::string>{}) << "the tmpfs should be empty after the failure";
+      expect_tmpfs_gone(mnt);
+    }
+    // Over a complete output: it fits, with 64 kB to spare, but not a second one beside it.
+    {
+      const std::string mnt = temp_dir(), snap = temp_dir();
+      const TmpfsRun r = run_on_small_tmpfs(args(mnt), mnt, tmpfs_bytes(ref) + (64 << 10), {ref}, snap);
+      ASSERT_NE(r.code, -1) << r.err;
+      EXPECT_EQ(r.script_err, "");
+      EXPECT_EQ(r.code, 1) << r.err;
+      expect_enospc_error(r.err, mnt + "/" + failing_file);
+      EXPECT_EQ(r.left, std::vector<std::string>{name}) << "only the old output should be left";
+      EXPECT_EQ(same(snap + "/" + name, ref), "") << "the old output should be unchanged";
+      expect_tmpfs_gone(mnt);
+    }
+  }
+
+  // profile: the checkpoint, rewritten after every module, outgrows the
+  // tmpfs; the last one that fit stays, whole, and a run elsewhere resumes
+  // from it to the reference bytes.
+  const std::string refs = temp_dir(), ref = refs + "/p.json";
+  auto profile = [&](const std::string& dir) {
+    return with({"profile", stories_gguf(), "--calib", calib_excerpt(), "--cache", dir + "/p.json"}, kCalib);
+  };
+  const std::string logs = temp_dir();
+  ASSERT_EQ(run_child(with(profile(refs), {"--json"}), {.out_log = logs + "/ref.json"}), 0);
+  const int measurements = nlohmann::json::parse(read_file(logs + "/ref.json"))["exact_measured"].get<int>();
+  const std::string mnt = temp_dir(), snap = temp_dir();
+  const TmpfsRun r = run_on_small_tmpfs(profile(mnt), mnt, 32 << 10, {}, snap);
+  ASSERT_NE(r.code, -1) << r.err;
+  EXPECT_EQ(r.script_err, "");
+  EXPECT_EQ(r.code, 1) << r.err;
+  expect_enospc_error(r.err, profile_checkpoint_path(mnt + "/p.json"));
+  EXPECT_EQ(r.left, std::vector<std::string>{"p.json.partial"}) << "the window cache is written with the profile";
+  expect_tmpfs_gone(mnt);
+  const std::string checkpoint = profile_checkpoint_path(snap + "/p.json");
+  ASSERT_TRUE(fs::exists(checkpoint));
+  expect_valid_checkpoint(checkpoint);
+  ASSERT_EQ(run_child(with(profile(snap), {"--json"}), {.out_log = logs + "/resumed.json"}), 0);
+  EXPECT_LT(nlohmann::json::parse(read_file(logs + "/resumed.json"))["exact_measured"].get<int>(), measurements)
+      << "nothing was resumed";
+  EXPECT_EQ(same(snap + "/p.json", ref), "");
+  EXPECT_FALSE(fs::exists(checkpoint));
 }
 
 }  // namespace
