@@ -4,19 +4,39 @@
 # test_gpu), then with `profile` the 8B shape's fast profile with its device
 # memory logged (OPTIQ_CUDA_MEMLOG=1; BENCHMARKS.md §6). Everything goes to
 # $OUT: test logs, profile.json, profile.txt and memlog.txt (allocations of
-# 16 MiB or more and each new peak of the bytes held).
+# 16 MiB or more and each new peak of the bytes held). With `sanitize`, the
+# GPU tests' CUDA cases run under compute-sanitizer instead of plainly
+# (SANITIZE_TOOLS, default "memcheck racecheck": memcheck with leak check,
+# racecheck of shared memory; initcheck is the third; SANITIZE_TIMEOUT seconds
+# a run, default 140): logs sanitize-<tool>-<test>.txt. Modes combine:
+# `bash scripts/device_check.sh tests sanitize profile`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/optiq-device}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-for t in test_backend test_gpu; do
-  t0=$SECONDS
-  timeout 300 scripts/device_run.sh "$t" > "$OUT/$t.txt" 2>&1
-  echo "$t: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.txt" | tr '\n' ' ')"
-  grep -E '^\[  FAILED' "$OUT/$t.txt" | head -20
-done
-if [ "${1:-}" = profile ]; then
+modes=" $* "
+if [[ $modes != *" sanitize "* || $modes == *" tests "* ]]; then
+  for t in test_backend test_gpu; do
+    t0=$SECONDS
+    timeout 300 scripts/device_run.sh "$t" > "$OUT/$t.txt" 2>&1
+    echo "$t: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.txt" | tr '\n' ' ')"
+    grep -E '^\[  FAILED' "$OUT/$t.txt" | head -20
+  done
+fi
+if [[ $modes == *" sanitize "* ]]; then
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
+    extra=(); [ $tool = memcheck ] && extra=(--leak-check full)
+    for t in test_gpu test_backend; do
+      t0=$SECONDS
+      timeout "${SANITIZE_TIMEOUT:-140}" scripts/device_run.sh "$cs" --tool $tool "${extra[@]}" --error-exitcode 99 \
+        "$t" --gtest_filter='*cuda*:*Cuda*:*Gpu*:*GPU*' > "$OUT/sanitize-$tool-$t.txt" 2>&1
+      echo "compute-sanitizer $tool $t: exit $?, $((SECONDS - t0)) s; $(grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED)' "$OUT/sanitize-$tool-$t.txt" | tr '\n' ' ')"
+    done
+  done
+fi
+if [[ $modes == *" profile "* ]]; then
   t0=$SECONDS
   OPTIQ_CUDA_MEMLOG=1 timeout 420 scripts/device_run.sh bench_gpu_profile --shape llama3-8b --anchor-windows 32 \
     --json "$OUT/profile.json" > "$OUT/profile.txt" 2> "$OUT/profile.err"

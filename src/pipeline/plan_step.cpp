@@ -41,6 +41,53 @@ std::vector<TensorFormat> plan_formats(const SensitivityTable& t) {
 
 namespace {
 
+// The decode-speed bound of a plan step (PlanStepOptions::max_slowdown).
+struct SpeedBound {
+  CandidateTime time_of;
+  double max_ns = 0;
+  double slowdown = 0;
+  SpeedReference ref;
+};
+
+std::optional<SpeedBound> speed_bound(const ModelConfig& config, const SensitivityTable& t, const PlanStepOptions& a,
+                                      int64_t budget) {
+  double slowdown = a.max_slowdown;
+  if (a.max_slowdown_auto) {
+    const bool gguf = !t.candidates.empty() &&
+                      std::all_of(t.candidates.begin(), t.candidates.end(), [](const TensorFormat& f) { return f.ggml(); });
+    slowdown = gguf ? 0.10 : -1;
+  }
+  if (slowdown < 0) return std::nullopt;
+  SpeedBound b;
+  b.slowdown = slowdown;
+  b.ref = llamacpp_speed_reference(config, budget, a.speed);
+  b.max_ns = b.ref.ns * (1 + slowdown);
+  b.time_of = [&config, speed = a.speed](const ModuleInfo& m, const TensorFormat& f) {
+    return speed.module_ns(config, m, f);
+  };
+  return b;
+}
+
+// What the result and the plan file say about the bound.
+void record_speed(PlanStepResult& r, const ModelConfig& config, const std::optional<SpeedBound>& b,
+                  const PlanStepOptions& a) {
+  if (!b) return;
+  r.speed_reference = b->ref;
+  r.max_ns = r.max_ns > 0 ? b->max_ns : 0;  // 0: the bound was dropped (see the notes)
+  r.predicted_ns = a.speed.plan_ns(config, r.map.formats);
+}
+
+nlohmann::json speed_json(const PlanStepResult& r, const PlanStepOptions& a) {
+  if (!r.speed_reference) return nullptr;
+  const SpeedReference& ref = *r.speed_reference;
+  return {{"runtime", a.speed.runtime},
+          {"table", a.speed.source},
+          {"reference", "llama.cpp " + ref.mix},
+          {"reference_bytes", ref.bytes},
+          {"bound_vs_reference", r.max_ns > 0 ? nlohmann::json(r.max_ns / ref.ns) : nlohmann::json(nullptr)},
+          {"predicted_vs_reference", r.predicted_ns / ref.ns}};
+}
+
 SolverOptions solver_options(const ModelConfig& config, const PlanStepOptions& a) {
   SolverOptions so;
   so.fixed_bytes = fixed_weight_bytes(config);
@@ -72,10 +119,14 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
   const ModelConfig& config = model.config;
   PlanStepOptions predicted = a;
   predicted.select = PlanSelection::Predicted;
-  PlanStepResult r = run_plan_step(config, t, predicted, "");  // budget, solver certificate
+  PlanStepResult r = run_plan_step(config, t, predicted, "");  // budget, solver certificate, speed bound
   const auto damage = t.damage(a.damage);
   const std::vector<TensorFormat> formats = plan_formats(t);
-  r.variants = plan_variants(config, damage, formats, r.budget.weight_bytes, solver_options(config, a));
+  SolverOptions so = solver_options(config, a);
+  const std::optional<SpeedBound> bound = speed_bound(config, t, a, r.budget.weight_bytes);
+  if (bound && r.max_ns > 0) so.max_time = bound->max_ns;  // else dropped by the predicted step (its note says why)
+  r.variants = plan_variants(config, damage, formats, r.budget.weight_bytes, so, true,
+                             bound ? bound->time_of : CandidateTime{});
   std::unique_ptr<PlanMeasurer> own;
   PlanMeasurer* measurer = ctx.measurer;
   if (!measurer) {
@@ -91,6 +142,8 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
   r.solution.damage = v.predicted;
   r.solution.method = "measured selection: " + v.name;
   r.bits_per_weight = plan_bits_per_weight(config, r.map);
+  record_speed(r, config, bound, a);
+  const nlohmann::json speed = speed_json(r, a);
   nlohmann::json variants = nlohmann::json::array();
   for (const auto& x : r.variants)
     variants.push_back({{"name", x.name}, {"bytes", x.bytes}, {"predicted_kl", x.predicted},
@@ -104,6 +157,7 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
   meta.calib_kl = v.measured;
   meta.variants = &variants;
   meta.provenance = &a.provenance;
+  if (!speed.is_null()) meta.decode_speed = &speed;
   finish_plan(r.map, t, config, meta, out);
   return r;
 }
@@ -141,10 +195,33 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     finish_plan(r.map, t, config, meta, out);
     return r;
   }
-  const SolverOptions so = solver_options(config, a);
-  r.solution = solve(items, r.budget.weight_bytes, so);
+  SolverOptions so = solver_options(config, a);
+  const std::optional<SpeedBound> bound = speed_bound(config, t, a, r.budget.weight_bytes);
+  if (bound) {
+    for (size_t i = 0; i < modules.size(); ++i)
+      for (auto& c : items[i].candidates) c.time = bound->time_of(modules[i], c.format);
+    so.max_time = bound->max_ns;
+    r.max_ns = bound->max_ns;
+    try {
+      r.solution = solve(items, r.budget.weight_bytes, so);
+    } catch (const Error& e) {
+      // Within the budget no plan of these candidates is that fast: plan for
+      // quality alone and say so (llama.cpp's own mix needs formats outside the candidates).
+      so.max_time = 0;
+      r.max_ns = 0;
+      r.solution = solve(items, r.budget.weight_bytes, so);
+      r.notes.push_back(fmt::format(
+          "no plan of these candidates within the budget is predicted to decode within {:.0f}% of llama.cpp's {} "
+          "of this size ({}); planned without the speed bound",
+          100 * bound->slowdown, bound->ref.mix, e.what()));
+    }
+  } else {
+    r.solution = solve(items, r.budget.weight_bytes, so);
+  }
   r.map = r.solution.precision_map();
   r.bits_per_weight = plan_bits_per_weight(config, r.map);
+  record_speed(r, config, bound, a);
+  const nlohmann::json speed = speed_json(r, a);
   PlanMetadata meta;
   meta.budget = r.budget.description;
   meta.fit = &r.budget;
@@ -153,6 +230,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
   meta.lower_bound_kl = r.solution.lower_bound;
   meta.gap_kl = r.solution.gap;
   meta.provenance = &a.provenance;
+  if (!speed.is_null()) meta.decode_speed = &speed;
   finish_plan(r.map, t, config, meta, out);
   return r;
 }

@@ -4,12 +4,14 @@
 // baseline rule of the same budget, or (measured selection) the best of a few
 // plans of that budget measured on calibration windows.
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "model/model.h"
 #include "pipeline/profile_step.h"
 #include "plan/budget.h"
+#include "plan/decode_speed.h"
 #include "plan/select.h"
 #include "plan/solver.h"
 #include "profile/sensitivity.h"
@@ -30,6 +32,14 @@ struct PlanStepOptions {
   std::string baseline;
   PlanSelection select = PlanSelection::Predicted;
   int select_windows = 16;  // measured selection: the first N calibration windows (0: all)
+  // A decode-speed bound (plan/decode_speed.h): < 0 none; else every plan
+  // (solver variants and baselines alike) is predicted by `speed` to decode no
+  // slower than (1 + max_slowdown) x llama.cpp's own mix of the largest size
+  // within the budget. Auto (max_slowdown_auto): 0.10 when every candidate of
+  // the profile is a GGUF block type (a plan for llama.cpp), else none.
+  double max_slowdown = -1;
+  bool max_slowdown_auto = false;
+  DecodeSpeedModel speed = llamacpp_cpu_speed_model();
   bool progress = true;
   nlohmann::json provenance{};  // the plan file's "optiq" object (model/provenance.h); null: the version alone
 };
@@ -40,6 +50,11 @@ struct PlanStepResult {
   PrecisionMap map;
   double bits_per_weight = 0;
   std::vector<PlanVariant> variants;  // measured selection: all measured, the chosen one first
+  // With a decode-speed bound: the reference, the bound and the plan's predicted time.
+  std::optional<SpeedReference> speed_reference;
+  double max_ns = 0;
+  double predicted_ns = 0;
+  std::vector<std::string> notes;  // what the user should know about the plan (also in the plan file's summary)
 };
 
 std::string_view damage_source_name(DamageSource d);  // "auto", "exact", "fast"

@@ -26,6 +26,7 @@ nlohmann::json plan_json(const PrecisionMap& map, const ModelConfig& config, con
   if (meta.calib_kl) j["calib_kl"] = *meta.calib_kl;
   if (meta.variants) j["variants"] = *meta.variants;
   if (meta.fit && meta.fit->memory) j["memory"] = memory_fit_json(*meta.fit, config, map.formats);
+  if (meta.decode_speed) j["decode_speed"] = *meta.decode_speed;
   j["optiq"] = provenance_or_version(meta.provenance ? *meta.provenance : nlohmann::json());
   // Where a k-quant's blocks do not divide a row the file holds llama.cpp's
   // fallback type: say so per tensor ("q4_k→q5_0").

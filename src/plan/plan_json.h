@@ -38,6 +38,7 @@ struct PlanMetadata {
   nlohmann::json* variants = nullptr;  // optional array, copied into the file
   const nlohmann::json* provenance = nullptr;  // "optiq"; null: the version alone
   const Budget* fit = nullptr;  // a --fit budget (with a MemoryBreakdown): "memory"
+  const nlohmann::json* decode_speed = nullptr;  // "decode_speed": the speed bound and prediction
 };
 
 // Full plan JSON (bytes and bits_per_weight computed from config + map).

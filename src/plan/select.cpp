@@ -40,12 +40,12 @@ DamageTable transform(const DamageTable& damage, double p) {
 
 std::optional<PrecisionMap> solve_with(const ModelConfig& config, const DamageTable& damage,
                                        const std::vector<TensorFormat>& formats, int64_t budget,
-                                       const SolverOptions& so) {
+                                       const SolverOptions& so, const CandidateTime& time_of) {
   std::vector<SolverItem> items;
   for (const auto& m : quantizable_modules(config)) {
     auto it = damage.find(m.path);
     check(it != damage.end(), "the profile lacks {}: run `optiq profile` again", m.path);
-    items.push_back(make_item(m, it->second, formats));
+    items.push_back(make_item(m, it->second, formats, time_of));
   }
   try {
     return solve(items, budget, so).precision_map();
@@ -73,8 +73,16 @@ double plan_predicted_damage(const PrecisionMap& map, const DamageTable& damage)
 
 std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTable& damage,
                                        const std::vector<TensorFormat>& formats, int64_t budget,
-                                       const SolverOptions& base, bool with_baselines) {
+                                       const SolverOptions& base, bool with_baselines,
+                                       const CandidateTime& time_of) {
   std::vector<PlanVariant> out;
+  const auto modules = quantizable_modules(config);
+  auto too_slow = [&](const PrecisionMap& map) {
+    if (base.max_time <= 0 || !time_of) return false;
+    double t = 0;
+    for (const auto& m : modules) t += time_of(m, map.format_of(m.path));
+    return t > base.max_time * (1 + 1e-9);
+  };
   std::set<std::string> candidates;
   for (const auto& f : formats) candidates.insert(tensor_format_name(f));
   // Every variant uses only the candidate formats (baselines such as kquant
@@ -85,7 +93,7 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
     return true;
   };
   auto add = [&](std::string name, std::optional<PrecisionMap> map) {
-    if (!map || !admissible(*map)) return;
+    if (!map || !admissible(*map) || too_slow(*map)) return;
     for (const auto& v : out)
       if (v.map.formats == map->formats) return;
     PlanVariant v;
@@ -96,14 +104,14 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
     v.map = std::move(*map);
     out.push_back(std::move(v));
   };
-  add("optiq", solve_with(config, damage, formats, budget, base));
-  add("optiq convex", solve_with(config, transform(damage, 1.5), formats, budget, base));
+  add("optiq", solve_with(config, damage, formats, budget, base, time_of));
+  add("optiq convex", solve_with(config, transform(damage, 1.5), formats, budget, base, time_of));
   if (base.min_bits < 3) {
     SolverOptions so = base;
     so.min_bits = 3;
-    add("optiq min3", solve_with(config, damage, formats, budget, so));
+    add("optiq min3", solve_with(config, damage, formats, budget, so, time_of));
   }
-  add("optiq concave", solve_with(config, transform(damage, 0.75), formats, budget, base));
+  add("optiq concave", solve_with(config, transform(damage, 0.75), formats, budget, base, time_of));
   check(!out.empty(), "no plan fits the budget of {}", format_bytes(budget));
   if (!with_baselines || !base.pins.empty() || !base.tie_groups.empty() || base.min_bits > 0) return out;
   // Baselines ignore pins, ties and min-bits, so they join only unconstrained runs.

@@ -57,11 +57,14 @@ double plan_predicted_damage(const PrecisionMap& map,
 
 // The variants above for `budget` bytes (duplicates removed; a variant whose
 // constraints cannot be met, or that needs a format outside `formats`, is
-// skipped). `damage`: module -> format -> KL.
+// skipped). `damage`: module -> format -> KL. With base.max_time > 0,
+// time_of gives each candidate's time: the solver variants keep to the bound
+// and a baseline that breaks it is left out.
 std::vector<PlanVariant> plan_variants(const ModelConfig& config,
                                        const std::map<std::string, std::map<std::string, double>>& damage,
                                        const std::vector<TensorFormat>& formats, int64_t budget,
-                                       const SolverOptions& base, bool with_baselines = true);
+                                       const SolverOptions& base, bool with_baselines = true,
+                                       const CandidateTime& time_of = {});
 
 // Measures plans on calibration windows: during a measurement the model's
 // weight matrices are swapped (WeightSwap, model/device_weights.h) for packed

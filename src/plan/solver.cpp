@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <regex>
 #include <set>
 
@@ -363,7 +364,116 @@ std::vector<TensorFormat> item_formats(const Problem& P, const std::vector<int>&
 
 }  // namespace
 
+namespace {
+Solution solve_bytes(const std::vector<SolverItem>& items, int64_t budget, const SolverOptions& o);
+}
+
+namespace {
+
+double chosen_time(const std::vector<SolverItem>& items, const std::map<std::string, TensorFormat>& formats) {
+  double t = 0;
+  for (const auto& it : items) {
+    auto f = formats.find(it.path);
+    if (f == formats.end()) continue;
+    for (const auto& c : it.candidates)
+      if (c.format == f->second) {
+        t += c.time;
+        break;
+      }
+  }
+  return t;
+}
+
+// damage + mu * time for every candidate.
+std::vector<SolverItem> penalised(const std::vector<SolverItem>& items, double mu) {
+  std::vector<SolverItem> out = items;
+  for (auto& it : out)
+    for (auto& c : it.candidates) c.damage += mu * c.time;
+  return out;
+}
+
+}  // namespace
+
 Solution solve(const std::vector<SolverItem>& items, int64_t budget, const SolverOptions& o) {
+  SolverOptions plain = o;
+  plain.max_time = 0;
+  Solution s = solve_bytes(items, budget, plain);
+  s.time = chosen_time(items, s.formats);
+  if (o.max_time <= 0 || s.time <= o.max_time) return s;
+  for (const auto& it : items)
+    for (const auto& c : it.candidates)
+      check(std::isfinite(c.time) && c.time >= 0, "solver: {}: candidate time must be finite and >= 0", it.path);
+  // The true damage of a plan (the penalised solves report damage + mu * time).
+  auto true_damage = [&](const Solution& x) {
+    double d = 0;
+    for (const auto& it : items) {
+      auto f = x.formats.find(it.path);
+      for (const auto& c : it.candidates)
+        if (f != x.formats.end() && c.format == f->second) {
+          d += c.damage;
+          break;
+        }
+    }
+    return d;
+  };
+  // Scale of mu: damage per unit of time, from the candidates' medians.
+  std::vector<double> ds, ts;
+  for (const auto& it : items)
+    for (const auto& c : it.candidates) {
+      if (c.damage > 0) ds.push_back(c.damage);
+      if (c.time > 0) ts.push_back(c.time);
+    }
+  auto median = [](std::vector<double>& v) {
+    if (v.empty()) return 1.0;
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  const double scale = median(ds) / median(ts);
+  {
+    // The fastest plan within the budget (time first, damage breaking ties):
+    // when even it is too slow, no multiplier helps.
+    std::vector<SolverItem> fastest = items;
+    for (auto& it : fastest)
+      for (auto& c : it.candidates) c.damage = c.time + 1e-9 * c.damage / scale;
+    const Solution f = solve_bytes(fastest, budget, plain);
+    const double t = chosen_time(items, f.formats);
+    check(t <= o.max_time * (1 + 1e-12),
+          "solver: no plan within {} meets the time bound: the fastest predicted is {:.4g}, the bound {:.4g}",
+          format_bytes(budget), t, o.max_time);
+  }
+  std::optional<Solution> best;
+  double best_lb = 0;
+  auto attempt = [&](double mu) {
+    Solution x = solve_bytes(penalised(items, mu), budget, plain);
+    x.time = chosen_time(items, x.formats);
+    best_lb = std::max(best_lb, x.lower_bound - mu * o.max_time);  // weak duality, any mu >= 0
+    x.damage = true_damage(x);
+    x.mu = mu;
+    const bool ok = x.time <= o.max_time;
+    if (ok && (!best || x.damage < best->damage)) best = std::move(x);
+    return ok;
+  };
+  double lo = 0, hi = scale;
+  for (int k = 0; !attempt(hi); ++k) {
+    check(k < 60, "solver: no multiplier meets the time bound within {}", format_bytes(budget));
+    lo = hi;
+    hi *= 4;
+  }
+  for (int i = 0; i < 24 && hi > lo * (1 + 1e-3); ++i) {
+    const double mid = lo > 0 ? std::sqrt(lo * hi) : hi / 4;
+    if (attempt(mid)) hi = mid; else lo = mid;
+  }
+  Solution r = *best;
+  r.lower_bound = std::clamp(best_lb, 0.0, r.damage);
+  r.gap = r.damage - r.lower_bound;
+  r.exact = r.gap <= 1e-9 * std::max(1e-12, std::abs(r.damage));
+  r.method += " + time bound";
+  return r;
+}
+
+namespace {
+
+Solution solve_bytes(const std::vector<SolverItem>& items, int64_t budget, const SolverOptions& o) {
   const Problem P = build(items, o);
   check(budget >= P.min_bytes,
         "solver: budget {} ({} bytes) is below the smallest achievable size {} ({} bytes) under these constraints",
@@ -457,6 +567,8 @@ Solution solve(const std::vector<SolverItem>& items, int64_t budget, const Solve
   for (size_t i = 0; i < items.size(); ++i) s.formats[items[i].path] = f[i];
   return s;
 }
+
+}  // namespace
 
 std::vector<ParetoPoint> solve_pareto(const std::vector<SolverItem>& items, const SolverOptions& o, int max_points) {
   check(max_points >= 2, "solve_pareto: max_points must be >= 2");

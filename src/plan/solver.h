@@ -50,6 +50,7 @@
 // a second (see tests/plan/test_solver.cpp, FastOnModelSizedInstances).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -62,6 +63,7 @@ struct Candidate {
   TensorFormat format;
   int64_t bytes = 0;   // storage of this module in this format
   double damage = 0;   // predicted KL contribution, >= 0
+  double time = 0;     // predicted decode time (plan/decode_speed.h), used by SolverOptions::max_time
 };
 
 struct SolverItem {
@@ -86,6 +88,13 @@ struct SolverOptions {
   int min_bits = 0;         // drop affine candidates below this many bits
   std::vector<Pin> pins;
   std::vector<std::vector<std::string>> tie_groups;  // module paths sharing one format
+  // > 0: the chosen candidates' summed `time` must not exceed this as well
+  // (a decode-speed bound). Solved by a second Lagrange multiplier: plans of
+  // damage + mu * time for mu found by bisection; the result is the least
+  // damaging plan that meets both limits among those, and its lower bound
+  // stays certified (weak duality: LB(mu) - mu * max_time). Throws when even
+  // the fastest plan within the budget is slower.
+  double max_time = 0;
   int64_t max_dp_bins = 1 << 16;
   int64_t max_dp_ops = 100'000'000;  // bins * candidates per DP; fewer bins when above
 };
@@ -101,9 +110,11 @@ struct Solution {
   double lower_bound = 0;    // Lagrangian/LP bound: no feasible plan has less damage
   double gap = 0;            // damage - lower_bound (>= 0)
   double lambda = 0;         // optimal Lagrange multiplier (damage per byte)
+  double time = 0;           // sum of the chosen candidates' time
+  double mu = 0;             // with max_time: the time multiplier used (0: the bound did not bind)
   bool exact = false;        // proven optimal (gap ~ 0 or one-byte DP)
   std::string method;        // "unconstrained", "lagrange+greedy", "dp+greedy"
-  PrecisionMap precision_map() const { return PrecisionMap{formats}; }
+  PrecisionMap precision_map() const { return PrecisionMap{formats, {}}; }
 };
 
 // Throws optiq::Error for empty/invalid input (no candidates, negative or NaN
@@ -128,7 +139,9 @@ std::vector<ParetoPoint> solve_pareto(const std::vector<SolverItem>& items, cons
 // Candidates for a module from a damage table: every format in `formats` that
 // fits the module, with module_bytes and damage(format). Float gets damage 0
 // unless the table says otherwise. Formats missing from `damage` are skipped.
+// time_of (optional): each candidate's Candidate::time.
+using CandidateTime = std::function<double(const ModuleInfo&, const TensorFormat&)>;
 SolverItem make_item(const ModuleInfo& m, const std::map<std::string, double>& damage_by_format_name,
-                     const std::vector<TensorFormat>& formats);
+                     const std::vector<TensorFormat>& formats, const CandidateTime& time_of = {});
 
 }  // namespace optiq

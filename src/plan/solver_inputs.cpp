@@ -49,13 +49,14 @@ std::vector<std::vector<std::string>> tie_qkv_groups(const std::vector<ModuleInf
 }
 
 SolverItem make_item(const ModuleInfo& m, const std::map<std::string, double>& damage,
-                     const std::vector<TensorFormat>& formats) {
+                     const std::vector<TensorFormat>& formats, const CandidateTime& time_of) {
   SolverItem it{m.path, {}};
   for (const auto& f : formats) {
     if (f && !format_fits(f, m.cols)) continue;
     auto d = damage.find(tensor_format_name(f));
     if (d == damage.end() && f) continue;
-    it.candidates.push_back({f, module_bytes(m, f), d == damage.end() ? 0.0 : d->second});
+    it.candidates.push_back(
+        {f, module_bytes(m, f), d == damage.end() ? 0.0 : d->second, time_of ? time_of(m, f) : 0.0});
   }
   return it;
 }

@@ -80,5 +80,41 @@ TEST(CliGguf, TargetAndAuto) {
   EXPECT_NO_THROW(load_model(dir + "/a.gguf"));
 }
 
+// GGUF plans keep llama.cpp's predicted decode time within --max-slowdown of
+// its own mix of the size (default 10% for GGUF candidates), and say so.
+TEST(CliGguf, PlanBoundsLlamaCppDecodeSpeed) {
+  const std::string dir = test::temp_dir();
+  test::RunResult r = run("profile " + stories() + " --calib " + test::calib_excerpt() + kCalib +
+                          " --target gguf --cache " + dir + "/p.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string plan = "plan " + stories() + " --profile " + dir + "/p.json --bpw 8 --select predicted ";
+  r = run(plan + "-o " + dir + "/a.json --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(j.contains("decode_speed")) << r.out;
+  EXPECT_DOUBLE_EQ(j["decode_speed"]["bound_vs_reference"].get<double>(), 1.1);
+  EXPECT_LE(j["decode_speed"]["predicted_vs_reference"].get<double>(), 1.1 + 1e-9);
+  std::ifstream in(dir + "/a.json");
+  const nlohmann::json file = nlohmann::json::parse(in);
+  EXPECT_EQ(file["decode_speed"]["reference"].get<std::string>().rfind("llama.cpp ", 0), 0u) << file.dump();
+
+  r = run(plan + "-o " + dir + "/b.json --max-slowdown 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("decode        predicted"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bound 1.00x"), std::string::npos) << r.out;
+
+  r = run(plan + "-o " + dir + "/c.json --json --max-slowdown off");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(nlohmann::json::parse(r.out).contains("decode_speed")) << r.out;
+
+  r = run(plan + "-o " + dir + "/d.json --max-slowdown fast");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--max-slowdown fast"), std::string::npos) << r.out;
+  EXPECT_FALSE(test::file_exists(dir + "/d.json"));
+  r = run(plan + "-o " + dir + "/d.json --speed-table " + dir + "/p.json");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("ns_per_weight"), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace optiq

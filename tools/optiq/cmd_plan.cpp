@@ -1,5 +1,6 @@
 // optiq plan: one format per tensor from a sensitivity profile, under a budget.
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 
@@ -59,6 +60,35 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a, const std::string& ru
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd.add_option("--use", a.use, "damage numbers: auto (exact where measured, else fast), exact or fast")
       ->capture_default_str()->check(CLI::IsMember({"auto", "exact", "fast"}));
+  cmd.add_option("--max-slowdown", a.max_slowdown,
+                 "GGUF plans: keep llama.cpp's predicted decode time within this of its own mix (Q3_K_M, IQ4_XS, "
+                 "Q4_K_M, ...) of the largest size within the budget, e.g. 10% or 0.1; off: quality alone; auto: 10% "
+                 "when every candidate is a GGUF type, else off")
+      ->capture_default_str();
+  cmd.add_option("--speed-table", a.speed_table,
+                 "llama.cpp decode cost per weight by GGUF type, for --max-slowdown: JSON written by "
+                 "bench/llamacpp_speed_table.py on the machine that will run the model (default: the built-in "
+                 "table, measured on a 2-core Zen 4)")
+      ->check(CLI::ExistingFile);
+}
+
+double parse_max_slowdown(const std::string& text, bool& is_auto) {
+  is_auto = text == "auto" || text.empty();
+  if (is_auto || text == "off") return -1;
+  std::string s = text;
+  const bool pct = !s.empty() && s.back() == '%';
+  if (pct) s.pop_back();
+  double v = -1;
+  try {
+    size_t used = 0;
+    v = std::stod(s, &used);
+    if (used != s.size()) v = -1;
+  } catch (const std::exception&) {
+    v = -1;
+  }
+  check(v >= 0 && std::isfinite(v), "--max-slowdown {}: expected a percentage (10%), a fraction (0.1), off or auto",
+        text);
+  return pct ? v / 100 : v;
 }
 
 
@@ -102,6 +132,8 @@ PlanStepOptions plan_step_options(const PlanStepArgs& a, bool progress) {
   o.baseline = a.baseline;
   o.select = a.select == "measured" ? PlanSelection::Measured : PlanSelection::Predicted;
   o.select_windows = a.select_windows;
+  o.max_slowdown = parse_max_slowdown(a.max_slowdown, o.max_slowdown_auto);
+  if (!a.speed_table.empty()) o.speed = load_speed_model(a.speed_table);
   o.progress = progress;
   return o;
 }
@@ -127,7 +159,15 @@ void print_plan_summary(const PlanStepResult& r, const ModelConfig& config, cons
     fmt::print("predicted KL  {:.6f} nats/token; measured on the calibration text {:.6f}\n", s.damage,
                r.variants.front().measured);
   fmt::print("formats       {}\n", h);
-  for (const std::string& note : llamacpp_speed_notes(config, s.formats)) fmt::print("note          {}\n", note);
+  if (r.speed_reference) {
+    const SpeedReference& ref = *r.speed_reference;
+    fmt::print("decode        predicted {:.2f}x the time of llama.cpp's own {} of this size ({}){}\n",
+               r.predicted_ns / ref.ns, ref.mix, format_bytes(ref.bytes),
+               r.max_ns > 0 ? fmt::format("; bound {:.2f}x", r.max_ns / ref.ns) : std::string());
+  } else {
+    for (const std::string& note : llamacpp_speed_notes(config, s.formats)) fmt::print("note          {}\n", note);
+  }
+  for (const std::string& note : r.notes) fmt::print("note          {}\n", note);
   for (size_t i = 0; i < r.variants.size(); ++i)
     fmt::print("{} {:<34} {:>8.3f} bits/weight, predicted KL {:.5f}, calibration KL {:.5f}\n",
                i == 0 ? "chosen       " : "             ", r.variants[i].name,
@@ -169,7 +209,17 @@ void print_plan_json(const PlanStepResult& r, const ModelConfig& config, const s
                       {"method", r.solution.method}};
   if (!r.variants.empty()) j["calib_kl"] = r.variants.front().measured;
   if (r.budget.memory) j["memory"] = memory_fit_json(r.budget, config, r.solution.formats);
-  j["notes"] = llamacpp_speed_notes(config, r.solution.formats);
+  std::vector<std::string> notes = r.notes;
+  if (r.speed_reference) {
+    j["decode_speed"] = {{"reference", "llama.cpp " + r.speed_reference->mix},
+                         {"reference_bytes", r.speed_reference->bytes},
+                         {"predicted_vs_reference", r.predicted_ns / r.speed_reference->ns},
+                         {"bound_vs_reference", r.max_ns > 0 ? nlohmann::json(r.max_ns / r.speed_reference->ns)
+                                                              : nlohmann::json(nullptr)}};
+  } else {
+    for (auto& n : llamacpp_speed_notes(config, r.solution.formats)) notes.push_back(std::move(n));
+  }
+  j["notes"] = notes;
   fmt::print("{}\n", j.dump());
   std::fflush(stdout);
 }

@@ -59,6 +59,11 @@ struct PlanStepArgs {
   // variants, measured on the profile's calibration windows.
   std::string select = "predicted";
   int select_windows = 16;  // measured selection uses the first N calibration windows of the profile
+  // Decode-speed bound against llama.cpp's own mix of the size: "auto" (10% for
+  // GGUF candidates, else off), "off", "15%" or a fraction "0.15"; the cost
+  // table (empty: the built-in one, plan/decode_speed.h).
+  std::string max_slowdown = "auto";
+  std::string speed_table;
 };
 // `runtime_default_help` says what --runtime defaults to for this command.
 void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a,
