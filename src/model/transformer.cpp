@@ -246,8 +246,10 @@ void Transformer::mlp_hidden(const DeviceLayer& L, int64_t n) {
   }
 }
 
-void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from) {
+void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from, int last_layer) {
   const ModelConfig& c = model_.config;
+  const bool head = last_layer < 0;  // forward_layers stops before last_layer, without the head
+  if (head) last_layer = c.n_layers;
   Backend& b = backend_;
   const int64_t dim = c.dim, qd = c.q_dim(), hid = c.hidden_dim;
   using Site = ActivationSite;
@@ -257,7 +259,7 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
   // attention-norm input.
   const bool fuse = observer_ == nullptr;
   bool normed = false;
-  for (int l = first_layer; l < c.n_layers; ++l) {
+  for (int l = first_layer; l < last_layer; ++l) {
     const DeviceLayer& L = weights_.layer(l);
     observe(l, Site::LayerIn, act_.x, n, dim);
     if (!normed) b.rms_norm(x, L.attn_norm.data(), n, dim, c.norm_eps, xn);
@@ -305,7 +307,7 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     observe(l, Site::MlpIn, act_.xn, n, dim);
     mlp_hidden(L, n);
     observe(l, Site::DownIn, act_.gate, n, hid);
-    normed = fuse && l + 1 < c.n_layers;
+    normed = fuse && l + 1 < last_layer;  // the next layer's norm, when this pass runs it
     if (normed && !c.sandwich_norms) {
       b.matmul_add_rms_norm(L.matrix(ModuleKind::DownProj), act_.gate.data(), n, xn, x,
                             weights_.layer(l + 1).attn_norm.data(), c.norm_eps, xn);
@@ -317,10 +319,11 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
       else
         b.add(x, xn, n * dim);
     }
-    if (release_weights_)
+    if (release_weights_ && !hold_pages_)
       for (const Linear* lin : layer_linears_[l]) lin->release_pages();
   }
   pos_ += static_cast<int>(n);
+  if (!head) return;
 
   const int64_t n_out = n - logits_from;
   // An observer sees the lm_head input of every token, not only the scored ones.
@@ -337,8 +340,38 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     if (!b.host_memory() && !logits_in_backend_) b.to_host(out, n_out * c.vocab_size, logits);
     last_logits_ = out;
   }
-  if (release_weights_)
+  if (release_weights_ && !hold_pages_)
     for (const Linear* lin : other_linears_) lin->release_pages();
+}
+
+void Transformer::forward_layers(int first_layer, int last_layer, const float* hidden, int64_t n, float* out) {
+  const ModelConfig& c = model_.config;
+  check(pos_ == 0, "forward_layers needs an empty cache (position {})", pos_);
+  check(first_layer >= 0 && first_layer <= last_layer && last_layer <= c.n_layers, "layers [{}, {}) out of range",
+        first_layer, last_layer);
+  check(n > 0 && n <= max_ctx_, "{} tokens do not fit the context of {}", n, max_ctx_);
+  ensure_scratch(n);
+  backend_.to_device(hidden, n * c.dim, act_.x.data());
+  run_layers(first_layer, n, nullptr, n, last_layer);
+  backend_.to_host(act_.x.data(), n * c.dim, out);
+}
+
+void Transformer::embed_rows(std::span<const int32_t> tokens, float* out) {
+  const ModelConfig& c = model_.config;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  check(n > 0 && n <= max_ctx_, "{} tokens do not fit the context of {}", n, max_ctx_);
+  for (int64_t i = 0; i < n; ++i)
+    check(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary of {}", tokens[i],
+          c.vocab_size);
+  ensure_scratch(n);
+  backend_.embed(weights_.embed(), tokens.data(), n, c.embed_scale, act_.x.data());
+  backend_.to_host(act_.x.data(), n * c.dim, out);
+}
+
+void Transformer::release_pages(int layer) const {
+  if (!release_weights_) return;
+  for (const Linear* lin : layer < 0 ? other_linears_ : layer_linears_.at(static_cast<size_t>(layer)))
+    lin->release_pages();
 }
 
 std::vector<float> Transformer::forward_last(std::span<const int32_t> tokens) {

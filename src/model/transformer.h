@@ -69,6 +69,21 @@ class Transformer {
   // the residual stream entering first_layer for tokens at positions 0..n-1
   // (pos() must be 0). Layers before first_layer are skipped; logits as in forward().
   void forward_from_layer(int first_layer, const float* hidden, int64_t n, float* logits, int64_t logits_from);
+  // Layer-major passes (layer-wise profiling): runs layers [first_layer,
+  // last_layer) on `hidden` (n x dim, host memory: the residual stream
+  // entering first_layer of tokens at positions 0..n-1; pos() must be 0) and
+  // writes the residual stream entering last_layer to `out` (host memory; may
+  // be `hidden`). No head. The arithmetic of each layer is forward()'s (on
+  // the CPU the same bits: its fused steps compose the plain ones).
+  void forward_layers(int first_layer, int last_layer, const float* hidden, int64_t n, float* out);
+  // The residual stream entering layer 0 of `tokens` (n x dim to `out`, host
+  // memory): their embedding rows, scaled as forward() scales them.
+  void embed_rows(std::span<const int32_t> tokens, float* out);
+  // While held, no pass releases weight pages (see release_weights_): a
+  // layer-major caller runs every window through a layer, then releases that
+  // layer's pages once (release_pages; -1: the embedding and lm_head).
+  void set_hold_pages(bool on) { hold_pages_ = on; }
+  void release_pages(int layer) const;
   // Convenience: logits of the last token only.
   std::vector<float> forward_last(std::span<const int32_t> tokens);
 
@@ -97,8 +112,9 @@ class Transformer {
   void project_qkv(const DeviceLayer& L, int64_t n);
   // gate = act(gate(xn)) * up(xn).
   void mlp_hidden(const DeviceLayer& L, int64_t n);
-  // Layers first_layer.. and the head on x (n rows); advances pos_.
-  void run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from);
+  // Layers first_layer.. and the head on x (n rows); advances pos_. With
+  // last_layer >= 0: layers [first_layer, last_layer) only, no head.
+  void run_layers(int first_layer, int64_t n, float* logits, int64_t logits_from, int last_layer = -1);
   void init(int max_ctx);
   // One token without an observer on a backend that records steps.
   void decode_step(std::span<const int32_t> tokens, float* logits, int64_t logits_from);
@@ -123,6 +139,7 @@ class Transformer {
   // Layers' weight pages released after use in each pass (a model large next
   // to the memory, run from its mapped file; OPTIQ_RELEASE_WEIGHTS=0/1 overrides).
   bool release_weights_ = false;
+  bool hold_pages_ = false;  // set_hold_pages
   std::vector<std::vector<const Linear*>> layer_linears_;
   std::vector<const Linear*> other_linears_;  // embedding, lm_head
 

@@ -2,12 +2,15 @@
 // then one re-run from each module's layer per candidate format.
 #include "profile/sensitivity.h"
 #include "profile/sensitivity_detail.h"
+#include "profile/spill_store.h"
 
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <set>
@@ -21,6 +24,7 @@
 #include "core/half.h"
 #include "core/progress.h"
 #include "core/version.h"
+#include "core/memory.h"
 #include "kernels/matmul.h"
 #include "eval/perplexity.h"
 #include "model/quantize_model.h"
@@ -203,6 +207,10 @@ nlohmann::json measured_with(const Model& ref, const ProfileOptions& opt, size_t
   if (opt.method == ProfileMethod::Fast && opt.anchor_windows > 0 && static_cast<size_t>(opt.anchor_windows) < windows)
     m["anchor_windows"] = opt.anchor_windows;
   if (opt.gptq) m["gptq"] = {{"damp", opt.gptq_options.damp}, {"act_order", opt.gptq_options.act_order}};
+  // Layer-wise: the same arithmetic on the CPU, but anchors' numbers may
+  // differ in the last bits on a GPU and where the in-memory path keeps its
+  // residual stream in bf16: a cache of one is not reused by the other.
+  if (opt.layerwise) m["layerwise"] = true;
   return m;
 }
 
@@ -264,6 +272,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
 
   check(!opt.gptq || opt.method == ProfileMethod::Fast,
         "profiling GPTQ's rounding needs the fast method (its Gram sums): --method fast");
+  check(!opt.layerwise || opt.method == ProfileMethod::Fast,
+        "layer-wise profiling is a way of running the fast method: --method fast");
   SensitivityTable t = empty_table(c, opt.candidates);
   t.source = opt.source;
   t.method = profile_method_name(opt.method);
@@ -338,10 +348,14 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     max_scored = std::max(max_scored, n - n / 2);
   }
   RowStore hidden, logp;
-  const size_t hidden_n = need_hidden ? static_cast<size_t>(c.n_layers) * total_tokens * dim : 0;
+  // (Layer-wise: neither; one layer's residual stream at a time, and the
+  // log-probabilities in a SpillStore at the end.)
+  const size_t hidden_n =
+      need_hidden && !opt.layerwise ? static_cast<size_t>(c.n_layers) * total_tokens * dim : 0;
   const size_t logp_n = total_scored * vocab;
+  const bool logp_bf16 = logp_n * 4 > static_cast<size_t>(opt.store_f32_limit);
   hidden.init(hidden_n, hidden_n * 4 > static_cast<size_t>(opt.store_f32_limit));
-  logp.init(logp_n, logp_n * 4 > static_cast<size_t>(opt.store_f32_limit));
+  logp.init(opt.layerwise ? 0 : logp_n, logp_bf16);
   std::vector<double> token_freq(vocab, 0.0);
   for (const auto& w : windows)
     for (int32_t tok : w) {
@@ -359,7 +373,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   std::vector<float> logits(static_cast<size_t>(max_scored) * vocab);  // host copies (and the CPU's logits)
   const Backend::HostPin logits_pin = be.pin_host(logits.data(), logits.size() * sizeof(float));
   Buffer head_gram;  // sums over the calibration tokens
-  {
+  if (!opt.layerwise) {
     PhaseTimer timer(t.phase_seconds, "reference");
     RefObserver obs(be);
     obs.hidden = need_hidden ? &hidden : nullptr;
@@ -457,7 +471,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   // The export's recipe (bf16 scales for Gemma): the profile measures what ships.
   const QuantizeOptions qo = QuantizeRecipe::for_model(ref.config, opt.rounding).options();
   std::map<std::tuple<int, int, bool>, GptqHessian> hessians;  // ProfileOptions::gptq
-  // A KL anchor: the model with module m's matrix replaced by `fake`.
+  // A KL anchor: the model with module m's matrix replaced by `fake`; in memory (the default path): every window from m's layer.
   auto measure_anchor = [&](const ModuleInfo& m, const Linear& original, Linear fake, FormatSensitivity& fs) {
     fake.set_act_rounding(original.act_rounding());
     {
@@ -468,8 +482,19 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     ++t.exact_measured;
     if (progress) progress->update(++done, m.path);
   };
-  for (size_t i = 0; i < t.modules.size(); ++i) {
-    if (needs[i].empty()) continue;
+  // Measures what module i needs (its proxies when do_proxy, its exact KL
+  // anchors when do_exact); each anchor's fake-quantized matrix goes to `anchor`.
+  using AnchorFn = std::function<void(const ModuleInfo&, const Linear&, Linear, FormatSensitivity&)>;
+  auto measure_module = [&](size_t i, bool do_proxy, bool do_exact, const AnchorFn& anchor) {
+    // The needs asked for now (the layer-wise path measures an embedding's
+    // anchor before its proxies).
+    std::vector<Need> ns;
+    for (Need n : needs[i]) {
+      n.proxy = n.proxy && do_proxy;
+      n.exact = n.exact && do_exact;
+      if (n.proxy || n.exact) ns.push_back(n);
+    }
+    if (ns.empty()) return;
     ModuleSensitivity& ms = t.modules[i];
     const ModuleInfo& m = ms.module;
     const Linear& original = module_linear(ref.weights, m);
@@ -484,7 +509,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     // matrix itself, swapped in, moved the anchors' KL by up to 0.2% on
     // stories260K: the packed kernels' own arithmetic.) GPTQ rounds whole
     // matrices: its modules keep the path below.
-    const bool proxies_only = std::none_of(needs[i].begin(), needs[i].end(), [](const Need& n) { return n.exact; });
+    const bool proxies_only = std::none_of(ns.begin(), ns.end(), [](const Need& n) { return n.exact; });
     const bool large = numel * static_cast<int64_t>(sizeof(float)) > opt.proxy_block_bytes;
     if ((proxies_only || large) && !(opt.gptq && m.layer >= 0)) {
       if (m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) ensure_grams(m.layer);
@@ -495,14 +520,15 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           std::clamp<int64_t>(opt.proxy_block_bytes / static_cast<int64_t>(sizeof(float) * m.cols), 1, m.rows);
       Buffer wb = be.alloc(block_rows * m.cols), eb = be.alloc(block_rows * m.cols);
       std::vector<float> host_block, host_err;  // a device backend that cannot quantize a format: the host does
-      std::vector<double> e(needs[i].size(), 0.0), row_err(static_cast<size_t>(block_rows));
-      for (int64_t r0 = 0; r0 < m.rows; r0 += block_rows) {
+      std::vector<double> e(ns.size(), 0.0), row_err(static_cast<size_t>(block_rows));
+      const bool any_proxy = std::any_of(ns.begin(), ns.end(), [](const Need& n) { return n.proxy; });
+      for (int64_t r0 = 0; any_proxy && r0 < m.rows; r0 += block_rows) {
         const int64_t r1 = std::min(m.rows, r0 + block_rows), rows = r1 - r0;
         be.weight_rows_to_f32(weights.module(m), r0, r1, wb.data());
         host_block.clear();
-        for (size_t k = 0; k < needs[i].size(); ++k) {
-          if (!needs[i][k].proxy) continue;
-          const TensorFormat& f = needs[i][k].fmt;
+        for (size_t k = 0; k < ns.size(); ++k) {
+          if (!ns[k].proxy) continue;
+          const TensorFormat& f = ns[k].fmt;
           {
             PhaseTimer timer(t.phase_seconds, "quantize");
             if (!be.fake_quantize(f, qo, wb.data(), rows, m.cols, true, eb.data())) {
@@ -528,8 +554,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         }
       }
       wb = Buffer(), eb = Buffer();
-      for (size_t k = 0; k < needs[i].size(); ++k) {
-        const Need& n = needs[i][k];
+      for (size_t k = 0; k < ns.size(); ++k) {
+        const Need& n = ns[k];
         FormatSensitivity& fs = ms.formats[tensor_format_name(n.fmt)];
         if (n.proxy) {
           fs.proxy = e[k];
@@ -545,11 +571,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
                 dequantize_matrix(quantize_in_row_blocks(n.fmt, original, qo, opt.proxy_block_bytes)), m.rows,
                 m.cols);
           }
-          measure_anchor(m, original, std::move(fake), fs);
+          anchor(m, original, std::move(fake), fs);
         }
       }
       if (!checkpoint.empty()) t.write(checkpoint);
-      continue;
+      return;
     }
     // The module's fp32 values from its uploaded weights (no host copy, no
     // upload: an 8B model's matrices are 30 GB of fp32). The backend quantizes
@@ -593,7 +619,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       if (r.fallback) return std::nullopt;
       return dequantize_matrix(r.q);
     };
-    for (const Need& n : needs[i]) {
+    for (const Need& n : ns) {
       const std::string name = tensor_format_name(n.fmt);
       FormatSensitivity& fs = ms.formats[name];
       if (n.proxy) {
@@ -638,10 +664,252 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           be.to_host(out.data(), numel, dq.data());
           fake = Linear::from_f32(std::move(dq), m.rows, m.cols);
         }
-        measure_anchor(m, original, std::move(fake), fs);
+        anchor(m, original, std::move(fake), fs);
       }
     }
     if (!checkpoint.empty()) t.write(checkpoint);
+  };
+  // Layer-wise (ProfileOptions::layerwise; docs/scale.md): the windows go
+  // through the model a decoder layer at a time (every window through layer
+  // l, then l + 1), so each layer's weights are read once per pass, not once
+  // per window. While the residual stream entering layer l is at hand, the
+  // layer's Gram sums (the same sums, in the same window order, as the
+  // in-memory path) give its proxies, and each of its KL anchors starts a
+  // stream of its own: the anchor windows through layer l with the matrix
+  // swapped. Those streams then go through every later layer with the
+  // reference sweep (layer-major too: a layer's weights are read once for all
+  // the streams and windows), and through the final norm and lm_head once the
+  // reference log-probabilities exist: the same arithmetic as a whole-model
+  // pass per window, in another order. Streams and log-probabilities stay in
+  // memory up to the budget (ProfileOptions::layerwise_memory), the rest in
+  // unlinked temporary files (SpillStore).
+  auto profile_layer_by_layer = [&]() {
+    using profile_detail::SpillStore;
+    int64_t left = opt.layerwise_memory > 0 ? opt.layerwise_memory : available_memory_bytes() / 4;
+    auto on_disk = [&](int64_t bytes) {  // in memory while it fits what is left of the budget
+      if (bytes <= left) {
+        left -= bytes;
+        return false;
+      }
+      return true;
+    };
+    std::string dir = opt.spill_dir;
+    if (dir.empty() && !opt.cache_path.empty()) {
+      dir = std::filesystem::path(opt.cache_path).parent_path().string();
+      if (dir.empty()) dir = ".";
+    }
+    // The anchor windows (as measure_kl picks them) and where each one's rows
+    // start in an anchor's stream.
+    std::vector<size_t> aw(kl_windows), a_off(kl_windows);
+    size_t a_tokens = 0;
+    for (size_t k = 0; k < kl_windows; ++k) {
+      aw[k] = k * nw / kl_windows;
+      a_off[k] = a_tokens;
+      a_tokens += windows[aw[k]].size();
+    }
+    std::vector<float> hin(static_cast<size_t>(max_len) * dim), hout(hin.size()), ref_rows;
+    const Backend::HostPin hin_pin = be.pin_host(hin.data(), hin.size() * sizeof(float));
+    const Backend::HostPin hout_pin = be.pin_host(hout.data(), hout.size() * sizeof(float));
+    const size_t ref_n = total_tokens * dim;
+    SpillStore cur, next;  // the reference stream entering this layer, and the next
+    cur.init(ref_n, false, on_disk(static_cast<int64_t>(ref_n) * 4), dir);
+    next.init(ref_n, false, on_disk(static_cast<int64_t>(ref_n) * 4), dir);
+    SpillStore logp_rows;  // the reference log-probabilities, made after the last layer
+    auto len = [&](size_t w) { return static_cast<int64_t>(windows[w].size()); };
+
+    // Runs layer l on rows [off, off + n * dim) of `s` (each window in turn:
+    // `offsets` gives where each starts), writing the result to `to` (may be s).
+    auto layer_pass = [&](int l, const SpillStore& s, SpillStore& to, const std::vector<size_t>& wins,
+                          const std::vector<size_t>& offsets) {
+      for (size_t k = 0; k < wins.size(); ++k) {
+        const int64_t n = len(wins[k]);
+        s.get(offsets[k] * dim, static_cast<size_t>(n * dim), hin.data());
+        tf.reset();
+        tf.forward_layers(l, l + 1, hin.data(), n, hout.data());
+        to.put(offsets[k] * dim, hout.data(), static_cast<size_t>(n * dim));
+      }
+    };
+    std::vector<size_t> all(nw);
+    for (size_t w = 0; w < nw; ++w) all[w] = w;
+    std::vector<size_t> ref_aoff(kl_windows);  // the anchor windows' rows in the reference stream
+    for (size_t k = 0; k < kl_windows; ++k) ref_aoff[k] = tok_off[aw[k]];
+
+    // Mean KL(ref || the model) over the anchor windows whose final residual
+    // stream is in `s` (from offsets), through the final norm and lm_head.
+    auto head_kl = [&](const SpillStore& s, const std::vector<size_t>& offsets) {
+      double sum = 0;
+      int64_t count = 0;
+      for (size_t k = 0; k < kl_windows; ++k) {
+        const size_t w = aw[k];
+        const int64_t n = len(w), rows = n - from[w];
+        s.get(offsets[k] * dim, static_cast<size_t>(n * dim), hin.data());
+        tf.reset();
+        tf.forward_from_layer(c.n_layers, hin.data(), n, logits.data(), from[w]);
+        ref_rows.resize(static_cast<size_t>(rows * vocab));
+        logp_rows.get(scored_off[w] * vocab, ref_rows.size(), ref_rows.data());
+        const float* ref_in = ref_rows.data();
+        if (!be.host_memory()) {
+          if (ref_staging.size() < rows * vocab) ref_staging = be.alloc(rows * vocab);
+          be.to_device(ref_rows.data(), rows * vocab, ref_staging.data());
+          ref_in = ref_staging.data();
+        }
+        sum += be.kl_sum(ref_in, false, tf.backend_logits(), rows, vocab);
+        count += rows;
+      }
+      return sum / std::max<int64_t>(count, 1);
+    };
+
+    // An anchor's stream, from its layer to the head.
+    struct Stream {
+      const ModuleInfo* m = nullptr;
+      FormatSensitivity* fs = nullptr;
+      SpillStore rows;
+      int next_layer = 0;          // the layer its rows enter
+      std::optional<Linear> tied;  // a tied embedding's matrix: the head multiplies by it too
+    };
+    std::vector<std::unique_ptr<Stream>> streams;
+    auto finish_anchor = [&](const ModuleInfo& m) {
+      ++t.exact_measured;
+      if (progress) progress->update(++done, m.path);
+    };
+    auto start_anchor = [&](const ModuleInfo& m, const Linear& original, Linear fake, FormatSensitivity& fs) {
+      PhaseTimer timer(t.phase_seconds, "exact");
+      fake.set_act_rounding(original.act_rounding());
+      if (m.kind == ModuleKind::LmHead) {  // after the last layer: `cur` holds the final stream
+        WeightSwap swap(weights, m, std::move(fake));
+        fs.kl = head_kl(cur, ref_aoff);
+        finish_anchor(m);
+        return;
+      }
+      auto st = std::make_unique<Stream>();
+      st->m = &m;
+      st->fs = &fs;
+      st->rows.init(a_tokens * dim, false, on_disk(static_cast<int64_t>(a_tokens * dim) * 4), dir);
+      if (m.kind == ModuleKind::Embed) {
+        if (c.tied_embeddings) {
+          st->tied.emplace(Linear::from_f32(fake.to_f32(), m.rows, m.cols));
+          st->tied->set_act_rounding(original.act_rounding());
+        }
+        WeightSwap swap(weights, m, std::move(fake));
+        for (size_t k = 0; k < kl_windows; ++k) {
+          const int64_t n = len(aw[k]);
+          tf.reset();
+          tf.embed_rows(windows[aw[k]], hout.data());
+          st->rows.put(a_off[k] * dim, hout.data(), static_cast<size_t>(n * dim));
+        }
+        st->next_layer = 0;
+      } else {
+        WeightSwap swap(weights, m, std::move(fake));
+        for (size_t k = 0; k < kl_windows; ++k) {
+          const int64_t n = len(aw[k]);
+          cur.get(ref_aoff[k] * dim, static_cast<size_t>(n * dim), hin.data());
+          tf.reset();
+          tf.forward_layers(m.layer, m.layer + 1, hin.data(), n, hout.data());
+          st->rows.put(a_off[k] * dim, hout.data(), static_cast<size_t>(n * dim));
+        }
+        st->next_layer = m.layer + 1;
+      }
+      streams.push_back(std::move(st));
+    };
+
+    tf.set_hold_pages(true);
+    struct Unhold {
+      Transformer& tf;
+      ~Unhold() { tf.set_hold_pages(false); }
+    } unhold{tf};
+    {
+      PhaseTimer timer(t.phase_seconds, "reference");
+      for (size_t w = 0; w < nw; ++w) {
+        tf.reset();
+        tf.embed_rows(windows[w], hout.data());
+        cur.put(tok_off[w] * dim, hout.data(), static_cast<size_t>(len(w) * dim));
+      }
+    }
+    // The embedding's anchor starts here (its proxy, which may need the
+    // lm_head's Gram sums, comes at the end).
+    for (size_t i = 0; i < t.modules.size(); ++i)
+      if (t.modules[i].module.kind == ModuleKind::Embed) measure_module(i, false, true, start_anchor);
+    for (int l = 0; l < c.n_layers; ++l) {
+      bool layer_needs = false;
+      for (size_t i = 0; i < t.modules.size(); ++i) layer_needs |= t.modules[i].module.layer == l && !needs[i].empty();
+      const bool want_grams = gram_layers.count(l) || (opt.gptq && layer_needs);
+      {
+        PhaseTimer timer(t.phase_seconds, "reference");
+        grams.clear();
+        GramObserver gobs(be, l, l + 1);
+        RefObserver none(be);  // (no statistics: the same pass as with them)
+        tf.set_observer(want_grams ? static_cast<ActivationObserver*>(&gobs) : &none);
+        try {
+          layer_pass(l, cur, next, all, tok_off);
+        } catch (...) {
+          tf.set_observer(nullptr);
+          throw;
+        }
+        tf.set_observer(nullptr);
+        if (want_grams)
+          for (int s = 0; s < 4; ++s) grams[l][s] = std::move(gobs.gram(l, s));
+      }
+      for (size_t i = 0; i < t.modules.size(); ++i)
+        if (t.modules[i].module.layer == l) measure_module(i, true, true, start_anchor);
+      {
+        PhaseTimer timer(t.phase_seconds, "exact");
+        for (auto& st : streams)
+          if (st->next_layer == l) {
+            layer_pass(l, st->rows, st->rows, aw, a_off);
+            st->next_layer = l + 1;
+          }
+      }
+      grams.clear();
+      tf.release_pages(l);
+      swap(cur, next);
+    }
+    {
+      // The head: the reference log-probabilities (and the lm_head's Gram sums).
+      PhaseTimer timer(t.phase_seconds, "reference");
+      logp_rows.init(logp_n, logp_bf16, on_disk(static_cast<int64_t>(logp_n) * (logp_bf16 ? 2 : 4)), dir);
+      next.clear();
+      RefObserver obs(be);
+      obs.head_gram = need_head_gram ? &head_gram : nullptr;
+      tf.set_observer(&obs);
+      try {
+        for (size_t w = 0; w < nw; ++w) {
+          const int64_t n = len(w), rows = n - from[w];
+          cur.get(tok_off[w] * dim, static_cast<size_t>(n * dim), hin.data());
+          tf.reset();
+          tf.forward_from_layer(c.n_layers, hin.data(), n, logits.data(), from[w]);
+          be.log_softmax_rows(tf.backend_logits(), rows, vocab);
+          be.to_host(tf.backend_logits(), rows * vocab, logits.data());
+          logp_rows.put(scored_off[w] * vocab, logits.data(), static_cast<size_t>(rows * vocab));
+        }
+      } catch (...) {
+        tf.set_observer(nullptr);
+        throw;
+      }
+      tf.set_observer(nullptr);
+    }
+    {
+      PhaseTimer timer(t.phase_seconds, "exact");
+      for (auto& st : streams) {
+        std::optional<WeightSwap> swap;
+        if (st->tied) swap.emplace(weights, *st->m, std::move(*st->tied));
+        st->fs->kl = head_kl(st->rows, a_off);
+        st->rows.clear();
+        finish_anchor(*st->m);
+      }
+      streams.clear();
+    }
+    if (!checkpoint.empty()) t.write(checkpoint);
+    // The embedding's proxies and the lm_head (its anchor on the final stream).
+    for (size_t i = 0; i < t.modules.size(); ++i) {
+      const ModuleKind k = t.modules[i].module.kind;
+      if (t.modules[i].module.layer < 0) measure_module(i, true, k != ModuleKind::Embed, start_anchor);
+    }
+    tf.release_pages(-1);
+  };
+  if (!opt.layerwise) {
+    for (size_t i = 0; i < t.modules.size(); ++i) measure_module(i, true, true, measure_anchor);
+  } else {
+    profile_layer_by_layer();
   }
   if (progress) progress->finish();
   t.calibrate_fast();

@@ -110,6 +110,19 @@ struct ProfileOptions {
   // page-locked host memory when a KL needs them. Keeps profiling within the
   // model's size + 20% of device memory, whatever the calibration set.
   double device_headroom = 0.2;
+  // fast: layer-wise profiling (docs/scale.md, "Layer-wise"): the calibration
+  // windows go through the model one decoder layer at a time, so each layer's
+  // weights are read once per pass rather than once per window; the anchors
+  // run layer-major too. Same numbers as the in-memory path on the CPU (to
+  // fp rounding elsewhere); recorded in measured_with.
+  bool layerwise = false;
+  // layer-wise: bytes of activations held in memory (the reference residual
+  // stream, the anchors' streams, the reference log-probabilities); the rest
+  // goes to unlinked temporary files in spill_dir. 0: a quarter of the
+  // available memory.
+  int64_t layerwise_memory = 0;
+  // "": the cache file's directory, else the system's temporary directory.
+  std::string spill_dir;
 };
 
 struct FormatSensitivity {

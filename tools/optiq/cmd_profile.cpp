@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "pipeline.h"
 #include "core/error.h"
+#include "plan/budget.h"
 #include "profile/calibration.h"
 #include "profile/sensitivity.h"
 
@@ -79,6 +80,14 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
                  "with GPTQ from the proxies' Gram sums, the smaller proxy kept per module and format, and the "
                  "plan names GPTQ for those tensors so that quantize/auto export them that way)")
       ->capture_default_str()->check(CLI::IsMember({"search", "search,gptq", "gptq,search"}));
+  cmd.add_flag("--layerwise", a.layerwise,
+               "fast method: run the calibration windows through the model one decoder layer at a time (each "
+               "layer's weights read once per pass, not once per window; the exact anchors layer-major too), "
+               "with the activations in memory up to --memory and in a temporary file beyond it. The same "
+               "numbers as the default on the CPU (docs/scale.md)");
+  cmd.add_option("--memory", a.memory,
+                 "--layerwise: activations held in memory (e.g. 2GB); the rest goes to a temporary file next to "
+                 "the profile (default: a quarter of the available memory)");
 }
 
 ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress) {
@@ -103,6 +112,14 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
   po.gptq = a.methods.find("gptq") != std::string::npos;
   po.cache_path = a.cache;
   po.progress = progress;
+  check(a.memory.empty() || a.layerwise, "--memory {} goes with --layerwise (the activations it bounds)", a.memory);
+  po.layerwise = a.layerwise;
+  if (!a.memory.empty()) {
+    po.layerwise_memory = a.memory == "0" ? 0 : parse_byte_size(a.memory, "--memory");
+    check(po.layerwise_memory >= 0, "--memory {}: expected a size such as 2GB", a.memory);
+    if (po.layerwise_memory == 0) po.layerwise_memory = 1;  // "0": everything on disk
+  }
+  check(!a.layerwise || po.method == ProfileMethod::Fast, "--layerwise runs the fast method: --method fast");
   return o;
 }
 

@@ -32,6 +32,8 @@ struct ProfileStepArgs {
   int anchor_windows = 0;  // 0: all
   std::string methods = "search";  // roundings to measure: "search" or "search,gptq"
   std::string cache;
+  bool layerwise = false;  // --layerwise: the fast profile a decoder layer at a time
+  std::string memory;      // --memory: activations held in memory (layer-wise); empty: the default
 };
 void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a);
 // The default --candidates of a --target: "mlx" MLX's affine formats,
