@@ -37,7 +37,12 @@ int64_t optiq_cuda_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows
     const int64_t slab_rows = std::max<int64_t>(1, kSlab / (2 * m.cols));
     slab = std::max(slab, std::min(slab_rows, m.rows) * m.cols * 2);
   }
-  const int64_t scores = int64_t(c.n_heads) * rows * pad(ctx, 8);
+  // Prefill attends in blocks of query rows whose fp32 scores stay within
+  // 512 MiB (CudaBackend's kAttentionScoreBytes).
+  constexpr int64_t kScoreBytes = int64_t{512} << 20;
+  const int64_t row_scores = int64_t(c.n_heads) * pad(ctx, 8);
+  const int64_t block_rows = std::clamp<int64_t>(kScoreBytes / (4 * row_scores), 1, rows);
+  const int64_t scores = row_scores * block_rows;
   const int64_t attention = scores * 4 + (half_kv ? scores * 2 + rows * c.q_dim() * 2 : 0);
   const int64_t logits = int64_t(c.vocab_size) * 4;
   return activations + input_half + slab + attention + logits;

@@ -402,6 +402,63 @@ TEST_P(BackendOps, KvCacheAndAttention) {
   }
 }
 
+// Prefill attention (more queries than a decode step) against a double
+// reference, whole and with the GPU's query rows in blocks of one and of
+// three (OPTIQ_CUDA_ATTENTION_SCORE_BYTES caps a block's scores; a CPU
+// ignores it): the blocks must give the same numbers as one pass.
+TEST_P(BackendOps, PrefillAttentionInBlocksOfQueryRows) {
+  const int layers = 1, max_ctx = 40, heads = 4, kv_heads = 2, hd = 8, n = 21, pos0 = 5;
+  const int64_t kvd = kv_heads * hd, qd = heads * hd;
+  KVCache c = b.make_kv_cache(layers, max_ctx, kvd, true);
+  const auto k = test::random_floats((pos0 + n) * kvd, 21), v = test::random_floats((pos0 + n) * kvd, 22);
+  Buffer bk = put(k), bv = put(v);
+  b.kv_store(c, 0, 0, bk.data(), bv.data(), pos0 + n);
+  const auto q = test::random_floats(n * qd, 23);
+  Buffer bq = put(q);
+  AttentionParams p;
+  p.n_heads = heads;
+  p.n_kv_heads = kv_heads;
+  p.head_dim = hd;
+  p.q_stride = qd;
+  p.kv_stride = kvd;
+  p.scale = 0.35f;
+  p.max_ctx = max_ctx;
+  auto stored = [&](const std::vector<float>& a, int64_t i) { return double(f16_to_f32(f32_to_f16(a[i]))); };
+  std::vector<double> want(n * qd);
+  for (int i = 0; i < n; ++i)
+    for (int h = 0; h < heads; ++h) {
+      const int pos = pos0 + i;
+      const int64_t kvo = (h / (heads / kv_heads)) * hd;
+      std::vector<double> s;
+      double mx = -INFINITY, z = 0;
+      for (int t = 0; t <= pos; ++t) {
+        double d = 0;
+        for (int j = 0; j < hd; ++j) d += double(q[i * qd + h * hd + j]) * stored(k, t * kvd + kvo + j);
+        s.push_back(d * p.scale);
+        mx = std::max(mx, s.back());
+      }
+      for (double& e : s) z += (e = std::exp(e - mx));
+      for (int j = 0; j < hd; ++j) {
+        double o = 0;
+        for (int t = 0; t <= pos; ++t) o += s[t] / z * stored(v, t * kvd + kvo + j);
+        want[i * qd + h * hd + j] = o;
+      }
+    }
+  // fp16 cache: stored values are rounded as above; a GPU also rounds q and the probabilities to fp16.
+  const double tol = c.half_storage && GetParam() != std::string("cpu") ? 3e-3 : 1e-5;
+  std::vector<float> whole;
+  for (const char* cap : {"", "1", "700"}) {  // whole; one row a block (bytes below a row); three rows
+    if (*cap) setenv("OPTIQ_CUDA_ATTENTION_SCORE_BYTES", cap, 1);
+    Buffer out = b.alloc(n * qd);
+    b.attention(p, bq.data(), n, pos0, c, 0, out.data());
+    unsetenv("OPTIQ_CUDA_ATTENTION_SCORE_BYTES");
+    const auto got = get(out, n * qd);
+    expect_close(got, want, tol, fmt::format("prefill attention, score cap '{}'", cap).c_str());
+    if (whole.empty()) whole = got;
+    else EXPECT_EQ(got, whole) << "blocks of query rows must give one pass's numbers, cap " << cap;
+  }
+}
+
 // The fused steps equal the operations they stand for.
 TEST_P(BackendOps, AddRmsNormEqualsAddThenNorm) {
   const int64_t rows = 3, dim = 200;

@@ -187,16 +187,17 @@ TEST(RuntimeMemory, OptiqComputeLlama3_8B) {
   EXPECT_EQ(runtime_memory(c, at(Runtime::OptiqCpu, 8192)).compute_bytes,
             int64_t(512) * (4096 + 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) * 4 + int64_t(16) * 16 * 8192 * 4 +
                 128256 * 4);
-  // CUDA: passes of 4096 rows; the prefill attention of the last pass holds 4096 x 8192 scores per head.
+  // CUDA: passes of 4096 rows; the prefill attention attends them in blocks of 512 rows (512 x 8192 fp32
+  // scores per head = 512 MiB) plus their fp16 probabilities; the queries in fp16 all at once.
   const int64_t rows = 4096;
   const int64_t activations = rows * (4096 + 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) * 4;
   const int64_t input_half = rows * 14336 * 2;
   const int64_t slab = int64_t(256) << 20;  // the lm_head expanded 256 MiB at a time
-  const int64_t scores = int64_t(32) * rows * 8192;
+  const int64_t scores = int64_t(32) * 512 * 8192;
   const int64_t attention = scores * 4 + scores * 2 + rows * 4096 * 2;
   const MemoryBreakdown m = runtime_memory(c, at(Runtime::OptiqCuda, 8192));
   EXPECT_EQ(m.compute_bytes, activations + input_half + slab + attention + 128256 * 4);
-  EXPECT_EQ(m.compute_bytes, 7'634'146'304);
+  EXPECT_EQ(m.compute_bytes, 1'997'001'728);
   EXPECT_EQ(m.runtime_bytes, (512ll + 32) << 20);
 }
 

@@ -182,6 +182,17 @@ class CudaStep final : public RecordedStep {
   int64_t out_floats = 0;
 };
 
+// Prefill attention's scores (fp32) for one block of query rows, at most:
+// the queries of a pass are attended in blocks that fit it (plan/compute_buffers.cpp
+// counts the same bound for --fit).
+constexpr int64_t kAttentionScoreBytes = int64_t{512} << 20;
+// OPTIQ_CUDA_ATTENTION_SCORE_BYTES lowers it (tests: blocks of one or a few rows).
+int64_t attention_score_bytes() {
+  const char* e = std::getenv("OPTIQ_CUDA_ATTENTION_SCORE_BYTES");
+  const long long v = e ? std::atoll(e) : 0;
+  return v > 0 ? std::min<int64_t>(v, kAttentionScoreBytes) : kAttentionScoreBytes;
+}
+
 // Step inputs as they sit in device memory: the position, then the tokens.
 constexpr int kMaxStepTokens = kMatvecMaxRows;
 struct StepInputs {
@@ -994,10 +1005,15 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
   }
   check(!recording_, "cuda backend: a recorded step attends with at most {} queries", kMatvecMaxRows);
   // Prefill: S = K Q^T per head (cuBLAS, batched over kv heads for each query head of a group),
-  // softmax in place, out = P V.
-  const int64_t T = pos0 + n, ld = (T + 7) / 8 * 8;
+  // softmax in place, out = P V. The scores of all n queries at once would take
+  // n_heads x n x (pos0 + n) floats (6.5 GB for an 8B shape's 4096-row pass at
+  // ctx 8192), so the queries go in blocks of rows whose scores stay within
+  // kAttentionScoreBytes, each block against the keys up to its last position.
   const int G = p.n_heads / p.n_kv_heads, hd = p.head_dim, batch = p.n_kv_heads;
-  float* S = scores_.get<float>(static_cast<size_t>(p.n_heads) * n * ld, stream_, false);
+  const int64_t ld_all = (pos0 + n + 7) / 8 * 8;
+  const int64_t block_rows =
+      std::clamp<int64_t>(attention_score_bytes() / (int64_t{4} * p.n_heads * ld_all), 1, n);
+  float* S = scores_.get<float>(static_cast<size_t>(p.n_heads) * block_rows * ld_all, stream_, false);
   const float one = 1.0f, zero = 0.0f;
   const cudaDataType type = kv.half ? CUDA_R_16F : CUDA_R_32F;
   const size_t esz = kv.half ? 2 : 4;
@@ -1007,26 +1023,32 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
     cuda::to_half(q, n * p.q_stride, qh, stream_);
     qin = qh;
   }
+  __half* p16 =
+      kv.half ? probs_.get<__half>(static_cast<size_t>(p.n_heads) * block_rows * ld_all, stream_, false) : nullptr;
   auto at = [](const void* base, int64_t elems, size_t esz) {
     return static_cast<const void*>(static_cast<const uint8_t*>(base) + elems * static_cast<int64_t>(esz));
   };
-  for (int j = 0; j < G; ++j)
-    check_blas(cublas_api().gemm_strided_batched_ex(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(T), static_cast<int>(n), hd,
-                                          &one, kv.k, type, static_cast<int>(p.kv_stride), hd, at(qin, j * hd, esz),
-                                          type, static_cast<int>(p.q_stride), static_cast<int64_t>(G) * hd, &zero,
-                                          S + j * n * ld, CUDA_R_32F, static_cast<int>(ld), G * n * ld, batch,
-                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "attention scores (cublasGemmStridedBatchedEx)");
-  __half* p16 = kv.half ? probs_.get<__half>(static_cast<size_t>(p.n_heads) * n * ld, stream_, false) : nullptr;
-  cuda::attention_softmax(p, S, n, ld, pos0, p16, stream_);
-  const void* P = kv.half ? static_cast<const void*>(p16) : static_cast<const void*>(S);
-  for (int j = 0; j < G; ++j)
-    check_blas(cublas_api().gemm_strided_batched_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_N, hd, static_cast<int>(n), static_cast<int>(T),
-                                          &one, kv.v, type, static_cast<int>(p.kv_stride), hd, at(P, j * n * ld, esz),
-                                          type, static_cast<int>(ld), G * n * ld, &zero, out + j * hd, CUDA_R_32F,
-                                          static_cast<int>(p.q_stride), static_cast<int64_t>(G) * hd, batch,
-                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "attention values (cublasGemmStridedBatchedEx)");
+  for (int64_t r0 = 0; r0 < n; r0 += block_rows) {
+    const int64_t nb = std::min(block_rows, n - r0);
+    const int64_t T = pos0 + r0 + nb, ld = (T + 7) / 8 * 8;
+    const void* qb = at(qin, r0 * p.q_stride, esz);
+    for (int j = 0; j < G; ++j)
+      check_blas(cublas_api().gemm_strided_batched_ex(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(T), static_cast<int>(nb), hd,
+                                            &one, kv.k, type, static_cast<int>(p.kv_stride), hd, at(qb, j * hd, esz),
+                                            type, static_cast<int>(p.q_stride), static_cast<int64_t>(G) * hd, &zero,
+                                            S + j * nb * ld, CUDA_R_32F, static_cast<int>(ld), G * nb * ld, batch,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "attention scores (cublasGemmStridedBatchedEx)");
+    cuda::attention_softmax(p, S, nb, ld, static_cast<int>(pos0 + r0), p16, stream_);
+    const void* P = kv.half ? static_cast<const void*>(p16) : static_cast<const void*>(S);
+    for (int j = 0; j < G; ++j)
+      check_blas(cublas_api().gemm_strided_batched_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_N, hd, static_cast<int>(nb), static_cast<int>(T),
+                                            &one, kv.v, type, static_cast<int>(p.kv_stride), hd, at(P, j * nb * ld, esz),
+                                            type, static_cast<int>(ld), G * nb * ld, &zero, out + r0 * p.q_stride + j * hd,
+                                            CUDA_R_32F, static_cast<int>(p.q_stride), static_cast<int64_t>(G) * hd, batch,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "attention values (cublasGemmStridedBatchedEx)");
+  }
 }
 
 Op::Op(CudaBackend& b, const char* name) : Op(b, std::string()) {
