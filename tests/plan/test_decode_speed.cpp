@@ -67,19 +67,6 @@ double time_of(const std::vector<SolverItem>& items, const Solution& s) {
   return t;
 }
 
-ModelConfig llama_like(int layers, bool tied) {
-  ModelConfig c;
-  c.dim = 576;
-  c.hidden_dim = 1536;
-  c.n_layers = layers;
-  c.n_heads = 9;
-  c.n_kv_heads = 3;
-  c.head_dim = 64;
-  c.vocab_size = 1000;
-  c.tied_embeddings = tied;
-  return c;
-}
-
 }  // namespace
 
 TEST(SolverTimeBound, FeasibleAndCloseToBruteForce) {
@@ -151,7 +138,7 @@ TEST(SolverTimeBound, UnreachableBoundIsAnError) {
 
 TEST(DecodeSpeed, StorageTypesFollowTheGgufFile) {
   using S = DecodeSpeedModel;
-  EXPECT_EQ(S::storage_type(TensorFormat(), 576), "F16");
+  EXPECT_EQ(S::storage_type(TensorFormat(), 576), "F16");  // SmolLM2's width
   EXPECT_EQ(S::storage_type(GgmlFormat{DType::Q4_K}, 1024), "Q4_K");
   EXPECT_EQ(S::storage_type(GgmlFormat{DType::Q4_K}, 576), "Q5_0");  // llama.cpp's fallback
   EXPECT_EQ(S::storage_type(GgmlFormat{DType::IQ4_XS}, 640), "IQ4_NL");
@@ -165,7 +152,7 @@ TEST(DecodeSpeed, CostsWhatADecodeStepReads) {
   for (const char* t : {"F16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "Q5_1", "Q5_0", "Q4_1", "Q4_0",
                         "IQ4_NL", "IQ4_XS"})
     EXPECT_GT(s.ns_per_weight.count(t) ? s.ns_per_weight.at(t) : 0.0, 0.0) << t;
-  const ModelConfig untied = llama_like(2, false), tied = llama_like(2, true);
+  const ModelConfig untied = test::plan_test_config(2, false), tied = test::plan_test_config(2, true);
   const TensorFormat q8 = GgmlFormat{DType::Q8_0};
   for (const auto& m : quantizable_modules(untied)) {
     const double ns = s.module_ns(untied, m, q8);
@@ -186,10 +173,10 @@ TEST(DecodeSpeed, CostsWhatADecodeStepReads) {
 }
 
 TEST(DecodeSpeed, LlamaCppMixesAndTheReferenceOfABudget) {
-  const ModelConfig c = llama_like(16, true);
+  const ModelConfig c = test::plan_test_config(16, true);
   const PrecisionMap q4km = llamacpp_mix_plan(c, "Q4_K_M");
-  // 576-wide rows: Q4_K falls back to Q5_0 and the tied output's Q6_K to Q8_0;
-  // the 1536-wide down projection keeps k-quants: Q6_K in the first layers.
+  // 384-wide rows: Q4_K falls back to Q5_0 and the tied output's Q6_K to Q8_0;
+  // the 1024-wide down projection keeps k-quants: Q6_K in the first layers.
   EXPECT_EQ(q4km.format_of("model.embed_tokens"), TensorFormat(GgmlFormat{DType::Q8_0}));
   EXPECT_EQ(q4km.format_of("model.layers.0.mlp.down_proj"), TensorFormat(GgmlFormat{DType::Q6_K}));
   EXPECT_EQ(q4km.format_of("model.layers.5.mlp.down_proj"), TensorFormat(GgmlFormat{DType::Q4_K}));
