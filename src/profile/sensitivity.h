@@ -30,7 +30,12 @@
 // same bytes as an uninterrupted run (tests/cli/test_crash_safety.cpp). A
 // cache made for another model file (size, mtime), other calibration
 // settings, or measured otherwise (measured_with: optiq version, backend,
-// numerics, anchor windows, GPTQ options) is ignored with a warning.
+// numerics, anchor windows, GPTQ options, layer-wise) is ignored with a
+// warning.
+//
+// Layer-wise (ProfileOptions::layerwise, fast only): the same measurements
+// with the windows run through one decoder layer at a time and each anchor
+// carried as a stream of its own beside the reference (docs/scale.md).
 //
 // The model passed to profile_model is const to callers: its Linears are
 // swapped during exact measurements and always restored (also on exceptions),
