@@ -416,7 +416,7 @@ TEST_P(BackendOps, KvCacheAndAttention) {
 // Prefill attention (more queries than a decode step) against a double
 // reference, whole and with the GPU's query rows in blocks of one and of
 // three (OPTIQ_CUDA_ATTENTION_SCORE_BYTES caps a block's scores; a CPU
-// ignores it): the blocks must give the same numbers as one pass.
+// ignores it): the blocks must give one pass's numbers (to float rounding).
 TEST_P(BackendOps, PrefillAttentionInBlocksOfQueryRows) {
   const int layers = 1, max_ctx = 40, heads = 4, kv_heads = 2, hd = 8, n = 21, pos0 = 5;
   const int64_t kvd = kv_heads * hd, qd = heads * hd;
@@ -446,8 +446,12 @@ TEST_P(BackendOps, PrefillAttentionInBlocksOfQueryRows) {
     unsetenv("OPTIQ_CUDA_ATTENTION_SCORE_BYTES");
     const auto got = get(out, n * qd);
     expect_close(got, want, tol, fmt::format("prefill attention, score cap '{}'", cap).c_str());
+    // A block's products reduce over its own key count, so cuBLAS may sum in
+    // another order than for the whole pass: equal to float rounding, not bits.
     if (whole.empty()) whole = got;
-    else EXPECT_EQ(got, whole) << "blocks of query rows must give one pass's numbers, cap " << cap;
+    else
+      for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_NEAR(got[i], whole[i], 1e-5 * (1 + std::abs(whole[i]))) << "cap " << cap << " [" << i << "]";
   }
 }
 
