@@ -9,7 +9,9 @@
 #
 #   bench/profile_layerwise.sh [BUILD_DIR] [WORK_DIR]
 # Environment: MODEL, CALIB, SAMPLES (16), SEQ (512), CANDIDATES
-# (2,3,4,5,6,8x64), SMALL (128MB), CHUNKS (20), THREADS (2).
+# (2,3,4,5x64), SMALL (128MB), CHUNKS (20), THREADS (2), REUSE (set: keep
+# profiles already there), RUNS (which of
+# "inmem layerwise spilled"; inmem is always first).
 set -euo pipefail
 BUILD=${1:-build}
 WORK=${2:-/tmp/optiq-layerwise}
@@ -17,30 +19,41 @@ OPTIQ=$(realpath "$BUILD/optiq")
 MODEL=${MODEL:-$HOME/.cache/optiq/models/smollm2-135m-instruct-q4_1.gguf}
 CALIB=${CALIB:-/work/shared/data/c4/c4-validation-2k.jsonl}
 TEXT=${TEXT:-/work/shared/data/wikitext-2-raw/wiki.test.raw}
-SAMPLES=${SAMPLES:-16} SEQ=${SEQ:-512} CANDIDATES=${CANDIDATES:-2,3,4,5,6,8x64}
+SAMPLES=${SAMPLES:-16} SEQ=${SEQ:-512} CANDIDATES=${CANDIDATES:-2,3,4,5x64}
 SMALL=${SMALL:-128MB} CHUNKS=${CHUNKS:-20} THREADS=${THREADS:-2}
+RUNS=${RUNS:-inmem layerwise spilled}
 mkdir -p "$WORK"
 cd "$WORK"
 echo "== $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(date -u +%F), model $(basename "$MODEL")"
 
 profile() {  # profile NAME ARGS...
   local name=$1; shift
-  rm -f "$name.profile.json" "$name.profile.json.partial" "$name.profile.json.windows"
   echo "== $name: optiq -t $THREADS profile --calib-samples $SAMPLES --calib-seq $SEQ --candidates $CANDIDATES $*   (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  if [ -z "${REUSE:-}" ] || [ ! -f "$name.profile.json" ]; then  # REUSE=1: the profiles of an earlier run
+  rm -f "$name.profile.json" "$name.profile.json.partial" "$name.profile.json.windows"
   /usr/bin/time -v "$OPTIQ" -t "$THREADS" profile "$MODEL" --calib "$CALIB" --calib-samples "$SAMPLES" \
     --calib-seq "$SEQ" --candidates "$CANDIDATES" --cache "$name.profile.json" "$@" > "$name.out" 2> "$name.time"
-  local wall rss
+  fi
+  local wall rss cpu
   wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$name.time" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
   rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$name.time")
-  printf '   wall %.1f s, peak RSS %.3f GiB\n' "$wall" "$(echo "$rss/1048576" | bc -l)"
+  cpu=$(sed -n 's/.*\(User\|System\) time (seconds): //p' "$name.time" | paste -sd+ | bc)
+  printf '   wall %.1f s, CPU (user + system) %.1f s, peak RSS %.3f GiB\n' "$wall" "$cpu" "$(echo "$rss/1048576" | bc -l)"
   grep -E "^(profile|time) " "$name.out" | sed 's/^/   /'
 }
 
-profile inmem
-profile layerwise --layerwise
-profile spilled --layerwise --memory "$SMALL"
+names=()
+for name in $RUNS; do
+  case $name in
+    inmem) profile inmem ;;
+    layerwise) profile layerwise --layerwise ;;
+    spilled) profile spilled --layerwise --memory "$SMALL" ;;
+  esac
+  names+=("$name")
+done
+others=("${names[@]:1}")
 
-python3 - inmem.profile.json layerwise.profile.json spilled.profile.json <<'PY'
+python3 - "${names[@]/%/.profile.json}" <<'PY'
 import json, sys
 def damage(path):
     j = json.load(open(path))
@@ -71,13 +84,13 @@ for p in sys.argv[2:]:
     print(f"   {p}: Spearman {spearman(a, b):.6f}, largest relative difference {rel:.3g}, identical {same}/{len(keys)}; measured_with {mw}")
 PY
 
-for name in inmem layerwise spilled; do
+for name in "${names[@]}"; do
   for bpw in 4.5 3.5; do
     "$OPTIQ" -t "$THREADS" plan "$MODEL" --profile "$name.profile.json" --bpw "$bpw" -o "$name-$bpw.plan.json" > /dev/null
   done
 done
 for bpw in 4.5 3.5; do
-  for name in layerwise spilled; do
+  for name in "${others[@]}"; do
     if cmp -s <(python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print(json.dumps(j.get('tensors', j.get('modules')), sort_keys=True))" "inmem-$bpw.plan.json") \
               <(python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print(json.dumps(j.get('tensors', j.get('modules')), sort_keys=True))" "$name-$bpw.plan.json"); then
       echo "   $bpw bpw: $name's plan assigns the same format to every tensor as inmem's"
@@ -88,8 +101,7 @@ for bpw in 4.5 3.5; do
 done
 echo "== held-out KLD: optiq eval $(basename "$MODEL") --text $(basename "$TEXT") --chunks $CHUNKS --plan ..."
 "$OPTIQ" -t "$THREADS" eval "$MODEL" --text "$TEXT" --chunks "$CHUNKS" --json \
-  --plan inmem-4.5.plan.json --plan layerwise-4.5.plan.json --plan spilled-4.5.plan.json \
-  --plan inmem-3.5.plan.json --plan layerwise-3.5.plan.json --plan spilled-3.5.plan.json > eval.json
+  $(for bpw in 4.5 3.5; do for name in "${names[@]}"; do echo "--plan $name-$bpw.plan.json"; done; done) > eval.json
 python3 - eval.json <<'PY'
 import json, sys
 text = open(sys.argv[1]).read().strip().splitlines()
