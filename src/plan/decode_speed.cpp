@@ -1,5 +1,6 @@
 #include "plan/decode_speed.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -137,18 +138,26 @@ PrecisionMap llamacpp_mix_plan(const ModelConfig& c, const std::string& mix) {
 }
 
 SpeedReference llamacpp_speed_reference(const ModelConfig& config, int64_t budget, const DecodeSpeedModel& speed) {
-  SpeedReference best, smallest;
-  best.bytes = -1;
+  // llama.cpp's mixes as (bytes, time) points, smallest first. "Its own file
+  // of this size" between two mixes is read off the line between them: taking
+  // the largest mix within the budget instead would make the bound jump at
+  // every mix's size (a budget 1 byte below Q4_K_M's would be held to Q3_K_M's
+  // speed).
+  std::vector<SpeedReference> mixes;
   for (const char* mix : {"Q2_K", "Q3_K_M", "IQ4_XS", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"}) {
     const PrecisionMap p = llamacpp_mix_plan(config, mix);
-    const int64_t b = plan_bytes(config, p);
-    SpeedReference r{mix, b, 0};
-    if (b <= budget && b > best.bytes) best = r;
-    if (smallest.mix.empty() || b < smallest.bytes) smallest = r;
+    mixes.push_back({mix, plan_bytes(config, p), speed.plan_ns(config, p.formats)});
   }
-  SpeedReference& r = best.bytes >= 0 ? best : smallest;
-  r.ns = speed.plan_ns(config, llamacpp_mix_plan(config, r.mix).formats);
-  return r;
+  std::sort(mixes.begin(), mixes.end(), [](const auto& a, const auto& b) { return a.bytes < b.bytes; });
+  if (budget <= mixes.front().bytes) return mixes.front();
+  if (budget >= mixes.back().bytes) return mixes.back();
+  size_t hi = 1;
+  while (mixes[hi].bytes < budget) ++hi;
+  const SpeedReference& a = mixes[hi - 1];
+  const SpeedReference& b = mixes[hi];
+  if (b.bytes == budget || b.bytes == a.bytes) return b;
+  const double f = double(budget - a.bytes) / double(b.bytes - a.bytes);
+  return {fmt::format("{}..{}", a.mix, b.mix), budget, a.ns + f * (b.ns - a.ns)};
 }
 
 }  // namespace optiq

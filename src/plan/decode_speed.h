@@ -56,11 +56,14 @@ DecodeSpeedModel load_speed_model(const std::string& path);
 // "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0".
 PrecisionMap llamacpp_mix_plan(const ModelConfig& config, const std::string& mix);
 
-// The speed reference of a budget: llama.cpp's own file of that size, i.e. the
-// largest of the mixes above within `budget` plan bytes (the smallest when
-// none fits), and its predicted time.
+// The speed reference of a budget: llama.cpp's own file of that size, i.e.
+// the predicted time of its mixes above interpolated linearly in bytes
+// between the two whose sizes bracket the budget (the smallest or largest mix
+// outside their range). `mix` names the bracket ("Q3_K_M..IQ4_XS") or the mix
+// itself when the budget is a mix's size or outside the range; `bytes` is the
+// budget there.
 struct SpeedReference {
-  std::string mix;  // "Q4_K_M"
+  std::string mix;  // "Q4_K_M", or "Q3_K_M..IQ4_XS" between two
   int64_t bytes = 0;
   double ns = 0;
 };

@@ -185,11 +185,20 @@ TEST(DecodeSpeed, LlamaCppMixesAndTheReferenceOfABudget) {
 
   const DecodeSpeedModel& s = llamacpp_cpu_speed_model();
   const int64_t b_q4 = plan_bytes(c, q4km), b_q5 = plan_bytes(c, llamacpp_mix_plan(c, "Q5_K_M"));
+  const double t_q4 = s.plan_ns(c, q4km.formats), t_q5 = s.plan_ns(c, llamacpp_mix_plan(c, "Q5_K_M").formats);
   ASSERT_LT(b_q4, b_q5);
-  const SpeedReference r = llamacpp_speed_reference(c, (b_q4 + b_q5) / 2, s);
-  EXPECT_EQ(r.bytes, b_q4) << r.mix;  // the largest mix within the budget
-  EXPECT_DOUBLE_EQ(r.ns, s.plan_ns(c, llamacpp_mix_plan(c, r.mix).formats));
+  // At a mix's size: that mix. Between two: the line between them, so the
+  // bound moves smoothly with the budget.
+  const SpeedReference at_q4 = llamacpp_speed_reference(c, b_q4, s);
+  EXPECT_EQ(at_q4.mix, "Q4_K_M");
+  EXPECT_DOUBLE_EQ(at_q4.ns, t_q4);
+  const SpeedReference mid = llamacpp_speed_reference(c, (b_q4 + b_q5) / 2, s);
+  EXPECT_EQ(mid.mix, "Q4_K_M..Q5_K_M");
+  EXPECT_NEAR(mid.ns, (t_q4 + t_q5) / 2, 1e-6 * t_q5);
+  const SpeedReference below = llamacpp_speed_reference(c, b_q4 - 1, s);
+  EXPECT_LT(std::abs(below.ns - t_q4), 1e-3 * t_q4) << below.mix << ": one byte less is nearly the same bound";
   EXPECT_EQ(llamacpp_speed_reference(c, 1, s).mix, "Q2_K") << "below every mix: the smallest";
+  EXPECT_EQ(llamacpp_speed_reference(c, int64_t{1} << 40, s).mix, "Q8_0") << "above every mix: the largest";
 }
 
 TEST(DecodeSpeed, SpeedTableFileErrors) {

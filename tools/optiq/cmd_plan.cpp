@@ -61,8 +61,9 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a, const std::string& ru
   cmd.add_option("--use", a.use, "damage numbers: auto (exact where measured, else fast), exact or fast")
       ->capture_default_str()->check(CLI::IsMember({"auto", "exact", "fast"}));
   cmd.add_option("--max-slowdown", a.max_slowdown,
-                 "GGUF plans: keep llama.cpp's predicted decode time within this of its own mix (Q3_K_M, IQ4_XS, "
-                 "Q4_K_M, ...) of the largest size within the budget, e.g. 10% or 0.1; off: quality alone; auto: 10% "
+                 "GGUF plans: keep llama.cpp's predicted decode time within this of its own file of the same size "
+                 "(its Q3_K_M, IQ4_XS, Q4_K_M, ... mixes interpolated in bytes), e.g. 10% or 0.1; off: quality "
+                 "alone; auto: 10% "
                  "when every candidate is a GGUF type, else off")
       ->capture_default_str();
   cmd.add_option("--speed-table", a.speed_table,
