@@ -1075,20 +1075,27 @@ Op::~Op() {
 }  // namespace cuda
 
 Backend* cuda_backend() {
-  static std::once_flag once;
-  static std::unique_ptr<cuda::CudaBackend> backend;
-  std::call_once(once, [] {
+  // The CUDA runtime is brought up (and registers its own exit handler)
+  // before the backend below is constructed, so that at exit the backend is
+  // destroyed first and frees its device memory into a live context (the
+  // other order leaves compute-sanitizer reporting every buffer as leaked).
+  static const bool runtime_up = [] {
     int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0 || cudaFree(nullptr) != cudaSuccess) {
       cudaGetLastError();  // no driver or no GPU: this build runs on the CPU
-      return;
+      return false;
     }
+    return true;
+  }();
+  static const std::unique_ptr<cuda::CudaBackend> backend = []() -> std::unique_ptr<cuda::CudaBackend> {
+    if (!runtime_up) return nullptr;
     try {
-      backend = std::make_unique<cuda::CudaBackend>(0);
+      return std::make_unique<cuda::CudaBackend>(0);
     } catch (const Error& e) {
       warn("a GPU is visible but the CUDA backend could not start: {}", e.what());
+      return nullptr;
     }
-  });
+  }();
   return backend.get();
 }
 
