@@ -23,7 +23,8 @@ bool is_output(const ModelConfig& c, const ModuleInfo& m) {
 
 std::optional<std::string> DecodeSpeedModel::storage_type(const TensorFormat& f, int64_t cols) {
   if (f.is_float()) return "F16";
-  if (const GgmlFormat* g = format_for_shape(f, cols).ggml()) return std::string(dtype_name(g->type));
+  const TensorFormat stored = format_for_shape(f, cols);  // kept: ggml() points into it
+  if (const GgmlFormat* g = stored.ggml()) return std::string(dtype_name(g->type));
   const AffineFormat& a = *f;
   if (a.group_size != 32) return std::nullopt;
   if (a.bits == 4) return "Q4_1";

@@ -76,10 +76,13 @@ void SpillStore::put(size_t off, const float* x, size_t n) {
     else io(true, off * 4, const_cast<float*>(x), n * 4);
     return;
   }
-  uint16_t* w = h_.data() + off;
+  // Spilled, h_ is empty: its data() may be null, so no offset is taken from it.
+  uint16_t* w = nullptr;
   if (fd_ >= 0) {
     words_.resize(n);
     w = words_.data();
+  } else {
+    w = h_.data() + off;
   }
   for (size_t i = 0; i < n; ++i) w[i] = f32_to_bf16(x[i]);
   if (fd_ >= 0) io(true, off * 2, w, n * 2);
@@ -92,11 +95,13 @@ void SpillStore::get(size_t off, size_t n, float* out) const {
     else io(false, off * 4, out, n * 4);
     return;
   }
-  const uint16_t* w = h_.data() + off;
+  const uint16_t* w = nullptr;
   if (fd_ >= 0) {
     words_.resize(n);
     io(false, off * 2, words_.data(), n * 2);
     w = words_.data();
+  } else {
+    w = h_.data() + off;
   }
   for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(w[i]);
 }
