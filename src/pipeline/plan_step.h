@@ -35,7 +35,7 @@ struct PlanStepOptions {
   // A decode-speed bound (plan/decode_speed.h): < 0 none; else every plan
   // (solver variants and baselines alike) is predicted by `speed` to decode no
   // slower than (1 + max_slowdown) x llama.cpp's own file of the size
-  // (llamacpp_speed_reference: its mixes interpolated in bytes). Auto (max_slowdown_auto): 0.10 when every candidate of
+  // (llamacpp_speed_reference: its mixes interpolated in bytes). Auto (max_slowdown_auto): 0.05 when every candidate of
   // the profile is a GGUF block type (a plan for llama.cpp), else none.
   double max_slowdown = -1;
   bool max_slowdown_auto = false;

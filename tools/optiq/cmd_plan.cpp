@@ -63,7 +63,7 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a, const std::string& ru
   cmd.add_option("--max-slowdown", a.max_slowdown,
                  "GGUF plans: keep llama.cpp's predicted decode time within this of its own file of the same size "
                  "(its Q3_K_M, IQ4_XS, Q4_K_M, ... mixes interpolated in bytes), e.g. 10% or 0.1; off: quality "
-                 "alone; auto: 10% "
+                 "alone; auto: 5% "
                  "when every candidate is a GGUF type, else off")
       ->capture_default_str();
   cmd.add_option("--speed-table", a.speed_table,
