@@ -33,6 +33,17 @@ std::string_view damage_source_name(DamageSource d) {
   return d == DamageSource::Exact ? "exact" : d == DamageSource::Fast ? "fast" : "auto";
 }
 
+nlohmann::json decode_speed_json(const PlanStepResult& r, const DecodeSpeedModel& speed) {
+  if (!r.speed_reference) return nullptr;
+  const SpeedReference& ref = *r.speed_reference;
+  return {{"runtime", speed.runtime},
+          {"table", speed.source},
+          {"reference", "llama.cpp " + ref.mix},
+          {"reference_bytes", ref.bytes},
+          {"bound_vs_reference", r.max_ns > 0 ? nlohmann::json(r.max_ns / ref.ns) : nlohmann::json(nullptr)},
+          {"predicted_vs_reference", r.predicted_ns / ref.ns}};
+}
+
 std::vector<TensorFormat> plan_formats(const SensitivityTable& t) {
   std::vector<TensorFormat> formats(t.candidates.begin(), t.candidates.end());
   formats.push_back(std::nullopt);
@@ -78,17 +89,6 @@ void record_speed(PlanStepResult& r, const ModelConfig& config, const std::optio
   r.speed_reference = b->ref;
   r.max_ns = r.max_ns > 0 ? b->max_ns : 0;  // 0: the bound was dropped (see the notes)
   r.predicted_ns = a.speed.plan_ns(config, r.map.formats);
-}
-
-nlohmann::json speed_json(const PlanStepResult& r, const PlanStepOptions& a) {
-  if (!r.speed_reference) return nullptr;
-  const SpeedReference& ref = *r.speed_reference;
-  return {{"runtime", a.speed.runtime},
-          {"table", a.speed.source},
-          {"reference", "llama.cpp " + ref.mix},
-          {"reference_bytes", ref.bytes},
-          {"bound_vs_reference", r.max_ns > 0 ? nlohmann::json(r.max_ns / ref.ns) : nlohmann::json(nullptr)},
-          {"predicted_vs_reference", r.predicted_ns / ref.ns}};
 }
 
 SolverOptions solver_options(const ModelConfig& config, const PlanStepOptions& a) {
@@ -146,7 +146,7 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
   r.solution.method = "measured selection: " + v.name;
   r.bits_per_weight = plan_bits_per_weight(config, r.map);
   record_speed(r, config, bound, a);
-  const nlohmann::json speed = speed_json(r, a);
+  const nlohmann::json speed = decode_speed_json(r, a.speed);
   nlohmann::json variants = nlohmann::json::array();
   for (const auto& x : r.variants)
     variants.push_back({{"name", x.name}, {"bytes", x.bytes}, {"predicted_kl", x.predicted},
@@ -224,7 +224,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
   r.map = r.solution.precision_map();
   r.bits_per_weight = plan_bits_per_weight(config, r.map);
   record_speed(r, config, bound, a);
-  const nlohmann::json speed = speed_json(r, a);
+  const nlohmann::json speed = decode_speed_json(r, a.speed);
   PlanMetadata meta;
   meta.budget = r.budget.description;
   meta.fit = &r.budget;

@@ -58,6 +58,9 @@ struct PlanStepResult {
 };
 
 std::string_view damage_source_name(DamageSource d);  // "auto", "exact", "fast"
+// The plan file's "decode_speed" object of a result made with a speed bound
+// (null without one): reference, bound and prediction relative to it.
+nlohmann::json decode_speed_json(const PlanStepResult& r, const DecodeSpeedModel& speed);
 // A profile's candidate formats plus float: what a plan may choose from.
 std::vector<TensorFormat> plan_formats(const SensitivityTable& t);
 

@@ -365,23 +365,27 @@ std::vector<TensorFormat> item_formats(const Problem& P, const std::vector<int>&
 }  // namespace
 
 namespace {
+
 Solution solve_bytes(const std::vector<SolverItem>& items, int64_t budget, const SolverOptions& o);
-}
 
-namespace {
-
-double chosen_time(const std::vector<SolverItem>& items, const std::map<std::string, TensorFormat>& formats) {
+// Sum of `field` over the chosen candidate of every item.
+double chosen_sum(const std::vector<SolverItem>& items, const std::map<std::string, TensorFormat>& formats,
+                  double Candidate::*field) {
   double t = 0;
   for (const auto& it : items) {
     auto f = formats.find(it.path);
     if (f == formats.end()) continue;
     for (const auto& c : it.candidates)
       if (c.format == f->second) {
-        t += c.time;
+        t += c.*field;
         break;
       }
   }
   return t;
+}
+
+double chosen_time(const std::vector<SolverItem>& items, const std::map<std::string, TensorFormat>& formats) {
+  return chosen_sum(items, formats, &Candidate::time);
 }
 
 // damage + mu * time for every candidate.
@@ -404,18 +408,7 @@ Solution solve(const std::vector<SolverItem>& items, int64_t budget, const Solve
     for (const auto& c : it.candidates)
       check(std::isfinite(c.time) && c.time >= 0, "solver: {}: candidate time must be finite and >= 0", it.path);
   // The true damage of a plan (the penalised solves report damage + mu * time).
-  auto true_damage = [&](const Solution& x) {
-    double d = 0;
-    for (const auto& it : items) {
-      auto f = x.formats.find(it.path);
-      for (const auto& c : it.candidates)
-        if (f != x.formats.end() && c.format == f->second) {
-          d += c.damage;
-          break;
-        }
-    }
-    return d;
-  };
+  auto true_damage = [&](const Solution& x) { return chosen_sum(items, x.formats, &Candidate::damage); };
   // Scale of mu: damage per unit of time, from the candidates' medians.
   std::vector<double> ds, ts;
   for (const auto& it : items)

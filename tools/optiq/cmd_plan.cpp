@@ -198,7 +198,8 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-void print_plan_json(const PlanStepResult& r, const ModelConfig& config, const std::string& out) {
+void print_plan_json(const PlanStepResult& r, const ModelConfig& config, const std::string& out,
+                     const DecodeSpeedModel& speed) {
   nlohmann::json j = {{"out", out},
                       {"budget", r.budget.description},
                       {"budget_bytes", r.budget.weight_bytes},
@@ -212,11 +213,7 @@ void print_plan_json(const PlanStepResult& r, const ModelConfig& config, const s
   if (r.budget.memory) j["memory"] = memory_fit_json(r.budget, config, r.solution.formats);
   std::vector<std::string> notes = r.notes;
   if (r.speed_reference) {
-    j["decode_speed"] = {{"reference", "llama.cpp " + r.speed_reference->mix},
-                         {"reference_bytes", r.speed_reference->bytes},
-                         {"predicted_vs_reference", r.predicted_ns / r.speed_reference->ns},
-                         {"bound_vs_reference", r.max_ns > 0 ? nlohmann::json(r.max_ns / r.speed_reference->ns)
-                                                              : nlohmann::json(nullptr)}};
+    j["decode_speed"] = decode_speed_json(r, speed);
   } else {
     for (auto& n : llamacpp_speed_notes(config, r.solution.formats)) notes.push_back(std::move(n));
   }
@@ -260,13 +257,13 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
       PlanStepOptions so = plan_step_options(step, !a.json);
       so.provenance = base.provenance;
       PlanStepResult r = run_plan_step(m, t, so, out, {.measurer = measurer.get()});
-      if (a.json) print_plan_json(r, m.config, out);
+      if (a.json) print_plan_json(r, m.config, out, so.speed);
       else print_plan_summary(r, m.config, out);
     }
     return;
   }
   PlanStepResult r = run_plan_step(m, t, base, a.out, {.profile_path = a.profile});
-  if (a.json) return print_plan_json(r, m.config, a.out);
+  if (a.json) return print_plan_json(r, m.config, a.out, base.speed);
   print_plan_summary(r, m.config, a.out);
 }
 
