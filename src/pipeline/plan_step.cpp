@@ -7,17 +7,13 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "model/calibration_stats.h"
 #include "plan/baselines.h"
 #include "plan/plan_json.h"
 
 namespace optiq {
 
-namespace {
-// Every plan the step makes ends here: it takes, for each chosen format, the
-// rounding the profile measured (GPTQ where it won), so that the export
-// quantizes as profiled, and writes the file when asked.
-void finish_plan(PrecisionMap& map, const SensitivityTable& t, const ModelConfig& config, const PlanMetadata& meta,
-                 const std::string& out) {
+void assign_profiled_methods(PrecisionMap& map, const SensitivityTable& t) {
   map.methods.clear();
   for (const auto& ms : t.modules) {
     auto f = map.formats.find(ms.module.path);
@@ -25,6 +21,38 @@ void finish_plan(PrecisionMap& map, const SensitivityTable& t, const ModelConfig
     auto fs = ms.formats.find(tensor_format_name(f->second));
     if (fs != ms.formats.end() && !fs->second.method.empty()) map.methods[ms.module.path] = fs->second.method;
   }
+}
+
+bool profile_chose_gptq(const SensitivityTable& t) {
+  for (const auto& ms : t.modules)
+    for (const auto& [name, fs] : ms.formats)
+      if (fs.method == "gptq") return true;
+  return false;
+}
+
+std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const SensitivityTable& t,
+                                                 const PlanStepOptions& opt, const SelectionContext& ctx) {
+  GramMap grams;
+  if (profile_chose_gptq(t)) {
+    if (ctx.grams) {
+      grams = *ctx.grams;
+    } else {
+      // The export's sums: over every calibration window of the profile.
+      const TokenWindows all = ctx.windows ? *ctx.windows : profile_calibration_windows(model, t, ctx.profile_path);
+      grams = collect_grams(model, all, opt.progress);
+    }
+  }
+  return std::make_unique<PlanMeasurer>(model, selection_windows(model, t, opt, ctx.windows, ctx.profile_path),
+                                        std::nullopt, std::move(grams));
+}
+
+namespace {
+// Every plan the step makes ends here: it takes, for each chosen format, the
+// rounding the profile measured (GPTQ where it won), so that the export
+// quantizes as profiled, and writes the file when asked.
+void finish_plan(PrecisionMap& map, const SensitivityTable& t, const ModelConfig& config, const PlanMetadata& meta,
+                 const std::string& out) {
+  assign_profiled_methods(map, t);
   if (!out.empty()) write_plan(out, map, config, meta);
 }
 }  // namespace
@@ -130,10 +158,12 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
   if (bound && r.max_ns > 0) so.max_time = bound->max_ns;  // else dropped by the predicted step (its note says why)
   r.variants = plan_variants(config, damage, formats, r.budget.weight_bytes, so, true,
                              bound ? bound->time_of : CandidateTime{});
+  // Each variant is measured with the roundings it would ship with.
+  for (auto& v : r.variants) assign_profiled_methods(v.map, t);
   std::unique_ptr<PlanMeasurer> own;
   PlanMeasurer* measurer = ctx.measurer;
   if (!measurer) {
-    own = std::make_unique<PlanMeasurer>(model, selection_windows(model, t, a, ctx.windows, ctx.profile_path));
+    own = make_plan_measurer(model, t, a, ctx);
     measurer = own.get();
   }
   const size_t best = measure_variants(*measurer, r.variants, a.progress);

@@ -4,6 +4,7 @@
 // baseline rule of the same budget, or (measured selection) the best of a few
 // plans of that budget measured on calibration windows.
 #pragma once
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -77,7 +78,23 @@ struct SelectionContext {
   const TokenWindows* windows = nullptr;
   PlanMeasurer* measurer = nullptr;
   std::string profile_path = {};  // without windows: where the profile (and its window cache) is
+  // The Gram sums GPTQ works from, over every calibration window (the
+  // export's); null: collected here when the profile chose GPTQ anywhere.
+  const GramMap* grams = nullptr;
 };
+
+// The rounding the profile measured for each chosen format ("gptq" where GPTQ
+// gave the smaller proxy) into map.methods, so that export and measurement
+// quantize as profiled.
+void assign_profiled_methods(PrecisionMap& map, const SensitivityTable& t);
+// Whether any (module, format) of the profile was measured with GPTQ.
+bool profile_chose_gptq(const SensitivityTable& t);
+
+// A measurer for measured selection (shared by several plan steps when the
+// caller keeps it): the selection windows, and the Gram sums when the profile
+// chose GPTQ anywhere (ctx.grams, else collected over the profile's windows).
+std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const SensitivityTable& t,
+                                                 const PlanStepOptions& opt, const SelectionContext& ctx);
 
 // As above; with opt.select == Measured (and no baseline) the plan is chosen
 // by measurement.

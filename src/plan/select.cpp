@@ -136,11 +136,12 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
 }
 
 PlanMeasurer::PlanMeasurer(const Model& model, const std::vector<std::vector<int32_t>>& windows,
-                           std::optional<QuantizeRecipe> recipe)
+                           std::optional<QuantizeRecipe> recipe, GramMap grams)
     : model_(model),
       weights_(model, default_backend()),
       recipe_(recipe ? *recipe : QuantizeRecipe::for_model(model.config)),
-      modules_(quantizable_modules(model.config)) {
+      modules_(quantizable_modules(model.config)),
+      grams_(std::move(grams)) {
   check(!windows.empty(), "plan measurement: no calibration windows");
   ctx_ = static_cast<int>(windows.front().size());
   chunks_ = static_cast<int>(windows.size());
@@ -158,27 +159,42 @@ std::pair<double, double> PlanMeasurer::measure(const PrecisionMap& map) {
 }
 
 PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) {
+  // A module's quantized matrix is known by its format and rounding.
+  auto gptq = [&](const ModuleInfo& m) {
+    auto it = map.methods.find(m.path);
+    return it != map.methods.end() && it->second == "gptq" && grams_.count(m.path) > 0;
+  };
+  auto key_of = [&](const ModuleInfo& m, const TensorFormat& f) {
+    return std::make_pair(m.path, tensor_format_name(f) + (gptq(m) ? "+gptq" : ""));
+  };
   // The cache of quantized matrices (shared by the plans measured) stays
   // under a quarter of the memory: past that, what this plan does not use goes.
   size_t cached = 0;
   for (const auto& [key, lin] : cache_) cached += lin.bytes();
   if (cached > static_cast<size_t>(available_memory_bytes() / 4)) {
-    for (auto it = cache_.begin(); it != cache_.end();) {
-      auto f = map.formats.find(it->first.first);
-      const bool used = f != map.formats.end() && f->second && tensor_format_name(f->second) == it->first.second;
-      it = used ? std::next(it) : cache_.erase(it);
-    }
+    std::set<std::pair<std::string, std::string>> used;
+    for (const auto& m : modules_)
+      if (auto f = map.formats.find(m.path); f != map.formats.end() && f->second) used.insert(key_of(m, f->second));
+    for (auto it = cache_.begin(); it != cache_.end();) it = used.count(it->first) ? std::next(it) : cache_.erase(it);
   }
+  // GPTQ as the export runs it (ModuleQuantizer: one factorisation per shared input site).
+  QuantizeModelOptions qo{.recipe = recipe_, .grams = &grams_, .gptq_all = false, .progress = false};
+  std::optional<ModuleQuantizer> gptq_quantizer;
   std::vector<WeightSwap> swaps;  // undone when this returns or throws
   for (const auto& m : modules_) {
     auto f = map.formats.find(m.path);
     if (f == map.formats.end() || !f->second) continue;  // float: the model's own matrix
-    auto key = std::make_pair(m.path, tensor_format_name(f->second));
+    const auto key = key_of(m, f->second);
     auto it = cache_.find(key);
     if (it == cache_.end()) {
-      it = cache_.emplace(key, Linear::from_quantized(quantize_in_row_blocks(f->second, module_linear(model_.weights, m),
-                                                                               recipe_.options())))
-               .first;
+      const Linear& source = module_linear(model_.weights, m);
+      if (gptq(m)) {
+        if (!gptq_quantizer) gptq_quantizer.emplace(model_, map, qo);
+        it = cache_.emplace(key, gptq_quantizer->quantize(m, source)).first;
+      } else {
+        it = cache_.emplace(key, Linear::from_quantized(quantize_in_row_blocks(f->second, source, recipe_.options())))
+                 .first;
+      }
     }
     swaps.emplace_back(weights_, m, it->second);
   }

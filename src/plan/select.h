@@ -68,14 +68,17 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config,
 
 // Measures plans on calibration windows: during a measurement the model's
 // weight matrices are swapped (WeightSwap, model/device_weights.h) for packed
-// quantized ones per plan, cached per module and format so that later plans
-// reuse earlier tensors. The Model itself is never changed.
+// quantized ones per plan, cached per module, format and rounding so that
+// later plans reuse earlier tensors. The Model itself is never changed.
 // One measurer serves many budgets (optiq compare, optiq plan with several).
+// A module the plan's `methods` name "gptq" is quantized with GPTQ from
+// `grams` (the sums the export will use), so what is measured is what ships;
+// without its Gram sum it is rounded on its own, like the export would.
 class PlanMeasurer {
  public:
   // recipe: how the plans are quantized; by default the export's for this model.
   PlanMeasurer(const Model& model, const std::vector<std::vector<int32_t>>& windows,
-               std::optional<QuantizeRecipe> recipe = std::nullopt);
+               std::optional<QuantizeRecipe> recipe = std::nullopt, GramMap grams = {});
   PlanMeasurer(const PlanMeasurer&) = delete;
   PlanMeasurer& operator=(const PlanMeasurer&) = delete;
   // Mean KL(model || plan) over the second halves of the windows, and its standard error.
@@ -90,7 +93,8 @@ class PlanMeasurer {
   int ctx_ = 0, chunks_ = 0;
   std::vector<int32_t> tokens_;
   std::vector<ModuleInfo> modules_;
-  std::map<std::pair<std::string, std::string>, Linear> cache_;
+  GramMap grams_;
+  std::map<std::pair<std::string, std::string>, Linear> cache_;  // (module, format[+gptq])
   std::unique_ptr<ReferenceScores> ref_;
 };
 

@@ -14,6 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "eval/perplexity.h"
+#include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
 #include "plan/budget.h"
@@ -378,6 +380,43 @@ TEST(Profile, MeasuredSelectionPicksTheBestAndRestoresTheModel) {
   }
   tf.reset();
   EXPECT_EQ(tf.forward_last(probe), before);
+}
+
+// Measured selection quantizes the tensors a plan names "gptq" with GPTQ from
+// the Gram sums it is given, exactly as the export does: its measurement is
+// the evaluation of the model quantize_model makes with those sums, and (on
+// the calibration windows GPTQ fitted) better than rounding the same formats.
+TEST(Profile, MeasuredSelectionQuantizesGptqAsTheExport) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  const GramMap grams = collect_grams(m, windows, false);
+  PrecisionMap map;
+  for (const auto& mod : quantizable_modules(m.config)) {
+    const TensorFormat f = AffineFormat{3, 32};
+    map.formats[mod.path] = format_fits(f, mod.cols) ? f : TensorFormat{};
+    if (map.formats[mod.path] && mod.layer >= 0) map.methods[mod.path] = "gptq";
+  }
+  ASSERT_GT(map.methods.size(), 10u);
+  double with_gptq = 0, rounded = 0;
+  {
+    PlanMeasurer measurer(m, windows, std::nullopt, grams);
+    with_gptq = measurer.measure(map).first;
+    PlanMeasurer without(m, windows);  // no Gram sums: rounded, as the export without --calib
+    rounded = without.measure(map).first;
+  }
+  EXPECT_LT(with_gptq, rounded);
+
+  Model q = load_model(stories());
+  quantize_model(q, map, {.grams = &grams, .gptq_all = false, .progress = false});
+  std::vector<int32_t> tokens;
+  for (const auto& w : windows) tokens.insert(tokens.end(), w.begin(), w.end());
+  PerplexityOptions po;
+  po.ctx = static_cast<int>(windows.front().size());
+  po.chunks = static_cast<int>(windows.size());
+  po.ref = &m;
+  po.progress = false;
+  const PerplexityResult e = evaluate_perplexity(q, tokens, po);
+  EXPECT_NEAR(with_gptq, e.kld, 1e-4 * e.kld);
 }
 
 using test::RunResult;

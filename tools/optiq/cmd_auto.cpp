@@ -66,15 +66,17 @@ void run_auto(AutoArgs& a, const CLI::App& cmd) {
                t.count_proxy(), t.seconds);
   PlanStepOptions plo = plan_step_options(a.plan, !a.json);
   plo.provenance = provenance;
-  PlanStepResult r = run_plan_step(m, t, plo, plan_path, {.windows = &profiled.windows});
+  // Where the profile found GPTQ better, measured selection and the export
+  // both quantize with it, from one collection of Gram sums.
+  GramMap grams;
+  if (profile_chose_gptq(t)) grams = collect_grams(m, profiled.windows, !a.json);
+  PlanStepResult r = run_plan_step(m, t, plo, plan_path, {.windows = &profiled.windows, .grams = &grams});
   if (!a.json) print_plan_summary(r, m.config, plan_path);
 
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
   QuantizeModelOptions qo{
       .recipe = QuantizeRecipe::for_model(m.config, QuantMethod::Search, a.format == "gguf" ? "f16" : "auto")};
-  GramMap grams;
-  if (!r.map.methods.empty()) {  // the profile found GPTQ better for these tensors: export them that way
-    grams = collect_grams(m, profiled.windows);
+  if (!r.map.methods.empty()) {
     qo.grams = &grams;
     qo.gptq_all = false;
   }

@@ -289,7 +289,7 @@ void run_compare(CompareArgs& a, const CLI::App& cmd) {
   // One measurer for every optiq row: the reference pass and quantized tensors are shared.
   std::unique_ptr<PlanMeasurer> measurer;
   if (a.select == "measured")
-    measurer = std::make_unique<PlanMeasurer>(src, selection_windows(src, t, PlanStepOptions{}, &profiled.windows));
+    measurer = make_plan_measurer(src, t, PlanStepOptions{}, {.windows = &profiled.windows});
   auto add_optiq = [&](PlanStepArgs pa, const std::string& label, const std::string& file) {
     const std::string plan_path = (fs::path(a.out_dir) / file).string();
     pa.select = a.select;

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "core/diagnostics.h"
 #include "core/error.h"
 #include "eval/perplexity.h"
 #include "eval/reference_scores.h"
@@ -29,7 +30,14 @@ struct EvalArgs {
 void run_eval_plans(const EvalArgs& a, Model& ref, const std::vector<int32_t>& tokens) {
   check(a.ref.empty(), "--plan evaluates against MODEL itself: drop --ref");
   std::vector<PrecisionMap> maps;  // read every plan first: a bad one fails before any work
-  for (const auto& p : a.plans) maps.push_back(PrecisionMap::from_plan_file(p, ref.config));
+  for (const auto& p : a.plans) {
+    maps.push_back(PrecisionMap::from_plan_file(p, ref.config));
+    // GPTQ needs calibration statistics, which evaluation text must not supply.
+    if (!maps.back().methods.empty())
+      warn("{}: the plan names GPTQ for {} tensors; eval --plan rounds them on their own (for the shipped numbers: "
+           "optiq quantize --plan ... --calib, then optiq eval OUT --ref MODEL)",
+           p, maps.back().methods.size());
+  }
   // The evaluation windows, measured like calibration windows: one reference
   // pass, and quantized tensors shared between plans.
   const EvalWindows ew = eval_windows(ref, tokens, a.ctx, a.chunks);

@@ -247,7 +247,7 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
     std::filesystem::create_directories(a.out);
     std::unique_ptr<PlanMeasurer> measurer;
     if (measured)
-      measurer = std::make_unique<PlanMeasurer>(m, selection_windows(m, t, plan_step_options(a.step), nullptr, a.profile));
+      measurer = make_plan_measurer(m, t, plan_step_options(a.step, !a.json), {.profile_path = a.profile});
     for (const auto& b : bpws.empty() ? sizes : bpws) {
       PlanStepArgs step = a.step;
       (bpws.empty() ? step.size : step.bpw) = b;
