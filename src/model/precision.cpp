@@ -72,8 +72,8 @@ PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelCo
       if (v.is_object() && v.contains("method")) {
         check(v["method"].is_string(), "{}: {}: \"method\" must be a string", source, name);
         const std::string method = v["method"].get<std::string>();
-        check(method == "search" || method == "gptq", "{}: {}: method '{}' is not one optiq applies per tensor "
-              "(search, gptq)", source, name, method);
+        check(method == "search" || method == "weighted" || method == "gptq",
+              "{}: {}: method '{}' is not one optiq applies per tensor (search, weighted, gptq)", source, name, method);
         check(!f.is_float(), "{}: {}: a float tensor has no rounding method", source, name);
         if (method != "search") p.methods[path] = method;
       }

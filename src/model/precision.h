@@ -22,8 +22,9 @@ namespace optiq {
 
 struct PrecisionMap {
   std::map<std::string, TensorFormat> formats;  // module path -> format
-  // module path -> how it is rounded when not the default search: "gptq"
-  // (a plan entry's "method"; the profile measured that method for it).
+  // module path -> how it is rounded when not the default search: "weighted"
+  // (the search weighted by calibration activations) or "gptq" (a plan
+  // entry's "method"; the profile measured that method for it).
   std::map<std::string, std::string> methods;
 
   // Reads a plan file ({"default": {...}, "tensors": {...}}); validates every

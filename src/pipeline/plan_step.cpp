@@ -23,27 +23,29 @@ void assign_profiled_methods(PrecisionMap& map, const SensitivityTable& t) {
   }
 }
 
-bool profile_chose_gptq(const SensitivityTable& t) {
+bool profile_uses_method(const SensitivityTable& t, const std::string& method) {
   for (const auto& ms : t.modules)
     for (const auto& [name, fs] : ms.formats)
-      if (fs.method == "gptq") return true;
+      if (fs.method == method) return true;
   return false;
 }
 
 std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const SensitivityTable& t,
                                                  const PlanStepOptions& opt, const SelectionContext& ctx) {
+  // The export's statistics: over every calibration window of the profile.
+  std::optional<TokenWindows> all;
+  auto calibration = [&]() -> const TokenWindows& {
+    if (ctx.windows) return *ctx.windows;
+    if (!all) all = profile_calibration_windows(model, t, ctx.profile_path);
+    return *all;
+  };
   GramMap grams;
-  if (profile_chose_gptq(t)) {
-    if (ctx.grams) {
-      grams = *ctx.grams;
-    } else {
-      // The export's sums: over every calibration window of the profile.
-      const TokenWindows all = ctx.windows ? *ctx.windows : profile_calibration_windows(model, t, ctx.profile_path);
-      grams = collect_grams(model, all, opt.progress);
-    }
-  }
+  if (profile_uses_method(t, "gptq")) grams = ctx.grams ? *ctx.grams : collect_grams(model, calibration(), opt.progress);
+  ImportanceMap importance;
+  if (profile_uses_method(t, "weighted"))
+    importance = ctx.importance ? *ctx.importance : collect_importance(model, calibration(), opt.progress);
   return std::make_unique<PlanMeasurer>(model, selection_windows(model, t, opt, ctx.windows, ctx.profile_path),
-                                        std::nullopt, std::move(grams));
+                                        std::nullopt, std::move(grams), std::move(importance));
 }
 
 namespace {

@@ -81,18 +81,22 @@ struct SelectionContext {
   // The Gram sums GPTQ works from, over every calibration window (the
   // export's); null: collected here when the profile chose GPTQ anywhere.
   const GramMap* grams = nullptr;
+  // Likewise the activation energies of the weighted rounding.
+  const ImportanceMap* importance = nullptr;
 };
 
 // The rounding the profile measured for each chosen format ("gptq" where GPTQ
 // gave the smaller proxy) into map.methods, so that export and measurement
 // quantize as profiled.
 void assign_profiled_methods(PrecisionMap& map, const SensitivityTable& t);
-// Whether any (module, format) of the profile was measured with GPTQ.
-bool profile_chose_gptq(const SensitivityTable& t);
+// Whether any (module, format) of the profile was measured with `method`
+// ("gptq", "weighted").
+bool profile_uses_method(const SensitivityTable& t, const std::string& method);
 
 // A measurer for measured selection (shared by several plan steps when the
-// caller keeps it): the selection windows, and the Gram sums when the profile
-// chose GPTQ anywhere (ctx.grams, else collected over the profile's windows).
+// caller keeps it): the selection windows, and the statistics of the
+// roundings the profile chose (ctx.grams / ctx.importance, else collected
+// over the profile's calibration windows).
 std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const SensitivityTable& t,
                                                  const PlanStepOptions& opt, const SelectionContext& ctx);
 

@@ -136,12 +136,13 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
 }
 
 PlanMeasurer::PlanMeasurer(const Model& model, const std::vector<std::vector<int32_t>>& windows,
-                           std::optional<QuantizeRecipe> recipe, GramMap grams)
+                           std::optional<QuantizeRecipe> recipe, GramMap grams, ImportanceMap importance)
     : model_(model),
       weights_(model, default_backend()),
       recipe_(recipe ? *recipe : QuantizeRecipe::for_model(model.config)),
       modules_(quantizable_modules(model.config)),
-      grams_(std::move(grams)) {
+      grams_(std::move(grams)),
+      importance_(std::move(importance)) {
   check(!windows.empty(), "plan measurement: no calibration windows");
   ctx_ = static_cast<int>(windows.front().size());
   chunks_ = static_cast<int>(windows.size());
@@ -159,13 +160,18 @@ std::pair<double, double> PlanMeasurer::measure(const PrecisionMap& map) {
 }
 
 PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) {
-  // A module's quantized matrix is known by its format and rounding.
-  auto gptq = [&](const ModuleInfo& m) {
+  // A module's rounding ("" plain, "weighted", "gptq": those whose statistics
+  // are at hand); its quantized matrix is known by format and rounding.
+  auto method_of = [&](const ModuleInfo& m) -> std::string {
     auto it = map.methods.find(m.path);
-    return it != map.methods.end() && it->second == "gptq" && grams_.count(m.path) > 0;
+    if (it == map.methods.end()) return "";
+    if (it->second == "gptq" && grams_.count(m.path)) return "gptq";
+    if (it->second == "weighted" && importance_.count(m.path)) return "weighted";
+    return "";
   };
   auto key_of = [&](const ModuleInfo& m, const TensorFormat& f) {
-    return std::make_pair(m.path, tensor_format_name(f) + (gptq(m) ? "+gptq" : ""));
+    const std::string method = method_of(m);
+    return std::make_pair(m.path, tensor_format_name(f) + (method.empty() ? "" : "+" + method));
   };
   // The cache of quantized matrices (shared by the plans measured) stays
   // under a quarter of the memory: past that, what this plan does not use goes.
@@ -188,11 +194,14 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
     auto it = cache_.find(key);
     if (it == cache_.end()) {
       const Linear& source = module_linear(model_.weights, m);
-      if (gptq(m)) {
+      const std::string method = method_of(m);
+      if (method == "gptq") {
         if (!gptq_quantizer) gptq_quantizer.emplace(model_, map, qo);
         it = cache_.emplace(key, gptq_quantizer->quantize(m, source)).first;
       } else {
-        it = cache_.emplace(key, Linear::from_quantized(quantize_in_row_blocks(f->second, source, recipe_.options())))
+        const float* importance = method == "weighted" ? importance_.at(m.path).data() : nullptr;
+        it = cache_.emplace(key, Linear::from_quantized(
+                                     quantize_in_row_blocks(f->second, source, recipe_.options(importance))))
                  .first;
       }
     }

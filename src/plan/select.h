@@ -72,13 +72,15 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config,
 // later plans reuse earlier tensors. The Model itself is never changed.
 // One measurer serves many budgets (optiq compare, optiq plan with several).
 // A module the plan's `methods` name "gptq" is quantized with GPTQ from
-// `grams` (the sums the export will use), so what is measured is what ships;
-// without its Gram sum it is rounded on its own, like the export would.
+// `grams`, one named "weighted" with the search weighted by `importance`
+// (the statistics the export will use), so what is measured is what ships;
+// without its statistics it is rounded plainly, as the export would.
 class PlanMeasurer {
  public:
   // recipe: how the plans are quantized; by default the export's for this model.
   PlanMeasurer(const Model& model, const std::vector<std::vector<int32_t>>& windows,
-               std::optional<QuantizeRecipe> recipe = std::nullopt, GramMap grams = {});
+               std::optional<QuantizeRecipe> recipe = std::nullopt, GramMap grams = {},
+               ImportanceMap importance = {});
   PlanMeasurer(const PlanMeasurer&) = delete;
   PlanMeasurer& operator=(const PlanMeasurer&) = delete;
   // Mean KL(model || plan) over the second halves of the windows, and its standard error.
@@ -94,7 +96,8 @@ class PlanMeasurer {
   std::vector<int32_t> tokens_;
   std::vector<ModuleInfo> modules_;
   GramMap grams_;
-  std::map<std::pair<std::string, std::string>, Linear> cache_;  // (module, format[+gptq])
+  ImportanceMap importance_;
+  std::map<std::pair<std::string, std::string>, Linear> cache_;  // (module, format[+method])
   std::unique_ptr<ReferenceScores> ref_;
 };
 

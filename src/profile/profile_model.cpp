@@ -274,10 +274,15 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         "profiling GPTQ's rounding needs the fast method (its Gram sums): --method fast");
   check(!opt.layerwise || opt.method == ProfileMethod::Fast,
         "layer-wise profiling is a way of running the fast method: --method fast");
+  check(!opt.weighted || opt.method == ProfileMethod::Fast,
+        "the activation-weighted rounding is weighted by the fast method's Gram sums: --method fast");
+  // (Layer-wise, a tied embedding's anchor starts before the lm_head's inputs
+  // are known, so its weighting would be missing there.)
+  check(!opt.weighted || !opt.layerwise, "the activation-weighted rounding does not run layer-wise yet: drop --layerwise");
   SensitivityTable t = empty_table(c, opt.candidates);
   t.source = opt.source;
   t.method = profile_method_name(opt.method);
-  t.rounding = opt.gptq ? "search,gptq" : "search";
+  t.rounding = std::string(opt.weighted ? "weighted" : "search") + (opt.gptq ? ",gptq" : "");
   t.measured_with = measured_with(ref, opt, windows.size());
   t.provenance = opt.provenance;
 
@@ -317,8 +322,10 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       if (!n.exact && !n.proxy) continue;
       total += n.exact + n.proxy;
       if (m.layer >= 0) need_hidden = true;
-      if (n.proxy && m.layer >= 0) gram_layers.insert(m.layer);
-      if (n.proxy && (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)))
+      // (Weighted: an anchor's rounding is weighted by the Gram sums' diagonal too.)
+      const bool reads_grams = n.proxy || opt.weighted;
+      if (reads_grams && m.layer >= 0) gram_layers.insert(m.layer);
+      if (reads_grams && (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)))
         need_head_gram = true;
       needs[i].push_back(n);
     }
@@ -469,7 +476,28 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   if (opt.progress) progress.emplace("profile", total, "measurements");
   int64_t done = 0;
   // The export's recipe (bf16 scales for Gemma): the profile measures what ships.
-  const QuantizeOptions qo = QuantizeRecipe::for_model(ref.config, opt.rounding).options();
+  const QuantizeOptions search_qo = QuantizeRecipe::for_model(ref.config, opt.rounding).options();
+  // Mean x^2 of each input channel of module m over the calibration tokens
+  // (the diagonal of the Gram sums its proxy reads; the statistic quantize
+  // --calib weighs by); empty for a lookup-only embedding.
+  auto input_energy = [&](const ModuleInfo& m) -> std::vector<float> {
+    const Buffer* g = nullptr;
+    if (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)) {
+      g = &head_gram;
+    } else if (m.kind != ModuleKind::Embed) {
+      ensure_grams(m.layer);
+      g = &grams[m.layer][site_of(m.kind)];
+    }
+    if (!g || g->size() != m.cols * m.cols) return {};
+    std::vector<float> e(static_cast<size_t>(m.cols));
+    for (int64_t k = 0; k < m.cols; ++k) {
+      const float* at = g->data() + k * m.cols + k;
+      if (be.host_memory()) e[k] = *at;
+      else be.to_host(at, 1, &e[k]);  // one value per channel (an 8B down_proj's sums are 0.8 GB)
+      e[k] /= static_cast<float>(total_tokens);
+    }
+    return e;
+  };
   std::map<std::tuple<int, int, bool>, GptqHessian> hessians;  // ProfileOptions::gptq
   // A KL anchor: the model with module m's matrix replaced by `fake`; in memory (the default path): every window from m's layer.
   auto measure_anchor = [&](const ModuleInfo& m, const Linear& original, Linear fake, FormatSensitivity& fs) {
@@ -500,6 +528,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const Linear& original = module_linear(ref.weights, m);
     const int64_t numel = m.rows * m.cols;
     if (m.layer < 0) grams.clear();  // the embedding and lm_head read none: their memory first (8B: 1 GB)
+    // This module's rounding: weighted by its inputs' mean x^2 when asked and known.
+    const std::vector<float> importance = opt.weighted ? input_energy(m) : std::vector<float>{};
+    const std::string search_method = importance.empty() ? "" : "weighted";
+    QuantizeOptions qo = search_qo;
+    if (!importance.empty()) qo.importance = importance.data();
     // Proxies a block of rows at a time, every candidate per block, so no
     // fp32 copy of the whole matrix is held (an 8B model's lm_head: 2.1 GB
     // each for its values and their error): for modules with proxies only,
@@ -559,7 +592,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         FormatSensitivity& fs = ms.formats[tensor_format_name(n.fmt)];
         if (n.proxy) {
           fs.proxy = e[k];
-          fs.method.clear();
+          fs.method = search_method;
           ++t.proxy_measured;
           if (progress) progress->update(++done, m.path);
         }
@@ -639,7 +672,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           e = gram_proxy(out.data(), m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
         }
         fs.proxy = e;
-        fs.method.clear();
+        fs.method = search_method;
         if (opt.gptq && m.layer >= 0) {
           if (auto dq = gptq_dequantized(n.fmt)) {
             const float* w = host_w();

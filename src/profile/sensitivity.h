@@ -96,6 +96,12 @@ struct ProfileOptions {
   // names GPTQ for those tensors, and `quantize --plan` reproduces it.
   bool gptq = false;
   GptqOptions gptq_options{};
+  // fast: the search weighs each input channel's rounding error by its mean
+  // x^2 over the calibration tokens (the diagonal of the proxies' Gram sums;
+  // quantize --calib's activation weighting), for every matrix that has
+  // inputs to weigh (not an untied embedding: a lookup). Recorded per entry
+  // as method "weighted", so that the plan and the export round that way.
+  bool weighted = false;
   std::string cache_path;      // "" = no cache file (nor checkpoint)
   ProfileSource source;        // recorded in the cache
   // How the profile was made (model/provenance.h), written as its "optiq"
@@ -134,7 +140,8 @@ struct FormatSensitivity {
   std::optional<double> kl;       // measured KL(ref || q), nats per scored token
   std::optional<double> proxy;    // fast proxy E(m, f)
   std::optional<double> kl_fast;  // proxy in KL units (SensitivityTable::calibrate_fast)
-  // How the measured quantization was rounded: "" the search, "gptq" GPTQ
+  // How the measured quantization was rounded: "" the search, "weighted" the
+  // activation-weighted search (ProfileOptions::weighted), "gptq" GPTQ
   // (ProfileOptions::gptq: whichever gave the smaller proxy).
   std::string method;
 };
@@ -152,7 +159,7 @@ struct SensitivityTable {
   ProfileSource source;
   std::vector<TensorFormat> candidates;
   std::string method;
-  std::string rounding = "search";  // the roundings measured: "search", or "search,gptq"
+  std::string rounding = "search";  // the roundings measured: "search" or "weighted", each maybe with ",gptq"
   // What else decides the numbers, beyond source and rounding: optiq version,
   // backend, numerics, anchor windows (fast), GPTQ options; a cache is reused
   // only when this is equal (null in files older than it: never reused).

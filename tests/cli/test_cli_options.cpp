@@ -5,6 +5,7 @@
 // exit status >= 128) fails with the command line that crashed. Also: the
 // importance statistics of Phi-3's fused matrices, and `optiq info`'s summary,
 // natural tensor order, --tensors and --json.
+#include <map>
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
@@ -245,6 +246,33 @@ TEST(CliQuantize, Awq) {
   EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
   EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method awq --awq-grid 0 --calib " + calib_txt() +
                 kCalib).code, 2);  // a usage error
+}
+
+// profile --methods weighted,gptq: the plan names the weighted search or GPTQ
+// per tensor; quantize --plan needs the calibration text for either, and the
+// weighted rounding does not run layer-wise yet (a clear error).
+TEST(CliQuantize, PlanNamesWeightedRoundingPerTensor) {
+  const std::string dir = test::temp_dir();
+  ok("auto " + stories_gguf() + " --calib " + calib_txt() + kCalib +
+     " --methods weighted,gptq --candidates 2,3,4,8x32 --bpw 7 -o " + dir + "/auto");
+  expect_loads(dir + "/auto", "auto --methods weighted,gptq");
+  std::ifstream in(dir + "/auto.plan.json");
+  const nlohmann::json plan = nlohmann::json::parse(in);
+  std::map<std::string, int> methods;
+  for (const auto& [name, v] : plan["tensors"].items())
+    if (v.is_object() && v.contains("method")) ++methods[v["method"].get<std::string>()];
+  EXPECT_GT(methods["weighted"], 0) << plan.dump(1);
+  EXPECT_GT(methods["gptq"], 0) << plan.dump(1);
+  ok("auto " + stories_gguf() + " --calib " + calib_txt() + kCalib +
+     " --methods weighted --candidates 2,3,4,8x32 --bpw 7 -o " + dir + "/w");
+  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/w.plan.json");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("\"method\": \"weighted\""), std::string::npos) << r.out;
+  quantize_ok(stories_gguf(), dir + "/q", "--plan " + dir + "/w.plan.json --calib " + calib_txt() + kCalib);
+  r = run("profile " + stories_gguf() + " --calib " + calib_txt() + kCalib +  " --methods weighted --layerwise --cache " +
+          dir + "/p.json");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("layer-wise"), std::string::npos) << r.out;
 }
 
 // profile --methods search,gptq: the plan names GPTQ for the tensors where it

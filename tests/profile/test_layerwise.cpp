@@ -184,7 +184,9 @@ TEST(ProfileLayerwise, CacheResumes) {
   EXPECT_EQ(t3.exact_measured, 1);
   EXPECT_EQ(t3.proxy_measured, 0);
   for (const auto& ms : t3.modules) {
-    if (ms.module.path == victim) EXPECT_EQ(*ms.formats.at(anchor).kl, old);
+    if (ms.module.path == victim) {
+      EXPECT_EQ(*ms.formats.at(anchor).kl, old);
+    }
   }
 }
 

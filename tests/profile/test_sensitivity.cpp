@@ -274,6 +274,42 @@ TEST(Profile, FastMeasuresGptqWhereItWins) {
   EXPECT_THROW(profile_model(m, windows, o), Error);
 }
 
+// The weighted rounding (--methods weighted): every matrix with inputs to
+// weigh is measured with the search weighted by their energies, recorded per
+// entry; weighting lowers the proxies (the output error on those inputs)
+// overall, and a plain profile's cache is not reused for it.
+TEST(Profile, FastMeasuresTheWeightedRounding) {
+  Model m = load_model(stories());
+  const auto windows = calibration_windows(m, calib_opts());
+  ProfileOptions o = opts(ProfileMethod::Fast, m);
+  o.cache_path = test::temp_dir() + "/w.profile.json";
+  const SensitivityTable plain = profile_model(m, windows, o);
+  o.weighted = true;
+  testing::internal::CaptureStderr();
+  const SensitivityTable w = profile_model(m, windows, o);
+  EXPECT_NE(testing::internal::GetCapturedStderr().find("rounding search"), std::string::npos);
+  EXPECT_EQ(w.rounding, "weighted");
+  double sum_plain = 0, sum_weighted = 0;
+  int weighted = 0, anchors_moved = 0;
+  for (size_t i = 0; i < w.modules.size(); ++i) {
+    const ModuleInfo& mod = w.modules[i].module;
+    const bool has_inputs = mod.kind != ModuleKind::Embed || m.config.tied_embeddings;
+    for (const auto& [name, fs] : w.modules[i].formats) {
+      const FormatSensitivity& p = plain.modules[i].formats.at(name);
+      if (!fs.proxy) continue;
+      EXPECT_EQ(fs.method, has_inputs ? "weighted" : "") << mod.path << " " << name;
+      weighted += fs.method == "weighted";
+      sum_plain += *p.proxy, sum_weighted += *fs.proxy;
+      if (fs.kl && p.kl && *fs.kl != *p.kl) ++anchors_moved;
+    }
+  }
+  EXPECT_GT(weighted, 20);
+  EXPECT_LT(sum_weighted, sum_plain);
+  EXPECT_GT(anchors_moved, 0) << "the anchors measure the weighted rounding too";
+  o.layerwise = true;
+  EXPECT_THROW(profile_model(m, windows, o), Error);
+}
+
 TEST(Profile, CacheResumesOnlyMissingEntries) {
   Model m = load_model(stories());
   const auto windows = calibration_windows(m, calib_opts());
@@ -383,31 +419,35 @@ TEST(Profile, MeasuredSelectionPicksTheBestAndRestoresTheModel) {
 }
 
 // Measured selection quantizes the tensors a plan names "gptq" with GPTQ from
-// the Gram sums it is given, exactly as the export does: its measurement is
-// the evaluation of the model quantize_model makes with those sums, and (on
-// the calibration windows GPTQ fitted) better than rounding the same formats.
-TEST(Profile, MeasuredSelectionQuantizesGptqAsTheExport) {
+// the Gram sums it is given and those named "weighted" with the weighted
+// search, exactly as the export does: its measurement is the evaluation of
+// the model quantize_model makes with those statistics, and (on the
+// calibration windows they came from) better than plain rounding.
+TEST(Profile, MeasuredSelectionQuantizesAsTheExport) {
   Model m = load_model(stories());
   const auto windows = calibration_windows(m, calib_opts());
   const GramMap grams = collect_grams(m, windows, false);
-  PrecisionMap map;
+  const ImportanceMap importance = collect_importance(m, windows, false);
+  PrecisionMap map;  // GPTQ for the layers' attention, the weighted search elsewhere
   for (const auto& mod : quantizable_modules(m.config)) {
     const TensorFormat f = AffineFormat{3, 32};
     map.formats[mod.path] = format_fits(f, mod.cols) ? f : TensorFormat{};
-    if (map.formats[mod.path] && mod.layer >= 0) map.methods[mod.path] = "gptq";
+    if (!map.formats[mod.path]) continue;
+    if (mod.layer >= 0 && mod.path.find("self_attn") != std::string::npos) map.methods[mod.path] = "gptq";
+    else if (importance.count(mod.path)) map.methods[mod.path] = "weighted";
   }
   ASSERT_GT(map.methods.size(), 10u);
-  double with_gptq = 0, rounded = 0;
+  double measured = 0, rounded = 0;
   {
-    PlanMeasurer measurer(m, windows, std::nullopt, grams);
-    with_gptq = measurer.measure(map).first;
-    PlanMeasurer without(m, windows);  // no Gram sums: rounded, as the export without --calib
+    PlanMeasurer measurer(m, windows, std::nullopt, grams, importance);
+    measured = measurer.measure(map).first;
+    PlanMeasurer without(m, windows);  // no statistics: rounded plainly, as the export without --calib
     rounded = without.measure(map).first;
   }
-  EXPECT_LT(with_gptq, rounded);
+  EXPECT_LT(measured, rounded);
 
   Model q = load_model(stories());
-  quantize_model(q, map, {.grams = &grams, .gptq_all = false, .progress = false});
+  quantize_model(q, map, {.importance = &importance, .grams = &grams, .gptq_all = false, .progress = false});
   std::vector<int32_t> tokens;
   for (const auto& w : windows) tokens.insert(tokens.end(), w.begin(), w.end());
   PerplexityOptions po;
@@ -416,7 +456,7 @@ TEST(Profile, MeasuredSelectionQuantizesGptqAsTheExport) {
   po.ref = &m;
   po.progress = false;
   const PerplexityResult e = evaluate_perplexity(q, tokens, po);
-  EXPECT_NEAR(with_gptq, e.kld, 1e-4 * e.kld);
+  EXPECT_NEAR(measured, e.kld, 1e-4 * e.kld);
 }
 
 using test::RunResult;

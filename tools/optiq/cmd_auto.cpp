@@ -66,17 +66,24 @@ void run_auto(AutoArgs& a, const CLI::App& cmd) {
                t.count_proxy(), t.seconds);
   PlanStepOptions plo = plan_step_options(a.plan, !a.json);
   plo.provenance = provenance;
-  // Where the profile found GPTQ better, measured selection and the export
-  // both quantize with it, from one collection of Gram sums.
+  // The roundings the profile measured (GPTQ, the weighted search): measured
+  // selection and the export both quantize that way, from one collection of
+  // the calibration statistics.
   GramMap grams;
-  if (profile_chose_gptq(t)) grams = collect_grams(m, profiled.windows, !a.json);
-  PlanStepResult r = run_plan_step(m, t, plo, plan_path, {.windows = &profiled.windows, .grams = &grams});
+  ImportanceMap importance;
+  if (profile_uses_method(t, "gptq")) grams = collect_grams(m, profiled.windows, !a.json);
+  if (profile_uses_method(t, "weighted")) importance = collect_importance(m, profiled.windows, !a.json);
+  PlanStepResult r = run_plan_step(m, t, plo, plan_path,
+                                   {.windows = &profiled.windows, .grams = &grams, .importance = &importance});
   if (!a.json) print_plan_summary(r, m.config, plan_path);
 
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
   QuantizeModelOptions qo{
       .recipe = QuantizeRecipe::for_model(m.config, QuantMethod::Search, a.format == "gguf" ? "f16" : "auto")};
-  if (!r.map.methods.empty()) {
+  // A weighted profile weighs every tensor whose inputs it knows, and so does
+  // the export: the statistics cover exactly those (collect_importance).
+  if (!importance.empty()) qo.importance = &importance;
+  if (!grams.empty()) {
     qo.grams = &grams;
     qo.gptq_all = false;
   }

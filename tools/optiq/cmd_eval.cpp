@@ -32,10 +32,11 @@ void run_eval_plans(const EvalArgs& a, Model& ref, const std::vector<int32_t>& t
   std::vector<PrecisionMap> maps;  // read every plan first: a bad one fails before any work
   for (const auto& p : a.plans) {
     maps.push_back(PrecisionMap::from_plan_file(p, ref.config));
-    // GPTQ needs calibration statistics, which evaluation text must not supply.
+    // GPTQ and the weighted search need calibration statistics, which
+    // evaluation text must not supply.
     if (!maps.back().methods.empty())
-      warn("{}: the plan names GPTQ for {} tensors; eval --plan rounds them on their own (for the shipped numbers: "
-           "optiq quantize --plan ... --calib, then optiq eval OUT --ref MODEL)",
+      warn("{}: the plan names GPTQ or the weighted search for {} tensors; eval --plan rounds them plainly (for "
+           "the shipped numbers: optiq quantize --plan ... --calib, then optiq eval OUT --ref MODEL)",
            p, maps.back().methods.size());
   }
   // The evaluation windows, measured like calibration windows: one reference

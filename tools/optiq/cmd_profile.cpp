@@ -76,10 +76,13 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
                  "the proxies always use every window. Anchors are most of a large model's fast profile")
       ->check(CLI::NonNegativeNumber);
   cmd.add_option("--methods", a.methods,
-                 "roundings to measure: search, or search,gptq (fast method: every layer matrix is also quantized "
-                 "with GPTQ from the proxies' Gram sums, the smaller proxy kept per module and format, and the "
-                 "plan names GPTQ for those tensors so that quantize/auto export them that way)")
-      ->capture_default_str()->check(CLI::IsMember({"search", "search,gptq", "gptq,search"}));
+                 "roundings to measure (fast method), the plan naming each tensor's so that quantize/auto export "
+                 "it that way: search (plain), or weighted (the search weighing each input channel's error by its "
+                 "mean x^2 on the calibration text, as quantize --calib does), each optionally with gptq (every "
+                 "layer matrix also quantized with GPTQ from the proxies' Gram sums, the smaller proxy kept per "
+                 "module and format): search, weighted, search,gptq or weighted,gptq")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"search", "weighted", "search,gptq", "gptq,search", "weighted,gptq", "gptq,weighted"}));
   cmd.add_flag("--layerwise", a.layerwise,
                "fast method: run the calibration windows through the model one decoder layer at a time (each "
                "layer's weights read once per pass, not once per window; the exact anchors layer-major too), "
@@ -110,6 +113,7 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
   }
   po.anchor_windows = a.anchor_windows;
   po.gptq = a.methods.find("gptq") != std::string::npos;
+  po.weighted = a.methods.find("weighted") != std::string::npos;
   po.cache_path = a.cache;
   po.progress = progress;
   check(a.memory.empty() || a.layerwise, "--memory {} goes with --layerwise (the activations it bounds)", a.memory);
@@ -120,6 +124,9 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
     if (po.layerwise_memory == 0) po.layerwise_memory = 1;  // "0": everything on disk
   }
   check(!a.layerwise || po.method == ProfileMethod::Fast, "--layerwise runs the fast method: --method fast");
+  check(!po.weighted || !a.layerwise, "--methods {} does not run layer-wise yet: drop --layerwise", a.methods);
+  check(!(po.weighted || po.gptq) || po.method == ProfileMethod::Fast,
+        "--methods {} is measured by the fast method (its Gram sums): --method fast", a.methods);
   return o;
 }
 

@@ -1,5 +1,6 @@
 // optiq quantize: uniform or planned per-tensor quantization, exported as an
 // MLX directory (default) or one GGUF file (--format gguf).
+#include <algorithm>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -63,16 +64,25 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
                                m.config, a.method == "minmax" ? QuantMethod::MinMax : QuantMethod::Search, dtype)};
   ImportanceMap importance;
   GramMap grams, cross;
-  // A plan whose profile measured GPTQ for some tensors names it per tensor.
-  const bool plan_gptq = !map.methods.empty();
+  // A plan names the rounding its profile measured per tensor (GPTQ, the
+  // weighted search): both work from calibration statistics.
+  auto count_method = [&](const char* method) {
+    return std::count_if(map.methods.begin(), map.methods.end(), [&](const auto& kv) { return kv.second == method; });
+  };
+  const auto n_gptq = count_method("gptq"), n_weighted = count_method("weighted");
+  const bool plan_gptq = n_gptq > 0;
   check(!plan_gptq || !a.calib.source.empty(),
         "{}: the plan rounds {} tensors with GPTQ (\"method\": \"gptq\"): give --calib, the text it was profiled on",
-        a.plan, map.methods.size());
+        a.plan, n_gptq);
+  check(n_weighted == 0 || !a.calib.source.empty(),
+        "{}: the plan weighs {} tensors' rounding by calibration activations (\"method\": \"weighted\"): give "
+        "--calib, the text it was profiled on",
+        a.plan, n_weighted);
   check(!a.sequential || a.method == "gptq" || plan_gptq,
         "{}: --sequential is GPTQ's sequential mode, and the plan names no tensor for GPTQ", a.plan);
   check(!plan_gptq || a.method != "awq",
         "{}: the plan rounds {} tensors with GPTQ, which --method awq does not combine with yet: drop --method awq",
-        a.plan, map.methods.size());
+        a.plan, n_gptq);
   if (!a.calib.source.empty()) {
     const auto windows = calibration_windows(m, calibration_for(m, a.calib));
     // The embedding and lm_head are rounded on their own, weighted as --method search is.
