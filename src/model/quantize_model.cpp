@@ -73,14 +73,14 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
   }
   check(format_fits(fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size", model_.path,
         m.path, tensor_format_short(fmt), m.cols);
+  auto method = map_.methods.find(m.path);
   const float* importance = nullptr;
-  if (opt_.importance) {
+  if (opt_.importance && (opt_.importance_all || (method != map_.methods.end() && method->second == "weighted"))) {
     auto imp = opt_.importance->find(m.path);
     if (imp != opt_.importance->end() && static_cast<int64_t>(imp->second.size()) == m.cols)
       importance = imp->second.data();
   }
   const std::vector<float>* gram = nullptr;
-  auto method = map_.methods.find(m.path);
   const bool wants_gptq = opt_.gptq_all || (method != map_.methods.end() && method->second == "gptq");
   if (opt_.grams && wants_gptq) {
     auto g = opt_.grams->find(m.path);

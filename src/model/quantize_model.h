@@ -42,7 +42,10 @@ struct QuantizeRecipe {
 struct QuantizeModelOptions {
   QuantizeRecipe recipe{};
   bool fake = false;  // true: keep fp32 weights holding the dequantized values
+  // Activation weighting of the search: for every module importance has, or
+  // (importance_all false) only those the map's methods name "weighted".
   const ImportanceMap* importance = nullptr;
+  bool importance_all = true;
   // With grams: GPTQ for the modules that have one (the embedding and
   // lm_head have none: plain rounding) — every one with gptq_all, else those
   // the map's methods name "gptq"; the rest are rounded on their own.

@@ -80,9 +80,10 @@ void run_auto(AutoArgs& a, const CLI::App& cmd) {
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
   QuantizeModelOptions qo{
       .recipe = QuantizeRecipe::for_model(m.config, QuantMethod::Search, a.format == "gguf" ? "f16" : "auto")};
-  // A weighted profile weighs every tensor whose inputs it knows, and so does
-  // the export: the statistics cover exactly those (collect_importance).
-  if (!importance.empty()) qo.importance = &importance;
+  if (!importance.empty()) {  // the tensors the plan names "weighted"
+    qo.importance = &importance;
+    qo.importance_all = false;
+  }
   if (!grams.empty()) {
     qo.grams = &grams;
     qo.gptq_all = false;

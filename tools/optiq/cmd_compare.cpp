@@ -18,6 +18,7 @@
 #include "eval/perplexity.h"
 #include "eval/reference_scores.h"
 #include "eval/speed.h"
+#include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/exporter.h"
 #include "model/transformer.h"
@@ -124,11 +125,20 @@ std::string samples_markdown(const std::vector<Row>& rows, const std::string& pr
 
 // Quantizes a fresh copy of the source per the row's map, exports it as MLX,
 // reloads the export (what a user runs) and measures it.
+// The calibration statistics of the roundings the profile chose (GPTQ, the
+// weighted search), for the rows whose plans name them.
+struct RowStats {
+  GramMap grams;
+  ImportanceMap importance;
+};
+
 void measure_row(Row& row, const CompareArgs& a, const ReferenceScores& ref, const std::vector<int32_t>& tokens,
-                 const std::string& scratch) {
+                 const std::string& scratch, const RowStats& stats) {
   {
     Model m = a.model.load();
-    const QuantizeModelOptions qo{.recipe = QuantizeRecipe::for_model(m.config), .progress = false};
+    QuantizeModelOptions qo{.recipe = QuantizeRecipe::for_model(m.config), .progress = false};
+    if (!stats.importance.empty()) qo.importance = &stats.importance, qo.importance_all = false;
+    if (!stats.grams.empty()) qo.grams = &stats.grams, qo.gptq_all = false;
     quantize_model(m, row.map, qo);
     make_exporter("mlx")->write(m, scratch, {.bf16 = qo.recipe.bf16_scales, .force = true});
   }
@@ -318,6 +328,9 @@ void run_compare(CompareArgs& a, const CLI::App& cmd) {
   }
 
   measurer.reset();
+  RowStats stats;
+  if (profile_uses_method(t, "gptq")) stats.grams = collect_grams(src, profiled.windows, !a.json);
+  if (profile_uses_method(t, "weighted")) stats.importance = collect_importance(src, profiled.windows, !a.json);
   { Model drop = std::move(src); }  // rows reload the source; keep one copy at a time
   const std::string scratch = (fs::path(a.out_dir) / ".scratch-model").string();
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -325,7 +338,7 @@ void run_compare(CompareArgs& a, const CLI::App& cmd) {
     r.bytes = plan_bytes(config, r.map);
     r.bpw = plan_bits_per_weight(config, r.map);
     if (!a.json) fmt::print(stderr, "compare: [{}/{}] {} ({:.3f} bits/weight)\n", i + 1, rows.size(), r.label, r.bpw);
-    measure_row(r, a, ref, tokens, scratch);
+    measure_row(r, a, ref, tokens, scratch, stats);
   }
   const double ref_ppl = rows.front().eval.ref_ppl;
 

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "pipeline.h"
+#include "backend/backend.h"
 #include "core/error.h"
 #include "plan/budget.h"
 #include "profile/calibration.h"
@@ -80,8 +81,8 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
                  "it that way: search (plain), or weighted (the search weighing each input channel's error by its "
                  "mean x^2 on the calibration text, as quantize --calib does), each optionally with gptq (every "
                  "layer matrix also quantized with GPTQ from the proxies' Gram sums, the smaller proxy kept per "
-                 "module and format): search, weighted, search,gptq or weighted,gptq")
-      ->capture_default_str()
+                 "module and format): search, weighted, search,gptq or weighted,gptq (default: weighted; search with "
+                 "--layerwise, --method exact|both or on a GPU)")
       ->check(CLI::IsMember({"search", "weighted", "search,gptq", "gptq,search", "weighted,gptq", "gptq,weighted"}));
   cmd.add_flag("--layerwise", a.layerwise,
                "fast method: run the calibration windows through the model one decoder layer at a time (each "
@@ -112,8 +113,13 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
     }
   }
   po.anchor_windows = a.anchor_windows;
-  po.gptq = a.methods.find("gptq") != std::string::npos;
-  po.weighted = a.methods.find("weighted") != std::string::npos;
+  // Default: the weighted search where it runs (the fast method, not
+  // layer-wise yet) and is quick (the host's quantizer: a GPU's fake
+  // quantization does not weigh yet, and the host would do every matrix).
+  const bool weigh = po.method == ProfileMethod::Fast && !a.layerwise && default_backend().host_memory();
+  const std::string methods = !a.methods.empty() ? a.methods : weigh ? "weighted" : "search";
+  po.gptq = methods.find("gptq") != std::string::npos;
+  po.weighted = methods.find("weighted") != std::string::npos;
   po.cache_path = a.cache;
   po.progress = progress;
   check(a.memory.empty() || a.layerwise, "--memory {} goes with --layerwise (the activations it bounds)", a.memory);
@@ -124,9 +130,9 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
     if (po.layerwise_memory == 0) po.layerwise_memory = 1;  // "0": everything on disk
   }
   check(!a.layerwise || po.method == ProfileMethod::Fast, "--layerwise runs the fast method: --method fast");
-  check(!po.weighted || !a.layerwise, "--methods {} does not run layer-wise yet: drop --layerwise", a.methods);
+  check(!po.weighted || !a.layerwise, "--methods {} does not run layer-wise yet: drop --layerwise", methods);
   check(!(po.weighted || po.gptq) || po.method == ProfileMethod::Fast,
-        "--methods {} is measured by the fast method (its Gram sums): --method fast", a.methods);
+        "--methods {} is measured by the fast method (its Gram sums): --method fast", methods);
   return o;
 }
 

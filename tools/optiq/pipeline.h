@@ -30,7 +30,7 @@ struct ProfileStepArgs {
   std::string candidates;  // empty: default_candidates(target)
   std::string anchors = "auto";
   int anchor_windows = 0;  // 0: all
-  std::string methods = "search";  // roundings to measure: "search" or "search,gptq"
+  std::string methods;  // roundings to measure ("search", "weighted", each maybe with ",gptq"); "": the default
   std::string cache;
   bool layerwise = false;  // --layerwise: the fast profile a decoder layer at a time
   std::string memory;      // --memory: activations held in memory (layer-wise); empty: the default
