@@ -14,8 +14,10 @@ on held-out text against the source model:
                    rounding with the smaller proxy)
 
 Uniform formats by size (fp16 scale and bias per group): 3.0 = q2 g32,
-3.5 = q3 g64, 4.0 = q3 g32, 4.5 = q4 g64, 5.0 = q4 g32. Each optiq profile is
-made once per model and method (cached in WORK) and shared by the budgets.
+3.5 = q3 g64, 4.0 = q3 g32, 4.5 = q4 g64, 5.0 = q4 g32; matrices a group does
+not divide stay float, and the optiq rows take the uniform row's actual bits
+per weight as their budget. Each optiq profile is made once per model and
+method (cached in WORK) and shared by the budgets.
 
     bench/method_table.py [--models smollm2,gemma3,stories] [--bpw 3,3.5,4,4.5,5]
                           [--rows uniform-search,...] [--work DIR] [--build build]
@@ -26,6 +28,7 @@ tests: minutes per row on a 2-core CPU.
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,7 +78,7 @@ def last_json(out):
     return json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
 
 
-def measure(optiq, model, row, bpw, calib, evalargs, work, candidates):
+def measure(optiq, model, row, bpw, calib, evalargs, work, candidates, budget):
     tag = f"{Path(model).stem}-{row}-{bpw}"
     out = work / tag
     if row.startswith("uniform"):
@@ -90,7 +93,7 @@ def measure(optiq, model, row, bpw, calib, evalargs, work, candidates):
     else:
         profile = work / f"{Path(model).stem}-{OPTIQ_METHODS[row].replace(',', '-')}.profile.json"
         first = not profile.exists()
-        a, seconds = run([optiq, "auto", model, "-o", str(out), "--force", "--bpw", str(bpw), "--methods",
+        a, seconds = run([optiq, "auto", model, "-o", str(out), "--force", "--bpw", f"{budget:.4f}", "--methods",
                           OPTIQ_METHODS[row], "--candidates", candidates, "--cache", str(profile), "--json",
                           "--text", evalargs["text"], "--eval-ctx", str(evalargs["ctx"]), "--chunks",
                           str(evalargs["chunks"])] + calib, work / f"{tag}.log")
@@ -130,7 +133,13 @@ def main():
                 if key in done:
                     continue
                 print(f"method_table: {name} {row} @ {bpw} ...", file=sys.stderr, flush=True)
-                r = measure(optiq, model, row, bpw, calib, evalargs, work, args.candidates)
+                # optiq at the uniform row's own size where it was measured (a
+                # matrix a group does not divide stays float there: stories260K's
+                # 172-wide down projections), else at the nominal size.
+                u = done.get((name, "uniform-search", bpw, ""))
+                budget = math.floor(u["bpw_actual"] * 1e4) / 1e4 if u else bpw
+                r = measure(optiq, model, row, bpw, calib, evalargs, work, args.candidates, budget)
+                r["budget_bpw"] = budget
                 r.update({"model": name, "row": row, "bpw": bpw, "candidates": cand,
                           "date": time.strftime("%Y-%m-%d")})
                 with open(results, "a") as f:
