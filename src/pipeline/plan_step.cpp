@@ -206,11 +206,13 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
   r.budget = resolve_budget(a.budget, config, formats);
 
   const auto modules = quantizable_modules(config);
+  const std::optional<SpeedBound> bound =
+      a.baseline.empty() ? speed_bound(config, t, a, r.budget.weight_bytes) : std::nullopt;
   std::vector<SolverItem> items;
   for (const auto& m : modules) {
     auto it = damage.find(m.path);
     check(it != damage.end(), "the profile lacks {}: run `optiq profile` again", m.path);
-    items.push_back(make_item(m, it->second, formats));
+    items.push_back(make_item(m, it->second, formats, bound ? bound->time_of : CandidateTime{}));
   }
   if (!a.baseline.empty()) {
     BaselinePlan b = baseline_plan_from_spec(config, a.baseline, r.budget.weight_bytes, damage);
@@ -231,10 +233,7 @@ PlanStepResult run_plan_step(const ModelConfig& config, const SensitivityTable& 
     return r;
   }
   SolverOptions so = solver_options(config, a);
-  const std::optional<SpeedBound> bound = speed_bound(config, t, a, r.budget.weight_bytes);
   if (bound) {
-    for (size_t i = 0; i < modules.size(); ++i)
-      for (auto& c : items[i].candidates) c.time = bound->time_of(modules[i], c.format);
     so.max_time = bound->max_ns;
     r.max_ns = bound->max_ns;
     try {
