@@ -276,9 +276,6 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         "layer-wise profiling is a way of running the fast method: --method fast");
   check(!opt.weighted || opt.method == ProfileMethod::Fast,
         "the activation-weighted rounding is weighted by the fast method's Gram sums: --method fast");
-  // (Layer-wise, a tied embedding's anchor starts before the lm_head's inputs
-  // are known, so its weighting would be missing there.)
-  check(!opt.weighted || !opt.layerwise, "the activation-weighted rounding does not run layer-wise yet: drop --layerwise");
   SensitivityTable t = empty_table(c, opt.candidates);
   t.source = opt.source;
   t.method = profile_method_name(opt.method);
@@ -528,8 +525,12 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const Linear& original = module_linear(ref.weights, m);
     const int64_t numel = m.rows * m.cols;
     if (m.layer < 0) grams.clear();  // the embedding and lm_head read none: their memory first (8B: 1 GB)
-    // This module's rounding: weighted by its inputs' mean x^2 when asked and known.
-    const std::vector<float> importance = opt.weighted ? input_energy(m) : std::vector<float>{};
+    // This module's rounding: weighted by its inputs' mean x^2 when asked and
+    // known. (Layer-wise, a tied embedding's anchor starts before the
+    // lm_head's inputs have been seen: it is rounded plainly, proxy and
+    // anchor alike, and the plan says so.)
+    const bool weigh = opt.weighted && !(opt.layerwise && m.kind == ModuleKind::Embed);
+    const std::vector<float> importance = weigh ? input_energy(m) : std::vector<float>{};
     const std::string search_method = importance.empty() ? "" : "weighted";
     QuantizeOptions qo = search_qo;
     if (!importance.empty()) qo.importance = importance.data();

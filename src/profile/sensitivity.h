@@ -99,8 +99,9 @@ struct ProfileOptions {
   // fast: the search weighs each input channel's rounding error by its mean
   // x^2 over the calibration tokens (the diagonal of the proxies' Gram sums;
   // quantize --calib's activation weighting), for every matrix that has
-  // inputs to weigh (not an untied embedding: a lookup). Recorded per entry
-  // as method "weighted", so that the plan and the export round that way.
+  // inputs to weigh (not an untied embedding: a lookup; layer-wise, not a
+  // tied one either). Recorded per entry as method "weighted", so that the
+  // plan and the export round that way.
   bool weighted = false;
   std::string cache_path;      // "" = no cache file (nor checkpoint)
   ProfileSource source;        // recorded in the cache

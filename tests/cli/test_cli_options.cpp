@@ -249,8 +249,7 @@ TEST(CliQuantize, Awq) {
 }
 
 // profile --methods weighted,gptq: the plan names the weighted search or GPTQ
-// per tensor; quantize --plan needs the calibration text for either, and the
-// weighted rounding does not run layer-wise yet (a clear error).
+// per tensor; quantize --plan needs the calibration text for either.
 TEST(CliQuantize, PlanNamesWeightedRoundingPerTensor) {
   const std::string dir = test::temp_dir();
   ok("auto " + stories_gguf() + " --calib " + calib_txt() + kCalib +
@@ -269,10 +268,6 @@ TEST(CliQuantize, PlanNamesWeightedRoundingPerTensor) {
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("\"method\": \"weighted\""), std::string::npos) << r.out;
   quantize_ok(stories_gguf(), dir + "/q", "--plan " + dir + "/w.plan.json --calib " + calib_txt() + kCalib);
-  r = run("profile " + stories_gguf() + " --calib " + calib_txt() + kCalib +  " --methods weighted --layerwise --cache " +
-          dir + "/p.json");
-  EXPECT_EQ(r.code, 1) << r.out;
-  EXPECT_NE(r.out.find("layer-wise"), std::string::npos) << r.out;
 }
 
 // profile --methods search,gptq: the plan names GPTQ for the tensors where it

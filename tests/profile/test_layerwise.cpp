@@ -114,6 +114,40 @@ TEST(ProfileLayerwise, TinyGemmaMatchesInMemory) {
   EXPECT_EQ(expect_same(mem, lw), 7 * 3 + 1);  // 7 kinds x 3 layers + the (tied) embedding
 }
 
+// The weighted rounding layer-wise: every matrix as the in-memory weighted
+// profile has it, except the tied embedding, whose anchor starts before the
+// lm_head's inputs are seen: rounded plainly (method ""), exactly as the
+// plain profile has it.
+TEST(ProfileLayerwise, WeightedMatchesInMemoryButTheTiedEmbedding) {
+  ModelConfig c = test::tiny("gemma3");
+  c.dim = 64, c.hidden_dim = 64, c.head_dim = 16, c.embed_scale = 8.0f;
+  c.validate("gemma3");
+  ASSERT_TRUE(c.tied_embeddings);
+  Model m = test::random_model(c, 7);
+  std::vector<std::vector<int32_t>> windows;
+  for (uint32_t s = 0; s < 3; ++s) windows.push_back(test::random_ids(24 + 4 * static_cast<int>(s), c.vocab_size, s));
+  ProfileOptions o = fast({AffineFormat{2, 32}, AffineFormat{4, 32}}, 1);
+  const SensitivityTable plain = profile_model(m, windows, o);
+  o.weighted = true;
+  const SensitivityTable mem = profile_model(m, windows, o);
+  o.layerwise = true;
+  const SensitivityTable lw = profile_model(m, windows, o);
+  ASSERT_EQ(lw.modules.size(), mem.modules.size());
+  int weighted = 0;
+  for (size_t i = 0; i < lw.modules.size(); ++i) {
+    const bool embed = lw.modules[i].module.kind == ModuleKind::Embed;
+    const SensitivityTable& want = embed ? plain : mem;
+    for (const auto& [name, f] : lw.modules[i].formats) {
+      const FormatSensitivity& g = want.modules[i].formats.at(name);
+      EXPECT_EQ(f.proxy, g.proxy) << lw.modules[i].module.path << " " << name;
+      EXPECT_EQ(f.kl, g.kl) << lw.modules[i].module.path << " " << name;
+      EXPECT_EQ(f.method, embed ? "" : "weighted") << lw.modules[i].module.path << " " << name;
+      weighted += f.method == "weighted";
+    }
+  }
+  EXPECT_GT(weighted, 10);
+}
+
 // With a budget of nothing, every stream and the log-probabilities (bf16 here)
 // go to a temporary file: the same numbers, and nothing left behind.
 TEST(ProfileLayerwise, SpilledToDiskEqualsInMemory) {

@@ -113,9 +113,11 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
     }
   }
   po.anchor_windows = a.anchor_windows;
-  // Default: the weighted search where it runs (the fast method, not
-  // layer-wise yet) and is quick (the host's quantizer: a GPU's fake
-  // quantization does not weigh yet, and the host would do every matrix).
+  // Default: the weighted search where it runs (the fast method) and is quick
+  // (the host's quantizer: a GPU's fake quantization does not weigh yet, and
+  // the host would do every matrix); layer-wise keeps the plain search, so
+  // that its profile stays the in-memory one's (a tied embedding is not
+  // weighted layer-wise).
   const bool weigh = po.method == ProfileMethod::Fast && !a.layerwise && default_backend().host_memory();
   const std::string methods = !a.methods.empty() ? a.methods : weigh ? "weighted" : "search";
   po.gptq = methods.find("gptq") != std::string::npos;
@@ -130,7 +132,6 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
     if (po.layerwise_memory == 0) po.layerwise_memory = 1;  // "0": everything on disk
   }
   check(!a.layerwise || po.method == ProfileMethod::Fast, "--layerwise runs the fast method: --method fast");
-  check(!po.weighted || !a.layerwise, "--methods {} does not run layer-wise yet: drop --layerwise", methods);
   check(!(po.weighted || po.gptq) || po.method == ProfileMethod::Fast,
         "--methods {} is measured by the fast method (its Gram sums): --method fast", methods);
   return o;

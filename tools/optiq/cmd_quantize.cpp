@@ -88,6 +88,9 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
     // The embedding and lm_head are rounded on their own, weighted as --method search is.
     importance = collect_importance(m, windows);
     opt.importance = &importance;
+    // A plan that names weighted tensors is followed tensor by tensor (the
+    // others were profiled plainly); else --calib weighs every matrix.
+    opt.importance_all = n_weighted == 0;
     if (a.method == "gptq" || plan_gptq) {  // every matrix, or the ones the plan names
       opt.gptq_all = a.method == "gptq";
       opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
