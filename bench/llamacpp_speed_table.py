@@ -2,7 +2,7 @@
 """llama.cpp's CPU decode cost per weight, by GGUF type: the speed table optiq's planner uses.
 
     ~/.cache/optiq/venv/bin/python bench/llamacpp_speed_table.py [--types Q8_0,Q4_K,...]
-        [--layers 8] [--rounds 3] [--threads 2] [--out-json FILE] [--json]
+        [--layers 8] [--shape HIDDEN,HEADS,KV_HEADS,FF] [--rounds 3] [--threads 2] [--out-json FILE] [--json]
 
 Why: a GGUF plan is read by llama.cpp, whose decode speed per weight differs by type far more
 than the bytes say (Q5_0 unpacks a fifth bit per weight; Q4_0 and IQ4_NL are repacked into
@@ -71,13 +71,13 @@ def tokenizer_source() -> Path:
     return p
 
 
-def write_synthetic(out: Path, layers: int, seed: int = 1) -> int:
+def write_synthetic(out: Path, layers: int, shape: dict, seed: int = 1) -> int:
     """The synthetic F32 model; returns the weights of the matrices a decode step reads."""
     import numpy as np
     import gguf
     src = gguf.GGUFReader(tokenizer_source())
     vocab = len(src.fields["tokenizer.ggml.tokens"].contents())
-    h, nh, nkv, ff = SHAPE["hidden"], SHAPE["heads"], SHAPE["kv_heads"], SHAPE["ff"]
+    h, nh, nkv, ff = shape["hidden"], shape["heads"], shape["kv_heads"], shape["ff"]
     hd = h // nh
     tmp = out.with_name(out.name + ".part")
     w = gguf.GGUFWriter(tmp, "llama")
@@ -163,6 +163,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", default=DEFAULT_TYPES, help=f"GGUF types (default {DEFAULT_TYPES})")
     ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--shape", default="",
+                    help="HIDDEN,HEADS,KV_HEADS,FF of the synthetic model (default 1024,16,4,2816), e.g. a model's "
+                         "own widths (Gemma 3 270M: 640,4,1,2048); on widths 256 does not divide llama-quantize "
+                         "stores k-quants as their fallbacks, so measure the 32-weight types and F16/Q8_0 there")
     ap.add_argument("--rounds", type=int, default=3, help="round-robin passes over the files")
     ap.add_argument("--reps", type=int, default=3, help="llama-bench repetitions per pass")
     ap.add_argument("--n-gen", type=int, default=32)
@@ -177,16 +181,26 @@ def main(argv=None) -> int:
         types = [t.strip().upper() for t in a.types.split(",") if t.strip()]
         tools = tools_dir()
         a.workdir.mkdir(parents=True, exist_ok=True)
-        src = a.workdir / f"synthetic-l{a.layers}-f32.gguf"
-        meta = a.workdir / f"synthetic-l{a.layers}.json"
+        shape = dict(SHAPE)
+        if a.shape:
+            try:
+                shape = dict(zip(("hidden", "heads", "kv_heads", "ff"), (int(x) for x in a.shape.split(",")), strict=True))
+            except ValueError:
+                raise SpeedError(f"--shape {a.shape}: expected HIDDEN,HEADS,KV_HEADS,FF, e.g. 640,4,1,2048")
+            if shape["hidden"] % shape["heads"] or shape["heads"] % shape["kv_heads"] or min(shape.values()) <= 0:
+                raise SpeedError(f"--shape {a.shape}: heads must divide hidden and kv heads divide heads")
+        # The default shape keeps its old file names (cached files stay valid).
+        tag = f"l{a.layers}" if shape == SHAPE else f"l{a.layers}-h{shape['hidden']}-{shape['heads']}-{shape['kv_heads']}-f{shape['ff']}"
+        src = a.workdir / f"synthetic-{tag}-f32.gguf"
+        meta = a.workdir / f"synthetic-{tag}.json"
         if not src.exists() or not meta.exists():
             log(f"writing {src}")
-            meta.write_text(json.dumps({"weights_read": write_synthetic(src, a.layers)}))
+            meta.write_text(json.dumps({"weights_read": write_synthetic(src, a.layers, shape)}))
         weights = json.loads(meta.read_text())["weights_read"]
         files = {}
         for t in types:
             # Files made by another build's llama-quantize are the same bytes; the variant only changes the kernels.
-            files[t] = a.workdir / f"synthetic-l{a.layers}-{t}.gguf"
+            files[t] = a.workdir / f"synthetic-{tag}-{t}.gguf"
             log(f"quantize {t}")
             quantize(tools, src, files[t], t)
         if a.quantize_only:
@@ -204,7 +218,7 @@ def main(argv=None) -> int:
         today = dt.date.today().isoformat()
         result = {"runtime": "llamacpp-cpu", "date": today, "cpu": cpu_model(), "threads": a.threads,
                   "llama_cpp_variant": variant(),
-                  "llama_cpp_tools": str(tools), "shape": SHAPE | {"layers": a.layers},
+                  "llama_cpp_tools": str(tools), "shape": shape | {"layers": a.layers},
                   "weights_read_per_token": weights, "n_gen": a.n_gen, "rounds": a.rounds, "reps": a.reps,
                   "load_average": os.getloadavg()[0],
                   "ns_per_weight": {t: rows[t]["ns_per_weight"] for t in types}, "rows": rows}
