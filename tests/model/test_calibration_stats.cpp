@@ -67,8 +67,9 @@ TEST_P(SequentialMode, GptqLayersSeeTheQuantizedModelTheExportMakes) {
     if (mod.layer < 0 || !float_grams.count(mod.path)) continue;
     const bool same = same_grams(seq.grams, float_grams, mod.path);
     // A tied embedding stays float: layer 0's q/k/v read the float model's inputs.
-    if (mod.layer == 0 && m.config.tied_embeddings && (mod.kind == ModuleKind::QProj || mod.kind == ModuleKind::QkvProj))
+    if (mod.layer == 0 && m.config.tied_embeddings && (mod.kind == ModuleKind::QProj || mod.kind == ModuleKind::QkvProj)) {
       EXPECT_TRUE(same) << mod.path;
+    }
     differing += !same;
   }
   EXPECT_GT(differing, 0) << "later layers see the quantized layers before them";

@@ -159,8 +159,11 @@ TEST(DecodeSpeed, CostsWhatADecodeStepReads) {
     if (m.kind == ModuleKind::Embed) EXPECT_EQ(ns, 0) << "an untied embedding is a lookup";
     else EXPECT_DOUBLE_EQ(ns, s.ns_per_weight.at("Q8_0") * double(m.numel())) << m.path;
   }
-  for (const auto& m : quantizable_modules(tied))
-    if (m.kind == ModuleKind::Embed) EXPECT_GT(s.module_ns(tied, m, q8), 0) << "tied: it is the output product";
+  for (const auto& m : quantizable_modules(tied)) {
+    if (m.kind == ModuleKind::Embed) {
+      EXPECT_GT(s.module_ns(tied, m, q8), 0) << "tied: it is the output product";
+    }
+  }
   const PrecisionMap all_q8 = PrecisionMap::uniform(untied, q8);
   double sum = 0;
   for (const auto& m : quantizable_modules(untied)) sum += s.module_ns(untied, m, q8);
