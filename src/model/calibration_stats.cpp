@@ -342,4 +342,15 @@ CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
   return {grams.result(), energy.result(), asymmetric ? cross.result() : GramMap{}};
 }
 
+void quantize_as_planned(QuantizeModelOptions& opt, const CalibrationStats& s) {
+  if (!s.importance.empty()) {
+    opt.importance = &s.importance;
+    opt.importance_all = false;
+  }
+  if (!s.grams.empty()) {
+    opt.grams = &s.grams;
+    opt.gptq_all = false;
+  }
+}
+
 }  // namespace optiq

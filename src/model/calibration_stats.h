@@ -28,6 +28,11 @@ struct CalibrationStats {
   GramMap cross;            // asymmetric: sum x x~^T, float inputs x against the quantized model's x~
 };
 
+// Points `opt` at the statistics of `s` that it holds, applied per tensor as
+// the map's methods say ("weighted": the energies, "gptq": the Gram sums):
+// how a plan is quantized as its profile measured it.
+void quantize_as_planned(QuantizeModelOptions& opt, const CalibrationStats& s);
+
 // GPTQ's sequential mode ("true sequential", as AutoGPTQ runs it by
 // default): each matrix's statistics come from the calibration windows run
 // through every matrix before it already quantized as `map` and `opt` say

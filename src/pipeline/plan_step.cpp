@@ -30,22 +30,26 @@ bool profile_uses_method(const SensitivityTable& t, const std::string& method) {
   return false;
 }
 
+CalibrationStats profiled_rounding_stats(const Model& model, const SensitivityTable& t, const TokenWindows& windows,
+                                         bool progress) {
+  CalibrationStats s;
+  if (profile_uses_method(t, "gptq")) s.grams = collect_grams(model, windows, progress);
+  if (profile_uses_method(t, "weighted")) s.importance = collect_importance(model, windows, progress);
+  return s;
+}
+
 std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const SensitivityTable& t,
                                                  const PlanStepOptions& opt, const SelectionContext& ctx) {
-  // The export's statistics: over every calibration window of the profile.
-  std::optional<TokenWindows> all;
-  auto calibration = [&]() -> const TokenWindows& {
-    if (ctx.windows) return *ctx.windows;
-    if (!all) all = profile_calibration_windows(model, t, ctx.profile_path);
-    return *all;
-  };
-  GramMap grams;
-  if (profile_uses_method(t, "gptq")) grams = ctx.grams ? *ctx.grams : collect_grams(model, calibration(), opt.progress);
-  ImportanceMap importance;
-  if (profile_uses_method(t, "weighted"))
-    importance = ctx.importance ? *ctx.importance : collect_importance(model, calibration(), opt.progress);
+  CalibrationStats stats;
+  if (ctx.stats) {
+    stats = *ctx.stats;
+  } else if (profile_uses_method(t, "gptq") || profile_uses_method(t, "weighted")) {
+    // The export's statistics: over every calibration window of the profile.
+    stats = profiled_rounding_stats(
+        model, t, ctx.windows ? *ctx.windows : profile_calibration_windows(model, t, ctx.profile_path), opt.progress);
+  }
   return std::make_unique<PlanMeasurer>(model, selection_windows(model, t, opt, ctx.windows, ctx.profile_path),
-                                        std::nullopt, std::move(grams), std::move(importance));
+                                        std::nullopt, std::move(stats));
 }
 
 namespace {

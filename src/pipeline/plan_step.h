@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "model/calibration_stats.h"
 #include "model/model.h"
 #include "pipeline/profile_step.h"
 #include "plan/budget.h"
@@ -78,11 +79,10 @@ struct SelectionContext {
   const TokenWindows* windows = nullptr;
   PlanMeasurer* measurer = nullptr;
   std::string profile_path = {};  // without windows: where the profile (and its window cache) is
-  // The Gram sums GPTQ works from, over every calibration window (the
-  // export's); null: collected here when the profile chose GPTQ anywhere.
-  const GramMap* grams = nullptr;
-  // Likewise the activation energies of the weighted rounding.
-  const ImportanceMap* importance = nullptr;
+  // The statistics of the roundings the profile chose, over every
+  // calibration window (the export's: profiled_rounding_stats); null:
+  // collected here when needed.
+  const CalibrationStats* stats = nullptr;
 };
 
 // The rounding the profile measured for each chosen format ("gptq" where GPTQ
@@ -93,10 +93,16 @@ void assign_profiled_methods(PrecisionMap& map, const SensitivityTable& t);
 // ("gptq", "weighted").
 bool profile_uses_method(const SensitivityTable& t, const std::string& method);
 
+// The calibration statistics the roundings the profile chose need (Gram sums
+// for GPTQ, energies for the weighted search; empty for the plain search),
+// over `windows`: what the export and measured selection quantize with.
+CalibrationStats profiled_rounding_stats(const Model& model, const SensitivityTable& t, const TokenWindows& windows,
+                                         bool progress);
+
 // A measurer for measured selection (shared by several plan steps when the
 // caller keeps it): the selection windows, and the statistics of the
-// roundings the profile chose (ctx.grams / ctx.importance, else collected
-// over the profile's calibration windows).
+// roundings the profile chose (ctx.stats, else collected over the profile's
+// calibration windows).
 std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const SensitivityTable& t,
                                                  const PlanStepOptions& opt, const SelectionContext& ctx);
 

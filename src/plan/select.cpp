@@ -136,13 +136,12 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
 }
 
 PlanMeasurer::PlanMeasurer(const Model& model, const std::vector<std::vector<int32_t>>& windows,
-                           std::optional<QuantizeRecipe> recipe, GramMap grams, ImportanceMap importance)
+                           std::optional<QuantizeRecipe> recipe, CalibrationStats stats)
     : model_(model),
       weights_(model, default_backend()),
       recipe_(recipe ? *recipe : QuantizeRecipe::for_model(model.config)),
       modules_(quantizable_modules(model.config)),
-      grams_(std::move(grams)),
-      importance_(std::move(importance)) {
+      stats_(std::move(stats)) {
   check(!windows.empty(), "plan measurement: no calibration windows");
   ctx_ = static_cast<int>(windows.front().size());
   chunks_ = static_cast<int>(windows.size());
@@ -165,8 +164,8 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
   auto method_of = [&](const ModuleInfo& m) -> std::string {
     auto it = map.methods.find(m.path);
     if (it == map.methods.end()) return "";
-    if (it->second == "gptq" && grams_.count(m.path)) return "gptq";
-    if (it->second == "weighted" && importance_.count(m.path)) return "weighted";
+    if (it->second == "gptq" && stats_.grams.count(m.path)) return "gptq";
+    if (it->second == "weighted" && stats_.importance.count(m.path)) return "weighted";
     return "";
   };
   auto key_of = [&](const ModuleInfo& m, const TensorFormat& f) {
@@ -183,9 +182,11 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
       if (auto f = map.formats.find(m.path); f != map.formats.end() && f->second) used.insert(key_of(m, f->second));
     for (auto it = cache_.begin(); it != cache_.end();) it = used.count(it->first) ? std::next(it) : cache_.erase(it);
   }
-  // GPTQ as the export runs it (ModuleQuantizer: one factorisation per shared input site).
-  QuantizeModelOptions qo{.recipe = recipe_, .grams = &grams_, .gptq_all = false, .progress = false};
-  std::optional<ModuleQuantizer> gptq_quantizer;
+  // Quantized as the export does it (ModuleQuantizer: the map's roundings,
+  // one GPTQ factorisation per shared input site).
+  QuantizeModelOptions qo{.recipe = recipe_, .progress = false};
+  quantize_as_planned(qo, stats_);
+  std::optional<ModuleQuantizer> quantizer;
   std::vector<WeightSwap> swaps;  // undone when this returns or throws
   for (const auto& m : modules_) {
     auto f = map.formats.find(m.path);
@@ -193,17 +194,8 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
     const auto key = key_of(m, f->second);
     auto it = cache_.find(key);
     if (it == cache_.end()) {
-      const Linear& source = module_linear(model_.weights, m);
-      const std::string method = method_of(m);
-      if (method == "gptq") {
-        if (!gptq_quantizer) gptq_quantizer.emplace(model_, map, qo);
-        it = cache_.emplace(key, gptq_quantizer->quantize(m, source)).first;
-      } else {
-        const float* importance = method == "weighted" ? importance_.at(m.path).data() : nullptr;
-        it = cache_.emplace(key, Linear::from_quantized(
-                                     quantize_in_row_blocks(f->second, source, recipe_.options(importance))))
-                 .first;
-      }
+      if (!quantizer) quantizer.emplace(model_, map, qo);
+      it = cache_.emplace(key, quantizer->quantize(m, module_linear(model_.weights, m))).first;
     }
     swaps.emplace_back(weights_, m, it->second);
   }

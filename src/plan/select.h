@@ -32,6 +32,7 @@
 
 #include "eval/perplexity.h"
 #include "eval/reference_scores.h"
+#include "model/calibration_stats.h"
 #include "model/model.h"
 #include "model/quantize_model.h"
 #include "plan/solver.h"
@@ -72,15 +73,14 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config,
 // later plans reuse earlier tensors. The Model itself is never changed.
 // One measurer serves many budgets (optiq compare, optiq plan with several).
 // A module the plan's `methods` name "gptq" is quantized with GPTQ from
-// `grams`, one named "weighted" with the search weighted by `importance`
+// stats.grams, one named "weighted" with the search weighted by stats.importance
 // (the statistics the export will use), so what is measured is what ships;
 // without its statistics it is rounded plainly, as the export would.
 class PlanMeasurer {
  public:
   // recipe: how the plans are quantized; by default the export's for this model.
   PlanMeasurer(const Model& model, const std::vector<std::vector<int32_t>>& windows,
-               std::optional<QuantizeRecipe> recipe = std::nullopt, GramMap grams = {},
-               ImportanceMap importance = {});
+               std::optional<QuantizeRecipe> recipe = std::nullopt, CalibrationStats stats = {});
   PlanMeasurer(const PlanMeasurer&) = delete;
   PlanMeasurer& operator=(const PlanMeasurer&) = delete;
   // Mean KL(model || plan) over the second halves of the windows, and its standard error.
@@ -95,8 +95,7 @@ class PlanMeasurer {
   int ctx_ = 0, chunks_ = 0;
   std::vector<int32_t> tokens_;
   std::vector<ModuleInfo> modules_;
-  GramMap grams_;
-  ImportanceMap importance_;
+  CalibrationStats stats_;  // grams and importance (quantize_as_planned)
   std::map<std::pair<std::string, std::string>, Linear> cache_;  // (module, format[+method])
   std::unique_ptr<ReferenceScores> ref_;
 };

@@ -69,25 +69,14 @@ void run_auto(AutoArgs& a, const CLI::App& cmd) {
   // The roundings the profile measured (GPTQ, the weighted search): measured
   // selection and the export both quantize that way, from one collection of
   // the calibration statistics.
-  GramMap grams;
-  ImportanceMap importance;
-  if (profile_uses_method(t, "gptq")) grams = collect_grams(m, profiled.windows, !a.json);
-  if (profile_uses_method(t, "weighted")) importance = collect_importance(m, profiled.windows, !a.json);
-  PlanStepResult r = run_plan_step(m, t, plo, plan_path,
-                                   {.windows = &profiled.windows, .grams = &grams, .importance = &importance});
+  const CalibrationStats stats = profiled_rounding_stats(m, t, profiled.windows, !a.json);
+  PlanStepResult r = run_plan_step(m, t, plo, plan_path, {.windows = &profiled.windows, .stats = &stats});
   if (!a.json) print_plan_summary(r, m.config, plan_path);
 
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
   QuantizeModelOptions qo{
       .recipe = QuantizeRecipe::for_model(m.config, QuantMethod::Search, a.format == "gguf" ? "f16" : "auto")};
-  if (!importance.empty()) {  // the tensors the plan names "weighted"
-    qo.importance = &importance;
-    qo.importance_all = false;
-  }
-  if (!grams.empty()) {
-    qo.grams = &grams;
-    qo.gptq_all = false;
-  }
+  quantize_as_planned(qo, stats);
   run_export_step(m, r.map, qo, out,
                   {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json,
                    .provenance = provenance});

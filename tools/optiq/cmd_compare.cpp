@@ -123,22 +123,15 @@ std::string samples_markdown(const std::vector<Row>& rows, const std::string& pr
   return s;
 }
 
-// Quantizes a fresh copy of the source per the row's map, exports it as MLX,
-// reloads the export (what a user runs) and measures it.
-// The calibration statistics of the roundings the profile chose (GPTQ, the
-// weighted search), for the rows whose plans name them.
-struct RowStats {
-  GramMap grams;
-  ImportanceMap importance;
-};
-
+// Quantizes a fresh copy of the source per the row's map (with the roundings
+// its plan names, from `stats`), exports it as MLX, reloads the export (what a
+// user runs) and measures it.
 void measure_row(Row& row, const CompareArgs& a, const ReferenceScores& ref, const std::vector<int32_t>& tokens,
-                 const std::string& scratch, const RowStats& stats) {
+                 const std::string& scratch, const CalibrationStats& stats) {
   {
     Model m = a.model.load();
     QuantizeModelOptions qo{.recipe = QuantizeRecipe::for_model(m.config), .progress = false};
-    if (!stats.importance.empty()) qo.importance = &stats.importance, qo.importance_all = false;
-    if (!stats.grams.empty()) qo.grams = &stats.grams, qo.gptq_all = false;
+    quantize_as_planned(qo, stats);
     quantize_model(m, row.map, qo);
     make_exporter("mlx")->write(m, scratch, {.bf16 = qo.recipe.bf16_scales, .force = true});
   }
@@ -297,9 +290,11 @@ void run_compare(CompareArgs& a, const CLI::App& cmd) {
   for (int b : sweep)
     if (std::find(levels.begin(), levels.end(), b) == levels.end()) levels.push_back(b);
   // One measurer for every optiq row: the reference pass and quantized tensors are shared.
+  // The roundings the profile chose, for measured selection and the rows alike.
+  const CalibrationStats stats = profiled_rounding_stats(src, t, profiled.windows, !a.json);
   std::unique_ptr<PlanMeasurer> measurer;
   if (a.select == "measured")
-    measurer = make_plan_measurer(src, t, PlanStepOptions{}, {.windows = &profiled.windows});
+    measurer = make_plan_measurer(src, t, PlanStepOptions{}, {.windows = &profiled.windows, .stats = &stats});
   auto add_optiq = [&](PlanStepArgs pa, const std::string& label, const std::string& file) {
     const std::string plan_path = (fs::path(a.out_dir) / file).string();
     pa.select = a.select;
@@ -328,9 +323,6 @@ void run_compare(CompareArgs& a, const CLI::App& cmd) {
   }
 
   measurer.reset();
-  RowStats stats;
-  if (profile_uses_method(t, "gptq")) stats.grams = collect_grams(src, profiled.windows, !a.json);
-  if (profile_uses_method(t, "weighted")) stats.importance = collect_importance(src, profiled.windows, !a.json);
   { Model drop = std::move(src); }  // rows reload the source; keep one copy at a time
   const std::string scratch = (fs::path(a.out_dir) / ".scratch-model").string();
   for (size_t i = 0; i < rows.size(); ++i) {
