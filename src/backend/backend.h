@@ -254,6 +254,9 @@ class Backend {
   // (cols x cols): the output error ||(W - W')X||^2 of a weight error d
   // against inputs whose Gram matrix is g.
   virtual double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) = 0;
+  // The same sum from the inputs themselves: sum over the n rows x_t of x
+  // (n x cols) of ||d x_t||^2 (cheaper than the Gram form when n < cols).
+  virtual double rows_quadratic(const float* d, int64_t rows, int64_t cols, const float* x, int64_t n) = 0;
   // Rows of `vocab` logits replaced by their log-probabilities.
   virtual void log_softmax_rows(float* x, int64_t rows, int64_t vocab) = 0;
   // Sum over `rows` rows of KL(p || softmax(logits)), where ref holds log p

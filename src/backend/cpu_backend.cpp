@@ -146,6 +146,23 @@ class CpuBackend final : public Backend {
     }
     return std::max(s, 0.0);
   }
+  double rows_quadratic(const float* d, int64_t rows, int64_t cols, const float* x, int64_t n) override {
+    if (n <= 0) return 0.0;
+    // D X^T in blocks of D's rows (<= 256 MB of products at once).
+    const int64_t block = std::max<int64_t>(16, (int64_t{256} << 20) / (4 * n));
+    std::vector<float> dx(static_cast<size_t>(std::min(rows, block)) * n);
+    double s = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      const int64_t nr = std::min(block, rows - r0);
+      f32_matmul(x, n, cols, d + r0 * cols, nr, dx.data());  // (D X^T)[r, t] = d_r . x_t
+      s += parallel_sum(nr, [&](int64_t r) {
+        double t = 0;
+        for (int64_t j = 0; j < n; ++j) t += static_cast<double>(dx[r * n + j]) * dx[r * n + j];
+        return t;
+      }, 16);
+    }
+    return s;
+  }
   void log_softmax_rows(float* x, int64_t rows, int64_t vocab) override {
     parallel_for_range(rows, 4, [&](int64_t r0, int64_t r1) {
       std::vector<double> lp(vocab);

@@ -2,6 +2,7 @@
 // then one re-run from each module's layer per candidate format.
 #include "profile/sensitivity.h"
 #include "profile/sensitivity_detail.h"
+#include "profile/input_stats.h"
 #include "profile/spill_store.h"
 
 #include <algorithm>
@@ -34,6 +35,7 @@ namespace optiq {
 
 using profile_detail::empty_table;
 using profile_detail::fitting;
+using profile_detail::InputStats;
 
 namespace {
 
@@ -129,22 +131,15 @@ class PhaseTimer {
   std::chrono::steady_clock::time_point t0_;
 };
 
-// A cols x cols matrix of zeros in the backend's memory (Gram sums).
-Buffer zero_matrix(Backend& be, int64_t cols) {
-  Buffer g = be.alloc(cols * cols);
-  be.fill_zero(g.data(), cols * cols);
-  return g;
-}
-
 // The reference pass's statistics: the residual stream entering each layer
-// (copied to the host store) and the Gram sums of the lm_head's inputs
+// (copied to the host store) and the statistics of the lm_head's inputs
 // (kept in the backend's memory).
 class RefObserver : public ActivationObserver {
  public:
   explicit RefObserver(Backend& be) : be_(be) {}
   RowStore* hidden = nullptr;
   size_t total_tokens = 0, offset = 0;
-  Buffer* head_gram = nullptr;
+  InputStats* head_stats = nullptr;
   bool backend_rows() const override { return true; }
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
     if (site == Site::LayerIn && hidden) {
@@ -156,9 +151,9 @@ class RefObserver : public ActivationObserver {
       }
       hidden->put((static_cast<size_t>(layer) * total_tokens + offset) * cols, rows, static_cast<size_t>(n * cols));
     }
-    if (site == Site::HeadIn && head_gram) {
-      if (head_gram->size() == 0) *head_gram = zero_matrix(be_, cols);
-      be_.gram_add(x, n, cols, head_gram->data());
+    if (site == Site::HeadIn && head_stats) {
+      if (head_stats->empty()) *head_stats = InputStats(be_, cols, static_cast<int64_t>(total_tokens));
+      head_stats->add(x, n);
     }
   }
 
@@ -169,25 +164,28 @@ class RefObserver : public ActivationObserver {
 
 struct StopForward {};
 
-// Gram sums of the four input sites of layers [l0, l1), in the backend's
-// memory; stops the forward pass when it reaches layer l1 or the head.
+// The input statistics of the four input sites of layers [l0, l1) over
+// `tokens` calibration tokens, in the backend's memory; stops the forward
+// pass when it reaches layer l1 or the head.
 class GramObserver : public ActivationObserver {
  public:
-  GramObserver(Backend& be, int l0, int l1) : be_(be), l0_(l0), l1_(l1), grams_(static_cast<size_t>(l1 - l0) * 4) {}
+  GramObserver(Backend& be, int l0, int l1, int64_t tokens)
+      : be_(be), l0_(l0), l1_(l1), tokens_(tokens), grams_(static_cast<size_t>(l1 - l0) * 4) {}
   bool backend_rows() const override { return true; }
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
     if (site == Site::HeadIn || (site == Site::LayerIn && layer >= l1_)) throw StopForward{};
     if (site == Site::LayerIn || layer < l0_) return;
-    Buffer& g = grams_[static_cast<size_t>(layer - l0_) * 4 + static_cast<int>(site)];
-    if (g.size() == 0) g = zero_matrix(be_, cols);
-    be_.gram_add(x, n, cols, g.data());
+    InputStats& g = grams_[static_cast<size_t>(layer - l0_) * 4 + static_cast<int>(site)];
+    if (g.empty()) g = InputStats(be_, cols, tokens_);
+    g.add(x, n);
   }
-  Buffer& gram(int layer, int site) { return grams_[static_cast<size_t>(layer - l0_) * 4 + site]; }
+  InputStats& gram(int layer, int site) { return grams_[static_cast<size_t>(layer - l0_) * 4 + site]; }
 
  private:
   Backend& be_;
   int l0_, l1_;
-  std::vector<Buffer> grams_;
+  int64_t tokens_;
+  std::vector<InputStats> grams_;
 };
 
 // The per-layer input site a module multiplies (index into the Gram arrays).
@@ -376,13 +374,13 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   tf.set_logits_in_backend(true);
   std::vector<float> logits(static_cast<size_t>(max_scored) * vocab);  // host copies (and the CPU's logits)
   const Backend::HostPin logits_pin = be.pin_host(logits.data(), logits.size() * sizeof(float));
-  Buffer head_gram;  // sums over the calibration tokens
+  InputStats head_gram;  // the lm_head's inputs over the calibration tokens
   if (!opt.layerwise) {
     PhaseTimer timer(t.phase_seconds, "reference");
     RefObserver obs(be);
     obs.hidden = need_hidden ? &hidden : nullptr;
     obs.total_tokens = total_tokens;
-    obs.head_gram = need_head_gram ? &head_gram : nullptr;
+    obs.head_stats = need_head_gram ? &head_gram : nullptr;
     tf.set_observer(&obs);
     std::optional<Progress> p;
     if (opt.progress) p.emplace("profile: reference", static_cast<int64_t>(nw), "windows");
@@ -434,19 +432,19 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     return sum / std::max<int64_t>(count, 1);
   };
 
-  // Gram sums of a group of layers, computed when first needed.
-  std::map<int, std::array<Buffer, 4>> grams;
+  // Input statistics (Gram sums or rows) of a group of layers, computed when first needed.
+  std::map<int, std::array<InputStats, 4>> grams;
   auto ensure_grams = [&](int layer) {
     if (grams.count(layer)) return;
     grams.clear();
     PhaseTimer timer(t.phase_seconds, "grams");
-    const int64_t per_layer =
-        (3 * static_cast<int64_t>(dim) * dim + static_cast<int64_t>(c.q_dim()) * c.q_dim() +
-         static_cast<int64_t>(c.hidden_dim) * c.hidden_dim) * 4;  // fp32 sums in the backend's memory
+    const auto tokens = static_cast<int64_t>(total_tokens);
+    const int64_t per_layer = 2 * InputStats::bytes(dim, tokens) + InputStats::bytes(c.q_dim(), tokens) +
+                              InputStats::bytes(c.hidden_dim, tokens);  // in the backend's memory
     int l1 = layer + static_cast<int>(std::max<int64_t>(1, opt.gram_memory / std::max<int64_t>(per_layer, 1)));
     l1 = std::min(l1, c.n_layers);
     while (l1 > layer + 1 && !gram_layers.count(l1 - 1)) --l1;
-    GramObserver obs(be, layer, l1);
+    GramObserver obs(be, layer, l1, static_cast<int64_t>(total_tokens));
     tf.set_observer(&obs);
     for (size_t w = 0; w < nw; ++w) {
       const int64_t n = static_cast<int64_t>(windows[w].size());
@@ -464,9 +462,10 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       for (int s = 0; s < 4; ++s) grams[l][s] = std::move(obs.gram(l, s));
   };
   // Mean over the calibration tokens of ||D x||^2: D (rows x cols, backend
-  // memory) against the Gram sums g.
-  auto gram_proxy = [&](const float* d, int64_t rows, int64_t cols, const Buffer& g) {
-    return be.gram_quadratic(d, rows, cols, g.data()) / static_cast<double>(total_tokens);
+  // memory) against the input statistics g.
+  auto gram_proxy = [&](const float* d, int64_t rows, int64_t cols, const InputStats& g) {
+    check(g.cols() == cols, "profile: input statistics of {} channels for a matrix of {} columns", g.cols(), cols);
+    return std::max(g.quadratic(d, rows), 0.0) / static_cast<double>(total_tokens);
   };
 
   std::optional<Progress> progress;
@@ -478,21 +477,17 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   // (the diagonal of the Gram sums its proxy reads; the statistic quantize
   // --calib weighs by); empty for a lookup-only embedding.
   auto input_energy = [&](const ModuleInfo& m) -> std::vector<float> {
-    const Buffer* g = nullptr;
+    const InputStats* g = nullptr;
     if (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)) {
       g = &head_gram;
     } else if (m.kind != ModuleKind::Embed) {
       ensure_grams(m.layer);
       g = &grams[m.layer][site_of(m.kind)];
     }
-    if (!g || g->size() != m.cols * m.cols) return {};
+    if (!g || g->cols() != m.cols) return {};
+    const std::vector<double> sums = g->channel_sums();
     std::vector<float> e(static_cast<size_t>(m.cols));
-    for (int64_t k = 0; k < m.cols; ++k) {
-      const float* at = g->data() + k * m.cols + k;
-      if (be.host_memory()) e[k] = *at;
-      else be.to_host(at, 1, &e[k]);  // one value per channel (an 8B down_proj's sums are 0.8 GB)
-      e[k] /= static_cast<float>(total_tokens);
-    }
+    for (int64_t k = 0; k < m.cols; ++k) e[k] = static_cast<float>(sums[k]) / static_cast<float>(total_tokens);
     return e;
   };
   std::map<std::tuple<int, int, bool>, GptqHessian> hessians;  // ProfileOptions::gptq
@@ -547,7 +542,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const bool large = numel * static_cast<int64_t>(sizeof(float)) > opt.proxy_block_bytes;
     if ((proxies_only || large) && !(opt.gptq && m.layer >= 0)) {
       if (m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) ensure_grams(m.layer);
-      const Buffer* g = m.kind == ModuleKind::Embed ? (c.tied_embeddings ? &head_gram : nullptr)
+      const InputStats* g = m.kind == ModuleKind::Embed ? (c.tied_embeddings ? &head_gram : nullptr)
                         : m.kind == ModuleKind::LmHead ? &head_gram
                                                        : &grams[m.layer][site_of(m.kind)];
       const int64_t block_rows =
@@ -645,8 +640,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       auto h = hessians.find(key);
       if (h == hessians.end()) {
         if (hessians.size() > 8) hessians.clear();  // a few layers' worth at a time
-        std::vector<float> g(static_cast<size_t>(m.cols * m.cols));
-        be.to_host(grams[m.layer][site].data(), m.cols * m.cols, g.data());
+        const std::vector<float> g = grams[m.layer][site].gram_on_host();
         h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, opt.gptq_options.damp)).first;
       }
       GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second, qo);
@@ -870,7 +864,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       {
         PhaseTimer timer(t.phase_seconds, "reference");
         grams.clear();
-        GramObserver gobs(be, l, l + 1);
+        GramObserver gobs(be, l, l + 1, static_cast<int64_t>(total_tokens));
         RefObserver none(be);  // (no statistics: the same pass as with them)
         tf.set_observer(want_grams ? static_cast<ActivationObserver*>(&gobs) : &none);
         try {
@@ -903,7 +897,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       logp_rows.init(logp_n, logp_bf16, on_disk(static_cast<int64_t>(logp_n) * (logp_bf16 ? 2 : 4)), dir);
       next.clear();
       RefObserver obs(be);
-      obs.head_gram = need_head_gram ? &head_gram : nullptr;
+      obs.total_tokens = total_tokens;
+      obs.head_stats = need_head_gram ? &head_gram : nullptr;
       tf.set_observer(&obs);
       try {
         for (size_t w = 0; w < nw; ++w) {

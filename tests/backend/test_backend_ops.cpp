@@ -811,6 +811,29 @@ TEST_P(BackendOps, GramSumsAndQuadraticForm) {
   kernels::set_decode_int8(fast);
 }
 
+TEST_P(BackendOps, RowsQuadraticEqualsTheGramForm) {
+  // sum_t ||d x_t||^2 from the inputs themselves (the profiler's form when
+  // there are fewer tokens than input channels), against double arithmetic.
+  const int64_t n = 13, cols = 41, rows = 29;
+  const auto x = test::random_floats(n * cols, 44), d = test::random_floats(rows * cols, 45);
+  double want = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t t = 0; t < n; ++t) {
+      double dot = 0;
+      for (int64_t k = 0; k < cols; ++k) dot += double(d[r * cols + k]) * x[t * cols + k];
+      want += dot * dot;
+    }
+  const bool fast = kernels::decode_int8_enabled();
+  for (const bool exact : {true, false}) {
+    kernels::set_decode_int8(!exact);
+    const double tol = exact ? 1e-5 : 1e-2;
+    Buffer bx = put(x), bd = put(d);
+    EXPECT_NEAR(b.rows_quadratic(bd.data(), rows, cols, bx.data(), n), want, tol * want) << (exact ? "exact" : "fast");
+    EXPECT_EQ(b.rows_quadratic(bd.data(), rows, cols, bx.data(), 0), 0.0);
+  }
+  kernels::set_decode_int8(fast);
+}
+
 TEST_P(BackendOps, LogSoftmaxAndKlAgainstDoubleReference) {
   const int64_t rows = 5, vocab = 1031;
   auto logits = test::random_floats(rows * vocab, 42), ref = test::random_floats(rows * vocab, 43);

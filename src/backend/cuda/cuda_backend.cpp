@@ -425,6 +425,7 @@ class CudaBackend final : public Backend {
   }
   void gram_add(const float* x, int64_t n, int64_t cols, float* g) override;
   double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) override;
+  double rows_quadratic(const float* d, int64_t rows, int64_t cols, const float* x, int64_t n) override;
   void log_softmax_rows(float* x, int64_t rows, int64_t vocab) override;
   double kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) override;
   void row_sq_sums(const float* d, int64_t rows, int64_t cols, double* out) override;
@@ -904,6 +905,34 @@ double CudaBackend::gram_quadratic(const float* d, int64_t rows, int64_t cols, c
     for (double v : host) sum += v;
   }
   return std::max(sum, 0.0);
+}
+
+double CudaBackend::rows_quadratic(const float* d, int64_t rows, int64_t cols, const float* x, int64_t n) {
+  Op op(*this, "rows quadratic");
+  if (rows <= 0 || n <= 0) return 0.0;
+  // (D X^T) a slab of D's rows at a time, then its sum of squares; partial
+  // sums in double.
+  const int64_t slab_rows = std::max<int64_t>(1, (int64_t{64} << 20) / n);
+  float* dx = stats_.get<float>(static_cast<size_t>(std::min(rows, slab_rows) * n), stream_, false);
+  auto* partial = stats_sums_.get<double>(cuda::kDotBlocks, stream_, false);
+  std::vector<double> host(cuda::kDotBlocks);
+  double sum = 0;
+  const float one = 1.0f, zero = 0.0f;
+  for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
+    const int64_t nr = std::min(slab_rows, rows - r0);
+    // Column-major views: x is X^T (cols x n), the slab is D^T (cols x nr);
+    // C (n x nr) = (X^T)^T D^T = X D^T.
+    check_blas(cublas_api().gemm_ex(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(nr),
+                                    static_cast<int>(cols), &one, x, CUDA_R_32F, static_cast<int>(cols),
+                                    d + r0 * cols, CUDA_R_32F, static_cast<int>(cols), &zero, dx, CUDA_R_32F,
+                                    static_cast<int>(n), stats_compute(), CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (rows quadratic)");
+    cuda::dot_partials(dx, dx, nr * n, partial, stream_);
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    for (double v : host) sum += v;
+  }
+  return sum;
 }
 
 void CudaBackend::log_softmax_rows(float* x, int64_t rows, int64_t vocab) {
