@@ -164,28 +164,68 @@ class RefObserver : public ActivationObserver {
 
 struct StopForward {};
 
-// The input statistics of the four input sites of layers [l0, l1) over
-// `tokens` calibration tokens, in the backend's memory; stops the forward
-// pass when it reaches layer l1 or the head.
+// An input site's statistics over the calibration tokens. With GPTQ
+// (ProfileOptions::gptq) and more than one window, in two halves by window
+// (even-indexed windows: half 0, odd: half 1), so that GPTQ fitted on one
+// half's Gram sums is measured on the other's tokens (its held-out proxy);
+// everything else reads the whole set as the sum of the halves. Otherwise
+// half 0 holds every token and half 1 is empty. (Halves kept as rows take
+// the whole set's memory; as Gram sums, twice a single set's.)
+struct SiteStats {
+  std::array<InputStats, 2> half;
+  bool empty() const { return half[0].empty(); }
+  int64_t cols() const { return half[0].cols(); }
+  bool split() const { return !half[1].empty(); }
+  // sum over every token of ||D x||^2 for D (rows x cols, backend memory).
+  double quadratic(const float* d, int64_t rows) const {
+    double q = half[0].quadratic(d, rows);
+    if (split()) q += half[1].quadratic(d, rows);
+    return q;
+  }
+  std::vector<double> channel_sums() const {
+    std::vector<double> s = half[0].channel_sums();
+    if (split()) {
+      const std::vector<double> b = half[1].channel_sums();
+      for (size_t k = 0; k < s.size(); ++k) s[k] += b[k];
+    }
+    return s;
+  }
+  // The Gram sums of half h (0, 1), or of every token (h == 2), on the host.
+  std::vector<float> gram_on_host(int h) const {
+    if (h < 2) return half[static_cast<size_t>(h)].gram_on_host();
+    std::vector<float> g = half[0].gram_on_host();
+    if (split()) {
+      const std::vector<float> b = half[1].gram_on_host();
+      for (size_t k = 0; k < g.size(); ++k) g[k] += b[k];
+    }
+    return g;
+  }
+};
+
+// The input statistics of the four input sites of layers [l0, l1), in the
+// backend's memory: the rows observed go to half `half` (set before each
+// window), which holds tokens[half] of them in all. Stops the forward pass
+// when it reaches layer l1 or the head.
 class GramObserver : public ActivationObserver {
  public:
-  GramObserver(Backend& be, int l0, int l1, int64_t tokens)
+  GramObserver(Backend& be, int l0, int l1, std::array<int64_t, 2> tokens)
       : be_(be), l0_(l0), l1_(l1), tokens_(tokens), grams_(static_cast<size_t>(l1 - l0) * 4) {}
+  int half = 0;
   bool backend_rows() const override { return true; }
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
     if (site == Site::HeadIn || (site == Site::LayerIn && layer >= l1_)) throw StopForward{};
     if (site == Site::LayerIn || layer < l0_) return;
-    InputStats& g = grams_[static_cast<size_t>(layer - l0_) * 4 + static_cast<int>(site)];
-    if (g.empty()) g = InputStats(be_, cols, tokens_);
+    InputStats& g = grams_[static_cast<size_t>(layer - l0_) * 4 + static_cast<int>(site)].half[half];
+    if (g.empty()) g = InputStats(be_, cols, tokens_[half]);
     g.add(x, n);
   }
-  InputStats& gram(int layer, int site) { return grams_[static_cast<size_t>(layer - l0_) * 4 + site]; }
+  SiteStats& gram(int layer, int site) { return grams_[static_cast<size_t>(layer - l0_) * 4 + site]; }
 
  private:
   Backend& be_;
   int l0_, l1_;
-  int64_t tokens_;
-  std::vector<InputStats> grams_;
+  std::array<int64_t, 2> tokens_;
+  std::vector<SiteStats> grams_;
 };
 
 // The per-layer input site a module multiplies (index into the Gram arrays).
@@ -197,14 +237,17 @@ int site_of(ModuleKind kind) {
 // What decides the numbers besides the source, the windows and the rounding
 // (SensitivityTable::measured_with): a checkpoint or cache measured otherwise
 // is not reused.
-nlohmann::json measured_with(const Model& ref, const ProfileOptions& opt, size_t windows) {
+nlohmann::json measured_with(const Model& ref, const ProfileOptions& opt, size_t windows, bool gptq_heldout) {
   nlohmann::json m = {{"optiq", kOptiqVersion},
                       {"backend", std::string(default_backend().name())},
                       {"numerics", ref.llamacpp_numerics ? "llamacpp" : int8_decode() ? "int8" : "exact"},
                       {"quant_method", opt.rounding == QuantMethod::MinMax ? "minmax" : "search"}};
   if (opt.method == ProfileMethod::Fast && opt.anchor_windows > 0 && static_cast<size_t>(opt.anchor_windows) < windows)
     m["anchor_windows"] = opt.anchor_windows;
-  if (opt.gptq) m["gptq"] = {{"damp", opt.gptq_options.damp}, {"act_order", opt.gptq_options.act_order}};
+  if (opt.gptq)
+    m["gptq"] = {{"damp", opt.gptq_options.damp},
+                 {"act_order", opt.gptq_options.act_order},
+                 {"heldout", gptq_heldout}};
   // Layer-wise: the same arithmetic on the CPU, but anchors' numbers may
   // differ in the last bits on a GPU and where the in-memory path keeps its
   // residual stream in bf16: a cache of one is not reused by the other.
@@ -278,7 +321,14 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   t.source = opt.source;
   t.method = profile_method_name(opt.method);
   t.rounding = std::string(opt.weighted ? "weighted" : "search") + (opt.gptq ? ",gptq" : "");
-  t.measured_with = measured_with(ref, opt, windows.size());
+  // GPTQ's proxies and anchors held out (ProfileOptions::gptq_heldout): the
+  // input statistics in two halves by window. One window has no other half.
+  const bool split_stats = opt.gptq && windows.size() >= 2;
+  const bool gptq_heldout = split_stats && opt.gptq_heldout;
+  if (opt.gptq && opt.gptq_heldout && !split_stats)
+    warn("GPTQ's proxy: one calibration window, so no held-out half: measured on the tokens GPTQ is fitted to "
+         "(optimistic; more --calib-samples give a held-out proxy)");
+  t.measured_with = measured_with(ref, opt, windows.size(), gptq_heldout);
   t.provenance = opt.provenance;
 
   // Resume from the finished profile (other candidates, a measurement removed)
@@ -349,6 +399,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     max_len = std::max(max_len, n);
     max_scored = std::max(max_scored, n - n / 2);
   }
+  // The half of the input statistics window w goes to (SiteStats), and each half's tokens.
+  auto half_of = [&](size_t w) { return split_stats ? static_cast<int>(w % 2) : 0; };
+  std::array<int64_t, 2> half_tokens{0, 0};
+  for (size_t w = 0; w < nw; ++w)
+    half_tokens[static_cast<size_t>(half_of(w))] += static_cast<int64_t>(windows[w].size());
   RowStore hidden, logp;
   // (Layer-wise: neither; one layer's residual stream at a time, and the
   // log-probabilities in a SpillStore at the end.)
@@ -374,13 +429,13 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   tf.set_logits_in_backend(true);
   std::vector<float> logits(static_cast<size_t>(max_scored) * vocab);  // host copies (and the CPU's logits)
   const Backend::HostPin logits_pin = be.pin_host(logits.data(), logits.size() * sizeof(float));
-  InputStats head_gram;  // the lm_head's inputs over the calibration tokens
+  SiteStats head_gram;  // the lm_head's inputs over the calibration tokens (half 0: every token)
   if (!opt.layerwise) {
     PhaseTimer timer(t.phase_seconds, "reference");
     RefObserver obs(be);
     obs.hidden = need_hidden ? &hidden : nullptr;
     obs.total_tokens = total_tokens;
-    obs.head_stats = need_head_gram ? &head_gram : nullptr;
+    obs.head_stats = need_head_gram ? &head_gram.half[0] : nullptr;
     tf.set_observer(&obs);
     std::optional<Progress> p;
     if (opt.progress) p.emplace("profile: reference", static_cast<int64_t>(nw), "windows");
@@ -410,11 +465,12 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   const size_t kl_windows = opt.method == ProfileMethod::Fast && opt.anchor_windows > 0
                                 ? std::min(nw, static_cast<size_t>(opt.anchor_windows))
                                 : nw;
-  auto measure_kl = [&](int layer) {
-    double sum = 0;
-    int64_t count = 0;
+  // (kl_sums: the KL sum of each anchor window k into sums[k], of half
+  // `half`'s windows only when half >= 0, and the rows scored into count.)
+  auto kl_sums = [&](int layer, int half, std::vector<double>& sums, int64_t& count) {
     for (size_t k = 0; k < kl_windows; ++k) {
       const size_t w = k * nw / kl_windows;  // evenly spaced; all of them in order when kl_windows == nw
+      if (half >= 0 && half_of(w) != half) continue;
       const int64_t n = static_cast<int64_t>(windows[w].size());
       tf.reset();
       if (layer >= 0) {
@@ -426,27 +482,31 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       }
       const int64_t rows = n - from[w];
       const void* ref_rows = logp.in_backend(be, scored_off[w] * vocab, static_cast<size_t>(rows * vocab), ref_staging);
-      sum += be.kl_sum(ref_rows, logp.bf16(), tf.backend_logits(), rows, vocab);
+      sums[k] = be.kl_sum(ref_rows, logp.bf16(), tf.backend_logits(), rows, vocab);
       count += rows;
     }
-    return sum / std::max<int64_t>(count, 1);
   };
 
   // Input statistics (Gram sums or rows) of a group of layers, computed when first needed.
-  std::map<int, std::array<InputStats, 4>> grams;
+  std::map<int, std::array<SiteStats, 4>> grams;
   auto ensure_grams = [&](int layer) {
     if (grams.count(layer)) return;
     grams.clear();
     PhaseTimer timer(t.phase_seconds, "grams");
     const auto tokens = static_cast<int64_t>(total_tokens);
-    const int64_t per_layer = 2 * InputStats::bytes(dim, tokens) + InputStats::bytes(c.q_dim(), tokens) +
-                              InputStats::bytes(c.hidden_dim, tokens);  // in the backend's memory
+    auto site_bytes = [&](int64_t cols) {
+      return split_stats ? InputStats::bytes(cols, half_tokens[0]) + InputStats::bytes(cols, half_tokens[1])
+                         : InputStats::bytes(cols, tokens);
+    };
+    const int64_t per_layer =
+        2 * site_bytes(dim) + site_bytes(c.q_dim()) + site_bytes(c.hidden_dim);  // in the backend's memory
     int l1 = layer + static_cast<int>(std::max<int64_t>(1, opt.gram_memory / std::max<int64_t>(per_layer, 1)));
     l1 = std::min(l1, c.n_layers);
     while (l1 > layer + 1 && !gram_layers.count(l1 - 1)) --l1;
-    GramObserver obs(be, layer, l1, static_cast<int64_t>(total_tokens));
+    GramObserver obs(be, layer, l1, half_tokens);
     tf.set_observer(&obs);
     for (size_t w = 0; w < nw; ++w) {
+      obs.half = half_of(w);
       const int64_t n = static_cast<int64_t>(windows[w].size());
       hidden.get((static_cast<size_t>(layer) * total_tokens + tok_off[w]) * dim, static_cast<size_t>(n * dim),
                  hbuf.data());
@@ -463,7 +523,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   };
   // Mean over the calibration tokens of ||D x||^2: D (rows x cols, backend
   // memory) against the input statistics g.
-  auto gram_proxy = [&](const float* d, int64_t rows, int64_t cols, const InputStats& g) {
+  // (g: SiteStats, every token, or InputStats, a half's tokens: still per calibration token.)
+  auto gram_proxy = [&](const float* d, int64_t rows, int64_t cols, const auto& g) {
     check(g.cols() == cols, "profile: input statistics of {} channels for a matrix of {} columns", g.cols(), cols);
     return std::max(g.quadratic(d, rows), 0.0) / static_cast<double>(total_tokens);
   };
@@ -477,7 +538,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   // (the diagonal of the Gram sums its proxy reads; the statistic quantize
   // --calib weighs by); empty for a lookup-only embedding.
   auto input_energy = [&](const ModuleInfo& m) -> std::vector<float> {
-    const InputStats* g = nullptr;
+    const SiteStats* g = nullptr;
     if (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)) {
       g = &head_gram;
     } else if (m.kind != ModuleKind::Embed) {
@@ -490,21 +551,32 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     for (int64_t k = 0; k < m.cols; ++k) e[k] = static_cast<float>(sums[k]) / static_cast<float>(total_tokens);
     return e;
   };
-  std::map<std::tuple<int, int, bool>, GptqHessian> hessians;  // ProfileOptions::gptq
-  // A KL anchor: the model with module m's matrix replaced by `fake`; in memory (the default path): every window from m's layer.
-  auto measure_anchor = [&](const ModuleInfo& m, const Linear& original, Linear fake, FormatSensitivity& fs) {
-    fake.set_act_rounding(original.act_rounding());
+  // ProfileOptions::gptq: by (layer, site, act-order, the Gram sums' half: 0, 1, or 2 for every token).
+  std::map<std::tuple<int, int, bool, int>, GptqHessian> hessians;
+  // A KL anchor: the model with module m's matrix replaced by fakes[0], or
+  // (two of them: GPTQ held out) by fakes[h] on the windows of half h; in
+  // memory (the default path): every anchor window from m's layer.
+  auto measure_anchor = [&](const ModuleInfo& m, const Linear& original, std::vector<Linear> fakes,
+                            FormatSensitivity& fs) {
     {
       PhaseTimer timer(t.phase_seconds, "exact");
-      WeightSwap swap(weights, m, std::move(fake));
-      fs.kl = measure_kl(m.layer);
+      std::vector<double> sums(kl_windows, 0.0);
+      int64_t count = 0;
+      for (size_t h = 0; h < fakes.size(); ++h) {
+        fakes[h].set_act_rounding(original.act_rounding());
+        WeightSwap swap(weights, m, std::move(fakes[h]));
+        kl_sums(m.layer, fakes.size() > 1 ? static_cast<int>(h) : -1, sums, count);
+      }
+      double sum = 0;
+      for (double v : sums) sum += v;  // in window order, as the layer-wise path adds them
+      fs.kl = sum / static_cast<double>(std::max<int64_t>(count, 1));
     }
     ++t.exact_measured;
     if (progress) progress->update(++done, m.path);
   };
   // Measures what module i needs (its proxies when do_proxy, its exact KL
   // anchors when do_exact); each anchor's fake-quantized matrix goes to `anchor`.
-  using AnchorFn = std::function<void(const ModuleInfo&, const Linear&, Linear, FormatSensitivity&)>;
+  using AnchorFn = std::function<void(const ModuleInfo&, const Linear&, std::vector<Linear>, FormatSensitivity&)>;
   auto measure_module = [&](size_t i, bool do_proxy, bool do_exact, const AnchorFn& anchor) {
     // The needs asked for now (the layer-wise path measures an embedding's
     // anchor before its proxies).
@@ -542,7 +614,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     const bool large = numel * static_cast<int64_t>(sizeof(float)) > opt.proxy_block_bytes;
     if ((proxies_only || large) && !(opt.gptq && m.layer >= 0)) {
       if (m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) ensure_grams(m.layer);
-      const InputStats* g = m.kind == ModuleKind::Embed ? (c.tied_embeddings ? &head_gram : nullptr)
+      const SiteStats* g = m.kind == ModuleKind::Embed ? (c.tied_embeddings ? &head_gram : nullptr)
                         : m.kind == ModuleKind::LmHead ? &head_gram
                                                        : &grams[m.layer][site_of(m.kind)];
       const int64_t block_rows =
@@ -600,7 +672,9 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
                 dequantize_matrix(quantize_in_row_blocks(n.fmt, original, qo, opt.proxy_block_bytes)), m.rows,
                 m.cols);
           }
-          anchor(m, original, std::move(fake), fs);
+          std::vector<Linear> fakes;
+          fakes.push_back(std::move(fake));
+          anchor(m, original, std::move(fakes), fs);
         }
       }
       if (!checkpoint.empty()) t.write(checkpoint);
@@ -630,17 +704,18 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       fake_quantize_into(f, host_w(), m.rows, m.cols, qo, error_out, dq.data());
       be.to_device(dq.data(), numel, out.data());
     };
-    // GPTQ's rounding of this module (host; its Hessian from the Gram sums the
-    // proxies use, factorised once per input site and column order).
-    auto gptq_dequantized = [&](const TensorFormat& f) -> std::optional<std::vector<float>> {
+    // GPTQ's rounding of this module (host), fitted to the Gram sums of half
+    // `half` of the calibration tokens (2: all of them), those the proxies
+    // read; each Hessian factorised once per input site, column order and half.
+    auto gptq_dequantized = [&](const TensorFormat& f, int half) -> std::optional<std::vector<float>> {
       PhaseTimer timer(t.phase_seconds, "gptq");
       const int site = site_of(m.kind);
       const bool act_order = gptq_uses_act_order(f, opt.gptq_options);
-      const auto key = std::tuple{m.layer, site, act_order};
+      const auto key = std::tuple{m.layer, site, act_order, half};
       auto h = hessians.find(key);
       if (h == hessians.end()) {
         if (hessians.size() > 8) hessians.clear();  // a few layers' worth at a time
-        const std::vector<float> g = grams[m.layer][site].gram_on_host();
+        const std::vector<float> g = grams[m.layer][site].gram_on_host(half);
         h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, opt.gptq_options.damp)).first;
       }
       GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second, qo);
@@ -669,30 +744,61 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         fs.proxy = e;
         fs.method = search_method;
         if (opt.gptq && m.layer >= 0) {
-          if (auto dq = gptq_dequantized(n.fmt)) {
+          const SiteStats& g = grams[m.layer][site_of(m.kind)];
+          auto error_of = [&](std::vector<float>& dq) {  // W - dq, into `out`
             const float* w = host_w();
-            for (int64_t k = 0; k < numel; ++k) (*dq)[k] = w[k] - (*dq)[k];
-            be.to_device(dq->data(), numel, out.data());
-            const double eg = gram_proxy(out.data(), m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
-            if (eg < e) fs.proxy = eg, fs.method = "gptq";
+            for (int64_t k = 0; k < numel; ++k) dq[k] = w[k] - dq[k];
+            be.to_device(dq.data(), numel, out.data());
+          };
+          std::optional<double> eg;
+          if (gptq_heldout) {
+            // Held out, two-fold: GPTQ fitted on half 0's tokens measured on
+            // half 1's, plus the converse; over every token, as `e` is.
+            auto a = gptq_dequantized(n.fmt, 0);
+            auto b = a ? gptq_dequantized(n.fmt, 1) : std::nullopt;
+            if (a && b) {
+              error_of(*a);
+              double sum = gram_proxy(out.data(), m.rows, m.cols, g.half[1]);
+              error_of(*b);
+              sum += gram_proxy(out.data(), m.rows, m.cols, g.half[0]);
+              eg = sum;
+            }
+          } else if (auto dq = gptq_dequantized(n.fmt, 2)) {
+            error_of(*dq);
+            eg = gram_proxy(out.data(), m.rows, m.cols, g);
           }
+          if (eg && *eg < e) fs.proxy = *eg, fs.method = "gptq";
         }
         ++t.proxy_measured;
         if (progress) progress->update(++done, m.path);
       }
       if (n.exact) {
-        std::optional<std::vector<float>> g;
-        Linear fake;
-        if (fs.method == "gptq" && (g = gptq_dequantized(n.fmt))) {  // the anchor measures the rounding that ships
-          fake = Linear::from_f32(std::move(*g), m.rows, m.cols);
-        } else if (quantized(n.fmt, false); be.host_memory()) {
-          fake = Linear::from_f32_view(out.data(), m.rows, m.cols);  // `out` outlives the swap below
-        } else {
-          std::vector<float> dq(static_cast<size_t>(numel));
-          be.to_host(out.data(), numel, dq.data());
-          fake = Linear::from_f32(std::move(dq), m.rows, m.cols);
+        std::vector<Linear> fakes;
+        if (fs.method == "gptq") {
+          if (gptq_heldout) {
+            // Held out as its proxy: each anchor window's KL with GPTQ fitted
+            // on the other half's tokens (fakes[h] for the windows of half h).
+            auto on_1 = gptq_dequantized(n.fmt, 1);
+            auto on_0 = on_1 ? gptq_dequantized(n.fmt, 0) : std::nullopt;
+            if (on_1 && on_0) {
+              fakes.push_back(Linear::from_f32(std::move(*on_1), m.rows, m.cols));
+              fakes.push_back(Linear::from_f32(std::move(*on_0), m.rows, m.cols));
+            }
+          } else if (auto g = gptq_dequantized(n.fmt, 2)) {  // the rounding that ships, in-sample
+            fakes.push_back(Linear::from_f32(std::move(*g), m.rows, m.cols));
+          }
         }
-        anchor(m, original, std::move(fake), fs);
+        if (fakes.empty()) {
+          quantized(n.fmt, false);
+          if (be.host_memory()) {
+            fakes.push_back(Linear::from_f32_view(out.data(), m.rows, m.cols));  // `out` outlives the swap below
+          } else {
+            std::vector<float> dq(static_cast<size_t>(numel));
+            be.to_host(out.data(), numel, dq.data());
+            fakes.push_back(Linear::from_f32(std::move(dq), m.rows, m.cols));
+          }
+        }
+        anchor(m, original, std::move(fakes), fs);
       }
     }
     if (!checkpoint.empty()) t.write(checkpoint);
@@ -747,9 +853,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
 
     // Runs layer l on rows [off, off + n * dim) of `s` (each window in turn:
     // `offsets` gives where each starts), writing the result to `to` (may be s).
+    // (before: called with each window's index before it runs.)
     auto layer_pass = [&](int l, const SpillStore& s, SpillStore& to, const std::vector<size_t>& wins,
-                          const std::vector<size_t>& offsets) {
+                          const std::vector<size_t>& offsets, const std::function<void(size_t)>& before = nullptr) {
       for (size_t k = 0; k < wins.size(); ++k) {
+        if (before) before(wins[k]);
         const int64_t n = len(wins[k]);
         s.get(offsets[k] * dim, static_cast<size_t>(n * dim), hin.data());
         tf.reset();
@@ -800,9 +908,14 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       ++t.exact_measured;
       if (progress) progress->update(++done, m.path);
     };
-    auto start_anchor = [&](const ModuleInfo& m, const Linear& original, Linear fake, FormatSensitivity& fs) {
+    // (fakes: one matrix for every anchor window, or fakes[h] for those of
+    // half h: GPTQ held out, layer matrices only.)
+    auto start_anchor = [&](const ModuleInfo& m, const Linear& original, std::vector<Linear> fakes,
+                            FormatSensitivity& fs) {
       PhaseTimer timer(t.phase_seconds, "exact");
-      fake.set_act_rounding(original.act_rounding());
+      check(fakes.size() == 1 || m.layer >= 0, "profile: held-out anchor matrices for {}", m.path);
+      for (Linear& f : fakes) f.set_act_rounding(original.act_rounding());
+      Linear& fake = fakes[0];
       if (m.kind == ModuleKind::LmHead) {  // after the last layer: `cur` holds the final stream
         WeightSwap swap(weights, m, std::move(fake));
         fs.kl = head_kl(cur, ref_aoff);
@@ -827,13 +940,16 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         }
         st->next_layer = 0;
       } else {
-        WeightSwap swap(weights, m, std::move(fake));
-        for (size_t k = 0; k < kl_windows; ++k) {
-          const int64_t n = len(aw[k]);
-          cur.get(ref_aoff[k] * dim, static_cast<size_t>(n * dim), hin.data());
-          tf.reset();
-          tf.forward_layers(m.layer, m.layer + 1, hin.data(), n, hout.data());
-          st->rows.put(a_off[k] * dim, hout.data(), static_cast<size_t>(n * dim));
+        for (size_t h = 0; h < fakes.size(); ++h) {
+          WeightSwap swap(weights, m, std::move(fakes[h]));
+          for (size_t k = 0; k < kl_windows; ++k) {
+            if (fakes.size() > 1 && half_of(aw[k]) != static_cast<int>(h)) continue;
+            const int64_t n = len(aw[k]);
+            cur.get(ref_aoff[k] * dim, static_cast<size_t>(n * dim), hin.data());
+            tf.reset();
+            tf.forward_layers(m.layer, m.layer + 1, hin.data(), n, hout.data());
+            st->rows.put(a_off[k] * dim, hout.data(), static_cast<size_t>(n * dim));
+          }
         }
         st->next_layer = m.layer + 1;
       }
@@ -864,11 +980,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       {
         PhaseTimer timer(t.phase_seconds, "reference");
         grams.clear();
-        GramObserver gobs(be, l, l + 1, static_cast<int64_t>(total_tokens));
+        GramObserver gobs(be, l, l + 1, half_tokens);
         RefObserver none(be);  // (no statistics: the same pass as with them)
         tf.set_observer(want_grams ? static_cast<ActivationObserver*>(&gobs) : &none);
         try {
-          layer_pass(l, cur, next, all, tok_off);
+          layer_pass(l, cur, next, all, tok_off, [&](size_t w) { gobs.half = half_of(w); });
         } catch (...) {
           tf.set_observer(nullptr);
           throw;
@@ -898,7 +1014,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       next.clear();
       RefObserver obs(be);
       obs.total_tokens = total_tokens;
-      obs.head_stats = need_head_gram ? &head_gram : nullptr;
+      obs.head_stats = need_head_gram ? &head_gram.half[0] : nullptr;
       tf.set_observer(&obs);
       try {
         for (size_t w = 0; w < nw; ++w) {

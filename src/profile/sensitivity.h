@@ -30,8 +30,8 @@
 // same bytes as an uninterrupted run (tests/cli/test_crash_safety.cpp). A
 // cache made for another model file (size, mtime), other calibration
 // settings, or measured otherwise (measured_with: optiq version, backend,
-// numerics, anchor windows, GPTQ options, layer-wise) is ignored with a
-// warning.
+// numerics, anchor windows, GPTQ options and whether its proxy is held
+// out, layer-wise) is ignored with a warning.
 //
 // Layer-wise (ProfileOptions::layerwise, fast only): the same measurements
 // with the windows run through one decoder layer at a time and each anchor
@@ -95,6 +95,15 @@ struct ProfileOptions {
   // with the smaller proxy; the anchors measure that rounding. A plan then
   // names GPTQ for those tensors, and `quantize --plan` reproduces it.
   bool gptq = false;
+  // GPTQ is fitted to the tokens its proxy is measured on, so an in-sample
+  // proxy flatters it. Held out (the default): the input statistics are kept
+  // in two halves by calibration window (even, odd) and GPTQ's proxy is that
+  // of GPTQ fitted on one half measured on the other, plus the converse
+  // (two-fold, over every token like the other roundings' proxies); its KL
+  // anchors likewise measure each anchor window with GPTQ fitted on the other
+  // half. One calibration window: in-sample, with a warning. The export
+  // still fits GPTQ on every calibration token. false: in-sample (tests).
+  bool gptq_heldout = true;
   GptqOptions gptq_options{};
   // fast: the search weighs each input channel's rounding error by its mean
   // x^2 over the calibration tokens (the diagonal of the proxies' Gram sums;

@@ -95,6 +95,19 @@ TEST(ProfileLayerwise, StoriesMatchesInMemory) {
   o.layerwise = false;
   const SensitivityTable mem2 = profile_model(m, windows, o);
   expect_same(mem2, lw2);
+
+  // GPTQ held out with anchors on 3 of the 4 windows (both halves: each
+  // window measured with GPTQ fitted on the other half), bit for bit too.
+  o.anchor_windows = 3;
+  const SensitivityTable mem3 = profile_model(m, windows, o);
+  o.layerwise = true;
+  const SensitivityTable lw3 = profile_model(m, windows, o);
+  expect_same(mem3, lw3);
+  EXPECT_EQ(lw3.measured_with.at("gptq").value("heldout", false), true);
+  int gptq_anchors = 0;
+  for (const auto& ms : lw3.modules)
+    for (const auto& [name, fs] : ms.formats) gptq_anchors += fs.method == "gptq" && fs.kl.has_value();
+  EXPECT_GT(gptq_anchors, 0);
 }
 
 // Another family: Gemma 3's quirks (tied embedding, so the embedding's anchor
