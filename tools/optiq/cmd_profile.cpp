@@ -215,6 +215,7 @@ void run_profile(ProfileArgs& a, const CLI::App& cmd) {
     j["exact_measured"] = t.exact_measured;
     j["proxy_measured"] = t.proxy_measured;
     j["seconds"] = t.seconds;
+    j["phase_seconds"] = t.phase_seconds;  // where the time went (measured now)
     fmt::print("{}\n", j.dump());
     return;
   }
@@ -222,7 +223,9 @@ void run_profile(ProfileArgs& a, const CLI::App& cmd) {
   fmt::print("\nprofile      {} ({} exact KL, {} proxies; {} + {} measured now)\n", a.step.cache, t.count_exact(),
              t.count_proxy(), t.exact_measured, t.proxy_measured);
   if (rho) fmt::print("fast vs exact: Spearman rank correlation {:.4f} (anchors excluded)\n", *rho);
-  fmt::print("time         {:.1f}s\n", t.seconds);
+  std::string phases;  // where the time went: reference pass, statistics, rounding, proxies, exact KL
+  for (const auto& [phase, sec] : t.phase_seconds) phases += fmt::format("{}{} {:.1f}s", phases.empty() ? "" : ", ", phase, sec);
+  fmt::print("time         {:.1f}s{}\n", t.seconds, phases.empty() ? "" : " (" + phases + ")");
 }
 
 }  // namespace
