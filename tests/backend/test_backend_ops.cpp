@@ -936,6 +936,30 @@ TEST_P(BackendOps, FakeQuantizeAffineAsTheHost) {
       const std::vector<float> err = get(out, rows * cols);
       for (size_t i = 0; i < err.size(); ++i) ASSERT_NEAR(err[i], w[i] - got[i], 1e-6) << what << " error " << i;
     }
+    // The search weighted per input column (the profile's weighted rounding):
+    // as good as the host's on the weighted error, and it does weigh (the
+    // heavy columns' error below the unweighted search's).
+    std::vector<float> imp = test::random_floats(cols, 60 + bits);
+    for (auto& v : imp) v = 0.05f + v * v;
+    for (int64_t j = 0; j < cols; j += 7) imp[j] *= 40.0f;
+    auto weighted_err = [&](const std::vector<float>& dq, bool heavy_only) {
+      double e = 0;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; j += heavy_only ? 7 : 1)
+          e += imp[j] * (double(w[r * cols + j]) - dq[r * cols + j]) * (double(w[r * cols + j]) - dq[r * cols + j]);
+      return e;
+    };
+    QuantizeOptions wq;
+    wq.method = QuantMethod::Search;
+    wq.bf16_scales = bf16;
+    const std::vector<float> plain = fake_quantize(fmt, w.data(), rows, cols, wq);
+    wq.importance = imp.data();
+    const std::vector<float> host = fake_quantize(fmt, w.data(), rows, cols, wq);
+    const std::string what = fmt::format("{}-bit g{} weighted search", bits, group);
+    ASSERT_TRUE(b.fake_quantize(fmt, wq, bw.data(), rows, cols, false, out.data())) << what;
+    const std::vector<float> got = get(out, rows * cols);
+    EXPECT_LE(weighted_err(got, false), weighted_err(host, false) * 1.002 + 1e-12) << what;
+    EXPECT_LT(weighted_err(got, true), weighted_err(plain, true)) << what;
   }
 }
 

@@ -417,11 +417,18 @@ class CudaBackend final : public Backend {
   bool fake_quantize(const TensorFormat& fmt, const QuantizeOptions& opt, const float* w, int64_t rows, int64_t cols,
                      bool error_out, float* out) override {
     const AffineFormat* a = fmt.affine();
-    if (!a || opt.importance) return false;  // GGUF blocks and weighted rounding: on the host
+    if (!a) return false;  // GGUF blocks: on the host
     Op op(*this, "fake quantize");
-    return cuda::fake_quantize_affine(w, rows, cols, a->bits, a->group_size, opt.bf16_scales,
-                                      opt.method == QuantMethod::Search, opt.grid, opt.refit_iters, error_out, out,
-                                      stream_);
+    const bool search = opt.method == QuantMethod::Search;
+    const float* importance = nullptr;  // the host's weights per input column, copied in
+    if (opt.importance && search) {
+      float* dev = importance_.get<float>(static_cast<size_t>(cols), stream_, false);
+      OPTIQ_CUDA_OK(cudaMemcpyAsync(dev, opt.importance, static_cast<size_t>(cols) * sizeof(float),
+                                    cudaMemcpyHostToDevice, stream_));
+      importance = dev;
+    }
+    return cuda::fake_quantize_affine(w, rows, cols, a->bits, a->group_size, opt.bf16_scales, search, opt.grid,
+                                      opt.refit_iters, importance, error_out, out, stream_);
   }
   void gram_add(const float* x, int64_t n, int64_t cols, float* g) override;
   double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) override;
@@ -593,6 +600,7 @@ class CudaBackend final : public Backend {
   DeviceMemory blas_ws_;
   Scratch rounded_, xq_, xscale_, xsum_, aligned_, slab_, xhalf_, tokens_, partial_, scores_, probs_, qhalf_, counters_;
   Scratch stats_, stats_sums_;  // the accuracy-path statistics' staging and partial sums
+  Scratch importance_;          // fake_quantize's weights per input column
   const int32_t* zeroed_counters_ = nullptr;  // decode attention's counters: zeroed once, left zero by the kernel
   size_t zeroed_count_ = 0;
   DeviceMemory step_dev_;

@@ -166,11 +166,13 @@ void attention_softmax(const AttentionParams& p, float* S, int64_t n, int64_t ld
                        cudaStream_t s);
 
 // Affine quantize + dequantize of a row-major rows x cols matrix (fake_quant.cu):
-// quant/quantizer.h's min/max (search false) or search rule without
-// importance; out gets w^ (or w - w^ with error_out). False when the
-// group size is not 32, 64 or 128 or does not divide cols.
+// quant/quantizer.h's min/max (search false) or search rule, the search
+// weighted by `importance` (cols values in device memory) when not null; out
+// gets w^ (or w - w^ with error_out). False when the group size is not 32,
+// 64 or 128 or does not divide cols.
 bool fake_quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int group, bool bf16, bool search,
-                          int grid, int refit_iters, bool error_out, float* out, cudaStream_t s);
+                          int grid, int refit_iters, const float* importance, bool error_out, float* out,
+                          cudaStream_t s);
 
 // Accuracy-path statistics (stats.cu).
 // Rows of `vocab` logits -> log-probabilities in place.

@@ -3,7 +3,10 @@
 // the dequantized weights (or the error w - w^) instead of packed codes.
 // The search visits the same candidates in the same order as the CPU's
 // (quant/quantizer_search.inc); sums are reduced in another order, so a
-// group whose candidates tie to the last bit may pick another one.
+// group whose candidates tie to the last bit may pick another one. With
+// importance weights (QuantizeOptions::importance: one per input column) the
+// search minimises the weighted error and refits by weighted least squares,
+// as the host's does.
 #include <cmath>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -45,7 +48,7 @@ struct Pass {
 };
 
 template <int kPer>
-__device__ Pass quant_pass(const float (&x)[kPer], float nmax, float s, float b) {
+__device__ Pass quant_pass(const float (&x)[kPer], const float (&a)[kPer], float nmax, float s, float b) {
   const float inv = s != 0.0f ? 1.0f / s : 0.0f;
   float err = 0, sq = 0, sqq = 0, sqw = 0;
 #pragma unroll
@@ -53,38 +56,47 @@ __device__ Pass quant_pass(const float (&x)[kPer], float nmax, float s, float b)
     const float t = fminf(fmaxf((x[i] - b) * inv, 0.0f), nmax);
     const float qf = static_cast<float>(static_cast<int>(t + 0.5f));
     const float d = s * qf + b - x[i];
-    err += d * d;
-    sq += qf;
-    sqq += qf * qf;
-    sqw += qf * x[i];
+    const float aq = a[i] * qf;
+    err += a[i] * d * d;
+    sq += aq;
+    sqq += aq * qf;
+    sqw += aq * x[i];
   }
   return {warp_sum(err), warp_sum(sq), warp_sum(sqq), warp_sum(sqw)};
 }
 
 // One warp per group of kPer * 32 weights; lane l holds weights l, l + 32, ...
+// imp: one weight per input column (groups_per_row groups a row), or null.
 template <int kPer>
-__global__ void fake_quant_kernel(const float* __restrict__ w, int64_t groups, int bits, bool bf16, bool search,
-                                  int grid, int refit_iters, bool error_out, float* __restrict__ out) {
+__global__ void fake_quant_kernel(const float* __restrict__ w, int64_t groups, int64_t groups_per_row, int bits,
+                                  bool bf16, bool search, int grid, int refit_iters, const float* __restrict__ imp,
+                                  bool error_out, float* __restrict__ out) {
   pdl_trigger();
   pdl_wait();
   constexpr int kGroup = kPer * 32;
   const int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   if (g >= groups) return;  // whole warps: blockDim is a multiple of 32
-  float x[kPer];
+  float x[kPer], a[kPer];
+  const int64_t col0 = (g % groups_per_row) * kGroup;
 #pragma unroll
-  for (int i = 0; i < kPer; ++i) x[i] = w[g * kGroup + lane + 32 * i];
-  float w_min = x[0], w_max = x[0], siw = 0;
+  for (int i = 0; i < kPer; ++i) {
+    x[i] = w[g * kGroup + lane + 32 * i];
+    a[i] = imp ? imp[col0 + lane + 32 * i] : 1.0f;
+  }
+  float w_min = x[0], w_max = x[0], si = 0, siw = 0;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     w_min = fminf(w_min, x[i]);
     w_max = fmaxf(w_max, x[i]);
-    siw += x[i];
+    si += a[i];
+    siw += a[i] * x[i];
   }
   w_min = warp_min(w_min);
   w_max = warp_max(w_max);
+  si = warp_sum(si);
   siw = warp_sum(siw);
-  const float si = static_cast<float>(kGroup), nmax = static_cast<float>((1 << bits) - 1);
+  const float nmax = static_cast<float>((1 << bits) - 1);
 
   float sr, br;  // the chosen scale and bias, rounded to storage
   bool codes_from_unrounded = false;
@@ -100,7 +112,7 @@ __global__ void fake_quant_kernel(const float* __restrict__ w, int64_t groups, i
     uint16_t best_s = 0, best_b = to_storage(w_min, bf16);
     auto consider = [&](float s, float b) {
       const uint16_t hs = to_storage(s, bf16), hb = to_storage(b, bf16);
-      const Pass r = quant_pass(x, nmax, from_storage(hs, bf16), from_storage(hb, bf16));
+      const Pass r = quant_pass(x, a, nmax, from_storage(hs, bf16), from_storage(hb, bf16));
       if (r.err < best_err) {
         best_err = r.err;
         best_s = hs;
@@ -109,8 +121,8 @@ __global__ void fake_quant_kernel(const float* __restrict__ w, int64_t groups, i
       return r;
     };
     const float range = w_max - w_min;
-    if (range <= 0.0f) {
-      consider(0.0f, siw / si);
+    if (range <= 0.0f || si <= 0.0f) {  // a constant group (or no importance): the bias alone
+      consider(0.0f, si > 0.0f ? siw / si : w_min);
       consider(0.0f, w_min);
     } else {
       float ms, mb;
@@ -158,21 +170,25 @@ __global__ void fake_quant_kernel(const float* __restrict__ w, int64_t groups, i
 }  // namespace
 
 bool fake_quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int group, bool bf16, bool search,
-                          int grid, int refit_iters, bool error_out, float* out, cudaStream_t s) {
+                          int grid, int refit_iters, const float* importance, bool error_out, float* out,
+                          cudaStream_t s) {
   if (cols % group != 0 || bits < 1 || bits > 8) return false;
-  const int64_t groups = rows * (cols / group);
+  const int64_t groups = rows * (cols / group), per_row = cols / group;
   if (groups == 0) return true;
   constexpr int kThreads = 256;
   const unsigned blocks = blocks_for(groups * 32, kThreads);
   switch (group) {
     case 32:
-      launch(fake_quant_kernel<1>, blocks, kThreads, 0, s, w, groups, bits, bf16, search, grid, refit_iters, error_out, out);
+      launch(fake_quant_kernel<1>, blocks, kThreads, 0, s, w, groups, per_row, bits, bf16, search, grid, refit_iters,
+             importance, error_out, out);
       break;
     case 64:
-      launch(fake_quant_kernel<2>, blocks, kThreads, 0, s, w, groups, bits, bf16, search, grid, refit_iters, error_out, out);
+      launch(fake_quant_kernel<2>, blocks, kThreads, 0, s, w, groups, per_row, bits, bf16, search, grid, refit_iters,
+             importance, error_out, out);
       break;
     case 128:
-      launch(fake_quant_kernel<4>, blocks, kThreads, 0, s, w, groups, bits, bf16, search, grid, refit_iters, error_out, out);
+      launch(fake_quant_kernel<4>, blocks, kThreads, 0, s, w, groups, per_row, bits, bf16, search, grid, refit_iters,
+             importance, error_out, out);
       break;
     default:
       return false;
