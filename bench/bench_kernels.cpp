@@ -2,6 +2,9 @@
 //   Decode  (n = 1):  bytes/s = weight bytes (packed + scales + biases) per second.
 //   Prefill (n = 64): FLOP/s = 2 * rows * cols * n per second.
 // Arguments: isa (0 scalar, 1 avx2, 2 avx512), bits (0 = fp32 weights), rows, cols, threads.
+//   Quantize: weights/s of quantize() (one thread) at bits x group 64, min/max
+//   (method 0) or the search (method 1, with importance weights: 2), the
+//   rounding the profile and the streamed export spend most of their time in.
 // Example: bench_kernels --benchmark_filter='Decode.*isa:2'
 #include <benchmark/benchmark.h>
 
@@ -93,5 +96,20 @@ BENCHMARK(Decode)->Apply([](auto* b) { shapes(b, true); });
 BENCHMARK(Prefill)->Apply([](auto* b) { shapes(b, false); });
 
 }  // namespace
+
+void Quantize(benchmark::State& st) {
+  const int bits = static_cast<int>(st.range(0)), method = static_cast<int>(st.range(1));
+  const int64_t rows = 256, cols = 4096;
+  set_num_threads(1);
+  const auto w = randn(rows * cols, 3);
+  std::vector<float> imp = randn(cols, 4);
+  for (auto& v : imp) v = 0.01f + v * v;
+  QuantizeOptions o;
+  o.method = method == 0 ? QuantMethod::MinMax : QuantMethod::Search;
+  if (method == 2) o.importance = imp.data();
+  for (auto _ : st) benchmark::DoNotOptimize(quantize(w.data(), rows, cols, {bits, 64}, o));
+  st.SetItemsProcessed(st.iterations() * rows * cols);
+}
+BENCHMARK(Quantize)->ArgNames({"bits", "method"})->ArgsProduct({{2, 4, 8}, {0, 1, 2}})->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

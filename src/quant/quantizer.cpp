@@ -20,13 +20,32 @@ namespace detail {
 // representable when the group straddles 0. Returns the unrounded fp32 scale
 // and bias (MLX rounds codes with these, then stores them as fp16/bf16).
 void minmax_params(const float* w, int gs, int bits, float* scale_out, float* bias_out) {
+  // In 16 lanes (vectorised; the order of min and max does not matter).
+  constexpr int kLanes = 16;
+  float mn[kLanes], mx[kLanes];
+  std::fill_n(mn, kLanes, std::numeric_limits<float>::infinity());
+  std::fill_n(mx, kLanes, -std::numeric_limits<float>::infinity());
+  int j0 = 0;
+  for (; j0 + kLanes <= gs; j0 += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      mn[l] = std::min(mn[l], w[j0 + l]);
+      mx[l] = std::max(mx[l], w[j0 + l]);
+    }
+  for (int j = j0; j < gs; ++j) {
+    mn[0] = std::min(mn[0], w[j]);
+    mx[0] = std::max(mx[0], w[j]);
+  }
+  float w_min = mn[0], w_max = mx[0];
+  for (int l = 1; l < kLanes; ++l) {
+    w_min = std::min(w_min, mn[l]);
+    w_max = std::max(w_max, mx[l]);
+  }
+  minmax_params_of(w_min, w_max, bits, scale_out, bias_out);
+}
+
+void minmax_params_of(float w_min, float w_max, int bits, float* scale_out, float* bias_out) {
   const float n_bins = static_cast<float>((1 << bits) - 1);
   const float eps = 1e-7f;
-  float w_min = std::numeric_limits<float>::infinity(), w_max = -w_min;
-  for (int j = 0; j < gs; ++j) {
-    w_max = std::max(w_max, w[j]);
-    w_min = std::min(w_min, w[j]);
-  }
   const bool min_edge = std::abs(w_min) > std::abs(w_max);
   float scale = std::max((w_max - w_min) / n_bins, eps);
   scale = min_edge ? scale : -scale;

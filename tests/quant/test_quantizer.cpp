@@ -4,7 +4,9 @@
 #include <cmath>
 #include <random>
 
+#include "core/cpu_features.h"
 #include "quant/quantizer.h"
+#include "quant/quantizer_impl.h"
 #include "test_util.h"
 
 namespace optiq {
@@ -93,6 +95,48 @@ TEST(Quantizer, SearchIsFast) {
   RecordProperty("seconds", std::to_string(s));
   std::printf("search quantize 2M weights q4 g64: %.3f s\n", s);
   EXPECT_LT(s, 2.0);
+}
+
+
+
+// The search's sums run in fixed lanes folded in a fixed order, so the
+// baseline, AVX2 and AVX-512 builds of it pick the same scale, bias and codes
+// (profiles and exports do not depend on the CPU), with and without
+// importance, for whole and ragged group lengths.
+TEST(Quantizer, SearchIsTheSameOnEveryIsa) {
+  struct Variant {
+    const char* name;
+    detail::SearchFn fn;
+    bool supported;
+  };
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  const Variant variants[] = {{"avx2", detail::quantize_group_search_avx2, avx2},
+                              {"avx512", detail::quantize_group_search_avx512, avx512}};
+  for (int gs : {32, 40, 64, 128}) {
+    const auto w = student_t(static_cast<size_t>(gs) * 64, 90 + gs);
+    auto imp = student_t(static_cast<size_t>(gs) * 64, 190 + gs, 1.0f);
+    for (auto& v : imp) v = v * v;
+    for (int bits : {2, 3, 4, 8})
+      for (bool bf16 : {false, true})
+        for (bool weighted : {false, true})
+          for (int g = 0; g < 64; ++g) {
+            const float* wg = w.data() + g * gs;
+            std::vector<float> ones(gs, 1.0f);
+            const float* ig = weighted ? imp.data() + g * gs : ones.data();
+            std::vector<uint8_t> q0(gs), q1(gs);
+            uint16_t s0, b0, s1, b1;
+            detail::quantize_group_search_base(wg, ig, gs, bits, bf16, 6, 3, q0.data(), &s0, &b0);
+            for (const Variant& v : variants) {
+              if (!v.supported) continue;
+              v.fn(wg, ig, gs, bits, bf16, 6, 3, q1.data(), &s1, &b1);
+              ASSERT_EQ(s1, s0) << v.name << " gs " << gs << " bits " << bits << " group " << g;
+              ASSERT_EQ(b1, b0) << v.name << " gs " << gs << " bits " << bits << " group " << g;
+              ASSERT_EQ(q1, q0) << v.name << " gs " << gs << " bits " << bits << " group " << g;
+            }
+          }
+  }
 }
 
 }  // namespace optiq
