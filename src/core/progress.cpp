@@ -40,6 +40,8 @@ void Progress::update(int64_t done, const std::string& extra) {
   draw(false, extra);
 }
 
+void Progress::resume_from(int64_t done) { base_ = done_ = done; }
+
 void Progress::finish(const std::string& extra) {
   if (finished_) return;
   done_ = total_;
@@ -51,15 +53,16 @@ void Progress::draw(bool final, const std::string& extra) {
   if (!g_enabled) return;
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   std::string line = fmt::format("{}: {}/{}{}", label_, done_, total_, unit_.empty() ? "" : " " + unit_);
-  if (elapsed > 0 && done_ > 0) {
-    const double rate = done_ / elapsed;
+  if (elapsed > 0 && done_ > base_) {
+    const double rate = (done_ - base_) / elapsed;
     const std::string u = unit_.empty() ? "it" : unit_;
     line += rate >= 1.0 ? fmt::format(", {:.1f} {}/s", rate, u) : fmt::format(", {:.1f} s/{}", 1.0 / rate, u);
     if (final)
       line += fmt::format(", {}", format_duration(elapsed));
     else
-      line += fmt::format(", ETA {}", format_duration(elapsed * (total_ - done_) / done_));
+      line += fmt::format(", ETA {}", format_duration(elapsed * (total_ - done_) / (done_ - base_)));
   }
+  if (base_ > 0) line += fmt::format(", {}{} resumed", base_, unit_.empty() ? "" : " " + unit_);
   if (!extra.empty()) line += ", " + extra;
   if (tty_)
     std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), final ? "\n" : "");

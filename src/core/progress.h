@@ -17,11 +17,14 @@ class Progress {
   // Advance to `done` units; `extra` is appended (e.g. "ppl 12.3").
   void update(int64_t done, const std::string& extra = "");
   void finish(const std::string& extra = "");
+  // `done` units were there before this run started (resumed work): the rate
+  // and ETA count only what this run does.
+  void resume_from(int64_t done);
 
  private:
   void draw(bool final, const std::string& extra);
   std::string label_, unit_;
-  int64_t total_, done_ = 0;
+  int64_t total_, done_ = 0, base_ = 0;
   std::chrono::steady_clock::time_point start_, last_draw_;
   bool tty_, finished_ = false, drawn_ = false;
 };

@@ -21,6 +21,11 @@ class Sha256 {
   // The digest of everything updated so far; the object is finished after it.
   std::array<uint8_t, 32> digest();
   std::string hex_digest();  // 64 lowercase hex digits
+  // The digest so far, leaving this object to take more bytes.
+  std::string hex_digest_copy() const {
+    Sha256 c = *this;
+    return c.hex_digest();
+  }
 
  private:
   void blocks(const uint8_t* p, size_t nblocks);

@@ -9,7 +9,9 @@
 #include <filesystem>
 
 #include "core/atomic_file.h"
+#include "core/diagnostics.h"
 #include "core/error.h"
+#include "core/partial_output.h"
 
 namespace optiq {
 
@@ -100,23 +102,23 @@ void GgufWriter::add_tensor_lazy(std::string name, DType dtype, std::vector<int6
 
 namespace {
 
-// The file's bytes, through an AtomicFile (a temporary renamed into place).
+// The header's bytes, gathered in memory (metadata and tensor table: a few
+// MB at most), then written to the file before the tensors' data.
 class Out {
  public:
-  explicit Out(const std::string& path) : f_(path) {}
-  void bytes(const void* p, size_t n) { f_.write(p, n); }
+  void bytes(const void* p, size_t n) { s_.append(static_cast<const char*>(p), n); }
   template <typename T>
   void pod(T v) { bytes(&v, sizeof(T)); }
   void str(const std::string& s) {
     pod<uint64_t>(s.size());
     bytes(s.data(), s.size());
   }
-  void pad_to(uint64_t align) { f_.pad_to(align); }
-  uint64_t pos() const { return f_.pos(); }
-  void commit() { f_.commit(); }
+  void pad_to(uint64_t align) { s_.resize((s_.size() + align - 1) / align * align, '\0'); }
+  uint64_t pos() const { return s_.size(); }
+  const std::string& str() const { return s_; }
 
  private:
-  AtomicFile f_;
+  std::string s_;
 };
 
 void write_scalar_int(Out& o, VT t, int64_t v) {
@@ -158,14 +160,15 @@ void write_value(Out& o, const GgufValue& v, bool with_type) {
 
 }  // namespace
 
-void GgufWriter::write(const std::string& path, const std::function<void(uint64_t, uint64_t)>& progress) const {
+void GgufWriter::write(const std::string& path, const std::function<void(uint64_t, uint64_t)>& progress,
+                       PartialOutput* partial) const {
   const uint64_t align = alignment();
   for (const auto& [k, v] : meta_) {
     if (v.type == VT::ARRAY && v.elem_type == VT::ARRAY)
       for (const auto& a : v.arrays)
         check(a.type == VT::ARRAY, "{}: metadata {}: nested array elements must be arrays", path, k);
   }
-  Out o(path);
+  Out o;
   o.bytes("GGUF", 4);
   o.pod<uint32_t>(3);
   o.pod<uint64_t>(tensors_.size());
@@ -184,26 +187,57 @@ void GgufWriter::write(const std::string& path, const std::function<void(uint64_
     off += (t.nbytes + align - 1) / align * align;
   }
   o.pad_to(align);
-  std::vector<uint8_t> scratch;
+  const std::string& header = o.str();
+  // Where each piece of the file ends: the header, then each tensor padded.
+  std::vector<uint64_t> ends{header.size()};
+  for (const auto& t : tensors_) ends.push_back(ends.back() + (t.nbytes + align - 1) / align * align);
   uint64_t data_done = 0, data_total = 0;
   for (const auto& t : tensors_) data_total += t.nbytes;
-  for (const auto& t : tensors_) {
-    if (t.fill) {
-      scratch.resize(t.nbytes);
-      t.fill(scratch.data());
-      o.bytes(scratch.data(), t.nbytes);
-      // A big tensor's buffer is not kept for the small ones after it.
-      if (scratch.capacity() > (size_t{64} << 20)) std::vector<uint8_t>().swap(scratch);
-    } else if (t.borrowed) {
-      o.bytes(t.borrowed, t.nbytes);
-    } else {
-      o.bytes(t.owned.data(), t.nbytes);
+
+  // Tensors from `first` on; the file's writer F: AtomicFile, or a ResumableFile (a piece per tensor).
+  auto tensors = [&](auto& f, size_t first) {
+    for (size_t i = 0; i < first; ++i) data_done += tensors_[i].nbytes;
+    if (progress) progress(data_done, data_total);  // what is there already (0 from scratch)
+    std::vector<uint8_t> scratch;
+    for (size_t i = first; i < tensors_.size(); ++i) {
+      const Tensor& t = tensors_[i];
+      if (t.fill) {
+        scratch.resize(t.nbytes);
+        t.fill(scratch.data());
+        f.write(scratch.data(), t.nbytes);
+        // A big tensor's buffer is not kept for the small ones after it.
+        if (scratch.capacity() > (size_t{64} << 20)) std::vector<uint8_t>().swap(scratch);
+      } else if (t.borrowed) {
+        f.write(t.borrowed, t.nbytes);
+      } else {
+        f.write(t.owned.data(), t.nbytes);
+      }
+      f.pad_to(align);
+      if constexpr (requires { f.end_piece(); }) f.end_piece();
+      data_done += t.nbytes;
+      if (progress) progress(data_done, data_total);
     }
-    o.pad_to(align);
-    data_done += t.nbytes;
-    if (progress) progress(data_done, data_total);
+  };
+  if (!partial) {
+    AtomicFile f(path);
+    f.write(header);
+    tensors(f, 0);
+    f.commit();
+    return;
   }
-  o.commit();
+  const std::string name = std::filesystem::path(path).filename().string();
+  ResumableFile f(*partial, name, header, ends, path);
+  size_t first = 0;
+  if (f.pieces_done() == 0) {
+    f.write(header);
+    f.end_piece();
+  } else {
+    first = static_cast<size_t>(f.pieces_done() - 1);
+    if (first > 0) note("resuming: {} of {} tensors already written ({})", first, tensors_.size(), partial->dir());
+  }
+  tensors(f, first);
+  f.close();
+  partial->commit_file(name);
 }
 
 }  // namespace optiq

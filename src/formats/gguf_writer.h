@@ -12,6 +12,8 @@
 
 namespace optiq {
 
+class PartialOutput;
+
 class GgufWriter {
  public:
   using Type = GgufValue::Type;
@@ -44,9 +46,14 @@ class GgufWriter {
   size_t tensor_count() const { return tensors_.size(); }
 
   // Writes the file atomically; throws optiq::Error("<path>: ...") on failure.
-  // `progress(bytes, total)` is called after each tensor's data.
-  void write(const std::string& path,
-             const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr) const;
+  // `progress(bytes, total)` is called once before any tensor's data (with
+  // the bytes already there: 0, or what a resumed file holds) and after each.
+  // With `partial` (core/partial_output.h) the file is written in place in
+  // its directory, a piece per tensor, continuing after the tensors an
+  // interrupted run finished ("resuming: N of M tensors already written"),
+  // and moved over `path` when complete.
+  void write(const std::string& path, const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr,
+             PartialOutput* partial = nullptr) const;
 
  private:
   struct Tensor {

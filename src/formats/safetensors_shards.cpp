@@ -1,12 +1,16 @@
 #include "formats/safetensors_shards.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <memory>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
+#include "core/diagnostics.h"
 #include "core/error.h"
+#include "core/partial_output.h"
 #include "formats/safetensors.h"
 
 namespace optiq {
@@ -25,7 +29,8 @@ void SafetensorsShardWriter::add(std::string name, DType dtype, std::vector<int6
 
 std::vector<std::string> SafetensorsShardWriter::write(const std::string& dir, uint64_t max_shard_bytes,
                                                        const std::string& stem,
-                                                       const std::function<void(uint64_t)>& progress) const {
+                                                       const std::function<void(uint64_t)>& progress,
+                                                       PartialOutput* partial) const {
   // Shards: runs of tensors, a new one started when the next tensor would
   // overflow a non-empty shard (a tensor larger than the limit gets its own).
   std::vector<std::pair<size_t, size_t>> shards;  // [first, last) entries
@@ -44,11 +49,9 @@ std::vector<std::string> SafetensorsShardWriter::write(const std::string& dir, u
   for (size_t s = 0; s < n; ++s)
     files.push_back(n == 1 ? stem + ".safetensors" : fmt::format("{}-{:05d}-of-{:05d}.safetensors", stem, s + 1, n));
 
-  uint64_t done = 0;
-  std::vector<uint8_t> scratch;
   json weight_map = json::object();
+  std::vector<std::string> headers(n);
   for (size_t s = 0; s < n; ++s) {
-    const std::string path = (fs::path(dir) / files[s]).string();
     json header = json::object();
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     uint64_t offset = 0;
@@ -60,19 +63,60 @@ std::vector<std::string> SafetensorsShardWriter::write(const std::string& dir, u
       offset += e.nbytes;
       weight_map[e.name] = files[s];
     }
-    AtomicFile out(path);
-    out.write(safetensors_detail::encode_header(header, path));
-    for (size_t i = shards[s].first; i < shards[s].second; ++i) {
+    headers[s] = safetensors_detail::encode_header(header, (fs::path(dir) / files[s]).string());
+  }
+
+  uint64_t done = 0;
+  std::vector<uint8_t> scratch;
+  // Tensors [first, last) of a shard into f (AtomicFile, or ResumableFile: a piece per tensor).
+  auto tensors = [&](auto& f, size_t first, size_t last) {
+    for (size_t i = first; i < last; ++i) {
       const Entry& e = entries_[i];
       scratch.resize(e.nbytes);
       e.fill(scratch.data());
-      out.write(scratch.data(), scratch.size());
+      f.write(scratch.data(), scratch.size());
+      if constexpr (requires { f.end_piece(); }) f.end_piece();
       done += e.nbytes;
       if (progress) progress(done);
       // A big tensor's buffer is not kept for the small ones after it.
       if (scratch.capacity() > (size_t{64} << 20)) std::vector<uint8_t>().swap(scratch);
     }
-    out.commit();
+  };
+  if (partial) {
+    // Each shard written in place, a piece per tensor (core/partial_output.h):
+    // an interrupted run's tensors are kept, checked against their SHA-256.
+    std::vector<std::unique_ptr<ResumableFile>> out;
+    size_t reused = 0;
+    for (size_t s = 0; s < n; ++s) {
+      std::vector<uint64_t> ends{headers[s].size()};
+      for (size_t i = shards[s].first; i < shards[s].second; ++i) ends.push_back(ends.back() + entries_[i].nbytes);
+      out.push_back(std::make_unique<ResumableFile>(*partial, files[s], headers[s], ends,
+                                                    (fs::path(dir) / files[s]).string()));
+      const size_t kept = static_cast<size_t>(std::max<int64_t>(out.back()->pieces_done() - 1, 0));
+      reused += kept;
+      for (size_t i = shards[s].first; i < shards[s].first + kept; ++i) done += entries_[i].nbytes;
+    }
+    if (reused > 0) note("resuming: {} of {} tensors already written ({})", reused, entries_.size(), partial->dir());
+    if (progress) progress(done);  // what is there already
+    for (size_t s = 0; s < n; ++s) {
+      ResumableFile& f = *out[s];
+      if (f.pieces_done() == 0) {
+        f.write(headers[s]);
+        f.end_piece();
+      }
+      tensors(f, shards[s].first + static_cast<size_t>(f.pieces_done() > 0 ? f.pieces_done() - 1 : 0),
+              shards[s].second);
+      f.close();
+      out[s].reset();
+    }
+  } else {
+    if (progress) progress(done);  // 0: nothing there yet
+    for (size_t s = 0; s < n; ++s) {
+      AtomicFile f((fs::path(dir) / files[s]).string());
+      f.write(headers[s]);
+      tensors(f, shards[s].first, shards[s].second);
+      f.commit();
+    }
   }
   if (n > 1) {
     json index = {{"metadata", {{"total_size", total_}}}, {"weight_map", weight_map}};

@@ -17,6 +17,8 @@
 
 namespace optiq {
 
+class PartialOutput;
+
 class SafetensorsShardWriter {
  public:
   using Fill = std::function<void(uint8_t* dst)>;  // writes exactly the tensor's bytes
@@ -29,9 +31,17 @@ class SafetensorsShardWriter {
   // Writes into directory `dir` (which must exist): "<stem>.safetensors" when
   // everything fits in one shard, else "<stem>-0000i-of-0000n.safetensors"
   // and "<stem>.safetensors.index.json". max_shard_bytes == 0: one file.
-  // `progress(bytes_done)` is called after each tensor. Returns the file names written.
+  // `progress(bytes_done)` is called once before any tensor is written (with
+  // the bytes already there: 0, or what resumed work holds) and after each.
+  // With `partial` (core/partial_output.h; `dir` is its directory) each
+  // shard is written in place, a piece per tensor, and the tensors an
+  // interrupted run finished are kept ("resuming: N of M tensors already
+  // written"): whole shards, and the checkpointed tensors of the one it was
+  // writing.
+  // Returns the file names written.
   std::vector<std::string> write(const std::string& dir, uint64_t max_shard_bytes, const std::string& stem = "model",
-                                 const std::function<void(uint64_t)>& progress = nullptr) const;
+                                 const std::function<void(uint64_t)>& progress = nullptr,
+                                 PartialOutput* partial = nullptr) const;
 
  private:
   struct Entry {

@@ -17,7 +17,7 @@ class MlxExporter final : public Exporter {
   void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
     save_mlx(model, out,
              {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .shard_bytes = opt.shard_bytes, .progress = opt.progress,
-              .provenance = opt.provenance});
+              .provenance = opt.provenance, .resume_key = opt.resume_key});
   }
 };
 
@@ -27,7 +27,7 @@ class GgufExporter final : public Exporter {
   std::string_view name() const override { return "gguf"; }
   void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
     save_gguf(model, out, {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .progress = opt.progress,
-               .provenance = opt.provenance});
+               .provenance = opt.provenance, .resume_key = opt.resume_key});
   }
 };
 

@@ -29,6 +29,10 @@ struct ExportOptions {
   // config.json "optiq" and safetensors metadata, GGUF "optiq.*" keys.
   // Null: the optiq version alone.
   nlohmann::json provenance{};
+  // Non-null: resumable (core/partial_output.h): what the output is made
+  // from and how; an interrupted export's work is kept in ".<out>.partial"
+  // and a run with the same key continues it (force: discarded).
+  nlohmann::json resume_key{};
 };
 
 class Exporter {

@@ -24,6 +24,7 @@ const Linear& StreamedMatrices::matrix(const ModuleInfo& mod) {
   made_ = quantizer_.quantize(mod, source);
   current_ = mod;
   bytes_made_ += made_.is_affine() || made_.is_kquant() ? made_.bytes() : static_cast<uint64_t>(mod.numel()) * 2;
+  made_paths_.insert(mod.path);
   // Its source pages are not read again (a float module written as it is
   // keeps them until written: made_ may be the source itself).
   if (!made_.shares_storage_with(source)) source.release_pages();
@@ -43,6 +44,12 @@ const Linear& StreamedMatrices::layout(const ModuleInfo& mod) {
   source.row(0, row.data());
   probe_ = Linear::from_quantized(quantize_matrix(format(mod), row.data(), 1, mod.cols, opt_.recipe.options()));
   return probe_;
+}
+
+uint64_t StreamedMatrices::stored_bytes(const ModuleInfo& mod) {
+  const Linear& l = layout(mod);
+  if (!(l.is_affine() || l.is_kquant())) return static_cast<uint64_t>(mod.numel()) * 2;
+  return l.bytes() / static_cast<uint64_t>(l.rows()) * static_cast<uint64_t>(mod.rows);  // row-wise storage
 }
 
 }  // namespace optiq

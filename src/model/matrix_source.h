@@ -7,6 +7,8 @@
 #pragma once
 #include <memory>
 #include <optional>
+#include <set>
+#include <string>
 
 #include "model/model.h"
 #include "model/quantize_model.h"
@@ -53,6 +55,10 @@ class StreamedMatrices : public MatrixSource {
   // Bytes of the matrices made so far as stored (float ones counted as the
   // 16-bit words exports write).
   uint64_t bytes_made() const { return bytes_made_; }
+  // Bytes of `mod`'s matrix as stored (counted as bytes_made does), from its
+  // layout: for matrices a resumed export did not make again.
+  uint64_t stored_bytes(const ModuleInfo& mod);
+  bool made(const ModuleInfo& mod) const { return made_paths_.count(mod.path) > 0; }
 
  private:
   const Model& model_;
@@ -61,6 +67,7 @@ class StreamedMatrices : public MatrixSource {
   std::optional<ModuleInfo> current_;  // whose matrix `made_` holds
   Linear made_, probe_;
   uint64_t bytes_made_ = 0;
+  std::set<std::string> made_paths_;
 };
 
 }  // namespace optiq

@@ -9,9 +9,11 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/diagnostics.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/partial_output.h"
 #include "core/progress.h"
 #include "core/version.h"
 #include "formats/gguf_writer.h"
@@ -152,11 +154,21 @@ class Writer {
     add_gguf_tokenizer(w_, m_);
     {
       std::optional<Progress> progress;
-      w_.write(out, [&](uint64_t done, uint64_t total) {
-        if (!opt_.progress) return;
-        if (!progress) progress.emplace("write", static_cast<int64_t>(total / 1000000), "MB");
-        progress->update(static_cast<int64_t>(done / 1000000));
-      });
+      std::optional<PartialOutput> partial;
+      if (!opt_.resume_key.is_null()) partial.emplace(out, opt_.resume_key, !opt_.force);
+      try {
+        w_.write(out, [&](uint64_t done, uint64_t total) {
+          if (!opt_.progress) return;
+          if (!progress) {  // the first call: what a resumed file holds already
+            progress.emplace("write", static_cast<int64_t>(total / 1000000), "MB");
+            progress->resume_from(static_cast<int64_t>(done / 1000000));
+          }
+          progress->update(static_cast<int64_t>(done / 1000000));
+        }, partial ? &*partial : nullptr);
+      } catch (...) {
+        if (partial) partial->discard();  // an error: the space comes back (an interruption keeps it)
+        throw;
+      }
       if (progress) progress->finish();
     }
     if (!requantized_.empty())
@@ -204,6 +216,7 @@ void save_gguf(const Model& m, const std::string& out, const GgufSaveOptions& op
   check(!fs::is_directory(out, ec), "{}: is a directory; a GGUF export is one file", out);
   const fs::path parent = fs::absolute(out).parent_path();
   check(fs::is_directory(parent, ec), "{}: parent directory {} does not exist", out, parent.string());
+  remove_stale_temporaries(out);
   ModelMatrices own(m);
   Writer(m, opt, opt.matrices ? *opt.matrices : own).write(out);
 }

@@ -29,6 +29,11 @@ struct GgufSaveOptions {
   // model/provenance.h: written as optiq.version, optiq.command, optiq.source
   // and optiq.options (JSON text); null: optiq.version alone.
   nlohmann::json provenance{};
+  // Non-null: the export is resumable (core/partial_output.h): the file is
+  // written in ".<out>.partial/", which an interrupted run leaves for the next
+  // run with the same key to continue after its last complete tensor; with
+  // `force` any partial work is discarded. Null: a temporary file.
+  nlohmann::json resume_key{};
 };
 
 // Throws optiq::Error naming the file or tensor (and what to do) for what

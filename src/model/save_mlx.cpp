@@ -14,6 +14,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "core/partial_output.h"
 #include "core/progress.h"
 #include "formats/safetensors.h"
 #include "formats/safetensors_shards.h"
@@ -67,11 +68,20 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
   check(fs::is_directory(parent, ec), "{}: parent directory {} does not exist", out_dir, parent.string());
   // Written under a temporary name beside OUT (what a killed run left is removed
   // first), then swapped into place whole (core/atomic_file.h commit_directory).
+  // Resumable: the temporary is ".<out>.partial", kept when the run is
+  // interrupted and continued by the next one (core/partial_output.h).
   remove_stale_temporaries(out_dir);
-  const fs::path tmp = temporary_name(out_dir);
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  check(!ec, "{}: cannot create the temporary directory {}: {}", out_dir, tmp.string(), ec.message());
+  std::optional<PartialOutput> partial;
+  fs::path tmp;
+  if (!opt.resume_key.is_null()) {
+    partial.emplace(out_dir, opt.resume_key, !opt.force);
+    tmp = partial->dir();
+  } else {
+    tmp = temporary_name(out_dir);
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    check(!ec, "{}: cannot create the temporary directory {}: {}", out_dir, tmp.string(), ec.message());
+  }
   ModelMatrices own(m);
   MatrixSource& src = opt.matrices ? *opt.matrices : own;
   try {
@@ -144,9 +154,13 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
     {
       std::optional<Progress> progress;
       if (opt.progress) progress.emplace("write", static_cast<int64_t>(st.total_bytes() / 1000000), "MB");
+      bool first = true;
       st.write(tmp.string(), opt.shard_bytes, "model", [&](uint64_t done) {
-        if (progress) progress->update(static_cast<int64_t>(done / 1000000));
-      });
+        if (!progress) return;
+        if (first) progress->resume_from(static_cast<int64_t>(done / 1000000));  // rate and ETA of this run's work
+        first = false;
+        progress->update(static_cast<int64_t>(done / 1000000));
+      }, partial ? &*partial : nullptr);
       if (progress) progress->finish();
     }
 
@@ -174,6 +188,7 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
       copied = true;
     }
     if (!copied) write_hf_tokenizer(*m.tokenizer, tmp.string());
+    if (partial) partial->finish();
     commit_directory(tmp.string(), out_dir);
   } catch (const Error& e) {
     fs::remove_all(tmp, ec);

@@ -30,6 +30,11 @@ struct MlxSaveOptions {
   // model/provenance.h: config.json "optiq" and the safetensors metadata
   // "optiq.*" keys; null: the optiq version alone.
   nlohmann::json provenance{};
+  // Non-null: the export is resumable (core/partial_output.h): written in
+  // ".<out>.partial/", which an interrupted run leaves for the next run with
+  // the same key (what the output is made from and how) to continue from;
+  // with `force` any partial work is discarded. Null: a temporary directory.
+  nlohmann::json resume_key{};
   static constexpr uint64_t kDefaultShardBytes = 5'000'000'000;  // mlx-lm's and transformers' default
 };
 

@@ -4,7 +4,8 @@
 // it, written, and dropped, and its source pages are given back, so the step
 // holds one quantized matrix at a time however large the model
 // (model/matrix_source.h). The file is the one quantize_model then a save
-// would write, byte for byte.
+// would write, byte for byte. Resumable: interrupted, the next run with the
+// same source, plan and options continues where it stopped, to the same bytes.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -23,6 +24,11 @@ struct ExportStepOptions {
   uint64_t shard_bytes = 5'000'000'000;  // MLX shards (0: one file)
   bool progress = true;
   nlohmann::json provenance{};  // written into the output (model/provenance.h); null: the version alone
+  // Resumable (core/partial_output.h, docs/reliability.md "Crash safety",
+  // "Exports resume"): an interrupted export's work stays in ".<out>.partial" and the
+  // same command continues it. Needs the provenance (the source's identity);
+  // without one the export is not resumable.
+  bool resume = true;
 };
 
 struct ExportStepResult {

@@ -1,12 +1,19 @@
 #include "pipeline/plan_step.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
+#include "core/diagnostics.h"
 #include "core/error.h"
+#include "core/sha256.h"
+#include "core/version.h"
+#include "kernels/matmul.h"
 #include "model/calibration_stats.h"
 #include "plan/baselines.h"
 #include "plan/plan_json.h"
@@ -172,7 +179,52 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
     own = make_plan_measurer(model, t, a, ctx);
     measurer = own.get();
   }
-  const size_t best = measure_variants(*measurer, r.variants, a.progress);
+  MeasureHooks hooks;
+  nlohmann::json ckpt_key, ckpt_done = nlohmann::json::object();
+  const bool checkpointed = !ctx.checkpoint.empty() && !a.provenance.is_null();
+  auto variant_id = [](const PlanVariant& v) {
+    Sha256 h;
+    h.update(v.map.to_plan_json().dump());
+    return h.hex_digest();
+  };
+  if (checkpointed) {
+    ckpt_key = {{"source", a.provenance.value("source", nlohmann::json())},
+                {"options", a.provenance.value("options", nlohmann::json())},
+                {"optiq version", kOptiqVersion},
+                {"selection windows", a.select_windows},
+                {"damage", damage_source_name(a.damage)},
+                {"instruction set", isa_name(active_isa())}};
+    std::error_code ec;
+    if (std::filesystem::exists(ctx.checkpoint, ec)) {
+      std::ifstream in(ctx.checkpoint);
+      const nlohmann::json old = nlohmann::json::parse(in, nullptr, false);
+      if (old.is_object() && old.value("key", nlohmann::json()) == ckpt_key && old.contains("measured") &&
+          old["measured"].is_object())
+        ckpt_done = old["measured"];
+      else
+        note("{}: made for another model, options or optiq version: measuring every plan again", ctx.checkpoint);
+    }
+    int reused = 0;
+    for (const auto& v : r.variants) reused += ckpt_done.contains(variant_id(v));
+    if (reused > 0) note("resuming: {} of {} plans measured already ({})", reused, r.variants.size(), ctx.checkpoint);
+    hooks.cached = [&](PlanVariant& v) {
+      const std::string id = variant_id(v);
+      const auto it = ckpt_done.find(id);
+      if (it == ckpt_done.end() || !it->is_array() || it->size() != 2 || !(*it)[0].is_number() ||
+          !(*it)[1].is_number())
+        return false;
+      v.measured = (*it)[0].get<double>();
+      v.measured_stderr = (*it)[1].get<double>();
+      return true;
+    };
+    hooks.measured = [&](const PlanVariant& v) {
+      ckpt_done[variant_id(v)] = {v.measured, v.measured_stderr};
+      write_file_atomic(ctx.checkpoint,
+                        nlohmann::json({{"optiq_partial_plan", 1}, {"key", ckpt_key}, {"measured", ckpt_done}}).dump() +
+                            "\n");
+    };
+  }
+  const size_t best = measure_variants(*measurer, r.variants, a.progress, hooks);
   std::rotate(r.variants.begin(), r.variants.begin() + best, r.variants.begin() + best + 1);
   const PlanVariant& v = r.variants.front();
   r.map = v.map;

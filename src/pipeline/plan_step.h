@@ -83,6 +83,14 @@ struct SelectionContext {
   // calibration window (the export's: profiled_rounding_stats); null:
   // collected here when needed.
   const CalibrationStats* stats = nullptr;
+  // Measured selection, resumable (optiq auto: "<plan>.partial"): each
+  // variant's measured KL is added to this checkpoint (rewritten atomically)
+  // as it is measured; a run with the same source, options and optiq version
+  // takes the variants measured there and measures the rest. The caller
+  // removes it when its work is done (auto: after the export, so that a run
+  // interrupted in the export does not measure again). Empty, or no
+  // provenance in the options: none.
+  std::string checkpoint = {};
 };
 
 // The rounding the profile measured for each chosen format ("gptq" where GPTQ

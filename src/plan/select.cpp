@@ -207,13 +207,17 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
   return evaluate_perplexity(weights_, tokens_, po);
 }
 
-size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress) {
+size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress,
+                        const MeasureHooks& hooks) {
   check(!variants.empty(), "measure_variants: no variants");
   std::optional<Progress> bar;
   if (progress) bar.emplace("select", static_cast<int64_t>(variants.size()), "plans");
   size_t best = 0;
   for (size_t i = 0; i < variants.size(); ++i) {
-    std::tie(variants[i].measured, variants[i].measured_stderr) = measurer.measure(variants[i].map);
+    if (!hooks.cached || !hooks.cached(variants[i])) {
+      std::tie(variants[i].measured, variants[i].measured_stderr) = measurer.measure(variants[i].map);
+      if (hooks.measured) hooks.measured(variants[i]);
+    }
     if (variants[i].measured < variants[best].measured) best = i;
     if (bar) bar->update(static_cast<int64_t>(i + 1), fmt::format("{} {:.4f}", variants[i].name, variants[i].measured));
   }

@@ -24,6 +24,7 @@
 // pass over the calibration windows plus the tensors no earlier variant used.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -100,7 +101,16 @@ class PlanMeasurer {
   std::unique_ptr<ReferenceScores> ref_;
 };
 
+// Resuming measured selection: `cached(v)` fills v.measured (and its stderr)
+// from an earlier run's checkpoint and returns true, or returns false;
+// `measured(v)` is called after each variant measured here.
+struct MeasureHooks {
+  std::function<bool(PlanVariant&)> cached;
+  std::function<void(const PlanVariant&)> measured;
+};
+
 // Measures every variant and returns the index of the best.
-size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress = true);
+size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress = true,
+                        const MeasureHooks& hooks = {});
 
 }  // namespace optiq

@@ -70,7 +70,11 @@ void run_auto(AutoArgs& a, const CLI::App& cmd) {
   // selection and the export both quantize that way, from one collection of
   // the calibration statistics.
   const CalibrationStats stats = profiled_rounding_stats(m, t, profiled.windows, !a.json);
-  PlanStepResult r = run_plan_step(m, t, plo, plan_path, {.windows = &profiled.windows, .stats = &stats});
+  // Measured selection checkpoints each plan's KL (<plan>.partial): a rerun
+  // after an interruption (here or in the export) measures only the rest.
+  const std::string plan_checkpoint = plan_path + ".partial";
+  PlanStepResult r = run_plan_step(m, t, plo, plan_path,
+                                   {.windows = &profiled.windows, .stats = &stats, .checkpoint = plan_checkpoint});
   if (!a.json) print_plan_summary(r, m.config, plan_path);
 
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
@@ -80,6 +84,7 @@ void run_auto(AutoArgs& a, const CLI::App& cmd) {
   run_export_step(m, r.map, qo, out,
                   {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json,
                    .provenance = provenance});
+  std::filesystem::remove(plan_checkpoint, ec);
   if (!a.json) fmt::print("wrote         {}\n", out);
 
   nlohmann::json j = {{"out", out},
