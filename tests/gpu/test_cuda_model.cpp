@@ -265,6 +265,35 @@ TEST(CudaModel, ProfileEqualsCpu) {
   EXPECT_GE(spearman(pc, pg), 0.999);
 }
 
+// The weighted rounding (the CUDA fake quantization weighing its search) and
+// input statistics kept as rows (96 calibration tokens: fewer than the
+// 172-wide down projections' inputs; Backend::rows_quadratic) measure on the
+// GPU what they measure on the CPU.
+TEST(CudaModel, WeightedProfileWithInputRowsEqualsCpu) {
+  REQUIRE_GPU();
+  Numerics exact(false);
+  const Model m = load_model(stories());
+  const CalibrationOptions co = stories_calibration(2, 48);
+  const auto windows = calibration_windows(m, co);
+  ProfileOptions o = both_methods(m, co, {AffineFormat{2, 32}, AffineFormat{4, 32}});
+  o.method = ProfileMethod::Fast;
+  o.weighted = true;
+  const SensitivityTable cpu = profile_on(cpu_backend(), m, windows, o),
+                         gpu = profile_on(*cuda_backend(), m, windows, o);
+  std::vector<double> pc, pg;
+  for (size_t i = 0; i < cpu.modules.size(); ++i)
+    for (const auto& [name, f] : cpu.modules[i].formats) {
+      const FormatSensitivity& g = gpu.modules[i].formats.at(name);
+      ASSERT_TRUE(f.proxy && g.proxy) << cpu.modules[i].module.path << " " << name;
+      EXPECT_EQ(f.method, g.method) << cpu.modules[i].module.path << " " << name;
+      pc.push_back(*f.proxy);
+      pg.push_back(*g.proxy);
+      EXPECT_NEAR(*g.proxy / *f.proxy, 1.0, 1e-2) << cpu.modules[i].module.path << " " << name;
+    }
+  ASSERT_GT(pc.size(), 20u);
+  EXPECT_GE(spearman(pc, pg), 0.999);
+}
+
 // Within the device-memory headroom (ProfileOptions::device_headroom) the
 // reference log-probabilities stay on the host, page-locked, and come in a
 // window at a time: the same numbers as with all of them in device memory.
