@@ -82,7 +82,7 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
                  "mean x^2 on the calibration text, as quantize --calib does), each optionally with gptq (every "
                  "layer matrix also quantized with GPTQ from the proxies' Gram sums, the smaller proxy kept per "
                  "module and format): search, weighted, search,gptq or weighted,gptq (default: weighted; search with "
-                 "--layerwise, --method exact|both or on a GPU)")
+                 "--layerwise or --method exact|both)")
       ->check(CLI::IsMember({"search", "weighted", "search,gptq", "gptq,search", "weighted,gptq", "gptq,weighted"}));
   cmd.add_flag("--layerwise", a.layerwise,
                "fast method: run the calibration windows through the model one decoder layer at a time (each "
@@ -113,12 +113,10 @@ ProfileStepOptions profile_step_options(const ProfileStepArgs& a, bool progress)
     }
   }
   po.anchor_windows = a.anchor_windows;
-  // Default: the weighted search where it runs (the fast method) and is quick
-  // (the host's quantizer: a GPU's fake quantization does not weigh yet, and
-  // the host would do every matrix); layer-wise keeps the plain search, so
-  // that its profile stays the in-memory one's (a tied embedding is not
-  // weighted layer-wise).
-  const bool weigh = po.method == ProfileMethod::Fast && !a.layerwise && default_backend().host_memory();
+  // Default: the weighted search where it runs (the fast method, on the CPU
+  // or a GPU); layer-wise keeps the plain search, so that its profile stays
+  // the in-memory one's (a tied embedding is not weighted layer-wise).
+  const bool weigh = po.method == ProfileMethod::Fast && !a.layerwise;
   const std::string methods = !a.methods.empty() ? a.methods : weigh ? "weighted" : "search";
   po.gptq = methods.find("gptq") != std::string::npos;
   po.weighted = methods.find("weighted") != std::string::npos;
