@@ -86,6 +86,18 @@ AtomicFile::~AtomicFile() {
   }
 }
 
+int write_fully(int fd, const void* p, size_t n) {
+  const char* b = static_cast<const char*>(p);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, b, std::min<size_t>(n, size_t{1} << 30));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errno;
+    b += w;
+    n -= static_cast<size_t>(w);
+  }
+  return 0;
+}
+
 void AtomicFile::write_failed(int err) {
   // The temporary goes now, not at destruction: a full disk gets its space back at once.
   ::close(fd_);
@@ -107,13 +119,7 @@ void AtomicFile::write(const void* p, size_t n) {
     buf_.append(b, n);
     return;
   }
-  while (n > 0) {  // large blocks go straight to the file
-    const ssize_t w = ::write(fd_, b, std::min<size_t>(n, size_t{1} << 30));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) write_failed(errno);
-    b += w;
-    n -= static_cast<size_t>(w);
-  }
+  if (const int err = write_fully(fd_, b, n)) write_failed(err);  // large blocks go straight to the file
 }
 
 void AtomicFile::pad_to(uint64_t align) {
@@ -124,13 +130,7 @@ void AtomicFile::pad_to(uint64_t align) {
 void AtomicFile::flush() {
   const char* b = buf_.data();
   size_t n = buf_.size();
-  while (n > 0) {
-    const ssize_t w = ::write(fd_, b, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) write_failed(errno);
-    b += w;
-    n -= static_cast<size_t>(w);
-  }
+  if (const int err = write_fully(fd_, b, n)) write_failed(err);
   buf_.clear();
 }
 

@@ -48,6 +48,10 @@ class AtomicFile {
 // A whole file at once (plans, profiles, small caches).
 void write_file_atomic(const std::string& path, std::string_view content);
 
+// Writes all n bytes to fd, retrying short writes and EINTR (writes of at
+// most 1 GiB at a time); 0, or the errno of the failure.
+int write_fully(int fd, const void* p, size_t n);
+
 // Why a write failed, for a one-line error: ENOSPC "the disk is full (No
 // space left on device)", EDQUOT, EFBIG (the file size limit) spelled out;
 // other errors as strerror.

@@ -207,13 +207,7 @@ void ResumableFile::write_failed(int err) {
 void ResumableFile::flush() {
   const char* b = buf_.data();
   size_t n = buf_.size();
-  while (n > 0) {
-    const ssize_t w = ::write(fd_, b, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) write_failed(errno);
-    b += w;
-    n -= static_cast<size_t>(w);
-  }
+  if (const int err = write_fully(fd_, b, n)) write_failed(err);
   buf_.clear();
 }
 
@@ -227,13 +221,7 @@ void ResumableFile::write(const void* p, size_t n) {
     buf_.append(b, n);
     return;
   }
-  while (n > 0) {  // large blocks go straight to the file
-    const ssize_t w = ::write(fd_, b, std::min<size_t>(n, size_t{1} << 30));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) write_failed(errno);
-    b += w;
-    n -= static_cast<size_t>(w);
-  }
+  if (const int err = write_fully(fd_, b, n)) write_failed(err);  // large blocks go straight to the file
 }
 
 void ResumableFile::pad_to(uint64_t align) {

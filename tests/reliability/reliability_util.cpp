@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <random>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -194,6 +196,11 @@ bool is_mount_point(const std::string& dir) {
     if (point == canon) return true;
   }
   return false;
+}
+
+uint64_t crash_seed() {
+  if (const char* s = std::getenv("OPTIQ_CRASH_SEED")) return std::strtoull(s, nullptr, 10);
+  return std::random_device{}();
 }
 
 }  // namespace optiq::test

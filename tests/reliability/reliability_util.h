@@ -38,6 +38,10 @@ std::string same(const std::string& path, const std::string& ref);
 
 std::string stories_gguf();
 
+// The seed of the random kill points: OPTIQ_CRASH_SEED when set (to replay a
+// failure the test printed), else a fresh one.
+uint64_t crash_seed();
+
 // --- a real full disk: a small tmpfs in a user + mount namespace ---
 
 // "" when `unshare -rm` can start a user + mount namespace here and mount a

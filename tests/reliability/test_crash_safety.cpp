@@ -35,11 +35,6 @@ namespace fs = std::filesystem;
 using namespace test;
 using Args = std::vector<std::string>;
 
-uint64_t crash_seed() {
-  if (const char* s = std::getenv("OPTIQ_CRASH_SEED")) return std::strtoull(s, nullptr, 10);
-  return std::random_device{}();
-}
-
 const Args kCalib = {"--calib-samples", "4", "--calib-seq", "64"};
 
 Args with(Args a, const Args& more) {

@@ -37,11 +37,6 @@ namespace fs = std::filesystem;
 using namespace test;
 using Args = std::vector<std::string>;
 
-uint64_t crash_seed() {
-  if (const char* s = std::getenv("OPTIQ_CRASH_SEED")) return std::strtoull(s, nullptr, 10);
-  return std::random_device{}();
-}
-
 // A Llama-shaped model of 2.4M parameters as a Hugging Face directory (fp16):
 // 8-bit, it is 2.5 MB, three shards of 1 MB.
 const std::string& sharded_model() {
