@@ -113,6 +113,10 @@ class Backend {
   virtual Buffer alloc(int64_t n) = 0;
   virtual void to_device(const float* host, int64_t n, float* dst) = 0;
   virtual void to_host(const float* src, int64_t n, float* host) = 0;
+  // host[i] = src[i * stride] for i < n (a matrix's diagonal: stride cols + 1).
+  virtual void to_host_strided(const float* src, int64_t stride, int64_t n, float* host) {
+    for (int64_t i = 0; i < n; ++i) to_host(src + i * stride, 1, host + i);
+  }
   Buffer upload(const float* host, int64_t n) {
     Buffer b = alloc(n);
     to_device(host, n, b.data());

@@ -268,6 +268,59 @@ TEST_P(BackendOps, MatmulAndEmbedEveryStorage) {
   }
 }
 
+// Decode products (one activation row) on shapes the small cases miss: more
+// rows than a GPU's resident warps (each warp walks several rows) and rows
+// too wide for a GPU's shared-memory copy of x (read from global memory).
+TEST_P(BackendOps, DecodeProductsOnTallAndWideMatrices) {
+  struct Shape {
+    int64_t rows, cols;
+  };
+  for (const Shape sh : {Shape{6007, 128}, Shape{5, 12352}, Shape{3, 40064}}) {
+    const auto w = test::random_floats(sh.rows * sh.cols, 90);
+    std::vector<uint16_t> bf16(w.size());
+    for (size_t i = 0; i < w.size(); ++i) bf16[i] = f32_to_bf16(w[i]);
+    const AffineMatrix q4 = quantize(w.data(), sh.rows, sh.cols, AffineFormat{4, 64}, {});
+    const AffineMatrix q3 = quantize(w.data(), sh.rows, sh.cols, AffineFormat{3, 64}, {});
+    const std::vector<std::pair<std::string, WeightView>> views = {
+        {"bf16", {sh.rows, sh.cols, HalfWeights{bf16.data(), true}}},
+        {"q4g64", {sh.rows, sh.cols, q4.view()}},
+        {"q3g64", {sh.rows, sh.cols, q3.view()}}};
+    const auto x = test::random_floats(sh.cols, 91);
+    Int8Activations act;
+    quantize_activations(x.data(), 1, sh.cols, act);
+    Buffer bx = put(x), y = b.alloc(sh.rows), y2 = b.alloc(sh.rows), up = b.alloc(sh.rows);
+    for (bool fast : {false, true}) {
+      const Int8Decode numerics(fast);
+      for (const auto& [name, view] : views) {
+        const bool int8 = fast && view.as<AffineMatrixView>() != nullptr;
+        std::vector<double> want(sh.rows);
+        std::vector<float> row(sh.cols);
+        for (int64_t r = 0; r < sh.rows; ++r) {
+          weight_row(view, r, row.data());
+          double s = 0;
+          for (int64_t c = 0; c < sh.cols; ++c)
+            s += (int8 ? double(act.row_q(0)[c]) * act.row_scale(0)[c / 32] : double(x[c])) * row[c];
+          want[r] = s;
+        }
+        const std::string what = fmt::format("{} {}x{}{}", name, sh.rows, sh.cols, fast ? " fast" : " exact");
+        auto h = b.upload(view);
+        b.matmul(*h, bx.data(), 1, y.data());
+        expect_close(get(y, sh.rows), want, 2e-4, what.c_str());
+        // The fused launches walk rows as the product does: the same numbers.
+        const WeightHandle* ws[] = {h.get(), h.get()};
+        float* const ys[] = {y2.data(), up.data()};
+        b.matmul_group(ws, bx.data(), 1, ys);
+        EXPECT_EQ(get(y2, sh.rows), get(y, sh.rows)) << what << " group";
+        b.gated_matmul(*h, *h, GateAct::Silu, false, bx.data(), 1, y2.data(), up.data());
+        b.gated_activation(GateAct::Silu, false, y.data(), y.data(), sh.rows);  // silu(g) * g
+        const auto gw = get(y, sh.rows), gg = get(y2, sh.rows);
+        for (int64_t r = 0; r < sh.rows; ++r)
+          ASSERT_NEAR(gg[r], gw[r], 1e-4f * (1 + std::abs(gw[r]))) << what << " gated [" << r << "]";
+      }
+    }
+  }
+}
+
 // Dense storages whose width is no multiple of 8 (tiny models, odd heads).
 TEST_P(BackendOps, MatmulOddWidths) {
   for (int64_t cols : {5, 12, 37}) {

@@ -30,6 +30,7 @@
 #include <mutex>
 #include <string_view>
 #include <unordered_map>
+#include <functional>
 #include <vector>
 
 #include "backend/backend.h"
@@ -45,6 +46,14 @@ namespace cuda {
 
 void fail_cuda(cudaError_t e, const char* what, const char* file, int line) {
   fail("CUDA: {} failed at {}:{}: {} ({})", what, file, line, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+bool staging_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_STAGE");
+    return !(e && e[0] == '0');
+  }();
+  return on;
 }
 
 bool pdl_enabled() {
@@ -258,6 +267,14 @@ class CudaBackend final : public Backend {
     OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, host, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   }
+  void to_host_strided(const float* src, int64_t stride, int64_t n, float* host) override {
+    Op op(*this, "to_host strided");
+    check(!recording_, "cuda backend: a strided copy cannot be recorded");
+    if (n <= 0) return;
+    OPTIQ_CUDA_OK(cudaMemcpy2DAsync(host, sizeof(float), src, static_cast<size_t>(stride) * sizeof(float), sizeof(float),
+                                    static_cast<size_t>(n), cudaMemcpyDeviceToHost, stream_));
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+  }
   void to_host(const float* src, int64_t n, float* host) override {
     Op op(*this, "to_host");
     if (n <= 0) return;
@@ -433,6 +450,14 @@ class CudaBackend final : public Backend {
   void gram_add(const float* x, int64_t n, int64_t cols, float* g) override;
   double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) override;
   double rows_quadratic(const float* d, int64_t rows, int64_t cols, const float* x, int64_t n) override;
+  // sum_i a_i b_i over slabs of rows: `slab(r0, nr)` enqueues rows [r0, r0 +
+  // nr)'s product and names the two vectors to dot; partial sums in double.
+  struct DotPair {
+    const float* a;
+    const float* b;
+    int64_t n;
+  };
+  double slab_dot_sum(int64_t rows, int64_t slab_rows, const std::function<DotPair(int64_t, int64_t)>& slab);
   void log_softmax_rows(float* x, int64_t rows, int64_t vocab) override;
   double kl_sum(const void* ref, bool ref_bf16, const float* logits, int64_t rows, int64_t vocab) override;
   void row_sq_sums(const float* d, int64_t rows, int64_t cols, double* out) override;
@@ -887,19 +912,29 @@ void CudaBackend::gram_add(const float* x, int64_t n, int64_t cols, float* g) {
              "cublasGemmEx (gram)");
 }
 
+double CudaBackend::slab_dot_sum(int64_t rows, int64_t slab_rows, const std::function<DotPair(int64_t, int64_t)>& slab) {
+  auto* partial = stats_sums_.get<double>(cuda::kDotBlocks, stream_, false);
+  std::vector<double> host(cuda::kDotBlocks);
+  double sum = 0;
+  for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
+    const DotPair v = slab(r0, std::min(slab_rows, rows - r0));
+    cuda::dot_partials(v.a, v.b, v.n, partial, stream_);
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    for (double h : host) sum += h;
+  }
+  return sum;
+}
+
 double CudaBackend::gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) {
   Op op(*this, "gram quadratic");
   if (rows <= 0) return 0.0;
   // D G a slab of rows at a time (an lm_head's D G would be gigabytes), then
-  // the element-wise dot with D; partial sums in double.
+  // the element-wise dot with D.
   const int64_t slab_rows = std::max<int64_t>(1, (int64_t{64} << 20) / cols);
   float* dg = stats_.get<float>(static_cast<size_t>(std::min(rows, slab_rows) * cols), stream_, false);
-  auto* partial = stats_sums_.get<double>(cuda::kDotBlocks, stream_, false);
-  std::vector<double> host(cuda::kDotBlocks);
-  double sum = 0;
   const float one = 1.0f, zero = 0.0f;
-  for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
-    const int64_t nr = std::min(slab_rows, rows - r0);
+  const double sum = slab_dot_sum(rows, slab_rows, [&](int64_t r0, int64_t nr) {
     const float* e = d + r0 * cols;
     // Column-major view: the slab is E = D^T (cols x nr); (D G)^T = G E.
     check_blas(cublas_api().gemm_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(nr),
@@ -907,27 +942,19 @@ double CudaBackend::gram_quadratic(const float* d, int64_t rows, int64_t cols, c
                                     CUDA_R_32F, static_cast<int>(cols), &zero, dg, CUDA_R_32F,
                                     static_cast<int>(cols), stats_compute(), CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx (gram quadratic)");
-    cuda::dot_partials(e, dg, nr * cols, partial, stream_);
-    OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
-    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
-    for (double v : host) sum += v;
-  }
+    return DotPair{e, dg, nr * cols};
+  });
   return std::max(sum, 0.0);
 }
 
 double CudaBackend::rows_quadratic(const float* d, int64_t rows, int64_t cols, const float* x, int64_t n) {
   Op op(*this, "rows quadratic");
   if (rows <= 0 || n <= 0) return 0.0;
-  // (D X^T) a slab of D's rows at a time, then its sum of squares; partial
-  // sums in double.
+  // (D X^T) a slab of D's rows at a time, then its sum of squares.
   const int64_t slab_rows = std::max<int64_t>(1, (int64_t{64} << 20) / n);
   float* dx = stats_.get<float>(static_cast<size_t>(std::min(rows, slab_rows) * n), stream_, false);
-  auto* partial = stats_sums_.get<double>(cuda::kDotBlocks, stream_, false);
-  std::vector<double> host(cuda::kDotBlocks);
-  double sum = 0;
   const float one = 1.0f, zero = 0.0f;
-  for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
-    const int64_t nr = std::min(slab_rows, rows - r0);
+  return slab_dot_sum(rows, slab_rows, [&](int64_t r0, int64_t nr) {
     // Column-major views: x is X^T (cols x n), the slab is D^T (cols x nr);
     // C (n x nr) = (X^T)^T D^T = X D^T.
     check_blas(cublas_api().gemm_ex(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(nr),
@@ -935,12 +962,8 @@ double CudaBackend::rows_quadratic(const float* d, int64_t rows, int64_t cols, c
                                     d + r0 * cols, CUDA_R_32F, static_cast<int>(cols), &zero, dx, CUDA_R_32F,
                                     static_cast<int>(n), stats_compute(), CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx (rows quadratic)");
-    cuda::dot_partials(dx, dx, nr * n, partial, stream_);
-    OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
-    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
-    for (double v : host) sum += v;
-  }
-  return sum;
+    return DotPair{dx, dx, nr * n};
+  });
 }
 
 void CudaBackend::log_softmax_rows(float* x, int64_t rows, int64_t vocab) {

@@ -52,6 +52,10 @@ class DeviceMemory {
 // previous operation is still running, instead of paying a launch and a
 // memory latency after it. Off below sm_90 and with OPTIQ_CUDA_PDL=0.
 bool pdl_enabled();
+// Decode products copy their activation row to shared memory once per block
+// (matvec.cu); OPTIQ_CUDA_STAGE=0 reads it from global memory per weight row
+// instead (the comparison in BENCHMARKS.md §6).
+bool staging_enabled();
 
 // Launches `kernel` on stream s, with programmatic serialisation when enabled.
 template <class... Params, class... Args>
