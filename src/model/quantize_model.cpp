@@ -57,6 +57,53 @@ QuantizedMatrix quantize_in_row_blocks(const TensorFormat& f, const Linear& lin,
   return q;
 }
 
+namespace {
+
+// Min/max rounding of a borrowed fp32/fp16/bf16 matrix fused from its words
+// (quant/quantizer.h quantize_minmax: the same bits as the row blocks below,
+// without widening rows to fp32), a block of rows at a time with the next
+// block's pages asked for ahead. Returns nullopt for other storage.
+std::optional<QuantizedMatrix> quantize_minmax_fused(const TensorFormat& f, const Linear& lin, bool bf16_scales,
+                                                     int64_t block_bytes) {
+  const AffineFormat* af = f.affine();
+  if (!af) return std::nullopt;
+  const void* words = nullptr;
+  SourceWords type = SourceWords::F32;
+  int elem = 4;
+  if (const auto* h = lin.view().as<HalfWeights>()) {
+    words = h->data;
+    type = h->bf16 ? SourceWords::BF16 : SourceWords::F16;
+    elem = 2;
+  } else if (const auto* w = lin.view().as<F32Weights>()) {
+    words = w->data;
+  } else {
+    return std::nullopt;
+  }
+  const int64_t rows = lin.rows(), cols = lin.cols();
+  check_affine_shape(*af, rows, cols);
+  AffineMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.fmt = *af;
+  m.bf16_scales = bf16_scales;
+  m.packed.resize(rows * affine_words_per_row(*af, cols));
+  m.scales.resize(rows * affine_groups_per_row(*af, cols));
+  m.biases.resize(m.scales.size());
+  const int64_t block = std::max<int64_t>(1, block_bytes / (elem * cols));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / cols);
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t r1 = std::min(rows, r0 + block);
+    if (r1 < rows) lin.prefetch_rows(r1, std::min(rows, r1 + block));
+    parallel_for_range(r1 - r0, grain, [&](int64_t a, int64_t b) {
+      quantize_minmax_rows(words, type, cols, r0 + a, r0 + b, *af, bf16_scales, m.packed.data(), m.scales.data(),
+                           m.biases.data());
+    });
+  }
+  return QuantizedMatrix{f, rows, cols, std::move(m), {}};
+}
+
+}  // namespace
+
 ModuleQuantizer::ModuleQuantizer(const Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt)
     : model_(model), map_(map), opt_(opt) {}
 
@@ -108,6 +155,10 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
       warn("{}: {}: its inputs' second moments are not positive definite even dampened; rounded without GPTQ",
            model_.path, m.path);
     q = std::move(r.q);
+  } else if (auto fused = opt_.recipe.method == QuantMethod::MinMax
+                              ? quantize_minmax_fused(fmt, lin, opt_.recipe.bf16_scales, opt_.row_block_bytes / 2)
+                              : std::nullopt) {
+    q = std::move(*fused);  // min/max rounding ignores importance: the same bits as below
   } else {
     q = quantize_in_row_blocks(fmt, lin, opt_.recipe.options(importance), opt_.row_block_bytes);
   }

@@ -44,24 +44,12 @@ void minmax_params(const float* w, int gs, int bits, float* scale_out, float* bi
 }
 
 void minmax_params_of(float w_min, float w_max, int bits, float* scale_out, float* bias_out) {
-  const float n_bins = static_cast<float>((1 << bits) - 1);
-  const float eps = 1e-7f;
-  const bool min_edge = std::abs(w_min) > std::abs(w_max);
-  float scale = std::max((w_max - w_min) / n_bins, eps);
-  scale = min_edge ? scale : -scale;
-  const float edge = min_edge ? w_min : w_max;
-  const float q0 = std::rint(edge / scale);
-  float bias = 0;
-  if (q0 != 0) {
-    scale = edge / q0;
-    bias = edge;
-  }
-  *scale_out = scale;
-  *bias_out = bias;
+  minmax_params_inline(w_min, w_max, bits, scale_out, bias_out);
 }
 
 #define QS_FN(name) name##_base
 #include "quant/quantizer_search.inc"
+#include "quant/quantizer_minmax.inc"
 #undef QS_FN
 
 }  // namespace detail
@@ -77,6 +65,15 @@ detail::SearchFn pick_search() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
     return detail::quantize_group_search_avx2;
   return detail::quantize_group_search_base;
+}
+
+detail::MinMaxRowsFn pick_minmax_rows() {
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl"))
+    return detail::minmax_rows_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
+    return detail::minmax_rows_avx2;
+  return detail::minmax_rows_base;
 }
 
 void quantize_group_minmax(const float* w, int gs, int bits, bool bf16, uint8_t* q, uint16_t* s_out,
@@ -126,6 +123,33 @@ AffineMatrix quantize(const float* w, int64_t rows, int64_t cols, AffineFormat f
       }
       pack_row(codes.data(), cols, fmt.bits, m.packed.data() + r * wpr);
     }
+  });
+  return m;
+}
+
+void quantize_minmax_rows(const void* w, SourceWords type, int64_t cols, int64_t r0, int64_t r1, AffineFormat fmt,
+                          bool bf16_scales, uint32_t* packed, uint16_t* scales, uint16_t* biases) {
+  check_affine_shape(fmt, std::max<int64_t>(r1, 1), cols);
+  static const detail::MinMaxRowsFn fn = pick_minmax_rows();
+  if (r1 > r0) fn(w, static_cast<int>(type), cols, r0, r1, fmt.bits, fmt.group_size, bf16_scales, packed, scales, biases);
+}
+
+AffineMatrix quantize_minmax(const void* w, SourceWords type, int64_t rows, int64_t cols, AffineFormat fmt,
+                             bool bf16_scales) {
+  check_affine_shape(fmt, rows, cols);
+  AffineMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.fmt = fmt;
+  m.bf16_scales = bf16_scales;
+  m.packed.resize(rows * affine_words_per_row(fmt, cols));
+  m.scales.resize(rows * affine_groups_per_row(fmt, cols));
+  m.biases.resize(m.scales.size());
+  // Ranges of ~256 KB of fp32-equivalent work: small enough to balance two
+  // threads on small matrices, large enough that the pool's overhead is nil.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / cols);
+  parallel_for_range(rows, grain, [&](int64_t r0, int64_t r1) {
+    quantize_minmax_rows(w, type, cols, r0, r1, fmt, bf16_scales, m.packed.data(), m.scales.data(), m.biases.data());
   });
   return m;
 }

@@ -34,6 +34,22 @@ struct QuantizeOptions {
 // Quantizes a row-major {rows, cols} fp32 matrix; parallel over rows (OpenMP).
 AffineMatrix quantize(const float* w, int64_t rows, int64_t cols, AffineFormat fmt, const QuantizeOptions& opt = {});
 
+// The words a matrix to round is stored in (fp32, or the fp16/bf16 words of a
+// checkpoint, read as they are).
+enum class SourceWords { F32, F16, BF16 };
+
+// QuantMethod::MinMax rounding fused from the source words to the packed
+// matrix: bit for bit quantize(widened rows, {.method = MinMax, .bf16_scales})
+// on every CPU, without an fp32 copy of the rows (quantizer_minmax.inc),
+// vectorised for AVX2 / AVX-512 where present. quantize_minmax_rows fills rows
+// [r0, r1) of arrays laid out as AffineMatrix's (packed rows * cols*bits/32,
+// scales and biases rows * cols/group_size) on the calling thread;
+// quantize_minmax makes the whole matrix on the thread pool.
+void quantize_minmax_rows(const void* w, SourceWords type, int64_t cols, int64_t r0, int64_t r1, AffineFormat fmt,
+                          bool bf16_scales, uint32_t* packed, uint16_t* scales, uint16_t* biases);
+AffineMatrix quantize_minmax(const void* w, SourceWords type, int64_t rows, int64_t cols, AffineFormat fmt,
+                             bool bf16_scales);
+
 struct QuantError {
   double mse = 0;           // mean (w - w^)^2
   double weighted_mse = 0;  // mean importance[j] (w - w^)^2 (== mse without importance)
