@@ -9,10 +9,11 @@
 //
 //   bench_gpu_profile [--shape llama3-8b|qwen2.5-7b] [--samples 128] [--seq 512]
 //                     [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--anchor-windows N] [--numerics fast|exact]
-//                     [--layers N] [--op-times] [--json FILE]
+//                     [--methods weighted|search|weighted,gptq] [--layers N] [--op-times] [--json FILE]
 // --layers keeps the first N layers of the shape (a quicker run whose
 // per-layer costs scale to the whole model); --op-times adds the device time
-// of each kind of GPU operation.
+// of each kind of GPU operation. --methods: the roundings profiled, as
+// `optiq profile --methods` (default weighted: what `optiq profile` does on a GPU).
 #include <cuda_runtime.h>
 #include <sys/resource.h>
 
@@ -75,7 +76,8 @@ double peak_rss_gb() {
 }
 
 int run(int argc, char** argv) {
-  std::string shape_name = "llama3-8b", candidates = "2,3,4,5,6,8x32,64,128", numerics = "fast", json_path;
+  std::string shape_name = "llama3-8b", candidates = "2,3,4,5,6,8x32,64,128", numerics = "fast", json_path,
+              methods = "weighted";
   int samples = 128, seq = 512, anchors = 0, layers = 0, anchor_windows = 0;
   bool op_times = false;
   for (int i = 1; i < argc; ++i) {
@@ -91,19 +93,22 @@ int run(int argc, char** argv) {
     else if (a == "--anchors") anchors = std::stoi(next());
     else if (a == "--anchor-windows") anchor_windows = std::stoi(next());
     else if (a == "--numerics") numerics = next();
+    else if (a == "--methods") methods = next();
     else if (a == "--json") json_path = next();
     else if (a == "--layers") layers = std::stoi(next());
     else if (a == "--op-times") op_times = true;
     else if (a == "-h" || a == "--help") {
       std::puts("bench_gpu_profile [--shape llama3-8b|qwen2.5-7b] [--samples 128] [--seq 512]\n"
                 "                  [--candidates 2,3,4,5,6,8x32,64,128] [--anchors N] [--anchor-windows N] [--numerics fast|exact]\n"
-                "                  [--layers N] [--op-times] [--json FILE]");
+                "                  [--methods weighted|search|weighted,gptq] [--layers N] [--op-times] [--json FILE]");
       return 0;
     } else {
       fail("unknown option '{}' (see --help)", a);
     }
   }
   check(numerics == "fast" || numerics == "exact", "--numerics takes fast or exact, not '{}'", numerics);
+  check(methods == "search" || methods == "weighted" || methods == "weighted,gptq" || methods == "search,gptq",
+        "--methods takes search, weighted, weighted,gptq or search,gptq, not '{}'", methods);
   Backend* gpu = cuda_backend();
   check(gpu != nullptr, "no GPU visible (or this build has no CUDA backend)");
   set_default_backend(*gpu);
@@ -130,6 +135,8 @@ int run(int argc, char** argv) {
   o.anchor_windows = anchor_windows;
   o.source.model_path = m.path;
   o.gram_memory = int64_t{2} << 30;
+  o.weighted = methods.find("weighted") != std::string::npos;
+  o.gptq = methods.find("gptq") != std::string::npos;
   o.progress = true;
   const size_t mem0 = PeakDeviceMemory::used();
   SensitivityTable t;
@@ -148,8 +155,8 @@ int run(int argc, char** argv) {
   }
   const double bf16_gb = 2.0 * static_cast<double>(m.parameter_count()) / 1e9;
   const double peak_gb = static_cast<double>(peak - std::min(peak, mem0)) / 1e9;
-  fmt::print("\nfast profile: {:.1f} s ({} proxies, {} exact anchors, {} candidates, {} x {} tokens, {} numerics)\n",
-             t.seconds, t.proxy_measured, t.exact_measured, o.candidates.size(), samples, seq, numerics);
+  fmt::print("\nfast profile: {:.1f} s ({} proxies, {} exact anchors, {} candidates, {} x {} tokens, {} numerics, methods {})\n",
+             t.seconds, t.proxy_measured, t.exact_measured, o.candidates.size(), samples, seq, numerics, methods);
   for (const auto& [phase, s] : t.phase_seconds) fmt::print("  {:<10} {:8.1f} s\n", phase, s);
   fmt::print("peak GPU memory {:.1f} GB (model in bf16: {:.1f} GB, ratio {:.2f}); peak host RSS {:.1f} GB\n", peak_gb,
              bf16_gb, peak_gb / bf16_gb, peak_rss_gb());
@@ -177,6 +184,7 @@ int run(int argc, char** argv) {
                           {"samples", samples},
                           {"seq", seq},
                           {"numerics", numerics},
+                          {"methods", methods},
                           {"candidates", o.candidates.size()},
                           {"fast_seconds", t.seconds},
                           {"phase_seconds", t.phase_seconds},

@@ -418,14 +418,18 @@ template <int kD>
 struct RopeAngles {
   float cs[kD], sn[kD];
 };
+// The frequencies of a lane's dimensions (constant: loaded before pdl_wait).
 template <int kD>
-__device__ __forceinline__ RopeAngles<kD> rope_angles(int pos, const float* __restrict__ inv_freq, float mscale,
-                                                      int lane) {
+__device__ __forceinline__ void lane_freqs(const float* __restrict__ inv_freq, int lane, float (&f)[kD]) {
+#pragma unroll
+  for (int e = 0; e < kD; ++e) f[e] = __ldg(inv_freq + (lane & 15) * kD + e);  // index in the first half
+}
+template <int kD>
+__device__ __forceinline__ RopeAngles<kD> rope_angles(int pos, const float (&freq)[kD], float mscale) {
   RopeAngles<kD> r;
 #pragma unroll
   for (int e = 0; e < kD; ++e) {
-    const int i = (lane & 15) * kD + e;  // index in the first half
-    sincosf(__fmul_rn(static_cast<float>(pos), __ldg(inv_freq + i)), &r.sn[e], &r.cs[e]);
+    sincosf(__fmul_rn(static_cast<float>(pos), freq[e]), &r.sn[e], &r.cs[e]);
     r.cs[e] = __fmul_rn(r.cs[e], mscale);
     r.sn[e] = __fmul_rn(r.sn[e], mscale);
   }
@@ -454,38 +458,46 @@ __global__ void __launch_bounds__(kOnlineThreads)
   __shared__ float weight[kG * kMaxSplits];
   const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float freq[kD];
+  if (rope.k) lane_freqs<kD>(rope.inv_freq, lane, freq);  // constant: before the wait
   pdl_wait();
+  // The position, this block's queries and (warp 0) the new key and value
+  // are all loaded before any of them is used: one trip to memory, not three.
   const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
+  float qr[kG][kD];
+  const float* qb = q + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * kG * hd + lane * kD;
+#pragma unroll
+  for (int j = 0; j < kG; ++j)
+#pragma unroll
+    for (int d = 0; d < kD; ++d) qr[j][d] = qb[j * hd + d];
+  const int64_t kv_off = static_cast<int64_t>(g) * hd + lane * kD;
+  float knew[kD], vnew[kD];
+  if (rope.k && warp == 0)
+#pragma unroll
+    for (int e = 0; e < kD; ++e) knew[e] = rope.k[kv_off + e], vnew[e] = rope.v[kv_off + e];
   const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
   const int chunk = max((len + splits - 1) / splits, kMinKeys);
   const int active = (len + chunk - 1) / chunk;
   if (s >= active) return;
   const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
+  const bool stores_new = rope.k && s == active - 1;  // block-uniform
   RopeAngles<kD> angles;
-  if (rope.k) angles = rope_angles<kD>(pos, rope.inv_freq, rope.mscale, lane);
-  if (rope.k && s == active - 1 && warp == 0) {
+  if (rope.k) angles = rope_angles<kD>(pos, freq, rope.mscale);
+  if (stores_new && warp == 0) {
     // The new token (one query: i == 0): its key rotated, key and value into
     // the cache, by the block whose range ends at it (the only one that reads them).
-    float kr[kD], vr[kD];
-    const int64_t off = static_cast<int64_t>(g) * hd + lane * kD;
+    rope_lane<kD>(knew, angles, lane);
+    const int64_t row = static_cast<int64_t>(pos) * p.kv_stride + kv_off;
 #pragma unroll
-    for (int e = 0; e < kD; ++e) kr[e] = rope.k[off + e], vr[e] = rope.v[off + e];
-    rope_lane<kD>(kr, angles, lane);
-    const int64_t row = static_cast<int64_t>(pos) * p.kv_stride + off;
-#pragma unroll
-    for (int e = 0; e < kD; ++e) kc[row + e] = __float2half_rn(kr[e]), vc[row + e] = __float2half_rn(vr[e]);
+    for (int e = 0; e < kD; ++e) kc[row + e] = __float2half_rn(knew[e]), vc[row + e] = __float2half_rn(vnew[e]);
   }
-  float qr[kG][kD];
-  const float* qb = q + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * kG * hd + lane * kD;
 #pragma unroll
   for (int j = 0; j < kG; ++j) {
-#pragma unroll
-    for (int d = 0; d < kD; ++d) qr[j][d] = qb[j * hd + d];
     if (rope.k) rope_lane<kD>(qr[j], angles, lane);
 #pragma unroll
     for (int d = 0; d < kD; ++d) qr[j][d] *= p.scale;
   }
-  if (rope.k) __syncthreads();  // the new key and value stored before any warp reads them
+  if (stores_new) __syncthreads();  // the new key and value stored before any warp reads them
   float m[kG], l[kG], acc[kG][kD];
 #pragma unroll
   for (int j = 0; j < kG; ++j) {

@@ -13,6 +13,7 @@
 //    per chunk through the chunk's sum of x.
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/norm.cuh"
 #include "backend/cuda/weight_decode.cuh"
 
 #include <algorithm>
@@ -221,6 +222,61 @@ __device__ __forceinline__ SharedBlocks stage_blocks(const int8_t* __restrict__ 
   return SharedBlocks{q, scale, sumx};
 }
 
+// Shared memory a normed staged row takes besides its blocks: the normed
+// values (fp32) between the norm and the int8 rounding.
+inline size_t normed_bytes(int64_t cols) { return static_cast<size_t>(cols) * 4; }
+
+// The blocks of rms_norm(nm.x) * nm.w (cols wide) in shared memory, each
+// value and block as rms_norm_split makes them; block 0 of the grid also
+// writes the normed row and its int8 blocks to nm.out / nm.int8 (the norm
+// launch this replaces). Every thread of the kRowSumThreads-thread block
+// takes part; after pdl_wait.
+__device__ __forceinline__ SharedBlocks stage_normed(const NormIn& nm, int64_t cols, int4* smem) {
+  const int chunks = static_cast<int>(cols >> 5), t = threadIdx.x;
+  int4* q = smem;
+  float* scale = reinterpret_cast<float*>(smem + 2 * chunks);
+  float* sumx = scale + chunks;
+  float* r = sumx + chunks;  // cols normed values
+  float4 v[kRowLoads];
+  const float s = rms_scale(row_sum_squares(nm.x, cols, v), cols, nm.eps);
+  const bool writer = blockIdx.x == 0;
+#pragma unroll
+  for (int k = 0; k < kRowLoads; ++k) {
+    const int64_t e = 4 * (t + static_cast<int64_t>(k) * kRowSumThreads);
+    if (e >= cols) break;
+    const float4 w = __ldg(reinterpret_cast<const float4*>(nm.w + e));
+    const float4 o = make_float4(normed(v[k].x, s, w.x), normed(v[k].y, s, w.y), normed(v[k].z, s, w.z),
+                                 normed(v[k].w, s, w.w));
+    *reinterpret_cast<float4*>(r + e) = o;
+    if (writer) *reinterpret_cast<float4*>(nm.out + e) = o;
+  }
+  __syncthreads();
+  // One int8 block a thread (chunks <= kRowSumThreads), int8_block's
+  // arithmetic; its 32 values read in a rotated order (no bank conflicts).
+  if (t < chunks) {
+    int8_t* qb = reinterpret_cast<int8_t*>(q);
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(r[32 * t + ((j + t) & 31)]));
+    const float sc = amax / 127.0f, inv = sc > 0.0f ? 1.0f / sc : 0.0f;
+    int total = 0;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const int idx = 32 * t + ((j + t) & 31);
+      const int qv = __float2int_rn(__fmul_rn(r[idx], inv));
+      qb[idx] = static_cast<int8_t>(qv);
+      total += qv;
+    }
+    scale[t] = sc;
+    sumx[t] = sc * static_cast<float>(total);
+    if (writer) nm.int8.scale[t] = sc, nm.int8.sum[t] = total;
+  }
+  __syncthreads();
+  if (writer)
+    for (int i = t; i < 2 * chunks; i += blockDim.x) reinterpret_cast<int4*>(nm.int8.q)[i] = q[i];
+  return SharedBlocks{q, scale, sumx};
+}
+
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // Asks L2 for the first kU chunks of a warp's first row slots while the
@@ -289,7 +345,7 @@ template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false, boo
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_kernel(DevMatrix w, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
                        const int32_t* __restrict__ xsum, int n, float* __restrict__ y, DevMatrix w2 = {},
-                       GateAct act = GateAct::Silu, float* accum = nullptr) {
+                       GateAct act = GateAct::Silu, float* accum = nullptr, NormIn norm = {}) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   static_assert(!kStaged || kMaxN == 1, "one staged activation row");
   pdl_trigger();
@@ -313,7 +369,8 @@ __global__ void __launch_bounds__(kW * 32)
     extern __shared__ int4 staged[];
     prefetch_rows<kBits, kR, kU, kGated>(w, w2, first, lane);
     pdl_wait();
-    rows_with(stage_blocks(xq, xscale, xsum, static_cast<int>(w.cols >> 5), staged));
+    rows_with(norm.x ? stage_normed(norm, w.cols, staged)
+                     : stage_blocks(xq, xscale, xsum, static_cast<int>(w.cols >> 5), staged));
   } else {
     rows_with(GlobalBlocks{xq, xscale, xsum, static_cast<int>(w.cols >> 5)});
   }
@@ -332,7 +389,7 @@ struct MatrixGroup {
 template <int kBits, int kMaxN, int kW, int kU, bool kStaged = false>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_group_kernel(MatrixGroup g, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                             const int32_t* __restrict__ xsum, int n) {
+                             const int32_t* __restrict__ xsum, int n, NormIn norm = {}) {
   static_assert(!kStaged || kMaxN == 1, "one staged activation row");
   pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -362,7 +419,8 @@ __global__ void __launch_bounds__(kW * 32)
       prefetch_rows<kBits, 1, kU, false>(w, w, r, lane);
     }
     pdl_wait();
-    rows_with(stage_blocks(xq, xscale, xsum, static_cast<int>(g.w0.cols >> 5), staged));
+    rows_with(norm.x ? stage_normed(norm, g.w0.cols, staged)
+                     : stage_blocks(xq, xscale, xsum, static_cast<int>(g.w0.cols >> 5), staged));
   } else {
     rows_with(GlobalBlocks{xq, xscale, xsum, static_cast<int>(g.w0.cols >> 5)});
   }
@@ -624,13 +682,13 @@ void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int3
   if constexpr (kMaxN == 1) {
     if (stages(n, w.cols)) {
       launch_staged(affine_int8_kernel<kBits, 1, kW, kR, kU, false, true>, blocks_for(w.rows, kW * kR), grid, kW * 32,
-                    staged_bytes(w.cols >> 5), s, w, xq, xs, xsum, n, y, DevMatrix{}, GateAct::Silu, accum);
+                    staged_bytes(w.cols >> 5), s, w, xq, xs, xsum, n, y, DevMatrix{}, GateAct::Silu, accum, NormIn{});
       return;
     }
   }
   if (grid == 0) grid = blocks_for(w.rows, kW * kR);
   launch(affine_int8_kernel<kBits, kMaxN, kW, kR, kU>, grid, kW * 32, 0, s, w, xq, xs, xsum, n, y, DevMatrix{},
-         GateAct::Silu, accum);
+         GateAct::Silu, accum, NormIn{});
 }
 
 // Warps per block of the staged kernels: each block copies x once, so larger
@@ -756,37 +814,44 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 
 bool has_matvec_int8(const DevMatrix& w) { return w.storage == DevStorage::Affine; }
 
+bool products_take_norm(int64_t cols) {
+  return cols % 32 == 0 && cols <= kSplitNormMaxDim && stages(1, cols) &&
+         staged_bytes(cols >> 5) + normed_bytes(cols) <= kMaxStagedBytes && staged_norm_enabled();
+}
+
 namespace {
 template <int kMaxN>
 bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
-                  const float* xs, const int32_t* xsum, int n, float* out, cudaStream_t s) {
+                  const float* xs, const int32_t* xsum, int n, float* out, cudaStream_t s, const NormIn& norm) {
   constexpr int kW = 4;
   const unsigned grid = blocks_for(g.rows, kW);
+  if (norm.x && !(kMaxN == 1 && g.storage == DevStorage::Affine && xq && n == 1 && products_take_norm(g.cols)))
+    return false;
   if (g.storage == DevStorage::Affine) {
     if constexpr (kMaxN == 1) {
       if (xq && stages(n, g.cols)) {
         constexpr int kSW = kStagedWarps;
         const int64_t want = blocks_for(g.rows, kSW);
-        const size_t smem = staged_bytes(g.cols >> 5);
+        const size_t smem = staged_bytes(g.cols >> 5) + (norm.x ? normed_bytes(g.cols) : 0);
         switch (g.bits) {
-          case 2: launch_staged(affine_int8_kernel<2, 1, kSW, 2, 4, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-          case 3: launch_staged(affine_int8_kernel<3, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-          case 4: launch_staged(affine_int8_kernel<4, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-          case 5: launch_staged(affine_int8_kernel<5, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-          case 6: launch_staged(affine_int8_kernel<6, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-          default: launch_staged(affine_int8_kernel<8, 1, kSW, 2, 1, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
+          case 2: launch_staged(affine_int8_kernel<2, 1, kSW, 2, 4, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
+          case 3: launch_staged(affine_int8_kernel<3, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
+          case 4: launch_staged(affine_int8_kernel<4, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
+          case 5: launch_staged(affine_int8_kernel<5, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
+          case 6: launch_staged(affine_int8_kernel<6, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
+          default: launch_staged(affine_int8_kernel<8, 1, kSW, 2, 1, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
         }
         return true;
       }
     }
     if (xq) {
       switch (g.bits) {
-        case 2: launch(affine_int8_kernel<2, kMaxN, kW, 2, 4, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        case 3: launch(affine_int8_kernel<3, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        case 4: launch(affine_int8_kernel<4, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        case 5: launch(affine_int8_kernel<5, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        case 6: launch(affine_int8_kernel<6, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        default: launch(affine_int8_kernel<8, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
+        case 2: launch(affine_int8_kernel<2, kMaxN, kW, 2, 4, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
+        case 3: launch(affine_int8_kernel<3, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
+        case 4: launch(affine_int8_kernel<4, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
+        case 5: launch(affine_int8_kernel<5, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
+        case 6: launch(affine_int8_kernel<6, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
+        default: launch(affine_int8_kernel<8, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
       }
     } else {
       switch (g.bits) {
@@ -824,13 +889,13 @@ bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const flo
 }  // namespace
 
 bool matvec_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
-                  const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s) {
+                  const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s, const NormIn& norm) {
   const bool same = g.storage == u.storage && g.rows == u.rows && g.cols == u.cols && g.bits == u.bits &&
                     g.group == u.group && g.bf16_scales == u.bf16_scales && (g.biases == nullptr) == (u.biases == nullptr) &&
                     g.zero_point == u.zero_point && g.act == ActRounding::Exact && u.act == ActRounding::Exact;
   if (!same || n <= 0 || n > kMatvecMaxRows) return false;
-  const bool launched = n == 1 ? launch_gated<1>(g, u, act, x, xq, xscale, xsum, n, out, s)
-                               : launch_gated<kMatvecMaxRows>(g, u, act, x, xq, xscale, xsum, n, out, s);
+  const bool launched = n == 1 ? launch_gated<1>(g, u, act, x, xq, xscale, xsum, n, out, s, norm)
+                               : launch_gated<kMatvecMaxRows>(g, u, act, x, xq, xscale, xsum, n, out, s, norm);
   if (launched) OPTIQ_CUDA_LAUNCHED();
   return launched;
 }
@@ -848,19 +913,19 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const in
 namespace {
 template <int kMaxN>
 void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const int32_t* xsum, int n, int bits,
-                  cudaStream_t s) {
+                  cudaStream_t s, const NormIn& norm) {
   if constexpr (kMaxN == 1) {
     if (stages(n, g.w0.cols)) {
       constexpr int kSW = kStagedWarps;
       const int64_t want = blocks_for(g.end2, kSW);
-      const size_t smem = staged_bytes(g.w0.cols >> 5);
+      const size_t smem = staged_bytes(g.w0.cols >> 5) + (norm.x ? normed_bytes(g.w0.cols) : 0);
       switch (bits) {
-        case 2: launch_staged(affine_int8_group_kernel<2, 1, kSW, 8, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n); break;
-        case 3: launch_staged(affine_int8_group_kernel<3, 1, kSW, 5, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n); break;
-        case 4: launch_staged(affine_int8_group_kernel<4, 1, kSW, 4, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n); break;
-        case 5: launch_staged(affine_int8_group_kernel<5, 1, kSW, 3, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n); break;
-        case 6: launch_staged(affine_int8_group_kernel<6, 1, kSW, 3, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n); break;
-        default: launch_staged(affine_int8_group_kernel<8, 1, kSW, 4, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n); break;
+        case 2: launch_staged(affine_int8_group_kernel<2, 1, kSW, 8, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
+        case 3: launch_staged(affine_int8_group_kernel<3, 1, kSW, 5, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
+        case 4: launch_staged(affine_int8_group_kernel<4, 1, kSW, 4, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
+        case 5: launch_staged(affine_int8_group_kernel<5, 1, kSW, 3, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
+        case 6: launch_staged(affine_int8_group_kernel<6, 1, kSW, 3, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
+        default: launch_staged(affine_int8_group_kernel<8, 1, kSW, 4, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
       }
       return;
     }
@@ -868,19 +933,20 @@ void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const
   constexpr int kW = 4;
   const unsigned grid = blocks_for(g.end2, kW);
   switch (bits) {
-    case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 8>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 5>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    default: launch(affine_int8_group_kernel<8, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 8>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
+    case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 5>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
+    case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
+    case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
+    case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
+    default: launch(affine_int8_group_kernel<8, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
   }
 }
 }  // namespace
 
 bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const int8_t* xq, const float* xscale,
-                       const int32_t* xsum, int n, cudaStream_t s) {
+                       const int32_t* xsum, int n, cudaStream_t s, const NormIn& norm) {
   if (count < 1 || count > 3 || n <= 0 || n > kMatvecMaxRows) return false;
+  if (norm.x && !(n == 1 && products_take_norm(ws[0].cols))) return false;
   const DevMatrix& a = ws[0];
   for (int i = 0; i < count; ++i) {
     const DevMatrix& b = ws[i];
@@ -895,9 +961,9 @@ bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const i
   g.w1 = count > 1 ? ws[1] : ws[0], g.y1 = count > 1 ? ys[1] : ys[0], g.end1 = g.end0 + (count > 1 ? ws[1].rows : 0);
   g.w2 = count > 2 ? ws[2] : ws[0], g.y2 = count > 2 ? ys[2] : ys[0], g.end2 = g.end1 + (count > 2 ? ws[2].rows : 0);
   if (n == 1)
-    launch_group<1>(g, xq, xscale, xsum, n, a.bits, s);
+    launch_group<1>(g, xq, xscale, xsum, n, a.bits, s, norm);
   else
-    launch_group<kMatvecMaxRows>(g, xq, xscale, xsum, n, a.bits, s);
+    launch_group<kMatvecMaxRows>(g, xq, xscale, xsum, n, a.bits, s, norm);
   OPTIQ_CUDA_LAUNCHED();
   return true;
 }
