@@ -26,12 +26,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string_view>
 #include <unordered_map>
-#include <functional>
-#include <optional>
 #include <vector>
 
 #include "backend/backend.h"
@@ -47,22 +46,6 @@ namespace cuda {
 
 void fail_cuda(cudaError_t e, const char* what, const char* file, int line) {
   fail("CUDA: {} failed at {}:{}: {} ({})", what, file, line, cudaGetErrorString(e), cudaGetErrorName(e));
-}
-
-bool staging_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_STAGE");
-    return !(e && e[0] == '0');
-  }();
-  return on;
-}
-
-bool staged_norm_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_NORM_FUSE");
-    return !(e && e[0] == '0');
-  }();
-  return on;
 }
 
 bool pdl_enabled() {
@@ -493,7 +476,6 @@ class CudaBackend final : public Backend {
   }
   std::unique_ptr<RecordedStep> end_recording() override {
     check(recording_, "cuda backend: not recording");
-    flush_norm();
     recording_ = false;
     cudaGraph_t graph = nullptr;
     OPTIQ_CUDA_OK(cudaStreamEndCapture(stream_, &graph));
@@ -534,7 +516,6 @@ class CudaBackend final : public Backend {
   void abort_recording() override {
     if (!recording_) return;
     recording_ = false;
-    pending_norm_.reset();
     cudaGraph_t g = nullptr;
     cudaStreamEndCapture(stream_, &g);
     if (g) cudaGraphDestroy(g);
@@ -620,42 +601,6 @@ class CudaBackend final : public Backend {
     int64_t n = 0, cols = 0, op = -1;
     cuda::Int8Out blocks;
   } int8_input_;
-  // A decode norm not launched yet (matmul_add_rms_norm, one row): the next
-  // q/k/v group or gate/up pair that reads its output norms the row itself
-  // while staging it (cuda::NormIn); any other operation launches it first
-  // (Op's constructor), so every operation still sees the norm's output.
-  struct PendingNorm {
-    const float* x;
-    const float* w;
-    int64_t dim;
-    float eps;
-    float* out;
-    cuda::Int8Out blocks;
-  };
-  std::optional<PendingNorm> pending_norm_;
-  // The pending norm's own launch (its output and int8 blocks), recorded as
-  // the input of operation `op`'s successor.
-  void launch_norm(const PendingNorm& p, int64_t op) {
-    OPTIQ_CUDA_OK(cudaGetLastError());
-    check(cuda::rms_norm_split(p.x, p.w, 1, p.dim, p.eps, p.out, stream_, p.blocks.q, p.blocks.scale, p.blocks.sum),
-          "cuda backend: a deferred norm of {} values did not launch", p.dim);
-    int8_input_ = Int8Input{p.out, 1, p.dim, op, p.blocks};
-    last_y_ = nullptr;
-  }
-  void flush_norm() {
-    if (!pending_norm_) return;
-    const PendingNorm p = *pending_norm_;
-    pending_norm_.reset();
-    launch_norm(p, ops_);
-  }
-  // The pending norm when x is its output (one row): the caller's product takes it over.
-  std::optional<PendingNorm> take_norm(const float* x, int64_t n) {
-    if (!pending_norm_ || pending_norm_->out != x || n != 1) return std::nullopt;
-    std::optional<PendingNorm> p = std::move(pending_norm_);
-    pending_norm_.reset();
-    return p;
-  }
-  static cuda::NormIn norm_in(const PendingNorm& p) { return cuda::NormIn{p.x, p.w, p.eps, p.out, p.blocks}; }
   // Scratch for the int8 blocks of n rows of `cols` (one set: each
   // producer of blocks writes it after its readers are done).
   cuda::Int8Out int8_scratch(int64_t n, int64_t cols) {
@@ -826,21 +771,11 @@ void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const fl
     Backend::matmul_group(ws, x, n, ys);
     return;
   }
-  const std::optional<PendingNorm> norm = take_norm(x, n);
   Op op = timing_ && !recording_ ? Op(*this, "matmul group " + storage_name(ms[0]) + " int8") : Op(*this, "matmul");
   const float* prev_y = last_y_;
   const int64_t prev_y_n = last_y_n_;
   last_y_ = ys[0];
   last_y_n_ = n * ms[0].rows;
-  if (norm) {
-    const cuda::Int8Out& nb = norm->blocks;
-    if (cuda::matvec_int8_group(ms, ys.data(), static_cast<int>(count), nb.q, nb.scale, nb.sum, 1, stream_,
-                                norm_in(*norm))) {
-      int8_input_ = Int8Input{norm->out, 1, norm->dim, ops_, nb};
-      return;
-    }
-    launch_norm(*norm, ops_ - 1);  // as if it had run just before this operation
-  }
   const Int8Blocks b = int8_blocks(x, n, ms[0].cols, prev_y, prev_y_n);
   if (cuda::matvec_int8_group(ms, ys.data(), static_cast<int>(count), b.q, b.scale, b.sum, static_cast<int>(n),
                               stream_))
@@ -868,11 +803,6 @@ void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, in
     const Int8Blocks b = int8_blocks(a, n, m.cols, prev_y, prev_y_n);
     cuda::matvec_int8(m, b.q, b.scale, b.sum, static_cast<int>(n), y, stream_, x);
   }
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (n == 1 && cuda::products_take_norm(m.rows) && aligned(x) && aligned(w) && aligned(out)) {
-    pending_norm_ = PendingNorm{x, w, m.rows, eps, out, int8_scratch(1, m.rows)};
-    return;
-  }
   Op op(*this, "rms_norm");
   if (!decode_norm(x, w, n, m.rows, eps, out)) cuda::rms_norm(x, w, n, m.rows, eps, out, stream_);
 }
@@ -894,12 +824,6 @@ void CudaBackend::gated_matmul(const WeightHandle& gate, const WeightHandle& up,
   const DevMatrix& u = dev(up);
   if (!llamacpp && n > 0 && n <= kMatvecMaxRows && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     const bool int8 = g.act == ActRounding::Exact && kernels::decode_int8_enabled() && has_matvec_int8(g);
-    // Probe first (no launch when the pair cannot fuse), then round x once.
-    const bool fusable = int8 && g.storage == u.storage && g.bits == u.bits && g.group == u.group &&
-                         g.bf16_scales == u.bf16_scales && (g.biases == nullptr) == (u.biases == nullptr) &&
-                         g.zero_point == u.zero_point && u.act == ActRounding::Exact && g.rows == u.rows &&
-                         g.cols == u.cols;
-    const std::optional<PendingNorm> norm = fusable ? take_norm(x, n) : std::nullopt;
     Op op = timing_ && !recording_ ? Op(*this, "gated_matmul " + storage_name(g) + (int8 ? " int8" : " fp32"))
                                    : Op(*this, "gated_matmul");
     const float* prev_y = last_y_;
@@ -907,14 +831,10 @@ void CudaBackend::gated_matmul(const WeightHandle& gate, const WeightHandle& up,
     last_y_ = out;
     last_y_n_ = n * g.rows;
     if (int8) {
-      if (norm) {
-        const cuda::Int8Out& nb = norm->blocks;
-        if (cuda::matvec_gated(g, u, act, nullptr, nb.q, nb.scale, nb.sum, 1, out, stream_, norm_in(*norm))) {
-          int8_input_ = Int8Input{norm->out, 1, norm->dim, ops_, nb};
-          return;
-        }
-        launch_norm(*norm, ops_ - 1);  // as if it had run just before this operation
-      }
+      // Probe first (no launch when the pair cannot fuse), then round x once.
+      const bool fusable = g.storage == u.storage && g.bits == u.bits && g.group == u.group &&
+                           g.bf16_scales == u.bf16_scales && (g.biases == nullptr) == (u.biases == nullptr) &&
+                           g.zero_point == u.zero_point && u.act == ActRounding::Exact && g.rows == u.rows;
       if (fusable) {
         const Int8Blocks b = int8_blocks(x, n, g.cols, prev_y, prev_y_n);
         // (Its output's int8 blocks made by the last warp to finish each group of 32 rows, instead of a
@@ -1188,7 +1108,6 @@ Op::Op(CudaBackend& b, const char* name) : Op(b, std::string()) {
 }
 
 Op::Op(CudaBackend& b, std::string name) {
-  b.flush_norm();
   ++b.ops_;
   if (!b.timing_ || b.recording_) return;
   timed_ = &b;

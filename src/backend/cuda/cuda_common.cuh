@@ -52,14 +52,6 @@ class DeviceMemory {
 // previous operation is still running, instead of paying a launch and a
 // memory latency after it. Off below sm_90 and with OPTIQ_CUDA_PDL=0.
 bool pdl_enabled();
-// Decode products copy their activation row to shared memory once per block
-// (matvec.cu); OPTIQ_CUDA_STAGE=0 reads it from global memory per weight row
-// instead (the comparison in BENCHMARKS.md §6).
-bool staging_enabled();
-// The decode norm before q/k/v and before gate/up computed by those
-// products while they stage their input, instead of its own launch
-// (cuda_backend.cpp's PendingNorm); OPTIQ_CUDA_NORM_FUSE=0 launches it.
-bool staged_norm_enabled();
 
 // Launches `kernel` on stream s, with programmatic serialisation when enabled.
 template <class... Params, class... Args>
@@ -140,27 +132,6 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : 0.0f;
   return warp_sum(v);
-}
-// The sum of a block's doubles (the CPU sums squares in double); every thread gets it.
-__device__ __forceinline__ double block_sum_double(double v) {
-  __shared__ double partial[32];
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == 0) partial[0] = v;
-  }
-  __syncthreads();
-  return partial[0];
-}
-
-__device__ __forceinline__ float rms_scale(double ss, int64_t dim, float eps) {
-  return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(dim) + static_cast<double>(eps)));
 }
 #endif
 

@@ -48,22 +48,6 @@ struct Int8Out {
   int32_t* sum = nullptr;
 };
 
-// A decode product's input given as the RMS norm of one residual row instead
-// of its int8 blocks: the product norms the row while staging it (what
-// rms_norm_split computes, bit for bit) and its first block also writes the
-// norm's output and int8 blocks, so memory afterwards holds what the norm
-// launch would have left. x null: no norm (the input is xq/xscale/xsum).
-struct NormIn {
-  const float* x = nullptr;  // the residual row (16-byte aligned), cols wide
-  const float* w = nullptr;  // the norm's weights
-  float eps = 0.0f;
-  float* out = nullptr;      // the norm's output row
-  Int8Out int8;              // and its int8 blocks
-};
-// Whether the int8 decode products can take a NormIn for a row of `cols`
-// (one activation row; cols a multiple of 32, at most kSplitNormMaxDim).
-bool products_take_norm(int64_t cols);
-
 // y[n x rows] = x[n x cols] . W^T with fp32 activations (every storage).
 void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s);
 // The same with activations rounded to int8 blocks of 32 by quantize_act_int8
@@ -76,16 +60,13 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xscale, cons
 // in one launch: ys[i] = x . W_i^T. False (nothing launched) when they differ
 // in format or width.
 bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const int8_t* xq, const float* xscale,
-                       const int32_t* xsum, int n, cudaStream_t s, const NormIn& norm = {});
+                       const int32_t* xsum, int n, cudaStream_t s);
 // The gated MLP's first half in one pass: out = act(x . G^T) * (x . U^T),
 // when G and U share a storage these kernels fuse (affine of one format, or
 // dense); false (nothing launched) otherwise. xq/xscale/xsum: int8 blocks of
 // x for the int8 path (null: fp32 x).
-// With norm.x (int8 path, one row): x's blocks made from the norm (false,
-// nothing launched, where products_take_norm does not hold).
 bool matvec_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
-                  const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s,
-                  const NormIn& norm = {});
+                  const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s);
 // Tuning experiments (bench/gpu_kernels.cpp): one activation row, a launch
 // shape by index (names in kMatvecTunings: warps per block, rows per warp),
 // grid 0 = one block per row group; affine 4/8-bit (int8) and bf16 (fp32)

@@ -13,13 +13,7 @@
 //    per chunk through the chunk's sum of x.
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
-#include "backend/cuda/norm.cuh"
 #include "backend/cuda/weight_decode.cuh"
-
-#include <algorithm>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 namespace optiq::cuda {
 namespace {
@@ -166,149 +160,25 @@ __host__ __device__ constexpr int warp_rows() {
   return kGated ? 1 : kR;
 }
 
-// Where the int8 kernels read x's blocks. GlobalBlocks: from global memory,
-// every warp for every weight row (several activation rows, or a row too long
-// for shared memory). SharedBlocks: one activation row staged in shared memory
-// once per block. Re-reading x through L2 for every weight row moved more
-// bytes through L2 than the weights themselves (a 14336-wide row's blocks are
-// 18 kB against 7 kB of 4-bit codes), and the products stopped near 60% of
-// the DRAM bandwidth at the L2's.
-struct GlobalBlocks {
-  const int8_t* __restrict__ q;
-  const float* __restrict__ scale;
-  const int32_t* __restrict__ sum;
-  int chunks;
-  __device__ __forceinline__ void load(int i, int c, int (&xv)[8], float& sx, float& sumx) const {
-    const int4* p = reinterpret_cast<const int4*>(q + (static_cast<int64_t>(i) * chunks + c) * 32);
-    const int4 a = __ldg(p), b = __ldg(p + 1);
-    xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w, xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
-    sx = __ldg(scale + i * chunks + c);
-    sumx = sx * static_cast<float>(__ldg(sum + i * chunks + c));
-  }
-};
-struct SharedBlocks {
-  const int4* q;        // chunks x 2
-  const float* scale;   // chunks
-  const float* sumx;    // chunks: scale * sum, as GlobalBlocks computes it
-  __device__ __forceinline__ void load(int, int c, int (&xv)[8], float& sx, float& sumx_out) const {
-    const int4 a = q[2 * c], b = q[2 * c + 1];
-    xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w, xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
-    sx = scale[c];
-    sumx_out = sumx[c];
-  }
-};
-
-// Shared memory for one staged row of `chunks` blocks: 32 codes, a scale and
-// a scaled sum each.
-inline size_t staged_bytes(int64_t chunks) { return static_cast<size_t>(chunks) * 40; }
-// Rows that fit the default 48 kB (no opt-in needed): widths up to 39k.
-constexpr size_t kMaxStagedBytes = 48 * 1024;
-
-// Copies row 0's blocks into shared memory (every thread of the block takes
-// part; after pdl_wait: x is the previous operation's output).
-__device__ __forceinline__ SharedBlocks stage_blocks(const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                                                     const int32_t* __restrict__ xsum, int chunks, int4* smem) {
-  int4* q = smem;
-  float* scale = reinterpret_cast<float*>(smem + 2 * chunks);
-  float* sumx = scale + chunks;
-  const int4* g = reinterpret_cast<const int4*>(xq);
-  for (int i = threadIdx.x; i < 2 * chunks; i += blockDim.x) q[i] = __ldg(g + i);
-  for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
-    const float sx = __ldg(xscale + i);
-    scale[i] = sx;
-    sumx[i] = sx * static_cast<float>(__ldg(xsum + i));
-  }
-  __syncthreads();
-  return SharedBlocks{q, scale, sumx};
-}
-
-// Shared memory a normed staged row takes besides its blocks: the normed
-// values (fp32) between the norm and the int8 rounding.
-inline size_t normed_bytes(int64_t cols) { return static_cast<size_t>(cols) * 4; }
-
-// The blocks of rms_norm(nm.x) * nm.w (cols wide) in shared memory, each
-// value and block as rms_norm_split makes them; block 0 of the grid also
-// writes the normed row and its int8 blocks to nm.out / nm.int8 (the norm
-// launch this replaces). Every thread of the kRowSumThreads-thread block
-// takes part; after pdl_wait.
-__device__ __forceinline__ SharedBlocks stage_normed(const NormIn& nm, int64_t cols, int4* smem) {
-  const int chunks = static_cast<int>(cols >> 5), t = threadIdx.x;
-  int4* q = smem;
-  float* scale = reinterpret_cast<float*>(smem + 2 * chunks);
-  float* sumx = scale + chunks;
-  float* r = sumx + chunks;  // cols normed values
-  float4 v[kRowLoads];
-  const float s = rms_scale(row_sum_squares(nm.x, cols, v), cols, nm.eps);
-  const bool writer = blockIdx.x == 0;
-#pragma unroll
-  for (int k = 0; k < kRowLoads; ++k) {
-    const int64_t e = 4 * (t + static_cast<int64_t>(k) * kRowSumThreads);
-    if (e >= cols) break;
-    const float4 w = __ldg(reinterpret_cast<const float4*>(nm.w + e));
-    const float4 o = make_float4(normed(v[k].x, s, w.x), normed(v[k].y, s, w.y), normed(v[k].z, s, w.z),
-                                 normed(v[k].w, s, w.w));
-    *reinterpret_cast<float4*>(r + e) = o;
-    if (writer) *reinterpret_cast<float4*>(nm.out + e) = o;
-  }
-  __syncthreads();
-  // One int8 block a thread (chunks <= kRowSumThreads), int8_block's
-  // arithmetic; its 32 values read in a rotated order (no bank conflicts).
-  if (t < chunks) {
-    int8_t* qb = reinterpret_cast<int8_t*>(q);
-    float amax = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(r[32 * t + ((j + t) & 31)]));
-    const float sc = amax / 127.0f, inv = sc > 0.0f ? 1.0f / sc : 0.0f;
-    int total = 0;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int idx = 32 * t + ((j + t) & 31);
-      const int qv = __float2int_rn(__fmul_rn(r[idx], inv));
-      qb[idx] = static_cast<int8_t>(qv);
-      total += qv;
-    }
-    scale[t] = sc;
-    sumx[t] = sc * static_cast<float>(total);
-    if (writer) nm.int8.scale[t] = sc, nm.int8.sum[t] = total;
-  }
-  __syncthreads();
-  if (writer)
-    for (int i = t; i < 2 * chunks; i += blockDim.x) reinterpret_cast<int4*>(nm.int8.q)[i] = q[i];
-  return SharedBlocks{q, scale, sumx};
-}
-
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
-// Asks L2 for the first kU chunks of a warp's first row slots while the
-// block waits for x (the staged kernels' stand-in for loading them before
-// pdl_wait: they need all their registers after it).
-template <int kBits, int kR, int kU, bool kGated>
-__device__ __forceinline__ void prefetch_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane) {
-  if (r0 >= w.rows) return;
-  const int chunks = static_cast<int>(w.cols >> 5);
-  AffineRow rows[kR];
-  affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
-#pragma unroll
-  for (int u = 0; u < kU; ++u)
-#pragma unroll
-    for (int r = 0; r < kR; ++r) prefetch_l2(rows[r].words + min(lane + 32 * u, chunks - 1) * kBits);
-}
-
-// One set of kU chunks of every row slot against the int8 activation blocks:
-// acc[r][i] += row slot r . x_i over those chunks.
-template <int kBits, int kMaxN, int kR, int kU, class X>
+// The kR row slots of a warp (rows r0.. of w, or row r0 of w and of w2)
+// against int8 activation blocks: acc[r][i] = row slot r . x_i.
+// One set of kU chunks of every row slot against the int8 activation blocks.
+template <int kBits, int kMaxN, int kR, int kU>
 __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (&words)[kU][kR][kBits],
-                                            const float (&sc)[kU][kR], const float (&bi)[kU][kR], const X& xb, int n,
-                                            float (&acc)[kR][kMaxN]) {
+                                            const float (&sc)[kU][kR], const float (&bi)[kU][kR],
+                                            const int8_t* __restrict__ xq, const float* __restrict__ xscale,
+                                            const int32_t* __restrict__ xsum, int n, float (&acc)[kR][kMaxN]) {
 #pragma unroll
   for (int u = 0; u < kU; ++u) {
     const int c = min(c0 + 32 * u, chunks - 1);  // a valid address; its scale is 0 past the row
 #pragma unroll
     for (int i = 0; i < kMaxN; ++i) {
       if (i >= n) break;
-      int xv[8];
-      float sx, sumx;
-      xb.load(i, c, xv, sx, sumx);
+      const int4* p = reinterpret_cast<const int4*>(xq + (static_cast<int64_t>(i) * chunks + c) * 32);
+      const int4 a = __ldg(p), b = __ldg(p + 1);
+      const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      const float sx = __ldg(xscale + i * chunks + c);
+      const float sumx = sx * static_cast<float>(__ldg(xsum + i * chunks + c));
 #pragma unroll
       for (int r = 0; r < kR; ++r) {
         const int d = dot_chunk<kBits>(words[u][r], xv);
@@ -323,9 +193,10 @@ __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (
 // next set of chunks before this set's arithmetic made the down product
 // slower on the H200, 17.7 -> 22.6 us: the registers it takes cost more
 // occupancy than the overlap gains.)
-template <int kBits, int kMaxN, int kR, int kU, bool kGated, class X>
-__device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane, const X& xb,
-                                          int n, float (&acc)[kR][kMaxN]) {
+template <int kBits, int kMaxN, int kR, int kU, bool kGated>
+__device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
+                                          const int8_t* __restrict__ xq, const float* __restrict__ xscale,
+                                          const int32_t* __restrict__ xsum, int n, float (&acc)[kR][kMaxN]) {
   const int chunks = static_cast<int>(w.cols >> 5);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
   AffineRow rows[kR];
@@ -334,45 +205,30 @@ __device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w
     uint32_t words[kU][kR][kBits];
     float sc[kU][kR], bi[kU][kR];
     load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
-    pdl_wait();  // weights are in flight; x is the previous operation's output (a no-op once staged)
-    int8_chunks<kBits, kMaxN, kR, kU>(c0, chunks, words, sc, bi, xb, n, acc);
+    pdl_wait();  // weights are in flight; x is the previous operation's output
+    int8_chunks<kBits, kMaxN, kR, kU>(c0, chunks, words, sc, bi, xq, xscale, xsum, n, acc);
   }
 }
 
-// kStaged (one activation row, launched with staged_bytes of shared memory):
-// x's blocks are read from shared memory.
-template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false, bool kStaged = false>
+template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_kernel(DevMatrix w, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
                        const int32_t* __restrict__ xsum, int n, float* __restrict__ y, DevMatrix w2 = {},
-                       GateAct act = GateAct::Silu, float* accum = nullptr, NormIn norm = {}) {
+                       GateAct act = GateAct::Silu, float* accum = nullptr) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
-  static_assert(!kStaged || kMaxN == 1, "one staged activation row");
   pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr int kStep = warp_rows<kGated, kR>();
-  const int64_t first = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kW * kStep;
-  auto rows_with = [&](const auto& xb) {
-    for (int64_t r0 = first; r0 < w.rows; r0 += stride) {
-      float acc[kR][kMaxN] = {};
-      int8_rows<kBits, kMaxN, kR, kU, kGated>(w, w2, r0, lane, xb, n, acc);
-      if constexpr (kGated) {
-        store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
-      } else {
+  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
+       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
+    float acc[kR][kMaxN] = {};
+    int8_rows<kBits, kMaxN, kR, kU, kGated>(w, w2, r0, lane, xq, xscale, xsum, n, acc);
+    if constexpr (kGated) {
+      store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
+    } else {
 #pragma unroll
-        for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y, accum);
-      }
+      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y, accum);
     }
-  };
-  if constexpr (kStaged) {
-    extern __shared__ int4 staged[];
-    prefetch_rows<kBits, kR, kU, kGated>(w, w2, first, lane);
-    pdl_wait();
-    rows_with(norm.x ? stage_normed(norm, w.cols, staged)
-                     : stage_blocks(xq, xscale, xsum, static_cast<int>(w.cols >> 5), staged));
-  } else {
-    rows_with(GlobalBlocks{xq, xscale, xsum, static_cast<int>(w.cols >> 5)});
   }
 }
 
@@ -386,43 +242,21 @@ struct MatrixGroup {
   int64_t end0 = 0, end1 = 0, end2 = 0;  // running row counts
 };
 
-template <int kBits, int kMaxN, int kW, int kU, bool kStaged = false>
+template <int kBits, int kMaxN, int kW, int kU>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_group_kernel(MatrixGroup g, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                             const int32_t* __restrict__ xsum, int n, NormIn norm = {}) {
-  static_assert(!kStaged || kMaxN == 1, "one staged activation row");
+                             const int32_t* __restrict__ xsum, int n) {
   pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * kW + warp, stride = static_cast<int64_t>(gridDim.x) * kW;
-  auto matrix_of = [&](int64_t R, int64_t& r) -> int {
+  for (int64_t R = static_cast<int64_t>(blockIdx.x) * kW + warp; R < g.end2;
+       R += static_cast<int64_t>(gridDim.x) * kW) {
     const int m = R < g.end0 ? 0 : (R < g.end1 ? 1 : 2);  // uniform in the warp
-    r = R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1));
-    return m;
-  };
-  auto rows_with = [&](const auto& xb) {
-    for (int64_t R = first; R < g.end2; R += stride) {
-      int64_t r;
-      const int m = matrix_of(R, r);
-      const DevMatrix w = m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2);
-      float* y = m == 0 ? g.y0 : (m == 1 ? g.y1 : g.y2);
-      float acc[1][kMaxN] = {};
-      int8_rows<kBits, kMaxN, 1, kU, false>(w, w, r, lane, xb, n, acc);
-      store_rows<kMaxN>(acc[0], n, r, w.rows, lane, y);
-    }
-  };
-  if constexpr (kStaged) {
-    extern __shared__ int4 staged[];
-    if (first < g.end2) {
-      int64_t r;
-      const int m = matrix_of(first, r);
-      const DevMatrix& w = m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2);
-      prefetch_rows<kBits, 1, kU, false>(w, w, r, lane);
-    }
-    pdl_wait();
-    rows_with(norm.x ? stage_normed(norm, g.w0.cols, staged)
-                     : stage_blocks(xq, xscale, xsum, static_cast<int>(g.w0.cols >> 5), staged));
-  } else {
-    rows_with(GlobalBlocks{xq, xscale, xsum, static_cast<int>(g.w0.cols >> 5)});
+    const DevMatrix w = m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2);
+    float* y = m == 0 ? g.y0 : (m == 1 ? g.y1 : g.y2);
+    const int64_t r = R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1));
+    float acc[1][kMaxN] = {};
+    int8_rows<kBits, kMaxN, 1, kU, false>(w, w, r, lane, xq, xscale, xsum, n, acc);
+    store_rows<kMaxN>(acc[0], n, r, w.rows, lane, y);
   }
 }
 
@@ -483,29 +317,15 @@ __global__ void __launch_bounds__(kW * 32)
 }
 
 // fp32 activations, dense fp16/bf16/fp32 storage: 8 weights per lane per step.
-// kStaged (one activation row of at most 48 kB, launched with that much
-// shared memory): x copied to shared memory once per block, as the int8
-// kernels' SharedBlocks.
-template <DevStorage kStorage, int kMaxN, int kW, int kR, int kU, bool kGated = false, bool kStaged = false>
+template <DevStorage kStorage, int kMaxN, int kW, int kR, int kU, bool kGated = false>
 __global__ void __launch_bounds__(kW * 32)
     dense_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y, DevMatrix w2 = {},
                  GateAct act = GateAct::Silu) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
-  static_assert(!kStaged || kMaxN == 1, "one staged activation row");
   pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t steps = w.cols / 8;
   constexpr int kStep = warp_rows<kGated, kR>();
-  const float* xsrc = x;
-  if constexpr (kStaged) {
-    extern __shared__ int4 staged[];
-    pdl_wait();
-    float4* sx = reinterpret_cast<float4*>(staged);
-    const float4* gx = reinterpret_cast<const float4*>(x);
-    for (int64_t k = threadIdx.x; k < w.cols / 4; k += blockDim.x) sx[k] = __ldg(gx + k);
-    __syncthreads();
-    xsrc = reinterpret_cast<const float*>(staged);
-  }
   for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
        r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
     float acc[kR][kMaxN] = {};
@@ -550,13 +370,8 @@ __global__ void __launch_bounds__(kW * 32)
 #pragma unroll
         for (int i = 0; i < kMaxN; ++i) {
           if (i >= n) break;
-          const float4* xp = reinterpret_cast<const float4*>(xsrc + i * w.cols) + 2 * c;
-          float4 a, b;
-          if constexpr (kStaged) {
-            a = xp[0], b = xp[1];
-          } else {
-            a = __ldg(xp), b = __ldg(xp + 1);
-          }
+          const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols) + 2 * c;
+          const float4 a = __ldg(xp), b = __ldg(xp + 1);
           const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
           for (int r = 0; r < kR; ++r)
@@ -642,66 +457,22 @@ __global__ void dense_scalar_kernel(DevMatrix w, const float* __restrict__ x, in
 }
 
 
-// Blocks of `kernel` (threads, smem) the whole GPU holds at once: the staged
-// kernels' grid, so each block stages x once and walks its rows (cached per
-// kernel, device and shared memory size).
-template <class... P>
-int64_t resident_blocks(void (*kernel)(P...), int threads, size_t smem) {
-  static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, size_t>, int64_t> cache;
-  int dev = 0;
-  OPTIQ_CUDA_OK(cudaGetDevice(&dev));
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, smem);
-  std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = cache.find(key); it != cache.end()) return it->second;
-  int per_sm = 0, sms = 0;
-  OPTIQ_CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  OPTIQ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int64_t blocks = std::max<int64_t>(1, static_cast<int64_t>(per_sm) * sms);
-  cache.emplace(key, blocks);
-  return blocks;
-}
-
-// A staged kernel over `want` blocks' worth of rows: at most as many blocks
-// as are resident at once (grid 0), or `grid`.
-template <class... P, class... A>
-void launch_staged(void (*kernel)(P...), int64_t want, unsigned grid, int threads, size_t smem, cudaStream_t s,
-                   A&&... args) {
-  if (grid == 0) grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(want, resident_blocks(kernel, threads, smem))));
-  launch(kernel, grid, threads, smem, s, std::forward<A>(args)...);
-}
-
-// One activation row whose blocks fit shared memory: staged (SharedBlocks).
-inline bool stages(int n, int64_t cols) {
-  return n == 1 && staged_bytes(cols >> 5) <= kMaxStagedBytes && staging_enabled();
-}
-
 template <int kBits, int kMaxN, int kW, int kR, int kU>
 void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                unsigned grid, cudaStream_t s, float* accum = nullptr) {
-  if constexpr (kMaxN == 1) {
-    if (stages(n, w.cols)) {
-      launch_staged(affine_int8_kernel<kBits, 1, kW, kR, kU, false, true>, blocks_for(w.rows, kW * kR), grid, kW * 32,
-                    staged_bytes(w.cols >> 5), s, w, xq, xs, xsum, n, y, DevMatrix{}, GateAct::Silu, accum, NormIn{});
-      return;
-    }
-  }
   if (grid == 0) grid = blocks_for(w.rows, kW * kR);
   launch(affine_int8_kernel<kBits, kMaxN, kW, kR, kU>, grid, kW * 32, 0, s, w, xq, xs, xsum, n, y, DevMatrix{},
-         GateAct::Silu, accum, NormIn{});
+         GateAct::Silu, accum);
 }
 
-// Warps per block of the staged kernels: each block copies x once, so larger
-// blocks copy it fewer times.
-constexpr int kStagedWarps = 8;
 
 // One row a warp, 16 code words a lane in flight (bench/gpu_kernels.cpp on the
 // H200: 2-15% over two rows a warp on every 8B-layer shape at 4 bits, and
 // 8-bit codes gain from 32 words).
-template <int kMaxN, int kW>
-void affine_int8_warps(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
-                       cudaStream_t s, float* accum) {
-  constexpr int kR = 1;
+template <int kMaxN>
+void launch_affine_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
+                        cudaStream_t s, float* accum) {
+  constexpr int kW = 4, kR = 1;
   switch (w.bits) {
     case 2: int8_with<2, kMaxN, kW, kR, 8>(w, xq, xs, xsum, n, y, 0, s, accum); break;
     case 3: int8_with<3, kMaxN, kW, kR, 5>(w, xq, xs, xsum, n, y, 0, s, accum); break;
@@ -710,15 +481,6 @@ void affine_int8_warps(const DevMatrix& w, const int8_t* xq, const float* xs, co
     case 6: int8_with<6, kMaxN, kW, kR, 3>(w, xq, xs, xsum, n, y, 0, s, accum); break;
     default: int8_with<8, kMaxN, kW, kR, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
   }
-}
-
-template <int kMaxN>
-void launch_affine_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
-                        cudaStream_t s, float* accum) {
-  if constexpr (kMaxN == 1) {
-    if (stages(n, w.cols)) return affine_int8_warps<1, kStagedWarps>(w, xq, xs, xsum, n, y, s, accum);
-  }
-  affine_int8_warps<kMaxN, 4>(w, xq, xs, xsum, n, y, s, accum);
 }
 
 template <int kMaxN>
@@ -735,21 +497,9 @@ void launch_affine_f32(const DevMatrix& w, const float* x, int n, float* y, cuda
   }
 }
 
-// Dense rows whose fp32 x fits shared memory are staged.
-inline bool stages_dense(int n, int64_t cols) {
-  return n == 1 && static_cast<size_t>(cols) * 4 <= kMaxStagedBytes && staging_enabled();
-}
-
 template <DevStorage kStorage, int kMaxN>
 void launch_dense(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
   constexpr int kW = 4, kR = 1, kU = 4;
-  if constexpr (kMaxN == 1) {
-    if (stages_dense(n, w.cols)) {
-      launch_staged(dense_kernel<kStorage, 1, kStagedWarps, kR, kU, false, true>, blocks_for(w.rows, kStagedWarps * kR), 0,
-                    kStagedWarps * 32, static_cast<size_t>(w.cols) * 4, s, w, x, n, y, DevMatrix{}, GateAct::Silu);
-      return;
-    }
-  }
   launch(dense_kernel<kStorage, kMaxN, kW, kR, kU>, blocks_for(w.rows, kW * kR), kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu);
 }
 
@@ -814,44 +564,21 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 
 bool has_matvec_int8(const DevMatrix& w) { return w.storage == DevStorage::Affine; }
 
-bool products_take_norm(int64_t cols) {
-  return cols % 32 == 0 && cols <= kSplitNormMaxDim && stages(1, cols) &&
-         staged_bytes(cols >> 5) + normed_bytes(cols) <= kMaxStagedBytes && staged_norm_enabled();
-}
-
 namespace {
 template <int kMaxN>
 bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
-                  const float* xs, const int32_t* xsum, int n, float* out, cudaStream_t s, const NormIn& norm) {
+                  const float* xs, const int32_t* xsum, int n, float* out, cudaStream_t s) {
   constexpr int kW = 4;
   const unsigned grid = blocks_for(g.rows, kW);
-  if (norm.x && !(kMaxN == 1 && g.storage == DevStorage::Affine && xq && n == 1 && products_take_norm(g.cols)))
-    return false;
   if (g.storage == DevStorage::Affine) {
-    if constexpr (kMaxN == 1) {
-      if (xq && stages(n, g.cols)) {
-        constexpr int kSW = kStagedWarps;
-        const int64_t want = blocks_for(g.rows, kSW);
-        const size_t smem = staged_bytes(g.cols >> 5) + (norm.x ? normed_bytes(g.cols) : 0);
-        switch (g.bits) {
-          case 2: launch_staged(affine_int8_kernel<2, 1, kSW, 2, 4, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
-          case 3: launch_staged(affine_int8_kernel<3, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
-          case 4: launch_staged(affine_int8_kernel<4, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
-          case 5: launch_staged(affine_int8_kernel<5, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
-          case 6: launch_staged(affine_int8_kernel<6, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
-          default: launch_staged(affine_int8_kernel<8, 1, kSW, 2, 1, true, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, out, u, act, nullptr, norm); break;
-        }
-        return true;
-      }
-    }
     if (xq) {
       switch (g.bits) {
-        case 2: launch(affine_int8_kernel<2, kMaxN, kW, 2, 4, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
-        case 3: launch(affine_int8_kernel<3, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
-        case 4: launch(affine_int8_kernel<4, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
-        case 5: launch(affine_int8_kernel<5, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
-        case 6: launch(affine_int8_kernel<6, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
-        default: launch(affine_int8_kernel<8, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr, NormIn{}); break;
+        case 2: launch(affine_int8_kernel<2, kMaxN, kW, 2, 4, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
+        case 3: launch(affine_int8_kernel<3, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
+        case 4: launch(affine_int8_kernel<4, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
+        case 5: launch(affine_int8_kernel<5, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
+        case 6: launch(affine_int8_kernel<6, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
+        default: launch(affine_int8_kernel<8, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
       }
     } else {
       switch (g.bits) {
@@ -866,19 +593,6 @@ bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const flo
     return true;
   }
   if (g.cols % 8 != 0 || xq) return false;
-  if constexpr (kMaxN == 1) {
-    if (stages_dense(n, g.cols)) {
-      constexpr int kSW = kStagedWarps;
-      const int64_t want = blocks_for(g.rows, kSW);
-      const size_t smem = static_cast<size_t>(g.cols) * 4;
-      switch (g.storage) {
-        case DevStorage::F32: launch_staged(dense_kernel<DevStorage::F32, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, x, n, out, u, act); return true;
-        case DevStorage::F16: launch_staged(dense_kernel<DevStorage::F16, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, x, n, out, u, act); return true;
-        case DevStorage::BF16: launch_staged(dense_kernel<DevStorage::BF16, 1, kSW, 2, 2, true, true>, want, 0, kSW * 32, smem, s, g, x, n, out, u, act); return true;
-        default: return false;
-      }
-    }
-  }
   switch (g.storage) {
     case DevStorage::F32: launch(dense_kernel<DevStorage::F32, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); return true;
     case DevStorage::F16: launch(dense_kernel<DevStorage::F16, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); return true;
@@ -889,13 +603,13 @@ bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const flo
 }  // namespace
 
 bool matvec_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
-                  const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s, const NormIn& norm) {
+                  const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s) {
   const bool same = g.storage == u.storage && g.rows == u.rows && g.cols == u.cols && g.bits == u.bits &&
                     g.group == u.group && g.bf16_scales == u.bf16_scales && (g.biases == nullptr) == (u.biases == nullptr) &&
                     g.zero_point == u.zero_point && g.act == ActRounding::Exact && u.act == ActRounding::Exact;
   if (!same || n <= 0 || n > kMatvecMaxRows) return false;
-  const bool launched = n == 1 ? launch_gated<1>(g, u, act, x, xq, xscale, xsum, n, out, s, norm)
-                               : launch_gated<kMatvecMaxRows>(g, u, act, x, xq, xscale, xsum, n, out, s, norm);
+  const bool launched = n == 1 ? launch_gated<1>(g, u, act, x, xq, xscale, xsum, n, out, s)
+                               : launch_gated<kMatvecMaxRows>(g, u, act, x, xq, xscale, xsum, n, out, s);
   if (launched) OPTIQ_CUDA_LAUNCHED();
   return launched;
 }
@@ -913,40 +627,23 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const in
 namespace {
 template <int kMaxN>
 void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const int32_t* xsum, int n, int bits,
-                  cudaStream_t s, const NormIn& norm) {
-  if constexpr (kMaxN == 1) {
-    if (stages(n, g.w0.cols)) {
-      constexpr int kSW = kStagedWarps;
-      const int64_t want = blocks_for(g.end2, kSW);
-      const size_t smem = staged_bytes(g.w0.cols >> 5) + (norm.x ? normed_bytes(g.w0.cols) : 0);
-      switch (bits) {
-        case 2: launch_staged(affine_int8_group_kernel<2, 1, kSW, 8, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
-        case 3: launch_staged(affine_int8_group_kernel<3, 1, kSW, 5, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
-        case 4: launch_staged(affine_int8_group_kernel<4, 1, kSW, 4, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
-        case 5: launch_staged(affine_int8_group_kernel<5, 1, kSW, 3, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
-        case 6: launch_staged(affine_int8_group_kernel<6, 1, kSW, 3, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
-        default: launch_staged(affine_int8_group_kernel<8, 1, kSW, 4, true>, want, 0, kSW * 32, smem, s, g, xq, xs, xsum, n, norm); break;
-      }
-      return;
-    }
-  }
+                  cudaStream_t s) {
   constexpr int kW = 4;
   const unsigned grid = blocks_for(g.end2, kW);
   switch (bits) {
-    case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 8>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
-    case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 5>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
-    case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
-    case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
-    case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
-    default: launch(affine_int8_group_kernel<8, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, NormIn{}); break;
+    case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 8>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 5>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    default: launch(affine_int8_group_kernel<8, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
   }
 }
 }  // namespace
 
 bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const int8_t* xq, const float* xscale,
-                       const int32_t* xsum, int n, cudaStream_t s, const NormIn& norm) {
+                       const int32_t* xsum, int n, cudaStream_t s) {
   if (count < 1 || count > 3 || n <= 0 || n > kMatvecMaxRows) return false;
-  if (norm.x && !(n == 1 && products_take_norm(ws[0].cols))) return false;
   const DevMatrix& a = ws[0];
   for (int i = 0; i < count; ++i) {
     const DevMatrix& b = ws[i];
@@ -961,9 +658,9 @@ bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const i
   g.w1 = count > 1 ? ws[1] : ws[0], g.y1 = count > 1 ? ys[1] : ys[0], g.end1 = g.end0 + (count > 1 ? ws[1].rows : 0);
   g.w2 = count > 2 ? ws[2] : ws[0], g.y2 = count > 2 ? ys[2] : ys[0], g.end2 = g.end1 + (count > 2 ? ws[2].rows : 0);
   if (n == 1)
-    launch_group<1>(g, xq, xscale, xsum, n, a.bits, s, norm);
+    launch_group<1>(g, xq, xscale, xsum, n, a.bits, s);
   else
-    launch_group<kMatvecMaxRows>(g, xq, xscale, xsum, n, a.bits, s, norm);
+    launch_group<kMatvecMaxRows>(g, xq, xscale, xsum, n, a.bits, s);
   OPTIQ_CUDA_LAUNCHED();
   return true;
 }
