@@ -8,8 +8,10 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <string_view>
 
 #include "core/error.h"
 
@@ -18,7 +20,6 @@ namespace optiq {
 namespace fs = std::filesystem;
 
 namespace {
-constexpr size_t kBuffer = size_t{1} << 20;  // small writes gathered into 1 MB ones
 std::atomic<int> g_serial{0};                 // several temporaries of one process in one directory
 
 fs::path dir_of(const fs::path& target) { return target.has_parent_path() ? target.parent_path() : fs::path("."); }
@@ -76,10 +77,124 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0)
     fail("{}: cannot create a temporary file in {}: {}", path_, dir_of(path_).string(), std::strerror(errno));
-  buf_.reserve(kBuffer);
+  out_ = std::make_unique<FileAppender>(fd_, tmp_, 0);
+}
+
+// --- FileAppender ---
+
+namespace {
+constexpr size_t kDirectAlign = 4096;
+
+bool direct_io_allowed() {
+  const char* e = std::getenv("OPTIQ_DIRECT_IO");
+  return !(e && std::string_view(e) == "0");
+}
+
+int pwrite_fully(int fd, const uint8_t* p, size_t n, uint64_t off) {
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, std::min<size_t>(n, size_t{1} << 30), static_cast<off_t>(off));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errno;
+    p += w;
+    off += static_cast<uint64_t>(w);
+    n -= static_cast<size_t>(w);
+  }
+  return 0;
+}
+
+uint8_t* aligned_buffer() {
+  void* p = nullptr;
+  if (::posix_memalign(&p, kDirectAlign, FileAppender::kBuffer) != 0) throw std::bad_alloc();
+  return static_cast<uint8_t*>(p);
+}
+}  // namespace
+
+void FileAppender::Free::operator()(uint8_t* p) const { std::free(p); }
+
+FileAppender::FileAppender(int fd, std::string path, uint64_t pos)
+    : fd_(fd), path_(std::move(path)), base_(pos / kDirectAlign * kDirectAlign), buf_(aligned_buffer()) {
+  // The partial block before `pos` is kept in the buffer, so that whole
+  // buffers stay aligned to the file's blocks.
+  len_ = static_cast<size_t>(pos - base_);
+  if (len_ > 0 && ::pread(fd_, buf_.get(), len_, static_cast<off_t>(base_)) != static_cast<ssize_t>(len_)) {
+    tried_direct_ = true;  // cannot read it back (a write-only descriptor): plain writes from pos
+    base_ = pos;
+    len_ = 0;
+  }
+}
+
+FileAppender::~FileAppender() {
+  if (inflight_.valid()) inflight_.wait();
+  if (direct_fd_ >= 0) ::close(direct_fd_);
+}
+
+int FileAppender::wait() { return inflight_.valid() ? inflight_.get() : 0; }
+
+int FileAppender::write_full_buffer() {
+  if (!tried_direct_) {
+    tried_direct_ = true;
+    if (direct_io_allowed()) direct_fd_ = ::open(path_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  }
+  if (const int err = wait()) return err;
+  if (direct_fd_ < 0) {  // plain writes
+    const int err = pwrite_fully(fd_, buf_.get(), len_, base_);  // (len_ is a whole buffer)
+    base_ += len_;
+    len_ = 0;
+    return err;
+  }
+  if (!spare_) spare_.reset(aligned_buffer());
+  std::swap(buf_, spare_);
+  const uint8_t* data = spare_.get();
+  const size_t n = len_;
+  const uint64_t off = base_;
+  const int dfd = direct_fd_, pfd = fd_;
+  base_ += n;
+  len_ = 0;
+  inflight_ = std::async(std::launch::async, [data, n, off, dfd, pfd] {
+    const int err = pwrite_fully(dfd, data, n, off);
+    // A file system that takes the O_DIRECT open but not the write: plainly.
+    return err == EINVAL ? pwrite_fully(pfd, data, n, off) : err;
+  });
+  return 0;
+}
+
+int FileAppender::write(const void* p, size_t n) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  while (n > 0) {
+    const size_t k = std::min(n, kBuffer - len_);
+    std::memcpy(buf_.get() + len_, b, k);
+    len_ += k;
+    b += k;
+    n -= k;
+    if (len_ == kBuffer)
+      if (const int err = write_full_buffer()) return err;
+  }
+  return 0;
+}
+
+int FileAppender::flush() {
+  if (const int err = wait()) return err;
+  if (len_ == 0) return 0;
+  const size_t whole = len_ / kDirectAlign * kDirectAlign;
+  if (whole > 0) {
+    int err = direct_fd_ >= 0 ? pwrite_fully(direct_fd_, buf_.get(), whole, base_) : EINVAL;
+    if (err == EINVAL) err = pwrite_fully(fd_, buf_.get(), whole, base_);
+    if (err) return err;
+  }
+  // The tail (less than a block) through the page cache; it stays in the
+  // buffer, to be written again whole with the bytes that follow, so that
+  // whole buffers stay aligned to the file's blocks.
+  if (const int err = pwrite_fully(fd_, buf_.get() + whole, len_ - whole, base_ + whole)) return err;
+  if (whole > 0) {
+    std::memmove(buf_.get(), buf_.get() + whole, len_ - whole);
+    base_ += whole;
+    len_ -= whole;
+  }
+  return 0;
 }
 
 AtomicFile::~AtomicFile() {
+  out_.reset();
   if (fd_ >= 0) {
     ::close(fd_);
     ::unlink(tmp_.c_str());
@@ -100,6 +215,7 @@ int write_fully(int fd, const void* p, size_t n) {
 
 void AtomicFile::write_failed(int err) {
   // The temporary goes now, not at destruction: a full disk gets its space back at once.
+  out_.reset();
   ::close(fd_);
   fd_ = -1;
   ::unlink(tmp_.c_str());
@@ -108,18 +224,8 @@ void AtomicFile::write_failed(int err) {
 
 void AtomicFile::write(const void* p, size_t n) {
   check(fd_ >= 0, "{}: write failed: the file is closed", path_);
-  const char* b = static_cast<const char*>(p);
   pos_ += n;
-  if (buf_.size() + n <= kBuffer) {
-    buf_.append(b, n);
-    return;
-  }
-  flush();
-  if (n < kBuffer) {
-    buf_.append(b, n);
-    return;
-  }
-  if (const int err = write_fully(fd_, b, n)) write_failed(err);  // large blocks go straight to the file
+  if (const int err = out_->write(p, n)) write_failed(err);
 }
 
 void AtomicFile::pad_to(uint64_t align) {
@@ -127,16 +233,10 @@ void AtomicFile::pad_to(uint64_t align) {
   while (pos_ % align) write(zeros, std::min<uint64_t>(align - pos_ % align, sizeof(zeros)));
 }
 
-void AtomicFile::flush() {
-  const char* b = buf_.data();
-  size_t n = buf_.size();
-  if (const int err = write_fully(fd_, b, n)) write_failed(err);
-  buf_.clear();
-}
-
 void AtomicFile::commit() {
   check(fd_ >= 0, "{}: written already", path_);
-  flush();
+  if (const int err = out_->flush()) write_failed(err);
+  out_.reset();
   if (::fsync(fd_) != 0) write_failed(errno);
   const int rc = ::close(fd_);
   fd_ = -1;

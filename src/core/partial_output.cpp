@@ -159,6 +159,12 @@ int64_t PartialOutput::prefix(const std::string& name, std::string_view header, 
 
 void PartialOutput::record_prefix(const std::string& name, uint64_t bytes, int64_t pieces, const std::string& sha256) {
   files_[name] = {{"bytes", bytes}, {"pieces", pieces}, {"sha256", sha256}};
+  if (!deferred_) write_manifest();
+}
+
+void PartialOutput::set_key(json key) {
+  key_ = std::move(key);
+  deferred_ = false;
   write_manifest();
 }
 
@@ -187,41 +193,34 @@ ResumableFile::ResumableFile(PartialOutput& partial, std::string name, std::stri
   resumed_ = pieces_ = partial_.prefix(name_, header, ends_, hash_);
   pos_ = checkpointed_ = pieces_ > 0 ? ends_[static_cast<size_t>(pieces_ - 1)] : 0;
   const std::string p = partial_.path(name_);
-  fd_ = ::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  fd_ = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) fail("{}: cannot create {}: {}", display_, p, std::strerror(errno));
   if (::ftruncate(fd_, static_cast<off_t>(pos_)) != 0 || ::lseek(fd_, static_cast<off_t>(pos_), SEEK_SET) < 0)
     write_failed(errno);
-  buf_.reserve(size_t{1} << 20);
+  out_ = std::make_unique<FileAppender>(fd_, p, pos_);
 }
 
 ResumableFile::~ResumableFile() {
+  out_.reset();
   if (fd_ >= 0) ::close(fd_);
 }
 
 void ResumableFile::write_failed(int err) {
+  out_.reset();
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   fail("{}: write failed: {}", display_, write_failure_reason(err));
 }
 
 void ResumableFile::flush() {
-  const char* b = buf_.data();
-  size_t n = buf_.size();
-  if (const int err = write_fully(fd_, b, n)) write_failed(err);
-  buf_.clear();
+  if (const int err = out_->flush()) write_failed(err);
 }
 
 void ResumableFile::write(const void* p, size_t n) {
   check(fd_ >= 0, "{}: write failed: the file is closed", display_);
   hash_.update(p, n);
   pos_ += n;
-  const char* b = static_cast<const char*>(p);
-  if (buf_.size() + n > buf_.capacity()) flush();
-  if (n < buf_.capacity()) {
-    buf_.append(b, n);
-    return;
-  }
-  if (const int err = write_fully(fd_, b, n)) write_failed(err);  // large blocks go straight to the file
+  if (const int err = out_->write(p, n)) write_failed(err);
 }
 
 void ResumableFile::pad_to(uint64_t align) {
@@ -246,6 +245,7 @@ void ResumableFile::close() {
   check(pieces_ == static_cast<int64_t>(ends_.size()), "{}: closed after {} of {} pieces (internal error)", display_,
         pieces_, ends_.size());
   flush();
+  out_.reset();
   if (::fsync(fd_) != 0) write_failed(errno);
   const int rc = ::close(fd_);
   fd_ = -1;

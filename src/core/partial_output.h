@@ -32,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/sha256.h"
 
 namespace optiq {
@@ -59,6 +60,14 @@ class PartialOutput {
   // truncates the file to them). A record that does not match is dropped (a note).
   int64_t prefix(const std::string& name, std::string_view header, const std::vector<uint64_t>& ends, Sha256& hash);
   void record_prefix(const std::string& name, uint64_t bytes, int64_t pieces, const std::string& sha256);
+  // Replaces the key the manifest records (now, with the pieces recorded so
+  // far): an export that started before its source's hashes were known
+  // records the full key once they are. After defer_records(), until
+  // set_key, record_prefix keeps its records without writing the manifest
+  // (a kill then keeps nothing: no piece is ever recorded under a key that
+  // no run has).
+  void set_key(nlohmann::json key);
+  void defer_records() { deferred_ = true; }
 
   // Removes the directory and everything in it (an error: the space comes back).
   void discard();
@@ -75,6 +84,7 @@ class PartialOutput {
   std::string target_, dir_;
   nlohmann::json key_, files_;
   int lock_fd_ = -1;
+  bool deferred_ = false;
 };
 
 // A file of a PartialOutput written in place: buffered writes, a checkpoint
@@ -110,7 +120,7 @@ class ResumableFile {
   std::string name_, display_;
   std::vector<uint64_t> ends_;
   int fd_ = -1;
-  std::string buf_;
+  std::unique_ptr<FileAppender> out_;
   uint64_t pos_ = 0, checkpointed_ = 0;
   int64_t pieces_ = 0, resumed_ = 0;
   Sha256 hash_;

@@ -1,6 +1,11 @@
 #include "formats/safetensors_shards.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 
@@ -20,10 +25,14 @@ using nlohmann::json;
 using safetensors_detail::printable;
 
 void SafetensorsShardWriter::add(std::string name, DType dtype, std::vector<int64_t> shape, Fill fill) {
+  add(std::move(name), dtype, std::move(shape), nullptr, std::move(fill));
+}
+
+void SafetensorsShardWriter::add(std::string name, DType dtype, std::vector<int64_t> shape, View view, Fill fill) {
   const uint64_t nbytes = safetensors_detail::checked_bytes(name, dtype, shape);
   check(names_.count(name) == 0, "safetensors writer: tensor {} added twice", printable(name));
   names_.emplace(name, entries_.size());
-  entries_.push_back({std::move(name), dtype, std::move(shape), nbytes, std::move(fill)});
+  entries_.push_back({std::move(name), dtype, std::move(shape), nbytes, std::move(fill), std::move(view)});
   total_ += nbytes;
 }
 
@@ -51,9 +60,9 @@ std::vector<std::string> SafetensorsShardWriter::write(const std::string& dir, u
 
   json weight_map = json::object();
   std::vector<std::string> headers(n);
-  for (size_t s = 0; s < n; ++s) {
+  auto make_header = [&](size_t s, const std::map<std::string, std::string>& metadata) {
     json header = json::object();
-    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    if (!metadata.empty()) header["__metadata__"] = metadata;
     uint64_t offset = 0;
     for (size_t i = shards[s].first; i < shards[s].second; ++i) {
       const Entry& e = entries_[i];
@@ -63,8 +72,9 @@ std::vector<std::string> SafetensorsShardWriter::write(const std::string& dir, u
       offset += e.nbytes;
       weight_map[e.name] = files[s];
     }
-    headers[s] = safetensors_detail::encode_header(header, (fs::path(dir) / files[s]).string());
-  }
+    return safetensors_detail::encode_header(header, (fs::path(dir) / files[s]).string());
+  };
+  for (size_t s = 0; s < n; ++s) headers[s] = make_header(s, metadata_);
 
   uint64_t done = 0;
   std::vector<uint8_t> scratch;
@@ -72,9 +82,13 @@ std::vector<std::string> SafetensorsShardWriter::write(const std::string& dir, u
   auto tensors = [&](auto& f, size_t first, size_t last) {
     for (size_t i = first; i < last; ++i) {
       const Entry& e = entries_[i];
-      scratch.resize(e.nbytes);
-      e.fill(scratch.data());
-      f.write(scratch.data(), scratch.size());
+      if (const uint8_t* p = e.view ? e.view() : nullptr) {
+        f.write(p, e.nbytes);  // from where the bytes lie
+      } else {
+        scratch.resize(e.nbytes);
+        e.fill(scratch.data());
+        f.write(scratch.data(), scratch.size());
+      }
       if constexpr (requires { f.end_piece(); }) f.end_piece();
       done += e.nbytes;
       if (progress) progress(done);
@@ -116,6 +130,24 @@ std::vector<std::string> SafetensorsShardWriter::write(const std::string& dir, u
       f.write(headers[s]);
       tensors(f, shards[s].first, shards[s].second);
       f.commit();
+    }
+  }
+  if (final_metadata_) {
+    // The final headers over the laid-out ones, in place (same length).
+    const std::map<std::string, std::string> metadata = final_metadata_();
+    for (size_t s = 0; s < n; ++s) {
+      const std::string h = make_header(s, metadata);
+      const std::string path = (fs::path(dir) / files[s]).string();
+      check(h.size() == headers[s].size(), "{}: the final header is {} bytes, the written one {} (internal error)",
+            path, h.size(), headers[s].size());
+      if (h == headers[s]) continue;
+      const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0) fail("{}: cannot open to write its header: {}", path, std::strerror(errno));
+      const ssize_t w = ::pwrite(fd, h.data(), h.size(), 0);
+      const int err = w < 0 ? errno : (static_cast<size_t>(w) != h.size() ? EIO : 0);
+      const int sync = err == 0 && ::fdatasync(fd) != 0 ? errno : 0;
+      ::close(fd);
+      if (err || sync) fail("{}: write failed: {}", path, write_failure_reason(err ? err : sync));
     }
   }
   if (n > 1) {

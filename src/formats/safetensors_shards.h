@@ -23,8 +23,20 @@ class SafetensorsShardWriter {
  public:
   using Fill = std::function<void(uint8_t* dst)>;  // writes exactly the tensor's bytes
 
+  // The tensor's bytes where they already lie (valid until the next call of
+  // any fill or view), written from there without a copy; nullptr: `fill`
+  // makes them instead.
+  using View = std::function<const uint8_t*()>;
+
   void add(std::string name, DType dtype, std::vector<int64_t> shape, Fill fill);
+  void add(std::string name, DType dtype, std::vector<int64_t> shape, View view, Fill fill);
   void set_metadata(std::string key, std::string value) { metadata_[std::move(key)] = std::move(value); }
+  // Metadata known only once the tensors are written (model/provenance.h: the
+  // source's SHA-256, hashed while the export runs): write() lays the headers
+  // out with set_metadata's values, then writes f()'s over them in place once
+  // every tensor is written. f's header must have the same length (e.g. the
+  // same keys, digests in place of as many zeros); else write() fails.
+  void set_final_metadata(std::function<std::map<std::string, std::string>()> f) { final_metadata_ = std::move(f); }
   size_t size() const { return entries_.size(); }
   uint64_t total_bytes() const { return total_; }
 
@@ -50,9 +62,11 @@ class SafetensorsShardWriter {
     std::vector<int64_t> shape;
     uint64_t nbytes;
     Fill fill;
+    View view;
   };
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
+  std::function<std::map<std::string, std::string>()> final_metadata_;
   std::map<std::string, size_t, std::less<>> names_;
   uint64_t total_ = 0;
 };

@@ -17,7 +17,7 @@ class MlxExporter final : public Exporter {
   void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
     save_mlx(model, out,
              {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .shard_bytes = opt.shard_bytes, .progress = opt.progress,
-              .provenance = opt.provenance, .resume_key = opt.resume_key});
+              .provenance = opt.provenance, .resume_key = opt.resume_key, .source = opt.source});
   }
 };
 
@@ -26,6 +26,7 @@ class GgufExporter final : public Exporter {
  public:
   std::string_view name() const override { return "gguf"; }
   void write(const Model& model, const std::string& out, const ExportOptions& opt) const override {
+    check(!opt.source.valid(), "GGUF export: the source's hashes must be known before its header is written (internal error)");
     save_gguf(model, out, {.bf16 = opt.bf16, .force = opt.force, .matrices = opt.matrices, .progress = opt.progress,
                .provenance = opt.provenance, .resume_key = opt.resume_key});
   }

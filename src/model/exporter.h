@@ -4,6 +4,7 @@
 // and never call a writer directly, so adding a format is one class here and
 // its test.
 #pragma once
+#include <future>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -33,6 +34,10 @@ struct ExportOptions {
   // from and how; an interrupted export's work is kept in ".<out>.partial"
   // and a run with the same key continues it (force: discarded).
   nlohmann::json resume_key{};
+  // MLX: valid while the provenance's source record is a pending one (its
+  // digests zeros) and this computes it (pipeline/export_step.h); GGUF: must
+  // be invalid.
+  std::shared_future<nlohmann::json> source{};
 };
 
 class Exporter {

@@ -65,19 +65,55 @@ std::vector<std::string> model_source_files(const std::string& model_path, const
   return files;
 }
 
-nlohmann::json source_record(const std::string& model_path, const std::string& tokenizer_path) {
+namespace {
+
+const std::string kPendingDigest(64, '0');
+
+// pool: several files at once on the thread pool; else one after another on
+// the calling thread. hash false: every digest kPendingDigest.
+nlohmann::json make_source_record(const std::string& model_path, const std::string& tokenizer_path, bool pool,
+                                  bool hash) {
   const std::vector<std::string> files = model_source_files(model_path, tokenizer_path);
   std::vector<std::string> hashes(files.size());
   std::vector<uintmax_t> sizes(files.size());
-  parallel_for(static_cast<int64_t>(files.size()), [&](int64_t i) {
-    hashes[i] = sha256_file(files[i]);
+  auto one = [&](int64_t i) {
+    hashes[i] = hash ? sha256_file(files[i]) : kPendingDigest;
     std::error_code ec;
     sizes[i] = fs::file_size(files[i], ec);
-  });
+  };
+  if (pool) {
+    parallel_for(static_cast<int64_t>(files.size()), one);
+  } else {
+    for (int64_t i = 0; i < static_cast<int64_t>(files.size()); ++i) one(i);
+  }
   nlohmann::json list = nlohmann::json::array();
   for (size_t i = 0; i < files.size(); ++i)
     list.push_back({{"name", base_name(files[i])}, {"bytes", sizes[i]}, {"sha256", hashes[i]}});
   return {{"name", base_name(model_path)}, {"files", list}};
+}
+
+}  // namespace
+
+nlohmann::json source_record(const std::string& model_path, const std::string& tokenizer_path) {
+  return make_source_record(model_path, tokenizer_path, true, true);
+}
+
+nlohmann::json source_record_pending(const std::string& model_path, const std::string& tokenizer_path) {
+  return make_source_record(model_path, tokenizer_path, false, false);
+}
+
+nlohmann::json pending_source(nlohmann::json record) {
+  if (record.is_object() && record.contains("files") && record["files"].is_array())
+    for (auto& f : record["files"])
+      if (f.is_object() && f.contains("sha256")) f["sha256"] = kPendingDigest;
+  return record;
+}
+
+std::shared_future<nlohmann::json> source_record_async(const std::string& model_path,
+                                                       const std::string& tokenizer_path) {
+  return std::async(std::launch::async, [model_path, tokenizer_path] {
+           return make_source_record(model_path, tokenizer_path, false, true);
+         }).share();
 }
 
 nlohmann::json input_file_record(const std::string& path) {

@@ -13,6 +13,7 @@
 // depends on the run: no time, no host, no thread count, no output path, so
 // that the same inputs and options give byte-identical files.
 #pragma once
+#include <future>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,18 @@ std::vector<std::string> model_source_files(const std::string& model_path, const
 // by file name), each hashed in full, several files at once. SHA-256 reads
 // every byte: about 1.5-2 GB/s a core with the CPU's SHA extensions.
 nlohmann::json source_record(const std::string& model_path, const std::string& tokenizer_path = "");
+
+// The same record with every "sha256" still 64 zeros (a digest's length):
+// what an export lays out before the hashes are known (model/save_mlx.h
+// writes it, then the real digests over it in place).
+nlohmann::json source_record_pending(const std::string& model_path, const std::string& tokenizer_path = "");
+// `record` (a source_record) with its digests replaced by source_record_pending's zeros.
+nlohmann::json pending_source(nlohmann::json record);
+// source_record computed on a thread of its own, started now, one file after
+// another from its start (not on the thread pool), so that a streamed export
+// reads the same pages meanwhile and the source is read from disk once.
+std::shared_future<nlohmann::json> source_record_async(const std::string& model_path,
+                                                       const std::string& tokenizer_path = "");
 
 // {"file": <file name>, "sha256": ...} for an input file given as an option
 // (calibration text, plan); the text itself when it is no regular file ("self").

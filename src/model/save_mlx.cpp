@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -115,14 +116,21 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
             m.path, mod.path, v.bf16_scales ? "bf16" : "fp16", bf16 ? "bf16" : "fp16");
       const int64_t rows = mod.rows, wpr = v.words_per_row(), gpr = v.groups_per_row();
       const size_t ng = static_cast<size_t>(rows * gpr);
-      st.add(mod.path + ".weight", DType::U32, {rows, wpr}, [&src, &mod, rows, wpr](uint8_t* dst) {
-        std::memcpy(dst, src.matrix(mod).affine().packed, static_cast<size_t>(rows * wpr) * 4);
-      });
-      st.add(mod.path + ".scales", half, {rows, gpr}, [&src, &mod, ng](uint8_t* dst) {
-        std::memcpy(dst, src.matrix(mod).affine().scales, ng * 2);
-      });
+      // Written from the matrix's own arrays (no copy).
+      st.add(
+          mod.path + ".weight", DType::U32, {rows, wpr},
+          [&src, &mod] { return reinterpret_cast<const uint8_t*>(src.matrix(mod).affine().packed); },
+          [&src, &mod, rows, wpr](uint8_t* dst) {
+            std::memcpy(dst, src.matrix(mod).affine().packed, static_cast<size_t>(rows * wpr) * 4);
+          });
+      st.add(
+          mod.path + ".scales", half, {rows, gpr},
+          [&src, &mod] { return reinterpret_cast<const uint8_t*>(src.matrix(mod).affine().scales); },
+          [&src, &mod, ng](uint8_t* dst) { std::memcpy(dst, src.matrix(mod).affine().scales, ng * 2); });
       // Symmetric groups (from a GGUF's Q8_0/Q5_0/Q4_0) store no biases: MLX wants them written out.
-      st.add(mod.path + ".biases", half, {rows, gpr}, [&src, &mod, rows, gpr, bf16](uint8_t* dst) {
+      st.add(mod.path + ".biases", half, {rows, gpr},
+             [&src, &mod] { return reinterpret_cast<const uint8_t*>(src.matrix(mod).affine().biases); },
+             [&src, &mod, rows, gpr, bf16](uint8_t* dst) {
         const AffineMatrixView& a = src.matrix(mod).affine();
         if (a.biases) {
           std::memcpy(dst, a.biases, static_cast<size_t>(rows * gpr) * 2);
@@ -148,14 +156,44 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
         const std::vector<uint8_t> h = to_half_bytes(v.data(), v.size(), bf16);
         std::memcpy(dst, h.data(), h.size());
       });
-    st.set_metadata("format", "mlx");
-    const nlohmann::json prov = provenance_or_version(opt.provenance);
-    for (const auto& [k, v] : prov.items()) st.set_metadata("optiq." + k, v.is_string() ? v.get<std::string>() : v.dump());
+    // The headers are laid out with the source's digests as zeros and the
+    // digests written over them at the end (MlxSaveOptions::source): the
+    // same bytes whether the hashes were known at the start or not.
+    nlohmann::json prov = provenance_or_version(opt.provenance);
+    auto metadata_of = [](const nlohmann::json& p) {
+      std::map<std::string, std::string> md{{"format", "mlx"}};
+      for (const auto& [k, v] : p.items()) md["optiq." + k] = v.is_string() ? v.get<std::string>() : v.dump();
+      return md;
+    };
+    nlohmann::json laid_out = prov;
+    if (laid_out.contains("source")) laid_out["source"] = pending_source(laid_out["source"]);
+    for (const auto& [k, v] : metadata_of(laid_out)) st.set_metadata(k, v);
+    bool source_known = !opt.source.valid();
+    auto final_provenance = [&]() -> const nlohmann::json& {
+      if (!source_known) prov["source"] = opt.source.get();  // waits for the hashing thread
+      source_known = true;
+      return prov;
+    };
+    if (laid_out != prov || opt.source.valid()) st.set_final_metadata([&] { return metadata_of(final_provenance()); });
+    // A resume key made before the hashes were known: the full one once they are.
+    bool key_final = !(partial && opt.resume_key.is_object() && opt.resume_key.contains("source pending"));
+    if (!key_final) partial->defer_records();
+    auto record_key = [&](bool wait) {
+      if (key_final || !opt.source.valid() ||
+          (!wait && opt.source.wait_for(std::chrono::seconds(0)) != std::future_status::ready))
+        return;
+      nlohmann::json key = opt.resume_key;
+      key["source"] = opt.source.get();
+      key.erase("source pending");
+      partial->set_key(std::move(key));
+      key_final = true;
+    };
     {
       std::optional<Progress> progress;
       if (opt.progress) progress.emplace("write", static_cast<int64_t>(st.total_bytes() / 1000000), "MB");
       bool first = true;
       st.write(tmp.string(), opt.shard_bytes, "model", [&](uint64_t done) {
+        record_key(false);
         if (!progress) return;
         if (first) progress->resume_from(static_cast<int64_t>(done / 1000000));  // rate and ETA of this run's work
         first = false;
@@ -163,6 +201,8 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
       }, partial ? &*partial : nullptr);
       if (progress) progress->finish();
     }
+    final_provenance();
+    record_key(true);
 
     nlohmann::json config = hf_export_config(m, bf16);
     if (any_quantized) {

@@ -7,6 +7,7 @@
 // metadata say how it was made (model/provenance.h). The directory is written
 // under a temporary name and put in place whole (core/atomic_file.h).
 #pragma once
+#include <future>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -35,6 +36,14 @@ struct MlxSaveOptions {
   // the same key (what the output is made from and how) to continue from;
   // with `force` any partial work is discarded. Null: a temporary directory.
   nlohmann::json resume_key{};
+  // Valid: the provenance's "source" is pending (model/provenance.h
+  // source_record_pending) and this computes the real record. Either way the
+  // safetensors headers are laid out with zeros for the source's digests and
+  // the digests written over them once every tensor is (so a run that
+  // continues partial work writes the same bytes as the one it continues);
+  // with a resume key holding "source pending", the full key is recorded
+  // when the digests are known.
+  std::shared_future<nlohmann::json> source{};
   static constexpr uint64_t kDefaultShardBytes = 5'000'000'000;  // mlx-lm's and transformers' default
 };
 

@@ -8,6 +8,7 @@
 // same source, plan and options continues where it stopped, to the same bytes.
 #pragma once
 #include <cstdint>
+#include <future>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -29,6 +30,14 @@ struct ExportStepOptions {
   // same command continues it. Needs the provenance (the source's identity);
   // without one the export is not resumable.
   bool resume = true;
+  // Valid: the provenance's "source" is model/provenance.h's
+  // source_record_pending (digests still zeros) and this computes the real
+  // record meanwhile (source_record_async). An MLX export then starts at once
+  // and reads the source while it is hashed (the hashes are written into its
+  // headers and config.json at the end, and into the resume key as soon as
+  // they are known); a GGUF export, or one continuing partial work (whose
+  // key names the hashes), waits for them first.
+  std::shared_future<nlohmann::json> source{};
 };
 
 struct ExportStepResult {

@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <stdexcept>
 
@@ -83,6 +84,34 @@ TEST(SafetensorsShards, OneFileWhenItFits) {
   expect_values(*f.find_tensor("b"), 1);
   expect_values(*f.find_tensor("a"), 2);
   EXPECT_EQ(f.find_tensor("b")->shape, (std::vector<int64_t>{3, 5}));
+}
+
+// Metadata known only at the end (the source's digests, hashed while the
+// export runs): laid out first, written over in place once every tensor is;
+// tensors given as views are written from where they lie.
+TEST(SafetensorsShards, FinalMetadataIsWrittenOverTheLaidOutOne) {
+  for (uint64_t shard : {uint64_t{0}, uint64_t{1000}}) {
+    SafetensorsShardWriter w;
+    std::vector<float> lying(300);
+    for (int64_t i = 0; i < 300; ++i) lying[i] = static_cast<float>(2 * 1000 + i) + 0.5f;
+    w.add("t0", DType::F32, {100}, floats(0, 100));
+    w.add("t1", DType::F32, {100}, floats(1, 100));
+    w.add("t2", DType::F32, {300}, [&] { return reinterpret_cast<const uint8_t*>(lying.data()); }, floats(9, 300));
+    w.set_metadata("optiq.source", std::string(64, '0'));
+    const std::string digest = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    w.set_final_metadata([&] { return std::map<std::string, std::string>{{"optiq.source", digest}}; });
+    const std::string dir = test::temp_dir();
+    for (const auto& file : w.write(dir, shard)) {
+      SafetensorsFile f(dir + "/" + file);
+      EXPECT_EQ(f.metadata().at("optiq.source"), digest) << file;
+      for (const auto& t : f.tensors()) expect_values(t, t.name[1] - '0');
+    }
+  }
+  SafetensorsShardWriter w;
+  w.add("t0", DType::F32, {10}, floats(0, 10));
+  w.set_metadata("k", "short");
+  w.set_final_metadata([] { return std::map<std::string, std::string>{{"k", "longer than that"}}; });
+  EXPECT_THROW(w.write(test::temp_dir(), 0), Error);
 }
 
 TEST(SafetensorsShards, AFailingFillLeavesNoFile) {

@@ -47,8 +47,11 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   check(!a.sequential || a.method == "gptq" || !a.plan.empty(),
         "--sequential is GPTQ's sequential mode: use it with --method gptq (or a plan naming gptq)");
   check(a.damp > 0 && a.damp < 10, "--damp {}: expected a fraction of the mean input energy, e.g. 0.01", a.damp);
+  // The source is hashed (its provenance) on a thread of its own while the
+  // model loads and the export reads it: read from disk once.
+  std::shared_future<nlohmann::json> source;
+  const nlohmann::json provenance = command_provenance_pending(cmd, a.model, source);
   Model m = a.model.load();
-  const nlohmann::json provenance = command_provenance(cmd, a.model);
   // A uniform GGUF is llama.cpp's own type of those bits (Q4_K for 4, Q8_0 for
   // 8), unless --group-size asks for affine groups.
   const TensorFormat uniform =
@@ -122,7 +125,7 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   const ExportStepResult r = run_export_step(
       m, map, opt, a.out,
       {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json,
-       .provenance = provenance});
+       .provenance = provenance, .source = source});
   const uint64_t bytes = r.matrix_bytes;
   const double bpw = r.bits_per_weight();
   if (a.json) {

@@ -1,6 +1,7 @@
 // Each optiq subcommand registers its options and handler on the CLI11 app.
 #pragma once
 #include <functional>
+#include <future>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -50,6 +51,11 @@ Runner register_compare(CLI::App& app);
 // version, the command, MODEL's files with their SHA-256 (hashed now: every
 // byte of the model is read once), and the options that shape the output.
 nlohmann::json command_provenance(const CLI::App& cmd, const ModelArgs& model);
+// The same with the source's digests still zeros (source_record_pending), and
+// `source` set to the real record, hashed meanwhile on a thread of its own
+// (pipeline/export_step.h ExportStepOptions::source).
+nlohmann::json command_provenance_pending(const CLI::App& cmd, const ModelArgs& model,
+                                          std::shared_future<nlohmann::json>& source);
 // The options of `cmd` as given, and the defaults --help shows for the others,
 // by their long name; input files (--calib, --plan, --profile, --tokenizer)
 // as {"file": name, "sha256": ...}. Left out: what does not change the output

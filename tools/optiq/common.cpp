@@ -78,6 +78,12 @@ nlohmann::json command_provenance(const CLI::App& cmd, const ModelArgs& model) {
   return provenance(cmd.get_name(), source_record(model.path, model.tokenizer), recorded_options(cmd));
 }
 
+nlohmann::json command_provenance_pending(const CLI::App& cmd, const ModelArgs& model,
+                                          std::shared_future<nlohmann::json>& source) {
+  source = source_record_async(model.path, model.tokenizer);
+  return provenance(cmd.get_name(), source_record_pending(model.path, model.tokenizer), recorded_options(cmd));
+}
+
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot read text file", path);
