@@ -3,7 +3,7 @@
 
     ~/.cache/optiq/venv/bin/python bench/gguf_compare.py MODEL [--types Q3_K_M,Q4_K_M,Q5_K_M,IQ4_XS]
         [--chunks 20] [--calib-chunks 64] [--optiq [LABEL=]FILE.gguf ...] [--optiq-auto build/optiq]
-        [--json] [--dry-run | --self-check]
+        [--speed-table FILE.json] [--optiq-tag TAG] [--json] [--dry-run | --self-check]
 
 MODEL is `smollm2` (SmolLM2-135M-Instruct Q4_1), `gemma3` (Gemma 3 270M Q4_K_M) or a .gguf path.
 The model's dequantized weights are the reference (bench/gguf_reference.py writes them as an F32
@@ -26,7 +26,11 @@ Extra files: --optiq FILE.gguf (repeatable, `LABEL=FILE` to name the row) are ev
 way; --optiq-auto BINARY runs `optiq auto REFERENCE --format gguf --size <bytes>B ...` at each
 baseline's tensor bytes (when the binary's `auto --help` has --format; otherwise the rows say
 'optiq GGUF export not available') and evaluates those, so the table reads llama.cpp against
-optiq at equal size.
+optiq at equal size. --speed-table passes `--speed-table FILE` (bench/llamacpp_speed_table.py's
+JSON: llama.cpp's decode cost per type, for the plan's --max-slowdown bound) to optiq auto; the
+optiq files' names then carry the table's hash. --optiq-tag TAG names the optiq profile and files
+(optiq-auto-TAG.profile.json, ...-optiq-auto-TAG-...): a run with other optiq settings or another
+optiq build then starts its own profile instead of reusing (or overwriting) an earlier run's.
 
 Sizes: "file MB" is the whole file (10^6 bytes); bpw = tensor data bytes x 8 / parameters, over
 every tensor in the file (norms, embeddings included; llama.cpp's own "BPW" of a loaded model).
@@ -111,6 +115,12 @@ def parse_args(argv=None):
                     help="run `optiq auto ... --format gguf --size <baseline tensor bytes>B` at every baseline's size")
     ap.add_argument("--optiq-args", default="",
                     help="extra arguments for optiq auto, one string (e.g. \"--method exact --select predicted\")")
+    ap.add_argument("--speed-table", type=Path, metavar="FILE.json",
+                    help="optiq auto --speed-table: llama.cpp's decode cost per GGUF type "
+                         "(bench/llamacpp_speed_table.py's JSON) for the plans' --max-slowdown bound")
+    ap.add_argument("--optiq-tag", default="", metavar="TAG",
+                    help="names the optiq profile and files (optiq-auto-TAG...), so other optiq settings or "
+                         "builds do not reuse an earlier run's")
     ap.add_argument("--optiq-calib", type=Path, default=SHARED / "data/c4/c4-validation-2k.jsonl",
                     help="optiq auto --calib (default the same C4 text, .jsonl); its --calib-samples/--calib-seq "
                          "are --calib-chunks/--ctx, so both sides calibrate on as many tokens")
@@ -130,6 +140,8 @@ def parse_args(argv=None):
         if getattr(a, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be > 0")
     a.types = [t.strip() for t in a.types.split(",") if t.strip()]
+    if a.optiq_tag and not re.fullmatch(r"[A-Za-z0-9_.-]+", a.optiq_tag):
+        ap.error("--optiq-tag: letters, digits, '_', '.', '-' only")
     return a
 
 
@@ -457,10 +469,14 @@ class Compare:
                 rows.append({"label": f"optiq auto @ {b['label']}", "kind": "optiq-auto", "status":
                              "optiq GGUF export not available", "target_tensor_bytes": b.get("tensor_bytes")})
             return rows
-        profile = self.work / "optiq-auto.profile.json"
+        tag = f"-{a.optiq_tag}" if a.optiq_tag else ""
+        profile = self.work / f"optiq-auto{tag}.profile.json"
+        if a.speed_table:  # the plan depends on the table: another table, other files
+            check_input(a.speed_table, "--speed-table file", "write it with bench/llamacpp_speed_table.py")
+            tag += "-st" + hashlib.sha256(a.speed_table.read_bytes()).hexdigest()[:8]
         for b in baselines:
             target = b.get("tensor_bytes", 0)
-            out = self.work / f"{self.name}-optiq-auto-{b['type']}-{target}B.gguf"
+            out = self.work / f"{self.name}-optiq-auto{tag}-{b['type']}-{target}B.gguf"
             # optiq's --size counts its planned matrices (norms as fp16); the file also holds F32
             # norms, the tokenizer and the plan. Shrink the budget by what the file came out over
             # the baseline's file (or tensor bytes) until it fits: equal or smaller, never larger.
@@ -477,6 +493,7 @@ class Compare:
                     cmd += ["--size", f"{budget}B", "--calib", a.optiq_calib,
                             "--calib-samples", a.optiq_calib_samples or a.calib_chunks,
                             "--calib-seq", a.ctx, "--cache", profile, "-t", a.threads, "-o", out, "--force",
+                            *(["--speed-table", a.speed_table] if a.speed_table else []),
                             *shlex.split(a.optiq_args)]
                     try:
                         self.run.run(cmd, f"optiq auto --size {budget}B ({b['type']} size)",
@@ -591,6 +608,8 @@ def result_object(a, name: str, source: Path, tools: Path | None, variant: str, 
                      "scored_tokens": a.chunks * (a.ctx - a.ctx // 2 - 1), "text": str(a.text),
                      "calib": str(a.calib), "calib_chunks": a.calib_chunks, "calib_tokens": a.calib_chunks * a.ctx,
                      "types": a.types, "tg_n": a.tg_n, "tg_reps": a.tg_reps,
+                     "optiq_speed_table": str(a.speed_table) if a.speed_table else None,
+                     "optiq_tag": a.optiq_tag or None,
                      "bpw": "tensor data bytes x 8 / parameters (all tensors in the file)",
                      "file_mb": "file bytes / 1e6"},
         **{k: v for k, v in out.items() if k != "rows"},

@@ -2,7 +2,7 @@
 """llama.cpp's CPU decode cost per weight, by GGUF type: the speed table optiq's planner uses.
 
     ~/.cache/optiq/venv/bin/python bench/llamacpp_speed_table.py [--types Q8_0,Q4_K,...]
-        [--layers 8] [--shape HIDDEN,HEADS,KV_HEADS,FF] [--rounds 3] [--threads 2] [--out-json FILE] [--json]
+        [--layers 8] [--shape HIDDEN,HEADS,KV_HEADS,FF[,HEAD_DIM]] [--rounds 3] [--threads 2] [--out-json FILE] [--json]
 
 Why: a GGUF plan is read by llama.cpp, whose decode speed per weight differs by type far more
 than the bytes say (Q5_0 unpacks a fifth bit per weight; Q4_0 and IQ4_NL are repacked into
@@ -19,6 +19,14 @@ file, the files taken round-robin --rounds times so that a slow spell of the sha
 every type alike. ns per weight = median time per token / weights of the matrices read per token
 (layers and output; the embedding is a lookup). Attention and norms at these short contexts are
 included in that time (a few percent; the same for every type).
+
+On a model's own widths (--shape, e.g. Gemma 3 270M: 640,4,1,2048,256 with --layers 18) a width 256
+does not divide makes llama-quantize store a k-quant's matrices as its fallback (Q4_K -> Q5_0,
+Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K/IQ4_XS -> IQ4_NL), so such a file holds two types. The
+type's own cost is then derived from the matrices that kept it: (time per token - the fallback
+matrices' weights x the fallback type's measured cost) / the kept matrices' weights (the
+fallback type must be among --types; the row says "derived", with the share of weights it rests
+on). The planner applies the same fallbacks, so it looks a k-quant up only for such matrices.
 llama.cpp is the build bench/gguf_compare.py uses on this CPU (noamx on AMX CPUs, else native).
 Output: a Markdown table on stdout and the JSON under bench/results/<date>-llamacpp-speed-table.json.
 """
@@ -38,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("OPTIQ_CACHE", Path.home() / ".cache/optiq"))
 DEFAULT_TYPES = "F16,Q8_0,Q6_K,Q5_K,Q4_K,Q3_K,Q2_K,Q5_1,Q5_0,Q4_1,Q4_0,IQ4_NL,IQ4_XS"
 SHAPE = dict(hidden=1024, heads=16, kv_heads=4, ff=2816)
+SHAPE_KEYS = ("hidden", "heads", "kv_heads", "ff", "head_dim")
 
 
 class SpeedError(Exception):
@@ -78,7 +87,7 @@ def write_synthetic(out: Path, layers: int, shape: dict, seed: int = 1) -> int:
     src = gguf.GGUFReader(tokenizer_source())
     vocab = len(src.fields["tokenizer.ggml.tokens"].contents())
     h, nh, nkv, ff = shape["hidden"], shape["heads"], shape["kv_heads"], shape["ff"]
-    hd = h // nh
+    hd = shape.get("head_dim", h // nh)
     tmp = out.with_name(out.name + ".part")
     w = gguf.GGUFWriter(tmp, "llama")
     for name, field in src.fields.items():
@@ -97,6 +106,9 @@ def write_synthetic(out: Path, layers: int, shape: dict, seed: int = 1) -> int:
     w.add_head_count(nh)
     w.add_head_count_kv(nkv)
     w.add_rope_dimension_count(hd)
+    if hd != h // nh:  # e.g. Gemma 3: 4 heads of 256 on a 640-wide model
+        w.add_key_length(hd)
+        w.add_value_length(hd)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
@@ -114,8 +126,8 @@ def write_synthetic(out: Path, layers: int, shape: dict, seed: int = 1) -> int:
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", np.ones(h, np.float32))
         w.add_tensor(p + "ffn_norm.weight", np.ones(h, np.float32))
-        for name, r, c in [("attn_q", h, h), ("attn_k", nkv * hd, h), ("attn_v", nkv * hd, h),
-                           ("attn_output", h, h), ("ffn_gate", ff, h), ("ffn_up", ff, h), ("ffn_down", h, ff)]:
+        for name, r, c in [("attn_q", nh * hd, h), ("attn_k", nkv * hd, h), ("attn_v", nkv * hd, h),
+                           ("attn_output", h, nh * hd), ("ffn_gate", ff, h), ("ffn_up", ff, h), ("ffn_down", h, ff)]:
             w.add_tensor(p + name + ".weight", mat(r, c))
             read += r * c
     w.write_header_to_file()
@@ -150,6 +162,39 @@ def bench(tools: Path, model: Path, threads: int, n: int, reps: int) -> list[flo
     raise SpeedError(f"llama-bench {model.name}: no tg row")
 
 
+def read_weights_by_type(path: Path) -> dict[str, int]:
+    """Weights of the matrices a decode step reads (every 2-D tensor but the embedding), by stored type."""
+    import gguf
+    out: dict[str, int] = {}
+    for t in gguf.GGUFReader(path).tensors:
+        if len(t.shape) < 2 or t.name == "token_embd.weight":
+            continue
+        out[t.tensor_type.name] = out.get(t.tensor_type.name, 0) + int(t.n_elements)
+    return out
+
+
+def derive_mixed(rows: dict, by_type: dict[str, dict[str, int]]) -> None:
+    """ns per weight of the types whose files hold fallback matrices (see the docstring), in place."""
+    for t, mix in by_type.items():
+        others = {k: v for k, v in mix.items() if k != t}
+        if not others:
+            continue
+        own = mix.get(t, 0)
+        missing = [k for k in others if k not in rows or rows[k].get("derived")]
+        if own == 0 or missing:
+            rows[t]["derived"] = False
+            rows[t]["note"] = (f"no matrix kept {t} on this shape" if own == 0 else
+                               f"fallback types {', '.join(missing)} not measured alone (add them to --types)")
+            rows[t]["ns_per_weight"] = None
+            continue
+        rest = sum(rows[k]["ns_per_weight"] * w for k, w in others.items())
+        rows[t]["ns_per_weight_whole_file"] = rows[t]["ns_per_weight"]
+        rows[t]["ns_per_weight"] = (rows[t]["ns_per_token"] - rest) / own
+        rows[t]["derived"] = True
+        rows[t]["share_of_weights"] = own / sum(mix.values())
+        rows[t]["fallbacks"] = others
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -164,9 +209,10 @@ def main(argv=None) -> int:
     ap.add_argument("--types", default=DEFAULT_TYPES, help=f"GGUF types (default {DEFAULT_TYPES})")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--shape", default="",
-                    help="HIDDEN,HEADS,KV_HEADS,FF of the synthetic model (default 1024,16,4,2816), e.g. a model's "
-                         "own widths (Gemma 3 270M: 640,4,1,2048); on widths 256 does not divide llama-quantize "
-                         "stores k-quants as their fallbacks, so measure the 32-weight types and F16/Q8_0 there")
+                    help="HIDDEN,HEADS,KV_HEADS,FF[,HEAD_DIM] of the synthetic model (default 1024,16,4,2816; "
+                         "HEAD_DIM HIDDEN/HEADS), e.g. a model's own widths (Gemma 3 270M: 640,4,1,2048,256 with "
+                         "--layers 18); on widths 256 does not divide llama-quantize stores k-quants as their "
+                         "fallbacks, and a k-quant's cost is derived from the matrices that kept it (docstring)")
     ap.add_argument("--rounds", type=int, default=3, help="round-robin passes over the files")
     ap.add_argument("--reps", type=int, default=3, help="llama-bench repetitions per pass")
     ap.add_argument("--n-gen", type=int, default=32)
@@ -184,13 +230,23 @@ def main(argv=None) -> int:
         shape = dict(SHAPE)
         if a.shape:
             try:
-                shape = dict(zip(("hidden", "heads", "kv_heads", "ff"), (int(x) for x in a.shape.split(",")), strict=True))
+                vals = [int(x) for x in a.shape.split(",")]
+                if len(vals) not in (4, 5):
+                    raise ValueError
+                shape = dict(zip(SHAPE_KEYS, vals))
             except ValueError:
-                raise SpeedError(f"--shape {a.shape}: expected HIDDEN,HEADS,KV_HEADS,FF, e.g. 640,4,1,2048")
-            if shape["hidden"] % shape["heads"] or shape["heads"] % shape["kv_heads"] or min(shape.values()) <= 0:
-                raise SpeedError(f"--shape {a.shape}: heads must divide hidden and kv heads divide heads")
+                raise SpeedError(f"--shape {a.shape}: expected HIDDEN,HEADS,KV_HEADS,FF[,HEAD_DIM], "
+                                 "e.g. 640,4,1,2048,256")
+            if min(shape.values()) <= 0 or shape["heads"] % shape["kv_heads"] or (
+                    "head_dim" not in shape and shape["hidden"] % shape["heads"]):
+                raise SpeedError(f"--shape {a.shape}: kv heads must divide heads, and heads divide hidden "
+                                 "unless HEAD_DIM is given")
+            if shape.get("head_dim") == shape["hidden"] // shape["heads"] and shape["hidden"] % shape["heads"] == 0:
+                del shape["head_dim"]  # the default: same files as the 4-number form
         # The default shape keeps its old file names (cached files stay valid).
         tag = f"l{a.layers}" if shape == SHAPE else f"l{a.layers}-h{shape['hidden']}-{shape['heads']}-{shape['kv_heads']}-f{shape['ff']}"
+        if "head_dim" in shape:
+            tag += f"-d{shape['head_dim']}"
         src = a.workdir / f"synthetic-{tag}-f32.gguf"
         meta = a.workdir / f"synthetic-{tag}.json"
         if not src.exists() or not meta.exists():
@@ -211,17 +267,24 @@ def main(argv=None) -> int:
                 samples[t] += bench(tools, files[t], a.threads, a.n_gen, a.reps)
                 log(f"round {r + 1}/{a.rounds} {t}: {1e9 / statistics.median(samples[t]):.1f} tok/s")
         rows = {}
+        by_type = {t: read_weights_by_type(files[t]) for t in types}
         for t in types:
             med = statistics.median(samples[t])
             rows[t] = {"ns_per_token": med, "tok_s": 1e9 / med, "ns_per_weight": med / weights,
                        "bytes": files[t].stat().st_size, "samples_ns_per_token": samples[t]}
+            if sum(by_type[t].values()) != weights:
+                raise SpeedError(f"{files[t]}: {sum(by_type[t].values())} weights in its matrices, expected {weights}")
+        derive_mixed(rows, by_type)
+        types = [t for t in types if rows[t]["ns_per_weight"] is not None] + \
+                [t for t in types if rows[t]["ns_per_weight"] is None]
         today = dt.date.today().isoformat()
         result = {"runtime": "llamacpp-cpu", "date": today, "cpu": cpu_model(), "threads": a.threads,
                   "llama_cpp_variant": variant(),
                   "llama_cpp_tools": str(tools), "shape": shape | {"layers": a.layers},
                   "weights_read_per_token": weights, "n_gen": a.n_gen, "rounds": a.rounds, "reps": a.reps,
                   "load_average": os.getloadavg()[0],
-                  "ns_per_weight": {t: rows[t]["ns_per_weight"] for t in types}, "rows": rows}
+                  "ns_per_weight": {t: rows[t]["ns_per_weight"] for t in types if rows[t]["ns_per_weight"]},
+                  "rows": rows}
         out = a.out_json or ROOT / "bench" / "results" / f"{today}-llamacpp-speed-table.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
@@ -231,11 +294,18 @@ def main(argv=None) -> int:
             base = rows.get("Q8_0", next(iter(rows.values())))["ns_per_weight"]
             print(f"llama.cpp CPU decode ({variant()} build), {cpu_model()}, {a.threads} threads, "
                   f"{weights / 1e6:.1f} M weights read a token")
-            print("| type | file MB | tok/s | ns/weight | vs Q8_0 |\n|---|---:|---:|---:|---:|")
+            print("| type | file MB | tok/s | ns/weight | vs Q8_0 | note |\n|---|---:|---:|---:|---:|---|")
             for t in types:
                 r = rows[t]
+                if r["ns_per_weight"] is None:
+                    print(f"| {t} | {r['bytes'] / 1e6:.1f} | {r['tok_s']:.1f} | | | {r['note']} |")
+                    continue
+                note = ""
+                if r.get("derived"):
+                    note = (f"derived from its {r['share_of_weights']:.0%} of the weights (rest: "
+                            f"{', '.join(r['fallbacks'])}); whole file {r['ns_per_weight_whole_file']:.4f}")
                 print(f"| {t} | {r['bytes'] / 1e6:.1f} | {r['tok_s']:.1f} | {r['ns_per_weight']:.4f} | "
-                      f"{r['ns_per_weight'] / base:.2f} |")
+                      f"{r['ns_per_weight'] / base:.2f} | {note} |")
             log(f"saved {out}")
         return 0
     except SpeedError as e:
