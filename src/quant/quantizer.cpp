@@ -58,22 +58,30 @@ namespace {
 
 using detail::minmax_params;
 
-detail::SearchFn pick_search() {
+// Which build of the quantizer files (baseline, AVX2, AVX-512) this CPU runs.
+enum class QuantBuild { Base, Avx2, Avx512 };
+QuantBuild quant_build() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512vl"))
-    return detail::quantize_group_search_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
-    return detail::quantize_group_search_avx2;
-  return detail::quantize_group_search_base;
+    return QuantBuild::Avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()) return QuantBuild::Avx2;
+  return QuantBuild::Base;
+}
+
+detail::SearchFn pick_search() {
+  switch (quant_build()) {
+    case QuantBuild::Avx512: return detail::quantize_group_search_avx512;
+    case QuantBuild::Avx2: return detail::quantize_group_search_avx2;
+    default: return detail::quantize_group_search_base;
+  }
 }
 
 detail::MinMaxRowsFn pick_minmax_rows() {
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl"))
-    return detail::minmax_rows_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
-    return detail::minmax_rows_avx2;
-  return detail::minmax_rows_base;
+  switch (quant_build()) {
+    case QuantBuild::Avx512: return detail::minmax_rows_avx512;
+    case QuantBuild::Avx2: return detail::minmax_rows_avx2;
+    default: return detail::minmax_rows_base;
+  }
 }
 
 void quantize_group_minmax(const float* w, int gs, int bits, bool bf16, uint8_t* q, uint16_t* s_out,
