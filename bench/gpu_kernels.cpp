@@ -67,7 +67,7 @@ struct Copies {
   size_t bytes = 0;  // one copy
 };
 
-// A matrix in `fmt` (q4, q8: groups of 64, fp16 scales; bf16) with enough copies to exceed the L2.
+// A matrix in `fmt` (q2..q8: groups of 64, fp16 scales; bf16) with enough copies to exceed the L2.
 Copies make(const std::string& fmt, int64_t rows, int64_t cols) {
   Copies c;
   cuda::DevMatrix m;
@@ -78,7 +78,7 @@ Copies make(const std::string& fmt, int64_t rows, int64_t cols) {
     data_bytes = static_cast<size_t>(rows * cols) * 2;
   } else {
     m.storage = cuda::DevStorage::Affine;
-    m.bits = fmt == "q4" ? 4 : 8;
+    m.bits = fmt[1] - '0';  // q2 .. q8
     m.group = 64;
     data_bytes = static_cast<size_t>(rows * cols) * m.bits / 8;
     scale_bytes = static_cast<size_t>(rows * (cols / 64)) * 2;
@@ -146,7 +146,7 @@ int run(int argc, char** argv) {
                 {"down 4096x14336", 4096, 14336},
                 {"lm_head 128256x4096", 128256, 4096}};
   fmt::print("\n| format | matrix | launch | grid | us | GB/s |\n|---|---|---|---|---|---|\n");
-  for (const std::string fmtname : {"q4", "q8", "bf16"}) {
+  for (const std::string fmtname : {"q4", "q3", "q5", "q6", "q2", "q8", "bf16"}) {
     if (!only_fmt.empty() && fmtname != only_fmt) continue;
     for (const auto& sh : shapes) {
       if (!only_shape.empty() && std::string(sh.name).rfind(only_shape, 0) != 0) continue;
@@ -154,7 +154,7 @@ int run(int argc, char** argv) {
       const int n = static_cast<int>(c.mats.size());
       cuda::quantize_act_int8(static_cast<float*>(x.p), 1, sh.cols, static_cast<int8_t*>(xq.p),
                               static_cast<float*>(xs.p), static_cast<int32_t*>(xsum.p), nullptr);
-      for (int t = 0; t < 7; ++t) {
+      for (int t = 0; t < cuda::kMatvecTuningCount; ++t) {
         if (only_tuning >= 0 && t != only_tuning) continue;
         for (unsigned grid : {0u}) {
           const double us = time_us(reps, [&](int i) {
@@ -166,7 +166,7 @@ int run(int argc, char** argv) {
                      grid ? std::to_string(grid) : "rows", us, c.bytes / us / 1e3);
         }
       }
-      if (sh.rows == 14336 && fmtname != "q8" && n >= 2) {  // gate and up in one pass, with the activation
+      if (sh.rows == 14336 && (fmtname == "q4" || fmtname == "bf16") && n >= 2) {  // gate and up in one pass, with the activation
         const double us = time_us(reps, [&](int i) {
           cuda::matvec_gated(c.mats[i % n], c.mats[(i + 1) % n], GateAct::Silu, static_cast<float*>(x.p),
                              fmtname == "bf16" ? nullptr : static_cast<int8_t*>(xq.p), static_cast<float*>(xs.p),

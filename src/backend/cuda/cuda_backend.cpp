@@ -678,6 +678,8 @@ std::unique_ptr<WeightHandle> CudaBackend::upload(const WeightView& w) {
     *p.dst = dst;
     off += (p.bytes + 255) / 256 * 256;
   }
+  if (m.storage == DevStorage::Affine)  // the codes are the first part
+    cuda::affine_to_planes(static_cast<uint32_t*>(h->mem.get()), m.rows * (m.cols / 32), m.bits, stream_);
   OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   return h;
 }

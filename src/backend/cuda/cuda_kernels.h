@@ -68,10 +68,12 @@ bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const i
 bool matvec_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
                   const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s);
 // Tuning experiments (bench/gpu_kernels.cpp): one activation row, a launch
-// shape by index (names in kMatvecTunings: warps per block, rows per warp),
-// grid 0 = one block per row group; affine 4/8-bit (int8) and bf16 (fp32)
-// only. False when the index is past the list.
-extern const char* const kMatvecTunings[7];
+// shape by index (names in kMatvecTunings: warps per block, rows per warp,
+// chunks per lane in flight, halved at 8 bits; "default": what the backend
+// launches), grid 0 = one block per row group; affine (int8, every width)
+// and bf16 (fp32) only. False when the index is past the list.
+constexpr int kMatvecTuningCount = 8;
+extern const char* const kMatvecTunings[kMatvecTuningCount];
 bool matvec_tuned(int tuning, const DevMatrix& w, const float* x, const int8_t* xq, const float* xscale,
                   const int32_t* xsum, float* y, unsigned grid, cudaStream_t s);
 // x (n x cols) -> blocks of 32: q (n x blocks*32, zero padded), scale and sum
@@ -81,6 +83,10 @@ void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* sc
 // Rows [r0, r1) of W as fp32 or fp16, row-major ((r1 - r0) x cols), values as
 // quant/ggml_dequant and quant/affine compute them (fp16: rounded once).
 void dequantize_rows(const DevMatrix& w, int64_t r0, int64_t r1, float* out, cudaStream_t s);
+// Rewrites an affine matrix's packed codes (chunks of 32, `bits` words each)
+// from MLX's bit stream to the plane layout every kernel reads
+// (code_planes.h), in place; uploads call it once.
+void affine_to_planes(uint32_t* words, int64_t chunks, int bits, cudaStream_t s);
 void dequantize_rows(const DevMatrix& w, int64_t r0, int64_t r1, __half* out, cudaStream_t s);
 // out[i] = scale * W[tokens[i]] (tokens in device memory).
 void embed_rows(const DevMatrix& w, const int32_t* tokens, int n, float scale, float* out, cudaStream_t s);

@@ -95,4 +95,34 @@ void embed_rows(const DevMatrix& w, const int32_t* tokens, int n, float scale, f
   rows_of(w, tokens, 0, n, scale, out, s);
 }
 
+namespace {
+// One thread a chunk, in place: a chunk's words are read before any is written.
+template <int kBits>
+__global__ void to_planes_kernel(uint32_t* words, int64_t chunks) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= chunks) return;
+  uint32_t in[kBits], out[kBits];
+#pragma unroll
+  for (int i = 0; i < kBits; ++i) in[i] = words[c * kBits + i];
+  stream_to_planes<kBits>(in, out);
+#pragma unroll
+  for (int i = 0; i < kBits; ++i) words[c * kBits + i] = out[i];
+}
+}  // namespace
+
+void affine_to_planes(uint32_t* words, int64_t chunks, int bits, cudaStream_t s) {
+  if (chunks <= 0) return;
+  constexpr int kThreads = 256;
+  const unsigned grid = blocks_for(chunks, kThreads);
+  switch (bits) {
+    case 2: to_planes_kernel<2><<<grid, kThreads, 0, s>>>(words, chunks); break;
+    case 3: to_planes_kernel<3><<<grid, kThreads, 0, s>>>(words, chunks); break;
+    case 4: to_planes_kernel<4><<<grid, kThreads, 0, s>>>(words, chunks); break;
+    case 5: to_planes_kernel<5><<<grid, kThreads, 0, s>>>(words, chunks); break;
+    case 6: to_planes_kernel<6><<<grid, kThreads, 0, s>>>(words, chunks); break;
+    default: return;  // 8-bit codes are planes already (bytes in order)
+  }
+  OPTIQ_CUDA_LAUNCHED();
+}
+
 }  // namespace optiq::cuda

@@ -5,8 +5,8 @@
 // one warp sum per row at the end.
 //
 //  - int8 (fast numerics, affine storage): activations arrive as int8 blocks
-//    of 32 (quantize_act_int8); 32 codes meet their block by dp4a, 4-bit
-//    nibbles against the block permuted to their order. Per block:
+//    of 32 (quantize_act_int8); 32 codes meet their block by dp4a, the codes
+//    in the plane layout the backend uploads (code_planes.h). Per block:
 //    y += s_w * (s_x * dot) + b_w * (s_x * sum q_x), as the CPU's int8 decode.
 //  - fp32 (exact numerics, and every storage): chunks decoded by
 //    weight_decode.cuh, fp32 FMAs; affine groups apply scale and bias once
@@ -14,6 +14,9 @@
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/weight_decode.cuh"
+
+#include <cstdlib>
+#include <string>
 
 namespace optiq::cuda {
 namespace {
@@ -32,42 +35,16 @@ __device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
   return d;
 }
 
-// Integer dot product of 32 kBits-bit codes (kBits words) with 32 int8 activations (8 words).
+// Integer dot product of 32 kBits-bit codes (kBits words, code_planes.h's
+// layout) with 32 int8 activations (8 words): the planes put group g's four
+// codes in the bytes of activation word g, so each dp4a takes them as they
+// are (the MLX bit stream needed a byte shuffle of x per dp4a at 4 bits and a
+// code-by-code gather at 3, 5 and 6).
 template <int kBits>
 __device__ __forceinline__ int dot_chunk(const uint32_t (&w)[kBits], const int (&x)[8]) {
   int acc = 0;
-  if constexpr (kBits == 8) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) acc = dp4a_us(w[j], x[j], acc);
-  } else if constexpr (kBits == 4) {
-    // Low nibbles are codes 0,2,4,6 of the word, high nibbles 1,3,5,7.
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int xe = static_cast<int>(__byte_perm(x[2 * k], x[2 * k + 1], 0x6420));
-      const int xo = static_cast<int>(__byte_perm(x[2 * k], x[2 * k + 1], 0x7531));
-      acc = dp4a_us(w[k] & 0x0F0F0F0Fu, xe, acc);
-      acc = dp4a_us((w[k] >> 4) & 0x0F0F0F0Fu, xo, acc);
-    }
-  } else if constexpr (kBits == 2) {
-    // (w >> 2p) & 0x03030303 holds codes p, p+4, p+8, p+12 of the word.
-#pragma unroll
-    for (int k = 0; k < 2; ++k)
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        const uint32_t sel = static_cast<uint32_t>(p | ((p + 4) << 4));
-        const uint32_t a = __byte_perm(x[4 * k], x[4 * k + 1], sel), b = __byte_perm(x[4 * k + 2], x[4 * k + 3], sel);
-        acc = dp4a_us((w[k] >> (2 * p)) & 0x03030303u, static_cast<int>(__byte_perm(a, b, 0x5410)), acc);
-      }
-  } else {
-    // 3/5/6 bits: codes straddle bytes; gather 4 at a time into bytes.
-#pragma unroll
-    for (int q = 0; q < 8; ++q) {
-      uint32_t packed = 0;
-#pragma unroll
-      for (int t = 0; t < 4; ++t) packed |= chunk_code<kBits>(w, 4 * q + t) << (8 * t);
-      acc = dp4a_us(packed, x[q], acc);
-    }
-  }
+  for (int g = 0; g < 8; ++g) acc = dp4a_us(group_codes<kBits>(w, g), x[g], acc);
   return acc;
 }
 
@@ -242,21 +219,24 @@ struct MatrixGroup {
   int64_t end0 = 0, end1 = 0, end2 = 0;  // running row counts
 };
 
-template <int kBits, int kMaxN, int kW, int kU>
+template <int kBits, int kMaxN, int kW, int kR, int kU>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_group_kernel(MatrixGroup g, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
                              const int32_t* __restrict__ xsum, int n) {
   pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int64_t R = static_cast<int64_t>(blockIdx.x) * kW + warp; R < g.end2;
-       R += static_cast<int64_t>(gridDim.x) * kW) {
+  // kR rows a warp; the host keeps each matrix's row count a multiple of kR,
+  // so a warp's rows are all in one matrix.
+  for (int64_t R = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; R < g.end2;
+       R += static_cast<int64_t>(gridDim.x) * kW * kR) {
     const int m = R < g.end0 ? 0 : (R < g.end1 ? 1 : 2);  // uniform in the warp
     const DevMatrix w = m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2);
     float* y = m == 0 ? g.y0 : (m == 1 ? g.y1 : g.y2);
     const int64_t r = R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1));
-    float acc[1][kMaxN] = {};
-    int8_rows<kBits, kMaxN, 1, kU, false>(w, w, r, lane, xq, xscale, xsum, n, acc);
-    store_rows<kMaxN>(acc[0], n, r, w.rows, lane, y);
+    float acc[kR][kMaxN] = {};
+    int8_rows<kBits, kMaxN, kR, kU, false>(w, w, r, lane, xq, xscale, xsum, n, acc);
+#pragma unroll
+    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, r + i, w.rows, lane, y);
   }
 }
 
@@ -466,20 +446,42 @@ void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int3
 }
 
 
-// One row a warp, 16 code words a lane in flight (bench/gpu_kernels.cpp on the
-// H200: 2-15% over two rows a warp on every 8B-layer shape at 4 bits, and
-// 8-bit codes gain from 32 words).
+// Launch shapes of the int8 products (bench/gpu_kernels.cpp sweeps them):
+// two rows a warp, 4 chunks a lane in flight (2 at 8 bits). Measured on an
+// H100 with the plane layout, it is the fastest or within 2% of it on every
+// Llama-3-8B matrix at every width, 3-44% faster than what the H200 sweep of
+// the bit-stream layout had chosen (one row a warp, 3-8 chunks by width).
+// OPTIQ_CUDA_DECODE_ROWS=1 restores that for A/B runs.
+bool one_row_a_warp() {
+  static const bool on = [] {
+    const char* v = std::getenv("OPTIQ_CUDA_DECODE_ROWS");
+    return v && std::string(v) == "1";
+  }();
+  return on;
+}
+
 template <int kMaxN>
 void launch_affine_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                         cudaStream_t s, float* accum) {
-  constexpr int kW = 4, kR = 1;
+  constexpr int kW = 4;
+  if (one_row_a_warp()) {
+    switch (w.bits) {
+      case 2: int8_with<2, kMaxN, kW, 1, 8>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+      case 3: int8_with<3, kMaxN, kW, 1, 5>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+      case 4: int8_with<4, kMaxN, kW, 1, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+      case 5: int8_with<5, kMaxN, kW, 1, 3>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+      case 6: int8_with<6, kMaxN, kW, 1, 3>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+      default: int8_with<8, kMaxN, kW, 1, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+    }
+    return;
+  }
   switch (w.bits) {
-    case 2: int8_with<2, kMaxN, kW, kR, 8>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    case 3: int8_with<3, kMaxN, kW, kR, 5>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    case 4: int8_with<4, kMaxN, kW, kR, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    case 5: int8_with<5, kMaxN, kW, kR, 3>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    case 6: int8_with<6, kMaxN, kW, kR, 3>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    default: int8_with<8, kMaxN, kW, kR, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+    case 2: int8_with<2, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+    case 3: int8_with<3, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+    case 4: int8_with<4, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+    case 5: int8_with<5, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+    case 6: int8_with<6, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
+    default: int8_with<8, kMaxN, kW, 2, 2>(w, xq, xs, xsum, n, y, 0, s, accum); break;
   }
 }
 
@@ -519,10 +521,15 @@ void launch_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 template <int kW, int kR, int kU>
 void launch_tuned(const DevMatrix& w, const float* x, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
                   unsigned grid, cudaStream_t s) {
-  if (w.storage == DevStorage::Affine && w.bits == 4) {
-    int8_with<4, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s);
-  } else if (w.storage == DevStorage::Affine && w.bits == 8) {
-    int8_with<8, 1, kW, kR, (kU + 1) / 2>(w, xq, xs, xsum, 1, y, grid, s);
+  if (w.storage == DevStorage::Affine) {
+    switch (w.bits) {
+      case 2: int8_with<2, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
+      case 3: int8_with<3, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
+      case 4: int8_with<4, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
+      case 5: int8_with<5, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
+      case 6: int8_with<6, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
+      default: int8_with<8, 1, kW, kR, (kU + 1) / 2>(w, xq, xs, xsum, 1, y, grid, s); break;
+    }
   } else if (w.storage == DevStorage::BF16) {
     if (grid == 0) grid = blocks_for(w.rows, kW * kR);
     launch(dense_kernel<DevStorage::BF16, 1, kW, kR, kU>, grid, kW * 32, 0, s, w, x, 1, y, DevMatrix{}, GateAct::Silu);
@@ -531,7 +538,8 @@ void launch_tuned(const DevMatrix& w, const float* x, const int8_t* xq, const fl
 
 }  // namespace
 
-const char* const kMatvecTunings[] = {"w4r2u4", "w4r1u8", "w4r1u4", "w8r1u8", "w8r2u4", "w4r4u2", "w8r1u4"};
+const char* const kMatvecTunings[kMatvecTuningCount] = {"w4r2u4", "w4r1u8", "w4r1u4", "w8r1u8",
+                                                        "w8r2u4", "w4r4u2", "w8r1u4", "default"};
 
 bool matvec_tuned(int tuning, const DevMatrix& w, const float* x, const int8_t* xq, const float* xs,
                   const int32_t* xsum, float* y, unsigned grid, cudaStream_t s) {
@@ -543,6 +551,13 @@ bool matvec_tuned(int tuning, const DevMatrix& w, const float* x, const int8_t* 
     case 4: launch_tuned<8, 2, 4>(w, x, xq, xs, xsum, y, grid, s); break;
     case 5: launch_tuned<4, 4, 2>(w, x, xq, xs, xsum, y, grid, s); break;
     case 6: launch_tuned<8, 1, 4>(w, x, xq, xs, xsum, y, grid, s); break;
+    case 7:  // what the backend launches
+      if (w.storage == DevStorage::Affine) {
+        matvec_int8(w, xq, xs, xsum, 1, y, s);
+      } else {
+        matvec_f32(w, x, 1, y, s);
+      }
+      return true;
     default: return false;
   }
   OPTIQ_CUDA_LAUNCHED();
@@ -627,16 +642,28 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const in
 namespace {
 template <int kMaxN>
 void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const int32_t* xsum, int n, int bits,
-                  cudaStream_t s) {
+                  bool pairs, cudaStream_t s) {
   constexpr int kW = 4;
-  const unsigned grid = blocks_for(g.end2, kW);
+  if (!pairs) {
+    const unsigned grid = blocks_for(g.end2, kW);
+    switch (bits) {
+      case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 1, 8>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+      case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 1, 5>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+      case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 1, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+      case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 1, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+      case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 1, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+      default: launch(affine_int8_group_kernel<8, kMaxN, kW, 1, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    }
+    return;
+  }
+  const unsigned grid = blocks_for(g.end2, kW * 2);
   switch (bits) {
-    case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 8>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 5>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    default: launch(affine_int8_group_kernel<8, kMaxN, kW, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
+    default: launch(affine_int8_group_kernel<8, kMaxN, kW, 2, 2>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
   }
 }
 }  // namespace
@@ -657,10 +684,12 @@ bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const i
   g.w0 = ws[0], g.y0 = ys[0], g.end0 = ws[0].rows;
   g.w1 = count > 1 ? ws[1] : ws[0], g.y1 = count > 1 ? ys[1] : ys[0], g.end1 = g.end0 + (count > 1 ? ws[1].rows : 0);
   g.w2 = count > 2 ? ws[2] : ws[0], g.y2 = count > 2 ? ys[2] : ys[0], g.end2 = g.end1 + (count > 2 ? ws[2].rows : 0);
+  // Two rows a warp where every matrix's rows pair up (a warp stays in one matrix).
+  const bool pairs = !one_row_a_warp() && g.end0 % 2 == 0 && g.end1 % 2 == 0;
   if (n == 1)
-    launch_group<1>(g, xq, xscale, xsum, n, a.bits, s);
+    launch_group<1>(g, xq, xscale, xsum, n, a.bits, pairs, s);
   else
-    launch_group<kMatvecMaxRows>(g, xq, xscale, xsum, n, a.bits, s);
+    launch_group<kMatvecMaxRows>(g, xq, xscale, xsum, n, a.bits, pairs, s);
   OPTIQ_CUDA_LAUNCHED();
   return true;
 }

@@ -5,6 +5,7 @@
 // bit those of quant/affine.cpp and quant/ggml_dequant.cpp: products and sums
 // are written with __fmul_rn/__fadd_rn so the compiler cannot fuse them.
 #pragma once
+#include "backend/cuda/code_planes.h"
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
 
@@ -30,18 +31,11 @@ __device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[kWor
   }
 }
 
-// Code j (0..31) of a chunk of kBits-bit codes held in kBits words (an MLX
-// bit stream: code j at bits [j*kBits, (j+1)*kBits)).
+// Code j (0..31) of a chunk of kBits-bit codes in the GPU's plane layout
+// (code_planes.h; the backend rewrites MLX's bit stream on upload).
 template <int kBits>
 __device__ __forceinline__ uint32_t chunk_code(const uint32_t (&w)[kBits], int j) {
-  const int bit = j * kBits, wi = bit >> 5, off = bit & 31;
-  uint32_t v;
-  if (off + kBits <= 32 || wi + 1 >= kBits) {
-    v = w[wi] >> off;
-  } else {
-    v = __funnelshift_r(w[wi], w[wi + 1], off);
-  }
-  return v & ((1u << kBits) - 1u);
+  return (group_codes<kBits>(w, j >> 2) >> (8 * (j & 3))) & 0xFFu;
 }
 
 // Exact small integer -> float without the (slow) integer conversion unit.
