@@ -31,6 +31,9 @@ JSON: llama.cpp's decode cost per type, for the plan's --max-slowdown bound) to 
 optiq files' names then carry the table's hash. --optiq-tag TAG names the optiq profile and files
 (optiq-auto-TAG.profile.json, ...-optiq-auto-TAG-...): a run with other optiq settings or another
 optiq build then starts its own profile instead of reusing (or overwriting) an earlier run's.
+--optiq-model source gives optiq auto the source GGUF instead of the F32 reference (the same
+weights, in the source's quantized storage), so that the `source` candidate (--optiq-args
+"--candidates ...,source") can keep a tensor's own blocks; its profile and files carry '-src'.
 
 Sizes: "file MB" is the whole file (10^6 bytes); bpw = tensor data bytes x 8 / parameters, over
 every tensor in the file (norms, embeddings included; llama.cpp's own "BPW" of a loaded model).
@@ -121,6 +124,10 @@ def parse_args(argv=None):
     ap.add_argument("--optiq-tag", default="", metavar="TAG",
                     help="names the optiq profile and files (optiq-auto-TAG...), so other optiq settings or "
                          "builds do not reuse an earlier run's")
+    ap.add_argument("--optiq-model", choices=("reference", "source"), default="reference",
+                    help="what optiq auto quantizes: the F32 reference (default) or the source GGUF itself, the "
+                         "same weights in their quantized storage (for the `source` candidate, which keeps a "
+                         "tensor's source blocks; its profile and files are named with '-src')")
     ap.add_argument("--optiq-calib", type=Path, default=SHARED / "data/c4/c4-validation-2k.jsonl",
                     help="optiq auto --calib (default the same C4 text, .jsonl); its --calib-samples/--calib-seq "
                          "are --calib-chunks/--ctx, so both sides calibrate on as many tokens")
@@ -470,6 +477,9 @@ class Compare:
                              "optiq GGUF export not available", "target_tensor_bytes": b.get("tensor_bytes")})
             return rows
         tag = f"-{a.optiq_tag}" if a.optiq_tag else ""
+        if a.optiq_model == "source":  # another model for optiq: its own profile and files
+            tag += "-src"
+        model = self.source if a.optiq_model == "source" else ref
         profile = self.work / f"optiq-auto{tag}.profile.json"
         if a.speed_table:  # the plan depends on the table: another table, other files
             check_input(a.speed_table, "--speed-table file", "write it with bench/llamacpp_speed_table.py")
@@ -487,7 +497,7 @@ class Compare:
                 if out.is_file() and not a.fresh and attempt == 0:
                     pass  # made by an earlier run: checked below like a new one
                 else:
-                    cmd = [binary, "auto", ref, "--format", "gguf"]
+                    cmd = [binary, "auto", model, "--format", "gguf"]
                     if "--target" in help_text:
                         cmd += ["--target", "gguf"]
                     cmd += ["--size", f"{budget}B", "--calib", a.optiq_calib,
@@ -609,7 +619,7 @@ def result_object(a, name: str, source: Path, tools: Path | None, variant: str, 
                      "calib": str(a.calib), "calib_chunks": a.calib_chunks, "calib_tokens": a.calib_chunks * a.ctx,
                      "types": a.types, "tg_n": a.tg_n, "tg_reps": a.tg_reps,
                      "optiq_speed_table": str(a.speed_table) if a.speed_table else None,
-                     "optiq_tag": a.optiq_tag or None,
+                     "optiq_tag": a.optiq_tag or None, "optiq_model": a.optiq_model,
                      "bpw": "tensor data bytes x 8 / parameters (all tensors in the file)",
                      "file_mb": "file bytes / 1e6"},
         **{k: v for k, v in out.items() if k != "rows"},

@@ -5,10 +5,13 @@
 // on which family it belongs to.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
+
+#include "core/tensor.h"
 
 namespace optiq {
 
@@ -74,6 +77,10 @@ struct ModelConfig {
   float rope_theta_local = 0.0f;  // RoPE base of sliding-window layers; 0 = rope_theta
   // GGUF only: q/k rows interleave the rotary halves (llama.cpp "norm" rope).
   bool gguf_interleaved_rope = true;
+  // GGUF only: the type each 2-D tensor is stored in, by GGUF tensor name
+  // ("blk.0.attn_q.weight" -> Q4_K): what the candidate `source` keeps
+  // (ModuleInfo::source_type). Empty for other sources.
+  std::map<std::string, DType> gguf_types;
 
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }

@@ -141,6 +141,8 @@ ModelConfig config_from_gguf(const GgufFile& g) {
     c.rope_freq_factors.assign(f, f + rf->numel());
   }
   c.validate(g.path());
+  for (const TensorView& t : g.tensors())
+    if (t.shape.size() == 2) c.gguf_types[t.name] = t.dtype;
   return c;
 }
 

@@ -61,6 +61,9 @@ Linear Linear::from_quantized(QuantizedMatrix q) {
   if (q.affine) return from_affine(std::move(*q.affine));
   const GgmlFormat* g = q.format.ggml();
   check(g != nullptr && !q.blocks.empty(), "Linear: a {} matrix without its data", tensor_format_short(q.format));
+  // `source` carries its values (quant/format_ggml.cpp); an export keeps the
+  // source's own matrix instead (ModuleQuantizer).
+  if (g->source) return from_f32(dequantize_matrix(q), q.rows, q.cols);
   if (optiq::is_kquant(g->type)) return from_ggml(g->type, std::move(q.blocks), q.rows, q.cols);  // runs on its own kernels
   TensorView t{"", g->type, {q.rows, q.cols}, q.blocks.data(), q.blocks.size()};
   return from_affine(ggml_to_affine(t));

@@ -38,6 +38,7 @@ const Linear& StreamedMatrices::layout(const ModuleInfo& mod) {
                                                       : source;
     return probe_;
   }
+  if (format(mod).is_source()) return source;  // kept as it is (ModuleQuantizer)
   // One row quantized as the whole matrix will be: the same storage type
   // (importance weighting and GPTQ change the values, not the storage).
   std::vector<float> row(mod.cols);

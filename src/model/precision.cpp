@@ -37,14 +37,26 @@ std::vector<ModuleInfo> quantizable_modules(const ModelConfig& c) {
     add(K::DownProj, c.dim, c.hidden_dim);
   }
   if (!c.tied_embeddings) m.push_back({module_kind_info(K::LmHead).hf_path, K::LmHead, -1, c.vocab_size, c.dim});
+  if (!c.gguf_types.empty())
+    for (auto& mod : m) {
+      auto it = c.gguf_types.find(gguf_tensor_name(mod));
+      if (it != c.gguf_types.end()) mod.source_type = it->second;
+    }
   return m;
+}
+
+std::string gguf_tensor_name(const ModuleInfo& mod) {
+  const char* g = module_kind_info(mod.kind).gguf_name;
+  return mod.layer >= 0 ? fmt::format("blk.{}.{}.weight", mod.layer, g) : fmt::format("{}.weight", g);
 }
 
 PrecisionMap PrecisionMap::uniform(const ModelConfig& config, const TensorFormat& fmt) {
   if (const AffineFormat* a = fmt.affine()) check_affine_format(*a);
   PrecisionMap p;
-  for (const auto& m : quantizable_modules(config))
-    p.formats[m.path] = format_fits(fmt, m.cols) ? fmt : TensorFormat{};
+  for (const auto& m : quantizable_modules(config)) {
+    const TensorFormat f = module_format(fmt, m);  // `source`: each tensor's own type, where it has one
+    p.formats[m.path] = format_fits(f, m.cols) ? f : TensorFormat{};
+  }
   return p;
 }
 
@@ -54,7 +66,10 @@ PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelCo
   PrecisionMap p;
   TensorFormat def = AffineFormat{4, 64};
   if (j.contains("default")) def = tensor_format_from_json(j["default"], source, "default");
-  for (const auto& m : modules) p.formats[m.path] = format_fits(def, m.cols) ? def : TensorFormat{};
+  for (const auto& m : modules) {
+    const TensorFormat f = module_format(def, m);
+    p.formats[m.path] = format_fits(f, m.cols) ? f : TensorFormat{};
+  }
   if (j.contains("tensors")) {
     check(j["tensors"].is_object(), "{}: \"tensors\" must map module paths to formats", source);
     std::map<std::string, const ModuleInfo*> by_path;
@@ -66,6 +81,19 @@ PrecisionMap PrecisionMap::from_plan_json(const nlohmann::json& j, const ModelCo
       check(it != by_path.end(), "{}: tensor '{}' is not a quantizable module of this model (e.g. {})", source, name,
             modules.size() > 1 ? modules[1].path : modules[0].path);
       TensorFormat f = tensor_format_from_json(v, source, name);
+      if (f.is_source()) {  // kept as the source stores it: only where it does, in that type
+        const DType stored = it->second->source_type;
+        check(source_type_keepable(stored),
+              "{}: {}: the plan keeps the tensor in its GGUF source's type, but this model stores it as {} (not a "
+              "GGUF block type optiq keeps: the source must be the GGUF the plan was made for)",
+              source, name, dtype_name(stored));
+        const TensorFormat kept = module_format(source_candidate(), *it->second);
+        check(f.ggml()->type == DType::F32 || f == kept,
+              "{}: {}: the plan keeps the tensor as its source's {}, but this model stores it as {} (a plan for "
+              "another file?)",
+              source, name, dtype_name(f.ggml()->type), dtype_name(stored));
+        f = kept;
+      }
       check(format_fits(f, it->second->cols), "{}: {}: group size {} does not divide its {} inputs", source,
             name, f.group_size(), it->second->cols);
       p.formats[path] = f;

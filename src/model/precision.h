@@ -50,11 +50,24 @@ struct ModuleInfo {
   ModuleKind kind = ModuleKind::Embed;
   int layer = -1;    // -1 for embedding and lm_head
   int64_t rows = 0, cols = 0;
+  // The type a GGUF source stores it in (ModelConfig::gguf_types); F32 when
+  // the source is not a GGUF (or the tensor is F32).
+  DType source_type = DType::F32;
   int64_t numel() const { return rows * cols; }
   std::string_view kind_name() const { return module_kind_name(kind); }  // "q_proj"
 };
 
 // Every quantizable module, in forward order (embedding, layers, lm_head when untied).
 std::vector<ModuleInfo> quantizable_modules(const ModelConfig& config);
+
+// Its tensor's name in a GGUF file, as llama.cpp names it ("blk.3.attn_q.weight").
+std::string gguf_tensor_name(const ModuleInfo& m);
+
+// `f` for module m: the candidate `source` resolved to the type m's GGUF
+// source stores it in (quant/format.h, resolve_source_format); any other
+// format as it is.
+inline TensorFormat module_format(const TensorFormat& f, const ModuleInfo& m) {
+  return resolve_source_format(f, m.source_type);
+}
 
 }  // namespace optiq

@@ -10,6 +10,7 @@
 #include "core/memory.h"
 #include "core/parallel.h"
 #include "core/progress.h"
+#include "model/gguf_matrix.h"
 
 namespace optiq {
 
@@ -111,6 +112,26 @@ TensorFormat ModuleQuantizer::format(const ModuleInfo& mod) const {
   return map_.format_of(mod.path);
 }
 
+// `source`: the loaded matrix itself, which holds the source's blocks (k-quants
+// as they are, the 32-weight types re-laid losslessly), so the GGUF writer
+// stores exactly the source's bytes (model/gguf_matrix.h); fake quantization
+// of it is its own values.
+Linear ModuleQuantizer::kept_source(const ModuleInfo& m, const Linear& lin) const {
+  const DType want = map_.format_of(m.path).ggml()->type;
+  std::string have = lin.format();
+  if (lin.is_kquant() || lin.is_affine()) {
+    try {
+      const GgufMatrix g = gguf_matrix_type(lin, m.path, false);
+      if (g.type == want && !g.requantized) return lin;
+      have = std::string(dtype_name(g.type)) + (g.requantized ? " (not exactly)" : "");
+    } catch (const Error&) {
+    }
+  }
+  fail("{}: {}: the plan keeps the tensor in its source's {} blocks, but the loaded matrix is {}: quantize the GGUF "
+       "the plan was made for, as loaded (not dequantized or transformed)",
+       model_.path, m.path, dtype_name(want), have);
+}
+
 Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
   const TensorFormat fmt = format(m);
   if (!fmt) {
@@ -118,6 +139,7 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
     // stored as its dequantized values, not silently kept in its old format.
     return lin.is_affine() || lin.is_kquant() ? Linear::from_f32(lin.to_f32(), m.rows, m.cols) : lin;
   }
+  if (fmt.is_source()) return kept_source(m, lin);
   check(format_fits(fmt, m.cols), "{}: {} cannot use {}: {} inputs are not a multiple of the group size", model_.path,
         m.path, tensor_format_short(fmt), m.cols);
   auto method = map_.methods.find(m.path);

@@ -87,6 +87,7 @@ class ModuleQuantizer {
   const Model& model_;
   const PrecisionMap& map_;
   const QuantizeModelOptions& opt_;
+  Linear kept_source(const ModuleInfo& mod, const Linear& lin) const;
   // GPTQ's factorisation of the last set of shared inputs (q, k and v, or gate
   // and up, come one after another): one kept, not one per layer.
   std::pair<const std::vector<float>*, bool> hessian_key_{nullptr, false};

@@ -51,11 +51,6 @@ uint32_t llama_file_type(DType t) {
   }
 }
 
-std::string tensor_name(const ModuleInfo& mod) {
-  const char* g = module_kind_info(mod.kind).gguf_name;
-  return mod.layer >= 0 ? fmt::format("blk.{}.{}.weight", mod.layer, g) : fmt::format("{}.weight", g);
-}
-
 // The source row of GGUF row g of a q/k matrix in llama.cpp's interleaved
 // order (rotary halves x0,y0,x1,y1,... per head): the inverse of the loader's
 // re-ordering into HF's rotate-half order (x0,x1,...,y0,y1,...).
@@ -69,7 +64,7 @@ class Writer {
   Writer(const Model& m, const GgufSaveOptions& opt, MatrixSource& src) : m_(m), opt_(opt), src_(src) {}
 
   void matrix(const ModuleInfo& mod) {
-    const std::string name = tensor_name(mod);
+    const std::string name = gguf_tensor_name(mod);
     const std::string what = fmt::format("{}: {} ({})", m_.path, mod.path, name);
     // The type from a stand-in with the same storage; the matrix itself is made
     // when its turn comes in the file (a streamed export quantizes it then).

@@ -24,7 +24,7 @@ void assign_profiled_methods(PrecisionMap& map, const SensitivityTable& t) {
   map.methods.clear();
   for (const auto& ms : t.modules) {
     auto f = map.formats.find(ms.module.path);
-    if (f == map.formats.end() || f->second.is_float()) continue;
+    if (f == map.formats.end() || f->second.is_float() || f->second.is_source()) continue;  // (kept: not rounded)
     auto fs = ms.formats.find(tensor_format_name(f->second));
     if (fs != ms.formats.end() && !fs->second.method.empty()) map.methods[ms.module.path] = fs->second.method;
   }

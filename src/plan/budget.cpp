@@ -56,7 +56,8 @@ SizeRange achievable_size_range(const ModelConfig& c, const std::vector<TensorFo
   SizeRange r{fixed_weight_bytes(c), fixed_weight_bytes(c)};
   for (const auto& m : quantizable_modules(c)) {
     int64_t lo = std::numeric_limits<int64_t>::max(), hi = 0;
-    for (const auto& f : formats) {
+    for (const auto& candidate : formats) {
+      const TensorFormat f = module_format(candidate, m);
       if (f && !format_fits(f, m.cols)) continue;
       const int64_t b = module_bytes(m, f);
       lo = std::min(lo, b);

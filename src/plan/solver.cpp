@@ -83,7 +83,10 @@ Problem build(const std::vector<SolverItem>& items, const SolverOptions& o) {
       }
     std::vector<Cand> a;
     for (const auto& c : it.candidates) {
-      if (pin >= 0 ? c.format != o.pins[pin].format : (c.format && c.format.code_bits() < o.min_bits)) continue;
+      // (A pin to `source` takes each module's own resolved type.)
+      const bool pinned = pin >= 0 && (c.format == o.pins[pin].format ||
+                                       (c.format.is_source() && o.pins[pin].format.is_source()));
+      if (pin >= 0 ? !pinned : (c.format && c.format.code_bits() < o.min_bits)) continue;
       auto same = std::find_if(a.begin(), a.end(), [&](const Cand& x) { return x.format == c.format; });
       if (same == a.end()) a.push_back({c.format, c.bytes, c.damage});
       else if (c.damage < same->damage || (c.damage == same->damage && c.bytes < same->bytes))

@@ -51,7 +51,8 @@ std::vector<std::vector<std::string>> tie_qkv_groups(const std::vector<ModuleInf
 SolverItem make_item(const ModuleInfo& m, const std::map<std::string, double>& damage,
                      const std::vector<TensorFormat>& formats, const CandidateTime& time_of) {
   SolverItem it{m.path, {}};
-  for (const auto& f : formats) {
+  for (const auto& candidate : formats) {
+    const TensorFormat f = module_format(candidate, m);  // `source`: m's own type, or none
     if (f && !format_fits(f, m.cols)) continue;
     auto d = damage.find(tensor_format_name(f));
     if (d == damage.end() && f) continue;

@@ -17,6 +17,7 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "core/atomic_file.h"
 #include "core/parallel.h"
@@ -255,6 +256,26 @@ nlohmann::json measured_with(const Model& ref, const ProfileOptions& opt, size_t
   return m;
 }
 
+// The candidate `source` needs a GGUF source with matrices in block types
+// optiq keeps (it is resolved per tensor from ModelConfig::gguf_types).
+void check_source_candidate(const Model& ref, const std::vector<TensorFormat>& candidates) {
+  if (std::none_of(candidates.begin(), candidates.end(), [](const TensorFormat& f) { return f.is_source(); })) return;
+  check(ref.format == SourceFormat::Gguf,
+        "{}: the candidate 'source' keeps a tensor in the GGUF type its source file stores it in, but this model is "
+        "a {}, not a GGUF file: drop 'source' from --candidates",
+        ref.path, format_name(ref.format));
+  std::set<std::string> types;
+  bool any = false;
+  for (const auto& m : quantizable_modules(ref.config)) {
+    types.insert(std::string(dtype_name(m.source_type)));
+    any = any || format_fits(module_format(source_candidate(), m), m.cols);
+  }
+  check(any,
+        "{}: the candidate 'source': no weight matrix of this GGUF is stored in a block type optiq can keep (they "
+        "are {}; keepable: Q2_K..Q6_K, Q4_0..Q8_0, IQ4_NL, IQ4_XS): drop 'source' from --candidates",
+        ref.path, fmt::join(types, ", "));
+}
+
 // Takes the measurements of the table at `path` (a finished profile or a
 // checkpoint) when it was made for the same source, rounding and settings.
 void resume_from(const std::string& path, const ModelConfig& c, SensitivityTable& t) {
@@ -317,6 +338,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         "layer-wise profiling is a way of running the fast method: --method fast");
   check(!opt.weighted || opt.method == ProfileMethod::Fast,
         "the activation-weighted rounding is weighted by the fast method's Gram sums: --method fast");
+  check_source_candidate(ref, opt.candidates);
   SensitivityTable t = empty_table(c, opt.candidates);
   t.source = opt.source;
   t.method = profile_method_name(opt.method);
@@ -356,7 +378,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   for (size_t i = 0; i < t.modules.size(); ++i) {
     const auto& ms = t.modules[i];
     const ModuleInfo& m = ms.module;
-    for (const auto& f : fitting(opt.candidates, m.cols)) {
+    for (const auto& f : fitting(opt.candidates, m)) {
       const std::string name = tensor_format_name(f);
       auto it = ms.formats.find(name);
       const bool has_kl = it != ms.formats.end() && it->second.kl;
@@ -660,7 +682,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         FormatSensitivity& fs = ms.formats[tensor_format_name(n.fmt)];
         if (n.proxy) {
           fs.proxy = e[k];
-          fs.method = search_method;
+          fs.method = n.fmt.is_source() ? "" : search_method;  // (kept blocks are not rounded)
           ++t.proxy_measured;
           if (progress) progress->update(++done, m.path);
         }
@@ -742,8 +764,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           e = gram_proxy(out.data(), m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
         }
         fs.proxy = e;
-        fs.method = search_method;
-        if (opt.gptq && m.layer >= 0) {
+        fs.method = n.fmt.is_source() ? "" : search_method;
+        if (opt.gptq && m.layer >= 0 && !n.fmt.is_source()) {  // (`source` is exact already)
           const SiteStats& g = grams[m.layer][site_of(m.kind)];
           auto error_of = [&](std::vector<float>& dq) {  // W - dq, into `out`
             const float* w = host_w();

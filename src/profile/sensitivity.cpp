@@ -130,14 +130,16 @@ std::string pick_anchor(const std::vector<TensorFormat>& fits) {
     return a.affine() && !b.affine();  // same bits and group: the affine one
   };
   for (const auto& f : fits)
-    if (!best || better(f, *best)) best = &f;
-  return tensor_format_name(*best);
+    if (!f.is_source() && (!best || better(f, *best))) best = &f;  // `source` has no error to scale
+  return best ? tensor_format_name(*best) : "";
 }
 
-std::vector<TensorFormat> fitting(const std::vector<TensorFormat>& cands, int64_t cols) {
+std::vector<TensorFormat> fitting(const std::vector<TensorFormat>& cands, const ModuleInfo& m) {
   std::vector<TensorFormat> out;
-  for (const auto& f : cands)
-    if (format_fits(f, cols)) out.push_back(f);
+  for (const auto& c : cands) {
+    const TensorFormat f = module_format(c, m);
+    if (format_fits(f, m.cols)) out.push_back(f);
+  }
   return out;
 }
 
@@ -147,7 +149,7 @@ SensitivityTable empty_table(const ModelConfig& c, const std::vector<TensorForma
   for (const auto& m : quantizable_modules(c)) {
     ModuleSensitivity ms;
     ms.module = m;
-    ms.anchor = pick_anchor(fitting(candidates, m.cols));
+    ms.anchor = pick_anchor(fitting(candidates, m));
     t.modules.push_back(std::move(ms));
   }
   return t;
@@ -216,7 +218,7 @@ std::map<std::string, std::map<std::string, double>> SensitivityTable::damage(Da
   std::map<std::string, std::map<std::string, double>> out;
   for (const auto& ms : modules) {
     auto& d = out[ms.module.path];
-    for (const auto& f : fitting(candidates, ms.module.cols)) {
+    for (const auto& f : fitting(candidates, ms.module)) {
       const std::string name = tensor_format_name(f);
       auto it = ms.formats.find(name);
       const FormatSensitivity* fs = it == ms.formats.end() ? nullptr : &it->second;

@@ -13,7 +13,9 @@ namespace optiq::profile_detail {
 // bits, then the group size closest to 64; with none >= 3 bits, the most bits.
 std::string pick_anchor(const std::vector<TensorFormat>& fits);
 // The candidates whose group size divides `cols`.
-std::vector<TensorFormat> fitting(const std::vector<TensorFormat>& cands, int64_t cols);
+// The candidates module m can take, the candidate `source` resolved to m's
+// source type (and left out where m has none).
+std::vector<TensorFormat> fitting(const std::vector<TensorFormat>& cands, const ModuleInfo& m);
 // A table with every module of `c` and no measurements yet.
 SensitivityTable empty_table(const ModelConfig& c, const std::vector<TensorFormat>& candidates);
 

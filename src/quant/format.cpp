@@ -59,6 +59,7 @@ int TensorFormat::code_bits() const {
   if (const auto* a = affine()) return a->bits;
   if (const auto* g = ggml()) {
     switch (g->type) {
+      case DType::F32: return 0;  // the candidate `source`, not resolved for a tensor
       case DType::Q2_K: return 2;
       case DType::Q3_K: return 3;
       case DType::Q4_0: case DType::Q4_1: case DType::Q4_K: case DType::IQ4_NL: case DType::IQ4_XS: return 4;
@@ -72,6 +73,7 @@ int TensorFormat::code_bits() const {
 
 int TensorFormat::group_size() const {
   if (const auto* a = affine()) return a->group_size;
+  if (is_source() && ggml()->type == DType::F32) return 0;
   return ggml() ? static_cast<int>(block_layout(ggml()->type).block_elems) : 0;
 }
 
@@ -82,7 +84,9 @@ TensorFormat parse_tensor_format(std::string_view text, int default_group_size) 
   const std::string s = squeeze_lower(text);
   for (const FormatKind* k : kinds())
     if (auto f = k->parse(s, text, default_group_size)) return *f;
-  fail("format '{}': expected bits (\"4\"), \"q4g64\", \"q8\", a GGUF type (\"q8_0\", \"q4_0\") or \"float\"", text);
+  fail("format '{}': expected bits (\"4\"), \"q4g64\", \"q8\", a GGUF type (\"q8_0\", \"q4_0\"), \"source\" or "
+       "\"float\"",
+       text);
 }
 
 std::vector<TensorFormat> parse_format_list(std::string_view text) {
@@ -100,15 +104,18 @@ std::vector<TensorFormat> parse_format_list(std::string_view text) {
     } catch (const Error& e) {
       fail("formats '{}': '{}' is not a format (valid: affine BITSxGROUPS like 2,3,4x64,128 or q4g64 with bits 2, "
            "3, 4, 5, 6, 8 and groups 32, 64, 128; GGUF q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, "
-           "iq4_nl, iq4_xs)",
+           "iq4_nl, iq4_xs; source: each tensor's own type in a GGUF source)",
            text, tok);
     }
     check(!f.is_float(), "formats '{}': '{}' is float, not a quantized format", text, tok);
     add(f);
   };
-  // Named formats ("q8_0") may sit on either side of a product: "2,3,4x32,64,q8_0".
+  // Named formats ("q8_0", "source") may sit on either side of a product: "2,3,4x32,64,q8_0".
   // The product's 'x' is the first one outside a named format ("iq4_xs" has one too).
-  auto is_named = [](const std::string& tok) { return tok.find('_') != std::string::npos; };
+  auto is_named = [](const std::string& tok) {
+    return tok.find('_') != std::string::npos ||
+           std::none_of(tok.begin(), tok.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); });
+  };
   size_t x = std::string::npos, start = 0;
   for (const auto& tok : split(s, ',')) {
     if (!is_named(tok) && tok.find('x') != std::string::npos) {
@@ -150,6 +157,13 @@ TensorFormat tensor_format_from_json(const nlohmann::json& v, const std::string&
   for (const FormatKind* k : kinds())
     if (auto f = k->from_json(v, context)) return *f;
   fail("{}: expected {{\"bits\": B, \"group_size\": G}}, {{\"gguf\": \"Q8_0\"}} or \"float\"", context);
+}
+
+TensorFormat source_candidate() { return GgmlFormat{DType::F32, true}; }
+
+TensorFormat resolve_source_format(const TensorFormat& f, DType stored) {
+  if (!f.is_source()) return f;
+  return source_type_keepable(stored) ? TensorFormat(GgmlFormat{stored, true}) : source_candidate();
 }
 
 bool format_fits(const AffineFormat& fmt, int64_t cols) { return cols > 0 && cols % fmt.group_size == 0; }

@@ -2,6 +2,8 @@
 //   float                 the model's fp16/bf16 (or fp32): the unquantized reference
 //   affine {bits, group}  MLX affine groups, w = scale * q + bias (quant/affine.h)
 //   ggml {type}           a GGUF block type as llama.cpp stores it (Q4_0..Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS)
+//   ggml {type, source}   the candidate `source`: a tensor kept in the block type a GGUF source
+//                         stores it in, its blocks copied to the output byte for byte
 // Each kind is one entry (a FormatKind: format_float/affine/ggml.cpp) that
 // owns its names, parsing, JSON, bits per weight, bytes for a shape, whether
 // it fits a shape, and quantize / dequantize; fake quantization is their
@@ -13,6 +15,7 @@
 //   float | f16 | fp16 | bf16 | f32 | none      -> float
 //   4 | q4 | q4g64 | q4-g64 | affine-q4-g64      -> affine, 4 bits (group: the default when not given)
 //   q8_0 | q4_k | gguf-q6_k | ...                -> ggml blocks
+//   source | keep                                -> the source's own type, per tensor (resolve_source_format)
 // Printed names: tensor_format_name  "affine-q4-g64" / "gguf-q8_0" / "float" (profiles, plans: stable keys)
 //                tensor_format_short "q4g64" / "q8_0" / "float"               (tables, reports)
 #pragma once
@@ -32,8 +35,16 @@
 namespace optiq {
 
 // A GGUF block type kept as such (quant/format_ggml.cpp).
+// source: the candidate `source` (spelled "source" or "keep"): the tensor's
+// own blocks in a GGUF source file, written to the output unchanged (no
+// re-quantization; model/quantize_model.cpp copies them). Its cost is the
+// source type's bytes and its damage none: its values are the source's
+// dequantized blocks, which is what the model holds. One candidate for every
+// tensor: `type` is DType::F32 until resolve_source_format gives it the type
+// of one tensor; unresolved, it fits no matrix.
 struct GgmlFormat {
   DType type = DType::Q8_0;
+  bool source = false;
   bool operator==(const GgmlFormat&) const = default;
 };
 
@@ -50,6 +61,8 @@ class TensorFormat {
   bool has_value() const { return !is_float(); }
   const AffineFormat* affine() const { return std::get_if<AffineFormat>(&v_); }
   const GgmlFormat* ggml() const { return std::get_if<GgmlFormat>(&v_); }
+  // The candidate `source` (resolved for a tensor or not).
+  bool is_source() const { return ggml() && ggml()->source; }
   // The affine format; throws optiq::Error for any other kind.
   const AffineFormat& operator*() const;
   const AffineFormat* operator->() const { return &**this; }
@@ -97,6 +110,18 @@ std::vector<AffineFormat> parse_affine_format_list(std::string_view text);
 nlohmann::json tensor_format_to_json(const TensorFormat& f);
 // Throws "<source>: <what>: ..." on anything else.
 TensorFormat tensor_format_from_json(const nlohmann::json& v, const std::string& source, const std::string& what);
+
+// The candidate `source` (unresolved: fits nothing until resolved for a tensor).
+TensorFormat source_candidate();
+// Whether a GGUF tensor of this type can be kept as it is (`source`): one of
+// the block types above, which optiq runs and writes.
+bool source_type_keepable(DType stored);
+// `f` for one tensor a source stores as `stored`: the candidate `source`
+// becomes that type kept (GgmlFormat{stored, true}) when it is keepable, and
+// stays unresolved (fitting nothing: that tensor has no `source` candidate)
+// when it is not (F16/F32, or not a GGUF source: pass DType::F32). Any other
+// format is returned as it is.
+TensorFormat resolve_source_format(const TensorFormat& f, DType stored);
 
 // Can the format store a matrix with `cols` inputs (its group divides cols)?
 bool format_fits(const AffineFormat& fmt, int64_t cols);

@@ -3,6 +3,8 @@
 // unknown format or a plan GGUF cannot hold (stories260K).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -10,6 +12,7 @@
 
 #include "formats/gguf.h"
 #include "model/model.h"
+#include "plan/budget.h"
 #include "test_util.h"
 
 namespace optiq {
@@ -114,6 +117,82 @@ TEST(CliGguf, PlanBoundsLlamaCppDecodeSpeed) {
   r = run(plan + "-o " + dir + "/d.json --speed-table " + dir + "/p.json");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("ns_per_weight"), std::string::npos) << r.out;
+}
+
+// The candidate `source` on a GGUF source: what the plan keeps is the source's
+// own blocks in the output, byte for byte, in its type, and the plan says so.
+TEST(CliGguf, SourceCandidateCopiesTheSourceBlocks) {
+  const std::string dir = test::temp_dir();
+  {  // A mixed source: Q8_0, Q4_0, Q5_1, Q4_1, Q5_0 (and F16 on the 172-wide rows).
+    std::ofstream plan(dir + "/mix.json");
+    plan << R"({"default": {"gguf": "Q8_0"}, "tensors": {
+      "model.layers.0.self_attn.q_proj": {"gguf": "Q4_0"},
+      "model.layers.0.self_attn.k_proj": {"gguf": "Q5_1"},
+      "model.layers.1.mlp.up_proj": {"gguf": "Q4_1"},
+      "model.layers.2.self_attn.v_proj": {"gguf": "Q5_0"}}})";
+  }
+  const std::string src = dir + "/src.gguf";
+  test::RunResult r = run("quantize " + stories() + " --format gguf --plan " + dir + "/mix.json -o " + src);
+  ASSERT_EQ(r.code, 0) << r.out;
+  // At the size of the source's own mix, keeping every tensor is the only
+  // plan without damage (float costs more, q4_0 has error).
+  const Model m = load_model(src, {.load_weights = false});
+  const int64_t bytes = plan_bytes(m.config, PrecisionMap::uniform(m.config, parse_tensor_format("source")));
+  const std::string out = dir + "/out.gguf";
+  r = run("auto " + src + " --calib " + test::calib_excerpt() + kCalib + " --candidates q4_0,source --size " +
+          std::to_string(bytes) + "B --select predicted --max-slowdown off --format gguf -o " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const GgufFile a(src), b(out);
+  int kept = 0;
+  for (const auto& t : a.tensors()) {
+    if (t.shape.size() != 2 || !source_type_keepable(t.dtype)) continue;
+    const TensorView* o = b.find_tensor(t.name);
+    ASSERT_NE(o, nullptr) << t.name;
+    EXPECT_EQ(o->dtype, t.dtype) << t.name;
+    ASSERT_EQ(o->nbytes, t.nbytes) << t.name;
+    EXPECT_EQ(std::memcmp(o->data, t.data, t.nbytes), 0) << t.name << ": not the source's bytes";
+    ++kept;
+  }
+  EXPECT_GE(kept, 20);
+  std::ifstream in(out + ".plan.json");
+  const nlohmann::json plan = nlohmann::json::parse(in);
+  EXPECT_EQ(plan["tensors"]["model.layers.0.self_attn.q_proj"], (nlohmann::json{{"gguf", "Q4_0"}, {"source", true}}))
+      << plan.dump();
+  EXPECT_EQ(plan["tensors"]["model.layers.1.mlp.up_proj"], (nlohmann::json{{"gguf", "Q4_1"}, {"source", true}}));
+  const auto recorded = nlohmann::json::parse(b.get_string("optiq.plan"));
+  EXPECT_EQ(recorded["tensors"]["model.layers.0.self_attn.k_proj"]["source"], true) << recorded.dump();
+  EXPECT_NO_THROW(load_model(out));
+}
+
+// `source` where nothing can be kept: one line naming the model and what to do.
+TEST(CliGguf, SourceCandidateBadUseIsAnError) {
+  const std::string dir = test::temp_dir();
+  auto one_line_error = [](const test::RunResult& r, const std::string& what) {
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_EQ(r.out.rfind("optiq: error: ", 0), 0u) << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+    EXPECT_NE(r.out.find(what), std::string::npos) << r.out;
+  };
+  const std::string profile = " --calib " + test::calib_excerpt() + kCalib + " --candidates q8_0,source --cache ";
+  // A GGUF of F32 matrices: no block type to keep.
+  test::RunResult r = run("profile " + stories() + profile + dir + "/a.json");
+  one_line_error(r, "no weight matrix of this GGUF is stored in a block type optiq can keep (they are F32");
+  EXPECT_NE(r.out.find("drop 'source' from --candidates"), std::string::npos) << r.out;
+  EXPECT_FALSE(test::file_exists(dir + "/a.json"));
+  // Not a GGUF at all.
+  ASSERT_EQ(run("quantize " + stories() + " --bits 8 --group-size 32 -o " + dir + "/mlx").code, 0);
+  r = run("profile " + dir + "/mlx" + profile + dir + "/b.json");
+  one_line_error(r, "the candidate 'source' keeps a tensor in the GGUF type its source file stores it in, but this "
+                    "model is a Hugging Face directory, not a GGUF file");
+  // A plan that keeps source blocks, applied to a model that has none.
+  {
+    std::ofstream plan(dir + "/keep.json");
+    plan << R"({"default": {"gguf": "Q8_0"}, "tensors": {"model.layers.0.self_attn.q_proj": {"gguf": "Q8_0", "source": true}}})";
+  }
+  r = run("quantize " + stories() + " --format gguf --plan " + dir + "/keep.json -o " + dir + "/x.gguf");
+  one_line_error(r, "model.layers.0.self_attn.q_proj: the plan keeps the tensor in its GGUF source's type, but this "
+                    "model stores it as F32");
+  EXPECT_FALSE(test::file_exists(dir + "/x.gguf"));
 }
 
 }  // namespace

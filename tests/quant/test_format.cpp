@@ -2,6 +2,9 @@
 // round-trip, lists and JSON are read one way, and bad input is an error.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -62,6 +65,63 @@ TEST(TensorFormat, SizesAndFit) {
   EXPECT_FALSE(format_fits(AffineFormat{4, 128}, 576));
   EXPECT_FALSE(format_fits(AffineFormat{4, 32}, 0));
   EXPECT_TRUE(format_fits(TensorFormat{}, 7));
+}
+
+}  // namespace
+}  // namespace optiq
+
+namespace optiq {
+namespace {
+
+// The candidate `source`: one spelling for every tensor, resolved per tensor
+// to the type its GGUF source stores it in; it costs that type's bytes, has no
+// fallback, fits nothing unresolved, and quantizes to its own values.
+TEST(TensorFormat, SourceCandidate) {
+  const TensorFormat s = parse_tensor_format("source");
+  EXPECT_EQ(parse_tensor_format("keep"), s);
+  EXPECT_EQ(parse_tensor_format("SOURCE"), s);
+  EXPECT_EQ(s, source_candidate());
+  EXPECT_TRUE(s.is_source());
+  EXPECT_EQ(tensor_format_name(s), "source");
+  EXPECT_EQ(tensor_format_short(s), "source");
+  EXPECT_FALSE(format_fits(s, 256));  // unresolved: no size, fits nothing
+  EXPECT_THROW(format_matrix_bytes(s, 4, 256), Error);
+  EXPECT_EQ(parse_format_list("q4_k,source,q8_0").size(), 3u);
+  EXPECT_EQ(parse_format_list("2,4x64,source").back(), s);
+
+  const TensorFormat k = resolve_source_format(s, DType::Q4_K);
+  EXPECT_EQ(k, (TensorFormat{GgmlFormat{DType::Q4_K, true}}));
+  EXPECT_NE(k, (TensorFormat{GgmlFormat{DType::Q4_K}}));  // not re-quantized to Q4_K: kept
+  EXPECT_EQ(tensor_format_name(k), "source");              // the profile's key for every tensor
+  EXPECT_EQ(tensor_format_short(k), "source-q4_k");
+  EXPECT_EQ(format_matrix_bytes(k, 2, 512), 2 * 2 * 144);
+  EXPECT_DOUBLE_EQ(format_bits_per_weight(k), 4.5);
+  EXPECT_EQ(format_for_shape(k, 512), k);
+  EXPECT_FALSE(format_fits(k, 576));  // (a source's Q4_K rows are whole blocks)
+  const TensorFormat q50 = resolve_source_format(s, DType::Q5_0);
+  EXPECT_TRUE(format_fits(q50, 576));
+  EXPECT_EQ(format_matrix_bytes(q50, 1, 576), 18 * 22);
+  // Not a keepable block type (float, or not a GGUF source): no candidate there.
+  EXPECT_EQ(resolve_source_format(s, DType::F32), s);
+  EXPECT_EQ(resolve_source_format(s, DType::F16), s);
+  EXPECT_FALSE(source_type_keepable(DType::F16));
+  EXPECT_TRUE(source_type_keepable(DType::IQ4_XS));
+  // Other formats pass through.
+  EXPECT_EQ(resolve_source_format(parse_tensor_format("q8_0"), DType::Q4_K), parse_tensor_format("q8_0"));
+
+  // JSON: the kept type is recorded; the unresolved candidate too.
+  EXPECT_EQ(tensor_format_to_json(k), (nlohmann::json{{"gguf", "Q4_K"}, {"source", true}}));
+  EXPECT_EQ(tensor_format_from_json(tensor_format_to_json(k), "t", "x"), k);
+  EXPECT_EQ(tensor_format_from_json(tensor_format_to_json(s), "t", "x"), s);
+  EXPECT_THROW(tensor_format_from_json(nlohmann::json{{"gguf", "Q4_K"}, {"source", "yes"}}, "t", "x"), Error);
+
+  // Its fake quantization is the identity: the values are the source's own.
+  std::vector<float> w(2 * 256);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = std::sin(0.37f * static_cast<float>(i));
+  EXPECT_EQ(fake_quantize(k, w.data(), 2, 256), w);
+  std::vector<float> err(w.size(), 1.0f);
+  fake_quantize_into(k, w.data(), 2, 256, {}, /*error_out=*/true, err.data());
+  EXPECT_EQ(err, std::vector<float>(w.size(), 0.0f));
 }
 
 }  // namespace

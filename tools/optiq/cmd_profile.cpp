@@ -67,7 +67,8 @@ void add_profile_step_options(CLI::App& cmd, ProfileStepArgs& a) {
   cmd.add_option("--candidates", a.candidates,
                  "formats: BITSxGROUPS (\"2,3,4x64,128\"), a list (\"q4g64,q8g32\"), GGUF blocks (q4_0, q4_1, q5_0, "
                  "q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k; a k-quant on rows 256 does not divide is stored as "
-                 "llama.cpp's fallback, e.g. q4_k\u2192q5_0), or a mix (\"2,4x64,q8_0,q4_k\"); default: --target's");
+                 "llama.cpp's fallback, e.g. q4_k\u2192q5_0), 'source' (a GGUF source's tensor kept in the type it is "
+                 "stored in, its blocks copied unchanged), or a mix (\"2,4x64,q8_0,q4_k,source\"); default: --target's");
   cmd.add_option("--anchors", a.anchors,
                  "fast: measure exact anchors on 'every' layer or every N-th (default: every layer up to 12 "
                  "layers, else every 3rd)")

@@ -86,6 +86,11 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   check(!plan_gptq || a.method != "awq",
         "{}: the plan rounds {} tensors with GPTQ, which --method awq does not combine with yet: drop --method awq",
         a.plan, n_gptq);
+  check(a.method != "awq" || std::none_of(map.formats.begin(), map.formats.end(),
+                                         [](const auto& kv) { return kv.second.is_source(); }),
+        "{}: the plan keeps tensors in their source's GGUF blocks ('source'), which --method awq would rescale: drop "
+        "--method awq",
+        a.plan);
   if (!a.calib.source.empty()) {
     const auto windows = calibration_windows(m, calibration_for(m, a.calib));
     // The embedding and lm_head are rounded on their own, weighted as --method search is.
