@@ -98,6 +98,9 @@ def measure(optiq, model, row, bpw, calib, evalargs, work, candidates, budget):
                           "--text", evalargs["text"], "--eval-ctx", str(evalargs["ctx"]), "--chunks",
                           str(evalargs["chunks"])] + calib, work / f"{tag}.log")
         e = last_json(a)
+        # A cached profile made with other settings (e.g. before GPTQ's held-out
+        # proxy) is measured again: auto's log then shows the profile's progress.
+        first = first or "profile: " in (work / f"{tag}.log").read_text(errors="replace")
         res = {"bpw_actual": e["bits_per_weight"], "auto_s": seconds, "profiled_here": first,
                "predicted_kl": e["predicted_kl"]}
     subprocess.run(["rm", "-rf", str(out)])
