@@ -17,6 +17,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 namespace optiq::cuda {
 namespace {
@@ -452,6 +453,26 @@ void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int3
 // Llama-3-8B matrix at every width, 3-44% faster than what the H200 sweep of
 // the bit-stream layout had chosen (one row a warp, 3-8 chunks by width).
 // OPTIQ_CUDA_DECODE_ROWS=1 restores that for A/B runs.
+// Calls f(std::integral_constant<int, bits>{}) for a code width the decode
+// kernels are compiled for (2, 3, 4, 5, 6; anything else is 8): every launch
+// below picks its kernel's width through this one switch.
+template <typename F>
+void with_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+// Chunks of 32 codes a lane keeps in flight, by width: one row a warp (the
+// H200 sweep of 2026-12-04) and two rows a warp (what the backend launches).
+constexpr int chunks_one_row(int bits) { return bits == 2 ? 8 : bits == 3 ? 5 : bits == 5 || bits == 6 ? 3 : 4; }
+constexpr int chunks_two_rows(int bits) { return bits == 8 ? 2 : 4; }
+
 bool one_row_a_warp() {
   static const bool on = [] {
     const char* v = std::getenv("OPTIQ_CUDA_DECODE_ROWS");
@@ -464,39 +485,25 @@ template <int kMaxN>
 void launch_affine_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                         cudaStream_t s, float* accum) {
   constexpr int kW = 4;
-  if (one_row_a_warp()) {
-    switch (w.bits) {
-      case 2: int8_with<2, kMaxN, kW, 1, 8>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-      case 3: int8_with<3, kMaxN, kW, 1, 5>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-      case 4: int8_with<4, kMaxN, kW, 1, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-      case 5: int8_with<5, kMaxN, kW, 1, 3>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-      case 6: int8_with<6, kMaxN, kW, 1, 3>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-      default: int8_with<8, kMaxN, kW, 1, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    }
-    return;
-  }
-  switch (w.bits) {
-    case 2: int8_with<2, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    case 3: int8_with<3, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    case 4: int8_with<4, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    case 5: int8_with<5, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    case 6: int8_with<6, kMaxN, kW, 2, 4>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-    default: int8_with<8, kMaxN, kW, 2, 2>(w, xq, xs, xsum, n, y, 0, s, accum); break;
-  }
+  const bool one_row = one_row_a_warp();
+  with_bits(w.bits, [&](auto bits) {
+    constexpr int kB = decltype(bits)::value;
+    if (one_row)
+      int8_with<kB, kMaxN, kW, 1, chunks_one_row(kB)>(w, xq, xs, xsum, n, y, 0, s, accum);
+    else
+      int8_with<kB, kMaxN, kW, 2, chunks_two_rows(kB)>(w, xq, xs, xsum, n, y, 0, s, accum);
+  });
 }
 
 template <int kMaxN>
 void launch_affine_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
   constexpr int kW = 4, kR = 1;
   const unsigned grid = blocks_for(w.rows, kW * kR);
-  switch (w.bits) {
-    case 2: launch(affine_f32_kernel<2, kMaxN, kW, kR, 4>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
-    case 3: launch(affine_f32_kernel<3, kMaxN, kW, kR, 4>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
-    case 4: launch(affine_f32_kernel<4, kMaxN, kW, kR, 4>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
-    case 5: launch(affine_f32_kernel<5, kMaxN, kW, kR, 2>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
-    case 6: launch(affine_f32_kernel<6, kMaxN, kW, kR, 2>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
-    default: launch(affine_f32_kernel<8, kMaxN, kW, kR, 2>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu); break;
-  }
+  with_bits(w.bits, [&](auto bits) {
+    constexpr int kB = decltype(bits)::value;
+    launch(affine_f32_kernel<kB, kMaxN, kW, kR, kB <= 4 ? 4 : 2>, grid, kW * 32, 0, s, w, x, n, y, DevMatrix{},
+           GateAct::Silu);
+  });
 }
 
 template <DevStorage kStorage, int kMaxN>
@@ -522,14 +529,10 @@ template <int kW, int kR, int kU>
 void launch_tuned(const DevMatrix& w, const float* x, const int8_t* xq, const float* xs, const int32_t* xsum, float* y,
                   unsigned grid, cudaStream_t s) {
   if (w.storage == DevStorage::Affine) {
-    switch (w.bits) {
-      case 2: int8_with<2, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
-      case 3: int8_with<3, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
-      case 4: int8_with<4, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
-      case 5: int8_with<5, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
-      case 6: int8_with<6, 1, kW, kR, kU>(w, xq, xs, xsum, 1, y, grid, s); break;
-      default: int8_with<8, 1, kW, kR, (kU + 1) / 2>(w, xq, xs, xsum, 1, y, grid, s); break;
-    }
+    with_bits(w.bits, [&](auto bits) {
+      constexpr int kB = decltype(bits)::value;
+      int8_with<kB, 1, kW, kR, kB == 8 ? (kU + 1) / 2 : kU>(w, xq, xs, xsum, 1, y, grid, s);
+    });
   } else if (w.storage == DevStorage::BF16) {
     if (grid == 0) grid = blocks_for(w.rows, kW * kR);
     launch(dense_kernel<DevStorage::BF16, 1, kW, kR, kU>, grid, kW * 32, 0, s, w, x, 1, y, DevMatrix{}, GateAct::Silu);
@@ -587,23 +590,16 @@ bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const flo
   const unsigned grid = blocks_for(g.rows, kW);
   if (g.storage == DevStorage::Affine) {
     if (xq) {
-      switch (g.bits) {
-        case 2: launch(affine_int8_kernel<2, kMaxN, kW, 2, 4, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        case 3: launch(affine_int8_kernel<3, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        case 4: launch(affine_int8_kernel<4, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        case 5: launch(affine_int8_kernel<5, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        case 6: launch(affine_int8_kernel<6, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-        default: launch(affine_int8_kernel<8, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act, nullptr); break;
-      }
+      with_bits(g.bits, [&](auto bits) {
+        constexpr int kB = decltype(bits)::value;
+        launch(affine_int8_kernel<kB, kMaxN, kW, 2, kB == 2 ? 4 : kB == 8 ? 1 : 2, true>, grid, kW * 32, 0, s, g, xq,
+               xs, xsum, n, out, u, act, nullptr);
+      });
     } else {
-      switch (g.bits) {
-        case 2: launch(affine_f32_kernel<2, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
-        case 3: launch(affine_f32_kernel<3, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
-        case 4: launch(affine_f32_kernel<4, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
-        case 5: launch(affine_f32_kernel<5, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
-        case 6: launch(affine_f32_kernel<6, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
-        default: launch(affine_f32_kernel<8, kMaxN, kW, 2, 1, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); break;
-      }
+      with_bits(g.bits, [&](auto bits) {
+        constexpr int kB = decltype(bits)::value;
+        launch(affine_f32_kernel<kB, kMaxN, kW, 2, kB <= 4 ? 2 : 1, true>, grid, kW * 32, 0, s, g, x, n, out, u, act);
+      });
     }
     return true;
   }
@@ -644,27 +640,15 @@ template <int kMaxN>
 void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const int32_t* xsum, int n, int bits,
                   bool pairs, cudaStream_t s) {
   constexpr int kW = 4;
-  if (!pairs) {
-    const unsigned grid = blocks_for(g.end2, kW);
-    switch (bits) {
-      case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 1, 8>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-      case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 1, 5>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-      case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 1, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-      case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 1, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-      case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 1, 3>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-      default: launch(affine_int8_group_kernel<8, kMaxN, kW, 1, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    }
-    return;
-  }
-  const unsigned grid = blocks_for(g.end2, kW * 2);
-  switch (bits) {
-    case 2: launch(affine_int8_group_kernel<2, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 3: launch(affine_int8_group_kernel<3, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 4: launch(affine_int8_group_kernel<4, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 5: launch(affine_int8_group_kernel<5, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    case 6: launch(affine_int8_group_kernel<6, kMaxN, kW, 2, 4>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-    default: launch(affine_int8_group_kernel<8, kMaxN, kW, 2, 2>, grid, kW * 32, 0, s, g, xq, xs, xsum, n); break;
-  }
+  with_bits(bits, [&](auto b) {
+    constexpr int kB = decltype(b)::value;
+    if (pairs)
+      launch(affine_int8_group_kernel<kB, kMaxN, kW, 2, chunks_two_rows(kB)>, blocks_for(g.end2, kW * 2), kW * 32, 0,
+             s, g, xq, xs, xsum, n);
+    else
+      launch(affine_int8_group_kernel<kB, kMaxN, kW, 1, chunks_one_row(kB)>, blocks_for(g.end2, kW), kW * 32, 0, s,
+             g, xq, xs, xsum, n);
+  });
 }
 }  // namespace
 
