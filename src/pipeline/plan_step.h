@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/calibration_stats.h"
@@ -110,9 +111,14 @@ CalibrationStats profiled_rounding_stats(const Model& model, const SensitivityTa
 // A measurer for measured selection (shared by several plan steps when the
 // caller keeps it): the selection windows, and the statistics of the
 // roundings the profile chose (ctx.stats, else collected over the profile's
-// calibration windows).
+// calibration windows). With GPTQ among them: split_selection_windows.
 std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const SensitivityTable& t,
                                                  const PlanStepOptions& opt, const SelectionContext& ctx);
+
+// Measured selection of plans with GPTQ'd matrices: the first half of the
+// calibration windows (at most select_windows of them; > 0) to measure on,
+// the rest to fit GPTQ to, so that no plan is measured on its own fitting data.
+std::pair<TokenWindows, TokenWindows> split_selection_windows(const TokenWindows& all, int select_windows);
 
 // As above; with opt.select == Measured (and no baseline) the plan is chosen
 // by measurement.

@@ -4,7 +4,9 @@
 // re-tokenizing; notes and warnings go to the diagnostics sink.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include <filesystem>
 #include <fstream>
@@ -154,6 +156,43 @@ TEST(PipelinePlanStep, MeasuredSelectionOnTheProfilesWindowsEqualsRetokenized) {
   for (const auto& v : a.variants)
     for (const auto& [path, f] : v.map.formats)
       EXPECT_NE(std::find(formats.begin(), formats.end(), f), formats.end()) << v.name << " " << path;
+}
+
+// Plans with GPTQ'd matrices are measured on calibration windows GPTQ was not
+// fitted to: the first half (capped by select_windows), GPTQ fitted to the rest.
+TEST(PipelinePlanStep, MeasuredSelectionHoldsGptqsFittingWindowsOut) {
+  TokenWindows six;
+  for (int i = 0; i < 6; ++i) six.push_back({i, i + 1, i + 2});
+  auto [sel, fit] = split_selection_windows(six, 16);
+  EXPECT_EQ(sel, TokenWindows(six.begin(), six.begin() + 3));
+  EXPECT_EQ(fit, TokenWindows(six.begin() + 3, six.end()));
+  std::tie(sel, fit) = split_selection_windows(six, 2);
+  EXPECT_EQ(sel.size(), 2u);
+  EXPECT_EQ(fit, TokenWindows(six.begin() + 2, six.end()));
+  std::tie(sel, fit) = split_selection_windows(TokenWindows(six.begin(), six.begin() + 1), 16);
+  EXPECT_EQ(sel.size(), 1u);
+  EXPECT_TRUE(fit.empty());
+
+  const Model m = load_model(stories());
+  ProfileStepOptions po = small_profile();
+  po.profile.gptq = true;
+  const ProfileStepResult prof = run_profile_step(m, po);
+  ASSERT_TRUE(profile_uses_method(prof.table, "gptq"));
+  PlanStepOptions o;
+  o.budget.bpw = "7";
+  o.select = PlanSelection::Measured;
+  o.progress = false;
+  const PlanStepResult r = run_plan_step(m, prof.table, o, "", {.windows = &prof.windows});
+  ASSERT_GE(r.variants.size(), 2u);
+  for (const auto& v : r.variants) {
+    EXPECT_TRUE(std::isfinite(v.measured)) << v.name;
+    EXPECT_GE(v.measured, r.variants.front().measured) << v.name;  // the chosen one first
+  }
+  // The held-out measurement differs from one on GPTQ's own windows (the
+  // export's statistics over every window, as before).
+  const CalibrationStats all = profiled_rounding_stats(m, prof.table, prof.windows, false);
+  PlanMeasurer in_sample(m, selection_windows(m, prof.table, {.select_windows = 3}, &prof.windows), std::nullopt, all);
+  EXPECT_NE(in_sample.measure(r.map).first, r.variants.front().measured);
 }
 
 TEST(PipelinePlanStep, PredictedPlanWithinBudgetAndNamesDamageSource) {

@@ -56,7 +56,8 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a, const std::string& ru
                  "variants and baselines), measured on the profile's calibration text (loads the weights)")
       ->capture_default_str()->check(CLI::IsMember({"predicted", "measured"}));
   cmd.add_option("--select-windows", a.select_windows,
-                 "measured selection: use the first N of the profile's calibration windows (0: all)")
+                 "measured selection: use the first N of the profile's calibration windows (0: all); with GPTQ in "
+                 "the profile at most half of them, GPTQ fitted to the rest for the measurement")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd.add_option("--use", a.use, "damage numbers: auto (exact where measured, else fast), exact or fast")
       ->capture_default_str()->check(CLI::IsMember({"auto", "exact", "fast"}));
