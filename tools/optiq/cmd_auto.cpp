@@ -1,5 +1,6 @@
 // optiq auto: profile -> plan -> quantize -> (evaluate), in one command.
 #include <filesystem>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -68,19 +69,25 @@ void run_auto(AutoArgs& a, const CLI::App& cmd) {
   plo.provenance = provenance;
   // The roundings the profile measured (GPTQ, the weighted search): measured
   // selection and the export both quantize that way, from one collection of
-  // the calibration statistics.
-  const CalibrationStats stats = profiled_rounding_stats(m, t, profiled.windows, !a.json);
+  // the calibration statistics; except that selection among GPTQ'd plans fits
+  // GPTQ to windows it does not measure (plan_step.h), so its statistics are
+  // its own and the export's are collected after it (never both in memory).
+  const bool selection_has_own_stats = plo.select == PlanSelection::Measured && profile_uses_method(t, "gptq");
+  std::optional<CalibrationStats> stats;
+  if (!selection_has_own_stats) stats = profiled_rounding_stats(m, t, profiled.windows, !a.json);
   // Measured selection checkpoints each plan's KL (<plan>.partial): a rerun
   // after an interruption (here or in the export) measures only the rest.
   const std::string plan_checkpoint = plan_path + ".partial";
-  PlanStepResult r = run_plan_step(m, t, plo, plan_path,
-                                   {.windows = &profiled.windows, .stats = &stats, .checkpoint = plan_checkpoint});
+  PlanStepResult r = run_plan_step(
+      m, t, plo, plan_path,
+      {.windows = &profiled.windows, .stats = stats ? &*stats : nullptr, .checkpoint = plan_checkpoint});
   if (!a.json) print_plan_summary(r, m.config, plan_path);
+  if (!stats) stats = profiled_rounding_stats(m, t, profiled.windows, !a.json);
 
   // GGUF blocks hold fp16 scales (MLX Gemma exports take bf16 ones).
   QuantizeModelOptions qo{
       .recipe = QuantizeRecipe::for_model(m.config, QuantMethod::Search, a.format == "gguf" ? "f16" : "auto")};
-  quantize_as_planned(qo, stats);
+  quantize_as_planned(qo, *stats);
   run_export_step(m, r.map, qo, out,
                   {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json,
                    .provenance = provenance});
