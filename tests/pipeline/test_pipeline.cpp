@@ -190,6 +190,9 @@ TEST(PipelinePlanStep, MeasuredSelectionHoldsGptqsFittingWindowsOut) {
   }
   // The held-out measurement differs from one on GPTQ's own windows (the
   // export's statistics over every window, as before).
+  bool gptq = false;
+  for (const auto& [path, method] : r.map.methods) gptq = gptq || method == "gptq";
+  ASSERT_TRUE(gptq) << "the chosen plan has no GPTQ'd matrix: nothing to hold out";
   const CalibrationStats all = profiled_rounding_stats(m, prof.table, prof.windows, false);
   PlanMeasurer in_sample(m, selection_windows(m, prof.table, {.select_windows = 3}, &prof.windows), std::nullopt, all);
   EXPECT_NE(in_sample.measure(r.map).first, r.variants.front().measured);
