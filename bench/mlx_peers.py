@@ -22,9 +22,11 @@ Rows, for each model and budget (bits per weight over all parameters):
   gptq        mlx_lm.quant.gptq at the uniform format nearest the budget among
               the bits it packs (2, 4, 8), the embedding (its "fallback") too.
               It sums its Hessian in the model's dtype, which overflows fp16
-              (stories260K's lm_head: 9e4 > 65504, KLD 16.6), so it starts
-              from a bf16 float directory, the dtype of the Hugging Face
-              checkpoints it is made for.
+              (stories260K's lm_head: 9e4 > 65504, KLD 16.6): with
+              --peer-compute native it starts from a bf16 float directory, the
+              dtype of the Hugging Face checkpoints it is made for; with fp32
+              (the default) it sums in fp32 and starts from the same directory
+              as the others.
   awq         mlx_lm.quant.awq at the uniform format nearest the budget, the
               embedding too (the model types mlx-lm's AWQ lists: llama, qwen,
               gemma3, ...)
@@ -39,7 +41,9 @@ Rows, for each model and budget (bits per weight over all parameters):
               uniform output is flagged). Its per-block floor may overshoot the
               budget (stories260K at 4.5: 5.47 by its count); optiq is matched
               to what it wrote. Cost: modules x candidate bits x
-              --mlx-optiq-samples forward passes of 512 tokens.
+              --mlx-optiq-samples forward passes of 512 tokens (SmolLM2 at
+              3,4,8 bits: 630 passes a window, ~4.5 s each in fp32 on one
+              core here: 48 min).
   optiq@PEER  `optiq auto SOURCE.gguf --size <PEER's bytes>B` (default
               candidates, --optiq-args for more): optiq at that peer's bytes.
 
@@ -78,6 +82,14 @@ reference), on which every peer runs: a quick check of the whole pipeline.
 mlx-lm runs on the CPU here (mlx[cpu]), whose wheel's reference BLAS does
 about 2 GFLOP/s, so the peers run with Debian's OpenBLAS preloaded
 (LD_PRELOAD: ~20x faster here; `apt-get install libopenblas0` if it is missing).
+OpenBLAS multiplies only fp32: mlx's CPU products in fp16/bf16 are its own
+loops, ~13x slower (a SmolLM2 forward of 512 tokens: 40 s fp16, 3 s fp32). So
+by default (--peer-compute fp32) every peer computes in fp32: the mlx-lm tools'
+model is cast to fp32 after loading and back to the source's float type before
+saving (so the files hold 16-bit scales, biases and norms, as from a 16-bit
+run), DWQ trains in fp32 (mlx-lm's default: bf16), and mlx-optiq's running
+model is cast to fp32 for its sensitivity probes (its final convert reads the
+16-bit source as usual). --peer-compute native runs them as shipped.
 
 Usage:
 
@@ -86,7 +98,8 @@ Usage:
                        [--calib-samples N] [--calib-seq N] [--chunks N]
                        [--mlx-optiq-bits auto|B,B,..] [--mlx-optiq-samples N]
                        [--dwq-samples N] [--peer-calib ours|own]
-                       [--peer-dtype auto|bf16] [--optiq-args '...']
+                       [--peer-dtype auto|bf16] [--peer-compute fp32|native]
+                       [--optiq-args '...']
                        [--redo METHODS|all] [--keep] [--timeout S]
                        [--work ~/.cache/optiq/mlx-peers] [--build build]
 
@@ -381,7 +394,13 @@ def run_peer(peer, spec, float_dir, bpw, out, args, log):
         if calib != "own":
             cmd += ["--calibration-mix", spec["calib_jsonl"]]
             res["calib"] = f"{Path(spec['calib_jsonl']).name} {n}x512"
-        res["options"] = {"target_bpw": bpw, "candidate_bits": bits, "group_size": 64, "n_calibration": n}
+        res["options"] = {"target_bpw": bpw, "candidate_bits": bits, "group_size": 64, "n_calibration": n,
+                          "compute": args.peer_compute}
+        if args.peer_compute == "fp32":
+            # Through the driver, in mlx-optiq's venv: its running model cast to fp32 for the probes.
+            job = {"peer": "mlx-optiq", "calib": "", "samples": n, "seq": 512,
+                   "argv": [str(c) for c in cmd[1:]], "compute": "fp32"}
+            cmd = [PEER_VENV / "bin" / "python", Path(__file__).resolve(), "_driver", json.dumps(job)]
         rc, _, secs = run_logged(cmd, log, env=env, cwd=scratch, timeout=args.timeout, capture=False)
         made = scratch / "convert" / "optiq_mixed"
         if rc == 0 and made.is_dir():
@@ -394,7 +413,8 @@ def run_peer(peer, spec, float_dir, bpw, out, args, log):
             lo, hi = lv
             argv = ["--target-bpw", str(bpw), "--low-bits", lo, "--low-group-size", 64, "--high-bits", hi,
                     "--high-group-size", 64]
-            sens = work / f"dynamic-sensitivities-q{lo}-q{hi}-{n}x{L}-{args.peer_calib}.json"
+            sens = work / (f"dynamic-sensitivities-q{lo}-q{hi}-{n}x{L}-{args.peer_calib}"
+                           f"{'-fp32' if args.peer_compute == 'fp32' else ''}.json")
             if sens.exists():
                 argv += ["--sensitivities", sens]
             else:
@@ -406,7 +426,7 @@ def run_peer(peer, spec, float_dir, bpw, out, args, log):
             argv = ["--bits", b, "--group-size", g, "--fallback-bits", b, "--fallback-group-size", g,
                     "--num-samples", n, "--sequence-length", L]
             res["options"] = {"format": f"q{b}g{g}", "fallback": f"q{b}g{g}"}
-            if float_dtype(float_dir) == "float16":
+            if float_dtype(float_dir) == "float16" and args.peer_compute == "native":
                 # mlx-lm's GPTQ sums its Hessian X^T X in the model's dtype: in fp16 it overflows (65504; the
                 # lm_head's of stories260K on 8 windows: 9e4 -> KLD 16.6), so it starts from bf16, the dtype of
                 # the Hugging Face checkpoints it is meant for.
@@ -428,7 +448,9 @@ def run_peer(peer, spec, float_dir, bpw, out, args, log):
         else:
             raise ValueError(peer)
         argv = ["--model", float_dir, "--mlx-path", out] + argv
-        job = {"peer": peer, "calib": calib, "samples": n, "seq": L, "argv": [str(a) for a in argv], **extra}
+        res["options"]["compute"] = args.peer_compute
+        job = {"peer": peer, "calib": calib, "samples": n, "seq": L, "argv": [str(a) for a in argv],
+               "compute": args.peer_compute, **extra}
         rc, _, secs = run_logged([venv_python(), Path(__file__).resolve(), "_driver", json.dumps(job)], log,
                                  env=env, cwd=scratch, timeout=args.timeout, capture=False)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -469,6 +491,8 @@ def driver(job):
         return pad_mlp(job)
 
     import mlx.core as mx
+    if peer == "mlx-optiq":
+        return mlx_optiq_fp32(job)
     module = {"dynamic": "mlx_lm.quant.dynamic_quant", "gptq": "mlx_lm.quant.gptq", "awq": "mlx_lm.quant.awq",
               "dwq": "mlx_lm.quant.dwq"}[peer]
     mod = __import__(module, fromlist=["main"])
@@ -492,12 +516,49 @@ def driver(job):
         import numpy as np
         t = windows(tokenizer, max_seq_length)
         perm = np.random.permutation(t.shape[0]).tolist()
-        nvalid = max(1, min(num_valid_samples, num_samples // 4))
+        # at least one batch (the script's --batch-size is min(4, windows)): DWQ refuses a smaller set
+        nvalid = max(min(4, num_samples), min(num_valid_samples, num_samples // 4))
         rows = lambda idx: [(t[i].tolist(), 0) for i in idx]
         return rows(perm[:num_samples]), rows(perm[num_samples: num_samples + nvalid])
 
     if calib != "own":
         mod.load_data = load_data_dwq if peer == "dwq" else load_data
+    if job.get("compute") == "fp32":
+        # mlx's CPU products are fast in fp32 only (OpenBLAS): compute in fp32, save in the source's float type.
+        from mlx.utils import tree_flatten
+        load0, save0 = mod.load, mod.save
+        source = {}
+
+        def load_fp32(*a, **k):
+            res = load0(*a, **k)
+            model = res[0] if isinstance(res, tuple) else res
+            kinds = {}
+            for _, v in tree_flatten(model.parameters()):
+                if mx.issubdtype(v.dtype, mx.floating):
+                    kinds[v.dtype] = kinds.get(v.dtype, 0) + v.size
+            source.setdefault("dtype", max(kinds, key=kinds.get))
+            model.set_dtype(mx.float32)
+            return res
+
+        def save_source_dtype(*a, **k):
+            model = a[2] if len(a) > 2 else k["model"]
+            model.set_dtype(source.get("dtype", mx.float16))
+            return save0(*a, **k)
+
+        mod.load, mod.save = load_fp32, save_source_dtype
+        if peer == "dynamic":
+            # its budget search counts bytes (nbytes) of the quantized model: fp32 scales and norms would count
+            # double, so it searches (and quantizes) the model back in the source's type, as a native run
+            threshold0 = mod.estimate_threshold
+
+            def threshold_source_dtype(model, *a, **k):
+                model.set_dtype(source.get("dtype", mx.float16))
+                return threshold0(model, *a, **k)
+
+            mod.estimate_threshold = threshold_source_dtype
+        if peer == "dwq":
+            import functools
+            mod.dwq_quantize = functools.partial(mod.dwq_quantize, dtype=mx.float32)
     sys.argv = [module] + job["argv"]
     try:
         mod.main()
@@ -521,6 +582,22 @@ def driver(job):
         made = glob.glob("*_sensitivities.json")
         if made:
             shutil.move(made[0], job["sensitivities_to"])
+
+
+def mlx_optiq_fp32(job):
+    """mlx-optiq's `optiq convert` (in its venv) with its running model cast to fp32 for the sensitivity probes."""
+    import mlx.core as mx
+    import optiq.models.llm as llm
+    from optiq.cli import cli
+
+    probe0 = llm.analyze_sensitivity_exact
+
+    def probe_fp32(model, *a, **k):
+        model.set_dtype(mx.float32)
+        return probe0(model, *a, **k)
+
+    llm.analyze_sensitivity_exact = probe_fp32
+    cli.main(args=job["argv"], prog_name="optiq")
 
 
 def pad_mlp(job):
@@ -677,10 +754,14 @@ def main():
                          "tokens)")
     ap.add_argument("--peer-dtype", choices=["auto", "bf16"], default="auto",
                     help="float type of the directory the peers start from: auto (optiq's: fp16, bf16 for Gemma; "
-                         "GPTQ always gets bf16) or bf16")
+                         "with --peer-compute native GPTQ always gets bf16) or bf16")
+    ap.add_argument("--peer-compute", choices=["fp32", "native"], default="fp32",
+                    help="fp32: the peers compute in fp32 (mlx's CPU products in fp16/bf16 are ~13x slower) and save "
+                         "in the source's float type; native: as shipped (default %(default)s)")
     ap.add_argument("--optiq-args", default="", help="extra options for optiq auto, e.g. '--methods weighted,gptq'")
     ap.add_argument("--cross-check", choices=["one", "none"], default="one",
-                    help="one: mlx-lm's own perplexity of the first peer output of each model and budget")
+                    help="one: mlx-lm's own perplexity of the first peer output of each model and budget (mlx's CPU "
+                         "quantized matmul is slow: minutes for SmolLM2)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for optiq and OpenBLAS")
     ap.add_argument("--timeout", type=int, default=4 * 3600, help="seconds one peer or optiq run may take")
     ap.add_argument("--redo", default="", help="methods to run again even if WORK/results.jsonl has them "
@@ -737,7 +818,8 @@ def main():
         spec = model_spec(name, work, args)
         setup = f"calib {spec['samples']}x{spec['seq']} {args.peer_calib}, eval {spec['chunks']}x{spec['ctx']}" + \
             (f", optiq auto {args.optiq_args}" if args.optiq_args else "") + \
-            (f", peers from {args.peer_dtype}" if args.peer_dtype != "auto" else "")
+            (f", peers from {args.peer_dtype}" if args.peer_dtype != "auto" else "") + \
+            (", peers compute fp32" if args.peer_compute == "fp32" else "")
         logs = spec["dir"] / "logs"
         float_dir = make_float(args, spec)
         peer_dir = make_float(args, spec, args.peer_dtype)
