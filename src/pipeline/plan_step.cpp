@@ -47,14 +47,18 @@ CalibrationStats profiled_rounding_stats(const Model& model, const SensitivityTa
 
 std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const SensitivityTable& t,
                                                  const PlanStepOptions& opt, const SelectionContext& ctx) {
-  if (profile_uses_method(t, "gptq")) {
+  auto calibration = [&] {
+    return ctx.windows ? *ctx.windows : profile_calibration_windows(model, t, ctx.profile_path);
+  };
+  const bool gptq = profile_uses_method(t, "gptq");
+  if (gptq) {
     // GPTQ fits its roundings to the windows it sees: measured on those, a
     // plan with more GPTQ'd matrices looks better than it is on other text
     // (SmolLM2 at 4.5 bpw chose a plan 7% better than the rest on its
     // calibration windows that was 13% worse than uniform GPTQ held out). So
     // the variants are quantized with the statistics of calibration windows
     // the selection does not measure; the export still uses all of them.
-    const TokenWindows all = ctx.windows ? *ctx.windows : profile_calibration_windows(model, t, ctx.profile_path);
+    const TokenWindows all = calibration();
     if (all.size() >= 2) {
       auto [selection, fit] = split_selection_windows(all, opt.select_windows);
       return std::make_unique<PlanMeasurer>(model, std::move(selection), std::nullopt,
@@ -66,10 +70,9 @@ std::unique_ptr<PlanMeasurer> make_plan_measurer(const Model& model, const Sensi
   CalibrationStats stats;
   if (ctx.stats) {
     stats = *ctx.stats;
-  } else if (profile_uses_method(t, "weighted")) {
+  } else if (gptq || profile_uses_method(t, "weighted")) {
     // The export's statistics: over every calibration window of the profile.
-    stats = profiled_rounding_stats(
-        model, t, ctx.windows ? *ctx.windows : profile_calibration_windows(model, t, ctx.profile_path), opt.progress);
+    stats = profiled_rounding_stats(model, t, calibration(), opt.progress);
   }
   return std::make_unique<PlanMeasurer>(model, selection_windows(model, t, opt, ctx.windows, ctx.profile_path),
                                         std::nullopt, std::move(stats));

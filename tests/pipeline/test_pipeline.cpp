@@ -194,8 +194,22 @@ TEST(PipelinePlanStep, MeasuredSelectionHoldsGptqsFittingWindowsOut) {
   for (const auto& [path, method] : r.map.methods) gptq = gptq || method == "gptq";
   ASSERT_TRUE(gptq) << "the chosen plan has no GPTQ'd matrix: nothing to hold out";
   const CalibrationStats all = profiled_rounding_stats(m, prof.table, prof.windows, false);
-  PlanMeasurer in_sample(m, selection_windows(m, prof.table, {.select_windows = 3}, &prof.windows), std::nullopt, all);
+  PlanStepOptions three = o;
+  three.select_windows = 3;
+  PlanMeasurer in_sample(m, selection_windows(m, prof.table, three, &prof.windows), std::nullopt, all);
   EXPECT_NE(in_sample.measure(r.map).first, r.variants.front().measured);
+
+  // One window: nothing to hold out, so measured in-sample, but still with
+  // GPTQ's Gram sums (the plain search's numbers would be measuring a
+  // rounding the export does not ship).
+  po.calib.samples = 1;
+  const ProfileStepResult one = run_profile_step(m, po);
+  ASSERT_EQ(one.windows.size(), 1u);
+  o.select_windows = 0;
+  const std::unique_ptr<PlanMeasurer> measurer = make_plan_measurer(m, one.table, o, {.windows = &one.windows});
+  PlanMeasurer with_grams(m, one.windows, std::nullopt, profiled_rounding_stats(m, one.table, one.windows, false));
+  EXPECT_EQ(measurer->measure(r.map).first, with_grams.measure(r.map).first);
+  EXPECT_NE(PlanMeasurer(m, one.windows).measure(r.map).first, with_grams.measure(r.map).first);
 }
 
 TEST(PipelinePlanStep, PredictedPlanWithinBudgetAndNamesDamageSource) {
