@@ -107,10 +107,13 @@ ImportanceMap collect_importance(const Model& model, const std::vector<std::vect
 
 namespace {
 
-// Gram sums at the four per-layer input sites, on the host (CPU backend).
+// Gram sums at the four per-layer input sites and the head's input (the
+// final norm's output, which the lm_head, or a tied embedding in its head
+// role, multiplies), on the host (CPU backend).
 class GramCollector : public ActivationObserver {
  public:
-  explicit GramCollector(const ModelConfig& c) : c_(c), sums_(static_cast<size_t>(c.n_layers) * kLayerInputSites) {}
+  explicit GramCollector(const ModelConfig& c)
+      : c_(c), sums_(static_cast<size_t>(c.n_layers) * kLayerInputSites + 1) {}
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
     if (float* g = sum_of(layer, site, cols)) cpu_backend().gram_add(x, n, cols, g);
   }
@@ -130,18 +133,30 @@ class GramCollector : public ActivationObserver {
   GramMap result() const {
     GramMap out;
     for (const auto& m : quantizable_modules(c_)) {
-      const auto site = module_kind_info(m.kind).input;
-      if (!site || static_cast<int>(*site) >= kLayerInputSites || m.layer < 0) continue;
-      const auto& g = sums_[static_cast<size_t>(m.layer) * kLayerInputSites + static_cast<size_t>(*site)];
+      const size_t slot = slot_of(m);
+      if (slot >= sums_.size()) continue;
+      const auto& g = sums_[slot];
       if (g && static_cast<int64_t>(g->size()) == m.cols * m.cols) out[m.path] = g;
     }
     return out;
   }
 
  private:
+  size_t head_slot() const { return sums_.size() - 1; }
+  // The slot of the inputs module m multiplies: a tied embedding's are its
+  // head role's (its lookup role has none); an untied one reads no slot.
+  size_t slot_of(const ModuleInfo& m) const {
+    if (m.kind == ModuleKind::Embed) return c_.tied_embeddings ? head_slot() : sums_.size();
+    const auto site = module_kind_info(m.kind).input;
+    if (site && *site == Site::HeadIn) return head_slot();
+    if (!site || static_cast<int>(*site) >= kLayerInputSites || m.layer < 0) return sums_.size();
+    return static_cast<size_t>(m.layer) * kLayerInputSites + static_cast<size_t>(*site);
+  }
   float* sum_of(int layer, Site site, int64_t cols) {
-    if (static_cast<int>(site) >= kLayerInputSites || layer < 0 || layer >= c_.n_layers) return nullptr;
-    auto& g = sums_[static_cast<size_t>(layer) * kLayerInputSites + static_cast<size_t>(site)];
+    if (site != Site::HeadIn && (static_cast<int>(site) >= kLayerInputSites || layer < 0 || layer >= c_.n_layers))
+      return nullptr;
+    auto& g = site == Site::HeadIn ? sums_[head_slot()]
+                                   : sums_[static_cast<size_t>(layer) * kLayerInputSites + static_cast<size_t>(site)];
     if (!g) g = std::make_shared<std::vector<float>>(static_cast<size_t>(cols * cols), 0.0f);
     check(static_cast<int64_t>(g->size()) == cols * cols, "gram: layer {} site {}: {} columns, then {}", layer,
           static_cast<int>(site), g->size(), cols);
@@ -157,9 +172,10 @@ namespace {
 
 void check_gram_memory(const Model& model) {
   int64_t bytes = 0;
-  for (const auto& m : quantizable_modules(model.config))
-    if (m.layer >= 0 && m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) bytes += m.cols * m.cols * 4;
-  // q/k/v and gate/up share theirs: this overcounts, which only makes the check safer.
+  for (const auto& m : quantizable_modules(model.config)) bytes += m.cols * m.cols * 4;
+  // q/k/v and gate/up share theirs (a tied embedding and the head's inputs
+  // are one; an untied embedding has none): this overcounts, which only
+  // makes the check safer.
   check(bytes < available_memory_bytes() / 2,
         "{}: GPTQ's input statistics would take up to {:.1f} GB, more than half the memory available; "
         "use --method search (or a machine with more memory)",
@@ -203,13 +219,17 @@ class SiteInputs : public ActivationObserver {
 };
 
 // The residual stream entering layer `next` (then stops), or with next past
-// the last layer, the lm_head's inputs to `energy`.
+// the last layer, the head's inputs to `energy` and `grams`.
 class NextLayerInput : public ActivationObserver {
  public:
-  NextLayerInput(int next, ImportanceCollector* energy) : next_(next), energy_(energy) {}
+  NextLayerInput(int next, ImportanceCollector* energy, GramCollector* grams)
+      : next_(next), energy_(energy), grams_(grams) {}
   std::vector<float> rows;
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
-    if (site == Site::HeadIn && energy_) energy_->observe(layer, site, x, n, cols);
+    if (site == Site::HeadIn) {
+      if (energy_) energy_->observe(layer, site, x, n, cols);
+      if (grams_) grams_->observe(layer, site, x, n, cols);
+    }
     if (site != Site::LayerIn || layer != next_) return;
     rows.assign(x, x + n * cols);
     throw StopPass{};
@@ -217,7 +237,8 @@ class NextLayerInput : public ActivationObserver {
 
  private:
   int next_;
-  ImportanceCollector* energy_;  // null: the lm_head's inputs are not wanted
+  ImportanceCollector* energy_;  // null: the head's inputs are not wanted
+  GramCollector* grams_;
 };
 
 // The rows at one site of one layer (the float model's, beside the
@@ -328,7 +349,7 @@ CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
         quantized.emplace_back(weights, *m, quantizer.quantize(*m, module_linear(model.weights, *m)));
     }
     // The next layer's inputs (after the last layer: the lm_head's), of both models.
-    NextLayerInput next(l + 1, &energy), next_float(l + 1, nullptr);
+    NextLayerInput next(l + 1, &energy, &grams), next_float(l + 1, nullptr, nullptr);
     for (size_t w = 0; w < windows.size(); ++w) {
       run(tf, h, l, next, w);
       if (l + 1 < c.n_layers) h[w] = std::move(next.rows);

@@ -18,12 +18,14 @@ ImportanceMap collect_importance(const Model& model, const std::vector<std::vect
                                  bool progress = true);
 
 // Gram sums of every layer matrix's inputs over calibration windows (the
-// float model's activations, each window from an empty cache). Fails with a
-// clear message when they would not fit in memory.
+// float model's activations, each window from an empty cache), and of the
+// head's inputs (the final norm's output) for the lm_head, or for a tied
+// embedding: GPTQ of its head role (its lookup role has no inputs to weigh).
+// Fails with a clear message when they would not fit in memory.
 GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress = true);
 
 struct CalibrationStats {
-  GramMap grams;            // every layer matrix
+  GramMap grams;            // every layer matrix, the lm_head (and a tied embedding)
   ImportanceMap importance; // every layer matrix, the lm_head (and a tied embedding)
   GramMap cross;            // asymmetric: sum x x~^T, float inputs x against the quantized model's x~
 };
@@ -41,8 +43,10 @@ void quantize_as_planned(QuantizeModelOptions& opt, const CalibrationStats& s);
 // feedback works on the inputs the quantized model will give it, the errors
 // of what came before included. An untied embedding is quantized first (it has no input
 // statistics); a tied one stays float during the pass (its rounding is
-// weighted by the lm_head's inputs, known only at the end). The lm_head's
-// energies come from the quantized model's last hidden state. Quantizing with
+// weighted by the lm_head's inputs, known only at the end). The head's
+// energies and Gram sums (the lm_head's, a tied embedding's) come from the
+// quantized model's last hidden state (asymmetric: no cross sum there, so
+// the head's GPTQ is the plain one). Quantizing with
 // the result (opt.grams and opt.importance pointing at it) reproduces the
 // pass's matrices exactly.
 // asymmetric: GPTQ aims each matrix at the float model's outputs instead,

@@ -157,26 +157,41 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
   }
   QuantizedMatrix q;
   if (gram) {
-    std::vector<float> w = lin.to_f32();
     const bool act_order = gptq_uses_act_order(fmt, opt_.gptq);
     if (!hessian_ || hessian_key_ != std::pair{gram, act_order}) {
       hessian_.reset();  // the previous one's memory first
-      hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, opt_.gptq.damp));
+      hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, gptq_damp(opt_.gptq, m)));
       hessian_key_ = {gram, act_order};
     }
+    const std::vector<float>* cross = nullptr;
     if (opt_.cross && hessian_->ok) {
       auto x = opt_.cross->find(m.path);
-      if (x != opt_.cross->end() && static_cast<int64_t>(x->second->size()) == m.cols * m.cols) {
-        std::vector<float> target(w.size());
-        gptq_asymmetric_target(w.data(), m.rows, m.cols, gram->data(), x->second->data(), *hessian_, target.data());
-        w = std::move(target);
-      }
+      if (x != opt_.cross->end() && static_cast<int64_t>(x->second->size()) == m.cols * m.cols)
+        cross = x->second.get();
     }
-    GptqResult r = gptq_quantize(fmt, w.data(), m.rows, m.cols, *hessian_, opt_.recipe.options(importance));
-    if (r.fallback)
+    // GPTQ rounds each row on its own (the error feedback runs along a row's
+    // columns), so a block of rows at a time gives the whole matrix's bits
+    // with one block's fp32 in memory (a tied embedding: 168M weights).
+    const int64_t block = std::max<int64_t>(1, opt_.row_block_bytes / (4 * m.cols));
+    std::vector<float> w, target;
+    bool fallback = false;
+    for (int64_t r0 = 0; r0 < m.rows; r0 += block) {
+      const int64_t n = std::min(block, m.rows - r0);
+      if (r0 + n < m.rows) lin.prefetch_rows(r0 + n, std::min(m.rows, r0 + n + block));
+      w.resize(static_cast<size_t>(n * m.cols));
+      parallel_for(n, [&](int64_t r) { lin.row(r0 + r, &w[r * m.cols]); }, 16);
+      if (cross) {
+        target.resize(w.size());
+        gptq_asymmetric_target(w.data(), n, m.cols, gram->data(), cross->data(), *hessian_, target.data());
+        w.swap(target);
+      }
+      GptqResult r = gptq_quantize(fmt, w.data(), n, m.cols, *hessian_, opt_.recipe.options(importance));
+      fallback |= r.fallback;
+      append_rows(q, std::move(r.q), m.rows);
+    }
+    if (fallback)
       warn("{}: {}: its inputs' second moments are not positive definite even dampened; rounded without GPTQ",
            model_.path, m.path);
-    q = std::move(r.q);
   } else if (auto fused = opt_.recipe.method == QuantMethod::MinMax
                               ? quantize_minmax_fused(fmt, lin, opt_.recipe.bf16_scales, opt_.row_block_bytes / 2)
                               : std::nullopt) {
@@ -185,6 +200,10 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
     q = quantize_in_row_blocks(fmt, lin, opt_.recipe.options(importance), opt_.row_block_bytes);
   }
   return opt_.fake ? Linear::from_f32(dequantize_matrix(q), m.rows, m.cols) : Linear::from_quantized(std::move(q));
+}
+
+double gptq_damp(const GptqOptions& g, const ModuleInfo& m) {
+  return m.kind == ModuleKind::Embed ? g.tied_embed_damp : g.damp;
 }
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt) {

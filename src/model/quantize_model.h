@@ -46,9 +46,10 @@ struct QuantizeModelOptions {
   // (importance_all false) only those the map's methods name "weighted".
   const ImportanceMap* importance = nullptr;
   bool importance_all = true;
-  // With grams: GPTQ for the modules that have one (the embedding and
-  // lm_head have none: plain rounding) — every one with gptq_all, else those
-  // the map's methods name "gptq"; the rest are rounded on their own.
+  // With grams: GPTQ for the modules that have one (the lm_head's and a tied
+  // embedding's: the head's inputs; an untied embedding has none: plain
+  // rounding) — every one with gptq_all, else those the map's methods name
+  // "gptq"; the rest are rounded on their own.
   const GramMap* grams = nullptr;
   // With grams: GPTQ aimed at the float model's outputs for the modules that
   // have a cross sum here (collect_sequential's asymmetric mode).
@@ -57,11 +58,16 @@ struct QuantizeModelOptions {
   GptqOptions gptq{};
   bool progress = true;
   // Matrices are widened to fp32 and rounded in blocks of rows of about this
-  // many bytes (GPTQ: whole), so memory stays bounded for any matrix size.
+  // many bytes (GPTQ too: it rounds each row on its own), so memory stays
+  // bounded for any matrix size.
   int64_t row_block_bytes = 64 << 20;
 };
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt = {});
+
+// The dampening GPTQ uses for module m: GptqOptions::tied_embed_damp for an
+// embedding (only a tied one has statistics for GPTQ), else damp.
+double gptq_damp(const GptqOptions& g, const ModuleInfo& m);
 
 // `lin` quantized to `f`, widened to fp32 in blocks of about `block_bytes`
 // of rows (every format rounds rows on their own: the result is the whole

@@ -140,7 +140,8 @@ class RefObserver : public ActivationObserver {
   explicit RefObserver(Backend& be) : be_(be) {}
   RowStore* hidden = nullptr;
   size_t total_tokens = 0, offset = 0;
-  InputStats* head_stats = nullptr;
+  InputStats* head_stats = nullptr;  // set per window (GPTQ: the window's half)
+  int64_t head_tokens = 0;           // the rows head_stats holds in all (0: total_tokens)
   bool backend_rows() const override { return true; }
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
     if (site == Site::LayerIn && hidden) {
@@ -153,7 +154,8 @@ class RefObserver : public ActivationObserver {
       hidden->put((static_cast<size_t>(layer) * total_tokens + offset) * cols, rows, static_cast<size_t>(n * cols));
     }
     if (site == Site::HeadIn && head_stats) {
-      if (head_stats->empty()) *head_stats = InputStats(be_, cols, static_cast<int64_t>(total_tokens));
+      if (head_stats->empty())
+        *head_stats = InputStats(be_, cols, head_tokens > 0 ? head_tokens : static_cast<int64_t>(total_tokens));
       head_stats->add(x, n);
     }
   }
@@ -245,10 +247,13 @@ nlohmann::json measured_with(const Model& ref, const ProfileOptions& opt, size_t
                       {"quant_method", opt.rounding == QuantMethod::MinMax ? "minmax" : "search"}};
   if (opt.method == ProfileMethod::Fast && opt.anchor_windows > 0 && static_cast<size_t>(opt.anchor_windows) < windows)
     m["anchor_windows"] = opt.anchor_windows;
+  // (head: GPTQ measured for the lm_head and a tied embedding too.)
   if (opt.gptq)
     m["gptq"] = {{"damp", opt.gptq_options.damp},
                  {"act_order", opt.gptq_options.act_order},
-                 {"heldout", gptq_heldout}};
+                 {"heldout", gptq_heldout},
+                 {"head", true},
+                 {"tied_embed_damp", opt.gptq_options.tied_embed_damp}};
   // Layer-wise: the same arithmetic on the CPU, but anchors' numbers may
   // differ in the last bits on a GPU and where the in-memory path keeps its
   // residual stream in bf16: a cache of one is not reused by the other.
@@ -392,7 +397,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       // (Weighted: an anchor's rounding is weighted by the Gram sums' diagonal too.)
       const bool reads_grams = n.proxy || opt.weighted;
       if (reads_grams && m.layer >= 0) gram_layers.insert(m.layer);
-      if (reads_grams && (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)))
+      if ((reads_grams || opt.gptq) &&
+          (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)))
         need_head_gram = true;
       needs[i].push_back(n);
     }
@@ -451,18 +457,25 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   tf.set_logits_in_backend(true);
   std::vector<float> logits(static_cast<size_t>(max_scored) * vocab);  // host copies (and the CPU's logits)
   const Backend::HostPin logits_pin = be.pin_host(logits.data(), logits.size() * sizeof(float));
-  SiteStats head_gram;  // the lm_head's inputs over the calibration tokens (half 0: every token)
+  // The head's inputs (the lm_head's, a tied embedding's head role) over the
+  // calibration tokens, in halves as the layers' (SiteStats).
+  SiteStats head_gram;
+  auto head_half = [&](RefObserver& obs, size_t w) {
+    const int h = half_of(w);
+    obs.head_stats = need_head_gram ? &head_gram.half[static_cast<size_t>(h)] : nullptr;
+    obs.head_tokens = half_tokens[static_cast<size_t>(h)];
+  };
   if (!opt.layerwise) {
     PhaseTimer timer(t.phase_seconds, "reference");
     RefObserver obs(be);
     obs.hidden = need_hidden ? &hidden : nullptr;
     obs.total_tokens = total_tokens;
-    obs.head_stats = need_head_gram ? &head_gram.half[0] : nullptr;
     tf.set_observer(&obs);
     std::optional<Progress> p;
     if (opt.progress) p.emplace("profile: reference", static_cast<int64_t>(nw), "windows");
     for (size_t w = 0; w < nw; ++w) {
       obs.offset = tok_off[w];
+      head_half(obs, w);
       tf.reset();
       tf.forward(windows[w], logits.data(), from[w]);
       const int64_t rows = static_cast<int64_t>(windows[w].size()) - from[w];
@@ -551,6 +564,34 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     return std::max(g.quadratic(d, rows), 0.0) / static_cast<double>(total_tokens);
   };
 
+  // The input statistics module m's proxy reads: the head's for the lm_head
+  // and a tied embedding (its head role), none for an untied one (a lookup),
+  // else its layer's site (ensure_grams first).
+  auto proxy_stats = [&](const ModuleInfo& m) -> const SiteStats* {
+    if (m.kind == ModuleKind::LmHead || (m.kind == ModuleKind::Embed && c.tied_embeddings)) return &head_gram;
+    if (m.kind == ModuleKind::Embed) return nullptr;
+    return &grams[m.layer][site_of(m.kind)];
+  };
+  // An embedding's lookup error for its error D (m.rows x m.cols, backend
+  // memory, rows r0...): each token's row error, as often as the token
+  // occurs; 0 for the other modules.
+  std::vector<double> row_err;
+  auto lookup_error = [&](const ModuleInfo& m, const float* d, int64_t r0, int64_t rows) {
+    if (m.kind != ModuleKind::Embed) return 0.0;
+    row_err.resize(static_cast<size_t>(rows));
+    be.row_sq_sums(d, rows, m.cols, row_err.data());
+    double e = 0;
+    for (int64_t r = 0; r < rows; ++r) e += token_freq[r0 + r] * row_err[r];
+    return e;
+  };
+  // Whether GPTQ is measured for module m: every layer matrix, the lm_head
+  // and a tied embedding (GPTQ of its head role; layer-wise, its anchor runs
+  // before the head's statistics exist: plain there, as its weighting).
+  auto gptq_for = [&](const ModuleInfo& m) {
+    return opt.gptq && (m.layer >= 0 || m.kind == ModuleKind::LmHead ||
+                        (m.kind == ModuleKind::Embed && c.tied_embeddings && !opt.layerwise));
+  };
+
   std::optional<Progress> progress;
   if (opt.progress) progress.emplace("profile", total, "measurements");
   int64_t done = 0;
@@ -634,16 +675,14 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     // matrices: its modules keep the path below.
     const bool proxies_only = std::none_of(ns.begin(), ns.end(), [](const Need& n) { return n.exact; });
     const bool large = numel * static_cast<int64_t>(sizeof(float)) > opt.proxy_block_bytes;
-    if ((proxies_only || large) && !(opt.gptq && m.layer >= 0)) {
+    if ((proxies_only || large) && !gptq_for(m)) {
       if (m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) ensure_grams(m.layer);
-      const SiteStats* g = m.kind == ModuleKind::Embed ? (c.tied_embeddings ? &head_gram : nullptr)
-                        : m.kind == ModuleKind::LmHead ? &head_gram
-                                                       : &grams[m.layer][site_of(m.kind)];
+      const SiteStats* g = proxy_stats(m);
       const int64_t block_rows =
           std::clamp<int64_t>(opt.proxy_block_bytes / static_cast<int64_t>(sizeof(float) * m.cols), 1, m.rows);
       Buffer wb = be.alloc(block_rows * m.cols), eb = be.alloc(block_rows * m.cols);
       std::vector<float> host_block, host_err;  // a device backend that cannot quantize a format: the host does
-      std::vector<double> e(ns.size(), 0.0), row_err(static_cast<size_t>(block_rows));
+      std::vector<double> e(ns.size(), 0.0);
       const bool any_proxy = std::any_of(ns.begin(), ns.end(), [](const Need& n) { return n.proxy; });
       for (int64_t r0 = 0; any_proxy && r0 < m.rows; r0 += block_rows) {
         const int64_t r1 = std::min(m.rows, r0 + block_rows), rows = r1 - r0;
@@ -669,10 +708,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
             }
           }
           PhaseTimer timer(t.phase_seconds, "proxy");
-          if (m.kind == ModuleKind::Embed) {  // a token's row error, as often as the token occurs
-            be.row_sq_sums(eb.data(), rows, m.cols, row_err.data());
-            for (int64_t r = 0; r < rows; ++r) e[k] += token_freq[r0 + r] * row_err[r];
-          }
+          e[k] += lookup_error(m, eb.data(), r0, rows);
           if (g) e[k] += gram_proxy(eb.data(), rows, m.cols, *g);
         }
       }
@@ -731,18 +767,34 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     // read; each Hessian factorised once per input site, column order and half.
     auto gptq_dequantized = [&](const TensorFormat& f, int half) -> std::optional<std::vector<float>> {
       PhaseTimer timer(t.phase_seconds, "gptq");
-      const int site = site_of(m.kind);
+      const int site = site_of(m.kind);  // (-1 with layer -1: the head's inputs)
       const bool act_order = gptq_uses_act_order(f, opt.gptq_options);
       const auto key = std::tuple{m.layer, site, act_order, half};
       auto h = hessians.find(key);
       if (h == hessians.end()) {
         if (hessians.size() > 8) hessians.clear();  // a few layers' worth at a time
-        const std::vector<float> g = grams[m.layer][site].gram_on_host(half);
-        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, opt.gptq_options.damp)).first;
+        const std::vector<float> g = proxy_stats(m)->gram_on_host(half);
+        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, gptq_damp(opt.gptq_options, m))).first;
       }
       GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second, qo);
       if (r.fallback) return std::nullopt;
       return dequantize_matrix(r.q);
+    };
+    // A tied embedding's GPTQ fits its head role only, and its proxy adds the
+    // lookup role's error, in other units: where GPTQ's proxy wins, its KL
+    // anchor is checked against the plain rounding's, and if that is no
+    // higher GPTQ is dropped for every format of the module (the proxies
+    // rank roundings within a role, the anchor across both).
+    const bool check_gptq = gptq_for(m) && m.kind == ModuleKind::Embed;
+    std::optional<bool> gptq_ok;                 // the anchors' verdict, once measured
+    std::map<std::string, double> plain_proxy;  // the plain rounding's proxy per format, measured here
+    // The plain rounding of format f as an anchor's matrix.
+    auto plain_fake = [&](const TensorFormat& f) {
+      quantized(f, false);
+      if (be.host_memory()) return Linear::from_f32_view(out.data(), m.rows, m.cols);  // `out` outlives the swap
+      std::vector<float> dq(static_cast<size_t>(numel));
+      be.to_host(out.data(), numel, dq.data());
+      return Linear::from_f32(std::move(dq), m.rows, m.cols);
     };
     for (const Need& n : ns) {
       const std::string name = tensor_format_name(n.fmt);
@@ -751,22 +803,17 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
         if (m.kind != ModuleKind::Embed && m.kind != ModuleKind::LmHead) ensure_grams(m.layer);
         quantized(n.fmt, true);
         PhaseTimer timer(t.phase_seconds, "proxy");
-        double e = 0;
-        if (m.kind == ModuleKind::Embed) {
-          // A token's row error, as often as the token occurs.
-          std::vector<double> row_err(static_cast<size_t>(m.rows));
-          be.row_sq_sums(out.data(), m.rows, m.cols, row_err.data());
-          for (int64_t r = 0; r < m.rows; ++r) e += token_freq[r] * row_err[r];
-          if (c.tied_embeddings) e += gram_proxy(out.data(), m.rows, m.cols, head_gram);
-        } else if (m.kind == ModuleKind::LmHead) {
-          e = gram_proxy(out.data(), m.rows, m.cols, head_gram);
-        } else {
-          e = gram_proxy(out.data(), m.rows, m.cols, grams[m.layer][site_of(m.kind)]);
-        }
+        const SiteStats* gs = proxy_stats(m);
+        const double e =
+            lookup_error(m, out.data(), 0, m.rows) + (gs ? gram_proxy(out.data(), m.rows, m.cols, *gs) : 0.0);
         fs.proxy = e;
         fs.method = n.fmt.is_source() ? "" : search_method;
-        if (opt.gptq && m.layer >= 0 && !n.fmt.is_source()) {  // (`source` is exact already)
-          const SiteStats& g = grams[m.layer][site_of(m.kind)];
+        // (`source` is exact already; a tied embedding whose anchor turned
+        // GPTQ down is not quantized with it again.)
+        if (gptq_for(m) && !n.fmt.is_source() && gptq_ok != false) {
+          // (A tied embedding: GPTQ fits its head role; its lookup role's
+          // error is added as in `e`, half from each fit when held out.)
+          const SiteStats& g = *gs;
           auto error_of = [&](std::vector<float>& dq) {  // W - dq, into `out`
             const float* w = host_w();
             for (int64_t k = 0; k < numel; ++k) dq[k] = w[k] - dq[k];
@@ -781,14 +828,17 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
             if (a && b) {
               error_of(*a);
               double sum = gram_proxy(out.data(), m.rows, m.cols, g.half[1]);
+              sum += 0.5 * lookup_error(m, out.data(), 0, m.rows);
               error_of(*b);
               sum += gram_proxy(out.data(), m.rows, m.cols, g.half[0]);
+              sum += 0.5 * lookup_error(m, out.data(), 0, m.rows);
               eg = sum;
             }
           } else if (auto dq = gptq_dequantized(n.fmt, 2)) {
             error_of(*dq);
-            eg = gram_proxy(out.data(), m.rows, m.cols, g);
+            eg = gram_proxy(out.data(), m.rows, m.cols, g) + lookup_error(m, out.data(), 0, m.rows);
           }
+          if (check_gptq) plain_proxy[name] = e;
           if (eg && *eg < e) fs.proxy = *eg, fs.method = "gptq";
         }
         ++t.proxy_measured;
@@ -810,17 +860,22 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
             fakes.push_back(Linear::from_f32(std::move(*g), m.rows, m.cols));
           }
         }
-        if (fakes.empty()) {
-          quantized(n.fmt, false);
-          if (be.host_memory()) {
-            fakes.push_back(Linear::from_f32_view(out.data(), m.rows, m.cols));  // `out` outlives the swap below
-          } else {
-            std::vector<float> dq(static_cast<size_t>(numel));
-            be.to_host(out.data(), numel, dq.data());
-            fakes.push_back(Linear::from_f32(std::move(dq), m.rows, m.cols));
+        const bool gptq = !fakes.empty();
+        if (fakes.empty()) fakes.push_back(plain_fake(n.fmt));
+        anchor(m, original, std::move(fakes), fs);
+        if (gptq && check_gptq && !gptq_ok && fs.kl && plain_proxy.count(name)) {
+          FormatSensitivity plain;  // (a comparison, not a measurement of the table)
+          std::vector<Linear> p;
+          p.push_back(plain_fake(n.fmt));
+          anchor(m, original, std::move(p), plain);
+          --t.exact_measured, --done;
+          gptq_ok = plain.kl && *fs.kl < *plain.kl;
+          if (!*gptq_ok) {
+            for (const auto& [f, e] : plain_proxy)
+              if (ms.formats[f].method == "gptq") ms.formats[f].proxy = e, ms.formats[f].method = search_method;
+            fs.kl = plain.kl;
           }
         }
-        anchor(m, original, std::move(fakes), fs);
       }
     }
     if (!checkpoint.empty()) t.write(checkpoint);
@@ -892,13 +947,15 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     std::vector<size_t> ref_aoff(kl_windows);  // the anchor windows' rows in the reference stream
     for (size_t k = 0; k < kl_windows; ++k) ref_aoff[k] = tok_off[aw[k]];
 
-    // Mean KL(ref || the model) over the anchor windows whose final residual
-    // stream is in `s` (from offsets), through the final norm and lm_head.
-    auto head_kl = [&](const SpillStore& s, const std::vector<size_t>& offsets) {
-      double sum = 0;
-      int64_t count = 0;
+    // The KL(ref || the model) sum of each anchor window k whose final
+    // residual stream is in `s` (from offsets), through the final norm and
+    // lm_head, into sums[k] (of half `half`'s windows only when half >= 0),
+    // and the rows scored into count.
+    auto head_kl_sums = [&](const SpillStore& s, const std::vector<size_t>& offsets, int half,
+                            std::vector<double>& sums, int64_t& count) {
       for (size_t k = 0; k < kl_windows; ++k) {
         const size_t w = aw[k];
+        if (half >= 0 && half_of(w) != half) continue;
         const int64_t n = len(w), rows = n - from[w];
         s.get(offsets[k] * dim, static_cast<size_t>(n * dim), hin.data());
         tf.reset();
@@ -911,10 +968,23 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           be.to_device(ref_rows.data(), rows * vocab, ref_staging.data());
           ref_in = ref_staging.data();
         }
-        sum += be.kl_sum(ref_in, false, tf.backend_logits(), rows, vocab);
+        sums[k] = be.kl_sum(ref_in, false, tf.backend_logits(), rows, vocab);
         count += rows;
       }
-      return sum / std::max<int64_t>(count, 1);
+    };
+    // Their mean, with fakes[h] of module m (or none) on half h's windows.
+    auto head_kl = [&](const SpillStore& s, const std::vector<size_t>& offsets, const ModuleInfo* m,
+                       std::vector<Linear> fakes) {
+      std::vector<double> sums(kl_windows, 0.0);
+      int64_t count = 0;
+      if (fakes.empty()) head_kl_sums(s, offsets, -1, sums, count);
+      for (size_t h = 0; h < fakes.size(); ++h) {
+        WeightSwap swap(weights, *m, std::move(fakes[h]));
+        head_kl_sums(s, offsets, fakes.size() > 1 ? static_cast<int>(h) : -1, sums, count);
+      }
+      double sum = 0;
+      for (double v : sums) sum += v;  // in window order, as the in-memory path adds them
+      return sum / static_cast<double>(std::max<int64_t>(count, 1));
     };
 
     // An anchor's stream, from its layer to the head.
@@ -931,16 +1001,15 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       if (progress) progress->update(++done, m.path);
     };
     // (fakes: one matrix for every anchor window, or fakes[h] for those of
-    // half h: GPTQ held out, layer matrices only.)
+    // half h: GPTQ held out, layer matrices and the lm_head only.)
     auto start_anchor = [&](const ModuleInfo& m, const Linear& original, std::vector<Linear> fakes,
                             FormatSensitivity& fs) {
       PhaseTimer timer(t.phase_seconds, "exact");
-      check(fakes.size() == 1 || m.layer >= 0, "profile: held-out anchor matrices for {}", m.path);
+      check(fakes.size() == 1 || m.kind != ModuleKind::Embed, "profile: held-out anchor matrices for {}", m.path);
       for (Linear& f : fakes) f.set_act_rounding(original.act_rounding());
       Linear& fake = fakes[0];
       if (m.kind == ModuleKind::LmHead) {  // after the last layer: `cur` holds the final stream
-        WeightSwap swap(weights, m, std::move(fake));
-        fs.kl = head_kl(cur, ref_aoff);
+        fs.kl = head_kl(cur, ref_aoff, &m, std::move(fakes));
         finish_anchor(m);
         return;
       }
@@ -1036,11 +1105,11 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       next.clear();
       RefObserver obs(be);
       obs.total_tokens = total_tokens;
-      obs.head_stats = need_head_gram ? &head_gram.half[0] : nullptr;
       tf.set_observer(&obs);
       try {
         for (size_t w = 0; w < nw; ++w) {
           const int64_t n = len(w), rows = n - from[w];
+          head_half(obs, w);
           cur.get(tok_off[w] * dim, static_cast<size_t>(n * dim), hin.data());
           tf.reset();
           tf.forward_from_layer(c.n_layers, hin.data(), n, logits.data(), from[w]);
@@ -1059,7 +1128,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       for (auto& st : streams) {
         std::optional<WeightSwap> swap;
         if (st->tied) swap.emplace(weights, *st->m, std::move(*st->tied));
-        st->fs->kl = head_kl(st->rows, a_off);
+        st->fs->kl = head_kl(st->rows, a_off, nullptr, {});
         st->rows.clear();
         finish_anchor(*st->m);
       }

@@ -90,10 +90,18 @@ struct ProfileOptions {
   // scales them to KL units, and a full-model pass per anchor over all the
   // windows is most of a large model's fast profile.
   int anchor_windows = 0;
-  // fast: also quantize every layer matrix with GPTQ (quant/gptq.h, from the
-  // Gram sums the proxies use) and keep, per module and format, the rounding
-  // with the smaller proxy; the anchors measure that rounding. A plan then
-  // names GPTQ for those tensors, and `quantize --plan` reproduces it.
+  // fast: also quantize every layer matrix, the lm_head and a tied
+  // embedding with GPTQ (quant/gptq.h, from the Gram sums the proxies use;
+  // the head's: the final norm's output) and keep, per module and format, the
+  // rounding with the smaller proxy; the anchors measure that rounding. A
+  // tied embedding's GPTQ is fitted to its head role only (dampened by
+  // GptqOptions::tied_embed_damp), and its proxy adds the lookup role's
+  // error as the other roundings' do; the two are in different units, so
+  // where its proxy wins, its KL anchor is measured beside the plain
+  // rounding's and GPTQ stays only if it is lower. (Layer-wise, a tied
+  // embedding's anchor runs before the head's inputs are seen: no GPTQ, as
+  // no weighting, there.) A plan then names GPTQ for those tensors, and
+  // `quantize --plan` reproduces it.
   bool gptq = false;
   // GPTQ is fitted to the tokens its proxy is measured on, so an in-sample
   // proxy flatters it. Held out (the default): the input statistics are kept

@@ -253,7 +253,8 @@ TEST(Profile, FastMeasuresGptqWhereItWins) {
   const SensitivityTable g = profile_model(m, windows, o);
   EXPECT_EQ(g.rounding, "search,gptq");
   EXPECT_EQ(g.measured_with.at("gptq").value("heldout", false), true);
-  int won = 0, compared = 0;
+  EXPECT_EQ(g.measured_with.at("gptq").value("head", false), true) << "a profile without the head's GPTQ is redone";
+  int won = 0, compared = 0, head_won = 0;
   for (size_t i = 0; i < g.modules.size(); ++i)
     for (const auto& [name, fs] : g.modules[i].formats) {
       const FormatSensitivity& p = plain.modules[i].formats.at(name);
@@ -262,12 +263,16 @@ TEST(Profile, FastMeasuresGptqWhereItWins) {
       EXPECT_LE(*fs.proxy, *p.proxy * (1 + 1e-6)) << g.modules[i].module.path << " " << name;
       if (fs.method == "gptq") {
         ++won;
-        EXPECT_GE(g.modules[i].module.layer, 0) << "the embedding and lm_head have no Gram sums for GPTQ";
+        const ModuleKind k = g.modules[i].module.kind;
+        EXPECT_NE(k, ModuleKind::Embed) << "stories260K's embedding is untied: a lookup, no inputs for GPTQ";
+        head_won += k == ModuleKind::LmHead;
+        EXPECT_LT(*fs.proxy, *p.proxy) << g.modules[i].module.path << " " << name;
       } else {
         EXPECT_NEAR(*fs.proxy, *p.proxy, 1e-6 * *p.proxy) << g.modules[i].module.path << " " << name;
       }
     }
   EXPECT_GT(won, compared / 4) << "GPTQ should lower many layer matrices' proxies, held out too";
+  EXPECT_GT(head_won, 0) << "GPTQ of the lm_head from the head's inputs (the final norm's output)";
   const SensitivityTable back = SensitivityTable::read(o.cache_path, m.config);
   EXPECT_EQ(back.rounding, "search,gptq");
   for (const auto& [name, fs] : g.modules[3].formats) {
@@ -276,6 +281,62 @@ TEST(Profile, FastMeasuresGptqWhereItWins) {
   }
   o.method = ProfileMethod::Exact;
   EXPECT_THROW(profile_model(m, windows, o), Error);
+}
+
+// A tied embedding (Gemma's): GPTQ fitted to its head role (the final
+// norm's outputs), its proxy the held-out head error plus the lookup role's
+// error as for the other roundings. The proxy adds two roles in different
+// units, so the anchor decides: where GPTQ's proxy wins, the anchor is
+// measured for both roundings, and GPTQ stays only if its KL is lower, else
+// every format of the module goes back to the plain rounding (the plain
+// profile's entries). On this random model, with the layers' dampening
+// (0.01, not GptqOptions::tied_embed_damp), GPTQ's proxy wins (its head
+// error is lower) but its KL is higher (0.059 against 0.042 at q3 g32: the
+// lookup rows' larger errors cost more; GPTQ of an untied lm_head on the
+// same model lowers the KL, 0.0104 -> 0.0074), so the plain rounding stays.
+TEST(Profile, GptqOfATiedEmbeddingsHeadRoleIsCheckedByItsAnchor) {
+  ModelConfig c = test::tiny("gemma3");
+  c.dim = 64, c.hidden_dim = 64, c.head_dim = 16, c.embed_scale = 8.0f;  // groups of 32 divide every matrix
+  c.validate("gemma3");
+  ASSERT_TRUE(c.tied_embeddings);
+  Model m = test::random_model(c, 11);
+  std::vector<std::vector<int32_t>> windows;
+  for (uint32_t s = 0; s < 16; ++s) windows.push_back(test::random_ids(60, c.vocab_size, 20 + s));
+  ProfileOptions o;
+  o.method = ProfileMethod::Fast;
+  o.candidates = {AffineFormat{2, 32}, AffineFormat{3, 32}, AffineFormat{4, 32}, AffineFormat{8, 32}};
+  o.anchor_every = 1;
+  o.progress = false;
+  const SensitivityTable plain = profile_model(m, windows, o);
+  o.gptq = true;
+  o.gptq_options.tied_embed_damp = 0.01;
+  const SensitivityTable g = profile_model(m, windows, o);
+  EXPECT_EQ(g.measured_with.at("gptq").value("tied_embed_damp", 0.0), 0.01);
+  EXPECT_EQ(g.exact_measured, plain.exact_measured) << "the plain anchor beside GPTQ's is not an entry";
+  ASSERT_EQ(g.modules[0].module.kind, ModuleKind::Embed);
+  int kept = 0, anchors = 0;
+  for (const auto& [name, fs] : g.modules[0].formats) {
+    const FormatSensitivity& p = plain.modules[0].formats.at(name);
+    ASSERT_TRUE(fs.proxy && p.proxy) << name;
+    EXPECT_LE(*fs.proxy, *p.proxy * (1 + 1e-6)) << name;
+    if (fs.method == "gptq") {
+      EXPECT_LT(*fs.proxy, *p.proxy) << name;
+      if (fs.kl && p.kl) EXPECT_LT(*fs.kl, *p.kl) << name << ": GPTQ stays only where its anchor is lower";
+      continue;
+    }
+    ++kept;
+    // The plain rounding (its head statistics summed in two halves here).
+    EXPECT_NEAR(*fs.proxy, *p.proxy, 1e-6 * *p.proxy) << name;
+    EXPECT_EQ(fs.kl, p.kl) << name;
+    anchors += fs.kl.has_value();
+  }
+  EXPECT_EQ(kept, 4) << "the anchor sends the embedding back to the plain rounding";
+  EXPECT_EQ(anchors, 1);
+  // The layers' GPTQ is not affected.
+  int layers_gptq = 0;
+  for (const auto& ms : g.modules)
+    for (const auto& [name, fs] : ms.formats) layers_gptq += ms.module.layer >= 0 && fs.method == "gptq";
+  EXPECT_GT(layers_gptq, 0);
 }
 
 // GPTQ's held-out proxy (the default) against its in-sample one on the same

@@ -184,7 +184,8 @@ Runner register_quantize(CLI::App& app) {
       ->capture_default_str()->check(CLI::IsMember({"search", "minmax", "gptq", "awq"}));
   cmd->add_option("--awq-grid", a->awq_grid, "awq: steps of the scale exponent alpha in [0, 1]")
       ->capture_default_str()->check(CLI::Range(1, 100));
-  cmd->add_option("--damp", a->damp, "gptq: dampening, a fraction of the mean input energy added to H's diagonal")
+  cmd->add_option("--damp", a->damp,
+                  "gptq: dampening, a fraction of the mean input energy added to H's diagonal (a tied embedding's: 1)")
       ->capture_default_str();
   cmd->add_flag("--no-act-order", a->no_act_order,
                 "gptq: columns in their own order (default: by decreasing input energy, groups' scales fixed "
