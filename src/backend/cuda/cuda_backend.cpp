@@ -761,13 +761,22 @@ void CudaBackend::matmul(const WeightHandle& wh, const float* x, int64_t n, floa
 void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const float* x, int64_t n,
                                std::span<float* const> ys) {
   const size_t count = ws.size();
-  bool fused = count >= 2 && count <= 3 && n > 0 && n <= kMatvecMaxRows && kernels::decode_int8_enabled() &&
-               reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const bool shaped = count >= 2 && count <= 3 && n > 0 && n <= kMatvecMaxRows && kernels::decode_int8_enabled() &&
+                      reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  bool fused = shaped, dense = shaped;
   DevMatrix ms[3];
-  for (size_t i = 0; fused && i < count; ++i) {
+  for (size_t i = 0; shaped && i < count; ++i) {
     ms[i] = dev(*ws[i]);
-    fused = ms[i].act == ActRounding::Exact && has_matvec_int8(ms[i]) && ms[i].bits == ms[0].bits &&
+    fused = fused && ms[i].act == ActRounding::Exact && has_matvec_int8(ms[i]) && ms[i].bits == ms[0].bits &&
             ms[i].group == ms[0].group && ms[i].cols == ms[0].cols;
+    dense = dense && ms[i].act == ActRounding::Exact && cuda::has_matvec_dense(ms[i], true) &&
+            ms[i].storage == ms[0].storage && ms[i].cols == ms[0].cols;
+  }
+  if (dense) {  // fp32/fp16/bf16 rows: one launch with fp32 x
+    Op op = timing_ && !recording_ ? Op(*this, "matmul group " + storage_name(ms[0]) + " fp32") : Op(*this, "matmul");
+    last_y_ = ys[0];
+    last_y_n_ = n * ms[0].rows;
+    if (cuda::matvec_dense_group(ms, ys.data(), static_cast<int>(count), x, static_cast<int>(n), stream_)) return;
   }
   if (!fused) {
     Backend::matmul_group(ws, x, n, ys);
@@ -789,10 +798,21 @@ void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const fl
 void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, int64_t n, float* y, float* x,
                                       const float* w, float eps, float* out) {
   const DevMatrix& m = dev(wm);
-  const bool fused = n > 0 && n <= kMatvecMaxRows && kernels::decode_int8_enabled() && m.act == ActRounding::Exact &&
-                     has_matvec_int8(m) && reinterpret_cast<uintptr_t>(a) % 16 == 0 && m.rows % 32 == 0 &&
-                     m.rows <= cuda::kSplitNormMaxDim && out != x && y != x;
-  if (!fused) {
+  const bool shaped = n > 0 && n <= kMatvecMaxRows && kernels::decode_int8_enabled() && m.act == ActRounding::Exact &&
+                      reinterpret_cast<uintptr_t>(a) % 16 == 0 && m.rows % 32 == 0 &&
+                      m.rows <= cuda::kSplitNormMaxDim && out != x && y != x;
+  if (shaped && cuda::has_matvec_dense(m, false)) {  // dense rows: the residual add in the product's last step
+    {
+      Op op = timing_ && !recording_ ? Op(*this, "matmul " + storage_name(m) + " fp32 + residual") : Op(*this, "matmul");
+      last_y_ = y;
+      last_y_n_ = n * m.rows;
+      cuda::matvec_dense(m, a, static_cast<int>(n), y, stream_, x);
+    }
+    Op op(*this, "rms_norm");
+    if (!decode_norm(x, w, n, m.rows, eps, out)) cuda::rms_norm(x, w, n, m.rows, eps, out, stream_);
+    return;
+  }
+  if (!shaped || !has_matvec_int8(m)) {
     Backend::matmul_add_rms_norm(wm, a, n, y, x, w, eps, out);
     return;
   }

@@ -50,6 +50,18 @@ struct Int8Out {
 
 // y[n x rows] = x[n x cols] . W^T with fp32 activations (every storage).
 void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s);
+// Dense storage (fp32/fp16/bf16, width a multiple of 8, n <= kMatvecMaxRows)
+// with `accum`: also accum += y, the residual add in the product's last step
+// (the same bits as matvec_f32 then an add). False (nothing launched) otherwise.
+bool matvec_dense(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s, float* accum);
+// Whether matvec_dense (group false) / matvec_dense_group (true) take w: dense
+// storage, width a multiple of 8, not switched off by OPTIQ_CUDA_DENSE_FUSE
+// (0: neither; group / residual: only that one).
+bool has_matvec_dense(const DevMatrix& w, bool group);
+// Up to three dense matrices of one storage and width that read the same x
+// (q, k, v) in one launch, each row the same bits as matvec_f32's; false
+// (nothing launched) otherwise.
+bool matvec_dense_group(const DevMatrix* ws, float* const* ys, int count, const float* x, int n, cudaStream_t s);
 // The same with activations rounded to int8 blocks of 32 by quantize_act_int8
 // (affine storage only: integer dot products per block, the CPU's int8 decode numerics).
 bool has_matvec_int8(const DevMatrix& w);

@@ -297,76 +297,110 @@ __global__ void __launch_bounds__(kW * 32)
   }
 }
 
-// fp32 activations, dense fp16/bf16/fp32 storage: 8 weights per lane per step.
+// fp32 activations, dense fp16/bf16/fp32 storage: 8 weights per lane per
+// step. A warp's kR row slots (rows r0.. of w, or row r0 of w and of w2)
+// against x: acc[r][i] = row slot r . x_i.
+//
+// x, the previous kernel's output, is read with plain loads after pdl_wait():
+// through __ldg (the read-only path, which lets the compiler treat x as
+// unchanging for the whole kernel) the q/k/v group read stale rows under
+// programmatic dependent launch (GPU tests failed with it, passed with
+// OPTIQ_CUDA_PDL=0).
+template <DevStorage kStorage, int kMaxN, int kR, int kU, bool kGated>
+__device__ __forceinline__ void dense_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
+                                           const float* x, int n, float (&acc)[kR][kMaxN]) {
+  const int64_t steps = w.cols / 8;
+  for (int64_t c0 = lane; c0 < steps; c0 += 32 * kU) {
+    float wv[kU][kR][8];
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int r = 0; r < kR; ++r) {
+        // Clamped (in-bounds, branch-free) loads; a dead slot's weights become 0 below.
+        const int64_t row_raw = kGated ? r0 : r0 + r, c_raw = c0 + 32 * u;
+        const bool live = row_raw < w.rows && c_raw < steps;
+        const int64_t row = min(row_raw, w.rows - 1), c = min(c_raw, steps - 1);
+        const void* data = kGated && r == 1 ? w2.data : w.data;
+        if constexpr (kStorage == DevStorage::F32) {
+          const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(data) + row * w.cols) + 2 * c;
+          const float4 a = __ldg(p), b = __ldg(p + 1);
+          wv[u][r][0] = a.x, wv[u][r][1] = a.y, wv[u][r][2] = a.z, wv[u][r][3] = a.w;
+          wv[u][r][4] = b.x, wv[u][r][5] = b.y, wv[u][r][6] = b.z, wv[u][r][7] = b.w;
+        } else {
+          const uint4 h = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(data) + row * w.cols) + c);
+          const uint32_t hw[4] = {h.x, h.y, h.z, h.w};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            if constexpr (kStorage == DevStorage::BF16) {
+              wv[u][r][2 * j] = __uint_as_float(hw[j] << 16);
+              wv[u][r][2 * j + 1] = __uint_as_float(hw[j] & 0xffff0000u);
+            } else {
+              const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hw[j]));
+              wv[u][r][2 * j] = f.x, wv[u][r][2 * j + 1] = f.y;
+            }
+          }
+        }
+        if (!live)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) wv[u][r][j] = 0.0f;
+      }
+    pdl_wait();  // weights are in flight; x is the previous operation's output
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t c = min(c0 + 32 * u, steps - 1);  // past the row the weights are 0
+#pragma unroll
+      for (int i = 0; i < kMaxN; ++i) {
+        if (i >= n) break;
+        const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols) + 2 * c;
+        const float4 a = xp[0], b = xp[1];
+        const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int r = 0; r < kR; ++r)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[r][i] = fmaf(wv[u][r][j], xs[j], acc[r][i]);
+      }
+    }
+  }
+}
+
 template <DevStorage kStorage, int kMaxN, int kW, int kR, int kU, bool kGated = false>
 __global__ void __launch_bounds__(kW * 32)
-    dense_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y, DevMatrix w2 = {},
-                 GateAct act = GateAct::Silu) {
+    dense_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y, DevMatrix w2 = {},
+                 GateAct act = GateAct::Silu, float* accum = nullptr) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t steps = w.cols / 8;
   constexpr int kStep = warp_rows<kGated, kR>();
   for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
        r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
     float acc[kR][kMaxN] = {};
-    for (int64_t c0 = lane; c0 < steps; c0 += 32 * kU) {
-      float wv[kU][kR][8];
-#pragma unroll
-      for (int u = 0; u < kU; ++u)
-#pragma unroll
-        for (int r = 0; r < kR; ++r) {
-          // Clamped (in-bounds, branch-free) loads; a dead slot's weights become 0 below.
-          const int64_t row_raw = kGated ? r0 : r0 + r, c_raw = c0 + 32 * u;
-          const bool live = row_raw < w.rows && c_raw < steps;
-          const int64_t row = min(row_raw, w.rows - 1), c = min(c_raw, steps - 1);
-          const void* data = kGated && r == 1 ? w2.data : w.data;
-          if constexpr (kStorage == DevStorage::F32) {
-            const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(data) + row * w.cols) + 2 * c;
-            const float4 a = __ldg(p), b = __ldg(p + 1);
-            wv[u][r][0] = a.x, wv[u][r][1] = a.y, wv[u][r][2] = a.z, wv[u][r][3] = a.w;
-            wv[u][r][4] = b.x, wv[u][r][5] = b.y, wv[u][r][6] = b.z, wv[u][r][7] = b.w;
-          } else {
-            const uint4 h = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(data) + row * w.cols) + c);
-            const uint32_t hw[4] = {h.x, h.y, h.z, h.w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              if constexpr (kStorage == DevStorage::BF16) {
-                wv[u][r][2 * j] = __uint_as_float(hw[j] << 16);
-                wv[u][r][2 * j + 1] = __uint_as_float(hw[j] & 0xffff0000u);
-              } else {
-                const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hw[j]));
-                wv[u][r][2 * j] = f.x, wv[u][r][2 * j + 1] = f.y;
-              }
-            }
-          }
-          if (!live)
-#pragma unroll
-            for (int j = 0; j < 8; ++j) wv[u][r][j] = 0.0f;
-        }
-      pdl_wait();  // weights are in flight; x is the previous operation's output
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int64_t c = min(c0 + 32 * u, steps - 1);  // past the row the weights are 0
-#pragma unroll
-        for (int i = 0; i < kMaxN; ++i) {
-          if (i >= n) break;
-          const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols) + 2 * c;
-          const float4 a = __ldg(xp), b = __ldg(xp + 1);
-          const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-          for (int r = 0; r < kR; ++r)
-#pragma unroll
-            for (int j = 0; j < 8; ++j) acc[r][i] = fmaf(wv[u][r][j], xs[j], acc[r][i]);
-        }
-      }
-    }
+    dense_rows<kStorage, kMaxN, kR, kU, kGated>(w, w2, r0, lane, x, n, acc);
     if constexpr (kGated) {
       store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
     } else {
 #pragma unroll
-      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y);
+      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y, accum);
     }
+  }
+}
+
+// q, k and v of one dense storage in one launch (MatrixGroup, as the int8
+// group above): a warp takes kR rows at a time with dense_kernel's
+// arithmetic, so each row's sum is the same bits as a launch of its own.
+template <DevStorage kStorage, int kMaxN, int kW, int kR, int kU>
+__global__ void __launch_bounds__(kW * 32) dense_group_kernel(MatrixGroup g, const float* x, int n) {
+  pdl_trigger();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int64_t R = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; R < g.end2;
+       R += static_cast<int64_t>(gridDim.x) * kW * kR) {
+    const int m = R < g.end0 ? 0 : (R < g.end1 ? 1 : 2);  // uniform in the warp
+    const DevMatrix w = m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2);
+    float* y = m == 0 ? g.y0 : (m == 1 ? g.y1 : g.y2);
+    const int64_t r = R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1));
+    float acc[kR][kMaxN] = {};
+    dense_rows<kStorage, kMaxN, kR, kU, false>(w, w, r, lane, x, n, acc);
+#pragma unroll
+    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, r + i, w.rows, lane, y);
   }
 }
 
@@ -453,21 +487,6 @@ void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int3
 // Llama-3-8B matrix at every width, 3-44% faster than what the H200 sweep of
 // the bit-stream layout had chosen (one row a warp, 3-8 chunks by width).
 // OPTIQ_CUDA_DECODE_ROWS=1 restores that for A/B runs.
-// Calls f(std::integral_constant<int, bits>{}) for a code width the decode
-// kernels are compiled for (2, 3, 4, 5, 6; anything else is 8): every launch
-// below picks its kernel's width through this one switch.
-template <typename F>
-void with_bits(int bits, F&& f) {
-  switch (bits) {
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
-  }
-}
-
 // Chunks of 32 codes a lane keeps in flight, by width: one row a warp (the
 // H200 sweep of 2026-12-04) and two rows a warp (what the backend launches).
 constexpr int chunks_one_row(int bits) { return bits == 2 ? 8 : bits == 3 ? 5 : bits == 5 || bits == 6 ? 3 : 4; }
@@ -506,10 +525,28 @@ void launch_affine_f32(const DevMatrix& w, const float* x, int n, float* y, cuda
   });
 }
 
+// Dense decode launch shape (dense_kernel and dense_group_kernel share it, so
+// a grouped row is the same bits as its own launch).
+constexpr int kDenseW = 4, kDenseR = 1, kDenseU = 4;
+
 template <DevStorage kStorage, int kMaxN>
-void launch_dense(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
-  constexpr int kW = 4, kR = 1, kU = 4;
-  launch(dense_kernel<kStorage, kMaxN, kW, kR, kU>, blocks_for(w.rows, kW * kR), kW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu);
+void launch_dense(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s, float* accum = nullptr) {
+  launch(dense_kernel<kStorage, kMaxN, kDenseW, kDenseR, kDenseU>, blocks_for(w.rows, kDenseW * kDenseR),
+         kDenseW * 32, 0, s, w, x, n, y, DevMatrix{}, GateAct::Silu, accum);
+}
+
+bool is_dense(const DevMatrix& w) {
+  return w.storage == DevStorage::F32 || w.storage == DevStorage::F16 || w.storage == DevStorage::BF16;
+}
+
+// Calls f(std::integral_constant<DevStorage, ...>{}) for a dense storage.
+template <typename F>
+void with_dense(DevStorage st, F&& f) {
+  switch (st) {
+    case DevStorage::F32: f(std::integral_constant<DevStorage, DevStorage::F32>{}); break;
+    case DevStorage::F16: f(std::integral_constant<DevStorage, DevStorage::F16>{}); break;
+    default: f(std::integral_constant<DevStorage, DevStorage::BF16>{}); break;
+  }
 }
 
 template <int kMaxN>
@@ -535,7 +572,8 @@ void launch_tuned(const DevMatrix& w, const float* x, const int8_t* xq, const fl
     });
   } else if (w.storage == DevStorage::BF16) {
     if (grid == 0) grid = blocks_for(w.rows, kW * kR);
-    launch(dense_kernel<DevStorage::BF16, 1, kW, kR, kU>, grid, kW * 32, 0, s, w, x, 1, y, DevMatrix{}, GateAct::Silu);
+    launch(dense_kernel<DevStorage::BF16, 1, kW, kR, kU>, grid, kW * 32, 0, s, w, x, 1, y, DevMatrix{}, GateAct::Silu,
+           nullptr);
   }
 }
 
@@ -582,6 +620,33 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 
 bool has_matvec_int8(const DevMatrix& w) { return w.storage == DevStorage::Affine; }
 
+// OPTIQ_CUDA_DENSE_FUSE=0: dense q/k/v one launch each and the residual add
+// in a launch of its own again (A/B runs); =group or =residual: only that one.
+bool dense_fuse_enabled(const char* which) {
+  static const std::string v = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_DENSE_FUSE");
+    return std::string(e ? e : "1");
+  }();
+  return v == "1" || v == which;
+}
+
+bool has_matvec_dense(const DevMatrix& w, bool group) {
+  return dense_fuse_enabled(group ? "group" : "residual") && is_dense(w) && w.cols % 8 == 0;
+}
+
+bool matvec_dense(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s, float* accum) {
+  if (!has_matvec_dense(w, false) || n <= 0 || n > kMatvecMaxRows) return false;
+  with_dense(w.storage, [&](auto st) {
+    constexpr DevStorage kS = decltype(st)::value;
+    if (n == 1)
+      launch_dense<kS, 1>(w, x, n, y, s, accum);
+    else
+      launch_dense<kS, kMatvecMaxRows>(w, x, n, y, s, accum);
+  });
+  OPTIQ_CUDA_LAUNCHED();
+  return true;
+}
+
 namespace {
 template <int kMaxN>
 bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
@@ -603,13 +668,12 @@ bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const flo
     }
     return true;
   }
-  if (g.cols % 8 != 0 || xq) return false;
-  switch (g.storage) {
-    case DevStorage::F32: launch(dense_kernel<DevStorage::F32, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); return true;
-    case DevStorage::F16: launch(dense_kernel<DevStorage::F16, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); return true;
-    case DevStorage::BF16: launch(dense_kernel<DevStorage::BF16, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act); return true;
-    default: return false;
-  }
+  if (g.cols % 8 != 0 || xq || !is_dense(g)) return false;
+  with_dense(g.storage, [&](auto st) {
+    constexpr DevStorage kS = decltype(st)::value;
+    launch(dense_kernel<kS, kMaxN, kW, 2, 2, true>, grid, kW * 32, 0, s, g, x, n, out, u, act, nullptr);
+  });
+  return true;
 }
 }  // namespace
 
@@ -636,6 +700,15 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const in
 }
 
 namespace {
+// ws[0..count) as one run of rows.
+MatrixGroup make_group(const DevMatrix* ws, float* const* ys, int count) {
+  MatrixGroup g;
+  g.w0 = ws[0], g.y0 = ys[0], g.end0 = ws[0].rows;
+  g.w1 = count > 1 ? ws[1] : ws[0], g.y1 = count > 1 ? ys[1] : ys[0], g.end1 = g.end0 + (count > 1 ? ws[1].rows : 0);
+  g.w2 = count > 2 ? ws[2] : ws[0], g.y2 = count > 2 ? ys[2] : ys[0], g.end2 = g.end1 + (count > 2 ? ws[2].rows : 0);
+  return g;
+}
+
 template <int kMaxN>
 void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const int32_t* xsum, int n, int bits,
                   bool pairs, cudaStream_t s) {
@@ -664,16 +737,30 @@ bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const i
                       b.act == ActRounding::Exact;
     if (!same) return false;
   }
-  MatrixGroup g;
-  g.w0 = ws[0], g.y0 = ys[0], g.end0 = ws[0].rows;
-  g.w1 = count > 1 ? ws[1] : ws[0], g.y1 = count > 1 ? ys[1] : ys[0], g.end1 = g.end0 + (count > 1 ? ws[1].rows : 0);
-  g.w2 = count > 2 ? ws[2] : ws[0], g.y2 = count > 2 ? ys[2] : ys[0], g.end2 = g.end1 + (count > 2 ? ws[2].rows : 0);
+  const MatrixGroup g = make_group(ws, ys, count);
   // Two rows a warp where every matrix's rows pair up (a warp stays in one matrix).
   const bool pairs = !one_row_a_warp() && g.end0 % 2 == 0 && g.end1 % 2 == 0;
   if (n == 1)
     launch_group<1>(g, xq, xscale, xsum, n, a.bits, pairs, s);
   else
     launch_group<kMatvecMaxRows>(g, xq, xscale, xsum, n, a.bits, pairs, s);
+  OPTIQ_CUDA_LAUNCHED();
+  return true;
+}
+
+bool matvec_dense_group(const DevMatrix* ws, float* const* ys, int count, const float* x, int n, cudaStream_t s) {
+  if (count < 1 || count > 3 || n <= 0 || n > kMatvecMaxRows) return false;
+  for (int i = 0; i < count; ++i)
+    if (!has_matvec_dense(ws[i], true) || ws[i].storage != ws[0].storage || ws[i].cols != ws[0].cols) return false;
+  const MatrixGroup g = make_group(ws, ys, count);
+  with_dense(ws[0].storage, [&](auto st) {
+    constexpr DevStorage kS = decltype(st)::value;
+    const unsigned grid = blocks_for(g.end2, kDenseW * kDenseR);
+    if (n == 1)
+      launch(dense_group_kernel<kS, 1, kDenseW, kDenseR, kDenseU>, grid, kDenseW * 32, 0, s, g, x, n);
+    else
+      launch(dense_group_kernel<kS, kMatvecMaxRows, kDenseW, kDenseR, kDenseU>, grid, kDenseW * 32, 0, s, g, x, n);
+  });
   OPTIQ_CUDA_LAUNCHED();
   return true;
 }

@@ -13,6 +13,22 @@
 
 namespace optiq::cuda {
 
+// Calls f(std::integral_constant<int, bits>{}) for a code width the kernels
+// are compiled for (2, 3, 4, 5, 6; anything else is 8): the one width switch
+// of the host's launches (matvec.cu) and of the device's chunk decoding.
+#pragma nv_exec_check_disable
+template <typename F>
+__host__ __device__ __forceinline__ void with_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
 // Loads `words` 32-bit words starting at p (4-byte aligned).
 template <int kWords>
 __device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[kWords]) {
@@ -206,14 +222,8 @@ __device__ __forceinline__ void decode_chunk(const DevMatrix& w, int64_t r, int6
 #pragma unroll
         for (int j = 0; j < 32; ++j) v[j] = __fadd_rn(__fmul_rn(s, code_to_float(chunk_code<kBits>(words, j))), bias);
       };
-      switch (w.bits) {
-        case 2: fill(std::integral_constant<int, 2>{}); return;
-        case 3: fill(std::integral_constant<int, 3>{}); return;
-        case 4: fill(std::integral_constant<int, 4>{}); return;
-        case 5: fill(std::integral_constant<int, 5>{}); return;
-        case 6: fill(std::integral_constant<int, 6>{}); return;
-        default: fill(std::integral_constant<int, 8>{}); return;
-      }
+      with_bits(w.bits, fill);
+      return;
     }
     case DevStorage::KQuant: {
       const uint8_t* block = static_cast<const uint8_t*>(w.data) + r * w.row_bytes;
