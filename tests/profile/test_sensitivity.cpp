@@ -321,7 +321,9 @@ TEST(Profile, GptqOfATiedEmbeddingsHeadRoleIsCheckedByItsAnchor) {
     EXPECT_LE(*fs.proxy, *p.proxy * (1 + 1e-6)) << name;
     if (fs.method == "gptq") {
       EXPECT_LT(*fs.proxy, *p.proxy) << name;
-      if (fs.kl && p.kl) EXPECT_LT(*fs.kl, *p.kl) << name << ": GPTQ stays only where its anchor is lower";
+      if (fs.kl && p.kl) {
+        EXPECT_LT(*fs.kl, *p.kl) << name << ": GPTQ stays only where its anchor is lower";
+      }
       continue;
     }
     ++kept;
