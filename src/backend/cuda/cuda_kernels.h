@@ -55,8 +55,9 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 // (the same bits as matvec_f32 then an add). False (nothing launched) otherwise.
 bool matvec_dense(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s, float* accum);
 // Whether matvec_dense (group false) / matvec_dense_group (true) take w: dense
-// storage, width a multiple of 8, not switched off by OPTIQ_CUDA_DENSE_FUSE
-// (0: neither; group / residual: only that one).
+// storage, width a multiple of 8, and switched on by OPTIQ_CUDA_DENSE_FUSE
+// (residual, the default: the residual add only; 1: the group too; group:
+// the group only; 0: neither).
 bool has_matvec_dense(const DevMatrix& w, bool group);
 // Up to three dense matrices of one storage and width that read the same x
 // (q, k, v) in one launch, each row the same bits as matvec_f32's; false
