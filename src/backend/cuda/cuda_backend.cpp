@@ -801,29 +801,27 @@ void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, in
   const bool shaped = n > 0 && n <= kMatvecMaxRows && kernels::decode_int8_enabled() && m.act == ActRounding::Exact &&
                       reinterpret_cast<uintptr_t>(a) % 16 == 0 && m.rows % 32 == 0 &&
                       m.rows <= cuda::kSplitNormMaxDim && out != x && y != x;
-  if (shaped && cuda::has_matvec_dense(m, false)) {  // dense rows: the residual add in the product's last step
-    {
-      Op op = timing_ && !recording_ ? Op(*this, "matmul " + storage_name(m) + " fp32 + residual") : Op(*this, "matmul");
-      last_y_ = y;
-      last_y_n_ = n * m.rows;
-      cuda::matvec_dense(m, a, static_cast<int>(n), y, stream_, x);
-    }
-    Op op(*this, "rms_norm");
-    if (!decode_norm(x, w, n, m.rows, eps, out)) cuda::rms_norm(x, w, n, m.rows, eps, out, stream_);
-    return;
-  }
-  if (!shaped || !has_matvec_int8(m)) {
+  // The residual add in the product's last step: int8 products of affine
+  // rows, fp32 ones of dense rows.
+  const bool dense = shaped && cuda::has_matvec_dense(m, false);
+  if (!dense && !(shaped && has_matvec_int8(m))) {
     Backend::matmul_add_rms_norm(wm, a, n, y, x, w, eps, out);
     return;
   }
   {
-    Op op = timing_ && !recording_ ? Op(*this, "matmul " + storage_name(m) + " int8 + residual") : Op(*this, "matmul");
+    Op op = timing_ && !recording_
+                ? Op(*this, "matmul " + storage_name(m) + (dense ? " fp32" : " int8") + " + residual")
+                : Op(*this, "matmul");
     const float* prev_y = last_y_;
     const int64_t prev_y_n = last_y_n_;
     last_y_ = y;
     last_y_n_ = n * m.rows;
-    const Int8Blocks b = int8_blocks(a, n, m.cols, prev_y, prev_y_n);
-    cuda::matvec_int8(m, b.q, b.scale, b.sum, static_cast<int>(n), y, stream_, x);
+    if (dense) {
+      cuda::matvec_dense(m, a, static_cast<int>(n), y, stream_, x);
+    } else {
+      const Int8Blocks b = int8_blocks(a, n, m.cols, prev_y, prev_y_n);
+      cuda::matvec_int8(m, b.q, b.scale, b.sum, static_cast<int>(n), y, stream_, x);
+    }
   }
   Op op(*this, "rms_norm");
   if (!decode_norm(x, w, n, m.rows, eps, out)) cuda::rms_norm(x, w, n, m.rows, eps, out, stream_);

@@ -220,6 +220,19 @@ struct MatrixGroup {
   int64_t end0 = 0, end1 = 0, end2 = 0;  // running row counts
 };
 
+// Row R of a group's run of rows: its matrix, that matrix's output, and its
+// row within the matrix (uniform in a warp: a warp's rows share a matrix).
+struct GroupRow {
+  DevMatrix w;
+  float* y;
+  int64_t r;
+};
+__device__ __forceinline__ GroupRow group_row(const MatrixGroup& g, int64_t R) {
+  const int m = R < g.end0 ? 0 : (R < g.end1 ? 1 : 2);
+  return {m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2), m == 0 ? g.y0 : (m == 1 ? g.y1 : g.y2),
+          R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1))};
+}
+
 template <int kBits, int kMaxN, int kW, int kR, int kU>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_group_kernel(MatrixGroup g, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
@@ -230,14 +243,11 @@ __global__ void __launch_bounds__(kW * 32)
   // so a warp's rows are all in one matrix.
   for (int64_t R = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; R < g.end2;
        R += static_cast<int64_t>(gridDim.x) * kW * kR) {
-    const int m = R < g.end0 ? 0 : (R < g.end1 ? 1 : 2);  // uniform in the warp
-    const DevMatrix w = m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2);
-    float* y = m == 0 ? g.y0 : (m == 1 ? g.y1 : g.y2);
-    const int64_t r = R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1));
+    const GroupRow gr = group_row(g, R);
     float acc[kR][kMaxN] = {};
-    int8_rows<kBits, kMaxN, kR, kU, false>(w, w, r, lane, xq, xscale, xsum, n, acc);
+    int8_rows<kBits, kMaxN, kR, kU, false>(gr.w, gr.w, gr.r, lane, xq, xscale, xsum, n, acc);
 #pragma unroll
-    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, r + i, w.rows, lane, y);
+    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, gr.r + i, gr.w.rows, lane, gr.y);
   }
 }
 
@@ -393,14 +403,11 @@ __global__ void __launch_bounds__(kW * 32) dense_group_kernel(MatrixGroup g, con
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int64_t R = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; R < g.end2;
        R += static_cast<int64_t>(gridDim.x) * kW * kR) {
-    const int m = R < g.end0 ? 0 : (R < g.end1 ? 1 : 2);  // uniform in the warp
-    const DevMatrix w = m == 0 ? g.w0 : (m == 1 ? g.w1 : g.w2);
-    float* y = m == 0 ? g.y0 : (m == 1 ? g.y1 : g.y2);
-    const int64_t r = R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1));
+    const GroupRow gr = group_row(g, R);
     float acc[kR][kMaxN] = {};
-    dense_rows<kStorage, kMaxN, kR, kU, false>(w, w, r, lane, x, n, acc);
+    dense_rows<kStorage, kMaxN, kR, kU, false>(gr.w, gr.w, gr.r, lane, x, n, acc);
 #pragma unroll
-    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, r + i, w.rows, lane, y);
+    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, gr.r + i, gr.w.rows, lane, gr.y);
   }
 }
 
