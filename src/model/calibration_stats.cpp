@@ -360,15 +360,7 @@ CalibrationStats collect_sequential(const Model& model, const PrecisionMap& map,
     if (p) p->update(l + 1);
   }
   if (p) p->finish();
-  return {grams.result(), energy.result(), asymmetric ? cross.result() : GramMap{}, count_tokens(c, windows)};
-}
-
-std::vector<float> count_tokens(const ModelConfig& c, const std::vector<std::vector<int32_t>>& windows) {
-  std::vector<float> n(static_cast<size_t>(std::max(c.vocab_size, 0)), 0.0f);
-  for (const auto& w : windows)
-    for (int32_t t : w)
-      if (t >= 0 && t < c.vocab_size) n[static_cast<size_t>(t)] += 1;
-  return n;
+  return {grams.result(), energy.result(), asymmetric ? cross.result() : GramMap{}};
 }
 
 void quantize_as_planned(QuantizeModelOptions& opt, const CalibrationStats& s) {
@@ -379,7 +371,6 @@ void quantize_as_planned(QuantizeModelOptions& opt, const CalibrationStats& s) {
   if (!s.grams.empty()) {
     opt.grams = &s.grams;
     opt.gptq_all = false;
-    if (!s.token_counts.empty()) opt.token_counts = &s.token_counts;
   }
 }
 

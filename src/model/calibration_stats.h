@@ -24,20 +24,14 @@ ImportanceMap collect_importance(const Model& model, const std::vector<std::vect
 // Fails with a clear message when they would not fit in memory.
 GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress = true);
 
-// How often each token id (0 .. vocab_size-1) occurs in the windows: the
-// rows a tied embedding looks up (GptqOptions::tied_embed_lookup).
-std::vector<float> count_tokens(const ModelConfig& c, const std::vector<std::vector<int32_t>>& windows);
-
 struct CalibrationStats {
   GramMap grams;            // every layer matrix, the lm_head (and a tied embedding)
   ImportanceMap importance; // every layer matrix, the lm_head (and a tied embedding)
   GramMap cross;            // asymmetric: sum x x~^T, float inputs x against the quantized model's x~
-  std::vector<float> token_counts;  // with grams: count_tokens of the same windows
 };
 
 // Points `opt` at the statistics of `s` that it holds, applied per tensor as
-// the map's methods say ("weighted": the energies, "gptq": the Gram sums and
-// the token counts):
+// the map's methods say ("weighted": the energies, "gptq": the Gram sums):
 // how a plan is quantized as its profile measured it.
 void quantize_as_planned(QuantizeModelOptions& opt, const CalibrationStats& s);
 

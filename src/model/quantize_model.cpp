@@ -160,12 +160,11 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
     const bool act_order = gptq_uses_act_order(fmt, opt_.gptq);
     if (!hessian_ || hessian_key_ != std::pair{gram, act_order}) {
       hessian_.reset();  // the previous one's memory first
-      hessian_.emplace(gptq_prepare_rows(gram->data(), m.cols, act_order, gptq_row_ridges(opt_, m)));
+      hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, gptq_damp(opt_.gptq, m)));
       hessian_key_ = {gram, act_order};
     }
-    const std::vector<const GptqHessian*> hessians = hessian_->pointers();
     const std::vector<float>* cross = nullptr;
-    if (opt_.cross && hessian_->hs.size() == 1 && hessian_->hs[0].ok) {
+    if (opt_.cross && hessian_->ok) {
       auto x = opt_.cross->find(m.path);
       if (x != opt_.cross->end() && static_cast<int64_t>(x->second->size()) == m.cols * m.cols)
         cross = x->second.get();
@@ -183,11 +182,10 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
       parallel_for(n, [&](int64_t r) { lin.row(r0 + r, &w[r * m.cols]); }, 16);
       if (cross) {
         target.resize(w.size());
-        gptq_asymmetric_target(w.data(), n, m.cols, gram->data(), cross->data(), hessian_->hs[0], target.data());
+        gptq_asymmetric_target(w.data(), n, m.cols, gram->data(), cross->data(), *hessian_, target.data());
         w.swap(target);
       }
-      GptqResult r = gptq_quantize(fmt, w.data(), n, m.cols, hessians, hessian_->which_or_null(r0),
-                                   opt_.recipe.options(importance));
+      GptqResult r = gptq_quantize(fmt, w.data(), n, m.cols, *hessian_, opt_.recipe.options(importance));
       fallback |= r.fallback;
       append_rows(q, std::move(r.q), m.rows);
     }
@@ -206,17 +204,6 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
 
 double gptq_damp(const GptqOptions& g, const ModuleInfo& m) {
   return m.kind == ModuleKind::Embed ? g.tied_embed_damp : g.damp;
-}
-
-GptqRowRidges gptq_row_ridges(const GptqOptions& g, const ModuleInfo& m, const std::vector<float>* token_counts) {
-  const bool per_row = m.kind == ModuleKind::Embed && g.tied_embed_lookup > 0 && token_counts &&
-                       static_cast<int64_t>(token_counts->size()) == m.rows;
-  return gptq_row_ridges(per_row ? token_counts->data() : nullptr, m.rows, gptq_damp(g, m),
-                         per_row ? g.tied_embed_lookup : 0.0);
-}
-
-GptqRowRidges gptq_row_ridges(const QuantizeModelOptions& opt, const ModuleInfo& m) {
-  return gptq_row_ridges(opt.gptq, m, opt.token_counts);
 }
 
 void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOptions& opt) {

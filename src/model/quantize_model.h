@@ -56,10 +56,6 @@ struct QuantizeModelOptions {
   const GramMap* cross = nullptr;
   bool gptq_all = true;
   GptqOptions gptq{};
-  // Per token id, how often the calibration windows read it (count_tokens):
-  // a tied embedding's GPTQ ridge per row (GptqOptions::tied_embed_lookup).
-  // Null or another size: one ridge for every row.
-  const std::vector<float>* token_counts = nullptr;
   bool progress = true;
   // Matrices are widened to fp32 and rounded in blocks of rows of about this
   // many bytes (GPTQ too: it rounds each row on its own), so memory stays
@@ -72,10 +68,6 @@ void quantize_model(Model& model, const PrecisionMap& map, const QuantizeModelOp
 // The dampening GPTQ uses for module m: GptqOptions::tied_embed_damp for an
 // embedding (only a tied one has statistics for GPTQ), else damp.
 double gptq_damp(const GptqOptions& g, const ModuleInfo& m);
-// Its ridges per row: a tied embedding's from the token counts
-// (GptqOptions::tied_embed_lookup), else gptq_damp for every row.
-GptqRowRidges gptq_row_ridges(const GptqOptions& g, const ModuleInfo& m, const std::vector<float>* token_counts);
-GptqRowRidges gptq_row_ridges(const QuantizeModelOptions& opt, const ModuleInfo& m);
 
 // `lin` quantized to `f`, widened to fp32 in blocks of about `block_bytes`
 // of rows (every format rounds rows on their own: the result is the whole
@@ -105,7 +97,7 @@ class ModuleQuantizer {
   // GPTQ's factorisation of the last set of shared inputs (q, k and v, or gate
   // and up, come one after another): one kept, not one per layer.
   std::pair<const std::vector<float>*, bool> hessian_key_{nullptr, false};
-  std::optional<GptqRowHessians> hessian_;  // (a tied embedding's: one per group of rows)
+  std::optional<GptqHessian> hessian_;
 };
 
 }  // namespace optiq

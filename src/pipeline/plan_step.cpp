@@ -40,10 +40,7 @@ bool profile_uses_method(const SensitivityTable& t, const std::string& method) {
 CalibrationStats profiled_rounding_stats(const Model& model, const SensitivityTable& t, const TokenWindows& windows,
                                          bool progress) {
   CalibrationStats s;
-  if (profile_uses_method(t, "gptq")) {
-    s.grams = collect_grams(model, windows, progress);
-    s.token_counts = count_tokens(model.config, windows);
-  }
+  if (profile_uses_method(t, "gptq")) s.grams = collect_grams(model, windows, progress);
   if (profile_uses_method(t, "weighted")) s.importance = collect_importance(model, windows, progress);
   return s;
 }

@@ -29,7 +29,6 @@
 #include "core/memory.h"
 #include "kernels/matmul.h"
 #include "eval/perplexity.h"
-#include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
 
@@ -254,8 +253,7 @@ nlohmann::json measured_with(const Model& ref, const ProfileOptions& opt, size_t
                  {"act_order", opt.gptq_options.act_order},
                  {"heldout", gptq_heldout},
                  {"head", true},
-                 {"tied_embed_damp", opt.gptq_options.tied_embed_damp},
-                 {"tied_embed_lookup", opt.gptq_options.tied_embed_lookup}};
+                 {"tied_embed_damp", opt.gptq_options.tied_embed_damp}};
   // Layer-wise: the same arithmetic on the CPU, but anchors' numbers may
   // differ in the last bits on a GPU and where the in-memory path keeps its
   // residual stream in bf16: a cache of one is not reused by the other.
@@ -617,19 +615,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     return e;
   };
   // ProfileOptions::gptq: by (layer, site, act-order, the Gram sums' half: 0, 1, or 2 for every token).
-  // (A tied embedding's: one per group of rows, GptqOptions::tied_embed_lookup,
-  // from the token counts of the same half.)
-  std::map<std::tuple<int, int, bool, int>, GptqRowHessians> hessians;
-  std::array<std::vector<float>, 3> half_counts;  // per half (2: every window), count_tokens
-  for (size_t w = 0; w < nw; ++w) {
-    std::vector<std::vector<int32_t>> one{windows[w]};
-    std::vector<float> n = count_tokens(c, one);
-    for (int h : {half_of(w), 2}) {
-      auto& into = half_counts[static_cast<size_t>(h)];
-      if (into.empty()) into.assign(n.size(), 0.0f);
-      for (size_t i = 0; i < n.size(); ++i) into[i] += n[i];
-    }
-  }
+  std::map<std::tuple<int, int, bool, int>, GptqHessian> hessians;
   // A KL anchor: the model with module m's matrix replaced by fakes[0], or
   // (two of them: GPTQ held out) by fakes[h] on the windows of half h; in
   // memory (the default path): every anchor window from m's layer.
@@ -788,10 +774,9 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       if (h == hessians.end()) {
         if (hessians.size() > 8) hessians.clear();  // a few layers' worth at a time
         const std::vector<float> g = proxy_stats(m)->gram_on_host(half);
-        const GptqRowRidges ridges = gptq_row_ridges(opt.gptq_options, m, &half_counts[static_cast<size_t>(half)]);
-        h = hessians.emplace(key, gptq_prepare_rows(g.data(), m.cols, act_order, ridges)).first;
+        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, gptq_damp(opt.gptq_options, m))).first;
       }
-      GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second.pointers(), h->second.which_or_null(), qo);
+      GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second, qo);
       if (r.fallback) return std::nullopt;
       return dequantize_matrix(r.q);
     };

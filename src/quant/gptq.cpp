@@ -177,63 +177,10 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
 
 GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t rows, int64_t cols,
                          const GptqHessian& hs, const QuantizeOptions& opt) {
-  return gptq_quantize(nominal, w, rows, cols, std::vector<const GptqHessian*>{&hs}, nullptr, opt);
-}
-
-std::vector<const GptqHessian*> GptqRowHessians::pointers() const {
-  std::vector<const GptqHessian*> p;
-  for (const auto& h : hs) p.push_back(&h);
-  return p;
-}
-
-GptqRowRidges gptq_row_ridges(const float* counts, int64_t rows, double damp, double lookup) {
-  GptqRowRidges r;
-  double total = 0;
-  if (counts && lookup > 0)
-    for (int64_t i = 0; i < rows; ++i) total += std::max(counts[i], 0.0f);
-  if (!(total > 0)) {
-    r.damp = {damp};
-    return r;
-  }
-  // Bucket 0: count 0; bucket b >= 1: counts in (2^(b-2), 2^(b-1)] (1, 2, 3-4, 5-8, ...).
-  auto bucket_of = [](double n) { return n <= 0 ? 0 : 1 + static_cast<int>(std::ceil(std::log2(n) - 1e-9)); };
-  std::vector<double> sum, num;
-  std::vector<int32_t> bucket(static_cast<size_t>(rows));
-  for (int64_t i = 0; i < rows; ++i) {
-    const double n = std::max(counts[i], 0.0f);
-    const int b = bucket_of(n);
-    if (static_cast<size_t>(b) >= sum.size()) sum.resize(b + 1, 0.0), num.resize(b + 1, 0.0);
-    sum[b] += n, num[b] += 1;
-    bucket[i] = b;
-  }
-  std::vector<int32_t> group(sum.size(), -1);  // bucket -> group (non-empty buckets only)
-  for (size_t b = 0; b < sum.size(); ++b) {
-    if (num[b] == 0) continue;
-    group[b] = static_cast<int32_t>(r.damp.size());
-    r.damp.push_back(damp + lookup * (sum[b] / num[b]) / total);
-  }
-  r.which.resize(static_cast<size_t>(rows));
-  for (int64_t i = 0; i < rows; ++i) r.which[i] = group[bucket[i]];
-  return r;
-}
-
-GptqRowHessians gptq_prepare_rows(const float* h, int64_t cols, bool act_order, const GptqRowRidges& ridges) {
-  GptqRowHessians out;
-  out.which = ridges.which;
-  for (double d : ridges.damp) out.hs.push_back(gptq_prepare(h, cols, act_order, d));
-  return out;
-}
-
-GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t rows, int64_t cols,
-                         const std::vector<const GptqHessian*>& hss, const int32_t* which, const QuantizeOptions& opt) {
   check(nominal.has_value(), "gptq: a float matrix is not quantized");
-  check(!hss.empty(), "gptq: no statistics");
-  const GptqHessian& hs = *hss.front();
   const TensorFormat f = format_for_shape(nominal, cols);
   check(format_fits(f, cols), "gptq: {} inputs do not fit {}", cols, tensor_format_name(f));
-  for (const GptqHessian* h : hss)
-    check(h->cols == cols && h->act_order == hs.act_order && h->perm == hs.perm,
-          "gptq: statistics of {} inputs for a matrix of {} (or Hessians of different column orders)", h->cols, cols);
+  check(hs.cols == cols, "gptq: statistics of {} inputs for a matrix of {}", hs.cols, cols);
   const AffineFormat* af = f.affine();
   check(!hs.act_order || af, "gptq: act-order statistics for {}, whose blocks need the natural order",
         tensor_format_name(f));
@@ -241,8 +188,7 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
   const std::vector<float>& diag = hs.diag;
   QuantizeOptions qo = opt;
   qo.importance = diag.data();
-  const bool all_ok = std::all_of(hss.begin(), hss.end(), [](const GptqHessian* h) { return h->ok; });
-  if (!all_ok) {
+  if (!hs.ok) {
     res.q = quantize_matrix(f, w, rows, cols, qo);
     res.fallback = true;
     return res;
@@ -250,16 +196,8 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
   res.damp_used = hs.damp_used;
   const bool act_order = hs.act_order;
   const std::vector<int64_t>& perm = hs.perm;
-  // Rows in order of their Hessian (stable), so that a tile's rows mostly
-  // share one; each row still writes its own place.
-  std::vector<int64_t> order(static_cast<size_t>(rows));
-  std::iota(order.begin(), order.end(), 0);
-  if (which) {
-    for (int64_t r = 0; r < rows; ++r)
-      check(which[r] >= 0 && static_cast<size_t>(which[r]) < hss.size(), "gptq: row {}: no Hessian {}", r, which[r]);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return which[a] < which[b]; });
-  }
-  auto u_of = [&](int64_t row) { return hss[which ? static_cast<size_t>(which[row]) : 0]->u.data(); };
+  const std::vector<float>& uf = hs.u;
+
   if (af) {
     const int group = af->group_size, qmax = (1 << af->bits) - 1;
     const int64_t groups = cols / group;
@@ -279,20 +217,15 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
     parallel_for((rows + kTileRows - 1) / kTileRows, [&](int64_t tile) {
       const int64_t r0 = tile * kTileRows, nr = std::min(kTileRows, rows - r0);
       std::vector<float> wt(static_cast<size_t>(nr * cols));
-      std::vector<int64_t> row(static_cast<size_t>(nr));  // the tile's rows
-      std::vector<const float*> ut(static_cast<size_t>(nr));  // and their factors
-      for (int64_t t = 0; t < nr; ++t) {
-        row[t] = order[r0 + t];
-        ut[t] = u_of(row[t]);
-        for (int64_t k = 0; k < cols; ++k) wt[t * cols + k] = w[row[t] * cols + perm[k]];
-      }
+      for (int64_t t = 0; t < nr; ++t)
+        for (int64_t k = 0; k < cols; ++k) wt[t * cols + k] = w[(r0 + t) * cols + perm[k]];
       std::vector<float> gs(static_cast<size_t>(nr * groups)), gb(static_cast<size_t>(nr * groups));
       if (fixed) {
         const AffineMatrixView v = fixed->view();
         for (int64_t t = 0; t < nr; ++t)
           for (int64_t q = 0; q < groups; ++q) {
-            gs[t * groups + q] = v.scale(row[t], q);
-            gb[t * groups + q] = v.bias(row[t], q);
+            gs[t * groups + q] = v.scale(r0 + t, q);
+            gb[t * groups + q] = v.bias(r0 + t, q);
           }
       }
       for (int64_t k = 0; k < cols; ++k) {
@@ -304,21 +237,22 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
             go.importance = diag.data() + k;
             const AffineMatrix m = quantize(wt.data() + t * cols + k, 1, group, AffineFormat{af->bits, group}, go);
             const AffineMatrixView v = m.view();
-            scales[row[t] * groups + q] = m.scales[0];
-            biases[row[t] * groups + q] = m.biases.empty() ? f32_to_scale(v.bias(0, 0), opt.bf16_scales) : m.biases[0];
+            scales[(r0 + t) * groups + q] = m.scales[0];
+            biases[(r0 + t) * groups + q] = m.biases.empty() ? f32_to_scale(v.bias(0, 0), opt.bf16_scales) : m.biases[0];
             gs[t * groups + q] = v.scale(0, 0);
             gb[t * groups + q] = v.bias(0, 0);
           }
         }
+        const float ukk = uf[k * cols + k];
+        const float* urow = uf.data() + k * cols;
         for (int64_t t = 0; t < nr; ++t) {
-          const float* urow = ut[t] + k * cols;
-          float* wr = wt.data() + t * cols;
+          float* row = wt.data() + t * cols;
           uint8_t code;
-          const float x = wr[k];
+          const float x = row[k];
           const float xhat = round_affine(x, gs[t * groups + q], gb[t * groups + q], qmax, code);
-          codes[row[t] * cols + j] = code;
-          const float e = (x - xhat) / urow[k];
-          for (int64_t c = k + 1; c < cols; ++c) wr[c] -= e * urow[c];
+          codes[(r0 + t) * cols + j] = code;
+          const float e = (x - xhat) / ukk;
+          for (int64_t c = k + 1; c < cols; ++c) row[c] -= e * urow[c];
         }
       }
     }, 1);
@@ -339,14 +273,7 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
   std::vector<uint8_t> bytes(static_cast<size_t>(rows) * row_bytes);
   parallel_for((rows + kTileRows - 1) / kTileRows, [&](int64_t tile) {
     const int64_t r0 = tile * kTileRows, nr = std::min(kTileRows, rows - r0);
-    std::vector<float> wt(static_cast<size_t>(nr * cols));
-    std::vector<int64_t> row(static_cast<size_t>(nr));
-    std::vector<const float*> ut(static_cast<size_t>(nr));
-    for (int64_t t = 0; t < nr; ++t) {
-      row[t] = order[r0 + t];
-      ut[t] = u_of(row[t]);
-      std::copy(w + row[t] * cols, w + (row[t] + 1) * cols, wt.begin() + t * cols);
-    }
+    std::vector<float> wt(w + r0 * cols, w + (r0 + nr) * cols);
     std::vector<float> xhat(static_cast<size_t>(nr * block));
     for (int64_t k = 0; k < cols; ++k) {
       const int64_t b = k / block, in_block = k % block;
@@ -355,16 +282,17 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
           QuantizeOptions go = qo;
           go.importance = diag.data() + k;
           const QuantizedMatrix qm = quantize_matrix(f, wt.data() + t * cols + k, 1, block, go);
-          std::memcpy(bytes.data() + row[t] * row_bytes + b * layout.block_bytes, qm.blocks.data(),
+          std::memcpy(bytes.data() + (r0 + t) * row_bytes + b * layout.block_bytes, qm.blocks.data(),
                       layout.block_bytes);
           dequantize_row(type, qm.blocks.data(), xhat.data() + t * block, block);
         }
       }
+      const float ukk = uf[k * cols + k];
+      const float* urow = uf.data() + k * cols;
       for (int64_t t = 0; t < nr; ++t) {
-        const float* urow = ut[t] + k * cols;
-        float* wr = wt.data() + t * cols;
-        const float e = (wr[k] - xhat[t * block + in_block]) / urow[k];
-        for (int64_t c = k + 1; c < cols; ++c) wr[c] -= e * urow[c];
+        float* row = wt.data() + t * cols;
+        const float e = (row[k] - xhat[t * block + in_block]) / ukk;
+        for (int64_t c = k + 1; c < cols; ++c) row[c] -= e * urow[c];
       }
     }
   }, 1);

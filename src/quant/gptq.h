@@ -35,17 +35,12 @@ struct GptqOptions {
   // counts, whatever H says: the larger ridge keeps GPTQ's weight error
   // closer to plain rounding's (and steadies H's weak directions, which
   // held-out tokens use). Gemma 3 270M at q3 g64, GPTQ fitted on 8 of 16 C4
-  // windows and measured on the other 8 (KLD; plain rounding 0.212): damp
-  // 0.01 0.230, 0.1 0.201, 1 0.183 (BENCHMARKS.md §9).
-  double tied_embed_damp = 1.0;
-  // ...and each row is looked up as often as its token is read: row t's
-  // lookup error weighs n_t/N (its share of the calibration windows' N
-  // tokens) times this, in units of H's mean diagonal, so its ridge is
-  // tied_embed_damp + tied_embed_lookup * n_t/N: a frequent token's row
-  // stays near plain rounding, a token never seen is fitted to the head
-  // role alone. Rows are grouped by count within a factor of 2 (one
-  // factorisation per group: gptq_prepare_rows). 0: one ridge for all rows.
-  double tied_embed_lookup = 0.0;
+  // windows and measured on the other 8, both ways round (mean KLD; plain
+  // rounding 0.246): damp 0.2 0.221, 0.3 0.217, 0.5 0.213, 1 0.220, 2 0.219
+  // (bench/embed_gptq_heldout, BENCHMARKS.md §9). A ridge per row growing
+  // with its token's calibration count (frequent rows nearer plain rounding)
+  // measured worse there than one ridge for all rows, at every weight tried.
+  double tied_embed_damp = 0.5;
 };
 
 struct GptqResult {
@@ -74,32 +69,6 @@ bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g);
 // quantizer (its importance is replaced by diag H).
 GptqResult gptq_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols, const GptqHessian& hs,
                          const QuantizeOptions& opt = {});
-// GPTQ with one of several Hessians per row: hs[which[r]] for row r (which
-// null: hs[0] for all). They must be the same H dampened differently
-// (gptq_prepare with one act_order: the same column order and diag H).
-// If any is not positive definite, every row is rounded plainly (fallback).
-GptqResult gptq_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols,
-                         const std::vector<const GptqHessian*>& hs, const int32_t* which,
-                         const QuantizeOptions& opt = {});
-
-// Per-row ridges from per-row counts (a tied embedding's rows: how often each
-// token is read in the calibration windows): rows of count 0 get `damp`, the
-// others, grouped by count within a factor of 2 (ceil(log2) buckets), damp +
-// lookup * (the group's mean count) / (all counts' sum). lookup 0 or no
-// counts: one group, damp. counts: `rows` entries (or null).
-struct GptqRowHessians {
-  std::vector<GptqHessian> hs;
-  std::vector<int32_t> which;  // per row; empty: hs[0] for every row
-  std::vector<const GptqHessian*> pointers() const;
-  const int32_t* which_or_null(int64_t row0 = 0) const { return which.empty() ? nullptr : which.data() + row0; }
-};
-struct GptqRowRidges {
-  std::vector<double> damp;     // per group
-  std::vector<int32_t> which;   // per row (empty: one group)
-};
-GptqRowRidges gptq_row_ridges(const float* counts, int64_t rows, double damp, double lookup);
-GptqRowHessians gptq_prepare_rows(const float* h, int64_t cols, bool act_order, const GptqRowRidges& ridges);
-
 // Both steps at once.
 GptqResult gptq_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols, const float* h,
                          const QuantizeOptions& opt = {}, const GptqOptions& g = {});

@@ -159,62 +159,6 @@ TEST(Gptq, InverseFactorOfTheDampenedHessian) {
     for (int64_t j = 0; j < i; ++j) EXPECT_EQ(u[i * n + j], 0.0);
 }
 
-// A tied embedding's ridge per row (GptqOptions::tied_embed_lookup): counts
-// bucketed within a factor of 2, the ridge growing with the count.
-TEST(Gptq, RowRidgesGrowWithTheCount) {
-  const std::vector<float> counts{0, 1, 2, 3, 4, 5, 100, 0, 1};
-  const GptqRowRidges none = gptq_row_ridges(counts.data(), 9, 0.5, 0.0);
-  EXPECT_EQ(none.damp, std::vector<double>{0.5});
-  EXPECT_TRUE(none.which.empty());
-  const GptqRowRidges r = gptq_row_ridges(counts.data(), 9, 0.5, 116.0);  // 116 tokens: lookup * n / 116 = n
-  // Buckets: {0}, {1}, {2}, {3, 4}, {5}, {100}: their mean counts.
-  EXPECT_EQ(r.which, (std::vector<int32_t>{0, 1, 2, 3, 3, 4, 5, 0, 1}));
-  ASSERT_EQ(r.damp.size(), 6u);
-  const std::vector<double> want{0.5, 1.5, 2.5, 4.0, 5.5, 100.5};
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(r.damp[i], want[i], 1e-12) << i;
-}
-
-// Rows of one matrix GPTQ'd with different ridges: each row exactly as GPTQ
-// with its own ridge alone, and a row with a large ridge (a frequent token's)
-// nearer plain rounding: a lower own error ||w - w^||^2 than at the base
-// ridge, a higher output error.
-TEST(Gptq, PerRowRidgesAreEachRowsOwn) {
-  const int64_t rows = 40, cols = 128, tokens = 300;
-  const auto h = gram(correlated_inputs(tokens, cols, 21), tokens, cols);
-  const auto w = test::random_floats(static_cast<size_t>(rows * cols), 22, 0.05f);
-  std::vector<float> counts(static_cast<size_t>(rows), 0.0f);
-  for (int64_t r = 0; r < rows; r += 3) counts[r] = 50;  // every third row: a frequent token
-  for (const char* fmt : {"q3g64", "q4_k"}) {
-    const TensorFormat f = parse_tensor_format(fmt);
-    const bool act_order = gptq_uses_act_order(f, {});
-    const GptqRowRidges ridges = gptq_row_ridges(counts.data(), rows, 0.01, 100.0 * rows);
-    ASSERT_EQ(ridges.damp.size(), 2u);
-    const GptqRowHessians hs = gptq_prepare_rows(h.data(), cols, act_order, ridges);
-    const auto got = dequantize_matrix(gptq_quantize(f, w.data(), rows, cols, hs.pointers(), hs.which_or_null()).q);
-    const auto base = dequantize_matrix(gptq_quantize(f, w.data(), rows, cols, gptq_prepare(h.data(), cols, act_order, 0.01)).q);
-    const auto high =
-        dequantize_matrix(gptq_quantize(f, w.data(), rows, cols, gptq_prepare(h.data(), cols, act_order, ridges.damp[1])).q);
-    double own_got = 0, own_base = 0, out_got = 0, out_base = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const bool frequent = counts[r] > 0;
-      const auto& same = frequent ? high : base;
-      for (int64_t j = 0; j < cols; ++j) ASSERT_EQ(got[r * cols + j], same[r * cols + j]) << fmt << " row " << r;
-      if (!frequent) continue;
-      const std::vector<float> wr(w.begin() + r * cols, w.begin() + (r + 1) * cols);
-      const std::vector<float> gr(got.begin() + r * cols, got.begin() + (r + 1) * cols);
-      const std::vector<float> br(base.begin() + r * cols, base.begin() + (r + 1) * cols);
-      for (int64_t j = 0; j < cols; ++j) {
-        own_got += std::pow(double(wr[j]) - gr[j], 2);
-        own_base += std::pow(double(wr[j]) - br[j], 2);
-      }
-      out_got += output_error(wr, gr, h, 1, cols);
-      out_base += output_error(wr, br, h, 1, cols);
-    }
-    EXPECT_LT(own_got, 0.9 * own_base) << fmt;
-    EXPECT_GT(out_got, out_base) << fmt;
-  }
-}
-
 TEST(Gptq, DeadInputsAndOddShapes) {
   // Inputs that are always zero (H row and column 0), 7 rows, 96 columns.
   const int64_t rows = 7, cols = 96, tokens = 200;
