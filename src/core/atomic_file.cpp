@@ -137,6 +137,8 @@ int FileAppender::write_full_buffer() {
   }
   if (const int err = wait()) return err;
   if (direct_fd_ < 0) {  // plain writes
+    if (hash_) hash_->update(buf_.get() + (hashed_ - base_), base_ + len_ - hashed_);
+    hashed_ = base_ + len_;
     const int err = pwrite_fully(fd_, buf_.get(), len_, base_);  // (len_ is a whole buffer)
     base_ += len_;
     len_ = 0;
@@ -150,7 +152,11 @@ int FileAppender::write_full_buffer() {
   const int dfd = direct_fd_, pfd = fd_;
   base_ += n;
   len_ = 0;
-  inflight_ = std::async(std::launch::async, [data, n, off, dfd, pfd] {
+  Sha256* hash = hash_;
+  const size_t hash_from = static_cast<size_t>(hashed_ - off);
+  hashed_ = off + n;
+  inflight_ = std::async(std::launch::async, [data, n, off, dfd, pfd, hash, hash_from] {
+    if (hash) hash->update(data + hash_from, n - hash_from);
     const int err = pwrite_fully(dfd, data, n, off);
     // A file system that takes the O_DIRECT open but not the write: plainly.
     return err == EINVAL ? pwrite_fully(pfd, data, n, off) : err;
@@ -174,6 +180,8 @@ int FileAppender::write(const void* p, size_t n) {
 
 int FileAppender::flush() {
   if (const int err = wait()) return err;
+  if (hash_ && base_ + len_ > hashed_) hash_->update(buf_.get() + (hashed_ - base_), base_ + len_ - hashed_);
+  hashed_ = base_ + len_;
   if (len_ == 0) return 0;
   const size_t whole = len_ / kDirectAlign * kDirectAlign;
   if (whole > 0) {

@@ -17,6 +17,8 @@
 #include <string>
 #include <string_view>
 
+#include "core/sha256.h"
+
 namespace optiq {
 
 // Appends to a file opened for writing through 8 MB buffers. Once a buffer
@@ -41,6 +43,13 @@ class FileAppender {
   int flush();
   // Whether whole buffers bypass the page cache.
   bool direct() const { return direct_fd_ >= 0; }
+  // Every byte appended from now on also goes into `h`, in file order, on
+  // the thread that writes the buffer out (so a resumable file's running
+  // SHA-256 costs its writer no time); complete after flush().
+  void hash_into(Sha256* h) {
+    hash_ = h;
+    hashed_ = base_ + len_;
+  }
 
   static constexpr size_t kBuffer = size_t{8} << 20;
 
@@ -57,6 +66,8 @@ class FileAppender {
   };
   std::unique_ptr<uint8_t, Free> buf_, spare_;
   std::future<int> inflight_;
+  Sha256* hash_ = nullptr;
+  uint64_t hashed_ = 0;  // file offset up to which hash_ has the bytes
 };
 
 class AtomicFile {

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "core/partial_output.h"
 
 #include <fcntl.h>
@@ -198,6 +199,7 @@ ResumableFile::ResumableFile(PartialOutput& partial, std::string name, std::stri
   if (::ftruncate(fd_, static_cast<off_t>(pos_)) != 0 || ::lseek(fd_, static_cast<off_t>(pos_), SEEK_SET) < 0)
     write_failed(errno);
   out_ = std::make_unique<FileAppender>(fd_, p, pos_);
+  out_->hash_into(&hash_);  // the running SHA-256 of what is written, computed by the appender's writes
 }
 
 ResumableFile::~ResumableFile() {
@@ -218,7 +220,6 @@ void ResumableFile::flush() {
 
 void ResumableFile::write(const void* p, size_t n) {
   check(fd_ >= 0, "{}: write failed: the file is closed", display_);
-  hash_.update(p, n);
   pos_ += n;
   if (const int err = out_->write(p, n)) write_failed(err);
 }
@@ -233,7 +234,8 @@ void ResumableFile::end_piece() {
   check(pieces_ <= static_cast<int64_t>(ends_.size()) && pos_ == ends_[static_cast<size_t>(pieces_ - 1)],
         "{}: piece {} ends at byte {}, expected {} (internal error)", display_, pieces_, pos_,
         pieces_ <= static_cast<int64_t>(ends_.size()) ? ends_[static_cast<size_t>(pieces_ - 1)] : 0);
-  if (pos_ - checkpointed_ < kCheckpointBytes && pieces_ < static_cast<int64_t>(ends_.size())) return;
+  const uint64_t every = std::clamp<uint64_t>(ends_.back() / 64, kCheckpointBytes, kCheckpointMaxBytes);
+  if (pos_ - checkpointed_ < every && pieces_ < static_cast<int64_t>(ends_.size())) return;
   // The data reaches the disk before the manifest says it is there.
   flush();
   if (::fdatasync(fd_) != 0) write_failed(errno);

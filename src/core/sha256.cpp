@@ -66,6 +66,8 @@ __attribute__((target("sha,sse4.1,ssse3"))) void blocks_ni(uint32_t* h, const ui
   for (; nblocks > 0; --nblocks, p += 64) {
     const __m128i abef = state0, cdgh = state1;
     __m128i w[4];
+    // Unrolled, w[] lives in registers (indexed by a variable it would be spilled).
+#pragma GCC unroll 16
     for (int g = 0; g < 16; ++g) {
       if (g < 4) w[g] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g)), mask);
       __m128i msg = _mm_add_epi32(w[g & 3], _mm_load_si128(reinterpret_cast<const __m128i*>(K + 4 * g)));

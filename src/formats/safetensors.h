@@ -56,6 +56,14 @@ class SafetensorsFile {
   const std::string& path() const { return path_; }
   size_t header_size() const { return header_size_; }  // N, the JSON length (padding included)
   size_t file_size() const { return map_.size(); }
+  // Where [p, p + n) lies in the file when it is inside this file's map (a
+  // tensor's bytes as tensors() hands them out; nullopt for anything else,
+  // e.g. a misaligned tensor's copy): lets a reader fetch them itself.
+  std::optional<uint64_t> file_offset_of(const void* p, size_t n) const {
+    const auto* b = static_cast<const uint8_t*>(p);
+    if (!map_.data() || b < map_.data() || b + n > map_.data() + map_.size()) return std::nullopt;
+    return static_cast<uint64_t>(b - map_.data());
+  }
 
  private:
   std::string path_;

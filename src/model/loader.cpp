@@ -429,6 +429,7 @@ Model load_hf(const std::string& dir, const LoadOptions& opt) {
         if (!module_linear(m.weights, mod).is_affine()) m.precision.formats[mod.path] = std::nullopt;
   }
   m.llamacpp_numerics = opt.llamacpp_numerics;
+  m.hf_checkpoint = ckpt.get();
   m.keepalive = ckpt;
   return m;
 }

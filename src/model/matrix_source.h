@@ -9,11 +9,14 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 
 #include "model/model.h"
 #include "model/quantize_model.h"
 
 namespace optiq {
+
+class ReadOnceStream;
 
 class MatrixSource {
  public:
@@ -59,6 +62,14 @@ class StreamedMatrices : public MatrixSource {
   // layout: for matrices a resumed export did not make again.
   uint64_t stored_bytes(const ModuleInfo& mod);
   bool made(const ModuleInfo& mod) const { return made_paths_.count(mod.path) > 0; }
+  // Reads the matrices `range_of` names through `stream` (the range index of
+  // each module path) rather than from the source's map; a range the stream
+  // passed is read from the map as before. stream must outlive this.
+  void read_through(ReadOnceStream* stream, std::unordered_map<std::string, size_t> range_of) {
+    stream_ = stream;
+    range_of_ = std::move(range_of);
+  }
+  ~StreamedMatrices() override;
 
  private:
   const Model& model_;
@@ -68,6 +79,9 @@ class StreamedMatrices : public MatrixSource {
   Linear made_, probe_;
   uint64_t bytes_made_ = 0;
   std::set<std::string> made_paths_;
+  ReadOnceStream* stream_ = nullptr;
+  std::unordered_map<std::string, size_t> range_of_;
+  std::optional<size_t> held_;  // the range made_ was made from (made_ may borrow it: a float matrix)
 };
 
 }  // namespace optiq

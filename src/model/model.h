@@ -13,6 +13,8 @@
 
 namespace optiq {
 
+class HfCheckpoint;
+
 // Norm weights are the multipliers themselves (HF Gemma's stored w is kept
 // as 1 + w). Optional pieces are empty when the family has none.
 struct LayerWeights {
@@ -60,6 +62,9 @@ struct Model {
   bool llamacpp_numerics = false;
   // Mapped source files that borrowed weight views point into.
   std::shared_ptr<const void> keepalive;
+  // An HfDir model's checkpoint (formats/hf_checkpoint.h), held by keepalive:
+  // where its borrowed weights lie in which file. nullptr for other sources.
+  const HfCheckpoint* hf_checkpoint = nullptr;
 
   int64_t parameter_count() const;
   size_t source_bytes() const;  // sum of source tensor bytes

@@ -1,6 +1,7 @@
 #include "model/provenance.h"
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -70,14 +71,16 @@ namespace {
 const std::string kPendingDigest(64, '0');
 
 // pool: several files at once on the thread pool; else one after another on
-// the calling thread. hash false: every digest kPendingDigest.
+// the calling thread. hash false: every digest kPendingDigest. known: digests
+// computed already, by path.
 nlohmann::json make_source_record(const std::string& model_path, const std::string& tokenizer_path, bool pool,
-                                  bool hash) {
+                                  bool hash, const std::map<std::string, std::string>& known = {}) {
   const std::vector<std::string> files = model_source_files(model_path, tokenizer_path);
   std::vector<std::string> hashes(files.size());
   std::vector<uintmax_t> sizes(files.size());
   auto one = [&](int64_t i) {
-    hashes[i] = hash ? sha256_file(files[i]) : kPendingDigest;
+    const auto k = known.find(fs::path(files[i]).lexically_normal().string());
+    hashes[i] = !hash ? kPendingDigest : k != known.end() ? k->second : sha256_file(files[i]);
     std::error_code ec;
     sizes[i] = fs::file_size(files[i], ec);
   };
@@ -100,6 +103,27 @@ nlohmann::json source_record(const std::string& model_path, const std::string& t
 
 nlohmann::json source_record_pending(const std::string& model_path, const std::string& tokenizer_path) {
   return make_source_record(model_path, tokenizer_path, false, false);
+}
+
+nlohmann::json source_record_with(const std::string& model_path, const std::string& tokenizer_path,
+                                  const std::map<std::string, std::string>& known_digests) {
+  std::map<std::string, std::string> known;  // by normalised path: "dir//x" and "dir/./x" are one file
+  for (const auto& [path, digest] : known_digests) known[fs::path(path).lexically_normal().string()] = digest;
+  return make_source_record(model_path, tokenizer_path, false, true, known);
+}
+
+nlohmann::json source_fingerprint(const std::string& model_path, const std::string& tokenizer_path) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& f : model_source_files(model_path, tokenizer_path)) {
+    std::error_code ec;
+    const auto bytes = fs::file_size(f, ec);
+    const auto mtime = fs::last_write_time(f, ec);
+    list.push_back({{"name", base_name(f)},
+                    {"bytes", bytes},
+                    {"mtime_ns", static_cast<int64_t>(
+                                     std::chrono::duration_cast<std::chrono::nanoseconds>(mtime.time_since_epoch()).count())}});
+  }
+  return {{"name", base_name(model_path)}, {"files", list}};
 }
 
 nlohmann::json pending_source(nlohmann::json record) {

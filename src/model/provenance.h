@@ -14,6 +14,7 @@
 // that the same inputs and options give byte-identical files.
 #pragma once
 #include <future>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,18 @@ nlohmann::json pending_source(nlohmann::json record);
 // reads the same pages meanwhile and the source is read from disk once.
 std::shared_future<nlohmann::json> source_record_async(const std::string& model_path,
                                                        const std::string& tokenizer_path = "");
+
+// source_record with the digests of some files known already (path as
+// model_source_files gives it -> hex SHA-256: a streamed export hashed the
+// weights as it read them); the others are hashed here.
+nlohmann::json source_record_with(const std::string& model_path, const std::string& tokenizer_path,
+                                  const std::map<std::string, std::string>& known_digests);
+
+// {"name", "files": [{"name", "bytes", "mtime_ns"}]}: the source files as
+// the file system describes them, known at once without reading them. What
+// a streamed export's resume key names the source by (its SHA-256 is known
+// only once the export has read everything; docs/reliability.md).
+nlohmann::json source_fingerprint(const std::string& model_path, const std::string& tokenizer_path = "");
 
 // {"file": <file name>, "sha256": ...} for an input file given as an option
 // (calibration text, plan); the text itself when it is no regular file ("self").

@@ -37,13 +37,24 @@ struct ExportStepOptions {
   // headers and config.json at the end, and into the resume key as soon as
   // they are known); a GGUF export, or one continuing partial work (whose
   // key names the hashes), waits for them first.
+  //
+  // An MLX export of a Hugging Face directory given such a future ignores it
+  // (it is never waited for: make it std::launch::deferred) and reads the
+  // weights once itself, O_DIRECT in file order, hashing them as it goes
+  // (core/read_once_stream.h; OPTIQ_SOURCE_STREAM=0 turns this off). Its
+  // partial work is keyed by the source files' sizes and modification times
+  // (model/provenance.h source_fingerprint), since the digests come last.
   std::shared_future<nlohmann::json> source{};
+  std::string tokenizer_path{};  // the --tokenizer the model was loaded with (the source record lists it)
 };
 
 struct ExportStepResult {
   uint64_t matrix_bytes = 0;  // weight matrices as stored (float ones as 16-bit words)
   int64_t matrix_params = 0;
   double seconds = 0;
+  // Matrices read once through the source stream (ExportStepOptions::source), and passed by it (read from the map).
+  int64_t matrices_read_once = 0, matrices_passed = 0;
+  bool direct_io = false;  // the stream read with O_DIRECT
   double bits_per_weight() const { return matrix_params ? 8.0 * static_cast<double>(matrix_bytes) / matrix_params : 0; }
 };
 

@@ -22,7 +22,9 @@
 
 #include "formats/gguf.h"
 #include "formats/gguf_writer.h"
+#include "core/sha256.h"
 #include "model/model.h"
+#include "pipeline/export_step.h"
 #include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
@@ -196,6 +198,31 @@ TEST(CliQuantize, MethodsDtypesAndJson) {
   }
   EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method rtn").code, 2);
   EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --dtype f32").code, 2);
+}
+
+// A Hugging Face directory is read once (O_DIRECT, hashed as it is read:
+// core/read_once_stream.h): every matrix from the stream, and the output's
+// provenance holds the weights' sha256sum.
+TEST(CliQuantize, HfSourceIsReadOnceAndHashed) {
+  const std::string dir = test::temp_dir();
+  {
+    Model m = load_model(stories_gguf());
+    PrecisionMap floats = PrecisionMap::uniform(m.config, {8, 32});
+    for (auto& [path, f] : floats.formats) f = std::nullopt;
+    run_export_step(m, floats, {.progress = false}, dir + "/hf", {.progress = false});
+  }
+  const nlohmann::json j = ok_json("quantize " + dir + "/hf -o " + dir + "/q --bits 4 --method minmax --json");
+  ASSERT_FALSE(j.is_null());
+  EXPECT_EQ(j["matrices_read_once"].get<int64_t>(),
+            static_cast<int64_t>(quantizable_modules(load_model(stories_gguf()).config).size()));
+  EXPECT_EQ(j["matrices_passed"].get<int64_t>(), 0);
+  const auto config = nlohmann::json::parse(test::read_file(dir + "/q/config.json"));
+  bool weights = false;
+  for (const auto& f : config["optiq"]["source"]["files"]) {
+    EXPECT_EQ(f["sha256"], sha256_file(dir + "/hf/" + f["name"].get<std::string>())) << f["name"];
+    weights |= f["name"] == "model.safetensors";
+  }
+  EXPECT_TRUE(weights);
 }
 
 TEST(CliQuantize, Gptq) {

@@ -6,8 +6,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <future>
+
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/sha256.h"
+#include "model/provenance.h"
 #include "model/exporter.h"
 #include "model/calibration_stats.h"
 #include "model/quantize_model.h"
@@ -114,6 +119,53 @@ TEST(StreamedExport, MlxShardsLoadToTheSameLogits) {
   const auto ids = test::random_ids(20, one.config.vocab_size, 3);
   Transformer a(one), b(shards);
   EXPECT_EQ(a.forward_last(ids), b.forward_last(ids));
+}
+
+// An HF directory exported to MLX is read once (core/read_once_stream.h:
+// O_DIRECT in file order, hashed as it is read): the same files as reading
+// the matrices from the source's map, and the shards' digests are sha256sum's.
+TEST(StreamedExport, HfSourceReadOnceEqualsMappedAndHashesEveryShard) {
+  const std::string dir = test::temp_dir();
+  {
+    Model m = stories();
+    PrecisionMap floats = PrecisionMap::uniform(m.config, {4, 32});
+    for (auto& [path, f] : floats.formats) f = std::nullopt;
+    run_export_step(m, floats, {.progress = false}, dir + "/hf", {.shard_bytes = 200000, .progress = false});
+  }
+  ASSERT_TRUE(fs::exists(dir + "/hf/model.safetensors.index.json"));
+  const std::string src = dir + "/hf";
+  auto export_to = [&](const std::string& out, const char* stream) {
+    ::setenv("OPTIQ_SOURCE_STREAM", stream, 1);
+    Model m = load_model(src);
+    const nlohmann::json prov = provenance("quantize", source_record_pending(src), nlohmann::json::object());
+    // As the CLI gives it for a directory: hashed only if asked.
+    const auto source = std::async(std::launch::deferred, [&] { return source_record(src); }).share();
+    const ExportStepResult r = run_export_step(m, mixed_plan(m.config), {.progress = false}, out,
+                                               {.progress = false, .provenance = prov, .source = source});
+    ::unsetenv("OPTIQ_SOURCE_STREAM");
+    return r;
+  };
+  const ExportStepResult once = export_to(dir + "/read-once", "1");
+  const ExportStepResult mapped = export_to(dir + "/mapped", "0");
+  const int64_t n = static_cast<int64_t>(quantizable_modules(stories().config).size());
+  EXPECT_EQ(once.matrices_read_once, n);  // floats too
+  EXPECT_EQ(once.matrices_passed, 0);
+  EXPECT_EQ(mapped.matrices_read_once, 0);
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir + "/mapped")) {
+    ++files;
+    EXPECT_TRUE(test::read_file(e.path().string()) ==
+                test::read_file(dir + "/read-once/" + e.path().filename().string()))
+        << e.path().filename();
+  }
+  EXPECT_GE(files, 3);
+  const auto config = nlohmann::json::parse(test::read_file(dir + "/read-once/config.json"));
+  int shards = 0;
+  for (const auto& f : config.at("optiq").at("source").at("files")) {
+    EXPECT_EQ(f.at("sha256"), sha256_file(src + "/" + f.at("name").get<std::string>())) << f.at("name");
+    shards += f.at("name").get<std::string>().rfind("model-", 0) == 0;
+  }
+  EXPECT_GE(shards, 3);
 }
 
 TEST(StreamedExport, AnErrorLeavesNoOutput) {

@@ -130,11 +130,18 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   const ExportStepResult r = run_export_step(
       m, map, opt, a.out,
       {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json,
-       .provenance = provenance, .source = source});
+       .provenance = provenance, .source = source, .tokenizer_path = a.model.tokenizer});
   const uint64_t bytes = r.matrix_bytes;
   const double bpw = r.bits_per_weight();
   if (a.json) {
-    fmt::print("{}\n", nlohmann::json({{"out", a.out}, {"bits_per_weight", bpw}, {"matrix_bytes", bytes}}).dump());
+    fmt::print("{}\n", nlohmann::json({{"out", a.out},
+                                       {"bits_per_weight", bpw},
+                                       {"matrix_bytes", bytes},
+                                       {"seconds", r.seconds},
+                                       {"matrices_read_once", r.matrices_read_once},
+                                       {"matrices_passed", r.matrices_passed},
+                                       {"direct_io", r.direct_io}})
+                            .dump());
   } else {
     fmt::print("wrote {} ({:.2f} MB of weight matrices, {:.3f} bits per weight)\n", a.out, bytes / 1e6, bpw);
   }

@@ -53,7 +53,9 @@ Runner register_compare(CLI::App& app);
 nlohmann::json command_provenance(const CLI::App& cmd, const ModelArgs& model);
 // The same with the source's digests still zeros (source_record_pending), and
 // `source` set to the real record, hashed meanwhile on a thread of its own
-// (pipeline/export_step.h ExportStepOptions::source).
+// (pipeline/export_step.h ExportStepOptions::source); for a Hugging Face
+// directory, hashed only when asked for (an MLX export hashes it as it reads
+// it, and never asks).
 nlohmann::json command_provenance_pending(const CLI::App& cmd, const ModelArgs& model,
                                           std::shared_future<nlohmann::json>& source);
 // The options of `cmd` as given, and the defaults --help shows for the others,

@@ -1,3 +1,4 @@
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -80,7 +81,13 @@ nlohmann::json command_provenance(const CLI::App& cmd, const ModelArgs& model) {
 
 nlohmann::json command_provenance_pending(const CLI::App& cmd, const ModelArgs& model,
                                           std::shared_future<nlohmann::json>& source) {
-  source = source_record_async(model.path, model.tokenizer);
+  // A Hugging Face directory exported to MLX is hashed by the export as it
+  // reads it (pipeline/export_step.h): deferred, so that nothing reads it twice.
+  std::error_code ec;
+  if (std::filesystem::is_directory(model.path, ec))
+    source = std::async(std::launch::deferred, [p = model.path, t = model.tokenizer] { return source_record(p, t); }).share();
+  else
+    source = source_record_async(model.path, model.tokenizer);
   return provenance(cmd.get_name(), source_record_pending(model.path, model.tokenizer), recorded_options(cmd));
 }
 
