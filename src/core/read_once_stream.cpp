@@ -385,6 +385,12 @@ void ReadOnceStream::release(size_t i) {
 
 std::vector<std::string> ReadOnceStream::digests() {
   std::unique_lock lk(mu_);
+  // Nothing is asked for after this: the ranges not asked for yet are given
+  // up (else the reader could wait for room they hold forever).
+  for (size_t j = next_ask_; j < ranges_.size(); ++j) give_up(j);
+  next_ask_ = ranges_.size();
+  reclaim();
+  cv_.notify_all();
   cv_.wait(lk, [&] { return hash_done_ || error_ || stop_; });
   if (error_) std::rethrow_exception(error_);
   check(hash_done_, "read stream: stopped before every file was read");

@@ -56,7 +56,8 @@ class ReadOnceStream {
   const uint8_t* acquire(size_t i);
   void release(size_t i);
   // Every file's SHA-256 (hex), once all of it is read (blocks); rethrows
-  // the reader's error ("<path>: cannot read: <reason>").
+  // the reader's error ("<path>: cannot read: <reason>"). The consumer asks
+  // for nothing after calling it (what it did not ask for is given up).
   std::vector<std::string> digests();
 
   struct Stats {
