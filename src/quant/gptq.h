@@ -35,12 +35,14 @@ struct GptqOptions {
   // counts, whatever H says: the larger ridge keeps GPTQ's weight error
   // closer to plain rounding's (and steadies H's weak directions, which
   // held-out tokens use). Gemma 3 270M at q3 g64, GPTQ fitted on 8 of 16 C4
-  // windows and measured on the other 8, both ways round (mean KLD; plain
-  // rounding 0.246): damp 0.2 0.221, 0.3 0.217, 0.5 0.213, 1 0.220, 2 0.219
-  // (bench/embed_gptq_heldout, BENCHMARKS.md §9). A ridge per row growing
-  // with its token's calibration count (frequent rows nearer plain rounding)
-  // measured worse there than one ridge for all rows, at every weight tried.
-  double tied_embed_damp = 0.5;
+  // windows and measured on the other 8 (KLD; plain rounding 0.212): damp
+  // 0.01 0.230, 0.1 0.201, 1 0.183 (BENCHMARKS.md §9); both ways round
+  // (bench/embed_gptq_heldout; plain 0.246): 0.2 0.221, 0.3 0.217, 0.5
+  // 0.213, 1 0.220, 2 0.219, but 0.5 measured no better than 1 on
+  // wikitext (the method table at 3.5-4.5 bpw), so 1 stays. A ridge per row
+  // growing with its token's calibration count (frequent rows nearer plain
+  // rounding) measured worse than one ridge for all rows, at every weight tried.
+  double tied_embed_damp = 1.0;
 };
 
 struct GptqResult {
