@@ -1,15 +1,12 @@
 #include "pipeline/export_step.h"
 
 #include <chrono>
-#include <filesystem>
-
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
-
-#include <fmt/format.h>
 
 #include "core/error.h"
 #include "core/partial_output.h"
@@ -144,14 +141,7 @@ ExportStepResult run_export_step(Model& model, const PrecisionMap& map, const Qu
       ->write(model, out,
               {.bf16 = opt.recipe.bf16_scales, .force = eo.force, .matrices = &matrices, .shard_bytes = eo.shard_bytes,
                .progress = eo.progress, .provenance = provenance, .resume_key = key, .source = source});
-  if (stream) {
-    const ReadOnceStream::Stats st = stream->stats();
-    r.matrices_read_once = st.kept, r.matrices_passed = st.passed, r.direct_io = st.direct;
-    if (std::getenv("OPTIQ_STREAM_STATS"))
-      fmt::print(stderr, "source stream: kept {}, passed {}, consumer waited {:.1f} s, reader waited {:.1f} s, read {:.1f} s, hashed {:.1f} s, export {:.1f} s\n",
-                 st.kept, st.passed, st.consumer_wait, st.reader_wait, st.reading, st.hashing,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
+  if (stream) r.source_stream = stream->stats();
   r.matrix_bytes = matrices.bytes_made();
   // Matrices a resumed export found written already.
   for (const auto& mod : quantizable_modules(model.config))

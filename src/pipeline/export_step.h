@@ -9,10 +9,12 @@
 #pragma once
 #include <cstdint>
 #include <future>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "core/read_once_stream.h"
 #include "model/exporter.h"
 #include "model/model.h"
 #include "model/quantize_model.h"
@@ -52,9 +54,9 @@ struct ExportStepResult {
   uint64_t matrix_bytes = 0;  // weight matrices as stored (float ones as 16-bit words)
   int64_t matrix_params = 0;
   double seconds = 0;
-  // Matrices read once through the source stream (ExportStepOptions::source), and passed by it (read from the map).
-  int64_t matrices_read_once = 0, matrices_passed = 0;
-  bool direct_io = false;  // the stream read with O_DIRECT
+  // How the source was read when it was read once (ExportStepOptions::source):
+  // matrices kept and passed, O_DIRECT or not, where the threads waited.
+  std::optional<ReadOnceStream::Stats> source_stream;
   double bits_per_weight() const { return matrix_params ? 8.0 * static_cast<double>(matrix_bytes) / matrix_params : 0; }
 };
 

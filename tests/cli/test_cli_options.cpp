@@ -213,9 +213,13 @@ TEST(CliQuantize, HfSourceIsReadOnceAndHashed) {
   }
   const nlohmann::json j = ok_json("quantize " + dir + "/hf -o " + dir + "/q --bits 4 --method minmax --json");
   ASSERT_FALSE(j.is_null());
-  EXPECT_EQ(j["matrices_read_once"].get<int64_t>(),
+  EXPECT_EQ(j["source_stream"]["matrices_read_once"].get<int64_t>(),
             static_cast<int64_t>(quantizable_modules(load_model(stories_gguf()).config).size()));
-  EXPECT_EQ(j["matrices_passed"].get<int64_t>(), 0);
+  EXPECT_EQ(j["source_stream"]["matrices_passed"].get<int64_t>(), 0);
+  // A GGUF source is read from its map.
+  const nlohmann::json g = ok_json("quantize " + stories_gguf() + " -o " + dir + "/g --bits 4 --json");
+  ASSERT_FALSE(g.is_null());
+  EXPECT_TRUE(g["source_stream"].is_null());
   const auto config = nlohmann::json::parse(test::read_file(dir + "/q/config.json"));
   bool weights = false;
   for (const auto& f : config["optiq"]["source"]["files"]) {

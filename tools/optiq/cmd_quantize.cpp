@@ -1,5 +1,6 @@
 // optiq quantize: uniform or planned per-tensor quantization, exported as an
 // MLX directory (default) or one GGUF file (--format gguf).
+#include <cstdlib>
 #include <algorithm>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -38,6 +39,14 @@ struct QuantizeArgs {
   bool force = false;
   bool json = false;
 };
+
+// How a source read once was read (pipeline/export_step.h); null when it was read from its map.
+nlohmann::json source_stream_json(const std::optional<ReadOnceStream::Stats>& st) {
+  if (!st) return nullptr;
+  return {{"matrices_read_once", st->kept}, {"matrices_passed", st->passed}, {"direct_io", st->direct},
+          {"export_waited_s", st->consumer_wait}, {"reader_waited_s", st->reader_wait},
+          {"reading_s", st->reading}, {"hashing_s", st->hashing}};
+}
 
 void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
   check((a.method != "gptq" && a.method != "awq") || !a.calib.source.empty(),
@@ -131,6 +140,8 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
       m, map, opt, a.out,
       {.format = a.format, .force = a.force, .shard_bytes = shard_bytes(a.shard_size), .progress = !a.json,
        .provenance = provenance, .source = source, .tokenizer_path = a.model.tokenizer});
+  if (r.source_stream && std::getenv("OPTIQ_STREAM_STATS"))
+    fmt::print(stderr, "source read once: {}\n", source_stream_json(r.source_stream).dump());
   const uint64_t bytes = r.matrix_bytes;
   const double bpw = r.bits_per_weight();
   if (a.json) {
@@ -138,9 +149,7 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
                                        {"bits_per_weight", bpw},
                                        {"matrix_bytes", bytes},
                                        {"seconds", r.seconds},
-                                       {"matrices_read_once", r.matrices_read_once},
-                                       {"matrices_passed", r.matrices_passed},
-                                       {"direct_io", r.direct_io}})
+                                       {"source_stream", source_stream_json(r.source_stream)}})
                             .dump());
   } else {
     fmt::print("wrote {} ({:.2f} MB of weight matrices, {:.3f} bits per weight)\n", a.out, bytes / 1e6, bpw);
