@@ -199,12 +199,13 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
                              bound ? bound->time_of : CandidateTime{});
   // Each variant is measured with the roundings it would ship with.
   for (auto& v : r.variants) assign_profiled_methods(v.map, t);
+  // Made when a variant needs measuring (a resumed run may need none).
   std::unique_ptr<PlanMeasurer> own;
-  PlanMeasurer* measurer = ctx.measurer;
-  if (!measurer) {
-    own = make_plan_measurer(model, t, a, ctx);
-    measurer = own.get();
-  }
+  auto measurer = [&]() -> PlanMeasurer& {
+    if (ctx.measurer) return *ctx.measurer;
+    if (!own) own = make_plan_measurer(model, t, a, ctx);
+    return *own;
+  };
   MeasureHooks hooks;
   nlohmann::json ckpt_key, ckpt_done = nlohmann::json::object();
   const bool checkpointed = !ctx.checkpoint.empty() && !a.provenance.is_null();
@@ -251,7 +252,7 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
                             "\n");
     };
   }
-  const size_t best = measure_variants(*measurer, r.variants, a.progress, hooks);
+  const size_t best = measure_variants(measurer, r.variants, a.progress, hooks);
   std::rotate(r.variants.begin(), r.variants.begin() + best, r.variants.begin() + best + 1);
   const PlanVariant& v = r.variants.front();
   r.map = v.map;

@@ -209,13 +209,18 @@ PerplexityResult PlanMeasurer::evaluate(const PrecisionMap& map, bool progress) 
 
 size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress,
                         const MeasureHooks& hooks) {
+  return measure_variants([&]() -> PlanMeasurer& { return measurer; }, variants, progress, hooks);
+}
+
+size_t measure_variants(const std::function<PlanMeasurer&()>& measurer, std::vector<PlanVariant>& variants,
+                        bool progress, const MeasureHooks& hooks) {
   check(!variants.empty(), "measure_variants: no variants");
   std::optional<Progress> bar;
   if (progress) bar.emplace("select", static_cast<int64_t>(variants.size()), "plans");
   size_t best = 0;
   for (size_t i = 0; i < variants.size(); ++i) {
     if (!hooks.cached || !hooks.cached(variants[i])) {
-      std::tie(variants[i].measured, variants[i].measured_stderr) = measurer.measure(variants[i].map);
+      std::tie(variants[i].measured, variants[i].measured_stderr) = measurer().measure(variants[i].map);
       if (hooks.measured) hooks.measured(variants[i]);
     }
     if (variants[i].measured < variants[best].measured) best = i;

@@ -112,5 +112,10 @@ struct MeasureHooks {
 // Measures every variant and returns the index of the best.
 size_t measure_variants(PlanMeasurer& measurer, std::vector<PlanVariant>& variants, bool progress = true,
                         const MeasureHooks& hooks = {});
+// The same with the measurer made on first use: a rerun whose every variant
+// its checkpoint holds (hooks.cached) never builds one (with GPTQ that
+// collects the Gram sums of half the calibration windows).
+size_t measure_variants(const std::function<PlanMeasurer&()>& measurer, std::vector<PlanVariant>& variants,
+                        bool progress = true, const MeasureHooks& hooks = {});
 
 }  // namespace optiq

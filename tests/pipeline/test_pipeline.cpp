@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "core/diagnostics.h"
 #include "core/error.h"
 #include "pipeline/plan_step.h"
@@ -156,6 +158,33 @@ TEST(PipelinePlanStep, MeasuredSelectionOnTheProfilesWindowsEqualsRetokenized) {
   for (const auto& v : a.variants)
     for (const auto& [path, f] : v.map.formats)
       EXPECT_NE(std::find(formats.begin(), formats.end(), f), formats.end()) << v.name << " " << path;
+}
+
+// A rerun whose checkpoint holds every variant's measurement measures nothing
+// and so never builds a measurer: here one could not be built (no windows,
+// no profile file to take them from), and the rerun still picks the same plan.
+TEST(PipelinePlanStep, ResumedSelectionWithEveryPlanMeasuredBuildsNoMeasurer) {
+  const Model m = load_model(stories());
+  const ProfileStepResult prof = run_profile_step(m, small_profile());
+  PlanStepOptions o;
+  o.budget.bpw = "8";
+  o.select = PlanSelection::Measured;
+  o.select_windows = 4;
+  o.progress = false;
+  o.provenance = {{"source", "stories"}, {"options", nlohmann::json::object()}};
+  const std::string ckpt = test::temp_dir() + "/plan.json.partial";
+  const PlanStepResult a = run_plan_step(m, prof.table, o, "", {.windows = &prof.windows, .checkpoint = ckpt});
+  ASSERT_TRUE(std::filesystem::exists(ckpt));
+  // The same profile, its calibration text gone: no windows to measure on.
+  SensitivityTable gone = prof.table;
+  gone.source.calib.source = test::temp_dir() + "/no-such-text.txt";
+  const std::string no_profile = test::temp_dir() + "/no-such-profile.json";
+  const PlanStepResult b = run_plan_step(m, gone, o, "", {.profile_path = no_profile, .checkpoint = ckpt});
+  EXPECT_EQ(a.map.formats, b.map.formats);
+  EXPECT_DOUBLE_EQ(a.variants.front().measured, b.variants.front().measured);
+  // Without the checkpoint the same call has to measure, and cannot.
+  std::filesystem::remove(ckpt);
+  EXPECT_THROW(run_plan_step(m, gone, o, "", {.profile_path = no_profile}), Error);
 }
 
 // Plans with GPTQ'd matrices are measured on calibration windows GPTQ was not
