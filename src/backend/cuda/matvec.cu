@@ -627,15 +627,15 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 
 bool has_matvec_int8(const DevMatrix& w) { return w.storage == DevStorage::Affine; }
 
-// OPTIQ_CUDA_DENSE_FUSE: which dense decode fusions run. "residual" (the
-// default): the residual add in the o/down products; "1": that and q/k/v in
-// one launch (the group: its first build failed the GPU tests under PDL, and
-// the fix, plain loads of x, is not yet validated on a GPU); "group": the
-// group alone; "0": neither (A/B runs).
+// OPTIQ_CUDA_DENSE_FUSE: which dense decode fusions run. "1" (the default):
+// the residual add in the o/down products and q/k/v in one launch (the
+// group; its first build read x through __ldg and failed the GPU tests under
+// PDL; with plain loads it passes them, BENCHMARKS.md §6); "residual" or
+// "group": one of them; "0": neither (A/B runs).
 bool dense_fuse_enabled(const char* which) {
   static const std::string v = [] {
     const char* e = std::getenv("OPTIQ_CUDA_DENSE_FUSE");
-    return std::string(e ? e : "residual");
+    return std::string(e ? e : "1");
   }();
   return v == "1" || v == which;
 }
