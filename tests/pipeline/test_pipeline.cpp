@@ -138,14 +138,20 @@ TEST(PipelineProfileStep, WindowCacheServesALaterPlanWithoutTheText) {
   EXPECT_FALSE(read_window_cache(window_cache_path(cache), t.source, m.config.vocab_size).has_value());
 }
 
-TEST(PipelinePlanStep, MeasuredSelectionOnTheProfilesWindowsEqualsRetokenized) {
-  const Model m = load_model(stories());
-  const ProfileStepResult prof = run_profile_step(m, small_profile());
+// Measured selection of 8-bit plans on 4 of the profile's windows.
+PlanStepOptions measured_at_8_bits() {
   PlanStepOptions o;
   o.budget.bpw = "8";
   o.select = PlanSelection::Measured;
   o.select_windows = 4;
   o.progress = false;
+  return o;
+}
+
+TEST(PipelinePlanStep, MeasuredSelectionOnTheProfilesWindowsEqualsRetokenized) {
+  const Model m = load_model(stories());
+  const ProfileStepResult prof = run_profile_step(m, small_profile());
+  PlanStepOptions o = measured_at_8_bits();
   const PlanStepResult a = run_plan_step(m, prof.table, o, "", {.windows = &prof.windows});
   const PlanStepResult b = run_plan_step(m, prof.table, o, "");
   ASSERT_FALSE(a.variants.empty());
@@ -166,11 +172,7 @@ TEST(PipelinePlanStep, MeasuredSelectionOnTheProfilesWindowsEqualsRetokenized) {
 TEST(PipelinePlanStep, ResumedSelectionWithEveryPlanMeasuredBuildsNoMeasurer) {
   const Model m = load_model(stories());
   const ProfileStepResult prof = run_profile_step(m, small_profile());
-  PlanStepOptions o;
-  o.budget.bpw = "8";
-  o.select = PlanSelection::Measured;
-  o.select_windows = 4;
-  o.progress = false;
+  PlanStepOptions o = measured_at_8_bits();
   o.provenance = {{"source", "stories"}, {"options", nlohmann::json::object()}};
   const std::string ckpt = test::temp_dir() + "/plan.json.partial";
   const PlanStepResult a = run_plan_step(m, prof.table, o, "", {.windows = &prof.windows, .checkpoint = ckpt});
