@@ -126,6 +126,7 @@ ReadOnceStream::ReadOnceStream(std::vector<std::string> paths, std::vector<Range
   digests_.resize(paths_.size());
   sha_.resize(paths_.size());
   direct_ = direct_reads_allowed();
+  stats_.direct = direct_;  // until a file is read otherwise
   reader_ = std::thread([this] { read_all(); });
   hasher_ = std::thread([this] { hash_all(); });
 }
@@ -156,10 +157,6 @@ void ReadOnceStream::read_all() {
 
 void ReadOnceStream::read_file(size_t f) {
   File file(paths_[f], direct_);
-  {
-    std::lock_guard lk(mu_);
-    if (file.direct >= 0) stats_.direct = true;
-  }
   uint64_t pos = 0;
   for (size_t i : by_file_[f]) {
     const Range r = ranges_[i].r;
@@ -181,6 +178,7 @@ void ReadOnceStream::read_file(size_t f) {
   end->file = f;
   end->eof = true;
   std::lock_guard lk(mu_);
+  if (file.direct < 0) stats_.direct = false;  // refused at open, or a read fell back
   to_hash_.push_back(end);
   cv_.notify_all();
 }

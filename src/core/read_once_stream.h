@@ -62,7 +62,7 @@ class ReadOnceStream {
 
   struct Stats {
     int64_t kept = 0, passed = 0;  // ranges read into the window / passed
-    bool direct = false;           // O_DIRECT reads (else buffered)
+    bool direct = false;           // every file read with O_DIRECT (else some buffered)
     // Seconds the consumer waited in acquire(), the reader for room in the
     // window, the reader in pread, the hasher hashing.
     double consumer_wait = 0, reader_wait = 0, reading = 0, hashing = 0;
