@@ -144,8 +144,8 @@ __host__ __device__ constexpr int warp_rows() {
 template <int kBits, int kMaxN, int kR, int kU>
 __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (&words)[kU][kR][kBits],
                                             const float (&sc)[kU][kR], const float (&bi)[kU][kR],
-                                            const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                                            const int32_t* __restrict__ xsum, int n, float (&acc)[kR][kMaxN]) {
+                                            const int8_t* xq, const float* xscale,
+                                            const int32_t* xsum, int n, float (&acc)[kR][kMaxN]) {
 #pragma unroll
   for (int u = 0; u < kU; ++u) {
     const int c = min(c0 + 32 * u, chunks - 1);  // a valid address; its scale is 0 past the row
@@ -153,10 +153,10 @@ __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (
     for (int i = 0; i < kMaxN; ++i) {
       if (i >= n) break;
       const int4* p = reinterpret_cast<const int4*>(xq + (static_cast<int64_t>(i) * chunks + c) * 32);
-      const int4 a = __ldg(p), b = __ldg(p + 1);
+      const int4 a = p[0], b = p[1];  // plain loads: the previous kernel's output (see dense_rows)
       const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-      const float sx = __ldg(xscale + i * chunks + c);
-      const float sumx = sx * static_cast<float>(__ldg(xsum + i * chunks + c));
+      const float sx = xscale[i * chunks + c];
+      const float sumx = sx * static_cast<float>(xsum[i * chunks + c]);
 #pragma unroll
       for (int r = 0; r < kR; ++r) {
         const int d = dot_chunk<kBits>(words[u][r], xv);
@@ -173,8 +173,8 @@ __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (
 // occupancy than the overlap gains.)
 template <int kBits, int kMaxN, int kR, int kU, bool kGated>
 __device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
-                                          const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                                          const int32_t* __restrict__ xsum, int n, float (&acc)[kR][kMaxN]) {
+                                          const int8_t* xq, const float* xscale,
+                                          const int32_t* xsum, int n, float (&acc)[kR][kMaxN]) {
   const int chunks = static_cast<int>(w.cols >> 5);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
   AffineRow rows[kR];
@@ -190,8 +190,8 @@ __device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w
 
 template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
 __global__ void __launch_bounds__(kW * 32)
-    affine_int8_kernel(DevMatrix w, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                       const int32_t* __restrict__ xsum, int n, float* __restrict__ y, DevMatrix w2 = {},
+    affine_int8_kernel(DevMatrix w, const int8_t* xq, const float* xscale,
+                       const int32_t* xsum, int n, float* __restrict__ y, DevMatrix w2 = {},
                        GateAct act = GateAct::Silu, float* accum = nullptr) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   pdl_trigger();
@@ -235,8 +235,8 @@ __device__ __forceinline__ GroupRow group_row(const MatrixGroup& g, int64_t R) {
 
 template <int kBits, int kMaxN, int kW, int kR, int kU>
 __global__ void __launch_bounds__(kW * 32)
-    affine_int8_group_kernel(MatrixGroup g, const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                             const int32_t* __restrict__ xsum, int n) {
+    affine_int8_group_kernel(MatrixGroup g, const int8_t* xq, const float* xscale,
+                             const int32_t* xsum, int n) {
   pdl_trigger();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // kR rows a warp; the host keeps each matrix's row count a multiple of kR,
