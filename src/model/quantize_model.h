@@ -11,7 +11,7 @@
 
 #include "model/model.h"
 #include "model/transformer.h"
-#include "quant/gptq.h"
+#include "model/gptq.h"
 #include "quant/quantizer.h"
 
 namespace optiq {

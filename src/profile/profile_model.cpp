@@ -253,7 +253,8 @@ nlohmann::json measured_with(const Model& ref, const ProfileOptions& opt, size_t
                  {"act_order", opt.gptq_options.act_order},
                  {"heldout", gptq_heldout},
                  {"head", true},
-                 {"tied_embed_damp", opt.gptq_options.tied_embed_damp}};
+                 {"tied_embed_damp", opt.gptq_options.tied_embed_damp},
+                 {"grid_passes", opt.gptq_options.grid_passes}};
   // Layer-wise: the same arithmetic on the CPU, but anchors' numbers may
   // differ in the last bits on a GPU and where the in-memory path keeps its
   // residual stream in bf16: a cache of one is not reused by the other.
@@ -774,7 +775,8 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       if (h == hessians.end()) {
         if (hessians.size() > 8) hessians.clear();  // a few layers' worth at a time
         const std::vector<float> g = proxy_stats(m)->gram_on_host(half);
-        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, gptq_damp(opt.gptq_options, m))).first;
+        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, gptq_damp(opt.gptq_options, m),
+                                                 opt.gptq_options.grid_passes)).first;
       }
       GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second, qo);
       if (r.fallback) return std::nullopt;

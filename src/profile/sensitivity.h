@@ -51,7 +51,7 @@
 
 #include "model/model.h"
 #include "profile/calibration.h"
-#include "quant/gptq.h"
+#include "model/gptq.h"
 #include "quant/quantizer.h"
 
 namespace optiq {
@@ -91,7 +91,7 @@ struct ProfileOptions {
   // windows is most of a large model's fast profile.
   int anchor_windows = 0;
   // fast: also quantize every layer matrix, the lm_head and a tied
-  // embedding with GPTQ (quant/gptq.h, from the Gram sums the proxies use;
+  // embedding with GPTQ (model/gptq.h, from the Gram sums the proxies use;
   // the head's: the final norm's output) and keep, per module and format, the
   // rounding with the smaller proxy; the anchors measure that rounding. A
   // tied embedding's GPTQ is fitted to its head role only (dampened by

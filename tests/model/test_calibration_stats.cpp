@@ -14,7 +14,7 @@
 #include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
-#include "quant/gptq.h"
+#include "model/gptq.h"
 #include "test_models.h"
 #include "test_util.h"
 
@@ -148,7 +148,9 @@ TEST_P(HeadGptq, HeadGramAndGptqOfTheHeadMatrix) {
   double scale = 0;
   for (double v : want) scale = std::max(scale, std::abs(v));
   for (size_t k = 0; k < want.size(); ++k) ASSERT_NEAR(got[k], want[k], 1e-5 * scale) << k;
-  if (tied) EXPECT_FALSE(grams.count("lm_head"));
+  if (tied) {
+    EXPECT_FALSE(grams.count("lm_head"));
+  }
 
   ModuleInfo mod;
   for (const auto& q : quantizable_modules(m.config))

@@ -31,6 +31,7 @@ struct QuantizeArgs {
   std::string dtype = "auto";
   CalibrationOptions calib;  // source empty: no activation weighting
   double damp = 0.01;
+  int grid_passes = GptqOptions{}.grid_passes;
   bool no_act_order = false;
   bool sequential = false;
   bool asymmetric = false;
@@ -110,7 +111,7 @@ void run_quantize(const QuantizeArgs& a, const CLI::App& cmd) {
     opt.importance_all = n_weighted == 0;
     if (a.method == "gptq" || plan_gptq) {  // every matrix, or the ones the plan names
       opt.gptq_all = a.method == "gptq";
-      opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order};
+      opt.gptq = {.damp = a.damp, .act_order = !a.no_act_order, .grid_passes = a.grid_passes};
       if (a.sequential) {
         // Each layer's statistics on the layers before it quantized; the
         // embedding (no input statistics) keeps the float model's.
@@ -203,6 +204,11 @@ Runner register_quantize(CLI::App& app) {
   cmd->add_option("--damp", a->damp,
                   "gptq: dampening, a fraction of the mean input energy added to H's diagonal (a tied embedding's: 1)")
       ->capture_default_str();
+  cmd->add_option("--grid-passes", a->grid_passes,
+                  "gptq, MLX formats: refits of every group's scale and bias to the codes GPTQ chose (least squares "
+                  "on the output error), each followed by GPTQ again on the refitted grid but the last; 0: plain "
+                  "GPTQ (faster; the profile measures the default)")
+      ->capture_default_str()->check(CLI::Range(0, 10));
   cmd->add_flag("--no-act-order", a->no_act_order,
                 "gptq: columns in their own order (default: by decreasing input energy, groups' scales fixed "
                 "first; MLX formats only)");

@@ -11,6 +11,15 @@
 //    With act_order the columns go in order of decreasing H_jj and the groups'
 //    grids are fitted up front on the original values ("static groups"), so
 //    the layout is the format's and no permutation is stored.
+//    Then (grid_passes) each row's grid is refitted to the codes GPTQ chose:
+//    all its groups' scales and biases at once, by least squares on the same
+//    output error (GPTQ fixed a group's grid before it saw the group's codes,
+//    which the error feedback had already bent), GPTQ rounds again on the
+//    refitted grid, and so on; each row keeps its (codes, grid) of least
+//    error, so no row gets worse. Measured on Gemma 3 270M (uniform, KLD on
+//    wiki.valid): q3 g32 0.518 plain, 0.509 one refit, 0.483 three, 0.484 six;
+//    q4 g64 0.173 plain, 0.164 four. Costs two products with H per row and
+//    pass, and the dampened H kept beside the factor (cols^2 floats).
 //  - GGUF block types: their grids are nested (k-quant super-blocks), so a
 //    block is quantized whole by the format's quantizer from the updated
 //    values and its error is fed forward to the later blocks only.
@@ -43,6 +52,11 @@ struct GptqOptions {
   // growing with its token's calibration count (frequent rows nearer plain
   // rounding) measured worse than one ridge for all rows, at every weight tried.
   double tied_embed_damp = 1.0;
+  // Affine formats: GPTQ then a refit of every group's scale and bias to the
+  // codes it chose (least squares under H, all groups of a row at once), then
+  // GPTQ again on the refitted grid... `grid_passes` refits in all (0: plain
+  // GPTQ); each row keeps its pair of least error. See gptq_quantize.
+  int grid_passes = 3;
 };
 
 struct GptqResult {
@@ -61,10 +75,14 @@ struct GptqHessian {
   std::vector<float> diag;        // H_jj (the quantizer's importance)
   std::vector<int64_t> perm;      // column order
   std::vector<float> u;           // upper Cholesky factor of the permuted, dampened H^-1
+  // Grid refits (affine formats; GptqOptions::grid_passes): their number and
+  // the dampened H in the natural order (empty without refits).
+  int grid_passes = 0;
+  std::vector<float> h;
 };
 // h: cols x cols, symmetric (any positive multiple of E[x x^T], e.g. a Gram
 // sum). act_order is honoured for affine formats only (gptq_uses_act_order).
-GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp);
+GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp, int grid_passes = 0);
 bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g);
 
 // w: rows x cols fp32 (row-major). opt: the rounding options of the format's

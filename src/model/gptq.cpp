@@ -1,0 +1,495 @@
+#include "model/gptq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <numeric>
+#include <vector>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "kernels/matmul.h"
+#include "quant/ggml_dequant.h"
+
+namespace optiq {
+
+namespace {
+
+// Lower Cholesky factor of the n x n row-major a (a = l l^T), in place of l;
+// row by row, each entry a dot product of two contiguous row prefixes.
+bool cholesky_lower(std::vector<double>& l, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    double* li = l.data() + i * n;
+    for (int64_t j = 0; j <= i; ++j) {
+      const double* lj = l.data() + j * n;
+      double s = li[j];
+      for (int64_t k = 0; k < j; ++k) s -= li[k] * lj[k];
+      if (j == i) {
+        if (!(s > 0) || !std::isfinite(s)) return false;
+        li[i] = std::sqrt(s);
+      } else {
+        li[j] = s / lj[j];
+      }
+    }
+    std::fill(li + i + 1, li + n, 0.0);
+  }
+  return true;
+}
+
+// Inverse of a lower-triangular l (row-major), row by row: row i of l^-1 is
+// (e_i - sum_{k<i} l_ik row_k(l^-1)) / l_ii, contiguous axpys.
+std::vector<double> invert_lower(const std::vector<double>& l, int64_t n) {
+  std::vector<double> inv(static_cast<size_t>(n * n), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    double* ri = inv.data() + i * n;
+    const double* li = l.data() + i * n;
+    for (int64_t k = 0; k < i; ++k) {
+      const double c = li[k];
+      if (c == 0) continue;
+      const double* rk = inv.data() + k * n;
+      for (int64_t j = 0; j <= k; ++j) ri[j] -= c * rk[j];
+    }
+    ri[i] += 1.0;
+    const double d = 1.0 / li[i];
+    for (int64_t j = 0; j <= i; ++j) ri[j] *= d;
+  }
+  return inv;
+}
+
+// The dampened H as double, inputs never seen (H_jj = 0) given 1.
+std::vector<double> dampened(const float* h, int64_t n, double damp) {
+  std::vector<double> a(static_cast<size_t>(n * n));
+  double mean_diag = 0;
+  for (int64_t j = 0; j < n; ++j) mean_diag += h[j * n + j];
+  mean_diag = std::max(mean_diag / static_cast<double>(n), 1e-30);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) a[i * n + j] = 0.5 * (static_cast<double>(h[i * n + j]) + h[j * n + i]);
+  for (int64_t j = 0; j < n; ++j) {
+    double& d = a[j * n + j];
+    if (d <= 0) {
+      for (int64_t k = 0; k < n; ++k) a[j * n + k] = a[k * n + j] = 0;  // a dead input couples to nothing
+      d = mean_diag;
+    }
+    d += damp * mean_diag;
+  }
+  return a;
+}
+
+// Rounds x on an affine grid: code and value.
+inline float round_affine(float x, float scale, float bias, int qmax, uint8_t& code) {
+  float q = scale != 0 ? std::nearbyint((x - bias) / scale) : 0.0f;
+  q = std::clamp(q, 0.0f, static_cast<float>(qmax));
+  code = static_cast<uint8_t>(q);
+  return q * scale + bias;
+}
+
+constexpr int64_t kTileRows = 16;  // rows sharing each read of a U row
+
+// Solves the symmetric positive definite n x n system a x = b in place of b
+// (Cholesky, double); false when a is not positive definite.
+bool solve_spd(std::vector<double>& a, std::vector<double>& b, int64_t n) {
+  if (!cholesky_lower(a, n)) return false;
+  for (int64_t i = 0; i < n; ++i) {  // L y = b
+    double s = b[i];
+    for (int64_t k = 0; k < i; ++k) s -= a[i * n + k] * b[k];
+    b[i] = s / a[i * n + i];
+  }
+  for (int64_t i = n - 1; i >= 0; --i) {  // L^T x = y
+    double s = b[i];
+    for (int64_t k = i + 1; k < n; ++k) s -= a[k * n + i] * b[k];
+    b[i] = s / a[i * n + i];
+  }
+  return true;
+}
+
+// With a row's codes fixed, the scales and biases of all its groups jointly
+// minimise the output error (w - w^)^T H (w - w^), w^_j = s_g(j) c_j + b_g(j):
+// GPTQ chose each code against the grid it had, so a grid fitted to the codes
+// it chose lowers the error GPTQ minimises. theta = (s_0, b_0, s_1, ...)
+// solves (A^T H A) theta = A^T H w, A the cols x 2G matrix of codes and ones.
+// Both sides come from H w and H c_g (c_g: the row's codes in group g, zero
+// elsewhere), computed for a block of rows at once as products with H.
+class GridRefit {
+ public:
+  GridRefit(const float* h, int64_t cols, int64_t group, bool bf16)
+      : h_(h), cols_(cols), group_(group), groups_(cols / group), bf16_(bf16) {
+    // H's columns of group g as a cols x group row-major block (the W of f32_matmul).
+    h_by_group_.resize(static_cast<size_t>(cols * cols));
+    h_ones_.resize(static_cast<size_t>(groups_ * cols));
+    for (int64_t g = 0; g < groups_; ++g)
+      for (int64_t i = 0; i < cols; ++i) {
+        double t = 0;
+        for (int64_t jj = 0; jj < group; ++jj) {
+          const float v = h[i * cols + g * group + jj];
+          h_by_group_[(g * cols + i) * group + jj] = v;
+          t += v;
+        }
+        h_ones_[g * cols + i] = t;
+      }
+  }
+
+  // Rows [r0, r0 + nr) of w (fp32, rows x cols) with their codes and grid
+  // words (rows x G): err_cur[t] = the error of the current words, and
+  // new_s/new_b the refitted words (rounded to storage) with err_new[t]
+  // their error (+inf where the system could not be solved). Errors are
+  // relative to w^T H w (the same constant for both).
+  void run(const float* w, const uint8_t* codes, const uint16_t* s_words, const uint16_t* b_words, int64_t r0,
+           int64_t nr, uint16_t* new_s, uint16_t* new_b, double* err_cur, double* err_new) const {
+    const int64_t n = cols_, G = groups_;
+    std::vector<float> hw(static_cast<size_t>(nr * n)), hc(static_cast<size_t>(G * nr * n));
+    f32_matmul(h_, n, n, w + r0 * n, nr, hw.data());
+    std::vector<float> cg(static_cast<size_t>(nr * group_));
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t t = 0; t < nr; ++t)
+        for (int64_t jj = 0; jj < group_; ++jj) cg[t * group_ + jj] = codes[(r0 + t) * n + g * group_ + jj];
+      f32_matmul(h_by_group_.data() + g * n * group_, n, group_, cg.data(), nr, hc.data() + g * nr * n);
+    }
+    parallel_for(nr, [&](int64_t t) {
+      const int64_t r = r0 + t, n2 = 2 * G;
+      const uint8_t* c = codes + r * n;
+      const float* hwr = hw.data() + t * n;
+      std::vector<double> m(static_cast<size_t>(n2 * n2)), rhs(static_cast<size_t>(n2), 0.0);
+      for (int64_t g = 0; g < G; ++g) {
+        const float* hcg = hc.data() + (g * nr + t) * n;
+        const double* hog = h_ones_.data() + g * n;
+        for (int64_t q = 0; q < G; ++q) {
+          double cc = 0, c1 = 0, oc = 0, o1 = 0;
+          for (int64_t j = q * group_; j < (q + 1) * group_; ++j) {
+            cc += static_cast<double>(hcg[j]) * c[j];
+            c1 += hcg[j];
+            oc += hog[j] * c[j];
+            o1 += hog[j];
+          }
+          m[(2 * g) * n2 + 2 * q] = cc;
+          m[(2 * g) * n2 + 2 * q + 1] = c1;
+          m[(2 * g + 1) * n2 + 2 * q] = oc;
+          m[(2 * g + 1) * n2 + 2 * q + 1] = o1;
+        }
+        for (int64_t j = g * group_; j < (g + 1) * group_; ++j) {
+          rhs[2 * g] += static_cast<double>(c[j]) * hwr[j];
+          rhs[2 * g + 1] += hwr[j];
+        }
+      }
+      // E(theta) - w^T H w = theta^T M theta - 2 theta^T rhs.
+      const std::vector<double> mm = m;
+      auto error = [&](const std::vector<double>& th) {
+        double e = 0;
+        for (int64_t i = 0; i < n2; ++i) {
+          double acc = 0;
+          for (int64_t j = 0; j < n2; ++j) acc += mm[i * n2 + j] * th[j];
+          e += th[i] * (acc - 2 * rhs[i]);
+        }
+        return e;
+      };
+      std::vector<double> th(static_cast<size_t>(n2));
+      for (int64_t g = 0; g < G; ++g) {
+        th[2 * g] = scale_to_f32(s_words[r * G + g], bf16_);
+        th[2 * g + 1] = scale_to_f32(b_words[r * G + g], bf16_);
+      }
+      err_cur[t] = error(th);
+      err_new[t] = std::numeric_limits<double>::infinity();
+      double trace = 0;
+      for (int64_t i = 0; i < n2; ++i) trace += m[i * n2 + i];
+      for (int64_t i = 0; i < n2; ++i) m[i * n2 + i] += 1e-9 * trace / static_cast<double>(n2);
+      th = rhs;
+      if (!solve_spd(m, th, n2)) return;
+      for (int64_t g = 0; g < G; ++g) {
+        new_s[t * G + g] = f32_to_scale(static_cast<float>(th[2 * g]), bf16_);
+        new_b[t * G + g] = f32_to_scale(static_cast<float>(th[2 * g + 1]), bf16_);
+        th[2 * g] = scale_to_f32(new_s[t * G + g], bf16_);
+        th[2 * g + 1] = scale_to_f32(new_b[t * G + g], bf16_);
+      }
+      for (double v : th)
+        if (!std::isfinite(v)) return;
+      err_new[t] = error(th);
+    });
+  }
+
+ private:
+  const float* h_;
+  int64_t cols_, group_, groups_;
+  bool bf16_;
+  std::vector<float> h_by_group_;
+  std::vector<double> h_ones_;
+};
+
+}  // namespace
+
+bool gptq_inverse_factor(const float* h, int64_t n, double damp, std::vector<double>& u) {
+  // H^-1 = U^T U with U upper  <=>  H = V V^T with V = U^-1 upper; with J the
+  // reversal permutation, J H J = (J V J)(J V J)^T is an ordinary (lower)
+  // Cholesky factorisation, and U = J (J V J)^-1 J.
+  std::vector<double> a = dampened(h, n, damp);
+  std::vector<double> l(static_cast<size_t>(n * n));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) l[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];
+  if (!cholesky_lower(l, n)) return false;
+  const std::vector<double> inv = invert_lower(l, n);
+  u.assign(static_cast<size_t>(n * n), 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = i; j < n; ++j) u[i * n + j] = inv[(n - 1 - i) * n + (n - 1 - j)];
+  for (double v : u)
+    if (!std::isfinite(v)) return false;
+  return true;
+}
+
+void gptq_asymmetric_target(const float* w, int64_t rows, int64_t cols, const float* h, const float* cross,
+                            const GptqHessian& hs, float* out) {
+  check(hs.cols == cols && hs.ok, "gptq: no factorised statistics for the asymmetric target");
+  // E = C - H (cols x cols); per row r: d = w_r E, then z = d H^-1 through
+  // hs's factor of the permuted H^-1 = U^T U: t = d_p U^T, z_p = t U.
+  std::vector<double> e(static_cast<size_t>(cols * cols));
+  for (int64_t i = 0; i < cols * cols; ++i) e[i] = static_cast<double>(cross[i]) - h[i];
+  parallel_for_range(rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<double> d(static_cast<size_t>(cols)), t(static_cast<size_t>(cols)), z(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* wr = w + r * cols;
+      std::fill(d.begin(), d.end(), 0.0);
+      for (int64_t i = 0; i < cols; ++i) {
+        const double wi = wr[i];
+        if (wi == 0.0) continue;
+        const double* er = e.data() + i * cols;
+        for (int64_t j = 0; j < cols; ++j) d[j] += wi * er[j];
+      }
+      // t = d_p U^T (t_i = sum_{j >= i} d_p[j] U[i][j]), then z = t U (z_j = sum_{i <= j} t_i U[i][j]).
+      for (int64_t i = 0; i < cols; ++i) {
+        double acc = 0.0;
+        const float* ui = hs.u.data() + i * cols;
+        for (int64_t j = i; j < cols; ++j) acc += d[hs.perm[j]] * ui[j];
+        t[i] = acc;
+      }
+      std::fill(z.begin(), z.end(), 0.0);
+      for (int64_t i = 0; i < cols; ++i) {
+        const double ti = t[i];
+        if (ti == 0.0) continue;
+        const float* ui = hs.u.data() + i * cols;
+        for (int64_t j = i; j < cols; ++j) z[hs.perm[j]] += ti * ui[j];
+      }
+      float* o = out + r * cols;
+      for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<float>(wr[j] + z[j]);
+    }
+  });
+}
+
+bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g) {
+  return g.act_order && f.affine() != nullptr;
+}
+
+GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp, int grid_passes) {
+  GptqHessian hs;
+  hs.cols = cols;
+  hs.act_order = act_order;
+  // diag H is the importance the format's own quantizer weighs errors by.
+  hs.diag.resize(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) hs.diag[j] = std::max(h[j * cols + j], 0.0f);
+  // Column order: decreasing H_jj with act_order, else natural.
+  hs.perm.resize(static_cast<size_t>(cols));
+  std::iota(hs.perm.begin(), hs.perm.end(), 0);
+  if (act_order)
+    std::stable_sort(hs.perm.begin(), hs.perm.end(), [&](int64_t a, int64_t b) { return hs.diag[a] > hs.diag[b]; });
+  std::vector<float> hp(static_cast<size_t>(cols * cols));
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < cols; ++j) hp[i * cols + j] = h[hs.perm[i] * cols + hs.perm[j]];
+  std::vector<double> u;
+  for (int attempt = 0; attempt < 5 && !hs.ok; ++attempt, damp *= 10) {
+    hs.ok = gptq_inverse_factor(hp.data(), cols, damp, u);
+    if (hs.ok) hs.damp_used = damp;
+  }
+  if (hs.ok) hs.u.assign(u.begin(), u.end());  // fp32 for the updates (as GPTQ implementations do)
+  hs.grid_passes = grid_passes;
+  if (hs.ok && grid_passes > 0) {
+    const std::vector<double> a = dampened(h, cols, hs.damp_used);
+    hs.h.assign(a.begin(), a.end());
+  }
+  return hs;
+}
+
+GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t rows, int64_t cols, const float* h,
+                         const QuantizeOptions& opt, const GptqOptions& g) {
+  return gptq_quantize(nominal, w, rows, cols, gptq_prepare(h, cols, gptq_uses_act_order(nominal, g), g.damp, g.grid_passes), opt);
+}
+
+GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t rows, int64_t cols,
+                         const GptqHessian& hs, const QuantizeOptions& opt) {
+  check(nominal.has_value(), "gptq: a float matrix is not quantized");
+  const TensorFormat f = format_for_shape(nominal, cols);
+  check(format_fits(f, cols), "gptq: {} inputs do not fit {}", cols, tensor_format_name(f));
+  check(hs.cols == cols, "gptq: statistics of {} inputs for a matrix of {}", hs.cols, cols);
+  const AffineFormat* af = f.affine();
+  check(!hs.act_order || af, "gptq: act-order statistics for {}, whose blocks need the natural order",
+        tensor_format_name(f));
+  GptqResult res;
+  const std::vector<float>& diag = hs.diag;
+  QuantizeOptions qo = opt;
+  qo.importance = diag.data();
+  if (!hs.ok) {
+    res.q = quantize_matrix(f, w, rows, cols, qo);
+    res.fallback = true;
+    return res;
+  }
+  res.damp_used = hs.damp_used;
+  const bool act_order = hs.act_order;
+  const std::vector<int64_t>& perm = hs.perm;
+  const std::vector<float>& uf = hs.u;
+
+  if (af) {
+    const int group = af->group_size, qmax = (1 << af->bits) - 1;
+    const int64_t groups = cols / group;
+    // Static groups (act_order): the grids of the original values.
+    std::optional<AffineMatrix> fixed;
+    if (act_order) fixed = quantize(w, rows, cols, *af, qo);
+    std::vector<uint16_t> scales(static_cast<size_t>(rows * groups)), biases(static_cast<size_t>(rows * groups));
+    std::vector<uint8_t> codes(static_cast<size_t>(rows * cols));
+    bool symmetric = false;
+    int32_t zero_point = 0;
+    // The grid each pass rounds on (fp32 scale and bias per row and group);
+    // empty: dynamic groups, fitted when the pass reaches them.
+    std::vector<float> grid_s, grid_b;
+    if (fixed) {
+      scales = fixed->scales;
+      symmetric = fixed->biases.empty();
+      zero_point = fixed->zero_point;
+      if (!symmetric) biases = fixed->biases;
+      const AffineMatrixView v = fixed->view();
+      grid_s.resize(static_cast<size_t>(rows * groups));
+      grid_b.resize(static_cast<size_t>(rows * groups));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t q = 0; q < groups; ++q) {
+          grid_s[r * groups + q] = v.scale(r, q);
+          grid_b[r * groups + q] = v.bias(r, q);
+        }
+    }
+    // One GPTQ pass: codes (and, with dynamic groups, the grid words).
+    auto gptq_pass = [&] {
+      const bool dynamic = grid_s.empty();
+      parallel_for((rows + kTileRows - 1) / kTileRows, [&](int64_t tile) {
+        const int64_t r0 = tile * kTileRows, nr = std::min(kTileRows, rows - r0);
+        std::vector<float> wt(static_cast<size_t>(nr * cols));
+        for (int64_t t = 0; t < nr; ++t)
+          for (int64_t k = 0; k < cols; ++k) wt[t * cols + k] = w[(r0 + t) * cols + perm[k]];
+        std::vector<float> gs(static_cast<size_t>(nr * groups)), gb(static_cast<size_t>(nr * groups));
+        if (!dynamic) {
+          std::copy_n(grid_s.data() + r0 * groups, nr * groups, gs.data());
+          std::copy_n(grid_b.data() + r0 * groups, nr * groups, gb.data());
+        }
+        for (int64_t k = 0; k < cols; ++k) {
+          const int64_t j = perm[k], q = j / group;
+          if (dynamic && k % group == 0) {
+            // Dynamic groups: the grid of the row's values as updated so far.
+            for (int64_t t = 0; t < nr; ++t) {
+              QuantizeOptions go = qo;
+              go.importance = diag.data() + k;
+              const AffineMatrix m = quantize(wt.data() + t * cols + k, 1, group, AffineFormat{af->bits, group}, go);
+              const AffineMatrixView v = m.view();
+              scales[(r0 + t) * groups + q] = m.scales[0];
+              biases[(r0 + t) * groups + q] =
+                  m.biases.empty() ? f32_to_scale(v.bias(0, 0), opt.bf16_scales) : m.biases[0];
+              gs[t * groups + q] = v.scale(0, 0);
+              gb[t * groups + q] = v.bias(0, 0);
+            }
+          }
+          const float ukk = uf[k * cols + k];
+          const float* urow = uf.data() + k * cols;
+          for (int64_t t = 0; t < nr; ++t) {
+            float* row = wt.data() + t * cols;
+            uint8_t code;
+            const float x = row[k];
+            const float xhat = round_affine(x, gs[t * groups + q], gb[t * groups + q], qmax, code);
+            codes[(r0 + t) * cols + j] = code;
+            const float e = (x - xhat) / ukk;
+            for (int64_t c = k + 1; c < cols; ++c) row[c] -= e * urow[c];
+          }
+        }
+      }, 1);
+    };
+    gptq_pass();
+    if (hs.grid_passes > 0 && !symmetric && !hs.h.empty()) {
+      // Alternate: refit the grid to the codes, round again on the refitted
+      // grid (static groups), refit... each row keeps the (codes, grid) pair
+      // of least error it saw.
+      const GridRefit refit(hs.h.data(), cols, group, opt.bf16_scales);
+      std::vector<uint8_t> best_codes = codes;
+      std::vector<uint16_t> best_s = scales, best_b = biases;
+      std::vector<double> best_err(static_cast<size_t>(rows), std::numeric_limits<double>::infinity());
+      constexpr int64_t kRefitRows = 256;
+      std::vector<uint16_t> ns(static_cast<size_t>(kRefitRows * groups)), nb(ns.size());
+      std::vector<double> ec(static_cast<size_t>(kRefitRows)), en(ec.size());
+      grid_s.resize(static_cast<size_t>(rows * groups));
+      grid_b.resize(static_cast<size_t>(rows * groups));
+      for (int pass = 0; pass < hs.grid_passes; ++pass) {
+        for (int64_t r0 = 0; r0 < rows; r0 += kRefitRows) {
+          const int64_t nr = std::min(kRefitRows, rows - r0);
+          refit.run(w, codes.data(), scales.data(), biases.data(), r0, nr, ns.data(), nb.data(), ec.data(), en.data());
+          for (int64_t t = 0; t < nr; ++t) {
+            const int64_t r = r0 + t;
+            const bool better = en[t] < ec[t];
+            const double e = better ? en[t] : ec[t];
+            const uint16_t* sw = better ? ns.data() + t * groups : scales.data() + r * groups;
+            const uint16_t* bw = better ? nb.data() + t * groups : biases.data() + r * groups;
+            if (e < best_err[r]) {
+              best_err[r] = e;
+              std::copy_n(codes.data() + r * cols, cols, best_codes.data() + r * cols);
+              std::copy_n(sw, groups, best_s.data() + r * groups);
+              std::copy_n(bw, groups, best_b.data() + r * groups);
+            }
+            for (int64_t q = 0; q < groups; ++q) {  // the next pass's grid
+              scales[r * groups + q] = sw[q];
+              biases[r * groups + q] = bw[q];
+              grid_s[r * groups + q] = scale_to_f32(sw[q], opt.bf16_scales);
+              grid_b[r * groups + q] = scale_to_f32(bw[q], opt.bf16_scales);
+            }
+          }
+        }
+        if (pass + 1 < hs.grid_passes) gptq_pass();
+      }
+      codes = std::move(best_codes);
+      scales = std::move(best_s);
+      biases = std::move(best_b);
+    }
+    AffineMatrix m = pack(codes.data(), rows, cols, *af, std::move(scales), symmetric ? std::vector<uint16_t>{}
+                                                                                          : std::move(biases),
+                          opt.bf16_scales);
+    m.zero_point = zero_point;
+    res.q = QuantizedMatrix{f, rows, cols, std::move(m), {}};
+    return res;
+  }
+
+  // GGUF blocks: each block quantized whole from its updated values; the
+  // loop below then feeds its (fixed) rounding error forward.
+  const DType type = f.ggml()->type;
+  const BlockLayout layout = block_layout(type);
+  const int64_t block = layout.block_elems, nblocks = cols / block;
+  const size_t row_bytes = static_cast<size_t>(nblocks) * layout.block_bytes;
+  std::vector<uint8_t> bytes(static_cast<size_t>(rows) * row_bytes);
+  parallel_for((rows + kTileRows - 1) / kTileRows, [&](int64_t tile) {
+    const int64_t r0 = tile * kTileRows, nr = std::min(kTileRows, rows - r0);
+    std::vector<float> wt(w + r0 * cols, w + (r0 + nr) * cols);
+    std::vector<float> xhat(static_cast<size_t>(nr * block));
+    for (int64_t k = 0; k < cols; ++k) {
+      const int64_t b = k / block, in_block = k % block;
+      if (in_block == 0) {
+        for (int64_t t = 0; t < nr; ++t) {
+          QuantizeOptions go = qo;
+          go.importance = diag.data() + k;
+          const QuantizedMatrix qm = quantize_matrix(f, wt.data() + t * cols + k, 1, block, go);
+          std::memcpy(bytes.data() + (r0 + t) * row_bytes + b * layout.block_bytes, qm.blocks.data(),
+                      layout.block_bytes);
+          dequantize_row(type, qm.blocks.data(), xhat.data() + t * block, block);
+        }
+      }
+      const float ukk = uf[k * cols + k];
+      const float* urow = uf.data() + k * cols;
+      for (int64_t t = 0; t < nr; ++t) {
+        float* row = wt.data() + t * cols;
+        const float e = (row[k] - xhat[t * block + in_block]) / ukk;
+        for (int64_t c = k + 1; c < cols; ++c) row[c] -= e * urow[c];
+      }
+    }
+  }, 1);
+  res.q = QuantizedMatrix{f, rows, cols, std::nullopt, std::move(bytes)};
+  return res;
+}
+
+}  // namespace optiq
