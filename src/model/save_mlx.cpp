@@ -59,6 +59,13 @@ void write_half_rows(const Linear& lin, bool bf16, uint8_t* dst) {
 
 }  // namespace
 
+std::vector<ModuleInfo> mlx_matrix_order(const ModelConfig& c, const std::function<bool(const ModuleInfo&)>& packed) {
+  std::vector<ModuleInfo> order, floats;
+  for (auto& mod : quantizable_modules(c)) (packed(mod) ? order : floats).push_back(std::move(mod));
+  order.insert(order.end(), std::make_move_iterator(floats.begin()), std::make_move_iterator(floats.end()));
+  return order;
+}
+
 void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt) {
   std::string out_dir = out;
   while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
@@ -95,20 +102,25 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
     AffineFormat most_common{4, 64};
     std::map<std::pair<int, int>, int64_t> format_weights;
 
-    // Layout: every packed matrix as (uint32 codes, scales, biases), then the
-    // float matrices, then the norms. 4-byte tensors thus never follow an odd
-    // number of 2-byte elements, and a matrix's three tensors are written one
-    // after another (each is made once, when its codes are written).
-    const auto modules = quantizable_modules(c);
-    std::vector<const ModuleInfo*> floats;
-    for (const auto& mod : modules) {
-      const Linear& probe = src.layout(mod);
+    // Layout (mlx_matrix_order): every packed matrix as (uint32 codes,
+    // scales, biases), then the float matrices, then the norms; a matrix's
+    // three tensors are written one after another (each is made once, when
+    // its codes are written).
+    for (const auto& mod : quantizable_modules(c)) {
       // MLX has no storage for GGUF's k-quant blocks; writing them as floats would undo the plan silently.
+      const Linear& probe = src.layout(mod);
       check(!probe.is_kquant(), "{}: {} is {}, a GGUF k-quant or IQ4 type, which MLX cannot store: plan it with affine (MLX) or "
             "32-weight GGUF formats for an MLX export", m.path, mod.path, probe.format());
+    }
+    const std::vector<ModuleInfo> order =
+        mlx_matrix_order(c, [&src](const ModuleInfo& mod) { return src.layout(mod).is_affine(); });
+    for (const auto& mod : order) {
+      const Linear& probe = src.layout(mod);
       if (!probe.is_affine()) {
-        floats.push_back(&mod);
         quant[mod.path] = false;
+        st.add(mod.path + ".weight", half, {mod.rows, mod.cols}, [&src, &mod, bf16](uint8_t* dst) {
+          write_half_rows(src.matrix(mod), bf16, dst);
+        });
         continue;
       }
       const AffineMatrixView& v = probe.affine();
@@ -146,10 +158,6 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
       format_weights[{v.fmt.bits, v.fmt.group_size}] += mod.numel();
       any_quantized = true;
     }
-    for (const ModuleInfo* mod : floats)
-      st.add(mod->path + ".weight", half, {mod->rows, mod->cols}, [&src, mod, bf16](uint8_t* dst) {
-        write_half_rows(src.matrix(*mod), bf16, dst);
-      });
     const auto vectors = hf_export_vectors(m);
     for (const auto& [name, v] : vectors)
       st.add(name, half, {static_cast<int64_t>(v.size())}, [&v = v, bf16](uint8_t* dst) {

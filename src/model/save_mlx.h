@@ -7,8 +7,10 @@
 // metadata say how it was made (model/provenance.h). The directory is written
 // under a temporary name and put in place whole (core/atomic_file.h).
 #pragma once
+#include <functional>
 #include <future>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -46,6 +48,13 @@ struct MlxSaveOptions {
   std::shared_future<nlohmann::json> source{};
   static constexpr uint64_t kDefaultShardBytes = 5'000'000'000;  // mlx-lm's and transformers' default
 };
+
+// The order save_mlx reads the model's matrices in: the packed ones, then the
+// float ones, each in quantizable_modules order (4-byte tensors thus never
+// follow an odd number of 2-byte elements). `packed` says which a module is.
+// A reader that must see them in the same order (the read-once source
+// stream, pipeline/export_step.cpp) asks here.
+std::vector<ModuleInfo> mlx_matrix_order(const ModelConfig& c, const std::function<bool(const ModuleInfo&)>& packed);
 
 // The directory is written under a temporary name and put in place whole
 // (replacing an existing one with opt.force in one step).

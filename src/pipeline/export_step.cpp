@@ -16,6 +16,7 @@
 #include "kernels/matmul.h"
 #include "model/matrix_source.h"
 #include "model/provenance.h"
+#include "model/save_mlx.h"
 
 namespace optiq {
 
@@ -23,8 +24,7 @@ namespace {
 
 // What an MLX export of a Hugging Face directory reads through a
 // ReadOnceStream: every matrix borrowed from a shard's map, as a range of its
-// file, in the order model/save_mlx.cpp asks for them (packed matrices,
-// then float ones, each in quantizable_modules order).
+// file, in the order save_mlx asks for them (mlx_matrix_order).
 struct SourceStreamPlan {
   std::vector<std::string> files;
   std::vector<ReadOnceStream::Range> ranges;
@@ -42,15 +42,14 @@ std::optional<SourceStreamPlan> plan_source_stream(const Model& model, const Pre
   if (!ckpt || !source_stream_allowed()) return std::nullopt;
   SourceStreamPlan p;
   for (const auto& f : ckpt->files()) p.files.push_back(f->path());
-  std::vector<const ModuleInfo*> packed, floats;
-  const auto modules = quantizable_modules(model.config);
-  for (const auto& mod : modules) {
+  // Packed in the export: what the plan quantizes (the source here is floats).
+  const std::vector<ModuleInfo> order = mlx_matrix_order(model.config, [&map](const ModuleInfo& mod) {
     const TensorFormat fmt = map.format_of(mod.path);
-    (fmt && !fmt.is_source() ? packed : floats).push_back(&mod);
-  }
-  packed.insert(packed.end(), floats.begin(), floats.end());
+    return fmt && !fmt.is_source();
+  });
   uint64_t largest = 0, total = 0;
-  for (const ModuleInfo* mod : packed) {
+  for (const ModuleInfo& m : order) {
+    const ModuleInfo* mod = &m;
     const Linear& lin = module_linear(model.weights, *mod);
     const void* data = nullptr;
     size_t elem = 0;
