@@ -17,6 +17,23 @@ namespace optiq {
 
 namespace {
 
+// sum a[k] b[k] over k < n, in four independent sums: the compiler may not
+// reorder one floating-point sum, and a single chain waits out each add's
+// latency (the factorisations below are O(n^3) of these; n = 14,336 for an
+// 8B model's down projection).
+inline double dot(const double* a, const double* b, int64_t n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    s0 += a[k] * b[k];
+    s1 += a[k + 1] * b[k + 1];
+    s2 += a[k + 2] * b[k + 2];
+    s3 += a[k + 3] * b[k + 3];
+  }
+  for (; k < n; ++k) s0 += a[k] * b[k];
+  return (s0 + s1) + (s2 + s3);
+}
+
 // Lower Cholesky factor of the n x n row-major a (a = l l^T), in place of l;
 // row by row, each entry a dot product of two contiguous row prefixes.
 bool cholesky_lower(std::vector<double>& l, int64_t n) {
@@ -24,8 +41,7 @@ bool cholesky_lower(std::vector<double>& l, int64_t n) {
     double* li = l.data() + i * n;
     for (int64_t j = 0; j <= i; ++j) {
       const double* lj = l.data() + j * n;
-      double s = li[j];
-      for (int64_t k = 0; k < j; ++k) s -= li[k] * lj[k];
+      const double s = li[j] - dot(li, lj, j);
       if (j == i) {
         if (!(s > 0) || !std::isfinite(s)) return false;
         li[i] = std::sqrt(s);
@@ -86,6 +102,46 @@ inline float round_affine(float x, float scale, float bias, int qmax, uint8_t& c
 }
 
 constexpr int64_t kTileRows = 16;  // rows sharing each read of a U row
+constexpr int64_t kLazyWidth = 128;  // columns a lazy batch update covers (LazyUpdates)
+
+// GPTQ's lazy batch updates (Frantar et al., section 3): a column's error
+// reaches only the columns of its own block of `width` at once; the columns
+// past the block get the whole block's errors in one product,
+// row[k1:] -= err[:, k0:k1] U[k0:k1, k1:], a GEMM instead of a rank-1 update
+// per column. The same arithmetic up to fp32 summation order. `ut` holds,
+// per block, U[k0:k1, k1:] transposed ((cols - k1) x (k1 - k0)): the W of
+// f32_matmul's Y = X W^T.
+class LazyUpdates {
+ public:
+  LazyUpdates(const std::vector<float>& u, int64_t cols, int64_t width) : cols_(cols), width_(width) {
+    for (int64_t k0 = 0; k0 < cols; k0 += width) {
+      const int64_t k1 = std::min(cols, k0 + width), bw = k1 - k0, rest = cols - k1;
+      std::vector<float> t(static_cast<size_t>(rest * bw));
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t c = k1; c < cols; ++c) t[(c - k1) * bw + (k - k0)] = u[k * cols + c];
+      ut_.push_back(std::move(t));
+    }
+  }
+  int64_t width() const { return width_; }
+  // rows (nr x cols, row-major) -= err (nr x width, this block's columns) U[k0:k1, k1:].
+  void apply(int64_t k0, const float* err, int64_t nr, float* rows, std::vector<float>& scratch) const {
+    const int64_t k1 = std::min(cols_, k0 + width_), bw = k1 - k0, rest = cols_ - k1;
+    if (rest == 0) return;
+    std::vector<float> x(static_cast<size_t>(nr * bw));
+    for (int64_t t = 0; t < nr; ++t) std::copy_n(err + t * width_, bw, x.data() + t * bw);
+    scratch.resize(static_cast<size_t>(nr * rest));
+    f32_matmul(ut_[k0 / width_].data(), rest, bw, x.data(), nr, scratch.data());
+    for (int64_t t = 0; t < nr; ++t) {
+      float* row = rows + t * cols_ + k1;
+      const float* y = scratch.data() + t * rest;
+      for (int64_t c = 0; c < rest; ++c) row[c] -= y[c];
+    }
+  }
+
+ private:
+  int64_t cols_, width_;
+  std::vector<std::vector<float>> ut_;
+};
 
 // Solves the symmetric positive definite n x n system a x = b in place of b
 // (Cholesky, double); false when a is not positive definite.
@@ -117,7 +173,7 @@ class GridRefit {
       : h_(h), cols_(cols), group_(group), groups_(cols / group), bf16_(bf16) {
     // H's columns of group g as a cols x group row-major block (the W of f32_matmul).
     h_by_group_.resize(static_cast<size_t>(cols * cols));
-    h_ones_.resize(static_cast<size_t>(groups_ * cols));
+    std::vector<double> h_ones(static_cast<size_t>(groups_ * cols));  // H 1_g per group
     for (int64_t g = 0; g < groups_; ++g)
       for (int64_t i = 0; i < cols; ++i) {
         double t = 0;
@@ -126,20 +182,34 @@ class GridRefit {
           h_by_group_[(g * cols + i) * group + jj] = v;
           t += v;
         }
-        h_ones_[g * cols + i] = t;
+        h_ones[g * cols + i] = t;
+      }
+    ones_.resize(static_cast<size_t>(groups_ * groups_));
+    for (int64_t g = 0; g < groups_; ++g)
+      for (int64_t q = 0; q < groups_; ++q) {
+        double t = 0;
+        for (int64_t j = q * group; j < (q + 1) * group; ++j) t += h_ones[g * cols + j];
+        ones_[g * groups_ + q] = t;
       }
   }
 
-  // Rows [r0, r0 + nr) of w (fp32, rows x cols) with their codes and grid
-  // words (rows x G): err_cur[t] = the error of the current words, and
+  // H w for rows [r0, r0 + nr) of w (fp32, rows x cols): nr x cols. The
+  // same for every pass (w does not change).
+  std::vector<float> h_times(const float* w, int64_t r0, int64_t nr) const {
+    std::vector<float> hw(static_cast<size_t>(nr * cols_));
+    f32_matmul(h_, cols_, cols_, w + r0 * cols_, nr, hw.data());
+    return hw;
+  }
+
+  // Rows [r0, r0 + nr) with their codes and grid words (rows x G) and their
+  // H w (h_times): err_cur[t] = the error of the current words, and
   // new_s/new_b the refitted words (rounded to storage) with err_new[t]
   // their error (+inf where the system could not be solved). Errors are
   // relative to w^T H w (the same constant for both).
-  void run(const float* w, const uint8_t* codes, const uint16_t* s_words, const uint16_t* b_words, int64_t r0,
-           int64_t nr, uint16_t* new_s, uint16_t* new_b, double* err_cur, double* err_new) const {
+  void run(const std::vector<float>& hw, const uint8_t* codes, const uint16_t* s_words, const uint16_t* b_words,
+           int64_t r0, int64_t nr, uint16_t* new_s, uint16_t* new_b, double* err_cur, double* err_new) const {
     const int64_t n = cols_, G = groups_;
-    std::vector<float> hw(static_cast<size_t>(nr * n)), hc(static_cast<size_t>(G * nr * n));
-    f32_matmul(h_, n, n, w + r0 * n, nr, hw.data());
+    std::vector<float> hc(static_cast<size_t>(G * nr * n));
     std::vector<float> cg(static_cast<size_t>(nr * group_));
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t t = 0; t < nr; ++t)
@@ -151,21 +221,19 @@ class GridRefit {
       const uint8_t* c = codes + r * n;
       const float* hwr = hw.data() + t * n;
       std::vector<double> m(static_cast<size_t>(n2 * n2)), rhs(static_cast<size_t>(n2), 0.0);
+      // M is symmetric: (s_g, s_q) = c_g^T H c_q, (s_g, b_q) = 1_q^T H c_g =
+      // (b_q, s_g), and (b_g, b_q) = 1_g^T H 1_q, the same for every row.
       for (int64_t g = 0; g < G; ++g) {
         const float* hcg = hc.data() + (g * nr + t) * n;
-        const double* hog = h_ones_.data() + g * n;
         for (int64_t q = 0; q < G; ++q) {
-          double cc = 0, c1 = 0, oc = 0, o1 = 0;
+          double cc = 0, c1 = 0;
           for (int64_t j = q * group_; j < (q + 1) * group_; ++j) {
-            cc += static_cast<double>(hcg[j]) * c[j];
+            if (q >= g) cc += static_cast<double>(hcg[j]) * c[j];
             c1 += hcg[j];
-            oc += hog[j] * c[j];
-            o1 += hog[j];
           }
-          m[(2 * g) * n2 + 2 * q] = cc;
-          m[(2 * g) * n2 + 2 * q + 1] = c1;
-          m[(2 * g + 1) * n2 + 2 * q] = oc;
-          m[(2 * g + 1) * n2 + 2 * q + 1] = o1;
+          if (q >= g) m[(2 * g) * n2 + 2 * q] = m[(2 * q) * n2 + 2 * g] = cc;
+          m[(2 * g) * n2 + 2 * q + 1] = m[(2 * q + 1) * n2 + 2 * g] = c1;
+          m[(2 * g + 1) * n2 + 2 * q + 1] = ones_[g * G + q];
         }
         for (int64_t j = g * group_; j < (g + 1) * group_; ++j) {
           rhs[2 * g] += static_cast<double>(c[j]) * hwr[j];
@@ -212,7 +280,7 @@ class GridRefit {
   int64_t cols_, group_, groups_;
   bool bf16_;
   std::vector<float> h_by_group_;
-  std::vector<double> h_ones_;
+  std::vector<double> ones_;    // 1_g^T H 1_q (G x G)
 };
 
 }  // namespace
@@ -361,15 +429,20 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
           grid_b[r * groups + q] = v.bias(r, q);
         }
     }
-    // One GPTQ pass: codes (and, with dynamic groups, the grid words).
-    auto gptq_pass = [&] {
-      const bool dynamic = grid_s.empty();
-      parallel_for((rows + kTileRows - 1) / kTileRows, [&](int64_t tile) {
-        const int64_t r0 = tile * kTileRows, nr = std::min(kTileRows, rows - r0);
+    // Blocks of whole groups (a dynamic group's grid is fitted to values that
+    // every earlier column's error has reached).
+    const int64_t bw = std::max<int64_t>(kLazyWidth, group);
+    const LazyUpdates lazy(uf, cols, bw);
+    // One GPTQ pass over rows [b0, b1): codes (and, with dynamic groups, the
+    // grid words).
+    auto gptq_pass = [&](int64_t b0, int64_t b1, bool dynamic) {
+      parallel_for((b1 - b0 + kTileRows - 1) / kTileRows, [&](int64_t tile) {
+        const int64_t r0 = b0 + tile * kTileRows, nr = std::min(kTileRows, b1 - r0);
         std::vector<float> wt(static_cast<size_t>(nr * cols));
         for (int64_t t = 0; t < nr; ++t)
           for (int64_t k = 0; k < cols; ++k) wt[t * cols + k] = w[(r0 + t) * cols + perm[k]];
         std::vector<float> gs(static_cast<size_t>(nr * groups)), gb(static_cast<size_t>(nr * groups));
+        std::vector<float> err(static_cast<size_t>(nr * bw)), scratch;
         if (!dynamic) {
           std::copy_n(grid_s.data() + r0 * groups, nr * groups, gs.data());
           std::copy_n(grid_b.data() + r0 * groups, nr * groups, gb.data());
@@ -392,6 +465,7 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
           }
           const float ukk = uf[k * cols + k];
           const float* urow = uf.data() + k * cols;
+          const int64_t k0 = k - k % bw, k1 = std::min(cols, k0 + bw);
           for (int64_t t = 0; t < nr; ++t) {
             float* row = wt.data() + t * cols;
             uint8_t code;
@@ -399,50 +473,57 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
             const float xhat = round_affine(x, gs[t * groups + q], gb[t * groups + q], qmax, code);
             codes[(r0 + t) * cols + j] = code;
             const float e = (x - xhat) / ukk;
-            for (int64_t c = k + 1; c < cols; ++c) row[c] -= e * urow[c];
+            err[t * bw + (k - k0)] = e;
+            for (int64_t c = k + 1; c < k1; ++c) row[c] -= e * urow[c];
           }
+          if (k + 1 == k1) lazy.apply(k0, err.data(), nr, wt.data(), scratch);
         }
       }, 1);
     };
-    gptq_pass();
-    if (hs.grid_passes > 0 && !symmetric && !hs.h.empty()) {
-      // Alternate: refit the grid to the codes, round again on the refitted
-      // grid (static groups), refit... each row keeps the (codes, grid) pair
-      // of least error it saw.
+    if (hs.grid_passes == 0 || symmetric || hs.h.empty()) {
+      gptq_pass(0, rows, !fixed);
+    } else {
+      // Alternate, a block of rows at a time (its H w computed once): GPTQ,
+      // refit the grid to the codes, round again on the refitted grid (static
+      // groups), refit... each row keeps the (codes, grid) pair of least
+      // error it saw.
       const GridRefit refit(hs.h.data(), cols, group, opt.bf16_scales);
       std::vector<uint8_t> best_codes = codes;
       std::vector<uint16_t> best_s = scales, best_b = biases;
       std::vector<double> best_err(static_cast<size_t>(rows), std::numeric_limits<double>::infinity());
-      constexpr int64_t kRefitRows = 256;
+      constexpr int64_t kRefitRows = kGptqRowAlign;
       std::vector<uint16_t> ns(static_cast<size_t>(kRefitRows * groups)), nb(ns.size());
       std::vector<double> ec(static_cast<size_t>(kRefitRows)), en(ec.size());
       grid_s.resize(static_cast<size_t>(rows * groups));
       grid_b.resize(static_cast<size_t>(rows * groups));
-      for (int pass = 0; pass < hs.grid_passes; ++pass) {
-        for (int64_t r0 = 0; r0 < rows; r0 += kRefitRows) {
-          const int64_t nr = std::min(kRefitRows, rows - r0);
-          refit.run(w, codes.data(), scales.data(), biases.data(), r0, nr, ns.data(), nb.data(), ec.data(), en.data());
+      for (int64_t r0 = 0; r0 < rows; r0 += kRefitRows) {
+        const int64_t nr = std::min(kRefitRows, rows - r0);
+        gptq_pass(r0, r0 + nr, !fixed);
+        const std::vector<float> hw = refit.h_times(w, r0, nr);
+        for (int pass = 0; pass < hs.grid_passes; ++pass) {
+          refit.run(hw, codes.data(), scales.data(), biases.data(), r0, nr, ns.data(), nb.data(), ec.data(),
+                    en.data());
           for (int64_t t = 0; t < nr; ++t) {
             const int64_t r = r0 + t;
             const bool better = en[t] < ec[t];
             const double e = better ? en[t] : ec[t];
             const uint16_t* sw = better ? ns.data() + t * groups : scales.data() + r * groups;
-            const uint16_t* bw = better ? nb.data() + t * groups : biases.data() + r * groups;
+            const uint16_t* bwd = better ? nb.data() + t * groups : biases.data() + r * groups;
             if (e < best_err[r]) {
               best_err[r] = e;
               std::copy_n(codes.data() + r * cols, cols, best_codes.data() + r * cols);
               std::copy_n(sw, groups, best_s.data() + r * groups);
-              std::copy_n(bw, groups, best_b.data() + r * groups);
+              std::copy_n(bwd, groups, best_b.data() + r * groups);
             }
             for (int64_t q = 0; q < groups; ++q) {  // the next pass's grid
               scales[r * groups + q] = sw[q];
-              biases[r * groups + q] = bw[q];
+              biases[r * groups + q] = bwd[q];
               grid_s[r * groups + q] = scale_to_f32(sw[q], opt.bf16_scales);
-              grid_b[r * groups + q] = scale_to_f32(bw[q], opt.bf16_scales);
+              grid_b[r * groups + q] = scale_to_f32(bwd[q], opt.bf16_scales);
             }
           }
+          if (pass + 1 < hs.grid_passes) gptq_pass(r0, r0 + nr, false);
         }
-        if (pass + 1 < hs.grid_passes) gptq_pass();
       }
       codes = std::move(best_codes);
       scales = std::move(best_s);
@@ -463,10 +544,13 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
   const int64_t block = layout.block_elems, nblocks = cols / block;
   const size_t row_bytes = static_cast<size_t>(nblocks) * layout.block_bytes;
   std::vector<uint8_t> bytes(static_cast<size_t>(rows) * row_bytes);
+  const int64_t bw = std::max<int64_t>(kLazyWidth, block);  // whole blocks (each quantized from updated values)
+  const LazyUpdates lazy(uf, cols, bw);
   parallel_for((rows + kTileRows - 1) / kTileRows, [&](int64_t tile) {
     const int64_t r0 = tile * kTileRows, nr = std::min(kTileRows, rows - r0);
     std::vector<float> wt(w + r0 * cols, w + (r0 + nr) * cols);
     std::vector<float> xhat(static_cast<size_t>(nr * block));
+    std::vector<float> err(static_cast<size_t>(nr * bw)), scratch;
     for (int64_t k = 0; k < cols; ++k) {
       const int64_t b = k / block, in_block = k % block;
       if (in_block == 0) {
@@ -481,11 +565,14 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
       }
       const float ukk = uf[k * cols + k];
       const float* urow = uf.data() + k * cols;
+      const int64_t k0 = k - k % bw, k1 = std::min(cols, k0 + bw);
       for (int64_t t = 0; t < nr; ++t) {
         float* row = wt.data() + t * cols;
         const float e = (row[k] - xhat[t * block + in_block]) / ukk;
-        for (int64_t c = k + 1; c < cols; ++c) row[c] -= e * urow[c];
+        err[t * bw + (k - k0)] = e;
+        for (int64_t c = k + 1; c < k1; ++c) row[c] -= e * urow[c];
       }
+      if (k + 1 == k1) lazy.apply(k0, err.data(), nr, wt.data(), scratch);
     }
   }, 1);
   res.q = QuantizedMatrix{f, rows, cols, std::nullopt, std::move(bytes)};

@@ -86,7 +86,11 @@ GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double da
 bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g);
 
 // w: rows x cols fp32 (row-major). opt: the rounding options of the format's
-// quantizer (its importance is replaced by diag H).
+// quantizer (its importance is replaced by diag H). Each row is rounded on its
+// own, but in tiles of rows whose products (lazy updates, grid refits) may
+// round differently by tile size: calls on blocks of rows that are multiples
+// of kGptqRowAlign give the whole matrix's bits.
+inline constexpr int64_t kGptqRowAlign = 256;
 GptqResult gptq_quantize(const TensorFormat& f, const float* w, int64_t rows, int64_t cols, const GptqHessian& hs,
                          const QuantizeOptions& opt = {});
 // Both steps at once.

@@ -172,7 +172,8 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
     // GPTQ rounds each row on its own (the error feedback runs along a row's
     // columns), so a block of rows at a time gives the whole matrix's bits
     // with one block's fp32 in memory (a tied embedding: 168M weights).
-    const int64_t block = std::max<int64_t>(1, opt_.row_block_bytes / (4 * m.cols));
+    const int64_t block = std::max<int64_t>(kGptqRowAlign, opt_.row_block_bytes / (4 * m.cols) / kGptqRowAlign *
+                                                                kGptqRowAlign);
     std::vector<float> w, target;
     bool fallback = false;
     for (int64_t r0 = 0; r0 < m.rows; r0 += block) {
