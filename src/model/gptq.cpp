@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <optional>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "core/error.h"
@@ -122,7 +122,21 @@ class LazyUpdates {
       ut_.push_back(std::move(t));
     }
   }
-  int64_t width() const { return width_; }
+  // Column k's scaled errors (err[t * width + k % width], one a row of the
+  // tile) reach the rest of k's block in rows (nr x cols, the tile's updated
+  // values); after the block's last column, the columns past it too.
+  void propagate(int64_t k, const float* urow, const float* err, int64_t nr, float* rows,
+                 std::vector<float>& scratch) const {
+    const int64_t k0 = k - k % width_, k1 = std::min(cols_, k0 + width_);
+    for (int64_t t = 0; t < nr; ++t) {
+      float* row = rows + t * cols_;
+      const float e = err[t * width_ + (k - k0)];
+      for (int64_t c = k + 1; c < k1; ++c) row[c] -= e * urow[c];
+    }
+    if (k + 1 == k1) apply(k0, err, nr, rows, scratch);
+  }
+
+ private:
   // rows (nr x cols, row-major) -= err (nr x width, this block's columns) U[k0:k1, k1:].
   void apply(int64_t k0, const float* err, int64_t nr, float* rows, std::vector<float>& scratch) const {
     const int64_t k1 = std::min(cols_, k0 + width_), bw = k1 - k0, rest = cols_ - k1;
@@ -138,7 +152,6 @@ class LazyUpdates {
     }
   }
 
- private:
   int64_t cols_, width_;
   std::vector<std::vector<float>> ut_;
 };
@@ -345,6 +358,8 @@ bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g) {
   return g.act_order && f.affine() != nullptr;
 }
 
+int gptq_grid_passes(const TensorFormat& f, const GptqOptions& g) { return f.affine() ? g.grid_passes : 0; }
+
 GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp, int grid_passes) {
   GptqHessian hs;
   hs.cols = cols;
@@ -376,7 +391,10 @@ GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double da
 
 GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t rows, int64_t cols, const float* h,
                          const QuantizeOptions& opt, const GptqOptions& g) {
-  return gptq_quantize(nominal, w, rows, cols, gptq_prepare(h, cols, gptq_uses_act_order(nominal, g), g.damp, g.grid_passes), opt);
+  const TensorFormat f = format_for_shape(nominal, cols);
+  return gptq_quantize(
+      nominal, w, rows, cols,
+      gptq_prepare(h, cols, gptq_uses_act_order(f, g), g.damp, gptq_grid_passes(f, g)), opt);
 }
 
 GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t rows, int64_t cols,
@@ -464,19 +482,14 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
             }
           }
           const float ukk = uf[k * cols + k];
-          const float* urow = uf.data() + k * cols;
-          const int64_t k0 = k - k % bw, k1 = std::min(cols, k0 + bw);
           for (int64_t t = 0; t < nr; ++t) {
-            float* row = wt.data() + t * cols;
             uint8_t code;
-            const float x = row[k];
+            const float x = wt[t * cols + k];
             const float xhat = round_affine(x, gs[t * groups + q], gb[t * groups + q], qmax, code);
             codes[(r0 + t) * cols + j] = code;
-            const float e = (x - xhat) / ukk;
-            err[t * bw + (k - k0)] = e;
-            for (int64_t c = k + 1; c < k1; ++c) row[c] -= e * urow[c];
+            err[t * bw + k % bw] = (x - xhat) / ukk;
           }
-          if (k + 1 == k1) lazy.apply(k0, err.data(), nr, wt.data(), scratch);
+          lazy.propagate(k, uf.data() + k * cols, err.data(), nr, wt.data(), scratch);
         }
       }, 1);
     };
@@ -564,15 +577,8 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
         }
       }
       const float ukk = uf[k * cols + k];
-      const float* urow = uf.data() + k * cols;
-      const int64_t k0 = k - k % bw, k1 = std::min(cols, k0 + bw);
-      for (int64_t t = 0; t < nr; ++t) {
-        float* row = wt.data() + t * cols;
-        const float e = (row[k] - xhat[t * block + in_block]) / ukk;
-        err[t * bw + (k - k0)] = e;
-        for (int64_t c = k + 1; c < k1; ++c) row[c] -= e * urow[c];
-      }
-      if (k + 1 == k1) lazy.apply(k0, err.data(), nr, wt.data(), scratch);
+      for (int64_t t = 0; t < nr; ++t) err[t * bw + k % bw] = (wt[t * cols + k] - xhat[t * block + in_block]) / ukk;
+      lazy.propagate(k, uf.data() + k * cols, err.data(), nr, wt.data(), scratch);
     }
   }, 1);
   res.q = QuantizedMatrix{f, rows, cols, std::nullopt, std::move(bytes)};

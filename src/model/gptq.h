@@ -84,6 +84,10 @@ struct GptqHessian {
 // sum). act_order is honoured for affine formats only (gptq_uses_act_order).
 GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp, int grid_passes = 0);
 bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g);
+// The grid refits GPTQ of format f makes (GptqOptions::grid_passes for affine
+// formats, 0 for GGUF blocks, whose grids are themselves quantized): what
+// gptq_prepare is given, so that no H is kept where none is refitted.
+int gptq_grid_passes(const TensorFormat& f, const GptqOptions& g);
 
 // w: rows x cols fp32 (row-major). opt: the rounding options of the format's
 // quantizer (its importance is replaced by diag H). Each row is rounded on its

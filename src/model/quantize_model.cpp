@@ -158,10 +158,11 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
   QuantizedMatrix q;
   if (gram) {
     const bool act_order = gptq_uses_act_order(fmt, opt_.gptq);
-    if (!hessian_ || hessian_key_ != std::pair{gram, act_order}) {
+    const int passes = gptq_grid_passes(fmt, opt_.gptq);
+    if (!hessian_ || hessian_key_ != std::tuple{gram, act_order, passes}) {
       hessian_.reset();  // the previous one's memory first
-      hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, gptq_damp(opt_.gptq, m), opt_.gptq.grid_passes));
-      hessian_key_ = {gram, act_order};
+      hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, gptq_damp(opt_.gptq, m), passes));
+      hessian_key_ = {gram, act_order, passes};
     }
     const std::vector<float>* cross = nullptr;
     if (opt_.cross && hessian_->ok) {

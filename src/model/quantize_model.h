@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "model/model.h"
@@ -96,7 +97,7 @@ class ModuleQuantizer {
   Linear kept_source(const ModuleInfo& mod, const Linear& lin) const;
   // GPTQ's factorisation of the last set of shared inputs (q, k and v, or gate
   // and up, come one after another): one kept, not one per layer.
-  std::pair<const std::vector<float>*, bool> hessian_key_{nullptr, false};
+  std::tuple<const std::vector<float>*, bool, int> hessian_key_{nullptr, false, 0};  // gram, act-order, refits
   std::optional<GptqHessian> hessian_;
 };
 

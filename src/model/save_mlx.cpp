@@ -106,14 +106,13 @@ void save_mlx(const Model& m, const std::string& out, const MlxSaveOptions& opt)
     // scales, biases), then the float matrices, then the norms; a matrix's
     // three tensors are written one after another (each is made once, when
     // its codes are written).
-    for (const auto& mod : quantizable_modules(c)) {
+    const std::vector<ModuleInfo> order = mlx_matrix_order(c, [&](const ModuleInfo& mod) {
       // MLX has no storage for GGUF's k-quant blocks; writing them as floats would undo the plan silently.
       const Linear& probe = src.layout(mod);
       check(!probe.is_kquant(), "{}: {} is {}, a GGUF k-quant or IQ4 type, which MLX cannot store: plan it with affine (MLX) or "
             "32-weight GGUF formats for an MLX export", m.path, mod.path, probe.format());
-    }
-    const std::vector<ModuleInfo> order =
-        mlx_matrix_order(c, [&src](const ModuleInfo& mod) { return src.layout(mod).is_affine(); });
+      return probe.is_affine();
+    });
     for (const auto& mod : order) {
       const Linear& probe = src.layout(mod);
       if (!probe.is_affine()) {

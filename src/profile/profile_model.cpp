@@ -615,8 +615,9 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     for (int64_t k = 0; k < m.cols; ++k) e[k] = static_cast<float>(sums[k]) / static_cast<float>(total_tokens);
     return e;
   };
-  // ProfileOptions::gptq: by (layer, site, act-order, the Gram sums' half: 0, 1, or 2 for every token).
-  std::map<std::tuple<int, int, bool, int>, GptqHessian> hessians;
+  // ProfileOptions::gptq: by (layer, site, act-order, the Gram sums' half: 0, 1, or 2 for every token,
+  // grid refits).
+  std::map<std::tuple<int, int, bool, int, int>, GptqHessian> hessians;
   // A KL anchor: the model with module m's matrix replaced by fakes[0], or
   // (two of them: GPTQ held out) by fakes[h] on the windows of half h; in
   // memory (the default path): every anchor window from m's layer.
@@ -770,13 +771,14 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       PhaseTimer timer(t.phase_seconds, "gptq");
       const int site = site_of(m.kind);  // (-1 with layer -1: the head's inputs)
       const bool act_order = gptq_uses_act_order(f, opt.gptq_options);
-      const auto key = std::tuple{m.layer, site, act_order, half};
+      const int passes = gptq_grid_passes(f, opt.gptq_options);
+      const auto key = std::tuple{m.layer, site, act_order, half, passes};
       auto h = hessians.find(key);
       if (h == hessians.end()) {
         if (hessians.size() > 8) hessians.clear();  // a few layers' worth at a time
         const std::vector<float> g = proxy_stats(m)->gram_on_host(half);
-        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, gptq_damp(opt.gptq_options, m),
-                                                 opt.gptq_options.grid_passes)).first;
+        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, gptq_damp(opt.gptq_options, m), passes))
+                .first;
       }
       GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second, qo);
       if (r.fallback) return std::nullopt;
