@@ -95,6 +95,7 @@ PerplexityResult evaluate_perplexity(const DeviceWeights& weights, std::span<con
   int64_t row = 0;
   for (int c = 0; c < chunks; ++c) {
     w.fill(tokens, c, window);
+    const size_t window_first_kl = klds.size();
     tf.reset();
     tf.forward(window, logits.data(), first);
     if (ref_tf) {
@@ -117,6 +118,11 @@ PerplexityResult evaluate_perplexity(const DeviceWeights& weights, std::span<con
         ref_nll += rs->nll(row);
         agree += argmax(&logits[j * vocab], vocab) == rs->argmax(row);
       }
+    }
+    if (has_ref && klds.size() > window_first_kl) {
+      double sum = 0;
+      for (size_t i = window_first_kl; i < klds.size(); ++i) sum += klds[i];
+      r.window_kld.push_back(sum / static_cast<double>(klds.size() - window_first_kl));
     }
     double mean = 0;
     for (double v : nlls) mean += v;

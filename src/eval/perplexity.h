@@ -54,6 +54,7 @@ struct PerplexityResult {
   double kld = 0;             // mean KL(ref || model), nats per token
   double kld_stderr = 0;
   double kld_p99 = 0;
+  std::vector<double> window_kld;  // mean KL of each window's scored tokens (paired comparisons)
   double top1 = 0;            // fraction of tokens where argmax agrees
   double ref_ppl = 0;
   double seconds = 0;

@@ -238,15 +238,23 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
     hooks.cached = [&](PlanVariant& v) {
       const std::string id = variant_id(v);
       const auto it = ckpt_done.find(id);
-      if (it == ckpt_done.end() || !it->is_array() || it->size() != 2 || !(*it)[0].is_number() ||
-          !(*it)[1].is_number())
+      // [mean, stderr, [per-window means]]: an entry without its windows
+      // (an older checkpoint) is measured again, the pairing needs them.
+      if (it == ckpt_done.end() || !it->is_array() || it->size() != 3 || !(*it)[0].is_number() ||
+          !(*it)[1].is_number() || !(*it)[2].is_array())
         return false;
+      std::vector<double> windows;
+      for (const auto& x : (*it)[2]) {
+        if (!x.is_number()) return false;
+        windows.push_back(x.get<double>());
+      }
       v.measured = (*it)[0].get<double>();
       v.measured_stderr = (*it)[1].get<double>();
+      v.measured_windows = std::move(windows);
       return true;
     };
     hooks.measured = [&](const PlanVariant& v) {
-      ckpt_done[variant_id(v)] = {v.measured, v.measured_stderr};
+      ckpt_done[variant_id(v)] = {v.measured, v.measured_stderr, v.measured_windows};
       write_file_atomic(ctx.checkpoint,
                         nlohmann::json({{"optiq_partial_plan", 1}, {"key", ckpt_key}, {"measured", ckpt_done}}).dump() +
                             "\n");
@@ -266,7 +274,9 @@ PlanStepResult run_plan_step(const Model& model, const SensitivityTable& t, cons
   nlohmann::json variants = nlohmann::json::array();
   for (const auto& x : r.variants)
     variants.push_back({{"name", x.name}, {"bytes", x.bytes}, {"predicted_kl", x.predicted},
-                        {"calib_kl", x.measured}, {"calib_kl_stderr", x.measured_stderr}});
+                        {"calib_kl", x.measured}, {"calib_kl_stderr", x.measured_stderr},
+                        {"calib_kl_paired_stderr", paired_stderr(x.measured_windows, v.measured_windows)},
+                        {"bits_spread", x.bits_spread}});
   PlanMetadata meta;
   meta.budget = r.budget.description;
   meta.fit = &r.budget;

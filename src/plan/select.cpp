@@ -54,7 +54,50 @@ std::optional<PrecisionMap> solve_with(const ModelConfig& config, const DamageTa
   }
 }
 
+// Parameter-weighted standard deviation of the modules' bits per weight: 0 for
+// a uniform plan, large when some tensors sit far below the others.
+double plan_bits_spread(const std::vector<ModuleInfo>& modules, const PrecisionMap& map) {
+  double n = 0, sum = 0, sum2 = 0;
+  for (const auto& m : modules) {
+    const double w = static_cast<double>(m.numel());
+    const double bits = 8.0 * static_cast<double>(module_bytes(m, map.format_of(m.path))) / w;
+    n += w, sum += w * bits, sum2 += w * bits * bits;
+  }
+  if (n <= 0) return 0;
+  const double mean = sum / n;
+  return std::sqrt(std::max(0.0, sum2 / n - mean * mean));
+}
+
 }  // namespace
+
+double paired_stderr(const std::vector<double>& a, const std::vector<double>& b) {
+  if (a.size() != b.size() || a.size() < 2) return 0;
+  const size_t n = a.size();
+  double mean = 0;
+  for (size_t i = 0; i < n; ++i) mean += a[i] - b[i];
+  mean /= static_cast<double>(n);
+  double var = 0;
+  for (size_t i = 0; i < n; ++i) var += (a[i] - b[i] - mean) * (a[i] - b[i] - mean);
+  return std::sqrt(var / static_cast<double>(n - 1) / static_cast<double>(n));
+}
+
+size_t choose_measured_variant(const std::vector<PlanVariant>& variants, double z) {
+  check(!variants.empty(), "choose_measured_variant: no variants");
+  size_t best = 0;
+  for (size_t i = 1; i < variants.size(); ++i)
+    if (variants[i].measured < variants[best].measured) best = i;
+  const PlanVariant& b = variants[best];
+  size_t pick = best;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    const PlanVariant& v = variants[i];
+    if (i == best || v.measured_windows.size() != b.measured_windows.size() || v.measured_windows.size() < 2) continue;
+    const double se = paired_stderr(v.measured_windows, b.measured_windows);
+    if (v.measured - b.measured > z * se) continue;  // measurably worse
+    const PlanVariant& p = variants[pick];
+    if (v.bits_spread < p.bits_spread || (v.bits_spread == p.bits_spread && v.measured < p.measured)) pick = i;
+  }
+  return pick;
+}
 
 double plan_predicted_damage(const PrecisionMap& map, const DamageTable& damage) {
   double d = 0;
@@ -101,6 +144,7 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
     v.bytes = plan_bytes(config, *map);
     v.bits_per_weight = plan_bits_per_weight(config, *map);
     v.predicted = plan_predicted_damage(*map, damage);
+    v.bits_spread = plan_bits_spread(modules, *map);
     v.map = std::move(*map);
     out.push_back(std::move(v));
   };
@@ -217,17 +261,29 @@ size_t measure_variants(const std::function<PlanMeasurer&()>& measurer, std::vec
   check(!variants.empty(), "measure_variants: no variants");
   std::optional<Progress> bar;
   if (progress) bar.emplace("select", static_cast<int64_t>(variants.size()), "plans");
-  size_t best = 0;
+  size_t lowest = 0;
   for (size_t i = 0; i < variants.size(); ++i) {
-    if (!hooks.cached || !hooks.cached(variants[i])) {
-      std::tie(variants[i].measured, variants[i].measured_stderr) = measurer().measure(variants[i].map);
-      if (hooks.measured) hooks.measured(variants[i]);
+    PlanVariant& v = variants[i];
+    if (!hooks.cached || !hooks.cached(v)) {
+      PerplexityResult r = measurer().evaluate(v.map);
+      v.measured = r.kld;
+      v.measured_stderr = r.kld_stderr;
+      v.measured_windows = std::move(r.window_kld);
+      if (hooks.measured) hooks.measured(v);
     }
-    if (variants[i].measured < variants[best].measured) best = i;
-    if (bar) bar->update(static_cast<int64_t>(i + 1), fmt::format("{} {:.4f}", variants[i].name, variants[i].measured));
+    if (v.measured < variants[lowest].measured) lowest = i;
+    if (bar) bar->update(static_cast<int64_t>(i + 1), fmt::format("{} {:.4f}", v.name, v.measured));
   }
-  if (bar) bar->finish(fmt::format("best: {}", variants[best].name));
-  return best;
+  const size_t pick = choose_measured_variant(variants);
+  if (bar) {
+    if (pick == lowest)
+      bar->finish(fmt::format("best: {}", variants[pick].name));
+    else
+      bar->finish(fmt::format("chosen: {} ({:.4f}; {} measured {:.4f}, within the paired noise, with its bits spread more)",
+                              variants[pick].name, variants[pick].measured, variants[lowest].name,
+                              variants[lowest].measured));
+  }
+  return pick;
 }
 
 }  // namespace optiq

@@ -542,12 +542,67 @@ TEST(Profile, MeasuredSelectionPicksTheBestAndRestoresTheModel) {
     // Measuring restores the model, and a plan measures the same twice (tensors cached).
     EXPECT_DOUBLE_EQ(measurer.measure(variants[best].map).first, variants[best].measured);
   }
-  for (const auto& v : variants) {
+  size_t lowest = 0;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    const PlanVariant& v = variants[i];
     EXPECT_GT(v.measured, 0.0) << v.name;
-    EXPECT_LE(variants[best].measured, v.measured) << v.name;
+    ASSERT_EQ(v.measured_windows.size(), windows.size()) << v.name;
+    double mean = 0;
+    for (double w : v.measured_windows) mean += w / static_cast<double>(windows.size());
+    EXPECT_NEAR(mean, v.measured, 1e-9 * v.measured) << v.name;  // equal windows: mean of means
+    if (v.measured < variants[lowest].measured) lowest = i;
+  }
+  // The pick is the lowest or lies within two paired standard errors of it, spreading its bits less.
+  EXPECT_EQ(best, choose_measured_variant(variants));
+  if (best != lowest) {
+    EXPECT_LE(variants[best].measured - variants[lowest].measured,
+              2 * paired_stderr(variants[best].measured_windows, variants[lowest].measured_windows));
+    EXPECT_LT(variants[best].bits_spread, variants[lowest].bits_spread);
   }
   tf.reset();
   EXPECT_EQ(tf.forward_last(probe), before);
+}
+
+// The one-standard-error rule: a plan that wins by less than two paired
+// standard errors gives way to the one whose bits spread less; a clear win
+// stands; windows that do not pair leave the lowest mean.
+TEST(Profile, MeasuredSelectionKeepsTheEvenPlanWithinThePairedNoise) {
+  auto variant = [](std::string name, double spread, std::vector<double> windows) {
+    PlanVariant v;
+    v.name = std::move(name);
+    v.bits_spread = spread;
+    v.measured_windows = std::move(windows);
+    for (double w : v.measured_windows) v.measured += w / static_cast<double>(v.measured_windows.size());
+    v.measured += 1;  // measured starts at -1 (not measured)
+    return v;
+  };
+  // Large window-to-window variation, small and noisy paired differences.
+  const std::vector<double> base = {0.50, 0.90, 0.62, 0.71, 0.44, 0.83, 0.58, 0.66};
+  const std::vector<double> wiggle = {0.02, -0.015, 0.01, -0.02, 0.015, -0.005, 0.02, -0.01};
+  std::vector<double> concentrated = base, even = base, clearly_worse = base;
+  for (size_t i = 0; i < base.size(); ++i) {
+    concentrated[i] -= 0.002;
+    even[i] += wiggle[i];
+    clearly_worse[i] += 0.05 + wiggle[i] / 4;
+  }
+  std::vector<PlanVariant> v = {variant("optiq", 0.9, concentrated), variant("uniform-ish", 0.1, even),
+                                variant("worse but even", 0.0, clearly_worse)};
+  ASSERT_LT(v[0].measured, v[1].measured);
+  EXPECT_LE(v[1].measured - v[0].measured, 2 * paired_stderr(v[1].measured_windows, v[0].measured_windows));
+  EXPECT_EQ(choose_measured_variant(v), 1u);
+  // With a tighter rule (z = 0.1) the lowest stands.
+  EXPECT_EQ(choose_measured_variant(v, 0.1), 0u);
+  // A clear win stands: every window better by 0.03.
+  for (auto& w : v[0].measured_windows) w -= 0.03;
+  v[0].measured -= 0.03;
+  EXPECT_EQ(choose_measured_variant(v), 0u);
+  // Unpaired (another window count): no tie, the lowest mean wins.
+  v[0].measured_windows.pop_back();
+  v[0].measured = v[1].measured - 1e-6;
+  EXPECT_EQ(choose_measured_variant(v), 0u);
+  // Independent per-window draws give the plain standard error back.
+  EXPECT_NEAR(paired_stderr({1, 2, 3}, {0, 0, 0}), std::sqrt(1.0 / 3.0), 1e-12);
+  EXPECT_EQ(paired_stderr({1, 2}, {1}), 0.0);
 }
 
 // Measured selection quantizes the tensors a plan names "gptq" with GPTQ from
