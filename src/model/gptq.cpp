@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/simd_clones.h"
 #include "kernels/matmul.h"
 #include "quant/ggml_dequant.h"
 
@@ -17,59 +18,164 @@ namespace optiq {
 
 namespace {
 
-// sum a[k] b[k] over k < n, in four independent sums: the compiler may not
-// reorder one floating-point sum, and a single chain waits out each add's
-// latency (the factorisations below are O(n^3) of these; n = 14,336 for an
-// 8B model's down projection).
-inline double dot(const double* a, const double* b, int64_t n) {
-  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+// Loop kernels of the factorisations and updates below, vectorised for the
+// CPU at hand (the baseline build leaves them scalar; the factorisations are
+// O(n^3) of these, n = 14,336 for an 8B model's down projection).
+// 32 partial sums (four vectors of AVX-512, so that the adds do not wait on
+// one another's latency) over long rows, 8 over the short rows of small
+// systems (GridRefit's), which would otherwise pay for summing 32 lanes.
+OPTIQ_SIMD_CLONES double dot(const double* a, const double* b, int64_t n) {
   int64_t k = 0;
-  for (; k + 4 <= n; k += 4) {
-    s0 += a[k] * b[k];
-    s1 += a[k + 1] * b[k + 1];
-    s2 += a[k + 2] * b[k + 2];
-    s3 += a[k + 3] * b[k + 3];
+  double s = 0;
+  if (n >= 32) {
+    double acc[32] = {};
+    for (; k + 32 <= n; k += 32) {
+#pragma omp simd
+      for (int64_t i = 0; i < 32; ++i) acc[i] += a[k + i] * b[k + i];
+    }
+    for (int64_t i = 0; i < 32; ++i) s += acc[i];
   }
-  for (; k < n; ++k) s0 += a[k] * b[k];
-  return (s0 + s1) + (s2 + s3);
+  if (k + 8 <= n) {
+    double acc[8] = {};
+    for (; k + 8 <= n; k += 8) {
+#pragma omp simd
+      for (int64_t i = 0; i < 8; ++i) acc[i] += a[k + i] * b[k + i];
+    }
+    for (int64_t i = 0; i < 8; ++i) s += acc[i];
+  }
+  for (; k < n; ++k) s += a[k] * b[k];
+  return s;
+}
+
+// y -= a x
+OPTIQ_SIMD_CLONES void sub_scaled(double* y, const double* x, double a, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) y[k] -= a * x[k];
+}
+OPTIQ_SIMD_CLONES void sub_scaled(float* y, const float* x, float a, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) y[k] -= a * x[k];
+}
+OPTIQ_SIMD_CLONES void sub(float* y, const float* x, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) y[k] -= x[k];
+}
+
+// Row t's share of GridRefit's M from group g (one call per row and group,
+// so that the group sums inline; see GridRefit::run): hcg[j] = (H c_g)_j for
+// j >= g * group, h_ones[q * n + j] = (H 1_q)_j, ones[g * G + q] = 1_g^T H 1_q.
+// The group sums are in double (the refit compares errors that are small
+// differences of large terms: fp32 sums misjudged 8-bit rows); a group size
+// known at compile time (MLX's 32, 64, 128) makes them a few vector
+// operations each.
+template <int kGroup>
+inline double group_dot(const float* h, const uint8_t* c, int64_t group) {
+  const int64_t len = kGroup > 0 ? kGroup : group;
+  double acc[8] = {};
+  int64_t j0 = 0;
+  for (; j0 + 8 <= len; j0 += 8)
+    for (int64_t i = 0; i < 8; ++i) acc[i] += static_cast<double>(h[j0 + i]) * c[j0 + i];
+  double d = 0;
+  if constexpr (kGroup % 8 != 0 || kGroup == 0)
+    for (; j0 < len; ++j0) d += static_cast<double>(h[j0]) * c[j0];
+  for (int64_t i = 0; i < 8; ++i) d += acc[i];
+  return d;
+}
+
+template <int kGroup>
+inline void add_group_terms_for(const float* hcg, const uint8_t* c, const float* h_ones, const double* ones,
+                                int64_t n, int64_t group, int64_t G, int64_t g, double* m) {
+  const int64_t n2 = 2 * G, from = g * group;
+  for (int64_t q = 0; q < G; ++q) {
+    const double c1 = group_dot<kGroup>(h_ones + q * n + from, c + from, group);
+    m[(2 * g) * n2 + 2 * q + 1] = m[(2 * q + 1) * n2 + 2 * g] = c1;
+    m[(2 * g + 1) * n2 + 2 * q + 1] = ones[g * G + q];
+    if (q >= g)
+      m[(2 * g) * n2 + 2 * q] = m[(2 * q) * n2 + 2 * g] = group_dot<kGroup>(hcg + q * group, c + q * group, group);
+  }
+}
+
+OPTIQ_SIMD_CLONES void add_group_terms(const float* hcg, const uint8_t* c, const float* h_ones, const double* ones,
+                                       int64_t n, int64_t group, int64_t G, int64_t g, double* m) {
+  switch (group) {
+    case 32: return add_group_terms_for<32>(hcg, c, h_ones, ones, n, group, G, g, m);
+    case 64: return add_group_terms_for<64>(hcg, c, h_ones, ones, n, group, G, g, m);
+    case 128: return add_group_terms_for<128>(hcg, c, h_ones, ones, n, group, G, g, m);
+    default: return add_group_terms_for<0>(hcg, c, h_ones, ones, n, group, G, g, m);
+  }
+}
+
+// Both factorisations below go a block of kBlockRows rows at a time: the
+// rows finished before the block are read once for the block's rows (in
+// chunks of kChunkRows, one chunk a task), not once per row: row by row, a
+// 2048-wide factorisation streamed n^3/6 doubles (11 GB) from memory. Each
+// row sees the same operations in the same order as row by row, so the bits
+// are those of the plain loops.
+constexpr int64_t kBlockRows = 32, kChunkRows = 8;
+
+// Rows [i0, i1) of a block, in chunks of kChunkRows (one task each; serial
+// when nested or when the matrix is small).
+template <typename Fn>
+void for_block_chunks(int64_t i0, int64_t i1, int64_t n, Fn&& fn) {
+  parallel_for((i1 - i0 + kChunkRows - 1) / kChunkRows,
+               [&](int64_t c) { fn(i0 + c * kChunkRows, std::min(i1, i0 + (c + 1) * kChunkRows)); }, 1,
+               n >= 256 ? 0 : 1);
 }
 
 // Lower Cholesky factor of the n x n row-major a (a = l l^T), in place of l;
-// row by row, each entry a dot product of two contiguous row prefixes.
+// each entry a dot product of two contiguous row prefixes.
 bool cholesky_lower(std::vector<double>& l, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    double* li = l.data() + i * n;
-    for (int64_t j = 0; j <= i; ++j) {
-      const double* lj = l.data() + j * n;
-      const double s = li[j] - dot(li, lj, j);
-      if (j == i) {
-        if (!(s > 0) || !std::isfinite(s)) return false;
-        li[i] = std::sqrt(s);
-      } else {
-        li[j] = s / lj[j];
+  double* base = l.data();
+  for (int64_t b0 = 0; b0 < n; b0 += kBlockRows) {
+    const int64_t b1 = std::min(n, b0 + kBlockRows);
+    for_block_chunks(b0, b1, n, [&](int64_t i0, int64_t i1) {  // against the finished rows
+      for (int64_t j = 0; j < b0; ++j) {
+        const double* lj = base + j * n;
+        for (int64_t i = i0; i < i1; ++i) {
+          double* li = base + i * n;
+          li[j] = (li[j] - dot(li, lj, j)) / lj[j];
+        }
       }
+    });
+    for (int64_t i = b0; i < b1; ++i) {  // within the block
+      double* li = base + i * n;
+      for (int64_t j = b0; j <= i; ++j) {
+        const double* lj = base + j * n;
+        const double s = li[j] - dot(li, lj, j);
+        if (j == i) {
+          if (!(s > 0) || !std::isfinite(s)) return false;
+          li[i] = std::sqrt(s);
+        } else {
+          li[j] = s / lj[j];
+        }
+      }
+      std::fill(li + i + 1, li + n, 0.0);
     }
-    std::fill(li + i + 1, li + n, 0.0);
   }
   return true;
 }
 
-// Inverse of a lower-triangular l (row-major), row by row: row i of l^-1 is
+// Inverse of a lower-triangular l (row-major): row i of l^-1 is
 // (e_i - sum_{k<i} l_ik row_k(l^-1)) / l_ii, contiguous axpys.
 std::vector<double> invert_lower(const std::vector<double>& l, int64_t n) {
   std::vector<double> inv(static_cast<size_t>(n * n), 0.0);
-  for (int64_t i = 0; i < n; ++i) {
-    double* ri = inv.data() + i * n;
-    const double* li = l.data() + i * n;
-    for (int64_t k = 0; k < i; ++k) {
-      const double c = li[k];
-      if (c == 0) continue;
-      const double* rk = inv.data() + k * n;
-      for (int64_t j = 0; j <= k; ++j) ri[j] -= c * rk[j];
+  auto update = [&](int64_t i, int64_t k) {
+    const double c = l[i * n + k];
+    if (c != 0) sub_scaled(inv.data() + i * n, inv.data() + k * n, c, k + 1);
+  };
+  for (int64_t b0 = 0; b0 < n; b0 += kBlockRows) {
+    const int64_t b1 = std::min(n, b0 + kBlockRows);
+    for_block_chunks(b0, b1, n, [&](int64_t i0, int64_t i1) {  // the finished rows' share
+      for (int64_t k = 0; k < b0; ++k)
+        for (int64_t i = i0; i < i1; ++i) update(i, k);
+    });
+    for (int64_t i = b0; i < b1; ++i) {
+      for (int64_t k = b0; k < i; ++k) update(i, k);
+      double* ri = inv.data() + i * n;
+      ri[i] += 1.0;
+      const double d = 1.0 / l[i * n + i];
+      for (int64_t j = 0; j <= i; ++j) ri[j] *= d;
     }
-    ri[i] += 1.0;
-    const double d = 1.0 / li[i];
-    for (int64_t j = 0; j <= i; ++j) ri[j] *= d;
   }
   return inv;
 }
@@ -130,8 +236,7 @@ class LazyUpdates {
     const int64_t k0 = k - k % width_, k1 = std::min(cols_, k0 + width_);
     for (int64_t t = 0; t < nr; ++t) {
       float* row = rows + t * cols_;
-      const float e = err[t * width_ + (k - k0)];
-      for (int64_t c = k + 1; c < k1; ++c) row[c] -= e * urow[c];
+      sub_scaled(row + k + 1, urow + k + 1, err[t * width_ + (k - k0)], k1 - k - 1);
     }
     if (k + 1 == k1) apply(k0, err, nr, rows, scratch);
   }
@@ -145,11 +250,7 @@ class LazyUpdates {
     for (int64_t t = 0; t < nr; ++t) std::copy_n(err + t * width_, bw, x.data() + t * bw);
     scratch.resize(static_cast<size_t>(nr * rest));
     f32_matmul(ut_[k0 / width_].data(), rest, bw, x.data(), nr, scratch.data());
-    for (int64_t t = 0; t < nr; ++t) {
-      float* row = rows + t * cols_ + k1;
-      const float* y = scratch.data() + t * rest;
-      for (int64_t c = 0; c < rest; ++c) row[c] -= y[c];
-    }
+    for (int64_t t = 0; t < nr; ++t) sub(rows + t * cols_ + k1, scratch.data() + t * rest, rest);
   }
 
   int64_t cols_, width_;
@@ -161,9 +262,7 @@ class LazyUpdates {
 bool solve_spd(std::vector<double>& a, std::vector<double>& b, int64_t n) {
   if (!cholesky_lower(a, n)) return false;
   for (int64_t i = 0; i < n; ++i) {  // L y = b
-    double s = b[i];
-    for (int64_t k = 0; k < i; ++k) s -= a[i * n + k] * b[k];
-    b[i] = s / a[i * n + i];
+    b[i] = (b[i] - dot(a.data() + i * n, b.data(), i)) / a[i * n + i];
   }
   for (int64_t i = n - 1; i >= 0; --i) {  // L^T x = y
     double s = b[i];
@@ -197,6 +296,7 @@ class GridRefit {
         }
         h_ones[g * cols + i] = t;
       }
+    h_ones_.assign(h_ones.begin(), h_ones.end());
     ones_.resize(static_cast<size_t>(groups_ * groups_));
     for (int64_t g = 0; g < groups_; ++g)
       for (int64_t q = 0; q < groups_; ++q) {
@@ -222,77 +322,83 @@ class GridRefit {
   void run(const std::vector<float>& hw, const uint8_t* codes, const uint16_t* s_words, const uint16_t* b_words,
            int64_t r0, int64_t nr, uint16_t* new_s, uint16_t* new_b, double* err_cur, double* err_new) const {
     const int64_t n = cols_, G = groups_;
-    std::vector<float> hc(static_cast<size_t>(G * nr * n));
-    std::vector<float> cg(static_cast<size_t>(nr * group_));
-    for (int64_t g = 0; g < G; ++g) {
-      for (int64_t t = 0; t < nr; ++t)
-        for (int64_t jj = 0; jj < group_; ++jj) cg[t * group_ + jj] = codes[(r0 + t) * n + g * group_ + jj];
-      f32_matmul(h_by_group_.data() + g * n * group_, n, group_, cg.data(), nr, hc.data() + g * nr * n);
-    }
-    parallel_for(nr, [&](int64_t t) {
-      const int64_t r = r0 + t, n2 = 2 * G;
-      const uint8_t* c = codes + r * n;
-      const float* hwr = hw.data() + t * n;
-      std::vector<double> m(static_cast<size_t>(n2 * n2)), rhs(static_cast<size_t>(n2), 0.0);
-      // M is symmetric: (s_g, s_q) = c_g^T H c_q, (s_g, b_q) = 1_q^T H c_g =
-      // (b_q, s_g), and (b_g, b_q) = 1_g^T H 1_q, the same for every row.
+    // A tile of rows at a time: H c_g for the tile stays in cache while it is
+    // reduced into M (all groups' products of a block at once, G x rows x
+    // cols floats, went through memory and cost 10x GPTQ).
+    parallel_for((nr + kTile - 1) / kTile, [&](int64_t tile) {
+      const int64_t t0 = tile * kTile, nt = std::min(kTile, nr - t0), n2 = 2 * G;
+      std::vector<float> cg(static_cast<size_t>(nt * group_)), hcg(static_cast<size_t>(nt * n));
+      std::vector<std::vector<double>> m(static_cast<size_t>(nt), std::vector<double>(static_cast<size_t>(n2 * n2)));
+      // M is symmetric: (s_g, s_q) = c_g^T H c_q, from H c_g's entries in
+      // the groups q >= g only (half the product); (s_g, b_q) = (b_q, s_g) =
+      // c_g^T (H 1_q) from the precomputed H 1_q; (b_g, b_q) = 1_g^T H 1_q,
+      // the same for every row.
       for (int64_t g = 0; g < G; ++g) {
-        const float* hcg = hc.data() + (g * nr + t) * n;
-        for (int64_t q = 0; q < G; ++q) {
-          double cc = 0, c1 = 0;
-          for (int64_t j = q * group_; j < (q + 1) * group_; ++j) {
-            if (q >= g) cc += static_cast<double>(hcg[j]) * c[j];
-            c1 += hcg[j];
-          }
-          if (q >= g) m[(2 * g) * n2 + 2 * q] = m[(2 * q) * n2 + 2 * g] = cc;
-          m[(2 * g) * n2 + 2 * q + 1] = m[(2 * q + 1) * n2 + 2 * g] = c1;
-          m[(2 * g + 1) * n2 + 2 * q + 1] = ones_[g * G + q];
-        }
-        for (int64_t j = g * group_; j < (g + 1) * group_; ++j) {
-          rhs[2 * g] += static_cast<double>(c[j]) * hwr[j];
-          rhs[2 * g + 1] += hwr[j];
-        }
+        const int64_t from = g * group_, len = n - from;
+        for (int64_t t = 0; t < nt; ++t)
+          for (int64_t jj = 0; jj < group_; ++jj) cg[t * group_ + jj] = codes[(r0 + t0 + t) * n + from + jj];
+        f32_matmul(h_by_group_.data() + (g * n + from) * group_, len, group_, cg.data(), nt, hcg.data());
+        for (int64_t t = 0; t < nt; ++t)  // hcg row t holds (H c_g)_j for j >= from
+          add_group_terms(hcg.data() + t * len - from, codes + (r0 + t0 + t) * n, h_ones_.data(), ones_.data(), n,
+                          group_, G, g, m[t].data());
       }
-      // E(theta) - w^T H w = theta^T M theta - 2 theta^T rhs.
-      const std::vector<double> mm = m;
-      auto error = [&](const std::vector<double>& th) {
-        double e = 0;
-        for (int64_t i = 0; i < n2; ++i) {
-          double acc = 0;
-          for (int64_t j = 0; j < n2; ++j) acc += mm[i * n2 + j] * th[j];
-          e += th[i] * (acc - 2 * rhs[i]);
-        }
-        return e;
-      };
-      std::vector<double> th(static_cast<size_t>(n2));
-      for (int64_t g = 0; g < G; ++g) {
-        th[2 * g] = scale_to_f32(s_words[r * G + g], bf16_);
-        th[2 * g + 1] = scale_to_f32(b_words[r * G + g], bf16_);
-      }
-      err_cur[t] = error(th);
-      err_new[t] = std::numeric_limits<double>::infinity();
-      double trace = 0;
-      for (int64_t i = 0; i < n2; ++i) trace += m[i * n2 + i];
-      for (int64_t i = 0; i < n2; ++i) m[i * n2 + i] += 1e-9 * trace / static_cast<double>(n2);
-      th = rhs;
-      if (!solve_spd(m, th, n2)) return;
-      for (int64_t g = 0; g < G; ++g) {
-        new_s[t * G + g] = f32_to_scale(static_cast<float>(th[2 * g]), bf16_);
-        new_b[t * G + g] = f32_to_scale(static_cast<float>(th[2 * g + 1]), bf16_);
-        th[2 * g] = scale_to_f32(new_s[t * G + g], bf16_);
-        th[2 * g + 1] = scale_to_f32(new_b[t * G + g], bf16_);
-      }
-      for (double v : th)
-        if (!std::isfinite(v)) return;
-      err_new[t] = error(th);
+      for (int64_t t = t0; t < t0 + nt; ++t) solve_row(hw, codes, s_words, b_words, r0, t, std::move(m[t - t0]), new_s,
+                                                       new_b, err_cur, err_new);
     });
   }
 
  private:
+  static constexpr int64_t kTile = 16;
+
+  // Row r0 + t's refit from its M: the right-hand side, the current words'
+  // error, the solve and the refitted words' error.
+  void solve_row(const std::vector<float>& hw, const uint8_t* codes, const uint16_t* s_words,
+                 const uint16_t* b_words, int64_t r0, int64_t t, std::vector<double> m, uint16_t* new_s,
+                 uint16_t* new_b, double* err_cur, double* err_new) const {
+    const int64_t n = cols_, G = groups_, r = r0 + t, n2 = 2 * G;
+    const uint8_t* c = codes + r * n;
+    const float* hwr = hw.data() + t * n;
+    std::vector<double> rhs(static_cast<size_t>(n2), 0.0);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = g * group_; j < (g + 1) * group_; ++j) {
+        rhs[2 * g] += static_cast<double>(c[j]) * hwr[j];
+        rhs[2 * g + 1] += hwr[j];
+      }
+    // E(theta) - w^T H w = theta^T M theta - 2 theta^T rhs.
+    const std::vector<double> mm = m;
+    auto error = [&](const std::vector<double>& th) {
+      double e = 0;
+      for (int64_t i = 0; i < n2; ++i) e += th[i] * (dot(mm.data() + i * n2, th.data(), n2) - 2 * rhs[i]);
+      return e;
+    };
+    std::vector<double> th(static_cast<size_t>(n2));
+    for (int64_t g = 0; g < G; ++g) {
+      th[2 * g] = scale_to_f32(s_words[r * G + g], bf16_);
+      th[2 * g + 1] = scale_to_f32(b_words[r * G + g], bf16_);
+    }
+    err_cur[t] = error(th);
+    err_new[t] = std::numeric_limits<double>::infinity();
+    double trace = 0;
+    for (int64_t i = 0; i < n2; ++i) trace += m[i * n2 + i];
+    for (int64_t i = 0; i < n2; ++i) m[i * n2 + i] += 1e-9 * trace / static_cast<double>(n2);
+    th = rhs;
+    if (!solve_spd(m, th, n2)) return;
+    for (int64_t g = 0; g < G; ++g) {
+      new_s[t * G + g] = f32_to_scale(static_cast<float>(th[2 * g]), bf16_);
+      new_b[t * G + g] = f32_to_scale(static_cast<float>(th[2 * g + 1]), bf16_);
+      th[2 * g] = scale_to_f32(new_s[t * G + g], bf16_);
+      th[2 * g + 1] = scale_to_f32(new_b[t * G + g], bf16_);
+    }
+    for (double v : th)
+      if (!std::isfinite(v)) return;
+    err_new[t] = error(th);
+  }
+
   const float* h_;
   int64_t cols_, group_, groups_;
   bool bf16_;
   std::vector<float> h_by_group_;
+  std::vector<float> h_ones_;   // H 1_q (G x cols)
   std::vector<double> ones_;    // 1_g^T H 1_q (G x G)
 };
 

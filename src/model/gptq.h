@@ -18,8 +18,9 @@
 //    refitted grid, and so on; each row keeps its (codes, grid) of least
 //    error, so no row gets worse. Measured on Gemma 3 270M (uniform, KLD on
 //    wiki.valid): q3 g32 0.518 plain, 0.509 one refit, 0.483 three, 0.484 six;
-//    q4 g64 0.173 plain, 0.164 four. Costs two products with H per row and
-//    pass, and the dampened H kept beside the factor (cols^2 floats).
+//    q4 g64 0.173 plain, 0.164 four. Costs about one product with H per row and
+//    pass (half of H c_g per group: M is symmetric), and the dampened H kept
+//    beside the factor (cols^2 floats).
 //  - GGUF block types: their grids are nested (k-quant super-blocks), so a
 //    block is quantized whole by the format's quantizer from the updated
 //    values and its error is fed forward to the later blocks only.

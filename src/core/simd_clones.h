@@ -1,0 +1,15 @@
+// OPTIQ_SIMD_CLONES before a function compiles it three times, for x86-64-v4
+// (AVX-512), x86-64-v3 (AVX2 + FMA) and the portable baseline, and the loader
+// picks the build for the CPU the program runs on (target_clones: an ifunc
+// resolved once). Meant for small loop kernels outside src/kernels/ (whose
+// hand-written per-ISA files stay the way for the products) that the baseline
+// -O2 build leaves scalar: with `#pragma omp simd` (-fopenmp-simd) the loop is
+// vectorised whatever the cost model says. Like the kernels', their results may
+// differ in the last bits between CPUs (fused multiply-adds, vector sums).
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(OPTIQ_NO_SIMD_CLONES)
+#define OPTIQ_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define OPTIQ_SIMD_CLONES
+#endif
