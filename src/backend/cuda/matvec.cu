@@ -138,6 +138,37 @@ __host__ __device__ constexpr int warp_rows() {
   return kGated ? 1 : kR;
 }
 
+// The walk every product kernel makes: warps take kStep rows at a time, the
+// grid strides over the rest; fn(r0) does rows r0...
+template <int kW, int kStep, typename Fn>
+__device__ __forceinline__ void for_warp_rows(int64_t rows, Fn&& fn) {
+  const int warp = threadIdx.x >> 5;
+  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < rows;
+       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep)
+    fn(r0);
+}
+
+// One matrix (or a gated pair) against x: each warp's row slots summed by
+// rows_fn(r0, lane, acc) (acc[r][i] = row slot r . x_i, zeroed here), then
+// stored: a gated pair through its activation, else row by row (and added
+// to accum when given).
+template <int kMaxN, int kW, int kR, bool kGated, typename RowsFn>
+__device__ __forceinline__ void matvec_rows(const DevMatrix& w, int n, float* y, GateAct act, float* accum,
+                                            RowsFn&& rows_fn) {
+  static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
+  const int lane = threadIdx.x & 31;
+  for_warp_rows<kW, warp_rows<kGated, kR>()>(w.rows, [&](int64_t r0) {
+    float acc[kR][kMaxN] = {};
+    rows_fn(r0, lane, acc);
+    if constexpr (kGated) {
+      store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
+    } else {
+#pragma unroll
+      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y, accum);
+    }
+  });
+}
+
 // The kR row slots of a warp (rows r0.. of w, or row r0 of w and of w2)
 // against int8 activation blocks: acc[r][i] = row slot r . x_i.
 // One set of kU chunks of every row slot against the int8 activation blocks.
@@ -193,21 +224,10 @@ __global__ void __launch_bounds__(kW * 32)
     affine_int8_kernel(DevMatrix w, const int8_t* xq, const float* xscale,
                        const int32_t* xsum, int n, float* __restrict__ y, DevMatrix w2 = {},
                        GateAct act = GateAct::Silu, float* accum = nullptr) {
-  static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   pdl_trigger();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  constexpr int kStep = warp_rows<kGated, kR>();
-  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
-       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
-    float acc[kR][kMaxN] = {};
+  matvec_rows<kMaxN, kW, kR, kGated>(w, n, y, act, accum, [&](int64_t r0, int lane, float (&acc)[kR][kMaxN]) {
     int8_rows<kBits, kMaxN, kR, kU, kGated>(w, w2, r0, lane, xq, xscale, xsum, n, acc);
-    if constexpr (kGated) {
-      store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
-    } else {
-#pragma unroll
-      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y, accum);
-    }
-  }
+  });
 }
 
 // Up to three matrices of one format that read the same input (q, k, v) in
@@ -233,78 +253,82 @@ __device__ __forceinline__ GroupRow group_row(const MatrixGroup& g, int64_t R) {
           R - (m == 0 ? 0 : (m == 1 ? g.end0 : g.end1))};
 }
 
+// A group's rows, kR a warp (the host keeps each matrix's row count a
+// multiple of kR, so a warp's rows are all in one matrix), summed by
+// rows_fn(gr, lane, acc) and stored.
+template <int kMaxN, int kW, int kR, typename RowsFn>
+__device__ __forceinline__ void group_rows(const MatrixGroup& g, int n, RowsFn&& rows_fn) {
+  const int lane = threadIdx.x & 31;
+  for_warp_rows<kW, kR>(g.end2, [&](int64_t R) {
+    const GroupRow gr = group_row(g, R);
+    float acc[kR][kMaxN] = {};
+    rows_fn(gr, lane, acc);
+#pragma unroll
+    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, gr.r + i, gr.w.rows, lane, gr.y);
+  });
+}
+
 template <int kBits, int kMaxN, int kW, int kR, int kU>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_group_kernel(MatrixGroup g, const int8_t* xq, const float* xscale,
                              const int32_t* xsum, int n) {
   pdl_trigger();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  // kR rows a warp; the host keeps each matrix's row count a multiple of kR,
-  // so a warp's rows are all in one matrix.
-  for (int64_t R = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; R < g.end2;
-       R += static_cast<int64_t>(gridDim.x) * kW * kR) {
-    const GroupRow gr = group_row(g, R);
-    float acc[kR][kMaxN] = {};
+  group_rows<kMaxN, kW, kR>(g, n, [&](const GroupRow& gr, int lane, float (&acc)[kR][kMaxN]) {
     int8_rows<kBits, kMaxN, kR, kU, false>(gr.w, gr.w, gr.r, lane, xq, xscale, xsum, n, acc);
-#pragma unroll
-    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, gr.r + i, gr.w.rows, lane, gr.y);
-  }
+  });
 }
 
 // fp32 activations, affine storage: codes decoded in registers, scale and
-// bias applied once per chunk through the chunk's sum of x.
-template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
-__global__ void __launch_bounds__(kW * 32)
-    affine_f32_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y, DevMatrix w2 = {},
-                      GateAct act = GateAct::Silu) {
-  static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
-  pdl_trigger();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+// bias applied once per chunk through the chunk's sum of x. The kR row slots
+// of a warp: acc[r][i] = row slot r . x_i (x read with plain loads after
+// pdl_wait(), as in dense_rows).
+template <int kBits, int kMaxN, int kR, int kU, bool kGated>
+__device__ __forceinline__ void affine_f32_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
+                                                const float* x, int n, float (&acc)[kR][kMaxN]) {
   const int chunks = static_cast<int>(w.cols >> 5);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
-  constexpr int kStep = warp_rows<kGated, kR>();
-  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
-       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
-    float acc[kR][kMaxN] = {};
-    AffineRow rows[kR];
-    affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
-    for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
-      uint32_t words[kU][kR][kBits];
-      float sc[kU][kR], bi[kU][kR];
-      load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
-      pdl_wait();  // weights are in flight; x is the previous operation's output
+  AffineRow rows[kR];
+  affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
+  for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
+    uint32_t words[kU][kR][kBits];
+    float sc[kU][kR], bi[kU][kR];
+    load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
+    pdl_wait();  // weights are in flight; x is the previous operation's output
 #pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int c = min(c0 + 32 * u, chunks - 1);
+    for (int u = 0; u < kU; ++u) {
+      const int c = min(c0 + 32 * u, chunks - 1);
 #pragma unroll
-        for (int i = 0; i < kMaxN; ++i) {
-          if (i >= n) break;
-          const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols + 32 * c);
-          float xs[32];
-          float xsum = 0.0f;
+      for (int i = 0; i < kMaxN; ++i) {
+        if (i >= n) break;
+        const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols + 32 * c);
+        float xs[32];
+        float xsum = 0.0f;
 #pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const float4 f = __ldg(xp + j);
-            xs[4 * j] = f.x, xs[4 * j + 1] = f.y, xs[4 * j + 2] = f.z, xs[4 * j + 3] = f.w;
-            xsum += (f.x + f.y) + (f.z + f.w);
-          }
+        for (int j = 0; j < 8; ++j) {
+          const float4 f = xp[j];
+          xs[4 * j] = f.x, xs[4 * j + 1] = f.y, xs[4 * j + 2] = f.z, xs[4 * j + 3] = f.w;
+          xsum += (f.x + f.y) + (f.z + f.w);
+        }
 #pragma unroll
-          for (int r = 0; r < kR; ++r) {
-            float dot = 0.0f;
+        for (int r = 0; r < kR; ++r) {
+          float dot = 0.0f;
 #pragma unroll
-            for (int j = 0; j < 32; ++j) dot = fmaf(code_to_float(chunk_code<kBits>(words[u][r], j)), xs[j], dot);
-            acc[r][i] += sc[u][r] * dot + bi[u][r] * xsum;
-          }
+          for (int j = 0; j < 32; ++j) dot = fmaf(code_to_float(chunk_code<kBits>(words[u][r], j)), xs[j], dot);
+          acc[r][i] += sc[u][r] * dot + bi[u][r] * xsum;
         }
       }
     }
-    if constexpr (kGated) {
-      store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
-    } else {
-#pragma unroll
-      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y);
-    }
   }
+}
+
+template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
+__global__ void __launch_bounds__(kW * 32)
+    affine_f32_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y, DevMatrix w2 = {},
+                      GateAct act = GateAct::Silu) {
+  pdl_trigger();
+  matvec_rows<kMaxN, kW, kR, kGated>(w, n, y, act, nullptr, [&](int64_t r0, int lane, float (&acc)[kR][kMaxN]) {
+    affine_f32_rows<kBits, kMaxN, kR, kU, kGated>(w, w2, r0, lane, x, n, acc);
+  });
 }
 
 // fp32 activations, dense fp16/bf16/fp32 storage: 8 weights per lane per
@@ -377,21 +401,10 @@ template <DevStorage kStorage, int kMaxN, int kW, int kR, int kU, bool kGated = 
 __global__ void __launch_bounds__(kW * 32)
     dense_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y, DevMatrix w2 = {},
                  GateAct act = GateAct::Silu, float* accum = nullptr) {
-  static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   pdl_trigger();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  constexpr int kStep = warp_rows<kGated, kR>();
-  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < w.rows;
-       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep) {
-    float acc[kR][kMaxN] = {};
+  matvec_rows<kMaxN, kW, kR, kGated>(w, n, y, act, accum, [&](int64_t r0, int lane, float (&acc)[kR][kMaxN]) {
     dense_rows<kStorage, kMaxN, kR, kU, kGated>(w, w2, r0, lane, x, n, acc);
-    if constexpr (kGated) {
-      store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
-    } else {
-#pragma unroll
-      for (int r = 0; r < kR; ++r) store_rows<kMaxN>(acc[r], n, r0 + r, w.rows, lane, y, accum);
-    }
-  }
+  });
 }
 
 // q, k and v of one dense storage in one launch (MatrixGroup, as the int8
@@ -400,15 +413,9 @@ __global__ void __launch_bounds__(kW * 32)
 template <DevStorage kStorage, int kMaxN, int kW, int kR, int kU>
 __global__ void __launch_bounds__(kW * 32) dense_group_kernel(MatrixGroup g, const float* x, int n) {
   pdl_trigger();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int64_t R = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kR; R < g.end2;
-       R += static_cast<int64_t>(gridDim.x) * kW * kR) {
-    const GroupRow gr = group_row(g, R);
-    float acc[kR][kMaxN] = {};
+  group_rows<kMaxN, kW, kR>(g, n, [&](const GroupRow& gr, int lane, float (&acc)[kR][kMaxN]) {
     dense_rows<kStorage, kMaxN, kR, kU, false>(gr.w, gr.w, gr.r, lane, x, n, acc);
-#pragma unroll
-    for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, gr.r + i, gr.w.rows, lane, gr.y);
-  }
+  });
 }
 
 // fp32 activations, any storage through decode_chunk (k-quants; odd widths).
