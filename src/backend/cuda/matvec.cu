@@ -169,8 +169,6 @@ __device__ __forceinline__ void matvec_rows(const DevMatrix& w, int n, float* y,
   });
 }
 
-// The kR row slots of a warp (rows r0.. of w, or row r0 of w and of w2)
-// against int8 activation blocks: acc[r][i] = row slot r . x_i.
 // One set of kU chunks of every row slot against the int8 activation blocks.
 template <int kBits, int kMaxN, int kR, int kU>
 __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (&words)[kU][kR][kBits],
@@ -197,15 +195,15 @@ __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (
   }
 }
 
-// The kR row slots of a warp (rows r0.. of w, or row r0 of w and of w2)
-// against int8 activation blocks: acc[r][i] = row slot r . x_i. (Loading the
-// next set of chunks before this set's arithmetic made the down product
-// slower on the H200, 17.7 -> 22.6 us: the registers it takes cost more
-// occupancy than the overlap gains.)
-template <int kBits, int kMaxN, int kR, int kU, bool kGated>
-__device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
-                                          const int8_t* xq, const float* xscale,
-                                          const int32_t* xsum, int n, float (&acc)[kR][kMaxN]) {
+// The walk over the kR row slots of a warp (rows r0.. of w, or row r0 of w
+// and of w2) in sets of kU chunks a lane: each set's codes and grid words
+// loaded, then chunks_fn(c0, chunks, words, sc, bi) does its arithmetic.
+// (Loading the next set of chunks before this set's arithmetic made the down
+// product slower on the H200, 17.7 -> 22.6 us: the registers it takes cost
+// more occupancy than the overlap gains.)
+template <int kBits, int kR, int kU, bool kGated, typename ChunksFn>
+__device__ __forceinline__ void affine_chunk_walk(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
+                                                  ChunksFn&& chunks_fn) {
   const int chunks = static_cast<int>(w.cols >> 5);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
   AffineRow rows[kR];
@@ -215,8 +213,21 @@ __device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w
     float sc[kU][kR], bi[kU][kR];
     load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
     pdl_wait();  // weights are in flight; x is the previous operation's output
-    int8_chunks<kBits, kMaxN, kR, kU>(c0, chunks, words, sc, bi, xq, xscale, xsum, n, acc);
+    chunks_fn(c0, chunks, words, sc, bi);
   }
+}
+
+// Against int8 activation blocks: acc[r][i] = row slot r . x_i.
+template <int kBits, int kMaxN, int kR, int kU, bool kGated>
+__device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
+                                          const int8_t* xq, const float* xscale,
+                                          const int32_t* xsum, int n, float (&acc)[kR][kMaxN]) {
+  affine_chunk_walk<kBits, kR, kU, kGated>(
+      w, w2, r0, lane,
+      [&](int c0, int chunks, const uint32_t (&words)[kU][kR][kBits], const float (&sc)[kU][kR],
+          const float (&bi)[kU][kR]) {
+        int8_chunks<kBits, kMaxN, kR, kU>(c0, chunks, words, sc, bi, xq, xscale, xsum, n, acc);
+      });
 }
 
 template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
@@ -285,40 +296,35 @@ __global__ void __launch_bounds__(kW * 32)
 template <int kBits, int kMaxN, int kR, int kU, bool kGated>
 __device__ __forceinline__ void affine_f32_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
                                                 const float* x, int n, float (&acc)[kR][kMaxN]) {
-  const int chunks = static_cast<int>(w.cols >> 5);
-  const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
-  AffineRow rows[kR];
-  affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
-  for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
-    uint32_t words[kU][kR][kBits];
-    float sc[kU][kR], bi[kU][kR];
-    load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
-    pdl_wait();  // weights are in flight; x is the previous operation's output
+  affine_chunk_walk<kBits, kR, kU, kGated>(
+      w, w2, r0, lane,
+      [&](int c0, int chunks, const uint32_t (&words)[kU][kR][kBits], const float (&sc)[kU][kR],
+          const float (&bi)[kU][kR]) {
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int c = min(c0 + 32 * u, chunks - 1);
+        for (int u = 0; u < kU; ++u) {
+          const int c = min(c0 + 32 * u, chunks - 1);
 #pragma unroll
-      for (int i = 0; i < kMaxN; ++i) {
-        if (i >= n) break;
-        const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols + 32 * c);
-        float xs[32];
-        float xsum = 0.0f;
+          for (int i = 0; i < kMaxN; ++i) {
+            if (i >= n) break;
+            const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols + 32 * c);
+            float xs[32];
+            float xsum = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float4 f = xp[j];
-          xs[4 * j] = f.x, xs[4 * j + 1] = f.y, xs[4 * j + 2] = f.z, xs[4 * j + 3] = f.w;
-          xsum += (f.x + f.y) + (f.z + f.w);
+            for (int j = 0; j < 8; ++j) {
+              const float4 f = xp[j];
+              xs[4 * j] = f.x, xs[4 * j + 1] = f.y, xs[4 * j + 2] = f.z, xs[4 * j + 3] = f.w;
+              xsum += (f.x + f.y) + (f.z + f.w);
+            }
+#pragma unroll
+            for (int r = 0; r < kR; ++r) {
+              float dot = 0.0f;
+#pragma unroll
+              for (int j = 0; j < 32; ++j) dot = fmaf(code_to_float(chunk_code<kBits>(words[u][r], j)), xs[j], dot);
+              acc[r][i] += sc[u][r] * dot + bi[u][r] * xsum;
+            }
+          }
         }
-#pragma unroll
-        for (int r = 0; r < kR; ++r) {
-          float dot = 0.0f;
-#pragma unroll
-          for (int j = 0; j < 32; ++j) dot = fmaf(code_to_float(chunk_code<kBits>(words[u][r], j)), xs[j], dot);
-          acc[r][i] += sc[u][r] * dot + bi[u][r] * xsum;
-        }
-      }
-    }
-  }
+      });
 }
 
 template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
