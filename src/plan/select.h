@@ -8,7 +8,8 @@
 // readings of the profile, and each is measured: the model is quantized per
 // the plan (packed, with the quantizer the export uses) and its mean KL
 // against the unquantized model is taken over the calibration windows (their
-// second halves, as in evaluation). The measured best wins.
+// second halves, as in evaluation). The measured best wins, unless it wins
+// by less than the windows' noise (choose_measured_variant below).
 //
 // Variants (all within the budget):
 //   optiq              the solver on the profile's damage (additive model)

@@ -132,7 +132,7 @@ TEST(SaveGguf, RoundTripEveryFamilyAndStorage) {
     EXPECT_EQ(g.get_string("optiq.version"), "0.1.0");
     const auto j = nlohmann::json::parse(g.get_string("optiq.plan"));
     EXPECT_EQ(PrecisionMap::from_plan_json(j, m.config, out).formats, m.precision.formats);
-    EXPECT_EQ(j["gguf_types"]["token_embd.weight"], "Q4_K");
+    EXPECT_FALSE(j.contains("gguf_types"));  // the tensor table says each type
     EXPECT_EQ(g.find_tensor("token_embd.weight")->dtype, DType::Q4_K);
     EXPECT_EQ(g.find_tensor("output_norm.weight")->dtype, DType::F32);
   }
