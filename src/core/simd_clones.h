@@ -6,9 +6,21 @@
 // -O2 build leaves scalar: with `#pragma omp simd` (-fopenmp-simd) the loop is
 // vectorised whatever the cost model says. Like the kernels', their results may
 // differ in the last bits between CPUs (fused multiply-adds, vector sums).
+//
+// Not under ThreadSanitizer: its runtime is not up when the loader resolves
+// the ifuncs, and the program crashes before main (GCC 12 and Clang 14).
 #pragma once
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(OPTIQ_NO_SIMD_CLONES)
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define OPTIQ_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define OPTIQ_TSAN 1
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(OPTIQ_NO_SIMD_CLONES) && !defined(OPTIQ_TSAN)
 #define OPTIQ_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define OPTIQ_SIMD_CLONES
