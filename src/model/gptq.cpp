@@ -21,9 +21,11 @@ namespace {
 // Loop kernels of the factorisations and updates below, vectorised for the
 // CPU at hand (the baseline build leaves them scalar; the factorisations are
 // O(n^3) of these, n = 14,336 for an 8B model's down projection).
-// 32 partial sums (four vectors of AVX-512, so that the adds do not wait on
-// one another's latency) over long rows, 8 over the short rows of small
-// systems (GridRefit's), which would otherwise pay for summing 32 lanes.
+
+// sum a[k] b[k]: 32 partial sums (four vectors of AVX-512, so that the adds
+// do not wait on one another's latency) over long rows, 8 over the short
+// rows of small systems (GridRefit's), which would otherwise pay for summing
+// 32 lanes.
 OPTIQ_SIMD_CLONES double dot(const double* a, const double* b, int64_t n) {
   int64_t k = 0;
   double s = 0;
