@@ -54,11 +54,11 @@ std::optional<PrecisionMap> solve_with(const ModelConfig& config, const DamageTa
   }
 }
 
-// Parameter-weighted standard deviation of the modules' bits per weight: 0 for
-// a uniform plan, large when some tensors sit far below the others.
-double plan_bits_spread(const std::vector<ModuleInfo>& modules, const PrecisionMap& map) {
+}  // namespace
+
+double plan_bits_spread(const ModelConfig& config, const PrecisionMap& map) {
   double n = 0, sum = 0, sum2 = 0;
-  for (const auto& m : modules) {
+  for (const auto& m : quantizable_modules(config)) {
     const double w = static_cast<double>(m.numel());
     const double bits = 8.0 * static_cast<double>(module_bytes(m, map.format_of(m.path))) / w;
     n += w, sum += w * bits, sum2 += w * bits * bits;
@@ -67,8 +67,6 @@ double plan_bits_spread(const std::vector<ModuleInfo>& modules, const PrecisionM
   const double mean = sum / n;
   return std::sqrt(std::max(0.0, sum2 / n - mean * mean));
 }
-
-}  // namespace
 
 double paired_stderr(const std::vector<double>& a, const std::vector<double>& b) {
   if (a.size() != b.size() || a.size() < 2) return 0;
@@ -144,7 +142,7 @@ std::vector<PlanVariant> plan_variants(const ModelConfig& config, const DamageTa
     v.bytes = plan_bytes(config, *map);
     v.bits_per_weight = plan_bits_per_weight(config, *map);
     v.predicted = plan_predicted_damage(*map, damage);
-    v.bits_spread = plan_bits_spread(modules, *map);
+    v.bits_spread = plan_bits_spread(config, *map);
     v.map = std::move(*map);
     out.push_back(std::move(v));
   };

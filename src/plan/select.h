@@ -60,6 +60,11 @@ struct PlanVariant {
 double plan_predicted_damage(const PrecisionMap& map,
                              const std::map<std::string, std::map<std::string, double>>& damage);
 
+// Parameter-weighted standard deviation of the modules' bits per weight
+// (module_bytes: a float module counts its float bits): 0 for a plan whose
+// modules all have the same bits, large when some sit far below the others.
+double plan_bits_spread(const ModelConfig& config, const PrecisionMap& map);
+
 // The variants above for `budget` bytes (duplicates removed; a variant whose
 // constraints cannot be met, or that needs a format outside `formats`, is
 // skipped). `damage`: module -> format -> KL. With base.max_time > 0,

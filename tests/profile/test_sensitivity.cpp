@@ -530,7 +530,22 @@ TEST(Profile, MeasuredSelectionPicksTheBestAndRestoresTheModel) {
   auto variants = plan_variants(m.config, t.damage(), formats, b.weight_bytes, so);
   ASSERT_GE(variants.size(), 3u);
   EXPECT_EQ(variants.front().name, "optiq");
-  for (const auto& v : variants) EXPECT_LE(v.bytes, b.weight_bytes) << v.name;
+  for (const auto& v : variants) {
+    EXPECT_LE(v.bytes, b.weight_bytes) << v.name;
+    EXPECT_DOUBLE_EQ(v.bits_spread, plan_bits_spread(m.config, v.map)) << v.name;
+  }
+  // The spread: 0 when every module has the same bits per weight (all float
+  // here: stories' 172-wide matrices fit no group), more with one at 4 bits.
+  PrecisionMap all_float;
+  for (const auto& mod : quantizable_modules(m.config)) all_float.formats[mod.path] = std::nullopt;
+  EXPECT_DOUBLE_EQ(plan_bits_spread(m.config, all_float), 0.0);
+  PrecisionMap one_quantized = all_float;
+  for (const auto& mod : quantizable_modules(m.config))
+    if (mod.cols % 64 == 0) {
+      one_quantized.formats[mod.path] = AffineFormat{4, 64};
+      break;
+    }
+  EXPECT_GT(plan_bits_spread(m.config, one_quantized), 0.5);
 
   Transformer tf(m);
   const std::vector<int32_t> probe = {1, 403, 407, 261, 378};
