@@ -6,6 +6,7 @@
 // -O2 build leaves scalar: with `#pragma omp simd` (-fopenmp-simd) the loop is
 // vectorised whatever the cost model says. Like the kernels', their results may
 // differ in the last bits between CPUs (fused multiply-adds, vector sums).
+// OPTIQ_ISA (which steers src/kernels/) does not reach them: cpuid does.
 //
 // Not under ThreadSanitizer: its runtime is not up when the loader resolves
 // the ifuncs, and the program crashes before main (GCC 12 and Clang 14).
