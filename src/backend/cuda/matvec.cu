@@ -429,7 +429,7 @@ constexpr int kGenericRows = 2;
 
 template <int kMaxN>
 __global__ void __launch_bounds__(kWarps * 32)
-    generic_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y) {
+    generic_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y) {
   pdl_trigger();
   pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -450,7 +450,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         float dot = 0.0f;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          const float4 f = __ldg(xp + j);
+          const float4 f = xp[j];  // plain loads: x is the previous kernel's output (see dense_rows)
           dot = fmaf(v[4 * j], f.x, dot);
           dot = fmaf(v[4 * j + 1], f.y, dot);
           dot = fmaf(v[4 * j + 2], f.z, dot);
@@ -471,7 +471,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 // Odd widths (not a multiple of 32, dense storage only): one lane per column.
-__global__ void dense_scalar_kernel(DevMatrix w, const float* __restrict__ x, int n, float* __restrict__ y) {
+__global__ void dense_scalar_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y) {
   pdl_trigger();
   pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
