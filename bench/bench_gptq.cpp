@@ -10,8 +10,6 @@
 #include <random>
 #include <vector>
 
-#include "core/parallel.h"
-#include "kernels/matmul.h"
 #include "model/gptq.h"
 #include "quant/quantizer.h"
 

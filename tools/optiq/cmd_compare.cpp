@@ -407,7 +407,8 @@ Runner register_compare(CLI::App& app) {
   cmd->add_flag("--no-speed", a->no_speed, "skip the decode speed column");
   cmd->add_option("--use", a->use, "damage numbers for planning: auto, exact or fast")->capture_default_str()
       ->check(CLI::IsMember({"auto", "exact", "fast"}));
-  cmd->add_option("--select", a->select, "optiq's plans: measured (best variant on the calibration text) or predicted")
+  cmd->add_option("--select", a->select, "optiq's plans: measured (the variant of least KL on the calibration text, or one within two paired "
+                  "standard errors of it whose bits spread less) or predicted")
       ->capture_default_str()->check(CLI::IsMember({"predicted", "measured"}));
   cmd->add_flag("--json", a->json, "print one JSON object");
   return [a, cmd] { run_compare(*a, *cmd); };

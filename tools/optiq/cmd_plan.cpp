@@ -15,6 +15,7 @@
 #include "plan/budget.h"
 #include "plan/memory_fit.h"
 #include "plan/runtime_memory.h"
+#include "plan/select.h"
 #include "plan/plan_json.h"
 #include "plan/solver.h"
 #include "model/provenance.h"
@@ -52,8 +53,9 @@ void add_plan_step_options(CLI::App& cmd, PlanStepArgs& a, const std::string& ru
                  "or kquant:b3u5[/g32] (one mix); dynamic (mlx-lm dynamic-quant style: the most sensitive tensors "
                  "one level up) or dynamic:q3g64/q5g64 (explicit levels)");
   cmd.add_option("--select", a.select,
-                 "predicted: the solver's plan; measured: the best of several plans of this budget (solver "
-                 "variants and baselines), measured on the profile's calibration text (loads the weights)")
+                 "predicted: the solver's plan; measured: several plans of this budget (solver variants and "
+                 "baselines) measured on the profile's calibration text (loads the weights): the lowest KL wins "
+                 "unless a plan within two paired standard errors of it spreads its bits less")
       ->capture_default_str()->check(CLI::IsMember({"predicted", "measured"}));
   cmd.add_option("--select-windows", a.select_windows,
                  "measured selection: use the first N of the profile's calibration windows (0: all); with GPTQ in "
@@ -170,11 +172,15 @@ void print_plan_summary(const PlanStepResult& r, const ModelConfig& config, cons
     for (const std::string& note : llamacpp_speed_notes(config, s.formats)) fmt::print("note          {}\n", note);
   }
   for (const std::string& note : r.notes) fmt::print("note          {}\n", note);
-  for (size_t i = 0; i < r.variants.size(); ++i)
-    fmt::print("{} {:<34} {:>8.3f} bits/weight, predicted KL {:.5f}, calibration KL {:.5f}\n",
-               i == 0 ? "chosen       " : "             ", r.variants[i].name,
-               r.variants[i].bits_per_weight, r.variants[i].predicted,
-               r.variants[i].measured);
+  for (size_t i = 0; i < r.variants.size(); ++i) {
+    const PlanVariant& v = r.variants[i];
+    fmt::print("{} {:<34} {:>8.3f} bits/weight, predicted KL {:.5f}, calibration KL {:.5f}{}, bits spread {:.2f}\n",
+               i == 0 ? "chosen       " : "             ", v.name, v.bits_per_weight, v.predicted, v.measured,
+               i == 0 ? std::string()
+                      : fmt::format(" (±{:.5f} paired)", paired_stderr(v.measured_windows,
+                                                                       r.variants.front().measured_windows)),
+               v.bits_spread);
+  }
   if (!out.empty()) fmt::print("wrote         {}\n", out);
 }
 
