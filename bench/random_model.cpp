@@ -29,13 +29,19 @@ ModelConfig shape(const std::string& name) {
     c.family = "Llama 3 70B shape";
     c.dim = 8192, c.n_layers = 80, c.n_heads = 64, c.n_kv_heads = 8, c.head_dim = 128, c.hidden_dim = 28672;
     c.vocab_size = 128256, c.max_seq = 8192, c.rope_theta = 500000.0f;
+  } else if (name == "gemma3-270m") {  // Gemma 3 270M's matrices (tied) in Llama's layout: GPTQ timings
+    c.arch = "llama";
+    c.family = "Gemma 3 270M matrix shapes";
+    c.dim = 640, c.n_layers = 18, c.n_heads = 4, c.n_kv_heads = 1, c.head_dim = 256, c.hidden_dim = 2048;
+    c.vocab_size = 262144, c.max_seq = 32768, c.rope_theta = 1000000.0f, c.norm_eps = 1e-6f;
+    c.tied_embeddings = true;
   } else if (name == "tiny-llama") {  // the Llama 3 layout at a size tests can afford
     c.arch = "llama";
     c.family = "tiny Llama 3 shape";
     c.dim = 256, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.hidden_dim = 512;
     c.vocab_size = 1024, c.max_seq = 2048, c.rope_theta = 500000.0f;
   } else {
-    fail("unknown shape '{}' (llama3-8b, qwen2.5-7b, llama3-70b, tiny-llama)", name);
+    fail("unknown shape '{}' (llama3-8b, qwen2.5-7b, llama3-70b, gemma3-270m, tiny-llama)", name);
   }
   c.validate(c.family);
   return c;

@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
   std::string shape = "llama3-8b", out, shard_size = "5GB";
   uint64_t seed = 1;
   int layers = 0;
-  app.add_option("--shape", shape, "llama3-8b, qwen2.5-7b, llama3-70b, or tiny-llama (a few MB, for tests)")
+  app.add_option("--shape", shape, "llama3-8b, qwen2.5-7b, llama3-70b, gemma3-270m (its matrices in Llama's layout), or tiny-llama (a few MB, for tests)")
       ->capture_default_str();
   app.add_option("-o,--out", out, "output directory (must not exist)")->required();
   app.add_option("--shard-size", shard_size, "safetensors shards of at most this size")->capture_default_str();

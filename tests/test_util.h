@@ -33,4 +33,14 @@ std::string optiq_binary();
 // Normal(0, stddev) floats from a fixed seed: never zeros.
 std::vector<float> random_floats(size_t n, uint32_t seed, float stddev = 1.0f);
 
+// GPTQ's test data (tests/model/test_gptq.cpp, tests/gpu): n tokens of
+// `cols` inputs, a random mix of channels (correlated), each channel scaled
+// by up to 30x (a few salient inputs), as activations are.
+std::vector<float> correlated_inputs(int64_t n, int64_t cols, uint32_t seed);
+// x^T x (cols x cols) of n rows.
+std::vector<float> gram(const std::vector<float>& x, int64_t n, int64_t cols);
+// sum_r d_r H d_r^T for d = w - w^: the output error under H.
+double output_error(const std::vector<float>& w, const std::vector<float>& wq, const std::vector<float>& h,
+                    int64_t rows, int64_t cols);
+
 }  // namespace optiq::test

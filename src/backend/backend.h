@@ -278,6 +278,38 @@ class Backend {
                              int64_t cols, bool error_out, float* out) {
     return false;
   }
+  // GPTQ on this backend (model/gptq.h has the algorithm; model/gptq.cpp
+  // decides what runs where): the upper Cholesky factor of a Hessian's
+  // inverse, then affine matrices quantized against it with act-order (static
+  // groups: the grid searched up front on the original values, importance
+  // diag H) and `grid_passes` grid refits, each row keeping its (codes, grid)
+  // of least error. Null / false where this backend has none: the host runs
+  // GPTQ then. The results equal the host's up to fp32 summation order.
+  //  a:    the dampened H in the column order GPTQ takes (n x n, double,
+  //        host), whose inverse's factor U (H^-1 = U^T U) the column loop uses;
+  //  perm: that order; diag: H_jj in the natural order (the grid's importance);
+  //  h:    the dampened H in the natural order (fp32), for the refits; null
+  //        when there are none.
+  // A factor whose ok is false: `a` was not positive definite (the caller
+  // dampens more and tries again, as on the host).
+  class GptqFactor {
+   public:
+    virtual ~GptqFactor() = default;
+    bool ok = false;
+  };
+  virtual std::unique_ptr<GptqFactor> gptq_factor(const double* a, const int64_t* perm, const float* diag,
+                                                  const float* h, int64_t n) {
+    return nullptr;
+  }
+  // w: rows x n fp32 (host); grid: the search's options (method, grid,
+  // refit_iters, bf16_scales; its importance is the factor's diag). Out
+  // (host): codes rows x n (natural order), scale and bias words rows x
+  // n / group. False (nothing written) where this backend has no GPTQ.
+  virtual bool gptq_affine(const GptqFactor& f, const float* w, int64_t rows, AffineFormat fmt,
+                           const QuantizeOptions& grid, int grid_passes, uint8_t* codes, uint16_t* scales,
+                           uint16_t* biases) {
+    return false;
+  }
   // Per-operation device time (optional, a GPU backend's profile): while on,
   // every operation run directly (not recorded) is timed on the device.
   virtual void set_op_timing(bool on) {}

@@ -112,10 +112,24 @@ namespace {
 // role, multiplies), on the host (CPU backend).
 class GramCollector : public ActivationObserver {
  public:
-  explicit GramCollector(const ModelConfig& c)
-      : c_(c), sums_(static_cast<size_t>(c.n_layers) * kLayerInputSites + 1) {}
+  // device: sum on that backend, from the rows where it keeps them (a GPU:
+  // no copy of every site's rows to the host, no host GEMMs); result()
+  // brings the sums to the host. Null: on the host.
+  explicit GramCollector(const ModelConfig& c, Backend* device = nullptr)
+      : c_(c), sums_(static_cast<size_t>(c.n_layers) * kLayerInputSites + 1), device_(device) {
+    if (device_) device_sums_.resize(sums_.size());
+  }
+  bool backend_rows() const override { return device_ != nullptr; }
   void observe(int layer, Site site, const float* x, int64_t n, int64_t cols) override {
-    if (float* g = sum_of(layer, site, cols)) cpu_backend().gram_add(x, n, cols, g);
+    const size_t slot = site_slot(layer, site, cols);
+    if (slot == kNone) return;
+    if (!device_) return cpu_backend().gram_add(x, n, cols, sums_[slot]->data());
+    Buffer& d = device_sums_[slot];
+    if (d.size() == 0) {
+      d = device_->alloc(cols * cols);
+      device_->fill_zero(d.data(), cols * cols);
+    }
+    device_->gram_add(x, n, cols, d.data());
   }
   // The cross sum a^T b of two n x cols row sets (GPTQ's asymmetric target:
   // the float model's inputs a against the quantized model's b).
@@ -130,7 +144,10 @@ class GramCollector : public ActivationObserver {
     cpu.matmul(*bh, at.data(), cols, y.data());  // y = a^T (b^T)^T
     for (size_t i = 0; i < y.size(); ++i) g[i] += y[i];
   }
-  GramMap result() const {
+  GramMap result() {
+    if (device_)
+      for (size_t i = 0; i < sums_.size(); ++i)
+        if (device_sums_[i].size() > 0) device_->to_host(device_sums_[i].data(), device_sums_[i].size(), sums_[i]->data());
     GramMap out;
     for (const auto& m : quantizable_modules(c_)) {
       const size_t slot = slot_of(m);
@@ -152,18 +169,28 @@ class GramCollector : public ActivationObserver {
     if (!site || static_cast<int>(*site) >= kLayerInputSites || m.layer < 0) return sums_.size();
     return static_cast<size_t>(m.layer) * kLayerInputSites + static_cast<size_t>(*site);
   }
-  float* sum_of(int layer, Site site, int64_t cols) {
+  static constexpr size_t kNone = ~size_t{0};
+  // The slot of a site's sums (made, zero, on first use), or kNone for
+  // sites that are no matrix's inputs.
+  size_t site_slot(int layer, Site site, int64_t cols) {
     if (site != Site::HeadIn && (static_cast<int>(site) >= kLayerInputSites || layer < 0 || layer >= c_.n_layers))
-      return nullptr;
-    auto& g = site == Site::HeadIn ? sums_[head_slot()]
-                                   : sums_[static_cast<size_t>(layer) * kLayerInputSites + static_cast<size_t>(site)];
+      return kNone;
+    const size_t slot = site == Site::HeadIn ? head_slot()
+                                             : static_cast<size_t>(layer) * kLayerInputSites + static_cast<size_t>(site);
+    auto& g = sums_[slot];
     if (!g) g = std::make_shared<std::vector<float>>(static_cast<size_t>(cols * cols), 0.0f);
     check(static_cast<int64_t>(g->size()) == cols * cols, "gram: layer {} site {}: {} columns, then {}", layer,
           static_cast<int>(site), g->size(), cols);
-    return g->data();
+    return slot;
+  }
+  float* sum_of(int layer, Site site, int64_t cols) {
+    const size_t slot = site_slot(layer, site, cols);
+    return slot == kNone ? nullptr : sums_[slot]->data();
   }
   const ModelConfig& c_;
-  std::vector<std::shared_ptr<std::vector<float>>> sums_;
+  std::vector<std::shared_ptr<std::vector<float>>> sums_;  // host (with a device: filled by result())
+  Backend* device_ = nullptr;
+  std::vector<Buffer> device_sums_;
 };
 
 }  // namespace
@@ -187,7 +214,8 @@ void check_gram_memory(const Model& model) {
 GramMap collect_grams(const Model& model, const std::vector<std::vector<int32_t>>& windows, bool progress) {
   const ModelConfig& c = model.config;
   check_gram_memory(model);
-  GramCollector col(c);
+  Backend& be = default_backend();
+  GramCollector col(c, be.host_memory() ? nullptr : &be);
   observe_windows(model, windows, col, progress);
   return col.result();
 }

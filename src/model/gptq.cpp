@@ -426,7 +426,7 @@ bool gptq_inverse_factor(const float* h, int64_t n, double damp, std::vector<dou
 
 void gptq_asymmetric_target(const float* w, int64_t rows, int64_t cols, const float* h, const float* cross,
                             const GptqHessian& hs, float* out) {
-  check(hs.cols == cols && hs.ok, "gptq: no factorised statistics for the asymmetric target");
+  check(hs.cols == cols && hs.ok && !hs.u.empty(), "gptq: no factorised statistics on the host for the asymmetric target");
   // E = C - H (cols x cols); per row r: d = w_r E, then z = d H^-1 through
   // hs's factor of the permuted H^-1 = U^T U: t = d_p U^T, z_p = t U.
   std::vector<double> e(static_cast<size_t>(cols * cols));
@@ -468,7 +468,8 @@ bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g) {
 
 int gptq_grid_passes(const TensorFormat& f, const GptqOptions& g) { return f.affine() ? g.grid_passes : 0; }
 
-GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp, int grid_passes) {
+GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp, int grid_passes,
+                         Backend* backend) {
   GptqHessian hs;
   hs.cols = cols;
   hs.act_order = act_order;
@@ -483,13 +484,36 @@ GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double da
   std::vector<float> hp(static_cast<size_t>(cols * cols));
   for (int64_t i = 0; i < cols; ++i)
     for (int64_t j = 0; j < cols; ++j) hp[i * cols + j] = h[hs.perm[i] * cols + hs.perm[j]];
+  hs.grid_passes = grid_passes;
+  if (backend && act_order) {
+    // The factorisation on the device; the dampening (and its growth when
+    // the factorisation fails) as below.
+    for (int attempt = 0; attempt < 5; ++attempt, damp *= 10) {
+      const std::vector<double> a = dampened(hp.data(), cols, damp);
+      std::vector<float> hd;
+      if (grid_passes > 0) {
+        const std::vector<double> d = dampened(h, cols, damp);
+        hd.assign(d.begin(), d.end());
+      }
+      std::unique_ptr<Backend::GptqFactor> f =
+          backend->gptq_factor(a.data(), hs.perm.data(), hs.diag.data(), hd.empty() ? nullptr : hd.data(), cols);
+      if (!f) break;  // this backend has no GPTQ: the host's below
+      if (f->ok) {
+        hs.ok = true;
+        hs.damp_used = damp;
+        hs.backend = backend;
+        hs.device = std::move(f);
+        return hs;
+      }
+      if (attempt == 4) return hs;  // not positive definite even dampened
+    }
+  }
   std::vector<double> u;
   for (int attempt = 0; attempt < 5 && !hs.ok; ++attempt, damp *= 10) {
     hs.ok = gptq_inverse_factor(hp.data(), cols, damp, u);
     if (hs.ok) hs.damp_used = damp;
   }
   if (hs.ok) hs.u.assign(u.begin(), u.end());  // fp32 for the updates (as GPTQ implementations do)
-  hs.grid_passes = grid_passes;
   if (hs.ok && grid_passes > 0) {
     const std::vector<double> a = dampened(h, cols, hs.damp_used);
     hs.h.assign(a.begin(), a.end());
@@ -528,6 +552,20 @@ GptqResult gptq_quantize(const TensorFormat& nominal, const float* w, int64_t ro
   const std::vector<int64_t>& perm = hs.perm;
   const std::vector<float>& uf = hs.u;
 
+  if (af && hs.device) {
+    // On the device (Backend::gptq_affine): the same steps, static groups.
+    check(act_order, "gptq: a device factor without act-order");
+    const int64_t groups = cols / af->group_size;
+    std::vector<uint8_t> codes(static_cast<size_t>(rows * cols));
+    std::vector<uint16_t> scales(static_cast<size_t>(rows * groups)), biases(scales.size());
+    check(hs.backend->gptq_affine(*hs.device, w, rows, *af, qo, hs.grid_passes, codes.data(), scales.data(),
+                                  biases.data()),
+          "gptq: the {} backend made a GPTQ factor but has no GPTQ", hs.backend->name());
+    res.q = QuantizedMatrix{f, rows, cols,
+                            pack(codes.data(), rows, cols, *af, std::move(scales), std::move(biases), opt.bf16_scales),
+                            {}};
+    return res;
+  }
   if (af) {
     const int group = af->group_size, qmax = (1 << af->bits) - 1;
     const int64_t groups = cols / group;

@@ -30,9 +30,11 @@
 // up to four times, then the matrix is rounded plainly and `fallback` says so.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "quant/format.h"
 
 namespace optiq {
@@ -80,10 +82,18 @@ struct GptqHessian {
   // the dampened H in the natural order (empty without refits).
   int grid_passes = 0;
   std::vector<float> h;
+  // GPTQ on a backend's device (Backend::gptq_factor): the factor lives
+  // there, u and h stay empty, and gptq_quantize sends the rows to it.
+  Backend* backend = nullptr;
+  std::shared_ptr<const Backend::GptqFactor> device;
 };
 // h: cols x cols, symmetric (any positive multiple of E[x x^T], e.g. a Gram
 // sum). act_order is honoured for affine formats only (gptq_uses_act_order).
-GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp, int grid_passes = 0);
+// backend: a backend to run GPTQ on (its device), when it has GPTQ
+// (Backend::gptq_factor) and the order is act-order (affine formats); the
+// host otherwise. Null: the host.
+GptqHessian gptq_prepare(const float* h, int64_t cols, bool act_order, double damp, int grid_passes = 0,
+                         Backend* backend = nullptr);
 bool gptq_uses_act_order(const TensorFormat& f, const GptqOptions& g);
 // The grid refits GPTQ of format f makes (GptqOptions::grid_passes for affine
 // formats, 0 for GGUF blocks, whose grids are themselves quantized): what

@@ -161,7 +161,11 @@ Linear ModuleQuantizer::quantize(const ModuleInfo& m, const Linear& lin) {
     const int passes = gptq_grid_passes(fmt, opt_.gptq);
     if (!hessian_ || hessian_key_ != std::tuple{gram, act_order, passes}) {
       hessian_.reset();  // the previous one's memory first
-      hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, gptq_damp(opt_.gptq, m), passes));
+      // GPTQ on the GPU when the model runs there (the asymmetric target
+      // needs the factor on the host).
+      Backend& be = default_backend();
+      Backend* device = be.host_memory() || opt_.cross ? nullptr : &be;
+      hessian_.emplace(gptq_prepare(gram->data(), m.cols, act_order, gptq_damp(opt_.gptq, m), passes, device));
       hessian_key_ = {gram, act_order, passes};
     }
     const std::vector<float>* cross = nullptr;

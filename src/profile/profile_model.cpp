@@ -764,7 +764,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       fake_quantize_into(f, host_w(), m.rows, m.cols, qo, error_out, dq.data());
       be.to_device(dq.data(), numel, out.data());
     };
-    // GPTQ's rounding of this module (host), fitted to the Gram sums of half
+    // GPTQ's rounding of this module, fitted to the Gram sums of half
     // `half` of the calibration tokens (2: all of them), those the proxies
     // read; each Hessian factorised once per input site, column order and half.
     auto gptq_dequantized = [&](const TensorFormat& f, int half) -> std::optional<std::vector<float>> {
@@ -777,7 +777,9 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       if (h == hessians.end()) {
         if (hessians.size() > 8) hessians.clear();  // a few layers' worth at a time
         const std::vector<float> g = proxy_stats(m)->gram_on_host(half);
-        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, gptq_damp(opt.gptq_options, m), passes))
+        // On a GPU the factor and GPTQ itself run there (model/gptq.h).
+        h = hessians.emplace(key, gptq_prepare(g.data(), m.cols, act_order, gptq_damp(opt.gptq_options, m), passes,
+                                               be.host_memory() ? nullptr : &be))
                 .first;
       }
       GptqResult r = gptq_quantize(f, host_w(), m.rows, m.cols, h->second, qo);

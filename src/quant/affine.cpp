@@ -94,7 +94,9 @@ AffineMatrix pack(const uint8_t* codes, int64_t rows, int64_t cols, AffineFormat
   m.bf16_scales = bf16_scales;
   const int64_t wpr = affine_words_per_row(fmt, cols);
   m.packed.resize(rows * wpr);
-  for (int64_t r = 0; r < rows; ++r) pack_row(codes + r * cols, cols, fmt.bits, m.packed.data() + r * wpr);
+  parallel_for_range(rows, std::max<int64_t>(1, (int64_t{1} << 16) / cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) pack_row(codes + r * cols, cols, fmt.bits, m.packed.data() + r * wpr);
+  });
   m.scales = std::move(scales);
   m.biases = std::move(biases);
   return m;

@@ -13,6 +13,7 @@
 #include "backend/backend.h"
 #include "eval/perplexity.h"
 #include "kernels/act_quant.h"
+#include "model/calibration_stats.h"
 #include "model/device_weights.h"
 #include "model/quantize_model.h"
 #include "model/transformer.h"
@@ -235,6 +236,49 @@ SensitivityTable profile_on(Backend& b, const Model& m, const std::vector<std::v
   } restore;
   set_default_backend(b);
   return profile_model(m, windows, o);
+}
+
+// `optiq quantize --method gptq` where the model runs on the GPU: the Gram
+// sums summed on the device and GPTQ run there (model/gptq.h) give the
+// host's matrices, up to codes that fp32 sums in another order round the
+// other way.
+TEST(CudaModel, GptqQuantizeEqualsCpu) {
+  REQUIRE_GPU();
+  Numerics exact(false);
+  const Model src = load_model(stories());
+  const auto windows = calibration_windows(src, stories_calibration(4, 96));
+  const PrecisionMap map = PrecisionMap::uniform(src.config, AffineFormat{3, 32});
+  auto quantized_on = [&](Backend& b) {
+    struct Restore {
+      Backend& saved = default_backend();
+      ~Restore() { set_default_backend(saved); }
+    } restore;
+    set_default_backend(b);
+    Model m = load_model(stories());
+    const GramMap grams = collect_grams(m, windows, false);
+    QuantizeModelOptions opt;
+    opt.grams = &grams;
+    opt.fake = true;
+    opt.progress = false;
+    quantize_model(m, map, opt);
+    return m;
+  };
+  const Model cpu = quantized_on(cpu_backend()), gpu = quantized_on(*cuda_backend());
+  int64_t same = 0, total = 0;
+  for (const auto& mod : quantizable_modules(src.config)) {
+    if (!map.format_of(mod.path)) continue;
+    const auto a = module_linear(cpu.weights, mod).to_f32(), b = module_linear(gpu.weights, mod).to_f32(),
+               w = module_linear(src.weights, mod).to_f32();
+    ASSERT_EQ(a.size(), b.size()) << mod.path;
+    int64_t s = 0;
+    for (size_t i = 0; i < a.size(); ++i) s += a[i] == b[i];
+    EXPECT_GT(static_cast<double>(s) / static_cast<double>(a.size()), 0.8) << mod.path;
+    EXPECT_NE(a, w) << mod.path;  // quantized at all
+    same += s;
+    total += static_cast<int64_t>(a.size());
+  }
+  ASSERT_GT(total, 0);
+  EXPECT_GT(static_cast<double>(same) / static_cast<double>(total), 0.95);
 }
 
 // Profiling on the GPU (passes, Gram sums, log-probabilities and KL there)

@@ -15,45 +15,9 @@
 namespace optiq {
 namespace {
 
-// n tokens of `cols` inputs: a random mix of channels (correlated), each
-// channel scaled by up to 30x (a few salient inputs), as activations are.
-std::vector<float> correlated_inputs(int64_t n, int64_t cols, uint32_t seed) {
-  const auto z = test::random_floats(static_cast<size_t>(n * cols), seed);
-  const auto mix = test::random_floats(static_cast<size_t>(cols * 4), seed + 1);
-  std::vector<float> x(static_cast<size_t>(n * cols));
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < cols; ++j) {
-      float v = z[t * cols + j];
-      for (int m = 1; m <= 3; ++m) v += 0.5f * mix[j * 4 + m] * z[t * cols + (j + m * 7) % cols];
-      const float scale = (j % 17 == 3) ? 30.0f : 1.0f + static_cast<float>(j % 5);
-      x[t * cols + j] = v * scale;
-    }
-  return x;
-}
-
-std::vector<float> gram(const std::vector<float>& x, int64_t n, int64_t cols) {
-  std::vector<float> h(static_cast<size_t>(cols * cols), 0.0f);
-  for (int64_t a = 0; a < cols; ++a)
-    for (int64_t c = 0; c < cols; ++c) {
-      double s = 0;
-      for (int64_t t = 0; t < n; ++t) s += double(x[t * cols + a]) * x[t * cols + c];
-      h[a * cols + c] = static_cast<float>(s);
-    }
-  return h;
-}
-
-// sum_r d_r H d_r^T for d = w - w^.
-double output_error(const std::vector<float>& w, const std::vector<float>& wq, const std::vector<float>& h,
-                    int64_t rows, int64_t cols) {
-  double e = 0;
-  std::vector<double> d(static_cast<size_t>(cols));
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < cols; ++j) d[j] = double(w[r * cols + j]) - wq[r * cols + j];
-    for (int64_t a = 0; a < cols; ++a)
-      for (int64_t c = 0; c < cols; ++c) e += d[a] * h[a * cols + c] * d[c];
-  }
-  return e;
-}
+using test::correlated_inputs;
+using test::gram;
+using test::output_error;
 
 struct Shape {
   int64_t rows, cols, tokens;

@@ -52,4 +52,9 @@ const CublasApi& cublas_api() {
   return api;
 }
 
+void check_blas(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail("cuBLAS: {} failed: {} ({})", what, cublas_api().status_string(st), static_cast<int>(st));
+}
+
 }  // namespace optiq::cuda

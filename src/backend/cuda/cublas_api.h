@@ -27,5 +27,7 @@ struct CublasApi {
 // Loads libcublas.so.<major> of the toolkit this was built with on first use;
 // throws optiq::Error naming the library and what to do when it is missing.
 const CublasApi& cublas_api();
+// Throws optiq::Error "cuBLAS: <what> failed: <status>" unless st is success.
+void check_blas(cublasStatus_t st, const char* what);
 
 }  // namespace optiq::cuda

@@ -36,6 +36,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/cublas_api.h"
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_gptq.h"
 #include "backend/cuda/cuda_kernels.h"
 #include "core/diagnostics.h"
 #include "core/error.h"
@@ -130,11 +131,6 @@ DeviceMemory::DeviceMemory(size_t bytes) : bytes_(bytes) {
 }
 
 namespace {
-
-void check_blas(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS)
-    fail("cuBLAS: {} failed: {} ({})", what, cublas_api().status_string(st), static_cast<int>(st));
-}
 
 // A weight matrix in device memory: one allocation holding every array the
 // DevMatrix points into.
@@ -438,6 +434,17 @@ class CudaBackend final : public Backend {
     }
     return cuda::fake_quantize_affine(w, rows, cols, a->bits, a->group_size, opt.bf16_scales, search, opt.grid,
                                       opt.refit_iters, importance, error_out, out, stream_);
+  }
+  std::unique_ptr<GptqFactor> gptq_factor(const double* a, const int64_t* perm, const float* diag, const float* h,
+                                          int64_t n) override {
+    Op op(*this, "gptq factor");
+    return cuda::gptq_factor(a, perm, diag, h, n, stream_, blas());
+  }
+  bool gptq_affine(const GptqFactor& f, const float* w, int64_t rows, AffineFormat fmt, const QuantizeOptions& grid,
+                   int grid_passes, uint8_t* codes, uint16_t* scales, uint16_t* biases) override {
+    Op op(*this, "gptq");
+    cuda::gptq_affine(f, w, rows, fmt, grid, grid_passes, codes, scales, biases, stream_, blas());
+    return true;
   }
   void gram_add(const float* x, int64_t n, int64_t cols, float* g) override;
   double gram_quadratic(const float* d, int64_t rows, int64_t cols, const float* g) override;

@@ -187,11 +187,14 @@ void attention_softmax(const AttentionParams& p, float* S, int64_t n, int64_t ld
 // Affine quantize + dequantize of a row-major rows x cols matrix (fake_quant.cu):
 // quant/quantizer.h's min/max (search false) or search rule, the search
 // weighted by `importance` (cols values in device memory) when not null; out
-// gets w^ (or w - w^ with error_out). False when the group size is not 32,
-// 64 or 128 or does not divide cols.
+// gets w^ (or w - w^ with error_out; null: nothing), scale_words and
+// bias_words (rows x cols/group; null: nothing) the chosen grid's words
+// (GPTQ's static groups). False when the group size is not 32, 64 or 128 or
+// does not divide cols.
 bool fake_quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int group, bool bf16, bool search,
                           int grid, int refit_iters, const float* importance, bool error_out, float* out,
-                          cudaStream_t s);
+                          cudaStream_t s,
+                          uint16_t* scale_words = nullptr, uint16_t* bias_words = nullptr);
 
 // Accuracy-path statistics (stats.cu).
 // Rows of `vocab` logits -> log-probabilities in place.

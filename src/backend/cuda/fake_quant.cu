@@ -70,7 +70,8 @@ __device__ Pass quant_pass(const float (&x)[kPer], const float (&a)[kPer], float
 template <int kPer>
 __global__ void fake_quant_kernel(const float* __restrict__ w, int64_t groups, int64_t groups_per_row, int bits,
                                   bool bf16, bool search, int grid, int refit_iters, const float* __restrict__ imp,
-                                  bool error_out, float* __restrict__ out) {
+                                  bool error_out, float* __restrict__ out, uint16_t* __restrict__ scale_words,
+                                  uint16_t* __restrict__ bias_words) {
   pdl_trigger();
   pdl_wait();
   constexpr int kGroup = kPer * 32;
@@ -152,6 +153,11 @@ __global__ void fake_quant_kernel(const float* __restrict__ w, int64_t groups, i
     sr = from_storage(best_s, bf16);
     br = from_storage(best_b, bf16);
   }
+  if (scale_words && lane == 0) {
+    scale_words[g] = to_storage(sr, bf16);
+    bias_words[g] = to_storage(br, bf16);
+  }
+  if (!out) return;
   const float cs = codes_from_unrounded ? s_raw : sr, cb = codes_from_unrounded ? b_raw : br;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
@@ -171,7 +177,7 @@ __global__ void fake_quant_kernel(const float* __restrict__ w, int64_t groups, i
 
 bool fake_quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int group, bool bf16, bool search,
                           int grid, int refit_iters, const float* importance, bool error_out, float* out,
-                          cudaStream_t s) {
+                          cudaStream_t s, uint16_t* scale_words, uint16_t* bias_words) {
   if (cols % group != 0 || bits < 1 || bits > 8) return false;
   const int64_t groups = rows * (cols / group), per_row = cols / group;
   if (groups == 0) return true;
@@ -180,15 +186,15 @@ bool fake_quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, 
   switch (group) {
     case 32:
       launch(fake_quant_kernel<1>, blocks, kThreads, 0, s, w, groups, per_row, bits, bf16, search, grid, refit_iters,
-             importance, error_out, out);
+             importance, error_out, out, scale_words, bias_words);
       break;
     case 64:
       launch(fake_quant_kernel<2>, blocks, kThreads, 0, s, w, groups, per_row, bits, bf16, search, grid, refit_iters,
-             importance, error_out, out);
+             importance, error_out, out, scale_words, bias_words);
       break;
     case 128:
       launch(fake_quant_kernel<4>, blocks, kThreads, 0, s, w, groups, per_row, bits, bf16, search, grid, refit_iters,
-             importance, error_out, out);
+             importance, error_out, out, scale_words, bias_words);
       break;
     default:
       return false;
