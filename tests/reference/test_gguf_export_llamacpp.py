@@ -18,6 +18,7 @@ groups of 32 (written losslessly as Q4_1/Q5_1), and F16. Then, per model:
    products beyond fp16 inputs): rel_err <= 2e-3, top-1 identical.
 3. llama.cpp tokenizes a text from the exported vocabulary as the source's tokenizer does (HF
    `tokenizers` for the directories, llama.cpp on stories260K.gguf for the llama2.c checkpoint).
+4. The first family again with `--method gptq` (4-bit GGUF blocks, GPTQ's error feedback): as 1.
 
 Model directory names avoid "phi3": llama.cpp's vocabulary loader special-cases models named so and
 looks up "</s>", which the tiny vocabulary lacks (see test_gguf_family.py). The exporter names the
@@ -109,7 +110,25 @@ def fmt(c: dict) -> str:
     return f"rel_err {c['rel_err']:.3g}, max_abs {c['max_abs']:.3g}, top-1 {100 * c['top1']:.1f}%"
 
 
-def check_model(res: refutil.Results, name: str, model: Path, extra: list, tmp: Path, ref_tokens: list[int]) -> None:
+def check_against_floor(res: refutil.Results, what: str, gg: Path, ids: list[int], got: np.ndarray, tmp: Path) -> None:
+    """llama.cpp's logits on gg against optiq's (got), within the noise of llama.cpp's activation rounding."""
+    try:
+        lg = refutil.run_isolated("logits", lambda: llama_cpp_logits(gg, ids), npy=True)
+    except Exception as e:  # noqa: BLE001 - a load failure is the finding
+        res.check(False, f"{what}: llama.cpp loads and runs the export: {type(e).__name__}: {e}")
+        return
+    emu = refutil.optiq_logits(gg, ids, tmp, ["--numerics", "llamacpp"])
+    floor = refutil.compare_logits(got, emu)
+    rtol, tie = max(0.02, 3 * floor["rel_err"]), 2 * floor["max_abs"]
+    c = refutil.compare_logits(lg, got, tie_tol=tie)
+    res.check(c["rel_err"] <= rtol and c["top1_ties"] == 1.0,
+              f"{what}: llama.cpp vs optiq on the export: {fmt(c)}, top-1 counting near-ties "
+              f"{100 * c['top1_ties']:.1f}% (noise floor: {fmt(floor)}; tol rel_err {rtol:.3g}, "
+              f"near-tie {tie:.3g})")
+
+
+def check_model(res: refutil.Results, name: str, model: Path, extra: list, tmp: Path, ref_tokens: list[int],
+                gptq: bool = False) -> None:
     info = json.loads(refutil.run_optiq(["info", model, *extra, "--json", "--tensors"])[0])
     mods = modules(info)
     ids = [int(i) for i in np.random.default_rng(7).integers(3, info["config"]["vocab_size"], N_IDS)]
@@ -123,27 +142,30 @@ def check_model(res: refutil.Results, name: str, model: Path, extra: list, tmp: 
         except RuntimeError as e:
             res.check(False, f"{what}: optiq exports and runs the GGUF: {str(e).strip().splitlines()[-1][:300]}")
             continue
+        if mixed:
+            check_against_floor(res, what, gg, ids, got, tmp)
+            continue
         try:
             lg = refutil.run_isolated("logits", lambda: llama_cpp_logits(gg, ids), npy=True)
         except Exception as e:  # noqa: BLE001 - a load failure is the finding
             res.check(False, f"{what}: llama.cpp loads and runs the export: {type(e).__name__}: {e}")
             continue
         c = refutil.compare_logits(lg, got)
-        if mixed:
-            emu = refutil.optiq_logits(gg, ids, tmp, ["--numerics", "llamacpp"])
-            floor = refutil.compare_logits(got, emu)
-            rtol, tie = max(0.02, 3 * floor["rel_err"]), 2 * floor["max_abs"]
-            c = refutil.compare_logits(lg, got, tie_tol=tie)
-            res.check(c["rel_err"] <= rtol and c["top1_ties"] == 1.0,
-                      f"{what}: llama.cpp vs optiq on the export: {fmt(c)}, top-1 counting near-ties "
-                      f"{100 * c['top1_ties']:.1f}% (noise floor: {fmt(floor)}; tol rel_err {rtol:.3g}, "
-                      f"near-tie {tie:.3g})")
-        else:
-            res.check(c["rel_err"] <= 2e-3 and c["top1"] == 1.0,
-                      f"{what}: llama.cpp vs optiq on the export: {fmt(c)} (tol rel_err 2e-3, top-1 100%)")
-            toks = refutil.run_isolated("tokens", lambda: llama_cpp_tokens(gg))
-            res.check(toks == ref_tokens, f"{name}: llama.cpp tokenizes the exported vocabulary as the source "
-                                          f"({len(toks)} vs {len(ref_tokens)} tokens)")
+        res.check(c["rel_err"] <= 2e-3 and c["top1"] == 1.0,
+                  f"{what}: llama.cpp vs optiq on the export: {fmt(c)} (tol rel_err 2e-3, top-1 100%)")
+        toks = refutil.run_isolated("tokens", lambda: llama_cpp_tokens(gg))
+        res.check(toks == ref_tokens, f"{name}: llama.cpp tokenizes the exported vocabulary as the source "
+                                      f"({len(toks)} vs {len(ref_tokens)} tokens)")
+    if gptq:  # error-compensated blocks are plain GGUF blocks: llama.cpp runs them as any other
+        what, gg = f"{name} --method gptq", tmp / f"{name}-gptq.gguf"
+        try:
+            refutil.run_optiq(["-q", "quantize", model, *extra, "--format", "gguf", "--bits", 4, "--method", "gptq",
+                               "--calib", "self", "--calib-samples", 4, "--calib-seq", 32, "-o", gg])
+            got = refutil.optiq_logits(gg, ids, tmp)
+        except RuntimeError as e:
+            res.check(False, f"{what}: optiq exports and runs the GGUF: {str(e).strip().splitlines()[-1][:300]}")
+            return
+        check_against_floor(res, what, gg, ids, got, tmp)
 
 
 def main() -> int:
@@ -154,7 +176,7 @@ def main() -> int:
         for name in FAMILIES:
             d = write_family(tmp, name)
             ref_tokens = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")).encode(TEXT).ids
-            check_model(res, name, d, [], tmp, ref_tokens)
+            check_model(res, name, d, [], tmp, ref_tokens, gptq=name == next(iter(FAMILIES)))
         stories = refutil.shared_dir() / "models" / "stories260K"
         if (stories / "stories260K.bin").is_file():
             ref_tokens = refutil.run_isolated("tokens", lambda: llama_cpp_tokens(stories / "stories260K.gguf"))

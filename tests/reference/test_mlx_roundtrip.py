@@ -3,7 +3,7 @@
 1. optiq loads a HF directory (f32, bf16, and sharded) and its logits equal mlx-lm's;
 2. `optiq quantize` writes an MLX-layout model that mlx_lm.load accepts, and
    mlx-lm's logits on it equal optiq's logits on the same quantized files, for
-   uniform formats and for a mixed per-tensor plan.
+   uniform formats (rounded, GPTQ, AWQ) and for a mixed per-tensor plan.
 """
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def main() -> int:
             q = tmp / f"q{bits}g{gs}"
             refutil.run_optiq(["-q", "quantize", f32, "-o", q, "--bits", bits, "--group-size", gs])
             ok &= compare(f"quantized q{bits} g{gs}", optiq_logits(q, tmp), tinymodels.mlx_logits(q, IDS), 1e-4)
+
+        # Error-compensating methods write the same layout: mlx-lm loads them as they are.
+        for method in ["gptq", "awq"]:
+            q = tmp / f"q3g64-{method}"
+            refutil.run_optiq(["-q", "quantize", f32, "-o", q, "--bits", 3, "--group-size", 64, "--method", method,
+                               "--calib", "self", "--calib-samples", 4, "--calib-seq", 32])
+            ok &= compare(f"quantized q3 g64 --method {method}", optiq_logits(q, tmp), tinymodels.mlx_logits(q, IDS),
+                          1e-4)
 
         plan = tmp / "plan.json"
         plan.write_text(json.dumps({"default": {"bits": 4, "group_size": 64}, "tensors": {
