@@ -338,6 +338,39 @@ TEST(CudaModel, WeightedProfileWithInputRowsEqualsCpu) {
   EXPECT_GE(spearman(pc, pg), 0.999);
 }
 
+// With GPTQ among the roundings (--methods weighted,gptq) the GPU profile runs
+// GPTQ on the device (model/gptq.h): its held-out proxies and the rounding
+// each module keeps agree with the CPU's, which runs GPTQ on the host.
+TEST(CudaModel, GptqProfileEqualsCpu) {
+  REQUIRE_GPU();
+  Numerics exact(false);
+  const Model m = load_model(stories());
+  const CalibrationOptions co = stories_calibration(4, 96);
+  const auto windows = calibration_windows(m, co);
+  ProfileOptions o = both_methods(m, co, {AffineFormat{3, 32}, AffineFormat{4, 64}});
+  o.method = ProfileMethod::Fast;
+  o.weighted = true;
+  o.gptq = true;
+  const SensitivityTable cpu = profile_on(cpu_backend(), m, windows, o),
+                         gpu = profile_on(*cuda_backend(), m, windows, o);
+  std::vector<double> pc, pg;
+  int gptq_rows = 0, same_method = 0;
+  for (size_t i = 0; i < cpu.modules.size(); ++i)
+    for (const auto& [name, f] : cpu.modules[i].formats) {
+      const FormatSensitivity& g = gpu.modules[i].formats.at(name);
+      ASSERT_TRUE(f.proxy && g.proxy) << cpu.modules[i].module.path << " " << name;
+      gptq_rows += f.method == "gptq";
+      same_method += f.method == g.method;
+      pc.push_back(*f.proxy);
+      pg.push_back(*g.proxy);
+      EXPECT_NEAR(*g.proxy / *f.proxy, 1.0, 0.05) << cpu.modules[i].module.path << " " << name;
+    }
+  ASSERT_GT(pc.size(), 20u);
+  EXPECT_GT(gptq_rows, 0);  // GPTQ won somewhere, so the device's GPTQ was measured
+  EXPECT_GE(same_method, static_cast<int>(pc.size()) - 2);
+  EXPECT_GE(spearman(pc, pg), 0.99);
+}
+
 // Within the device-memory headroom (ProfileOptions::device_headroom) the
 // reference log-probabilities stay on the host, page-locked, and come in a
 // window at a time: the same numbers as with all of them in device memory.
