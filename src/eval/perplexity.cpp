@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "core/progress.h"
 #include "eval/reference_scores.h"
 #include "kernels/divergence.h"
@@ -27,6 +28,13 @@ double kl_divergence(const std::vector<double>& logp, const std::vector<double>&
 namespace {
 
 int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
+
+// One scored position: its NLL and, against a reference, KL, the reference's
+// NLL and whether the two argmaxes agree.
+struct RowScore {
+  double nll = 0, kl = 0, ref_nll = 0;
+  bool agree = false;
+};
 
 }  // namespace
 
@@ -80,7 +88,7 @@ PerplexityResult evaluate_perplexity(const DeviceWeights& weights, std::span<con
   std::unique_ptr<Transformer> ref_tf;
   if (opt.ref) ref_tf = std::make_unique<Transformer>(*opt.ref, ctx);
   std::vector<float> logits(n_out * vocab), ref_logits(opt.ref ? n_out * vocab : 0);
-  std::vector<double> logp, logq, nlls, klds;
+  std::vector<double> nlls, klds;
   int64_t agree = 0;
   double ref_nll = 0;
 
@@ -102,23 +110,41 @@ PerplexityResult evaluate_perplexity(const DeviceWeights& weights, std::span<con
       ref_tf->reset();
       ref_tf->forward(window, ref_logits.data(), first);
     }
-    // Logit row j predicts window[first + j + 1]; the last row predicts past the window.
-    for (int64_t j = 0; j + 1 < n_out; ++j, ++row) {
-      const int32_t target = window[first + j + 1];
-      log_softmax(&logits[j * vocab], vocab, logq);
-      nlls.push_back(-logq[target]);
-      if (ref_tf) {
-        log_softmax(&ref_logits[j * vocab], vocab, logp);
-        klds.push_back(kl_divergence(logp, logq));
-        ref_nll += -logp[target];
-        agree += argmax(&logits[j * vocab], vocab) == argmax(&ref_logits[j * vocab], vocab);
-      } else if (rs) {
-        rs->logp(row, logp);
-        klds.push_back(kl_divergence(logp, logq));
-        ref_nll += rs->nll(row);
-        agree += argmax(&logits[j * vocab], vocab) == rs->argmax(row);
+    // Logit row j predicts window[first + j + 1]; the last row predicts past
+    // the window. Rows are scored in parallel (a 262k vocabulary's softmaxes
+    // in double are most of a GPU evaluation's time) and summed in order, so
+    // the results do not depend on the thread count.
+    const int64_t scored = n_out - 1, row0 = row;
+    std::vector<RowScore> rows(static_cast<size_t>(std::max<int64_t>(scored, 0)));
+    parallel_for_range(scored, 1, [&](int64_t j0, int64_t j1) {
+      std::vector<double> lq, lp;
+      for (int64_t j = j0; j < j1; ++j) {
+        const int32_t target = window[first + j + 1];
+        RowScore& s = rows[j];
+        log_softmax(&logits[j * vocab], vocab, lq);
+        s.nll = -lq[target];
+        if (ref_tf) {
+          log_softmax(&ref_logits[j * vocab], vocab, lp);
+          s.kl = kl_divergence(lp, lq);
+          s.ref_nll = -lp[target];
+          s.agree = argmax(&logits[j * vocab], vocab) == argmax(&ref_logits[j * vocab], vocab);
+        } else if (rs) {
+          rs->logp(row0 + j, lp);
+          s.kl = kl_divergence(lp, lq);
+          s.ref_nll = rs->nll(row0 + j);
+          s.agree = argmax(&logits[j * vocab], vocab) == rs->argmax(row0 + j);
+        }
+      }
+    });
+    for (const RowScore& s : rows) {
+      nlls.push_back(s.nll);
+      if (has_ref) {
+        klds.push_back(s.kl);
+        ref_nll += s.ref_nll;
+        agree += s.agree;
       }
     }
+    row += static_cast<int64_t>(rows.size());
     if (has_ref && klds.size() > window_first_kl) {
       double sum = 0;
       for (size_t i = window_first_kl; i < klds.size(); ++i) sum += klds[i];
