@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/parallel.h"
 #include "core/progress.h"
 #include "eval/perplexity.h"
 #include "model/transformer.h"
@@ -23,12 +24,11 @@ ReferenceScores ReferenceScores::compute(const Model& ref, std::span<const int32
   const bool f32 = rows * vocab * 4 <= f32_limit;
   if (f32) s.logp_f32_.resize(rows * vocab);
   else s.logp_bf16_.resize(rows * vocab);
-  s.argmax_.reserve(rows);
-  s.nll_.reserve(rows);
+  s.argmax_.resize(rows);
+  s.nll_.resize(rows);
 
   Transformer tf(ref, ctx);
   std::vector<float> logits(w.n_out * vocab);
-  std::vector<double> logp;
   std::vector<int32_t> window;
   std::optional<Progress> bar;
   if (progress) bar.emplace("reference", w.chunks, "chunks");
@@ -37,15 +37,22 @@ ReferenceScores ReferenceScores::compute(const Model& ref, std::span<const int32
     w.fill(tokens, c, window);
     tf.reset();
     tf.forward(window, logits.data(), w.first);
-    for (int64_t j = 0; j + 1 < w.n_out; ++j, ++r) {
-      const float* row = &logits[j * vocab];
-      log_softmax(row, vocab, logp);
-      s.argmax_.push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
-      s.nll_.push_back(-logp[window[w.first + j + 1]]);
-      if (f32) std::copy(logp.begin(), logp.end(), s.logp_f32_.begin() + r * vocab);
-      else
-        for (int64_t v = 0; v < vocab; ++v) s.logp_bf16_[r * vocab + v] = f32_to_bf16(static_cast<float>(logp[v]));
-    }
+    // The window's rows in parallel (each its own slot: the same values for
+    // any thread count).
+    parallel_for_range(w.n_out - 1, 1, [&](int64_t j0, int64_t j1) {
+      std::vector<double> logp;
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t rr = r + j;
+        const float* row = &logits[j * vocab];
+        log_softmax(row, vocab, logp);
+        s.argmax_[rr] = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+        s.nll_[rr] = -logp[window[w.first + j + 1]];
+        if (f32) std::copy(logp.begin(), logp.end(), s.logp_f32_.begin() + rr * vocab);
+        else
+          for (int64_t v = 0; v < vocab; ++v) s.logp_bf16_[rr * vocab + v] = f32_to_bf16(static_cast<float>(logp[v]));
+      }
+    });
+    r += w.n_out - 1;
     if (bar) bar->update(c + 1);
   }
   if (bar) bar->finish();
