@@ -309,33 +309,50 @@ TEST(CudaModel, ProfileEqualsCpu) {
   EXPECT_GE(spearman(pc, pg), 0.999);
 }
 
+// The fast, weighted profile of stories260K on the CPU and on the GPU (with
+// GPTQ among the roundings when `gptq`), paired module x format, each proxy
+// within rel_tol of the other; how many modules kept the same rounding and
+// how many the CPU rounded by GPTQ.
+struct ProxyPairs {
+  std::vector<double> cpu, gpu;
+  int same_method = 0, cpu_gptq = 0;
+};
+ProxyPairs fast_profiles(int samples, int seq, std::vector<TensorFormat> candidates, bool gptq, double rel_tol) {
+  Numerics exact(false);
+  const Model m = load_model(stories());
+  const CalibrationOptions co = stories_calibration(samples, seq);
+  const auto windows = calibration_windows(m, co);
+  ProfileOptions o = both_methods(m, co, std::move(candidates));
+  o.method = ProfileMethod::Fast;
+  o.weighted = true;
+  o.gptq = gptq;
+  const SensitivityTable cpu = profile_on(cpu_backend(), m, windows, o),
+                         gpu = profile_on(*cuda_backend(), m, windows, o);
+  ProxyPairs p;
+  for (size_t i = 0; i < cpu.modules.size(); ++i)
+    for (const auto& [name, f] : cpu.modules[i].formats) {
+      const FormatSensitivity& g = gpu.modules[i].formats.at(name);
+      EXPECT_TRUE(f.proxy && g.proxy) << cpu.modules[i].module.path << " " << name;
+      if (!f.proxy || !g.proxy) continue;
+      p.same_method += f.method == g.method;
+      p.cpu_gptq += f.method == "gptq";
+      p.cpu.push_back(*f.proxy);
+      p.gpu.push_back(*g.proxy);
+      EXPECT_NEAR(*g.proxy / *f.proxy, 1.0, rel_tol) << cpu.modules[i].module.path << " " << name;
+    }
+  return p;
+}
+
 // The weighted rounding (the CUDA fake quantization weighing its search) and
 // input statistics kept as rows (96 calibration tokens: fewer than the
 // 172-wide down projections' inputs; Backend::rows_quadratic) measure on the
 // GPU what they measure on the CPU.
 TEST(CudaModel, WeightedProfileWithInputRowsEqualsCpu) {
   REQUIRE_GPU();
-  Numerics exact(false);
-  const Model m = load_model(stories());
-  const CalibrationOptions co = stories_calibration(2, 48);
-  const auto windows = calibration_windows(m, co);
-  ProfileOptions o = both_methods(m, co, {AffineFormat{2, 32}, AffineFormat{4, 32}});
-  o.method = ProfileMethod::Fast;
-  o.weighted = true;
-  const SensitivityTable cpu = profile_on(cpu_backend(), m, windows, o),
-                         gpu = profile_on(*cuda_backend(), m, windows, o);
-  std::vector<double> pc, pg;
-  for (size_t i = 0; i < cpu.modules.size(); ++i)
-    for (const auto& [name, f] : cpu.modules[i].formats) {
-      const FormatSensitivity& g = gpu.modules[i].formats.at(name);
-      ASSERT_TRUE(f.proxy && g.proxy) << cpu.modules[i].module.path << " " << name;
-      EXPECT_EQ(f.method, g.method) << cpu.modules[i].module.path << " " << name;
-      pc.push_back(*f.proxy);
-      pg.push_back(*g.proxy);
-      EXPECT_NEAR(*g.proxy / *f.proxy, 1.0, 1e-2) << cpu.modules[i].module.path << " " << name;
-    }
-  ASSERT_GT(pc.size(), 20u);
-  EXPECT_GE(spearman(pc, pg), 0.999);
+  const ProxyPairs p = fast_profiles(2, 48, {AffineFormat{2, 32}, AffineFormat{4, 32}}, false, 1e-2);
+  ASSERT_GT(p.cpu.size(), 20u);
+  EXPECT_EQ(p.same_method, static_cast<int>(p.cpu.size()));
+  EXPECT_GE(spearman(p.cpu, p.gpu), 0.999);
 }
 
 // With GPTQ among the roundings (--methods weighted,gptq) the GPU profile runs
@@ -343,32 +360,11 @@ TEST(CudaModel, WeightedProfileWithInputRowsEqualsCpu) {
 // each module keeps agree with the CPU's, which runs GPTQ on the host.
 TEST(CudaModel, GptqProfileEqualsCpu) {
   REQUIRE_GPU();
-  Numerics exact(false);
-  const Model m = load_model(stories());
-  const CalibrationOptions co = stories_calibration(4, 96);
-  const auto windows = calibration_windows(m, co);
-  ProfileOptions o = both_methods(m, co, {AffineFormat{3, 32}, AffineFormat{4, 64}});
-  o.method = ProfileMethod::Fast;
-  o.weighted = true;
-  o.gptq = true;
-  const SensitivityTable cpu = profile_on(cpu_backend(), m, windows, o),
-                         gpu = profile_on(*cuda_backend(), m, windows, o);
-  std::vector<double> pc, pg;
-  int gptq_rows = 0, same_method = 0;
-  for (size_t i = 0; i < cpu.modules.size(); ++i)
-    for (const auto& [name, f] : cpu.modules[i].formats) {
-      const FormatSensitivity& g = gpu.modules[i].formats.at(name);
-      ASSERT_TRUE(f.proxy && g.proxy) << cpu.modules[i].module.path << " " << name;
-      gptq_rows += f.method == "gptq";
-      same_method += f.method == g.method;
-      pc.push_back(*f.proxy);
-      pg.push_back(*g.proxy);
-      EXPECT_NEAR(*g.proxy / *f.proxy, 1.0, 0.05) << cpu.modules[i].module.path << " " << name;
-    }
-  ASSERT_GT(pc.size(), 20u);
-  EXPECT_GT(gptq_rows, 0);  // GPTQ won somewhere, so the device's GPTQ was measured
-  EXPECT_GE(same_method, static_cast<int>(pc.size()) - 2);
-  EXPECT_GE(spearman(pc, pg), 0.99);
+  const ProxyPairs p = fast_profiles(4, 96, {AffineFormat{3, 32}, AffineFormat{4, 64}}, true, 0.05);
+  ASSERT_GT(p.cpu.size(), 20u);
+  EXPECT_GT(p.cpu_gptq, 0);  // GPTQ won somewhere, so the device's GPTQ was measured
+  EXPECT_GE(p.same_method, static_cast<int>(p.cpu.size()) - 2);
+  EXPECT_GE(spearman(p.cpu, p.gpu), 0.99);
 }
 
 // Within the device-memory headroom (ProfileOptions::device_headroom) the

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cuda/cublas_api.h"
@@ -33,21 +34,16 @@ DeviceMemory upload(const T* host, size_t count, cudaStream_t s) {
 
 // Row-major products through cuBLAS's column-major GEMM: a row-major R
 // (r x c, leading dimension ld) is the column-major R^T. fp32 without TF32
-// (the host's GPTQ is fp32 throughout).
-void gemm_f32(cublasHandle_t blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-              float alpha, const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-              int64_t ldc, const char* what) {
+// (the host's GPTQ is fp32 throughout); the factorisation in double.
+template <class T>
+void gemm(cublasHandle_t blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, T alpha,
+          const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc, const char* what) {
+  constexpr bool f64 = std::is_same_v<T, double>;
+  constexpr cudaDataType type = f64 ? CUDA_R_64F : CUDA_R_32F;
   check_blas(cublas_api().gemm_ex(blas, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), &alpha,
-                                  a, CUDA_R_32F, static_cast<int>(lda), b, CUDA_R_32F, static_cast<int>(ldb), &beta, c,
-                                  CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-             what);
-}
-void gemm_f64(cublasHandle_t blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-              double alpha, const double* a, int64_t lda, const double* b, int64_t ldb, double beta, double* c,
-              int64_t ldc, const char* what) {
-  check_blas(cublas_api().gemm_ex(blas, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), &alpha,
-                                  a, CUDA_R_64F, static_cast<int>(lda), b, CUDA_R_64F, static_cast<int>(ldb), &beta, c,
-                                  CUDA_R_64F, static_cast<int>(ldc), CUBLAS_COMPUTE_64F, CUBLAS_GEMM_DEFAULT),
+                                  a, type, static_cast<int>(lda), b, type, static_cast<int>(ldb), &beta, c, type,
+                                  static_cast<int>(ldc), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT),
              what);
 }
 
@@ -83,7 +79,7 @@ std::unique_ptr<Backend::GptqFactor> gptq_factor(const double* a, const int64_t*
     if (rest == 0) break;
     // L21 L11^T = A21, row by row; then A22 -= L21 L21^T.
     lower_solve(L + k0 * n + k0, n, nb, L + k1 * n + k0, rest, n, 1, s);
-    gemm_f64(blas, CUBLAS_OP_T, CUBLAS_OP_N, rest, rest, nb, -1.0, L + k1 * n + k0, n, L + k1 * n + k0, n, 1.0,
+    gemm<double>(blas, CUBLAS_OP_T, CUBLAS_OP_N, rest, rest, nb, -1.0, L + k1 * n + k0, n, L + k1 * n + k0, n, 1.0,
              L + k1 * n + k1, n, "cublasGemmEx (gptq cholesky)");
   }
   // L's strict upper triangle still holds A's: the inverse below reads only the lower.
@@ -97,7 +93,7 @@ std::unique_ptr<Backend::GptqFactor> gptq_factor(const double* a, const int64_t*
     // share of the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1].
     lower_solve(L + k0 * n + k0, n, nb, X + k0 * n, k1, 1, n, s);
     if (rest == 0) break;
-    gemm_f64(blas, CUBLAS_OP_N, CUBLAS_OP_N, k1, rest, nb, -1.0, X + k0 * n, n, L + k1 * n + k0, n, 1.0, X + k1 * n, n,
+    gemm<double>(blas, CUBLAS_OP_N, CUBLAS_OP_N, k1, rest, nb, -1.0, X + k0 * n, n, L + k1 * n + k0, n, 1.0, X + k1 * n, n,
              "cublasGemmEx (gptq inverse)");
   }
   f->u = DeviceMemory(nn * sizeof(float));
@@ -145,7 +141,7 @@ void gptq_affine(const Backend::GptqFactor& base, const float* w, int64_t rows, 
                    groups, static_cast<int>(group), qmax, U, codes.as<uint8_t>(), err.as<float>(), s);
       // wp[:, k1:] -= err[:, :width] U[k0:k1, k1:] (column-major: C^T -= U_block^T err^T).
       if (rest > 0)
-        gemm_f32(blas, CUBLAS_OP_N, CUBLAS_OP_N, rest, rows, width, -1.0f, U + k0 * cols + k1, cols, err.as<float>(),
+        gemm<float>(blas, CUBLAS_OP_N, CUBLAS_OP_N, rest, rows, width, -1.0f, U + k0 * cols + k1, cols, err.as<float>(),
                  kGptqBlock, 1.0f, wp.as<float>() + k1, cols, "cublasGemmEx (gptq lazy update)");
     }
   };
@@ -159,7 +155,7 @@ void gptq_affine(const Backend::GptqFactor& base, const float* w, int64_t rows, 
     DeviceMemory h_ones(static_cast<size_t>(groups * cols) * 4), ones(static_cast<size_t>(groups * groups) * 8);
     group_sums(H, cols, static_cast<int>(group), h_ones.as<float>(), ones.as<double>(), s);
     DeviceMemory hw(n * sizeof(float));  // H w (H symmetric: the column-major product H W^T)
-    gemm_f32(blas, CUBLAS_OP_N, CUBLAS_OP_N, cols, rows, cols, 1.0f, H, cols, W, cols, 0.0f, hw.as<float>(), cols,
+    gemm<float>(blas, CUBLAS_OP_N, CUBLAS_OP_N, cols, rows, cols, 1.0f, H, cols, W, cols, 0.0f, hw.as<float>(), cols,
              "cublasGemmEx (gptq H w)");
     best_codes = DeviceMemory(n);
     best_s = DeviceMemory(ng * 2);
