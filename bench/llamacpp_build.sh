@@ -10,6 +10,9 @@
 #                     llama.cpp's AMX matmul (ggml_backend_amx_mul_mat) segfaults on SmolLM2 Q4_1
 #                     on an AMX Xeon (issue 9), so this is the fastest llama.cpp that runs there.
 #   portable          AVX2/FMA/F16C only, the flags of the test reference wheel (scripts/setup.sh).
+#   cuda              llama.cpp's CUDA backend for OPTIQ_CUDA_ARCH (default 90: Hopper), host code
+#                     portable (AVX2): built here with nvcc, run on the lent GPU machine (the peer of
+#                     BENCHMARKS.md §6; the binaries link cuBLAS at run time; ~1 h on 2 cores).
 # Cached in ~/.cache/optiq/llamacpp-tools/<version>-<variant>-<cpu flags hash>-<cmake flags hash>/, so a build made
 # on one CPU is never reused on another.
 # Usage: bench/llamacpp_build.sh [tool ...]   (default: llama-bench llama-perplexity llama-quantize llama-imatrix)
@@ -35,7 +38,8 @@ case $VARIANT in
     FLAGS+=" -DGGML_AVX512_VBMI=$(has avx512vbmi) -DGGML_AVX512_VNNI=$(has avx512_vnni)"
     FLAGS+=" -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" ;;
   portable) FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" ;;
-  *) echo "llamacpp_build.sh: unknown OPTIQ_LLAMACPP_VARIANT '$VARIANT' (native|noamx|portable)" >&2; exit 2 ;;
+  cuda) FLAGS="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${OPTIQ_CUDA_ARCH:-90} -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" ;;
+  *) echo "llamacpp_build.sh: unknown OPTIQ_LLAMACPP_VARIANT '$VARIANT' (native|noamx|portable|cuda)" >&2; exit 2 ;;
 esac
 CPUKEY=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-8)
 FLAGKEY=$(printf %s "$FLAGS" | sha256sum | cut -c1-6)
