@@ -470,6 +470,67 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
 }
 
+// Q4_K and Q6_K (llama.cpp's Q4_K_M mix) as generic_kernel computes them, in
+// the same order (so the same bits), but with their blocks read by wide
+// loads (q4k/q6k_decode_sub) and each chunk of x read once for the warp's
+// rows: the byte loads made llama.cpp's own Q4_K_M file of the Llama-3-8B
+// shape decode at 64 tok/s here, against 272 in llama.cpp (BENCHMARKS.md §6).
+template <DType kT, int kMaxN>
+__global__ void __launch_bounds__(kWarps * 32)
+    kquant_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y) {
+  pdl_trigger();
+  pdl_wait();
+  constexpr int64_t kBlockBytes = kT == DType::Q4_K ? 144 : 210;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kGenericRows;
+  if (r0 >= w.rows) return;
+  const int64_t chunks = w.cols / 32;
+  const int rows = w.rows - r0 < kGenericRows ? static_cast<int>(w.rows - r0) : kGenericRows;
+  float acc[kGenericRows][kMaxN] = {};
+  for (int64_t c = lane; c < chunks; c += 32) {
+    float v[kGenericRows][32];
+#pragma unroll
+    for (int r = 0; r < kGenericRows; ++r) {
+      if (r >= rows) break;
+      const uint8_t* b = static_cast<const uint8_t*>(w.data) + (r0 + r) * w.row_bytes + (c >> 3) * kBlockBytes;
+      if constexpr (kT == DType::Q4_K) {
+        q4k_decode_sub(b, static_cast<int>(c & 7), v[r]);
+      } else {
+        q6k_decode_sub(b, static_cast<int>(c & 7), v[r]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kMaxN; ++i) {
+      if (i >= n) break;
+      const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols + 32 * c);
+      float4 f[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) f[j] = xp[j];  // plain loads: x is the previous kernel's output
+#pragma unroll
+      for (int r = 0; r < kGenericRows; ++r) {
+        if (r >= rows) break;
+        float dot = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          dot = fmaf(v[r][4 * j], f[j].x, dot);
+          dot = fmaf(v[r][4 * j + 1], f[j].y, dot);
+          dot = fmaf(v[r][4 * j + 2], f[j].z, dot);
+          dot = fmaf(v[r][4 * j + 3], f[j].w, dot);
+        }
+        acc[r][i] += dot;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kGenericRows; ++r)
+#pragma unroll
+    for (int i = 0; i < kMaxN; ++i) {
+      if (i >= n) break;
+      const float v = warp_sum(acc[r][i]);
+      if (lane == 0 && r < rows) y[i * w.rows + r0 + r] = v;
+    }
+}
+
 // Odd widths (not a multiple of 32, dense storage only): one lane per column.
 __global__ void dense_scalar_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y) {
   pdl_trigger();
@@ -569,13 +630,29 @@ void with_dense(DevStorage st, F&& f) {
   }
 }
 
+// OPTIQ_CUDA_KQUANT_FAST=0 runs Q4_K and Q6_K through generic_kernel (A/B runs).
+bool kquant_fast_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("OPTIQ_CUDA_KQUANT_FAST");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 template <int kMaxN>
 void launch_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s) {
   switch (w.storage) {
     case DevStorage::Affine: launch_affine_f32<kMaxN>(w, x, n, y, s); return;
-    case DevStorage::KQuant:
-      launch(generic_kernel<kMaxN>, blocks_for(w.rows, kWarps * kGenericRows), kWarps * 32, 0, s, w, x, n, y);
+    case DevStorage::KQuant: {
+      const unsigned grid = blocks_for(w.rows, kWarps * kGenericRows);
+      if (w.kquant == DType::Q4_K && kquant_fast_enabled())
+        launch(kquant_kernel<DType::Q4_K, kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
+      else if (w.kquant == DType::Q6_K && kquant_fast_enabled())
+        launch(kquant_kernel<DType::Q6_K, kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
+      else
+        launch(generic_kernel<kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
       return;
+    }
     case DevStorage::F32: launch_dense<DevStorage::F32, kMaxN>(w, x, n, y, s); return;
     case DevStorage::F16: launch_dense<DevStorage::F16, kMaxN>(w, x, n, y, s); return;
     case DevStorage::BF16: launch_dense<DevStorage::BF16, kMaxN>(w, x, n, y, s); return;

@@ -160,6 +160,61 @@ __device__ __forceinline__ void kq_decode_sub(DType t, const uint8_t* b, int s, 
   }
 }
 
+// Q4_K and Q6_K (llama.cpp's Q4_K_M mix, its lm_head in Q6_K) with wide
+// loads: kq_decode_sub's values bit for bit, without its 32 byte loads a
+// chunk. A Q4_K block (144 bytes) is 16-byte aligned in a row (uploads align
+// rows' arrays to 256), a Q6_K block (210 bytes) 2-byte aligned.
+__device__ __forceinline__ uint32_t byte_of(const uint32_t (&w)[3], int k) {
+  const uint32_t word = k < 4 ? w[0] : (k < 8 ? w[1] : w[2]);
+  return (word >> (8 * (k & 3))) & 0xffu;
+}
+
+__device__ __forceinline__ void q4k_decode_sub(const uint8_t* b, int s, float (&v)[32]) {
+  const uint32_t dm = __ldg(reinterpret_cast<const uint32_t*>(b));
+  const float d = half_word(static_cast<uint16_t>(dm & 0xffff)), dmin = half_word(static_cast<uint16_t>(dm >> 16));
+  const uint32_t sw[3] = {__ldg(reinterpret_cast<const uint32_t*>(b + 4)), __ldg(reinterpret_cast<const uint32_t*>(b + 8)),
+                          __ldg(reinterpret_cast<const uint32_t*>(b + 12))};
+  int sc, mn;  // kq_scale_min's 6-bit pair s
+  if (s < 4) {
+    sc = byte_of(sw, s) & 63;
+    mn = byte_of(sw, s + 4) & 63;
+  } else {
+    sc = (byte_of(sw, s + 4) & 0x0f) | ((byte_of(sw, s - 4) >> 6) << 4);
+    mn = (byte_of(sw, s + 4) >> 4) | ((byte_of(sw, s) >> 6) << 4);
+  }
+  const float d1 = __fmul_rn(d, static_cast<float>(sc)), m1 = __fmul_rn(dmin, static_cast<float>(mn));
+  const uint4* q = reinterpret_cast<const uint4*>(b + 16 + 32 * (s >> 1));
+  const uint4 q0 = __ldg(q), q1 = __ldg(q + 1);
+  const uint32_t qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+  const int shift = (s & 1) * 4;
+#pragma unroll
+  for (int l = 0; l < 32; ++l) {
+    const uint32_t code = (qw[l >> 2] >> (8 * (l & 3) + shift)) & 0x0fu;
+    v[l] = __fsub_rn(__fmul_rn(d1, code_to_float(code)), m1);
+  }
+}
+
+__device__ __forceinline__ void q6k_decode_sub(const uint8_t* b, int s, float (&v)[32]) {
+  const float d = half_word(__ldg(reinterpret_cast<const uint16_t*>(b + 208)));
+  const int h = s >> 2, k = s & 3;
+  const uint16_t* ql = reinterpret_cast<const uint16_t*>(b + 64 * h + (k & 1) * 32);
+  const uint16_t* qh = reinterpret_cast<const uint16_t*>(b + 128 + 32 * h);
+  const uint16_t scw = __ldg(reinterpret_cast<const uint16_t*>(b + 192 + 8 * h + 2 * k));
+  const float s0 = __fmul_rn(d, static_cast<float>(static_cast<int8_t>(scw & 0xff))),
+              s1 = __fmul_rn(d, static_cast<float>(static_cast<int8_t>(scw >> 8)));
+  const int lshift = (k >> 1) * 4;
+#pragma unroll
+  for (int p = 0; p < 16; ++p) {
+    const uint32_t lw = __ldg(ql + p), hw = __ldg(qh + p);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int l = 2 * p + e;
+      const int code = static_cast<int>((((lw >> (8 * e)) >> lshift) & 0x0f) | ((((hw >> (8 * e)) >> (2 * k)) & 3) << 4)) - 32;
+      v[l] = __fmul_rn(l < 16 ? s0 : s1, static_cast<float>(code));
+    }
+  }
+}
+
 // IQ4_NL / IQ4_XS (quant/ggml_iq4.h): chunk c of a row is block c (IQ4_NL,
 // 18 bytes) or block c % 8 of super-block c / 8 (IQ4_XS, 136 bytes).
 __device__ __forceinline__ void iq4_decode_chunk(DType t, const uint8_t* row, int64_t c, float (&v)[32]) {
