@@ -157,6 +157,21 @@ TEST(Gptq, InverseFactorOfTheDampenedHessian) {
     for (int64_t j = 0; j < i; ++j) EXPECT_EQ(u[i * n + j], 0.0);
 }
 
+// A backend without GPTQ of its own (the CPU's: Backend::gptq_factor gives
+// null) leaves it to the host: the same factor and the same bits.
+TEST(Gptq, BackendWithoutGptqRunsOnTheHost) {
+  const int64_t rows = 9, cols = 128, tokens = 300;
+  const auto h = gram(correlated_inputs(tokens, cols, 21), tokens, cols);
+  const auto w = test::random_floats(static_cast<size_t>(rows * cols), 22, 0.05f);
+  const TensorFormat f = parse_tensor_format("q4g64");
+  const GptqHessian host = gptq_prepare(h.data(), cols, true, 0.01, 3);
+  const GptqHessian via = gptq_prepare(h.data(), cols, true, 0.01, 3, &cpu_backend());
+  EXPECT_FALSE(via.device);
+  EXPECT_EQ(via.u, host.u);
+  EXPECT_EQ(dequantize_matrix(gptq_quantize(f, w.data(), rows, cols, via).q),
+            dequantize_matrix(gptq_quantize(f, w.data(), rows, cols, host).q));
+}
+
 TEST(Gptq, DeadInputsAndOddShapes) {
   // Inputs that are always zero (H row and column 0), 7 rows, 96 columns.
   const int64_t rows = 7, cols = 96, tokens = 200;
