@@ -424,63 +424,25 @@ __global__ void __launch_bounds__(kW * 32) dense_group_kernel(MatrixGroup g, con
   });
 }
 
-// fp32 activations, any storage through decode_chunk (k-quants; odd widths).
+// Rows a warp takes in chunk_kernel.
 constexpr int kGenericRows = 2;
 
-template <int kMaxN>
-__global__ void __launch_bounds__(kWarps * 32)
-    generic_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y) {
-  pdl_trigger();
-  pdl_wait();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kGenericRows;
-  if (r0 >= w.rows) return;
-  const int64_t chunks = w.cols / 32;
-  float acc[kGenericRows][kMaxN] = {};
-  for (int64_t c = lane; c < chunks; c += 32) {
-#pragma unroll
-    for (int r = 0; r < kGenericRows; ++r) {
-      if (r0 + r >= w.rows) break;
-      float v[32];
-      decode_chunk(w, r0 + r, c, v);
-#pragma unroll
-      for (int i = 0; i < kMaxN; ++i) {
-        if (i >= n) break;
-        const float4* xp = reinterpret_cast<const float4*>(x + i * w.cols + 32 * c);
-        float dot = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float4 f = xp[j];  // plain loads: x is the previous kernel's output (see dense_rows)
-          dot = fmaf(v[4 * j], f.x, dot);
-          dot = fmaf(v[4 * j + 1], f.y, dot);
-          dot = fmaf(v[4 * j + 2], f.z, dot);
-          dot = fmaf(v[4 * j + 3], f.w, dot);
-        }
-        acc[r][i] += dot;
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kGenericRows; ++r)
-#pragma unroll
-    for (int i = 0; i < kMaxN; ++i) {
-      if (i >= n) break;
-      const float v = warp_sum(acc[r][i]);
-      if (lane == 0 && r0 + r < w.rows) y[i * w.rows + r0 + r] = v;
-    }
-}
+// How chunk_kernel decodes a chunk: any storage through decode_chunk, or
+// Q4_K / Q6_K (llama.cpp's Q4_K_M mix) by their wide-load decoders, whose
+// values are decode_chunk's bit for bit (its byte loads made llama.cpp's own
+// Q4_K_M file of the Llama-3-8B shape decode at 64 tok/s here, against 272
+// in llama.cpp; 112 with these: BENCHMARKS.md §6).
+enum class ChunkDecode { Any, Q4K, Q6K };
 
-// Q4_K and Q6_K (llama.cpp's Q4_K_M mix) as generic_kernel computes them, in
-// the same order (so the same bits), but with their blocks read by wide
-// loads (q4k/q6k_decode_sub) and each chunk of x read once for the warp's
-// rows: the byte loads made llama.cpp's own Q4_K_M file of the Llama-3-8B
-// shape decode at 64 tok/s here, against 272 in llama.cpp (BENCHMARKS.md §6).
-template <DType kT, int kMaxN>
+// fp32 activations, any storage by chunks of 32 (k-quants; odd widths): a
+// warp takes kGenericRows rows, a lane a chunk of each at a time, each chunk
+// of x read once for the rows.
+template <ChunkDecode kD, int kMaxN>
 __global__ void __launch_bounds__(kWarps * 32)
-    kquant_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y) {
+    chunk_kernel(DevMatrix w, const float* x, int n, float* __restrict__ y) {
   pdl_trigger();
   pdl_wait();
-  constexpr int64_t kBlockBytes = kT == DType::Q4_K ? 144 : 210;
+  constexpr int64_t kBlockBytes = kD == ChunkDecode::Q4K ? 144 : 210;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kGenericRows;
   if (r0 >= w.rows) return;
@@ -492,11 +454,15 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int r = 0; r < kGenericRows; ++r) {
       if (r >= rows) break;
-      const uint8_t* b = static_cast<const uint8_t*>(w.data) + (r0 + r) * w.row_bytes + (c >> 3) * kBlockBytes;
-      if constexpr (kT == DType::Q4_K) {
-        q4k_decode_sub(b, static_cast<int>(c & 7), v[r]);
+      if constexpr (kD == ChunkDecode::Any) {
+        decode_chunk(w, r0 + r, c, v[r]);
       } else {
-        q6k_decode_sub(b, static_cast<int>(c & 7), v[r]);
+        const uint8_t* b = static_cast<const uint8_t*>(w.data) + (r0 + r) * w.row_bytes + (c >> 3) * kBlockBytes;
+        if constexpr (kD == ChunkDecode::Q4K) {
+          q4k_decode_sub(b, static_cast<int>(c & 7), v[r]);
+        } else {
+          q6k_decode_sub(b, static_cast<int>(c & 7), v[r]);
+        }
       }
     }
 #pragma unroll
@@ -630,7 +596,7 @@ void with_dense(DevStorage st, F&& f) {
   }
 }
 
-// OPTIQ_CUDA_KQUANT_FAST=0 runs Q4_K and Q6_K through generic_kernel (A/B runs).
+// OPTIQ_CUDA_KQUANT_FAST=0 decodes Q4_K and Q6_K through decode_chunk (A/B runs).
 bool kquant_fast_enabled() {
   static const bool on = [] {
     const char* v = std::getenv("OPTIQ_CUDA_KQUANT_FAST");
@@ -646,11 +612,11 @@ void launch_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
     case DevStorage::KQuant: {
       const unsigned grid = blocks_for(w.rows, kWarps * kGenericRows);
       if (w.kquant == DType::Q4_K && kquant_fast_enabled())
-        launch(kquant_kernel<DType::Q4_K, kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
+        launch(chunk_kernel<ChunkDecode::Q4K, kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
       else if (w.kquant == DType::Q6_K && kquant_fast_enabled())
-        launch(kquant_kernel<DType::Q6_K, kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
+        launch(chunk_kernel<ChunkDecode::Q6K, kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
       else
-        launch(generic_kernel<kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
+        launch(chunk_kernel<ChunkDecode::Any, kMaxN>, grid, kWarps * 32, 0, s, w, x, n, y);
       return;
     }
     case DevStorage::F32: launch_dense<DevStorage::F32, kMaxN>(w, x, n, y, s); return;
