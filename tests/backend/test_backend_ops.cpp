@@ -321,6 +321,30 @@ TEST_P(BackendOps, DecodeProductsOnTallAndWideMatrices) {
   }
 }
 
+// Fast numerics on prefill-sized batches (the GEMM path: the CUDA backend
+// multiplies 16-bit operands, bf16 rows with bf16-rounded activations): every
+// storage within 16-bit rounding of the exact product.
+TEST_P(BackendOps, PrefillProductsInFastNumerics) {
+  const Int8Decode fast(true);
+  const int64_t rows = 45, cols = 256, n = 24;  // n > the decode kernels' rows
+  const auto x = test::random_floats(n * cols, 51);
+  for (const StorageCase& sc : storage_cases(rows, cols)) {
+    std::vector<float> dense(rows * cols);
+    for (int64_t r = 0; r < rows; ++r) weight_row(sc.view, r, &dense[r * cols]);
+    std::vector<double> want(n * rows);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * dense[r * cols + c];
+        want[i * rows + r] = s;
+      }
+    auto h = b.upload(sc.view);
+    Buffer bx = put(x), y = b.alloc(n * rows);
+    b.matmul(*h, bx.data(), n, y.data());
+    expect_close(get(y, n * rows), want, 1e-2, (sc.name + " fast n=24").c_str());
+  }
+}
+
 // Dense storages whose width is no multiple of 8 (tiny models, odd heads).
 TEST_P(BackendOps, MatmulOddWidths) {
   for (int64_t cols : {5, 12, 37}) {
