@@ -40,6 +40,15 @@ void Progress::update(int64_t done, const std::string& extra) {
   draw(false, extra);
 }
 
+std::string format_rate(double per_second, const std::string& unit) {
+  if (per_second >= 1.0) return fmt::format("{:.1f} {}/s", per_second, unit);
+  // "measurements" -> "measurement", "M weights" -> "M weight"; "MB" stays.
+  const size_t word = unit.rfind(' ') == std::string::npos ? 0 : unit.rfind(' ') + 1;
+  const bool plural = unit.size() - word > 2 && unit.back() == 's';
+  return fmt::format("{:.1f} s/{}", per_second > 0 ? 1.0 / per_second : 0.0,
+                     plural ? unit.substr(0, unit.size() - 1) : unit);
+}
+
 void Progress::resume_from(int64_t done) { base_ = done_ = done; }
 
 void Progress::finish(const std::string& extra) {
@@ -55,8 +64,7 @@ void Progress::draw(bool final, const std::string& extra) {
   std::string line = fmt::format("{}: {}/{}{}", label_, done_, total_, unit_.empty() ? "" : " " + unit_);
   if (elapsed > 0 && done_ > base_) {
     const double rate = (done_ - base_) / elapsed;
-    const std::string u = unit_.empty() ? "it" : unit_;
-    line += rate >= 1.0 ? fmt::format(", {:.1f} {}/s", rate, u) : fmt::format(", {:.1f} s/{}", 1.0 / rate, u);
+    line += ", " + format_rate(rate, unit_.empty() ? "it" : unit_);
     if (final)
       line += fmt::format(", {}", format_duration(elapsed));
     else

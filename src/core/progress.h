@@ -31,4 +31,8 @@ class Progress {
 
 std::string format_duration(double seconds);
 
+// "2.5 measurements/s" at a rate of one a second or more, "1.3 s/measurement"
+// below it (the unit's plural s dropped for one).
+std::string format_rate(double per_second, const std::string& unit);
+
 }  // namespace optiq
