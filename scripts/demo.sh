@@ -8,7 +8,7 @@
 #     FP16, uniform 4-bit g64, and optiq's mixed plan at exactly the uniform model's size, each
 #     exported as MLX, reloaded and measured on held-out WikiText-2 (size, perplexity change,
 #     KL divergence, top-1 agreement) with a greedy continuation of PROMPT from each.
-# About 6 minutes on an idle 2-core machine after set-up (5.5 measured); the profile is cached,
+# About 9 minutes on an idle 2-core machine after set-up (539 s measured); the profile is cached,
 # so a second run takes about 2.
 # Usage: scripts/demo.sh [MODEL.gguf] [PROMPT]
 # Env: OPTIQ_CACHE (model cache root, default ~/.cache/optiq), OPTIQ_SHARED_DIR (default ../shared),
