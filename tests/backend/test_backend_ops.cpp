@@ -231,6 +231,26 @@ std::vector<StorageCase> storage_cases(int64_t rows, int64_t cols) {
   return cases;
 }
 
+// A storage's rows, dequantized (the values every product multiplies).
+std::vector<float> dense_rows(const WeightView& v) {
+  std::vector<float> dense(v.rows * v.cols);
+  for (int64_t r = 0; r < v.rows; ++r) weight_row(v, r, &dense[r * v.cols]);
+  return dense;
+}
+
+// y[i][r] = x[i] . dense[r] in double: the exact product of n rows of x.
+std::vector<double> exact_products(const std::vector<float>& x, const std::vector<float>& dense, int64_t n,
+                                   int64_t rows, int64_t cols) {
+  std::vector<double> want(n * rows);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0;
+      for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * dense[r * cols + c];
+      want[i * rows + r] = s;
+    }
+  return want;
+}
+
 // Exact numerics: fp32 activations on every path, every storage, decode-sized
 // and prefill-sized batches; embeddings return the dequantized rows exactly.
 TEST_P(BackendOps, MatmulAndEmbedEveryStorage) {
@@ -239,20 +259,13 @@ TEST_P(BackendOps, MatmulAndEmbedEveryStorage) {
   const std::vector<int32_t> tokens = {12, 0, 5, 5};
   for (const StorageCase& sc : storage_cases(rows, cols)) {
     const WeightView& v = sc.view;
-    std::vector<float> dense(rows * cols);
-    for (int64_t r = 0; r < rows; ++r) weight_row(v, r, &dense[r * cols]);
+    const std::vector<float> dense = dense_rows(v);
     auto h = b.upload(v);
     EXPECT_EQ(h->rows(), rows);
     EXPECT_EQ(h->cols(), cols);
     for (int64_t n : {1, 3, 20}) {
       const auto x = test::random_floats(n * cols, 11 + n);
-      std::vector<double> want(n * rows);
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t r = 0; r < rows; ++r) {
-          double s = 0;
-          for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * dense[r * cols + c];
-          want[i * rows + r] = s;
-        }
+      const std::vector<double> want = exact_products(x, dense, n, rows, cols);
       Buffer bx = put(x), y = b.alloc(n * rows);
       b.matmul(*h, bx.data(), n, y.data());
       expect_close(get(y, n * rows), want, 2e-4, (sc.name + " matmul n=" + std::to_string(n)).c_str());
@@ -329,15 +342,7 @@ TEST_P(BackendOps, PrefillProductsInFastNumerics) {
   const int64_t rows = 45, cols = 256, n = 24;  // n > the decode kernels' rows
   const auto x = test::random_floats(n * cols, 51);
   for (const StorageCase& sc : storage_cases(rows, cols)) {
-    std::vector<float> dense(rows * cols);
-    for (int64_t r = 0; r < rows; ++r) weight_row(sc.view, r, &dense[r * cols]);
-    std::vector<double> want(n * rows);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t r = 0; r < rows; ++r) {
-        double s = 0;
-        for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * dense[r * cols + c];
-        want[i * rows + r] = s;
-      }
+    const std::vector<double> want = exact_products(x, dense_rows(sc.view), n, rows, cols);
     auto h = b.upload(sc.view);
     Buffer bx = put(x), y = b.alloc(n * rows);
     b.matmul(*h, bx.data(), n, y.data());
@@ -412,8 +417,7 @@ TEST_P(BackendOps, Int8DecodeEqualsRoundedActivations) {
   quantize_activations(x.data(), n, cols, act);
   for (const StorageCase& sc : storage_cases(rows, cols)) {
     if (!sc.view.as<AffineMatrixView>()) continue;
-    std::vector<float> dense(rows * cols);
-    for (int64_t r = 0; r < rows; ++r) weight_row(sc.view, r, &dense[r * cols]);
+    const std::vector<float> dense = dense_rows(sc.view);
     std::vector<double> want(n * rows);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t r = 0; r < rows; ++r) {
