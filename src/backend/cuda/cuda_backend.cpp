@@ -190,6 +190,30 @@ int64_t attention_score_bytes() {
   return v > 0 ? std::min<int64_t>(v, kAttentionScoreBytes) : kAttentionScoreBytes;
 }
 
+// Prefill expands packed rows into fp16 slabs of at most this size for cuBLAS
+// (lm_heads of large vocabularies take a few; plan/compute_buffers.cpp counts
+// it for --fit). OPTIQ_CUDA_SLAB_MB lowers it: a slab that stays in the L2
+// cache is written and read there instead of in device memory.
+constexpr size_t kGemmSlabBytes = size_t{256} << 20;
+size_t gemm_slab_bytes() {
+  static const size_t bytes = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_SLAB_MB");
+    const long long mb = e ? std::atoll(e) : 0;
+    return mb > 0 ? std::min(kGemmSlabBytes, static_cast<size_t>(mb) << 20) : kGemmSlabBytes;
+  }();
+  return bytes;
+}
+
+// bf16 rows multiplied as bf16 in prefill (OPTIQ_CUDA_BF16_GEMM=0: expanded
+// to fp16 first, as before).
+bool bf16_gemm_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_BF16_GEMM");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return on;
+}
+
 // Step inputs as they sit in device memory: the position, then the tokens.
 constexpr int kMaxStepTokens = kMatvecMaxRows;
 struct StepInputs {
@@ -887,11 +911,18 @@ void CudaBackend::gemm_rows(const void* a, const void* x, cudaDataType type, int
 }
 
 void CudaBackend::gemm(const DevMatrix& m, const float* x, int64_t n, float* y) {
-  // The expanded slab stays under this size (lm_heads of large vocabularies take a few slabs).
-  constexpr size_t kSlabBytes = size_t{256} << 20;
   const bool fast = kernels::decode_int8_enabled();
   const size_t elem = fast ? 2 : 4;
-  const int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(kSlabBytes / (elem * m.cols)));
+  const int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(gemm_slab_bytes() / (elem * m.cols)));
+  if (fast && m.storage == DevStorage::BF16 && bf16_gemm_enabled()) {
+    // bf16 rows multiply bf16-rounded activations as they are, as llama.cpp's
+    // and PyTorch's bf16 paths do: expanding them to fp16 first (the other
+    // storages' slab) read and wrote the whole matrix once more per pass.
+    auto* xb = xhalf_.get<__nv_bfloat16>(static_cast<size_t>(n * m.cols), stream_, false);
+    cuda::to_bf16(x, n * m.cols, xb, stream_);
+    gemm_rows(m.data, xb, CUDA_R_16BF, m.rows, n, m.cols, y, m.rows);
+    return;
+  }
   if (fast) {
     auto* xh = xhalf_.get<__half>(static_cast<size_t>(n * m.cols), stream_, false);
     cuda::to_half(x, n * m.cols, xh, stream_);

@@ -4,6 +4,7 @@
 // (weights to fp16/fp32 rows for prefill GEMMs and embeddings),
 // elementwise.cu, attention.cu.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -134,6 +135,7 @@ void softcap(float* x, int64_t n, float cap, cudaStream_t s);
 // x rounded as ActRounding says (kernels/weight_view.h), into out (may alias x).
 void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, float* out, cudaStream_t s);
 void to_half(const float* x, int64_t n, __half* out, cudaStream_t s);
+void to_bf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t s);
 
 // The KV cache of one layer: [max_ctx][kv_dim] of fp32 or fp16.
 struct DevKV {
