@@ -194,11 +194,6 @@ class Backend {
                             std::span<float* const> ys) {
     for (size_t i = 0; i < ws.size(); ++i) matmul(*ws[i], x, n, ys[i]);
   }
-  // A hint at batch 1: the product after the next operation reads ws. A
-  // backend that can start bringing their bytes closer meanwhile does (the
-  // CUDA backend: into its L2 cache, while a latency-bound step leaves device
-  // memory idle); results never depend on it.
-  virtual void prefetch(std::span<const WeightHandle* const> ws) {}
   // RoPE of q (n rows of q_stride, n_heads heads) and k (rows of kv_dim,
   // n_kv_heads heads) at positions pos0.., then k and v stored in the cache.
   struct RopeStore {

@@ -259,25 +259,11 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
   // attention-norm input.
   const bool fuse = observer_ == nullptr;
   bool normed = false;
-  // Decode tells the backend which matrices the product after the next
-  // operation reads (Backend::prefetch), so their bytes can move while
-  // attention and the small products leave device memory idle.
-  const bool hints = n == 1 && observer_ == nullptr;
-  auto prefetch = [&](std::initializer_list<const WeightHandle*> ws) {
-    if (hints) b.prefetch(std::span<const WeightHandle* const>(ws.begin(), ws.size()));
-  };
-  auto prefetch_qkv = [&](const DeviceLayer& D) {
-    if (c.fused_qkv)
-      prefetch({&D.matrix(ModuleKind::QkvProj)});
-    else
-      prefetch({&D.matrix(ModuleKind::QProj), &D.matrix(ModuleKind::KProj), &D.matrix(ModuleKind::VProj)});
-  };
   for (int l = first_layer; l < last_layer; ++l) {
     const DeviceLayer& L = weights_.layer(l);
     observe(l, Site::LayerIn, act_.x, n, dim);
     if (!normed) b.rms_norm(x, L.attn_norm.data(), n, dim, c.norm_eps, xn);
     observe(l, Site::AttnIn, act_.xn, n, dim);
-    prefetch({&L.matrix(ModuleKind::OProj)});  // during q/k/v and attention
     project_qkv(L, n);
     const bool local = c.local_rope(l);
     Backend::RopeStore rs;
@@ -297,10 +283,6 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     p.window = c.window(l);
     p.f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
     p.max_ctx = max_ctx_;
-    if (c.fused_qkv)  // during attention and o
-      prefetch({&L.matrix(ModuleKind::GateUpProj)});
-    else
-      prefetch({&L.matrix(ModuleKind::GateProj), &L.matrix(ModuleKind::UpProj)});
     if (model_.llamacpp_numerics) {
       b.rope_kv_store(rs, act_.q.data(), act_.k.data(), act_.v.data(), n, pos_, cache_, l);
       b.round_f16(act_.q.data(), n * qd);  // llama.cpp's fp16 KQ product
@@ -325,10 +307,6 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     observe(l, Site::MlpIn, act_.xn, n, dim);
     mlp_hidden(L, n);
     observe(l, Site::DownIn, act_.gate, n, hid);
-    if (l + 1 < last_layer)  // during down
-      prefetch_qkv(weights_.layer(l + 1));
-    else if (head)
-      prefetch({&weights_.output()});
     normed = fuse && l + 1 < last_layer;  // the next layer's norm, when this pass runs it
     if (normed && !c.sandwich_norms) {
       b.matmul_add_rms_norm(L.matrix(ModuleKind::DownProj), act_.gate.data(), n, xn, x,

@@ -214,37 +214,6 @@ bool bf16_gemm_enabled() {
   return on;
 }
 
-// Bytes one Backend::prefetch hint brings into L2 at most, split over its
-// matrices (each matrix's first rows). OPTIQ_CUDA_PREFETCH_MB sets it; 0: off.
-int64_t prefetch_cap_bytes() {
-  static const int64_t bytes = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_PREFETCH_MB");
-    const long long mb = e ? std::atoll(e) : 0;
-    return mb > 0 ? static_cast<int64_t>(mb) << 20 : int64_t{0};
-  }();
-  return bytes;
-}
-
-// Where a matrix's bytes lie (codes, then scales and biases), in row order.
-void add_matrix_ranges(const DevMatrix& m, PrefetchRanges& r) {
-  auto add = [&](const void* p, int64_t bytes) {
-    if (p && bytes > 0 && r.count < PrefetchRanges::kMax) r.p[r.count] = p, r.bytes[r.count++] = bytes;
-  };
-  switch (m.storage) {
-    case DevStorage::F32: add(m.data, m.rows * m.cols * 4); break;
-    case DevStorage::F16:
-    case DevStorage::BF16: add(m.data, m.rows * m.cols * 2); break;
-    case DevStorage::KQuant: add(m.data, m.rows * m.row_bytes); break;
-    case DevStorage::Affine: {
-      const int64_t groups = m.rows * (m.cols / m.group);
-      add(m.data, m.rows * (m.cols / 32) * m.bits * 4);
-      add(m.scales, groups * 2);
-      add(m.biases, groups * 2);
-      break;
-    }
-  }
-}
-
 // Step inputs as they sit in device memory: the position, then the tokens.
 constexpr int kMaxStepTokens = kMatvecMaxRows;
 struct StepInputs {
@@ -280,18 +249,12 @@ class CudaBackend final : public Backend {
     OPTIQ_CUDA_OK(cudaSetDevice(device));
     OPTIQ_CUDA_OK(cudaGetDeviceProperties(&props_, device));
     OPTIQ_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    OPTIQ_CUDA_OK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
-    OPTIQ_CUDA_OK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
-    OPTIQ_CUDA_OK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
     step_dev_ = DeviceMemory(sizeof(StepInputs));
     OPTIQ_CUDA_OK(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   }
   ~CudaBackend() override {
     if (blas_) cublas_api().destroy(blas_);
     if (step_host_) cudaFreeHost(step_host_);
-    if (side_) cudaStreamSynchronize(side_), cudaStreamDestroy(side_);
-    if (fork_) cudaEventDestroy(fork_);
-    if (join_) cudaEventDestroy(join_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -320,7 +283,6 @@ class CudaBackend final : public Backend {
     Op op(*this, "to_host strided");
     check(!recording_, "cuda backend: a strided copy cannot be recorded");
     if (n <= 0) return;
-    join_side();
     OPTIQ_CUDA_OK(cudaMemcpy2DAsync(host, sizeof(float), src, static_cast<size_t>(stride) * sizeof(float), sizeof(float),
                                     static_cast<size_t>(n), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
@@ -337,7 +299,6 @@ class CudaBackend final : public Backend {
                                     cudaMemcpyDeviceToHost, stream_));
       return;
     }
-    join_side();
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   }
@@ -369,24 +330,6 @@ class CudaBackend final : public Backend {
   void matmul(const WeightHandle& w, const float* x, int64_t n, float* y) override;
   void matmul_group(std::span<const WeightHandle* const> ws, const float* x, int64_t n,
                     std::span<float* const> ys) override;
-  // On the side stream, from this point of the main one: the first rows of
-  // ws, up to prefetch_cap_bytes() in all, into L2 (joined back at the next
-  // copy to the host or the end of a recording).
-  void prefetch(std::span<const WeightHandle* const> ws) override {
-    const int64_t cap = prefetch_cap_bytes();
-    if (cap <= 0 || ws.empty()) return;
-    cuda::PrefetchRanges r;
-    for (const WeightHandle* w : ws) add_matrix_ranges(dev(*w), r);
-    int64_t total = 0;
-    for (int i = 0; i < r.count; ++i) total += r.bytes[i];
-    if (total > cap)
-      for (int i = 0; i < r.count; ++i)
-        r.bytes[i] = static_cast<int64_t>(static_cast<double>(r.bytes[i]) * static_cast<double>(cap) / total);
-    OPTIQ_CUDA_OK(cudaEventRecord(fork_, stream_));
-    OPTIQ_CUDA_OK(cudaStreamWaitEvent(side_, fork_, 0));
-    cuda::l2_prefetch(r, side_);
-    side_pending_ = true;
-  }
   void weight_rows_to_f32(const WeightHandle& w, int64_t r0, int64_t r1, float* out) override {
     Op op(*this, "weights to fp32");
     const DevMatrix& m = dev(w);
@@ -557,7 +500,6 @@ class CudaBackend final : public Backend {
     check(!recording_, "cuda backend: already recording");
     // The step inputs must have reached the device before capture starts
     // (the pinned buffer is reused by the next set_step_inputs).
-    join_side();  // a capture may not wait on work from before it
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
     OPTIQ_CUDA_OK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
     recording_ = true;
@@ -566,7 +508,6 @@ class CudaBackend final : public Backend {
   std::unique_ptr<RecordedStep> end_recording() override {
     check(recording_, "cuda backend: not recording");
     recording_ = false;
-    join_side();  // a capture ends with every forked stream joined
     cudaGraph_t graph = nullptr;
     OPTIQ_CUDA_OK(cudaStreamEndCapture(stream_, &graph));
     std::unique_ptr<CudaStep> step = record_out_ ? std::move(record_out_) : std::make_unique<CudaStep>();
@@ -606,11 +547,6 @@ class CudaBackend final : public Backend {
   void abort_recording() override {
     if (!recording_) return;
     recording_ = false;
-    if (side_pending_) {
-      side_pending_ = false;
-      cudaEventRecord(join_, side_);
-      cudaStreamWaitEvent(stream_, join_, 0);
-    }
     cudaGraph_t g = nullptr;
     cudaStreamEndCapture(stream_, &g);
     if (g) cudaGraphDestroy(g);
@@ -708,16 +644,6 @@ class CudaBackend final : public Backend {
 
   cudaDeviceProp props_{};
   cudaStream_t stream_ = nullptr;
-  // Prefetches run on side_, forked from stream_ at fork_ and joined back at join_.
-  cudaStream_t side_ = nullptr;
-  cudaEvent_t fork_ = nullptr, join_ = nullptr;
-  bool side_pending_ = false;
-  void join_side() {
-    if (!side_pending_) return;
-    side_pending_ = false;
-    OPTIQ_CUDA_OK(cudaEventRecord(join_, side_));
-    OPTIQ_CUDA_OK(cudaStreamWaitEvent(stream_, join_, 0));
-  }
   cublasHandle_t blas_ = nullptr;
   DeviceMemory blas_ws_;
   Scratch rounded_, xq_, xscale_, xsum_, aligned_, slab_, xhalf_, tokens_, partial_, scores_, probs_, qhalf_, counters_;

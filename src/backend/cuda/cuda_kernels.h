@@ -137,16 +137,6 @@ void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, f
 void to_half(const float* x, int64_t n, __half* out, cudaStream_t s);
 void to_bf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t s);
 
-// Device byte ranges to bring into the L2 cache (prefetch.cu): bulk
-// prefetches on sm_90, line prefetches before it. Addresses 16-byte aligned.
-struct PrefetchRanges {
-  static constexpr int kMax = 12;
-  const void* p[kMax] = {};
-  int64_t bytes[kMax] = {};
-  int count = 0;
-};
-void l2_prefetch(const PrefetchRanges& r, cudaStream_t s);
-
 // The KV cache of one layer: [max_ctx][kv_dim] of fp32 or fp16.
 struct DevKV {
   void* k = nullptr;
