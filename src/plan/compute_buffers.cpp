@@ -31,7 +31,7 @@ int64_t optiq_cuda_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows
   const int64_t activations = rows * transformer_row_floats(c) * 4;
   const int64_t widest = std::max({int64_t(c.dim), int64_t(c.q_dim()), int64_t(c.hidden_dim)});
   const int64_t input_half = rows * widest * 2;
-  constexpr int64_t kSlab = int64_t{256} << 20;  // CudaBackend::gemm's kGemmSlabBytes (at most)
+  constexpr int64_t kSlab = int64_t{256} << 20;  // CudaBackend::gemm's kSlabBytes
   int64_t slab = 0;
   for (const auto& m : quantizable_modules(c)) {
     const int64_t slab_rows = std::max<int64_t>(1, kSlab / (2 * m.cols));
