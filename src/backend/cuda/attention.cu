@@ -618,9 +618,26 @@ __global__ void softmax_kernel(AttentionParams p, float* S, int64_t n, int64_t l
   for (int64_t t = threadIdx.x; t < T; t += blockDim.x) {
     float v = (t >= t0 && t <= pos) ? sr[t] * inv : 0.0f;
     if (p.f16_probs) v = round_to_f16(v);
-    sr[t] = v;
-    if (p16) p16[row * ld + t] = __float2half_rn(v);
+    if (p16)
+      p16[row * ld + t] = __float2half_rn(v);
+    else
+      sr[t] = v;
   }
+}
+
+__global__ void prefill_pointers_kernel(PrefillHeads a, void** out) {
+  const int h = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (h >= a.n_heads) return;
+  const int H = a.n_heads;
+  const int64_t kv_off = static_cast<int64_t>(h / a.group) * a.head_dim * a.esz;
+  // (cuBLAS takes the read-only operands' arrays as const void* const[] too)
+  auto bytes = [](const void* p, int64_t off) { return const_cast<char*>(static_cast<const char*>(p)) + off; };
+  out[h] = bytes(a.k, kv_off);
+  out[H + h] = bytes(a.q, static_cast<int64_t>(h) * a.head_dim * a.esz);
+  out[2 * H + h] = a.scores + h * a.head_scores;
+  out[3 * H + h] = bytes(a.v, kv_off);
+  out[4 * H + h] = bytes(a.probs, h * a.head_scores * a.esz);
+  out[5 * H + h] = a.out + static_cast<int64_t>(h) * a.head_dim;
 }
 
 }  // namespace
@@ -746,6 +763,11 @@ bool attention_decode(const AttentionParams& p, const float* q, int n, DevPos po
     decode_for<float>(p, q, n, pos0, c, splits, partial, counters, out, s);
   OPTIQ_CUDA_LAUNCHED();
   return false;
+}
+
+void attention_prefill_pointers(const PrefillHeads& a, void** out, cudaStream_t s) {
+  prefill_pointers_kernel<<<blocks_for(a.n_heads, 128), 128, 0, s>>>(a, out);
+  OPTIQ_CUDA_LAUNCHED();
 }
 
 void attention_softmax(const AttentionParams& p, float* S, int64_t n, int64_t ld, int pos0, __half* p16,

@@ -31,6 +31,7 @@ CublasApi load() {
   bind(lib, "cublasSetWorkspace_v2", api.set_workspace, name);
   bind(lib, "cublasGemmEx", api.gemm_ex, name);
   bind(lib, "cublasGemmStridedBatchedEx", api.gemm_strided_batched_ex, name);
+  bind(lib, "cublasGemmBatchedEx", api.gemm_batched_ex, name);
   bind(lib, "cublasGetStatusString", api.status_string, name);
   return api;  // the library stays loaded for the process
 }

@@ -19,8 +19,13 @@ struct CublasApi {
                                                   const void*, const void*, cudaDataType, int, long long, const void*,
                                                   cudaDataType, int, long long, const void*, void*, cudaDataType, int,
                                                   long long, int, cublasComputeType_t, cublasGemmAlgo_t);
+  using GemmBatchedEx = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                           const void*, const void* const[], cudaDataType, int, const void* const[],
+                                           cudaDataType, int, const void*, void* const[], cudaDataType, int, int,
+                                           cublasComputeType_t, cublasGemmAlgo_t);
   GemmEx gemm_ex = nullptr;
   GemmStridedBatchedEx gemm_strided_batched_ex = nullptr;
+  GemmBatchedEx gemm_batched_ex = nullptr;
   decltype(&cublasGetStatusString) status_string = nullptr;
 };
 

@@ -190,6 +190,32 @@ int64_t attention_score_bytes() {
   return v > 0 ? std::min<int64_t>(v, kAttentionScoreBytes) : kAttentionScoreBytes;
 }
 
+// Prefill expands packed rows into fp16 slabs of at most this size for cuBLAS
+// (lm_heads of large vocabularies take a few; plan/compute_buffers.cpp counts
+// it for --fit). Slabs small enough to stay in the L2 cache were measured
+// slower: 16 MB ones halve q4 prefill (BENCHMARKS.md §6).
+constexpr size_t kGemmSlabBytes = size_t{256} << 20;
+
+// bf16 rows multiplied as bf16 in prefill (OPTIQ_CUDA_BF16_GEMM=0: expanded
+// to fp16 first, as before).
+bool bf16_gemm_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_BF16_GEMM");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return on;
+}
+
+// Prefill attention batches every query head through pointer arrays
+// (OPTIQ_CUDA_ATTN_HEADS=0: one strided launch per head of a group).
+bool attention_by_heads() {
+  static const bool on = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_ATTN_HEADS");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return on;
+}
+
 // Step inputs as they sit in device memory: the position, then the tokens.
 constexpr int kMaxStepTokens = kMatvecMaxRows;
 struct StepInputs {
@@ -625,6 +651,7 @@ class CudaBackend final : public Backend {
   Scratch rounded_, xq_, xscale_, xsum_, aligned_, slab_, xhalf_, tokens_, partial_, scores_, probs_, qhalf_, counters_;
   Scratch stats_, stats_sums_;  // the accuracy-path statistics' staging and partial sums
   Scratch importance_;          // fake_quantize's weights per input column
+  Scratch head_ptrs_;           // prefill attention's per-head GEMM operands
   const int32_t* zeroed_counters_ = nullptr;  // decode attention's counters: zeroed once, left zero by the kernel
   size_t zeroed_count_ = 0;
   DeviceMemory step_dev_;
@@ -887,11 +914,18 @@ void CudaBackend::gemm_rows(const void* a, const void* x, cudaDataType type, int
 }
 
 void CudaBackend::gemm(const DevMatrix& m, const float* x, int64_t n, float* y) {
-  // The expanded slab stays under this size (lm_heads of large vocabularies take a few slabs).
-  constexpr size_t kSlabBytes = size_t{256} << 20;
   const bool fast = kernels::decode_int8_enabled();
   const size_t elem = fast ? 2 : 4;
-  const int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(kSlabBytes / (elem * m.cols)));
+  const int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(kGemmSlabBytes / (elem * m.cols)));
+  if (fast && m.storage == DevStorage::BF16 && bf16_gemm_enabled()) {
+    // bf16 rows multiply bf16-rounded activations as they are, as llama.cpp's
+    // and PyTorch's bf16 paths do: expanding them to fp16 first (the other
+    // storages' slab) read and wrote the whole matrix once more per pass.
+    auto* xb = xhalf_.get<__nv_bfloat16>(static_cast<size_t>(n * m.cols), stream_, false);
+    cuda::to_bf16(x, n * m.cols, xb, stream_);
+    gemm_rows(m.data, xb, CUDA_R_16BF, m.rows, n, m.cols, y, m.rows);
+    return;
+  }
   if (fast) {
     auto* xh = xhalf_.get<__half>(static_cast<size_t>(n * m.cols), stream_, false);
     cuda::to_half(x, n * m.cols, xh, stream_);
@@ -1107,10 +1141,36 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
   auto at = [](const void* base, int64_t elems, size_t esz) {
     return static_cast<const void*>(static_cast<const uint8_t*>(base) + elems * static_cast<int64_t>(esz));
   };
+  const void* P_all = kv.half ? static_cast<const void*>(p16) : static_cast<const void*>(S);
+  // With groups (G > 1), every query head in one batched launch through
+  // pointer arrays made on the device (a head's keys and values are its kv
+  // head's) instead of G strided launches, each over the kv heads;
+  // OPTIQ_CUDA_ATTN_HEADS=0 keeps the latter.
+  const bool by_heads = G > 1 && attention_by_heads();
   for (int64_t r0 = 0; r0 < n; r0 += block_rows) {
     const int64_t nb = std::min(block_rows, n - r0);
     const int64_t T = pos0 + r0 + nb, ld = (T + 7) / 8 * 8;
     const void* qb = at(qin, r0 * p.q_stride, esz);
+    if (by_heads) {
+      const int H = p.n_heads;
+      void** d = head_ptrs_.get<void*>(static_cast<size_t>(6 * H), stream_, false);
+      cuda::PrefillHeads a;
+      a.k = kv.k, a.v = kv.v, a.q = qb, a.probs = P_all, a.scores = S, a.out = out + r0 * p.q_stride;
+      a.n_heads = H, a.group = G, a.head_dim = hd, a.esz = static_cast<int>(esz), a.head_scores = nb * ld;
+      cuda::attention_prefill_pointers(a, d, stream_);
+      check_blas(cublas_api().gemm_batched_ex(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(T), static_cast<int>(nb),
+                                              hd, &one, d, type, static_cast<int>(p.kv_stride), d + H, type,
+                                              static_cast<int>(p.q_stride), &zero, d + 2 * H, CUDA_R_32F,
+                                              static_cast<int>(ld), H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "attention scores (cublasGemmBatchedEx)");
+      cuda::attention_softmax(p, S, nb, ld, static_cast<int>(pos0 + r0), p16, stream_);
+      check_blas(cublas_api().gemm_batched_ex(blas(), CUBLAS_OP_N, CUBLAS_OP_N, hd, static_cast<int>(nb),
+                                              static_cast<int>(T), &one, d + 3 * H, type, static_cast<int>(p.kv_stride),
+                                              d + 4 * H, type, static_cast<int>(ld), &zero, d + 5 * H, CUDA_R_32F,
+                                              static_cast<int>(p.q_stride), H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "attention values (cublasGemmBatchedEx)");
+      continue;
+    }
     for (int j = 0; j < G; ++j)
       check_blas(cublas_api().gemm_strided_batched_ex(blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(T), static_cast<int>(nb), hd,
                                             &one, kv.k, type, static_cast<int>(p.kv_stride), hd, at(qb, j * hd, esz),

@@ -4,6 +4,7 @@
 // (weights to fp16/fp32 rows for prefill GEMMs and embeddings),
 // elementwise.cu, attention.cu.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -134,6 +135,7 @@ void softcap(float* x, int64_t n, float cap, cudaStream_t s);
 // x rounded as ActRounding says (kernels/weight_view.h), into out (may alias x).
 void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, float* out, cudaStream_t s);
 void to_half(const float* x, int64_t n, __half* out, cudaStream_t s);
+void to_bf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t s);
 
 // The KV cache of one layer: [max_ctx][kv_dim] of fp32 or fp16.
 struct DevKV {
@@ -179,10 +181,22 @@ bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV&
 bool attention_decode_rope(const AttentionParams& p, const float* q, DevPos pos0, const DevKV& c, int splits,
                            float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope);
 // Prefill attention's middle step: scores S (rows of ld floats: query i of
-// head h at S + (h * n + i) * ld, keys 0..pos0+n-1) -> probabilities in place
-// (scale, soft-cap, causal window, softmax); p16 (optional) gets them as fp16.
+// head h at S + (h * n + i) * ld, keys 0..pos0+n-1) -> probabilities (scale,
+// soft-cap, causal window, softmax), in place, or into p16 as fp16 when given
+// (S then holds intermediate values).
 void attention_softmax(const AttentionParams& p, float* S, int64_t n, int64_t ld, int pos0, __half* p16,
                        cudaStream_t s);
+// Prefill attention's operands for batched GEMMs over every query head h
+// (whose keys and values are kv head h / group's), written to out: [0, H) K,
+// [H, 2H) Q, [2H, 3H) scores, [3H, 4H) V, [4H, 5H) probabilities, [5H, 6H)
+// the head's output columns (H = n_heads).
+struct PrefillHeads {
+  const void *k = nullptr, *v = nullptr, *q = nullptr, *probs = nullptr;
+  float *scores = nullptr, *out = nullptr;
+  int n_heads = 0, group = 1, head_dim = 0, esz = 2;  // esz: bytes of a K, V, Q or probability element
+  int64_t head_scores = 0;                           // elements from one head's scores (or probabilities) to the next
+};
+void attention_prefill_pointers(const PrefillHeads& a, void** out, cudaStream_t s);
 
 // Affine quantize + dequantize of a row-major rows x cols matrix (fake_quant.cu):
 // quant/quantizer.h's min/max (search false) or search rule, the search

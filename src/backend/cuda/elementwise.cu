@@ -324,6 +324,13 @@ __global__ void to_half_kernel(const float* __restrict__ x, int64_t n, __half* o
   if (i < n) out[i] = __float2half_rn(x[i]);
 }
 
+__global__ void to_bf16_kernel(const float* __restrict__ x, int64_t n, __nv_bfloat16* out) {
+  pdl_trigger();
+  pdl_wait();
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __float2bfloat16_rn(x[i]);
+}
+
 // One warp per block of 32, a lane per value (kernels/act_quant.cpp's arithmetic).
 __global__ void quantize_act_kernel(const float* __restrict__ x, int n, int64_t cols, int8_t* q, float* scale,
                                     int32_t* sum) {
@@ -461,6 +468,12 @@ void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, f
 void to_half(const float* x, int64_t n, __half* out, cudaStream_t s) {
   if (n <= 0) return;
   launch(to_half_kernel, blocks_for(n, kThreads), kThreads, 0, s, x, n, out);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void to_bf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t s) {
+  if (n <= 0) return;
+  launch(to_bf16_kernel, blocks_for(n, kThreads), kThreads, 0, s, x, n, out);
   OPTIQ_CUDA_LAUNCHED();
 }
 
