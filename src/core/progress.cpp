@@ -51,6 +51,13 @@ std::string format_rate(double per_second, const std::string& unit) {
 
 void Progress::resume_from(int64_t done) { base_ = done_ = done; }
 
+void Progress::set_total_work(double total_work) { work_total_ = total_work; }
+
+void Progress::update_work(int64_t done, double work_done, const std::string& extra) {
+  work_done_ = work_done;
+  update(done, extra);
+}
+
 void Progress::finish(const std::string& extra) {
   if (finished_) return;
   done_ = total_;
@@ -58,20 +65,31 @@ void Progress::finish(const std::string& extra) {
   finished_ = true;
 }
 
-void Progress::draw(bool final, const std::string& extra) {
-  if (!g_enabled) return;
-  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+std::string Progress::status_line(double elapsed, bool final, const std::string& extra) const {
   std::string line = fmt::format("{}: {}/{}{}", label_, done_, total_, unit_.empty() ? "" : " " + unit_);
   if (elapsed > 0 && done_ > base_) {
     const double rate = (done_ - base_) / elapsed;
     line += ", " + format_rate(rate, unit_.empty() ? "it" : unit_);
-    if (final)
+    if (final) {
       line += fmt::format(", {}", format_duration(elapsed));
-    else
-      line += fmt::format(", ETA {}", format_duration(elapsed * (total_ - done_) / (done_ - base_)));
+    } else {
+      // By work where the units differ in cost (a resumed run's work is not
+      // counted: set_total_work covers what this run does).
+      const bool by_work = work_total_ > 0 && work_done_ > 0;
+      const double left = by_work ? (work_total_ - work_done_) / work_done_
+                                  : static_cast<double>(total_ - done_) / static_cast<double>(done_ - base_);
+      line += fmt::format(", ETA {}", format_duration(elapsed * left));
+    }
   }
   if (base_ > 0) line += fmt::format(", {}{} resumed", base_, unit_.empty() ? "" : " " + unit_);
   if (!extra.empty()) line += ", " + extra;
+  return line;
+}
+
+void Progress::draw(bool final, const std::string& extra) {
+  if (!g_enabled) return;
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const std::string line = status_line(elapsed, final, extra);
   if (tty_)
     std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), final ? "\n" : "");
   else if (final || drawn_ || elapsed > 2.0)

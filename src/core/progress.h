@@ -20,11 +20,20 @@ class Progress {
   // `done` units were there before this run started (resumed work): the rate
   // and ETA count only what this run does.
   void resume_from(int64_t done);
+  // Units of unequal cost (a profile's measurements: their modules' sizes):
+  // the ETA goes by work, in any measure whose total is `total_work`, while
+  // the line still counts units; update_work() advances both.
+  void set_total_work(double total_work);
+  void update_work(int64_t done, double work_done, const std::string& extra = "");
+
+  // The line drawn `elapsed` seconds in (final: with the time taken instead of an ETA).
+  std::string status_line(double elapsed, bool final, const std::string& extra = "") const;
 
  private:
   void draw(bool final, const std::string& extra);
   std::string label_, unit_;
   int64_t total_, done_ = 0, base_ = 0;
+  double work_total_ = 0, work_done_ = 0;
   std::chrono::steady_clock::time_point start_, last_draw_;
   bool tty_, finished_ = false, drawn_ = false;
 };

@@ -379,6 +379,10 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   };
   std::vector<std::vector<Need>> needs(t.modules.size());
   int64_t total = 0;
+  // The progress line's ETA weighs a measurement by its module's size (a
+  // tied embedding's first proxies take far longer than a layer's).
+  double total_work = 0;
+  auto work_of = [](const ModuleInfo& m) { return static_cast<double>(m.rows) * static_cast<double>(m.cols); };
   bool need_hidden = false, need_head_gram = false;
   std::set<int> gram_layers;
   for (size_t i = 0; i < t.modules.size(); ++i) {
@@ -394,6 +398,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       n.proxy = !has_proxy && want_proxy;
       if (!n.exact && !n.proxy) continue;
       total += n.exact + n.proxy;
+      total_work += (n.exact + n.proxy) * work_of(m);
       if (m.layer >= 0) need_hidden = true;
       // (Weighted: an anchor's rounding is weighted by the Gram sums' diagonal too.)
       const bool reads_grams = n.proxy || opt.weighted;
@@ -594,8 +599,17 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
   };
 
   std::optional<Progress> progress;
-  if (opt.progress) progress.emplace("profile", total, "measurements");
+  if (opt.progress) {
+    progress.emplace("profile", total, "measurements");
+    progress->set_total_work(total_work);
+  }
   int64_t done = 0;
+  double work_done = 0;
+  auto advance = [&](const ModuleInfo& m) {
+    ++done;
+    work_done += work_of(m);
+    if (progress) progress->update_work(done, work_done, m.path);
+  };
   // The export's recipe (bf16 scales for Gemma): the profile measures what ships.
   const QuantizeOptions search_qo = QuantizeRecipe::for_model(ref.config, opt.rounding).options();
   // Mean x^2 of each input channel of module m over the calibration tokens
@@ -637,7 +651,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
       fs.kl = sum / static_cast<double>(std::max<int64_t>(count, 1));
     }
     ++t.exact_measured;
-    if (progress) progress->update(++done, m.path);
+    advance(m);
   };
   // Measures what module i needs (its proxies when do_proxy, its exact KL
   // anchors when do_exact); each anchor's fake-quantized matrix goes to `anchor`.
@@ -722,7 +736,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           fs.proxy = e[k];
           fs.method = n.fmt.is_source() ? "" : search_method;  // (kept blocks are not rounded)
           ++t.proxy_measured;
-          if (progress) progress->update(++done, m.path);
+          advance(m);
         }
         if (n.exact) {
           Linear fake;
@@ -848,7 +862,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           if (eg && *eg < e) fs.proxy = *eg, fs.method = "gptq";
         }
         ++t.proxy_measured;
-        if (progress) progress->update(++done, m.path);
+        advance(m);
       }
       if (n.exact) {
         std::vector<Linear> fakes;
@@ -874,7 +888,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
           std::vector<Linear> p;
           p.push_back(plain_fake(n.fmt));
           anchor(m, original, std::move(p), plain);
-          --t.exact_measured, --done;
+          --t.exact_measured, --done, work_done -= work_of(m);
           gptq_ok = plain.kl && *fs.kl < *plain.kl;
           if (!*gptq_ok) {
             for (const auto& [f, e] : plain_proxy)
@@ -1004,7 +1018,7 @@ SensitivityTable profile_model(const Model& ref, const std::vector<std::vector<i
     std::vector<std::unique_ptr<Stream>> streams;
     auto finish_anchor = [&](const ModuleInfo& m) {
       ++t.exact_measured;
-      if (progress) progress->update(++done, m.path);
+      advance(m);
     };
     // (fakes: one matrix for every anchor window, or fakes[h] for those of
     // half h: GPTQ held out, layer matrices and the lm_head only.)
