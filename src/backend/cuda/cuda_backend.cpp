@@ -1117,8 +1117,8 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
     return;
   }
   check(!recording_, "cuda backend: a recorded step attends with at most {} queries", kMatvecMaxRows);
-  // Prefill: S = K Q^T per head (cuBLAS, batched over kv heads for each query head of a group),
-  // softmax in place, out = P V. The scores of all n queries at once would take
+  // Prefill: S = K Q^T per head (cuBLAS batched GEMMs), the masked softmax
+  // (into fp16 probabilities with an fp16 cache), out = P V. The scores of all n queries at once would take
   // n_heads x n x (pos0 + n) floats (6.5 GB for an 8B shape's 4096-row pass at
   // ctx 8192), so the queries go in blocks of rows whose scores stay within
   // kAttentionScoreBytes, each block against the keys up to its last position.
