@@ -1,6 +1,7 @@
 #include "kernels/int8_gemm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -123,7 +124,13 @@ bool vnni_kernels() {
 }
 }  // namespace
 
-bool int8_prefill_active() { return vnni_kernels() && kernels::decode_int8_enabled(); }
+// OPTIQ_FORCE_INT8_PREFILL (any value) takes the int8 path without VNNI too,
+// through the scalar reference kernel: how a machine without AVX-512 VNNI runs
+// the tests of fast numerics with the rounding a VNNI machine applies.
+bool int8_prefill_active() {
+  static const bool forced = std::getenv("OPTIQ_FORCE_INT8_PREFILL") != nullptr;
+  return (forced || vnni_kernels()) && kernels::decode_int8_enabled();
+}
 
 namespace {
 

@@ -26,7 +26,8 @@
 namespace optiq {
 
 // True when batched products with packed weights take the int8 path: int8
-// numerics on, ISA avx512 active and the CPU has AVX-512 VNNI.
+// numerics on, ISA avx512 active and the CPU has AVX-512 VNNI (or
+// OPTIQ_FORCE_INT8_PREFILL set: the scalar kernel, for tests elsewhere).
 bool int8_prefill_active();
 
 // Y[n x rows] = X[n x cols] . W^T through int8 tiles (any n >= 1; meant for
