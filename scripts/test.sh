@@ -3,6 +3,9 @@
 #   1. scripts/setup.sh: apt packages, venv + reference packages, Release build in build/, models
 #   2. ctest --test-dir build --output-on-failure -j2        (all tests, reference cross-checks included;
 #      those exit 77 = skipped when the venv or a model is missing)
+#   2b. the fast-numerics tests again (labels backend, kernels, model, eval; ~20 s) with
+#      OPTIQ_FORCE_INT8_PREFILL=1: the int8 prefill rounding of an AVX-512 VNNI CPU on any CPU (the
+#      scalar kernel), so a tolerance tuned on one kind of machine cannot fail only on the other
 #   3. build-asan/ (clang, ASan+UBSan+LSan: -DOPTIQ_SANITIZE=ON, Debug at -O1 -g1, CUDA off): every unit test
 #      binary and the optiq CLI they run (target optiq_tests), then the whole unit suite,
 #      ctest --test-dir build-asan -LE reference (the Python cross-checks are left to phase 2).
@@ -107,6 +110,8 @@ SAN_WRAP=()
 # setup: a failure here (apt, venv, build) leaves nothing to test.
 if ! phase "setup (apt, venv, build, models)" scripts/setup.sh; then summary; exit 1; fi
 phase "ctest build/ (-j$CTEST_JOBS)" ctest --test-dir build --output-on-failure -j"$CTEST_JOBS" || true
+phase "ctest build/ (int8 prefill forced: backend, kernels, model, eval)" env OPTIQ_FORCE_INT8_PREFILL=1 \
+  ctest --test-dir build --output-on-failure -j"$CTEST_JOBS" -L 'backend|kernels|model|eval' -LE reference || true
 if [ "${OPTIQ_NO_ASAN:-0}" != 1 ]; then
   if phase "build $ASAN_DIR (ASan+UBSan, $SAN_FLAGS)" san_build "$ASAN_DIR" ON; then
     phase "ctest $ASAN_DIR (unit suite, LSan on)" san_ctest "$ASAN_DIR" -LE reference || true
