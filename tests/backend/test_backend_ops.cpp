@@ -382,13 +382,7 @@ TEST_P(BackendOps, MatmulOddWidths) {
   for (int64_t cols : {5, 12, 37}) {
     const int64_t rows = 7, n = 2;
     const auto w = test::random_floats(rows * cols, 30), x = test::random_floats(n * cols, 31);
-    std::vector<double> want(n * rows);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t r = 0; r < rows; ++r) {
-        double s = 0;
-        for (int64_t c = 0; c < cols; ++c) s += double(x[i * cols + c]) * w[r * cols + c];
-        want[i * rows + r] = s;
-      }
+    const std::vector<double> want = exact_products(x, w, n, rows, cols);
     auto h = b.upload(WeightView{rows, cols, F32Weights{w.data()}});
     Buffer bx = put(x), y = b.alloc(n * rows);
     b.matmul(*h, bx.data(), n, y.data());
