@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 
@@ -100,6 +101,42 @@ TEST(CudaModel, RecordedStepsEqualDirectSteps) {
     Numerics n(fast);
     const DeviceWeights gpu(m, *cuda_backend());
     EXPECT_EQ(run(gpu, ids, true, true), run(gpu, ids, true, false)) << (fast ? "fast" : "exact");
+  }
+}
+
+// Recorded decode steps of packed affine models run their products, norms
+// and roundings as persistent launches (persistent.cu); direct steps launch
+// each kernel: the same bits, uniform and with a different width per module
+// (q, k and v of different widths do not group; 2 to 8 bits).
+TEST(CudaModel, PersistentStepsEqualDirectSteps) {
+  REQUIRE_GPU();
+  Numerics fast(true);
+  struct On {  // OPTIQ_CUDA_PERSISTENT=1 for this test's recordings (read at each)
+    std::string saved = std::getenv("OPTIQ_CUDA_PERSISTENT") ? std::getenv("OPTIQ_CUDA_PERSISTENT") : "";
+    On() { setenv("OPTIQ_CUDA_PERSISTENT", "1", 1); }
+    ~On() {
+      if (saved.empty())
+        unsetenv("OPTIQ_CUDA_PERSISTENT");
+      else
+        setenv("OPTIQ_CUDA_PERSISTENT", saved.c_str(), 1);
+    }
+  } on;
+  ModelConfig c = test::tiny("llama");
+  c.dim = 128, c.n_heads = 2, c.n_kv_heads = 1, c.head_dim = 64, c.hidden_dim = 320, c.n_layers = 2;
+  c.vocab_size = 96;
+  c.validate("llama");
+  const auto ids = test::random_ids(12, c.vocab_size, 5);
+  const char* widths[] = {"q4g64", "q8g32", "q2g32", "q6g64", "q3g32", "q5g32"};
+  for (bool mixed : {false, true}) {
+    Model m = test::random_model(c, 17);
+    PrecisionMap map = PrecisionMap::uniform(c, parse_tensor_format("q4g64"));
+    if (mixed) {
+      size_t i = 0;
+      for (const ModuleInfo& mod : quantizable_modules(c)) map.formats[mod.path] = parse_tensor_format(widths[i++ % 6]);
+    }
+    quantize_model(m, map, QuantizeModelOptions{.recipe = QuantizeRecipe::for_model(c), .progress = false});
+    const DeviceWeights gpu(m, *cuda_backend());
+    EXPECT_EQ(run(gpu, ids, true, true), run(gpu, ids, true, false)) << (mixed ? "mixed" : "q4g64");
   }
 }
 

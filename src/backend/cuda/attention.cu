@@ -766,6 +766,7 @@ bool attention_decode(const AttentionParams& p, const float* q, int n, DevPos po
 }
 
 void attention_prefill_pointers(const PrefillHeads& a, void** out, cudaStream_t s) {
+  persistent_flush(s);
   prefill_pointers_kernel<<<blocks_for(a.n_heads, 128), 128, 0, s>>>(a, out);
   OPTIQ_CUDA_LAUNCHED();
 }

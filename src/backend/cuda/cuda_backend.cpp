@@ -278,6 +278,7 @@ class CudaBackend final : public Backend {
     Op op(*this, "to_device");
     check(!recording_, "cuda backend: host data cannot enter a recorded step");
     if (n <= 0) return;
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, host, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   }
@@ -297,10 +298,12 @@ class CudaBackend final : public Backend {
       record_out_ = std::make_unique<CudaStep>();
       OPTIQ_CUDA_OK(cudaMallocHost(&record_out_->staging, static_cast<size_t>(n) * sizeof(float)));
       record_out_->out_floats = n;
+      cuda::persistent_flush(stream_);
       OPTIQ_CUDA_OK(cudaMemcpyAsync(record_out_->staging, src, static_cast<size_t>(n) * sizeof(float),
                                     cudaMemcpyDeviceToHost, stream_));
       return;
     }
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   }
@@ -347,6 +350,7 @@ class CudaBackend final : public Backend {
       dev_tokens = step_dev_.as<StepInputs>()->tokens;
     } else {
       int32_t* t = tokens_.get<int32_t>(static_cast<size_t>(n), stream_, false);
+      cuda::persistent_flush(stream_);
       OPTIQ_CUDA_OK(cudaMemcpyAsync(t, tokens, static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
       dev_tokens = t;
     }
@@ -364,6 +368,7 @@ class CudaBackend final : public Backend {
   }
   void fill_zero(float* x, int64_t n) override {
     Op op(*this, "fill zero");
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemsetAsync(x, 0, static_cast<size_t>(n) * sizeof(float), stream_));
   }
   void add_rows(float* y, const float* b, int64_t n, int64_t m) override {
@@ -454,6 +459,7 @@ class CudaBackend final : public Backend {
     const float* importance = nullptr;  // the host's weights per input column, copied in
     if (opt.importance && search) {
       float* dev = importance_.get<float>(static_cast<size_t>(cols), stream_, false);
+      cuda::persistent_flush(stream_);
       OPTIQ_CUDA_OK(cudaMemcpyAsync(dev, opt.importance, static_cast<size_t>(cols) * sizeof(float),
                                     cudaMemcpyHostToDevice, stream_));
       importance = dev;
@@ -496,6 +502,7 @@ class CudaBackend final : public Backend {
     std::copy_n(tokens, n, step_host_->tokens);
     step_n_ = n;
     step_pos_ = pos0;
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(step_dev_.get(), step_host_, sizeof(StepInputs), cudaMemcpyHostToDevice, stream_));
   }
   void begin_recording() override {
@@ -503,13 +510,21 @@ class CudaBackend final : public Backend {
     // The step inputs must have reached the device before capture starts
     // (the pinned buffer is reused by the next set_step_inputs).
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    const bool persistent = cuda::persistent_enabled();
+    if (persistent && !barrier_.get()) {
+      barrier_ = DeviceMemory(cuda::kPersistentBarrierWords * sizeof(unsigned));
+      OPTIQ_CUDA_OK(cudaMemset(barrier_.get(), 0, barrier_.bytes()));
+    }
     OPTIQ_CUDA_OK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
     recording_ = true;
+    // Decode steps between attention launches collected into persistent launches (persistent.cu).
+    if (persistent) cuda::persistent_begin(stream_, barrier_.as<unsigned>());
     record_out_.reset();
   }
   std::unique_ptr<RecordedStep> end_recording() override {
     check(recording_, "cuda backend: not recording");
     recording_ = false;
+    cuda::persistent_end(stream_);
     cudaGraph_t graph = nullptr;
     OPTIQ_CUDA_OK(cudaStreamEndCapture(stream_, &graph));
     std::unique_ptr<CudaStep> step = record_out_ ? std::move(record_out_) : std::make_unique<CudaStep>();
@@ -549,6 +564,7 @@ class CudaBackend final : public Backend {
   void abort_recording() override {
     if (!recording_) return;
     recording_ = false;
+    cuda::persistent_discard(stream_);
     cudaGraph_t g = nullptr;
     cudaStreamEndCapture(stream_, &g);
     if (g) cudaGraphDestroy(g);
@@ -582,6 +598,7 @@ class CudaBackend final : public Backend {
     return kernels::decode_int8_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   }
   cublasHandle_t blas() {
+    cuda::persistent_flush(stream_);  // a cuBLAS call goes after the queued persistent steps
     if (!blas_) {
       check_blas(cublas_api().create(&blas_), "cublasCreate");
       check_blas(cublas_api().set_stream(blas_, stream_), "cublasSetStream");
@@ -659,6 +676,7 @@ class CudaBackend final : public Backend {
   int64_t step_n_ = 0;
   int step_pos_ = 0;
   bool recording_ = false;
+  DeviceMemory barrier_;  // the persistent decode kernel's grid barriers (zero between launches)
   std::unique_ptr<CudaStep> record_out_;
 };
 
@@ -708,6 +726,7 @@ std::unique_ptr<WeightHandle> CudaBackend::upload(const WeightView& w) {
   size_t off = 0;
   for (const Part& p : parts) {
     auto* dst = static_cast<uint8_t*>(h->mem.get()) + off;
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, p.host, p.bytes, cudaMemcpyHostToDevice, stream_));
     *p.dst = dst;
     off += (p.bytes + 255) / 256 * 256;
@@ -738,6 +757,7 @@ std::unique_ptr<WeightHandle> CudaBackend::upload_for_passes(const WeightView& w
   DeviceMemory staging(std::min(elems, kChunk) * sizeof(float));
   for (size_t off = 0; off < elems; off += kChunk) {
     const size_t n = std::min(kChunk, elems - off);
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(staging.get(), f->data + off, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
     cuda::to_half(staging.as<float>(), static_cast<int64_t>(n), h->mem.as<__half>() + off, stream_);
   }
@@ -775,6 +795,7 @@ void CudaBackend::matmul(const WeightHandle& wh, const float* x, int64_t n, floa
     x = r;
   } else if (reinterpret_cast<uintptr_t>(x) % 16 != 0) {  // the kernels load 16 bytes at a time
     float* a = aligned_.get<float>(static_cast<size_t>(n * cols), stream_, recording_);
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(a, x, static_cast<size_t>(n * cols) * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
     x = a;
   }
@@ -972,6 +993,7 @@ double CudaBackend::slab_dot_sum(int64_t rows, int64_t slab_rows, const std::fun
   for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
     const DotPair v = slab(r0, std::min(slab_rows, rows - r0));
     cuda::dot_partials(v.a, v.b, v.n, partial, stream_);
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
     for (double h : host) sum += h;
@@ -1030,6 +1052,7 @@ double CudaBackend::kl_sum(const void* ref, bool ref_bf16, const float* logits, 
   auto* row_kl = stats_sums_.get<double>(static_cast<size_t>(rows), stream_, false);
   cuda::kl_rows(ref, ref_bf16, logits, rows, vocab, row_kl, stream_);
   std::vector<double> host(static_cast<size_t>(rows));
+  cuda::persistent_flush(stream_);
   OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), row_kl, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
   OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   double sum = 0;  // in row order, as the CPU backend sums
@@ -1042,6 +1065,7 @@ void CudaBackend::row_sq_sums(const float* d, int64_t rows, int64_t cols, double
   if (rows <= 0) return;
   auto* sums = stats_sums_.get<double>(static_cast<size_t>(rows), stream_, false);
   cuda::row_sq_sums(d, rows, cols, sums, stream_);
+  cuda::persistent_flush(stream_);
   OPTIQ_CUDA_OK(cudaMemcpyAsync(out, sums, static_cast<size_t>(rows) * sizeof(double), cudaMemcpyDeviceToHost, stream_));
   OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
 }
@@ -1063,6 +1087,7 @@ void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int
   const size_t n_counters = static_cast<size_t>(n) * p.n_kv_heads;
   int32_t* counters = counters_.get<int32_t>(n_counters, stream_, recording_);
   if (counters != zeroed_counters_ || n_counters > zeroed_count_) {  // new memory: zero it once
+    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemsetAsync(counters, 0, n_counters * sizeof(int32_t), stream_));
     zeroed_counters_ = counters;
     zeroed_count_ = n_counters;

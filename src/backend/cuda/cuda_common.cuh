@@ -53,9 +53,14 @@ class DeviceMemory {
 // memory latency after it. Off below sm_90 and with OPTIQ_CUDA_PDL=0.
 bool pdl_enabled();
 
+// Launches the persistent decode steps queued on s, if any (persistent.cu:
+// every other launch on s goes after them).
+void persistent_flush(cudaStream_t s);
+
 // Launches `kernel` on stream s, with programmatic serialisation when enabled.
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  persistent_flush(s);
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;

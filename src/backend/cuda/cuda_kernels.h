@@ -210,6 +210,53 @@ bool fake_quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, 
                           cudaStream_t s,
                           uint16_t* scale_words = nullptr, uint16_t* bias_words = nullptr);
 
+// The persistent decode kernel (persistent.cu). While a decode step is
+// recorded (CUDA graph), the steps between two other launches (int8
+// products alone, with a residual add, as a q/k/v group or a gated pair, the
+// rounding of a row to int8 blocks, the decode norm) run as one launch: a
+// grid of blocks that all stay resident and meet at a grid barrier between
+// steps, each product's first weight loads issued before it waits there.
+// Each step is the same arithmetic as its own kernel, so the results are
+// the same bits. The launchers below queue their step (persistent_take)
+// while a stream collects; every other launch, copy or cuBLAS call on it
+// first launches what is queued (persistent_flush).
+enum class StepKind : int32_t { Product, Group, Gated, Quantize, Norm };
+struct PersistentStep {
+  StepKind kind = StepKind::Product;
+  int count = 1;              // Group: matrices (q, k, v)
+  DevMatrix w[3];             // Product: w[0]; Group: w[0..count); Gated: gate w[0], up w[1]
+  float* y[3] = {};           // outputs (Gated: y[0])
+  float* accum = nullptr;     // Product: accum += y (the residual add)
+  GateAct act = GateAct::Silu;
+  const int8_t* xq = nullptr;  // products' int8 activation blocks
+  const float* xscale = nullptr;
+  const int32_t* xsum = nullptr;
+  const float* x = nullptr;    // Quantize / Norm: the row
+  const float* norm_w = nullptr;
+  int64_t cols = 0;            // Quantize / Norm: row width
+  float eps = 0;
+  float* out = nullptr;        // Norm: the normed row
+  int8_t* q = nullptr;         // Quantize / Norm: int8 blocks written
+  float* qscale = nullptr;
+  int32_t* qsum = nullptr;
+};
+// Starts collecting the steps launched on s (`barrier`: kPersistentBarrierWords
+// words of device memory, zero before the first use and left so).
+constexpr int kPersistentBarrierWords = 32;
+void persistent_begin(cudaStream_t s, unsigned* barrier);
+// Launches what is queued and stops collecting.
+void persistent_end(cudaStream_t s);
+// Stops collecting and drops what is queued (an abandoned recording; never throws).
+void persistent_discard(cudaStream_t s) noexcept;
+// Queues `step` when s is collecting: true when it was queued (nothing else to do).
+bool persistent_take(cudaStream_t s, const PersistentStep& step);
+// Launches what is queued on s (nothing when nothing is).
+void persistent_flush(cudaStream_t s);
+// OPTIQ_CUDA_PERSISTENT=1 switches collecting on (off by default: measured
+// slower than the separate launches, BENCHMARKS.md §6); never where the GPU
+// cannot launch it (cooperative launch).
+bool persistent_enabled();
+
 // Accuracy-path statistics (stats.cu).
 // Rows of `vocab` logits -> log-probabilities in place.
 void log_softmax_rows(float* x, int64_t rows, int64_t vocab, cudaStream_t s);

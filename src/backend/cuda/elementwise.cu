@@ -6,6 +6,7 @@
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/norm_rows.cuh"
 
 namespace optiq::cuda {
 namespace {
@@ -21,28 +22,6 @@ __device__ __forceinline__ void store_kv<float>(float* dst, float v) { *dst = v;
 template <>
 __device__ __forceinline__ void store_kv<__half>(__half* dst, float v) { *dst = __float2half_rn(v); }
 
-
-// The sum of a block's doubles (the CPU sums squares in double); every thread gets it.
-__device__ __forceinline__ double block_sum_double(double v) {
-  __shared__ double partial[32];
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == 0) partial[0] = v;
-  }
-  __syncthreads();
-  return partial[0];
-}
-
-__device__ __forceinline__ float rms_scale(double ss, int64_t dim, float eps) {
-  return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(dim) + static_cast<double>(eps)));
-}
 
 // One block per row; the sum of squares in double as the CPU's.
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps,
@@ -102,39 +81,11 @@ __global__ void __launch_bounds__(kNormThreads)
   }
 }
 
-// A few rows (decode) over many blocks: every block sums the whole row's
-// squares (the row was just written: an L2 read of dim floats), then writes
-// its own kSplitThreads elements and their int8 blocks. One block per row
-// did all of it alone: ~8 us of dependent steps on one multiprocessor for a
-// 16 KB row (ncu on the H200).
-constexpr int kSplitThreads = 256;
-constexpr int kSplitLoads = static_cast<int>(kSplitNormMaxDim / (4 * kSplitThreads));  // float4s a thread sums
-
 __global__ void __launch_bounds__(kSplitThreads)
     rms_norm_split_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps, float* out,
                           int8_t* q, float* qscale, int32_t* qsum) {
   pdl_trigger();
-  const int64_t row = blockIdx.y;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kSplitThreads + threadIdx.x;  // this thread's element
-  const float wv = i < dim ? __ldg(w + i) : 0.0f;  // constant: fetched before waiting for the previous kernel
-  pdl_wait();
-  const float* xr = x + row * dim;
-  float4 v[kSplitLoads];
-#pragma unroll
-  for (int k = 0; k < kSplitLoads; ++k) {
-    const int64_t e = 4 * (threadIdx.x + static_cast<int64_t>(k) * kSplitThreads);
-    v[k] = e < dim ? *reinterpret_cast<const float4*>(xr + e) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  }
-  double ss = 0.0;
-#pragma unroll
-  for (int k = 0; k < kSplitLoads; ++k)
-    ss += (static_cast<double>(v[k].x) * v[k].x + static_cast<double>(v[k].y) * v[k].y) +
-          (static_cast<double>(v[k].z) * v[k].z + static_cast<double>(v[k].w) * v[k].w);
-  const float scale = rms_scale(block_sum_double(ss), dim, eps);
-  if (i >= dim) return;  // whole warps (dim % 32 == 0)
-  const float r = __fmul_rn(__fmul_rn(xr[i], scale), wv);
-  out[row * dim + i] = r;
-  if (q) int8_block(r, (row * dim + i) / 32, q, qscale, qsum);
+  norm_split_block(x, w, dim, eps, out, q, qscale, qsum, blockIdx.x, blockIdx.y, [] { pdl_wait(); });
 }
 
 // Rows too long for the registers of one block: two passes over memory.
@@ -369,6 +320,12 @@ bool rms_norm_split(const float* x, const float* w, int64_t rows, int64_t dim, f
                     int8_t* q, float* qscale, int32_t* qsum) {
   if (rows <= 0 || dim % 32 != 0 || dim > kSplitNormMaxDim || x == out) return false;
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;  // float4 loads
+  if (rows == 1) {
+    PersistentStep st;
+    st.kind = StepKind::Norm, st.x = x, st.norm_w = w, st.cols = dim, st.eps = eps, st.out = out;
+    st.q = q, st.qscale = qscale, st.qsum = qsum;
+    if (persistent_take(s, st)) return true;
+  }
   const dim3 grid(static_cast<unsigned>((dim + kSplitThreads - 1) / kSplitThreads), static_cast<unsigned>(rows));
   launch(rms_norm_split_kernel, grid, kSplitThreads, 0, s, x, w, dim, eps, out, q, qscale, qsum);
   OPTIQ_CUDA_LAUNCHED();
@@ -480,6 +437,11 @@ void to_bf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t s) {
 void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s) {
   const int64_t blocks = (cols + 31) / 32;
   if (n <= 0 || blocks <= 0) return;
+  if (n == 1) {
+    PersistentStep st;
+    st.kind = StepKind::Quantize, st.x = x, st.cols = cols, st.q = q, st.qscale = scale, st.qsum = sum;
+    if (persistent_take(s, st)) return;
+  }
   launch(quantize_act_kernel, blocks_for(n * blocks * 32, 256), 256, 0, s, x, n, cols, q, scale, sum);
   OPTIQ_CUDA_LAUNCHED();
 }
