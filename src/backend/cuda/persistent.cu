@@ -14,6 +14,15 @@
 // norm_rows.cuh) with the same rows per warp and chunks per lane, so every
 // value is the same bits as the separate launches (tests/gpu hold recorded
 // steps equal to direct ones).
+//
+// Measured slower, so off by default (OPTIQ_CUDA_PERSISTENT=1 switches it
+// on; BENCHMARKS.md §6): on an H100, q4 Llama-3-8B decode 309 tok/s against
+// 384 with separate launches, and 335 even with the barriers dropped. The
+// kernel holds the largest step's registers (128 a thread: 16 warps an SM,
+// 8 at one block an SM gave 223 tok/s), where the separate gated product
+// runs 32 warps an SM at 64. What it needs before it can win: steps written
+// for ~64 registers, and a barrier cheaper than the ~1 us each costs here
+// (~200 a token).
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/matvec_rows.cuh"
@@ -124,79 +133,29 @@ __device__ __forceinline__ void run_step(const PersistentStep& st, Wait& wait) {
   }
 }
 
-__device__ __forceinline__ unsigned load_relaxed(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
-// The grid barriers: barrier[k] counts the blocks done with step k (the
-// step before barrier k is over for everyone once it reaches the grid
-// size); barrier[kMaxSteps] counts the blocks done with the launch, and the
-// last of them puts every word back to 0 for the next launch (nobody reads
-// them any more by then).
-//
-// How a warp waits for barrier k (A/B runs, OPTIQ_CUDA_PERSISTENT_WAIT):
-// 0 every lane spins on an acquiring load; 1 lane 0 spins on relaxed loads
-// with a short sleep, then a fence; 2 (the default) one warp a block polls
-// memory (the first to get there), the others watch shared memory, then a
-// fence: a few hundred pollers on one word instead of thousands; 3 no
-// barrier at all (wrong results: a timing experiment only, what the steps
-// cost without their barriers).
-struct WaitCtl {
-  const unsigned* counter;  // the barrier's count
-  unsigned blocks;
-  int k;                    // barriers the block has seen complete once this one is
-  int mode;
-  volatile int* seen;       // shared: barriers the block's poller has seen complete
-  int* polling;             // shared: a warp of the block is polling
-};
-
-__device__ __forceinline__ void barrier_wait(const WaitCtl& c) {
-  const int lane = threadIdx.x & 31;
-  if (c.mode == 3) return;
-  if (c.mode == 0) {
-    while (load_acquire(c.counter) < c.blocks) {
-    }
-    return;
+// The grid barriers: barrier[k] counts the blocks done with step k (step
+// k is over for everyone once it reaches the grid size); barrier[kMaxSteps]
+// counts the blocks done with the launch, and the last of them puts every
+// word back to 0 for the next launch (nobody reads them any more by then).
+// A warp waits for barrier k with every active lane spinning on an acquiring
+// load (measured against one poller a block that tells the others through
+// shared memory, and against lane 0 polling with a sleep: no faster, and a
+// poller's __syncwarp needs lanes that a narrow matrix leaves without a
+// chunk). OPTIQ_CUDA_PERSISTENT_WAIT=3 drops the barriers (wrong results: a
+// timing experiment, what the steps cost without them).
+__device__ __forceinline__ void barrier_wait(const unsigned* counter, unsigned blocks) {
+  while (load_acquire(counter) < blocks) {
   }
-  if (c.mode == 1) {
-    if (lane == 0)
-      while (load_relaxed(c.counter) < c.blocks) __nanosleep(32);
-    __syncwarp();
-    __threadfence();
-    return;
-  }
-  if (lane == 0) {
-    while (*c.seen < c.k) {
-      if (atomicExch(c.polling, 1) == 0) {
-        while (load_relaxed(c.counter) < c.blocks) {
-        }
-        *c.seen = c.k;
-        atomicExch(c.polling, 0);
-        break;
-      }
-    }
-  }
-  __syncwarp();
-  __threadfence();
 }
 
 __global__ void __launch_bounds__(kSplitThreads, 2)
     persistent_kernel(const __grid_constant__ StepList list, unsigned* barrier, int wait_mode) {
-  __shared__ int seen, polling;
-  if (threadIdx.x == 0) seen = 0, polling = 0;  // read only after the first __syncthreads below
   for (int k = 0; k < list.count; ++k) {
-    bool waited = false;
-    const WaitCtl ctl{barrier + (k > 0 ? k - 1 : 0), gridDim.x, k, wait_mode, &seen, &polling};
+    bool waited = k == 0 || wait_mode == 3;
     // Per warp, after its first weight loads: until every block is done with the step before.
-    // (Step 0 waits for the kernel before this launch when launched with programmatic dependence.)
     auto wait = [&] {
       if (!waited) {
-        if (k == 0)
-          pdl_wait();
-        else
-          barrier_wait(ctl);
+        barrier_wait(barrier + k - 1, gridDim.x);
         waited = true;
       }
     };
@@ -242,21 +201,16 @@ unsigned persistent_grid() {
 }
 
 void launch_list(cudaStream_t s, const StepList& list, unsigned* barrier) {
-  static const int wait_mode = env_int("OPTIQ_CUDA_PERSISTENT_WAIT", 2);
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeCooperative;
+  static const int wait_mode = env_int("OPTIQ_CUDA_PERSISTENT_WAIT", 0);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;  // every block resident: the barriers wait for all of them
   attr[0].val.cooperative = 1;
-  // OPTIQ_CUDA_PERSISTENT_PDL=1 (A/B runs): step 0's weight loads start while the kernel before finishes.
-  static const bool pdl = env_int("OPTIQ_CUDA_PERSISTENT_PDL", 0) != 0 && pdl_enabled();
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(persistent_grid());
   cfg.blockDim = dim3(kSplitThreads);
   cfg.stream = s;
-  static const bool coop = env_int("OPTIQ_CUDA_PERSISTENT_COOP", 1) != 0;  // A/B runs: a plain launch
-  cfg.attrs = coop ? attr : attr + 1;
-  cfg.numAttrs = (coop ? 1 : 0) + (pdl ? 1 : 0);
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
   check_cuda(cudaLaunchKernelEx(&cfg, persistent_kernel, list, barrier, wait_mode), "cudaLaunchKernelEx (persistent decode)",
              __FILE__, __LINE__);
 }
