@@ -88,30 +88,17 @@ __device__ __forceinline__ void group_step(const PersistentStep& st, Wait& wait)
   });
 }
 
-// Calls f(std::integral_constant<int, bits>) for the widths the int8 products take.
-template <typename F>
-__device__ __forceinline__ void with_step_bits(int bits, F&& f) {
-  switch (bits) {
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
-  }
-}
-
 template <typename Wait>
 __device__ __forceinline__ void run_step(const PersistentStep& st, Wait& wait) {
   switch (st.kind) {
     case StepKind::Product:
-      with_step_bits(st.w[0].bits, [&](auto b) { product_step<decltype(b)::value>(st, wait); });
+      with_bits(st.w[0].bits, [&](auto b) { product_step<decltype(b)::value>(st, wait); });
       break;
     case StepKind::Gated:
-      with_step_bits(st.w[0].bits, [&](auto b) { gated_step<decltype(b)::value>(st, wait); });
+      with_bits(st.w[0].bits, [&](auto b) { gated_step<decltype(b)::value>(st, wait); });
       break;
     case StepKind::Group:
-      with_step_bits(st.w[0].bits, [&](auto b) { group_step<decltype(b)::value>(st, wait); });
+      with_bits(st.w[0].bits, [&](auto b) { group_step<decltype(b)::value>(st, wait); });
       break;
     case StepKind::Quantize: {  // quantize_act_kernel's arithmetic, a warp per block of 32
       const int64_t blocks = (st.cols + 31) / 32;
