@@ -126,12 +126,18 @@ setup_venv() {
 }
 
 setup_build() {
-  local launcher=()
+  local launcher=() cuda=()
   if command -v ccache >/dev/null; then
     launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
   fi
+  # CI without a GPU only checks that the CUDA backend compiles and links: PTX for sm_90 (every
+  # kernel through nvcc, its Hopper paths included) instead of machine code for two GPUs, which
+  # was a third of a cold build's CPU time. Any machine with a GPU builds the default targets.
+  if [ "${CI:-}" = true ] && ! nvidia-smi -L >/dev/null 2>&1; then
+    cuda=(-DCMAKE_CUDA_ARCHITECTURES=90-virtual)
+  fi
   if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-    run cmake-configure cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${launcher[@]}"
+    run cmake-configure cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" "${cuda[@]}"
   fi
   run build cmake --build "$BUILD_DIR" -j "$JOBS"
 }

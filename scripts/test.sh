@@ -23,6 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JOBS=${OPTIQ_JOBS:-$(nproc)}
+# ccache hits across clones at other paths (a CI clone, a worktree): paths under this checkout are
+# hashed relative to it, and the -g1 sanitizer builds do not hash the build directory.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 CTEST_JOBS=${OPTIQ_CTEST_JOBS:-2}
 ASAN_DIR=build-asan
 TSAN_DIR=build-tsan
