@@ -278,7 +278,6 @@ class CudaBackend final : public Backend {
     Op op(*this, "to_device");
     check(!recording_, "cuda backend: host data cannot enter a recorded step");
     if (n <= 0) return;
-    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, host, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   }
@@ -303,7 +302,6 @@ class CudaBackend final : public Backend {
                                     cudaMemcpyDeviceToHost, stream_));
       return;
     }
-    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   }
@@ -350,7 +348,6 @@ class CudaBackend final : public Backend {
       dev_tokens = step_dev_.as<StepInputs>()->tokens;
     } else {
       int32_t* t = tokens_.get<int32_t>(static_cast<size_t>(n), stream_, false);
-      cuda::persistent_flush(stream_);
       OPTIQ_CUDA_OK(cudaMemcpyAsync(t, tokens, static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
       dev_tokens = t;
     }
@@ -459,7 +456,6 @@ class CudaBackend final : public Backend {
     const float* importance = nullptr;  // the host's weights per input column, copied in
     if (opt.importance && search) {
       float* dev = importance_.get<float>(static_cast<size_t>(cols), stream_, false);
-      cuda::persistent_flush(stream_);
       OPTIQ_CUDA_OK(cudaMemcpyAsync(dev, opt.importance, static_cast<size_t>(cols) * sizeof(float),
                                     cudaMemcpyHostToDevice, stream_));
       importance = dev;
@@ -502,7 +498,6 @@ class CudaBackend final : public Backend {
     std::copy_n(tokens, n, step_host_->tokens);
     step_n_ = n;
     step_pos_ = pos0;
-    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(step_dev_.get(), step_host_, sizeof(StepInputs), cudaMemcpyHostToDevice, stream_));
   }
   void begin_recording() override {
@@ -517,7 +512,10 @@ class CudaBackend final : public Backend {
     }
     OPTIQ_CUDA_OK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
     recording_ = true;
-    // Decode steps between attention launches collected into persistent launches (persistent.cu).
+    // Decode steps between attention launches collected into persistent launches (persistent.cu):
+    // kernel launches flush the queue themselves; so does every copy, memset or cuBLAS call a
+    // recorded step can make (to_host's staging copy, fill_zero, matmul's aligned copy, the
+    // attention counters, blas()). Copies outside a recording need not: nothing is queued then.
     if (persistent) cuda::persistent_begin(stream_, barrier_.as<unsigned>());
     record_out_.reset();
   }
@@ -726,7 +724,6 @@ std::unique_ptr<WeightHandle> CudaBackend::upload(const WeightView& w) {
   size_t off = 0;
   for (const Part& p : parts) {
     auto* dst = static_cast<uint8_t*>(h->mem.get()) + off;
-    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, p.host, p.bytes, cudaMemcpyHostToDevice, stream_));
     *p.dst = dst;
     off += (p.bytes + 255) / 256 * 256;
@@ -757,7 +754,6 @@ std::unique_ptr<WeightHandle> CudaBackend::upload_for_passes(const WeightView& w
   DeviceMemory staging(std::min(elems, kChunk) * sizeof(float));
   for (size_t off = 0; off < elems; off += kChunk) {
     const size_t n = std::min(kChunk, elems - off);
-    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(staging.get(), f->data + off, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
     cuda::to_half(staging.as<float>(), static_cast<int64_t>(n), h->mem.as<__half>() + off, stream_);
   }
@@ -993,7 +989,6 @@ double CudaBackend::slab_dot_sum(int64_t rows, int64_t slab_rows, const std::fun
   for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
     const DotPair v = slab(r0, std::min(slab_rows, rows - r0));
     cuda::dot_partials(v.a, v.b, v.n, partial, stream_);
-    cuda::persistent_flush(stream_);
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
     for (double h : host) sum += h;
@@ -1052,7 +1047,6 @@ double CudaBackend::kl_sum(const void* ref, bool ref_bf16, const float* logits, 
   auto* row_kl = stats_sums_.get<double>(static_cast<size_t>(rows), stream_, false);
   cuda::kl_rows(ref, ref_bf16, logits, rows, vocab, row_kl, stream_);
   std::vector<double> host(static_cast<size_t>(rows));
-  cuda::persistent_flush(stream_);
   OPTIQ_CUDA_OK(cudaMemcpyAsync(host.data(), row_kl, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
   OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   double sum = 0;  // in row order, as the CPU backend sums
@@ -1065,7 +1059,6 @@ void CudaBackend::row_sq_sums(const float* d, int64_t rows, int64_t cols, double
   if (rows <= 0) return;
   auto* sums = stats_sums_.get<double>(static_cast<size_t>(rows), stream_, false);
   cuda::row_sq_sums(d, rows, cols, sums, stream_);
-  cuda::persistent_flush(stream_);
   OPTIQ_CUDA_OK(cudaMemcpyAsync(out, sums, static_cast<size_t>(rows) * sizeof(double), cudaMemcpyDeviceToHost, stream_));
   OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
 }
