@@ -223,23 +223,26 @@ void persistent_begin(cudaStream_t s, unsigned* barrier) {
   g_collecting = &g_state;
 }
 
+namespace {
+// Launches what c has queued (nothing when nothing is) and empties the queue first.
+void launch_queued(Collecting& c) {
+  if (c.list.count == 0) return;
+  const StepList list = c.list;
+  c.list.count = 0;
+  launch_list(c.stream, list, c.barrier);
+}
+}  // namespace
+
 void persistent_flush(cudaStream_t s) {
   Collecting* c = g_collecting;
-  if (!c || c->stream != s || c->list.count == 0) return;
-  const StepList list = c->list;
-  c->list.count = 0;
-  launch_list(s, list, c->barrier);
+  if (c && c->stream == s) launch_queued(*c);
 }
 
 void persistent_end(cudaStream_t s) {
   Collecting* c = g_collecting;
   if (!c || c->stream != s) return;
   g_collecting = nullptr;  // first: an exception from the launch leaves nothing collecting
-  if (c->list.count > 0) {
-    const StepList list = c->list;
-    c->list.count = 0;
-    launch_list(s, list, c->barrier);
-  }
+  launch_queued(*c);
 }
 
 void persistent_discard(cudaStream_t s) noexcept {
