@@ -12,8 +12,10 @@
 #      A leak, a memory error or UB in any process, test or CLI, fails the phase (see san_ctest).
 #   4. build-tsan/ (clang, TSan: -DOPTIQ_SANITIZE=thread, Debug at -O1 -g1): only the tests of the threaded
 #      code (TSAN_COMPONENTS: pool, quantizers, kernels, CPU backend, model, eval, profiler, pipeline).
-#   5. scripts/fuzz_smoke.sh: the libFuzzer harnesses of every parser (tests/fuzz, clang, ASan+UBSan,
-#      build-fuzz/), FUZZ_SECONDS (default here 10) each from their seed corpora
+#   5. scripts/fuzz_smoke.sh: the libFuzzer harnesses of every parser (tests/fuzz, clang, ASan+UBSan),
+#      built in build-asan/ from its objects (phase 3 configures it with -DOPTIQ_FUZZ=ON: coverage
+#      instrumentation on the parsing components), else in a build-fuzz/ of their own; FUZZ_SECONDS
+#      (default here 10) each from their seed corpora, two at a time
 # Every phase is timed. Exits non-zero if any phase fails (later test phases still run, so one
 # run reports everything). Budget: 40 min on a fresh 2-core machine (docs/reliability.md has the times).
 # Env: OPTIQ_JOBS (build jobs, default nproc), OPTIQ_NO_ASAN=1 (skip phase 3), OPTIQ_NO_TSAN=1 (skip
@@ -115,8 +117,14 @@ if ! phase "setup (apt, venv, build, models)" scripts/setup.sh; then summary; ex
 phase "ctest build/ (-j$CTEST_JOBS)" ctest --test-dir build --output-on-failure -j"$CTEST_JOBS" || true
 phase "ctest build/ (int8 prefill forced: backend, kernels, model, eval)" env OPTIQ_FORCE_INT8_PREFILL=1 \
   ctest --test-dir build --output-on-failure -j"$CTEST_JOBS" -L 'backend|kernels|model|eval' -LE reference || true
+# With clang the ASan build also carries the fuzzer's coverage instrumentation on the parsing
+# components (-DOPTIQ_FUZZ=ON), so phase 5 builds only the harnesses, from its objects.
+FUZZ_DIR=build-fuzz
 if [ "${OPTIQ_NO_ASAN:-0}" != 1 ]; then
-  if phase "build $ASAN_DIR (ASan+UBSan, $SAN_FLAGS)" san_build "$ASAN_DIR" ON; then
+  asan_args=()
+  if [ "${OPTIQ_NO_FUZZ:-0}" != 1 ] && [[ "$SAN_CXX" == *clang* ]]; then asan_args=(-DOPTIQ_FUZZ=ON); fi
+  if phase "build $ASAN_DIR (ASan+UBSan, $SAN_FLAGS)" san_build "$ASAN_DIR" ON "${asan_args[@]}"; then
+    [ ${#asan_args[@]} -eq 0 ] || FUZZ_DIR=$ASAN_DIR
     phase "ctest $ASAN_DIR (unit suite, LSan on)" san_ctest "$ASAN_DIR" -LE reference || true
   fi
 fi
@@ -130,9 +138,10 @@ if [ "${OPTIQ_NO_TSAN:-0}" != 1 ]; then
   fi
 fi
 if [ "${OPTIQ_NO_FUZZ:-0}" != 1 ]; then
-  # 10 s a harness keeps the phase near 6 min on 2 cores (most of it the clang build); bench/fuzz.sh runs long.
+  # 10 s a harness, two at a time on 2 cores: about a minute when the harnesses come from the ASan
+  # build's objects (a build of their own adds ~6 min); bench/fuzz.sh runs long.
   export FUZZ_SECONDS=${FUZZ_SECONDS:-10}
-  phase "fuzz smoke ($FUZZ_SECONDS s a harness)" scripts/fuzz_smoke.sh || true
+  phase "fuzz smoke ($FUZZ_SECONDS s a harness, in $FUZZ_DIR)" env OPTIQ_FUZZ_DIR="$FUZZ_DIR" scripts/fuzz_smoke.sh || true
 fi
 summary
 [ ${#failed[@]} -eq 0 ]
