@@ -454,6 +454,62 @@ TEST_P(BackendOps, Int8DecodeEqualsRoundedActivations) {
   }
 }
 
+// GGUF k-quants under fast numerics: decode products round the activations
+// to int8 blocks as the affine ones do (the CPU's kquant_matmul int8 path, a
+// GPU's k-quant int8 kernels), on a few rows, many rows, and wide rows; the
+// gated pair and the product with its residual add give what the separate
+// operations give.
+TEST_P(BackendOps, KQuantInt8DecodeEqualsRoundedActivations) {
+  const Int8Decode int8_on(true);
+  struct Shape {
+    int64_t rows, cols;
+  };
+  for (const Shape sh : {Shape{64, 512}, Shape{2051, 256}, Shape{3, 14336}}) {
+    for (DType t : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+      const auto blocks = random_kquant(t, sh.rows, sh.cols, 300 + static_cast<int>(t));
+      const auto blocks2 = random_kquant(t, sh.rows, sh.cols, 400 + static_cast<int>(t));
+      const WeightView view{sh.rows, sh.cols, KQuantView{t, sh.rows, sh.cols, blocks.data()}};
+      const WeightView view2{sh.rows, sh.cols, KQuantView{t, sh.rows, sh.cols, blocks2.data()}};
+      const std::vector<float> dense = dense_rows(view);
+      const auto h = b.upload(view), h2 = b.upload(view2);
+      for (int64_t n : {1, 3}) {
+        const std::string what = fmt::format("{} {}x{} n={}", dtype_name(t), sh.rows, sh.cols, n);
+        const auto x = test::random_floats(n * sh.cols, 310 + n);
+        Int8Activations act;
+        quantize_activations(x.data(), n, sh.cols, act);
+        std::vector<double> want(n * sh.rows);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t r = 0; r < sh.rows; ++r) {
+            double acc = 0;
+            for (int64_t c = 0; c < sh.cols; ++c)
+              acc += double(act.row_q(i)[c]) * act.row_scale(i)[c / 32] * dense[r * sh.cols + c];
+            want[i * sh.rows + r] = acc;
+          }
+        Buffer bx = put(x), y = b.alloc(n * sh.rows), y2 = b.alloc(n * sh.rows), g = b.alloc(n * sh.rows),
+               up = b.alloc(n * sh.rows);
+        b.matmul(*h, bx.data(), n, y.data());
+        expect_close(get(y, n * sh.rows), want, 2e-4, what.c_str());
+        // The gated pair against its two products and the activation.
+        b.matmul(*h2, bx.data(), n, y2.data());
+        b.gated_activation(GateAct::Silu, false, y.data(), y2.data(), n * sh.rows);
+        b.gated_matmul(*h, *h2, GateAct::Silu, false, bx.data(), n, g.data(), up.data());
+        const auto want_g = get(y, n * sh.rows), got_g = get(g, n * sh.rows);
+        for (int64_t i = 0; i < n * sh.rows; ++i)
+          ASSERT_NEAR(got_g[i], want_g[i], 1e-5f * (1 + std::abs(want_g[i]))) << what << " gated " << i;
+        // The product with the residual add and the norm after it (fused on a GPU when rows are a
+        // multiple of 32, the 64-row case).
+        const auto resid = test::random_floats(n * sh.rows, 320 + n), nw = test::random_floats(sh.rows, 321);
+        Buffer bw = put(nw), x1 = put(resid), y1 = b.alloc(n * sh.rows), x3 = put(resid), y3 = b.alloc(n * sh.rows);
+        b.matmul(*h, bx.data(), n, y1.data());
+        b.add_rms_norm(x1.data(), y1.data(), bw.data(), n, sh.rows, 1e-5f, y1.data());
+        b.matmul_add_rms_norm(*h, bx.data(), n, y3.data(), x3.data(), bw.data(), 1e-5f, y3.data());
+        const auto want_x = get(x1, n * sh.rows), got_x = get(x3, n * sh.rows);
+        for (int64_t i = 0; i < n * sh.rows; ++i) ASSERT_EQ(got_x[i], want_x[i]) << what << " residual " << i;
+      }
+    }
+  }
+}
+
 // Causal attention of n queries at positions pos0.. in double precision, as
 // the cache stores K and V (`stored`), with a sliding window (0: none).
 std::vector<double> attention_reference(const AttentionParams& p, const std::vector<float>& q, int n, int pos0,

@@ -11,9 +11,9 @@
 // numerics, fp32 under exact numerics (kernels::decode_int8_enabled(), the
 // same process-wide switch as the CPU's).
 //
-// Numerics, fast (the default for running): decode products with affine
-// weights round the activations to int8 blocks of 32 exactly as the CPU's
-// int8 decode does; prefill GEMMs take fp16 operands; the KV cache is fp16.
+// Numerics, fast (the default for running): decode products with affine or
+// GGUF k-quant (Q2_K..Q6_K) weights round the activations to int8 blocks of
+// 32 exactly as the CPU's int8 decode does; prefill GEMMs take fp16 operands; the KV cache is fp16.
 // Exact: fp32 everywhere (cuBLAS without TF32), fp32 KV cache.
 //
 // This file is plain C++ (the CUDA runtime API is C): fmt's compile-time
@@ -853,7 +853,7 @@ void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, in
                       reinterpret_cast<uintptr_t>(a) % 16 == 0 && m.rows % 32 == 0 &&
                       m.rows <= cuda::kSplitNormMaxDim && out != x && y != x;
   // The residual add in the product's last step: int8 products of affine
-  // rows, fp32 ones of dense rows.
+  // and k-quant rows, fp32 ones of dense rows.
   const bool dense = shaped && cuda::has_matvec_dense(m, false);
   if (!dense && !(shaped && has_matvec_int8(m))) {
     Backend::matmul_add_rms_norm(wm, a, n, y, x, w, eps, out);

@@ -65,7 +65,8 @@ bool has_matvec_dense(const DevMatrix& w, bool group);
 // (nothing launched) otherwise.
 bool matvec_dense_group(const DevMatrix* ws, float* const* ys, int count, const float* x, int n, cudaStream_t s);
 // The same with activations rounded to int8 blocks of 32 by quantize_act_int8
-// (affine storage only: integer dot products per block, the CPU's int8 decode numerics).
+// (affine storage, and the GGUF k-quants Q2_K..Q6_K: integer dot products per
+// block, the CPU's int8 decode numerics; kquant_int8.cuh).
 bool has_matvec_int8(const DevMatrix& w);
 // With `accum`, also accum += y (a residual add after the product, in its last step).
 void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xscale, const int32_t* xsum, int n, float* y,
@@ -76,8 +77,8 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xscale, cons
 bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const int8_t* xq, const float* xscale,
                        const int32_t* xsum, int n, cudaStream_t s);
 // The gated MLP's first half in one pass: out = act(x . G^T) * (x . U^T),
-// when G and U share a storage these kernels fuse (affine of one format, or
-// dense); false (nothing launched) otherwise. xq/xscale/xsum: int8 blocks of
+// when G and U share a storage these kernels fuse (affine of one format, one
+// k-quant type with int8 blocks, or dense); false (nothing launched) otherwise. xq/xscale/xsum: int8 blocks of
 // x for the int8 path (null: fp32 x).
 bool matvec_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const float* x, const int8_t* xq,
                   const float* xscale, const int32_t* xsum, int n, float* out, cudaStream_t s);
