@@ -11,7 +11,8 @@
 // copy bandwidth (bytes read + written) measured at the start of the run.
 // Formats: bf16; q8 / q4 (uniform affine, groups of 64, fp16 scales and
 // biases); mixed4.5 / mixed3.5 (a per-module mix of 3..8-bit affine formats
-// averaging the named bits per weight, the shape of an optiq plan).
+// averaging the named bits per weight, the shape of an optiq plan); q4_k_m
+// (llama.cpp's Q4_K_M mix of GGUF k-quant blocks, random).
 #include <cuda_runtime.h>
 
 #include <algorithm>

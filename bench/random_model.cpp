@@ -85,6 +85,20 @@ Linear random_matrix(const std::string& fmt, int64_t rows, int64_t cols, uint64_
     keep.push_back(owned);
     return Linear::from_half_view(owned->data(), true, rows, cols);
   }
+  if (fmt == "Q4_K" || fmt == "Q6_K") {  // random blocks, d (and dmin) sized for weights ~ 0.02
+    const bool q4 = fmt == "Q4_K";
+    const int64_t block_bytes = q4 ? 144 : 210, blocks = rows * (cols / 256);
+    std::vector<uint8_t> b(static_cast<size_t>(blocks * block_bytes));
+    random_words(b, seed);
+    for (int64_t i = 0; i < blocks; ++i) {
+      uint8_t* blk = b.data() + i * block_bytes;
+      const uint16_t d = f32_to_f16(q4 ? 1.5e-4f : 6.5e-5f), dmin = f32_to_f16(1.5e-4f);
+      uint8_t* dp = blk + (q4 ? 0 : 208);
+      dp[0] = static_cast<uint8_t>(d & 0xff), dp[1] = static_cast<uint8_t>(d >> 8);
+      if (q4) blk[2] = static_cast<uint8_t>(dmin & 0xff), blk[3] = static_cast<uint8_t>(dmin >> 8);
+    }
+    return Linear::from_ggml(q4 ? DType::Q4_K : DType::Q6_K, std::move(b), rows, cols);
+  }
   check(fmt.size() == 2 && fmt[0] == 'q', "unknown format '{}'", fmt);
   AffineMatrix m;
   m.rows = rows;
@@ -111,6 +125,12 @@ std::string format_of(const std::string& preset, ModuleKind k, int layer, int la
   if (preset == "bf16") return "bf16";
   if (preset == "q8") return "q8";
   if (preset == "q4") return "q4";
+  if (preset == "q4_k_m") {  // llama.cpp's Q4_K_M mix (llama-quantize's use_more_bits rule for v and down)
+    const bool more = layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
+    if (k == ModuleKind::LmHead) return "Q6_K";
+    if (k == ModuleKind::VProj || k == ModuleKind::DownProj) return more ? "Q6_K" : "Q4_K";
+    return "Q4_K";
+  }
   const bool edge = layer < layers / 8 || layer >= layers - layers / 8;
   // A per-module mix of the shape optiq's plans take (v and down get more
   // bits, so do the first and last eighth of the layers), sized to average
@@ -129,7 +149,7 @@ std::string format_of(const std::string& preset, ModuleKind k, int layer, int la
     if (k == ModuleKind::GateProj || k == ModuleKind::UpProj) return edge ? "q3" : "q2";
     return "q3";
   }
-  fail("unknown format preset '{}' (bf16, q8, q4, mixed4.5, mixed3.5)", preset);
+  fail("unknown format preset '{}' (bf16, q8, q4, mixed4.5, mixed3.5, q4_k_m)", preset);
 }
 
 std::vector<float> small_bias(int64_t n) {

@@ -14,7 +14,8 @@ namespace optiq::bench {
 ModelConfig shape(const std::string& name);
 // Every matrix in the preset's formats: bf16; q8 / q4 (uniform affine, groups
 // of 64, fp16 scales and biases); mixed4.5 / mixed3.5 (3..8-bit per module,
-// averaging the named bits over what a decode step reads). Random codes and
+// averaging the named bits over what a decode step reads); q4_k_m (GGUF
+// Q4_K with Q6_K where llama.cpp's Q4_K_M puts it). Random codes and
 // scales of a realistic size (weights ~ 0.02), deterministic.
 Model random_model(const ModelConfig& c, const std::string& preset);
 // "1,2,3" -> {1, 2, 3}; "a,b" -> {"a", "b"}.
