@@ -19,12 +19,14 @@ that runtime allocates, on models optiq exported:
    fused attention, so it is only printed next to what mlx's CPU backend
    peaked at (mx.get_peak_memory beyond the weights and the cache).
 
-Prints a table (BENCHMARKS.md "Memory for --fit"). Exit 77 when the venv's
+Prints a table (BENCHMARKS.md "Memory for --fit"). OPTIQ_REF_MODELS (comma list, default
+stories260k,smollm2,gemma3) picks the models (ctest runs one test per model). Exit 77 when the venv's
 packages, the models or the optiq binary are missing.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -109,7 +111,8 @@ def mb(x: float) -> str:
 def main() -> int:
     if not HAVE_LLAMA and not HAVE_MLX:
         refutil.skip("neither llama_cpp nor mlx_lm in the venv: run scripts/setup.sh")
-    sources = {n: refutil.model_path(n) for n in ("stories260k", "smollm2", "gemma3")}
+    names = os.environ.get("OPTIQ_REF_MODELS", "stories260k,smollm2,gemma3").split(",")
+    sources = {n: refutil.model_path(n) for n in names}
     sources = {n: p for n, p in sources.items() if p.is_file()}
     if not sources:
         refutil.skip("models missing: stories260K and SmolLM2-135M (scripts/fetch_models.py)")
