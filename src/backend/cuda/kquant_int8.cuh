@@ -10,6 +10,7 @@
 #pragma once
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/weight_decode.cuh"
 
 #include <cstdint>
 
@@ -51,23 +52,6 @@ __device__ __forceinline__ void load_words_unaligned(const uint8_t* p, uint32_t 
   for (int j = 0; j <= kWords; ++j) raw[j] = __ldg(base + j);
 #pragma unroll
   for (int j = 0; j < kWords; ++j) w[j] = __funnelshift_r(raw[j], raw[j + 1], shift);
-}
-
-// Byte k (0..11) of the 12-byte 6-bit scale block held in three words.
-__device__ __forceinline__ int scale_byte(const uint32_t (&sw)[3], int k) {
-  const uint32_t word = k < 4 ? sw[0] : (k < 8 ? sw[1] : sw[2]);
-  return static_cast<int>((word >> (8 * (k & 3))) & 0xffu);
-}
-
-// kq_scale_min's 6-bit pair s of Q4_K/Q5_K.
-__device__ __forceinline__ void scale_min_pair(const uint32_t (&sw)[3], int s, int& sc, int& mn) {
-  if (s < 4) {
-    sc = scale_byte(sw, s) & 63;
-    mn = scale_byte(sw, s + 4) & 63;
-  } else {
-    sc = (scale_byte(sw, s + 4) & 0x0f) | ((scale_byte(sw, s - 4) >> 6) << 4);
-    mn = (scale_byte(sw, s + 4) >> 4) | ((scale_byte(sw, s) >> 6) << 4);
-  }
 }
 
 // Chunk s of the block at b (Q4_K and Q5_K blocks are 16-byte aligned: 144
@@ -138,8 +122,8 @@ __device__ __forceinline__ void kq_chunk(const uint8_t* b, int s, KqChunk& o) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int k = 2 * s + hf;
-      const int lo = (k < 8 ? scale_byte(sw, k) : scale_byte(sw, k - 8) >> 4) & 0x0f;
-      const int hi = (scale_byte(sw, 8 + k % 4) >> (2 * (k / 4))) & 3;
+      const int lo = static_cast<int>((k < 8 ? byte_of(sw, k) : byte_of(sw, k - 8) >> 4) & 0x0f);
+      const int hi = static_cast<int>((byte_of(sw, 8 + k % 4) >> (2 * (k / 4))) & 3);
       sc[hf] = __fmul_rn(d, static_cast<float>((lo | (hi << 4)) - 32));
     }
     o.s0 = sc[0], o.s1 = sc[1];

@@ -169,19 +169,24 @@ __device__ __forceinline__ uint32_t byte_of(const uint32_t (&w)[3], int k) {
   return (word >> (8 * (k & 3))) & 0xffu;
 }
 
+// kq_scale_min's 6-bit pair s of Q4_K/Q5_K, from the 12-byte scale block held in three words.
+__device__ __forceinline__ void scale_min_pair(const uint32_t (&sw)[3], int s, int& sc, int& mn) {
+  if (s < 4) {
+    sc = static_cast<int>(byte_of(sw, s) & 63);
+    mn = static_cast<int>(byte_of(sw, s + 4) & 63);
+  } else {
+    sc = static_cast<int>((byte_of(sw, s + 4) & 0x0f) | ((byte_of(sw, s - 4) >> 6) << 4));
+    mn = static_cast<int>((byte_of(sw, s + 4) >> 4) | ((byte_of(sw, s) >> 6) << 4));
+  }
+}
+
 __device__ __forceinline__ void q4k_decode_sub(const uint8_t* b, int s, float (&v)[32]) {
   const uint32_t dm = __ldg(reinterpret_cast<const uint32_t*>(b));
   const float d = half_word(static_cast<uint16_t>(dm & 0xffff)), dmin = half_word(static_cast<uint16_t>(dm >> 16));
   const uint32_t sw[3] = {__ldg(reinterpret_cast<const uint32_t*>(b + 4)), __ldg(reinterpret_cast<const uint32_t*>(b + 8)),
                           __ldg(reinterpret_cast<const uint32_t*>(b + 12))};
-  int sc, mn;  // kq_scale_min's 6-bit pair s
-  if (s < 4) {
-    sc = byte_of(sw, s) & 63;
-    mn = byte_of(sw, s + 4) & 63;
-  } else {
-    sc = (byte_of(sw, s + 4) & 0x0f) | ((byte_of(sw, s - 4) >> 6) << 4);
-    mn = (byte_of(sw, s + 4) >> 4) | ((byte_of(sw, s) >> 6) << 4);
-  }
+  int sc, mn;
+  scale_min_pair(sw, s, sc, mn);
   const float d1 = __fmul_rn(d, static_cast<float>(sc)), m1 = __fmul_rn(dmin, static_cast<float>(mn));
   const uint4* q = reinterpret_cast<const uint4*>(b + 16 + 32 * (s >> 1));
   const uint4 q0 = __ldg(q), q1 = __ldg(q + 1);
