@@ -224,7 +224,7 @@ void read_gemma3(const json& j, ModelConfig& c, const std::string& source) {
   if (present(d, "layer_types")) {
     c.layer_window = windows_from(d, c.n_layers, window, source);
   } else {
-    const int pattern = static_cast<int>(num("sliding_window_pattern", 6));
+    const int pattern = int_or(d, "sliding_window_pattern", 6, source);
     check(pattern > 0, "{}: sliding_window_pattern = {} must be positive", source, pattern);
     c.layer_window.assign(c.n_layers, window);
     for (int i = 0; i < c.n_layers; ++i)

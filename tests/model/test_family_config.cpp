@@ -244,6 +244,10 @@ TEST(FamilyConfig, IntegerKeysOutOfRangeAreRefused) {
   j = base("mistral");
   j["sliding_window"] = -1e300;
   EXPECT_NE(message(j).find("sliding_window = -1e+300 is not an integer"), std::string::npos) << message(j);
+  // Found by the fuzz smoke test (fuzz_config_hf): the pattern was cast from a double unchecked.
+  j = gemma();
+  j["sliding_window_pattern"] = 2.18447e+20;
+  EXPECT_NE(message(j).find("sliding_window_pattern = 2.18447e+20 is not an integer"), std::string::npos) << message(j);
   j = base("llama");
   j["vocab_size"] = "300";
   EXPECT_NE(message(j).find("vocab_size = \"300\" is not an integer"), std::string::npos) << message(j);
