@@ -154,8 +154,7 @@ t_all=$SECONDS
 if [ $do_apt = 1 ]; then phase apt setup_apt; fi
 venv_pid=
 if [ $do_venv = 1 ] && [ $do_build = 1 ]; then
-  # The venv beside the build: pip's downloads overlap the compile (on a fresh 2-core machine
-  # ~1.5 min of the venv's time is waiting on the network).
+  # The venv beside the build: pip's downloads overlap the compile.
   (phase venv setup_venv) &
   venv_pid=$!
   trap 'kill "$venv_pid" 2>/dev/null || true' EXIT

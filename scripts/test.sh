@@ -14,7 +14,7 @@
 #      code (TSAN_COMPONENTS: pool, quantizers, kernels, CPU backend, model, eval, profiler, pipeline).
 #   5. scripts/fuzz_smoke.sh: the libFuzzer harnesses of every parser (tests/fuzz, clang, ASan+UBSan),
 #      built in build-asan/ from its objects (phase 3 configures it with -DOPTIQ_FUZZ=ON: coverage
-#      instrumentation on the parsing components), else in a build-fuzz/ of their own; FUZZ_SECONDS
+#      instrumentation on the parsing sources only), else in a build-fuzz/ of their own; FUZZ_SECONDS
 #      (default here 10) each from their seed corpora, two at a time
 # Every phase is timed. Exits non-zero if any phase fails (later test phases still run, so one
 # run reports everything). Budget: 40 min on a fresh 2-core machine (docs/reliability.md has the times).
@@ -118,7 +118,7 @@ phase "ctest build/ (-j$CTEST_JOBS)" ctest --test-dir build --output-on-failure 
 phase "ctest build/ (int8 prefill forced: backend, kernels, model, eval)" env OPTIQ_FORCE_INT8_PREFILL=1 \
   ctest --test-dir build --output-on-failure -j"$CTEST_JOBS" -L 'backend|kernels|model|eval' -LE reference || true
 # With clang the ASan build also carries the fuzzer's coverage instrumentation on the parsing
-# components (-DOPTIQ_FUZZ=ON), so phase 5 builds only the harnesses, from its objects.
+# sources (-DOPTIQ_FUZZ=ON: CMakeLists.txt's OPTIQ_FUZZ_COVERAGE), so phase 5 builds only the harnesses, from its objects.
 FUZZ_DIR=build-fuzz
 if [ "${OPTIQ_NO_ASAN:-0}" != 1 ]; then
   asan_args=()
