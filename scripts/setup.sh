@@ -32,7 +32,7 @@ for a in "$@"; do
     --no-venv) do_venv=0 ;;
     --no-build) do_build=0 ;;
     --no-models) do_models=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$a' (see --help)" >&2; exit 2 ;;
   esac
 done
