@@ -152,7 +152,6 @@ void fused_q4(const AffineArgs& a, int64_t x0, int64_t r0, int64_t r1) {
 namespace i8 {
 
 struct Scratch {
-  std::vector<float> sc, bi;
   std::vector<uint8_t> codes;
 };
 Scratch& scratch8() {
@@ -160,27 +159,18 @@ Scratch& scratch8() {
   return s;
 }
 
+// 16 lanes as a vector element (std::vector<__m512> would drop __m512's
+// attributes from the template argument: -Wignored-attributes).
+struct Lanes16 {
+  __m512 v;
+};
+
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); }
 inline __mmask64 mask64(int64_t n) { return n >= 64 ? ~__mmask64{0} : ((__mmask64{1} << n) - 1); }
 
 inline __m512 halves16(const uint16_t* p, __mmask16 m, bool bf16) {
   const __m256i h = _mm256_maskz_loadu_epi16(m, p);
   return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
-}
-
-void scales_f32(const AffineMatrixView& W, int64_t r, Scratch& s) {
-  const int64_t ng = W.groups_per_row();
-  const int64_t cap = (ng + 15) / 16 * 16 + 16;  // slack for unmasked 16-float loads
-  if (static_cast<int64_t>(s.sc.size()) < cap) s.sc.resize(cap), s.bi.resize(cap);
-  const uint16_t* sp = W.scales + r * ng;
-  const uint16_t* bp = W.biases ? W.biases + r * ng : nullptr;
-  const __m512 minus_zero = _mm512_set1_ps(static_cast<float>(-W.zero_point));
-  for (int64_t g = 0; g < ng; g += 16) {
-    const __mmask16 m = mask16(ng - g);
-    const __m512 sc = halves16(sp + g, m, W.bf16_scales);
-    _mm512_storeu_ps(&s.sc[g], sc);
-    _mm512_storeu_ps(&s.bi[g], bp ? halves16(bp + g, m, W.bf16_scales) : _mm512_mul_ps(minus_zero, sc));
-  }
 }
 
 // acc + bias_w[g] * xsum[g] over row r's groups, the biases widened from
@@ -224,12 +214,12 @@ void rows(const Int8Args& a, int64_t x0, int64_t r0, int64_t r1) {
   // The activation block scales of each chunk, spread to its lanes: the same
   // for every row, so computed once per call instead of once per row.
   const int64_t nchunks = (nblk + CB - 1) / CB;
-  thread_local std::vector<__m512> sx_lanes;
+  thread_local std::vector<Lanes16> sx_lanes;
   if (static_cast<int64_t>(sx_lanes.size()) < nchunks * NX) sx_lanes.resize(nchunks * NX);
   for (int i = 0; i < NX; ++i)
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t b = c * CB, m = std::min<int64_t>(CB, nblk - b);
-      sx_lanes[c * NX + i] = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + (x0 + i) * nblk + b));
+      sx_lanes[c * NX + i].v = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + (x0 + i) * nblk + b));
     }
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* p;
@@ -264,7 +254,7 @@ void rows(const Int8Args& a, int64_t x0, int64_t r0, int64_t r1) {
           const __m512i x = full ? _mm512_loadu_si512(xb) : _mm512_maskz_loadu_epi8(mask64(32 * m), xb);
           d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
         }
-        const __m512 sxl = sx_lanes[(b / CB) * NX + i];
+        const __m512 sxl = sx_lanes[(b / CB) * NX + i].v;
         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sxl, swl), acc[i]);
       }
     };
@@ -293,11 +283,11 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
   const __m512i idx_g = _mm512_srli_epi32(idx_b, gshift);
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   const int64_t nchunks = (nblk + CB - 1) / CB;
-  thread_local std::vector<__m512> sx_lanes;
+  thread_local std::vector<Lanes16> sx_lanes;
   if (static_cast<int64_t>(sx_lanes.size()) < nchunks) sx_lanes.resize(nchunks);
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t b = c * CB, m = std::min<int64_t>(CB, nblk - b);
-    sx_lanes[c] = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + b));
+    sx_lanes[c].v = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + b));
   }
   // Software prefetch two passes ahead: the rows of a pass are adjacent, so
   // this runs ahead of the stream across 4 kB page ends, where the hardware
@@ -317,7 +307,7 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
       constexpr bool full = decltype(full_tag)::value;
       const int8_t* xb = a.xq + b * 32;
       const int64_t g0 = b >> gshift;
-      const __m512 sxl = sx_lanes[b / CB];
+      const __m512 sxl = sx_lanes[b / CB].v;
       if constexpr (Bits == 4) {
         const __m512i xl = full ? _mm512_loadu_si512(xb) : _mm512_maskz_loadu_epi8(mask64(16 * m), xb);
         const __m512i xh = full ? _mm512_loadu_si512(xb + 64) : _mm512_maskz_loadu_epi8(mask64(16 * m), xb + 16 * m);
@@ -392,11 +382,11 @@ void rows_multi_vbmi(const Int8Args& a, int64_t r0, int64_t r1) {
   const __m512i idx_g = _mm512_srli_epi32(idx_b, gshift);
   const VbmiUnpack<Bits> unpack;
   const int64_t nchunks = (nblk + 1) / 2;
-  thread_local std::vector<__m512> sx_lanes;
+  thread_local std::vector<Lanes16> sx_lanes;
   if (static_cast<int64_t>(sx_lanes.size()) < nchunks) sx_lanes.resize(nchunks);
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t b = c * 2, m = std::min<int64_t>(2, nblk - b);
-    sx_lanes[c] = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + b));
+    sx_lanes[c].v = _mm512_permutexvar_ps(idx_b, _mm512_maskz_loadu_ps(mask16(m), a.sx + b));
   }
   const int64_t row_bytes = W.words_per_row() * 4;
   const int64_t prefetch = 2 * R * row_bytes;
@@ -415,7 +405,7 @@ void rows_multi_vbmi(const Int8Args& a, int64_t r0, int64_t r1) {
       const int8_t* xb = a.xq + b * 32;
       const __m512i x = _mm512_maskz_loadu_epi8(mask64(32 * m), xb);
       const int64_t g0 = b >> gshift;
-      const __m512 sxl = sx_lanes[b / 2];
+      const __m512 sxl = sx_lanes[b / 2].v;
       for (int k = 0; k < R; ++k) {
         const uint8_t* pw = p[k] + b * bpb;
         _mm_prefetch(reinterpret_cast<const char*>(pw + prefetch), _MM_HINT_T0);

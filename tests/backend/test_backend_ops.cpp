@@ -417,7 +417,9 @@ TEST_P(BackendOps, PinnedHostMemoryCopies) {
   auto v = test::random_floats(4099, 42);
   {
     const Backend::HostPin pin = b.pin_host(v.data(), v.size() * sizeof(float));
-    if (b.host_memory()) EXPECT_EQ(pin.get(), nullptr);
+    if (b.host_memory()) {
+      EXPECT_EQ(pin.get(), nullptr);
+    }
     Buffer buf = put(v);
     std::vector<float> back(v.size(), 0.0f);
     const Backend::HostPin pin_back = b.pin_host(back.data(), back.size() * sizeof(float));

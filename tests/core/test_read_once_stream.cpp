@@ -97,7 +97,9 @@ TEST(ReadOnceStream, FileOrderKeepsEveryRangeAndHashesEveryByte) {
     EXPECT_EQ(st.kept, static_cast<int64_t>(ranges.size())) << "OPTIQ_DIRECT_IO=" << direct;
     EXPECT_EQ(st.passed, 0);
     expect_digests(s, f);
-    if (std::string(direct) == "0") EXPECT_FALSE(s.stats().direct);
+    if (std::string(direct) == "0") {
+      EXPECT_FALSE(s.stats().direct);
+    }
   }
   ::unsetenv("OPTIQ_DIRECT_IO");
 }

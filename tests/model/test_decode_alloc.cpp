@@ -30,6 +30,11 @@ std::atomic<long> g_allocs{0};
 #endif
 
 #ifndef OPTIQ_TSAN
+// GCC inlines this operator new (std::malloc) into callers of the deletes
+// below and calls their free() mismatched; it is the replacement's own pair.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void* operator new(std::size_t n) {
   if (g_counting.load(std::memory_order_relaxed)) g_allocs.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(n ? n : 1)) return p;

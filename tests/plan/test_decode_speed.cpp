@@ -9,6 +9,8 @@
 #include <functional>
 #include <random>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 #include "plan/budget.h"
 #include "plan/decode_speed.h"
@@ -28,7 +30,7 @@ std::vector<SolverItem> random_timed_items(std::mt19937& rng, int n, int k) {
   std::uniform_int_distribution<int> nb(1, 40), nk(2, k);
   std::uniform_real_distribution<double> u(0.0, 1.0);
   for (int i = 0; i < n; ++i) {
-    SolverItem it{"m" + std::to_string(i), {}};
+    SolverItem it{fmt::format("m{}", i), {}};
     std::vector<TensorFormat> f = kFormats;
     std::shuffle(f.begin(), f.end(), rng);
     const int kk = nk(rng);

@@ -5,6 +5,8 @@
 #include <functional>
 #include <random>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 #include "plan/budget.h"
 #include "plan/solver.h"
@@ -23,7 +25,7 @@ std::vector<SolverItem> random_items(std::mt19937& rng, int n, int k, int max_by
   std::uniform_int_distribution<int> nb(1, max_bytes), nk(1, k);
   std::uniform_real_distribution<double> dmg(0.0, 1.0);
   for (int i = 0; i < n; ++i) {
-    SolverItem it{"m" + std::to_string(i), {}};
+    SolverItem it{fmt::format("m{}", i), {}};
     std::vector<TensorFormat> f = kFormats;
     std::shuffle(f.begin(), f.end(), rng);
     const int kk = nk(rng);
@@ -221,7 +223,9 @@ TEST(Solver, PinsMinBitsTies) {
   EXPECT_EQ(s.formats.at("model.layers.0.mlp.down_proj"), (TensorFormat{AffineFormat{6, 32}}));
   EXPECT_EQ(s.formats.at("model.embed_tokens"), std::nullopt);
   for (const auto& [path, f] : s.formats)
-    if (f) EXPECT_GE(f->bits, 3) << path;
+    if (f) {
+      EXPECT_GE(f->bits, 3) << path;
+    }
   for (int l = 0; l < 4; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
     EXPECT_EQ(s.formats.at(p + "q_proj"), s.formats.at(p + "k_proj"));

@@ -641,7 +641,7 @@ TEST(Profile, MeasuredSelectionQuantizesAsTheExport) {
   ASSERT_GT(map.methods.size(), 10u);
   double measured = 0, rounded = 0;
   {
-    PlanMeasurer measurer(m, windows, std::nullopt, CalibrationStats{.grams = grams, .importance = importance});
+    PlanMeasurer measurer(m, windows, std::nullopt, CalibrationStats{.grams = grams, .importance = importance, .cross = {}});
     measured = measurer.measure(map).first;
     PlanMeasurer without(m, windows);  // no statistics: rounded plainly, as the export without --calib
     rounded = without.measure(map).first;

@@ -301,8 +301,9 @@ TEST(FormatGgml, EveryTypeRoundTripsSearchAndImportance) {
     EXPECT_LE(e_search, e_ref * 1.01) << dtype_name(t) << ": search " << e_search << " reference " << e_ref;
     const double e_plain_w = rel_err(dq, imp.data());
     const double e_weighted_w = rel_err(fake_quantize(f, w.data(), rows, cols, weighted), imp.data());
-    if (t != DType::Q8_0)  // Q8_0 has one rounding, nothing to weigh
+    if (t != DType::Q8_0) {  // Q8_0 has one rounding, nothing to weigh
       EXPECT_LT(e_weighted_w, e_plain_w) << dtype_name(t);
+    }
   }
 }
 

@@ -40,7 +40,9 @@ TEST(GgmlToAffine, BitExactForEveryType) {
       const bool sym = t == DType::Q4_0 || t == DType::Q5_0 || t == DType::Q8_0;
       EXPECT_EQ(a.view().symmetric(), sym) << dtype_name(t);
       EXPECT_EQ(a.zero_point, t == DType::Q4_0 ? 8 : t == DType::Q5_0 ? 16 : t == DType::Q8_0 ? 128 : 0);
-      if (sym) EXPECT_EQ(a.bytes(), bytes.size()) << dtype_name(t);
+      if (sym) {
+        EXPECT_EQ(a.bytes(), bytes.size()) << dtype_name(t);
+      }
       std::vector<float> got = dequantize(a.view());
       ASSERT_EQ(got.size(), ref.size());
       for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(got[i], ref[i]) << dtype_name(t) << " element " << i;

@@ -52,7 +52,10 @@ int main(int argc, char** argv) {
     std::vector<float> buf;
     for (const auto& t : g.tensors()) {
       std::string shape;
-      for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(t.shape[i]);
+      for (size_t i = 0; i < t.shape.size(); ++i) {
+        if (i) shape += ',';
+        shape += std::to_string(t.shape[i]);
+      }
       fmt::print("T\t{}\t{}\t{}\n", t.name, optiq::dtype_name(t.dtype), shape);
       const uint64_t row = static_cast<uint64_t>(t.shape.back());
       const uint64_t rows = static_cast<uint64_t>(t.numel()) / row;
