@@ -327,13 +327,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
         for (int i = 0; i < kMaxN; ++i) {
           if (i >= n) break;
-          const int4* p = reinterpret_cast<const int4*>(xq + (static_cast<int64_t>(i) * chunks + c) * 32);
-          const int4 a = p[0], b = p[1];  // plain loads (see dense_rows)
-          const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-          const float sx = xscale[i * chunks + c];
-          const int32_t sum = xsum[i * chunks + c];
+          const XBlock x = x_block(xq, xscale, xsum, chunks, i, c);
 #pragma unroll
-          for (int r = 0; r < kR; ++r) acc[r][i] += kq_chunk_dot<kT>(ch[u][r], xv, sx, sum);
+          for (int r = 0; r < kR; ++r) acc[r][i] += kq_chunk_dot<kT>(ch[u][r], x.v, x.scale, x.sum);
         }
       }
     }
@@ -387,13 +383,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
           for (int i = 0; i < kMaxN; ++i) {
             if (i >= n) break;
-            const int4* px = reinterpret_cast<const int4*>(xq + (static_cast<int64_t>(i) * chunks + c) * 32);
-            const int4 a = px[0], b = px[1];  // plain loads (see dense_rows)
-            const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-            const float sx = xscale[i * chunks + c];
-            const int32_t sum = xsum[i * chunks + c];
+            const XBlock x = x_block(xq, xscale, xsum, chunks, i, c);
 #pragma unroll
-            for (int r = 0; r < kR; ++r) acc[r][i] += kq_chunk_dot<kT>(ch[r], xv, sx, sum);
+            for (int r = 0; r < kR; ++r) acc[r][i] += kq_chunk_dot<kT>(ch[r], x.v, x.scale, x.sum);
           }
         }
       }

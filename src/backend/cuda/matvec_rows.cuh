@@ -163,6 +163,22 @@ __device__ __forceinline__ void matvec_rows(const DevMatrix& w, int n, float* y,
   });
 }
 
+// Activation block c of row i (int8 blocks of 32, matvec's layout): its codes
+// as 8 words, its scale and the sum of its codes. Plain loads: x is the
+// previous kernel's output (see dense_rows).
+struct XBlock {
+  int v[8];
+  float scale;
+  int32_t sum;
+};
+__device__ __forceinline__ XBlock x_block(const int8_t* xq, const float* xscale, const int32_t* xsum, int chunks,
+                                          int i, int c) {
+  const int64_t b = static_cast<int64_t>(i) * chunks + c;
+  const int4* p = reinterpret_cast<const int4*>(xq + b * 32);
+  const int4 lo = p[0], hi = p[1];
+  return {{lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w}, xscale[b], xsum[b]};
+}
+
 // One set of kU chunks of every row slot against the int8 activation blocks.
 template <int kBits, int kMaxN, int kR, int kU>
 __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (&words)[kU][kR][kBits],
@@ -175,14 +191,12 @@ __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (
 #pragma unroll
     for (int i = 0; i < kMaxN; ++i) {
       if (i >= n) break;
-      const int4* p = reinterpret_cast<const int4*>(xq + (static_cast<int64_t>(i) * chunks + c) * 32);
-      const int4 a = p[0], b = p[1];  // plain loads: the previous kernel's output (see dense_rows)
-      const int xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-      const float sx = xscale[i * chunks + c];
-      const float sumx = sx * static_cast<float>(xsum[i * chunks + c]);
+      const XBlock x = x_block(xq, xscale, xsum, chunks, i, c);
+      const float sx = x.scale;
+      const float sumx = sx * static_cast<float>(x.sum);
 #pragma unroll
       for (int r = 0; r < kR; ++r) {
-        const int d = dot_chunk<kBits>(words[u][r], xv);
+        const int d = dot_chunk<kBits>(words[u][r], x.v);
         acc[r][i] += sc[u][r] * (sx * static_cast<float>(d)) + bi[u][r] * sumx;
       }
     }
