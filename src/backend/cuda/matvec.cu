@@ -406,16 +406,16 @@ void with_kquant(DType t, F&& f) {
 }
 
 // The k-quant int8 launch shape: two rows a warp, two chunks a lane in flight
-// (Q4_K and Q5_K: one pair of sub-blocks, the same 64 weights).
+// (by pairs, OPTIQ_CUDA_KQUANT_PAIR=1: one pair of sub-blocks, the same 64 weights).
 constexpr int kKqRows = 2, kKqChunks = 2;
 
 // OPTIQ_CUDA_KQUANT_PAIR: Q4_K and Q5_K a pair of sub-blocks a lane
-// (kquant_int8_pair_kernel), "1" (the default) one pair in flight, "2" two;
-// "0": a chunk a lane (kquant_int8_kernel), for A/B runs.
+// (kquant_int8_pair_kernel), "1" one pair in flight, "2" two; unset or "0"
+// (the default until it has run on a GPU): a chunk a lane (kquant_int8_kernel).
 int kquant_pairs() {
   static const int v = [] {
     const char* e = std::getenv("OPTIQ_CUDA_KQUANT_PAIR");
-    return e ? std::atoi(e) : 1;
+    return e ? std::atoi(e) : 0;
   }();
   return v;
 }
