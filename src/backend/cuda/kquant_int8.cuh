@@ -138,47 +138,6 @@ __device__ __forceinline__ void kq_chunk(const uint8_t* b, int s, KqChunk& o) {
   }
 }
 
-// Q4_K and Q5_K by pairs of sub-blocks: sub-blocks 2j and 2j+1 of a block are
-// the low and high nibbles of the same 32 bytes of qs (and bits 2j, 2j+1 of
-// its qh), so a lane that takes both loads them, and the block's 16-byte
-// header, once; with a chunk a lane, two lanes asked for each of those bytes.
-template <DType kT>
-struct KqPair {
-  uint4 h;         // d, dmin, scales[12]
-  uint4 q0, q1;    // the pair's 32 bytes of qs
-  uint4 qh0, qh1;  // Q5_K: the block's qh (unused for Q4_K)
-};
-template <DType kT>
-__device__ __forceinline__ void kq_pair_load(const uint8_t* b, int j, KqPair<kT>& o) {
-  static_assert(kq_one_scale(kT), "pairs are for Q4_K and Q5_K");
-  o.h = __ldg(reinterpret_cast<const uint4*>(b));
-  constexpr int kQs = kT == DType::Q5_K ? 48 : 16;
-  const uint4* q = reinterpret_cast<const uint4*>(b + kQs + 32 * j);
-  o.q0 = __ldg(q), o.q1 = __ldg(q + 1);
-  if constexpr (kT == DType::Q5_K) {
-    const uint4* qh = reinterpret_cast<const uint4*>(b + 16);
-    o.qh0 = __ldg(qh), o.qh1 = __ldg(qh + 1);
-  }
-}
-// Sub-block 2j + t of the pair as a chunk (kq_chunk's arithmetic).
-template <DType kT>
-__device__ __forceinline__ void kq_pair_chunk(const KqPair<kT>& p, int j, int t, KqChunk& o) {
-  const int s = 2 * j + t;
-  const uint32_t sw[3] = {p.h.y, p.h.z, p.h.w};
-  int sc, mn;
-  scale_min_pair(sw, s, sc, mn);
-  o.s0 = o.s1 = __fmul_rn(f16_lo(p.h.x), static_cast<float>(sc));
-  o.m0 = o.m1 = __fmul_rn(f16_hi(p.h.x), static_cast<float>(mn));
-  const uint32_t qw[8] = {p.q0.x, p.q0.y, p.q0.z, p.q0.w, p.q1.x, p.q1.y, p.q1.z, p.q1.w};
-#pragma unroll
-  for (int g = 0; g < 8; ++g) o.q[g] = (qw[g] >> (4 * t)) & 0x0f0f0f0fu;
-  if constexpr (kT == DType::Q5_K) {
-    const uint32_t hw[8] = {p.qh0.x, p.qh0.y, p.qh0.z, p.qh0.w, p.qh1.x, p.qh1.y, p.qh1.z, p.qh1.w};
-#pragma unroll
-    for (int g = 0; g < 8; ++g) o.q[g] |= ((hw[g] >> s) & 0x01010101u) << 4;
-  }
-}
-
 // The chunk's contribution against one activation block: codes . q_x per
 // half, the halves' sums of q_x where they carry a min.
 template <DType kT>

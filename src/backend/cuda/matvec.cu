@@ -336,63 +336,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   });
 }
 
-// Q4_K and Q5_K a pair of sub-blocks a lane (kquant_int8.cuh KqPair): the
-// same sums as kquant_int8_kernel, each block's bytes loaded once a lane.
-template <DType kT, int kMaxN, int kR, int kU, bool kGated = false>
-__global__ void __launch_bounds__(kWarps * 32)
-    kquant_int8_pair_kernel(DevMatrix w, const int8_t* xq, const float* xscale, const int32_t* xsum, int n,
-                            float* __restrict__ y, DevMatrix w2 = {}, GateAct act = GateAct::Silu,
-                            float* accum = nullptr) {
-  pdl_trigger();
-  matvec_rows<kMaxN, kWarps, kR, kGated>(w, n, y, act, accum, [&](int64_t r0, int lane, float (&acc)[kR][kMaxN]) {
-    constexpr int kBytes = kq_block_bytes(kT);
-    const int chunks = static_cast<int>(w.cols >> 5), pairs = chunks >> 1;  // 4 pairs a 256-weight block
-    const uint8_t* rows[kR];
-    bool live[kR];
-#pragma unroll
-    for (int r = 0; r < kR; ++r) {  // rows past the matrix read its last row, with scales and mins 0
-      const DevMatrix& m = kGated && r == 1 ? w2 : w;
-      const int64_t rr = kGated ? r0 : r0 + r;
-      live[r] = rr < m.rows;
-      rows[r] = static_cast<const uint8_t*>(m.data) + min(rr, m.rows - 1) * m.row_bytes;
-    }
-    for (int p0 = lane; p0 < pairs; p0 += 32 * kU) {
-      KqPair<kT> raw[kU][kR];
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int p = min(p0 + 32 * u, pairs - 1);
-#pragma unroll
-        for (int r = 0; r < kR; ++r) kq_pair_load<kT>(rows[r] + (p >> 2) * kBytes, p & 3, raw[u][r]);
-      }
-      pdl_wait();  // weights are in flight; x is the previous operation's output
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int p = min(p0 + 32 * u, pairs - 1);
-        const bool in = p0 + 32 * u < pairs;
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          const int c = 2 * p + t;
-          KqChunk ch[kR];
-#pragma unroll
-          for (int r = 0; r < kR; ++r) {
-            kq_pair_chunk<kT>(raw[u][r], p & 3, t, ch[r]);
-            const bool on = in && live[r];
-            ch[r].s0 = on ? ch[r].s0 : 0.0f, ch[r].s1 = on ? ch[r].s1 : 0.0f;
-            ch[r].m0 = on ? ch[r].m0 : 0.0f, ch[r].m1 = on ? ch[r].m1 : 0.0f;
-          }
-#pragma unroll
-          for (int i = 0; i < kMaxN; ++i) {
-            if (i >= n) break;
-            const XBlock x = x_block(xq, xscale, xsum, chunks, i, c);
-#pragma unroll
-            for (int r = 0; r < kR; ++r) acc[r][i] += kq_chunk_dot<kT>(ch[r], x.v, x.scale, x.sum);
-          }
-        }
-      }
-    }
-  });
-}
-
 // Calls f(std::integral_constant<DType, ...>{}) for a k-quant with int8 products.
 template <typename F>
 void with_kquant(DType t, F&& f) {
@@ -405,29 +348,18 @@ void with_kquant(DType t, F&& f) {
   }
 }
 
-// The k-quant int8 launch shape: two rows a warp, two chunks a lane in flight
-// (by pairs, OPTIQ_CUDA_KQUANT_PAIR=1: one pair of sub-blocks, the same 64 weights).
+// The k-quant int8 launch shape: two rows a warp, two chunks a lane in flight.
+// OPTIQ_CUDA_KQUANT_ROWS=1: one row a warp for matrices of at most 4096 rows
+// (more warps for the short, wide ones: Q6_K's ffn_down reached 50% of the
+// DRAM bandwidth at 22% achieved occupancy, 2 rows a warp); an A/B switch.
 constexpr int kKqRows = 2, kKqChunks = 2;
 
-// OPTIQ_CUDA_KQUANT_PAIR: Q4_K and Q5_K a pair of sub-blocks a lane
-// (kquant_int8_pair_kernel), "1" one pair in flight, "2" two; unset or "0"
-// (the default until it has run on a GPU): a chunk a lane (kquant_int8_kernel).
-int kquant_pairs() {
-  static const int v = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_KQUANT_PAIR");
-    return e ? std::atoi(e) : 0;
+bool kquant_one_row(const DevMatrix& w) {
+  static const bool on = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_KQUANT_ROWS");
+    return e && std::string(e) == "1";
   }();
-  return v;
-}
-
-// Launches the k-quant product of type kT: by pairs where kquant_pairs() says so.
-template <DType kT, int kMaxN, int kR, bool kGated, typename... Args>
-void launch_kquant(unsigned grid, cudaStream_t s, Args... args) {
-  if constexpr (kq_one_scale(kT)) {
-    if (kquant_pairs() == 1) return launch(kquant_int8_pair_kernel<kT, kMaxN, kR, 1, kGated>, grid, kWarps * 32, 0, s, args...);
-    if (kquant_pairs() == 2) return launch(kquant_int8_pair_kernel<kT, kMaxN, kR, 2, kGated>, grid, kWarps * 32, 0, s, args...);
-  }
-  launch(kquant_int8_kernel<kT, kMaxN, kR, kKqChunks, kGated>, grid, kWarps * 32, 0, s, args...);
+  return on && w.rows <= 4096;
 }
 
 template <int kMaxN>
@@ -435,8 +367,12 @@ void launch_kquant_int8(const DevMatrix& w, const int8_t* xq, const float* xs, c
                         cudaStream_t s, float* accum) {
   with_kquant(w.kquant, [&](auto t) {
     constexpr DType kT = decltype(t)::value;
-    launch_kquant<kT, kMaxN, kKqRows, false>(blocks_for(w.rows, kWarps * kKqRows), s, w, xq, xs, xsum, n, y,
-                                             DevMatrix{}, GateAct::Silu, accum);
+    if (kquant_one_row(w))
+      launch(kquant_int8_kernel<kT, kMaxN, 1, kKqChunks>, blocks_for(w.rows, kWarps), kWarps * 32, 0, s, w, xq, xs,
+             xsum, n, y, DevMatrix{}, GateAct::Silu, accum);
+    else
+      launch(kquant_int8_kernel<kT, kMaxN, kKqRows, kKqChunks>, blocks_for(w.rows, kWarps * kKqRows), kWarps * 32, 0,
+             s, w, xq, xs, xsum, n, y, DevMatrix{}, GateAct::Silu, accum);
   });
 }
 
@@ -668,7 +604,8 @@ bool launch_gated(const DevMatrix& g, const DevMatrix& u, GateAct act, const flo
     if (!xq || g.kquant != u.kquant || !kq_has_int8(g.kquant)) return false;
     with_kquant(g.kquant, [&](auto t) {
       constexpr DType kT = decltype(t)::value;
-      launch_kquant<kT, kMaxN, 2, true>(grid, s, g, xq, xs, xsum, n, out, u, act, static_cast<float*>(nullptr));
+      launch(kquant_int8_kernel<kT, kMaxN, 2, kKqChunks, true>, grid, kW * 32, 0, s, g, xq, xs, xsum, n, out, u, act,
+             nullptr);
     });
     return true;
   }
