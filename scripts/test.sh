@@ -38,7 +38,7 @@ TSAN_DIR=build-tsan
 # profiler and the pipeline. Not the parsers, the planner, the CLI and its process-level tests.
 TSAN_COMPONENTS='core;quant;kernels;backend;model;eval;profile;pipeline'
 # Left to phase 2 (the Release build), because a sanitizer cannot change what they assert and their
-# code runs under it in other tests, 5-10x slower than in Release (docs/reliability.md "CI time"):
+# code runs under it in other tests, 5-10x slower than in Release (docs/reliability.md, "The unit suite under sanitizers"):
 # - under ASan, the process-level properties: the same bytes across runs, thread counts and
 #   instruction sets; complete outputs after a SIGKILL (265 s of the phase's 1,150 test-seconds);
 # - under TSan, the real-model equalities (Gemma 3 and SmolLM2 weights through the packed kernels
