@@ -9,6 +9,7 @@
 //  - Prefill: scores and the weighted sum of V are cuBLAS GEMMs
 //    (cuda_backend.cu); attention_softmax is the step between them.
 #include <cfloat>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -450,8 +451,8 @@ __device__ __forceinline__ void rope_lane(float (&x)[kD], const RopeAngles<kD>& 
 template <int kG, int kD>
 __global__ void __launch_bounds__(kOnlineThreads)
     decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
-                         int splits, float* __restrict__ partial, int* counters, float* __restrict__ out,
-                         Int8Out int8, RopeIn rope) {
+                         int splits, int min_keys, float* __restrict__ partial, int* counters,
+                         float* __restrict__ out, Int8Out int8, RopeIn rope) {
   constexpr int kKeys = kOnlineKeys<kG, kD>, hd = 32 * kD, kWarps = kOnlineThreads / 32;
   pdl_trigger();
   __shared__ float red[kWarps][kG][hd + 2];
@@ -476,7 +477,7 @@ __global__ void __launch_bounds__(kOnlineThreads)
 #pragma unroll
     for (int e = 0; e < kD; ++e) knew[e] = rope.k[kv_off + e], vnew[e] = rope.v[kv_off + e];
   const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
-  const int chunk = max((len + splits - 1) / splits, kMinKeys);
+  const int chunk = max((len + splits - 1) / splits, min_keys);
   const int active = (len + chunk - 1) / chunk;
   if (s >= active) return;
   const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
@@ -686,14 +687,27 @@ size_t attention_decode_smem(const AttentionParams& p, int splits) {
 }
 
 namespace {
+// Keys a range of the single-pass kernel holds at least (kMinKeys;
+// OPTIQ_CUDA_ATTN_MIN_KEYS=N for A/B runs: fewer, longer ranges at short
+// contexts trade the ranges' combine for more keys a warp).
+int online_min_keys() {
+  static const int v = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_ATTN_MIN_KEYS");
+    const int n = e ? std::atoi(e) : 0;
+    return n > 0 ? n : kMinKeys;
+  }();
+  return v;
+}
+
 template <int kD>
 bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
                    float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope) {
   const dim3 grid(p.n_kv_heads, splits, n);
+  const int min_keys = online_min_keys();
   auto* k = static_cast<__half*>(c.k);
   auto* v = static_cast<__half*>(c.v);
 #define OPTIQ_ONLINE(G) \
-  case G: launch(decode_online_kernel<G, kD>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, partial, counters, out, int8, rope); return true;
+  case G: launch(decode_online_kernel<G, kD>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, partial, counters, out, int8, rope); return true;
   switch (p.n_heads / p.n_kv_heads) {
     OPTIQ_ONLINE(1)
     OPTIQ_ONLINE(2)
