@@ -460,13 +460,13 @@ TEST_P(BackendOps, Int8DecodeEqualsRoundedActivations) {
 // to int8 blocks as the affine ones do (the CPU's kquant_matmul int8 path, a
 // GPU's k-quant int8 kernels), on a few rows, many rows, and wide rows; the
 // gated pair and the product with its residual add give what the separate
-// operations give.
+// operations give. (A GPU takes one row a warp up to 4096 rows, two above.)
 TEST_P(BackendOps, KQuantInt8DecodeEqualsRoundedActivations) {
   const Int8Decode int8_on(true);
   struct Shape {
     int64_t rows, cols;
   };
-  for (const Shape sh : {Shape{64, 512}, Shape{2051, 256}, Shape{3, 14336}}) {
+  for (const Shape sh : {Shape{64, 512}, Shape{2051, 256}, Shape{4099, 256}, Shape{3, 14336}}) {
     for (DType t : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
       const auto blocks = random_kquant(t, sh.rows, sh.cols, 300 + static_cast<int>(t));
       const auto blocks2 = random_kquant(t, sh.rows, sh.cols, 400 + static_cast<int>(t));

@@ -348,18 +348,22 @@ void with_kquant(DType t, F&& f) {
   }
 }
 
-// The k-quant int8 launch shape: two rows a warp, two chunks a lane in flight.
-// OPTIQ_CUDA_KQUANT_ROWS=1: one row a warp for matrices of at most 4096 rows
-// (more warps for the short, wide ones: Q6_K's ffn_down reached 50% of the
-// DRAM bandwidth at 22% achieved occupancy, 2 rows a warp); an A/B switch.
+// The k-quant int8 launch shape: two chunks a lane in flight; one row a warp
+// for matrices of at most 4096 rows (more warps for the short, wide ones:
+// Q6_K's ffn_down reached 50% of the DRAM bandwidth at 22% achieved occupancy
+// with two rows a warp; H100, q4_k_m Llama-3-8B decode @128: 301.6 / 301.5
+// tok/s against 290.8 / 290.8), two rows a warp for the taller ones.
+// OPTIQ_CUDA_KQUANT_ROWS=0: two rows a warp everywhere, =2: one everywhere (A/B runs).
 constexpr int kKqRows = 2, kKqChunks = 2;
 
+int env_mode(const char* name, int fallback) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::atoi(e) : fallback;
+}
+
 bool kquant_one_row(const DevMatrix& w) {
-  static const bool on = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_KQUANT_ROWS");
-    return e && std::string(e) == "1";
-  }();
-  return on && w.rows <= 4096;
+  static const int mode = env_mode("OPTIQ_CUDA_KQUANT_ROWS", 1);
+  return mode == 2 || (mode == 1 && w.rows <= 4096);
 }
 
 template <int kMaxN>
@@ -391,20 +395,22 @@ void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int3
 // Llama-3-8B matrix at every width, 3-44% faster than what the H200 sweep of
 // the bit-stream layout had chosen (one row a warp, 3-8 chunks by width).
 // OPTIQ_CUDA_DECODE_ROWS=1 restores that for A/B runs (chunks_one_row and
-// chunks_two_rows, matvec_rows.cuh).
-bool one_row_a_warp() {
-  static const bool on = [] {
-    const char* v = std::getenv("OPTIQ_CUDA_DECODE_ROWS");
-    return v && std::string(v) == "1";
-  }();
-  return on;
+// chunks_two_rows, matvec_rows.cuh); =2 takes one row a warp only for
+// matrices of at most 4096 rows (o, down, k, v: the k-quants' better shape).
+int decode_rows_mode() {
+  static const int mode = env_mode("OPTIQ_CUDA_DECODE_ROWS", 0);
+  return mode;
+}
+bool one_row_a_warp() { return decode_rows_mode() == 1; }
+bool affine_one_row(const DevMatrix& w) {
+  return decode_rows_mode() == 1 || (decode_rows_mode() == 2 && w.rows <= 4096);
 }
 
 template <int kMaxN>
 void launch_affine_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                         cudaStream_t s, float* accum) {
   constexpr int kW = 4;
-  const bool one_row = one_row_a_warp();
+  const bool one_row = affine_one_row(w);
   with_bits(w.bits, [&](auto bits) {
     constexpr int kB = decltype(bits)::value;
     if (one_row)
@@ -647,7 +653,7 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const in
     OPTIQ_CUDA_LAUNCHED();
     return;
   }
-  if (n == 1 && !one_row_a_warp()) {  // the launch shape the persistent step runs
+  if (n == 1 && !affine_one_row(w)) {  // the launch shape the persistent step runs
     PersistentStep st;
     st.kind = StepKind::Product, st.w[0] = w, st.y[0] = y, st.accum = accum;
     st.xq = xq, st.xscale = xs, st.xsum = xsum;
