@@ -19,6 +19,8 @@ std::string shared_dir() {
   return e && *e ? e : OPTIQ_SHARED_DIR;
 }
 
+std::string stories() { return shared_dir() + "/models/stories260K/stories260K.gguf"; }
+
 namespace {
 std::string binary_dir() {
   const char* e = std::getenv("OPTIQ_BINARY_DIR");
@@ -92,6 +94,13 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float stddev) {
     x = dist(rng);
     if (x == 0.0f) x = stddev * 1e-3f;
   }
+  return v;
+}
+
+std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(rng() % 255 + 1);
   return v;
 }
 

@@ -10,6 +10,8 @@ namespace optiq::test {
 
 // ../shared (stories260K, wikitext, c4, tinystories).
 std::string shared_dir();
+// The stories260K model as an F32 GGUF (../shared/models/stories260K/stories260K.gguf).
+std::string stories();
 // $OPTIQ_CACHE or ~/.cache/optiq (downloaded models: see scripts/fetch_models.py).
 std::string cache_dir();
 // A fresh, empty temporary directory, removed at process exit.
@@ -27,11 +29,15 @@ struct RunResult {
   std::string out;
 };
 RunResult run_optiq(const std::string& args, bool merge_stderr = true);
+// The CLI tests' calibration: 2 samples of 32 tokens (what stories260K needs to profile in a second).
+inline const std::string kTinyCalib = " --calib-samples 2 --calib-seq 32";
 // The optiq binary run_optiq runs ($OPTIQ_BINARY_DIR/optiq, else the build's).
 std::string optiq_binary();
 
 // Normal(0, stddev) floats from a fixed seed: never zeros.
 std::vector<float> random_floats(size_t n, uint32_t seed, float stddev = 1.0f);
+// Bytes 1..255 from a fixed seed (never zero: a parser that ignores a field cannot pass by luck).
+std::vector<uint8_t> random_bytes(size_t n, uint32_t seed);
 
 // GPTQ's test data (tests/model/test_gptq.cpp, tests/gpu): n tokens of
 // `cols` inputs, a random mix of channels (correlated), each channel scaled

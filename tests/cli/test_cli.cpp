@@ -21,7 +21,7 @@ namespace {
 using test::RunResult;
 RunResult run(const std::string& args, bool merge_stderr = true) { return test::run_optiq(args, merge_stderr); }
 
-std::string stories() { return test::shared_dir() + "/models/stories260K"; }
+std::string stories_dir() { return test::shared_dir() + "/models/stories260K"; }
 
 void write_prefix(const std::string& src, const std::string& dst, size_t n) {
   std::ifstream in(src, std::ios::binary);
@@ -57,7 +57,7 @@ TEST(Cli, NumericsDefaultPerCommand) {
 }
 
 TEST(Cli, InfoOnStories) {
-  RunResult r = run("info " + stories() + "/stories260K.gguf --json", false);
+  RunResult r = run("info " + stories_dir() + "/stories260K.gguf --json", false);
   ASSERT_EQ(r.code, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["config"]["n_layers"], 5);
@@ -66,7 +66,7 @@ TEST(Cli, InfoOnStories) {
 }
 
 TEST(Cli, GenerateGreedy) {
-  RunResult r = run("generate " + stories() + "/stories260K.bin --tokenizer " + stories() +
+  RunResult r = run("generate " + stories_dir() + "/stories260K.bin --tokenizer " + stories_dir() +
                     "/tok512.bin -p 'Once upon a time' -n 20 --temp 0 --json", false);
   ASSERT_EQ(r.code, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
@@ -75,7 +75,7 @@ TEST(Cli, GenerateGreedy) {
 
 TEST(Cli, BadInputsGiveOneLineErrors) {
   const std::string dir = test::temp_dir();
-  const std::string gguf = stories() + "/stories260K.gguf";
+  const std::string gguf = stories_dir() + "/stories260K.gguf";
   expect_clean_error(run("info /nonexistent.gguf"), "/nonexistent.gguf");
 
   write_prefix(gguf, dir + "/trunc.gguf", 3000);
@@ -112,7 +112,7 @@ TEST(Cli, BadInputsGiveOneLineErrors) {
   expect_clean_error(run("generate " + dir + "/shape.gguf -p hi -n 2"), "blk.0.attn_q.weight");
 
   expect_clean_error(run("eval " + gguf + " --text " + dir + "/magic.gguf --ctx 64"), "fewer than one window");
-  expect_clean_error(run("generate " + stories() + "/stories260K.bin -p hi"), "--tokenizer");
+  expect_clean_error(run("generate " + stories_dir() + "/stories260K.bin -p hi"), "--tokenizer");
 }
 
 }  // namespace

@@ -14,15 +14,14 @@ namespace {
 
 using test::RunResult;
 
-std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
-const std::string kCalib = " --calib-samples 2 --calib-seq 32";
+using test::stories;
 
 // One profile for every plan here.
 const std::string& profile() {
   static const std::string path = [] {
     const std::string p = test::temp_dir() + "/stories.profile.json";
     const RunResult r =
-        test::run_optiq("profile " + stories() + " --calib " + test::calib_excerpt() + kCalib + " --cache " + p);
+        test::run_optiq("profile " + stories() + " --calib " + test::calib_excerpt() + test::kTinyCalib + " --cache " + p);
     EXPECT_EQ(r.code, 0) << r.out;
     return p;
   }();
@@ -115,7 +114,7 @@ TEST(CliFit, BadInputGivesOneLineErrors) {
 TEST(CliFit, AutoDefaultsFromTheOutput) {
   const std::string dir = test::temp_dir();
   const std::string base =
-      "auto " + stories() + " --calib " + test::calib_excerpt() + kCalib + " --candidates 4,8x32 --fit 1GB --ctx 256";
+      "auto " + stories() + " --calib " + test::calib_excerpt() + test::kTinyCalib + " --candidates 4,8x32 --fit 1GB --ctx 256";
   RunResult r = test::run_optiq(base + " --format gguf -o " + dir + "/a.gguf");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("on llama.cpp (CPU, ctx 256)"), std::string::npos) << r.out;

@@ -60,11 +60,10 @@ std::string calib_txt() { return head_copy(test::shared_dir() + "/data/c4/c4-val
 std::string eval_txt() {
   return head_copy(test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt", "eval.txt", 8000);
 }
-// Tiny calibration: every option path runs, in milliseconds.
-const std::string kCalib = " --calib-samples 2 --calib-seq 32";
+// Calibration: test::kTinyCalib (every option path runs, in milliseconds).
 
 // Runs `optiq -q ARGS`; a crash fails the test naming the command line.
-RunResult run(const std::string& args) {
+RunResult run_checked(const std::string& args) {
   RunResult r = test::run_optiq(args, /*merge_stderr=*/true);
   if (r.code >= 128)
     ADD_FAILURE() << "optiq crashed (exit status " << r.code << ", signal " << r.code - 128 << "): optiq -q " << args
@@ -74,7 +73,7 @@ RunResult run(const std::string& args) {
 
 // Runs and expects success; returns stdout+stderr.
 std::string ok(const std::string& args) {
-  RunResult r = run(args);
+  RunResult r = run_checked(args);
   EXPECT_EQ(r.code, 0) << "optiq -q " << args << "\n" << r.out;
   return r.out;
 }
@@ -111,7 +110,7 @@ void expect_loads(const std::string& dir, const std::string& what) {
 // `quantize SRC -o OUT ARGS`, then OUT must load.
 void quantize_ok(const std::string& src, const std::string& out, const std::string& args) {
   const std::string cmd = "quantize " + src + " -o " + out + " " + args;
-  RunResult r = run(cmd);
+  RunResult r = run_checked(cmd);
   ASSERT_EQ(r.code, 0) << "optiq -q " << cmd << "\n" << r.out;
   expect_loads(out, cmd);
 }
@@ -162,7 +161,7 @@ std::string family_model(const std::string& family) {
 TEST(CliQuantize, CalibrationDoesNotCrash) {
   // The reported crash: --calib with any model segfaulted in ImportanceCollector::observe.
   const std::string dir = test::temp_dir();
-  quantize_ok(stories_gguf(), dir + "/q", "--bits 4 --group-size 32 --calib " + calib_txt() + kCalib);
+  quantize_ok(stories_gguf(), dir + "/q", "--bits 4 --group-size 32 --calib " + calib_txt() + test::kTinyCalib);
   const std::string smol = test::cache_dir() + "/models/smollm2-135m-instruct-q4_1.gguf";
   if (test::file_exists(smol))
     quantize_ok(smol, dir + "/smol",
@@ -182,7 +181,7 @@ TEST(CliQuantize, BitsAndGroupSizes) {
   if (!j.is_null()) {
     EXPECT_EQ(j["precision"]["model.layers.0.self_attn.q_proj"], "affine-q3-g32") << j["precision"].dump();
   }
-  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --group-size 48").code, 2);
+  EXPECT_EQ(run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --group-size 48").code, 2);
 }
 
 TEST(CliQuantize, MethodsDtypesAndJson) {
@@ -196,8 +195,8 @@ TEST(CliQuantize, MethodsDtypesAndJson) {
     EXPECT_EQ(j["out"], dir + "/j");
     EXPECT_GT(j["bits_per_weight"].get<double>(), 8.0);
   }
-  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method rtn").code, 2);
-  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --dtype f32").code, 2);
+  EXPECT_EQ(run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --method rtn").code, 2);
+  EXPECT_EQ(run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --dtype f32").code, 2);
 }
 
 // A Hugging Face directory is read once (O_DIRECT, hashed as it is read:
@@ -231,34 +230,34 @@ TEST(CliQuantize, HfSourceIsReadOnceAndHashed) {
 
 TEST(CliQuantize, Gptq) {
   const std::string dir = test::temp_dir();
-  quantize_ok(stories_gguf(), dir + "/mlx", "--bits 3 --group-size 32 --method gptq --calib " + calib_txt() + kCalib);
+  quantize_ok(stories_gguf(), dir + "/mlx", "--bits 3 --group-size 32 --method gptq --calib " + calib_txt() + test::kTinyCalib);
   quantize_ok(stories_gguf(), dir + "/nao",
-              "--bits 4 --group-size 32 --method gptq --no-act-order --damp 0.05 --calib " + calib_txt() + kCalib);
+              "--bits 4 --group-size 32 --method gptq --no-act-order --damp 0.05 --calib " + calib_txt() + test::kTinyCalib);
   ok("quantize " + stories_gguf() + " -o " + dir + "/q.gguf --format gguf --bits 4 --method gptq --calib " +
-     calib_txt() + kCalib);
+     calib_txt() + test::kTinyCalib);
   ok("info " + dir + "/q.gguf");
-  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq");
+  RunResult r = run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
-  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq --damp -1 --calib " + calib_txt() +
-                kCalib).code, 1);
+  EXPECT_EQ(run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq --damp -1 --calib " + calib_txt() +
+                test::kTinyCalib).code, 1);
 }
 
 // GPTQ's sequential mode (and its asymmetric target): MLX and GGUF exports that load and run; only with GPTQ.
 TEST(CliQuantize, GptqSequential) {
   const std::string dir = test::temp_dir();
   quantize_ok(stories_gguf(), dir + "/mlx",
-              "--bits 3 --group-size 32 --method gptq --sequential --calib " + calib_txt() + kCalib);
+              "--bits 3 --group-size 32 --method gptq --sequential --calib " + calib_txt() + test::kTinyCalib);
   ok("quantize " + stories_gguf() + " -o " + dir + "/q.gguf --format gguf --bits 4 --method gptq --sequential --calib " +
-     calib_txt() + kCalib);
+     calib_txt() + test::kTinyCalib);
   ok("eval " + dir + "/q.gguf --text " + calib_txt() + " --chunks 2 --ctx 64");
   quantize_ok(stories_gguf(), dir + "/asym",
-              "--bits 3 --group-size 32 --method gptq --sequential --asymmetric --calib " + calib_txt() + kCalib);
-  const RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --sequential --calib " + calib_txt() + kCalib);
+              "--bits 3 --group-size 32 --method gptq --sequential --asymmetric --calib " + calib_txt() + test::kTinyCalib);
+  const RunResult r = run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --sequential --calib " + calib_txt() + test::kTinyCalib);
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("--method gptq"), std::string::npos) << r.out;
-  const RunResult a = run("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq --asymmetric --calib " +
-                          calib_txt() + kCalib);
+  const RunResult a = run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --method gptq --asymmetric --calib " +
+                          calib_txt() + test::kTinyCalib);
   EXPECT_EQ(a.code, 1) << a.out;
   EXPECT_NE(a.out.find("--sequential"), std::string::npos) << a.out;
 }
@@ -268,19 +267,19 @@ TEST(CliQuantize, GptqSequential) {
 TEST(CliQuantize, Awq) {
   const std::string dir = test::temp_dir();
   quantize_ok(stories_gguf(), dir + "/mlx", "--bits 3 --group-size 32 --method awq --awq-grid 4 --calib " + calib_txt() +
-                                                kCalib);
+                                                test::kTinyCalib);
   ok("quantize " + stories_gguf() + " -o " + dir + "/q.gguf --format gguf --bits 4 --method awq --calib " + calib_txt() +
-     kCalib);
+     test::kTinyCalib);
   ok("eval " + dir + "/q.gguf --text " + calib_txt() + " --chunks 2 --ctx 64");
-  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --method awq");
+  RunResult r = run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --method awq");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
-  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --method awq --awq-grid 0 --calib " + calib_txt() +
-                kCalib).code, 2);  // a usage error
+  EXPECT_EQ(run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --method awq --awq-grid 0 --calib " + calib_txt() +
+                test::kTinyCalib).code, 2);  // a usage error
 }
 
 // GPTQ's profiled proxy is held out (fitted on half of the windows, measured
-// on the other): on kCalib's 2 x 32 tokens, GPTQ fitted on 32 tokens of
+// on the other): on test::kTinyCalib's 2 x 32 tokens, GPTQ fitted on 32 tokens of
 // 64-wide inputs loses everywhere; these many tokens let it win somewhere.
 const std::string kGptqCalib = " --calib-samples 8 --calib-seq 128";
 
@@ -300,12 +299,12 @@ TEST(CliQuantize, PlanNamesWeightedRoundingPerTensor) {
     if (v.is_object() && v.contains("method")) ++methods[v["method"].get<std::string>()];
   EXPECT_GT(methods["gptq"], 0) << plan.dump(1);
   EXPECT_EQ(plan["tensors"]["lm_head"].value("method", ""), "gptq") << plan.dump(1);
-  ok("auto " + stories_gguf() + " --calib " + calib_txt() + kCalib +
+  ok("auto " + stories_gguf() + " --calib " + calib_txt() + test::kTinyCalib +
      " --methods weighted --candidates 2,3,4,8x32 --bpw 7 -o " + dir + "/w");
-  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/w.plan.json");
+  RunResult r = run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/w.plan.json");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("\"method\": \"weighted\""), std::string::npos) << r.out;
-  quantize_ok(stories_gguf(), dir + "/q", "--plan " + dir + "/w.plan.json --calib " + calib_txt() + kCalib);
+  quantize_ok(stories_gguf(), dir + "/q", "--plan " + dir + "/w.plan.json --calib " + calib_txt() + test::kTinyCalib);
 }
 
 // profile --methods search,gptq: the plan names GPTQ for the tensors where it
@@ -321,17 +320,17 @@ TEST(CliQuantize, PlanNamesGptqPerTensor) {
   int gptq = 0;
   for (const auto& [name, v] : plan["tensors"].items()) gptq += v.is_object() && v.value("method", "") == "gptq";
   EXPECT_GT(gptq, 0) << plan.dump(1);
-  quantize_ok(stories_gguf(), dir + "/q", "--plan " + dir + "/auto.plan.json --calib " + calib_txt() + kCalib);
-  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/auto.plan.json");
+  quantize_ok(stories_gguf(), dir + "/q", "--plan " + dir + "/auto.plan.json --calib " + calib_txt() + test::kTinyCalib);
+  RunResult r = run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/auto.plan.json");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("--calib"), std::string::npos) << r.out;
-  r = run("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/auto.plan.json --method awq --calib " +
-          calib_txt() + kCalib);
+  r = run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/auto.plan.json --method awq --calib " +
+          calib_txt() + test::kTinyCalib);
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("--method awq"), std::string::npos) << r.out;
   // A method optiq does not apply per tensor is a clear error.
   std::ofstream(dir + "/bad.json") << R"({"tensors": {"model.layers.0.self_attn.q_proj": {"bits": 4, "group_size": 32, "method": "awq"}}})";
-  r = run("quantize " + stories_gguf() + " -o " + dir + "/y --plan " + dir + "/bad.json");
+  r = run_checked("quantize " + stories_gguf() + " -o " + dir + "/y --plan " + dir + "/bad.json");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("method 'awq'"), std::string::npos) << r.out;
 }
@@ -345,12 +344,12 @@ TEST(CliQuantize, CalibrationSources) {
       f << nlohmann::json({{"text", "Once upon a time there was a little dog named Max. He liked to run."}}).dump()
         << "\n";
   }
-  quantize_ok(stories_gguf(), dir + "/txt", "--calib " + calib_txt() + kCalib + " --seed 3");
-  quantize_ok(stories_gguf(), dir + "/jsonl", "--calib " + jsonl + kCalib);
-  quantize_ok(stories_gguf(), dir + "/self", "--calib self" + kCalib);
-  quantize_ok(stories_bin(), dir + "/bin", "--bits 8 --group-size 32 --method minmax --calib " + calib_txt() + kCalib);
+  quantize_ok(stories_gguf(), dir + "/txt", "--calib " + calib_txt() + test::kTinyCalib + " --seed 3");
+  quantize_ok(stories_gguf(), dir + "/jsonl", "--calib " + jsonl + test::kTinyCalib);
+  quantize_ok(stories_gguf(), dir + "/self", "--calib self" + test::kTinyCalib);
+  quantize_ok(stories_bin(), dir + "/bin", "--bits 8 --group-size 32 --method minmax --calib " + calib_txt() + test::kTinyCalib);
   quantize_ok(stories_gguf(), dir + "/defaults", "--calib " + calib_txt() + " --calib-samples 1");  // default --calib-seq
-  RunResult r = run("quantize " + stories_gguf() + " -o " + dir + "/missing --calib " + dir + "/nope.txt");
+  RunResult r = run_checked("quantize " + stories_gguf() + " -o " + dir + "/missing --calib " + dir + "/nope.txt");
   EXPECT_EQ(r.code, 1) << r.out;
 }
 
@@ -369,17 +368,17 @@ TEST(CliQuantize, PlanAndForce) {
     EXPECT_EQ(j["precision"]["model.layers.0.self_attn.q_proj"], "affine-q4-g32");
   }
   // The output exists now: an error without --force, replaced with it.
-  RunResult r = run("quantize " + stories_gguf() + " -o " + out + " --bits 8");
+  RunResult r = run_checked("quantize " + stories_gguf() + " -o " + out + " --bits 8");
   EXPECT_EQ(r.code, 1) << r.out;
-  quantize_ok(stories_gguf(), out, "--bits 8 --force --plan " + plan + " --calib " + calib_txt() + kCalib);
-  EXPECT_EQ(run("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/nope.json").code, 2);
+  quantize_ok(stories_gguf(), out, "--bits 8 --force --plan " + plan + " --calib " + calib_txt() + test::kTinyCalib);
+  EXPECT_EQ(run_checked("quantize " + stories_gguf() + " -o " + dir + "/x --plan " + dir + "/nope.json").code, 2);
 }
 
 // --- profile ----------------------------------------------------------------------------------
 
 TEST(CliProfile, MethodsCandidatesCacheJson) {
   const std::string dir = test::temp_dir();
-  const std::string base = "profile " + stories_gguf() + " --calib " + calib_txt() + kCalib;
+  const std::string base = "profile " + stories_gguf() + " --calib " + calib_txt() + test::kTinyCalib;
   for (const char* method : {"fast", "exact", "both"}) {
     const std::string cache = dir + "/" + method + ".json";
     const std::string out = ok(base + " --method " + method + " --candidates 4,8x32,64 --cache " + cache);
@@ -396,25 +395,25 @@ TEST(CliProfile, MethodsCandidatesCacheJson) {
     EXPECT_EQ(j["cache"], dir + "/exact.json");
   }
   // A list of formats, a seed, self-generated calibration text.
-  j = ok_json("profile " + stories_gguf() + " --calib self" + kCalib + " --seed 7 --candidates q4g64,q8g32 --cache " +
+  j = ok_json("profile " + stories_gguf() + " --calib self" + test::kTinyCalib + " --seed 7 --candidates q4g64,q8g32 --cache " +
               dir + "/list.json --json");
   if (!j.is_null()) {
     EXPECT_TRUE(j.contains("modules") || j.contains("tensors")) << j.dump().substr(0, 400);
   }
-  ok("profile " + stories_bin() + " --calib " + calib_txt() + kCalib + " --seed 1 --candidates 3x64 --cache " + dir +
+  ok("profile " + stories_bin() + " --calib " + calib_txt() + test::kTinyCalib + " --seed 1 --candidates 3x64 --cache " + dir +
      "/bin.json");
   for (const char* anchors : {"every", "2"})
     ok(base + " --candidates 4x64 --anchors " + anchors + " --cache " + dir + "/anchors" + anchors + ".json");
-  EXPECT_EQ(run(base + " --anchors 0 --cache " + dir + "/x.json").code, 1);
-  EXPECT_EQ(run(base + " --method slow --cache " + dir + "/x.json").code, 2);
-  EXPECT_EQ(run("profile " + stories_gguf() + " --cache " + dir + "/x.json").code, 2);  // --calib is required
+  EXPECT_EQ(run_checked(base + " --anchors 0 --cache " + dir + "/x.json").code, 1);
+  EXPECT_EQ(run_checked(base + " --method slow --cache " + dir + "/x.json").code, 2);
+  EXPECT_EQ(run_checked("profile " + stories_gguf() + " --cache " + dir + "/x.json").code, 2);  // --calib is required
 }
 
 TEST(CliProfile, DefaultCacheNextToWorkingDirectory) {
   // Without --cache the profile goes to <model name>.profile.json in the working directory.
   const std::string dir = test::temp_dir();
   const std::string cmd = "cd " + dir + " && " + OPTIQ_BINARY_DIR + "/optiq -q profile " + stories_gguf() +
-                          " --calib " + calib_txt() + kCalib + " --candidates 4x64 >/dev/null 2>&1";
+                          " --calib " + calib_txt() + test::kTinyCalib + " --candidates 4x64 >/dev/null 2>&1";
   const int status = std::system(cmd.c_str());
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << cmd << " (status " << status << ")";
   EXPECT_TRUE(test::file_exists(dir + "/stories260K.profile.json"));
@@ -423,9 +422,9 @@ TEST(CliProfile, DefaultCacheNextToWorkingDirectory) {
 // --- auto -------------------------------------------------------------------------------------
 
 void auto_ok(const std::string& src, const std::string& out, const std::string& args) {
-  const std::string cmd = "auto " + src + " --calib " + calib_txt() + kCalib + " --candidates 3,4,8x32,64 -o " + out +
+  const std::string cmd = "auto " + src + " --calib " + calib_txt() + test::kTinyCalib + " --candidates 3,4,8x32,64 -o " + out +
                           " " + args;
-  RunResult r = run(cmd);
+  RunResult r = run_checked(cmd);
   ASSERT_EQ(r.code, 0) << "optiq -q " << cmd << "\n" << r.out;
   EXPECT_TRUE(test::file_exists(out + ".plan.json")) << cmd;
   expect_loads(out, cmd);
@@ -443,17 +442,17 @@ TEST(CliAuto, Budgets) {
   auto_ok(stories_gguf(), dir + "/own", "--bpw 6");
   EXPECT_TRUE(test::file_exists(dir + "/own.profile.json"));
   // OUT exists: an error without --force.
-  RunResult r = run("auto " + stories_gguf() + " --calib " + calib_txt() + kCalib + " --bpw 6 -o " + dir + "/own");
+  RunResult r = run_checked("auto " + stories_gguf() + " --calib " + calib_txt() + test::kTinyCalib + " --bpw 6 -o " + dir + "/own");
   EXPECT_EQ(r.code, 1) << r.out;
   auto_ok(stories_gguf(), dir + "/own", "--bpw 6 --force");
-  EXPECT_EQ(run("auto " + stories_gguf() + " --calib " + calib_txt() + kCalib + " -o " + dir + "/none").code, 1)
+  EXPECT_EQ(run_checked("auto " + stories_gguf() + " --calib " + calib_txt() + test::kTinyCalib + " -o " + dir + "/none").code, 1)
       << "no budget";
 }
 
 TEST(CliAuto, TextChunksJson) {
   const std::string dir = test::temp_dir();
   const std::string out = dir + "/o";
-  const std::string cmd = "auto " + stories_gguf() + " --calib " + calib_txt() + kCalib +
+  const std::string cmd = "auto " + stories_gguf() + " --calib " + calib_txt() + test::kTinyCalib +
                           " --candidates 4,8x32,64 --bpw 7 -o " + out + " --text " + eval_txt() +
                           " --chunks 2 --eval-ctx 64";
   const std::string text = ok(cmd);
@@ -467,7 +466,7 @@ TEST(CliAuto, TextChunksJson) {
   }
   expect_loads(out, cmd);
   // Evaluating on the calibration file warns.
-  const std::string w = ok("auto " + stories_gguf() + " --calib " + calib_txt() + kCalib +
+  const std::string w = ok("auto " + stories_gguf() + " --calib " + calib_txt() + test::kTinyCalib +
                            " --candidates 4x64 --reduction 50% -o " + dir + "/w --text " + calib_txt() + " --chunks 1 --eval-ctx 32");
   EXPECT_NE(w.find("warning"), std::string::npos) << w;
 }
@@ -480,11 +479,11 @@ TEST_P(CliFamily, QuantizeProfileAuto) {
   const std::string src = family_model(GetParam());
   SKIP_WITHOUT_FAMILIES(src);
   const std::string dir = test::temp_dir();
-  const std::string calib = " --calib " + calib_txt() + kCalib;
+  const std::string calib = " --calib " + calib_txt() + test::kTinyCalib;
   quantize_ok(src, dir + "/q4", "--bits 4 --group-size 32" + calib);
   quantize_ok(src, dir + "/q3", "--bits 3 --group-size 64 --method minmax --dtype bf16");
-  quantize_ok(src, dir + "/q8", "--bits 8 --group-size 128 --dtype f16 --calib self" + kCalib);
-  quantize_ok(src, dir + "/q8", "--bits 2 --group-size 32 --force --calib " + calib_txt() + kCalib);
+  quantize_ok(src, dir + "/q8", "--bits 8 --group-size 128 --dtype f16 --calib self" + test::kTinyCalib);
+  quantize_ok(src, dir + "/q8", "--bits 2 --group-size 32 --force --calib " + calib_txt() + test::kTinyCalib);
   for (const char* method : {"fast", "exact", "both"})
     ok("profile " + src + calib + " --method " + method + " --candidates 4,8x64 --cache " + dir + "/" + method +
        ".json");

@@ -17,12 +17,7 @@ namespace {
 
 using VT = GgufValue::Type;
 
-std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint8_t> v(n);
-  for (auto& b : v) b = static_cast<uint8_t>(rng() % 255 + 1);  // never zero
-  return v;
-}
+using test::random_bytes;
 
 struct Spec {
   std::string name;

@@ -18,12 +18,7 @@ namespace {
 
 using Bytes = std::vector<uint8_t>;
 
-Bytes random_bytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  Bytes v(n);
-  for (auto& b : v) b = static_cast<uint8_t>(rng() % 255 + 1);
-  return v;
-}
+using test::random_bytes;
 
 class GgufCorrupt : public ::testing::Test {
  protected:

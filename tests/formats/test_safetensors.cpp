@@ -41,12 +41,7 @@ std::vector<uint8_t> raw_file(const std::string& header, const std::vector<uint8
   return b;
 }
 
-std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint8_t> v(n);
-  for (auto& x : v) x = static_cast<uint8_t>(rng() % 255 + 1);  // never zero
-  return v;
-}
+using test::random_bytes;
 
 template <typename T>
 std::vector<uint8_t> as_bytes(const std::vector<T>& v) {
@@ -57,7 +52,7 @@ std::vector<uint8_t> as_bytes(const std::vector<T>& v) {
 
 // Expects opening `bytes` (written to a file) to throw optiq::Error whose
 // message is one line starting with the path and containing `needle`.
-void expect_refused(const std::vector<uint8_t>& bytes, const std::string& needle = "") {
+void expect_bytes_refused(const std::vector<uint8_t>& bytes, const std::string& needle = "") {
   static int counter = 0;
   static const std::string dir = test::temp_dir();
   std::string path = dir + "/bad" + std::to_string(counter++) + ".safetensors";
@@ -195,23 +190,23 @@ TEST(Safetensors, ReadsMisalignedFilesFromOtherWriters) {
 
 TEST(Safetensors, UnsupportedDtypeIsClear) {
   std::string header = R"({"x":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})";
-  expect_refused(raw_file(header, random_bytes(16, 1)), "tensor x has dtype F64, which optiq does not support");
+  expect_bytes_refused(raw_file(header, random_bytes(16, 1)), "tensor x has dtype F64, which optiq does not support");
   header = R"({"y":{"dtype":"I8","shape":[2],"data_offsets":[0,2]}})";
-  expect_refused(raw_file(header, random_bytes(2, 1)), "tensor y has dtype I8, which optiq does not support");
+  expect_bytes_refused(raw_file(header, random_bytes(2, 1)), "tensor y has dtype I8, which optiq does not support");
   header = R"({"z":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}})";
-  expect_refused(raw_file(header, random_bytes(8, 1)), "unknown dtype");
+  expect_bytes_refused(raw_file(header, random_bytes(8, 1)), "unknown dtype");
 }
 
 TEST(Safetensors, TruncatedAtEveryOffset) {
   const std::string path = write_samples(test::temp_dir() + "/t.safetensors", samples());
   const auto full = read_bytes(path);
-  for (size_t n = 0; n < full.size(); ++n) expect_refused(std::vector<uint8_t>(full.begin(), full.begin() + n));
+  for (size_t n = 0; n < full.size(); ++n) expect_bytes_refused(std::vector<uint8_t>(full.begin(), full.begin() + n));
 }
 
 TEST(Safetensors, BadHeaders) {
   const auto d16 = random_bytes(16, 3);
   auto one = [&](const std::string& header, const std::string& needle = "") {
-    expect_refused(raw_file(header, d16), needle);
+    expect_bytes_refused(raw_file(header, d16), needle);
   };
   one("{not json}", "not valid JSON");
   one("{\"a\":", "not valid JSON");
@@ -272,12 +267,12 @@ TEST(Safetensors, AbsurdHeaderLengths) {
   const auto d16 = random_bytes(16, 4);
   for (uint64_t len : {uint64_t{0}, uint64_t{1}, uint64_t{h.size() + 17}, uint64_t{1} << 40, ~uint64_t{0},
                        uint64_t{1} << 63, uint64_t{h.size() + 16 + 1}})
-    expect_refused(raw_file(h, d16, len, true));
-  expect_refused({}, "too small");
-  expect_refused({1, 2, 3}, "too small");
+    expect_bytes_refused(raw_file(h, d16, len, true));
+  expect_bytes_refused({}, "too small");
+  expect_bytes_refused({1, 2, 3}, "too small");
   // Header length that swallows the data: the JSON ends early but the length
   // covers trailing bytes that are not whitespace.
-  expect_refused(raw_file(h, d16, h.size() + 16, true), "not valid JSON");
+  expect_bytes_refused(raw_file(h, d16, h.size() + 16, true), "not valid JSON");
 }
 
 TEST(Safetensors, RandomCorruptionNeverCrashes) {

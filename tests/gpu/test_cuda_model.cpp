@@ -35,7 +35,7 @@ struct Numerics {  // process-wide int8 switch, restored on exit
   ~Numerics() { kernels::set_decode_int8(saved); }
 };
 
-std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+using test::stories;
 
 // Logits of every position: batched (one call) or token by token.
 std::vector<float> run(const DeviceWeights& w, std::span<const int32_t> ids, bool stepwise, bool record = true) {

@@ -8,15 +8,14 @@
 
 #include "kernels/activation.h"
 #include "kernels/matmul.h"
+#include "isa_guard.h"
 #include "test_util.h"
 
 namespace optiq {
 namespace {
 
-struct IsaGuard {
-  Isa saved = active_isa();
-  ~IsaGuard() { set_isa(saved); }
-};
+using test::IsaGuard;
+
 
 double reference(GateAct act, double x) {
   if (act == GateAct::Silu) return x / (1.0 + std::exp(-x));

@@ -12,15 +12,14 @@
 #include "core/half.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
+#include "isa_guard.h"
 #include "test_util.h"
 
 namespace optiq {
 namespace {
 
-struct IsaGuard {
-  Isa saved = active_isa();
-  ~IsaGuard() { set_isa(saved); }
-};
+using test::IsaGuard;
+
 
 // out (n x q_stride) and, per element, the magnitude sum_t p_t |v_t| that
 // bounds its rounding error.

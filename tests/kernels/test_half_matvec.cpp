@@ -10,15 +10,14 @@
 
 #include "core/half.h"
 #include "kernels/matmul.h"
+#include "isa_guard.h"
 #include "test_util.h"
 
 namespace optiq {
 namespace {
 
-struct IsaGuard {
-  Isa saved = active_isa();
-  ~IsaGuard() { set_isa(saved); }
-};
+using test::IsaGuard;
+
 
 // Returns the number of bad elements; tolerance is fp32 rounding of the sum.
 int check(const std::vector<float>& Wf, int64_t rows, int64_t cols, const std::vector<float>& X, int64_t n,

@@ -17,23 +17,17 @@
 #include "kernels/matmul.h"
 #include "model/linear.h"
 #include "quant/ggml_dequant.h"
+#include "isa_guard.h"
 
 namespace optiq {
 namespace {
 
+using test::available_isas;
+using test::IsaGuard;
+
 constexpr DType kTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
-std::vector<Isa> available_isas() {
-  std::vector<Isa> v;
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
-    if (isa_supported(i)) v.push_back(i);
-  return v;
-}
 
-struct IsaGuard {
-  Isa saved = active_isa();
-  ~IsaGuard() { set_isa(saved); }
-};
 
 void put_f16(uint8_t* p, float v) {
   const uint16_t h = f32_to_f16(v);

@@ -11,27 +11,24 @@
 #include "core/half.h"
 #include "kernels/matmul.h"
 #include "quant/quantizer.h"
+#include "isa_guard.h"
 #include "test_util.h"
 
 namespace optiq {
 
 namespace {
 
-std::vector<Isa> available_isas() {
-  std::vector<Isa> v;
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
-    if (isa_supported(i)) v.push_back(i);
-  return v;
-}
+using test::available_isas;
+
 
 // These tests check the fp32 kernels against a double product at 2e-6, so
 // they turn the int8 decode path off (it has its own tests,
 // test_int8_decode.cpp, with the tolerance its rounding implies).
-struct IsaGuard {
+struct Fp32Guard {
   Isa saved = active_isa();
   bool int8 = int8_decode();
-  IsaGuard() { set_int8_decode(false); }
-  ~IsaGuard() {
+  Fp32Guard() { set_int8_decode(false); }
+  ~Fp32Guard() {
     set_isa(saved);
     set_int8_decode(int8);
   }
@@ -58,7 +55,7 @@ void check_product(const std::vector<float>& Wf, int64_t rows, int64_t cols, con
 }  // namespace
 
 TEST(Kernels, AffineAllFormatsAllPaths) {
-  IsaGuard guard;
+  Fp32Guard guard;
   const int64_t row_counts[] = {1, 3, 17, 67};
   const int64_t ns[] = {1, 2, 5, 33};
   uint32_t seed = 1;
@@ -95,7 +92,7 @@ TEST(Kernels, AffineAllFormatsAllPaths) {
 // the decode reading 16 bytes from the start of the second-to-last row's
 // last chunk, past the end of a 3-row matrix).
 TEST(Kernels, AffineShortRowsNeverReadPastTheMatrix) {
-  IsaGuard guard;
+  Fp32Guard guard;
   const long page = sysconf(_SC_PAGESIZE);
   void* mem = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(mem, MAP_FAILED);
@@ -132,7 +129,7 @@ TEST(Kernels, AffineShortRowsNeverReadPastTheMatrix) {
 }
 
 TEST(Kernels, AffineOddRowCounts) {
-  IsaGuard guard;
+  Fp32Guard guard;
   for (int64_t rows : {1, 3, 17, 67})
     for (int64_t n : {1, 2, 3, 4, 5, 33}) {
       const int64_t cols = 96;
@@ -150,7 +147,7 @@ TEST(Kernels, AffineOddRowCounts) {
 }
 
 TEST(Kernels, DenseF32AndHalf) {
-  IsaGuard guard;
+  Fp32Guard guard;
   for (int64_t rows : {1, 3, 17, 67})
     for (int64_t cols : {1, 7, 32, 96, 333})
       for (int64_t n : {1, 2, 5, 33}) {
@@ -179,7 +176,7 @@ TEST(Kernels, DenseF32AndHalf) {
 }
 
 TEST(Kernels, IsaSelection) {
-  IsaGuard guard;
+  Fp32Guard guard;
   EXPECT_EQ(set_isa(Isa::Scalar), Isa::Scalar);
   EXPECT_EQ(active_isa(), Isa::Scalar);
   Isa got = set_isa(Isa::Avx512);

@@ -46,7 +46,7 @@ Model wide_model(const std::string& family, uint32_t seed) {
 }
 
 // Every storage the exporter writes, one module after another.
-PrecisionMap mixed_plan(const ModelConfig& c) {
+PrecisionMap every_gguf_format(const ModelConfig& c) {
   const char* formats[] = {"q4_k", "q6_k", "q2_k", "q3_k", "q5_k", "q8_0", "q4_0",
                            "q4_1", "q5_0", "q5_1", "q4g32", "q5g32", "float"};
   PrecisionMap p;
@@ -91,7 +91,7 @@ TEST(SaveGguf, RoundTripEveryFamilyAndStorage) {
   for (const std::string family : {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"}) {
     SCOPED_TRACE(family);
     Model m = wide_model(family, 11);
-    const PrecisionMap plan = mixed_plan(m.config);
+    const PrecisionMap plan = every_gguf_format(m.config);
     quantize_model(m, plan, {.progress = false});
     const std::string out = test::temp_dir() + "/" + family + ".gguf";
     CollectDiagnostics diag;  // Mistral's dropped window is a warning

@@ -26,7 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-Model stories() { return load_model(test::shared_dir() + "/models/stories260K/stories260K.gguf"); }
+Model stories_model() { return load_model(test::shared_dir() + "/models/stories260K/stories260K.gguf"); }
 
 // A plan mixing affine formats and floats, as planned models are.
 PrecisionMap mixed_plan(const ModelConfig& c) {
@@ -47,18 +47,18 @@ std::vector<std::vector<int32_t>> windows(const Model& m) {
 
 TEST(StreamedExport, MlxEqualsQuantizingInMemory) {
   for (const bool gptq : {false, true}) {
-    Model ref = stories();
+    Model ref = stories_model();
     const PrecisionMap map = mixed_plan(ref.config);
     const ImportanceMap importance = collect_importance(ref, windows(ref), false);
     const GramMap grams = gptq ? collect_grams(ref, windows(ref), false) : GramMap{};
     QuantizeModelOptions opt{.importance = &importance, .grams = gptq ? &grams : nullptr, .progress = false};
     const std::string dir = test::temp_dir();
     {
-      Model m = stories();
+      Model m = stories_model();
       quantize_model(m, map, opt);
       make_exporter("mlx")->write(m, dir + "/memory", {});
     }
-    Model m = stories();
+    Model m = stories_model();
     // Rounded in blocks of a few rows (the in-memory copy was rounded whole): the same bytes.
     QuantizeModelOptions blocks = opt;
     blocks.row_block_bytes = 4096;
@@ -105,10 +105,10 @@ TEST(StreamedExport, GgufEqualsQuantizingInMemory) {
 
 TEST(StreamedExport, MlxShardsLoadToTheSameLogits) {
   const std::string dir = test::temp_dir();
-  Model m = stories();
+  Model m = stories_model();
   const PrecisionMap map = mixed_plan(m.config);
   run_export_step(m, map, {.progress = false}, dir + "/one", {.shard_bytes = 0, .progress = false});
-  Model m2 = stories();
+  Model m2 = stories_model();
   run_export_step(m2, map, {.progress = false}, dir + "/shards", {.shard_bytes = 100000, .progress = false});
   EXPECT_TRUE(fs::exists(dir + "/shards/model.safetensors.index.json"));
   EXPECT_TRUE(fs::exists(dir + "/shards/model-00001-of-00003.safetensors") ||
@@ -127,7 +127,7 @@ TEST(StreamedExport, MlxShardsLoadToTheSameLogits) {
 TEST(StreamedExport, HfSourceReadOnceEqualsMappedAndHashesEveryShard) {
   const std::string dir = test::temp_dir();
   {
-    Model m = stories();
+    Model m = stories_model();
     PrecisionMap floats = PrecisionMap::uniform(m.config, {4, 32});
     for (auto& [path, f] : floats.formats) f = std::nullopt;
     run_export_step(m, floats, {.progress = false}, dir + "/hf", {.shard_bytes = 200000, .progress = false});
@@ -147,7 +147,7 @@ TEST(StreamedExport, HfSourceReadOnceEqualsMappedAndHashesEveryShard) {
   };
   const ExportStepResult once = export_to(dir + "/read-once", "1");
   const ExportStepResult mapped = export_to(dir + "/mapped", "0");
-  const int64_t n = static_cast<int64_t>(quantizable_modules(stories().config).size());
+  const int64_t n = static_cast<int64_t>(quantizable_modules(stories_model().config).size());
   ASSERT_TRUE(once.source_stream.has_value());
   EXPECT_EQ(once.source_stream->kept, n);  // floats too
   EXPECT_EQ(once.source_stream->passed, 0);
@@ -171,7 +171,7 @@ TEST(StreamedExport, HfSourceReadOnceEqualsMappedAndHashesEveryShard) {
 
 TEST(StreamedExport, AnErrorLeavesNoOutput) {
   const std::string dir = test::temp_dir();
-  Model m = stories();
+  Model m = stories_model();
   // Groups of 32 do not divide down_proj's 172 inputs: refused (a plan file can say so).
   PrecisionMap map = PrecisionMap::uniform(m.config, {4, 32});
   map.formats["model.layers.1.mlp.down_proj"] = TensorFormat(AffineFormat{4, 32});

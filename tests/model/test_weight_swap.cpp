@@ -15,7 +15,7 @@
 namespace optiq {
 namespace {
 
-std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+using test::stories;
 
 const std::vector<int32_t> kIds = {1, 403, 407, 261, 378, 365, 266, 471, 320, 275};
 

@@ -24,7 +24,7 @@
 namespace optiq {
 namespace {
 
-std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+using test::stories;
 std::string text() { return test::shared_dir() + "/data/tinystories/tinystories-valid-head.txt"; }
 
 ProfileStepOptions small_profile(const std::string& cache = "") {

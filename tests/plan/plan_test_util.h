@@ -1,8 +1,10 @@
 #pragma once
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "model/config.h"
+#include "plan/budget.h"
 
 namespace optiq::test {
 
@@ -19,6 +21,9 @@ inline ModelConfig plan_test_config(int n_layers = 30, bool tied = false) {
   c.tied_embeddings = tied;
   return c;
 }
+
+// Every tensor format the planner knows (the registry's list, built once).
+inline const std::vector<TensorFormat> kFormats = all_tensor_formats();
 
 // The message of the optiq::Error that f() throws ("" when none).
 inline std::string error_of(auto&& f) {

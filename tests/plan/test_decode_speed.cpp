@@ -23,7 +23,7 @@ using optiq::test::error_of;
 
 namespace {
 
-const std::vector<TensorFormat> kFormats = all_tensor_formats();
+using optiq::test::kFormats;
 
 std::vector<SolverItem> random_timed_items(std::mt19937& rng, int n, int k) {
   std::vector<SolverItem> items;

@@ -17,7 +17,7 @@ using optiq::test::error_of;
 
 namespace {
 
-const std::vector<TensorFormat> kFormats = all_tensor_formats();
+using optiq::test::kFormats;
 
 // Random instance: n items, up to k candidates each (distinct formats), small byte counts.
 std::vector<SolverItem> random_items(std::mt19937& rng, int n, int k, int max_bytes = 60) {

@@ -21,7 +21,7 @@
 namespace optiq {
 namespace {
 
-std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+using test::stories;
 
 std::vector<std::vector<int32_t>> stories_windows(const Model& m) {
   const std::string path = test::temp_dir() + "/lw_calib.txt";

@@ -29,7 +29,7 @@
 namespace optiq {
 namespace {
 
-std::string stories() { return test::shared_dir() + "/models/stories260K/stories260K.gguf"; }
+using test::stories;
 
 // The first half of the TinyStories sample (calibration) as a temp file.
 const std::string& calib_file() {

@@ -13,6 +13,16 @@
 
 namespace optiq::test {
 
+// An optiq command line, one argument a string.
+using Args = std::vector<std::string>;
+// The calibration of the reliability tests' profiles: 4 samples of 64 tokens.
+inline const Args kCalib = {"--calib-samples", "4", "--calib-seq", "64"};
+// a, then more.
+inline Args with(Args a, const Args& more) {
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
+}
+
 struct ChildOptions {
   std::string out_log = "/dev/null", err_log = "/dev/null";  // the child's stdout and stderr
   int64_t file_size_limit = -1;                               // bytes; -1: none

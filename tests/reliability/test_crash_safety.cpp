@@ -33,14 +33,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace test;
-using Args = std::vector<std::string>;
 
-const Args kCalib = {"--calib-samples", "4", "--calib-seq", "64"};
-
-Args with(Args a, const Args& more) {
-  a.insert(a.end(), more.begin(), more.end());
-  return a;
-}
 
 double seconds_to_run(const Args& args, const ChildOptions& o = {}) {
   const auto t0 = std::chrono::steady_clock::now();

@@ -28,15 +28,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace test;
-using Args = std::vector<std::string>;
 using nlohmann::json;
 
-const Args kCalib = {"--calib-samples", "4", "--calib-seq", "64"};
-
-Args with(Args a, const Args& more) {
-  a.insert(a.end(), more.begin(), more.end());
-  return a;
-}
 
 void ok(const Args& args) {
   const std::string err = temp_dir() + "/err";

@@ -35,7 +35,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace test;
-using Args = std::vector<std::string>;
 
 // A Llama-shaped model of 2.4M parameters as a Hugging Face directory (fp16):
 // 8-bit, it is 2.5 MB, three shards of 1 MB.
