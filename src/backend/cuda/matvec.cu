@@ -395,22 +395,19 @@ void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int3
 // Llama-3-8B matrix at every width, 3-44% faster than what the H200 sweep of
 // the bit-stream layout had chosen (one row a warp, 3-8 chunks by width).
 // OPTIQ_CUDA_DECODE_ROWS=1 restores that for A/B runs (chunks_one_row and
-// chunks_two_rows, matvec_rows.cuh); =2 takes one row a warp only for
-// matrices of at most 4096 rows (o, down, k, v: the k-quants' better shape).
-int decode_rows_mode() {
-  static const int mode = env_mode("OPTIQ_CUDA_DECODE_ROWS", 0);
-  return mode;
-}
-bool one_row_a_warp() { return decode_rows_mode() == 1; }
-bool affine_one_row(const DevMatrix& w) {
-  return decode_rows_mode() == 1 || (decode_rows_mode() == 2 && w.rows <= 4096);
+// chunks_two_rows, matvec_rows.cuh). One row a warp only for the matrices of
+// at most 4096 rows (what pays for the k-quants) measured 1-2% slower here
+// (H100, q4 / mixed4.5 decode @128: 378.9 / 350.3 against 382.8 / 356.1 tok/s).
+bool one_row_a_warp() {
+  static const bool on = env_mode("OPTIQ_CUDA_DECODE_ROWS", 0) == 1;
+  return on;
 }
 
 template <int kMaxN>
 void launch_affine_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                         cudaStream_t s, float* accum) {
   constexpr int kW = 4;
-  const bool one_row = affine_one_row(w);
+  const bool one_row = one_row_a_warp();
   with_bits(w.bits, [&](auto bits) {
     constexpr int kB = decltype(bits)::value;
     if (one_row)
@@ -653,7 +650,7 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const in
     OPTIQ_CUDA_LAUNCHED();
     return;
   }
-  if (n == 1 && !affine_one_row(w)) {  // the launch shape the persistent step runs
+  if (n == 1 && !one_row_a_warp()) {  // the launch shape the persistent step runs
     PersistentStep st;
     st.kind = StepKind::Product, st.w[0] = w, st.y[0] = y, st.accum = accum;
     st.xq = xq, st.xscale = xs, st.xsum = xsum;
