@@ -10,6 +10,7 @@
 //    (cuda_backend.cu); attention_softmax is the step between them.
 #include <cfloat>
 #include <cstdlib>
+#include <string>
 #include <stdexcept>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -304,8 +305,10 @@ __device__ void partial_range(const AttentionParams& p, const float* __restrict_
 // With int8.q, also the output's int8 blocks; `flat0`: the index of out[0] in
 // the query rows (q_stride each) that the blocks number.
 __device__ void publish_and_combine(const AttentionParams& p, const float* part, int active, int splits,
-                                    int* counter, float* out, float* weight, Int8Out int8 = {}, int64_t flat0 = 0) {
-  const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+                                    int* counter, float* out, float* weight, Int8Out int8 = {}, int64_t flat0 = 0,
+                                    int heads = 0) {
+  // heads: the query heads this block's ranges hold (0: the kv head's group).
+  const int group = heads > 0 ? heads : p.n_heads / p.n_kv_heads, hd = p.head_dim;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x / 32;
   __shared__ int last;
   __threadfence();
@@ -451,13 +454,18 @@ __device__ __forceinline__ void rope_lane(float (&x)[kD], const RopeAngles<kD>& 
 template <int kG, int kD>
 __global__ void __launch_bounds__(kOnlineThreads)
     decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
-                         int splits, int min_keys, float* __restrict__ partial, int* counters,
-                         float* __restrict__ out, Int8Out int8, RopeIn rope) {
+                         int splits, int min_keys, int blocks_per_group, float* __restrict__ partial,
+                         int* counters, float* __restrict__ out, Int8Out int8, RopeIn rope) {
   constexpr int kKeys = kOnlineKeys<kG, kD>, hd = 32 * kD, kWarps = kOnlineThreads / 32;
   pdl_trigger();
   __shared__ float red[kWarps][kG][hd + 2];
   __shared__ float weight[kG * kMaxSplits];
-  const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
+  __shared__ float new_kv[2][hd];  // the new token's key (rotated) and value, rounded to the cache's fp16
+  // blockIdx.x: kv head g and which kG of its group's query heads (blocks_per_group
+  // blocks a kv head: more, shorter blocks at the price of K/V read once each from L2).
+  const int g = blockIdx.x / blocks_per_group, s = blockIdx.y, i = blockIdx.z;
+  const int h0 = g * (p.n_heads / p.n_kv_heads) + (blockIdx.x % blocks_per_group) * kG;  // first query head
+  const bool owner = blockIdx.x % blocks_per_group == 0;  // stores the new key and value
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float freq[kD];
   if (rope.k) lane_freqs<kD>(rope.inv_freq, lane, freq);  // constant: before the wait
@@ -466,7 +474,7 @@ __global__ void __launch_bounds__(kOnlineThreads)
   // are all loaded before any of them is used: one trip to memory, not three.
   const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
   float qr[kG][kD];
-  const float* qb = q + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * kG * hd + lane * kD;
+  const float* qb = q + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(h0) * hd + lane * kD;
 #pragma unroll
   for (int j = 0; j < kG; ++j)
 #pragma unroll
@@ -486,11 +494,17 @@ __global__ void __launch_bounds__(kOnlineThreads)
   if (rope.k) angles = rope_angles<kD>(pos, freq, rope.mscale);
   if (stores_new && warp == 0) {
     // The new token (one query: i == 0): its key rotated, key and value into
-    // the cache, by the block whose range ends at it (the only one that reads them).
+    // the cache, by the (first) block whose range ends at it; the blocks of that
+    // range take them from shared memory (another block of the kv head may not
+    // have stored them yet), as the cache will hold them.
     rope_lane<kD>(knew, angles, lane);
     const int64_t row = static_cast<int64_t>(pos) * p.kv_stride + kv_off;
 #pragma unroll
-    for (int e = 0; e < kD; ++e) kc[row + e] = __float2half_rn(knew[e]), vc[row + e] = __float2half_rn(vnew[e]);
+    for (int e = 0; e < kD; ++e) {
+      const __half kh = __float2half_rn(knew[e]), vh = __float2half_rn(vnew[e]);
+      if (owner) kc[row + e] = kh, vc[row + e] = vh;
+      new_kv[0][lane * kD + e] = __half2float(kh), new_kv[1][lane * kD + e] = __half2float(vh);
+    }
   }
 #pragma unroll
   for (int j = 0; j < kG; ++j) {
@@ -498,7 +512,7 @@ __global__ void __launch_bounds__(kOnlineThreads)
 #pragma unroll
     for (int d = 0; d < kD; ++d) qr[j][d] *= p.scale;
   }
-  if (stores_new) __syncthreads();  // the new key and value stored before any warp reads them
+  if (stores_new) __syncthreads();  // the new key and value in new_kv before any warp reads them
   float m[kG], l[kG], acc[kG][kD];
 #pragma unroll
   for (int j = 0; j < kG; ++j) {
@@ -515,6 +529,13 @@ __global__ void __launch_bounds__(kOnlineThreads)
       const int64_t row = static_cast<int64_t>(min(tw + u, b - 1)) * p.kv_stride;  // in bounds; skipped below
       load_dims<__half, kD>(kbase + row, kr[u]);
       load_dims<__half, kD>(vbase + row, vr[u]);
+    }
+    if (stores_new) {  // the newest row from shared memory (block-uniform branch, after the loads)
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u)
+        if (tw + u == pos)
+#pragma unroll
+          for (int e = 0; e < kD; ++e) kr[u][e] = new_kv[0][lane * kD + e], vr[u][e] = new_kv[1][lane * kD + e];
     }
     float sc[kKeys][kG];
 #pragma unroll
@@ -552,8 +573,8 @@ __global__ void __launch_bounds__(kOnlineThreads)
     if (lane == 0) red[warp][j][0] = m[j], red[warp][j][1] = l[j];
   }
   __syncthreads();
-  float* part = partial + ((static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * kG) * splits) * (hd + 2);
-  const int64_t flat0 = static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(g) * kG * hd;
+  float* part = partial + ((static_cast<int64_t>(i) * p.n_heads + h0) * splits) * (hd + 2);
+  const int64_t flat0 = static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(h0) * hd;
   float* head_out = out + flat0;
   for (int idx = threadIdx.x; idx < kG * hd; idx += kOnlineThreads) {
     const int j = idx / hd, e = idx % hd;
@@ -579,8 +600,9 @@ __global__ void __launch_bounds__(kOnlineThreads)
     }
   }
   if (active == 1) return;
-  publish_and_combine(p, part, active, splits, counters + static_cast<int64_t>(i) * p.n_kv_heads + g, head_out,
-                      weight, int8, flat0);
+  publish_and_combine(p, part, active, splits,
+                      counters + static_cast<int64_t>(i) * p.n_kv_heads * blocks_per_group + blockIdx.x, head_out,
+                      weight, int8, flat0, kG);
 }
 
 // One block per (head, query) row of scores: keys 0..pos0+i are in the row;
@@ -698,17 +720,33 @@ int online_min_keys() {
   }();
   return v;
 }
+// OPTIQ_CUDA_ATTN_SPLIT_HEADS=1: a block per query head instead of per kv
+// head (ncu: the kernel is a dependent chain of a few blocks, each warp
+// reducing keys x the group's heads; an A/B switch).
+bool online_split_heads() {
+  static const bool on = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_ATTN_SPLIT_HEADS");
+    return e && std::string(e) == "1";
+  }();
+  return on;
+}
 
 template <int kD>
 bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
                    float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope) {
-  const dim3 grid(p.n_kv_heads, splits, n);
   const int min_keys = online_min_keys();
   auto* k = static_cast<__half*>(c.k);
   auto* v = static_cast<__half*>(c.v);
+  const int group = p.n_heads / p.n_kv_heads;
+  if (group > 1 && online_split_heads()) {
+    launch(decode_online_kernel<1, kD>, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v, splits,
+           min_keys, group, partial, counters, out, int8, rope);
+    return true;
+  }
+  const dim3 grid(p.n_kv_heads, splits, n);
 #define OPTIQ_ONLINE(G) \
-  case G: launch(decode_online_kernel<G, kD>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, partial, counters, out, int8, rope); return true;
-  switch (p.n_heads / p.n_kv_heads) {
+  case G: launch(decode_online_kernel<G, kD>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope); return true;
+  switch (group) {
     OPTIQ_ONLINE(1)
     OPTIQ_ONLINE(2)
     OPTIQ_ONLINE(3)

@@ -1077,7 +1077,7 @@ void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int
         "cuda backend: decode attention takes even head dimensions up to 256, not {}", p.head_dim);
   float* partial = partial_.get<float>(
       static_cast<size_t>(attention_decode_partial_floats(p, static_cast<int>(n), splits)), stream_, recording_);
-  const size_t n_counters = static_cast<size_t>(n) * p.n_kv_heads;
+  const size_t n_counters = static_cast<size_t>(n) * p.n_heads;  // a block's counter: per kv head, or per query head
   int32_t* counters = counters_.get<int32_t>(n_counters, stream_, recording_);
   if (counters != zeroed_counters_ || n_counters > zeroed_count_) {  // new memory: zero it once
     cuda::persistent_flush(stream_);
