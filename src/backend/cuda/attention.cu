@@ -3,9 +3,11 @@
 //    into `splits` ranges; one block per (kv head, range, query) scores its
 //    range for all query heads that share the kv head (GQA: K and V are read
 //    once for the group), keeps a local max and sum, and writes the partial
-//    output; a second kernel combines the ranges. The ranges are computed from
-//    the position at run time, so a recorded step (CUDA graph) serves every
-//    position.
+//    output; the last block of a range set combines them. The single-pass
+//    kernel of fast numerics (decode_online_kernel) takes one query head a
+//    block instead (a shorter dependent chain; K/V rows then come from L2 once
+//    a head). The ranges are computed from the position at run time, so a
+//    recorded step (CUDA graph) serves every position.
 //  - Prefill: scores and the weighted sum of V are cuBLAS GEMMs
 //    (cuda_backend.cu); attention_softmax is the step between them.
 #include <cfloat>
@@ -720,13 +722,17 @@ int online_min_keys() {
   }();
   return v;
 }
-// OPTIQ_CUDA_ATTN_SPLIT_HEADS=1: a block per query head instead of per kv
-// head (ncu: the kernel is a dependent chain of a few blocks, each warp
-// reducing keys x the group's heads; an A/B switch).
+// A block per query head, not per kv head: ncu showed the kernel as a
+// dependent chain of a few blocks (each warp reducing its keys against every
+// head of the group, 106 registers); a block per head is a quarter of that
+// chain at 64 registers, for K/V rows read once per head from L2. H100, q4
+// decode: Llama-3-8B (groups of 4) +5% at ctx 128, +2% at 4096; Qwen2.5-7B
+// (groups of 7) +9% and +18% (BENCHMARKS.md §6).
+// OPTIQ_CUDA_ATTN_SPLIT_HEADS=0: a block per kv head again (A/B runs).
 bool online_split_heads() {
   static const bool on = [] {
     const char* e = std::getenv("OPTIQ_CUDA_ATTN_SPLIT_HEADS");
-    return e && std::string(e) == "1";
+    return !(e && std::string(e) == "0");
   }();
   return on;
 }
