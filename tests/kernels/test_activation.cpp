@@ -16,7 +16,6 @@ namespace {
 
 using test::IsaGuard;
 
-
 double reference(GateAct act, double x) {
   if (act == GateAct::Silu) return x / (1.0 + std::exp(-x));
   // 0.5 x (1 + tanh u), written so that it keeps its precision for x << 0.

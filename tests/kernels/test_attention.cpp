@@ -20,7 +20,6 @@ namespace {
 
 using test::IsaGuard;
 
-
 // out (n x q_stride) and, per element, the magnitude sum_t p_t |v_t| that
 // bounds its rounding error.
 void reference(const AttentionParams& p, const float* q, int64_t n, int start, const float* kc, const float* vc,

@@ -18,7 +18,6 @@ namespace {
 
 using test::IsaGuard;
 
-
 // Returns the number of bad elements; tolerance is fp32 rounding of the sum.
 int check(const std::vector<float>& Wf, int64_t rows, int64_t cols, const std::vector<float>& X, int64_t n,
           const std::vector<float>& Y, const std::string& what) {

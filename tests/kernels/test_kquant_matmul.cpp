@@ -27,8 +27,6 @@ using test::IsaGuard;
 
 constexpr DType kTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
-
-
 void put_f16(uint8_t* p, float v) {
   const uint16_t h = f32_to_f16(v);
   p[0] = h & 0xff;

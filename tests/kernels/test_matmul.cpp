@@ -20,7 +20,6 @@ namespace {
 
 using test::available_isas;
 
-
 // These tests check the fp32 kernels against a double product at 2e-6, so
 // they turn the int8 decode path off (it has its own tests,
 // test_int8_decode.cpp, with the tolerance its rounding implies).

@@ -34,7 +34,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace test;
 
-
 double seconds_to_run(const Args& args, const ChildOptions& o = {}) {
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_EQ(run_child(args, o), 0);

@@ -30,7 +30,6 @@ namespace fs = std::filesystem;
 using namespace test;
 using nlohmann::json;
 
-
 void ok(const Args& args) {
   const std::string err = temp_dir() + "/err";
   const int rc = run_child(args, {.err_log = err});
