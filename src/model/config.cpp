@@ -13,6 +13,19 @@ namespace optiq {
 const char* supported_hf_model_types() { return "llama, mistral, qwen2, qwen3, phi3, gemma3_text, gemma3"; }
 const char* supported_gguf_architectures() { return "llama, mistral, qwen2, qwen3, phi3, gemma3"; }
 
+int ModelConfig::max_window() const {
+  return layer_window.empty() ? 0 : *std::max_element(layer_window.begin(), layer_window.end());
+}
+
+int ModelConfig::global_layer_period() const {
+  for (int p = 1; p <= n_layers; ++p) {
+    bool ok = true;
+    for (int i = 0; i < n_layers && ok; ++i) ok = (window(i) == 0) == (i % p == p - 1);
+    if (ok) return p;
+  }
+  return 0;
+}
+
 float ModelConfig::attention_scale() const {
   return attn_scale > 0.0f ? attn_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
 }

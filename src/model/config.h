@@ -89,6 +89,11 @@ struct ModelConfig {
   // Sliding-window layers use their own RoPE base (and no long-context scaling).
   bool local_rope(int layer) const { return rope_theta_local > 0.0f && window(layer) > 0; }
   float attention_scale() const;
+  // The widest sliding window (0: none).
+  int max_window() const;
+  // Gemma 3's period of windowed and global layers: layer i is global when
+  // i % p == p - 1 (llama.cpp's set_swa_pattern); 0 when no period fits.
+  int global_layer_period() const;
   // Throws "<source>: <what is inconsistent>" for shapes the forward pass cannot run.
   void validate(const std::string& source) const;
   // Short description of detected quirks, e.g. "llama3 rope scaling x8".

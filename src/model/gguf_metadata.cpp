@@ -17,21 +17,6 @@ namespace optiq {
 
 namespace {
 
-int max_window(const ModelConfig& c) {
-  return c.layer_window.empty() ? 0 : *std::max_element(c.layer_window.begin(), c.layer_window.end());
-}
-
-// Gemma 3's "layer i is global when i % p == p - 1" period (llama.cpp's
-// set_swa_pattern), or 0 when the windows follow no such period.
-int swa_period(const ModelConfig& c) {
-  for (int p = 1; p <= c.n_layers; ++p) {
-    bool ok = true;
-    for (int i = 0; i < c.n_layers && ok; ++i) ok = (c.window(i) > 0) == (i % p < p - 1);
-    if (ok) return p;
-  }
-  return 0;
-}
-
 // llama.cpp's gemma3 computes its attention scale from the shape
 // (1/sqrt(head_dim), the 27B's 1/sqrt(dim/heads)).
 float llamacpp_gemma3_scale(const ModelConfig& c) {
@@ -103,12 +88,12 @@ void add_gguf_hparams(GgufWriter& w, const Model& m, const std::string& arch) {
     w.add_string(p + "rope.scaling.type", "linear");
     w.add_float(p + "rope.scaling.factor", c.rope_scaling.factor, T::F32);
   }
-  if (arch == "llama" && max_window(c) > 0)
+  if (arch == "llama" && c.max_window() > 0)
     warn("{}: the sliding window of {} tokens is dropped: llama.cpp's llama architecture attends to the whole "
          "context (as its converter does for Mistral); outputs differ beyond {} tokens",
-         m.path, max_window(c), max_window(c));
+         m.path, c.max_window(), c.max_window());
   if (arch == "phi3") {
-    if (max_window(c) > 0) w.add_u32(p + "attention.sliding_window", static_cast<uint32_t>(max_window(c)));
+    if (c.max_window() > 0) w.add_u32(p + "attention.sliding_window", static_cast<uint32_t>(c.max_window()));
     if (c.rope_scaling.type == RopeScalingType::LongRope) {
       w.add_u32(p + "rope.scaling.original_context_length", static_cast<uint32_t>(c.rope_scaling.original_max_position));
       w.add_float(p + "rope.scaling.attn_factor", c.rope_scaling.attn_factor, T::F32);
@@ -116,9 +101,9 @@ void add_gguf_hparams(GgufWriter& w, const Model& m, const std::string& arch) {
   }
   if (arch == "gemma3") {
     if (c.final_softcap > 0.0f) w.add_float(p + "final_logit_softcapping", c.final_softcap, T::F32);
-    if (max_window(c) > 0) {
-      w.add_u32(p + "attention.sliding_window", static_cast<uint32_t>(max_window(c)));
-      const int period = swa_period(c);
+    if (c.max_window() > 0) {
+      w.add_u32(p + "attention.sliding_window", static_cast<uint32_t>(c.max_window()));
+      const int period = c.global_layer_period();
       if (period > 0) {
         w.add_u32(p + "attention.sliding_window_pattern", static_cast<uint32_t>(period));
       } else {  // per layer, as llama.cpp also reads it
@@ -127,9 +112,9 @@ void add_gguf_hparams(GgufWriter& w, const Model& m, const std::string& arch) {
         w.add_int_array(p + "attention.sliding_window_pattern", std::move(is_swa), T::BOOL);
       }
       for (int i = 0; i < c.n_layers; ++i)
-        check(c.window(i) == 0 || c.window(i) == max_window(c),
+        check(c.window(i) == 0 || c.window(i) == c.max_window(),
               "{}: layer {} has window {}, another {}: llama.cpp has one window size", m.path, i, c.window(i),
-              max_window(c));
+              c.max_window());
       w.add_float(p + "rope.freq_base_swa", c.rope_theta_local > 0.0f ? c.rope_theta_local : c.rope_theta, T::F32);
     }
   }

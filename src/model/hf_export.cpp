@@ -37,20 +37,6 @@ json layer_types(const ModelConfig& c) {
   return t;
 }
 
-int max_window(const ModelConfig& c) {
-  return c.layer_window.empty() ? 0 : *std::max_element(c.layer_window.begin(), c.layer_window.end());
-}
-
-// Gemma 3's "every N-th layer is global" period, or 0 when the windows follow no such pattern.
-int gemma_pattern(const ModelConfig& c) {
-  for (int p = 1; p <= c.n_layers; ++p) {
-    bool ok = true;
-    for (int i = 0; i < c.n_layers && ok; ++i) ok = (c.window(i) == 0) == ((i + 1) % p == 0);
-    if (ok) return p;
-  }
-  return 0;
-}
-
 }  // namespace
 
 json hf_export_config(const Model& m, bool bf16) {
@@ -84,7 +70,7 @@ json hf_export_config(const Model& m, bool bf16) {
     j["architectures"] = {a == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM"};
     // As the original Mistral config: sliding_window alone. (A layer_types
     // list with no full_attention layer makes mlx-lm's llama.py fail to load.)
-    if (max_window(c) > 0) j["sliding_window"] = max_window(c);
+    if (c.max_window() > 0) j["sliding_window"] = c.max_window();
   } else if (a == "qwen2" || a == "qwen3") {
     j["model_type"] = a;
     j["architectures"] = {a == "qwen2" ? "Qwen2ForCausalLM" : "Qwen3ForCausalLM"};
@@ -94,7 +80,7 @@ json hf_export_config(const Model& m, bool bf16) {
     j["architectures"] = {"Phi3ForCausalLM"};
     if (c.rope_scaling.type == RopeScalingType::LongRope)
       j["original_max_position_embeddings"] = c.rope_scaling.original_max_position;
-    if (max_window(c) > 0) j["sliding_window"] = max_window(c);
+    if (c.max_window() > 0) j["sliding_window"] = c.max_window();
   } else if (a == "gemma3_text" || a == "gemma3") {
     j["model_type"] = "gemma3_text";
     j["architectures"] = {"Gemma3ForCausalLM"};
@@ -106,10 +92,10 @@ json hf_export_config(const Model& m, bool bf16) {
     j["rope_local_base_freq"] = c.rope_theta_local > 0.0f ? c.rope_theta_local : c.rope_theta;
     j["final_logit_softcapping"] = c.final_softcap > 0.0f ? json(c.final_softcap) : json(nullptr);
     j["attn_logit_softcapping"] = c.attn_softcap > 0.0f ? json(c.attn_softcap) : json(nullptr);
-    const int pattern = gemma_pattern(c);
+    const int pattern = c.global_layer_period();
     check(pattern > 0, "{}: Gemma 3 sliding-window layers follow no every-N-th-global pattern; mlx-lm cannot load it",
           m.path);
-    j["sliding_window"] = std::max(max_window(c), 1);
+    j["sliding_window"] = std::max(c.max_window(), 1);
     j["sliding_window_pattern"] = pattern;
     j["layer_types"] = layer_types(c);
   } else {

@@ -39,19 +39,18 @@ PrecisionMap plan_from_bits(const ModelConfig& config, int group_size, BitsFn bi
   return p;
 }
 
-// Output tensor: lm_head, or the embedding when tied (llama.cpp: !has_output && token_embd).
-bool is_output(const ModelConfig& c, const ModuleInfo& m) {
+}  // namespace
+
+bool llama_output_tensor(const ModelConfig& c, const ModuleInfo& m) {
   return m.kind == ModuleKind::LmHead || (c.tied_embeddings && m.kind == ModuleKind::Embed);
 }
-
-}  // namespace
 
 PrecisionMap kquant_plan(const ModelConfig& c, KQuantMix mix, int group_size) {
   const int n = c.n_layers;
   switch (mix) {
     case KQuantMix::Q3_K_M:
       return plan_from_bits(c, group_size, [&](const ModuleInfo& m) {
-        if (is_output(c, m)) return 6;
+        if (llama_output_tensor(c, m)) return 6;
         if (m.kind == ModuleKind::VProj) return m.layer < 2 ? 5 : 4;
         if (m.kind == ModuleKind::DownProj) return m.layer < n / 16 ? 5 : 4;
         if (m.kind == ModuleKind::OProj) return 4;
@@ -67,7 +66,7 @@ PrecisionMap kquant_shape_plan(const ModelConfig& c, int base, int high, int gro
   check(high >= base, "kquant_shape_plan: upgrade bits {} below base bits {}", high, base);
   const int n = c.n_layers;
   return plan_from_bits(c, group_size, [&](const ModuleInfo& m) {
-    if (is_output(c, m)) return std::max(high, base);
+    if (llama_output_tensor(c, m)) return std::max(high, base);
     if ((m.kind == ModuleKind::VProj || m.kind == ModuleKind::DownProj) && llama_use_more_bits(m.layer, n)) return high;
     return base;
   });

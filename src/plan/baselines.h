@@ -48,6 +48,8 @@ inline PrecisionMap uniform_plan(const ModelConfig& config, AffineFormat fmt) { 
 
 // llama.cpp's layer selector (see above).
 bool llama_use_more_bits(int i_layer, int n_layers);
+// llama.cpp's output tensor: lm_head, or the embedding when tied (!has_output && token_embd).
+bool llama_output_tensor(const ModelConfig& config, const ModuleInfo& m);
 
 enum class KQuantMix { Q3_K_M, Q4_K_M, Q5_K_M };
 std::string kquant_mix_name(KQuantMix mix);  // "Q4_K_M"

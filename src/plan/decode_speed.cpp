@@ -9,17 +9,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "plan/baselines.h"
 #include "plan/budget.h"
 
 namespace optiq {
-
-namespace {
-
-bool is_output(const ModelConfig& c, const ModuleInfo& m) {
-  return m.kind == ModuleKind::LmHead || (c.tied_embeddings && m.kind == ModuleKind::Embed);
-}
-
-}  // namespace
 
 std::optional<std::string> DecodeSpeedModel::storage_type(const TensorFormat& f, int64_t cols) {
   if (f.is_float()) return "F16";
@@ -131,7 +124,7 @@ PrecisionMap llamacpp_mix_plan(const ModelConfig& c, const std::string& mix) {
   PrecisionMap p;
   for (const auto& m : quantizable_modules(c)) {
     // The output tensor: Q6_K (Q8_0 for Q8_0 files; rows 256 does not divide fall back to Q8_0).
-    D t = is_output(c, m) ? (mix == "Q8_0" ? D::Q8_0 : D::Q6_K) : type_of(m);
+    D t = llama_output_tensor(c, m) ? (mix == "Q8_0" ? D::Q8_0 : D::Q6_K) : type_of(m);
     const TensorFormat f = format_for_shape(TensorFormat(GgmlFormat{t}), m.cols);
     p.formats[m.path] = format_fits(f, m.cols) ? f : TensorFormat();  // no block fits: F16, as llama-quantize
   }

@@ -626,9 +626,9 @@ void kquant(const float* x, const float* imp, bool thorough, uint8_t* out) {
     kFn(x, imp, 1, out);
 }
 
-using BlockFn = void (*)(const float* x, const float* imp, bool thorough, uint8_t* out);
+using QuantizeBlockFn = void (*)(const float* x, const float* imp, bool thorough, uint8_t* out);
 
-BlockFn block_fn(DType t) {
+QuantizeBlockFn quantize_block_fn(DType t) {
   switch (t) {
     case DType::Q8_0: return [](const float* x, const float*, bool, uint8_t* out) { q8_0(x, out); };
     case DType::Q4_0: return q4_0;
@@ -648,10 +648,10 @@ BlockFn block_fn(DType t) {
 
 }  // namespace
 
-bool ggml_can_quantize(DType t) { return block_fn(t) != nullptr; }
+bool ggml_can_quantize(DType t) { return quantize_block_fn(t) != nullptr; }
 
 void ggml_quantize_row(DType t, const float* x, int64_t n, const float* importance, bool thorough, uint8_t* out) {
-  const BlockFn fn = block_fn(t);
+  const QuantizeBlockFn fn = quantize_block_fn(t);
   check(fn != nullptr, "quantize: GGUF type {} has no quantizer", dtype_name(t));
   const BlockLayout bl = block_layout(t);
   check(n % bl.block_elems == 0, "quantize: {} weights are not whole {} blocks of {}", n, dtype_name(t),

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tokenizer/spm_space.h"
 #include "tokenizer/tokenizer.h"
 
 namespace optiq {
@@ -72,8 +73,6 @@ inline std::array<uint32_t, 256> gpt2_byte_to_cp() {
   }
   return m;
 }
-
-const std::string kSpmSpace = "\xE2\x96\x81";  // U+2581 "▁"
 
 inline std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
   std::string out;

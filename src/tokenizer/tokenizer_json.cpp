@@ -13,14 +13,13 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "tokenizer/spm_space.h"
 
 namespace optiq {
 
 namespace {
 
 namespace fs = std::filesystem;
-
-const std::string kSpmSpace = "\xE2\x96\x81";  // "▁"
 
 // True when s is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
 bool valid_utf8(std::string_view s) {

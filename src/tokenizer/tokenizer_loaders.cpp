@@ -13,13 +13,12 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "formats/gguf.h"
+#include "tokenizer/spm_space.h"
 #include "tokenizer/tokenizer.h"
 
 namespace optiq {
 
 namespace {
-
-const std::string kSpmSpace = "\xE2\x96\x81";  // "▁"
 
 std::string spaces_to_spm(std::string_view s) {
   std::string out;

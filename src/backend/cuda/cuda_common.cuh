@@ -8,7 +8,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <string_view>
 #include <utility>
 
 namespace optiq::cuda {
@@ -19,6 +21,19 @@ inline void check_cuda(cudaError_t e, const char* what, const char* file, int li
   if (e != cudaSuccess) fail_cuda(e, what, file, line);
 }
 #define OPTIQ_CUDA_OK(expr) ::optiq::cuda::check_cuda((expr), #expr, __FILE__, __LINE__)
+// The OPTIQ_CUDA_* switches of A/B runs (BENCHMARKS.md §6 says what each
+// measured). env_switch: the fallback when unset or empty, off for "0", on
+// for anything else. env_int: the number, or the fallback when unset or empty.
+inline bool env_switch(const char* name, bool fallback) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return fallback;
+  return std::string_view(e) != "0";
+}
+inline long long env_int(const char* name, long long fallback) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::atoll(e) : fallback;
+}
+
 // After a kernel launch: a bad configuration shows up here, not at the next sync.
 #define OPTIQ_CUDA_LAUNCHED() ::optiq::cuda::check_cuda(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 

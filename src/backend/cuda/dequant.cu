@@ -7,8 +7,6 @@
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/weight_decode.cuh"
 
-#include <cstdlib>
-#include <string>
 
 namespace optiq::cuda {
 namespace {
@@ -126,10 +124,7 @@ __global__ void dense_rows8_kernel(DevMatrix w, const int32_t* rows, int64_t r0,
 
 // OPTIQ_CUDA_DENSE_ROWS8=0: a thread per element again (A/B runs).
 bool rows8_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("OPTIQ_CUDA_DENSE_ROWS8");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = env_switch("OPTIQ_CUDA_DENSE_ROWS8", true);
   return on;
 }
 

@@ -356,13 +356,8 @@ void with_kquant(DType t, F&& f) {
 // OPTIQ_CUDA_KQUANT_ROWS=0: two rows a warp everywhere, =2: one everywhere (A/B runs).
 constexpr int kKqRows = 2, kKqChunks = 2;
 
-int env_mode(const char* name, int fallback) {
-  const char* e = std::getenv(name);
-  return e && *e ? std::atoi(e) : fallback;
-}
-
 bool kquant_one_row(const DevMatrix& w) {
-  static const int mode = env_mode("OPTIQ_CUDA_KQUANT_ROWS", 1);
+  static const long long mode = env_int("OPTIQ_CUDA_KQUANT_ROWS", 1);
   return mode == 2 || (mode == 1 && w.rows <= 4096);
 }
 
@@ -399,7 +394,7 @@ void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int3
 // at most 4096 rows (what pays for the k-quants) measured 1-2% slower here
 // (H100, q4 / mixed4.5 decode @128: 378.9 / 350.3 against 382.8 / 356.1 tok/s).
 bool one_row_a_warp() {
-  static const bool on = env_mode("OPTIQ_CUDA_DECODE_ROWS", 0) == 1;
+  static const bool on = env_int("OPTIQ_CUDA_DECODE_ROWS", 0) == 1;
   return on;
 }
 
@@ -454,10 +449,7 @@ void with_dense(DevStorage st, F&& f) {
 
 // OPTIQ_CUDA_KQUANT_FAST=0 decodes Q4_K and Q6_K through decode_chunk (A/B runs).
 bool kquant_fast_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("OPTIQ_CUDA_KQUANT_FAST");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = env_switch("OPTIQ_CUDA_KQUANT_FAST", true);
   return on;
 }
 
@@ -540,10 +532,7 @@ void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_
 // OPTIQ_CUDA_KQUANT_INT8=0: k-quant decode products take fp32 activations
 // (chunk_kernel) under fast numerics too (A/B runs).
 bool kquant_int8_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("OPTIQ_CUDA_KQUANT_INT8");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = env_switch("OPTIQ_CUDA_KQUANT_INT8", true);
   return on;
 }
 

@@ -29,8 +29,6 @@
 #include "backend/cuda/norm_rows.cuh"
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 namespace optiq::cuda {
@@ -161,11 +159,6 @@ __global__ void __launch_bounds__(kSplitThreads, 2)
   }
 }
 
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
-}
-
 // What a stream has queued.
 struct Collecting {
   cudaStream_t stream = nullptr;
@@ -181,14 +174,14 @@ unsigned persistent_grid() {
     OPTIQ_CUDA_OK(cudaGetDevice(&dev));
     OPTIQ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     OPTIQ_CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_kernel, kSplitThreads, 0));
-    const int want = env_int("OPTIQ_CUDA_PERSISTENT_BLOCKS", per_sm);  // blocks an SM (A/B runs; at most what fits)
+    const int want = static_cast<int>(env_int("OPTIQ_CUDA_PERSISTENT_BLOCKS", per_sm));  // blocks an SM (A/B runs; at most what fits)
     return static_cast<unsigned>(sms * std::clamp(want, 1, std::max(per_sm, 1)));
   }();
   return grid;
 }
 
 void launch_list(cudaStream_t s, const StepList& list, unsigned* barrier) {
-  static const int wait_mode = env_int("OPTIQ_CUDA_PERSISTENT_WAIT", 0);
+  static const int wait_mode = static_cast<int>(env_int("OPTIQ_CUDA_PERSISTENT_WAIT", 0));
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeCooperative;  // every block resident: the barriers wait for all of them
   attr[0].val.cooperative = 1;
@@ -213,8 +206,7 @@ bool persistent_enabled() {
   }();
   // Read at every recording (a recording serves every later position: rare),
   // so a test can switch it for one model.
-  const char* v = std::getenv("OPTIQ_CUDA_PERSISTENT");
-  return can && v && std::string(v) == "1";
+  return can && env_switch("OPTIQ_CUDA_PERSISTENT", false);
 }
 
 void persistent_begin(cudaStream_t s, unsigned* barrier) {
