@@ -27,6 +27,10 @@ int64_t optiq_cpu_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows,
   return activations + scores + int64_t(c.vocab_size) * 4;
 }
 
+bool optiq_cuda_flash_prefill(int head_dim, bool half_kv) {
+  return half_kv && (head_dim == 64 || head_dim == 96 || head_dim == 128);
+}
+
 int64_t optiq_cuda_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows, bool half_kv) {
   const int64_t activations = rows * transformer_row_floats(c) * 4;
   const int64_t widest = std::max({int64_t(c.dim), int64_t(c.q_dim()), int64_t(c.hidden_dim)});
@@ -37,13 +41,15 @@ int64_t optiq_cuda_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows
     const int64_t slab_rows = std::max<int64_t>(1, kSlab / (2 * m.cols));
     slab = std::max(slab, std::min(slab_rows, m.rows) * m.cols * 2);
   }
-  // Prefill attends in blocks of query rows whose fp32 scores stay within
-  // 512 MiB (CudaBackend's kAttentionScoreBytes).
+  // Prefill attends in one flash kernel (no buffers) or in blocks of query
+  // rows whose fp32 scores stay within 512 MiB (CudaBackend's kAttentionScoreBytes).
   constexpr int64_t kScoreBytes = int64_t{512} << 20;
   const int64_t row_scores = int64_t(c.n_heads) * pad(ctx, 8);
   const int64_t block_rows = std::clamp<int64_t>(kScoreBytes / (4 * row_scores), 1, rows);
   const int64_t scores = row_scores * block_rows;
-  const int64_t attention = scores * 4 + (half_kv ? scores * 2 + rows * c.q_dim() * 2 : 0);
+  const int64_t attention = optiq_cuda_flash_prefill(c.head_dim, half_kv)
+                                ? 0
+                                : scores * 4 + (half_kv ? scores * 2 + rows * c.q_dim() * 2 : 0);
   const int64_t logits = int64_t(c.vocab_size) * 4;
   return activations + input_half + slab + attention + logits;
 }

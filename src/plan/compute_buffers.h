@@ -30,10 +30,15 @@ int64_t optiq_cpu_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows,
 //                                     (+ the fused q|k|v or gate|up buffer for Phi-3)
 //   fp16 copy of a product's input   rows * max(dim, q_dim, hidden_dim) * 2   (fast numerics)
 //   expanded weight slab             the largest matrix in fp16, at most 256 MiB (CudaBackend::gemm)
-//   prefill attention                n_heads * rows * ctx (padded to 8) * 4   (scores, fp32)
+//   prefill attention                none where the flash kernel takes it (optiq_cuda_flash_prefill), else
+//                                    n_heads * rows * ctx (padded to 8) * 4   (scores, fp32)
 //                                   + the same * 2 (fp16 probabilities when the cache is fp16)
 //   logits                           vocab * 4 (generation asks for the last row)
 int64_t optiq_cuda_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows, bool half_kv);
+// Whether the CUDA backend's prefill attention is its flash kernel, which
+// holds no scores (backend/cuda/flash_prefill.cu's flash_prefill_applies: an
+// fp16 cache and head_dim 64, 96 or 128).
+bool optiq_cuda_flash_prefill(int head_dim, bool half_kv);
 
 // llama.cpp: its compute buffer (the graph reserved for a ubatch of `rows`
 // tokens, all of them outputs, over `cells` KV cells), the largest of

@@ -139,23 +139,25 @@ TEST_P(BackendOps, RopePartialRowsAtPositions) {
   expect_close(get(bx, n * stride), want, 2e-5, "rope");
 }
 
+// (n = 304: a GPU takes four values a thread; 301: one.)
 TEST_P(BackendOps, GatedActivations) {
-  const int64_t n = 301;
-  const auto g = test::random_floats(n, 8, 3.0f), u = test::random_floats(n, 9);
-  for (GateAct act : {GateAct::Silu, GateAct::GeluTanh}) {
-    std::vector<double> want(n);
-    for (int64_t i = 0; i < n; ++i) {
-      const double x = g[i];
-      const double a = act == GateAct::Silu ? x / (1 + std::exp(-x))
-                                            : 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-      want[i] = a * u[i];
+  for (const int64_t n : {301, 304}) {
+    const auto g = test::random_floats(n, 8, 3.0f), u = test::random_floats(n, 9);
+    for (GateAct act : {GateAct::Silu, GateAct::GeluTanh}) {
+      std::vector<double> want(n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double x = g[i];
+        const double a = act == GateAct::Silu ? x / (1 + std::exp(-x))
+                                              : 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+        want[i] = a * u[i];
+      }
+      Buffer bg = put(g), bu = put(u);
+      b.gated_activation(act, false, bg.data(), bu.data(), n);
+      expect_close(get(bg, n), want, 2e-5, act == GateAct::Silu ? "silu" : "gelu");
+      Buffer lg = put(g);  // llama.cpp's fp16 GELU: within fp16 rounding
+      b.gated_activation(act, true, lg.data(), bu.data(), n);
+      expect_close(get(lg, n), want, act == GateAct::Silu ? 2e-5 : 3e-3, "llama.cpp gelu");
     }
-    Buffer bg = put(g), bu = put(u);
-    b.gated_activation(act, false, bg.data(), bu.data(), n);
-    expect_close(get(bg, n), want, 2e-5, act == GateAct::Silu ? "silu" : "gelu");
-    Buffer lg = put(g);  // llama.cpp's fp16 GELU: within fp16 rounding
-    b.gated_activation(act, true, lg.data(), bu.data(), n);
-    expect_close(get(lg, n), want, act == GateAct::Silu ? 2e-5 : 3e-3, "llama.cpp gelu");
   }
 }
 
@@ -527,7 +529,9 @@ std::vector<double> attention_reference(const AttentionParams& p, const std::vec
       for (int t = t0; t <= pos; ++t) {
         double d = 0;
         for (int j = 0; j < hd; ++j) d += double(q[i * qd + h * hd + j]) * stored(true, t * kvd + kvo + j);
-        s.push_back(d * p.scale);
+        d *= p.scale;
+        if (p.softcap > 0) d = p.softcap * std::tanh(d / p.softcap);
+        s.push_back(d);
         mx = std::max(mx, s.back());
       }
       for (double& e : s) z += (e = std::exp(e - mx));
@@ -612,6 +616,46 @@ TEST_P(BackendOps, PrefillAttentionInBlocksOfQueryRows) {
     else
       for (size_t i = 0; i < got.size(); ++i)
         ASSERT_NEAR(got[i], whole[i], 1e-5 * (1 + std::abs(whole[i]))) << "cap " << cap << " [" << i << "]";
+  }
+}
+
+// Prefill attention at real head widths (a GPU's flash kernel takes 64, 96
+// and 128 over an fp16 cache; its tiles are 64 query rows by 64 keys):
+// groups, sliding windows, soft-caps, earlier positions in the cache, row
+// counts that end inside a tile; and on a GPU the cuBLAS path it replaced
+// (OPTIQ_CUDA_FLASH_PREFILL=0) on the same cases.
+TEST_P(BackendOps, PrefillAttentionRealHeadWidths) {
+  struct Case {
+    int hd, heads, kv_heads, window;
+    float softcap;
+    int n, pos0;
+  };
+  const Case cases[] = {{128, 8, 2, 0, 0.0f, 130, 0}, {64, 4, 4, 0, 0.0f, 70, 37}, {96, 6, 2, 20, 0.0f, 75, 10},
+                        {128, 7, 1, 0, 30.0f, 65, 100}, {64, 8, 2, 50, 0.0f, 200, 3}};
+  for (const Case& cs : cases) {
+    const int64_t kvd = int64_t{cs.kv_heads} * cs.hd, qd = int64_t{cs.heads} * cs.hd;
+    const int ctx = cs.pos0 + cs.n;
+    KVCache c = b.make_kv_cache(1, ctx, kvd, true);
+    const auto k = test::random_floats(ctx * kvd, 300 + cs.hd), v = test::random_floats(ctx * kvd, 301 + cs.hd);
+    Buffer bk = put(k), bv = put(v);
+    b.kv_store(c, 0, 0, bk.data(), bv.data(), ctx);
+    const auto q = test::random_floats(cs.n * qd, 302 + cs.hd);
+    Buffer bq = put(q);
+    AttentionParams p;
+    p.n_heads = cs.heads, p.n_kv_heads = cs.kv_heads, p.head_dim = cs.hd, p.q_stride = qd, p.kv_stride = kvd;
+    p.scale = 1.0f / std::sqrt(float(cs.hd)), p.window = cs.window, p.softcap = cs.softcap, p.max_ctx = ctx;
+    auto stored = [&](bool key, int64_t i) { return double(f16_to_f32(f32_to_f16(key ? k[i] : v[i]))); };
+    const std::vector<double> want = attention_reference(p, q, cs.n, cs.pos0, stored);
+    const double tol = c.half_storage && GetParam() != std::string("cpu") ? 3e-3 : 1e-5;
+    for (const char* flash : {"1", "0"}) {
+      setenv("OPTIQ_CUDA_FLASH_PREFILL", flash, 1);
+      Buffer out = b.alloc(cs.n * qd);
+      b.attention(p, bq.data(), cs.n, cs.pos0, c, 0, out.data());
+      unsetenv("OPTIQ_CUDA_FLASH_PREFILL");
+      const std::string what = fmt::format("hd {} heads {}/{} window {} cap {} n {} pos {} flash {}", cs.hd, cs.heads,
+                                           cs.kv_heads, cs.window, cs.softcap, cs.n, cs.pos0, flash);
+      expect_close(get(out, cs.n * qd), want, tol, what.c_str());
+    }
   }
 }
 
@@ -854,36 +898,39 @@ TEST_P(BackendOps, GatedMatmulEqualsTwoProductsAndActivation) {
   }
 }
 
+// (n = 4: a decode step's few rows; 21: a prefill's, which a GPU does a row a block.)
 TEST_P(BackendOps, RopeKvStoreEqualsRopeThenStore) {
-  const int heads = 4, kv_heads = 2, hd = 16, rot = 12, layers = 2, ctx = 10, pos0 = 3;
-  const int64_t n = 4, qd = heads * hd + 8, kvd = kv_heads * hd;
-  const std::vector<float> inv = {1.0f, 0.5f, 0.2f, 0.1f, 0.05f, 0.01f};
-  const auto q = test::random_floats(n * qd, 70), k = test::random_floats(n * kvd, 71), v = test::random_floats(n * kvd, 72);
-  Buffer bf = put(inv);
-  KVCache c1 = b.make_kv_cache(layers, ctx, kvd, false), c2 = b.make_kv_cache(layers, ctx, kvd, false);
-  Buffer q1 = put(q), k1 = put(k), v1 = put(v), q2 = put(q), k2 = put(k), v2 = put(v);
-  // Positions before pos0 hold the same keys and values in both caches.
-  const auto early = test::random_floats(pos0 * kvd, 73);
-  Buffer e = put(early);
-  b.kv_store(c1, 1, 0, e.data(), e.data(), pos0);
-  b.kv_store(c2, 1, 0, e.data(), e.data(), pos0);
-  b.rope(q1.data(), n, qd, heads, hd, rot, pos0, bf.data(), 1.1f);
-  b.rope(k1.data(), n, kvd, kv_heads, hd, rot, pos0, bf.data(), 1.1f);
-  b.kv_store(c1, 1, pos0, k1.data(), v1.data(), n);
-  Backend::RopeStore rs;
-  rs.n_heads = heads, rs.n_kv_heads = kv_heads, rs.head_dim = hd, rs.rot_dim = rot, rs.q_stride = qd;
-  rs.inv_freq = bf.data(), rs.mscale = 1.1f;
-  b.rope_kv_store(rs, q2.data(), k2.data(), v2.data(), n, pos0, c2, 1);
-  EXPECT_EQ(get(q2, n * qd), get(q1, n * qd));
-  // The caches through attention (their layout is the backend's): one query sees all stored keys.
-  AttentionParams p;
-  p.n_heads = heads, p.n_kv_heads = kv_heads, p.head_dim = hd, p.q_stride = qd, p.kv_stride = kvd, p.scale = 0.3f;
-  p.max_ctx = ctx;
-  Buffer o1 = b.alloc(qd), o2 = b.alloc(qd);
-  b.attention(p, q1.data() + (n - 1) * qd, 1, pos0 + n - 1, c1, 1, o1.data());
-  b.attention(p, q1.data() + (n - 1) * qd, 1, pos0 + n - 1, c2, 1, o2.data());
-  const auto a1 = get(o1, heads * hd), a2 = get(o2, heads * hd);
-  for (int i = 0; i < heads * hd; ++i) ASSERT_NEAR(a2[i], a1[i], 1e-6f * (1 + std::abs(a1[i]))) << i;
+  for (const int64_t n : {4, 21}) {
+    const int heads = 4, kv_heads = 2, hd = 16, rot = 12, layers = 2, ctx = 30, pos0 = 3;
+    const int64_t qd = heads * hd + 8, kvd = kv_heads * hd;
+    const std::vector<float> inv = {1.0f, 0.5f, 0.2f, 0.1f, 0.05f, 0.01f};
+    const auto q = test::random_floats(n * qd, 70), k = test::random_floats(n * kvd, 71), v = test::random_floats(n * kvd, 72);
+    Buffer bf = put(inv);
+    KVCache c1 = b.make_kv_cache(layers, ctx, kvd, false), c2 = b.make_kv_cache(layers, ctx, kvd, false);
+    Buffer q1 = put(q), k1 = put(k), v1 = put(v), q2 = put(q), k2 = put(k), v2 = put(v);
+    // Positions before pos0 hold the same keys and values in both caches.
+    const auto early = test::random_floats(pos0 * kvd, 73);
+    Buffer e = put(early);
+    b.kv_store(c1, 1, 0, e.data(), e.data(), pos0);
+    b.kv_store(c2, 1, 0, e.data(), e.data(), pos0);
+    b.rope(q1.data(), n, qd, heads, hd, rot, pos0, bf.data(), 1.1f);
+    b.rope(k1.data(), n, kvd, kv_heads, hd, rot, pos0, bf.data(), 1.1f);
+    b.kv_store(c1, 1, pos0, k1.data(), v1.data(), n);
+    Backend::RopeStore rs;
+    rs.n_heads = heads, rs.n_kv_heads = kv_heads, rs.head_dim = hd, rs.rot_dim = rot, rs.q_stride = qd;
+    rs.inv_freq = bf.data(), rs.mscale = 1.1f;
+    b.rope_kv_store(rs, q2.data(), k2.data(), v2.data(), n, pos0, c2, 1);
+    EXPECT_EQ(get(q2, n * qd), get(q1, n * qd));
+    // The caches through attention (their layout is the backend's): one query sees all stored keys.
+    AttentionParams p;
+    p.n_heads = heads, p.n_kv_heads = kv_heads, p.head_dim = hd, p.q_stride = qd, p.kv_stride = kvd, p.scale = 0.3f;
+    p.max_ctx = ctx;
+    Buffer o1 = b.alloc(qd), o2 = b.alloc(qd);
+    b.attention(p, q1.data() + (n - 1) * qd, 1, pos0 + n - 1, c1, 1, o1.data());
+    b.attention(p, q1.data() + (n - 1) * qd, 1, pos0 + n - 1, c2, 1, o2.data());
+    const auto a1 = get(o1, heads * hd), a2 = get(o2, heads * hd);
+    for (int i = 0; i < heads * hd; ++i) ASSERT_NEAR(a2[i], a1[i], 1e-6f * (1 + std::abs(a1[i]))) << "n " << n << " [" << i << "]";
+  }
 }
 
 // RoPE, cache store and attention in one call (a GPU does the first two

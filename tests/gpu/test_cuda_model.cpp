@@ -38,9 +38,10 @@ struct Numerics {  // process-wide int8 switch, restored on exit
 using test::stories;
 
 // Logits of every position: batched (one call) or token by token.
-std::vector<float> run(const DeviceWeights& w, std::span<const int32_t> ids, bool stepwise, bool record = true) {
+std::vector<float> run(const DeviceWeights& w, std::span<const int32_t> ids, bool stepwise, bool record = true,
+                       int ctx = 64) {
   const int64_t vocab = w.model().config.vocab_size, n = static_cast<int64_t>(ids.size());
-  Transformer tf(w, 64);
+  Transformer tf(w, ctx);
   tf.set_record_steps(record);
   std::vector<float> out(static_cast<size_t>(n * vocab));
   if (!stepwise) {
@@ -137,6 +138,35 @@ TEST(CudaModel, PersistentStepsEqualDirectSteps) {
     quantize_model(m, map, QuantizeModelOptions{.recipe = QuantizeRecipe::for_model(c), .progress = false});
     const DeviceWeights gpu(m, *cuda_backend());
     EXPECT_EQ(run(gpu, ids, true, true), run(gpu, ids, true, false)) << (mixed ? "mixed" : "q4g64");
+  }
+}
+
+// Under fast numerics a prompt's attention at head widths 64 and 128 is the
+// flash kernel (fp16 cache): 80 tokens in one call (two tiles of query rows,
+// two of keys) give the logits of the CPU and of the same tokens one at a time
+// (the decode kernels).
+TEST(CudaModel, FlashPrefillAgreesWithCpuAndDecodeSteps) {
+  REQUIRE_GPU();
+  for (const int hd : {64, 128}) {
+    ModelConfig c = test::tiny("llama");
+    c.dim = 256, c.head_dim = hd, c.n_heads = 256 / hd, c.n_kv_heads = c.n_heads / 2;
+    c.hidden_dim = 320, c.n_layers = 2, c.vocab_size = 96;
+    c.validate("llama");
+    const Model m = test::random_model(c, 23);
+    const auto ids = test::random_ids(80, c.vocab_size, 9);
+    std::vector<float> ref;
+    {
+      Numerics exact(false);
+      ref = run(DeviceWeights(m, cpu_backend()), ids, false, true, 96);
+    }
+    Numerics fast(true);
+    const DeviceWeights gpu(m, *cuda_backend());
+    const auto batched = run(gpu, ids, false, true, 96), steps = run(gpu, ids, true, true, 96);
+    const Agreement to_cpu = agree(batched, ref, c.vocab_size), to_steps = agree(batched, steps, c.vocab_size);
+    EXPECT_LT(to_cpu.rel, 5e-3) << "head_dim " << hd;
+    EXPECT_GE(to_cpu.top1, 0.9) << "head_dim " << hd;
+    EXPECT_LT(to_steps.rel, 5e-3) << "head_dim " << hd;
+    EXPECT_GE(to_steps.top1, 0.9) << "head_dim " << hd;
   }
 }
 

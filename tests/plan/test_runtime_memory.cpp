@@ -187,18 +187,30 @@ TEST(RuntimeMemory, OptiqComputeLlama3_8B) {
   EXPECT_EQ(runtime_memory(c, at(Runtime::OptiqCpu, 8192)).compute_bytes,
             int64_t(512) * (4096 + 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) * 4 + int64_t(16) * 16 * 8192 * 4 +
                 128256 * 4);
-  // CUDA: passes of 4096 rows; the prefill attention attends them in blocks of 512 rows (512 x 8192 fp32
-  // scores per head = 512 MiB) plus their fp16 probabilities; the queries in fp16 all at once.
+  // CUDA: passes of 4096 rows; with the fp16 cache of fast numerics the flash kernel attends (no
+  // buffers); with an fp32 cache (exact numerics) prefill attention takes blocks of 512 rows (512 x 8192
+  // fp32 scores per head = 512 MiB).
   const int64_t rows = 4096;
   const int64_t activations = rows * (4096 + 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) * 4;
   const int64_t input_half = rows * 14336 * 2;
   const int64_t slab = int64_t(256) << 20;  // the lm_head expanded 256 MiB at a time
-  const int64_t scores = int64_t(32) * 512 * 8192;
-  const int64_t attention = scores * 4 + scores * 2 + rows * 4096 * 2;
   const MemoryBreakdown m = runtime_memory(c, at(Runtime::OptiqCuda, 8192));
-  EXPECT_EQ(m.compute_bytes, activations + input_half + slab + attention + 128256 * 4);
-  EXPECT_EQ(m.compute_bytes, 1'997'001'728);
+  EXPECT_EQ(m.compute_bytes, activations + input_half + slab + 128256 * 4);
+  EXPECT_EQ(m.compute_bytes, 1'158'140'928);
   EXPECT_EQ(m.runtime_bytes, (512ll + 32) << 20);
+  const int64_t scores = int64_t(32) * 512 * 8192;
+  EXPECT_EQ(runtime_memory(c, at(Runtime::OptiqCuda, 8192, "f32")).compute_bytes,
+            activations + input_half + slab + scores * 4 + 128256 * 4);
+  // Head widths the flash kernel does not take (Gemma 3's 256): scores, fp16 probabilities, fp16 queries.
+  ModelConfig wide = c;
+  wide.head_dim = 256;
+  wide.n_heads = 16, wide.n_kv_heads = 4;  // the same q_dim and kv_dim
+  const int64_t wide_scores = int64_t(16) * 1024 * 8192;  // 1024 rows a block at 16 heads
+  EXPECT_EQ(runtime_memory(wide, at(Runtime::OptiqCuda, 8192)).compute_bytes,
+            activations + input_half + slab + wide_scores * 6 + rows * 4096 * 2 + 128256 * 4);
+  EXPECT_TRUE(optiq_cuda_flash_prefill(128, true));
+  EXPECT_FALSE(optiq_cuda_flash_prefill(128, false));
+  EXPECT_FALSE(optiq_cuda_flash_prefill(256, true));
 }
 
 TEST(RuntimeMemory, BadInput) {

@@ -8,11 +8,10 @@
 //    block instead (a shorter dependent chain; K/V rows then come from L2 once
 //    a head). The ranges are computed from the position at run time, so a
 //    recorded step (CUDA graph) serves every position.
-//  - Prefill: scores and the weighted sum of V are cuBLAS GEMMs
-//    (cuda_backend.cu); attention_softmax is the step between them.
+//  - Prefill: the flash kernel (flash_prefill.cu) where it applies; else
+//    scores and the weighted sum of V are cuBLAS GEMMs (cuda_backend.cpp),
+//    with attention_softmax the step between them.
 #include <cfloat>
-#include <cstdlib>
-#include <string>
 #include <stdexcept>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -533,9 +532,12 @@ __global__ void __launch_bounds__(kOnlineThreads)
       load_dims<__half, kD>(vbase + row, vr[u]);
     }
     if (stores_new) {  // the newest row from shared memory (block-uniform branch, after the loads)
+      // Slots past the range read row b - 1 = pos too: they weigh 0, but a
+      // row another block has not stored yet may hold NaN or Inf bits, and
+      // 0 * NaN poisons the sum (the GPU test caught it about one run in five).
 #pragma unroll
       for (int u = 0; u < kKeys; ++u)
-        if (tw + u == pos)
+        if (tw + u >= pos)
 #pragma unroll
           for (int e = 0; e < kD; ++e) kr[u][e] = new_kv[0][lane * kD + e], vr[u][e] = new_kv[1][lane * kD + e];
     }
@@ -716,9 +718,8 @@ namespace {
 // contexts trade the ranges' combine for more keys a warp).
 int online_min_keys() {
   static const int v = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_ATTN_MIN_KEYS");
-    const int n = e ? std::atoi(e) : 0;
-    return n > 0 ? n : kMinKeys;
+    const long long n = env_int("OPTIQ_CUDA_ATTN_MIN_KEYS", 0);
+    return n > 0 ? static_cast<int>(n) : kMinKeys;
   }();
   return v;
 }
@@ -730,10 +731,7 @@ int online_min_keys() {
 // (groups of 7) +9% and +18% (BENCHMARKS.md §6).
 // OPTIQ_CUDA_ATTN_SPLIT_HEADS=0: a block per kv head again (A/B runs).
 bool online_split_heads() {
-  static const bool on = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_ATTN_SPLIT_HEADS");
-    return !(e && std::string(e) == "0");
-  }();
+  static const bool on = env_switch("OPTIQ_CUDA_ATTN_SPLIT_HEADS", true);
   return on;
 }
 

@@ -51,8 +51,7 @@ void fail_cuda(cudaError_t e, const char* what, const char* file, int line) {
 
 bool pdl_enabled() {
   static const bool on = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_PDL");
-    if (e && e[0] == '0') return false;
+    if (!env_switch("OPTIQ_CUDA_PDL", true)) return false;
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
       cudaGetLastError();
@@ -95,8 +94,7 @@ class AllocationLog {
 
  private:
   AllocationLog() {
-    const char* e = std::getenv("OPTIQ_CUDA_MEMLOG");
-    on_ = e && *e && std::string_view(e) != "0";
+    on_ = env_switch("OPTIQ_CUDA_MEMLOG", false);
   }
   bool on_ = false;
   std::mutex mu_;
@@ -185,8 +183,7 @@ class CudaStep final : public RecordedStep {
 constexpr int64_t kAttentionScoreBytes = int64_t{512} << 20;
 // OPTIQ_CUDA_ATTENTION_SCORE_BYTES lowers it (tests: blocks of one or a few rows).
 int64_t attention_score_bytes() {
-  const char* e = std::getenv("OPTIQ_CUDA_ATTENTION_SCORE_BYTES");
-  const long long v = e ? std::atoll(e) : 0;
+  const long long v = env_int("OPTIQ_CUDA_ATTENTION_SCORE_BYTES", 0);
   return v > 0 ? std::min<int64_t>(v, kAttentionScoreBytes) : kAttentionScoreBytes;
 }
 
@@ -199,22 +196,21 @@ constexpr size_t kGemmSlabBytes = size_t{256} << 20;
 // bf16 rows multiplied as bf16 in prefill (OPTIQ_CUDA_BF16_GEMM=0: expanded
 // to fp16 first, as before).
 bool bf16_gemm_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_BF16_GEMM");
-    return !(e && std::string_view(e) == "0");
-  }();
+  static const bool on = env_switch("OPTIQ_CUDA_BF16_GEMM", true);
   return on;
 }
 
 // Prefill attention batches every query head through pointer arrays
 // (OPTIQ_CUDA_ATTN_HEADS=0: one strided launch per head of a group).
 bool attention_by_heads() {
-  static const bool on = [] {
-    const char* e = std::getenv("OPTIQ_CUDA_ATTN_HEADS");
-    return !(e && std::string_view(e) == "0");
-  }();
+  static const bool on = env_switch("OPTIQ_CUDA_ATTN_HEADS", true);
   return on;
 }
+
+// Prefill attention by the flash kernel where it applies (flash_prefill.cu;
+// OPTIQ_CUDA_FLASH_PREFILL=0: scores through cuBLAS and a softmax kernel, as
+// before; read at every call, so a test can take both paths).
+bool flash_prefill_enabled() { return env_switch("OPTIQ_CUDA_FLASH_PREFILL", true); }
 
 // Step inputs as they sit in device memory: the position, then the tokens.
 constexpr int kMaxStepTokens = kMatvecMaxRows;
@@ -1135,6 +1131,7 @@ void CudaBackend::attention(const AttentionParams& p, const float* q, int64_t n,
     return;
   }
   check(!recording_, "cuda backend: a recorded step attends with at most {} queries", kMatvecMaxRows);
+  if (flash_prefill_enabled() && cuda::attention_flash_prefill(p, q, n, pos0, kv, out, stream_)) return;
   // Prefill: S = K Q^T per head (cuBLAS batched GEMMs), the masked softmax
   // (into fp16 probabilities with an fp16 cache), out = P V. The scores of all n queries at once would take
   // n_heads x n x (pos0 + n) floats (6.5 GB for an 8B shape's 4096-row pass at

@@ -198,6 +198,12 @@ struct PrefillHeads {
   int64_t head_scores = 0;                           // elements from one head's scores (or probabilities) to the next
 };
 void attention_prefill_pointers(const PrefillHeads& a, void** out, cudaStream_t s);
+// Prefill attention in one kernel (flash_prefill.cu): an fp16 cache, head_dim
+// 64, 96 or 128; q and out rows as attention_decode's. False (nothing
+// launched) where it does not apply.
+bool flash_prefill_applies(const AttentionParams& p, const DevKV& c);
+bool attention_flash_prefill(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& c, float* out,
+                             cudaStream_t s);
 
 // Affine quantize + dequantize of a row-major rows x cols matrix (fake_quant.cu):
 // quant/quantizer.h's min/max (search false) or search rule, the search
