@@ -5,13 +5,17 @@
 //   Quantize: weights/s of quantize() (one thread) at bits x group 64, min/max
 //   (method 0) or the search (method 1, with importance weights: 2), the
 //   rounding the profile and the streamed export spend most of their time in.
+//   Argmax: greedy decoding's pick over a vocabulary (SmolLM2 49152, Llama 3
+//   128256, Gemma 3 262144 logits), optiq's kernel against std::max_element.
 // Example: bench_kernels --benchmark_filter='Decode.*isa:2'
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "quant/quantizer.h"
 
@@ -111,5 +115,19 @@ void Quantize(benchmark::State& st) {
   st.SetItemsProcessed(st.iterations() * rows * cols);
 }
 BENCHMARK(Quantize)->ArgNames({"bits", "method"})->ArgsProduct({{2, 4, 8}, {0, 1, 2}})->Unit(benchmark::kMillisecond);
+
+void Argmax(benchmark::State& state) {
+  const auto n = static_cast<int64_t>(state.range(0));
+  std::vector<float> logits = randn(static_cast<size_t>(n), 3);
+  int64_t i = 0;
+  for (auto _ : state) {
+    logits[static_cast<size_t>(i++ % n)] += 1e-3f;  // a new maximum now and then, as between decode steps
+    const int64_t best = state.range(1) ? argmax(logits.data(), n)
+                                        : std::max_element(logits.begin(), logits.end()) - logits.begin();
+    benchmark::DoNotOptimize(best);
+  }
+}
+BENCHMARK(Argmax)->ArgNames({"vocab", "kernel"})->ArgsProduct({{49152, 128256, 262144}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

@@ -32,6 +32,7 @@
 #include "core/half.h"
 #include "core/parallel.h"
 #include "kernels/act_quant.h"
+#include "kernels/elementwise.h"
 #include "model/device_weights.h"
 #include "model/model.h"
 #include "model/transformer.h"
@@ -152,7 +153,7 @@ int run(int argc, char** argv) {
         for (int i = 0; i < 12; ++i) tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < tokens; ++i) {
-          tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+          tok = static_cast<int32_t>(std::max<int64_t>(argmax(logits.data(), c.vocab_size), 0));
           tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
         }
         rates.push_back(tokens / seconds_since(t0));

@@ -12,6 +12,7 @@
 #include "core/progress.h"
 #include "eval/reference_scores.h"
 #include "kernels/divergence.h"
+#include "kernels/elementwise.h"
 #include "model/transformer.h"
 
 namespace optiq {
@@ -26,8 +27,6 @@ double kl_divergence(const std::vector<double>& logp, const std::vector<double>&
 }
 
 namespace {
-
-int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
 
 // One scored position: its NLL and, against a reference, KL, the reference's
 // NLL and whether the two argmaxes agree.

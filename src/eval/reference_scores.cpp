@@ -8,6 +8,7 @@
 #include "core/parallel.h"
 #include "core/progress.h"
 #include "eval/perplexity.h"
+#include "kernels/elementwise.h"
 #include "model/transformer.h"
 
 namespace optiq {
@@ -45,7 +46,7 @@ ReferenceScores ReferenceScores::compute(const Model& ref, std::span<const int32
         const int64_t rr = r + j;
         const float* row = &logits[j * vocab];
         log_softmax(row, vocab, logp);
-        s.argmax_[rr] = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+        s.argmax_[rr] = static_cast<int32_t>(optiq::argmax(row, vocab));
         s.nll_[rr] = -logp[window[w.first + j + 1]];
         if (f32) std::copy(logp.begin(), logp.end(), s.logp_f32_.begin() + rr * vocab);
         else

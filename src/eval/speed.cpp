@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "kernels/elementwise.h"
 #include "model/transformer.h"
 
 namespace optiq {
@@ -47,7 +48,7 @@ SpeedResult measure_speed(const Model& m, const SpeedOptions& o) {
       const auto t0 = std::chrono::steady_clock::now();
       tf.forward(std::span<const int32_t>(prompt.data(), 1), logits.data(), 0);
       for (int i = 1; i < o.gen_tokens; ++i) {
-        int32_t tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        const int32_t tok = static_cast<int32_t>(std::max<int64_t>(argmax(logits.data(), m.config.vocab_size), 0));
         tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
       }
       r.decode_runs.push_back(o.gen_tokens / seconds_since(t0));

@@ -3,13 +3,19 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/error.h"
+#include "kernels/elementwise.h"
 namespace optiq {
 
 Sampler::Sampler(SamplerOptions opt) : opt_(opt), rng_(opt.seed) {}
 
 int32_t Sampler::sample(std::span<const float> logits) {
   const int64_t n = static_cast<int64_t>(logits.size());
-  if (opt_.temperature <= 0.0f) return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  if (opt_.temperature <= 0.0f) {
+    const int64_t best = argmax(logits.data(), n);
+    check(best >= 0, "sampler: every one of the {} logits is NaN (broken weights or inputs)", n);
+    return static_cast<int32_t>(best);
+  }
   cand_.resize(n);
   for (int64_t i = 0; i < n; ++i) cand_[i] = {logits[i] / opt_.temperature, static_cast<int32_t>(i)};
   int64_t k = opt_.top_k > 0 ? std::min<int64_t>(opt_.top_k, n) : n;

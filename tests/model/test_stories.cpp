@@ -1,9 +1,10 @@
 // stories260K end to end: both of its files load to the same model, greedy
 // decoding reproduces llama2.c's known continuation, and batched prefill
-// equals token-by-token decoding.
+// equals token-by-token decoding; greedy sampling's pick.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 #include "eval/perplexity.h"
@@ -36,6 +37,21 @@ std::string greedy(const Model& m, const std::string& prompt, int n) {
     logits = tf.forward_last(std::span<const int32_t>(&t, 1));
   }
   return out;
+}
+
+// Greedy sampling takes the first of equal logits; logits that are all NaN
+// (broken weights) are an error that says so, not token -1.
+TEST(Sampler, GreedyPicksTheFirstLargestAndRejectsAllNan) {
+  Sampler s({.temperature = 0.0f});
+  const std::vector<float> logits = {0.5f, 2.0f, -1.0f, 2.0f, std::numeric_limits<float>::quiet_NaN()};
+  EXPECT_EQ(s.sample(logits), 1);
+  const std::vector<float> nan(7, std::numeric_limits<float>::quiet_NaN());
+  try {
+    s.sample(nan);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Stories260K, ConfigFromBothFiles) {

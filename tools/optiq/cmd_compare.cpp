@@ -18,6 +18,7 @@
 #include "eval/perplexity.h"
 #include "eval/reference_scores.h"
 #include "eval/speed.h"
+#include "kernels/elementwise.h"
 #include "model/calibration_stats.h"
 #include "model/quantize_model.h"
 #include "model/exporter.h"
@@ -105,8 +106,8 @@ std::string greedy_sample(const Model& m, const std::string& prompt, int n) {
   std::vector<float> logits = tf.forward_last(ids);
   std::string text;
   for (int i = 0; i < n; ++i) {
-    const int32_t tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    if (m.tokenizer->is_eog(tok)) break;
+    const int32_t tok = static_cast<int32_t>(argmax(logits.data(), static_cast<int64_t>(logits.size())));
+    if (tok < 0 || m.tokenizer->is_eog(tok)) break;
     text += m.tokenizer->decode_token(tok);
     if (i + 1 < n) logits = tf.forward_last(std::span<const int32_t>(&tok, 1));
   }
