@@ -2,6 +2,7 @@
 // after a cpuid check (kernels/matmul.cpp).
 #include <immintrin.h>
 
+#include <cmath>
 #include <algorithm>
 #include <array>
 #include <cstring>

@@ -2,6 +2,8 @@
 // -mavxvnni by CMake and only called after a cpuid check (kernels/matmul.cpp).
 #include <immintrin.h>
 
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/half.h"
