@@ -113,6 +113,33 @@ TEST(Int8Decode, AllFormatsAllPaths) {
       }
 }
 
+// One activation row against a matrix whose row count is a multiple of the
+// four rows the AVX2 batch-1 kernels take a pass: their last pass ends at the
+// matrix's last byte, where the 2/3/5/6-bit unpacking (which reads past a
+// block) must copy the block out first (ASan checks the reads in CI). Tiny
+// row counts (one pass) and one thread, so the last pass is the last rows.
+TEST(Int8Decode, BatchOneLastPassEndsAtTheMatrixEnd) {
+  Guard guard;
+  const int threads = num_threads();
+  set_num_threads(1);
+  uint32_t seed = 301;
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int64_t rows : {4, 8})
+      for (int64_t cols : {32, 96, 576}) {
+        auto w = test::random_floats(rows * cols, seed++);
+        const AffineMatrix m = quantize(w.data(), rows, cols, {bits, 32}, {});
+        const auto Wf = dequantize(m.view());
+        const auto X = test::random_floats(cols, seed++);
+        for (const Path& p : paths()) {
+          use(p);
+          std::vector<float> Y(rows, NAN);
+          affine_matmul_int8(m.view(), X.data(), 1, Y.data());
+          check_int8(Wf, rows, cols, X, 1, Y, fmt::format("{} q{} {}x{}", p.name(), bits, rows, cols));
+        }
+      }
+  set_num_threads(threads);
+}
+
 // Batched int8 products (kernels/int8_gemm.h, prefill): the AVX-512 VNNI
 // tile kernel where the CPU has it, the scalar reference elsewhere; tails of
 // rows (not a multiple of 16) and of activation rows (not a multiple of 6).
