@@ -4,8 +4,9 @@
 #   2. ctest --test-dir build --output-on-failure -j2        (all tests, reference cross-checks included;
 #      those exit 77 = skipped when the venv or a model is missing)
 #   2b. the fast-numerics tests again (labels backend, kernels, model, eval; ~20 s) with
-#      OPTIQ_FORCE_INT8_PREFILL=1: the int8 prefill rounding of an AVX-512 VNNI CPU on any CPU (the
-#      scalar kernel), so a tolerance tuned on one kind of machine cannot fail only on the other
+#      OPTIQ_ISA=avx2-novnni: the kernels of a CPU with AVX2 only (maddubs, no VNNI) end to end,
+#      whatever this machine has, so a tolerance tuned on one kind of machine cannot fail only on
+#      the other (the kernel tests cover every path this CPU has one by one)
 #   3. build-asan/ (clang, ASan+UBSan+LSan: -DOPTIQ_SANITIZE=ON, Debug at -O1 -g1, CUDA off): every unit test
 #      binary and the optiq CLI they run (target optiq_tests), then the whole unit suite,
 #      ctest --test-dir build-asan -LE reference -E ASAN_SKIP (the Python cross-checks and the
@@ -125,7 +126,7 @@ SAN_WRAP=()
 # setup: a failure here (apt, venv, build) leaves nothing to test.
 if ! phase "setup (apt, venv, build, models)" scripts/setup.sh; then summary; exit 1; fi
 phase "ctest build/ (-j$CTEST_JOBS)" ctest --test-dir build --output-on-failure -j"$CTEST_JOBS" || true
-phase "ctest build/ (int8 prefill forced: backend, kernels, model, eval)" env OPTIQ_FORCE_INT8_PREFILL=1 \
+phase "ctest build/ (AVX2 kernels without VNNI: backend, kernels, model, eval)" env OPTIQ_ISA=avx2-novnni \
   ctest --test-dir build --output-on-failure -j"$CTEST_JOBS" -L 'backend|kernels|model|eval' -LE reference || true
 # With clang the ASan build also carries the fuzzer's coverage instrumentation on the parsing
 # sources (-DOPTIQ_FUZZ=ON: CMakeLists.txt's OPTIQ_FUZZ_COVERAGE), so phase 5 builds only the harnesses, from its objects.

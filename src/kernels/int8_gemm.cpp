@@ -17,6 +17,7 @@ void Int8Tile::reset(int64_t k, int sub_block, int valid_rows) {
   K = k;
   sub = sub_block;
   rows = valid_rows;
+  wide = false;
   codes.assign(static_cast<size_t>(K * kTileRows), 0);
   scale.assign(static_cast<size_t>(K / sub * kTileRows), 0.0f);
   bias.assign(static_cast<size_t>(K / sub * kTileRows), 0.0f);
@@ -34,6 +35,7 @@ void put_codes(const uint8_t* row, int m, Int8Tile& t) {
 void build_int8_tile(const AffineMatrixView& W, int64_t r0, int64_t r1, Int8Tile& t) {
   const int64_t K = W.cols, gs = W.fmt.group_size;
   t.reset(K, 32, static_cast<int>(r1 - r0));
+  t.wide = W.fmt.bits == 8;
   thread_local std::vector<uint8_t> row;
   if (static_cast<int64_t>(row.size()) < K) row.resize(K);
   for (int64_t r = r0; r < r1; ++r) {
@@ -117,19 +119,25 @@ void int8_gemm_tile_scalar(const Int8Tile& t, const Int8GemmArgs& a, int64_t r0)
 }  // namespace kern
 
 namespace {
-// The VNNI kernels run when the CPU has them and the avx512 path is active.
-bool vnni_kernels() {
-  static const bool vnni = __builtin_cpu_supports("avx512vnni");
-  return vnni && active_isa() == Isa::Avx512;
+// The tile kernel and activation rounding of the active ISA: AVX-512 VNNI on
+// the avx512 path of a CPU that has it; AVX-VNNI or AVX2 maddubs on any other
+// SIMD path (an avx512 CPU without VNNI included); scalar otherwise.
+enum class GemmKernel { Scalar, Avx2, AvxVnni, Avx512 };
+GemmKernel gemm_kernel() {
+  static const bool avx512_vnni = __builtin_cpu_supports("avx512vnni");
+  const Isa isa = active_isa();
+  if (isa == Isa::Avx512 && avx512_vnni) return GemmKernel::Avx512;
+  if (isa == Isa::Scalar) return GemmKernel::Scalar;
+  return avx_vnni_enabled() ? GemmKernel::AvxVnni : GemmKernel::Avx2;
 }
 }  // namespace
 
-// OPTIQ_FORCE_INT8_PREFILL (any value) takes the int8 path without VNNI too,
-// through the scalar reference kernel: how a machine without AVX-512 VNNI runs
-// the tests of fast numerics with the rounding a VNNI machine applies.
+// OPTIQ_FORCE_INT8_PREFILL (any value) takes the int8 path on the scalar ISA
+// too, through the reference kernel: how the tests of fast numerics run there
+// with the rounding the SIMD kernels apply.
 bool int8_prefill_active() {
   static const bool forced = std::getenv("OPTIQ_FORCE_INT8_PREFILL") != nullptr;
-  return (forced || vnni_kernels()) && kernels::decode_int8_enabled();
+  return (forced || gemm_kernel() != GemmKernel::Scalar) && kernels::decode_int8_enabled();
 }
 
 namespace {
@@ -147,15 +155,19 @@ void int8_gemm(int64_t rows, int64_t cols, int sub, const float* X, int64_t n, f
   // name would denote each worker thread's own (empty) scratch.
   static thread_local GemmScratch scratch;
   GemmScratch& s = scratch;
-  const bool simd = vnni_kernels();
+  const GemmKernel kernel = gemm_kernel();
   prepare_activations(n, cols, s.act);
   parallel_for_range(n, std::max<int64_t>(1, n / (4 * num_threads())), [&](int64_t i0, int64_t i1) {
-    if (simd) kern::quantize_activation_rows_avx512(X, i0, i1, s.act);
+    if (kernel == GemmKernel::Avx512) kern::quantize_activation_rows_avx512(X, i0, i1, s.act);
+    else if (kernel != GemmKernel::Scalar) kern::quantize_activation_rows_avx2(X, i0, i1, s.act);
     else quantize_activation_rows(X, i0, i1, s.act);
   }, n * cols > 1 << 16 ? 0 : 1);
   kern::activation_sub_sums(s.act, sub, s.xs);
   const kern::Int8GemmArgs a{&s.act, s.xs.data(), n, Y, rows};
-  auto fn = simd ? kern::int8_gemm_tile_avx512 : kern::int8_gemm_tile_scalar;
+  auto fn = kernel == GemmKernel::Avx512    ? kern::int8_gemm_tile_avx512
+            : kernel == GemmKernel::AvxVnni ? kern::int8_gemm_tile_avxvnni
+            : kernel == GemmKernel::Avx2    ? kern::int8_gemm_tile_avx2
+                                            : kern::int8_gemm_tile_scalar;
   kern::for_row_blocks(rows, static_cast<double>(rows) * cols * n, [&](int64_t r0, int64_t r1) {
     static thread_local kern::Int8Tile tile;
     build(r0, r1, tile);

@@ -13,8 +13,9 @@
 // one broadcast of 4 activation bytes; each tile is reused for all n rows.
 //
 // Used when int8 numerics are on (kernels::decode_int8_enabled(), the CLI's
-// `--numerics fast`) and the CPU has AVX-512 VNNI; elsewhere the batched
-// products stay fp32 (dequantized tiles, kernels/matmul.h).
+// `--numerics fast`) and a SIMD kernel runs: AVX-512 VNNI, AVX-VNNI or AVX2
+// (the same bits on each); with the scalar ISA the batched products stay fp32
+// (dequantized tiles, kernels/matmul.h).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -26,13 +27,14 @@
 namespace optiq {
 
 // True when batched products with packed weights take the int8 path: int8
-// numerics on, ISA avx512 active and the CPU has AVX-512 VNNI (or
-// OPTIQ_FORCE_INT8_PREFILL set: the scalar kernel, for tests elsewhere).
+// numerics on and a SIMD ISA active (or OPTIQ_FORCE_INT8_PREFILL set: the
+// scalar kernel, for tests on the scalar ISA).
 bool int8_prefill_active();
 
 // Y[n x rows] = X[n x cols] . W^T through int8 tiles (any n >= 1; meant for
-// n >= 4), whatever the numerics switch says. The scalar reference kernel runs
-// when the CPU lacks VNNI or another ISA than avx512 is forced.
+// n >= 4), whatever the numerics switch says. The kernel follows the active
+// ISA (avx512 with AVX-512 VNNI, else AVX-VNNI or AVX2 maddubs; the scalar
+// reference kernel under OPTIQ_ISA=scalar).
 void affine_matmul_int8_gemm(const AffineMatrixView& W, const float* X, int64_t n, float* Y);
 void kquant_matmul_int8_gemm(const KQuantView& W, const float* X, int64_t n, float* Y);
 
@@ -45,6 +47,7 @@ struct Int8Tile {
   int64_t K = 0;  // inputs (a multiple of 32)
   int sub = 32;   // inputs per scale: 16 or 32
   int rows = 0;   // valid rows (the rest are zero)
+  bool wide = false;  // codes may reach 255 (8-bit affine): the AVX2 kernel without VNNI shifts them
   std::vector<uint8_t> codes;      // (K/4) x 16 rows x 4 inputs
   std::vector<float> scale, bias;  // (K/sub) x 16 rows
   void reset(int64_t k, int sub_block, int valid_rows);
@@ -67,9 +70,13 @@ void activation_sub_sums(const Int8Activations& A, int sub, std::vector<float>& 
 
 void int8_gemm_tile_scalar(const Int8Tile& t, const Int8GemmArgs& a, int64_t r0);
 void int8_gemm_tile_avx512(const Int8Tile& t, const Int8GemmArgs& a, int64_t r0);  // AVX-512 VNNI
+// The same sums in 256-bit registers (the same bits): AVX2 maddubs, and AVX-VNNI (VEX vpdpbusd).
+void int8_gemm_tile_avx2(const Int8Tile& t, const Int8GemmArgs& a, int64_t r0);
+void int8_gemm_tile_avxvnni(const Int8Tile& t, const Int8GemmArgs& a, int64_t r0);
 
-// quantize_activation_rows with AVX-512: identical results (same rounding).
+// quantize_activation_rows with AVX-512 / AVX2: identical results (same rounding).
 void quantize_activation_rows_avx512(const float* x, int64_t i0, int64_t i1, Int8Activations& out);
+void quantize_activation_rows_avx2(const float* x, int64_t i0, int64_t i1, Int8Activations& out);
 
 }  // namespace kern
 }  // namespace optiq

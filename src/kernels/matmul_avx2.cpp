@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "kernels/int8_gemm.h"
 #include "kernels/kernels_impl.h"
 #include "kernels/simd_vec.h"
 
@@ -61,6 +62,45 @@ struct V {
 }  // namespace
 
 void int8_block_avx2(const Int8Args& a, int64_t r0, int64_t r1) { i8::int8_block_impl(a, r0, r1); }
+void int8_gemm_tile_avx2(const Int8Tile& t, const Int8GemmArgs& a, int64_t r0) { i8::int8_gemm_tile_impl(t, a, r0); }
+
+// Same arithmetic as quantize_activation_rows: amax / 127, 1 / s, round to
+// nearest even, zero padding; four vectors of 8 a block.
+void quantize_activation_rows_avx2(const float* x, int64_t i0, int64_t i1, Int8Activations& out) {
+  const int64_t cols = out.cols, width = out.blocks * kActBlock;
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* xr = x + i * cols;
+    int8_t* qr = out.q.data() + i * width;
+    for (int64_t b = 0; b < out.blocks; ++b) {
+      const int64_t k0 = b * kActBlock, left = cols - k0;
+      __m256 v[4];
+      for (int j = 0; j < 4; ++j) {
+        const int64_t n = std::clamp<int64_t>(left - 8 * j, 0, 8);
+        v[j] = n == 8 ? V::load(xr + k0 + 8 * j) : n > 0 ? V::loadn(xr + k0 + 8 * j, static_cast<int>(n)) : V::zero();
+      }
+      const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+                                     _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
+      const float amax = VecAvx2::hmax(m);
+      const float s = amax / 127.0f;
+      const float inv = s > 0 ? 1.0f / s : 0.0f;
+      const __m256 vi = _mm256_set1_ps(inv);
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j)
+        q[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      // packs work within 128-bit lanes: bytes come out in the order of `order`'s dwords.
+      const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + k0), _mm256_permutevar8x32_epi32(bytes, order));
+      const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+      out.scale[i * out.blocks + b] = s;
+      out.sum[i * out.blocks + b] = _mm_cvtsi128_si32(s4);
+    }
+  }
+}
 
 void affine_block_avx2(const AffineArgs& a, int64_t r0, int64_t r1) { affine_block_impl(a, r0, r1); }
 void dense_block_avx2(const DenseArgs& a, int64_t r0, int64_t r1) { dense_block_impl(a, r0, r1); }

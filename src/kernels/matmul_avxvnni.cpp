@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "kernels/int8_gemm.h"
 #include "kernels/kernels_impl.h"
 #include "kernels/simd_vec.h"
 
@@ -20,5 +21,6 @@ namespace {
 }  // namespace
 
 void int8_block_avxvnni(const Int8Args& a, int64_t r0, int64_t r1) { i8::int8_block_impl(a, r0, r1); }
+void int8_gemm_tile_avxvnni(const Int8Tile& t, const Int8GemmArgs& a, int64_t r0) { i8::int8_gemm_tile_impl(t, a, r0); }
 
 }  // namespace optiq::kern

@@ -140,9 +140,10 @@ TEST(Int8Decode, BatchOneLastPassEndsAtTheMatrixEnd) {
   set_num_threads(threads);
 }
 
-// Batched int8 products (kernels/int8_gemm.h, prefill): the AVX-512 VNNI
-// tile kernel where the CPU has it, the scalar reference elsewhere; tails of
-// rows (not a multiple of 16) and of activation rows (not a multiple of 6).
+// Batched int8 products (kernels/int8_gemm.h, prefill): the tile kernel of
+// every path (scalar reference, AVX2 maddubs, AVX-VNNI, AVX-512 VNNI); tails
+// of rows (not a multiple of 16) and of activation rows (not a multiple of 6
+// or 2).
 TEST(Int8Gemm, AffineMatchesReference) {
   Guard guard;
   const auto ps = paths();
@@ -162,7 +163,7 @@ TEST(Int8Gemm, AffineMatchesReference) {
         for (int64_t n : {4, 7, 13}) {
           auto X = test::random_floats(n * cols, seed++);
           for (int64_t k = 0; k < n * cols; k += 7) X[k] *= 4.0f;
-          for (const Path& p : {ps.front(), ps.back()}) {
+          for (const Path& p : ps) {
             use(p);
             std::vector<float> Y(n * rows, NAN);
             affine_matmul_int8_gemm(m.view(), X.data(), n, Y.data());
@@ -214,25 +215,63 @@ TEST(Int8Gemm, DispatchFollowsNumerics) {
   EXPECT_EQ(y, want);
 }
 
-// quantize_activation_rows_avx512 rounds exactly as the portable code.
+// quantize_activation_rows_avx512 and _avx2 round exactly as the portable code.
 TEST(Int8Gemm, SimdActivationRoundingIsIdentical) {
-  if (!isa_supported(Isa::Avx512)) GTEST_SKIP() << "no AVX-512";
-  for (int64_t cols : {int64_t{7}, int64_t{32}, int64_t{100}, int64_t{640}}) {
-    const int64_t n = 5;
-    auto X = test::random_floats(n * cols, static_cast<uint32_t>(cols));
-    for (int64_t k = 0; k < n * cols; k += 5) X[k] *= 10.0f;
-    X[3] = 0.5f;  // ties of x * inv are possible only by accident; keep a few exact halves
-    Int8Activations a, b;
-    quantize_activations(X.data(), n, cols, a);
-    prepare_activations(n, cols, b);
-    kern::quantize_activation_rows_avx512(X.data(), 0, n, b);
-    EXPECT_EQ(std::vector<int8_t>(a.q.begin(), a.q.begin() + n * a.blocks * 32),
-              std::vector<int8_t>(b.q.begin(), b.q.begin() + n * b.blocks * 32)) << cols;
-    EXPECT_EQ(std::vector<float>(a.scale.begin(), a.scale.begin() + n * a.blocks),
-              std::vector<float>(b.scale.begin(), b.scale.begin() + n * b.blocks));
-    EXPECT_EQ(std::vector<int32_t>(a.sum.begin(), a.sum.begin() + n * a.blocks),
-              std::vector<int32_t>(b.sum.begin(), b.sum.begin() + n * b.blocks));
-  }
+  if (!isa_supported(Isa::Avx2)) GTEST_SKIP() << "no AVX2";
+  using Rounder = void (*)(const float*, int64_t, int64_t, Int8Activations&);
+  std::vector<std::pair<const char*, Rounder>> simd = {{"avx2", kern::quantize_activation_rows_avx2}};
+  if (isa_supported(Isa::Avx512)) simd.emplace_back("avx512", kern::quantize_activation_rows_avx512);
+  for (const auto& [name, round_rows] : simd)
+    for (int64_t cols : {int64_t{7}, int64_t{32}, int64_t{100}, int64_t{640}, int64_t{1000}}) {
+      const int64_t n = 5;
+      auto X = test::random_floats(n * cols, static_cast<uint32_t>(cols));
+      for (int64_t k = 0; k < n * cols; k += 5) X[k] *= 10.0f;
+      X[3] = 0.5f;  // ties of x * inv are possible only by accident; keep a few exact halves
+      Int8Activations a, b;
+      quantize_activations(X.data(), n, cols, a);
+      prepare_activations(n, cols, b);
+      round_rows(X.data(), 0, n, b);
+      EXPECT_EQ(std::vector<int8_t>(a.q.begin(), a.q.begin() + n * a.blocks * 32),
+                std::vector<int8_t>(b.q.begin(), b.q.begin() + n * b.blocks * 32)) << name << " " << cols;
+      EXPECT_EQ(std::vector<float>(a.scale.begin(), a.scale.begin() + n * a.blocks),
+                std::vector<float>(b.scale.begin(), b.scale.begin() + n * b.blocks)) << name << " " << cols;
+      EXPECT_EQ(std::vector<int32_t>(a.sum.begin(), a.sum.begin() + n * a.blocks),
+                std::vector<int32_t>(b.sum.begin(), b.sum.begin() + n * b.blocks)) << name << " " << cols;
+    }
+}
+
+// The SIMD tile kernels make the same sums in the same order: the same bits on
+// every SIMD path, for affine tiles of several widths (8-bit codes up to 255
+// included: the AVX2 kernel without VNNI shifts them by 128), at 1 to 7
+// activation rows. (K-quant tiles, a scale per 16 inputs, are checked against
+// their reference on every ISA in test_kquant_matmul.cpp.)
+TEST(Int8Gemm, SimdPathsGiveTheSameBits) {
+  Guard guard;
+  std::vector<Path> simd;
+  for (const Path& p : paths())
+    if (p.isa != Isa::Scalar) simd.push_back(p);
+  if (simd.size() < 2) GTEST_SKIP() << "one SIMD path on this CPU";
+  uint32_t seed = 501;
+  for (int bits : {2, 4, 5, 8})
+    for (int64_t rows : {16, 21}) {
+      const int64_t cols = 320;
+      auto w = test::random_floats(rows * cols, seed++);
+      const AffineMatrix m = quantize(w.data(), rows, cols, {bits, 64}, {});
+      for (int64_t n : {1, 2, 7}) {
+        auto X = test::random_floats(n * cols, seed++);
+        for (int64_t k = 0; k < n * cols; k += 3) X[k] *= 5.0f;
+        std::vector<std::vector<float>> ys;
+        for (const Path& p : simd) {
+          use(p);
+          ys.emplace_back(n * rows, NAN);
+          affine_matmul_int8_gemm(m.view(), X.data(), n, ys.back().data());
+        }
+        for (size_t i = 1; i < ys.size(); ++i)
+          for (int64_t k = 0; k < n * rows; ++k)
+            ASSERT_EQ(ys[i][k], ys[0][k]) << simd[i].name() << " vs " << simd[0].name() << " q" << bits << " "
+                                          << rows << " rows n=" << n << " [" << k << "]";
+      }
+    }
 }
 
 // Extreme codes: all-0 and all-max weights, activations at +-127 (int32 sums,

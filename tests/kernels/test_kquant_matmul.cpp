@@ -113,11 +113,12 @@ TEST(KQuantMatmul, DecodeInt8MatchesReference) {
 }
 
 // Batched int8 products (kernels/int8_gemm.h): the same two bounds as decode,
-// on the VNNI tile kernel where the CPU has it and the scalar reference.
+// on the tile kernel of every ISA (AVX2's; AVX-512 VNNI's where the CPU has
+// it) and the scalar reference.
 TEST(KQuantMatmul, BatchedInt8MatchesReference) {
   IsaGuard guard;
   const int64_t rows = 37;
-  for (Isa isa : {Isa::Scalar, available_isas().back()}) {
+  for (Isa isa : available_isas()) {
     set_isa(isa);
     for (DType t : kTypes)
       for (int64_t cols : {256, 768}) {
