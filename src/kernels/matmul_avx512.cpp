@@ -302,6 +302,7 @@ void rows_multi(const Int8Args& a, int64_t r0, int64_t r1) {
       p[k] = reinterpret_cast<const uint8_t*>(W.packed + (r + k) * W.words_per_row());
       sp[k] = W.scales + (r + k) * ng;
       acc[k] = _mm512_setzero_ps();
+      prefetch_row_scales(W, r + k + 2 * R);
     }
     auto chunk = [&](auto full_tag, int64_t b, int64_t m) {
       constexpr bool full = decltype(full_tag)::value;
@@ -399,6 +400,7 @@ void rows_multi_vbmi(const Int8Args& a, int64_t r0, int64_t r1) {
       p[k] = reinterpret_cast<const uint8_t*>(W.packed + (r + k) * W.words_per_row());
       sp[k] = W.scales + (r + k) * ng;
       acc[k] = _mm512_setzero_ps();
+      prefetch_row_scales(W, r + k + 2 * R);
     }
     for (int64_t b = 0; b < nblk; b += 2) {
       const int64_t m = std::min<int64_t>(2, nblk - b);
