@@ -142,8 +142,8 @@ TEST(Int8Decode, BatchOneLastPassEndsAtTheMatrixEnd) {
 
 // Batched int8 products (kernels/int8_gemm.h, prefill): the tile kernel of
 // every path (scalar reference, AVX2 maddubs, AVX-VNNI, AVX-512 VNNI); tails
-// of rows (not a multiple of 16) and of activation rows (not a multiple of 6
-// or 2).
+// of rows (not a multiple of 16) and of activation rows (not a multiple of
+// the 6, 3 or 2 a pass takes).
 TEST(Int8Gemm, AffineMatchesReference) {
   Guard guard;
   const auto ps = paths();
@@ -160,7 +160,7 @@ TEST(Int8Gemm, AffineMatchesReference) {
         o.bf16_scales = bf16;
         AffineMatrix m = quantize(w.data(), rows, cols, {bits, gs}, o);
         auto Wf = dequantize(m.view());
-        for (int64_t n : {4, 7, 13}) {
+        for (int64_t n : {4, 7, 8, 13}) {
           auto X = test::random_floats(n * cols, seed++);
           for (int64_t k = 0; k < n * cols; k += 7) X[k] *= 4.0f;
           for (const Path& p : ps) {
@@ -257,7 +257,7 @@ TEST(Int8Gemm, SimdPathsGiveTheSameBits) {
       const int64_t cols = 320;
       auto w = test::random_floats(rows * cols, seed++);
       const AffineMatrix m = quantize(w.data(), rows, cols, {bits, 64}, {});
-      for (int64_t n : {1, 2, 7}) {
+      for (int64_t n : {1, 2, 5, 7}) {  // passes of 3 (VNNI) or 2 rows, and their tails
         auto X = test::random_floats(n * cols, seed++);
         for (int64_t k = 0; k < n * cols; k += 3) X[k] *= 5.0f;
         std::vector<std::vector<float>> ys;
