@@ -132,6 +132,15 @@ GemmKernel gemm_kernel() {
 }
 }  // namespace
 
+void quantize_activations_simd(const float* X, int64_t n, int64_t cols, Int8Activations& out) {
+  prepare_activations(n, cols, out);
+  switch (active_isa()) {
+    case Isa::Avx512: kern::quantize_activation_rows_avx512(X, 0, n, out); break;
+    case Isa::Avx2: kern::quantize_activation_rows_avx2(X, 0, n, out); break;
+    default: quantize_activation_rows(X, 0, n, out); break;
+  }
+}
+
 // OPTIQ_FORCE_INT8_PREFILL (any value) takes the int8 path on the scalar ISA
 // too, through the reference kernel: how the tests of fast numerics run there
 // with the rounding the SIMD kernels apply.

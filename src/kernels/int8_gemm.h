@@ -31,6 +31,10 @@ namespace optiq {
 // scalar kernel, for tests on the scalar ISA).
 bool int8_prefill_active();
 
+// quantize_activations through the active ISA's rounding (AVX-512, AVX2 or
+// the portable loop; the same bytes on each): the decode products' rounding.
+void quantize_activations_simd(const float* X, int64_t n, int64_t cols, Int8Activations& out);
+
 // Y[n x rows] = X[n x cols] . W^T through int8 tiles (any n >= 1; meant for
 // n >= 4), whatever the numerics switch says. The kernel follows the active
 // ISA (avx512 with AVX-512 VNNI, else AVX-VNNI or AVX2 maddubs; the scalar

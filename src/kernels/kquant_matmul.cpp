@@ -85,7 +85,7 @@ void kquant_matmul(const KQuantView& W, const float* X, int64_t n, float* Y, boo
     return;
   }
   static thread_local Int8Activations act;
-  quantize_activations(X, n, W.cols, act);
+  quantize_activations_simd(X, n, W.cols, act);
   const kern::KQuantArgs a{&W, &act, n, Y};
   static const bool vnni = __builtin_cpu_supports("avx512vnni");
   auto fn = isa == Isa::Avx512 && vnni ? kern::kquant_decode_avx512

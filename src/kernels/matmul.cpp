@@ -240,7 +240,7 @@ void affine_matmul_int8(const AffineMatrixView& W, const float* X, int64_t n, fl
   if (n <= 0) return;
   const Isa isa = active_isa();
   DecodeScratch& s = decode_scratch();
-  quantize_activations(X, n, W.cols, s.act);
+  quantize_activations_simd(X, n, W.cols, s.act);
   const int64_t nblk = s.act.blocks, ng = W.groups_per_row(), bpg = W.fmt.group_size / kActBlock;
   const int64_t ldq = nblk * kActBlock;
   float* xsum = grow(s.xsum, n * ng);
