@@ -40,7 +40,7 @@ void ModelConfig::validate(const std::string& source) const {
   check(head_dim % 2 == 0, "{}: head dim {} must be even for RoPE", source, head_dim);
   check(rot_dim() % 2 == 0 && rot_dim() <= head_dim, "{}: rotary dims {} must be even and at most the head dim {}",
         source, rot_dim(), head_dim);
-  check(dim <= (1 << 20) && n_layers <= 4096 && vocab_size <= (1 << 24) && hidden_dim <= (1 << 22) &&
+  check(dim <= (1 << 20) && n_layers <= kMaxLayers && vocab_size <= (1 << 24) && hidden_dim <= (1 << 22) &&
             n_heads <= 4096,
         "{}: absurd hyper-parameters (dim {}, layers {}, vocab {}, hidden {})", source, dim, n_layers, vocab_size,
         hidden_dim);

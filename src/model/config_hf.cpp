@@ -81,6 +81,9 @@ void read_common(const json& j, ModelConfig& c, const std::string& source) {
   c.name = j.value("_name_or_path", std::string());
   c.dim = int_value(j, "hidden_size", source);
   c.n_layers = int_value(j, "num_hidden_layers", source);
+  // Checked now, not only in validate(): the family readers size per-layer lists by it.
+  check(c.n_layers > 0 && c.n_layers <= ModelConfig::kMaxLayers, "{}: num_hidden_layers = {} is not a layer count (1 to {})",
+        source, c.n_layers, ModelConfig::kMaxLayers);
   c.n_heads = int_value(j, "num_attention_heads", source);
   c.n_kv_heads = int_or(j, "num_key_value_heads", c.n_heads, source);
   c.head_dim = int_or(j, "head_dim", c.n_heads > 0 ? c.dim / c.n_heads : 0, source);

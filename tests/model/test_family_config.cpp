@@ -248,6 +248,19 @@ TEST(FamilyConfig, IntegerKeysOutOfRangeAreRefused) {
   j = gemma();
   j["sliding_window_pattern"] = 2.18447e+20;
   EXPECT_NE(message(j).find("sliding_window_pattern = 2.18447e+20 is not an integer"), std::string::npos) << message(j);
+  // Found by the fuzz smoke test: a negative layer count sized Gemma's and Mistral's per-layer
+  // window lists before validate() ran (std::length_error, an abort).
+  json with_windows = base("mistral");
+  with_windows["sliding_window"] = 4;
+  json with_types = gemma();
+  with_types["layer_types"] = {"sliding_attention", "full_attention"};
+  for (json w : {gemma(), with_types, with_windows})
+    for (int layers : {-1, 0, 5000}) {
+      w["num_hidden_layers"] = layers;
+      EXPECT_NE(message(w).find("num_hidden_layers = " + std::to_string(layers) + " is not a layer count (1 to 4096)"),
+                std::string::npos)
+          << message(w);
+    }
   j = base("llama");
   j["vocab_size"] = "300";
   EXPECT_NE(message(j).find("vocab_size = \"300\" is not an integer"), std::string::npos) << message(j);
