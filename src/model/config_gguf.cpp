@@ -93,7 +93,12 @@ ModelConfig config_from_gguf(const GgufFile& g) {
   const std::string a = c.arch + ".";
   if (g.has("general.name")) c.name = g.get_string("general.name");
   c.dim = static_cast<int>(g.get_int(a + "embedding_length"));
-  c.n_layers = static_cast<int>(g.get_int(a + "block_count"));
+  const int64_t blocks = g.get_int(a + "block_count");
+  // Checked before anything is sized by it (validate() comes last): a negative
+  // count sized the per-layer window lists (the same fuzz finding as config.json's).
+  check(blocks > 0 && blocks <= ModelConfig::kMaxLayers, "{}: {}block_count = {} is not a layer count (1 to {})",
+        g.path(), a, blocks, ModelConfig::kMaxLayers);
+  c.n_layers = static_cast<int>(blocks);
   c.n_heads = static_cast<int>(g.get_int(a + "attention.head_count"));
   c.n_kv_heads = static_cast<int>(g.get_int_or(a + "attention.head_count_kv", c.n_heads));
   c.head_dim = static_cast<int>(g.get_int_or(a + "attention.key_length", c.n_heads > 0 ? c.dim / c.n_heads : 0));

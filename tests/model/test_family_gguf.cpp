@@ -14,12 +14,12 @@ namespace optiq {
 namespace {
 
 // A metadata-only GGUF (plus the embedding, which gives the vocabulary size).
-std::string write_gguf(const std::string& arch, const std::function<void(GgufWriter&)>& extra) {
+std::string write_gguf(const std::string& arch, const std::function<void(GgufWriter&)>& extra, int64_t blocks = 7) {
   GgufWriter w;
   const std::string a = arch + ".";
   w.add_string("general.architecture", arch);
   w.add_u32(a + "embedding_length", 32);
-  w.add_u32(a + "block_count", 7);
+  w.add_int(a + "block_count", blocks, GgufWriter::Type::I64);
   w.add_u32(a + "attention.head_count", 4);
   w.add_u32(a + "attention.head_count_kv", 1);
   w.add_u32(a + "attention.key_length", 16);
@@ -96,6 +96,13 @@ TEST(FamilyGguf, Errors) {
   EXPECT_NE(e.find("value_length"), std::string::npos) << e;
   e = error_of(write_gguf("llama", [](GgufWriter& w) { w.add_u32("llama.attention.sliding_window", 64); }));
   EXPECT_NE(e.find("sliding_window"), std::string::npos) << e;
+  // Layer counts out of range, before anything is sized by them (a negative one sized Gemma's
+  // window list: the same class as the config.json fuzz finding).
+  for (int64_t blocks : {int64_t{-1}, int64_t{0}, int64_t{5000}, int64_t{1} << 33}) {
+    e = error_of(write_gguf("gemma3", [](GgufWriter&) {}, blocks));
+    EXPECT_NE(e.find("block_count = " + std::to_string(blocks) + " is not a layer count (1 to 4096)"), std::string::npos)
+        << e;
+  }
 }
 
 }  // namespace
