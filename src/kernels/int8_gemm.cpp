@@ -132,13 +132,17 @@ GemmKernel gemm_kernel() {
 }
 }  // namespace
 
+void quantize_activation_rows_simd(const float* X, int64_t i0, int64_t i1, Int8Activations& out) {
+  switch (active_isa()) {
+    case Isa::Avx512: kern::quantize_activation_rows_avx512(X, i0, i1, out); break;
+    case Isa::Avx2: kern::quantize_activation_rows_avx2(X, i0, i1, out); break;
+    default: quantize_activation_rows(X, i0, i1, out); break;
+  }
+}
+
 void quantize_activations_simd(const float* X, int64_t n, int64_t cols, Int8Activations& out) {
   prepare_activations(n, cols, out);
-  switch (active_isa()) {
-    case Isa::Avx512: kern::quantize_activation_rows_avx512(X, 0, n, out); break;
-    case Isa::Avx2: kern::quantize_activation_rows_avx2(X, 0, n, out); break;
-    default: quantize_activation_rows(X, 0, n, out); break;
-  }
+  quantize_activation_rows_simd(X, 0, n, out);
 }
 
 // OPTIQ_FORCE_INT8_PREFILL (any value) takes the int8 path on the scalar ISA
@@ -166,11 +170,9 @@ void int8_gemm(int64_t rows, int64_t cols, int sub, const float* X, int64_t n, f
   GemmScratch& s = scratch;
   const GemmKernel kernel = gemm_kernel();
   prepare_activations(n, cols, s.act);
-  parallel_for_range(n, std::max<int64_t>(1, n / (4 * num_threads())), [&](int64_t i0, int64_t i1) {
-    if (kernel == GemmKernel::Avx512) kern::quantize_activation_rows_avx512(X, i0, i1, s.act);
-    else if (kernel != GemmKernel::Scalar) kern::quantize_activation_rows_avx2(X, i0, i1, s.act);
-    else quantize_activation_rows(X, i0, i1, s.act);
-  }, n * cols > 1 << 16 ? 0 : 1);
+  parallel_for_range(n, std::max<int64_t>(1, n / (4 * num_threads())),
+                     [&](int64_t i0, int64_t i1) { quantize_activation_rows_simd(X, i0, i1, s.act); },
+                     n * cols > 1 << 16 ? 0 : 1);
   kern::activation_sub_sums(s.act, sub, s.xs);
   const kern::Int8GemmArgs a{&s.act, s.xs.data(), n, Y, rows};
   auto fn = kernel == GemmKernel::Avx512    ? kern::int8_gemm_tile_avx512

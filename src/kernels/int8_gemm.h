@@ -31,8 +31,9 @@ namespace optiq {
 // scalar kernel, for tests on the scalar ISA).
 bool int8_prefill_active();
 
-// quantize_activations through the active ISA's rounding (AVX-512, AVX2 or
-// the portable loop; the same bytes on each): the decode products' rounding.
+// quantize_activation_rows / quantize_activations through the active ISA's
+// rounding (AVX-512, AVX2 or the portable loop; the same bytes on each).
+void quantize_activation_rows_simd(const float* X, int64_t i0, int64_t i1, Int8Activations& out);
 void quantize_activations_simd(const float* X, int64_t n, int64_t cols, Int8Activations& out);
 
 // Y[n x rows] = X[n x cols] . W^T through int8 tiles (any n >= 1; meant for

@@ -2,9 +2,9 @@
 // after a cpuid check (kernels/matmul.cpp).
 #include <immintrin.h>
 
-#include <cmath>
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <vector>
 

@@ -94,9 +94,9 @@ struct ModelConfig {
   // Gemma 3's period of windowed and global layers: layer i is global when
   // i % p == p - 1 (llama.cpp's set_swa_pattern); 0 when no period fits.
   int global_layer_period() const;
-  // Throws "<source>: <what is inconsistent>" for shapes the forward pass cannot run.
   // validate()'s bound on n_layers; readers check it before they size per-layer lists.
   static constexpr int kMaxLayers = 4096;
+  // Throws "<source>: <what is inconsistent>" for shapes the forward pass cannot run.
   void validate(const std::string& source) const;
   // Short description of detected quirks, e.g. "llama3 rope scaling x8".
   std::vector<std::string> quirks() const;
