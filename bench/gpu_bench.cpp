@@ -5,6 +5,8 @@
 //   bench_gpu [--shape llama3-8b|qwen2.5-7b] [--formats bf16,q8,q4,mixed4.5,mixed3.5]
 //             [--ctx 128,4096] [--prefill 512,4096] [--tokens 64] [--reps 3] [--no-record] [--json FILE]
 //             [--layers N] (the first N layers only: quick kernel profiles) [--prefill none]
+//             [--host-pick] (decode copies the logits out and picks on the host, as before
+//             the device pick: the A/B of Transformer::forward_greedy)
 //
 // Roofline: bytes one decode step must read (every weight matrix once, one
 // embedding row, the KV cache up to the position) over the device-to-device
@@ -98,6 +100,7 @@ int run(int argc, char** argv) {
   int tokens = 64, reps = 3;
   bool record = true, op_times = false;
   int layers = 0;  // 0: the shape's own count
+  bool host_pick = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -112,6 +115,7 @@ int run(int argc, char** argv) {
     else if (a == "--reps") reps = std::stoi(next());
     else if (a == "--no-record") record = false;
     else if (a == "--op-times") op_times = true;
+    else if (a == "--host-pick") host_pick = true;
     else if (a == "--layers") layers = std::stoi(next());
     else if (a == "--json") json_path = next();
     else fail("unknown option '{}' (see the top of bench/gpu_bench.cpp)", a);
@@ -149,12 +153,17 @@ int run(int argc, char** argv) {
         tf.reset();
         if (ctx > 1) tf.forward(std::span<const int32_t>(ids.data(), ctx - 1), logits.data(), ctx - 2);
         // Warm-up steps (the second records the step; the rest bring the clocks up), then the timed ones.
+        // Greedy steps as `generate` runs them: the pick made on the device, one index copied out.
         int32_t tok = 1;
-        for (int i = 0; i < 12; ++i) tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+        for (int i = 0; i < 12; ++i) tok = std::max(tf.forward_greedy(tok), 0);
         const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < tokens; ++i) {
-          tok = static_cast<int32_t>(std::max<int64_t>(argmax(logits.data(), c.vocab_size), 0));
-          tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+        if (host_pick) {  // the logits copied out and picked on the host (before 2026-12-07's device pick)
+          for (int i = 0; i < tokens; ++i) {
+            tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+            tok = static_cast<int32_t>(std::max<int64_t>(argmax(logits.data(), c.vocab_size), 0));
+          }
+        } else {
+          for (int i = 0; i < tokens; ++i) tok = std::max(tf.forward_greedy(tok), 0);
         }
         rates.push_back(tokens / seconds_since(t0));
       }

@@ -3,8 +3,10 @@
 
 #include <atomic>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
+#include "kernels/elementwise.h"
 
 namespace optiq {
 
@@ -18,6 +20,16 @@ KVCache Backend::make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16
   c.k = alloc(n);
   c.v = alloc(n);
   return c;
+}
+
+void Backend::argmax_to_host(const float* x, int64_t n, int32_t* host) {
+  if (host_memory()) {
+    *host = static_cast<int32_t>(argmax(x, n));
+    return;
+  }
+  std::vector<float> values(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  to_host(x, n, values.data());
+  *host = static_cast<int32_t>(argmax(values.data(), n));
 }
 
 namespace {

@@ -162,6 +162,12 @@ class Backend {
   // gate = act(gate) * up over n values; llamacpp: llama.cpp's fp16-table GELU.
   virtual void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, int64_t n) = 0;
   virtual void softcap(float* x, int64_t n, float cap) = 0;
+  // *host = the index of the largest of x[0..n) (this backend's memory): the
+  // first of equal values, NaNs skipped, -1 when every one is NaN (as
+  // optiq::argmax). Greedy decoding's pick without copying the logits out;
+  // while recording it is the step's output (as to_host would be). The
+  // default copies x to the host and picks there.
+  virtual void argmax_to_host(const float* x, int64_t n, int32_t* host);
   virtual void round_f16(float* x, int64_t n) = 0;
 
   // Fused steps: each is the composition of the operations above that its
@@ -229,8 +235,8 @@ class Backend {
   // pass, so it takes larger passes than the CPU (whose scratch stays small).
   virtual int64_t prefill_rows() const { return 512; }
 
-  // Recorded steps (see the top of this file). While recording, to_host may
-  // be called once (the step's output): replay delivers it.
+  // Recorded steps (see the top of this file). While recording, to_host or
+  // argmax_to_host may be called once (the step's output): replay delivers it.
   virtual bool can_record_steps() const { return false; }
   // The inputs recorded operations read: n token ids (host memory) and the
   // position of the first one.
@@ -239,8 +245,9 @@ class Backend {
   virtual std::unique_ptr<RecordedStep> end_recording() { return nullptr; }
   // Drops a recording cut short by an error (nothing is kept).
   virtual void abort_recording() {}
-  // Runs `step` on the inputs set last; its output lands in host_out.
-  virtual void replay(const RecordedStep& step, float* host_out) {}
+  // Runs `step` on the inputs set last; its output (the floats of the
+  // recorded to_host, or the index of argmax_to_host) lands in host_out.
+  virtual void replay(const RecordedStep& step, void* host_out) {}
 
   // out (rows x cols, this backend's memory) = the matrix's values in fp32,
   // exactly what matmul multiplies by (the profiler starts each module's

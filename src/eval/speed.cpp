@@ -6,7 +6,6 @@
 #include <chrono>
 
 #include "core/error.h"
-#include "kernels/elementwise.h"
 #include "model/transformer.h"
 
 namespace optiq {
@@ -46,11 +45,8 @@ SpeedResult measure_speed(const Model& m, const SpeedOptions& o) {
     if (o.gen_tokens > 0) {
       tf.reset();
       const auto t0 = std::chrono::steady_clock::now();
-      tf.forward(std::span<const int32_t>(prompt.data(), 1), logits.data(), 0);
-      for (int i = 1; i < o.gen_tokens; ++i) {
-        const int32_t tok = static_cast<int32_t>(std::max<int64_t>(argmax(logits.data(), m.config.vocab_size), 0));
-        tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
-      }
+      int32_t tok = prompt[0];
+      for (int i = 0; i < o.gen_tokens; ++i) tok = std::max(tf.forward_greedy(tok), 0);
       r.decode_runs.push_back(o.gen_tokens / seconds_since(t0));
     }
   }

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/memory.h"
+#include "kernels/elementwise.h"
 
 namespace optiq {
 
@@ -161,10 +162,11 @@ void Transformer::decode_step(std::span<const int32_t> tokens, float* logits, in
   ensure_scratch(1);
   // A step that wants logits needs the device logits buffer first (its address is part of the recording).
   if (logits_from == 0 && !b.host_memory() && act_.logits.size() < c.vocab_size) act_.logits = b.alloc(c.vocab_size);
-  const StepKey key{logits_from, weights_.version(), act_.rows, act_.logits.data()};
+  const StepKey key{logits_from, weights_.version(), act_.rows, act_.logits.data(), greedy_pick_ != nullptr};
+  void* out = greedy_pick_ ? static_cast<void*>(greedy_pick_) : static_cast<void*>(logits);
   b.set_step_inputs(tokens.data(), 1, pos_);
   if (step_ && step_key_ == key) {
-    b.replay(*step_, logits);
+    b.replay(*step_, out);
     ++pos_;
     return;
   }
@@ -189,7 +191,7 @@ void Transformer::decode_step(std::span<const int32_t> tokens, float* logits, in
     throw;
   }
   step_key_ = key;
-  b.replay(*step_, logits);  // run_layers advanced the position; the recording runs now
+  b.replay(*step_, out);  // run_layers advanced the position; the recording runs now
 }
 
 void Transformer::forward_from_layer(int first_layer, const float* hidden, int64_t n, float* logits,
@@ -337,7 +339,10 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     float* out = b.host_memory() ? logits : act_.logits.data();
     b.matmul(weights_.output(), xn + (logits_from - norm_from) * dim, n_out, out);
     if (c.final_softcap > 0.0f) b.softcap(out, n_out * c.vocab_size, c.final_softcap);
-    if (!b.host_memory() && !logits_in_backend_) b.to_host(out, n_out * c.vocab_size, logits);
+    if (!b.host_memory() && greedy_pick_)
+      b.argmax_to_host(out + (n_out - 1) * c.vocab_size, c.vocab_size, greedy_pick_);
+    else if (!b.host_memory() && !logits_in_backend_)
+      b.to_host(out, n_out * c.vocab_size, logits);
     last_logits_ = out;
   }
   if (release_weights_ && !hold_pages_)
@@ -378,6 +383,25 @@ std::vector<float> Transformer::forward_last(std::span<const int32_t> tokens) {
   std::vector<float> logits(model_.config.vocab_size);
   forward(tokens, logits.data(), static_cast<int64_t>(tokens.size()) - 1);
   return logits;
+}
+
+int32_t Transformer::forward_greedy(int32_t token) {
+  const int64_t vocab = model_.config.vocab_size;
+  if (backend_.host_memory()) {  // the logits are in host memory anyway
+    greedy_logits_.resize(static_cast<size_t>(vocab));
+    forward(std::span<const int32_t>(&token, 1), greedy_logits_.data(), 0);
+    return static_cast<int32_t>(argmax(greedy_logits_.data(), vocab));
+  }
+  int32_t pick = -1;
+  greedy_pick_ = &pick;
+  try {
+    forward(std::span<const int32_t>(&token, 1), nullptr, 0);
+  } catch (...) {
+    greedy_pick_ = nullptr;
+    throw;
+  }
+  greedy_pick_ = nullptr;
+  return pick;
 }
 
 }  // namespace optiq

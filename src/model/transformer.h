@@ -86,6 +86,11 @@ class Transformer {
   void release_pages(int layer) const;
   // Convenience: logits of the last token only.
   std::vector<float> forward_last(std::span<const int32_t> tokens);
+  // Greedy decoding: runs one token as forward() does and returns the index
+  // of its largest logit (optiq::argmax: the first of equal ones, -1 when
+  // every logit is NaN). A GPU picks it on the device and copies out one
+  // index instead of the vocabulary's logits (~0.5 MB a step at 128k).
+  int32_t forward_greedy(int32_t token);
 
   // Logits left in the backend's memory (profiling computes its statistics
   // there): while on, forward() on a backend without host memory skips the
@@ -128,6 +133,8 @@ class Transformer {
   ActivationObserver* observer_ = nullptr;
   bool logits_in_backend_ = false;
   float* last_logits_ = nullptr;
+  int32_t* greedy_pick_ = nullptr;     // while forward_greedy runs: where the head's pick goes
+  std::vector<float> greedy_logits_;   // forward_greedy on a host-memory backend
   int max_ctx_;
   int pos_ = 0;
   Buffer inv_freq_;        // rot_dim/2 RoPE frequencies (global layers)
@@ -149,6 +156,7 @@ class Transformer {
     uint64_t weights_version = 0;
     int64_t scratch_rows = 0;
     const float* logits = nullptr;  // the device logits buffer (grows with other calls)
+    bool greedy = false;            // the output is the pick, not the logits
     bool operator==(const StepKey&) const = default;
   };
   bool record_steps_ = true;

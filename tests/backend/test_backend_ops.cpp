@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -20,6 +21,7 @@
 #include "core/half.h"
 #include "kernels/act_quant.h"
 #include "kernels/attention.h"
+#include "kernels/elementwise.h"
 #include "quant/format.h"
 #include "quant/ggml_dequant.h"
 #include "quant/quantizer.h"
@@ -1093,6 +1095,39 @@ TEST_P(BackendOps, LogSoftmaxAndKlAgainstDoubleReference) {
   Buffer b16 = put(words);
   EXPECT_NEAR(b.kl_sum(b16.data(), true, bl.data(), rows, vocab), want16, 1e-9 + 1e-7 * want16);
   EXPECT_GT(want_kl, 1.0);  // the distributions differ: the test measures something
+}
+
+// The greedy pick on the backend against the host's argmax: sizes around
+// a block's and the grid's strides, ties (the first wins), NaNs skipped,
+// every value NaN (-1), only -inf, one value.
+TEST_P(BackendOps, ArgmaxToHostAsTheHost) {
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> cases;
+  for (int64_t n : {1, 7, 257, 2049, 49153, 128256, 262147}) {
+    auto x = test::random_floats(n, 17 + static_cast<uint32_t>(n), 3.0f);
+    if (n > 300) {  // a tie for the maximum, its later copy first in the array's blocks order
+      const int64_t at = static_cast<int64_t>(std::max_element(x.begin(), x.end()) - x.begin());
+      x[n / 3] = x[at];
+      x[n - 2] = x[at];
+    }
+    cases.push_back(x);
+    for (int64_t i = 0; i < n; i += 5) x[i] = nan;  // NaNs skipped, the first value among them
+    cases.push_back(x);
+  }
+  cases.push_back(std::vector<float>(1000, nan));
+  cases.push_back(std::vector<float>(3000, -inf));
+  auto negative = test::random_floats(5000, 9);
+  for (float& v : negative) v = -1.0f - std::abs(v);
+  cases.push_back(negative);
+  for (const auto& x : cases) {
+    Buffer bx = put(x);
+    int32_t got = -7;
+    b.argmax_to_host(bx.data(), static_cast<int64_t>(x.size()), &got);
+    EXPECT_EQ(got, argmax(x.data(), static_cast<int64_t>(x.size()))) << x.size() << " values";
+  }
+  int32_t none = -7;
+  b.argmax_to_host(nullptr, 0, &none);
+  EXPECT_EQ(none, -1);
 }
 
 TEST_P(BackendOps, RowSquareSums) {

@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "eval/perplexity.h"
 #include "kernels/act_quant.h"
+#include "kernels/elementwise.h"
 #include "model/calibration_stats.h"
 #include "model/device_weights.h"
 #include "model/quantize_model.h"
@@ -102,6 +103,34 @@ TEST(CudaModel, RecordedStepsEqualDirectSteps) {
     Numerics n(fast);
     const DeviceWeights gpu(m, *cuda_backend());
     EXPECT_EQ(run(gpu, ids, true, true), run(gpu, ids, true, false)) << (fast ? "fast" : "exact");
+  }
+}
+
+// Greedy steps (the pick on the device, recorded or not) pick the argmax of
+// the same step's logits; switching between the two outputs re-records.
+TEST(CudaModel, GreedyStepsPickTheLogitsArgmax) {
+  REQUIRE_GPU();
+  const Model m = load_model(stories());
+  const auto ids = prompt(m);
+  const int64_t vocab = m.config.vocab_size;
+  for (bool record : {true, false}) {
+    Numerics fast(true);
+    const DeviceWeights gpu(m, *cuda_backend());
+    Transformer with_logits(gpu, 64), greedy(gpu, 64);
+    with_logits.set_record_steps(record);
+    greedy.set_record_steps(record);
+    std::vector<float> logits(static_cast<size_t>(vocab));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      with_logits.forward(std::span<const int32_t>(&ids[i], 1), logits.data(), 0);
+      const int64_t want = argmax(logits.data(), vocab);
+      if (i % 5 == 4) {  // the logits now and then: the recorded step changes output and back
+        std::vector<float> again(static_cast<size_t>(vocab));
+        greedy.forward(std::span<const int32_t>(&ids[i], 1), again.data(), 0);
+        EXPECT_EQ(again, logits) << "step " << i;
+      } else {
+        EXPECT_EQ(greedy.forward_greedy(ids[i]), want) << "step " << i << (record ? " recorded" : " direct");
+      }
+    }
   }
 }
 

@@ -108,6 +108,20 @@ TEST_P(FamilyForward, BatchEqualsStepwise) {
   }
 }
 
+// Greedy steps pick what the host's argmax of the same step's logits picks.
+TEST_P(FamilyForward, GreedyStepPicksTheLogitsArgmax) {
+  const ModelConfig c = test::tiny(GetParam());
+  const Model m = test::random_model(c, 12);
+  const auto ids = test::random_ids(9, c.vocab_size, 4);
+  Transformer with_logits(m, 32), greedy(m, 32);
+  std::vector<float> logits(c.vocab_size);
+  for (int32_t id : ids) {
+    with_logits.forward(std::span(&id, 1), logits.data(), 0);
+    EXPECT_EQ(greedy.forward_greedy(id), argmax(logits.data(), c.vocab_size));
+  }
+  EXPECT_EQ(greedy.pos(), with_logits.pos());
+}
+
 INSTANTIATE_TEST_SUITE_P(All, FamilyForward, ::testing::Values("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"));
 
 // With one layer, a query behind a window of w keys computes what the same

@@ -41,8 +41,10 @@ void run_generate(const GenerateArgs& a) {
   auto t1 = std::chrono::steady_clock::now();
   std::vector<int32_t> out;
   std::string text;
+  // Greedy steps pick on the backend (a GPU copies out one index, not the logits).
+  const bool greedy = a.sampler.temperature <= 0.0f;
+  int32_t tok = sampler.sample(logits);
   for (int i = 0; i < a.n && tf.pos() < tf.max_ctx(); ++i) {
-    int32_t tok = sampler.sample(logits);
     if (m.tokenizer->is_eog(tok)) break;
     out.push_back(tok);
     std::string piece = m.tokenizer->decode_token(tok);
@@ -51,7 +53,14 @@ void run_generate(const GenerateArgs& a) {
       fmt::print("{}", piece);
       std::fflush(stdout);
     }
-    if (i + 1 < a.n && tf.pos() < tf.max_ctx()) logits = tf.forward_last(std::span<const int32_t>(&tok, 1));
+    if (i + 1 >= a.n || tf.pos() >= tf.max_ctx()) break;
+    if (greedy) {
+      tok = tf.forward_greedy(tok);
+      check(tok >= 0, "every logit of step {} is NaN (broken weights or inputs)", i + 1);
+    } else {
+      logits = tf.forward_last(std::span<const int32_t>(&tok, 1));
+      tok = sampler.sample(logits);
+    }
   }
   auto t2 = std::chrono::steady_clock::now();
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();

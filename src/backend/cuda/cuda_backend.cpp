@@ -173,8 +173,8 @@ class CudaStep final : public RecordedStep {
     if (staging) cudaFreeHost(staging);
   }
   cudaGraphExec_t exec = nullptr;
-  float* staging = nullptr;  // pinned: the step's output
-  int64_t out_floats = 0;
+  void* staging = nullptr;  // pinned: the step's output (logits, or the argmax's index)
+  size_t out_bytes = 0;
 };
 
 // Prefill attention's scores (fp32) for one block of query rows, at most:
@@ -248,6 +248,8 @@ class CudaBackend final : public Backend {
     OPTIQ_CUDA_OK(cudaGetDeviceProperties(&props_, device));
     OPTIQ_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     step_dev_ = DeviceMemory(sizeof(StepInputs));
+    argmax_state_ = DeviceMemory((cuda::kArgmaxStateWords + 1) * sizeof(uint32_t));
+    OPTIQ_CUDA_OK(cudaMemset(argmax_state_.get(), 0, argmax_state_.bytes()));
     OPTIQ_CUDA_OK(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   }
   ~CudaBackend() override {
@@ -289,16 +291,29 @@ class CudaBackend final : public Backend {
     Op op(*this, "to_host");
     if (n <= 0) return;
     if (recording_) {
-      check(!record_out_, "cuda backend: a recorded step has one output");
-      record_out_ = std::make_unique<CudaStep>();
-      OPTIQ_CUDA_OK(cudaMallocHost(&record_out_->staging, static_cast<size_t>(n) * sizeof(float)));
-      record_out_->out_floats = n;
-      cuda::persistent_flush(stream_);
+      record_output(static_cast<size_t>(n) * sizeof(float));
       OPTIQ_CUDA_OK(cudaMemcpyAsync(record_out_->staging, src, static_cast<size_t>(n) * sizeof(float),
                                     cudaMemcpyDeviceToHost, stream_));
       return;
     }
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+  }
+
+  void argmax_to_host(const float* x, int64_t n, int32_t* host) override {
+    Op op(*this, "argmax");
+    if (n <= 0) {
+      *host = -1;
+      return;
+    }
+    int32_t* pick = argmax_state_.as<int32_t>() + cuda::kArgmaxStateWords;
+    cuda::argmax(x, n, argmax_state_.as<uint32_t>(), pick, stream_);
+    if (recording_) {
+      record_output(sizeof(int32_t));
+      OPTIQ_CUDA_OK(cudaMemcpyAsync(record_out_->staging, pick, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+      return;
+    }
+    OPTIQ_CUDA_OK(cudaMemcpyAsync(host, pick, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
   }
 
@@ -527,12 +542,11 @@ class CudaBackend final : public Backend {
     OPTIQ_CUDA_OK(e);
     return step;
   }
-  void replay(const RecordedStep& s, float* host_out) override {
+  void replay(const RecordedStep& s, void* host_out) override {
     const auto& step = static_cast<const CudaStep&>(s);
     OPTIQ_CUDA_OK(cudaGraphLaunch(step.exec, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
-    if (step.out_floats > 0 && host_out)
-      std::memcpy(host_out, step.staging, static_cast<size_t>(step.out_floats) * sizeof(float));
+    if (step.out_bytes > 0 && host_out) std::memcpy(host_out, step.staging, step.out_bytes);
   }
 
   void set_op_timing(bool on) override { timing_ = on; }
@@ -645,6 +659,15 @@ class CudaBackend final : public Backend {
     int64_t n = 0, cols = 0, op = -1;
     cuda::Int8Out blocks;
   } int8_input_;
+  // While recording: the step's one output, `bytes` of pinned staging that
+  // replay copies out (the copy into it is the caller's next operation).
+  void record_output(size_t bytes) {
+    check(!record_out_, "cuda backend: a recorded step has one output");
+    record_out_ = std::make_unique<CudaStep>();
+    OPTIQ_CUDA_OK(cudaMallocHost(&record_out_->staging, bytes));
+    record_out_->out_bytes = bytes;
+    cuda::persistent_flush(stream_);
+  }
   // Scratch for the int8 blocks of n rows of `cols` (one set: each
   // producer of blocks writes it after its readers are done).
   cuda::Int8Out int8_scratch(int64_t n, int64_t cols) {
@@ -665,6 +688,7 @@ class CudaBackend final : public Backend {
   Scratch head_ptrs_;           // prefill attention's per-head GEMM operands
   const int32_t* zeroed_counters_ = nullptr;  // decode attention's counters: zeroed once, left zero by the kernel
   size_t zeroed_count_ = 0;
+  DeviceMemory argmax_state_;  // cuda::argmax's words (zeroed once, left zero), then its pick
   DeviceMemory step_dev_;
   StepInputs* step_host_ = nullptr;
   int64_t step_n_ = 0;

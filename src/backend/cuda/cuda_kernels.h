@@ -133,6 +133,11 @@ void rope(float* x, int64_t n, int64_t stride, int heads, int head_dim, int rot_
           const float* inv_freq, float mscale, cudaStream_t s);
 void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, int64_t n, cudaStream_t s);
 void softcap(float* x, int64_t n, float cap, cudaStream_t s);
+// out[0] = index of the largest of x[0..n): the first of equal values, NaNs
+// skipped, -1 when every value is NaN (optiq::argmax's answer). `state` is
+// kArgmaxStateWords words zeroed once: the kernel leaves them zero again.
+constexpr int kArgmaxStateWords = 4;
+void argmax(const float* x, int64_t n, uint32_t* state, int32_t* out, cudaStream_t s);
 // x rounded as ActRounding says (kernels/weight_view.h), into out (may alias x).
 void round_activations(ActRounding r, const float* x, int64_t n, int64_t cols, float* out, cudaStream_t s);
 void to_half(const float* x, int64_t n, __half* out, cudaStream_t s);

@@ -4,6 +4,8 @@
 // blocks of kernels/act_quant.h bit for bit.
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/norm_rows.cuh"
@@ -283,6 +285,47 @@ __global__ void softcap_kernel(float* x, int64_t n, float cap) {
   if (i < n) x[i] = cap * tanhf(x[i] * (1.0f / cap));
 }
 
+// Greedy decoding's pick over the vocabulary. A candidate is one 64-bit key:
+// the value's bits made order-preserving as unsigned in the high word, the
+// index complemented in the low word (equal values: the lower index is the
+// larger key), so a block's best and the grid's are each a max. Blocks meet
+// through atomicMax on state's key; the last block to finish (a count in
+// state) publishes the index and zeroes the state for the next launch.
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
+  const uint32_t u = __float_as_uint(v);
+  const uint32_t ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(ordered) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
+}
+
+__global__ void argmax_kernel(const float* x, int64_t n, uint32_t* state, int32_t* out) {
+  pdl_trigger();
+  pdl_wait();  // x is the previous kernel's output
+  unsigned long long best = 0;  // no candidate (every real key is larger)
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    if (!isnan(v)) best = max(best, argmax_key(v, i));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+  __shared__ unsigned long long warp_best[32];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) warp_best[warp] = best;
+  __syncthreads();
+  if (warp != 0) return;
+  best = lane < static_cast<int>(blockDim.x >> 5) ? warp_best[lane] : 0;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+  if (lane != 0) return;
+  auto* key = reinterpret_cast<unsigned long long*>(state);
+  if (best) atomicMax(key, best);
+  __threadfence();  // this block's key is visible before its count
+  if (atomicAdd(state + 2, 1u) != gridDim.x - 1) return;
+  const unsigned long long k = atomicExch(key, 0ull);
+  state[2] = 0;
+  *out = k ? static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(k)) : -1;
+}
+
 __global__ void round_half_kernel(const float* __restrict__ x, int64_t n, bool bf16, float* out) {
   pdl_trigger();
   pdl_wait();
@@ -479,6 +522,13 @@ void gated_activation(GateAct act, bool llamacpp, float* gate, const float* up, 
 void softcap(float* x, int64_t n, float cap, cudaStream_t s) {
   if (n <= 0) return;
   launch(softcap_kernel, blocks_for(n, kThreads), kThreads, 0, s, x, n, cap);
+  OPTIQ_CUDA_LAUNCHED();
+}
+
+void argmax(const float* x, int64_t n, uint32_t* state, int32_t* out, cudaStream_t s) {
+  // A few values a thread: a 262k vocabulary takes 128 blocks (one wave), 50k takes 25.
+  const int blocks = static_cast<int>(std::clamp<int64_t>(blocks_for(n, kThreads * 8), 1, 128));
+  launch(argmax_kernel, blocks, kThreads, 0, s, x, n, state, out);
   OPTIQ_CUDA_LAUNCHED();
 }
 
