@@ -1123,8 +1123,11 @@ int CudaBackend::decode_splits(const AttentionParams& p, int64_t n) const {
   // Enough blocks to fill the GPU twice over; llama.cpp numerics normalise
   // the probabilities before V, so they take one range.
   if (p.f16_probs) return 1;
-  const int want = (2 * props_.multiProcessorCount + p.n_kv_heads * static_cast<int>(n) - 1) /
-                   (p.n_kv_heads * static_cast<int>(n));
+  // OPTIQ_CUDA_ATTN_WAVES=W (A/B runs): W blocks an SM counting one a query head, not a kv head.
+  static const int waves = static_cast<int>(env_int("OPTIQ_CUDA_ATTN_WAVES", 0));
+  const int heads = waves > 0 ? p.n_heads : p.n_kv_heads;
+  const int target = (waves > 0 ? waves : 2) * props_.multiProcessorCount;
+  const int want = (target + heads * static_cast<int>(n) - 1) / (heads * static_cast<int>(n));
   return std::clamp(want, 1, std::clamp(p.max_ctx / 16, 1, 64));
 }
 
