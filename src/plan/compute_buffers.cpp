@@ -28,7 +28,7 @@ int64_t optiq_cpu_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows,
 }
 
 bool optiq_cuda_flash_prefill(int head_dim, bool half_kv) {
-  return half_kv && (head_dim == 64 || head_dim == 96 || head_dim == 128);
+  return half_kv && (head_dim == 64 || head_dim == 96 || head_dim == 128 || head_dim == 256);
 }
 
 int64_t optiq_cuda_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows, bool half_kv) {

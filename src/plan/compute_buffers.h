@@ -37,7 +37,7 @@ int64_t optiq_cpu_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows,
 int64_t optiq_cuda_compute_bytes(const ModelConfig& c, int64_t ctx, int64_t rows, bool half_kv);
 // Whether the CUDA backend's prefill attention is its flash kernel, which
 // holds no scores (backend/cuda/flash_prefill.cu's flash_prefill_applies: an
-// fp16 cache and head_dim 64, 96 or 128).
+// fp16 cache and head_dim 64, 96, 128 or 256).
 bool optiq_cuda_flash_prefill(int head_dim, bool half_kv);
 
 // llama.cpp: its compute buffer (the graph reserved for a ubatch of `rows`

@@ -621,8 +621,9 @@ TEST_P(BackendOps, PrefillAttentionInBlocksOfQueryRows) {
   }
 }
 
-// Prefill attention at real head widths (a GPU's flash kernel takes 64, 96
-// and 128 over an fp16 cache; its tiles are 64 query rows by 64 keys):
+// Prefill attention at real head widths (a GPU's flash kernel takes 64, 96,
+// 128 and 256 over an fp16 cache; its tiles are 64 query rows by 64 keys, 32
+// at 256):
 // groups, sliding windows, soft-caps, earlier positions in the cache, row
 // counts that end inside a tile; and on a GPU the cuBLAS path it replaced
 // (OPTIQ_CUDA_FLASH_PREFILL=0) on the same cases.
@@ -633,7 +634,8 @@ TEST_P(BackendOps, PrefillAttentionRealHeadWidths) {
     int n, pos0;
   };
   const Case cases[] = {{128, 8, 2, 0, 0.0f, 130, 0}, {64, 4, 4, 0, 0.0f, 70, 37}, {96, 6, 2, 20, 0.0f, 75, 10},
-                        {128, 7, 1, 0, 30.0f, 65, 100}, {64, 8, 2, 50, 0.0f, 200, 3}};
+                        {128, 7, 1, 0, 30.0f, 65, 100}, {64, 8, 2, 50, 0.0f, 200, 3},
+                        {256, 4, 1, 0, 0.0f, 90, 20}, {256, 8, 2, 30, 50.0f, 70, 5}};
   for (const Case& cs : cases) {
     const int64_t kvd = int64_t{cs.kv_heads} * cs.hd, qd = int64_t{cs.heads} * cs.hd;
     const int ctx = cs.pos0 + cs.n;

@@ -201,16 +201,22 @@ TEST(RuntimeMemory, OptiqComputeLlama3_8B) {
   const int64_t scores = int64_t(32) * 512 * 8192;
   EXPECT_EQ(runtime_memory(c, at(Runtime::OptiqCuda, 8192, "f32")).compute_bytes,
             activations + input_half + slab + scores * 4 + 128256 * 4);
-  // Head widths the flash kernel does not take (Gemma 3's 256): scores, fp16 probabilities, fp16 queries.
+  // Gemma 3's head width 256 takes the flash kernel too; widths it does not
+  // take (32 here) keep scores, fp16 probabilities and fp16 queries.
   ModelConfig wide = c;
   wide.head_dim = 256;
   wide.n_heads = 16, wide.n_kv_heads = 4;  // the same q_dim and kv_dim
-  const int64_t wide_scores = int64_t(16) * 1024 * 8192;  // 1024 rows a block at 16 heads
-  EXPECT_EQ(runtime_memory(wide, at(Runtime::OptiqCuda, 8192)).compute_bytes,
-            activations + input_half + slab + wide_scores * 6 + rows * 4096 * 2 + 128256 * 4);
+  EXPECT_EQ(runtime_memory(wide, at(Runtime::OptiqCuda, 8192)).compute_bytes, m.compute_bytes);
+  ModelConfig narrow = c;
+  narrow.head_dim = 32;
+  narrow.n_heads = 128, narrow.n_kv_heads = 32;
+  const int64_t narrow_scores = int64_t(128) * 128 * 8192;  // 128 rows a block at 128 heads
+  EXPECT_EQ(runtime_memory(narrow, at(Runtime::OptiqCuda, 8192)).compute_bytes,
+            activations + input_half + slab + narrow_scores * 6 + rows * 4096 * 2 + 128256 * 4);
   EXPECT_TRUE(optiq_cuda_flash_prefill(128, true));
   EXPECT_FALSE(optiq_cuda_flash_prefill(128, false));
-  EXPECT_FALSE(optiq_cuda_flash_prefill(256, true));
+  EXPECT_TRUE(optiq_cuda_flash_prefill(256, true));
+  EXPECT_FALSE(optiq_cuda_flash_prefill(32, true));
 }
 
 TEST(RuntimeMemory, BadInput) {

@@ -204,7 +204,7 @@ struct PrefillHeads {
 };
 void attention_prefill_pointers(const PrefillHeads& a, void** out, cudaStream_t s);
 // Prefill attention in one kernel (flash_prefill.cu): an fp16 cache, head_dim
-// 64, 96 or 128; q and out rows as attention_decode's. False (nothing
+// 64, 96, 128 or 256; q and out rows as attention_decode's. False (nothing
 // launched) where it does not apply.
 bool flash_prefill_applies(const AttentionParams& p, const DevKV& c);
 bool attention_flash_prefill(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& c, float* out,

@@ -33,7 +33,10 @@ namespace {
 
 constexpr int kFlashWarps = 4;
 constexpr int kFlashRows = 16 * kFlashWarps;  // query rows a block
-constexpr int kFlashKeys = 64;                // keys a tile
+// Keys a tile: 64, or 32 at head_dim 256 (a warp's output and query
+// fragments are 192 registers there; the score tile must stay small).
+template <int kHd>
+constexpr int kFlashKeys = kHd == 256 ? 32 : 64;
 constexpr int kFlashPad = 8;                  // halves after each shared-memory row: rows start in other banks
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -79,17 +82,18 @@ __device__ __forceinline__ void load_matrices(const __half* row, uint32_t (&r)[4
 
 template <int kHd>
 constexpr size_t flash_smem_bytes() {
-  return size_t{2} * 2 * kFlashKeys * (kHd + kFlashPad) * sizeof(__half);  // two stages of a K and a V tile
+  return size_t{2} * 2 * kFlashKeys<kHd> * (kHd + kFlashPad) * sizeof(__half);  // two stages of a K and a V tile
 }
 
 template <int kHd>
 __global__ void __launch_bounds__(kFlashWarps * 32)
     flash_prefill_kernel(AttentionParams p, const float* __restrict__ q, int n, int pos0,
                          const __half* __restrict__ kc, const __half* __restrict__ vc, float* __restrict__ out) {
+  constexpr int kKeys = kFlashKeys<kHd>;
   constexpr int kSteps = kHd / 16;    // k-steps of the score product
   constexpr int kDimTiles = kHd / 8;  // n-tiles of the output
   constexpr int kRow = kHd + kFlashPad;
-  constexpr int kTile = kFlashKeys * kRow;  // halves of one K or V tile
+  constexpr int kTile = kKeys * kRow;  // halves of one K or V tile
   extern __shared__ __align__(16) __half tiles[];  // stage s: K at 2 s kTile, V at (2 s + 1) kTile
   pdl_trigger();
   pdl_wait();  // q is the previous kernel's output, the cache the one before's
@@ -108,7 +112,7 @@ __global__ void __launch_bounds__(kFlashWarps * 32)
   auto issue_tile = [&](int t0, int stage) {
     __half* ks = tiles + 2 * stage * kTile;
     __half* vs = ks + kTile;
-    for (int idx = threadIdx.x; idx < kFlashKeys * (kHd / 8); idx += kFlashWarps * 32) {
+    for (int idx = threadIdx.x; idx < kKeys * (kHd / 8); idx += kFlashWarps * 32) {
       const int key = idx / (kHd / 8), c8 = idx % (kHd / 8);
       const int64_t off = static_cast<int64_t>(min(t0 + key, kend - 1)) * p.kv_stride + kvh * kHd + 8 * c8;
       copy16_async(ks + key * kRow + 8 * c8, kc + off);
@@ -139,18 +143,18 @@ __global__ void __launch_bounds__(kFlashWarps * 32)
   // ldmatrix row addresses: lane 8j + i gives row i of matrix j.
   const int mi = lane & 7, mj = lane >> 3;
   int stage = 0;
-  for (int t0 = kbeg; t0 < kend; t0 += kFlashKeys, stage ^= 1) {
-    if (t0 + kFlashKeys < kend) issue_tile(t0 + kFlashKeys, stage ^ 1);  // the next tile flies during this one
+  for (int t0 = kbeg; t0 < kend; t0 += kKeys, stage ^= 1) {
+    if (t0 + kKeys < kend) issue_tile(t0 + kKeys, stage ^ 1);  // the next tile flies during this one
     copies_commit();
     copies_wait_all_but_newest();
     __syncthreads();  // this tile is in shared memory for every warp
     const __half* ks = tiles + 2 * stage * kTile;
     const __half* vs = ks + kTile;
     // A warp whose rows see none of this tile skips it (warp-uniform).
-    if (wr0 < n && t0 <= warp_last && t0 + kFlashKeys > warp_first) {
-      float sc[kFlashKeys / 8][4];
+    if (wr0 < n && t0 <= warp_last && t0 + kKeys > warp_first) {
+      float sc[kKeys / 8][4];
 #pragma unroll
-      for (int nt = 0; nt < kFlashKeys / 8; ++nt) {
+      for (int nt = 0; nt < kKeys / 8; ++nt) {
         sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
         // Matrices j = 0..3: keys 8 nt.., dims 16 s + 8 j.. (two k-steps a load).
 #pragma unroll
@@ -164,10 +168,10 @@ __global__ void __launch_bounds__(kFlashWarps * 32)
       // Scale, soft-cap and mask; the rows' new maxima. Scores are kept in
       // log2 units (exp2 is one instruction). A tile every row of the warp
       // sees whole (below the diagonal, inside the window) needs no mask.
-      const bool whole = t0 + kFlashKeys - 1 <= pos0 + wr0 && t0 >= first_visible(warp_last, p.window) && wr0 + 15 < n;
+      const bool whole = t0 + kKeys - 1 <= pos0 + wr0 && t0 >= first_visible(warp_last, p.window) && wr0 + 15 < n;
       float mx[2] = {m[0], m[1]};
 #pragma unroll
-      for (int nt = 0; nt < kFlashKeys / 8; ++nt)
+      for (int nt = 0; nt < kKeys / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = e >> 1, key = t0 + 8 * nt + 2 * t + (e & 1);
@@ -193,7 +197,7 @@ __global__ void __launch_bounds__(kFlashWarps * 32)
       }
       // Probabilities (unnormalised, rounded to fp16) x V, 16 keys a step.
 #pragma unroll
-      for (int kk = 0; kk < kFlashKeys / 16; ++kk) {
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
         float pr[2][4];
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf)
@@ -253,7 +257,7 @@ void launch_flash(const AttentionParams& p, const float* q, int n, int pos0, con
 
 bool flash_prefill_applies(const AttentionParams& p, const DevKV& c) {
   const int hd = p.head_dim;
-  return c.half && (hd == 64 || hd == 96 || hd == 128) && p.kv_stride % 8 == 0 && p.q_stride % 2 == 0 &&
+  return c.half && (hd == 64 || hd == 96 || hd == 128 || hd == 256) && p.kv_stride % 8 == 0 && p.q_stride % 2 == 0 &&
          p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0;
 }
 
@@ -267,6 +271,7 @@ bool attention_flash_prefill(const AttentionParams& p, const float* q, int64_t n
   switch (p.head_dim) {
     case 64: launch_flash<64>(p, q, rows, pos0, k, v, out, s); break;
     case 96: launch_flash<96>(p, q, rows, pos0, k, v, out, s); break;
+    case 256: launch_flash<256>(p, q, rows, pos0, k, v, out, s); break;
     default: launch_flash<128>(p, q, rows, pos0, k, v, out, s); break;
   }
   OPTIQ_CUDA_LAUNCHED();
