@@ -452,12 +452,12 @@ __device__ __forceinline__ void rope_lane(float (&x)[kD], const RopeAngles<kD>& 
   }
 }
 
-template <int kG, int kD, int kKeys = kOnlineKeys<kG, kD>>
+template <int kG, int kD>
 __global__ void __launch_bounds__(kOnlineThreads)
     decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
                          int splits, int min_keys, int blocks_per_group, float* __restrict__ partial,
                          int* counters, float* __restrict__ out, Int8Out int8, RopeIn rope) {
-  constexpr int hd = 32 * kD, kWarps = kOnlineThreads / 32;
+  constexpr int kKeys = kOnlineKeys<kG, kD>, hd = 32 * kD, kWarps = kOnlineThreads / 32;
   pdl_trigger();
   __shared__ float red[kWarps][kG][hd + 2];
   __shared__ float weight[kG * kMaxSplits];
@@ -734,12 +734,6 @@ bool online_split_heads() {
   static const bool on = env_switch("OPTIQ_CUDA_ATTN_SPLIT_HEADS", true);
   return on;
 }
-// Keys a warp of the one-head kernel has in flight (OPTIQ_CUDA_ATTN_KEYS=8|16
-// for A/B runs; head_dim <= 128).
-int online_keys() {
-  static const int v = static_cast<int>(env_int("OPTIQ_CUDA_ATTN_KEYS", 0));
-  return v;
-}
 
 template <int kD>
 bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
@@ -749,13 +743,8 @@ bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0,
   auto* v = static_cast<__half*>(c.v);
   const int group = p.n_heads / p.n_kv_heads;
   if (group > 1 && online_split_heads()) {
-    auto kernel = decode_online_kernel<1, kD>;
-    if constexpr (kD <= 4) {
-      if (online_keys() == 8) kernel = decode_online_kernel<1, kD, 8>;
-      if (online_keys() == 16) kernel = decode_online_kernel<1, kD, 16>;
-    }
-    launch(kernel, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
-           partial, counters, out, int8, rope);
+    launch(decode_online_kernel<1, kD>, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v, splits,
+           min_keys, group, partial, counters, out, int8, rope);
     return true;
   }
   const dim3 grid(p.n_kv_heads, splits, n);
@@ -803,6 +792,11 @@ bool attention_decode_online(const AttentionParams& p, const float* q, int n, De
   }
 }
 }  // namespace
+
+bool attention_decode_per_query_head(const AttentionParams& p, const DevKV& c) {
+  const int group = p.n_kv_heads > 0 ? p.n_heads / p.n_kv_heads : 0;
+  return group > 1 && online_split_heads() && online_applies(p, c, 1);
+}
 
 bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV& c, int splits, int rot_dim) {
   return n == 1 && rot_dim == p.head_dim && online_applies(p, c, splits);

@@ -418,7 +418,7 @@ class CudaBackend final : public Backend {
                             int layer, const AttentionParams& p, float* out) override;
   void decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& kv, float* out,
                         const cuda::RopeIn* rope);
-  int decode_splits(const AttentionParams& p, int64_t n) const;
+  int decode_splits(const AttentionParams& p, int64_t n, bool per_query_head) const;
   // A decode norm (a few rows) over many blocks, with its int8 blocks under
   // fast numerics; false (nothing launched) where it does not apply.
   bool decode_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) {
@@ -1088,7 +1088,7 @@ void CudaBackend::row_sq_sums(const float* d, int64_t rows, int64_t cols, double
 // caller checked that it applies: attention_decode_rope_applies).
 void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& kv,
                                    float* out, const cuda::RopeIn* rope) {
-  const int splits = decode_splits(p, n);
+  const int splits = decode_splits(p, n, cuda::attention_decode_per_query_head(p, kv));
   const size_t smem = cuda::attention_decode_smem(p, splits);
   check(smem <= props_.sharedMemPerBlockOptin,
         "cuda backend: decode attention over {} keys needs {} KB of shared memory per block, the GPU has {} KB",
@@ -1119,14 +1119,18 @@ void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int
   }
 }
 
-int CudaBackend::decode_splits(const AttentionParams& p, int64_t n) const {
+int CudaBackend::decode_splits(const AttentionParams& p, int64_t n, bool per_query_head) const {
   // Enough blocks to fill the GPU twice over; llama.cpp numerics normalise
   // the probabilities before V, so they take one range.
   if (p.f16_probs) return 1;
-  // OPTIQ_CUDA_ATTN_WAVES=W (A/B runs): W blocks an SM counting one a query head, not a kv head.
-  static const int waves = static_cast<int>(env_int("OPTIQ_CUDA_ATTN_WAVES", 0));
-  const int heads = waves > 0 ? p.n_heads : p.n_kv_heads;
-  const int target = (waves > 0 ? waves : 2) * props_.multiProcessorCount;
+  // A block per query head (the single-pass kernel on grouped heads): about
+  // three blocks an SM, one wave (4 fit at 256 threads and 64 registers; a
+  // grid just over one wave runs a nearly empty second one). H100, q4 decode at
+  // 4096 tokens: Qwen2.5-7B 350 -> 395 tok/s (64 ranges -> 15), Llama-3-8B
+  // 352 -> 359 (33 -> 13); BENCHMARKS.md §6. OPTIQ_CUDA_ATTN_WAVES=W for A/B runs.
+  static const int waves = static_cast<int>(env_int("OPTIQ_CUDA_ATTN_WAVES", 3));
+  const int heads = per_query_head ? p.n_heads : p.n_kv_heads;
+  const int target = (per_query_head ? waves : 2) * props_.multiProcessorCount;
   const int want = (target + heads * static_cast<int>(n) - 1) / (heads * static_cast<int>(n));
   return std::clamp(want, 1, std::clamp(p.max_ctx / 16, 1, 64));
 }
@@ -1134,8 +1138,8 @@ int CudaBackend::decode_splits(const AttentionParams& p, int64_t n) const {
 void CudaBackend::rope_store_attention(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0,
                                        KVCache& c, int layer, const AttentionParams& p, float* out) {
   const DevKV kv = layer_of(c, layer);
-  if (n > kMatvecMaxRows || !cuda::attention_decode_rope_applies(p, static_cast<int>(n), kv, decode_splits(p, n),
-                                                                 r.rot_dim)) {
+  const int splits = decode_splits(p, n, cuda::attention_decode_per_query_head(p, kv));
+  if (n > kMatvecMaxRows || !cuda::attention_decode_rope_applies(p, static_cast<int>(n), kv, splits, r.rot_dim)) {
     Backend::rope_store_attention(r, q, k, v, n, pos0, c, layer, p, out);
     return;
   }

@@ -183,6 +183,9 @@ struct RopeIn {
 };
 // True when attention_decode_rope applies (then it must be used alone: it
 // rotates and stores what rope_kv_store would have).
+// Whether decode attention runs a block per query head (and key range), not
+// per kv head: the single-pass kernel of fast numerics on grouped heads.
+bool attention_decode_per_query_head(const AttentionParams& p, const DevKV& c);
 bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV& c, int splits, int rot_dim);
 bool attention_decode_rope(const AttentionParams& p, const float* q, DevPos pos0, const DevKV& c, int splits,
                            float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope);
