@@ -9,7 +9,11 @@
 # (SANITIZE_TOOLS, default "memcheck racecheck": memcheck with leak check,
 # racecheck of shared memory; initcheck is the third; SANITIZE_TIMEOUT seconds
 # a run, default 140): logs sanitize-<tool>-<test>.txt. Modes combine:
-# `bash scripts/device_check.sh tests sanitize profile`.
+# `bash scripts/device_check.sh tests sanitize profile`. With `tables`, the
+# decode/prefill tables of BENCHMARKS.md §6 for both 8B shapes (every format,
+# decode at 128 and 4096 tokens, prefill of 512 and 4096): tables-<shape>.json
+# and .txt. At the end everything under $OUT is packed into
+# $OUT/device-check.tgz (the device tool returns only a few files a call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/optiq-device}
@@ -36,6 +40,15 @@ if [[ $modes == *" sanitize "* ]]; then
     done
   done
 fi
+if [[ $modes == *" tables "* ]]; then
+  for shape in llama3-8b qwen2.5-7b; do
+    t0=$SECONDS
+    timeout 240 scripts/device_run.sh bench_gpu --shape $shape --formats bf16,q8,q4,mixed4.5,mixed3.5,q4_k_m \
+      --ctx 128,4096 --prefill 512,4096 --tokens 64 --reps 3 --json "$OUT/tables-$shape.json" > "$OUT/tables-$shape.txt" 2>&1
+    echo "bench_gpu $shape: exit $?, $((SECONDS - t0)) s"
+    grep -E '^\||copy bandwidth' "$OUT/tables-$shape.txt" | tail -26
+  done
+fi
 if [[ $modes == *" profile "* ]]; then
   t0=$SECONDS
   OPTIQ_CUDA_MEMLOG=1 timeout 420 scripts/device_run.sh bench_gpu_profile --shape llama3-8b --anchor-windows 32 \
@@ -46,3 +59,5 @@ if [[ $modes == *" profile "* ]]; then
   tail -20 "$OUT/profile.txt"
   echo "last peaks:"; grep "(peak)" "$OUT/memlog.txt" | tail -8
 fi
+tar -C "$OUT" --exclude device-check.tgz -czf /tmp/device-check.tgz . && mv /tmp/device-check.tgz "$OUT/" &&
+  find "$OUT" -mindepth 1 -maxdepth 1 ! -name device-check.tgz ! -name gpu.txt -exec rm -rf {} +
