@@ -1,6 +1,7 @@
 // What every backend shares: the KV cache layout and the registry of backends.
 #include "backend/backend.h"
 
+#include <algorithm>
 #include <atomic>
 #include <string>
 #include <vector>

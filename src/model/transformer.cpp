@@ -393,14 +393,12 @@ int32_t Transformer::forward_greedy(int32_t token) {
     return static_cast<int32_t>(argmax(greedy_logits_.data(), vocab));
   }
   int32_t pick = -1;
-  greedy_pick_ = &pick;
-  try {
-    forward(std::span<const int32_t>(&token, 1), nullptr, 0);
-  } catch (...) {
-    greedy_pick_ = nullptr;
-    throw;
-  }
-  greedy_pick_ = nullptr;
+  struct PickScope {  // the head writes the pick for this call only, also when it throws
+    int32_t*& slot;
+    PickScope(int32_t*& s, int32_t* p) : slot(s) { slot = p; }
+    ~PickScope() { slot = nullptr; }
+  } scope(greedy_pick_, &pick);
+  forward(std::span<const int32_t>(&token, 1), nullptr, 0);
   return pick;
 }
 
