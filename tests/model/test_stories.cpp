@@ -3,8 +3,12 @@
 // equals token-by-token decoding; greedy sampling's pick.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <random>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "eval/perplexity.h"
@@ -52,6 +56,65 @@ TEST(Sampler, GreedyPicksTheFirstLargestAndRejectsAllNan) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
   }
+}
+
+// What sample() must do, written plainly: every non-NaN logit divided by
+// the temperature, sorted best first (equal values by index), the first k,
+// softmax, the smallest prefix reaching top_p, one uniform draw.
+int32_t reference_sample(const std::vector<float>& logits, const SamplerOptions& o, std::mt19937_64& rng) {
+  std::vector<std::pair<float, int32_t>> c;
+  for (size_t i = 0; i < logits.size(); ++i)
+    if (!std::isnan(logits[i])) c.emplace_back(logits[i] / o.temperature, static_cast<int32_t>(i));
+  std::stable_sort(c.begin(), c.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  if (o.top_k > 0 && static_cast<size_t>(o.top_k) < c.size()) c.resize(o.top_k);
+  const float maxv = c[0].first;
+  double sum = 0;
+  for (auto& x : c) sum += (x.first = std::exp(x.first - maxv));
+  if (o.top_p < 1.0f) {
+    double cum = 0;
+    size_t keep = 0;
+    while (keep < c.size()) {
+      cum += c[keep++].first / sum;
+      if (cum >= o.top_p) break;
+    }
+    c.resize(keep);
+    sum = 0;
+    for (auto& x : c) sum += x.first;
+  }
+  double r = std::uniform_real_distribution<double>(0.0, sum)(rng);
+  for (auto& x : c) {
+    r -= x.first;
+    if (r <= 0) return x.second;
+  }
+  return c.back().second;
+}
+
+// The one-pass top-k selection picks what sorting every candidate picks:
+// vocabularies of a few to 20k tokens with ties and NaNs, top-k of 1, 5, 40
+// and all, top-p on and off, the same seeds (temperatures that divide
+// exactly, so no two logits become equal).
+TEST(Sampler, TopKAndTopPAsSortingEveryCandidate) {
+  for (int64_t n : {3, 70, 1000, 20000}) {
+    std::vector<float> logits = test::random_floats(n, 40 + static_cast<uint32_t>(n), 4.0f);
+    for (int64_t i = 5; i < n; i += 97) logits[i] = logits[i / 2];  // ties
+    for (int64_t i = 11; i < n; i += 131) logits[i] = std::numeric_limits<float>::quiet_NaN();
+    for (int k : {1, 5, 40, 0})
+      for (float p : {1.0f, 0.9f})
+        for (float t : {1.0f, 0.5f}) {
+          const SamplerOptions o{.temperature = t, .top_k = k, .top_p = p, .seed = 7};
+          Sampler s(o);
+          std::mt19937_64 rng(o.seed);
+          for (int draw = 0; draw < 20; ++draw)
+            ASSERT_EQ(s.sample(logits), reference_sample(logits, o, rng))
+                << "n " << n << " k " << k << " p " << p << " t " << t << " draw " << draw;
+        }
+  }
+}
+
+TEST(Sampler, SamplingRejectsAllNan) {
+  Sampler s({.temperature = 0.8f});
+  const std::vector<float> nan(9, std::numeric_limits<float>::quiet_NaN());
+  EXPECT_THROW(s.sample(nan), Error);
 }
 
 TEST(Stories260K, ConfigFromBothFiles) {
