@@ -131,19 +131,23 @@ void Argmax(benchmark::State& state) {
 BENCHMARK(Argmax)->ArgNames({"vocab", "kernel"})->ArgsProduct({{49152, 128256, 262144}, {0, 1}})
     ->Unit(benchmark::kMicrosecond);
 
-// Sampling with llama.cpp's defaults (temperature 0.8, top-k 40, top-p 0.95)
-// over a vocabulary: host time between two decode steps.
+// Sampling with llama.cpp's defaults (temperature 0.8, top-k 40, top-p 0.95),
+// or from the whole distribution (top_k 0), over a vocabulary: host time
+// between two decode steps.
 void Sample(benchmark::State& state) {
   const auto n = static_cast<int64_t>(state.range(0));
   std::vector<float> logits = randn(static_cast<size_t>(n), 5);
   for (float& v : logits) v *= 3.0f;
-  Sampler s({.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 1});
+  const bool all = state.range(1) == 0;  // top-k 0, top-p 1: self-generated calibration text's sampling
+  Sampler s(all ? SamplerOptions{.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 1}
+                : SamplerOptions{.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 1});
   int64_t i = 0;
   for (auto _ : state) {
     logits[static_cast<size_t>(i++ % n)] += 1e-3f;
     benchmark::DoNotOptimize(s.sample(logits));
   }
 }
-BENCHMARK(Sample)->ArgNames({"vocab"})->Arg(49152)->Arg(128256)->Arg(262144)->Unit(benchmark::kMicrosecond);
+BENCHMARK(Sample)->ArgNames({"vocab", "top_k"})->ArgsProduct({{49152, 128256, 262144}, {40, 0}})
+    ->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

@@ -21,9 +21,12 @@ class Sampler {
   int32_t sample(std::span<const float> logits);
 
  private:
+  int32_t sample_all(std::span<const float> logits);
+
   SamplerOptions opt_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> cand_;
+  std::vector<float> weights_;  // sample_all's unnormalised probabilities
 };
 
 }  // namespace optiq

@@ -61,7 +61,27 @@ TEST(Sampler, GreedyPicksTheFirstLargestAndRejectsAllNan) {
 // What sample() must do, written plainly: every non-NaN logit divided by
 // the temperature, sorted best first (equal values by index), the first k,
 // softmax, the smallest prefix reaching top_p, one uniform draw.
+// Without top-k and top-p the draw walks the vocabulary in order instead.
 int32_t reference_sample(const std::vector<float>& logits, const SamplerOptions& o, std::mt19937_64& rng) {
+  if ((o.top_k <= 0 || static_cast<size_t>(o.top_k) >= logits.size()) && o.top_p >= 1.0f) {
+    const float inv_t = 1.0f / o.temperature;
+    float maxv = -std::numeric_limits<float>::infinity();
+    int32_t best = -1;
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (logits[i] > maxv) maxv = logits[i], best = static_cast<int32_t>(i);
+    maxv *= inv_t;
+    std::vector<float> w(logits.size());
+    double sum = 0;
+    for (size_t i = 0; i < w.size(); ++i)
+      sum += (w[i] = std::isnan(logits[i]) ? 0.0f : std::exp(logits[i] * inv_t - maxv));
+    double r = std::uniform_real_distribution<double>(0.0, sum)(rng);
+    for (size_t i = 0; i < w.size(); ++i) {
+      if (w[i] == 0.0f) continue;
+      r -= w[i];
+      if (r <= 0) return static_cast<int32_t>(i);
+    }
+    return best;
+  }
   std::vector<std::pair<float, int32_t>> c;
   for (size_t i = 0; i < logits.size(); ++i)
     if (!std::isnan(logits[i])) c.emplace_back(logits[i] / o.temperature, static_cast<int32_t>(i));
@@ -89,11 +109,12 @@ int32_t reference_sample(const std::vector<float>& logits, const SamplerOptions&
   return c.back().second;
 }
 
-// The one-pass top-k selection picks what sorting every candidate picks:
+// The one-pass top-k selection picks what sorting every candidate picks
+// (and with neither top-k nor top-p, the walk in vocabulary order):
 // vocabularies of a few to 20k tokens with ties and NaNs, top-k of 1, 5, 40
 // and all, top-p on and off, the same seeds (temperatures that divide
 // exactly, so no two logits become equal).
-TEST(Sampler, TopKAndTopPAsSortingEveryCandidate) {
+TEST(Sampler, PicksAsThePlainReference) {
   for (int64_t n : {3, 70, 1000, 20000}) {
     std::vector<float> logits = test::random_floats(n, 40 + static_cast<uint32_t>(n), 4.0f);
     for (int64_t i = 5; i < n; i += 97) logits[i] = logits[i / 2];  // ties
@@ -108,6 +129,27 @@ TEST(Sampler, TopKAndTopPAsSortingEveryCandidate) {
             ASSERT_EQ(s.sample(logits), reference_sample(logits, o, rng))
                 << "n " << n << " k " << k << " p " << p << " t " << t << " draw " << draw;
         }
+  }
+}
+
+// Each mode draws tokens as often as their probability says.
+TEST(Sampler, DrawsFollowTheDistribution) {
+  const std::vector<float> logits = {1.0f, 2.0f, std::numeric_limits<float>::quiet_NaN(), 0.0f, 2.5f, -1.0f};
+  for (int k : {0, 4}) {
+    const SamplerOptions o{.temperature = 0.7f, .top_k = k, .top_p = 1.0f, .seed = 3};
+    std::vector<double> p(logits.size(), 0.0);
+    double z = 0;
+    std::vector<float> kept = logits;
+    std::sort(kept.begin(), kept.end(), [](float a, float b) { return !std::isnan(a) && (std::isnan(b) || a > b); });
+    const float kth = k > 0 ? kept[k - 1] : -std::numeric_limits<float>::infinity();
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (!std::isnan(logits[i]) && logits[i] >= kth) z += (p[i] = std::exp(double(logits[i]) / o.temperature));
+    Sampler s(o);
+    std::vector<int> count(logits.size(), 0);
+    const int draws = 40000;
+    for (int d = 0; d < draws; ++d) ++count[static_cast<size_t>(s.sample(logits))];
+    for (size_t i = 0; i < logits.size(); ++i)
+      EXPECT_NEAR(double(count[i]) / draws, p[i] / z, 0.01) << "top-k " << k << " token " << i;
   }
 }
 
