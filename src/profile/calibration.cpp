@@ -67,7 +67,7 @@ std::vector<std::vector<int32_t>> self_generated(const Model& m, const Calibrati
       int32_t t = sampler.sample(logits);
       if (m.tokenizer->is_eog(t)) t = bos;  // keep going: a new "document"
       w.push_back(t);
-      if (static_cast<int>(w.size()) < opt.seq) logits = tf.forward_last(std::span<const int32_t>(&t, 1));
+      if (static_cast<int>(w.size()) < opt.seq) tf.forward(std::span<const int32_t>(&t, 1), logits.data(), 0);
       progress.update(static_cast<int64_t>(s) * opt.seq + static_cast<int64_t>(w.size()));
     }
     out.push_back(std::move(w));

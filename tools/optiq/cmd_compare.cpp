@@ -103,13 +103,13 @@ std::string greedy_sample(const Model& m, const std::string& prompt, int n) {
   Transformer tf(m, std::min(m.config.max_seq, 2048));
   const std::vector<int32_t> ids = m.tokenizer->encode(prompt, /*add_bos=*/true);
   if (ids.empty() || static_cast<int>(ids.size()) + n > tf.max_ctx()) return "";
-  std::vector<float> logits = tf.forward_last(ids);
+  const std::vector<float> logits = tf.forward_last(ids);
   std::string text;
+  int32_t tok = static_cast<int32_t>(argmax(logits.data(), static_cast<int64_t>(logits.size())));
   for (int i = 0; i < n; ++i) {
-    const int32_t tok = static_cast<int32_t>(argmax(logits.data(), static_cast<int64_t>(logits.size())));
     if (tok < 0 || m.tokenizer->is_eog(tok)) break;
     text += m.tokenizer->decode_token(tok);
-    if (i + 1 < n) logits = tf.forward_last(std::span<const int32_t>(&tok, 1));
+    if (i + 1 < n) tok = tf.forward_greedy(tok);
   }
   return text;
 }

@@ -58,7 +58,7 @@ void run_generate(const GenerateArgs& a) {
       tok = tf.forward_greedy(tok);
       check(tok >= 0, "every logit of step {} is NaN (broken weights or inputs)", i + 1);
     } else {
-      logits = tf.forward_last(std::span<const int32_t>(&tok, 1));
+      tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);  // the same buffer each step
       tok = sampler.sample(logits);
     }
   }
