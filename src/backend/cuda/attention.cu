@@ -793,6 +793,10 @@ bool attention_decode_online(const AttentionParams& p, const float* q, int n, De
 }
 }  // namespace
 
+bool attention_decode_single_pass(const AttentionParams& p, const DevKV& c, int splits) {
+  return online_applies(p, c, splits);
+}
+
 bool attention_decode_per_query_head(const AttentionParams& p, const DevKV& c) {
   const int group = p.n_kv_heads > 0 ? p.n_heads / p.n_kv_heads : 0;
   return group > 1 && online_split_heads() && online_applies(p, c, 1);

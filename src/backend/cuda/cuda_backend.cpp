@@ -1089,10 +1089,12 @@ void CudaBackend::row_sq_sums(const float* d, int64_t rows, int64_t cols, double
 void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& kv,
                                    float* out, const cuda::RopeIn* rope) {
   const int splits = decode_splits(p, n, cuda::attention_decode_per_query_head(p, kv));
-  const size_t smem = cuda::attention_decode_smem(p, splits);
-  check(smem <= props_.sharedMemPerBlockOptin,
-        "cuda backend: decode attention over {} keys needs {} KB of shared memory per block, the GPU has {} KB",
-        p.max_ctx, smem / 1024, props_.sharedMemPerBlockOptin / 1024);
+  if (!cuda::attention_decode_single_pass(p, kv, splits)) {  // the two-pass kernel holds a range's scores
+    const size_t smem = cuda::attention_decode_smem(p, splits);
+    check(smem <= props_.sharedMemPerBlockOptin,
+          "cuda backend: decode attention over {} keys needs {} KB of shared memory per block, the GPU has {} KB",
+          p.max_ctx, smem / 1024, props_.sharedMemPerBlockOptin / 1024);
+  }
   check(p.head_dim % 2 == 0 && p.head_dim <= 256,
         "cuda backend: decode attention takes even head dimensions up to 256, not {}", p.head_dim);
   float* partial = partial_.get<float>(
