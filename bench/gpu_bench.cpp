@@ -152,19 +152,19 @@ int run(int argc, char** argv) {
       for (int r = 0; r < reps; ++r) {
         tf.reset();
         if (ctx > 1) tf.forward(std::span<const int32_t>(ids.data(), ctx - 1), logits.data(), ctx - 2);
-        // Warm-up steps (the second records the step; the rest bring the clocks up), then the timed ones.
-        // Greedy steps as `generate` runs them: the pick made on the device, one index copied out.
+        // Greedy steps as `generate` runs them (the pick made on the device, one
+        // index copied out), or with --host-pick the logits copied out and picked
+        // on the host (before 2026-12-07's device pick). 12 warm-up steps in the
+        // same mode (the second records the step; the rest bring the clocks up).
         int32_t tok = 1;
-        for (int i = 0; i < 12; ++i) tok = std::max(tf.forward_greedy(tok), 0);
+        auto step = [&] {
+          if (!host_pick) return std::max(tf.forward_greedy(tok), 0);
+          tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
+          return static_cast<int32_t>(std::max<int64_t>(argmax(logits.data(), c.vocab_size), 0));
+        };
+        for (int i = 0; i < 12; ++i) tok = step();
         const auto t0 = std::chrono::steady_clock::now();
-        if (host_pick) {  // the logits copied out and picked on the host (before 2026-12-07's device pick)
-          for (int i = 0; i < tokens; ++i) {
-            tf.forward(std::span<const int32_t>(&tok, 1), logits.data(), 0);
-            tok = static_cast<int32_t>(std::max<int64_t>(argmax(logits.data(), c.vocab_size), 0));
-          }
-        } else {
-          for (int i = 0; i < tokens; ++i) tok = std::max(tf.forward_greedy(tok), 0);
-        }
+        for (int i = 0; i < tokens; ++i) tok = step();
         rates.push_back(tokens / seconds_since(t0));
       }
       const double tps = median(rates);

@@ -181,14 +181,14 @@ struct RopeIn {
   const float* inv_freq = nullptr;
   float mscale = 1.0f;
 };
-// True when attention_decode_rope applies (then it must be used alone: it
-// rotates and stores what rope_kv_store would have).
 // Whether decode attention runs the single-pass kernel (fast numerics: no
 // dynamic shared memory), not the two-pass one that holds a range's scores.
 bool attention_decode_single_pass(const AttentionParams& p, const DevKV& c, int splits);
 // Whether decode attention runs a block per query head (and key range), not
 // per kv head: the single-pass kernel of fast numerics on grouped heads.
 bool attention_decode_per_query_head(const AttentionParams& p, const DevKV& c);
+// True when attention_decode_rope applies (then it must be used alone: it
+// rotates and stores what rope_kv_store would have).
 bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV& c, int splits, int rot_dim);
 bool attention_decode_rope(const AttentionParams& p, const float* q, DevPos pos0, const DevKV& c, int splits,
                            float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope);
