@@ -187,6 +187,17 @@ int64_t attention_score_bytes() {
   return v > 0 ? std::min<int64_t>(v, kAttentionScoreBytes) : kAttentionScoreBytes;
 }
 
+// OPTIQ_CUDA_SKIP=attention,norm,qkv,o,gated,down (benchmarks only: wrong
+// results): the named decode operations are not launched, so a step's time
+// without them says what each costs inside a recorded step, overlaps included.
+bool skipped(std::string_view op) {
+  static const std::string list = [] {
+    const char* e = std::getenv("OPTIQ_CUDA_SKIP");
+    return e ? "," + std::string(e) + "," : std::string();
+  }();
+  return !list.empty() && list.find("," + std::string(op) + ",") != std::string::npos;
+}
+
 // Prefill expands packed rows into fp16 slabs of at most this size for cuBLAS
 // (lm_heads of large vocabularies take a few; plan/compute_buffers.cpp counts
 // it for --fit). Slabs small enough to stay in the L2 cache were measured
@@ -425,7 +436,8 @@ class CudaBackend final : public Backend {
     const bool int8 = kernels::decode_int8_enabled() && dim % 32 == 0;
     cuda::Int8Out b;
     if (int8) b = int8_scratch(rows, dim);
-    if (!cuda::rms_norm_split(x, w, rows, dim, eps, out, stream_, b.q, b.scale, b.sum)) return false;
+    if (!skipped("norm") && !cuda::rms_norm_split(x, w, rows, dim, eps, out, stream_, b.q, b.scale, b.sum))
+      return false;
     if (int8) {
       int8_input_ = Int8Input{out, rows, dim, ops_, b};
       last_y_ = nullptr;
@@ -858,6 +870,7 @@ void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const fl
   const int64_t prev_y_n = last_y_n_;
   last_y_ = ys[0];
   last_y_n_ = n * ms[0].rows;
+  if (skipped("qkv")) return;
   const Int8Blocks b = int8_blocks(x, n, ms[0].cols, prev_y, prev_y_n);
   if (cuda::matvec_int8_group(ms, ys.data(), static_cast<int>(count), b.q, b.scale, b.sum, static_cast<int>(n),
                               stream_))
@@ -887,7 +900,8 @@ void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, in
     const int64_t prev_y_n = last_y_n_;
     last_y_ = y;
     last_y_n_ = n * m.rows;
-    if (dense) {
+    if (skipped(m.cols > m.rows ? "down" : "o")) {
+    } else if (dense) {
       cuda::matvec_dense(m, a, static_cast<int>(n), y, stream_, x);
     } else {
       const Int8Blocks b = int8_blocks(a, n, m.cols, prev_y, prev_y_n);
@@ -927,6 +941,7 @@ void CudaBackend::gated_matmul(const WeightHandle& gate, const WeightHandle& up,
                            g.bf16_scales == u.bf16_scales && (g.biases == nullptr) == (u.biases == nullptr) &&
                            g.zero_point == u.zero_point && u.act == ActRounding::Exact && g.rows == u.rows;
       if (fusable) {
+        if (skipped("gated")) return;
         const Int8Blocks b = int8_blocks(x, n, g.cols, prev_y, prev_y_n);
         // (Its output's int8 blocks made by the last warp to finish each group of 32 rows, instead of a
         // rounding launch before the down product, made this product 22 -> 29 us on the H200: a fence and an
@@ -1146,6 +1161,13 @@ void CudaBackend::rope_store_attention(const RopeStore& r, float* q, float* k, c
     return;
   }
   Op op(*this, "rope + attention decode");
+  if (skipped("attention")) {  // as if the kernel had written its output's int8 blocks
+    if (kernels::decode_int8_enabled() && p.q_stride % 32 == 0) {
+      int8_input_ = Int8Input{out, n, p.q_stride, ops_, int8_scratch(n, p.q_stride)};
+      last_y_ = nullptr;
+    }
+    return;
+  }
   check(pos0 + n <= c.max_ctx, "cuda backend: {} keys at position {} overflow a cache of {}", n, pos0, c.max_ctx);
   cuda::RopeIn rope;
   rope.k = k, rope.v = v, rope.inv_freq = r.inv_freq, rope.mscale = r.mscale;
