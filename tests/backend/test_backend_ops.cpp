@@ -684,39 +684,43 @@ TEST_P(BackendOps, AddRmsNormEqualsAddThenNorm) {
 // A block's last product, the residual add and the next norm in one step;
 // the norm's output then feeds another product (a GPU hands it over as int8
 // blocks made by the norm: they must be the ones the product would make).
+// (Rows of 8320 weights: a GPU splits rows that wide over two warps.)
 TEST_P(BackendOps, MatmulAddRmsNormEqualsMatmulThenAddNorm) {
-  const int64_t dim = 256, cols = 384, next_rows = 9;
-  const std::vector<StorageCase> cases = storage_cases(dim, cols);
-  const std::vector<StorageCase> nexts = storage_cases(next_rows, dim);
-  const auto w = test::random_floats(dim, 81);
-  Buffer bw = put(w);
-  for (bool fast : {false, true}) {
-    const Int8Decode numerics(fast);
-    for (size_t c = 0; c < cases.size(); ++c) {
-      const auto h = b.upload(cases[c].view);
-      const auto hn = b.upload(nexts[c].view);
-      for (int64_t n : {1, 3, 12}) {
-        const auto a = test::random_floats(n * cols, 82 + n), x = test::random_floats(n * dim, 83 + n);
-        Buffer ba = put(a), x1 = put(x), y1 = b.alloc(n * dim), z1 = b.alloc(n * next_rows);
-        b.matmul(*h, ba.data(), n, y1.data());
-        b.add_rms_norm(x1.data(), y1.data(), bw.data(), n, dim, 1e-5f, y1.data());
-        b.matmul(*hn, y1.data(), n, z1.data());
-        Buffer x2 = put(x), y2 = b.alloc(n * dim), z2 = b.alloc(n * next_rows);
-        b.matmul_add_rms_norm(*h, ba.data(), n, y2.data(), x2.data(), bw.data(), 1e-5f, y2.data());
-        b.matmul(*hn, y2.data(), n, z2.data());
-        const std::string what = cases[c].name + " n=" + std::to_string(n) + (fast ? " fast" : " exact");
-        const auto want_x = get(x1, n * dim), got_x = get(x2, n * dim);
-        for (int64_t i = 0; i < n * dim; ++i) ASSERT_EQ(got_x[i], want_x[i]) << what << " residual " << i;
-        const auto want = get(y1, n * dim), got = get(y2, n * dim);
-        for (int64_t i = 0; i < n * dim; ++i)
-          ASSERT_NEAR(got[i], want[i], 1e-6f * (1 + std::abs(want[i]))) << what << " norm " << i;
-        // The next product from the fused step's output, against the same product of a fresh copy of it.
-        Buffer y3 = put(got), z3 = b.alloc(n * next_rows);
-        b.matmul(*hn, y3.data(), n, z3.data());
-        const auto z_fused = get(z2, n * next_rows), z_fresh = get(z3, n * next_rows), z_ref = get(z1, n * next_rows);
-        for (int64_t i = 0; i < n * next_rows; ++i) {
-          ASSERT_EQ(z_fused[i], z_fresh[i]) << what << " next product " << i;
-          ASSERT_NEAR(z_fused[i], z_ref[i], 2e-3f * (1 + std::abs(z_ref[i]))) << what << " next product " << i;
+  for (const int64_t cols : {384, 8320}) {
+    const int64_t dim = 256, next_rows = 9;
+    const std::vector<StorageCase> cases = storage_cases(dim, cols);
+    const std::vector<StorageCase> nexts = storage_cases(next_rows, dim);
+    const auto w = test::random_floats(dim, 81);
+    Buffer bw = put(w);
+    for (bool fast : {false, true}) {
+      const Int8Decode numerics(fast);
+      for (size_t c = 0; c < cases.size(); ++c) {
+        const auto h = b.upload(cases[c].view);
+        const auto hn = b.upload(nexts[c].view);
+        for (int64_t n : {1, 3, 12}) {
+          const auto a = test::random_floats(n * cols, 82 + n), x = test::random_floats(n * dim, 83 + n);
+          Buffer ba = put(a), x1 = put(x), y1 = b.alloc(n * dim), z1 = b.alloc(n * next_rows);
+          b.matmul(*h, ba.data(), n, y1.data());
+          b.add_rms_norm(x1.data(), y1.data(), bw.data(), n, dim, 1e-5f, y1.data());
+          b.matmul(*hn, y1.data(), n, z1.data());
+          Buffer x2 = put(x), y2 = b.alloc(n * dim), z2 = b.alloc(n * next_rows);
+          b.matmul_add_rms_norm(*h, ba.data(), n, y2.data(), x2.data(), bw.data(), 1e-5f, y2.data());
+          b.matmul(*hn, y2.data(), n, z2.data());
+          const std::string what = cases[c].name + " cols=" + std::to_string(cols) + " n=" + std::to_string(n) +
+                                   (fast ? " fast" : " exact");
+          const auto want_x = get(x1, n * dim), got_x = get(x2, n * dim);
+          for (int64_t i = 0; i < n * dim; ++i) ASSERT_EQ(got_x[i], want_x[i]) << what << " residual " << i;
+          const auto want = get(y1, n * dim), got = get(y2, n * dim);
+          for (int64_t i = 0; i < n * dim; ++i)
+            ASSERT_NEAR(got[i], want[i], 1e-6f * (1 + std::abs(want[i]))) << what << " norm " << i;
+          // The next product from the fused step's output, against the same product of a fresh copy of it.
+          Buffer y3 = put(got), z3 = b.alloc(n * next_rows);
+          b.matmul(*hn, y3.data(), n, z3.data());
+          const auto z_fused = get(z2, n * next_rows), z_fresh = get(z3, n * next_rows), z_ref = get(z1, n * next_rows);
+          for (int64_t i = 0; i < n * next_rows; ++i) {
+            ASSERT_EQ(z_fused[i], z_fresh[i]) << what << " next product " << i;
+            ASSERT_NEAR(z_fused[i], z_ref[i], 2e-3f * (1 + std::abs(z_ref[i]))) << what << " next product " << i;
+          }
         }
       }
     }
@@ -781,7 +785,8 @@ TEST_P(BackendOps, DecodeAttentionRealHeadWidths) {
   const Case cases[] = {{128, 32, 8, 0, 0.0f}, {128, 8, 8, 0, 0.0f},  {64, 16, 2, 100, 0.0f},
                         {256, 8, 2, 0, 50.0f}, {128, 7, 1, 0, 0.0f},   {64, 12, 4, 0, 0.0f},
                         {128, 24, 3, 0, 30.0f}, {128, 16, 2, 64, 0.0f}};
-  const int max_ctx = 300;
+  // Up to 2100 keys: many key ranges for a GPU's decode kernels to combine.
+  const int max_ctx = 2100;
   for (bool fast : {false, true}) {
     const Int8Decode numerics(fast);
     for (const Case& cs : cases) {
@@ -790,7 +795,7 @@ TEST_P(BackendOps, DecodeAttentionRealHeadWidths) {
       const auto k = test::random_floats(max_ctx * kvd, 90), v = test::random_floats(max_ctx * kvd, 91);
       Buffer bk = put(k), bv = put(v);
       b.kv_store(c, 0, 0, bk.data(), bv.data(), max_ctx);
-      for (int pos : {0, 5, 31, 40, 257, max_ctx - 1}) {
+      for (int pos : {0, 5, 31, 40, 257, 299, 300, 1500, max_ctx - 1}) {
         const auto q = test::random_floats(qd, 92 + pos, 0.2f);
         Buffer bq = put(q), out = b.alloc(qd);
         AttentionParams p;
@@ -947,12 +952,12 @@ TEST_P(BackendOps, RopeStoreAttentionEqualsTheSteps) {
   };
   const Case cases[] = {{128, 8, 2, 128, 0, 0.0f}, {64, 8, 4, 64, 20, 0.0f}, {256, 4, 2, 256, 0, 30.0f},
                         {128, 7, 1, 128, 0, 0.0f}, {64, 4, 2, 32, 0, 0.0f}};
-  const int ctx = 120;
+  const int ctx = 800;  // position 700: the new key in the last of several key ranges
   for (bool fast : {false, true}) {
     const Int8Decode numerics(fast);
     for (const Case& cs : cases)
       for (int64_t n : {1, 3})
-        for (int pos0 : {0, 37, 100}) {
+        for (int pos0 : {0, 37, 100, 700}) {
           const int64_t qd = int64_t{cs.heads} * cs.hd, kvd = int64_t{cs.kv_heads} * cs.hd;
           std::vector<float> inv(cs.rot / 2);
           for (size_t i = 0; i < inv.size(); ++i) inv[i] = std::pow(10000.0f, -2.0f * float(i) / float(cs.rot));

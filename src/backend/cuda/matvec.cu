@@ -32,25 +32,37 @@ namespace {
 // memory.
 constexpr int kWarps = 4;
 
-template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false>
+// kParts > 1: wide rows split over kParts warps (matvec_rows.cuh, split_part).
+template <int kBits, int kMaxN, int kW, int kR, int kU, bool kGated = false, int kParts = 1>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_kernel(DevMatrix w, const int8_t* xq, const float* xscale,
                        const int32_t* xsum, int n, float* __restrict__ y, DevMatrix w2 = {},
                        GateAct act = GateAct::Silu, float* accum = nullptr) {
   pdl_trigger();
-  matvec_rows<kMaxN, kW, kR, kGated>(w, n, y, act, accum, [&](int64_t r0, int lane, float (&acc)[kR][kMaxN]) {
-    int8_rows<kBits, kMaxN, kR, kU, kGated>(w, w2, r0, lane, xq, xscale, xsum, n, acc, PdlWait{});
+  matvec_rows<kMaxN, kW, kR, kGated, kParts>(w, n, y, act, accum, [&](int64_t r0, int lane, float (&acc)[kR][kMaxN]) {
+    int8_rows<kBits, kMaxN, kR, kU, kGated, kParts>(w, w2, r0, lane, xq, xscale, xsum, n, acc, PdlWait{});
   });
 }
 
-template <int kBits, int kMaxN, int kW, int kR, int kU>
+template <int kBits, int kMaxN, int kW, int kR, int kU, int kParts = 1>
 __global__ void __launch_bounds__(kW * 32)
     affine_int8_group_kernel(MatrixGroup g, const int8_t* xq, const float* xscale,
                              const int32_t* xsum, int n) {
   pdl_trigger();
-  group_rows<kMaxN, kW, kR>(g, n, [&](const GroupRow& gr, int lane, float (&acc)[kR][kMaxN]) {
-    int8_rows<kBits, kMaxN, kR, kU, false>(gr.w, gr.w, gr.r, lane, xq, xscale, xsum, n, acc, PdlWait{});
+  group_rows<kMaxN, kW, kR, kParts>(g, n, [&](const GroupRow& gr, int lane, float (&acc)[kR][kMaxN]) {
+    int8_rows<kBits, kMaxN, kR, kU, false, kParts>(gr.w, gr.w, gr.r, lane, xq, xscale, xsum, n, acc, PdlWait{});
   });
+}
+
+// Rows of at least kSplitCols weights (Llama-3-8B's down: 14336) are split
+// over two warps, each walking half of every row, so a warp has half as many
+// dependent rounds of loads (14 chunks a lane took 4 rounds at 4 chunks in
+// flight). OPTIQ_CUDA_SPLIT_K=0: one warp a row everywhere (A/B runs).
+constexpr int64_t kSplitCols = 8192;
+constexpr int kSplitParts = 2;
+bool split_rows(int64_t cols) {
+  static const bool on = env_switch("OPTIQ_CUDA_SPLIT_K", false);
+  return on && cols >= kSplitCols;
 }
 
 // fp32 activations, affine storage: codes decoded in registers, scale and
@@ -378,6 +390,12 @@ void launch_kquant_int8(const DevMatrix& w, const int8_t* xq, const float* xs, c
 template <int kBits, int kMaxN, int kW, int kR, int kU>
 void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                unsigned grid, cudaStream_t s, float* accum = nullptr) {
+  if (grid == 0 && split_rows(w.cols)) {  // as many rows a block, twice the warps
+    launch(affine_int8_kernel<kBits, kMaxN, kW * kSplitParts, kR, kU, false, kSplitParts>,
+           blocks_for(w.rows, kW * kR), kW * kSplitParts * 32, 0, s, w, xq, xs, xsum, n, y, DevMatrix{},
+           GateAct::Silu, accum);
+    return;
+  }
   if (grid == 0) grid = blocks_for(w.rows, kW * kR);
   launch(affine_int8_kernel<kBits, kMaxN, kW, kR, kU>, grid, kW * 32, 0, s, w, xq, xs, xsum, n, y, DevMatrix{},
          GateAct::Silu, accum);
@@ -668,7 +686,14 @@ void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const
   constexpr int kW = 4;
   with_bits(bits, [&](auto b) {
     constexpr int kB = decltype(b)::value;
-    if (pairs)
+    if (split_rows(g.w0.cols)) {  // the rows' sums as a product of its own makes them
+      if (pairs)
+        launch(affine_int8_group_kernel<kB, kMaxN, kW * kSplitParts, 2, chunks_two_rows(kB), kSplitParts>,
+               blocks_for(g.end2, kW * 2), kW * kSplitParts * 32, 0, s, g, xq, xs, xsum, n);
+      else
+        launch(affine_int8_group_kernel<kB, kMaxN, kW * kSplitParts, 1, chunks_one_row(kB), kSplitParts>,
+               blocks_for(g.end2, kW), kW * kSplitParts * 32, 0, s, g, xq, xs, xsum, n);
+    } else if (pairs)
       launch(affine_int8_group_kernel<kB, kMaxN, kW, 2, chunks_two_rows(kB)>, blocks_for(g.end2, kW * 2), kW * 32, 0,
              s, g, xq, xs, xsum, n);
     else

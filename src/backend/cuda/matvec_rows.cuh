@@ -133,27 +133,93 @@ __host__ __device__ constexpr int warp_rows() {
 }
 
 // The walk every product kernel makes: warps take kStep rows at a time, the
-// grid strides over the rest; fn(r0) does rows r0...
-template <int kW, int kStep, typename Fn>
+// grid strides over the rest; fn(r0) does rows r0... With kParts > 1 the
+// kParts warps (warp / kParts) share their rows, each a part of the row
+// (split_part), and every warp of a block makes the same number of steps
+// (they meet in split_sum): r0 may then be past the rows (dead rows: their
+// loads clamped, their stores skipped).
+template <int kW, int kStep, int kParts = 1, typename Fn>
 __device__ __forceinline__ void for_warp_rows(int64_t rows, Fn&& fn) {
   const int warp = threadIdx.x >> 5;
-  for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < rows;
-       r0 += static_cast<int64_t>(gridDim.x) * kW * kStep)
-    fn(r0);
+  if constexpr (kParts == 1) {
+    for (int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kW + warp) * kStep; r0 < rows;
+         r0 += static_cast<int64_t>(gridDim.x) * kW * kStep)
+      fn(r0);
+  } else {
+    constexpr int kGroups = kW / kParts;
+    static_assert(kW % kParts == 0, "a block holds whole sets of parts");
+    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * kGroups * kStep; rb < rows;
+         rb += static_cast<int64_t>(gridDim.x) * kGroups * kStep)
+      fn(rb + (warp / kParts) * kStep);
+  }
+}
+
+// Which part of its rows' chunks a warp walks (split_part: chunks [begin,
+// end) of the row): contiguous slices, so a lane's order of chunks within a
+// part, and with it the sum's bits, does not depend on how many chunks a
+// lane keeps in flight (the q/k/v group and a product of its own give the
+// same numbers).
+struct ChunkSpan {
+  int begin, end;
+};
+template <int kParts>
+__device__ __forceinline__ ChunkSpan split_part(int chunks) {
+  if constexpr (kParts == 1) {
+    return {0, chunks};
+  } else {
+    const int part = (threadIdx.x >> 5) % kParts;
+    return {chunks * part / kParts, chunks * (part + 1) / kParts};
+  }
+}
+
+// The parts of a row met: each warp's sums (warp_sum), then the first warp
+// of each set adds its set's in a fixed order and keeps the totals in lane 0
+// (0 in the other lanes, so a later warp_sum gives them unchanged). Returns
+// whether this warp writes the rows. Every warp of the block calls it.
+template <int kW, int kR, int kMaxN, int kParts>
+__device__ __forceinline__ bool split_sum(float (&acc)[kR][kMaxN]) {
+  if constexpr (kParts == 1) {
+    return true;
+  } else {
+    __shared__ float red[kW][kR][kMaxN];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < kR; ++r)
+#pragma unroll
+      for (int i = 0; i < kMaxN; ++i) {
+        const float v = warp_sum(acc[r][i]);
+        if (lane == 0) red[warp][r][i] = v;
+      }
+    __syncthreads();
+    const bool writer = warp % kParts == 0;
+    if (writer)
+#pragma unroll
+      for (int r = 0; r < kR; ++r)
+#pragma unroll
+        for (int i = 0; i < kMaxN; ++i) {
+          float t = red[warp][r][i];
+#pragma unroll
+          for (int q = 1; q < kParts; ++q) t += red[warp + q][r][i];
+          acc[r][i] = lane == 0 ? t : 0.0f;
+        }
+    __syncthreads();  // red is reused by the next step
+    return writer;
+  }
 }
 
 // One matrix (or a gated pair) against x: each warp's row slots summed by
 // rows_fn(r0, lane, acc) (acc[r][i] = row slot r . x_i, zeroed here), then
 // stored: a gated pair through its activation, else row by row (and added
 // to accum when given).
-template <int kMaxN, int kW, int kR, bool kGated, typename RowsFn>
+template <int kMaxN, int kW, int kR, bool kGated, int kParts = 1, typename RowsFn>
 __device__ __forceinline__ void matvec_rows(const DevMatrix& w, int n, float* y, GateAct act, float* accum,
                                             RowsFn&& rows_fn) {
   static_assert(!kGated || kR == 2, "a gated pair takes two row slots");
   const int lane = threadIdx.x & 31;
-  for_warp_rows<kW, warp_rows<kGated, kR>()>(w.rows, [&](int64_t r0) {
+  for_warp_rows<kW, warp_rows<kGated, kR>(), kParts>(w.rows, [&](int64_t r0) {
     float acc[kR][kMaxN] = {};
     rows_fn(r0, lane, acc);
+    if (!split_sum<kW, kR, kMaxN, kParts>(acc)) return;
     if constexpr (kGated) {
       store_gated<kMaxN>(acc[0], acc[1], act, n, r0, w.rows, lane, y);
     } else {
@@ -209,33 +275,34 @@ __device__ __forceinline__ void int8_chunks(int c0, int chunks, const uint32_t (
 // (Loading the next set of chunks before this set's arithmetic made the down
 // product slower on the H200, 17.7 -> 22.6 us: the registers it takes cost
 // more occupancy than the overlap gains.)
-template <int kBits, int kR, int kU, bool kGated, typename Wait, typename ChunksFn>
+template <int kBits, int kR, int kU, bool kGated, int kParts = 1, typename Wait, typename ChunksFn>
 __device__ __forceinline__ void affine_chunk_walk(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
                                                   Wait&& wait, ChunksFn&& chunks_fn) {
   const int chunks = static_cast<int>(w.cols >> 5);
+  const ChunkSpan span = split_part<kParts>(chunks);
   const int gshift = w.group == 32 ? 0 : (w.group == 64 ? 1 : 2);
   AffineRow rows[kR];
   affine_rows<kBits, kR, kGated>(w, w2, r0, rows);
-  for (int c0 = lane; c0 < chunks; c0 += 32 * kU) {
+  for (int c0 = span.begin + lane; c0 < span.end; c0 += 32 * kU) {
     uint32_t words[kU][kR][kBits];
     float sc[kU][kR], bi[kU][kR];
-    load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, chunks, gshift, words, sc, bi);
+    // Chunks past the part (up to the row's end) weigh 0 like those past the row.
+    load_chunks<kBits, kR, kU, kGated>(w, w2, rows, c0, span.end, gshift, words, sc, bi);
     wait();  // weights are in flight; x is the previous operation's output
     chunks_fn(c0, chunks, words, sc, bi);
   }
 }
 
 // Against int8 activation blocks: acc[r][i] = row slot r . x_i.
-template <int kBits, int kMaxN, int kR, int kU, bool kGated, typename Wait>
+template <int kBits, int kMaxN, int kR, int kU, bool kGated, int kParts = 1, typename Wait>
 __device__ __forceinline__ void int8_rows(const DevMatrix& w, const DevMatrix& w2, int64_t r0, int lane,
                                           const int8_t* xq, const float* xscale,
                                           const int32_t* xsum, int n, float (&acc)[kR][kMaxN], Wait&& wait) {
-  affine_chunk_walk<kBits, kR, kU, kGated>(
-      w, w2, r0, lane, wait,
-      [&](int c0, int chunks, const uint32_t (&words)[kU][kR][kBits], const float (&sc)[kU][kR],
-          const float (&bi)[kU][kR]) {
-        int8_chunks<kBits, kMaxN, kR, kU>(c0, chunks, words, sc, bi, xq, xscale, xsum, n, acc);
-      });
+  auto chunks_fn = [&](int c0, int chunks, const uint32_t (&words)[kU][kR][kBits], const float (&sc)[kU][kR],
+                       const float (&bi)[kU][kR]) {
+    int8_chunks<kBits, kMaxN, kR, kU>(c0, chunks, words, sc, bi, xq, xscale, xsum, n, acc);
+  };
+  affine_chunk_walk<kBits, kR, kU, kGated, kParts>(w, w2, r0, lane, wait, chunks_fn);
 }
 
 // Up to three matrices of one format that read the same input (q, k, v) in
@@ -264,13 +331,17 @@ __device__ __forceinline__ GroupRow group_row(const MatrixGroup& g, int64_t R) {
 // A group's rows, kR a warp (the host keeps each matrix's row count a
 // multiple of kR, so a warp's rows are all in one matrix), summed by
 // rows_fn(gr, lane, acc) and stored.
-template <int kMaxN, int kW, int kR, typename RowsFn>
+template <int kMaxN, int kW, int kR, int kParts = 1, typename RowsFn>
 __device__ __forceinline__ void group_rows(const MatrixGroup& g, int n, RowsFn&& rows_fn) {
   const int lane = threadIdx.x & 31;
-  for_warp_rows<kW, kR>(g.end2, [&](int64_t R) {
+  for_warp_rows<kW, kR, kParts>(g.end2, [&](int64_t R) {
+    // Past end2 (kParts > 1: a block's last rows) group_row names some row
+    // (with fewer than three matrices, maybe a live one): summed for the
+    // barrier in split_sum, never stored.
     const GroupRow gr = group_row(g, R);
     float acc[kR][kMaxN] = {};
     rows_fn(gr, lane, acc);
+    if (!split_sum<kW, kR, kMaxN, kParts>(acc) || R >= g.end2) return;
 #pragma unroll
     for (int i = 0; i < kR; ++i) store_rows<kMaxN>(acc[i], n, gr.r + i, gr.w.rows, lane, gr.y);
   });
