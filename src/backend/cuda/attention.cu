@@ -609,186 +609,6 @@ __global__ void __launch_bounds__(kOnlineThreads)
                       weight, int8, flat0, kG);
 }
 
-// Keys across the lanes (fast numerics, head_dim = 32 kD with kD 2 or 4): a
-// block per (kv head, key range, query) for all kG query heads of the group.
-// A warp takes 32 keys at a time: lane u scores key u against the group's
-// queries (held in shared memory, read as broadcasts), the warp meets its 32
-// scores in one max and one sum a head, then the lanes turn to the head's
-// dimensions for the weighted values (each key's probability passed by
-// shuffle). Every K and V row of a batch is loaded before any arithmetic, so
-// a batch costs one trip to memory, and each cache byte is read once for the
-// whole group. (The warp-per-key kernel above reduces every key across its
-// lanes: a chain of shuffles a key and head, and with a block per query head
-// the K/V rows come from L2 once a head; at 4096 tokens of Llama-3-8B it read
-// the cache at ~0.7 TB/s.)
-constexpr int kKeysWarps = 8;
-constexpr int kKeysThreads = 32 * kKeysWarps;
-constexpr int kKeysRange = 32 * kKeysWarps;  // keys a range holds at least: one batch a warp
-
-template <int kG, int kD>
-__global__ void __launch_bounds__(kKeysThreads, 1)
-    decode_keys_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
-                       int splits, float* __restrict__ partial, int* counters, float* __restrict__ out, Int8Out int8,
-                       RopeIn rope) {
-  constexpr int hd = 32 * kD;
-  pdl_trigger();
-  __shared__ __align__(16) float qs[kG][hd];  // the group's queries, rotated and scaled
-  __shared__ float red_ml[kKeysWarps][kG][2];
-  __shared__ float red_acc[kKeysWarps][kG][hd];
-  __shared__ float weight[kG * kMaxSplits];
-  const int g = blockIdx.x, s = blockIdx.y, i = blockIdx.z;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float freq[kD];
-  if (rope.k) lane_freqs<kD>(rope.inv_freq, lane, freq);  // constant: before the wait
-  pdl_wait();
-  const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
-  const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
-  const int chunk = max((len + splits - 1) / splits, kKeysRange);
-  const int active = (len + chunk - 1) / chunk;
-  if (s >= active) return;
-  const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
-  const int h0 = g * kG;
-  const int64_t kv_off = static_cast<int64_t>(g) * hd + lane * kD;
-  RopeAngles<kD> angles;
-  if (rope.k) angles = rope_angles<kD>(pos, freq, rope.mscale);
-  for (int j = warp; j < kG; j += kKeysWarps) {  // warp-uniform: rope_lane shuffles across the warp
-    float qr[kD];
-    const float* qh = q + static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(h0 + j) * hd + lane * kD;
-#pragma unroll
-    for (int d = 0; d < kD; ++d) qr[d] = qh[d];
-    if (rope.k) rope_lane<kD>(qr, angles, lane);
-#pragma unroll
-    for (int d = 0; d < kD; ++d) qs[j][lane * kD + d] = qr[d] * p.scale;
-  }
-  if (rope.k && s == active - 1 && warp == kKeysWarps - 1) {
-    // The new token's key (rotated) and value into the cache, by the block
-    // whose range ends at it: the only block that reads that row (after the
-    // barrier below, which makes the stores visible to the block).
-    float knew[kD], vnew[kD];
-#pragma unroll
-    for (int e = 0; e < kD; ++e) knew[e] = rope.k[kv_off + e], vnew[e] = rope.v[kv_off + e];
-    rope_lane<kD>(knew, angles, lane);
-    const int64_t row = static_cast<int64_t>(pos) * p.kv_stride + kv_off;
-#pragma unroll
-    for (int e = 0; e < kD; ++e) kc[row + e] = __float2half_rn(knew[e]), vc[row + e] = __float2half_rn(vnew[e]);
-  }
-  __syncthreads();
-  float m[kG], l[kG], acc[kG][kD];
-#pragma unroll
-  for (int j = 0; j < kG; ++j) {
-    m[j] = -FLT_MAX, l[j] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kD; ++e) acc[j][e] = 0.0f;
-  }
-  const __half* kbase = kc + static_cast<int64_t>(g) * hd;  // plain loads: this block may have just
-  const __half* vbase = vc + kv_off;                        // stored the newest row
-  for (int base = a + warp * 32; base < b; base += kKeysWarps * 32) {
-    const int t = base + lane;
-    const bool live = t < b;
-    // Slots past the range read row b - 1 (in bounds and stored) and weigh 0.
-    const uint4* kp = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(min(t, b - 1)) * p.kv_stride);
-    uint4 kr[hd / 8];
-#pragma unroll
-    for (int c = 0; c < hd / 8; ++c) kr[c] = kp[c];
-    uint32_t vr[32][kD / 2];
-#pragma unroll
-    for (int u = 0; u < 32; ++u) {
-      const __half* vp = vbase + static_cast<int64_t>(min(base + u, b - 1)) * p.kv_stride;
-      if constexpr (kD == 4) {
-        const uint2 w = *reinterpret_cast<const uint2*>(vp);
-        vr[u][0] = w.x, vr[u][1] = w.y;
-      } else {
-        vr[u][0] = *reinterpret_cast<const uint32_t*>(vp);
-      }
-    }
-    float sc[kG];
-#pragma unroll
-    for (int j = 0; j < kG; ++j) sc[j] = 0.0f;
-#pragma unroll
-    for (int c = 0; c < hd / 8; ++c) {
-      const uint32_t w[4] = {kr[c].x, kr[c].y, kr[c].z, kr[c].w};
-      float kf[8];
-#pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[h]));
-        kf[2 * h] = f.x, kf[2 * h + 1] = f.y;
-      }
-#pragma unroll
-      for (int j = 0; j < kG; ++j) {
-        const float4 q0 = *reinterpret_cast<const float4*>(&qs[j][8 * c]);
-        const float4 q1 = *reinterpret_cast<const float4*>(&qs[j][8 * c + 4]);
-        float d = sc[j];
-        d = fmaf(q0.x, kf[0], d), d = fmaf(q0.y, kf[1], d), d = fmaf(q0.z, kf[2], d), d = fmaf(q0.w, kf[3], d);
-        d = fmaf(q1.x, kf[4], d), d = fmaf(q1.y, kf[5], d), d = fmaf(q1.z, kf[6], d), d = fmaf(q1.w, kf[7], d);
-        sc[j] = d;
-      }
-    }
-    float pr[kG];
-#pragma unroll
-    for (int j = 0; j < kG; ++j) {
-      const float sj = live ? capped(sc[j], p.softcap) : -FLT_MAX;
-      const float mx = fmaxf(m[j], warp_max(sj));  // lane 0's key is live: finite
-      const float corr = expf(m[j] - mx);          // 0 on the first batch, 1 when the max stays
-      pr[j] = live ? expf(sj - mx) : 0.0f;
-      l[j] = fmaf(l[j], corr, warp_sum(pr[j]));
-#pragma unroll
-      for (int e = 0; e < kD; ++e) acc[j][e] *= corr;
-      m[j] = mx;
-    }
-#pragma unroll
-    for (int u = 0; u < 32; ++u) {
-      float vf[kD];
-#pragma unroll
-      for (int h = 0; h < kD / 2; ++h) {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&vr[u][h]));
-        vf[2 * h] = f.x, vf[2 * h + 1] = f.y;
-      }
-#pragma unroll
-      for (int j = 0; j < kG; ++j) {
-        const float pu = __shfl_sync(0xffffffffu, pr[j], u);
-#pragma unroll
-        for (int e = 0; e < kD; ++e) acc[j][e] = fmaf(pu, vf[e], acc[j][e]);
-      }
-    }
-  }
-  // The block's warps meet in shared memory (a warp with no keys has l = 0 and adds nothing).
-#pragma unroll
-  for (int j = 0; j < kG; ++j) {
-#pragma unroll
-    for (int e = 0; e < kD; ++e) red_acc[warp][j][lane * kD + e] = acc[j][e];
-    if (lane == 0) red_ml[warp][j][0] = m[j], red_ml[warp][j][1] = l[j];
-  }
-  __syncthreads();
-  float* part = partial + ((static_cast<int64_t>(i) * p.n_heads + h0) * splits) * (hd + 2);
-  const int64_t flat0 = static_cast<int64_t>(i) * p.q_stride + static_cast<int64_t>(h0) * hd;
-  float* head_out = out + flat0;
-  for (int idx = threadIdx.x; idx < kG * hd; idx += kKeysThreads) {  // whole warps: kG hd % 32 == 0
-    const int j = idx / hd, e = idx % hd;
-    float M = -FLT_MAX;
-#pragma unroll
-    for (int w = 0; w < kKeysWarps; ++w) M = fmaxf(M, red_ml[w][j][0]);
-    float L = 0.0f, O = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kKeysWarps; ++w) {
-      const float f = red_ml[w][j][1] > 0.0f ? expf(red_ml[w][j][0] - M) : 0.0f;
-      L = fmaf(red_ml[w][j][1], f, L);
-      O = fmaf(red_acc[w][j][e], f, O);
-    }
-    if (active == 1) {
-      const float v = O / L;
-      head_out[static_cast<int64_t>(j) * hd + e] = v;
-      if (int8.q) int8_block(v, (flat0 + static_cast<int64_t>(j) * hd + e) / 32, int8.q, int8.scale, int8.sum);
-    } else {
-      float* o = part + (static_cast<int64_t>(j) * splits + s) * (hd + 2);
-      o[2 + e] = O;
-      if (e == 0) o[0] = M, o[1] = L;
-    }
-  }
-  if (active == 1) return;
-  publish_and_combine(p, part, active, splits, counters + static_cast<int64_t>(i) * p.n_kv_heads + g, head_out,
-                      weight, int8, flat0, kG);
-}
-
 // One block per (head, query) row of scores: keys 0..pos0+i are in the row;
 // those before the window and after the query become 0.
 __global__ void softmax_kernel(AttentionParams p, float* S, int64_t n, int64_t ld, int pos0, __half* p16) {
@@ -915,13 +735,6 @@ bool online_split_heads() {
   return on;
 }
 
-// Keys across the lanes (decode_keys_kernel) at head_dim 64 and 128:
-// OPTIQ_CUDA_ATTN_KEYS=1 (A/B runs).
-bool online_keys_kernel() {
-  static const bool on = env_switch("OPTIQ_CUDA_ATTN_KEYS", false);
-  return on;
-}
-
 template <int kD>
 bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
                    float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope) {
@@ -929,25 +742,6 @@ bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0,
   auto* k = static_cast<__half*>(c.k);
   auto* v = static_cast<__half*>(c.v);
   const int group = p.n_heads / p.n_kv_heads;
-  if constexpr (kD <= 4) {
-    if (online_keys_kernel()) {
-      const dim3 grid(p.n_kv_heads, splits, n);
-#define OPTIQ_KEYS(G) \
-  case G: launch(decode_keys_kernel<G, kD>, grid, kKeysThreads, 0, s, p, q, pos0, k, v, splits, partial, counters, out, int8, rope); return true;
-      switch (group) {
-        OPTIQ_KEYS(1)
-        OPTIQ_KEYS(2)
-        OPTIQ_KEYS(3)
-        OPTIQ_KEYS(4)
-        OPTIQ_KEYS(5)
-        OPTIQ_KEYS(6)
-        OPTIQ_KEYS(7)
-        OPTIQ_KEYS(8)
-        default: break;
-      }
-#undef OPTIQ_KEYS
-    }
-  }
   if (group > 1 && online_split_heads()) {
     launch(decode_online_kernel<1, kD>, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v, splits,
            min_keys, group, partial, counters, out, int8, rope);
@@ -1005,7 +799,6 @@ bool attention_decode_single_pass(const AttentionParams& p, const DevKV& c, int 
 
 bool attention_decode_per_query_head(const AttentionParams& p, const DevKV& c) {
   const int group = p.n_kv_heads > 0 ? p.n_heads / p.n_kv_heads : 0;
-  if (online_keys_kernel() && p.head_dim <= 128) return false;
   return group > 1 && online_split_heads() && online_applies(p, c, 1);
 }
 

@@ -57,11 +57,13 @@ __global__ void __launch_bounds__(kW * 32)
 // Rows of at least kSplitCols weights (Llama-3-8B's down: 14336) are split
 // over two warps, each walking half of every row, so a warp has half as many
 // dependent rounds of loads (14 chunks a lane took 4 rounds at 4 chunks in
-// flight). OPTIQ_CUDA_SPLIT_K=0: one warp a row everywhere (A/B runs).
+// flight). H100, Llama-3-8B decode: mixed4.5 +2% at ctx 128 and 4096 (405 ->
+// 414, 333 -> 340 tok/s), q4 unchanged (BENCHMARKS.md §6).
+// OPTIQ_CUDA_SPLIT_K=0: one warp a row everywhere (A/B runs).
 constexpr int64_t kSplitCols = 8192;
 constexpr int kSplitParts = 2;
 bool split_rows(int64_t cols) {
-  static const bool on = env_switch("OPTIQ_CUDA_SPLIT_K", false);
+  static const bool on = env_switch("OPTIQ_CUDA_SPLIT_K", true);
   return on && cols >= kSplitCols;
 }
 
