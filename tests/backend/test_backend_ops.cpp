@@ -877,6 +877,53 @@ TEST_P(BackendOps, MatmulGroupEqualsSeparateProducts) {
   }
 }
 
+// q, k and v of different widths and groups, as an optiq plan mixes them (a
+// GPU runs two widths in one launch, three one product at a time): the same
+// numbers as three products, with rows that pair up and rows that do not.
+TEST_P(BackendOps, MatmulGroupOfMixedWidthsEqualsSeparateProducts) {
+  struct Mix {
+    int bits[3], group[3];
+  };
+  const Mix mixes[] = {{{4, 4, 6}, {64, 64, 64}}, {{3, 5, 3}, {32, 128, 64}}, {{8, 2, 8}, {64, 32, 64}},
+                       {{4, 6, 8}, {64, 64, 64}}};
+  const int64_t cols = 512;
+  for (bool fast : {false, true}) {
+    const Int8Decode numerics(fast);
+    for (const Mix& mix : mixes)
+      for (const int64_t q_rows : {20, 19}) {
+        const int64_t rows[] = {q_rows, 6, 10};
+        std::vector<AffineMatrix> mats;
+        for (int i = 0; i < 3; ++i) {
+          const auto w = test::random_floats(rows[i] * cols, 500 + i);
+          QuantizeOptions o;
+          o.bf16_scales = i == 1;
+          mats.push_back(quantize(w.data(), rows[i], cols, AffineFormat{mix.bits[i], mix.group[i]}, o));
+        }
+        std::vector<std::unique_ptr<WeightHandle>> hs;
+        for (int i = 0; i < 3; ++i) hs.push_back(b.upload(WeightView{rows[i], cols, mats[i].view()}));
+        const WeightHandle* ws[] = {hs[0].get(), hs[1].get(), hs[2].get()};
+        for (int64_t n : {1, 3}) {
+          const auto x = test::random_floats(n * cols, 510 + n);
+          Buffer bx = put(x);
+          std::vector<Buffer> want, got;
+          for (int i = 0; i < 3; ++i) {
+            want.push_back(b.alloc(n * rows[i]));
+            got.push_back(b.alloc(n * rows[i]));
+            b.matmul(*ws[i], bx.data(), n, want.back().data());
+          }
+          float* const ys[] = {got[0].data(), got[1].data(), got[2].data()};
+          b.matmul_group(ws, bx.data(), n, ys);
+          for (int i = 0; i < 3; ++i) {
+            const auto w = get(want[i], n * rows[i]), g = get(got[i], n * rows[i]);
+            for (int64_t j = 0; j < n * rows[i]; ++j)
+              ASSERT_EQ(g[j], w[j]) << "q" << mix.bits[0] << "/k" << mix.bits[1] << "/v" << mix.bits[2] << " q rows "
+                                    << q_rows << " matrix " << i << " n=" << n << (fast ? " fast" : " exact");
+          }
+        }
+      }
+  }
+}
+
 TEST_P(BackendOps, GatedMatmulEqualsTwoProductsAndActivation) {
   const int64_t rows = 11, cols = 256;
   const std::vector<StorageCase> gates = storage_cases(rows, cols);

@@ -850,8 +850,8 @@ void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const fl
   DevMatrix ms[3];
   for (size_t i = 0; shaped && i < count; ++i) {
     ms[i] = dev(*ws[i]);
-    fused = fused && ms[i].act == ActRounding::Exact && has_matvec_int8(ms[i]) && ms[i].bits == ms[0].bits &&
-            ms[i].group == ms[0].group && ms[i].cols == ms[0].cols;
+    // (matvec_int8_group launches what it can as one: one width, or two for one row.)
+    fused = fused && ms[i].act == ActRounding::Exact && has_matvec_int8(ms[i]) && ms[i].cols == ms[0].cols;
     dense = dense && ms[i].act == ActRounding::Exact && cuda::has_matvec_dense(ms[i], true) &&
             ms[i].storage == ms[0].storage && ms[i].cols == ms[0].cols;
   }
@@ -875,7 +875,7 @@ void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const fl
   if (cuda::matvec_int8_group(ms, ys.data(), static_cast<int>(count), b.q, b.scale, b.sum, static_cast<int>(n),
                               stream_))
     return;
-  // Same bits and group but another detail differs (scale type, symmetry): one product at a time.
+  // Not one launch (three widths, k-quants, several rows of two widths): one product at a time.
   for (size_t i = 0; i < count; ++i) cuda::matvec_int8(ms[i], b.q, b.scale, b.sum, static_cast<int>(n), ys[i], stream_);
 }
 

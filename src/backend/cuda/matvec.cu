@@ -54,6 +54,24 @@ __global__ void __launch_bounds__(kW * 32)
   });
 }
 
+// q, k and v of two code widths in one launch (an optiq plan often gives v
+// more bits than q and k): a warp's rows lie in one matrix, so each warp
+// runs the walk of its matrix's width, the one a product of its own runs
+// (same chunks a lane, same order: the same bits).
+template <int kBa, int kBb, int kMaxN, int kW, int kR>
+__global__ void __launch_bounds__(kW * 32)
+    affine_int8_group_mixed_kernel(MatrixGroup g, const int8_t* xq, const float* xscale, const int32_t* xsum, int n) {
+  pdl_trigger();
+  group_rows<kMaxN, kW, kR>(g, n, [&](const GroupRow& gr, int lane, float (&acc)[kR][kMaxN]) {
+    if (gr.w.bits == kBa)
+      int8_rows<kBa, kMaxN, kR, kR == 2 ? chunks_two_rows(kBa) : chunks_one_row(kBa), false>(
+          gr.w, gr.w, gr.r, lane, xq, xscale, xsum, n, acc, PdlWait{});
+    else
+      int8_rows<kBb, kMaxN, kR, kR == 2 ? chunks_two_rows(kBb) : chunks_one_row(kBb), false>(
+          gr.w, gr.w, gr.r, lane, xq, xscale, xsum, n, acc, PdlWait{});
+  });
+}
+
 // Rows of at least kSplitCols weights (Llama-3-8B's down: 14336) are split
 // over two warps, each walking half of every row, so a warp has half as many
 // dependent rounds of loads (14 chunks a lane took 4 rounds at 4 chunks in
@@ -703,23 +721,65 @@ void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const
              g, xq, xs, xsum, n);
   });
 }
+// Calls f(integral_constant<int, a>, integral_constant<int, b>) for widths a < b.
+template <typename F>
+void with_two_bits(int a, int b, F&& f) {
+  with_bits(a, [&](auto ca) {
+    with_bits(b, [&](auto cb) {
+      constexpr int kA = decltype(ca)::value, kB = decltype(cb)::value;
+      if constexpr (kA < kB) f(ca, cb);
+    });
+  });
+}
+
+void launch_group_mixed(const MatrixGroup& g, const int8_t* xq, const float* xs, const int32_t* xsum, int low,
+                        int high, bool pairs, cudaStream_t s) {
+  constexpr int kW = 4;
+  with_two_bits(low, high, [&](auto a, auto b) {
+    constexpr int kA = decltype(a)::value, kB = decltype(b)::value;
+    if (pairs)
+      launch(affine_int8_group_mixed_kernel<kA, kB, 1, kW, 2>, blocks_for(g.end2, kW * 2), kW * 32, 0, s, g, xq, xs,
+             xsum, 1);
+    else
+      launch(affine_int8_group_mixed_kernel<kA, kB, 1, kW, 1>, blocks_for(g.end2, kW), kW * 32, 0, s, g, xq, xs,
+             xsum, 1);
+  });
+}
+
+// q, k and v of two widths in one launch (OPTIQ_CUDA_MIXED_GROUP=0: a
+// launch each, as before; A/B runs).
+bool mixed_groups() {
+  static const bool on = env_switch("OPTIQ_CUDA_MIXED_GROUP", true);
+  return on;
+}
 }  // namespace
 
 bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const int8_t* xq, const float* xscale,
                        const int32_t* xsum, int n, cudaStream_t s) {
   if (count < 1 || count > 3 || n <= 0 || n > kMatvecMaxRows) return false;
   const DevMatrix& a = ws[0];
+  bool same = true;
+  int low = a.bits, high = a.bits;  // the widths (at most two for one launch)
   for (int i = 0; i < count; ++i) {
     const DevMatrix& b = ws[i];
-    const bool same = b.storage == DevStorage::Affine && a.storage == DevStorage::Affine && b.cols == a.cols &&
-                      b.bits == a.bits && b.group == a.group && b.bf16_scales == a.bf16_scales &&
-                      (b.biases == nullptr) == (a.biases == nullptr) && b.zero_point == a.zero_point &&
-                      b.act == ActRounding::Exact;
-    if (!same) return false;
+    // Group size, scale type and biases are read per matrix at run time; the width is compiled in.
+    if (b.storage != DevStorage::Affine || b.cols != a.cols || b.act != ActRounding::Exact) return false;
+    same = same && b.bits == a.bits && b.group == a.group && b.bf16_scales == a.bf16_scales &&
+           (b.biases == nullptr) == (a.biases == nullptr) && b.zero_point == a.zero_point;
+    low = std::min(low, b.bits), high = std::max(high, b.bits);
   }
   const MatrixGroup g = make_group(ws, ys, count);
   // Two rows a warp where every matrix's rows pair up (a warp stays in one matrix).
   const bool pairs = !one_row_a_warp() && g.end0 % 2 == 0 && g.end1 % 2 == 0;
+  if (!same) {
+    // Two widths, one activation row (decode), rows not split: one launch.
+    bool two_widths = n == 1 && !split_rows(a.cols) && mixed_groups();
+    for (int i = 0; i < count; ++i) two_widths = two_widths && (ws[i].bits == low || ws[i].bits == high);
+    if (!two_widths) return false;
+    launch_group_mixed(g, xq, xscale, xsum, low, high, pairs, s);
+    OPTIQ_CUDA_LAUNCHED();
+    return true;
+  }
   if (n == 1 && pairs) {
     PersistentStep st;
     st.kind = StepKind::Group, st.count = count;
