@@ -12,7 +12,8 @@
 # `bash scripts/device_check.sh tests sanitize profile`. With `tables`, the
 # decode/prefill tables of BENCHMARKS.md §6 for both 8B shapes (every format,
 # decode at 128 and 4096 tokens, prefill of 512 and 4096): tables-<shape>.json
-# and .txt. At the end everything under $OUT is packed into
+# and .txt. With `mixed-group`, the A/B of OPTIQ_CUDA_MIXED_GROUP on both
+# shapes' mixed plans. At the end everything under $OUT is packed into
 # $OUT/device-check.tgz (the device tool returns only a few files a call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,10 @@ if [[ $modes != *" sanitize "* || $modes == *" tests "* ]]; then
     echo "$t: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.txt" | tr '\n' ' ')"
     grep -E '^\[  FAILED' "$OUT/$t.txt" | head -20
   done
+  # Switches still off by default, tested on before they are turned on.
+  t0=$SECONDS
+  OPTIQ_CUDA_MIXED_GROUP=1 timeout 300 scripts/device_run.sh test_backend > "$OUT/test_backend-mixed-group.txt" 2>&1
+  echo "test_backend, OPTIQ_CUDA_MIXED_GROUP=1: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/test_backend-mixed-group.txt" | tr '\n' ' ')"
 fi
 if [[ $modes == *" sanitize "* ]]; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)
@@ -47,6 +52,16 @@ if [[ $modes == *" tables "* ]]; then
       --ctx 128,4096 --prefill 512,4096 --tokens 64 --reps 3 --json "$OUT/tables-$shape.json" > "$OUT/tables-$shape.txt" 2>&1
     echo "bench_gpu $shape: exit $?, $((SECONDS - t0)) s"
     grep -E '^\||copy bandwidth' "$OUT/tables-$shape.txt" | tail -26
+  done
+fi
+if [[ $modes == *" mixed-group "* ]]; then
+  # A/B of OPTIQ_CUDA_MIXED_GROUP (q, k and v of two widths in one launch) on the mixed plans.
+  for shape in llama3-8b qwen2.5-7b; do
+    for m in 0 1 0 1; do
+      OPTIQ_CUDA_MIXED_GROUP=$m timeout 120 scripts/device_run.sh bench_gpu --shape $shape --formats mixed4.5,mixed3.5 \
+        --ctx 128,4096 --prefill none --tokens 48 --reps 3 > "$OUT/mixed-group-$shape-$m.txt" 2>&1
+      echo "$shape OPTIQ_CUDA_MIXED_GROUP=$m: $(grep -E '^\| mixed' "$OUT/mixed-group-$shape-$m.txt" | awk -F'|' '{printf "%s%s %s; ", $2, $4, $5}')"
+    done
   done
 fi
 if [[ $modes == *" profile "* ]]; then

@@ -746,10 +746,11 @@ void launch_group_mixed(const MatrixGroup& g, const int8_t* xq, const float* xs,
   });
 }
 
-// q, k and v of two widths in one launch (OPTIQ_CUDA_MIXED_GROUP=0: a
-// launch each, as before; A/B runs).
+// q, k and v of two widths in one launch: OPTIQ_CUDA_MIXED_GROUP=1. Off
+// until it has run on a GPU (written 2026-12-07 with no device time left;
+// scripts/device_check.sh tests runs the GPU tests with it on too).
 bool mixed_groups() {
-  static const bool on = env_switch("OPTIQ_CUDA_MIXED_GROUP", true);
+  static const bool on = env_switch("OPTIQ_CUDA_MIXED_GROUP", false);
   return on;
 }
 }  // namespace
