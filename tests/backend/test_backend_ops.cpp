@@ -39,6 +39,24 @@ class BackendOps : public ::testing::TestWithParam<std::string> {
     b.to_host(buf.data(), n, out.data());
     return out;
   }
+  // q, k and v (ws, with rows[i] rows) in one matmul_group against three
+  // matmuls of the same n rows of x: bit for bit.
+  void expect_group_equals_products(const WeightHandle* const (&ws)[3], const int64_t (&rows)[3],
+                                    const std::vector<float>& x, int64_t n, const std::string& what) {
+    Buffer bx = put(x);
+    std::vector<Buffer> want, got;
+    for (int i = 0; i < 3; ++i) {
+      want.push_back(b.alloc(n * rows[i]));
+      got.push_back(b.alloc(n * rows[i]));
+      b.matmul(*ws[i], bx.data(), n, want.back().data());
+    }
+    float* const ys[] = {got[0].data(), got[1].data(), got[2].data()};
+    b.matmul_group(ws, bx.data(), n, ys);
+    for (int i = 0; i < 3; ++i) {
+      const auto w = get(want[i], n * rows[i]), g = get(got[i], n * rows[i]);
+      for (int64_t j = 0; j < n * rows[i]; ++j) ASSERT_EQ(g[j], w[j]) << what << " matrix " << i << " n=" << n;
+    }
+  }
 };
 
 std::vector<std::string> backend_names() {
@@ -853,24 +871,12 @@ TEST_P(BackendOps, MatmulGroupEqualsSeparateProducts) {
       const auto hk32 = b.upload(ks.front().view);
       for (int64_t n : {1, 3}) {
         const auto x = test::random_floats(n * cols, 70 + n);
-        Buffer bx = put(x);
         for (const WeightHandle* k : {hk.get(), hk32.get()}) {
-          const WeightHandle* ws[] = {hq.get(), k, hv.get()};
+          const WeightHandle* const ws[] = {hq.get(), k, hv.get()};
           const int64_t rows[] = {19, 5, 7};
-          std::vector<Buffer> want, got;
-          for (int i = 0; i < 3; ++i) {
-            want.push_back(b.alloc(n * rows[i]));
-            got.push_back(b.alloc(n * rows[i]));
-            b.matmul(*ws[i], bx.data(), n, want.back().data());
-          }
-          float* const ys[] = {got[0].data(), got[1].data(), got[2].data()};
-          b.matmul_group(ws, bx.data(), n, ys);
-          for (int i = 0; i < 3; ++i) {
-            const auto w = get(want[i], n * rows[i]), g = get(got[i], n * rows[i]);
-            for (int64_t j = 0; j < n * rows[i]; ++j)
-              ASSERT_EQ(g[j], w[j]) << qs[c].name << (k == hk.get() ? " same" : " mixed") << " matrix " << i
-                                    << " n=" << n << (fast ? " fast" : " exact");
-          }
+          expect_group_equals_products(
+              ws, rows, x, n, qs[c].name + (k == hk.get() ? " same" : " mixed") + (fast ? " fast" : " exact"));
+          if (HasFatalFailure()) return;
         }
       }
     }
@@ -901,24 +907,12 @@ TEST_P(BackendOps, MatmulGroupOfMixedWidthsEqualsSeparateProducts) {
         }
         std::vector<std::unique_ptr<WeightHandle>> hs;
         for (int i = 0; i < 3; ++i) hs.push_back(b.upload(WeightView{rows[i], cols, mats[i].view()}));
-        const WeightHandle* ws[] = {hs[0].get(), hs[1].get(), hs[2].get()};
+        const WeightHandle* const ws[] = {hs[0].get(), hs[1].get(), hs[2].get()};
         for (int64_t n : {1, 3}) {
-          const auto x = test::random_floats(n * cols, 510 + n);
-          Buffer bx = put(x);
-          std::vector<Buffer> want, got;
-          for (int i = 0; i < 3; ++i) {
-            want.push_back(b.alloc(n * rows[i]));
-            got.push_back(b.alloc(n * rows[i]));
-            b.matmul(*ws[i], bx.data(), n, want.back().data());
-          }
-          float* const ys[] = {got[0].data(), got[1].data(), got[2].data()};
-          b.matmul_group(ws, bx.data(), n, ys);
-          for (int i = 0; i < 3; ++i) {
-            const auto w = get(want[i], n * rows[i]), g = get(got[i], n * rows[i]);
-            for (int64_t j = 0; j < n * rows[i]; ++j)
-              ASSERT_EQ(g[j], w[j]) << "q" << mix.bits[0] << "/k" << mix.bits[1] << "/v" << mix.bits[2] << " q rows "
-                                    << q_rows << " matrix " << i << " n=" << n << (fast ? " fast" : " exact");
-          }
+          expect_group_equals_products(ws, rows, test::random_floats(n * cols, 510 + n), n,
+                                       fmt::format("q{}/k{}/v{} q rows {}{}", mix.bits[0], mix.bits[1], mix.bits[2],
+                                                   q_rows, fast ? " fast" : " exact"));
+          if (HasFatalFailure()) return;
         }
       }
   }
