@@ -677,7 +677,8 @@ void matvec_int8(const DevMatrix& w, const int8_t* xq, const float* xs, const in
     OPTIQ_CUDA_LAUNCHED();
     return;
   }
-  if (n == 1 && !one_row_a_warp()) {  // the launch shape the persistent step runs
+  // The launch shape the persistent step runs (one warp a row: split rows launch on their own).
+  if (n == 1 && !one_row_a_warp() && !split_rows(w.cols)) {
     PersistentStep st;
     st.kind = StepKind::Product, st.w[0] = w, st.y[0] = y, st.accum = accum;
     st.xq = xq, st.xscale = xs, st.xsum = xsum;
@@ -781,7 +782,7 @@ bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const i
     OPTIQ_CUDA_LAUNCHED();
     return true;
   }
-  if (n == 1 && pairs) {
+  if (n == 1 && pairs && !split_rows(a.cols)) {
     PersistentStep st;
     st.kind = StepKind::Group, st.count = count;
     for (int i = 0; i < count; ++i) st.w[i] = ws[i], st.y[i] = ys[i];
