@@ -884,14 +884,14 @@ TEST_P(BackendOps, MatmulGroupEqualsSeparateProducts) {
 }
 
 // q, k and v of different widths and groups, as an optiq plan mixes them (a
-// GPU runs two widths in one launch, three one product at a time): the same
-// numbers as three products, with rows that pair up and rows that do not.
+// GPU runs one or two widths in one launch, three one product at a time): the
+// same numbers as three products, with rows that pair up and rows that do not.
 TEST_P(BackendOps, MatmulGroupOfMixedWidthsEqualsSeparateProducts) {
   struct Mix {
     int bits[3], group[3];
   };
   const Mix mixes[] = {{{4, 4, 6}, {64, 64, 64}}, {{3, 5, 3}, {32, 128, 64}}, {{8, 2, 8}, {64, 32, 64}},
-                       {{4, 6, 8}, {64, 64, 64}}};
+                       {{4, 6, 8}, {64, 64, 64}}, {{4, 4, 4}, {64, 32, 128}}};
   const int64_t cols = 512;
   for (bool fast : {false, true}) {
     const Int8Decode numerics(fast);

@@ -774,11 +774,15 @@ bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const i
   // Two rows a warp where every matrix's rows pair up (a warp stays in one matrix).
   const bool pairs = !one_row_a_warp() && g.end0 % 2 == 0 && g.end1 % 2 == 0;
   if (!same) {
-    // Two widths, one activation row (decode), rows not split: one launch.
+    // One or two widths (other details differ), one activation row (decode),
+    // rows not split: one launch.
     bool two_widths = n == 1 && !split_rows(a.cols) && mixed_groups();
     for (int i = 0; i < count; ++i) two_widths = two_widths && (ws[i].bits == low || ws[i].bits == high);
     if (!two_widths) return false;
-    launch_group_mixed(g, xq, xscale, xsum, low, high, pairs, s);
+    if (low == high)
+      launch_group<1>(g, xq, xscale, xsum, 1, low, pairs, s);
+    else
+      launch_group_mixed(g, xq, xscale, xsum, low, high, pairs, s);
     OPTIQ_CUDA_LAUNCHED();
     return true;
   }
