@@ -410,11 +410,14 @@ void launch_kquant_int8(const DevMatrix& w, const int8_t* xq, const float* xs, c
 template <int kBits, int kMaxN, int kW, int kR, int kU>
 void int8_with(const DevMatrix& w, const int8_t* xq, const float* xs, const int32_t* xsum, int n, float* y,
                unsigned grid, cudaStream_t s, float* accum = nullptr) {
-  if (grid == 0 && split_rows(w.cols)) {  // as many rows a block, twice the warps
-    launch(affine_int8_kernel<kBits, kMaxN, kW * kSplitParts, kR, kU, false, kSplitParts>,
-           blocks_for(w.rows, kW * kR), kW * kSplitParts * 32, 0, s, w, xq, xs, xsum, n, y, DevMatrix{},
-           GateAct::Silu, accum);
-    return;
+  // Decode of one row only; one row a warp is an A/B launch shape: neither splits.
+  if constexpr (kR == 2 && kMaxN == 1) {
+    if (grid == 0 && split_rows(w.cols)) {  // as many rows a block, twice the warps
+      launch(affine_int8_kernel<kBits, kMaxN, kW * kSplitParts, kR, kU, false, kSplitParts>,
+             blocks_for(w.rows, kW * kR), kW * kSplitParts * 32, 0, s, w, xq, xs, xsum, n, y, DevMatrix{},
+             GateAct::Silu, accum);
+      return;
+    }
   }
   if (grid == 0) grid = blocks_for(w.rows, kW * kR);
   launch(affine_int8_kernel<kBits, kMaxN, kW, kR, kU>, grid, kW * 32, 0, s, w, xq, xs, xsum, n, y, DevMatrix{},
@@ -707,14 +710,15 @@ void launch_group(const MatrixGroup& g, const int8_t* xq, const float* xs, const
   constexpr int kW = 4;
   with_bits(bits, [&](auto b) {
     constexpr int kB = decltype(b)::value;
-    if (split_rows(g.w0.cols)) {  // the rows' sums as a product of its own makes them
-      if (pairs)
-        launch(affine_int8_group_kernel<kB, kMaxN, kW * kSplitParts, 2, chunks_two_rows(kB), kSplitParts>,
+    // Split as a product of its own splits (one activation row; rows in pairs: the caller checked).
+    if constexpr (kMaxN == 1) {
+      if (split_rows(g.w0.cols)) {
+        launch(affine_int8_group_kernel<kB, 1, kW * kSplitParts, 2, chunks_two_rows(kB), kSplitParts>,
                blocks_for(g.end2, kW * 2), kW * kSplitParts * 32, 0, s, g, xq, xs, xsum, n);
-      else
-        launch(affine_int8_group_kernel<kB, kMaxN, kW * kSplitParts, 1, chunks_one_row(kB), kSplitParts>,
-               blocks_for(g.end2, kW), kW * kSplitParts * 32, 0, s, g, xq, xs, xsum, n);
-    } else if (pairs)
+        return;
+      }
+    }
+    if (pairs)
       launch(affine_int8_group_kernel<kB, kMaxN, kW, 2, chunks_two_rows(kB)>, blocks_for(g.end2, kW * 2), kW * 32, 0,
              s, g, xq, xs, xsum, n);
     else
@@ -733,17 +737,14 @@ void with_two_bits(int a, int b, F&& f) {
   });
 }
 
+// (Rows in pairs only, as the products of their own run them: 15 kernels.)
 void launch_group_mixed(const MatrixGroup& g, const int8_t* xq, const float* xs, const int32_t* xsum, int low,
-                        int high, bool pairs, cudaStream_t s) {
+                        int high, cudaStream_t s) {
   constexpr int kW = 4;
   with_two_bits(low, high, [&](auto a, auto b) {
     constexpr int kA = decltype(a)::value, kB = decltype(b)::value;
-    if (pairs)
-      launch(affine_int8_group_mixed_kernel<kA, kB, 1, kW, 2>, blocks_for(g.end2, kW * 2), kW * 32, 0, s, g, xq, xs,
-             xsum, 1);
-    else
-      launch(affine_int8_group_mixed_kernel<kA, kB, 1, kW, 1>, blocks_for(g.end2, kW), kW * 32, 0, s, g, xq, xs,
-             xsum, 1);
+    launch(affine_int8_group_mixed_kernel<kA, kB, 1, kW, 2>, blocks_for(g.end2, kW * 2), kW * 32, 0, s, g, xq, xs,
+           xsum, 1);
   });
 }
 
@@ -773,16 +774,18 @@ bool matvec_int8_group(const DevMatrix* ws, float* const* ys, int count, const i
   const MatrixGroup g = make_group(ws, ys, count);
   // Two rows a warp where every matrix's rows pair up (a warp stays in one matrix).
   const bool pairs = !one_row_a_warp() && g.end0 % 2 == 0 && g.end1 % 2 == 0;
+  // Split rows (one activation row) group only in pairs (else a product each, as the products split).
+  if (n == 1 && split_rows(a.cols) && !pairs) return false;
   if (!same) {
     // One or two widths (other details differ), one activation row (decode),
-    // rows not split: one launch.
-    bool two_widths = n == 1 && !split_rows(a.cols) && mixed_groups();
+    // rows in pairs and not split: one launch.
+    bool two_widths = n == 1 && pairs && !split_rows(a.cols) && mixed_groups();
     for (int i = 0; i < count; ++i) two_widths = two_widths && (ws[i].bits == low || ws[i].bits == high);
     if (!two_widths) return false;
     if (low == high)
       launch_group<1>(g, xq, xscale, xsum, 1, low, pairs, s);
     else
-      launch_group_mixed(g, xq, xscale, xsum, low, high, pairs, s);
+      launch_group_mixed(g, xq, xscale, xsum, low, high, s);
     OPTIQ_CUDA_LAUNCHED();
     return true;
   }
