@@ -900,7 +900,9 @@ void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, in
     const int64_t prev_y_n = last_y_n_;
     last_y_ = y;
     last_y_n_ = n * m.rows;
-    if (skipped(m.cols > m.rows ? "down" : "o")) {
+    const bool skip = skipped(m.cols > m.rows ? "down" : "o");  // (the wider input: down)
+    if (skip) {
+      // left out (OPTIQ_CUDA_SKIP)
     } else if (dense) {
       cuda::matvec_dense(m, a, static_cast<int>(n), y, stream_, x);
     } else {
