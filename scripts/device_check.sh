@@ -13,14 +13,18 @@
 # decode/prefill tables of BENCHMARKS.md §6 for both 8B shapes (every format,
 # decode at 128 and 4096 tokens, prefill of 512 and 4096): tables-<shape>.json
 # and .txt. With `mixed-group`, the A/B of OPTIQ_CUDA_MIXED_GROUP on both
-# shapes' mixed plans. At the end everything under $OUT is packed into
+# shapes' mixed plans; with `attn-early`, that of OPTIQ_CUDA_ATTN_EARLY on q4
+# and mixed4.5. At the end everything under $OUT is packed into
 # $OUT/device-check.tgz (the device tool returns only a few files a call).
+# DEADLINE=S skips benchmark runs that would end past S seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/optiq-device}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 modes=" $* "
+DEADLINE=${DEADLINE:-0}
+late() { [ "$DEADLINE" -gt 0 ] && [ $SECONDS -gt $((DEADLINE - $1)) ]; }
 if [[ $modes != *" sanitize "* || $modes == *" tests "* ]]; then
   for t in test_backend test_gpu; do
     t0=$SECONDS
@@ -29,9 +33,12 @@ if [[ $modes != *" sanitize "* || $modes == *" tests "* ]]; then
     grep -E '^\[  FAILED' "$OUT/$t.txt" | head -20
   done
   # Switches still off by default, tested on before they are turned on.
-  t0=$SECONDS
-  OPTIQ_CUDA_MIXED_GROUP=1 timeout 300 scripts/device_run.sh test_backend > "$OUT/test_backend-mixed-group.txt" 2>&1
-  echo "test_backend, OPTIQ_CUDA_MIXED_GROUP=1: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/test_backend-mixed-group.txt" | tr '\n' ' ')"
+  for t in test_backend test_gpu; do
+    t0=$SECONDS
+    OPTIQ_CUDA_MIXED_GROUP=1 OPTIQ_CUDA_ATTN_EARLY=1 timeout 300 scripts/device_run.sh $t > "$OUT/$t-switches-on.txt" 2>&1
+    echo "$t, OPTIQ_CUDA_MIXED_GROUP=1 OPTIQ_CUDA_ATTN_EARLY=1: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t-switches-on.txt" | tr '\n' ' ')"
+    grep -E '^\[  FAILED' "$OUT/$t-switches-on.txt" | head -20
+  done
 fi
 if [[ $modes == *" sanitize "* ]]; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)
@@ -47,6 +54,7 @@ if [[ $modes == *" sanitize "* ]]; then
 fi
 if [[ $modes == *" tables "* ]]; then
   for shape in llama3-8b qwen2.5-7b; do
+    if late 150; then echo "bench_gpu $shape: skipped (deadline)"; continue; fi
     t0=$SECONDS
     timeout 240 scripts/device_run.sh bench_gpu --shape $shape --formats bf16,q8,q4,mixed4.5,mixed3.5,q4_k_m \
       --ctx 128,4096 --prefill 512,4096 --tokens 64 --reps 3 --json "$OUT/tables-$shape.json" > "$OUT/tables-$shape.txt" 2>&1
@@ -58,9 +66,21 @@ if [[ $modes == *" mixed-group "* ]]; then
   # A/B of OPTIQ_CUDA_MIXED_GROUP (q, k and v of two widths in one launch) on the mixed plans.
   for shape in llama3-8b qwen2.5-7b; do
     for m in 0 1 0 1; do
+      if late 60; then echo "$shape OPTIQ_CUDA_MIXED_GROUP=$m: skipped (deadline)"; continue; fi
       OPTIQ_CUDA_MIXED_GROUP=$m timeout 120 scripts/device_run.sh bench_gpu --shape $shape --formats mixed4.5,mixed3.5 \
         --ctx 128,4096 --prefill none --tokens 48 --reps 3 > "$OUT/mixed-group-$shape-$m.txt" 2>&1
       echo "$shape OPTIQ_CUDA_MIXED_GROUP=$m: $(grep -E '^\| mixed' "$OUT/mixed-group-$shape-$m.txt" | awk -F'|' '{printf "%s%s %s; ", $2, $4, $5}')"
+    done
+  done
+fi
+if [[ $modes == *" attn-early "* ]]; then
+  # A/B of OPTIQ_CUDA_ATTN_EARLY (decode attention loads its first K/V rows before waiting for q).
+  for shape in llama3-8b qwen2.5-7b; do
+    for m in 0 1 0 1; do
+      if late 60; then echo "$shape OPTIQ_CUDA_ATTN_EARLY=$m: skipped (deadline)"; continue; fi
+      OPTIQ_CUDA_ATTN_EARLY=$m timeout 120 scripts/device_run.sh bench_gpu --shape $shape --formats q4,mixed4.5 \
+        --ctx 128,4096 --prefill none --tokens 48 --reps 3 > "$OUT/attn-early-$shape-$m.txt" 2>&1
+      echo "$shape OPTIQ_CUDA_ATTN_EARLY=$m: $(grep -E '^\| (q4|mixed)' "$OUT/attn-early-$shape-$m.txt" | awk -F'|' '{printf "%s%s %s; ", $2, $4, $5}')"
     done
   done
 fi

@@ -859,6 +859,33 @@ TEST_P(BackendOps, DecodeAttentionRealHeadWidths) {
   }
 }
 
+// A GPU's decode attention may load cache rows before the step's position
+// ahead of the q/k/v product it waits on, when no kernel has written the
+// layer there since the stream's last copy (DevKV::settled); rows written by
+// a kernel just before it must not be loaded early. Both ways give the same
+// bits, in fast numerics (the single-pass kernel) and exact.
+TEST_P(BackendOps, DecodeAttentionSameBitsAfterAStoreAndAfterACopy) {
+  const int hd = 128, heads = 8, kv_heads = 2, max_ctx = 600;
+  const int64_t kvd = int64_t{kv_heads} * hd, qd = int64_t{heads} * hd;
+  AttentionParams p;
+  p.n_heads = heads, p.n_kv_heads = kv_heads, p.head_dim = hd, p.q_stride = qd, p.kv_stride = kvd;
+  p.scale = 1.0f / std::sqrt(float(hd)), p.max_ctx = max_ctx;
+  for (bool fast : {false, true}) {
+    const Int8Decode numerics(fast);
+    for (int pos : {3, 64, 513}) {
+      const auto k = test::random_floats((pos + 1) * kvd, 300 + pos), v = test::random_floats((pos + 1) * kvd, 301 + pos);
+      const auto q = test::random_floats(qd, 302 + pos, 0.3f);
+      Buffer bk = put(k), bv = put(v), bq = put(q), after_store = b.alloc(qd), after_copy = b.alloc(qd);
+      KVCache c = b.make_kv_cache(1, max_ctx, kvd, false);
+      b.kv_store(c, 0, 0, bk.data(), bv.data(), pos + 1);  // every row, just before the attention
+      b.attention(p, bq.data(), 1, pos, c, 0, after_store.data());
+      const auto want = get(after_store, qd);  // (a copy: the rows are settled now)
+      b.attention(p, bq.data(), 1, pos, c, 0, after_copy.data());
+      EXPECT_EQ(get(after_copy, qd), want) << "pos " << pos << (fast ? " fast" : " exact");
+    }
+  }
+}
+
 TEST_P(BackendOps, MatmulGroupEqualsSeparateProducts) {
   // q, k and v of one storage (a GPU fuses them into one launch) and mixed
   // with an fp32 k (one product at a time): the same numbers either way.

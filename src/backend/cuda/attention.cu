@@ -12,6 +12,7 @@
 //    scores and the weighted sum of V are cuBLAS GEMMs (cuda_backend.cpp),
 //    with attention_softmax the step between them.
 #include <cfloat>
+#include <climits>
 #include <stdexcept>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -33,24 +34,34 @@ __device__ __forceinline__ float capped(float s, float cap) { return cap > 0.0f 
 
 // kD consecutive values of a cache row as fp32 (kD = 2, 4 or 8: one load of
 // 4 to 32 bytes).
+// kD fp16 values as kD / 2 words (half the registers of floats, for rows
+// held a while before use), and those words as floats.
+template <int kD>
+__device__ __forceinline__ void load_half_words(const __half* p, uint32_t (&w)[kD / 2]) {
+  if constexpr (kD == 2) {
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  } else if constexpr (kD == 4) {
+    const uint2 r = *reinterpret_cast<const uint2*>(p);
+    w[0] = r.x, w[1] = r.y;
+  } else {
+    const uint4 r = *reinterpret_cast<const uint4*>(p);
+    w[0] = r.x, w[1] = r.y, w[2] = r.z, w[3] = r.w;
+  }
+}
+template <int kD>
+__device__ __forceinline__ void half_words_to_floats(const uint32_t (&w)[kD / 2], float (&v)[kD]) {
+#pragma unroll
+  for (int h = 0; h < kD / 2; ++h) {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[h]));
+    v[2 * h] = f.x, v[2 * h + 1] = f.y;
+  }
+}
 template <class T, int kD>
 __device__ __forceinline__ void load_dims(const T* p, float (&v)[kD]) {
   if constexpr (sizeof(T) == 2) {
     uint32_t w[kD / 2];
-    if constexpr (kD == 2) {
-      w[0] = *reinterpret_cast<const uint32_t*>(p);
-    } else if constexpr (kD == 4) {
-      const uint2 r = *reinterpret_cast<const uint2*>(p);
-      w[0] = r.x, w[1] = r.y;
-    } else {
-      const uint4 r = *reinterpret_cast<const uint4*>(p);
-      w[0] = r.x, w[1] = r.y, w[2] = r.z, w[3] = r.w;
-    }
-#pragma unroll
-    for (int h = 0; h < kD / 2; ++h) {
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[h]));
-      v[2 * h] = f.x, v[2 * h + 1] = f.y;
-    }
+    load_half_words<kD>(p, w);
+    half_words_to_floats<kD>(w, v);
   } else {
 #pragma unroll
     for (int h = 0; h < kD / 2; ++h) {
@@ -452,7 +463,7 @@ __device__ __forceinline__ void rope_lane(float (&x)[kD], const RopeAngles<kD>& 
   }
 }
 
-template <int kG, int kD>
+template <int kG, int kD, bool kEarly>
 __global__ void __launch_bounds__(kOnlineThreads)
     decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
                          int splits, int min_keys, int blocks_per_group, float* __restrict__ partial,
@@ -470,6 +481,29 @@ __global__ void __launch_bounds__(kOnlineThreads)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float freq[kD];
   if (rope.k) lane_freqs<kD>(rope.inv_freq, lane, freq);  // constant: before the wait
+  const __half* kbase = kc + static_cast<int64_t>(g) * hd + lane * kD;  // plain loads: this block may have just
+  const __half* vbase = vc + static_cast<int64_t>(g) * hd + lane * kD;  // stored the newest row
+  // kEarly (the cache is DevKV::settled): this warp's first K/V rows before
+  // the step's position are loaded before the wait, so that their trip to
+  // memory overlaps the q/k/v product still running. The position is a step
+  // input (written by a copy, never by a kernel); the range as below.
+  uint32_t kw[kKeys][kD / 2], vw[kKeys][kD / 2];
+  int early_end = INT_MIN;  // the first batch's rows before it are in kw/vw
+  if constexpr (kEarly) {
+    const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
+    const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
+    const int chunk = max((len + splits - 1) / splits, min_keys);
+    const int a = t0 + s * chunk, b = min(pos + 1, a + chunk), tw = a + warp * kKeys;
+    early_end = pos - i;
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      const int key = min(tw + u, b - 1);
+      if (tw < b && key < early_end) {
+        load_half_words<kD>(kbase + static_cast<int64_t>(key) * p.kv_stride, kw[u]);
+        load_half_words<kD>(vbase + static_cast<int64_t>(key) * p.kv_stride, vw[u]);
+      }
+    }
+  }
   pdl_wait();
   // The position, this block's queries and (warp 0) the new key and value
   // are all loaded before any of them is used: one trip to memory, not three.
@@ -521,15 +555,20 @@ __global__ void __launch_bounds__(kOnlineThreads)
 #pragma unroll
     for (int d = 0; d < kD; ++d) acc[j][d] = 0.0f;
   }
-  const __half* kbase = kc + static_cast<int64_t>(g) * hd + lane * kD;  // plain loads: this block may have just
-  const __half* vbase = vc + static_cast<int64_t>(g) * hd + lane * kD;  // stored the newest row
-  for (int tw = a + warp * kKeys; tw < b; tw += kWarps * kKeys) {
+  // One batch of kKeys keys from tw on (first: the batch whose rows before
+  // early_end are in kw/vw); peeled below, so that kw/vw are not live in the loop.
+  auto batch = [&](int tw, bool first) {
     float kr[kKeys][kD], vr[kKeys][kD];
 #pragma unroll
     for (int u = 0; u < kKeys; ++u) {
-      const int64_t row = static_cast<int64_t>(min(tw + u, b - 1)) * p.kv_stride;  // in bounds; skipped below
-      load_dims<__half, kD>(kbase + row, kr[u]);
-      load_dims<__half, kD>(vbase + row, vr[u]);
+      const int key = min(tw + u, b - 1);  // in bounds; skipped below
+      if (kEarly && first && key < early_end) {
+        half_words_to_floats<kD>(kw[u], kr[u]);
+        half_words_to_floats<kD>(vw[u], vr[u]);
+      } else {
+        load_dims<__half, kD>(kbase + static_cast<int64_t>(key) * p.kv_stride, kr[u]);
+        load_dims<__half, kD>(vbase + static_cast<int64_t>(key) * p.kv_stride, vr[u]);
+      }
     }
     if (stores_new) {  // the newest row from shared memory (block-uniform branch, after the loads)
       // Slots past the range read row b - 1 = pos too: they weigh 0, but a
@@ -569,6 +608,11 @@ __global__ void __launch_bounds__(kOnlineThreads)
       }
       m[j] = mx;
     }
+  };
+  int tw = a + warp * kKeys;
+  if (tw < b) {
+    batch(tw, true);
+    for (tw += kWarps * kKeys; tw < b; tw += kWarps * kKeys) batch(tw, false);
   }
 #pragma unroll
   for (int j = 0; j < kG; ++j) {
@@ -743,13 +787,17 @@ bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0,
   auto* v = static_cast<__half*>(c.v);
   const int group = p.n_heads / p.n_kv_heads;
   if (group > 1 && online_split_heads()) {
-    launch(decode_online_kernel<1, kD>, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v, splits,
-           min_keys, group, partial, counters, out, int8, rope);
+    if (c.settled)
+      launch(decode_online_kernel<1, kD, true>, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v,
+             splits, min_keys, group, partial, counters, out, int8, rope);
+    else
+      launch(decode_online_kernel<1, kD, false>, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v,
+             splits, min_keys, group, partial, counters, out, int8, rope);
     return true;
   }
   const dim3 grid(p.n_kv_heads, splits, n);
 #define OPTIQ_ONLINE(G) \
-  case G: launch(decode_online_kernel<G, kD>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope); return true;
+  case G: launch(decode_online_kernel<G, kD, false>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope); return true;
   switch (group) {
     OPTIQ_ONLINE(1)
     OPTIQ_ONLINE(2)

@@ -289,6 +289,7 @@ class CudaBackend final : public Backend {
     if (n <= 0) return;
     OPTIQ_CUDA_OK(cudaMemcpyAsync(dst, host, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    kv_settle();
   }
   void to_host_strided(const float* src, int64_t stride, int64_t n, float* host) override {
     Op op(*this, "to_host strided");
@@ -309,6 +310,7 @@ class CudaBackend final : public Backend {
     }
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    kv_settle();
   }
 
   void argmax_to_host(const float* x, int64_t n, int32_t* host) override {
@@ -326,6 +328,7 @@ class CudaBackend final : public Backend {
     }
     OPTIQ_CUDA_OK(cudaMemcpyAsync(host, pick, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    kv_settle();
   }
 
   KVCache make_kv_cache(int layers, int max_ctx, int64_t kv_dim, bool f16) override {
@@ -371,6 +374,7 @@ class CudaBackend final : public Backend {
     } else {
       int32_t* t = tokens_.get<int32_t>(static_cast<size_t>(n), stream_, false);
       OPTIQ_CUDA_OK(cudaMemcpyAsync(t, tokens, static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      kv_settle();  // (a copy waits for every kernel before it)
       dev_tokens = t;
     }
     cuda::embed_rows(dev(w), dev_tokens, static_cast<int>(n), scale, out, stream_);
@@ -427,7 +431,7 @@ class CudaBackend final : public Backend {
                            float eps, float* out) override;
   void rope_store_attention(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0, KVCache& c,
                             int layer, const AttentionParams& p, float* out) override;
-  void decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& kv, float* out,
+  void decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, DevKV kv, float* out,
                         const cuda::RopeIn* rope);
   int decode_splits(const AttentionParams& p, int64_t n, bool per_query_head) const;
   // A decode norm (a few rows) over many blocks, with its int8 blocks under
@@ -451,7 +455,9 @@ class CudaBackend final : public Backend {
     cuda::RopeKV rk;
     rk.n_heads = r.n_heads, rk.n_kv_heads = r.n_kv_heads, rk.head_dim = r.head_dim, rk.rot_dim = r.rot_dim;
     rk.q_stride = r.q_stride, rk.inv_freq = r.inv_freq, rk.mscale = r.mscale;
-    cuda::rope_kv_store(rk, q, k, v, n, position(pos0), layer_of(c, layer), stream_);
+    const DevKV kv = layer_of(c, layer);
+    cuda::rope_kv_store(rk, q, k, v, n, position(pos0), kv, stream_);
+    kv_wrote(kv, pos0);
   }
   void softcap(float* x, int64_t n, float cap) override {
     Op op(*this, "softcap");
@@ -465,7 +471,9 @@ class CudaBackend final : public Backend {
   void kv_store(KVCache& c, int layer, int pos0, const float* k, const float* v, int64_t n) override {
     Op op(*this, "kv_store");
     check(pos0 + n <= c.max_ctx, "cuda backend: {} keys at position {} overflow a cache of {}", n, pos0, c.max_ctx);
-    cuda::kv_store(layer_of(c, layer), position(pos0), k, v, n, stream_);
+    const DevKV kv = layer_of(c, layer);
+    cuda::kv_store(kv, position(pos0), k, v, n, stream_);
+    kv_wrote(kv, pos0);
   }
   void attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const KVCache& c, int layer,
                  float* out) override;
@@ -522,6 +530,7 @@ class CudaBackend final : public Backend {
     step_n_ = n;
     step_pos_ = pos0;
     OPTIQ_CUDA_OK(cudaMemcpyAsync(step_dev_.get(), step_host_, sizeof(StepInputs), cudaMemcpyHostToDevice, stream_));
+    if (!recording_) kv_settle();
   }
   void begin_recording() override {
     check(!recording_, "cuda backend: already recording");
@@ -558,6 +567,7 @@ class CudaBackend final : public Backend {
     const auto& step = static_cast<const CudaStep&>(s);
     OPTIQ_CUDA_OK(cudaGraphLaunch(step.exec, stream_));
     OPTIQ_CUDA_OK(cudaStreamSynchronize(stream_));
+    kv_settle();
     if (step.out_bytes > 0 && host_out) std::memcpy(host_out, step.staging, step.out_bytes);
   }
 
@@ -698,6 +708,30 @@ class CudaBackend final : public Backend {
   Scratch stats_, stats_sums_;  // the accuracy-path statistics' staging and partial sums
   Scratch importance_;          // fake_quantize's weights per input column
   Scratch head_ptrs_;           // prefill attention's per-head GEMM operands
+  // Cache layers written by kernels since the stream's last copy or
+  // synchronisation (a full dependency: programmatic launch overlaps kernels
+  // only), each with the lowest step position written (host positions: a
+  // recorded step's writes and reads move together). Decode attention may
+  // read rows before its step's position early (DevKV::settled) when its
+  // layer was not written below that position since.
+  std::vector<std::pair<const void*, int>> kv_written_;
+  void kv_wrote(const DevKV& d, int pos0) {
+    for (auto& [k, lowest] : kv_written_)
+      if (k == d.k) {
+        lowest = std::min(lowest, pos0);
+        return;
+      }
+    kv_written_.emplace_back(d.k, pos0);
+  }
+  bool kv_settled_below(const DevKV& d, int pos0) const {
+    // Off by default until measured: written without a GPU to run it on.
+    static const bool on = env_switch("OPTIQ_CUDA_ATTN_EARLY", false);
+    if (!on) return false;
+    for (const auto& [k, lowest] : kv_written_)
+      if (k == d.k) return lowest >= pos0;
+    return true;
+  }
+  void kv_settle() { kv_written_.clear(); }
   const int32_t* zeroed_counters_ = nullptr;  // decode attention's counters: zeroed once, left zero by the kernel
   size_t zeroed_count_ = 0;
   DeviceMemory argmax_state_;  // cuda::argmax's words (zeroed once, left zero), then its pick
@@ -1103,8 +1137,9 @@ void CudaBackend::row_sq_sums(const float* d, int64_t rows, int64_t cols, double
 // Decode attention (n <= kMatvecMaxRows queries); with `rope`, the kernel
 // also rotates q and the new key and stores the new key and value (the
 // caller checked that it applies: attention_decode_rope_applies).
-void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, const DevKV& kv,
+void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, DevKV kv,
                                    float* out, const cuda::RopeIn* rope) {
+  kv.settled = kv_settled_below(kv, pos0);
   const int splits = decode_splits(p, n, cuda::attention_decode_per_query_head(p, kv));
   if (!cuda::attention_decode_single_pass(p, kv, splits)) {  // the two-pass kernel holds a range's scores
     const size_t smem = cuda::attention_decode_smem(p, splits);
@@ -1132,6 +1167,7 @@ void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int
       rope ? cuda::attention_decode_rope(p, q, position(pos0), kv, splits, partial, counters, out, stream_, int8, *rope)
            : cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, counters, out,
                                     stream_, int8);
+  if (rope) kv_wrote(kv, pos0);  // the new key and value
   if (wrote_int8) {
     int8_input_ = Int8Input{out, n, qcols, ops_, int8};
     last_y_ = nullptr;

@@ -149,6 +149,11 @@ struct DevKV {
   void* v = nullptr;
   bool half = false;
   int64_t kv_dim = 0;
+  // The layer's rows before the step's first position were written before
+  // everything still running on the stream (no kernel since the last copy or
+  // synchronisation wrote this layer): decode attention may then load them
+  // before pdl_wait, while the q/k/v product is still running.
+  bool settled = false;
 };
 void kv_store(const DevKV& c, DevPos pos0, const float* k, const float* v, int64_t n, cudaStream_t s);
 // RoPE of q and k (Backend::rope_kv_store), then k and v into the cache.
