@@ -463,7 +463,7 @@ __device__ __forceinline__ void rope_lane(float (&x)[kD], const RopeAngles<kD>& 
   }
 }
 
-template <int kG, int kD, bool kEarly>
+template <int kG, int kD, int kMode>
 __global__ void __launch_bounds__(kOnlineThreads)
     decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
                          int splits, int min_keys, int blocks_per_group, float* __restrict__ partial,
@@ -483,10 +483,12 @@ __global__ void __launch_bounds__(kOnlineThreads)
   if (rope.k) lane_freqs<kD>(rope.inv_freq, lane, freq);  // constant: before the wait
   const __half* kbase = kc + static_cast<int64_t>(g) * hd + lane * kD;  // plain loads: this block may have just
   const __half* vbase = vc + static_cast<int64_t>(g) * hd + lane * kD;  // stored the newest row
-  // kEarly (the cache is DevKV::settled): this warp's first K/V rows before
-  // the step's position are loaded before the wait, so that their trip to
-  // memory overlaps the q/k/v product still running. The position is a step
-  // input (written by a copy, never by a kernel); the range as below.
+  // kMode 1 and 2 (the cache is DevKV::settled): this warp's first K/V rows
+  // before the step's position are loaded before the wait, so that their
+  // trip to memory overlaps the q/k/v product still running. The position is
+  // a step input (written by a copy, never by a kernel); the range as below.
+  // kMode 2 also loads each batch's rows while the one before is computed.
+  constexpr bool kEarly = kMode >= 1;
   uint32_t kw[kKeys][kD / 2], vw[kKeys][kD / 2];
   int early_end = INT_MIN;  // the first batch's rows before it are in kw/vw
   if constexpr (kEarly) {
@@ -555,13 +557,13 @@ __global__ void __launch_bounds__(kOnlineThreads)
 #pragma unroll
     for (int d = 0; d < kD; ++d) acc[j][d] = 0.0f;
   }
-  // One batch of kKeys keys from tw on (first: the batch whose rows before
-  // early_end are in kw/vw); peeled below, so that kw/vw are not live in the loop.
-  auto batch = [&](int tw, bool first) {
-    float kr[kKeys][kD], vr[kKeys][kD];
+  // The rows of the batch of kKeys keys from tw on (first: the batch whose
+  // rows before early_end are in kw/vw; slots past the range read row b - 1:
+  // in bounds, weighed 0 below).
+  auto load_batch = [&](int tw, bool first, float (&kr)[kKeys][kD], float (&vr)[kKeys][kD]) {
 #pragma unroll
     for (int u = 0; u < kKeys; ++u) {
-      const int key = min(tw + u, b - 1);  // in bounds; skipped below
+      const int key = min(tw + u, b - 1);
       if (kEarly && first && key < early_end) {
         half_words_to_floats<kD>(kw[u], kr[u]);
         half_words_to_floats<kD>(vw[u], vr[u]);
@@ -570,6 +572,9 @@ __global__ void __launch_bounds__(kOnlineThreads)
         load_dims<__half, kD>(vbase + static_cast<int64_t>(key) * p.kv_stride, vr[u]);
       }
     }
+  };
+  // The online softmax's update by the batch from tw on.
+  auto update = [&](int tw, float (&kr)[kKeys][kD], float (&vr)[kKeys][kD]) {
     if (stores_new) {  // the newest row from shared memory (block-uniform branch, after the loads)
       // Slots past the range read row b - 1 = pos too: they weigh 0, but a
       // row another block has not stored yet may hold NaN or Inf bits, and
@@ -610,9 +615,45 @@ __global__ void __launch_bounds__(kOnlineThreads)
     }
   };
   int tw = a + warp * kKeys;
-  if (tw < b) {
-    batch(tw, true);
-    for (tw += kWarps * kKeys; tw < b; tw += kWarps * kKeys) batch(tw, false);
+  if constexpr (kMode == 2) {
+    // kw/vw hold the next batch's rows as words while this one is computed.
+    if (tw < b) {
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) {
+        const int key = min(tw + u, b - 1);
+        if (key >= early_end) {
+          load_half_words<kD>(kbase + static_cast<int64_t>(key) * p.kv_stride, kw[u]);
+          load_half_words<kD>(vbase + static_cast<int64_t>(key) * p.kv_stride, vw[u]);
+        }
+      }
+      for (;;) {
+        float kr[kKeys][kD], vr[kKeys][kD];
+#pragma unroll
+        for (int u = 0; u < kKeys; ++u) half_words_to_floats<kD>(kw[u], kr[u]), half_words_to_floats<kD>(vw[u], vr[u]);
+        const int next = tw + kWarps * kKeys;
+        if (next < b)
+#pragma unroll
+          for (int u = 0; u < kKeys; ++u) {
+            const int64_t row = static_cast<int64_t>(min(next + u, b - 1)) * p.kv_stride;
+            load_half_words<kD>(kbase + row, kw[u]);
+            load_half_words<kD>(vbase + row, vw[u]);
+          }
+        update(tw, kr, vr);
+        if (next >= b) break;
+        tw = next;
+      }
+    }
+  } else if (tw < b) {  // peeled: kw/vw are not live in the loop
+    {
+      float kr[kKeys][kD], vr[kKeys][kD];
+      load_batch(tw, true, kr, vr);
+      update(tw, kr, vr);
+    }
+    for (tw += kWarps * kKeys; tw < b; tw += kWarps * kKeys) {
+      float kr[kKeys][kD], vr[kKeys][kD];
+      load_batch(tw, false, kr, vr);
+      update(tw, kr, vr);
+    }
   }
 #pragma unroll
   for (int j = 0; j < kG; ++j) {
@@ -779,6 +820,13 @@ bool online_split_heads() {
   return on;
 }
 
+// With a settled cache (OPTIQ_CUDA_ATTN_EARLY=1), also load each batch's rows
+// while the one before is computed (OPTIQ_CUDA_ATTN_PIPE=1; A/B runs).
+bool online_pipelined() {
+  static const bool on = env_switch("OPTIQ_CUDA_ATTN_PIPE", false);
+  return on;
+}
+
 template <int kD>
 bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
                    float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope) {
@@ -787,17 +835,22 @@ bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0,
   auto* v = static_cast<__half*>(c.v);
   const int group = p.n_heads / p.n_kv_heads;
   if (group > 1 && online_split_heads()) {
-    if (c.settled)
-      launch(decode_online_kernel<1, kD, true>, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v,
-             splits, min_keys, group, partial, counters, out, int8, rope);
+    const dim3 grid(p.n_heads, splits, n);
+    const int mode = c.settled ? online_pipelined() ? 2 : 1 : 0;
+    if (mode == 2)
+      launch(decode_online_kernel<1, kD, 2>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
+             partial, counters, out, int8, rope);
+    else if (mode == 1)
+      launch(decode_online_kernel<1, kD, 1>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
+             partial, counters, out, int8, rope);
     else
-      launch(decode_online_kernel<1, kD, false>, dim3(p.n_heads, splits, n), kOnlineThreads, 0, s, p, q, pos0, k, v,
-             splits, min_keys, group, partial, counters, out, int8, rope);
+      launch(decode_online_kernel<1, kD, 0>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
+             partial, counters, out, int8, rope);
     return true;
   }
   const dim3 grid(p.n_kv_heads, splits, n);
 #define OPTIQ_ONLINE(G) \
-  case G: launch(decode_online_kernel<G, kD, false>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope); return true;
+  case G: launch(decode_online_kernel<G, kD, 0>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope); return true;
   switch (group) {
     OPTIQ_ONLINE(1)
     OPTIQ_ONLINE(2)
@@ -848,6 +901,29 @@ bool attention_decode_single_pass(const AttentionParams& p, const DevKV& c, int 
 bool attention_decode_per_query_head(const AttentionParams& p, const DevKV& c) {
   const int group = p.n_kv_heads > 0 ? p.n_heads / p.n_kv_heads : 0;
   return group > 1 && online_split_heads() && online_applies(p, c, 1);
+}
+
+int attention_decode_blocks_per_sm(const AttentionParams& p, const DevKV& c) {
+  if (!attention_decode_per_query_head(p, c)) return 0;
+  const int mode = c.settled ? online_pipelined() ? 2 : 1 : 0;
+  // cudaOccupancy... once a kernel (a driver query; this runs at every direct launch)
+  static int cached[3][3] = {};
+  const int d = p.head_dim == 64 ? 0 : p.head_dim == 128 ? 1 : 2;
+  int& v = cached[d][mode];
+  if (v == 0) {
+    const void* kernels[3][3] = {
+        {reinterpret_cast<const void*>(decode_online_kernel<1, 2, 0>), reinterpret_cast<const void*>(decode_online_kernel<1, 2, 1>),
+         reinterpret_cast<const void*>(decode_online_kernel<1, 2, 2>)},
+        {reinterpret_cast<const void*>(decode_online_kernel<1, 4, 0>), reinterpret_cast<const void*>(decode_online_kernel<1, 4, 1>),
+         reinterpret_cast<const void*>(decode_online_kernel<1, 4, 2>)},
+        {reinterpret_cast<const void*>(decode_online_kernel<1, 8, 0>), reinterpret_cast<const void*>(decode_online_kernel<1, 8, 1>),
+         reinterpret_cast<const void*>(decode_online_kernel<1, 8, 2>)}};
+    int blocks = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernels[d][mode], kOnlineThreads, 0),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor", __FILE__, __LINE__);
+    v = blocks;
+  }
+  return v;
 }
 
 bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV& c, int splits, int rot_dim) {

@@ -433,7 +433,8 @@ class CudaBackend final : public Backend {
                             int layer, const AttentionParams& p, float* out) override;
   void decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, DevKV kv, float* out,
                         const cuda::RopeIn* rope);
-  int decode_splits(const AttentionParams& p, int64_t n, bool per_query_head) const;
+  // Key ranges of decode attention; with kv, at most one wave of its kernel.
+  int decode_splits(const AttentionParams& p, int64_t n, bool per_query_head, const DevKV* kv = nullptr) const;
   // A decode norm (a few rows) over many blocks, with its int8 blocks under
   // fast numerics; false (nothing launched) where it does not apply.
   bool decode_norm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) {
@@ -1140,7 +1141,7 @@ void CudaBackend::row_sq_sums(const float* d, int64_t rows, int64_t cols, double
 void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int64_t n, int pos0, DevKV kv,
                                    float* out, const cuda::RopeIn* rope) {
   kv.settled = kv_settled_below(kv, pos0);
-  const int splits = decode_splits(p, n, cuda::attention_decode_per_query_head(p, kv));
+  const int splits = decode_splits(p, n, cuda::attention_decode_per_query_head(p, kv), &kv);
   if (!cuda::attention_decode_single_pass(p, kv, splits)) {  // the two-pass kernel holds a range's scores
     const size_t smem = cuda::attention_decode_smem(p, splits);
     check(smem <= props_.sharedMemPerBlockOptin,
@@ -1174,7 +1175,7 @@ void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int
   }
 }
 
-int CudaBackend::decode_splits(const AttentionParams& p, int64_t n, bool per_query_head) const {
+int CudaBackend::decode_splits(const AttentionParams& p, int64_t n, bool per_query_head, const DevKV* kv) const {
   // Enough blocks to fill the GPU twice over; llama.cpp numerics normalise
   // the probabilities before V, so they take one range.
   if (p.f16_probs) return 1;
@@ -1186,7 +1187,13 @@ int CudaBackend::decode_splits(const AttentionParams& p, int64_t n, bool per_que
   static const int waves = static_cast<int>(env_int("OPTIQ_CUDA_ATTN_WAVES", 3));
   const int heads = per_query_head ? p.n_heads : p.n_kv_heads;
   const int target = (per_query_head ? waves : 2) * props_.multiProcessorCount;
-  const int want = (target + heads * static_cast<int>(n) - 1) / (heads * static_cast<int>(n));
+  int want = (target + heads * static_cast<int>(n) - 1) / (heads * static_cast<int>(n));
+  if (per_query_head && kv && kv->settled) {
+    // The early-loading kernels hold more registers (3 blocks an SM at 80,
+    // not 4): no more ranges than one wave of them.
+    const int per_sm = cuda::attention_decode_blocks_per_sm(p, *kv);
+    if (per_sm > 0) want = std::min(want, per_sm * props_.multiProcessorCount / (heads * static_cast<int>(n)));
+  }
   return std::clamp(want, 1, std::clamp(p.max_ctx / 16, 1, 64));
 }
 

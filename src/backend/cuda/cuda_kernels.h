@@ -192,6 +192,9 @@ bool attention_decode_single_pass(const AttentionParams& p, const DevKV& c, int 
 // Whether decode attention runs a block per query head (and key range), not
 // per kv head: the single-pass kernel of fast numerics on grouped heads.
 bool attention_decode_per_query_head(const AttentionParams& p, const DevKV& c);
+// Blocks an SM of the per-query-head kernel decode attention launches on c
+// (its registers depend on whether c is settled); 0 where that kernel does not apply.
+int attention_decode_blocks_per_sm(const AttentionParams& p, const DevKV& c);
 // True when attention_decode_rope applies (then it must be used alone: it
 // rotates and stores what rope_kv_store would have).
 bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV& c, int splits, int rot_dim);
