@@ -13,7 +13,7 @@
 # decode/prefill tables of BENCHMARKS.md §6 for both 8B shapes (every format,
 # decode at 128 and 4096 tokens, prefill of 512 and 4096): tables-<shape>.json
 # and .txt. With `mixed-group`, the A/B of OPTIQ_CUDA_MIXED_GROUP on both
-# shapes' mixed plans; with `attn-early`, that of OPTIQ_CUDA_ATTN_EARLY on q4
+# shapes' mixed plans; with `attn-pipe`, that of OPTIQ_CUDA_ATTN_PIPE on q4
 # and mixed4.5. At the end everything under $OUT is packed into
 # $OUT/device-check.tgz (the device tool returns only a few files a call).
 # DEADLINE=S skips benchmark runs that would end past S seconds.
@@ -31,17 +31,6 @@ if [[ $modes != *" sanitize "* || $modes == *" tests "* ]]; then
     timeout 300 scripts/device_run.sh "$t" > "$OUT/$t.txt" 2>&1
     echo "$t: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.txt" | tr '\n' ' ')"
     grep -E '^\[  FAILED' "$OUT/$t.txt" | head -20
-  done
-  # Switches still off by default, tested on before they are turned on.
-  for t in test_backend test_gpu test_backend-attention; do
-    t0=$SECONDS
-    if [ $t = test_backend-attention ]; then  # the early loads without the pipeline
-      OPTIQ_CUDA_ATTN_EARLY=1 timeout 300 scripts/device_run.sh test_backend --gtest_filter='*ttention*' > "$OUT/$t-switches-on.txt" 2>&1
-    else
-      OPTIQ_CUDA_MIXED_GROUP=1 OPTIQ_CUDA_ATTN_EARLY=1 OPTIQ_CUDA_ATTN_PIPE=1 timeout 300 scripts/device_run.sh $t > "$OUT/$t-switches-on.txt" 2>&1
-    fi
-    echo "$t, switches on: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t-switches-on.txt" | tr '\n' ' ')"
-    grep -E '^\[  FAILED' "$OUT/$t-switches-on.txt" | head -20
   done
 fi
 if [[ $modes == *" sanitize "* ]]; then
@@ -77,16 +66,15 @@ if [[ $modes == *" mixed-group "* ]]; then
     done
   done
 fi
-if [[ $modes == *" attn-early "* ]]; then
-  # A/B of OPTIQ_CUDA_ATTN_EARLY (decode attention loads its first K/V rows before waiting for q).
-  # (and OPTIQ_CUDA_ATTN_PIPE: each batch's rows loaded while the one before is computed)
+if [[ $modes == *" attn-pipe "* ]]; then
+  # A/B of OPTIQ_CUDA_ATTN_PIPE (decode attention loads each batch of keys while the one before is computed).
   for shape in llama3-8b qwen2.5-7b; do
-    for m in 0 1 2 0 1 2; do
-      if late 60; then echo "$shape attn mode $m: skipped (deadline)"; continue; fi
-      f="$OUT/attn-early-$shape-$m-$SECONDS.txt"
-      OPTIQ_CUDA_ATTN_EARLY=$((m > 0)) OPTIQ_CUDA_ATTN_PIPE=$((m > 1)) timeout 120 scripts/device_run.sh bench_gpu \
-        --shape $shape --formats q4,mixed4.5 --ctx 128,4096 --prefill none --tokens 48 --reps 3 > "$f" 2>&1
-      echo "$shape OPTIQ_CUDA_ATTN_EARLY=$((m > 0)) OPTIQ_CUDA_ATTN_PIPE=$((m > 1)): $(grep -E '^\| (q4|mixed)' "$f" | awk -F'|' '{printf "%s%s %s; ", $2, $4, $5}')"
+    for m in 0 1 0 1; do
+      if late 60; then echo "$shape OPTIQ_CUDA_ATTN_PIPE=$m: skipped (deadline)"; continue; fi
+      f="$OUT/attn-pipe-$shape-$m-$SECONDS.txt"
+      OPTIQ_CUDA_ATTN_PIPE=$m timeout 120 scripts/device_run.sh bench_gpu --shape $shape --formats q4,mixed4.5 \
+        --ctx 128,4096 --prefill none --tokens 48 --reps 3 > "$f" 2>&1
+      echo "$shape OPTIQ_CUDA_ATTN_PIPE=$m: $(grep -E '^\| (q4|mixed)' "$f" | awk -F'|' '{printf "%s%s %s; ", $2, $4, $5}')"
     done
   done
 fi

@@ -463,7 +463,7 @@ __device__ __forceinline__ void rope_lane(float (&x)[kD], const RopeAngles<kD>& 
   }
 }
 
-template <int kG, int kD, int kMode>
+template <int kG, int kD, bool kPipe>
 __global__ void __launch_bounds__(kOnlineThreads)
     decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
                          int splits, int min_keys, int blocks_per_group, float* __restrict__ partial,
@@ -483,15 +483,14 @@ __global__ void __launch_bounds__(kOnlineThreads)
   if (rope.k) lane_freqs<kD>(rope.inv_freq, lane, freq);  // constant: before the wait
   const __half* kbase = kc + static_cast<int64_t>(g) * hd + lane * kD;  // plain loads: this block may have just
   const __half* vbase = vc + static_cast<int64_t>(g) * hd + lane * kD;  // stored the newest row
-  // kMode 1 and 2 (the cache is DevKV::settled): this warp's first K/V rows
-  // before the step's position are loaded before the wait, so that their
-  // trip to memory overlaps the q/k/v product still running. The position is
-  // a step input (written by a copy, never by a kernel); the range as below.
-  // kMode 2 also loads each batch's rows while the one before is computed.
-  constexpr bool kEarly = kMode >= 1;
+  // kPipe (the cache is DevKV::settled): each batch of a warp's keys is
+  // loaded while the one before is computed (kw/vw, fp16 words), the first
+  // one's rows before the step's position before the wait, overlapping the
+  // q/k/v product still running. The position is a step input (written by a
+  // copy, never by a kernel); the range as below.
   uint32_t kw[kKeys][kD / 2], vw[kKeys][kD / 2];
   int early_end = INT_MIN;  // the first batch's rows before it are in kw/vw
-  if constexpr (kEarly) {
+  if constexpr (kPipe) {
     const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
     const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
     const int chunk = max((len + splits - 1) / splits, min_keys);
@@ -557,22 +556,6 @@ __global__ void __launch_bounds__(kOnlineThreads)
 #pragma unroll
     for (int d = 0; d < kD; ++d) acc[j][d] = 0.0f;
   }
-  // The rows of the batch of kKeys keys from tw on (first: the batch whose
-  // rows before early_end are in kw/vw; slots past the range read row b - 1:
-  // in bounds, weighed 0 below).
-  auto load_batch = [&](int tw, bool first, float (&kr)[kKeys][kD], float (&vr)[kKeys][kD]) {
-#pragma unroll
-    for (int u = 0; u < kKeys; ++u) {
-      const int key = min(tw + u, b - 1);
-      if (kEarly && first && key < early_end) {
-        half_words_to_floats<kD>(kw[u], kr[u]);
-        half_words_to_floats<kD>(vw[u], vr[u]);
-      } else {
-        load_dims<__half, kD>(kbase + static_cast<int64_t>(key) * p.kv_stride, kr[u]);
-        load_dims<__half, kD>(vbase + static_cast<int64_t>(key) * p.kv_stride, vr[u]);
-      }
-    }
-  };
   // The online softmax's update by the batch from tw on.
   auto update = [&](int tw, float (&kr)[kKeys][kD], float (&vr)[kKeys][kD]) {
     if (stores_new) {  // the newest row from shared memory (block-uniform branch, after the loads)
@@ -615,8 +598,7 @@ __global__ void __launch_bounds__(kOnlineThreads)
     }
   };
   int tw = a + warp * kKeys;
-  if constexpr (kMode == 2) {
-    // kw/vw hold the next batch's rows as words while this one is computed.
+  if constexpr (kPipe) {
     if (tw < b) {
 #pragma unroll
       for (int u = 0; u < kKeys; ++u) {
@@ -643,15 +625,15 @@ __global__ void __launch_bounds__(kOnlineThreads)
         tw = next;
       }
     }
-  } else if (tw < b) {  // peeled: kw/vw are not live in the loop
-    {
+  } else {
+    for (; tw < b; tw += kWarps * kKeys) {
       float kr[kKeys][kD], vr[kKeys][kD];
-      load_batch(tw, true, kr, vr);
-      update(tw, kr, vr);
-    }
-    for (tw += kWarps * kKeys; tw < b; tw += kWarps * kKeys) {
-      float kr[kKeys][kD], vr[kKeys][kD];
-      load_batch(tw, false, kr, vr);
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) {
+        const int64_t row = static_cast<int64_t>(min(tw + u, b - 1)) * p.kv_stride;  // in bounds; skipped below
+        load_dims<__half, kD>(kbase + row, kr[u]);
+        load_dims<__half, kD>(vbase + row, vr[u]);
+      }
       update(tw, kr, vr);
     }
   }
@@ -820,11 +802,14 @@ bool online_split_heads() {
   return on;
 }
 
-// With a settled cache (OPTIQ_CUDA_ATTN_EARLY=1), also load each batch's rows
-// while the one before is computed (OPTIQ_CUDA_ATTN_PIPE=1; A/B runs).
-bool online_pipelined() {
-  static const bool on = env_switch("OPTIQ_CUDA_ATTN_PIPE", false);
-  return on;
+// The per-query-head kernel on a settled cache loads each batch of keys
+// while the one before is computed, the first before it waits for q. H100,
+// decode at 4096 tokens: Llama-3-8B q4 361 -> 376 tok/s, Qwen2.5-7B 387 ->
+// 400; at 128 tokens unchanged (BENCHMARKS.md §6). The early loads alone
+// (the first batch only) gained nothing. OPTIQ_CUDA_ATTN_PIPE=0 for A/B runs.
+bool online_pipelined(const DevKV& c) {
+  static const bool on = env_switch("OPTIQ_CUDA_ATTN_PIPE", true);
+  return on && c.settled;
 }
 
 template <int kD>
@@ -836,21 +821,17 @@ bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0,
   const int group = p.n_heads / p.n_kv_heads;
   if (group > 1 && online_split_heads()) {
     const dim3 grid(p.n_heads, splits, n);
-    const int mode = c.settled ? online_pipelined() ? 2 : 1 : 0;
-    if (mode == 2)
-      launch(decode_online_kernel<1, kD, 2>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
-             partial, counters, out, int8, rope);
-    else if (mode == 1)
-      launch(decode_online_kernel<1, kD, 1>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
+    if (online_pipelined(c))
+      launch(decode_online_kernel<1, kD, true>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
              partial, counters, out, int8, rope);
     else
-      launch(decode_online_kernel<1, kD, 0>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
+      launch(decode_online_kernel<1, kD, false>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
              partial, counters, out, int8, rope);
     return true;
   }
   const dim3 grid(p.n_kv_heads, splits, n);
 #define OPTIQ_ONLINE(G) \
-  case G: launch(decode_online_kernel<G, kD, 0>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope); return true;
+  case G: launch(decode_online_kernel<G, kD, false>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope); return true;
   switch (group) {
     OPTIQ_ONLINE(1)
     OPTIQ_ONLINE(2)
@@ -905,21 +886,21 @@ bool attention_decode_per_query_head(const AttentionParams& p, const DevKV& c) {
 
 int attention_decode_blocks_per_sm(const AttentionParams& p, const DevKV& c) {
   if (!attention_decode_per_query_head(p, c)) return 0;
-  const int mode = c.settled ? online_pipelined() ? 2 : 1 : 0;
+  const int pipe = online_pipelined(c) ? 1 : 0;
   // cudaOccupancy... once a kernel (a driver query; this runs at every direct launch)
-  static int cached[3][3] = {};
+  static int cached[3][2] = {};
   const int d = p.head_dim == 64 ? 0 : p.head_dim == 128 ? 1 : 2;
-  int& v = cached[d][mode];
+  int& v = cached[d][pipe];
   if (v == 0) {
-    const void* kernels[3][3] = {
-        {reinterpret_cast<const void*>(decode_online_kernel<1, 2, 0>), reinterpret_cast<const void*>(decode_online_kernel<1, 2, 1>),
-         reinterpret_cast<const void*>(decode_online_kernel<1, 2, 2>)},
-        {reinterpret_cast<const void*>(decode_online_kernel<1, 4, 0>), reinterpret_cast<const void*>(decode_online_kernel<1, 4, 1>),
-         reinterpret_cast<const void*>(decode_online_kernel<1, 4, 2>)},
-        {reinterpret_cast<const void*>(decode_online_kernel<1, 8, 0>), reinterpret_cast<const void*>(decode_online_kernel<1, 8, 1>),
-         reinterpret_cast<const void*>(decode_online_kernel<1, 8, 2>)}};
+    const void* kernels[3][2] = {
+        {reinterpret_cast<const void*>(decode_online_kernel<1, 2, false>),
+         reinterpret_cast<const void*>(decode_online_kernel<1, 2, true>)},
+        {reinterpret_cast<const void*>(decode_online_kernel<1, 4, false>),
+         reinterpret_cast<const void*>(decode_online_kernel<1, 4, true>)},
+        {reinterpret_cast<const void*>(decode_online_kernel<1, 8, false>),
+         reinterpret_cast<const void*>(decode_online_kernel<1, 8, true>)}};
     int blocks = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernels[d][mode], kOnlineThreads, 0),
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernels[d][pipe], kOnlineThreads, 0),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor", __FILE__, __LINE__);
     v = blocks;
   }

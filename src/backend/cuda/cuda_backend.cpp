@@ -725,9 +725,6 @@ class CudaBackend final : public Backend {
     kv_written_.emplace_back(d.k, pos0);
   }
   bool kv_settled_below(const DevKV& d, int pos0) const {
-    // Off by default until measured: written without a GPU to run it on.
-    static const bool on = env_switch("OPTIQ_CUDA_ATTN_EARLY", false);
-    if (!on) return false;
     for (const auto& [k, lowest] : kv_written_)
       if (k == d.k) return lowest >= pos0;
     return true;
@@ -1189,8 +1186,8 @@ int CudaBackend::decode_splits(const AttentionParams& p, int64_t n, bool per_que
   const int target = (per_query_head ? waves : 2) * props_.multiProcessorCount;
   int want = (target + heads * static_cast<int>(n) - 1) / (heads * static_cast<int>(n));
   if (per_query_head && kv && kv->settled) {
-    // The early-loading kernels hold more registers (3 blocks an SM at 80,
-    // not 4): no more ranges than one wave of them.
+    // The pipelined kernel holds more registers (3 blocks an SM at 80, not
+    // 4): no more ranges than one wave of it.
     const int per_sm = cuda::attention_decode_blocks_per_sm(p, *kv);
     if (per_sm > 0) want = std::min(want, per_sm * props_.multiProcessorCount / (heads * static_cast<int>(n)));
   }
