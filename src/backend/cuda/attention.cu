@@ -6,8 +6,10 @@
 //    output; the last block of a range set combines them. The single-pass
 //    kernel of fast numerics (decode_online_kernel) takes one query head a
 //    block instead (a shorter dependent chain; K/V rows then come from L2 once
-//    a head). The ranges are computed from the position at run time, so a
-//    recorded step (CUDA graph) serves every position.
+//    a head), and loads each batch of keys while the one before is computed,
+//    the first before it waits for q where the cache is settled (DevKV). The
+//    ranges are computed from the position at run time, so a recorded step
+//    (CUDA graph) serves every position.
 //  - Prefill: the flash kernel (flash_prefill.cu) where it applies; else
 //    scores and the weighted sum of V are cuBLAS GEMMs (cuda_backend.cpp),
 //    with attention_softmax the step between them.
