@@ -31,11 +31,21 @@ __device__ __forceinline__ int first_key(int pos, int window) {
   return window > 0 && pos >= window ? pos - window + 1 : 0;
 }
 
+// Range s of the keys a query at pos sees, cut into `splits` ranges of at
+// least min_keys keys (short contexts use fewer ranges: `active` hold keys):
+// keys [a, b).
+struct KeyRange {
+  int a, b, active;
+};
+__device__ __forceinline__ KeyRange key_range(int pos, int window, int splits, int min_keys, int s) {
+  const int t0 = first_key(pos, window), len = pos - t0 + 1;
+  const int chunk = max((len + splits - 1) / splits, min_keys);
+  const int a = t0 + s * chunk;
+  return {a, min(pos + 1, a + chunk), (len + chunk - 1) / chunk};
+}
+
 __device__ __forceinline__ float capped(float s, float cap) { return cap > 0.0f ? cap * tanhf(s / cap) : s; }
 
-
-// kD consecutive values of a cache row as fp32 (kD = 2, 4 or 8: one load of
-// 4 to 32 bytes).
 // kD fp16 values as kD / 2 words (half the registers of floats, for rows
 // held a while before use), and those words as floats.
 template <int kD>
@@ -58,6 +68,8 @@ __device__ __forceinline__ void half_words_to_floats(const uint32_t (&w)[kD / 2]
     v[2 * h] = f.x, v[2 * h + 1] = f.y;
   }
 }
+// kD consecutive values of a cache row as fp32 (kD = 2, 4 or 8: one load of
+// 4 to 32 bytes).
 template <class T, int kD>
 __device__ __forceinline__ void load_dims(const T* p, float (&v)[kD]) {
   if constexpr (sizeof(T) == 2) {
@@ -394,12 +406,9 @@ __global__ void __launch_bounds__(kDecodeThreads)
   float* stats = sc + group * chunk_cap; // group x 2: max, sum
   float* weight = stats + 2 * group;     // group x kMaxSplits: the combine's weights
   const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
-  const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
   // At least kMinKeys keys a range: short contexts use fewer ranges (the rest
   // return at once), long ones all of them.
-  const int chunk = max((len + splits - 1) / splits, kMinKeys);
-  const int active = (len + chunk - 1) / chunk;
-  const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
+  const auto [a, b, active] = key_range(pos, p.window, splits, kMinKeys, s);
   float* part = partial + (static_cast<int64_t>(i) * p.n_heads + static_cast<int64_t>(g) * group) * splits * (hd + 2);
   if (s >= active) return;  // no keys here; the combine reads only the active ranges
   // One range (short contexts): the block's result is the answer.
@@ -494,9 +503,8 @@ __global__ void __launch_bounds__(kOnlineThreads)
   int early_end = INT_MIN;  // the first batch's rows before it are in kw/vw
   if constexpr (kPipe) {
     const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;
-    const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
-    const int chunk = max((len + splits - 1) / splits, min_keys);
-    const int a = t0 + s * chunk, b = min(pos + 1, a + chunk), tw = a + warp * kKeys;
+    const auto [a, b, active] = key_range(pos, p.window, splits, min_keys, s);  // as below
+    const int tw = a + warp * kKeys;
     early_end = pos - i;
 #pragma unroll
     for (int u = 0; u < kKeys; ++u) {
@@ -522,11 +530,8 @@ __global__ void __launch_bounds__(kOnlineThreads)
   if (rope.k && warp == 0)
 #pragma unroll
     for (int e = 0; e < kD; ++e) knew[e] = rope.k[kv_off + e], vnew[e] = rope.v[kv_off + e];
-  const int t0 = first_key(pos, p.window), len = pos - t0 + 1;
-  const int chunk = max((len + splits - 1) / splits, min_keys);
-  const int active = (len + chunk - 1) / chunk;
+  const auto [a, b, active] = key_range(pos, p.window, splits, min_keys, s);
   if (s >= active) return;
-  const int a = t0 + s * chunk, b = min(pos + 1, a + chunk);  // keys [a, b)
   const bool stores_new = rope.k && s == active - 1;  // block-uniform
   RopeAngles<kD> angles;
   if (rope.k) angles = rope_angles<kD>(pos, freq, rope.mscale);
