@@ -14,7 +14,8 @@
 # decode at 128 and 4096 tokens, prefill of 512 and 4096): tables-<shape>.json
 # and .txt. With `mixed-group`, the A/B of OPTIQ_CUDA_MIXED_GROUP on both
 # shapes' mixed plans; with `attn-pipe`, that of OPTIQ_CUDA_ATTN_PIPE on q4
-# and mixed4.5. At the end everything under $OUT is packed into
+# and mixed4.5; with `prefetch`, that of the L2 prefetch (PREFETCH_RUNS).
+# At the end everything under $OUT is packed into
 # $OUT/device-check.tgz (the device tool returns only a few files a call).
 # DEADLINE=S skips benchmark runs that would end past S seconds.
 set -uo pipefail
@@ -64,6 +65,20 @@ if [[ $modes == *" mixed-group "* ]]; then
         --ctx 128,4096 --prefill none --tokens 48 --reps 3 > "$OUT/mixed-group-$shape-$m.txt" 2>&1
       echo "$shape OPTIQ_CUDA_MIXED_GROUP=$m: $(grep -E '^\| mixed' "$OUT/mixed-group-$shape-$m.txt" | awk -F'|' '{printf "%s%s %s; ", $2, $4, $5}')"
     done
+  done
+fi
+if [[ $modes == *" prefetch "* ]]; then
+  # A/B of the L2 prefetch during attention and norms (OPTIQ_CUDA_PREFETCH=0,
+  # or OPTIQ_CUDA_PREFETCH_MB=attention,norm,rounding caps); PREFETCH_RUNS:
+  # shape:setting pairs in order, a setting 0 (off), 1 (default caps) or caps.
+  for run in ${PREFETCH_RUNS:-llama3-8b:0 llama3-8b:1 llama3-8b:0 llama3-8b:1 qwen2.5-7b:0 qwen2.5-7b:1}; do
+    shape=${run%%:*} setting=${run#*:}
+    if late 60; then echo "$shape prefetch $setting: skipped (deadline)"; continue; fi
+    f="$OUT/prefetch-$shape-${setting//,/_}-$SECONDS.txt"
+    if [[ $setting == *,* ]]; then env=(OPTIQ_CUDA_PREFETCH=1 OPTIQ_CUDA_PREFETCH_MB=$setting); else env=(OPTIQ_CUDA_PREFETCH=$setting); fi
+    env "${env[@]}" timeout 120 scripts/device_run.sh bench_gpu --shape $shape --formats q4,mixed4.5 \
+      --ctx 128,4096 --prefill none --tokens 48 --reps 3 > "$f" 2>&1
+    echo "$shape prefetch $setting: $(grep -E '^\| (q4|mixed)' "$f" | awk -F'|' '{printf "%s%s %s; ", $2, $4, $5}')"
   done
 fi
 if [[ $modes == *" attn-pipe "* ]]; then

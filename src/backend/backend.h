@@ -194,6 +194,12 @@ class Backend {
     matmul(up, x, n, up_out);
     gated_activation(act, llamacpp, out, up_out, n * gate.rows());
   }
+  // A hint: the products right after the next latency-bound operation (decode
+  // attention, a norm) read ws. A backend may start bringing them nearer
+  // during that operation (CUDA: into L2, while attention or the norm reads
+  // next to nothing from memory). It never changes a result; each hint
+  // replaces the last and is used at most once.
+  virtual void prefetch_next(std::span<const WeightHandle* const> ws) {}
   // ys[i] (n x ws[i].rows) = x . W_i^T for matrices that read the same
   // input (q, k and v): one pass over x where a backend can.
   virtual void matmul_group(std::span<const WeightHandle* const> ws, const float* x, int64_t n,

@@ -206,6 +206,26 @@ void Transformer::forward_from_layer(int first_layer, const float* hidden, int64
   run_layers(first_layer, n, logits, logits_from);
 }
 
+// Backend::prefetch_next before each norm and attention: the weights of the
+// products that follow them.
+void Transformer::hint(const WeightHandle& w) {
+  const WeightHandle* ws[] = {&w};
+  backend_.prefetch_next(ws);
+}
+
+void Transformer::hint_qkv(const DeviceLayer& L) {
+  if (model_.config.fused_qkv) return hint(L.matrix(ModuleKind::QkvProj));
+  const WeightHandle* ws[] = {&L.matrix(ModuleKind::QProj), &L.matrix(ModuleKind::KProj),
+                              &L.matrix(ModuleKind::VProj)};
+  backend_.prefetch_next(ws);
+}
+
+void Transformer::hint_mlp(const DeviceLayer& L) {
+  if (model_.config.fused_qkv) return hint(L.matrix(ModuleKind::GateUpProj));
+  const WeightHandle* ws[] = {&L.matrix(ModuleKind::GateProj), &L.matrix(ModuleKind::UpProj)};
+  backend_.prefetch_next(ws);
+}
+
 void Transformer::project_qkv(const DeviceLayer& L, int64_t n) {
   const ModelConfig& c = model_.config;
   Backend& b = backend_;
@@ -264,7 +284,10 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
   for (int l = first_layer; l < last_layer; ++l) {
     const DeviceLayer& L = weights_.layer(l);
     observe(l, Site::LayerIn, act_.x, n, dim);
-    if (!normed) b.rms_norm(x, L.attn_norm.data(), n, dim, c.norm_eps, xn);
+    if (!normed) {
+      hint_qkv(L);
+      b.rms_norm(x, L.attn_norm.data(), n, dim, c.norm_eps, xn);
+    }
     observe(l, Site::AttnIn, act_.xn, n, dim);
     project_qkv(L, n);
     const bool local = c.local_rope(l);
@@ -285,6 +308,7 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     p.window = c.window(l);
     p.f16_probs = model_.llamacpp_numerics;  // llama.cpp multiplies V by fp16 probabilities
     p.max_ctx = max_ctx_;
+    hint(L.matrix(ModuleKind::OProj));
     if (model_.llamacpp_numerics) {
       b.rope_kv_store(rs, act_.q.data(), act_.k.data(), act_.v.data(), n, pos_, cache_, l);
       b.round_f16(act_.q.data(), n * qd);  // llama.cpp's fp16 KQ product
@@ -294,6 +318,7 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
                              act_.att.data());
     }
     observe(l, Site::OIn, act_.att, n, qd);
+    hint_mlp(L);
     if (fuse && !c.sandwich_norms) {
       b.matmul_add_rms_norm(L.matrix(ModuleKind::OProj), act_.att.data(), n, xn, x, L.ffn_norm.data(), c.norm_eps, xn);
     } else {
@@ -310,6 +335,7 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
     mlp_hidden(L, n);
     observe(l, Site::DownIn, act_.gate, n, hid);
     normed = fuse && l + 1 < last_layer;  // the next layer's norm, when this pass runs it
+    if (normed) hint_qkv(weights_.layer(l + 1));
     if (normed && !c.sandwich_norms) {
       b.matmul_add_rms_norm(L.matrix(ModuleKind::DownProj), act_.gate.data(), n, xn, x,
                             weights_.layer(l + 1).attn_norm.data(), c.norm_eps, xn);
@@ -331,6 +357,7 @@ void Transformer::run_layers(int first_layer, int64_t n, float* logits, int64_t 
   // An observer sees the lm_head input of every token, not only the scored ones.
   const int64_t norm_from = observer_ ? 0 : logits_from;
   if (n - norm_from == 0) return;
+  if (n_out > 0) hint(weights_.output());
   b.rms_norm(x + norm_from * dim, weights_.final_norm().data(), n - norm_from, dim, c.norm_eps, xn);
   observe(-1, Site::HeadIn, act_.xn, n, dim);
   if (n_out > 0) {

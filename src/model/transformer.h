@@ -114,6 +114,9 @@ class Transformer {
 
  private:
   // q, k, v of the n normed rows in xn (projections, biases, q/k norm).
+  void hint(const WeightHandle& w);
+  void hint_qkv(const DeviceLayer& L);
+  void hint_mlp(const DeviceLayer& L);
   void project_qkv(const DeviceLayer& L, int64_t n);
   // gate = act(gate(xn)) * up(xn).
   void mlp_hidden(const DeviceLayer& L, int64_t n);

@@ -745,6 +745,72 @@ TEST_P(BackendOps, MatmulAddRmsNormEqualsMatmulThenAddNorm) {
   }
 }
 
+// Backend::prefetch_next is a hint: a decode norm, a residual product's norm
+// and decode attention give the same bits after a hint as without one, for
+// every storage hinted (a GPU prefetches each one's arrays into L2), and a
+// hint whose weights were freed before its use is dropped, not followed.
+TEST_P(BackendOps, PrefetchHintsChangeNothing) {
+  const Int8Decode numerics(true);
+  const int64_t dim = 256, hd = 64, heads = 4, kv_heads = 2, qd = heads * hd, kvd = kv_heads * hd;
+  const int ctx = 300, pos0 = 150;
+  const auto nw = test::random_floats(dim, 90);
+  Buffer bnw = put(nw);
+  const std::vector<StorageCase> cases = storage_cases(dim, qd);
+  const auto h_o = b.upload(cases.back().view);
+  std::vector<float> inv(hd / 2);
+  for (size_t i = 0; i < inv.size(); ++i) inv[i] = std::pow(10000.0f, -2.0f * float(i) / float(hd));
+  Buffer binv = put(inv);
+  const auto early = test::random_floats(pos0 * kvd, 91), early_v = test::random_floats(pos0 * kvd, 92);
+  const auto x = test::random_floats(dim, 93), a = test::random_floats(qd, 94);
+  const auto q = test::random_floats(qd, 95), k = test::random_floats(kvd, 96), v = test::random_floats(kvd, 97);
+  // One decode layer's latency-bound steps; `hint` before each (or not).
+  auto run = [&](const WeightHandle* hinted) {
+    std::vector<std::vector<float>> outs;
+    const WeightHandle* ws[] = {hinted};
+    auto hint = [&] {
+      if (hinted) b.prefetch_next(ws);
+    };
+    Buffer bx = put(x), bn = b.alloc(dim);
+    hint();
+    b.rms_norm(bx.data(), bnw.data(), 1, dim, 1e-5f, bn.data());
+    outs.push_back(get(bn, dim));
+    Buffer ba = put(a), by = b.alloc(dim);
+    hint();
+    b.matmul_add_rms_norm(*h_o, ba.data(), 1, by.data(), bx.data(), bnw.data(), 1e-5f, by.data());
+    outs.push_back(get(by, dim));
+    outs.push_back(get(bx, dim));
+    KVCache c = b.make_kv_cache(1, ctx, kvd, true);
+    Buffer e = put(early), ev = put(early_v);
+    b.kv_store(c, 0, 0, e.data(), ev.data(), pos0);
+    Backend::RopeStore rs;
+    rs.n_heads = heads, rs.n_kv_heads = kv_heads, rs.head_dim = hd, rs.rot_dim = hd, rs.q_stride = qd;
+    rs.inv_freq = binv.data();
+    AttentionParams p;
+    p.n_heads = heads, p.n_kv_heads = kv_heads, p.head_dim = hd, p.q_stride = qd, p.kv_stride = kvd;
+    p.scale = 0.125f, p.max_ctx = ctx;
+    Buffer bq = put(q), bk = put(k), bv = put(v), bo = b.alloc(qd);
+    hint();
+    b.rope_store_attention(rs, bq.data(), bk.data(), bv.data(), 1, pos0, c, 0, p, bo.data());
+    outs.push_back(get(bo, qd));
+    return outs;
+  };
+  const auto want = run(nullptr);
+  for (const StorageCase& sc : cases) {
+    const auto h = b.upload(sc.view);
+    EXPECT_EQ(run(h.get()), want) << sc.name;
+  }
+  // A hint, then its weights freed: the norm after it must not prefetch them (nor fail).
+  {
+    auto gone = b.upload(cases[1].view);
+    const WeightHandle* ws[] = {gone.get()};
+    b.prefetch_next(ws);
+    gone.reset();
+    Buffer bx = put(x), bn = b.alloc(dim);
+    b.rms_norm(bx.data(), bnw.data(), 1, dim, 1e-5f, bn.data());
+    EXPECT_EQ(get(bn, dim), want[0]);
+  }
+}
+
 // Under fast numerics a GPU's attention and gated products also write their
 // outputs as int8 blocks for the product that follows: that product must
 // give exactly what it gives on a fresh copy of the same values.

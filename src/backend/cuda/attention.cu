@@ -478,9 +478,11 @@ template <int kG, int kD, bool kPipe>
 __global__ void __launch_bounds__(kOnlineThreads)
     decode_online_kernel(AttentionParams p, const float* __restrict__ q, DevPos pos0, __half* kc, __half* vc,
                          int splits, int min_keys, int blocks_per_group, float* __restrict__ partial,
-                         int* counters, float* __restrict__ out, Int8Out int8, RopeIn rope) {
+                         int* counters, float* __restrict__ out, Int8Out int8, RopeIn rope,
+                         const __grid_constant__ L2Prefetch pf) {
   constexpr int kKeys = kOnlineKeys<kG, kD>, hd = 32 * kD, kWarps = kOnlineThreads / 32;
   pdl_trigger();
+  l2_prefetch(pf);  // the next product's weights (constant: before the wait)
   __shared__ float red[kWarps][kG][hd + 2];
   __shared__ float weight[kG * kMaxSplits];
   __shared__ float new_kv[2][hd];  // the new token's key (rotated) and value, rounded to the cache's fp16
@@ -821,7 +823,8 @@ bool online_pipelined(const DevKV& c) {
 
 template <int kD>
 bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                   float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope) {
+                   float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope,
+                   const L2Prefetch& pf) {
   const int min_keys = online_min_keys();
   auto* k = static_cast<__half*>(c.k);
   auto* v = static_cast<__half*>(c.v);
@@ -830,15 +833,15 @@ bool launch_online(const AttentionParams& p, const float* q, int n, DevPos pos0,
     const dim3 grid(p.n_heads, splits, n);
     if (online_pipelined(c))
       launch(decode_online_kernel<1, kD, true>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
-             partial, counters, out, int8, rope);
+             partial, counters, out, int8, rope, pf);
     else
       launch(decode_online_kernel<1, kD, false>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, group,
-             partial, counters, out, int8, rope);
+             partial, counters, out, int8, rope, pf);
     return true;
   }
   const dim3 grid(p.n_kv_heads, splits, n);
 #define OPTIQ_ONLINE(G) \
-  case G: launch(decode_online_kernel<G, kD, false>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope); return true;
+  case G: launch(decode_online_kernel<G, kD, false>, grid, kOnlineThreads, 0, s, p, q, pos0, k, v, splits, min_keys, 1, partial, counters, out, int8, rope, pf); return true;
   switch (group) {
     OPTIQ_ONLINE(1)
     OPTIQ_ONLINE(2)
@@ -871,12 +874,12 @@ bool online_applies(const AttentionParams& p, const DevKV& c, int splits) {
 
 bool attention_decode_online(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
                              float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8,
-                             RopeIn rope = {}) {
+                             RopeIn rope, const L2Prefetch& pf) {
   if (!online_applies(p, c, splits)) return false;
   switch (p.head_dim) {
-    case 64: return launch_online<2>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope);
-    case 128: return launch_online<4>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope);
-    case 256: return launch_online<8>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope);
+    case 64: return launch_online<2>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope, pf);
+    case 128: return launch_online<4>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope, pf);
+    case 256: return launch_online<8>(p, q, n, pos0, c, splits, partial, counters, out, s, int8, rope, pf);
     default: return false;
   }
 }
@@ -919,18 +922,20 @@ bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV&
 }
 
 bool attention_decode_rope(const AttentionParams& p, const float* q, DevPos pos0, const DevKV& c, int splits,
-                           float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope) {
+                           float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope,
+                           const L2Prefetch& pf) {
   if (!attention_decode_rope_applies(p, 1, c, splits, p.head_dim) || !rope.k || !rope.v || !rope.inv_freq)
     throw std::logic_error("cuda: decode attention with RoPE called where it does not apply");
-  attention_decode_online(p, q, 1, pos0, c, splits, partial, counters, out, s, int8, rope);
+  attention_decode_online(p, q, 1, pos0, c, splits, partial, counters, out, s, int8, rope, pf);
   OPTIQ_CUDA_LAUNCHED();
   return int8.q != nullptr;
 }
 
 bool attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                      float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8) {
+                      float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8,
+                      const L2Prefetch& pf) {
   if (n <= 0) return false;
-  if (attention_decode_online(p, q, n, pos0, c, splits, partial, counters, out, s, int8)) {
+  if (attention_decode_online(p, q, n, pos0, c, splits, partial, counters, out, s, int8, {}, pf)) {
     OPTIQ_CUDA_LAUNCHED();
     return int8.q != nullptr;
   }

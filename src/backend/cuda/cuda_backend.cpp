@@ -23,7 +23,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -119,8 +121,15 @@ void* malloc_device(size_t bytes) {
 
 }  // namespace
 
+namespace {
+// Device frees so far: an L2 prefetch hint made before a free is dropped (it
+// may name the freed memory).
+std::atomic<uint64_t> g_device_frees{0};
+}  // namespace
+
 void release_device(void* p) {
   AllocationLog::get().freed(p);
+  g_device_frees.fetch_add(1, std::memory_order_relaxed);
   cudaFree(p);
 }
 
@@ -427,6 +436,7 @@ class CudaBackend final : public Backend {
   }
   void gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp, const float* x,
                     int64_t n, float* out, float* up_out) override;
+  void prefetch_next(std::span<const WeightHandle* const> ws) override;
   void matmul_add_rms_norm(const WeightHandle& wm, const float* a, int64_t n, float* y, float* x, const float* w,
                            float eps, float* out) override;
   void rope_store_attention(const RopeStore& r, float* q, float* k, const float* v, int64_t n, int pos0, KVCache& c,
@@ -441,7 +451,8 @@ class CudaBackend final : public Backend {
     const bool int8 = kernels::decode_int8_enabled() && dim % 32 == 0;
     cuda::Int8Out b;
     if (int8) b = int8_scratch(rows, dim);
-    if (!skipped("norm") && !cuda::rms_norm_split(x, w, rows, dim, eps, out, stream_, b.q, b.scale, b.sum))
+    if (!skipped("norm") && !cuda::rms_norm_split(x, w, rows, dim, eps, out, stream_, b.q, b.scale, b.sum,
+                                                  take_prefetch(prefetch_caps().norm)))
       return false;
     if (int8) {
       int8_input_ = Int8Input{out, rows, dim, ops_, b};
@@ -647,7 +658,26 @@ class CudaBackend final : public Backend {
     const float* scale;
     const int32_t* sum;
   };
-  Int8Blocks int8_blocks(const float* x, int64_t n, int64_t cols, const float* prev_y, int64_t prev_y_n);
+  // `own`: the product's matrix, whose first bytes the rounding kernel (when
+  // one runs) prefetches into L2.
+  Int8Blocks int8_blocks(const float* x, int64_t n, int64_t cols, const float* prev_y, int64_t prev_y_n,
+                         const DevMatrix* own = nullptr);
+  // L2 prefetch (Backend::prefetch_next): the hinted matrices (copies: a
+  // hint never outlives what it names), taken by the decode attention or norm
+  // of the next two operations (a residual product's norm is the second),
+  // else dropped; per kernel kind, how many bytes at most
+  // (OPTIQ_CUDA_PREFETCH=0: none; OPTIQ_CUDA_PREFETCH_MB=attention,norm,rounding
+  // in MB for A/B runs).
+  struct PrefetchCaps {
+    int64_t attention = 0, norm = 0, rounding = 0;
+  };
+  static PrefetchCaps prefetch_caps();
+  cuda::L2Prefetch take_prefetch(int64_t cap);
+  cuda::L2Prefetch prefetch_of(std::span<const DevMatrix* const> ms, int64_t cap) const;
+  DevMatrix hinted_[3];
+  int hinted_count_ = 0;
+  int64_t hinted_at_ = 0;  // ops_ when hinted
+  uint64_t hinted_frees_ = 0;  // g_device_frees when hinted
   // y (n x rows) = x (n x cols) . W^T for large n: W a slab of rows at a time.
   void gemm(const DevMatrix& m, const float* x, int64_t n, float* y);
   // fp32 row-major C (n x m_rows, ldc) = X (n x k) . A^T, A (m_rows x k) row-major, both `type`.
@@ -866,7 +896,7 @@ void CudaBackend::matmul(const WeightHandle& wh, const float* x, int64_t n, floa
   }
   if (int8) {
     if (x != x_in) int8_input_.op = -2;  // an aligned copy: its pointer says nothing about its rows
-    const Int8Blocks b = int8_blocks(x, n, cols, prev_y, prev_y_n);
+    const Int8Blocks b = int8_blocks(x, n, cols, prev_y, prev_y_n, &m);
     cuda::matvec_int8(m, b.q, b.scale, b.sum, static_cast<int>(n), y, stream_);
   } else {
     cuda::matvec_f32(m, x, static_cast<int>(n), y, stream_);
@@ -903,7 +933,7 @@ void CudaBackend::matmul_group(std::span<const WeightHandle* const> ws, const fl
   last_y_ = ys[0];
   last_y_n_ = n * ms[0].rows;
   if (skipped("qkv")) return;
-  const Int8Blocks b = int8_blocks(x, n, ms[0].cols, prev_y, prev_y_n);
+  const Int8Blocks b = int8_blocks(x, n, ms[0].cols, prev_y, prev_y_n, &ms[0]);
   if (cuda::matvec_int8_group(ms, ys.data(), static_cast<int>(count), b.q, b.scale, b.sum, static_cast<int>(n),
                               stream_))
     return;
@@ -938,7 +968,7 @@ void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, in
     } else if (dense) {
       cuda::matvec_dense(m, a, static_cast<int>(n), y, stream_, x);
     } else {
-      const Int8Blocks b = int8_blocks(a, n, m.cols, prev_y, prev_y_n);
+      const Int8Blocks b = int8_blocks(a, n, m.cols, prev_y, prev_y_n, &m);
       cuda::matvec_int8(m, b.q, b.scale, b.sum, static_cast<int>(n), y, stream_, x);
     }
   }
@@ -947,14 +977,66 @@ void CudaBackend::matmul_add_rms_norm(const WeightHandle& wm, const float* a, in
 }
 
 CudaBackend::Int8Blocks CudaBackend::int8_blocks(const float* x, int64_t n, int64_t cols, const float* prev_y,
-                                                  int64_t prev_y_n) {
+                                                  int64_t prev_y_n, const DevMatrix* own) {
   const bool prev_wrote_x = prev_y && prev_y < x + n * cols && x < prev_y + prev_y_n;
   const bool cached = int8_input_.x == x && int8_input_.n == n && int8_input_.cols == cols &&
                       int8_input_.op == ops_ - 1 && !prev_wrote_x && int8_input_.blocks.q != nullptr;
   const cuda::Int8Out b = cached ? int8_input_.blocks : int8_scratch(n, cols);
-  if (!cached) cuda::quantize_act_int8(x, static_cast<int>(n), cols, b.q, b.scale, b.sum, stream_);
+  if (!cached) {
+    const DevMatrix* const ms[] = {own};
+    const cuda::L2Prefetch pf = own ? prefetch_of(ms, prefetch_caps().rounding) : cuda::L2Prefetch{};
+    cuda::quantize_act_int8(x, static_cast<int>(n), cols, b.q, b.scale, b.sum, stream_, pf);
+  }
   int8_input_ = Int8Input{x, n, cols, ops_, b};
   return {b.q, b.scale, b.sum};
+}
+
+// What the latency-bound kernels of a decode step prefetch. Attention at
+// short contexts and the norms read almost nothing from DRAM while they run
+// (~40% of a 4-bit step, BENCHMARKS.md §6); the product after them then finds
+// its first bytes in L2. The caps keep a prefetch to about what the kernel's
+// time can bring in (and well inside the 50 MB L2 of an H100/H200).
+CudaBackend::PrefetchCaps CudaBackend::prefetch_caps() {
+  static const PrefetchCaps caps = [] {
+    PrefetchCaps c;
+    if (!cuda::env_switch("OPTIQ_CUDA_PREFETCH", true)) return c;
+    double mb[3] = {16, 6, 3};
+    if (const char* e = std::getenv("OPTIQ_CUDA_PREFETCH_MB"); e && *e)
+      std::sscanf(e, "%lf,%lf,%lf", &mb[0], &mb[1], &mb[2]);
+    c.attention = static_cast<int64_t>(mb[0] * (1 << 20));
+    c.norm = static_cast<int64_t>(mb[1] * (1 << 20));
+    c.rounding = static_cast<int64_t>(mb[2] * (1 << 20));
+    return c;
+  }();
+  return caps;
+}
+
+cuda::L2Prefetch CudaBackend::prefetch_of(std::span<const DevMatrix* const> ms, int64_t cap) const {
+  cuda::L2Prefetch pf;
+  if (cap <= 0) return pf;
+  int64_t total = 0;
+  for (const DevMatrix* m : ms) total += cuda::weight_bytes(*m);
+  // The same first fraction of every matrix: their products walk the rows together.
+  const double fraction = total > 0 ? std::min(1.0, static_cast<double>(cap) / static_cast<double>(total)) : 0.0;
+  for (const DevMatrix* m : ms) cuda::add_prefetch(pf, *m, fraction);
+  return pf;
+}
+
+cuda::L2Prefetch CudaBackend::take_prefetch(int64_t cap) {
+  const DevMatrix* ms[3];
+  const bool fresh = ops_ - hinted_at_ <= 2 && g_device_frees.load(std::memory_order_relaxed) == hinted_frees_;
+  const int count = fresh ? hinted_count_ : 0;
+  for (int i = 0; i < count; ++i) ms[i] = &hinted_[i];
+  hinted_count_ = 0;
+  return prefetch_of({ms, static_cast<size_t>(count)}, cap);
+}
+
+void CudaBackend::prefetch_next(std::span<const WeightHandle* const> ws) {
+  hinted_count_ = 0;
+  hinted_at_ = ops_;
+  hinted_frees_ = g_device_frees.load(std::memory_order_relaxed);
+  for (const WeightHandle* w : ws)
+    if (w && hinted_count_ < 3) hinted_[hinted_count_++] = dev(*w);
 }
 
 void CudaBackend::gated_matmul(const WeightHandle& gate, const WeightHandle& up, GateAct act, bool llamacpp,
@@ -976,7 +1058,7 @@ void CudaBackend::gated_matmul(const WeightHandle& gate, const WeightHandle& up,
                            g.zero_point == u.zero_point && u.act == ActRounding::Exact && g.rows == u.rows;
       if (fusable) {
         if (skipped("gated")) return;
-        const Int8Blocks b = int8_blocks(x, n, g.cols, prev_y, prev_y_n);
+        const Int8Blocks b = int8_blocks(x, n, g.cols, prev_y, prev_y_n, &g);
         // (Its output's int8 blocks made by the last warp to finish each group of 32 rows, instead of a
         // rounding launch before the down product, made this product 22 -> 29 us on the H200: a fence and an
         // atomic a row cost more than the launch they save.)
@@ -1161,10 +1243,12 @@ void CudaBackend::decode_attention(const AttentionParams& p, const float* q, int
   cuda::Int8Out int8;
   const int64_t qcols = p.q_stride;
   if (kernels::decode_int8_enabled() && qcols % 32 == 0) int8 = int8_scratch(n, qcols);
+  const cuda::L2Prefetch pf = take_prefetch(prefetch_caps().attention);
   const bool wrote_int8 =
-      rope ? cuda::attention_decode_rope(p, q, position(pos0), kv, splits, partial, counters, out, stream_, int8, *rope)
+      rope ? cuda::attention_decode_rope(p, q, position(pos0), kv, splits, partial, counters, out, stream_, int8, *rope,
+                                         pf)
            : cuda::attention_decode(p, q, static_cast<int>(n), position(pos0), kv, splits, partial, counters, out,
-                                    stream_, int8);
+                                    stream_, int8, pf);
   if (rope) kv_wrote(kv, pos0);  // the new key and value
   if (wrote_int8) {
     int8_input_ = Int8Input{out, n, qcols, ops_, int8};

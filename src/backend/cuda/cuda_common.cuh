@@ -103,6 +103,19 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Every thread of the grid takes its share of pf's lines (L2Prefetch in
+// cuda_kernels.h): a few prefetch instructions a thread, issued before the
+// kernel's own work; the lines arrive while it runs and after it ends.
+template <class Prefetch>
+__device__ __forceinline__ void l2_prefetch(const Prefetch& pf) {
+  if (pf.count == 0) return;
+  const uint32_t threads = gridDim.x * gridDim.y * gridDim.z * blockDim.x;
+  const uint32_t t = ((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int r = 0; r < pf.count; ++r)
+    for (uint32_t line = t; line < pf.lines[r]; line += threads)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(pf.start[r] + static_cast<size_t>(line) * 128));
+}
+
 __device__ __forceinline__ float half_word(uint16_t w) { return __half2float(__ushort_as_half(w)); }
 __device__ __forceinline__ float bf16_word(uint16_t w) { return __uint_as_float(static_cast<uint32_t>(w) << 16); }
 __device__ __forceinline__ float scale_word(uint16_t w, bool bf16) { return bf16 ? bf16_word(w) : half_word(w); }

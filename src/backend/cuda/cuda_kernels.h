@@ -49,6 +49,25 @@ struct Int8Out {
   int32_t* sum = nullptr;
 };
 
+// Weight bytes a latency-bound decode kernel (attention, a norm, an int8
+// rounding) asks the memory system to bring into L2 while it runs: the next
+// product's weights, or the first part of them. Those kernels read almost
+// nothing from DRAM (BENCHMARKS.md §6: ~40% of a 4-bit step at ~0 bytes), so
+// the product that follows finds its first bytes in L2. A hint only: the
+// results never change. Ranges of whole 128-byte lines from 128-aligned
+// starts (device allocations are).
+struct L2Prefetch {
+  static constexpr int kMaxRanges = 12;
+  const char* start[kMaxRanges] = {};
+  uint32_t lines[kMaxRanges] = {};
+  int count = 0;
+};
+// The first `fraction` of w's rows (codes, scales, biases) into pf, as far
+// as pf has room; the bytes added.
+int64_t add_prefetch(L2Prefetch& pf, const DevMatrix& w, double fraction);
+// The bytes of w a product reads (codes, scales and biases).
+int64_t weight_bytes(const DevMatrix& w);
+
 // y[n x rows] = x[n x cols] . W^T with fp32 activations (every storage).
 void matvec_f32(const DevMatrix& w, const float* x, int n, float* y, cudaStream_t s);
 // Dense storage (fp32/fp16/bf16, width a multiple of 8, n <= kMatvecMaxRows)
@@ -93,7 +112,8 @@ bool matvec_tuned(int tuning, const DevMatrix& w, const float* x, const int8_t* 
                   const int32_t* xsum, float* y, unsigned grid, cudaStream_t s);
 // x (n x cols) -> blocks of 32: q (n x blocks*32, zero padded), scale and sum
 // per block, bit for bit as kernels/act_quant.h.
-void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s);
+void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s,
+                       const L2Prefetch& pf = {});
 
 // Rows [r0, r1) of W as fp32 or fp16, row-major ((r1 - r0) x cols), values as
 // quant/ggml_dequant and quant/affine compute them (fp16: rounded once).
@@ -120,7 +140,8 @@ void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float e
 // dim a multiple of 32, at most kSplitNormMaxDim. False (nothing launched) otherwise.
 constexpr int64_t kSplitNormMaxDim = 8192;
 bool rms_norm_split(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s,
-                    int8_t* q = nullptr, float* qscale = nullptr, int32_t* qsum = nullptr);
+                    int8_t* q = nullptr, float* qscale = nullptr, int32_t* qsum = nullptr,
+                    const L2Prefetch& pf = {});
 void add(float* x, const float* y, int64_t n, cudaStream_t s);
 // x += y, then out = rms_norm(x) * w (out may alias y); with q (and dim a
 // multiple of 32, at most 8192) also out's int8 blocks, as quantize_act_int8
@@ -175,8 +196,10 @@ int64_t attention_decode_partial_floats(const AttentionParams& p, int n, int spl
 size_t attention_decode_smem(const AttentionParams& p, int splits);
 // With int8.q, also out's int8 blocks (rows of q_stride) where the kernel can:
 // true when it wrote them.
+// pf: weights the single-pass kernel prefetches into L2 (the o product's).
 bool attention_decode(const AttentionParams& p, const float* q, int n, DevPos pos0, const DevKV& c, int splits,
-                      float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8 = {});
+                      float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8 = {},
+                      const L2Prefetch& pf = {});
 // The new token's RoPE and cache store done by the attention kernel itself
 // (one query): q and k as projected (not rotated), v; rotary over the whole
 // head (rot_dim == head_dim), the rotation of rope_kv_store bit for bit.
@@ -199,7 +222,8 @@ int attention_decode_blocks_per_sm(const AttentionParams& p, const DevKV& c);
 // rotates and stores what rope_kv_store would have).
 bool attention_decode_rope_applies(const AttentionParams& p, int n, const DevKV& c, int splits, int rot_dim);
 bool attention_decode_rope(const AttentionParams& p, const float* q, DevPos pos0, const DevKV& c, int splits,
-                           float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope);
+                           float* partial, int* counters, float* out, cudaStream_t s, Int8Out int8, RopeIn rope,
+                           const L2Prefetch& pf = {});
 // Prefill attention's middle step: scores S (rows of ld floats: query i of
 // head h at S + (h * n + i) * ld, keys 0..pos0+n-1) -> probabilities (scale,
 // soft-cap, causal window, softmax), in place, or into p16 as fp16 when given

@@ -89,8 +89,9 @@ __global__ void __launch_bounds__(kNormThreads)
 
 __global__ void __launch_bounds__(kSplitThreads)
     rms_norm_split_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps, float* out,
-                          int8_t* q, float* qscale, int32_t* qsum) {
+                          int8_t* q, float* qscale, int32_t* qsum, const __grid_constant__ L2Prefetch pf) {
   pdl_trigger();
+  l2_prefetch(pf);
   norm_split_block(x, w, dim, eps, out, q, qscale, qsum, blockIdx.x, blockIdx.y, [] { pdl_wait(); });
 }
 
@@ -389,8 +390,9 @@ __global__ void to_bf16_kernel(const float* __restrict__ x, int64_t n, __nv_bflo
 
 // One warp per block of 32, a lane per value (kernels/act_quant.cpp's arithmetic).
 __global__ void quantize_act_kernel(const float* __restrict__ x, int n, int64_t cols, int8_t* q, float* scale,
-                                    int32_t* sum) {
+                                    int32_t* sum, const __grid_constant__ L2Prefetch pf) {
   pdl_trigger();
+  l2_prefetch(pf);
   pdl_wait();
   const int64_t blocks = (cols + 31) / 32;
   const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
@@ -422,17 +424,17 @@ void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, float e
 }
 
 bool rms_norm_split(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out, cudaStream_t s,
-                    int8_t* q, float* qscale, int32_t* qsum) {
+                    int8_t* q, float* qscale, int32_t* qsum, const L2Prefetch& pf) {
   if (rows <= 0 || dim % 32 != 0 || dim > kSplitNormMaxDim || x == out) return false;
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;  // float4 loads
-  if (rows == 1) {
+  if (rows == 1 && pf.count == 0) {
     PersistentStep st;
     st.kind = StepKind::Norm, st.x = x, st.norm_w = w, st.cols = dim, st.eps = eps, st.out = out;
     st.q = q, st.qscale = qscale, st.qsum = qsum;
     if (persistent_take(s, st)) return true;
   }
   const dim3 grid(static_cast<unsigned>((dim + kSplitThreads - 1) / kSplitThreads), static_cast<unsigned>(rows));
-  launch(rms_norm_split_kernel, grid, kSplitThreads, 0, s, x, w, dim, eps, out, q, qscale, qsum);
+  launch(rms_norm_split_kernel, grid, kSplitThreads, 0, s, x, w, dim, eps, out, q, qscale, qsum, pf);
   OPTIQ_CUDA_LAUNCHED();
   return true;
 }
@@ -567,15 +569,16 @@ void to_bf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t s) {
   OPTIQ_CUDA_LAUNCHED();
 }
 
-void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s) {
+void quantize_act_int8(const float* x, int n, int64_t cols, int8_t* q, float* scale, int32_t* sum, cudaStream_t s,
+                       const L2Prefetch& pf) {
   const int64_t blocks = (cols + 31) / 32;
   if (n <= 0 || blocks <= 0) return;
-  if (n == 1) {
+  if (n == 1 && pf.count == 0) {
     PersistentStep st;
     st.kind = StepKind::Quantize, st.x = x, st.cols = cols, st.q = q, st.qscale = scale, st.qsum = sum;
     if (persistent_take(s, st)) return;
   }
-  launch(quantize_act_kernel, blocks_for(n * blocks * 32, 256), 256, 0, s, x, n, cols, q, scale, sum);
+  launch(quantize_act_kernel, blocks_for(n * blocks * 32, 256), 256, 0, s, x, n, cols, q, scale, sum, pf);
   OPTIQ_CUDA_LAUNCHED();
 }
 
