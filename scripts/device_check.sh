@@ -70,12 +70,15 @@ fi
 if [[ $modes == *" prefetch "* ]]; then
   # A/B of the L2 prefetch during attention and norms (OPTIQ_CUDA_PREFETCH=0,
   # or OPTIQ_CUDA_PREFETCH_MB=attention,norm,rounding caps); PREFETCH_RUNS:
-  # shape:setting pairs in order, a setting 0 (off), 1 (default caps) or caps.
+  # shape:setting pairs in order, a setting 0 (off), 1 (default caps) or caps
+  # (issued after each kernel's wait; a leading b: at its start).
   for run in ${PREFETCH_RUNS:-llama3-8b:0 llama3-8b:1 llama3-8b:0 llama3-8b:1 qwen2.5-7b:0 qwen2.5-7b:1}; do
     shape=${run%%:*} setting=${run#*:}
     if late 60; then echo "$shape prefetch $setting: skipped (deadline)"; continue; fi
     f="$OUT/prefetch-$shape-${setting//,/_}-$SECONDS.txt"
-    if [[ $setting == *,* ]]; then env=(OPTIQ_CUDA_PREFETCH=1 OPTIQ_CUDA_PREFETCH_MB=$setting); else env=(OPTIQ_CUDA_PREFETCH=$setting); fi
+    after=1; [[ $setting == b* ]] && after=0
+    if [[ $setting == *,* ]]; then env=(OPTIQ_CUDA_PREFETCH=1 OPTIQ_CUDA_PREFETCH_MB=${setting#b}); else env=(OPTIQ_CUDA_PREFETCH=$setting); fi
+    env+=(OPTIQ_CUDA_PREFETCH_AFTER=$after)
     env "${env[@]}" timeout 120 scripts/device_run.sh bench_gpu --shape $shape --formats q4,mixed4.5 \
       --ctx 128,4096 --prefill none --tokens 48 --reps 3 > "$f" 2>&1
     echo "$shape prefetch $setting: $(grep -E '^\| (q4|mixed)' "$f" | awk -F'|' '{printf "%s%s %s; ", $2, $4, $5}')"

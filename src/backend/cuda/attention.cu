@@ -482,7 +482,7 @@ __global__ void __launch_bounds__(kOnlineThreads)
                          const __grid_constant__ L2Prefetch pf) {
   constexpr int kKeys = kOnlineKeys<kG, kD>, hd = 32 * kD, kWarps = kOnlineThreads / 32;
   pdl_trigger();
-  l2_prefetch(pf);  // the next product's weights (constant: before the wait)
+  if (!pf.after_wait) l2_prefetch(pf);  // the next product's weights (constant: may go before the wait)
   __shared__ float red[kWarps][kG][hd + 2];
   __shared__ float weight[kG * kMaxSplits];
   __shared__ float new_kv[2][hd];  // the new token's key (rotated) and value, rounded to the cache's fp16
@@ -518,6 +518,7 @@ __global__ void __launch_bounds__(kOnlineThreads)
     }
   }
   pdl_wait();
+  if (pf.after_wait) l2_prefetch(pf);
   // The position, this block's queries and (warp 0) the new key and value
   // are all loaded before any of them is used: one trip to memory, not three.
   const int pos = (pos0.dev ? *pos0.dev : 0) + pos0.offset + i;

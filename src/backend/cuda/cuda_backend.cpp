@@ -670,6 +670,7 @@ class CudaBackend final : public Backend {
   // in MB for A/B runs).
   struct PrefetchCaps {
     int64_t attention = 0, norm = 0, rounding = 0;
+    bool after_wait = true;
   };
   static PrefetchCaps prefetch_caps();
   cuda::L2Prefetch take_prefetch(int64_t cap);
@@ -1006,6 +1007,7 @@ CudaBackend::PrefetchCaps CudaBackend::prefetch_caps() {
     c.attention = static_cast<int64_t>(mb[0] * (1 << 20));
     c.norm = static_cast<int64_t>(mb[1] * (1 << 20));
     c.rounding = static_cast<int64_t>(mb[2] * (1 << 20));
+    c.after_wait = cuda::env_switch("OPTIQ_CUDA_PREFETCH_AFTER", true);
     return c;
   }();
   return caps;
@@ -1019,6 +1021,7 @@ cuda::L2Prefetch CudaBackend::prefetch_of(std::span<const DevMatrix* const> ms, 
   // The same first fraction of every matrix: their products walk the rows together.
   const double fraction = total > 0 ? std::min(1.0, static_cast<double>(cap) / static_cast<double>(total)) : 0.0;
   for (const DevMatrix* m : ms) cuda::add_prefetch(pf, *m, fraction);
+  pf.after_wait = prefetch_caps().after_wait;
   return pf;
 }
 

@@ -61,6 +61,9 @@ struct L2Prefetch {
   const char* start[kMaxRanges] = {};
   uint32_t lines[kMaxRanges] = {};
   int count = 0;
+  // Issued after the kernel's wait for the previous one (when that kernel's
+  // own reads are done), not at its start (OPTIQ_CUDA_PREFETCH_AFTER).
+  bool after_wait = false;
 };
 // The first `fraction` of w's rows (codes, scales, biases) into pf, as far
 // as pf has room; the bytes added.

@@ -91,8 +91,11 @@ __global__ void __launch_bounds__(kSplitThreads)
     rms_norm_split_kernel(const float* __restrict__ x, const float* __restrict__ w, int64_t dim, float eps, float* out,
                           int8_t* q, float* qscale, int32_t* qsum, const __grid_constant__ L2Prefetch pf) {
   pdl_trigger();
-  l2_prefetch(pf);
-  norm_split_block(x, w, dim, eps, out, q, qscale, qsum, blockIdx.x, blockIdx.y, [] { pdl_wait(); });
+  if (!pf.after_wait) l2_prefetch(pf);
+  norm_split_block(x, w, dim, eps, out, q, qscale, qsum, blockIdx.x, blockIdx.y, [&] {
+    pdl_wait();
+    if (pf.after_wait) l2_prefetch(pf);
+  });
 }
 
 // Rows too long for the registers of one block: two passes over memory.
@@ -392,8 +395,9 @@ __global__ void to_bf16_kernel(const float* __restrict__ x, int64_t n, __nv_bflo
 __global__ void quantize_act_kernel(const float* __restrict__ x, int n, int64_t cols, int8_t* q, float* scale,
                                     int32_t* sum, const __grid_constant__ L2Prefetch pf) {
   pdl_trigger();
-  l2_prefetch(pf);
+  if (!pf.after_wait) l2_prefetch(pf);
   pdl_wait();
+  if (pf.after_wait) l2_prefetch(pf);
   const int64_t blocks = (cols + 31) / 32;
   const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
