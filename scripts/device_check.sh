@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, after scripts/device_pack.sh here (run it there as
 # `bash scripts/device_check.sh [profile]`): the GPU unit tests (test_backend,
-# test_gpu), then with `profile` the 8B shape's fast profile with its device
+# test_gpu; again with the switches that are off by default on), then with `profile` the 8B shape's fast profile with its device
 # memory logged (OPTIQ_CUDA_MEMLOG=1; BENCHMARKS.md §6). Everything goes to
 # $OUT: test logs, profile.json, profile.txt and memlog.txt (allocations of
 # 16 MiB or more and each new peak of the bytes held). With `sanitize`, the
@@ -32,6 +32,13 @@ if [[ $modes != *" sanitize "* || $modes == *" tests "* ]]; then
     timeout 300 scripts/device_run.sh "$t" > "$OUT/$t.txt" 2>&1
     echo "$t: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.txt" | tr '\n' ' ')"
     grep -E '^\[  FAILED' "$OUT/$t.txt" | head -20
+  done
+  # The switches that are off by default, on: their kernels' paths must pass too.
+  for t in test_backend test_gpu; do
+    t0=$SECONDS
+    OPTIQ_CUDA_PREFETCH=1 timeout 300 scripts/device_run.sh "$t" > "$OUT/$t-switches-on.txt" 2>&1
+    echo "$t, OPTIQ_CUDA_PREFETCH=1: exit $?, $((SECONDS - t0)) s; $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t-switches-on.txt" | tr '\n' ' ')"
+    grep -E '^\[  FAILED' "$OUT/$t-switches-on.txt" | head -20
   done
 fi
 if [[ $modes == *" sanitize "* ]]; then

@@ -994,13 +994,17 @@ CudaBackend::Int8Blocks CudaBackend::int8_blocks(const float* x, int64_t n, int6
 
 // What the latency-bound kernels of a decode step prefetch. Attention at
 // short contexts and the norms read almost nothing from DRAM while they run
-// (~40% of a 4-bit step, BENCHMARKS.md §6); the product after them then finds
-// its first bytes in L2. The caps keep a prefetch to about what the kernel's
-// time can bring in (and well inside the 50 MB L2 of an H100/H200).
+// (~40% of a 4-bit step, BENCHMARKS.md §6); the idea: the product after them
+// finds its first bytes in L2. The caps keep a prefetch to about what the
+// kernel's time can bring in (and well inside the 50 MB L2 of an H100/H200).
+// Off by default: issued at each kernel's start it measured -2% to +1% on an
+// H100 (it competes with the product still streaming before it; BENCHMARKS.md
+// §6, 2026-12-08); issued after the kernel's wait (the default once switched
+// on with OPTIQ_CUDA_PREFETCH=1) it has not run on a GPU yet.
 CudaBackend::PrefetchCaps CudaBackend::prefetch_caps() {
   static const PrefetchCaps caps = [] {
     PrefetchCaps c;
-    if (!cuda::env_switch("OPTIQ_CUDA_PREFETCH", true)) return c;
+    if (!cuda::env_switch("OPTIQ_CUDA_PREFETCH", false)) return c;
     double mb[3] = {16, 6, 3};
     if (const char* e = std::getenv("OPTIQ_CUDA_PREFETCH_MB"); e && *e)
       std::sscanf(e, "%lf,%lf,%lf", &mb[0], &mb[1], &mb[2]);
