@@ -665,9 +665,9 @@ class CudaBackend final : public Backend {
   // L2 prefetch (Backend::prefetch_next): the hinted matrices (copies: a
   // hint never outlives what it names), taken by the decode attention or norm
   // of the next two operations (a residual product's norm is the second),
-  // else dropped; per kernel kind, how many bytes at most
-  // (OPTIQ_CUDA_PREFETCH=0: none; OPTIQ_CUDA_PREFETCH_MB=attention,norm,rounding
-  // in MB for A/B runs).
+  // else dropped; per kernel kind, how many bytes at most (none unless
+  // OPTIQ_CUDA_PREFETCH=1; OPTIQ_CUDA_PREFETCH_MB=attention,norm,rounding in
+  // MB for A/B runs).
   struct PrefetchCaps {
     int64_t attention = 0, norm = 0, rounding = 0;
     bool after_wait = true;
